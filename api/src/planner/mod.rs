@@ -1,0 +1,380 @@
+//! The planner: pure functions from a job's spec to what it will cost before it runs.
+//!
+//! Parameters (total and active), FLOPs per token, total FLOPs, memory per GPU per pipeline stage,
+//! estimated GPU-hours and cost, and warnings. The operator writes the plan into the job's status
+//! and refuses jobs whose plan breaks a limit; the trainer builds the same model and splits it into
+//! the same stages.
+
+mod gpus;
+mod memory;
+mod model;
+
+pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names};
+pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory};
+pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, ResolvedMoe, preset_shape};
+
+use serde::{Deserialize, Serialize};
+
+use crate::v1alpha1::{
+    Device, DurationType, PipelineSchedule, PlanStatus, Precision,
+    ResolvedModelStatus, TrainingJobSpec,
+};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Why a job cannot be planned. Each names the field to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("resources.gpuType {0:?} is not a known GPU type; use one of: {1}")]
+    UnknownGpuType(String, String),
+    #[error("parallelism.pipelineStages {stages} exceeds the model's {layers} layers; every stage needs a layer: lower pipelineStages")]
+    TooManyStages { stages: i64, layers: i64 },
+    #[error("training.batchSize {batch} is not a multiple of parallelism.microBatches {micro}; change one of them")]
+    UnevenMicroBatches { batch: i64, micro: i64 },
+}
+
+/// Settings of the estimate that are not part of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOptions {
+    /// Model FLOPs utilization assumed for the GPU-hours estimate.
+    pub assumed_mfu: f64,
+    /// Price of one GPU-hour; the GPU table's list price when unset.
+    pub price_per_gpu_hour: Option<f64>,
+    pub currency: String,
+    /// Device memory set aside for the CUDA context and library workspaces.
+    pub gpu_overhead_bytes: i64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            assumed_mfu: 0.35,
+            price_per_gpu_hour: None,
+            currency: "USD".into(),
+            gpu_overhead_bytes: 1 << 30,
+        }
+    }
+}
+
+/// One pipeline stage: its layers, parameters, FLOPs and memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StagePlan {
+    /// Blocks `start..end`.
+    pub layers: std::ops::Range<i64>,
+    /// Holds the token (and position) embedding.
+    pub embedding: bool,
+    /// Holds the final norm, output head and loss.
+    pub head: bool,
+    pub parameters: i64,
+    pub flops_per_token: f64,
+    pub memory: StageMemory,
+}
+
+/// A job's plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub model: ResolvedModel,
+    pub parameters: Parameters,
+    pub flops_per_token: f64,
+    pub steps: i64,
+    pub tokens: i64,
+    pub total_flops: f64,
+    /// GPUs held: one per stage on GPU jobs, none on CPU jobs.
+    pub gpus: i64,
+    pub pods: i64,
+    pub stages: Vec<StagePlan>,
+    /// The largest stage's memory.
+    pub memory_per_device_bytes: i64,
+    /// The GPU type's memory (0 on CPU jobs).
+    pub gpu_memory_bytes: i64,
+    pub pipeline_bubble: f64,
+    pub estimated_gpu_hours: f64,
+    pub estimated_cost: f64,
+    pub currency: String,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Whether every stage fits its GPU (always true on CPU jobs).
+    pub fn fits(&self) -> bool {
+        self.gpu_memory_bytes == 0 || self.memory_per_device_bytes <= self.gpu_memory_bytes
+    }
+
+    pub fn to_status(&self) -> PlanStatus {
+        let m = &self.model;
+        PlanStatus {
+            model: ResolvedModelStatus {
+                layers: m.layers as i32,
+                d_model: m.d_model as i32,
+                heads: m.heads as i32,
+                seq_len: m.seq_len as i32,
+                vocab_size: m.vocab_size as i32,
+                ffn_hidden: m.ffn_hidden as i32,
+                moe_layers: m.moe_layers() as i32,
+            },
+            parameters: self.parameters.total,
+            active_parameters: self.parameters.active,
+            flops_per_token: self.flops_per_token,
+            tokens: self.tokens,
+            steps: self.steps,
+            total_flops: self.total_flops,
+            gpus: self.gpus as i32,
+            pods: self.pods as i32,
+            memory_per_gpu_bytes: self.memory_per_device_bytes,
+            gpu_memory_bytes: self.gpu_memory_bytes,
+            pipeline_bubble: self.pipeline_bubble,
+            estimated_gpu_hours: self.estimated_gpu_hours,
+            estimated_cost: self.estimated_cost,
+            currency: self.currency.clone(),
+            warnings: self.warnings.iter().take(16).cloned().collect(),
+        }
+    }
+}
+
+/// The pipeline's idle fraction: (p − 1) / (m + p − 1).
+pub fn bubble_fraction(stages: i64, micro_batches: i64) -> f64 {
+    (stages - 1) as f64 / (micro_batches + stages - 1) as f64
+}
+
+/// Micro-batches whose activations stage `stage` holds at its peak.
+pub fn in_flight_micro_batches(
+    schedule: PipelineSchedule,
+    stages: i64,
+    stage: i64,
+    micro_batches: i64,
+) -> i64 {
+    match schedule {
+        PipelineSchedule::GPipe => micro_batches,
+        PipelineSchedule::OneFOneB => (stages - stage).min(micro_batches),
+    }
+}
+
+/// Splits blocks into `stages` contiguous, non-empty ranges minimizing the largest stage's
+/// FLOPs, the head (output projection and loss) counted on the last stage.
+pub fn partition_layers(model: &ResolvedModel, stages: i64) -> Vec<std::ops::Range<i64>> {
+    let layers = model.layers as usize;
+    let stages = (stages.max(1) as usize).min(layers.max(1));
+    let cost: Vec<f64> = (0..model.layers).map(|l| model.block_flops_per_token(l)).collect();
+    let mut prefix = vec![0.0; layers + 1];
+    for i in 0..layers {
+        prefix[i + 1] = prefix[i] + cost[i];
+    }
+    let head = model.head_flops_per_token();
+    let span = |a: usize, b: usize| prefix[b] - prefix[a] + if b == layers { head } else { 0.0 };
+    // best[s][i]: the smallest achievable max over the first i layers cut into s stages
+    let mut best = vec![vec![f64::INFINITY; layers + 1]; stages + 1];
+    let mut cut = vec![vec![0usize; layers + 1]; stages + 1];
+    best[0][0] = 0.0;
+    for s in 1..=stages {
+        for i in s..=layers {
+            for j in (s - 1)..i {
+                let c = best[s - 1][j].max(span(j, i));
+                // `<=` keeps the latest cut among ties, putting spare layers on early stages
+                if c <= best[s][i] {
+                    best[s][i] = c;
+                    cut[s][i] = j;
+                }
+            }
+        }
+    }
+    let mut ranges = Vec::with_capacity(stages);
+    let mut end = layers;
+    for s in (1..=stages).rev() {
+        let start = cut[s][end];
+        ranges.push(start as i64..end as i64);
+        end = start;
+    }
+    ranges.reverse();
+    ranges
+}
+
+/// Plans a job.
+pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanError> {
+    let model = ResolvedModel::from_spec(&spec.model)?;
+    let stages = i64::from(spec.parallelism.pipeline_stages);
+    if stages > model.layers {
+        return Err(PlanError::TooManyStages { stages, layers: model.layers });
+    }
+    let batch = i64::from(spec.training.batch_size);
+    let micro = i64::from(spec.parallelism.micro_batches);
+    if batch % micro != 0 {
+        return Err(PlanError::UnevenMicroBatches { batch, micro });
+    }
+    let on_gpu = spec.resources.device == Device::Gpu;
+    let gpu = if on_gpu {
+        Some(gpu_type(&spec.resources.gpu_type).ok_or_else(|| {
+            PlanError::UnknownGpuType(spec.resources.gpu_type.clone(), gpu_type_names().join(", "))
+        })?)
+    } else {
+        None
+    };
+
+    let tokens_per_step = batch * model.seq_len;
+    let steps = match spec.training.duration.type_ {
+        DurationType::Steps => spec.training.duration.steps.unwrap_or(0),
+        DurationType::Tokens => {
+            let tokens = spec.training.duration.tokens.unwrap_or(0);
+            (tokens + tokens_per_step - 1) / tokens_per_step
+        }
+    };
+    let tokens = steps * tokens_per_step;
+    let parameters = model.parameters();
+    let flops_per_token = model.flops_per_token();
+    let total_flops = flops_per_token * tokens as f64;
+
+    let overhead = if on_gpu { options.gpu_overhead_bytes } else { 0 };
+    let stage_plans = plan_stages(spec, &model, stages, overhead);
+    let memory_per_device_bytes = stage_plans.iter().map(|s| s.memory.total()).max().unwrap_or(0);
+    let bubble = bubble_fraction(stages, micro);
+
+    let (gpus, gpu_memory_bytes, gpu_hours, price) = match gpu {
+        Some(g) => {
+            let peak = g.peak_tflops(spec.training.precision) * 1e12;
+            let seconds = total_flops / (peak * options.assumed_mfu * (1.0 - bubble));
+            let price = options.price_per_gpu_hour.unwrap_or(g.usd_per_hour);
+            (stages, g.memory_bytes, seconds / 3600.0, price)
+        }
+        None => (0, 0, 0.0, 0.0),
+    };
+
+    let mut plan = Plan {
+        parameters,
+        flops_per_token,
+        steps,
+        tokens,
+        total_flops,
+        gpus,
+        pods: stages / i64::from(spec.parallelism.gpus_per_pod),
+        stages: stage_plans,
+        memory_per_device_bytes,
+        gpu_memory_bytes,
+        pipeline_bubble: bubble,
+        estimated_gpu_hours: gpu_hours,
+        estimated_cost: gpu_hours * price,
+        currency: options.currency.clone(),
+        warnings: Vec::new(),
+        model,
+    };
+    plan.warnings = warnings(spec, &plan, gpu, overhead);
+    Ok(plan)
+}
+
+fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, stages: i64, overhead: i64) -> Vec<StagePlan> {
+    let micro = i64::from(spec.parallelism.micro_batches);
+    let micro_batch_tokens = i64::from(spec.training.batch_size) / micro * model.seq_len;
+    let ranges = partition_layers(model, stages);
+    let count = ranges.len() as i64;
+    ranges
+        .into_iter()
+        .enumerate()
+        .map(|(index, layers)| {
+            let index = index as i64;
+            let (first, last) = (index == 0, index == count - 1);
+            let blocks: i64 = layers.clone().map(|l| model.block_parameters(l).0).sum();
+            let matrices: i64 = layers.clone().map(|l| block_matrix_parameters(model, l)).sum();
+            // A tied embedding is held by both ends of a pipeline; with one stage, once.
+            let head_projection = if model.tied_embeddings && !first {
+                model.vocab_size * model.d_model
+            } else {
+                0
+            };
+            let parameters = blocks
+                + if first { model.embedding_parameters() } else { 0 }
+                + if last { model.head_parameters() + head_projection } else { 0 };
+            let flops_per_token: f64 = layers.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>()
+                + if last { model.head_flops_per_token() } else { 0.0 };
+            let in_flight = if count == 1 {
+                1
+            } else {
+                in_flight_micro_batches(spec.parallelism.schedule, count, index, micro)
+            };
+            let memory = stage_memory(&StageShape {
+                model,
+                layers: layers.clone(),
+                first,
+                last,
+                parameters,
+                matrix_parameters: matrices,
+                precision: spec.training.precision,
+                optimizer: spec.training.optimizer.type_,
+                recompute: spec.training.activation_checkpointing,
+                micro_batch_tokens,
+                in_flight,
+                overhead,
+            });
+            StagePlan { layers, embedding: first, head: last, parameters, flops_per_token, memory }
+        })
+        .collect()
+}
+
+/// 2-D hidden weights of a block (Muon's share): attention projections, MLPs and experts.
+fn block_matrix_parameters(model: &ResolvedModel, layer: i64) -> i64 {
+    let d = model.d_model;
+    let attention = 4 * d * d;
+    match (&model.moe, model.is_moe_layer(layer)) {
+        (Some(moe), true) => {
+            attention + d * moe.experts + (moe.experts + moe.shared_experts) * 2 * d * moe.expert_hidden
+        }
+        _ => attention + 2 * d * model.ffn_hidden,
+    }
+}
+
+fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let stages = plan.stages.len() as i64;
+    if let Some(g) = gpu {
+        if !plan.fits() {
+            out.push(format!(
+                "planned memory of {:.1} GiB per GPU exceeds the {} GPU's {:.1} GiB: set training.activationCheckpointing: true, add parallelism.pipelineStages, or use more parallelism.microBatches",
+                plan.memory_per_device_bytes as f64 / GIB,
+                g.name,
+                g.memory_bytes as f64 / GIB
+            ));
+        }
+        if stages > 1 {
+            let single = plan_stages(spec, &plan.model, 1, overhead)[0].memory.total();
+            if single <= g.memory_bytes {
+                out.push(format!(
+                    "the model fits on one {} ({:.1} GiB of {:.1} GiB), yet it is split into {} stages that idle {:.0}% of the time in the pipeline bubble: set parallelism.pipelineStages: 1",
+                    g.name,
+                    single as f64 / GIB,
+                    g.memory_bytes as f64 / GIB,
+                    stages,
+                    plan.pipeline_bubble * 100.0
+                ));
+            }
+        }
+        if spec.training.precision == Precision::Fp16 && g.bf16 {
+            out.push(format!(
+                "{} computes in bf16, which needs no loss scaling: prefer training.precision: bf16",
+                g.name
+            ));
+        }
+        if spec.training.precision == Precision::Bf16 && !g.bf16 {
+            out.push(format!("{} has no bf16 tensor cores: use training.precision: fp16", g.name));
+        }
+    }
+    if plan.pipeline_bubble > 0.2 {
+        out.push(format!(
+            "the pipeline idles {:.0}% of the time: raise parallelism.microBatches to at least {}",
+            plan.pipeline_bubble * 100.0,
+            4 * stages
+        ));
+    }
+    if let Some(moe) = &plan.model.moe {
+        if moe.capacity_factor < 1.0 {
+            out.push(format!(
+                "model.sparsity.moe.capacityFactor {} is below 1: experts drop tokens even when balanced",
+                moe.capacity_factor
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! `TrainingBudget`: a namespace's shared GPU budget that TrainingJobs count against.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finite::is_not_finite;
+
+/// A GPU budget shared by the TrainingJobs that name it in spec.budget.budgetRef.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "frugal.dev",
+    version = "v1alpha1",
+    kind = "TrainingBudget",
+    namespaced,
+    status = "TrainingBudgetStatus",
+    shortname = "tb",
+    category = "frugal",
+    doc = "A GPU budget shared by the TrainingJobs that name it in spec.budget.budgetRef.",
+    printcolumn(name = "Max-GPUs", type_ = "integer", json_path = ".spec.maxGpus", description = "GPUs the jobs may hold at once"),
+    printcolumn(name = "In-Use", type_ = "integer", json_path = ".status.gpusInUse", description = "GPUs held now"),
+    printcolumn(name = "GPU-Hours", type_ = "number", json_path = ".status.gpuHoursSpent", description = "GPU-hours spent this period"),
+    printcolumn(name = "Cost", type_ = "number", json_path = ".status.costSpent", description = "Cost spent this period"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingBudgetSpec {
+    /// Most GPUs the jobs under this budget may hold at once; jobs past it wait, Queued.
+    #[x_kube(validation = Rule::new("self >= 1").message("maxGpus must be at least 1: a budget of no GPUs admits no job; raise it"))]
+    pub max_gpus: i32,
+    /// Most GPU-hours the jobs may spend per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub gpu_hours: Option<f64>,
+    /// Most the jobs may cost per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_cost: Option<f64>,
+    /// The accounting period: `Day`, `Week` or `Month` (30 days), from the budget's creation.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// Currency of maxCost and the prices.
+    #[serde(default = "default_currency")]
+    #[schemars(length(min = 1, max = 8))]
+    pub currency: String,
+    /// Prices per GPU-hour by GPU type; types not listed use frugal's table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["gpuType".into()]))]
+    pub prices: Vec<GpuPrice>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+/// Accounting periods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BudgetPeriod {
+    Day,
+    Week,
+    #[default]
+    Month,
+}
+
+/// The price of one GPU-hour of a GPU type.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPrice {
+    /// A GPU type, as in TrainingJob spec.resources.gpuType.
+    #[schemars(length(min = 1, max = 63))]
+    pub gpu_type: String,
+    /// Price of one GPU-hour.
+    #[schemars(range(min = 0.0))]
+    pub per_gpu_hour: f64,
+}
+
+/// What the jobs under a budget hold and have spent.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingBudgetStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// GPUs held now.
+    #[serde(default)]
+    pub gpus_in_use: i32,
+    /// GPU-hours spent in the current period.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub gpu_hours_spent: f64,
+    /// Cost spent in the current period.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub cost_spent: f64,
+    /// When the current period began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_start: Option<Time>,
+    /// Jobs holding GPUs now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub jobs: Vec<BudgetHolder>,
+    /// Standard conditions (Exhausted when a limit is reached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A job holding GPUs under a budget.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetHolder {
+    /// The TrainingJob's name.
+    pub name: String,
+    /// GPUs it holds.
+    pub gpus: i32,
+}

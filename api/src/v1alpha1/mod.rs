@@ -1,0 +1,9 @@
+//! API version `frugal.dev/v1alpha1`.
+
+mod budget;
+mod spec;
+mod status;
+
+pub use budget::*;
+pub use spec::*;
+pub use status::*;

@@ -1,0 +1,235 @@
+//! `TrainingJob` status: the plan, progress, cost, quality and efficiency, and conditions.
+//!
+//! Every number here is finite: a non-finite value (a NaN loss, say) is left out when the status is
+//! serialized, and the operator or trainer reports it through a condition instead.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finite::{is_not_finite, is_not_finite_opt};
+
+/// What the operator and the trainer report about a TrainingJob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingJobStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// A one-word summary for people and printer columns: Pending, Queued, Running, Suspended,
+    /// Succeeded or Failed. Tools should read the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Standard conditions: Ready, Queued, Running, Suspended, Stalled, Succeeded, Failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The plan, filled before anything starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanStatus>,
+    /// Training progress as the trainer last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressStatus>,
+    /// What the job has spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStatus>,
+    /// Model quality at the last evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityStatus>,
+    /// Throughput and utilization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencyStatus>,
+    /// The latest complete checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointStatus>,
+    /// The current attempt, counting from 1; each restart runs a new attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// Failed attempts counted against runPolicy.backoffLimit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i32>,
+    /// When the job's first pods started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Lifecycle phases.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Queued,
+    Running,
+    Suspended,
+    Succeeded,
+    Failed,
+}
+
+/// The model as resolved from a preset or explicit shape.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModelStatus {
+    /// Transformer blocks.
+    pub layers: i32,
+    /// Residual width.
+    pub d_model: i32,
+    /// Attention heads.
+    pub heads: i32,
+    /// Context length.
+    pub seq_len: i32,
+    /// Vocabulary size.
+    pub vocab_size: i32,
+    /// Dense feed-forward hidden width.
+    pub ffn_hidden: i32,
+    /// Blocks with a mixture-of-experts feed-forward layer.
+    pub moe_layers: i32,
+}
+
+/// The planner's estimate, made before the job starts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    /// The resolved model shape.
+    pub model: ResolvedModelStatus,
+    /// All parameters.
+    pub parameters: i64,
+    /// Parameters used for each token (routed experts not chosen are not).
+    pub active_parameters: i64,
+    /// Training FLOPs per token: 6 × active matmul parameters plus the attention actually computed.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub flops_per_token: f64,
+    /// Tokens the job trains on.
+    pub tokens: i64,
+    /// Optimizer steps.
+    pub steps: i64,
+    /// Training FLOPs in all.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub total_flops: f64,
+    /// GPUs the job holds.
+    pub gpus: i32,
+    /// Pods the job runs.
+    pub pods: i32,
+    /// Largest planned memory of one GPU, in bytes.
+    pub memory_per_gpu_bytes: i64,
+    /// The GPU type's memory, in bytes.
+    pub gpu_memory_bytes: i64,
+    /// The pipeline's idle fraction, (stages − 1) / (microBatches + stages − 1).
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub pipeline_bubble: f64,
+    /// Estimated GPU-hours, at the assumed MFU.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub estimated_gpu_hours: f64,
+    /// Estimated cost.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub estimated_cost: f64,
+    /// Currency of the cost figures.
+    pub currency: String,
+    /// Things worth changing before spending GPU-hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub warnings: Vec<String>,
+}
+
+/// Progress as reported by the trainer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressStatus {
+    /// Last completed optimizer step.
+    pub step: i64,
+    /// Steps the job will run.
+    pub total_steps: i64,
+    /// Tokens trained on.
+    pub tokens: i64,
+    /// Training loss at the last step.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub loss: Option<f64>,
+    /// When the trainer last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<Time>,
+}
+
+/// Spending.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CostStatus {
+    /// GPU-hours held by the job's pods so far, across attempts.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub gpu_hours: f64,
+    /// What those GPU-hours cost.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub cost: f64,
+    /// Currency of the cost.
+    pub currency: String,
+    /// GPU-hours it took to reach the quality target, once reached.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub gpu_hours_to_target: Option<f64>,
+}
+
+/// Quality at the last evaluation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityStatus {
+    /// Step of the evaluation.
+    pub step: i64,
+    /// Validation loss, nats per token.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub validation_loss: Option<f64>,
+    /// exp(validation loss).
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub perplexity: Option<f64>,
+    /// Validation bits per byte of text.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub bits_per_byte: Option<f64>,
+    /// Zero-shot accuracy per evaluation set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub zero_shot: Vec<ZeroShotResult>,
+}
+
+/// One evaluation set's accuracy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ZeroShotResult {
+    /// The set's name from spec.data.evalSets.
+    pub name: String,
+    /// Fraction correct.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub accuracy: f64,
+    /// Examples scored.
+    pub examples: i64,
+}
+
+/// Throughput and utilization.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EfficiencyStatus {
+    /// Training tokens per second, the whole job.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub tokens_per_second: f64,
+    /// Achieved training TFLOP/s per GPU.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub achieved_tflops: f64,
+    /// Model FLOPs utilization: achieved over the GPU's peak.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub mfu: f64,
+    /// Measured pipeline idle fraction.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub pipeline_bubble: Option<f64>,
+}
+
+/// The latest complete checkpoint.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    /// Its directory.
+    pub path: String,
+    /// Its step.
+    pub step: i64,
+    /// When it was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}

@@ -1,0 +1,24 @@
+# Sourced by every entry point: the project-local libtorch (PyTorch's wheel in .venv) that tch
+# builds and links against. Idempotent; installs only what is missing.
+# shellcheck shell=bash
+FRUGAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export FRUGAL_ROOT
+FRUGAL_TORCH_VERSION=2.11.0
+export FRUGAL_VENV=${FRUGAL_VENV:-$FRUGAL_ROOT/.venv}
+
+frugal_setup_libtorch() {
+  local py=$FRUGAL_VENV/bin/python
+  if [ -x "$py" ] && "$py" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$FRUGAL_TORCH_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  echo "frugal: installing torch==$FRUGAL_TORCH_VERSION into $FRUGAL_VENV (pip's cache keeps later installs fast)" >&2
+  python3 -m venv "$FRUGAL_VENV"
+  "$FRUGAL_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$FRUGAL_TORCH_VERSION"
+}
+
+frugal_setup_libtorch
+export LIBTORCH_USE_PYTORCH=1
+export PATH=$FRUGAL_VENV/bin:$PATH
+FRUGAL_TORCH_LIB=$("$FRUGAL_VENV/bin/python" -c 'import os,torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export FRUGAL_TORCH_LIB
+export LD_LIBRARY_PATH=$FRUGAL_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
