@@ -1,0 +1,108 @@
+//! Small builders for the plain Kubernetes objects the tests create.
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+
+use crate::{GPU_RESOURCE, POD_RUNNER_LABEL, TEST_EXIT_CODE_ANNOTATION, TEST_OUTCOME_ANNOTATION};
+
+/// Image for pods that never really run (kwok fakes their containers).
+pub const FAKE_IMAGE: &str = "registry.invalid/frugal/fake:latest";
+
+/// A bare pod with one container and `restartPolicy: Never`.
+pub fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        spec: Some(pod_spec()),
+        ..Default::default()
+    }
+}
+
+fn pod_spec() -> PodSpec {
+    PodSpec {
+        containers: vec![Container {
+            name: "main".into(),
+            image: Some(FAKE_IMAGE.into()),
+            ..Default::default()
+        }],
+        restart_policy: Some("Never".into()),
+        ..Default::default()
+    }
+}
+
+/// Extension methods that keep test setup to one line each.
+pub trait PodExt {
+    /// Asks for `n` GPUs (as a limit, which also sets the request).
+    fn gpus(self, n: u32) -> Self;
+    /// Pre-sets the outcome kwok gives the pod once it is Running.
+    fn outcome(self, outcome: &str, exit_code: Option<i32>) -> Self;
+    /// Marks the pod as driven by the pod runner: kwok leaves its status alone.
+    fn pod_runner(self) -> Self;
+    /// Pins the pod to a node, bypassing the scheduler.
+    fn on_node(self, node: &str) -> Self;
+}
+
+impl PodExt for Pod {
+    fn gpus(mut self, n: u32) -> Self {
+        let spec = self.spec.get_or_insert_with(pod_spec);
+        spec.containers[0].resources = Some(ResourceRequirements {
+            limits: Some([(GPU_RESOURCE.to_string(), Quantity(n.to_string()))].into()),
+            ..Default::default()
+        });
+        self
+    }
+
+    fn outcome(mut self, outcome: &str, exit_code: Option<i32>) -> Self {
+        let annotations = self.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(TEST_OUTCOME_ANNOTATION.into(), outcome.into());
+        if let Some(code) = exit_code {
+            annotations.insert(TEST_EXIT_CODE_ANNOTATION.into(), code.to_string());
+        }
+        self
+    }
+
+    fn pod_runner(mut self) -> Self {
+        self.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(POD_RUNNER_LABEL.into(), "true".into());
+        self
+    }
+
+    fn on_node(mut self, node: &str) -> Self {
+        self.spec.get_or_insert_with(pod_spec).node_name = Some(node.into());
+        self
+    }
+}
+
+/// A one-pod Job whose pod template is `template` (its name is ignored).
+pub fn job(name: &str, template: Pod) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: template.metadata.labels,
+                    annotations: template.metadata.annotations,
+                    ..Default::default()
+                }),
+                spec: template.spec,
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's phase, or `""` before it has one.
+pub fn phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
