@@ -1,0 +1,57 @@
+//! The CRDs, generated from the API types: `frugal-operator crd` prints them and `crds/` holds
+//! that output.
+
+use frugal_api::{TrainingBudget, TrainingJob};
+use kube::CustomResourceExt;
+
+/// Each CRD's file name under `crds/` and its YAML.
+pub fn crd_files() -> Vec<(String, String)> {
+    [TrainingJob::crd(), TrainingBudget::crd()]
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().expect("a derived CRD is named");
+            let yaml = serde_yaml::to_string(&crd).expect("a CRD serializes");
+            (format!("{name}.yaml"), yaml)
+        })
+        .collect()
+}
+
+/// All CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> String {
+    crd_files().into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` must be exactly what the types generate: regenerate with
+    /// `cargo run -p frugal-operator -- crd --dir crds`.
+    #[test]
+    fn checked_in_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let mut expected: Vec<String> = crd_files().into_iter().map(|(name, _)| name).collect();
+        expected.sort();
+        let mut found: Vec<String> = std::fs::read_dir(&dir)
+            .expect("crds/ exists")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, expected, "crds/ holds other files than the generated CRDs");
+        for (name, yaml) in crd_files() {
+            let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap();
+            assert!(
+                on_disk == yaml,
+                "crds/{name} differs from the types; run `cargo run -p frugal-operator -- crd --dir crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn crds_carry_printer_columns_short_names_and_cel() {
+        let yaml = crds_yaml();
+        for needle in ["shortNames:\n    - tj", "shortNames:\n    - tb", "x-kubernetes-validations", "GPU-Hours", "Perplexity"] {
+            assert!(yaml.contains(needle), "CRDs lack {needle:?}");
+        }
+    }
+}
