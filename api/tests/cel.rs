@@ -85,3 +85,20 @@ fn budgets_may_change_on_a_running_job() {
     let schema = schema_of(TrainingJob::crd());
     Validator::new().validate(&schema, &object, Some(&old)).unwrap();
 }
+
+#[test]
+fn model_data_training_and_parallelism_are_immutable() {
+    let old = load(&repo().join("examples/sparse-pipeline-4gpu.yaml"));
+    let schema = schema_of(TrainingJob::crd());
+    for (group, field, value) in [
+        ("model", "custom", serde_json::json!({"layers": 12, "dModel": 1024, "heads": 16, "seqLen": 2048})),
+        ("data", "validationFraction", 0.2.into()),
+        ("training", "batchSize", 128.into()),
+        ("parallelism", "microBatches", 32.into()),
+    ] {
+        let mut new = old.clone();
+        new["spec"][group][field] = value;
+        let err = Validator::new().validate(&schema, &new, Some(&old)).unwrap_err().to_string();
+        assert!(err.contains(&format!("spec.{group} is immutable")), "{group}: {err}");
+    }
+}

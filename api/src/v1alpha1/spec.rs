@@ -55,13 +55,17 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
     /// The model to train: a named preset or an explicit shape, and its sparsity.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.model is immutable: a running job resumes checkpoints of the model it started with; delete and recreate the job to change it"))]
     pub model: ModelSpec,
     /// The corpus the model learns from, how it is tokenized, and how quality is measured.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.data is immutable: a running job resumes checkpoints of the data it started with; delete and recreate the job to change it"))]
     pub data: DataSpec,
     /// How long to train and how: batch, optimizer, schedule, precision, intervals, seed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.training is immutable: a running job resumes checkpoints of the training run it started with; delete and recreate the job to change it"))]
     #[serde(default)]
     pub training: TrainingSpec,
     /// How the model is split across GPUs: pipeline stages, schedule and micro-batches.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.parallelism is immutable: a running job resumes checkpoints of the pipeline layout it started with; delete and recreate the job to change it"))]
     #[serde(default)]
     pub parallelism: ParallelismSpec,
     /// What each pod asks of a node: device, GPU type, CPU, memory and placement.

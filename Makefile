@@ -1,0 +1,12 @@
+# The two entry points. Each installs what it needs (libtorch into .venv, the test cluster's
+# binaries into ~/.cache/frugal) and caches it for the next run.
+.PHONY: quickstart test crds
+
+quickstart: ## train the quick-start job on its embedded default (synthetic data, CPU) and report
+	@bash scripts/quickstart.sh
+
+test: ## every test: unit, contract and CEL, trainer on CPU, and end to end on a local control plane
+	@bash scripts/test.sh
+
+crds: ## regenerate crds/ from the API types
+	@bash -c 'source scripts/env.sh && cargo run -q -p frugal-operator -- crd --dir crds'

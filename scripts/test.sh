@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make test`: everything CI checks, on a fresh machine as on a warm one.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$FRUGAL_ROOT"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "libtorch: torch $(python -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
+
+step "the API and the operator link no libtorch"
+for crate in frugal-api frugal-operator; do
+  if cargo tree -q -p "$crate" -e normal,build --prefix none | grep -Eq '^(tch|torch-sys) '; then
+    echo "error: $crate depends on tch; only frugal-trainer may" >&2
+    exit 1
+  fi
+done
+
+step "workspace tests (unit, CEL, contract, CRD drift, trainer on CPU)"
+cargo test --workspace --exclude frugal-e2e
+
+if [ -x scripts/e2e.sh ]; then
+  step "end to end on a local control plane"
+  bash scripts/e2e.sh
+fi
