@@ -29,20 +29,31 @@ mod tests {
     /// `cargo run -p frugal-operator -- crd --dir crds`.
     #[test]
     fn checked_in_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        assert_dir_matches("crds");
+    }
+
+    /// The chart ships the same CRDs: regenerate with
+    /// `cargo run -p frugal-operator -- crd --dir charts/frugal/crds`.
+    #[test]
+    fn the_charts_crds_match_the_types() {
+        assert_dir_matches("charts/frugal/crds");
+    }
+
+    fn assert_dir_matches(relative: &str) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
         let mut expected: Vec<String> = crd_files().into_iter().map(|(name, _)| name).collect();
         expected.sort();
         let mut found: Vec<String> = std::fs::read_dir(&dir)
-            .expect("crds/ exists")
+            .unwrap_or_else(|e| panic!("{relative}/: {e}"))
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         found.sort();
-        assert_eq!(found, expected, "crds/ holds other files than the generated CRDs");
+        assert_eq!(found, expected, "{relative}/ holds other files than the generated CRDs");
         for (name, yaml) in crd_files() {
             let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap();
             assert!(
                 on_disk == yaml,
-                "crds/{name} differs from the types; run `cargo run -p frugal-operator -- crd --dir crds`"
+                "{relative}/{name} differs from the types; run `cargo run -p frugal-operator -- crd --dir {relative}`"
             );
         }
     }

@@ -3,9 +3,24 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+mod admit;
+mod apply;
+mod build;
+mod conditions;
+mod controller;
 mod crd;
+mod error;
+mod lifecycle;
+mod metrics;
+mod names;
+mod observe;
+mod plan;
+mod run;
+mod settings;
+mod status;
+mod validate;
 
 #[derive(Parser)]
 #[command(name = "frugal-operator", version, about = "Runs TrainingJobs as GPU pods within their budgets")]
@@ -22,6 +37,43 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the controller against the cluster in KUBECONFIG (or the in-cluster config).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Most GPUs one job may hold, whatever its budget.maxGpus says.
+    #[arg(long, default_value_t = 4)]
+    pub max_gpus_per_job: i32,
+    /// Trainer image for jobs whose spec.image is empty.
+    #[arg(long)]
+    pub trainer_image: Option<String>,
+    /// Seconds a stopping trainer pod gets to write its checkpoint.
+    #[arg(long, default_value_t = 300)]
+    pub termination_grace_seconds: i64,
+    /// Watch one namespace only (default: all).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Elect a leader on a Lease so that only one replica reconciles.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace from
+    /// POD_NAMESPACE, else `default`).
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "frugal-operator")]
+    pub lease_name: String,
+    /// Most API requests per second the operator sends (sustained).
+    #[arg(long, default_value_t = 50)]
+    pub api_qps: u64,
+    /// Log format: json (default) or text.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +85,10 @@ fn main() -> anyhow::Result<()> {
                 let path = dir.join(name);
                 std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
             }
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run::run(args))?;
         }
     }
     Ok(())

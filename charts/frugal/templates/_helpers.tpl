@@ -1,0 +1,21 @@
+{{- define "frugal.name" -}}frugal-operator{{- end -}}
+
+{{- define "frugal.fullname" -}}
+{{- if contains "frugal" .Release.Name -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-frugal-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "frugal.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "frugal.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "frugal.labels" -}}
+{{ include "frugal.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: frugal
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}

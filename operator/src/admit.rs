@@ -1,0 +1,127 @@
+//! Admission: whether a planned job may start. Its GPUs must be within both the job's own
+//! `budget.maxGpus` and the operator's ceiling, and a job of several pods must checkpoint to a
+//! volume they all share (ReadWriteMany), checked before anything starts.
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+use crate::conditions::reasons;
+use crate::plan::PlannedJob;
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the job needs {gpus} GPUs ({stages} pipeline stages), above {limit}: lower spec.parallelism.pipelineStages{raise}")]
+    GpuLimit { gpus: i64, stages: i32, limit: String, raise: &'static str },
+    #[error("spec.checkpoint.claimName {claim:?} does not exist yet; the job's {pods} pods start once it does")]
+    ClaimMissing { claim: String, pods: i64 },
+    #[error("spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)")]
+    ClaimNotShared { claim: String, pods: i64 },
+}
+
+impl AdmitError {
+    /// Reason of a permanent admission error; a missing claim is waited for.
+    pub fn permanent_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::GpuLimit { .. } => Some(reasons::GPU_LIMIT_EXCEEDED),
+            Self::ClaimNotShared { .. } => Some(reasons::CHECKPOINT_NOT_SHARED),
+            Self::ClaimMissing { .. } => None,
+        }
+    }
+}
+
+/// The checkpoint claim a job must have checked before it starts, if any.
+pub fn claim_to_check(job: &PlannedJob) -> Option<&str> {
+    (job.plan.pods > 1).then_some(job.valid.spec.checkpoint.claim_name.as_deref()).flatten()
+}
+
+/// Admits a job; `claim` is the claim [`claim_to_check`] named, as read from the cluster.
+pub fn admit(job: &PlannedJob, settings: &Settings, claim: Option<&PersistentVolumeClaim>) -> Result<(), AdmitError> {
+    let gpus = job.plan.gpus;
+    let own = job.valid.spec.budget.max_gpus;
+    let ceiling = settings.max_gpus_per_job;
+    let (limit, raise) = match own {
+        Some(own) if own < ceiling => (format!("its budget.maxGpus of {own}"), " or raise spec.budget.maxGpus"),
+        _ => (format!("the operator's limit of {ceiling} GPUs per job (its --max-gpus-per-job setting)"), ""),
+    };
+    if gpus > i64::from(own.unwrap_or(ceiling).min(ceiling)) {
+        return Err(AdmitError::GpuLimit { gpus, stages: job.valid.spec.parallelism.pipeline_stages, limit, raise });
+    }
+    if let Some(name) = claim_to_check(job) {
+        let pods = job.plan.pods;
+        let claim = claim.ok_or_else(|| AdmitError::ClaimMissing { claim: name.into(), pods })?;
+        let modes = claim.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default();
+        if !modes.iter().any(|m| m == "ReadWriteMany") {
+            return Err(AdmitError::ClaimNotShared { claim: name.into(), pods });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::validate::{tests::training_job, validate};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+
+    fn planned(stages: i32, max_gpus: Option<i32>, gpus_per_pod: i32, claim: Option<&str>) -> PlannedJob {
+        let mut job = training_job(stages);
+        job.spec.budget.max_gpus = max_gpus;
+        job.spec.parallelism.gpus_per_pod = gpus_per_pod;
+        job.spec.checkpoint.claim_name = claim.map(str::to_string);
+        let settings = Settings::default();
+        plan(&validate(&job, &settings).unwrap(), &settings.plan_options).unwrap()
+    }
+
+    fn pvc(modes: &[&str]) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            spec: Some(PersistentVolumeClaimSpec { access_modes: Some(modes.iter().map(|m| m.to_string()).collect()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gpus_within_both_caps_are_admitted() {
+        let s = Settings::default();
+        assert_eq!(admit(&planned(4, None, 1, None), &s, None), Ok(()));
+        assert_eq!(admit(&planned(2, Some(2), 1, None), &s, None), Ok(()));
+    }
+
+    #[test]
+    fn the_operator_ceiling_defaults_to_four() {
+        let e = admit(&planned(8, None, 1, None), &Settings::default(), None).unwrap_err();
+        assert_eq!(e.permanent_reason(), Some("GpuLimitExceeded"));
+        assert_eq!(
+            e.to_string(),
+            "the job needs 8 GPUs (8 pipeline stages), above the operator's limit of 4 GPUs per job (its --max-gpus-per-job setting): lower spec.parallelism.pipelineStages"
+        );
+        // a job's own maxGpus cannot lift the operator's ceiling
+        assert!(admit(&planned(8, Some(8), 1, None), &Settings::default(), None).is_err());
+        let wide = Settings { max_gpus_per_job: 8, ..Settings::default() };
+        assert_eq!(admit(&planned(8, None, 1, None), &wide, None), Ok(()));
+    }
+
+    #[test]
+    fn the_jobs_own_max_gpus_applies() {
+        let e = admit(&planned(4, Some(2), 1, None), &Settings::default(), None).unwrap_err();
+        assert!(e.to_string().contains("budget.maxGpus of 2"), "{e}");
+        assert!(e.to_string().contains("raise spec.budget.maxGpus"), "{e}");
+    }
+
+    #[test]
+    fn several_pods_need_a_shared_checkpoint_claim() {
+        let s = Settings::default();
+        let two_pods = planned(2, None, 1, Some("ckpt"));
+        assert_eq!(claim_to_check(&two_pods), Some("ckpt"));
+        let e = admit(&two_pods, &s, Some(&pvc(&["ReadWriteOnce"]))).unwrap_err();
+        assert_eq!(e.permanent_reason(), Some("CheckpointNotShared"));
+        assert!(e.to_string().contains("ReadWriteMany"));
+        let e = admit(&two_pods, &s, None).unwrap_err();
+        assert_eq!(e.permanent_reason(), None, "a missing claim is waited for");
+        assert_eq!(admit(&two_pods, &s, Some(&pvc(&["ReadWriteMany"]))), Ok(()));
+        // one pod holding both stages needs no sharing
+        let one_pod = planned(2, None, 2, Some("ckpt"));
+        assert_eq!(claim_to_check(&one_pod), None);
+        assert_eq!(admit(&one_pod, &s, None), Ok(()));
+    }
+}

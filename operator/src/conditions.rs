@@ -1,0 +1,125 @@
+//! Condition types and reasons, in one place, and the helper that sets a condition the
+//! Kubernetes way (its `lastTransitionTime` moves only when its status does).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub mod types {
+    pub const READY: &str = "Ready";
+    pub const QUEUED: &str = "Queued";
+    pub const RUNNING: &str = "Running";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const STALLED: &str = "Stalled";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    /// Every type the operator owns, in the order they are written.
+    pub const ALL: [&str; 7] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED];
+}
+
+pub mod reasons {
+    // progress
+    pub const CREATING: &str = "Creating";
+    pub const PODS_STARTING: &str = "PodsStarting";
+    pub const RESTARTING: &str = "Restarting";
+    pub const QUEUED: &str = "Queued";
+    pub const RUNNING: &str = "Running";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const SUSPENDING: &str = "Suspending";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const WAITING_FOR_PODS: &str = "WaitingForPods";
+    pub const WAITING_FOR_CHECKPOINT_CLAIM: &str = "WaitingForCheckpointClaim";
+    // terminal or permanent
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const PLAN_FAILED: &str = "PlanFailed";
+    pub const GPU_LIMIT_EXCEEDED: &str = "GpuLimitExceeded";
+    pub const GPU_MEMORY_EXCEEDED: &str = "GpuMemoryExceeded";
+    pub const CHECKPOINT_NOT_SHARED: &str = "CheckpointNotShared";
+    pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
+    // the watchdog
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Sets condition `type_` in `conditions`: a new condition, or the old one updated, keeping its
+/// `lastTransitionTime` unless its status changes.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.chars().take(32768).collect::<String>();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status;
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = Some(generation);
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            observed_generation: Some(generation),
+            last_transition_time: now.clone(),
+        }),
+    }
+}
+
+/// Whether two condition lists say the same, ignoring `lastTransitionTime` and order.
+pub fn same(a: &[Condition], b: &[Condition]) -> bool {
+    let key = |c: &Condition| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone(), c.observed_generation);
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_the_status() {
+        let mut c = Vec::new();
+        set(&mut c, "Ready", false, "Creating", "creating", 1, &at(10));
+        set(&mut c, "Ready", false, "PodsStarting", "starting", 2, &at(20));
+        assert_eq!(c[0].last_transition_time, at(10));
+        assert_eq!(c[0].reason, "PodsStarting");
+        assert_eq!(c[0].observed_generation, Some(2));
+        set(&mut c, "Ready", true, "Running", "running", 2, &at(30));
+        assert_eq!(c[0].last_transition_time, at(30));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn sameness_ignores_times_and_order() {
+        let mut a = Vec::new();
+        set(&mut a, "Ready", true, "Running", "m", 1, &at(1));
+        set(&mut a, "Failed", false, "NotApplicable", "", 1, &at(1));
+        let mut b = Vec::new();
+        set(&mut b, "Failed", false, "NotApplicable", "", 1, &at(5));
+        set(&mut b, "Ready", true, "Running", "m", 1, &at(5));
+        assert!(same(&a, &b));
+        set(&mut b, "Ready", true, "Running", "other", 1, &at(5));
+        assert!(!same(&a, &b));
+    }
+}

@@ -1,0 +1,363 @@
+//! The controller: what it watches, and `reconcile`, which runs the stages in order:
+//! validate → plan → admit → build → apply → status.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{Instrument, info, info_span, warn};
+
+use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
+
+use crate::admit::{self, AdmitError};
+use crate::conditions::reasons;
+use crate::error::Error;
+use crate::lifecycle::{self, Inputs};
+use crate::metrics::{Backoff, CategoryLabels, Health, Metrics, ResultLabels};
+use crate::names::{JOB_LABEL, Names};
+use crate::observe;
+use crate::plan::{self, PlannedJob};
+use crate::settings::Settings;
+use crate::status::{self, Summary};
+use crate::{apply, build, validate};
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub backoff: Backoff,
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// One reconcile pass of one TrainingJob.
+pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
+    let span = info_span!("reconcile", job = %key);
+    let started = Instant::now();
+    let result = async {
+        if tj.meta().deletion_timestamp.is_some() {
+            // children go with it through their owner references
+            return Ok(Action::await_change());
+        }
+        let prev = tj.status.clone().unwrap_or_default();
+        let outcome = run_stages(&tj, &ctx, &prev).await;
+        finish(&tj, &ctx, &prev, outcome).await
+    }
+    .instrument(span.clone())
+    .await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.get_or_create(&ResultLabels { result: label }).inc();
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// What the stages decided.
+enum Outcome {
+    /// The job is finished; only clean-up is left.
+    Finished,
+    /// A status to write, and when to look again.
+    Pass { summary: Summary, plan: Option<frugal_api::v1alpha1::PlanStatus>, requeue: Option<Duration> },
+}
+
+async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
+    // a job that ran and finished stays finished, whatever its spec says later
+    if status::is_terminal(prev.phase) && prev.attempt.unwrap_or(0) > 0 {
+        return Ok(Outcome::Finished);
+    }
+    let valid = validate::validate(tj, &ctx.settings)?;
+    let planned = plan::plan(&valid, &ctx.settings.plan_options)?;
+    let plan_status = planned.plan.to_status();
+    if prev.plan.as_ref() != Some(&plan_status) {
+        // the plan goes into the status before anything starts
+        let summary = pending(reasons::CREATING, "planned; creating the job's children".into(), prev);
+        return Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: Some(Duration::ZERO) });
+    }
+    let claim = match admit::claim_to_check(&planned) {
+        Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
+        None => None,
+    };
+    if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
+        if let AdmitError::ClaimMissing { .. } = e {
+            let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
+            return Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: Some(Duration::from_secs(15)) });
+        }
+        return Err(e.into());
+    }
+    let children = build::build_children(&planned);
+    apply::apply_children(&ctx.client, &valid.names.namespace, &children).await?;
+    apply::ensure_secret(&ctx.client, &planned).await?;
+
+    let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
+    let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
+    let policy = &valid.spec.run_policy;
+    let decision = lifecycle::decide(&Inputs {
+        attempts: &attempts,
+        suspend: policy.suspend,
+        backoff_limit: policy.backoff_limit,
+        active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
+        progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
+        start_time: start_time.clone(),
+        last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
+        now: now(),
+    });
+    if decision.action != lifecycle::Action::Nothing {
+        info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
+    }
+    act(ctx, &planned, &decision.action).await?;
+    let summary = Summary {
+        phase: decision.phase,
+        reason: decision.reason,
+        message: decision.message,
+        stalled: decision.stalled,
+        attempt: Some(decision.attempt),
+        restarts: Some(decision.restarts),
+        start_time,
+        completed_at: decision.succeeded_at,
+    };
+    Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: decision.requeue_after })
+}
+
+async fn act(ctx: &Context, planned: &PlannedJob, action: &lifecycle::Action) -> Result<(), Error> {
+    apply::act(&ctx.client, planned, action, &ctx.settings).await?;
+    Ok(())
+}
+
+fn pending(reason: &'static str, message: String, prev: &TrainingJobStatus) -> Summary {
+    Summary {
+        phase: Phase::Pending,
+        reason,
+        message,
+        stalled: false,
+        attempt: prev.attempt,
+        restarts: prev.restarts,
+        start_time: None,
+        completed_at: None,
+    }
+}
+
+/// Turns the stages' outcome into the one status patch of this pass and the next requeue.
+async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outcome: Result<Outcome, Error>) -> Result<Action, Error> {
+    let generation = tj.metadata.generation.unwrap_or(0);
+    let (summary, plan, requeue) = match outcome {
+        Ok(Outcome::Finished) => return clean_up(tj, ctx, prev).await,
+        Ok(Outcome::Pass { summary, plan, requeue }) => (summary, plan, requeue),
+        Err(e) => match e.permanent_reason() {
+            // a spec that cannot work: say why, and wait for it to change
+            Some(reason) => {
+                warn!(reason, "{e}");
+                let summary = Summary {
+                    phase: Phase::Failed,
+                    reason,
+                    message: e.to_string(),
+                    stalled: false,
+                    attempt: prev.attempt,
+                    restarts: prev.restarts,
+                    start_time: None,
+                    completed_at: None,
+                };
+                (summary, None, None)
+            }
+            None => return Err(e),
+        },
+    };
+    let desired = status::desired(prev, generation, plan, &summary, &now());
+    if status::changed(prev, &desired) {
+        let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
+        status::patch(&api, &tj.name_any(), &desired).await?;
+        ctx.metrics.status_patches.inc();
+        if prev.phase != desired.phase || ready_reason(prev) != ready_reason(&desired) {
+            publish(ctx, tj, &summary).await;
+        }
+    }
+    Ok(match requeue {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+fn ready_reason(s: &TrainingJobStatus) -> Option<String> {
+    crate::conditions::get(&s.conditions, crate::conditions::types::READY).map(|c| c.reason.clone())
+}
+
+/// An event on each transition, a warning when the job failed or stalled.
+async fn publish(ctx: &Context, tj: &TrainingJob, s: &Summary) {
+    let warning = s.phase == Phase::Failed || s.stalled;
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: s.reason.into(),
+        note: Some(s.message.chars().take(1024).collect()),
+        action: format!("{:?}", s.phase),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
+        warn!("publishing an event: {e}");
+    }
+}
+
+/// A finished job: deletes its children once ttlSecondsAfterFinished has passed.
+async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Action, Error> {
+    let (Some(ttl), Some(done)) = (tj.spec.run_policy.ttl_seconds_after_finished, prev.completion_time.as_ref()) else {
+        return Ok(Action::await_change());
+    };
+    let due = done.0.as_second() + i64::from(ttl);
+    let left = due - now().0.as_second();
+    if left > 0 {
+        return Ok(Action::requeue(Duration::from_secs(left as u64)));
+    }
+    let names = Names::new(&tj.namespace().unwrap_or_default(), &tj.name_any());
+    let uid = tj.uid().unwrap_or_default();
+    let attempt_jobs: Vec<String> = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+        .map(|j| j.name_any())
+        .collect();
+    let service_exists = Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &names.namespace)
+        .get_metadata_opt(&names.service())
+        .await?
+        .is_some();
+    if !attempt_jobs.is_empty() || service_exists {
+        info!(ttl, "ttlSecondsAfterFinished passed: deleting the job's children");
+        apply::delete_children(&ctx.client, &names, &attempt_jobs).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
+    ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
+    let after = ctx.backoff.next(&key);
+    warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
+    Action::requeue(after)
+}
+
+/// What a TrainingJob change must touch to trigger a reconcile: its spec (generation), labels
+/// and annotations. Status writes (the trainer's progress reports, our own patches) do not.
+fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tj.metadata.generation.hash(&mut h);
+    tj.metadata.labels.hash(&mut h);
+    tj.metadata.annotations.hash(&mut h);
+    tj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Where the controller looks.
+pub struct Scope {
+    /// One namespace, or all.
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    scope: Scope,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    // fail early and clearly when the CRD is missing
+    scope.api::<TrainingJob>(&client).list(&ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!("listing TrainingJobs failed ({e}): are the CRDs installed (frugal-operator crd | kubectl apply -f -)?")
+    })?;
+    let children = watcher::Config::default().labels(&Names::managed_selector());
+
+    let (job_reader, job_writer) = reflector::store();
+    let job_stream = reflector::reflector(job_writer, watcher(scope.api::<Job>(&client), children.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (pod_reader, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()))
+        .default_backoff()
+        .touched_objects();
+    // Secrets and ConfigMaps: metadata only, and only the operator's own
+    let secrets = watcher(scope.api::<PartialObjectMeta<Secret>>(&client), children.clone()).default_backoff().touched_objects();
+    let configs = watcher(scope.api::<PartialObjectMeta<ConfigMap>>(&client), children.clone()).default_backoff().touched_objects();
+
+    let (tj_reader, tj_writer) = reflector::store();
+    // an object that fails to decode fails the watch, which backs off instead of spinning
+    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(spec_or_metadata, Default::default());
+
+    let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        jobs: job_reader.clone(),
+        pods: pod_reader.clone(),
+        metrics,
+        recorder,
+        backoff: Backoff::default(),
+    });
+    *health.store.lock().unwrap() = Some(tj_reader.clone());
+
+    let controller = Controller::for_stream(tj_stream, tj_reader.clone())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .owns_stream(job_stream)
+        .owns_stream(secrets)
+        .owns_stream(configs)
+        .watches_stream(pod_stream, |pod: Pod| {
+            let ns = pod.namespace()?;
+            let job = pod.labels().get(JOB_LABEL)?.clone();
+            Some(ObjectRef::<TrainingJob>::new(&job).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let health_ready = health.clone();
+    let (tj_ready, job_ready, pod_ready) = (tj_reader.clone(), job_reader.clone(), pod_reader.clone());
+    tokio::spawn(async move {
+        let _ = tokio::join!(tj_ready.wait_until_ready(), job_ready.wait_until_ready(), pod_ready.wait_until_ready());
+        health_ready.ready.store(true, Ordering::Relaxed);
+        info!("caches synced; ready");
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("controller: {e}");
+            }
+        })
+        .await;
+    Ok(())
+}

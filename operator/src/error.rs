@@ -1,0 +1,44 @@
+//! Errors by layer, and the top-level [`Error`] with a stable category for metrics and
+//! conditions. Permanent errors (a spec that can never work as it is) become a condition and
+//! wait for the spec to change; the others are retried with backoff.
+
+use crate::admit::AdmitError;
+use crate::plan::PlanStageError;
+use crate::validate::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error(transparent)]
+    Plan(#[from] PlanStageError),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the TrainingJob has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "validation",
+            Self::Plan(_) => "plan",
+            Self::Admit(_) => "admission",
+            Self::Kube(_) => "kubernetes",
+            Self::MissingMetadata(_) => "metadata",
+        }
+    }
+
+    /// The condition reason of a permanent error; `None` for errors worth retrying.
+    pub fn permanent_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Validation(e) => Some(e.reason()),
+            Self::Plan(e) => Some(e.reason()),
+            Self::Admit(e) => e.permanent_reason(),
+            Self::Kube(_) | Self::MissingMetadata(_) => None,
+        }
+    }
+}

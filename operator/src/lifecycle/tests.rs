@@ -1,0 +1,167 @@
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+
+use super::*;
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
+}
+
+fn job(conditions: &[(&str, Option<&str>, &str)], suspend: bool, ready: i32, stop: Option<&str>) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            annotations: stop.map(|s| [(STOP_REASON_ANNOTATION.to_string(), s.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec { suspend: Some(suspend), ..Default::default() }),
+        status: Some(JobStatus {
+            ready: Some(ready),
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(type_, reason, message)| JobCondition {
+                        type_: type_.to_string(),
+                        status: "True".into(),
+                        reason: reason.map(str::to_string),
+                        message: Some(message.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
+const RULE0: &str = "Pod ns/lm-a1-0 has condition DisruptionTarget matching FailJob rule at index 0";
+const RULE1: &str = "Container trainer for pod ns/lm-a1-0 failed with exit code 78 matching FailJob rule at index 1";
+const RULE2: &str = "Container trainer for pod ns/lm-a1-1 failed with exit code 1 matching FailJob rule at index 2";
+
+#[test]
+fn attempt_states_from_jobs() {
+    use AttemptState::*;
+    let failed = |kind| Failed { kind, message: String::new() };
+    let cases: Vec<(&str, Job, usize, AttemptState)> = vec![
+        ("new", job(&[], false, 0, None), 0, Starting),
+        ("kueue holds it", job(&[], true, 0, None), 0, Queued),
+        ("a pod ready", job(&[], false, 1, None), 1, Running),
+        ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
+        ("failing, pods left", job(&[("FailureTarget", Some("PodFailurePolicy"), RULE2)], false, 1, None), 1, Stopping(None)),
+        ("failed, pods left", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 1, Stopping(None)),
+        ("stage failed", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 0, Failed { kind: FailureKind::Failed, message: RULE2.into() }),
+        ("disrupted", job(&[("Failed", Some("PodFailurePolicy"), RULE0)], false, 0, None), 0, Failed { kind: FailureKind::Disrupted, message: RULE0.into() }),
+        ("config error", job(&[("Failed", Some("PodFailurePolicy"), RULE1)], false, 0, None), 0, Failed { kind: FailureKind::Configuration, message: RULE1.into() }),
+        ("backoff", job(&[("Failed", Some("BackoffLimitExceeded"), "")], false, 0, None), 0, failed(FailureKind::Failed)),
+        ("stopping stalled", job(&[], false, 1, Some("Stalled")), 1, Stopping(Some(StopReason::Stalled))),
+        ("stopped stalled", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Stalled")), 0, failed(FailureKind::Stalled)),
+        ("stopped for suspend", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Suspended")), 0, failed(FailureKind::Suspended)),
+        ("stopped at deadline", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")), 0, failed(FailureKind::DeadlineExceeded)),
+    ];
+    for (name, job, live, want) in cases {
+        assert_eq!(attempt_state(&job, live), want, "{name}");
+    }
+}
+
+fn view(attempt: i32, state: AttemptState, started: Option<i64>) -> AttemptView {
+    AttemptView { attempt, state, started: started.map(t) }
+}
+
+fn failed(kind: FailureKind) -> AttemptState {
+    AttemptState::Failed { kind, message: String::new() }
+}
+
+struct Case {
+    name: &'static str,
+    attempts: Vec<AttemptView>,
+    suspend: bool,
+    deadline: Option<u64>,
+    progress: Option<i64>,
+    now: i64,
+    want: (Action, Phase, &'static str, i32),
+}
+
+fn case(name: &'static str, attempts: Vec<AttemptView>, want: (Action, Phase, &'static str, i32)) -> Case {
+    Case { name, attempts, suspend: false, deadline: None, progress: None, now: 30, want }
+}
+
+/// The state machine table of docs/operator.md: (action, phase, reason, restarts).
+#[test]
+fn decide_table() {
+    use Action::*;
+    use AttemptState::*;
+    use FailureKind as F;
+    use Phase as P;
+    let cases = vec![
+        case("nothing yet", vec![], (Create(1), P::Pending, "Creating", 0)),
+        Case { suspend: true, ..case("suspended before start", vec![], (Nothing, P::Suspended, "Suspended", 0)) },
+        case("queued by Kueue", vec![view(1, Queued, None)], (Nothing, P::Queued, "Queued", 0)),
+        case("pods starting", vec![view(1, Starting, Some(0))], (Nothing, P::Pending, "PodsStarting", 0)),
+        case("running", vec![view(1, Running, Some(0))], (Nothing, P::Running, "Running", 0)),
+        case("succeeded", vec![view(1, Succeeded { at: None }, Some(0))], (Nothing, P::Succeeded, "Succeeded", 0)),
+        case("stage failed: retry", vec![view(1, failed(F::Failed), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
+        case("pods still stopping", vec![view(1, Stopping(None), Some(0))], (Nothing, P::Pending, "WaitingForPods", 0)),
+        case("disruption is not counted", vec![view(1, failed(F::Failed), Some(0)), view(2, failed(F::Disrupted), Some(0))], (Create(3), P::Pending, "Restarting", 1)),
+        case(
+            "backoff limit (3) exceeded",
+            (1..=4).map(|a| view(a, failed(F::Failed), Some(0))).collect(),
+            (Nothing, P::Failed, "BackoffLimitExceeded", 4),
+        ),
+        case("last retry", (1..=3).map(|a| view(a, failed(F::Failed), Some(0))).collect(), (Create(4), P::Pending, "Restarting", 3)),
+        case("configuration error is permanent", vec![view(1, failed(F::Configuration), Some(0))], (Nothing, P::Failed, "ConfigurationError", 0)),
+        Case { suspend: true, ..case("suspend a running attempt", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Suspended), P::Suspended, "Suspending", 0)) },
+        Case { suspend: true, ..case("suspend a queued attempt", vec![view(1, Queued, None)], (Delete(1), P::Suspended, "Suspending", 0)) },
+        Case { suspend: true, ..case("suspending", vec![view(1, Stopping(Some(StopReason::Suspended)), Some(0))], (Nothing, P::Suspended, "Suspending", 0)) },
+        Case { suspend: true, ..case("suspended", vec![view(1, failed(F::Suspended), Some(0))], (Nothing, P::Suspended, "Suspended", 0)) },
+        case("resume", vec![view(1, failed(F::Suspended), Some(0))], (Create(2), P::Pending, "Creating", 0)),
+        Case { deadline: Some(50), now: 100, ..case("deadline passes", vec![view(1, Running, Some(0))], (Stop(1, StopReason::DeadlineExceeded), P::Running, "DeadlineExceeded", 0)) },
+        Case { deadline: Some(50), now: 100, ..case("deadline stop done", vec![view(1, failed(F::DeadlineExceeded), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 0)) },
+        Case { deadline: Some(50), now: 100, ..case("no retry past the deadline", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 1)) },
+        Case { now: 100, ..case("stalled: no report in 60s", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Stalled), P::Pending, "Stalled", 0)) },
+        Case { progress: Some(90), now: 100, ..case("a recent report is progress", vec![view(1, Running, Some(0))], (Nothing, P::Running, "Running", 0)) },
+        case("stall stop done: counted retry", vec![view(1, failed(F::Stalled), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
+    ];
+    for c in cases {
+        let inputs = Inputs {
+            attempts: &c.attempts,
+            suspend: c.suspend,
+            backoff_limit: 3,
+            active_deadline: c.deadline.map(Duration::from_secs),
+            progress_deadline: Duration::from_secs(60),
+            start_time: Some(t(0)),
+            last_progress: c.progress.map(t),
+            now: t(c.now),
+        };
+        let d = decide(&inputs);
+        assert_eq!((d.action.clone(), d.phase, d.reason, d.restarts), c.want, "{}: {}", c.name, d.message);
+        assert!(!d.message.is_empty() || d.reason == "Creating", "{}: a decision says why", c.name);
+    }
+}
+
+#[test]
+fn watchdog_and_deadline_schedule_the_next_look() {
+    let attempts = [view(1, AttemptState::Running, Some(0))];
+    let d = decide(&Inputs {
+        attempts: &attempts,
+        suspend: false,
+        backoff_limit: 3,
+        active_deadline: Some(Duration::from_secs(500)),
+        progress_deadline: Duration::from_secs(60),
+        start_time: Some(t(0)),
+        last_progress: Some(t(30)),
+        now: t(40),
+    });
+    assert_eq!(d.action, Action::Nothing);
+    // the stall would be at 30 + 60 = 90, before the deadline at 500
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(50)));
+}
+
+#[test]
+fn the_matched_rule_is_read_from_the_message() {
+    assert_eq!(matched_rule(RULE0), Some(0));
+    assert_eq!(matched_rule(RULE2), Some(2));
+    assert_eq!(matched_rule("Job has reached the specified backoff limit"), None);
+}

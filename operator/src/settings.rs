@@ -1,0 +1,29 @@
+//! The operator's own settings (flags of `frugal-operator run`), handed to the stages that need
+//! them; no stage reads the environment.
+
+use frugal_api::planner::PlanOptions;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// GPUs a single job may hold, whatever its budget says.
+    pub max_gpus_per_job: i32,
+    /// Trainer image for jobs that set none.
+    pub trainer_image: Option<String>,
+    /// Command and arguments of the trainer container.
+    pub trainer_command: Vec<String>,
+    /// Seconds a stopping pod has to write its checkpoint.
+    pub termination_grace_seconds: i64,
+    pub plan_options: PlanOptions,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_gpus_per_job: 4,
+            trainer_image: None,
+            trainer_command: vec!["frugal-trainer".into(), "pod".into()],
+            termination_grace_seconds: 300,
+            plan_options: PlanOptions::default(),
+        }
+    }
+}

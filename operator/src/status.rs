@@ -1,0 +1,185 @@
+//! The status stage: the conditions and phase a pass's outcome means (pure), compared with what
+//! the object already says so an unchanged status sends nothing, and written as one server-side
+//! apply patch of the fields the operator owns (the trainer owns progress, cost, quality,
+//! efficiency and checkpoint under its own field manager).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+
+use frugal_api::v1alpha1::{Phase, PlanStatus, TrainingJobStatus};
+use frugal_api::TrainingJob;
+
+use crate::conditions::{self, types};
+use crate::names::FIELD_MANAGER;
+
+/// What a pass found, in the words the status uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub phase: Phase,
+    pub reason: &'static str,
+    pub message: String,
+    /// The watchdog found an attempt stalled.
+    pub stalled: bool,
+    pub attempt: Option<i32>,
+    pub restarts: Option<i32>,
+    pub start_time: Option<Time>,
+    /// When a job that succeeded completed (its Job's time); failures complete now.
+    pub completed_at: Option<Time>,
+}
+
+/// Whether `Ready` is True in a phase: the job is doing what its spec asks (running, suspended
+/// as asked, or done). See docs/operator.md for what kstatus, Flux and Argo CD make of it.
+pub fn ready(phase: Phase) -> bool {
+    matches!(phase, Phase::Running | Phase::Suspended | Phase::Succeeded)
+}
+
+pub fn is_terminal(phase: Option<Phase>) -> bool {
+    matches!(phase, Some(Phase::Succeeded | Phase::Failed))
+}
+
+/// The operator-owned part of the status after this pass. Conditions the operator does not own
+/// (if the trainer adds any) are left out: server-side apply keeps them.
+pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatus>, s: &Summary, now: &Time) -> TrainingJobStatus {
+    let mut conditions: Vec<_> = prev.conditions.iter().filter(|c| types::ALL.contains(&c.type_.as_str())).cloned().collect();
+    let phase = s.phase;
+    let states = [
+        (types::READY, ready(phase)),
+        (types::QUEUED, phase == Phase::Queued),
+        (types::RUNNING, phase == Phase::Running),
+        (types::SUSPENDED, phase == Phase::Suspended),
+        // kstatus reads Stalled=True as "will not progress by itself": a failed job, or an
+        // attempt the watchdog is replacing
+        (types::STALLED, s.stalled || phase == Phase::Failed),
+        (types::SUCCEEDED, phase == Phase::Succeeded),
+        (types::FAILED, phase == Phase::Failed),
+    ];
+    for (type_, status) in states {
+        conditions::set(&mut conditions, type_, status, s.reason, &s.message, generation, now);
+    }
+    let completion_time = if is_terminal(Some(phase)) {
+        prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone()))
+    } else {
+        None
+    };
+    TrainingJobStatus {
+        observed_generation: Some(generation),
+        phase: Some(phase),
+        conditions,
+        plan: plan.or_else(|| prev.plan.clone()),
+        attempt: s.attempt.or(prev.attempt),
+        restarts: s.restarts.or(prev.restarts),
+        start_time: prev.start_time.clone().or_else(|| s.start_time.clone()),
+        completion_time,
+        ..Default::default()
+    }
+}
+
+/// Whether `desired` says anything the current status does not (timestamps of unchanged
+/// conditions aside).
+pub fn changed(current: &TrainingJobStatus, desired: &TrainingJobStatus) -> bool {
+    let owned: Vec<_> = current.conditions.iter().filter(|c| types::ALL.contains(&c.type_.as_str())).cloned().collect();
+    !conditions::same(&owned, &desired.conditions)
+        || current.observed_generation != desired.observed_generation
+        || current.phase != desired.phase
+        || current.plan != desired.plan
+        || current.attempt != desired.attempt
+        || current.restarts != desired.restarts
+        || current.start_time != desired.start_time
+        || current.completion_time != desired.completion_time
+}
+
+/// Writes the operator's fields with one server-side apply patch.
+pub async fn patch(api: &Api<TrainingJob>, name: &str, status: &TrainingJobStatus) -> Result<(), kube::Error> {
+    let body = serde_json::json!({
+        "apiVersion": "frugal.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(s: i64) -> Time {
+        Time(Timestamp::from_second(1_700_000_000 + s).unwrap())
+    }
+
+    fn summary(phase: Phase, reason: &'static str) -> Summary {
+        Summary { phase, reason, message: format!("because {reason}"), stalled: false, attempt: Some(1), restarts: Some(0), start_time: None, completed_at: None }
+    }
+
+    fn conditions_of(s: &TrainingJobStatus) -> Vec<(String, String)> {
+        types::ALL.iter().map(|t| {
+            let c = conditions::get(&s.conditions, t).unwrap();
+            (c.type_.clone(), c.status.clone())
+        }).filter(|(_, s)| s == "True").collect()
+    }
+
+    /// Which conditions are True in each phase (the table in docs/operator.md).
+    #[test]
+    fn conditions_by_phase() {
+        let cases = [
+            (Phase::Pending, false, vec![]),
+            (Phase::Queued, false, vec!["Queued"]),
+            (Phase::Running, false, vec!["Ready", "Running"]),
+            (Phase::Suspended, false, vec!["Ready", "Suspended"]),
+            (Phase::Succeeded, false, vec!["Ready", "Succeeded"]),
+            (Phase::Failed, false, vec!["Stalled", "Failed"]),
+            (Phase::Pending, true, vec!["Stalled"]),
+        ];
+        for (phase, stalled, want) in cases {
+            let s = Summary { stalled, ..summary(phase, "R") };
+            let status = desired(&TrainingJobStatus::default(), 3, None, &s, &t(0));
+            let trues: Vec<_> = conditions_of(&status).into_iter().map(|(t, _)| t).collect();
+            assert_eq!(trues, want, "{phase:?} stalled={stalled}");
+            assert_eq!(status.conditions.len(), 7);
+            assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3) && c.message == "because R"));
+            assert_eq!(status.observed_generation, Some(3));
+            assert_eq!(status.phase, Some(phase));
+        }
+    }
+
+    #[test]
+    fn an_unchanged_pass_changes_nothing() {
+        let s = summary(Phase::Running, "Running");
+        let first = desired(&TrainingJobStatus::default(), 1, None, &s, &t(0));
+        let second = desired(&first, 1, None, &s, &t(60));
+        assert!(!changed(&first, &second));
+        assert_eq!(second.conditions, first.conditions, "transition times kept");
+        let done = desired(&first, 1, None, &summary(Phase::Succeeded, "Succeeded"), &t(90));
+        assert!(changed(&first, &done));
+        let ready = conditions::get(&done.conditions, "Ready").unwrap();
+        assert_eq!(ready.last_transition_time, t(0), "Ready stayed True");
+        let running = conditions::get(&done.conditions, "Running").unwrap();
+        assert_eq!((running.status.as_str(), running.last_transition_time.clone()), ("False", t(90)));
+    }
+
+    #[test]
+    fn times_are_set_once() {
+        let s = Summary { start_time: Some(t(5)), ..summary(Phase::Running, "Running") };
+        let running = desired(&TrainingJobStatus::default(), 1, None, &s, &t(10));
+        assert_eq!(running.start_time, Some(t(5)));
+        assert_eq!(running.completion_time, None);
+        let s = Summary { start_time: Some(t(7)), completed_at: Some(t(50)), ..summary(Phase::Succeeded, "Succeeded") };
+        let done = desired(&running, 1, None, &s, &t(60));
+        assert_eq!(done.start_time, Some(t(5)));
+        assert_eq!(done.completion_time, Some(t(50)));
+        let failed = desired(&TrainingJobStatus::default(), 1, None, &summary(Phase::Failed, "BackoffLimitExceeded"), &t(70));
+        assert_eq!(failed.completion_time, Some(t(70)));
+    }
+
+    #[test]
+    fn the_trainers_fields_are_not_the_operators() {
+        let mut prev = TrainingJobStatus::default();
+        prev.progress = Some(Default::default());
+        let d = desired(&prev, 1, None, &summary(Phase::Running, "Running"), &t(0));
+        assert!(d.progress.is_none(), "progress is not applied by the operator");
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(json.get("progress").is_none() && json.get("cost").is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! Validation: a TrainingJob's spec into a [`ValidJob`] that every later stage trusts, or a
+//! permanent error naming the field and the fix. The API server's CEL rules already caught what
+//! CEL can see; this checks what it cannot (names with our suffixes, overrides that would
+//! collide with the operator's own labels, env, volumes and mounts).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+
+use frugal_api::contract::{env, paths};
+use frugal_api::v1alpha1::MAX_JOB_NAME_LENGTH;
+use frugal_api::{TrainingJob, TrainingJobSpec};
+
+use crate::conditions::reasons;
+use crate::names::{self, Names};
+use crate::settings::Settings;
+
+/// Volumes the operator adds to every pod; overrides may not reuse their names.
+pub const OWN_VOLUMES: [&str; 6] = ["config", "token", "checkpoint", "shm", "tmp", "home"];
+/// Where the operator mounts them.
+pub const HOME_DIR: &str = "/home/frugal";
+pub const OWN_MOUNT_PATHS: [&str; 5] = [paths::CONFIG_DIR, paths::TOKEN_DIR, "/dev/shm", "/tmp", HOME_DIR];
+
+/// A job the later stages can build from without checking anything again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJob {
+    pub names: Names,
+    pub uid: String,
+    pub generation: i64,
+    pub spec: TrainingJobSpec,
+    pub image: String,
+    /// Kueue's queue, from the TrainingJob's `kueue.x-k8s.io/queue-name` label.
+    pub queue: Option<String>,
+    /// The owner reference every child carries.
+    pub owner: OwnerReference,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("metadata.name {0:?} must be a DNS-1035 label of at most {MAX_JOB_NAME_LENGTH} characters: children add suffixes to it; choose a shorter name")]
+    Name(String),
+    #[error("no trainer image: set spec.image, or start the operator with --trainer-image")]
+    NoImage,
+    #[error("spec.podTemplate.{field}: {value:?} is set by the operator; {fix}")]
+    Reserved { field: &'static str, value: String, fix: &'static str },
+    #[error("spec.podTemplate.labels: {0}")]
+    Label(String),
+}
+
+impl ValidationError {
+    pub fn reason(&self) -> &'static str {
+        reasons::INVALID_SPEC
+    }
+}
+
+fn is_dns_1035(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && !s.ends_with('-')
+}
+
+/// A label value: at most 63 characters, alphanumerics with `-_.` inside.
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && (s.is_empty()
+            || (s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())))
+}
+
+pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, crate::error::Error> {
+    use crate::error::Error::MissingMetadata;
+    let name = job.metadata.name.clone().ok_or(MissingMetadata("name"))?;
+    let namespace = job.metadata.namespace.clone().ok_or(MissingMetadata("namespace"))?;
+    let uid = job.metadata.uid.clone().ok_or(MissingMetadata("uid"))?;
+    let owner = job.controller_owner_ref(&()).ok_or(MissingMetadata("uid"))?;
+    let generation = job.metadata.generation.unwrap_or(0);
+    Ok(validate_spec(&name, &namespace, &job.spec, job.metadata.labels.as_ref(), settings).map(
+        |(image, queue)| ValidJob { names: Names::new(&namespace, &name), uid, generation, spec: job.spec.clone(), image, queue, owner },
+    )?)
+}
+
+fn validate_spec(
+    name: &str,
+    _namespace: &str,
+    spec: &TrainingJobSpec,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    settings: &Settings,
+) -> Result<(String, Option<String>), ValidationError> {
+    if name.len() > MAX_JOB_NAME_LENGTH || !is_dns_1035(name) {
+        return Err(ValidationError::Name(name.into()));
+    }
+    let image = spec
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .or_else(|| settings.trainer_image.clone())
+        .ok_or(ValidationError::NoImage)?;
+    if let Some(o) = &spec.pod_template {
+        for (key, value) in &o.labels {
+            if [names::MANAGED_BY, names::JOB_LABEL, names::ATTEMPT_LABEL, names::COMPONENT].contains(&key.as_str())
+                || key.starts_with("batch.kubernetes.io/")
+            {
+                return Err(ValidationError::Reserved { field: "labels", value: key.clone(), fix: "remove it" });
+            }
+            if !is_label_value(value) {
+                return Err(ValidationError::Label(format!("the value {value:?} of {key:?} is not a label value (at most 63 letters, digits, '-', '_', '.')")));
+            }
+        }
+        let own_env = [
+            env::CONFIG_PATH, env::POD_INDEX, env::ATTEMPT, env::JOB_NAME, env::SERVICE, env::NAMESPACE,
+            env::TRAINING_JOB, env::TOKEN_PATH, env::CHECKPOINT_DIR, env::METRICS_PORT, env::REPORT_STATUS, "HOME",
+        ];
+        if let Some(e) = o.env.iter().find(|e| own_env.contains(&e.name.as_str())) {
+            return Err(ValidationError::Reserved { field: "env", value: e.name.clone(), fix: "rename the variable" });
+        }
+        if let Some(v) = o.volumes.iter().find(|v| OWN_VOLUMES.contains(&v.name.as_str())) {
+            return Err(ValidationError::Reserved { field: "volumes", value: v.name.clone(), fix: "rename the volume" });
+        }
+        if let Some(m) = o.volume_mounts.iter().find(|m| {
+            OWN_MOUNT_PATHS.contains(&m.mount_path.trim_end_matches('/')) || m.mount_path.trim_end_matches('/') == spec.checkpoint.path.trim_end_matches('/')
+        }) {
+            return Err(ValidationError::Reserved { field: "volumeMounts", value: m.mount_path.clone(), fix: "mount it elsewhere" });
+        }
+    }
+    let queue = labels.and_then(|l| l.get(names::KUEUE_QUEUE_LABEL)).cloned();
+    Ok((image, queue))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use frugal_api::v1alpha1::PodOverrides;
+    use k8s_openapi::api::core::v1::{EnvVar, Volume, VolumeMount};
+
+    /// A valid TrainingJob for tests: `lm` in `ml`, `stages` pipeline stages of one GPU each.
+    pub fn training_job(stages: i32) -> TrainingJob {
+        let mut job: TrainingJob = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: lm, namespace: ml, uid: u-1, generation: 2}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
+  data: {{source: {{type: Synthetic}}}}
+  parallelism: {{pipelineStages: {stages}, microBatches: 8}}
+  training: {{batchSize: 16}}
+  image: registry.example/frugal/trainer:1
+"#
+        ))
+        .unwrap();
+        job.metadata.generation = Some(2);
+        job
+    }
+
+    fn err(job: &TrainingJob) -> String {
+        validate(job, &Settings::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_valid_job_carries_names_owner_and_image() {
+        let mut job = training_job(2);
+        job.metadata.labels = Some([(names::KUEUE_QUEUE_LABEL.to_string(), "team-a".to_string())].into());
+        let v = validate(&job, &Settings::default()).unwrap();
+        assert_eq!(v.names, Names::new("ml", "lm"));
+        assert_eq!(v.image, "registry.example/frugal/trainer:1");
+        assert_eq!(v.queue.as_deref(), Some("team-a"));
+        assert_eq!(v.owner.uid, "u-1");
+        assert_eq!(v.owner.kind, "TrainingJob");
+        assert_eq!(v.owner.controller, Some(true));
+        assert_eq!(v.generation, 2);
+    }
+
+    #[test]
+    fn the_image_falls_back_to_the_operator_setting() {
+        let mut job = training_job(1);
+        job.spec.image = None;
+        assert!(err(&job).contains("--trainer-image"));
+        let settings = Settings { trainer_image: Some("img:2".into()), ..Settings::default() };
+        assert_eq!(validate(&job, &settings).unwrap().image, "img:2");
+    }
+
+    #[test]
+    fn names_without_room_for_suffixes_are_refused() {
+        let mut job = training_job(1);
+        job.metadata.name = Some("x".repeat(41));
+        assert!(err(&job).contains("at most 40 characters"));
+        job.metadata.name = Some("9lm".into());
+        assert!(err(&job).contains("DNS-1035"));
+    }
+
+    #[test]
+    fn overrides_may_not_take_the_operators_own() {
+        let with = |o: PodOverrides| {
+            let mut job = training_job(1);
+            job.spec.pod_template = Some(o);
+            err(&job)
+        };
+        let e = with(PodOverrides { labels: [(names::JOB_LABEL.to_string(), "x".to_string())].into(), ..Default::default() });
+        assert!(e.contains("spec.podTemplate.labels") && e.contains("frugal.dev/training-job"), "{e}");
+        let e = with(PodOverrides { labels: [("team".to_string(), "a b".to_string())].into(), ..Default::default() });
+        assert!(e.contains("not a label value"), "{e}");
+        let e = with(PodOverrides { env: vec![EnvVar { name: env::ATTEMPT.into(), ..Default::default() }], ..Default::default() });
+        assert!(e.contains("FRUGAL_ATTEMPT") && e.contains("rename"), "{e}");
+        let e = with(PodOverrides { volumes: vec![Volume { name: "shm".into(), ..Default::default() }], ..Default::default() });
+        assert!(e.contains("volumes") && e.contains("shm"), "{e}");
+        let e = with(PodOverrides {
+            volume_mounts: vec![VolumeMount { name: "data".into(), mount_path: "/checkpoints/".into(), ..Default::default() }],
+            ..Default::default()
+        });
+        assert!(e.contains("volumeMounts"), "{e}");
+    }
+}
