@@ -1,0 +1,192 @@
+//! The resolved run: what the trainer needs after a `TrainingJob` spec has been defaulted and
+//! checked (see `job.rs`). It is not a second configuration language: nothing reads it from a
+//! file; it is built from the job's own types, or directly in tests and benchmarks.
+
+use serde::{Deserialize, Serialize};
+
+pub use frugal_api::planner::{ResolvedAttention as AttentionPattern, ResolvedModel as ModelConfig, ResolvedMoe as MoeConfig};
+pub use frugal_api::v1alpha1::Positions;
+
+/// nanoGPT's character-level CPU recipe (4 layers, 128 wide, 4 heads, context 64, GPT-2 style:
+/// learned positions, biases, tied embeddings) over `vocab_size` tokens.
+pub fn nano_model(vocab_size: i64) -> ModelConfig {
+    ModelConfig {
+        layers: 4,
+        d_model: 128,
+        heads: 4,
+        seq_len: 64,
+        vocab_size,
+        ffn_hidden: 512,
+        positions: Positions::Learned,
+        tied_embeddings: true,
+        bias: true,
+        moe: None,
+        attention: AttentionPattern::Dense,
+    }
+}
+
+/// Checks a model built directly (the planner checks the ones it resolves from a spec).
+pub fn validate_model(m: &ModelConfig) -> Result<(), String> {
+    if m.layers < 1 || m.d_model < 1 || m.heads < 1 || m.seq_len < 1 || m.vocab_size < 2 {
+        return Err("layers, dModel, heads, seqLen and vocabSize must be positive".into());
+    }
+    if m.d_model % m.heads != 0 {
+        return Err(format!("dModel {} is not divisible by heads {}", m.d_model, m.heads));
+    }
+    if m.positions == Positions::Rotary && m.head_dim() % 2 != 0 {
+        return Err("rotary positions need an even head dimension".into());
+    }
+    if let Some(moe) = &m.moe {
+        if moe.top_k < 1 || moe.top_k > moe.experts || moe.every_n_layers < 1 {
+            return Err(format!("MoE: topK {} must be between 1 and experts {}, everyNLayers ≥ 1", moe.top_k, moe.experts));
+        }
+        if moe.capacity_factor <= 0.0 {
+            return Err("MoE: capacityFactor must be positive".into());
+        }
+    }
+    match m.attention {
+        AttentionPattern::Dense => Ok(()),
+        AttentionPattern::SlidingWindow { window } if window < 1 => Err("sliding window must be at least 1".into()),
+        AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens }
+            if block_size < 1 || local_blocks < 0 || global_tokens < 0 =>
+        {
+            Err("block-sparse attention needs blockSize ≥ 1, localBlocks ≥ 0, globalTokens ≥ 0".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerKind {
+    AdamW,
+    /// Newton–Schulz orthogonalised momentum on hidden matrices; AdamW on the rest.
+    Muon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Linear warm-up, then cosine decay to `min_lr` at the last step.
+    Cosine,
+    /// Linear warm-up, constant, then linear decay to `min_lr` over the last `decay_fraction`.
+    Trapezoidal { decay_fraction: f64 },
+    Constant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: i64,
+    pub schedule: Schedule,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global-norm gradient clip; 0 disables it.
+    pub grad_clip: f64,
+    /// Muon's own learning rate and momentum for hidden matrices.
+    pub muon_lr: f64,
+    pub muon_momentum: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::AdamW,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            schedule: Schedule::Cosine,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            muon_lr: 0.02,
+            muon_momentum: 0.95,
+        }
+    }
+}
+
+/// Where tokens come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataSource {
+    /// Byte-level tokens of a UTF-8 (or any) text file.
+    TextFile { path: std::path::PathBuf },
+    /// Built-in generator with learnable structure and known entropy: a corpus of `tokens`
+    /// tokens where each token is followed by one of `branching` successors, uniformly.
+    Synthetic { branching: i64, tokens: i64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    pub source: DataSource,
+    /// Fraction of the corpus held out (its tail) for validation.
+    pub validation_fraction: f64,
+    /// Sequences evaluated per validation pass (0: the whole validation split).
+    pub eval_sequences: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: i64,
+    /// Sequences per optimizer step.
+    pub batch_size: i64,
+    /// Sequences per forward/backward; batch_size must be a multiple of it.
+    pub micro_batch_size: i64,
+    pub precision: Precision,
+    pub activation_checkpointing: bool,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    /// Steps between validation passes (0: only at the end).
+    pub eval_interval: i64,
+    /// Steps between checkpoints (0: only on SIGTERM and at the end).
+    pub checkpoint_interval: i64,
+    /// Steps between progress reports.
+    pub log_interval: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub name: String,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    /// Checkpoint directory; None disables checkpoints.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Checkpoints kept on disk (older ones are removed after a new one commits).
+    pub keep_checkpoints: usize,
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_model(&self.model)?;
+        let t = &self.train;
+        if t.steps < 0 || t.batch_size < 1 || t.micro_batch_size < 1 {
+            return Err("steps must be ≥ 0 and batch sizes ≥ 1".into());
+        }
+        if t.batch_size % t.micro_batch_size != 0 {
+            return Err(format!(
+                "batch size {} is not a multiple of the micro-batch size {}",
+                t.batch_size, t.micro_batch_size
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn micro_batches(&self) -> i64 {
+        self.train.batch_size / self.train.micro_batch_size
+    }
+
+    pub fn tokens_per_step(&self) -> i64 {
+        self.train.batch_size * self.model.seq_len
+    }
+}

@@ -1,0 +1,18 @@
+//! frugal-trainer: sparse, mixed-precision GPT training on libtorch.
+
+pub mod attention;
+pub mod block;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod flops;
+pub mod gpt;
+pub mod metrics;
+pub mod moe;
+pub mod optim;
+pub mod params;
+pub mod precision;
+pub mod report;
+pub mod rng;
+pub mod train;
+pub mod job;

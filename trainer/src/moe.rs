@@ -1,0 +1,180 @@
+//! Mixture-of-experts feed-forward (Switch/GShard routing, DeepSeekMoE experts).
+//!
+//! A learned router picks the top-k of E fine-grained experts per token; shared experts see every
+//! token. Dispatch is bucketed: assignments are sorted by expert, each expert gets a bucket
+//! of `capacity` slots, tokens past capacity are dropped (and counted), and all experts run as
+//! two batched matrix products over [E, capacity, ·]. The op count does not grow with E.
+//! The router runs in fp32.
+
+use crate::config::{MoeConfig, ModelConfig};
+use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
+use tch::{Kind, Tensor};
+
+/// The routing decision for one MoE layer and batch: which experts each token goes to. Kept by
+/// activation recomputation so the recomputed forward dispatches exactly as the first one did.
+#[derive(Debug)]
+pub struct Routing {
+    /// [N, k] expert indices.
+    pub experts: Tensor,
+}
+
+/// What one MoE layer reports besides its output.
+pub struct MoeOutput {
+    pub y: Tensor,
+    /// Load-balancing loss E · Σ_e f_e · P_e (1.0 when perfectly balanced).
+    pub aux_loss: Tensor,
+    /// Token-expert assignments dropped for lack of capacity (a 0-d i64 tensor, no sync).
+    pub dropped: Tensor,
+    pub assignments: i64,
+    pub routing: Routing,
+    /// With a given routing: token-expert choices where the router now disagrees with it (a
+    /// 0-d i64 tensor; always 0 when recomputation is exact).
+    pub routing_mismatches: Option<Tensor>,
+}
+
+pub struct Mlp {
+    fc_w: ParamId,
+    fc_b: Option<ParamId>,
+    proj_w: ParamId,
+    proj_b: Option<ParamId>,
+}
+
+impl Mlp {
+    pub fn new(b: &mut ParamBuilder, prefix: &str, cfg: &ModelConfig, hidden: i64) -> Self {
+        let d = cfg.d_model;
+        let proj_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
+        Self {
+            fc_w: b.add(format!("{prefix}.fc.weight"), &[hidden, d], ParamGroup::Hidden, Init::Normal(0.02)),
+            fc_b: cfg.bias.then(|| b.add(format!("{prefix}.fc.bias"), &[hidden], ParamGroup::Gain, Init::Zeros)),
+            proj_w: b.add(format!("{prefix}.proj.weight"), &[d, hidden], ParamGroup::Hidden, Init::Normal(proj_std)),
+            proj_b: cfg.bias.then(|| b.add(format!("{prefix}.proj.bias"), &[d], ParamGroup::Gain, Init::Zeros)),
+        }
+    }
+
+    pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
+        x.linear(p.get(self.fc_w), self.fc_b.map(|i| p.get(i)))
+            .gelu("none")
+            .linear(p.get(self.proj_w), self.proj_b.map(|i| p.get(i)))
+    }
+}
+
+/// A bank of equally shaped GELU MLP experts run as batched matmuls: input [X, C, D] (C token
+/// slots per expert) → [X, C, D].
+pub struct ExpertBank {
+    /// [X, D, H]
+    w_in: ParamId,
+    /// [X, H]
+    b_in: Option<ParamId>,
+    /// [X, H, D]
+    w_out: ParamId,
+    /// [X, D]
+    b_out: Option<ParamId>,
+}
+
+impl ExpertBank {
+    pub fn new(b: &mut ParamBuilder, prefix: &str, model: &ModelConfig, experts: i64, hidden: i64) -> Self {
+        let d = model.d_model;
+        let proj_std = 0.02 / (2.0 * model.layers as f64).sqrt();
+        Self {
+            w_in: b.add(format!("{prefix}.w_in"), &[experts, d, hidden], ParamGroup::Hidden, Init::Normal(0.02)),
+            b_in: model.bias.then(|| b.add(format!("{prefix}.b_in"), &[experts, hidden], ParamGroup::Gain, Init::Zeros)),
+            w_out: b.add(format!("{prefix}.w_out"), &[experts, hidden, d], ParamGroup::Hidden, Init::Normal(proj_std)),
+            b_out: model.bias.then(|| b.add(format!("{prefix}.b_out"), &[experts, d], ParamGroup::Gain, Init::Zeros)),
+        }
+    }
+
+    pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
+        let h = match self.b_in {
+            Some(bi) => p.get(bi).unsqueeze(1).baddbmm(x, p.get(self.w_in), 1.0, 1.0),
+            None => x.bmm(p.get(self.w_in)),
+        }
+        .gelu("none");
+        match self.b_out {
+            Some(bo) => p.get(bo).unsqueeze(1).baddbmm(&h, p.get(self.w_out), 1.0, 1.0),
+            None => h.bmm(p.get(self.w_out)),
+        }
+    }
+}
+
+pub struct Moe {
+    router: ParamId,
+    experts: ExpertBank,
+    /// Shared experts, each as wide as a routed one; every token passes through all of them.
+    shared: Option<ExpertBank>,
+    cfg: MoeConfig,
+}
+
+impl Moe {
+    pub fn new(b: &mut ParamBuilder, prefix: &str, model: &ModelConfig, cfg: &MoeConfig) -> Self {
+        let d = model.d_model;
+        let (e, h) = (cfg.experts, cfg.expert_hidden);
+        Self {
+            router: b.add(format!("{prefix}.router.weight"), &[e, d], ParamGroup::Embedding, Init::Normal(0.02)),
+            experts: ExpertBank::new(b, &format!("{prefix}.experts"), model, e, h),
+            shared: (cfg.shared_experts > 0)
+                .then(|| ExpertBank::new(b, &format!("{prefix}.shared"), model, cfg.shared_experts, h)),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Slots per expert for `n` tokens.
+    pub fn capacity(&self, n: i64) -> i64 {
+        let ideal = (n * self.cfg.top_k) as f64 / self.cfg.experts as f64;
+        ((ideal * self.cfg.capacity_factor).ceil() as i64).max(1)
+    }
+
+    /// x: [B, T, D]. With `routing`, reuse that decision instead of taking the router's top-k.
+    pub fn forward(&self, p: &ParamStore, x: &Tensor, routing: Option<&Routing>) -> MoeOutput {
+        let (b, t, d) = x.size3().unwrap();
+        let n = b * t;
+        let (e, k) = (self.cfg.experts, self.cfg.top_k);
+        let dev = x.device();
+        let xf = x.reshape([n, d]);
+
+        // Router in fp32. [N, E]
+        let logits = xf.to_kind(Kind::Float).linear::<Tensor>(&p.get(self.router).to_kind(Kind::Float), None);
+        let probs = logits.softmax(-1, Kind::Float);
+        let fresh = || tch::no_grad(|| probs.topk(k, -1, true, false).1);
+        let (experts, routing_mismatches) = match routing {
+            Some(r) => {
+                let now = fresh();
+                let sorted = |t: &Tensor| t.sort(-1, false).0;
+                let mismatches = sorted(&now).ne_tensor(&sorted(&r.experts)).sum(Kind::Int64);
+                (r.experts.shallow_clone(), Some(mismatches))
+            }
+            None => (fresh(), None),
+        };
+        let gates = probs.gather(1, &experts, false); // [N, k], differentiable
+
+        // Sort assignments by expert; position of each within its expert's bucket.
+        let flat_e = experts.reshape([n * k]);
+        let (sorted_e, order) = flat_e.sort_stable(true, 0, false);
+        let counts = flat_e.bincount::<Tensor>(None, e);
+        let starts = counts.cumsum(0, Kind::Int64) - &counts;
+        let pos = Tensor::arange(n * k, (Kind::Int64, dev)) - starts.index_select(0, &sorted_e);
+        // Size buckets to the fullest expert when that is below capacity (no wasted slots).
+        let cap = self.capacity(n).min(counts.max().int64_value(&[]).max(1));
+        let keep = pos.lt(cap);
+        let kept = order.masked_select(&keep); // assignment index
+        let slot = sorted_e.masked_select(&keep) * cap + pos.masked_select(&keep);
+        let token = kept.floor_divide_scalar(k);
+        let dropped = (n * k) - keep.sum(Kind::Int64);
+
+        // Dispatch into [E·C, D], run the experts as batched matmuls, combine back.
+        let buckets = Tensor::zeros([e * cap, d], (x.kind(), dev)).index_copy(0, &slot, &xf.index_select(0, &token));
+        let out = self.experts.forward(p, &buckets.view([e, cap, d])).view([e * cap, d]);
+        let gate = gates.reshape([n * k]).index_select(0, &kept).to_kind(x.kind()).unsqueeze(1);
+        let routed = out.index_select(0, &slot) * gate;
+        let mut y = Tensor::zeros([n, d], (x.kind(), dev)).index_add(0, &token, &routed);
+        if let Some(shared) = &self.shared {
+            let s = self.cfg.shared_experts;
+            y = y + shared.forward(p, &xf.unsqueeze(0).expand([s, n, d], false)).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>);
+        }
+
+        // Load balance (Switch Transformer): fraction routed × mean router probability.
+        let frac = counts.to_kind(Kind::Float) / (n * k) as f64;
+        let aux_loss = (frac * probs.mean_dim([0i64].as_slice(), false, Kind::Float)).sum(Kind::Float) * e as f64;
+
+        MoeOutput { y: y.view([b, t, d]), aux_loss, dropped, assignments: n * k, routing: Routing { experts }, routing_mismatches }
+    }
+}

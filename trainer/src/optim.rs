@@ -1,0 +1,228 @@
+//! Optimizers over the flat parameter buffer: one AdamW update is a handful of kernels over a
+//! contiguous range, whatever the number of parameters. Muon orthogonalises the momentum of the
+//! hidden matrices (Newton–Schulz) and leaves embeddings, router, gains and biases to AdamW.
+//! Also the learning-rate schedules and the global-norm clip.
+
+use crate::config::{OptimConfig, OptimizerKind, Schedule};
+use crate::params::{ParamGroup, ParamStore};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// Learning rate at `step` (0-based) of `total` steps.
+pub fn lr_at(cfg: &OptimConfig, step: i64, total: i64) -> f64 {
+    let warm = cfg.warmup_steps;
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / (warm + 1) as f64;
+    }
+    match cfg.schedule {
+        Schedule::Constant => cfg.lr,
+        Schedule::Cosine => {
+            if step >= total || total <= warm {
+                return cfg.min_lr;
+            }
+            let ratio = (step - warm) as f64 / (total - warm) as f64;
+            let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+            cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+        }
+        Schedule::Trapezoidal { decay_fraction } => {
+            let decay_steps = ((total as f64) * decay_fraction).round().max(1.0) as i64;
+            let decay_start = (total - decay_steps).max(warm);
+            if step < decay_start {
+                cfg.lr
+            } else {
+                let frac = ((step - decay_start) as f64 / (total - decay_start).max(1) as f64).min(1.0);
+                cfg.lr - (cfg.lr - cfg.min_lr) * frac
+            }
+        }
+    }
+}
+
+/// Scales the gradient so its global L2 norm is at most `max_norm`; returns the norm before
+/// clipping (a 0-d tensor, no host sync).
+pub fn clip_grad_norm(grad: &mut Tensor, max_norm: f64) -> Tensor {
+    let norm = grad.norm();
+    if max_norm > 0.0 {
+        let coef = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+        let _ = grad.g_mul_(&coef);
+    }
+    norm
+}
+
+/// Parameters of one shape updated by Muon together (batched Newton–Schulz).
+struct MuonGroup {
+    shape: Vec<i64>,
+    /// (offset, numel) of each member in the flat buffer.
+    members: Vec<(i64, i64)>,
+}
+
+pub struct Optimizer {
+    pub cfg: OptimConfig,
+    /// Updates applied so far (bias correction).
+    pub updates: i64,
+    /// Start of the AdamW range in the flat buffer (0 for AdamW, the end of the hidden group
+    /// for Muon); the AdamW range ends at the buffer's end.
+    adam_start: i64,
+    /// End of the decayed part (hidden + embedding groups).
+    decay_end: i64,
+    /// AdamW moments over [adam_start, numel).
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    /// Muon momentum over [0, hidden_end).
+    momentum: Option<Tensor>,
+    muon_groups: Vec<MuonGroup>,
+}
+
+impl Optimizer {
+    pub fn new(cfg: &OptimConfig, store: &ParamStore) -> Self {
+        let muon = cfg.kind == OptimizerKind::Muon;
+        let adam_start = if muon { store.hidden_end } else { 0 };
+        let n = store.numel - adam_start;
+        let zeros = |n: i64| Tensor::zeros([n], (Kind::Float, store.device));
+        let mut groups: BTreeMap<Vec<i64>, Vec<(i64, i64)>> = BTreeMap::new();
+        if muon {
+            for s in store.specs.iter().filter(|s| s.group == ParamGroup::Hidden) {
+                groups.entry(s.shape.clone()).or_default().push((s.offset, s.numel()));
+            }
+        }
+        Self {
+            cfg: cfg.clone(),
+            updates: 0,
+            adam_start,
+            decay_end: store.embedding_end,
+            exp_avg: zeros(n),
+            exp_avg_sq: zeros(n),
+            momentum: muon.then(|| zeros(store.hidden_end)),
+            muon_groups: groups.into_iter().map(|(shape, members)| MuonGroup { shape, members }).collect(),
+        }
+    }
+
+    /// One update of the master weights from the flat gradient, at learning rate `lr` (AdamW)
+    /// and `lr / cfg.lr` times Muon's own rate.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f64) {
+        let _guard = tch::no_grad_guard();
+        self.updates += 1;
+        let c = &self.cfg;
+        let t = self.updates as f64;
+        let n = store.numel - self.adam_start;
+        let mut p = store.master.narrow(0, self.adam_start, n);
+        let g = store.grad.narrow(0, self.adam_start, n);
+        // Decoupled weight decay on the decayed prefix of the AdamW range.
+        let decayed = (self.decay_end - self.adam_start).max(0);
+        if decayed > 0 && c.weight_decay > 0.0 {
+            let _ = p.narrow(0, 0, decayed).g_mul_scalar_(1.0 - lr * c.weight_decay);
+        }
+        let _ = self.exp_avg.lerp_(&g, 1.0 - c.beta1);
+        let _ = self.exp_avg_sq.lerp_(&g.square(), 1.0 - c.beta2);
+        let bc1 = 1.0 - c.beta1.powf(t);
+        let bc2 = 1.0 - c.beta2.powf(t);
+        let mut denom = self.exp_avg_sq.sqrt();
+        let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(c.eps);
+        let _ = p.g_sub_(&((&self.exp_avg / denom) * (lr / bc1)));
+
+        if let Some(mom) = &mut self.momentum {
+            let muon_lr = c.muon_lr * lr / c.lr;
+            let hidden = store.hidden_end;
+            let g = store.grad.narrow(0, 0, hidden);
+            let _ = mom.lerp_(&g, 1.0 - c.muon_momentum);
+            // Nesterov: g + μ(m - g).
+            let nesterov = g.lerp(mom, c.muon_momentum);
+            if c.weight_decay > 0.0 {
+                let _ = store.master.narrow(0, 0, hidden).g_mul_scalar_(1.0 - muon_lr * c.weight_decay);
+            }
+            for group in &self.muon_groups {
+                let mut shape = vec![group.members.len() as i64];
+                shape.extend(&group.shape);
+                let stacked = Tensor::stack(
+                    &group.members.iter().map(|&(o, n)| nesterov.narrow(0, o, n)).collect::<Vec<_>>(),
+                    0,
+                )
+                .view(shape.as_slice());
+                let (rows, cols) = (group.shape[group.shape.len() - 2], group.shape[group.shape.len() - 1]);
+                let update = newton_schulz(&stacked) * (-muon_lr * (rows as f64 / cols as f64).max(1.0).sqrt());
+                let update = update.view([group.members.len() as i64, -1]);
+                for (i, &(o, n)) in group.members.iter().enumerate() {
+                    let _ = store.master.narrow(0, o, n).g_add_(&update.get(i as i64));
+                }
+            }
+        }
+    }
+
+    /// Optimizer state under global parameter names, for checkpoints.
+    pub fn state_tensors(&self, store: &ParamStore) -> Vec<(String, Tensor)> {
+        let mut out = vec![];
+        for s in &store.specs {
+            if s.offset >= self.adam_start {
+                let o = s.offset - self.adam_start;
+                out.push((format!("exp_avg.{}", s.name), self.exp_avg.narrow(0, o, s.numel()).view(s.shape.as_slice())));
+                out.push((format!("exp_avg_sq.{}", s.name), self.exp_avg_sq.narrow(0, o, s.numel()).view(s.shape.as_slice())));
+            } else if let Some(m) = &self.momentum {
+                out.push((format!("momentum.{}", s.name), m.narrow(0, s.offset, s.numel()).view(s.shape.as_slice())));
+            }
+        }
+        out
+    }
+}
+
+/// Approximate orthogonalisation UΣVᵀ → UVᵀ of each trailing matrix (5 Newton–Schulz steps with
+/// the quintic coefficients of Muon). bf16 on GPUs, fp32 on CPUs (slow bf16 matmuls there).
+pub fn newton_schulz(g: &Tensor) -> Tensor {
+    let (a, b, c) = (3.4445, -4.7750, 2.0315);
+    let kind = if g.device().is_cuda() { Kind::BFloat16 } else { Kind::Float };
+    let nd = g.dim() as i64;
+    let tall = g.size()[nd as usize - 2] > g.size()[nd as usize - 1];
+    let mut x = g.to_kind(kind);
+    if tall {
+        x = x.transpose(-2, -1);
+    }
+    let norm = x.to_kind(Kind::Float).square().sum_dim_intlist([-2i64, -1].as_slice(), true, Kind::Float).sqrt();
+    x = x / (norm + 1e-7).to_kind(kind);
+    for _ in 0..5 {
+        let xt = x.transpose(-2, -1);
+        let m = x.matmul(&xt);
+        let bm = &m * b + m.matmul(&m) * c;
+        x = &x * a + bm.matmul(&x);
+    }
+    if tall {
+        x = x.transpose(-2, -1);
+    }
+    x.to_kind(Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_and_decay() {
+        let cfg = OptimConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, ..Default::default() };
+        assert!((lr_at(&cfg, 0, 100) - 1.0 / 11.0).abs() < 1e-12);
+        assert!((lr_at(&cfg, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((lr_at(&cfg, 100, 100) - 0.1).abs() < 1e-12);
+        let mid = lr_at(&cfg, 55, 100);
+        assert!((mid - 0.55).abs() < 1e-9, "{mid}");
+        let trap = OptimConfig { schedule: Schedule::Trapezoidal { decay_fraction: 0.2 }, ..cfg };
+        assert_eq!(lr_at(&trap, 50, 100), 1.0);
+        assert!((lr_at(&trap, 90, 100) - 0.55).abs() < 1e-9);
+    }
+
+    #[test]
+    fn newton_schulz_orthogonalises() {
+        tch::manual_seed(1);
+        let g = Tensor::randn([3, 32, 16], (Kind::Float, tch::Device::Cpu));
+        let x = newton_schulz(&g);
+        // Singular values end up near 1 (Muon's iteration lands them in about [0.7, 1.2]).
+        // Singular values as square roots of the eigenvalues of Xᵀ·X (16×16 per matrix).
+        let xt = x.transpose(-2, -1);
+        let s = xt.matmul(&x).to_kind(Kind::Double).linalg_eigvalsh("L").clamp_min(0.0).sqrt();
+        let (lo, hi) = (s.min().double_value(&[]), s.max().double_value(&[]));
+        assert!(lo > 0.5 && hi < 1.3, "singular values in [{lo}, {hi}]");
+    }
+
+    #[test]
+    fn clip_scales_to_max_norm() {
+        let mut g = Tensor::from_slice(&[3.0f32, 4.0]);
+        let n = clip_grad_norm(&mut g, 1.0);
+        assert!((n.double_value(&[]) - 5.0).abs() < 1e-6);
+        assert!((g.norm().double_value(&[]) - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,229 @@
+//! All parameters live in one flat fp32 buffer (the master weights). Each parameter is a view of
+//! it under its global name, so an optimizer step, the gradient-norm clip and a checkpoint touch
+//! a handful of large tensors instead of hundreds of small ones.
+//!
+//! Layout: parameters are grouped, each group contiguous, in the order of [`ParamGroup`]:
+//! hidden matrices first (Muon's domain), then other decayed tensors (embeddings, router), then
+//! gains and biases (no weight decay). An optimizer therefore works on two or three ranges.
+//!
+//! Compute weights: with fp32 compute the autograd leaves are views of the master buffer itself;
+//! with bf16/fp16 compute they are views of a second flat buffer in that dtype, refreshed from the
+//! master after every step with one cast. Gradients land on the leaves and are gathered into a flat
+//! fp32 gradient buffer with one `cat` per micro-batch.
+
+use crate::rng::Rng;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ParamGroup {
+    /// 2-D (or batched 2-D, e.g. experts) weights inside blocks: decayed; Muon when chosen.
+    Hidden,
+    /// Embeddings, untied head, router: decayed, always AdamW.
+    Embedding,
+    /// Norm gains and biases: no decay, AdamW.
+    Gain,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub group: ParamGroup,
+    pub init: Init,
+    /// Offset into the flat buffer (assigned by the store).
+    pub offset: i64,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+}
+
+/// Index of a parameter in its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub usize);
+
+/// Collects parameter declarations while a model is built.
+#[derive(Default)]
+pub struct ParamBuilder {
+    specs: Vec<ParamSpec>,
+}
+
+impl ParamBuilder {
+    pub fn add(&mut self, name: impl Into<String>, shape: &[i64], group: ParamGroup, init: Init) -> ParamId {
+        let name = name.into();
+        assert!(!self.specs.iter().any(|s| s.name == name), "duplicate parameter {name}");
+        self.specs.push(ParamSpec { name, shape: shape.to_vec(), group, init, offset: 0 });
+        ParamId(self.specs.len() - 1)
+    }
+
+    /// Parameters declared so far.
+    pub fn numel(&self) -> i64 {
+        self.specs.iter().map(ParamSpec::numel).sum()
+    }
+}
+
+pub struct ParamStore {
+    pub specs: Vec<ParamSpec>,
+    pub device: Device,
+    pub compute_kind: Kind,
+    /// Flat fp32 master weights.
+    pub master: Tensor,
+    /// Flat compute-dtype weights (shares storage with `master` when compute is fp32).
+    compute: Tensor,
+    /// Autograd leaves, views of `compute`.
+    leaves: Vec<Tensor>,
+    /// Flat fp32 gradient accumulator.
+    pub grad: Tensor,
+    /// End offsets of the Hidden and Embedding groups (Gain ends at `numel`).
+    pub hidden_end: i64,
+    pub embedding_end: i64,
+    pub numel: i64,
+}
+
+impl ParamStore {
+    /// Lays the parameters out, initialises them from `rng` on the CPU (so the same seed gives the
+    /// same weights on every device) and moves them to `device`.
+    pub fn new(builder: ParamBuilder, rng: &mut Rng, device: Device, compute_kind: Kind) -> Self {
+        let mut specs = builder.specs;
+        // Stable sort keeps model order within a group.
+        let mut order: Vec<usize> = (0..specs.len()).collect();
+        order.sort_by_key(|&i| specs[i].group);
+        let mut offset = 0;
+        let (mut hidden_end, mut embedding_end) = (0, 0);
+        for &i in &order {
+            specs[i].offset = offset;
+            offset += specs[i].numel();
+            match specs[i].group {
+                ParamGroup::Hidden => {
+                    hidden_end = offset;
+                    embedding_end = offset;
+                }
+                ParamGroup::Embedding => embedding_end = offset,
+                ParamGroup::Gain => {}
+            }
+        }
+        let numel = offset;
+        // Initialise in declaration order so that adding a group never changes other weights.
+        let mut host = vec![0f32; numel as usize];
+        for s in &specs {
+            let dst = &mut host[s.offset as usize..(s.offset + s.numel()) as usize];
+            match s.init {
+                Init::Normal(std) => rng.fill_normal(dst, std),
+                Init::Zeros => dst.fill(0.0),
+                Init::Ones => dst.fill(1.0),
+            }
+        }
+        let master = Tensor::from_slice(&host).to_device(device);
+        let mut store = Self {
+            specs,
+            device,
+            compute_kind,
+            compute: master.shallow_clone(),
+            master,
+            leaves: Vec::new(),
+            grad: Tensor::zeros([numel], (Kind::Float, device)),
+            hidden_end,
+            embedding_end,
+            numel,
+        };
+        store.build_leaves();
+        store
+    }
+
+    fn build_leaves(&mut self) {
+        self.compute = if self.compute_kind == Kind::Float {
+            self.master.shallow_clone()
+        } else {
+            self.master.to_kind(self.compute_kind)
+        };
+        self.leaves = self
+            .specs
+            .iter()
+            .map(|s| self.compute.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).detach().set_requires_grad(true))
+            .collect();
+    }
+
+    /// The compute-dtype tensor for a parameter, tracked by autograd.
+    pub fn get(&self, id: ParamId) -> &Tensor {
+        &self.leaves[id.0]
+    }
+
+    pub fn spec(&self, id: ParamId) -> &ParamSpec {
+        &self.specs[id.0]
+    }
+
+    /// A view of the master weights of one parameter.
+    pub fn master_view(&self, i: usize) -> Tensor {
+        let s = &self.specs[i];
+        self.master.narrow(0, s.offset, s.numel()).view(s.shape.as_slice())
+    }
+
+    /// Adds the leaves' gradients, times `scale`, to the flat fp32 gradient and clears them.
+    pub fn accumulate_grads(&mut self, scale: f64) {
+        let _guard = tch::no_grad_guard();
+        let mut order: Vec<usize> = (0..self.specs.len()).collect();
+        order.sort_by_key(|&i| self.specs[i].offset);
+        let parts: Vec<Tensor> = order
+            .iter()
+            .map(|&i| {
+                let g = self.leaves[i].grad();
+                if g.defined() {
+                    g.view([-1])
+                } else {
+                    Tensor::zeros([self.specs[i].numel()], (self.compute_kind, self.device))
+                }
+            })
+            .collect();
+        let flat = Tensor::cat(&parts, 0);
+        let flat = if flat.kind() == Kind::Float { flat } else { flat.to_kind(Kind::Float) };
+        if scale == 1.0 {
+            let _ = self.grad.g_add_(&flat);
+        } else {
+            let _ = self.grad.g_add_(&(flat * scale));
+        }
+        for leaf in &mut self.leaves {
+            leaf.zero_grad();
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        let _ = self.grad.zero_();
+    }
+
+    /// Refreshes the compute weights after the master weights changed.
+    pub fn sync_compute(&mut self) {
+        if self.compute_kind != Kind::Float {
+            let _guard = tch::no_grad_guard();
+            let _ = self.compute.copy_(&self.master);
+        }
+    }
+
+    pub fn total_params(&self) -> i64 {
+        self.numel
+    }
+
+    /// Names and shapes, the identity a checkpoint must match.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut specs: Vec<&ParamSpec> = self.specs.iter().collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in specs {
+            h.update(format!("{}:{:?};", s.name, s.shape));
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
+    }
+}

@@ -1,0 +1,351 @@
+//! The training loop: one optimizer step is `micro_batches` forward/backward passes, a gradient
+//! gather into the flat buffer, the loss-scale check, the clip and the update.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::RunConfig;
+use crate::data::Data;
+use crate::flops::{self, ModelCounts};
+use crate::gpt::Gpt;
+use crate::metrics::Metrics;
+use crate::optim::{self, Optimizer};
+use crate::params::{ParamBuilder, ParamStore};
+use crate::precision::{LossScaler, compute_kind};
+use crate::report::{Reporter, Summary};
+use crate::rng::Rng;
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub struct Trainer {
+    pub cfg: RunConfig,
+    pub device: Device,
+    pub model: Gpt,
+    pub params: ParamStore,
+    pub optim: Optimizer,
+    pub scaler: LossScaler,
+    pub data: Data,
+    /// Optimizer steps completed.
+    pub step: i64,
+    pub tokens: i64,
+    pub counts: ModelCounts,
+}
+
+/// What one optimizer step measured.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: i64,
+    pub loss: f64,
+    pub aux_loss: Option<f64>,
+    pub dropped_fraction: Option<f64>,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub loss_scale: f64,
+    pub skipped: bool,
+    pub seconds: f64,
+    pub routing_mismatches: i64,
+}
+
+/// Why `run` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Completed,
+    /// SIGTERM/SIGINT: a checkpoint was written, the run can resume.
+    Terminated,
+}
+
+impl Trainer {
+    pub fn new(cfg: RunConfig, device: Device) -> Result<Self> {
+        cfg.validate().map_err(anyhow::Error::msg).context("invalid run configuration")?;
+        let kind = compute_kind(cfg.train.precision);
+        let mut builder = ParamBuilder::default();
+        let mut model = Gpt::new(&mut builder, &cfg.model);
+        model.prepare(kind, device);
+        let mut init_rng = Rng::derive(cfg.train.seed, "init");
+        let params = ParamStore::new(builder, &mut init_rng, device, kind);
+        let optim = Optimizer::new(&cfg.train.optim, &params);
+        let data = Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)?;
+        let counts = flops::count(&cfg.model, &params);
+        Ok(Self {
+            scaler: LossScaler::new(cfg.train.precision),
+            cfg,
+            device,
+            model,
+            params,
+            optim,
+            data,
+            step: 0,
+            tokens: 0,
+            counts,
+        })
+    }
+
+    fn state(&self) -> TrainerState {
+        TrainerState {
+            step: self.step,
+            tokens: self.tokens,
+            data: self.data.position.clone(),
+            loss_scaler: self.scaler.clone(),
+            optimizer_updates: self.optim.updates,
+            model_fingerprint: self.params.fingerprint(),
+            job: self.cfg.name.clone(),
+        }
+    }
+
+    pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let Some(dir) = &self.cfg.checkpoint_dir else { return Ok(None) };
+        Ok(Some(checkpoint::save(dir, &self.params, &self.optim, &self.state(), self.cfg.keep_checkpoints)?))
+    }
+
+    /// Loads a specific checkpoint directory.
+    pub fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
+        let state = checkpoint::load(dir, &mut self.params, &mut self.optim)?;
+        self.step = state.step;
+        self.tokens = state.tokens;
+        self.data.position = state.data;
+        self.scaler = state.loss_scaler;
+        Ok(())
+    }
+
+    /// Resumes from the newest committed checkpoint, if any; returns its step.
+    pub fn resume_latest(&mut self) -> Result<Option<i64>> {
+        let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
+        match checkpoint::latest(&root)? {
+            Some(dir) => {
+                self.restore(&dir)?;
+                Ok(Some(self.step))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One optimizer step.
+    pub fn train_step(&mut self) -> StepReport {
+        let t0 = Instant::now();
+        let micro = self.cfg.micro_batches();
+        let total = self.cfg.train.steps;
+        let lr = optim::lr_at(&self.cfg.train.optim, self.step, total);
+        let scale = self.scaler.scale;
+        let recompute = self.cfg.train.activation_checkpointing;
+        self.params.zero_grad();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+        let mut aux_sum: Option<Tensor> = None;
+        let mut dropped: Option<Tensor> = None;
+        let mut mismatches: Option<Tensor> = None;
+        let mut assignments = 0;
+        for _ in 0..micro {
+            let batch = self.data.next_batch(self.cfg.train.micro_batch_size);
+            let x = batch.inputs.to_device(self.device);
+            let y = batch.targets.to_device(self.device);
+            let stats = self.model.forward_backward(&self.params, &x, &y, scale / micro as f64, recompute);
+            self.params.accumulate_grads(1.0 / scale);
+            loss_sum += stats.loss;
+            aux_sum = sum_opt(aux_sum, stats.aux_loss);
+            dropped = sum_opt(dropped, stats.dropped);
+            mismatches = sum_opt(mismatches, stats.routing_mismatches);
+            assignments += stats.assignments;
+        }
+        let norm = tch::no_grad(|| self.params.grad.norm());
+        let grad_norm = norm.double_value(&[]);
+        let finite = grad_norm.is_finite();
+        let apply = self.scaler.update(finite);
+        if apply {
+            let clip = self.cfg.train.optim.grad_clip;
+            if clip > 0.0 && grad_norm > clip {
+                let _ = self.params.grad.g_mul_scalar_(clip / (grad_norm + 1e-6));
+            }
+            self.optim.step(&mut self.params, lr);
+            self.params.sync_compute();
+        }
+        self.step += 1;
+        self.tokens += self.cfg.tokens_per_step();
+        let layers_moe = self.model.blocks.iter().filter(|b| b.is_moe()).count().max(1) as f64;
+        StepReport {
+            step: self.step,
+            loss: loss_sum.double_value(&[]) / micro as f64,
+            aux_loss: aux_sum.map(|a| a.double_value(&[]) / (micro as f64 * layers_moe)),
+            dropped_fraction: dropped.map(|d| d.double_value(&[]) / assignments.max(1) as f64),
+            grad_norm,
+            lr,
+            loss_scale: scale,
+            skipped: !apply,
+            seconds: t0.elapsed().as_secs_f64(),
+            routing_mismatches: mismatches.map_or(0, |m| m.int64_value(&[])),
+        }
+    }
+
+    /// Mean validation cross-entropy (nats per token).
+    pub fn evaluate(&self) -> f64 {
+        let batches = self.data.validation(self.cfg.train.micro_batch_size.max(16));
+        let (mut sum, mut n) = (0.0, 0i64);
+        for b in &batches {
+            let rows = b.inputs.size()[0];
+            let loss = self.model.eval_loss(&self.params, &b.inputs.to_device(self.device), &b.targets.to_device(self.device));
+            sum += loss.double_value(&[]) * rows as f64;
+            n += rows;
+        }
+        if n == 0 { f64::NAN } else { sum / n as f64 }
+    }
+
+    /// Trains to the configured step count, reporting as it goes; on `stop` (SIGTERM) writes a
+    /// checkpoint and returns [`Stop::Terminated`].
+    pub fn run(&mut self, stop: &AtomicBool, reporter: &mut Reporter, metrics: &Metrics) -> Result<(Stop, Summary)> {
+        self.run_until(stop, reporter, metrics, None)
+    }
+
+    /// As [`Trainer::run`], stopping after `max_steps` (when set) as if the run were complete
+    /// there; the schedule still follows the configured step count.
+    pub fn run_until(
+        &mut self,
+        stop: &AtomicBool,
+        reporter: &mut Reporter,
+        metrics: &Metrics,
+        max_steps: Option<i64>,
+    ) -> Result<(Stop, Summary)> {
+        let end = max_steps.map_or(self.cfg.train.steps, |m| m.min(self.cfg.train.steps));
+        let (peak, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
+        let c = self.counts.clone();
+        reporter.event(
+            "start",
+            json!({
+                "job": self.cfg.name, "device": format!("{:?}", self.device),
+                "precision": format!("{:?}", self.cfg.train.precision),
+                "params_total": c.params_total, "params_active": c.params_active,
+                "flops_per_token": c.flops_per_token, "step": self.step, "steps": self.cfg.train.steps,
+            }),
+        );
+        let t_start = Instant::now();
+        let start_tokens = self.tokens;
+        let (mut last_loss, mut val_loss) = (f64::NAN, None);
+        let (mut dropped_sum, mut dropped_n) = (0.0, 0);
+        let mut stopped = Stop::Completed;
+        let mut last_ckpt: Option<PathBuf> = None;
+        let mut train_seconds = 0.0;
+        while self.step < end {
+            if stop.load(Ordering::SeqCst) {
+                stopped = Stop::Terminated;
+                break;
+            }
+            let r = self.train_step();
+            train_seconds += r.seconds;
+            last_loss = r.loss;
+            if let Some(d) = r.dropped_fraction {
+                dropped_sum += d;
+                dropped_n += 1;
+            }
+            let tps = self.cfg.tokens_per_step() as f64 / r.seconds;
+            let mfu = tps * c.flops_per_token / peak;
+            metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", self.step as f64);
+            metrics.counter("frugal_trainer_tokens_total", "Training tokens consumed.", self.tokens as f64);
+            metrics.gauge("frugal_trainer_loss", "Training loss of the last step.", r.loss);
+            metrics.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", r.lr);
+            metrics.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", r.grad_norm);
+            metrics.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", tps);
+            metrics.gauge("frugal_trainer_mfu", "Model FLOPs utilisation of the last step.", mfu);
+            metrics.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", self.scaler.scale);
+            metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", self.scaler.skipped_steps as f64);
+            if let Some(d) = r.dropped_fraction {
+                metrics.gauge("frugal_trainer_moe_dropped_fraction", "Token-expert assignments dropped for capacity.", d);
+            }
+            let log_every = self.cfg.train.log_interval.max(1);
+            if self.step % log_every == 0 || self.step == end {
+                let mut extra = json!({"grad_norm": r.grad_norm, "tokens": self.tokens});
+                if let Some(a) = r.aux_loss {
+                    extra["aux_loss"] = json!(a);
+                }
+                if let Some(d) = r.dropped_fraction {
+                    extra["dropped_fraction"] = json!(d);
+                }
+                if self.scaler.enabled {
+                    extra["loss_scale"] = json!(r.loss_scale);
+                    extra["skipped"] = json!(r.skipped);
+                }
+                reporter.step(self.step, r.loss, r.lr, tps, mfu, extra);
+            }
+            let every = self.cfg.train.eval_interval;
+            if every > 0 && self.step % every == 0 && self.step < end {
+                let v = self.evaluate();
+                val_loss = Some(v);
+                metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
+                reporter.event("eval", json!({"step": self.step, "val_loss": v}));
+            }
+            let every = self.cfg.train.checkpoint_interval;
+            if every > 0 && self.step % every == 0 && self.step < end {
+                last_ckpt = self.checkpoint(reporter, metrics)?;
+            }
+        }
+        if stopped == Stop::Completed {
+            let v = self.evaluate();
+            val_loss = Some(v);
+            metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
+            reporter.event("eval", json!({"step": self.step, "val_loss": v}));
+        }
+        if self.cfg.checkpoint_dir.is_some() {
+            last_ckpt = self.checkpoint(reporter, metrics)?;
+        }
+        let tokens = self.tokens - start_tokens;
+        let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
+        let summary = Summary {
+            job: self.cfg.name.clone(),
+            device: format!("{:?}", self.device),
+            precision: format!("{:?}", self.cfg.train.precision),
+            steps: self.step,
+            tokens: self.tokens,
+            params_total: c.params_total,
+            params_active: c.params_active,
+            flops_per_token: c.flops_per_token,
+            total_flops: c.flops_per_token * self.tokens as f64,
+            seconds: t_start.elapsed().as_secs_f64(),
+            tokens_per_second: tps,
+            achieved_tflops: tps * c.flops_per_token / 1e12,
+            mfu: tps * c.flops_per_token / peak,
+            peak_source,
+            train_loss: last_loss,
+            val_loss,
+            dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
+            skipped_steps: self.scaler.skipped_steps,
+            stopped_by: match stopped {
+                Stop::Completed => "completion".into(),
+                Stop::Terminated => "signal".into(),
+            },
+            checkpoint: last_ckpt.map(|p| p.display().to_string()),
+        };
+        Ok((stopped, summary))
+    }
+
+    fn checkpoint(&self, reporter: &mut Reporter, metrics: &Metrics) -> Result<Option<PathBuf>> {
+        let t0 = Instant::now();
+        let path = self.save_checkpoint()?;
+        if let Some(p) = &path {
+            metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", self.step as f64);
+            reporter.event(
+                "checkpoint",
+                json!({"step": self.step, "path": p.display().to_string(), "seconds": t0.elapsed().as_secs_f64()}),
+            );
+        }
+        Ok(path)
+    }
+}
+
+fn sum_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// The device a run uses: `cuda` when libtorch sees a GPU, else the CPU.
+pub fn pick_device(requested: Option<&str>) -> Result<Device> {
+    match requested.unwrap_or("auto") {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            anyhow::ensure!(tch::Cuda::is_available(), "--device cuda, but libtorch sees no CUDA device");
+            Ok(Device::Cuda(0))
+        }
+        other => anyhow::bail!("unknown device {other:?} (auto, cpu or cuda)"),
+    }
+}

@@ -1,0 +1,117 @@
+//! Model-level checks: recomputation (with MoE routing replayed), parameter counts against the
+//! planner, mixed precision and loss scaling.
+
+mod common;
+
+use common::*;
+use frugal_trainer::config::{AttentionPattern, Positions, Precision};
+use frugal_trainer::data::Data;
+use frugal_trainer::gpt::Gpt;
+use frugal_trainer::train::Trainer;
+use tch::{Device, Kind, Tensor};
+
+/// Flat gradient of one micro-batch, with or without recomputation.
+fn grads(t: &mut Trainer, x: &Tensor, y: &Tensor, recompute: bool) -> (Tensor, Option<i64>) {
+    t.params.zero_grad();
+    let stats = t.model.forward_backward(&t.params, x, y, 1.0, recompute);
+    t.params.accumulate_grads(1.0);
+    (t.params.grad.copy(), stats.routing_mismatches.map(|m| m.int64_value(&[])))
+}
+
+#[test]
+fn recomputation_gives_the_same_gradients_and_moe_routing() {
+    tch::set_num_threads(1);
+    let mut model = small_model(true);
+    model.positions = Positions::Rotary;
+    model.attention = AttentionPattern::SlidingWindow { window: 4 };
+    // Tight capacity so that dropping happens and must be replayed identically.
+    model.moe.as_mut().unwrap().capacity_factor = 0.75;
+    let cfg = small_run(model, 4, None);
+    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    // Train a little so the router is not uniform.
+    for _ in 0..3 {
+        t.train_step();
+    }
+    let mut data = Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, 99).unwrap();
+    let b = data.next_batch(8);
+    let (full, none) = grads(&mut t, &b.inputs, &b.targets, false);
+    let (recomputed, mismatches) = grads(&mut t, &b.inputs, &b.targets, true);
+    assert_eq!(none, None);
+    assert_eq!(mismatches, Some(0), "recomputed routing differs from the first forward");
+    let err = (&full - &recomputed).abs().max().double_value(&[]);
+    let scale = full.abs().max().double_value(&[]);
+    assert!(scale > 0.0 && err <= 1e-5 * scale, "gradients differ by {err} (max {scale})");
+    let stats = t.model.forward_backward(&t.params, &b.inputs, &b.targets, 1.0, false);
+    let dropped = stats.dropped.unwrap().int64_value(&[]);
+    assert!(dropped > 0, "capacity factor 0.75 must drop some assignments");
+}
+
+#[test]
+fn trainer_builds_the_parameters_the_planner_counts() {
+    let mut shapes = vec![small_model(false), small_model(true)];
+    let mut untied = small_model(true);
+    untied.tied_embeddings = false;
+    untied.bias = false;
+    untied.positions = Positions::Rotary;
+    untied.moe.as_mut().unwrap().every_n_layers = 2;
+    untied.moe.as_mut().unwrap().shared_experts = 2;
+    shapes.push(untied);
+    let mut gpt2 = frugal_trainer::config::nano_model(50257);
+    gpt2.layers = 12;
+    gpt2.d_model = 768;
+    gpt2.heads = 12;
+    gpt2.seq_len = 1024;
+    gpt2.ffn_hidden = 3072;
+    shapes.push(gpt2);
+    for m in shapes {
+        assert_eq!(Gpt::count_params(&m), m.parameters().total, "{m:?}");
+    }
+    // GPT-2 small: 124,439,808 parameters with learned positions and tied embeddings.
+    let mut gpt2 = frugal_trainer::config::nano_model(50257);
+    (gpt2.layers, gpt2.d_model, gpt2.heads, gpt2.seq_len, gpt2.ffn_hidden) = (12, 768, 12, 1024, 3072);
+    assert_eq!(Gpt::count_params(&gpt2), 124_439_808);
+}
+
+#[test]
+fn bf16_training_tracks_fp32() {
+    tch::set_num_threads(1);
+    let run = |precision: Precision, recompute: bool| {
+        let mut cfg = small_run(small_model(true), 40, None);
+        cfg.train.precision = precision;
+        cfg.train.activation_checkpointing = recompute;
+        cfg.train.optim.lr = 1e-2;
+        let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+        let losses: Vec<f64> = (0..40).map(|_| t.train_step().loss).collect();
+        (losses, t.evaluate())
+    };
+    let (fp32, fp32_val) = run(Precision::Fp32, false);
+    let (bf16, bf16_val) = run(Precision::Bf16, true);
+    assert!(fp32[39] < fp32[0] - 0.5, "fp32 loss went from {} to {}", fp32[0], fp32[39]);
+    assert!((bf16[39] - fp32[39]).abs() < 0.1, "bf16 ends at {}, fp32 at {}", bf16[39], fp32[39]);
+    assert!((bf16_val - fp32_val).abs() < 0.1, "validation: bf16 {bf16_val}, fp32 {fp32_val}");
+}
+
+#[test]
+fn fp16_overflow_skips_the_step_and_halves_the_scale() {
+    tch::set_num_threads(1);
+    let mut cfg = small_run(small_model(false), 10, None);
+    cfg.train.precision = Precision::Fp16;
+    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    assert_eq!(t.params.get(frugal_trainer::params::ParamId(0)).kind(), Kind::Half);
+    // A scale no fp16 gradient survives.
+    t.scaler.scale = 1e30;
+    let before = t.params.master.copy();
+    let r = t.train_step();
+    assert!(r.skipped, "an overflowing step must be skipped");
+    assert_eq!(t.scaler.scale, 5e29);
+    assert!(t.params.master.equal(&before), "a skipped step must not change the weights");
+    // With a sane scale, steps go through and the loss falls.
+    t.scaler.scale = 1024.0;
+    let first = t.train_step();
+    assert!(!first.skipped);
+    let mut last = first.loss;
+    for _ in 0..8 {
+        last = t.train_step().loss;
+    }
+    assert!(last < first.loss, "fp16 loss went from {} to {last}", first.loss);
+}

@@ -1,0 +1,102 @@
+//! The binary: SIGTERM writes a checkpoint and exits 143; the next start resumes from it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const JOB: &str = r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: sigterm-test
+spec:
+  model:
+    type: Custom
+    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}
+  data:
+    source: {type: Synthetic, synthetic: {branching: 4, tokens: 50000}}
+  training:
+    duration: {type: Steps, steps: 100000}
+    batchSize: 4
+    precision: fp32
+    evalInterval: 100000
+    evalBatches: 2
+    checkpointInterval: 100000
+    logInterval: 1
+  resources: {device: CPU}
+"#;
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn sigterm_writes_a_checkpoint_and_the_run_resumes() {
+    let dir = common::temp_dir("sigterm");
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, JOB).unwrap();
+    let ckpt = dir.join("checkpoints");
+    let bin = env!("CARGO_BIN_EXE_frugal-trainer");
+    let mut child = Command::new(bin)
+        .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait until it is training, then ask it to stop as Kubernetes would.
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["event"] == "step" && v["step"].as_i64().unwrap() >= 5 {
+            break;
+        }
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(143), "a terminated run exits 143");
+    let events = json_lines(&rest.join("\n"));
+    let ck = events.iter().find(|e| e["event"] == "checkpoint").expect("a checkpoint event after SIGTERM");
+    let stopped_at = ck["step"].as_i64().unwrap();
+    assert!(stopped_at >= 5);
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    assert_eq!(summary["stopped_by"], "signal");
+
+    // Start again: it resumes at that step and carries on.
+    let out = Command::new(bin)
+        .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .args(["--max-steps", &(stopped_at + 3).to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let resume = events.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(stopped_at));
+    let first_step = events.iter().find(|e| e["event"] == "step").unwrap();
+    assert_eq!(first_step["step"].as_i64(), Some(stopped_at + 1));
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    assert_eq!(summary["steps"].as_i64(), Some(stopped_at + 3));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn binary_links_libtorch_cuda_and_finds_libtorch_by_rpath() {
+    let bin = env!("CARGO_BIN_EXE_frugal-trainer");
+    let out = match Command::new("readelf").args(["-d", bin]).output() {
+        Ok(o) => o,
+        Err(e) => panic!("readelf is needed for this check: {e}"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(RUNPATH)") || text.contains("(RPATH)"), "no rpath:\n{text}");
+    // The wheel ships libtorch_cuda.so (CUDA builds); when it exists it must be NEEDED.
+    let runpath = text.lines().find(|l| l.contains("RUNPATH") || l.contains("RPATH")).unwrap();
+    let dir = runpath.split('[').nth(1).unwrap().trim_end_matches(']').to_string();
+    if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+        assert!(text.contains("[libtorch_cuda.so]"), "libtorch_cuda.so dropped by --as-needed:\n{text}");
+    }
+    // It runs without LD_LIBRARY_PATH.
+    let out = Command::new(bin).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
