@@ -73,7 +73,9 @@ cluster_healthy() {
   while read -r name pid; do
     ours "$pid" || return 1
   done <"$STATE/pids"
-  eval "$("$(dirname "${BASH_SOURCE[0]}")/build" --print 2>/dev/null)" || return 1
+  local dirs
+  dirs=$("$(dirname "${BASH_SOURCE[0]}")/build" --print 2>/dev/null) || return 1
+  eval "$dirs"
   kubectl get --raw=/readyz >/dev/null 2>&1 || return 1
   kubectl wait --for=condition=Ready node --all --timeout=10s >/dev/null 2>&1
 }

@@ -10,6 +10,9 @@ use crate::{GPU_RESOURCE, POD_RUNNER_LABEL, TEST_EXIT_CODE_ANNOTATION, TEST_OUTC
 /// Image for pods that never really run (kwok fakes their containers).
 pub const FAKE_IMAGE: &str = "registry.invalid/frugal/fake:latest";
 
+/// Label every fake node carries (e2e/cluster/kwok/nodes.yaml).
+pub const FAKE_NODE_LABEL: (&str, &str) = ("type", "kwok");
+
 /// A bare pod with one container and `restartPolicy: Never`.
 pub fn pod(name: &str) -> Pod {
     Pod {
@@ -30,6 +33,8 @@ fn pod_spec() -> PodSpec {
             ..Default::default()
         }],
         restart_policy: Some("Never".into()),
+        // Only kwok's nodes fake containers; on kind this keeps test pods off the real node.
+        node_selector: Some([(FAKE_NODE_LABEL.0.to_string(), FAKE_NODE_LABEL.1.to_string())].into()),
         ..Default::default()
     }
 }
