@@ -1,0 +1,77 @@
+//! The operator as a child process of a test, watching only the test's namespace, so tests run
+//! side by side and one can kill and restart its own operator. Its log goes to
+//! [`log_path`], which the failure diagnostics print.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Trainer image the operator gives jobs that set none; kwok runs no containers.
+pub const TRAINER_IMAGE: &str = "registry.invalid/frugal/trainer:e2e";
+
+/// Where the operator of `namespace` logs.
+pub fn log_path(namespace: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("frugal-operator-{namespace}.log"))
+}
+
+/// The operator binary: `FRUGAL_OPERATOR_BIN`, else the one `cargo build -p frugal-operator`
+/// put beside this test binary's profile directory.
+pub fn binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("FRUGAL_OPERATOR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/frugal-operator
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("frugal-operator"))
+        .context("locating the target directory")?;
+    if !path.exists() {
+        bail!("{} does not exist: run `cargo build -p frugal-operator` first (scripts/e2e.sh does), or set FRUGAL_OPERATOR_BIN", path.display());
+    }
+    Ok(path)
+}
+
+/// A running operator; killed when dropped.
+pub struct Operator {
+    child: Child,
+    namespace: String,
+}
+
+impl Operator {
+    /// Starts `frugal-operator run --namespace <namespace>` with `extra` arguments.
+    pub fn start(namespace: &str, extra: &[&str]) -> Result<Self> {
+        let log = OpenOptions::new().create(true).append(true).open(log_path(namespace))?;
+        let child = Command::new(binary()?)
+            .args(["run", "--namespace", namespace, "--metrics-addr", "127.0.0.1:0", "--trainer-image", TRAINER_IMAGE])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting frugal-operator")?;
+        Ok(Self { child, namespace: namespace.into() })
+    }
+
+    /// Kills the operator at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.namespace)).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,357 @@
+//! The operator end to end: each test starts `frugal-operator run` for its own namespace (see
+//! `frugal_e2e::operator`) against the local control plane, whose kwok nodes fake the GPU pods;
+//! a pod finishes when the test sets its outcome annotation.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{Api, ResourceExt as _};
+
+use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::Phase;
+use frugal_e2e::operator::Operator;
+use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
+
+/// A small job of `stages` one-GPU pods on the fake nodes.
+fn training_job(name: &str, stages: i32, backoff_limit: i32) -> TrainingJob {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
+  data: {{source: {{type: Synthetic}}}}
+  parallelism: {{pipelineStages: {stages}, microBatches: 8}}
+  training: {{batchSize: 16}}
+  resources:
+    nodeSelector: {{type: kwok}}
+  runPolicy: {{backoffLimit: {backoff_limit}}}
+"#
+    ))
+    .expect("the test job parses")
+}
+
+/// kwok removes a deleted pod once its grace period is over; a short one keeps the fake GPUs
+/// free for the next test.
+const OPERATOR_ARGS: &[&str] = &["--termination-grace-seconds", "5"];
+
+async fn setup(ctx: &TestContext) -> Result<Operator> {
+    manifests::install_crds(&ctx.client).await?;
+    Operator::start(&ctx.namespace, OPERATOR_ARGS)
+}
+
+/// Runs `body` in a fresh namespace and, pass or fail, ends its pods before the namespace goes:
+/// a pod deleted while Running keeps the Job controller's finalizer on kwok's nodes (no kubelet
+/// reports it terminated), and would hold its fake GPU for every later test.
+async fn operator_test<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(TestContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    run(name, |ctx| async move {
+        let outcome = std::panic::AssertUnwindSafe(body(ctx.clone())).catch_unwind().await;
+        if let Err(e) = settle(&ctx).await {
+            eprintln!("e2e: ending the pods of {}: {e:#}", ctx.namespace);
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+    .await;
+}
+
+/// Marks every pod of the namespace that is still live as Succeeded.
+async fn settle(ctx: &TestContext) -> Result<()> {
+    for pod in ctx.api::<Pod>().list(&ListParams::default()).await?.items {
+        if !matches!(frugal_e2e::fixtures::phase(&pod), "Succeeded" | "Failed") {
+            match finish(ctx, &pod, "Succeeded").await {
+                Err(e) if e.downcast_ref::<kube::Error>().is_some_and(|e| matches!(e, kube::Error::Api(s) if s.code == 404)) => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply(ctx: &TestContext, tj: &TrainingJob) -> Result<TrainingJob> {
+    let api: Api<TrainingJob> = ctx.api();
+    Ok(api.patch(&tj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(tj)).await?)
+}
+
+/// Waits until the TrainingJob satisfies `pred`.
+async fn job_where(ctx: &TestContext, name: &str, what: &str, pred: impl Fn(&TrainingJob) -> bool + Send + 'static) -> Result<TrainingJob> {
+    let api: Api<TrainingJob> = ctx.api();
+    wait::for_object(&api, name, what, move |tj: Option<&TrainingJob>| tj.is_some_and(&pred)).await
+}
+
+fn phase(tj: &TrainingJob) -> Option<Phase> {
+    tj.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until attempt `attempt`'s `pods` pods are Running on fake GPU nodes, and returns them.
+async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usize) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = ctx.api();
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
+    let (reader, writer) = reflector::store();
+    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector)))
+        .touched_objects()
+        .boxed();
+    let what = format!("{pods} pods of {job} attempt {attempt} Running on GPU nodes");
+    wait::until(&what, async {
+        while changes.try_next().await?.is_some() {
+            let running: Vec<Pod> = reader
+                .state()
+                .iter()
+                .filter(|p| frugal_e2e::fixtures::phase(p) == "Running")
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("frugal-gpu-")))
+                .map(|p| (**p).clone())
+                .collect();
+            if running.len() == pods {
+                return Ok(running);
+            }
+        }
+        anyhow::bail!("watch ended")
+    })
+    .await
+}
+
+/// Ends a pod as the kubelet would report it: Succeeded or Failed (kwok's stages read this).
+async fn finish(ctx: &TestContext, pod: &Pod, outcome: &str) -> Result<()> {
+    let api: Api<Pod> = ctx.api();
+    let patch = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: outcome}}});
+    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+async fn attempt_jobs(ctx: &TestContext, job: &str) -> Result<Vec<String>> {
+    let api: Api<Job> = ctx.api();
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(&format!("frugal.dev/training-job={job}")))
+        .await?
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test]
+async fn a_job_runs_on_gpu_nodes_and_succeeds_with_its_times() {
+    operator_test("operator-succeeds", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 2, 3)).await?;
+        let planned = job_where(&ctx, "lm", "a plan in the status", |tj| tj.status.as_ref().is_some_and(|s| s.plan.is_some())).await?;
+        assert_eq!(planned.status.as_ref().unwrap().plan.as_ref().unwrap().gpus, 2);
+
+        let pods = running_pods(&ctx, "lm", 1, 2).await?;
+        let job: Job = ctx.api::<Job>().get("lm-a1").await?;
+        assert_eq!(job.labels()["frugal.dev/attempt"], "1");
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.backoff_limit, spec.completion_mode.as_deref()), (Some(0), Some("Indexed")));
+        for name in ["lm", "lm-config", "lm-token"] {
+            let found = match name {
+                "lm" => ctx.api::<Service>().get_opt(name).await?.is_some(),
+                "lm-config" => ctx.api::<ConfigMap>().get_opt(name).await?.is_some(),
+                _ => ctx.api::<Secret>().get_opt(name).await?.is_some(),
+            };
+            ensure!(found, "child {name} missing");
+        }
+        let running = job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        assert_eq!(condition(&running, "Ready").map(|c| c.status.as_str()), Some("True"));
+
+        for pod in &pods {
+            finish(&ctx, pod, "Succeeded").await?;
+        }
+        let done = job_where(&ctx, "lm", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        let status = done.status.unwrap();
+        let (start, end) = (status.start_time.context("startTime")?, status.completion_time.context("completionTime")?);
+        ensure!(start.0 <= end.0, "started {start:?} after completing {end:?}");
+        assert_eq!((status.attempt, status.restarts), (Some(1), Some(0)));
+        let succeeded = status.conditions.iter().find(|c| c.type_ == "Succeeded").unwrap();
+        assert_eq!((succeeded.status.as_str(), succeeded.observed_generation), ("True", done.metadata.generation));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_stage_starts_the_next_attempt_until_the_backoff_limit() {
+    operator_test("operator-backoff", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 2, 1)).await?;
+        let pods = running_pods(&ctx, "lm", 1, 2).await?;
+        // one stage fails: the whole attempt goes, and a new Job runs attempt 2
+        finish(&ctx, &pods[0], "Failed").await?;
+        let second = running_pods(&ctx, "lm", 2, 2).await?;
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1", "lm-a2"]);
+        job_where(&ctx, "lm", "attempt 2 Running, restarts 1", |tj| {
+            phase(tj) == Some(Phase::Running) && tj.status.as_ref().is_some_and(|s| s.restarts == Some(1) && s.attempt == Some(2))
+        })
+        .await?;
+        // attempt 2 fails too: backoffLimit 1 is used up
+        finish(&ctx, &second[1], "Failed").await?;
+        let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let c = condition(&failed, "Failed").unwrap();
+        assert_eq!(c.reason, "BackoffLimitExceeded");
+        ensure!(c.message.contains("exceed runPolicy.backoffLimit 1"), "message: {}", c.message);
+        assert_eq!(failed.status.as_ref().unwrap().restarts, Some(2));
+        assert!(failed.status.as_ref().unwrap().completion_time.is_some());
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1", "lm-a2"], "no third attempt");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspend_stops_the_pods_and_resume_starts_the_next_attempt() {
+    operator_test("operator-suspend", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        let api: Api<TrainingJob> = ctx.api();
+        let suspend = |on: bool| serde_json::json!({"spec": {"runPolicy": {"suspend": on}}});
+        api.patch("lm", &PatchParams::default(), &Patch::Merge(&suspend(true))).await?;
+        let suspended = job_where(&ctx, "lm", "Suspended with reason Suspended", |tj| {
+            phase(tj) == Some(Phase::Suspended) && condition(tj, "Suspended").is_some_and(|c| c.reason == "Suspended")
+        })
+        .await?;
+        assert_eq!(condition(&suspended, "Ready").map(|c| c.status.as_str()), Some("True"));
+        let live: Vec<Pod> = ctx.api::<Pod>().list(&ListParams::default().labels("frugal.dev/training-job=lm")).await?.items;
+        ensure!(live.iter().all(|p| matches!(frugal_e2e::fixtures::phase(p), "Failed" | "Succeeded")), "pods still live while suspended");
+
+        api.patch("lm", &PatchParams::default(), &Patch::Merge(&suspend(false))).await?;
+        running_pods(&ctx, "lm", 2, 1).await?;
+        let resumed = job_where(&ctx, "lm", "Running again", |tj| phase(tj) == Some(Phase::Running)).await?;
+        assert_eq!(resumed.status.as_ref().unwrap().restarts, Some(0), "a suspension is not a failure");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_the_job_deletes_its_children() {
+    operator_test("operator-cascade", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        let tj = apply(&ctx, &training_job("lm", 1, 3)).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        let jobs: Api<Job> = ctx.api();
+        let job = jobs.get("lm-a1").await?;
+        let secret = ctx.api::<Secret>().get("lm-token").await?;
+        ctx.api::<TrainingJob>().delete("lm", &DeleteParams::background()).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "lm", &tj.uid().unwrap()).await?;
+        // the garbage collector follows the owner references
+        wait::for_deletion(&jobs, "lm-a1", &job.uid().unwrap()).await?;
+        wait::for_deletion(&ctx.api::<Secret>(), "lm-token", &secret.uid().unwrap()).await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_operator_neither_loses_nor_doubles_attempts() {
+    operator_test("operator-restart", |ctx| async move {
+        let mut operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        let pods = running_pods(&ctx, "lm", 1, 1).await?;
+        finish(&ctx, &pods[0], "Failed").await?;
+        let second = running_pods(&ctx, "lm", 2, 1).await?;
+        job_where(&ctx, "lm", "attempt 2 in the status", |tj| tj.status.as_ref().is_some_and(|s| s.attempt == Some(2))).await?;
+        let before = ctx.api::<TrainingJob>().get("lm").await?.status.unwrap();
+
+        // the operator dies mid-job; meanwhile attempt 2 fails
+        operator.kill()?;
+        finish(&ctx, &second[0], "Failed").await?;
+        let failed: Api<Job> = ctx.api();
+        wait::for_object(&failed, "lm-a2", "attempt 2's Job Failed", |j: Option<&Job>| {
+            j.and_then(|j| j.status.as_ref()).and_then(|s| s.failed).is_some_and(|n| n > 0)
+        })
+        .await?;
+
+        let _operator = Operator::start(&ctx.namespace, OPERATOR_ARGS)?;
+        running_pods(&ctx, "lm", 3, 1).await?;
+        let after = job_where(&ctx, "lm", "attempt 3, restarts 2", |tj| {
+            tj.status.as_ref().is_some_and(|s| s.attempt == Some(3) && s.restarts == Some(2))
+        })
+        .await?;
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1", "lm-a2", "lm-a3"]);
+        let status = after.status.unwrap();
+        assert_eq!(status.plan, before.plan, "the plan survived");
+        assert_eq!(status.start_time, before.start_time, "the start time survived");
+        // one Secret, created once: the token did not change
+        assert_eq!(ctx.api::<Secret>().list(&ListParams::default().labels("frugal.dev/training-job=lm")).await?.items.len(), 1);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_over_the_gpu_cap_is_rejected_with_its_message() {
+    operator_test("operator-gpu-cap", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("big", 8, 3)).await?;
+        let rejected = job_where(&ctx, "big", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let c = condition(&rejected, "Failed").unwrap();
+        assert_eq!(c.reason, "GpuLimitExceeded");
+        assert_eq!(
+            c.message,
+            "the job needs 8 GPUs (8 pipeline stages), above the operator's limit of 4 GPUs per job (its --max-gpus-per-job setting): lower spec.parallelism.pipelineStages"
+        );
+        assert_eq!(condition(&rejected, "Ready").map(|c| c.status.as_str()), Some("False"));
+        assert!(attempt_jobs(&ctx, "big").await?.is_empty(), "nothing started");
+        Ok(())
+    })
+    .await;
+}
+
+/// Time from `kubectl apply` (the server-side apply returning) to the operator's pods existing,
+/// for 20 one-GPU jobs applied one after another; prints the median.
+#[tokio::test]
+async fn apply_to_pods_created_latency() {
+    operator_test("operator-latency", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        let pods: Api<Pod> = ctx.api();
+        let mut seen = watcher(pods.clone(), watcher::Config::default().labels("frugal.dev/training-job"))
+            .applied_objects()
+            .boxed();
+        let mut latencies = Vec::new();
+        for i in 0..20 {
+            let name = format!("lat-{i}");
+            let applied = Instant::now();
+            apply(&ctx, &training_job(&name, 1, 3)).await?;
+            let pod = wait::until(&format!("a pod of {name}"), async {
+                while let Some(pod) = seen.try_next().await? {
+                    if pod.labels().get("frugal.dev/training-job") == Some(&name) {
+                        return Ok::<_, anyhow::Error>(pod);
+                    }
+                }
+                anyhow::bail!("watch ended")
+            })
+            .await?;
+            latencies.push(applied.elapsed());
+            // free its GPU for the next ones
+            finish(&ctx, &pod, "Succeeded").await?;
+        }
+        latencies.sort();
+        let ms: Vec<u128> = latencies.iter().map(|d| d.as_millis()).collect();
+        let median = (latencies[9] + latencies[10]) / 2;
+        eprintln!("apply -> pods created, 20 jobs: median {} ms; sorted ms: {ms:?}", median.as_millis());
+        ensure!(median < Duration::from_secs(10), "median {median:?}");
+        Ok(())
+    })
+    .await;
+}
