@@ -17,6 +17,7 @@ pub async fn dump(client: &Client, namespace: &str) {
     out.push_str(&pods(client, namespace).await);
     out.push_str(&events(client, namespace).await);
     out.push_str(&operator_log());
+    out.push_str(&namespace_operator_log(namespace));
     let _ = writeln!(out, "===== end of diagnostics =====");
     eprint!("{out}");
 }
@@ -116,6 +117,19 @@ fn operator_log() -> String {
                 lines.len(),
                 tail.join("\n")
             )
+        }
+    }
+}
+
+/// The log of an operator a test started for its own namespace ([`crate::operator`]), if any.
+fn namespace_operator_log(namespace: &str) -> String {
+    let path = crate::operator::log_path(namespace);
+    match std::fs::read_to_string(&path) {
+        Err(_) => String::new(),
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(OPERATOR_LOG_LINES)..];
+            format!("--- operator log {} (last {} of {} lines) ---\n{}\n", path.display(), tail.len(), lines.len(), tail.join("\n"))
         }
     }
 }

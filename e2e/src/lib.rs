@@ -12,6 +12,7 @@
 pub mod diagnostics;
 pub mod fixtures;
 pub mod manifests;
+pub mod operator;
 pub mod wait;
 
 use std::future::Future;
