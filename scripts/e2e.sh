@@ -22,6 +22,9 @@ export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
 
 # shellcheck source=env.sh
 source "$root/scripts/env.sh"
+# The operator tests start `frugal-operator run` themselves, one per test namespace.
+cargo build -p frugal-operator
+export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/frugal-operator}
 status=0
 cargo test -p frugal-e2e "$@" || status=$?
 exit "$status"
