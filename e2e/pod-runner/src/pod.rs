@@ -183,7 +183,7 @@ pub async fn prepare(
         if let Some(cm) = &source.config_map_ref {
             let data = Api::<ConfigMap>::namespaced(client.clone(), &ns).get(&cm.name).await?.data;
             for (k, v) in data.unwrap_or_default() {
-                env.insert(format!("{prefix}{k}"), v);
+                env.insert(format!("{prefix}{k}"), rewrite_paths(&v, &mounts));
             }
         }
         if let Some(s) = &source.secret_ref {
@@ -193,9 +193,10 @@ pub async fn prepare(
             }
         }
     }
+    // Only what the pod itself says is rewritten; the runner's own paths above are host paths.
     for var in container.env.iter().flatten() {
         let value = match &var.value_from {
-            None => expand(var.value.as_deref().unwrap_or(""), &env),
+            None => rewrite_paths(&expand(var.value.as_deref().unwrap_or(""), &env), &mounts),
             Some(from) => {
                 if let Some(f) = &from.field_ref {
                     field_ref(pod, &f.field_path, pod_ip)?
@@ -214,9 +215,6 @@ pub async fn prepare(
             }
         };
         env.insert(var.name.clone(), value);
-    }
-    for value in env.values_mut() {
-        *value = rewrite_paths(value, &mounts);
     }
 
     let mut words: Vec<String> = container.command.clone().unwrap_or_default();
