@@ -355,3 +355,75 @@ async fn apply_to_pods_created_latency() {
     })
     .await;
 }
+
+/// Sets `spec.runPolicy` fields on a test job.
+fn with_run_policy(mut tj: TrainingJob, policy: serde_json::Value) -> TrainingJob {
+    let mut value = serde_json::to_value(&tj.spec.run_policy).unwrap();
+    for (k, v) in policy.as_object().unwrap() {
+        value[k] = v.clone();
+    }
+    tj.spec.run_policy = serde_json::from_value(value).unwrap();
+    tj
+}
+
+#[tokio::test]
+async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded() {
+    operator_test("operator-deadline", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &with_run_policy(training_job("lm", 1, 3), serde_json::json!({"activeDeadlineSeconds": 5}))).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let c = condition(&failed, "Failed").unwrap();
+        assert_eq!(c.reason, "DeadlineExceeded");
+        ensure!(c.message.contains("activeDeadlineSeconds (5s)"), "message: {}", c.message);
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1"], "no retry past the deadline");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_attempt_without_progress_is_restarted_as_stalled() {
+    operator_test("operator-stalled", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        // kwok's pods report no progress, so the watchdog fires after 30 s of running
+        apply(&ctx, &with_run_policy(training_job("lm", 1, 1), serde_json::json!({"progressDeadlineSeconds": 30}))).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        let events: Api<k8s_openapi::api::core::v1::Event> = ctx.api();
+        let stalled = wait::for_event(&events, "lm", "a Stalled event", |e| e.reason.as_deref() == Some("Stalled")).await?;
+        ensure!(stalled.type_.as_deref() == Some("Warning"), "{stalled:?}");
+        running_pods(&ctx, "lm", 2, 1).await?;
+        let restarted = job_where(&ctx, "lm", "attempt 2 running after the stall", |tj| {
+            phase(tj) == Some(Phase::Running) && tj.status.as_ref().is_some_and(|s| s.attempt == Some(2))
+        })
+        .await?;
+        assert_eq!(restarted.status.as_ref().unwrap().restarts, Some(1), "a stall counts against backoffLimit");
+        assert_eq!(condition(&restarted, "Stalled").map(|c| c.status.as_str()), Some("False"));
+        let first: Job = ctx.api::<Job>().get("lm-a1").await?;
+        assert_eq!(first.annotations().get("frugal.dev/stop-reason").map(String::as_str), Some("Stalled"));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ttl_after_finished_deletes_the_children_and_keeps_the_job() {
+    operator_test("operator-ttl", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &with_run_policy(training_job("lm", 1, 3), serde_json::json!({"ttlSecondsAfterFinished": 2}))).await?;
+        let pods = running_pods(&ctx, "lm", 1, 1).await?;
+        let job = ctx.api::<Job>().get("lm-a1").await?;
+        let service = ctx.api::<Service>().get("lm").await?;
+        finish(&ctx, &pods[0], "Succeeded").await?;
+        job_where(&ctx, "lm", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        wait::for_deletion(&ctx.api::<Job>(), "lm-a1", &job.uid().unwrap()).await?;
+        wait::for_deletion(&ctx.api::<Service>(), "lm", &service.uid().unwrap()).await?;
+        let kept = ctx.api::<TrainingJob>().get("lm").await?;
+        assert_eq!(phase(&kept), Some(Phase::Succeeded), "the TrainingJob and its status stay");
+        assert!(kept.status.unwrap().completion_time.is_some());
+        ensure!(ctx.api::<ConfigMap>().get_opt("lm-config").await?.is_none(), "ConfigMap left behind");
+        ensure!(ctx.api::<Secret>().get_opt("lm-token").await?.is_none(), "Secret left behind");
+        Ok(())
+    })
+    .await;
+}
