@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod moe;
 pub mod optim;
 pub mod params;
+pub mod pipeline;
 pub mod precision;
 pub mod report;
 pub mod rng;

@@ -1,0 +1,398 @@
+//! The engine: one [`StageWorker`] per stage executes its schedule. A forward detaches the
+//! stage's input, runs the stage and sends the output on; a backward injects the gradient that
+//! came back (d/dy Σ y·g = g), adds the stage's MoE auxiliary loss, and sends its input's gradient
+//! upstream. With recomputation a stage keeps only its inputs (and MoE routing) between the two.
+//! After the last micro-batch the stages agree, by all-reduces along the chain, on the tied
+//! embedding's gradient, the global gradient norm (clip) and whether it is finite (fp16 skip);
+//! then each steps its own optimizer.
+
+use super::schedule::{Action, ScheduleKind, stage_actions};
+use super::stage::StageModel;
+use super::transport::{Link, Message, TransportError};
+use crate::config::RunConfig;
+use crate::data::Data;
+use crate::moe::Routing;
+use crate::optim::{self, Optimizer};
+use crate::params::{ParamId, ParamStore};
+use crate::precision::{LossScaler, compute_kind};
+use anyhow::{Context, Result, anyhow, bail};
+use frugal_api::contract::StageLayout;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// What one stage keeps of a micro-batch between its forward and its backward.
+struct Saved {
+    /// The stage's input: token ids on the first stage, else the detached activations (a leaf
+    /// that requires grad when the graph is kept).
+    input: Tensor,
+    targets: Option<Tensor>,
+    /// Without recomputation: the output (loss on the last stage) and aux loss, with graph.
+    output: Option<(Tensor, Option<Tensor>)>,
+    /// With recomputation: the MoE routing to replay.
+    routings: Vec<Option<Routing>>,
+}
+
+/// What one optimizer step measured, agreed across stages where it says so.
+#[derive(Clone, Debug)]
+pub struct PipelineStep {
+    pub step: i64,
+    /// Mean training loss (agreed).
+    pub loss: f64,
+    /// Mean MoE auxiliary loss per MoE layer (agreed), if the model has MoE layers.
+    pub aux_loss: Option<f64>,
+    /// Global gradient norm before clipping (agreed).
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub skipped: bool,
+    /// This stage: seconds computing (forward, backward, optimizer), and the step's wall time.
+    pub busy_seconds: f64,
+    pub wall_seconds: f64,
+    /// This stage: the most micro-batches it held between forward and backward.
+    pub peak_in_flight: usize,
+}
+
+pub struct StageWorker {
+    pub cfg: RunConfig,
+    pub stages: usize,
+    pub schedule: ScheduleKind,
+    pub device: Device,
+    pub model: StageModel,
+    pub params: ParamStore,
+    pub optim: Optimizer,
+    pub scaler: LossScaler,
+    /// The first stage reads inputs, the last targets, from readers drawing in lockstep.
+    pub data: Option<Data>,
+    pub upstream: Option<Box<dyn Link>>,
+    pub downstream: Option<Box<dyn Link>>,
+    pub step: i64,
+    pub tokens: i64,
+}
+
+impl StageWorker {
+    pub fn new(
+        cfg: &RunConfig,
+        layout: StageLayout,
+        stages: usize,
+        schedule: ScheduleKind,
+        device: Device,
+        upstream: Option<Box<dyn Link>>,
+        downstream: Option<Box<dyn Link>>,
+    ) -> Result<Self> {
+        cfg.validate().map_err(anyhow::Error::msg).context("invalid run configuration")?;
+        let index = layout.index as usize;
+        anyhow::ensure!(index < stages, "stage {index} of {stages}");
+        anyhow::ensure!(upstream.is_some() == (index > 0), "stage {index} needs an upstream link exactly when it is not first");
+        anyhow::ensure!(downstream.is_some() == (index + 1 < stages), "stage {index} needs a downstream link exactly when it is not last");
+        let kind = compute_kind(cfg.train.precision);
+        let (model, params) = StageModel::build(&cfg.model, &layout, cfg.train.seed, device, kind);
+        let optim = Optimizer::new(&cfg.train.optim, &params);
+        let data = (layout.embedding || layout.head)
+            .then(|| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed))
+            .transpose()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            stages,
+            schedule,
+            device,
+            model,
+            params,
+            optim,
+            scaler: LossScaler::new(cfg.train.precision),
+            data,
+            upstream,
+            downstream,
+            step: 0,
+            tokens: 0,
+        })
+    }
+
+    pub fn index(&self) -> usize {
+        self.model.layout.index as usize
+    }
+
+    fn is_first(&self) -> bool {
+        self.model.layout.embedding
+    }
+
+    fn is_last(&self) -> bool {
+        self.model.layout.head
+    }
+
+    fn up(&mut self) -> &mut Box<dyn Link> {
+        self.upstream.as_mut().expect("a stage after the first has an upstream link")
+    }
+
+    fn down(&mut self) -> &mut Box<dyn Link> {
+        self.downstream.as_mut().expect("a stage before the last has a downstream link")
+    }
+
+    fn recv_tensor(link: &mut Box<dyn Link>, want: &str, micro_batch: Option<u32>) -> Result<Tensor, TransportError> {
+        let peer = link.peer_stage();
+        let msg = link.recv()?;
+        let (got_mb, tensor) = match msg {
+            Message::Activation { micro_batch, tensor } if want == "activation" => (Some(micro_batch), tensor),
+            Message::Gradient { micro_batch, tensor } if want == "gradient" => (Some(micro_batch), tensor),
+            Message::Reduce { tensor } if want == "reduce" => (None, tensor),
+            other => {
+                return Err(TransportError::Protocol { stage: peer, detail: format!("expected {want}, received {}", other.name()) });
+            }
+        };
+        if got_mb != micro_batch {
+            return Err(TransportError::Protocol {
+                stage: peer,
+                detail: format!("expected {want} of micro-batch {micro_batch:?}, received {got_mb:?}"),
+            });
+        }
+        Ok(tensor)
+    }
+
+    /// Forward and backward of every micro-batch of one step, in this stage's schedule order;
+    /// leaves the step's gradient (unscaled) in `params.grad`, with tied copies summed. Returns
+    /// (loss sum, aux sum, busy seconds, peak micro-batches held) of this stage.
+    pub fn forward_backward(&mut self) -> Result<(f64, f64, f64, usize)> {
+        let m = self.cfg.micro_batches() as usize;
+        let index = self.index();
+        let actions = stage_actions(self.schedule, self.stages, index, m);
+        let scale = self.scaler.scale;
+        let grad_scale = scale / m as f64;
+        let recompute = self.cfg.train.activation_checkpointing;
+        let aux_weight = self.model.aux_weight;
+        let mbs = self.cfg.train.micro_batch_size;
+        self.params.zero_grad();
+        let mut saved: HashMap<usize, Saved> = HashMap::new();
+        let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        let mut busy = Duration::ZERO;
+        let mut peak = 0;
+        for action in actions {
+            match action {
+                Action::Forward(mb) => {
+                    let batch = self.data.as_mut().map(|d| d.next_batch(mbs));
+                    let input = if self.is_first() {
+                        batch.as_ref().unwrap().inputs.to_device(self.device)
+                    } else {
+                        Self::recv_tensor(self.up(), "activation", Some(mb as u32))?.to_device(self.device)
+                    };
+                    let targets = self.is_last().then(|| batch.as_ref().unwrap().targets.to_device(self.device));
+                    let t0 = Instant::now();
+                    let input = if self.is_first() || recompute { input } else { input.detach().set_requires_grad(true) };
+                    let (out, keep) = if recompute {
+                        let out = tch::no_grad(|| self.model.forward(&self.params, &input, targets.as_ref(), None));
+                        let routings = out.routings;
+                        (out.y, Saved { input, targets, output: None, routings })
+                    } else {
+                        let out = self.model.forward(&self.params, &input, targets.as_ref(), None);
+                        let y = out.y.shallow_clone();
+                        (y, Saved { input, targets, output: Some((out.y, out.aux_loss)), routings: vec![] })
+                    };
+                    if let Some((_, Some(aux))) = &keep.output {
+                        aux_sum += aux.double_value(&[]);
+                    }
+                    saved.insert(mb, keep);
+                    peak = peak.max(saved.len());
+                    busy += t0.elapsed();
+                    if self.is_last() {
+                        loss_sum += out.double_value(&[]);
+                    } else {
+                        let y = out.detach();
+                        self.down().send(Message::Activation { micro_batch: mb as u32, tensor: y })?;
+                    }
+                }
+                Action::Backward(mb) => {
+                    let upstream_grad = if self.is_last() {
+                        None
+                    } else {
+                        Some(Self::recv_tensor(self.down(), "gradient", Some(mb as u32))?.to_device(self.device))
+                    };
+                    let t0 = Instant::now();
+                    let s = saved.remove(&mb).ok_or_else(|| anyhow!("stage {index}: backward of micro-batch {mb} before its forward"))?;
+                    let (input, (y, aux)) = match s.output {
+                        Some(out) => (s.input, out),
+                        None => {
+                            let x = if self.is_first() { s.input } else { s.input.detach().set_requires_grad(true) };
+                            let out = self.model.forward(&self.params, &x, s.targets.as_ref(), Some(&s.routings));
+                            if let Some(a) = &out.aux_loss {
+                                aux_sum += a.double_value(&[]);
+                            }
+                            (x, (out.y, out.aux_loss))
+                        }
+                    };
+                    let mut surrogate = match &upstream_grad {
+                        None => &y * grad_scale,
+                        Some(g) => (&y * g).sum(Kind::Float),
+                    };
+                    if let Some(a) = aux {
+                        surrogate = surrogate + a * (aux_weight * grad_scale);
+                    }
+                    surrogate.backward();
+                    let input_grad = (!self.is_first()).then(|| input.grad());
+                    busy += t0.elapsed();
+                    if let Some(g) = input_grad {
+                        self.up().send(Message::Gradient { micro_batch: mb as u32, tensor: g })?;
+                    }
+                }
+            }
+        }
+        let t0 = Instant::now();
+        self.params.accumulate_grads(1.0 / scale);
+        busy += t0.elapsed();
+        self.sum_tied_gradients()?;
+        Ok((loss_sum, aux_sum, busy.as_secs_f64(), peak))
+    }
+
+    /// A grad view of one parameter in the flat gradient buffer.
+    fn grad_view(&self, id: ParamId) -> Tensor {
+        let s = self.params.spec(id);
+        self.params.grad.narrow(0, s.offset, s.numel())
+    }
+
+    /// First and last stage hold copies of the tied embedding: both get the sum of their
+    /// gradients, relayed through the stages between them.
+    fn sum_tied_gradients(&mut self) -> Result<()> {
+        if !self.cfg.model.tied_embeddings || self.stages == 1 {
+            return Ok(());
+        }
+        let mine = self.model.tied_original().or(self.model.tied_copy());
+        let contribution = mine.map(|id| self.grad_view(id).copy());
+        let total = self.all_reduce(contribution)?;
+        if let Some(id) = mine {
+            let _ = tch::no_grad(|| self.grad_view(id).copy_(&total.to_device(self.device)));
+        }
+        Ok(())
+    }
+
+    /// Sums the stages' contributions along the chain and gives every stage the total: partial
+    /// sums flow downstream, the total flows back upstream. A stage without a contribution relays.
+    pub fn all_reduce(&mut self, contribution: Option<Tensor>) -> Result<Tensor> {
+        let mut acc = contribution.map(|t| t.to_device(Device::Cpu));
+        if self.upstream.is_some() {
+            let partial = Self::recv_tensor(self.up(), "reduce", None)?;
+            acc = Some(match acc {
+                Some(a) => a + partial,
+                None => partial,
+            });
+        }
+        let index = self.index();
+        let total = if self.downstream.is_some() {
+            let acc = acc.ok_or_else(|| anyhow!("stage {index}: nothing to reduce"))?;
+            self.down().send(Message::Reduce { tensor: acc })?;
+            Self::recv_tensor(self.down(), "reduce", None)?
+        } else {
+            acc.ok_or_else(|| anyhow!("stage {index}: nothing to reduce"))?
+        };
+        if self.upstream.is_some() {
+            self.up().send(Message::Reduce { tensor: total.copy() })?;
+        }
+        Ok(total)
+    }
+
+    /// A point every stage reaches before any leaves it.
+    pub fn barrier(&mut self) -> Result<()> {
+        let _ = self.all_reduce(Some(Tensor::zeros([1], (Kind::Float, Device::Cpu))))?;
+        Ok(())
+    }
+
+    /// One optimizer step across the pipeline.
+    pub fn train_step(&mut self) -> Result<PipelineStep> {
+        let t_step = Instant::now();
+        let m = self.cfg.micro_batches() as f64;
+        let lr = optim::lr_at(&self.cfg.train.optim, self.step, self.cfg.train.steps);
+        let (loss_sum, aux_sum, mut busy, peak) = self.forward_backward()?;
+        let t0 = Instant::now();
+        let squared = tch::no_grad(|| {
+            let mut sq = self.params.grad.to_kind(Kind::Double).square().sum(Kind::Double);
+            if let Some(id) = self.model.tied_copy() {
+                sq -= self.grad_view(id).to_kind(Kind::Double).square().sum(Kind::Double);
+            }
+            sq.double_value(&[])
+        });
+        busy += t0.elapsed().as_secs_f64();
+        let agreed = self.all_reduce(Some(Tensor::from_slice(&[squared, loss_sum, aux_sum])))?;
+        let agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
+        let grad_norm = agreed[0].max(0.0).sqrt();
+        let t0 = Instant::now();
+        let apply = self.scaler.update(grad_norm.is_finite());
+        if apply {
+            let clip = self.cfg.train.optim.grad_clip;
+            if clip > 0.0 && grad_norm > clip {
+                let _ = self.params.grad.g_mul_scalar_(clip / (grad_norm + 1e-6));
+            }
+            self.optim.step(&mut self.params, lr);
+            self.params.sync_compute();
+        }
+        busy += t0.elapsed().as_secs_f64();
+        self.step += 1;
+        self.tokens += self.cfg.tokens_per_step();
+        let moe_layers = self.cfg.model.moe_layers();
+        Ok(PipelineStep {
+            step: self.step,
+            loss: agreed[1] / m,
+            aux_loss: (moe_layers > 0).then(|| agreed[2] / (m * moe_layers as f64)),
+            grad_norm,
+            lr,
+            skipped: !apply,
+            busy_seconds: busy,
+            wall_seconds: t_step.elapsed().as_secs_f64(),
+            peak_in_flight: peak,
+        })
+    }
+
+    /// Tells both neighbours that this stage failed, so that they fail naming it rather than
+    /// waiting for a timeout.
+    pub fn abort(&mut self, reason: &str) {
+        let me = self.index();
+        for link in [self.upstream.as_mut(), self.downstream.as_mut()].into_iter().flatten() {
+            let _ = link.send(Message::Abort { reason: format!("stage {me}: {reason}") });
+        }
+    }
+
+    /// Named gradients of this stage's parameters (the tied copy included), for tests.
+    pub fn named_grads(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .specs
+            .iter()
+            .map(|s| (s.name.clone(), self.params.grad.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy()))
+            .collect()
+    }
+
+    /// Named master weights of this stage.
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        (0..self.params.specs.len()).map(|i| (self.params.specs[i].name.clone(), self.params.master_view(i).copy())).collect()
+    }
+}
+
+/// Runs `body` on one thread per stage, each with its worker, the stages linked by channels.
+/// Devices: stage s runs on `devices[s % devices.len()]` (several stages may share one).
+pub fn run_in_process<T: Send + 'static>(
+    cfg: &RunConfig,
+    layouts: &[StageLayout],
+    schedule: ScheduleKind,
+    devices: &[Device],
+    body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
+) -> Result<Vec<T>> {
+    let stages = layouts.len();
+    if stages == 0 {
+        bail!("a pipeline needs at least one stage");
+    }
+    let body = std::sync::Arc::new(body);
+    let links = super::transport::inproc::chain(stages, super::transport::DEFAULT_TIMEOUT);
+    let mut handles = Vec::with_capacity(stages);
+    for ((layout, (up, down)), s) in layouts.iter().cloned().zip(links).zip(0..) {
+        let cfg = cfg.clone();
+        let device = devices[s % devices.len()];
+        let body = body.clone();
+        handles.push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || -> Result<T> {
+            let mut worker = StageWorker::new(&cfg, layout, stages, schedule, device, up, down)?;
+            match body(&mut worker) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    worker.abort(&format!("{e:#}"));
+                    Err(e.context(format!("pipeline stage {s}")))
+                }
+            }
+        })?);
+    }
+    let results: Vec<Result<T>> =
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a stage thread panicked")))).collect();
+    results.into_iter().collect()
+}

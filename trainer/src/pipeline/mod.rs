@@ -1,0 +1,13 @@
+//! Pipeline parallelism: the model's blocks split into stages (balanced by the planner's cost
+//! model, embedding on the first, head and loss on the last), schedules as data (GPipe, 1F1B,
+//! forward-only), an engine that executes them, and transports between stages (threads of one
+//! process, or TCP between pods). See docs/pipeline.md.
+
+pub mod engine;
+pub mod schedule;
+pub mod stage;
+pub mod transport;
+
+pub use engine::{PipelineStep, StageWorker, run_in_process};
+pub use schedule::{Action, ScheduleKind};
+pub use stage::{StageModel, layouts};

@@ -1,0 +1,1 @@
+//! TCP links between pods (written next).

@@ -1,0 +1,97 @@
+//! The pipeline against a single-stage run: same gradients, same update, same loss.
+
+mod common;
+
+use common::*;
+use frugal_trainer::config::RunConfig;
+use frugal_trainer::pipeline::{ScheduleKind, StageWorker, layouts, run_in_process};
+use frugal_trainer::train::Trainer;
+use std::collections::BTreeMap;
+use tch::{Device, Tensor};
+
+/// 4 layers, all MoE, tied embeddings; 8 micro-batches of 2 sequences; no clipping, so the
+/// gradient left in the buffer after a step is the raw one.
+fn pipeline_run() -> RunConfig {
+    let mut model = small_model(true);
+    model.layers = 4;
+    assert!(model.tied_embeddings);
+    let mut cfg = small_run(model, 3, None);
+    cfg.train.batch_size = 16;
+    cfg.train.micro_batch_size = 2;
+    cfg.train.optim.grad_clip = 0.0;
+    cfg
+}
+
+type Named = BTreeMap<String, Tensor>;
+
+fn reference(cfg: &RunConfig) -> (Named, Named, f64) {
+    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let r = t.train_step();
+    let named = |flat: &Tensor| -> Named {
+        t.params.specs.iter().map(|s| (s.name.clone(), flat.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy())).collect()
+    };
+    (named(&t.params.grad), named(&t.params.master), r.loss)
+}
+
+fn assert_close(what: &str, name: &str, got: &Tensor, want: &Tensor, rel: f64) {
+    let scale = want.abs().max().double_value(&[]);
+    let err = (got - want).abs().max().double_value(&[]);
+    assert!(err <= rel * scale.max(1e-12), "{what} {name}: differs by {err}, max {scale}");
+}
+
+fn check_against_reference(cfg: &RunConfig, stages: usize, schedule: ScheduleKind) {
+    let (want_grads, want_weights, want_loss) = reference(cfg);
+    let per_stage = run_in_process(cfg, &layouts(&cfg.model, stages), schedule, &[Device::Cpu], |w: &mut StageWorker| {
+        let r = w.train_step()?;
+        Ok((w.named_grads(), w.named_weights(), r))
+    })
+    .unwrap();
+    let mut seen = BTreeMap::new();
+    for (s, (grads, weights, r)) in per_stage.iter().enumerate() {
+        assert!((r.loss - want_loss).abs() <= 1e-5 * want_loss, "stage {s} loss {} vs {want_loss}", r.loss);
+        assert_eq!(r.peak_in_flight <= cfg.micro_batches() as usize, true);
+        for ((name, g), (_, w)) in grads.iter().zip(weights) {
+            assert_close("gradient", name, g, &want_grads[name], 1e-5);
+            assert_close("updated weight", name, w, &want_weights[name], 1e-5);
+            *seen.entry(name.clone()).or_insert(0) += 1;
+        }
+    }
+    // Every parameter lives on exactly one stage, except the tied embedding on first and last.
+    assert_eq!(seen.len(), want_grads.len());
+    for (name, n) in seen {
+        assert_eq!(n, if name == "wte.weight" && stages > 1 && cfg.model.tied_embeddings { 2 } else { 1 }, "{name}");
+    }
+}
+
+#[test]
+fn four_stage_gpipe_matches_one_stage() {
+    tch::set_num_threads(1);
+    check_against_reference(&pipeline_run(), 4, ScheduleKind::GPipe);
+}
+
+#[test]
+fn four_stage_one_f_one_b_matches_one_stage() {
+    tch::set_num_threads(1);
+    check_against_reference(&pipeline_run(), 4, ScheduleKind::OneFOneB);
+}
+
+#[test]
+fn one_f_one_b_with_recomputation_and_untied_head_matches_one_stage() {
+    tch::set_num_threads(1);
+    let mut cfg = pipeline_run();
+    cfg.train.activation_checkpointing = true;
+    cfg.model.tied_embeddings = false;
+    check_against_reference(&cfg, 2, ScheduleKind::OneFOneB);
+}
+
+#[test]
+fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
+    tch::set_num_threads(1);
+    let cfg = pipeline_run();
+    let peaks = |schedule| {
+        run_in_process(&cfg, &layouts(&cfg.model, 4), schedule, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.peak_in_flight))
+            .unwrap()
+    };
+    assert_eq!(peaks(ScheduleKind::GPipe), vec![8, 8, 8, 8]);
+    assert_eq!(peaks(ScheduleKind::OneFOneB), vec![4, 3, 2, 1]);
+}
