@@ -78,7 +78,7 @@ enum Outcome {
     /// The job is finished; only clean-up is left.
     Finished,
     /// A status to write, and when to look again.
-    Pass { summary: Summary, plan: Option<frugal_api::v1alpha1::PlanStatus>, requeue: Option<Duration> },
+    Pass { summary: Summary, plan: Option<Box<frugal_api::v1alpha1::PlanStatus>>, requeue: Option<Duration> },
 }
 
 async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
@@ -92,7 +92,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     if prev.plan.as_ref() != Some(&plan_status) {
         // the plan goes into the status before anything starts
         let summary = pending(reasons::CREATING, "planned; creating the job's children".into(), prev);
-        return Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: Some(Duration::ZERO) });
+        return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::ZERO) });
     }
     let claim = match admit::claim_to_check(&planned) {
         Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
@@ -101,7 +101,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
         if let AdmitError::ClaimMissing { .. } = e {
             let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
-            return Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: Some(Duration::from_secs(15)) });
+            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::from_secs(15)) });
         }
         return Err(e.into());
     }
@@ -136,7 +136,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         start_time,
         completed_at: decision.succeeded_at,
     };
-    Ok(Outcome::Pass { summary, plan: Some(plan_status), requeue: decision.requeue_after })
+    Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: decision.requeue_after })
 }
 
 async fn act(ctx: &Context, planned: &PlannedJob, action: &lifecycle::Action) -> Result<(), Error> {
@@ -182,7 +182,7 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
             None => return Err(e),
         },
     };
-    let desired = status::desired(prev, generation, plan, &summary, &now());
+    let desired = status::desired(prev, generation, plan.map(|p| *p), &summary, &now());
     if status::changed(prev, &desired) {
         let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
         status::patch(&api, &tj.name_any(), &desired).await?;
@@ -360,4 +360,27 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::training_job;
+    use frugal_api::v1alpha1::ProgressStatus;
+
+    #[test]
+    fn status_writes_do_not_trigger_a_pass_but_spec_and_labels_do() {
+        let tj = training_job(1);
+        let before = spec_or_metadata(&tj);
+        let mut reported = tj.clone();
+        reported.status = Some(TrainingJobStatus { progress: Some(ProgressStatus { step: 10, ..Default::default() }), ..Default::default() });
+        reported.metadata.resource_version = Some("2".into());
+        assert_eq!(spec_or_metadata(&reported), before, "a trainer report is not a reason to reconcile");
+        let mut edited = tj.clone();
+        edited.metadata.generation = Some(3);
+        assert_ne!(spec_or_metadata(&edited), before);
+        let mut queued = tj.clone();
+        queued.metadata.labels = Some([(crate::names::KUEUE_QUEUE_LABEL.to_string(), "q".to_string())].into());
+        assert_ne!(spec_or_metadata(&queued), before);
+    }
 }

@@ -175,8 +175,7 @@ mod tests {
 
     #[test]
     fn the_trainers_fields_are_not_the_operators() {
-        let mut prev = TrainingJobStatus::default();
-        prev.progress = Some(Default::default());
+        let prev = TrainingJobStatus { progress: Some(Default::default()), ..Default::default() };
         let d = desired(&prev, 1, None, &summary(Phase::Running, "Running"), &t(0));
         assert!(d.progress.is_none(), "progress is not applied by the operator");
         let json = serde_json::to_value(&d).unwrap();
