@@ -124,6 +124,11 @@ pub enum DataSource {
     /// Built-in generator with learnable structure and known entropy: a corpus of `tokens`
     /// tokens where each token is followed by one of `branching` successors, uniformly.
     Synthetic { branching: i64, tokens: i64 },
+    /// A text file or a directory of `.txt` documents, each closed by end-of-text, tokenized
+    /// byte-level or with BPE trained on the training split (vocabulary: the model's).
+    Text { path: std::path::PathBuf, tokenizer: frugal_api::v1alpha1::Tokenizer },
+    /// Shards and tokenizer written by `frugal-trainer prepare`.
+    Shards { path: std::path::PathBuf },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -178,6 +178,17 @@ impl Gpt {
         PassStats { loss: loss.detach(), aux_loss: aux, dropped, assignments, routing_mismatches: mismatches }
     }
 
+    /// Logits [B, T, V] (fp32) without a graph, for evaluation.
+    pub fn eval_logits(&self, p: &ParamStore, idx: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let mut x = self.embed(p, idx);
+            for block in &self.blocks {
+                x = block.forward(p, &x, self.rope.as_ref(), None).y;
+            }
+            self.logits(p, &x)
+        })
+    }
+
     /// Mean cross-entropy without a graph.
     pub fn eval_loss(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> Tensor {
         tch::no_grad(|| {

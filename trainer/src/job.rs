@@ -70,9 +70,6 @@ impl Job {
             muon_momentum: o.beta1,
         };
         let d = &spec.data;
-        if d.tokenizer != api::Tokenizer::Byte {
-            bail!("data.tokenizer {:?}: this trainer build reads byte-level tokens only; use tokenizer: byte", d.tokenizer);
-        }
         let source = match d.source.type_ {
             api::DataSourceType::Synthetic => {
                 let s = d.source.synthetic.clone().unwrap_or(api::SyntheticSource { branching: 4, tokens: 1 << 20 });
@@ -80,10 +77,11 @@ impl Job {
             }
             api::DataSourceType::Text => {
                 let text = d.source.text.as_ref().context("data.source.text is required with type Text")?;
-                DataSource::TextFile { path: PathBuf::from(&text.path) }
+                DataSource::Text { path: PathBuf::from(&text.path), tokenizer: d.tokenizer }
             }
             api::DataSourceType::Shards => {
-                bail!("data.source.type Shards: this trainer build reads text and synthetic data; use type Text or Synthetic")
+                let shards = d.source.shards.as_ref().context("data.source.shards is required with type Shards")?;
+                DataSource::Shards { path: PathBuf::from(&shards.path) }
             }
         };
         let micro_batch_size = batch / micro_batches;
@@ -116,6 +114,17 @@ impl Job {
         };
         run.validate().map_err(anyhow::Error::msg)?;
         Ok(run)
+    }
+
+    /// Zero-shot sets, quality target and the price of a GPU-hour, from the spec and its plan.
+    pub fn eval_config(&self) -> crate::eval::EvalConfig {
+        let p = &self.plan;
+        crate::eval::EvalConfig {
+            sets: self.spec.data.eval_sets.clone(),
+            target: self.spec.data.quality_target.clone(),
+            price_per_gpu_hour: if p.estimated_gpu_hours > 0.0 { p.estimated_cost / p.estimated_gpu_hours } else { 0.0 },
+            currency: p.currency.clone(),
+        }
     }
 
     /// Whether the job asks for a GPU.

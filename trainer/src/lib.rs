@@ -3,8 +3,10 @@
 pub mod attention;
 pub mod block;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod flops;
 pub mod gpt;
 pub mod metrics;

@@ -1,9 +1,12 @@
 //! `frugal-trainer`: `train` runs a TrainingJob (the manifest a user applies, or the operator's
-//! trainer configuration inside a pod); `plan` prints what it will cost before it runs.
+//! trainer configuration inside a pod); `plan` prints what it will cost before it runs; `prepare`
+//! writes a text corpus as token shards; `eval` scores a checkpoint; `report` compares runs.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
+use frugal_trainer::compare;
+use frugal_trainer::data::{self, shards};
 use frugal_trainer::gpt::Gpt;
 use frugal_trainer::job::{self, Job};
 use frugal_trainer::metrics::Metrics;
@@ -46,6 +49,41 @@ enum Command {
         /// JSON lines even on a terminal.
         #[arg(long)]
         json: bool,
+        /// Also write the run report here (it always goes to the checkpoint directory's
+        /// report.json).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Tokenize the job's text corpus (data.source.text, data.tokenizer, model vocabulary) into
+    /// uint16 shards and a tokenizer file, for data.source.type Shards.
+    Prepare {
+        job: PathBuf,
+        /// Directory to write the shards into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokens per shard.
+        #[arg(long, default_value_t = 100_000_000)]
+        shard_tokens: usize,
+    },
+    /// Evaluate a checkpoint: validation loss, bits per byte, perplexity, zero-shot sets.
+    Eval {
+        job: PathBuf,
+        /// A checkpoint (step directory), or a checkpoint root whose newest checkpoint is used
+        /// (default: the job's checkpoint path).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare run reports (report.json files, or directories holding them) in one table.
+    Report {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// text, json or csv.
+        #[arg(long, default_value = "text")]
+        format: String,
     },
     /// Print the job's plan: parameters, FLOPs, memory, GPU-hours and cost.
     Plan {
@@ -79,7 +117,26 @@ fn run(cli: Cli) -> Result<i32> {
             plan(&job, json)?;
             Ok(0)
         }
-        Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json } => {
+        Command::Prepare { job, out, shard_tokens } => {
+            prepare(&job::load(&job)?, &out, shard_tokens)?;
+            Ok(0)
+        }
+        Command::Eval { job, checkpoint, device, json } => {
+            evaluate(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
+            Ok(0)
+        }
+        Command::Report { paths, format } => {
+            let rows: Vec<compare::Row> = compare::load(&paths)?.iter().map(compare::Row::from_summary).collect();
+            let out = match format.as_str() {
+                "text" => compare::text(&rows),
+                "json" => compare::json(&rows),
+                "csv" => compare::csv(&rows),
+                other => anyhow::bail!("unknown format {other:?} (text, json or csv)"),
+            };
+            print!("{out}");
+            Ok(0)
+        }
+        Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report } => {
             let job = job::load(&job_path(job))?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
@@ -108,6 +165,7 @@ fn run(cli: Cli) -> Result<i32> {
             let metrics = Metrics::new(&cfg.name);
             let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             let mut trainer = Trainer::new(cfg, device)?;
+            trainer.evaluation = job.eval_config();
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json);
             if let Some(port) = port {
                 let bound = metrics.serve(&format!("0.0.0.0:{port}")).with_context(|| format!("serving metrics on port {port}"))?;
@@ -118,8 +176,12 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
             reporter.summary(&summary);
+            let text = serde_json::to_vec_pretty(&summary)?;
+            for path in trainer.cfg.checkpoint_dir.iter().map(|d| d.join(compare::REPORT_FILE)).chain(report) {
+                std::fs::write(&path, &text).with_context(|| format!("writing the run report {}", path.display()))?;
+            }
             Ok(match stopped {
-                Stop::Completed => 0,
+                Stop::Completed | Stop::QualityTargetReached => 0,
                 // Killed by a signal after saving: a non-zero status so a Job does not count it
                 // as a success.
                 Stop::Terminated => 143,
@@ -165,5 +227,61 @@ fn plan(job: &Job, json: bool) -> Result<()> {
     for w in &p.warnings {
         println!("warning          {w}");
     }
+    Ok(())
+}
+
+fn prepare(job: &Job, out: &std::path::Path, shard_tokens: usize) -> Result<()> {
+    let d = &job.spec.data;
+    let text = d.source.text.as_ref().context("prepare reads data.source.text: give the job a Text source")?;
+    let vocab = job.plan.model.vocab_size;
+    let (train, val, tok) = data::tokenize_text(std::path::Path::new(&text.path), d.tokenizer, vocab, d.validation_fraction)?;
+    let meta = shards::ShardMeta {
+        source: text.path.clone(),
+        train_tokens: train.len() as u64,
+        val_tokens: val.len() as u64,
+        data_fingerprint: data::fingerprint(&tok.fingerprint(), &train, &val),
+        tokenizer_fingerprint: tok.fingerprint(),
+    };
+    let files = shards::write_dir(out, &tok, &train, &val, shard_tokens, &meta)?;
+    let bytes = tok.decode(&train).len() + tok.decode(&val).len();
+    println!(
+        "wrote {} shards to {}: {} training and {} validation tokens ({:.3} bytes per token), vocabulary {}",
+        files.len(),
+        out.display(),
+        train.len(),
+        val.len(),
+        bytes as f64 / (train.len() + val.len()).max(1) as f64,
+        tok.vocab_size()
+    );
+    println!("data fingerprint {}", meta.data_fingerprint);
+    println!("use it with   data: {{source: {{type: Shards, shards: {{path: {}}}}}}}", out.display());
+    Ok(())
+}
+
+fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: bool) -> Result<()> {
+    let cfg = job.run_config(None)?;
+    let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
+    let dir = if root.join("MANIFEST.json").exists() {
+        root.clone()
+    } else {
+        frugal_trainer::checkpoint::latest(&root)?.with_context(|| format!("no committed checkpoint under {}", root.display()))?
+    };
+    let device = pick_device(device.or(Some("cpu")))?;
+    let mut trainer = Trainer::new(cfg, device)?;
+    trainer.evaluation = job.eval_config();
+    trainer.restore(&dir)?;
+    let q = trainer.evaluate_quality()?;
+    let prov = trainer.provenance();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"checkpoint": dir, "quality": q, "provenance": prov}))?);
+        return Ok(());
+    }
+    println!("checkpoint       {} (step {})", dir.display(), trainer.step);
+    println!("validation loss  {:.4} nats/token, perplexity {:.3}", q.validation_loss.unwrap_or(f64::NAN), q.perplexity.unwrap_or(f64::NAN));
+    println!("bits per byte    {:.4}", q.bits_per_byte.unwrap_or(f64::NAN));
+    for z in &q.zero_shot {
+        println!("zero-shot        {} {:.2}% of {} examples", z.name, z.accuracy * 100.0, z.examples);
+    }
+    println!("provenance       config {} seed {} code {} libtorch {} data {} tokenizer {} device {}", prov.config_hash, prov.seed, prov.code_version, prov.libtorch_version, prov.data_fingerprint, prov.tokenizer_fingerprint, prov.device);
     Ok(())
 }

@@ -1,12 +1,57 @@
 //! What a run tells the person or system watching it: a progress bar on a terminal, JSON lines
 //! (one object per event) otherwise, and the final summary.
 
-use serde::Serialize;
+use frugal_api::v1alpha1::QualityStatus;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
-#[derive(Clone, Debug, Serialize)]
+/// Where a result came from: enough to reproduce it, or to see why two results differ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// SHA-256 of the resolved run configuration (model, data, training, evaluation).
+    pub config_hash: String,
+    pub seed: u64,
+    pub code_version: String,
+    pub libtorch_version: String,
+    pub data_fingerprint: String,
+    pub tokenizer_fingerprint: String,
+    pub device: String,
+}
+
+impl Provenance {
+    /// The crate version and, when built from a git checkout, its commit.
+    pub fn code_version() -> String {
+        match option_env!("FRUGAL_GIT_COMMIT") {
+            Some(c) if !c.is_empty() => format!("{}+{c}", env!("CARGO_PKG_VERSION")),
+            _ => env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The PyTorch release whose libtorch the trainer was linked against.
+    pub fn libtorch_version() -> String {
+        option_env!("FRUGAL_LIBTORCH_VERSION").unwrap_or("unknown").to_string()
+    }
+}
+
+/// How a run ended against its quality target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetOutcome {
+    /// `validationLoss` or `bitsPerByte`.
+    pub metric: String,
+    pub value: f64,
+    pub reached: bool,
+    /// Step, training tokens and device-hours (GPU-hours; CPU-hours on a CPU) when it was reached.
+    pub step: Option<i64>,
+    pub tokens: Option<i64>,
+    pub device_hours: Option<f64>,
+    /// The best value any evaluation reached.
+    pub best: Option<f64>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub job: String,
     pub device: String,
@@ -28,6 +73,49 @@ pub struct Summary {
     pub skipped_steps: i64,
     pub stopped_by: String,
     pub checkpoint: Option<String>,
+    /// Why the run ended: `Completed`, `QualityTargetReached` or `Terminated`.
+    #[serde(default)]
+    pub reason: String,
+    /// The model in a few words (shape, MoE, attention).
+    #[serde(default)]
+    pub model: String,
+    /// GPUs held (0 on a CPU run).
+    #[serde(default)]
+    pub gpus: i64,
+    /// Wall-clock hours times devices: GPU-hours, or CPU-hours on a CPU run.
+    #[serde(default)]
+    pub device_hours: f64,
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub currency: String,
+    #[serde(default)]
+    pub quality: Option<QualityStatus>,
+    #[serde(default)]
+    pub target: Option<TargetOutcome>,
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// Fields that measure time (and what is derived from it); everything else in a report is
+/// determined by the configuration and seed.
+pub const TIMING_FIELDS: &[&str] =
+    &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "device_hours", "cost", "checkpoint"];
+
+impl Summary {
+    /// The report as JSON without its timings, for comparing two runs.
+    pub fn without_timings(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("summary serialises");
+        if let Value::Object(m) = &mut v {
+            for k in TIMING_FIELDS {
+                m.remove(*k);
+            }
+            if let Some(Value::Object(t)) = m.get_mut("target") {
+                t.remove("device_hours");
+            }
+        }
+        v
+    }
 }
 
 pub struct Reporter {
@@ -116,6 +204,23 @@ impl Reporter {
             eprintln!("steps          {} ({} tokens) in {:.1} s, stopped by {}", s.steps, s.tokens, s.seconds, s.stopped_by);
             eprintln!("throughput     {:.0} tokens/s, {:.3} TFLOP/s, MFU {:.1}% of {}", s.tokens_per_second, s.achieved_tflops, s.mfu * 100.0, s.peak_source);
             eprintln!("loss           train {:.4}{}", s.train_loss, s.val_loss.map(|v| format!(", validation {v:.4}")).unwrap_or_default());
+            if let Some(q) = &s.quality {
+                let zs: Vec<String> = q.zero_shot.iter().map(|z| format!("{} {:.1}% of {}", z.name, z.accuracy * 100.0, z.examples)).collect();
+                eprintln!(
+                    "quality        {:.4} bits/byte, perplexity {:.3}{}",
+                    q.bits_per_byte.unwrap_or(f64::NAN),
+                    q.perplexity.unwrap_or(f64::NAN),
+                    if zs.is_empty() { String::new() } else { format!("; zero-shot {}", zs.join(", ")) }
+                );
+            }
+            if let Some(t) = &s.target {
+                eprintln!("target         {}", t.message);
+            }
+            let unit = if s.gpus > 0 { "GPU-hours" } else { "CPU-hours" };
+            eprintln!("spent          {:.6} {unit}, {:.2} {}", s.device_hours, s.cost, s.currency);
+            let p = &s.provenance;
+            eprintln!("provenance     config {} seed {} code {} libtorch {}", short(&p.config_hash), p.seed, p.code_version, p.libtorch_version);
+            eprintln!("               data {} tokenizer {} on {}", short(&p.data_fingerprint), short(&p.tokenizer_fingerprint), p.device);
             if let Some(d) = s.dropped_token_fraction {
                 eprintln!("MoE            {:.2}% of token-expert assignments dropped", d * 100.0);
             }
@@ -126,6 +231,10 @@ impl Reporter {
             self.event("summary", serde_json::to_value(s).expect("summary serialises"));
         }
     }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
 }
 
 fn compact(v: &Value) -> String {

@@ -4,13 +4,14 @@
 use crate::checkpoint::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::data::Data;
+use crate::eval::{self, EvalConfig, GptModel};
 use crate::flops::{self, ModelCounts};
 use crate::gpt::Gpt;
 use crate::metrics::Metrics;
 use crate::optim::{self, Optimizer};
 use crate::params::{ParamBuilder, ParamStore};
 use crate::precision::{LossScaler, compute_kind};
-use crate::report::{Reporter, Summary};
+use crate::report::{Provenance, Reporter, Summary};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -31,6 +32,8 @@ pub struct Trainer {
     pub step: i64,
     pub tokens: i64,
     pub counts: ModelCounts,
+    /// Zero-shot sets, quality target and pricing (empty unless the job sets them).
+    pub evaluation: EvalConfig,
 }
 
 /// What one optimizer step measured.
@@ -52,6 +55,8 @@ pub struct StepReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     Completed,
+    /// An evaluation reached the job's quality target.
+    QualityTargetReached,
     /// SIGTERM/SIGINT: a checkpoint was written, the run can resume.
     Terminated,
 }
@@ -79,6 +84,7 @@ impl Trainer {
             step: 0,
             tokens: 0,
             counts,
+            evaluation: EvalConfig::default(),
         })
     }
 
@@ -178,15 +184,30 @@ impl Trainer {
 
     /// Mean validation cross-entropy (nats per token).
     pub fn evaluate(&self) -> f64 {
-        let batches = self.data.validation(self.cfg.train.micro_batch_size.max(16));
-        let (mut sum, mut n) = (0.0, 0i64);
-        for b in &batches {
-            let rows = b.inputs.size()[0];
-            let loss = self.model.eval_loss(&self.params, &b.inputs.to_device(self.device), &b.targets.to_device(self.device));
-            sum += loss.double_value(&[]) * rows as f64;
-            n += rows;
+        eval::validate(&self.language_model(), &self.data, self.cfg.train.micro_batch_size.max(16)).loss()
+    }
+
+    pub fn language_model(&self) -> GptModel<'_> {
+        GptModel { model: &self.model, params: &self.params, device: self.device }
+    }
+
+    /// Validation loss, bits per byte, perplexity and the zero-shot sets, now.
+    pub fn evaluate_quality(&self) -> Result<frugal_api::v1alpha1::QualityStatus> {
+        let batch = self.cfg.train.micro_batch_size.max(16);
+        eval::evaluate(&self.language_model(), &self.data, &self.evaluation.sets, self.cfg.train.seed, self.step, batch)
+    }
+
+    /// What produced this run's results.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            config_hash: eval::config_hash(&self.cfg, &self.evaluation),
+            seed: self.cfg.train.seed,
+            code_version: Provenance::code_version(),
+            libtorch_version: Provenance::libtorch_version(),
+            data_fingerprint: self.data.fingerprint.clone(),
+            tokenizer_fingerprint: self.data.tokenizer_fingerprint.clone(),
+            device: format!("{:?}", self.device),
         }
-        if n == 0 { f64::NAN } else { sum / n as f64 }
     }
 
     /// Trains to the configured step count, reporting as it goes; on `stop` (SIGTERM) writes a
@@ -223,6 +244,8 @@ impl Trainer {
         let mut stopped = Stop::Completed;
         let mut last_ckpt: Option<PathBuf> = None;
         let mut train_seconds = 0.0;
+        let mut quality = None;
+        let mut tracker = eval::TargetTracker::new(self.evaluation.target.clone(), self.gpus());
         while self.step < end {
             if stop.load(Ordering::SeqCst) {
                 stopped = Stop::Terminated;
@@ -266,10 +289,13 @@ impl Trainer {
             }
             let every = self.cfg.train.eval_interval;
             if every > 0 && self.step % every == 0 && self.step < end {
-                let v = self.evaluate();
-                val_loss = Some(v);
-                metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
-                reporter.event("eval", json!({"step": self.step, "val_loss": v}));
+                let q = self.evaluation_pass(reporter, metrics, &mut tracker, t_start.elapsed().as_secs_f64())?;
+                val_loss = q.validation_loss;
+                quality = Some(q);
+                if tracker.reached() {
+                    stopped = Stop::QualityTargetReached;
+                    break;
+                }
             }
             let every = self.cfg.train.checkpoint_interval;
             if every > 0 && self.step % every == 0 && self.step < end {
@@ -277,15 +303,18 @@ impl Trainer {
             }
         }
         if stopped == Stop::Completed {
-            let v = self.evaluate();
-            val_loss = Some(v);
-            metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
-            reporter.event("eval", json!({"step": self.step, "val_loss": v}));
+            let q = self.evaluation_pass(reporter, metrics, &mut tracker, t_start.elapsed().as_secs_f64())?;
+            val_loss = q.validation_loss;
+            quality = Some(q);
+            if tracker.reached() {
+                stopped = Stop::QualityTargetReached;
+            }
         }
         if self.cfg.checkpoint_dir.is_some() {
             last_ckpt = self.checkpoint(reporter, metrics)?;
         }
         let tokens = self.tokens - start_tokens;
+        let device_hours = t_start.elapsed().as_secs_f64() / 3600.0 * self.gpus().max(1) as f64;
         let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
         let summary = Summary {
             job: self.cfg.name.clone(),
@@ -308,11 +337,50 @@ impl Trainer {
             skipped_steps: self.scaler.skipped_steps,
             stopped_by: match stopped {
                 Stop::Completed => "completion".into(),
+                Stop::QualityTargetReached => "quality target".into(),
                 Stop::Terminated => "signal".into(),
             },
             checkpoint: last_ckpt.map(|p| p.display().to_string()),
+            reason: format!("{stopped:?}"),
+            model: eval::describe_model(&self.cfg.model, &self.cfg.train.precision),
+            gpus: self.gpus(),
+            device_hours,
+            cost: device_hours * self.evaluation.price_per_gpu_hour,
+            currency: self.evaluation.currency.clone(),
+            quality,
+            target: tracker.outcome(self.step, end, stopped == Stop::Terminated),
+            provenance: self.provenance(),
         };
         Ok((stopped, summary))
+    }
+
+    /// GPUs this run holds (0 on the CPU).
+    pub fn gpus(&self) -> i64 {
+        i64::from(self.device != Device::Cpu)
+    }
+
+    fn evaluation_pass(
+        &self,
+        reporter: &mut Reporter,
+        metrics: &Metrics,
+        tracker: &mut eval::TargetTracker,
+        seconds: f64,
+    ) -> Result<frugal_api::v1alpha1::QualityStatus> {
+        let q = self.evaluate_quality()?;
+        let v = q.validation_loss.unwrap_or(f64::NAN);
+        metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
+        if let Some(b) = q.bits_per_byte {
+            metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
+        }
+        let mut fields = json!({"step": self.step, "val_loss": v, "bits_per_byte": q.bits_per_byte, "perplexity": q.perplexity});
+        for z in &q.zero_shot {
+            fields[format!("acc_{}", z.name)] = json!(z.accuracy);
+        }
+        if tracker.observe(&q, self.step, self.tokens, seconds) {
+            fields["quality_target_reached"] = json!(true);
+        }
+        reporter.event("eval", fields);
+        Ok(q)
     }
 
     fn checkpoint(&self, reporter: &mut Reporter, metrics: &Metrics) -> Result<Option<PathBuf>> {

@@ -1,0 +1,369 @@
+//! Forward-only evaluation: validation loss, bits per byte and perplexity over the held-out split,
+//! and zero-shot accuracy on LAMBADA-style last-word JSONL, multiple-choice JSONL and a cloze set
+//! built from the corpus's own validation split.
+//!
+//! Bits per byte is the total loss over the held-out text divided by its bytes (times ln 2), not
+//! a per-token mean rescaled, so models with different tokenizers are compared on the same text.
+
+use crate::data::{Data, EOT, TextTokenizer};
+use crate::gpt::Gpt;
+use crate::params::ParamStore;
+use crate::rng::Rng;
+use anyhow::{Context, Result, bail};
+use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityStatus, QualityTarget, ZeroShotResult};
+use serde::Deserialize;
+use std::f64::consts::LN_2;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Anything that gives next-token log-probabilities: the GPT, or a reference model in tests.
+pub trait LanguageModel {
+    /// inputs [B, T] i64 → log-probabilities [B, T, V] f32 on the CPU.
+    fn log_probs(&self, inputs: &Tensor) -> Tensor;
+    /// The longest context it reads.
+    fn context(&self) -> i64;
+}
+
+/// The trained GPT as a [`LanguageModel`].
+pub struct GptModel<'a> {
+    pub model: &'a Gpt,
+    pub params: &'a ParamStore,
+    pub device: Device,
+}
+
+impl LanguageModel for GptModel<'_> {
+    fn log_probs(&self, inputs: &Tensor) -> Tensor {
+        let logits = self.model.eval_logits(self.params, &inputs.to_device(self.device));
+        logits.log_softmax(-1, Kind::Float).to_device(Device::Cpu)
+    }
+    fn context(&self) -> i64 {
+        self.model.cfg.seq_len
+    }
+}
+
+/// Totals over the held-out split.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    pub tokens: i64,
+    pub bytes: i64,
+    /// Summed negative log-likelihood, nats.
+    pub nats: f64,
+}
+
+impl Validation {
+    /// Mean loss per token, nats.
+    pub fn loss(&self) -> f64 {
+        if self.tokens == 0 { f64::NAN } else { self.nats / self.tokens as f64 }
+    }
+    pub fn perplexity(&self) -> f64 {
+        self.loss().exp()
+    }
+    /// Total loss over the text's bytes, in bits.
+    pub fn bits_per_byte(&self) -> f64 {
+        if self.bytes == 0 { f64::NAN } else { self.nats / (self.bytes as f64 * LN_2) }
+    }
+}
+
+/// Scores every held-out token once.
+pub fn validate(lm: &dyn LanguageModel, data: &Data, batch: i64) -> Validation {
+    let bytes_of = Tensor::from_slice(&data.token_bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>());
+    let mut v = Validation { tokens: 0, bytes: 0, nats: 0.0 };
+    for b in data.validation(batch) {
+        let logp = lm.log_probs(&b.inputs);
+        let nll = -logp.gather(2, &b.targets.unsqueeze(-1), false).squeeze_dim(-1);
+        v.nats += nll.sum(Kind::Double).double_value(&[]);
+        v.tokens += b.targets.numel() as i64;
+        v.bytes += bytes_of.index_select(0, &b.targets.view([-1])).sum(Kind::Int64).int64_value(&[]);
+    }
+    v
+}
+
+/// Log-probability of `continuation` after `context` (cut from the left to fit the model), and
+/// whether greedy decoding would have produced it token for token.
+pub fn score_continuation(lm: &dyn LanguageModel, context: &[u16], continuation: &[u16]) -> (f64, bool) {
+    let (logp, greedy) = score_batch(lm, context, &[continuation]);
+    (logp[0], greedy[0])
+}
+
+/// As [`score_continuation`] for several continuations of one length, in one forward pass.
+fn score_batch(lm: &dyn LanguageModel, context: &[u16], continuations: &[&[u16]]) -> (Vec<f64>, Vec<bool>) {
+    let k = continuations[0].len();
+    debug_assert!(continuations.iter().all(|c| c.len() == k));
+    let max = lm.context() as usize + 1;
+    let keep_ctx = context.len().min(max.saturating_sub(k)).max(1);
+    let ctx: Vec<u16> = if context.is_empty() { vec![EOT] } else { context[context.len() - keep_ctx..].to_vec() };
+    let mut rows = vec![];
+    for c in continuations {
+        let mut seq: Vec<i64> = ctx.iter().chain(c.iter()).map(|&t| i64::from(t)).collect();
+        if seq.len() > max {
+            seq.drain(..seq.len() - max);
+        }
+        rows.push(seq);
+    }
+    let n = rows[0].len() as i64;
+    let all = Tensor::from_slice(&rows.concat()).view([rows.len() as i64, n]);
+    let inputs = all.narrow(1, 0, n - 1);
+    let targets = all.narrow(1, n - 1 - k as i64, k as i64);
+    let logp = lm.log_probs(&inputs).narrow(1, n - 1 - k as i64, k as i64);
+    let picked = logp.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1).sum_dim_intlist(-1, false, Kind::Double);
+    let greedy = logp.argmax(-1, false).eq_tensor(&targets).all_dim(-1, false);
+    let sums: Vec<f64> = Vec::try_from(picked).unwrap_or_default();
+    let hits: Vec<bool> = Vec::try_from(greedy).unwrap_or_default();
+    (sums, hits)
+}
+
+fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path, max: Option<i32>) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading evaluation set {}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if max.is_some_and(|m| out.len() >= m as usize) {
+            break;
+        }
+        out.push(serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct LastWordExample {
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct ChoiceExample {
+    context: String,
+    choices: Vec<String>,
+    label: usize,
+}
+
+/// LAMBADA: the last word (with its leading space) must come out of greedy decoding exactly.
+pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: Option<i32>) -> Result<(i64, i64)> {
+    let mut hits = 0;
+    let mut n = 0;
+    for ex in read_jsonl::<LastWordExample>(path, max)? {
+        let text = ex.text.trim_end();
+        let Some(cut) = text.rfind(' ') else { continue };
+        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(text[..cut].as_bytes())).collect();
+        let word = tok.encode(text[cut..].as_bytes());
+        if word.is_empty() || word.len() as i64 >= lm.context() {
+            continue;
+        }
+        hits += i64::from(score_continuation(lm, &ctx, &word).1);
+        n += 1;
+    }
+    Ok((hits, n))
+}
+
+/// Multiple choice: the choice with the highest log-probability per byte wins (so long choices
+/// are not penalised for their length).
+pub fn multiple_choice(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: Option<i32>) -> Result<(i64, i64)> {
+    let mut hits = 0;
+    let mut n = 0;
+    for (i, ex) in read_jsonl::<ChoiceExample>(path, max)?.into_iter().enumerate() {
+        if ex.label >= ex.choices.len() {
+            bail!("{} example {}: label {} but {} choices", path.display(), i + 1, ex.label, ex.choices.len());
+        }
+        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes())).collect();
+        let mut best = (f64::NEG_INFINITY, usize::MAX);
+        for (j, choice) in ex.choices.iter().enumerate() {
+            let ids = tok.encode(choice.as_bytes());
+            if ids.is_empty() {
+                continue;
+            }
+            let ids = &ids[..ids.len().min(lm.context() as usize - 1)];
+            let per_byte = score_continuation(lm, &ctx, ids).0 / choice.len().max(1) as f64;
+            if per_byte > best.0 {
+                best = (per_byte, j);
+            }
+        }
+        hits += i64::from(best.1 == ex.label);
+        n += 1;
+    }
+    Ok((hits, n))
+}
+
+/// Cloze examples from the validation split: a context of half the model's window, then the true
+/// next span against three spans taken from elsewhere in the split; the most likely span wins
+/// (chance is 25%). Without `max`, up to 256 non-overlapping examples.
+pub fn cloze(lm: &dyn LanguageModel, data: &Data, seed: u64, max: Option<i32>) -> Result<(i64, i64)> {
+    let val = data.validation_tokens();
+    let ctx_len = (lm.context() / 2).max(1) as usize;
+    let span = (lm.context() / 8).clamp(1, 8) as usize;
+    let window = ctx_len + span;
+    if val.len() < 4 * window {
+        bail!("the validation split ({} tokens) is too short for a cloze set of {window}-token examples", val.len());
+    }
+    let examples = (val.len() / window).min(max.map_or(256, |m| m as usize));
+    let mut rng = Rng::derive(seed, "cloze");
+    let (mut hits, mut n) = (0, 0);
+    for e in 0..examples {
+        let at = e * window;
+        let answer = &val[at + ctx_len..at + window];
+        let mut options: Vec<&[u16]> = vec![answer];
+        let mut tries = 0;
+        while options.len() < 4 && tries < 100 {
+            tries += 1;
+            let s = rng.below((val.len() - span + 1) as u64) as usize;
+            let cand = &val[s..s + span];
+            if !options.contains(&cand) {
+                options.push(cand);
+            }
+        }
+        if options.len() < 4 {
+            continue;
+        }
+        let (scores, _) = score_batch(lm, &val[at..at + ctx_len], &options);
+        let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+        hits += i64::from(best == Some(0));
+        n += 1;
+    }
+    Ok((hits, n))
+}
+
+/// Runs the job's zero-shot sets.
+pub fn zero_shot(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u64) -> Result<Vec<ZeroShotResult>> {
+    let mut out = vec![];
+    for set in sets {
+        let needs_text = || -> Result<(&TextTokenizer, &Path)> {
+            let tok = data.tokenizer.as_ref().with_context(|| format!("evaluation set {}: {:?} needs text data, not the synthetic language", set.name, set.type_))?;
+            let path = set.path.as_deref().with_context(|| format!("evaluation set {} needs a path", set.name))?;
+            Ok((tok, Path::new(path)))
+        };
+        let (hits, n) = match set.type_ {
+            EvalSetType::LastWord => {
+                let (tok, path) = needs_text()?;
+                last_word(lm, tok, path, set.max_examples)?
+            }
+            EvalSetType::MultipleChoice => {
+                let (tok, path) = needs_text()?;
+                multiple_choice(lm, tok, path, set.max_examples)?
+            }
+            EvalSetType::Cloze => cloze(lm, data, seed, set.max_examples)?,
+        };
+        out.push(ZeroShotResult { name: set.name.clone(), accuracy: if n > 0 { hits as f64 / n as f64 } else { 0.0 }, examples: n });
+    }
+    Ok(out)
+}
+
+/// One evaluation: validation figures at `step` and the zero-shot sets.
+pub fn evaluate(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u64, step: i64, batch: i64) -> Result<QualityStatus> {
+    let v = validate(lm, data, batch);
+    Ok(QualityStatus {
+        step,
+        validation_loss: Some(v.loss()),
+        perplexity: Some(v.perplexity()),
+        bits_per_byte: Some(v.bits_per_byte()),
+        zero_shot: zero_shot(lm, data, sets, seed)?,
+    })
+}
+
+/// The value a target is judged on.
+pub fn target_value(target: &QualityTarget, q: &QualityStatus) -> Option<f64> {
+    match target.metric {
+        QualityMetric::ValidationLoss => q.validation_loss,
+        QualityMetric::BitsPerByte => q.bits_per_byte,
+    }
+}
+
+pub fn target_reached(target: &QualityTarget, q: &QualityStatus) -> bool {
+    target_value(target, q).is_some_and(|v| v.is_finite() && v <= target.value)
+}
+
+/// What a job asks evaluation to do beyond validation loss, and what a device-hour costs.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EvalConfig {
+    pub sets: Vec<EvalSet>,
+    pub target: Option<QualityTarget>,
+    #[serde(skip)]
+    pub price_per_gpu_hour: f64,
+    #[serde(skip)]
+    pub currency: String,
+}
+
+/// SHA-256 of the resolved run: model, data, training and evaluation (not where checkpoints go).
+pub fn config_hash(cfg: &crate::config::RunConfig, evaluation: &EvalConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let mut run = cfg.clone();
+    run.checkpoint_dir = None;
+    let text = serde_json::to_vec(&(run, evaluation)).expect("configuration serialises");
+    hex::encode(Sha256::digest(text))
+}
+
+/// The model in a few words, for tables.
+pub fn describe_model(m: &crate::config::ModelConfig, precision: &crate::config::Precision) -> String {
+    let ffn = match &m.moe {
+        Some(e) => format!("MoE {}x{} top-{}{}", e.experts, e.expert_hidden, e.top_k, if e.shared_experts > 0 { format!("+{}", e.shared_experts) } else { String::new() }),
+        None => "dense".into(),
+    };
+    let attn = match m.attention {
+        crate::config::AttentionPattern::Dense => String::new(),
+        crate::config::AttentionPattern::SlidingWindow { window } => format!(" sw{window}"),
+        crate::config::AttentionPattern::BlockSparse { .. } => " block-sparse".into(),
+    };
+    format!("{}L/{}d/{}h {ffn}{attn} {:?}", m.layers, m.d_model, m.heads, precision).to_lowercase()
+}
+
+/// Watches evaluations against the job's quality target.
+pub struct TargetTracker {
+    target: Option<QualityTarget>,
+    gpus: i64,
+    best: Option<f64>,
+    /// (step, tokens, device-hours) when first reached.
+    reached_at: Option<(i64, i64, f64)>,
+}
+
+impl TargetTracker {
+    pub fn new(target: Option<QualityTarget>, gpus: i64) -> Self {
+        Self { target, gpus, best: None, reached_at: None }
+    }
+
+    /// Records an evaluation `seconds` into the run; true when it reaches the target.
+    pub fn observe(&mut self, q: &QualityStatus, step: i64, tokens: i64, seconds: f64) -> bool {
+        let Some(t) = &self.target else { return false };
+        if let Some(v) = target_value(t, q).filter(|v| v.is_finite()) {
+            self.best = Some(self.best.map_or(v, |b: f64| b.min(v)));
+        }
+        if self.reached_at.is_none() && target_reached(t, q) {
+            self.reached_at = Some((step, tokens, seconds / 3600.0 * self.gpus.max(1) as f64));
+            return true;
+        }
+        false
+    }
+
+    pub fn reached(&self) -> bool {
+        self.reached_at.is_some()
+    }
+
+    /// The device-hours it took, once reached.
+    pub fn device_hours_to_target(&self) -> Option<f64> {
+        self.reached_at.map(|r| r.2)
+    }
+
+    /// The outcome for the report; `step` of `end` steps when the run stopped.
+    pub fn outcome(&self, step: i64, end: i64, terminated: bool) -> Option<crate::report::TargetOutcome> {
+        let t = self.target.as_ref()?;
+        let metric = match t.metric {
+            QualityMetric::ValidationLoss => "validationLoss",
+            QualityMetric::BitsPerByte => "bitsPerByte",
+        };
+        let unit = if self.gpus > 0 { "GPU-hours" } else { "CPU-hours" };
+        let best = self.best.map_or("no evaluation".to_string(), |b| format!("best {b:.4}"));
+        let message = match self.reached_at {
+            Some((s, tokens, hours)) => {
+                format!("{metric} ≤ {} reached at step {s} after {tokens} tokens and {hours:.6} {unit}", t.value)
+            }
+            None if terminated => format!("{metric} ≤ {} not reached before the run was stopped at step {step} ({best})", t.value),
+            None => format!("{metric} ≤ {} not reached within the budget of {end} steps ({best})", t.value),
+        };
+        Some(crate::report::TargetOutcome {
+            metric: metric.into(),
+            value: t.value,
+            reached: self.reached_at.is_some(),
+            step: self.reached_at.map(|r| r.0),
+            tokens: self.reached_at.map(|r| r.1),
+            device_hours: self.reached_at.map(|r| r.2),
+            best: self.best,
+            message,
+        })
+    }
+}
