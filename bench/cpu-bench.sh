@@ -13,13 +13,15 @@ THREADS=${2:-2}
 # shellcheck disable=SC1091
 source scripts/env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -p frugal-trainer >&2
+# FRUGAL_TRAINER_BIN: an already built binary (skips the build).
+BIN=${FRUGAL_TRAINER_BIN:-$CARGO_TARGET_DIR/release/frugal-trainer}
+[ -n "${FRUGAL_TRAINER_BIN:-}" ] || cargo build --release -p frugal-trainer >&2
 OUT=$(mktemp -d)
 sed "s/steps: 2000/steps: $STEPS/" bench/jobs/shakespeare-dense.yaml > "$OUT/job.yaml"
 # Both use libtorch's OpenMP pool; let idle threads sleep so that a busy machine does not turn
 # spinning into the measurement (applies to both sides alike).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-"$CARGO_TARGET_DIR/release/frugal-trainer" train "$OUT/job.yaml" --json --threads "$THREADS" \
+"$BIN" train "$OUT/job.yaml" --json --threads "$THREADS" \
   --checkpoint-dir "$OUT/checkpoints" | grep '"event":"summary"' > "$OUT/frugal.json"
 "$FRUGAL_VENV/bin/python" bench/torch_reference.py --data ../shared/data/tinyshakespeare.txt \
   --steps "$STEPS" --threads "$THREADS" 2>/dev/null | grep '"summary"' > "$OUT/torch.json"
