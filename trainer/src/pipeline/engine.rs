@@ -361,6 +361,9 @@ impl StageWorker {
     }
 }
 
+/// Links of one stage: (upstream, downstream).
+pub type StageLinks = (Option<Box<dyn Link>>, Option<Box<dyn Link>>);
+
 /// Runs `body` on one thread per stage, each with its worker, the stages linked by channels.
 /// Devices: stage s runs on `devices[s % devices.len()]` (several stages may share one).
 pub fn run_in_process<T: Send + 'static>(
@@ -370,16 +373,29 @@ pub fn run_in_process<T: Send + 'static>(
     devices: &[Device],
     body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
 ) -> Result<Vec<T>> {
-    let stages = layouts.len();
-    if stages == 0 {
+    if layouts.is_empty() {
         bail!("a pipeline needs at least one stage");
     }
+    let links = super::transport::inproc::chain(layouts.len(), super::transport::DEFAULT_TIMEOUT);
+    run_stages(cfg, layouts.len(), layouts.to_vec(), links, schedule, devices, body)
+}
+
+/// Runs this process's stages (`mine`, of `stages` in all) on threads with the given links.
+pub fn run_stages<T: Send + 'static>(
+    cfg: &RunConfig,
+    stages: usize,
+    mine: Vec<StageLayout>,
+    links: Vec<StageLinks>,
+    schedule: ScheduleKind,
+    devices: &[Device],
+    body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
+) -> Result<Vec<T>> {
     let body = std::sync::Arc::new(body);
-    let links = super::transport::inproc::chain(stages, super::transport::DEFAULT_TIMEOUT);
-    let mut handles = Vec::with_capacity(stages);
-    for ((layout, (up, down)), s) in layouts.iter().cloned().zip(links).zip(0..) {
+    let mut handles = Vec::with_capacity(mine.len());
+    for (i, (layout, (up, down))) in mine.into_iter().zip(links).enumerate() {
         let cfg = cfg.clone();
-        let device = devices[s % devices.len()];
+        let s = layout.index as usize;
+        let device = devices[i % devices.len()];
         let body = body.clone();
         handles.push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || -> Result<T> {
             let mut worker = StageWorker::new(&cfg, layout, stages, schedule, device, up, down)?;

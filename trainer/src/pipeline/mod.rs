@@ -4,10 +4,12 @@
 //! process, or TCP between pods). See docs/pipeline.md.
 
 pub mod engine;
+pub mod process;
 pub mod schedule;
 pub mod stage;
 pub mod transport;
 
-pub use engine::{PipelineStep, StageWorker, run_in_process};
+pub use engine::{PipelineStep, StageWorker, run_in_process, run_stages};
+pub use process::ProcessStages;
 pub use schedule::{Action, ScheduleKind};
 pub use stage::{StageModel, layouts};

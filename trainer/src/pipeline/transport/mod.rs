@@ -6,7 +6,9 @@
 pub mod inproc;
 pub mod tcp;
 
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tch::Tensor;
 
 /// What travels between two stages.
@@ -60,3 +62,44 @@ pub trait Link: Send {
 
 /// How long a stage waits for its neighbour before it gives up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The first failure any of a stage's links saw. A stage blocked on one neighbour learns from it
+/// that the other neighbour is gone, instead of waiting for a timeout.
+#[derive(Clone, Debug, Default)]
+pub struct Fault(Arc<Mutex<Option<(usize, String, bool)>>>);
+
+impl Fault {
+    /// Records that `stage` disappeared (or, with `aborted`, failed and said why).
+    pub fn set(&self, stage: usize, detail: String, aborted: bool) {
+        let mut slot = self.0.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some((stage, detail, aborted));
+        }
+    }
+
+    pub fn error(&self) -> Option<TransportError> {
+        self.0.lock().unwrap().clone().map(|(stage, detail, aborted)| {
+            if aborted { TransportError::PeerAborted { stage, reason: detail } } else { TransportError::PeerGone { stage, detail } }
+        })
+    }
+}
+
+/// Waits for the next item from a link's channel, checking the stage's [`Fault`] as it waits.
+pub(crate) fn wait<T>(rx: &Receiver<T>, fault: &Fault, peer: usize, timeout: Duration) -> Result<Option<T>, TransportError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(item) => return Ok(Some(item)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(e) = fault.error() {
+                    return Err(e);
+                }
+                if left.is_zero() {
+                    return Err(TransportError::Timeout { stage: peer, seconds: timeout.as_secs_f64() });
+                }
+            }
+        }
+    }
+}
