@@ -95,3 +95,55 @@ fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
     assert_eq!(peaks(ScheduleKind::GPipe), vec![8, 8, 8, 8]);
     assert_eq!(peaks(ScheduleKind::OneFOneB), vec![4, 3, 2, 1]);
 }
+
+#[test]
+fn a_four_stage_checkpoint_resumes_as_two_stages_and_as_one() {
+    tch::set_num_threads(1);
+    use frugal_trainer::pipeline::checkpoint;
+    let root = temp_dir("pp-ckpt");
+    let cfg = pipeline_run();
+    // Four stages: two steps, a checkpoint, then a third step as the uninterrupted reference.
+    let r = root.clone();
+    let four = run_in_process(&cfg, &layouts(&cfg.model, 4), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+        w.train_step()?;
+        w.train_step()?;
+        checkpoint::save(w, &r, 2)?;
+        let third = w.train_step()?;
+        Ok((third.loss, w.named_weights()))
+    })
+    .unwrap();
+    let want_loss = four[0].0;
+    let want: BTreeMap<String, Tensor> = four.into_iter().flat_map(|(_, w)| w).collect();
+    let dir = frugal_trainer::checkpoint::latest(&root).unwrap().expect("a committed checkpoint");
+    assert!(dir.ends_with("step-000000002"), "{}", dir.display());
+    for stages in [2, 1] {
+        let d = dir.clone();
+        let resumed = run_in_process(&cfg, &layouts(&cfg.model, stages), ScheduleKind::GPipe, &[Device::Cpu], move |w: &mut StageWorker| {
+            let state = checkpoint::load(w, &d)?;
+            assert_eq!((state.step, state.stages), (2, 4));
+            let third = w.train_step()?;
+            assert_eq!(w.step, 3);
+            Ok((third.loss, w.named_weights()))
+        })
+        .unwrap();
+        for (loss, weights) in resumed {
+            assert!((loss - want_loss).abs() <= 1e-5 * want_loss, "{stages} stages: loss {loss} vs {want_loss}");
+            for (name, w) in weights {
+                assert_close(&format!("{stages} stages: weight after resuming"), &name, &w, &want[&name], 1e-5);
+            }
+        }
+    }
+    // A corrupted part is refused before anything loads.
+    let part = dir.join("stage-1.model.safetensors");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let d = dir.clone();
+    let err = run_in_process(&cfg, &layouts(&cfg.model, 1), ScheduleKind::GPipe, &[Device::Cpu], move |w: &mut StageWorker| {
+        checkpoint::load(w, &d).map(|_| ())
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("stage-1.model.safetensors"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&root);
+}
