@@ -41,6 +41,18 @@ pub mod env {
     pub const METRICS_PORT: &str = "FRUGAL_METRICS_PORT";
     /// `true` when the trainer should patch the TrainingJob's status.
     pub const REPORT_STATUS: &str = "FRUGAL_REPORT_STATUS";
+    /// The pod's IP (downward API `status.podIP`); the trainer's listeners bind to it, or to
+    /// every address when it is unset.
+    pub const POD_IP: &str = "POD_IP";
+}
+
+/// The address a listener on `port` binds to: the pod's IP when [`env::POD_IP`] is set.
+pub fn listen_address(pod_ip: Option<&str>, port: u16) -> String {
+    match pod_ip.filter(|ip| !ip.is_empty()) {
+        Some(ip) if ip.contains(':') => format!("[{ip}]:{port}"),
+        Some(ip) => format!("{ip}:{port}"),
+        None => format!("0.0.0.0:{port}"),
+    }
 }
 
 /// Files and ports in a pod.
@@ -338,6 +350,14 @@ training: {batchSize: 16}
         vars.insert(super::env::POD_INDEX, "zero".into());
         let err = PodEnv::from_lookup(|k| vars.get(k).cloned()).unwrap_err();
         assert!(err.to_string().contains("JOB_COMPLETION_INDEX=\"zero\""), "{err}");
+    }
+
+    #[test]
+    fn listeners_bind_to_the_pod_ip() {
+        assert_eq!(listen_address(Some("10.1.2.3"), 9090), "10.1.2.3:9090");
+        assert_eq!(listen_address(Some("fd00::1"), 9090), "[fd00::1]:9090");
+        assert_eq!(listen_address(None, 29500), "0.0.0.0:29500");
+        assert_eq!(listen_address(Some(""), 29500), "0.0.0.0:29500");
     }
 
     #[test]

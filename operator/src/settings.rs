@@ -21,7 +21,7 @@ impl Default for Settings {
         Self {
             max_gpus_per_job: 4,
             trainer_image: None,
-            trainer_command: vec!["frugal-trainer".into(), "pod".into()],
+            trainer_command: vec!["frugal-trainer".into(), "train".into()],
             termination_grace_seconds: 300,
             plan_options: PlanOptions::default(),
         }

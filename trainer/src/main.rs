@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<i32> {
             trainer.evaluation = job.eval_config();
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json);
             if let Some(port) = port {
-                let bound = metrics.serve(&format!("0.0.0.0:{port}")).with_context(|| format!("serving metrics on port {port}"))?;
+                let bound = metrics.serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port)).with_context(|| format!("serving metrics on port {port}"))?;
                 reporter.event("metrics", serde_json::json!({"port": bound}));
             }
             if let Some(step) = trainer.resume_latest()? {

@@ -8,7 +8,7 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
@@ -109,6 +109,14 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
         .into_iter()
         .map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..Default::default() })
         .collect();
+    env.push(EnvVar {
+        name: frugal_api::contract::env::POD_IP.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     env.push(EnvVar { name: "HOME".into(), value: Some(HOME_DIR.into()), ..Default::default() });
     env.push(EnvVar { name: "CUDA_CACHE_PATH".into(), value: Some(format!("{HOME_DIR}/.nv/ComputeCache")), ..Default::default() });
     env.extend(overrides.env.iter().cloned());

@@ -1,0 +1,179 @@
+//! Real training through the operator: a TrainingJob becomes a Job whose pod the pod runner runs
+//! as a real `frugal-trainer` process; a stage killed mid-run makes the operator start the next
+//! attempt, which resumes from the checkpoint on the shared claim.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt as _};
+use serde_json::json;
+
+use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::Phase;
+use frugal_e2e::operator::Operator;
+use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, run, wait};
+
+/// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data.
+fn cpu_job(name: &str, steps: i64, claim: Option<&str>) -> TrainingJob {
+    let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
+  data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
+  training:
+    duration: {{type: Steps, steps: {steps}}}
+    batchSize: 4
+    precision: fp32
+    evalInterval: 1000000
+    checkpointInterval: 10
+    logInterval: 1
+  resources:
+    device: CPU
+    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}
+  runPolicy: {{backoffLimit: 2}}
+  podTemplate:
+    labels: {{frugal.dev/pod-runner: "true"}}
+    env: [{{name: FRUGAL_THREADS, value: "1"}}]
+{checkpoint}"#
+    ))
+    .expect("the test job parses")
+}
+
+async fn apply(ctx: &TestContext, tj: &TrainingJob) -> Result<()> {
+    let api: Api<TrainingJob> = ctx.api();
+    api.patch(&tj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(tj)).await?;
+    Ok(())
+}
+
+async fn job_where(ctx: &TestContext, name: &str, what: &str, pred: impl Fn(&TrainingJob) -> bool + Send + 'static) -> Result<TrainingJob> {
+    let api: Api<TrainingJob> = ctx.api();
+    wait::for_object(&api, name, what, move |tj: Option<&TrainingJob>| tj.is_some_and(&pred)).await
+}
+
+fn phase(tj: &TrainingJob) -> Option<Phase> {
+    tj.status.as_ref().and_then(|s| s.phase)
+}
+
+fn pod_log(ns: &str, pod: &str) -> String {
+    let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
+    std::fs::read_to_string(PathBuf::from(dir).join(format!("{ns}.{pod}.log"))).unwrap_or_default()
+}
+
+async fn attempt_pods(ctx: &TestContext, attempt: i32) -> Result<Vec<Pod>> {
+    let selector = format!("frugal.dev/attempt={attempt}");
+    Ok(ctx.api::<Pod>().list(&ListParams::default().labels(&selector)).await?.items)
+}
+
+#[tokio::test]
+async fn a_job_trains_for_real_and_succeeds() {
+    run("training-real", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        apply(&ctx, &cpu_job("lm", 30, None)).await?;
+        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
+            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
+        })
+        .await?;
+        let pods = attempt_pods(&ctx, 1).await?;
+        let pod = pods.first().context("attempt 1 has a pod")?;
+        let log = pod_log(&ctx.namespace, &pod.name_any());
+        ensure!(phase(&done) == Some(Phase::Succeeded), "the job ended {:?}; trainer output:\n{log}", phase(&done));
+        ensure!(log.contains("\"step\":30"), "the trainer did not reach step 30:\n{log}");
+        let status = done.status.unwrap();
+        ensure!(status.start_time.is_some() && status.completion_time.is_some(), "start and completion times");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoint() {
+    run("training-resume", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        // A statically bound ReadWriteMany claim for the checkpoints, kept across attempts.
+        let pv_name = format!("{}-ckpt", ctx.namespace);
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "hostPath": {"path": format!("/tmp/{pv_name}")},
+                     "claimRef": {"namespace": ctx.namespace, "name": "ckpt"}}
+        }))?;
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        pvs.create(&PostParams::default(), &pv).await?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "ckpt"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))?;
+        ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
+
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "20"])?;
+        let steps = 400;
+        apply(&ctx, &cpu_job("lm", steps, Some("ckpt"))).await?;
+
+        // Let attempt 1 write a checkpoint, then kill its trainer as a crash would.
+        let deadline = Instant::now() + frugal_e2e::timeout();
+        let first = loop {
+            let pods = attempt_pods(&ctx, 1).await?;
+            if let Some(pod) = pods.first() {
+                let log = pod_log(&ctx.namespace, &pod.name_any());
+                if log.contains("\"event\":\"checkpoint\"") {
+                    break pod.clone();
+                }
+            }
+            ensure!(Instant::now() < deadline, "attempt 1 wrote no checkpoint");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let pid: i32 = first
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.container_id.as_deref())
+            .and_then(|id| id.strip_prefix("pod-runner://"))
+            .context("the pod runner reports the pid as the container id")?
+            .parse()?;
+        // SAFETY: kill(2) of the trainer process the pod runner started for this test.
+        unsafe { libc_kill(pid, 9) };
+
+        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
+            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
+        })
+        .await?;
+        let second = attempt_pods(&ctx, 2).await?;
+        let pod = second.first().context("attempt 2 has a pod")?;
+        let log = pod_log(&ctx.namespace, &pod.name_any());
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2 output:\n{log}", phase(&done));
+        let status = done.status.as_ref().unwrap();
+        ensure!(status.restarts == Some(1) && status.attempt == Some(2), "restarts {:?}, attempt {:?}", status.restarts, status.attempt);
+        // attempt 2 resumed where attempt 1's checkpoint left off, not from step 0
+        let resumed_at: i64 = log
+            .lines()
+            .find(|l| l.contains("\"event\":\"resume\""))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["step"].as_i64())
+            .with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
+        ensure!(resumed_at >= 10, "resumed at step {resumed_at}");
+        ensure!(log.contains(&format!("\"step\":{steps}")), "attempt 2 did not finish:\n{log}");
+        let first_steps = log.lines().filter(|l| l.contains("\"event\":\"step\"")).count() as i64;
+        ensure!(first_steps <= steps - resumed_at, "attempt 2 took {first_steps} steps after resuming at {resumed_at}");
+        ctx.api::<TrainingJob>().delete("lm", &DeleteParams::default()).await.ok();
+        pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
