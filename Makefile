@@ -8,5 +8,5 @@ quickstart: ## train the quick-start job on its embedded default (synthetic data
 test: ## every test: unit, contract and CEL, trainer on CPU, and end to end on a local control plane
 	@bash scripts/test.sh
 
-crds: ## regenerate crds/ from the API types
-	@bash -c 'source scripts/env.sh && cargo run -q -p frugal-operator -- crd --dir crds'
+crds: ## regenerate crds/ and the chart's copy from the API types
+	@bash -c 'source scripts/env.sh && for d in crds charts/frugal/crds; do cargo run -q -p frugal-operator -- crd --dir $$d; done'
