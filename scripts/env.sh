@@ -8,7 +8,7 @@ export FRUGAL_VENV=${FRUGAL_VENV:-$FRUGAL_ROOT/.venv}
 
 frugal_setup_libtorch() {
   local py=$FRUGAL_VENV/bin/python
-  if [ -x "$py" ] && "$py" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$FRUGAL_TORCH_VERSION')" 2>/dev/null; then
+  if [ -x "$py" ] && "$py" -W ignore -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$FRUGAL_TORCH_VERSION')" 2>/dev/null; then
     return 0
   fi
   echo "frugal: installing torch==$FRUGAL_TORCH_VERSION into $FRUGAL_VENV (pip's cache keeps later installs fast)" >&2
@@ -19,6 +19,6 @@ frugal_setup_libtorch() {
 frugal_setup_libtorch
 export LIBTORCH_USE_PYTORCH=1
 export PATH=$FRUGAL_VENV/bin:$PATH
-FRUGAL_TORCH_LIB=$("$FRUGAL_VENV/bin/python" -c 'import os,torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+FRUGAL_TORCH_LIB=$("$FRUGAL_VENV/bin/python" -W ignore -c 'import os,torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export FRUGAL_TORCH_LIB
 export LD_LIBRARY_PATH=$FRUGAL_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -6,7 +6,7 @@ cd "$FRUGAL_ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "libtorch: torch $(python -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
+step "libtorch: torch $(python -W ignore -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
 
 step "the API and the operator link no libtorch"
 for crate in frugal-api frugal-operator; do
