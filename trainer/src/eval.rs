@@ -103,7 +103,8 @@ fn score_batch(lm: &dyn LanguageModel, context: &[u16], continuations: &[&[u16]]
     let n = rows[0].len() as i64;
     let all = Tensor::from_slice(&rows.concat()).view([rows.len() as i64, n]);
     let inputs = all.narrow(1, 0, n - 1);
-    let targets = all.narrow(1, n - 1 - k as i64, k as i64);
+    // Input position i predicts token i + 1: the continuation's k tokens close the row.
+    let targets = all.narrow(1, n - k as i64, k as i64);
     let logp = lm.log_probs(&inputs).narrow(1, n - 1 - k as i64, k as i64);
     let picked = logp.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1).sum_dim_intlist(-1, false, Kind::Double);
     let greedy = logp.argmax(-1, false).eq_tensor(&targets).all_dim(-1, false);
@@ -365,5 +366,38 @@ impl TargetTracker {
             best: self.best,
             message,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Certain that token t is followed by t + 1.
+    struct Counting;
+
+    impl LanguageModel for Counting {
+        fn log_probs(&self, inputs: &Tensor) -> Tensor {
+            let v = 16;
+            let next = (inputs + 1).remainder(v);
+            Tensor::full([inputs.size()[0], inputs.size()[1], v], -20.0, (Kind::Float, Device::Cpu))
+                .scatter_value(2, &next.unsqueeze(-1), 0.0)
+        }
+        fn context(&self) -> i64 {
+            8
+        }
+    }
+
+    #[test]
+    fn continuations_are_scored_at_their_own_positions() {
+        let (lp, greedy) = score_continuation(&Counting, &[3, 4], &[5, 6, 7]);
+        assert!(greedy && lp.abs() < 1e-6, "{lp}");
+        let (lp, greedy) = score_continuation(&Counting, &[3, 4], &[5, 7, 8]);
+        assert!(!greedy && (lp + 20.0).abs() < 1e-4, "{lp}");
+        // A long context is cut from the left; the continuation still lines up.
+        let ctx: Vec<u16> = (0..12).collect();
+        assert!(score_continuation(&Counting, &ctx, &[12, 13]).1);
+        let (scores, _) = score_batch(&Counting, &[1, 2], &[&[3, 4], &[9, 11], &[3, 9]]);
+        assert!(scores[0] > scores[2] && scores[2] > scores[1], "{scores:?}");
     }
 }
