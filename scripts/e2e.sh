@@ -16,19 +16,42 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # Build everything first, so the cluster only lives while tests run: the cluster binaries (or
-# find them in the cache), the operator the operator tests start, and the test binaries.
-"$root/e2e/cluster/build" >/dev/null
+# find them in the cache), the pod runner, the trainer and operator it and the tests start, and
+# the test binaries.
+eval "$("$root/e2e/cluster/build")"
 # shellcheck source=env.sh
 source "$root/scripts/env.sh"
-# The operator tests start `frugal-operator run` themselves, one per test namespace.
-cargo build -p frugal-operator
-export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/frugal-operator}
+target=${CARGO_TARGET_DIR:-$root/target}
+# The pod runner stands in for the kubelet on kwok's nodes and runs marked pods' commands,
+# such as frugal-trainer, as local processes. The operator tests start
+# `frugal-operator run` themselves, one per test namespace.
+cargo build -p frugal-pod-runner -p frugal-trainer -p frugal-operator
+export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
 cargo test -p frugal-e2e --no-run
 
-trap '"$root/e2e/cluster/down" || true' EXIT
+runner_dir=$(mktemp -d "${TMPDIR:-/tmp}/frugal-pod-runner.XXXXXX")
+runner_pid=
+stop() {
+  if [[ -n $runner_pid ]]; then
+    kill -TERM "$runner_pid" 2>/dev/null || true
+    wait "$runner_pid" 2>/dev/null || true
+    if [[ ${status:-1} != 0 ]]; then
+      echo "--- pod runner log (last 40 lines) ---" >&2
+      tail -n 40 "$runner_dir/pod-runner.log" >&2 || true
+    fi
+  fi
+  "$root/e2e/cluster/down" || true
+  rm -rf "$runner_dir"
+}
+trap stop EXIT
 kubeconfig=$("$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1)
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
+export FRUGAL_POD_RUNNER_WORK_DIR=$runner_dir/work FRUGAL_POD_RUNNER_LOG_DIR=$runner_dir/logs
+"$target/debug/frugal-pod-runner" --work-dir "$FRUGAL_POD_RUNNER_WORK_DIR" \
+  --log-dir "$FRUGAL_POD_RUNNER_LOG_DIR" --path-prefix "$target/debug:$K8S_BIN" \
+  >"$runner_dir/pod-runner.log" 2>&1 &
+runner_pid=$!
 
 status=0
 cargo test -p frugal-e2e "$@" || status=$?
