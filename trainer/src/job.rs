@@ -2,7 +2,7 @@
 //! operator's `TrainerConfig` (what a pod is given) becomes a [`RunConfig`].
 
 use crate::config::{DataConfig, DataSource, OptimConfig, OptimizerKind, Precision, RunConfig, Schedule, TrainConfig};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use frugal_api::contract::{TRAINER_CONFIG_VERSION, TrainerConfig};
 use frugal_api::planner::{self, Plan, PlanOptions};
 use frugal_api::v1alpha1::{self as api, TrainingJob, TrainingJobSpec};
@@ -37,12 +37,6 @@ impl Job {
     /// The run this job asks for; `checkpoint_dir` overrides the spec's path.
     pub fn run_config(&self, checkpoint_dir: Option<PathBuf>) -> Result<RunConfig> {
         let spec = &self.spec;
-        if spec.parallelism.pipeline_stages > 1 {
-            bail!(
-                "parallelism.pipelineStages is {}: this trainer build runs one stage per job; set pipelineStages: 1",
-                spec.parallelism.pipeline_stages
-            );
-        }
         let t = &spec.training;
         let micro_batches = i64::from(spec.parallelism.micro_batches);
         let batch = i64::from(t.batch_size);

@@ -147,3 +147,55 @@ fn a_four_stage_checkpoint_resumes_as_two_stages_and_as_one() {
     assert!(format!("{err:#}").contains("stage-1.model.safetensors"), "{err:#}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+const PIPELINE_JOB: &str = r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: pipelined}
+spec:
+  model:
+    type: Custom
+    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 16}
+  data: {source: {type: Synthetic, synthetic: {branching: 4}}}
+  parallelism: {pipelineStages: 2, schedule: 1f1b, microBatches: 4}
+  training:
+    duration: {type: Steps, steps: 4}
+    batchSize: 8
+    precision: fp32
+    checkpointInterval: 2
+  resources: {device: CPU}
+"#;
+
+#[test]
+fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
+    let dir = temp_dir("pp-cli");
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, PIPELINE_JOB).unwrap();
+    let ckpt = dir.join("checkpoints");
+    let run = |max_steps: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+            .args(["--max-steps", max_steps])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let first = run("2");
+    let steps: Vec<_> = first.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(steps.len(), 2);
+    let bubble = steps[1]["pipeline_bubble"].as_f64().unwrap();
+    assert!(bubble > 0.0 && bubble < 1.0, "{bubble}");
+    assert!((steps[1]["bubble_theory"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+    let committed = frugal_trainer::checkpoint::latest(&ckpt).unwrap().expect("a checkpoint");
+    assert!(committed.ends_with("step-000000002"));
+    let second = run("4");
+    let resume = second.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(2));
+    let first_step = second.iter().find(|e| e["event"] == "step").unwrap();
+    assert_eq!(first_step["step"].as_i64(), Some(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}

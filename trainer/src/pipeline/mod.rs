@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod engine;
 pub mod process;
+pub mod run;
 pub mod schedule;
 pub mod stage;
 pub mod transport;

@@ -1,0 +1,131 @@
+//! Training a job as a pipeline: all stages in this process (a laptop, or a pod with all the
+//! stages), or this pod's stages joined to its neighbours over TCP as the pod↔trainer contract
+//! describes. Stages agree every step on whether to stop (SIGTERM reaches pods at different
+//! moments), checkpoint together, and the last stage reports.
+
+use super::checkpoint;
+use super::engine::StageWorker;
+use super::process::ProcessStages;
+use super::schedule::ScheduleKind;
+use super::stage::layouts;
+use super::transport::DEFAULT_TIMEOUT;
+use crate::config::RunConfig;
+use crate::job::Job;
+use crate::report::Reporter;
+use anyhow::{Context, Result};
+use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
+use frugal_api::planner::bubble_fraction;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::Device;
+
+/// How a pipelined run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelineStop {
+    Completed,
+    /// SIGTERM/SIGINT: a checkpoint was written at the step all stages agreed on.
+    Terminated,
+}
+
+/// This process's stages: from the pod's environment and configuration when it runs in a pod
+/// (`JOB_COMPLETION_INDEX` set), else every stage of the job.
+pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
+    let stages = job.spec.parallelism.pipeline_stages.max(1) as usize;
+    let in_pod = std::env::var_os(env::POD_INDEX).is_some();
+    if !in_pod {
+        return Ok(ProcessStages {
+            layouts: layouts(&cfg.model, stages),
+            first: 0,
+            count: stages,
+            listen: None,
+            downstream: None,
+            token: vec![],
+            timeout: DEFAULT_TIMEOUT,
+        });
+    }
+    let pod = PodEnv::from_lookup(|k| std::env::var(k).ok())?;
+    let text = std::fs::read_to_string(&pod.config_path).with_context(|| format!("reading {}", pod.config_path))?;
+    let config = TrainerConfig::from_yaml(&text)?;
+    let assignment = config.assignment(&pod)?;
+    let token = std::fs::read(&pod.token_path).with_context(|| format!("reading the pipeline token {}", pod.token_path))?;
+    let token = String::from_utf8_lossy(&token).trim().as_bytes().to_vec();
+    let ip = std::env::var("POD_IP").unwrap_or_else(|_| "0.0.0.0".into());
+    let first = assignment.stages.first().context("this pod runs no stage")?.index as usize;
+    Ok(ProcessStages {
+        layouts: config.pipeline.stages.clone(),
+        first,
+        count: assignment.stages.len(),
+        listen: assignment.upstream.as_ref().map(|_| format!("{ip}:{}", paths::PIPELINE_PORT)),
+        downstream: assignment.downstream.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
+        token,
+        timeout: DEFAULT_TIMEOUT,
+    })
+}
+
+/// Trains `cfg` as a pipeline of this process's stages; resumes from the newest checkpoint.
+pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, json: bool, max_steps: Option<i64>) -> Result<PipelineStop> {
+    let process = process_stages(job, &cfg)?;
+    let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
+    let devices: Vec<Device> = match device {
+        Device::Cuda(_) => (0..tch::Cuda::device_count().max(1) as usize).map(Device::Cuda).collect(),
+        d => vec![d],
+    };
+    let end = max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
+    let stages = process.layouts.len() as i64;
+    let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
+        let root = w.cfg.checkpoint_dir.clone();
+        let mut reporter = w.model.layout.head.then(|| Reporter::new(w.cfg.train.steps, json));
+        if let Some(dir) = root.as_ref().map(|r| crate::checkpoint::latest(r)).transpose()?.flatten() {
+            let state = checkpoint::load(w, &dir)?;
+            if let Some(rep) = reporter.as_mut() {
+                rep.event("resume", json!({"step": state.step, "stages_written": state.stages}));
+            }
+        }
+        let m = w.cfg.micro_batches();
+        let mut stopped = PipelineStop::Completed;
+        while w.step < end {
+            let r = w.train_step()?;
+            let agreed = w.all_reduce(Some(tch::Tensor::from_slice(&[
+                r.busy_seconds,
+                r.wall_seconds,
+                if stop.load(Ordering::SeqCst) { 1.0 } else { 0.0 },
+            ])))?;
+            let agreed = Vec::<f64>::try_from(&agreed)?;
+            // Σ busy / (p × mean wall), the walls summed over the p stages.
+            let bubble = 1.0 - agreed[0] / agreed[1];
+            if let Some(rep) = reporter.as_mut() {
+                let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
+                rep.step(
+                    w.step,
+                    r.loss,
+                    r.lr,
+                    tps,
+                    0.0,
+                    json!({"grad_norm": r.grad_norm, "pipeline_bubble": bubble, "bubble_theory": bubble_fraction(stages, m),
+                           "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped}),
+                );
+            }
+            let every = w.cfg.train.checkpoint_interval;
+            if let Some(root) = &root {
+                if agreed[2] > 0.0 || (every > 0 && w.step % every == 0 && w.step < end) {
+                    let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+                    if let Some(rep) = reporter.as_mut() {
+                        rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
+                    }
+                }
+            }
+            if agreed[2] > 0.0 {
+                stopped = PipelineStop::Terminated;
+                break;
+            }
+        }
+        if stopped == PipelineStop::Completed {
+            if let Some(root) = &root {
+                checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+            }
+        }
+        Ok(stopped)
+    })?;
+    Ok(if results.contains(&PipelineStop::Terminated) { PipelineStop::Terminated } else { PipelineStop::Completed })
+}
