@@ -90,6 +90,14 @@ async fn a_job_trains_for_real_and_succeeds() {
         ensure!(log.contains("\"step\":30"), "the trainer did not reach step 30:\n{log}");
         let status = done.status.unwrap();
         ensure!(status.start_time.is_some() && status.completion_time.is_some(), "start and completion times");
+        // the trainer reported into the status with its pod's own service-account token
+        let progress = status.progress.context("status.progress from the trainer")?;
+        ensure!(progress.step == 30 && progress.total_steps == 30, "progress {progress:?}");
+        ensure!(progress.loss.is_some_and(|l| l > 0.0), "loss {:?}", progress.loss);
+        let efficiency = status.efficiency.context("status.efficiency from the trainer")?;
+        ensure!(efficiency.tokens_per_second > 0.0, "{efficiency:?}");
+        ensure!(status.checkpoint.is_some_and(|c| c.step == 30), "the final checkpoint in the status");
+        ensure!(status.cost.is_some_and(|c| c.gpu_hours == 0.0), "a CPU job spends no GPU-hours");
         Ok(())
     })
     .await;

@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod precision;
 pub mod report;
 pub mod rng;
+pub mod status;
 pub mod train;
 pub mod job;

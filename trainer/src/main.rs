@@ -172,7 +172,12 @@ fn run(cli: Cli) -> Result<i32> {
             let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             let mut trainer = Trainer::new(cfg, device)?;
             trainer.evaluation = job.eval_config();
-            let mut reporter = Reporter::new(trainer.cfg.train.steps, json);
+            // In a pod the operator set FRUGAL_REPORT_STATUS: report into the TrainingJob's status.
+            let status = frugal_api::contract::PodEnv::from_lookup(|k| std::env::var(k).ok())
+                .ok()
+                .filter(|pod| pod.report_status)
+                .map(|pod| frugal_trainer::status::StatusReporter::start(pod, frugal_trainer::status::Pricing::for_job(&job.spec, &job.plan), std::time::Duration::from_secs(5)));
+            let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
             if let Some(port) = port {
                 let bound = metrics.serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port)).with_context(|| format!("serving metrics on port {port}"))?;
                 reporter.event("metrics", serde_json::json!({"port": bound}));
@@ -182,6 +187,10 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
             reporter.summary(&summary);
+            drop(reporter);
+            if let Some(status) = status {
+                status.finish();
+            }
             let text = serde_json::to_vec_pretty(&summary)?;
             for path in trainer.cfg.checkpoint_dir.iter().map(|d| d.join(compare::REPORT_FILE)).chain(report) {
                 std::fs::write(&path, &text).with_context(|| format!("writing the run report {}", path.display()))?;

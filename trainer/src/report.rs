@@ -122,12 +122,26 @@ pub struct Reporter {
     tty: bool,
     total_steps: i64,
     last_draw: Option<Instant>,
+    /// Every event also goes here (the pod's status reporter), whatever is printed.
+    sink: Option<std::sync::mpsc::Sender<Value>>,
 }
 
 impl Reporter {
     /// A progress bar when stderr is a terminal (unless `json`), JSON lines on stdout otherwise.
     pub fn new(total_steps: i64, json: bool) -> Self {
-        Self { tty: !json && std::io::stderr().is_terminal(), total_steps, last_draw: None }
+        Self { tty: !json && std::io::stderr().is_terminal(), total_steps, last_draw: None, sink: None }
+    }
+
+    /// Also sends every event to `sink`.
+    pub fn with_sink(mut self, sink: Option<std::sync::mpsc::Sender<Value>>) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    fn forward(&self, fields: &Value) {
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(fields.clone());
+        }
     }
 
     pub fn is_tty(&self) -> bool {
@@ -139,6 +153,7 @@ impl Reporter {
         if let Value::Object(m) = &mut fields {
             m.insert("event".into(), json!(kind));
         }
+        self.forward(&fields);
         if self.tty {
             self.clear_bar();
             let text = match &fields {
@@ -159,6 +174,13 @@ impl Reporter {
     }
 
     pub fn step(&mut self, step: i64, loss: f64, lr: f64, tokens_per_second: f64, mfu: f64, extra: Value) {
+        if self.tty && self.sink.is_some() {
+            let mut fields = json!({"event": "step", "step": step, "loss": loss, "tokens_per_second": tokens_per_second, "mfu": mfu});
+            if let (Value::Object(m), Value::Object(e)) = (&mut fields, &extra) {
+                m.extend(e.clone());
+            }
+            self.forward(&fields);
+        }
         if self.tty {
             // Redraw at most ~10 times a second.
             if self.last_draw.is_some_and(|t| t.elapsed().as_millis() < 100) && step < self.total_steps {
