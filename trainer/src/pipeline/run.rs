@@ -50,13 +50,13 @@ pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
     let assignment = config.assignment(&pod)?;
     let token = std::fs::read(&pod.token_path).with_context(|| format!("reading the pipeline token {}", pod.token_path))?;
     let token = String::from_utf8_lossy(&token).trim().as_bytes().to_vec();
-    let ip = std::env::var("POD_IP").unwrap_or_else(|_| "0.0.0.0".into());
+    let listen = frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), paths::PIPELINE_PORT);
     let first = assignment.stages.first().context("this pod runs no stage")?.index as usize;
     Ok(ProcessStages {
         layouts: config.pipeline.stages.clone(),
         first,
         count: assignment.stages.len(),
-        listen: assignment.upstream.as_ref().map(|_| format!("{ip}:{}", paths::PIPELINE_PORT)),
+        listen: assignment.upstream.as_ref().map(|_| listen),
         downstream: assignment.downstream.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
         token,
         timeout: DEFAULT_TIMEOUT,
