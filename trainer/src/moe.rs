@@ -83,6 +83,25 @@ impl ExpertBank {
         }
     }
 
+    /// Every expert of the bank on every token, summed: x [N, D] → [N, D]. The bank is laid
+    /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones.
+    pub fn forward_all(&self, p: &ParamStore, x: &Tensor) -> Tensor {
+        let w_in = p.get(self.w_in);
+        let (nx, d, h) = w_in.size3().unwrap();
+        let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * h]);
+        let w_out = p.get(self.w_out).reshape([nx * h, d]);
+        let hid = match self.b_in {
+            Some(bi) => p.get(bi).reshape([nx * h]).addmm(x, &w_in),
+            None => x.mm(&w_in),
+        }
+        .gelu("none");
+        match self.b_out {
+            Some(bo) => p.get(bo).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>).addmm(&hid, &w_out),
+            None => hid.mm(&w_out),
+        }
+    }
+
+    /// Expert x on its own slots: x [X, C, D] → [X, C, D].
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
         let h = match self.b_in {
             Some(bi) => p.get(bi).unsqueeze(1).baddbmm(x, p.get(self.w_in), 1.0, 1.0),
@@ -157,19 +176,25 @@ impl Moe {
         let keep = pos.lt(cap);
         let kept = order.masked_select(&keep); // assignment index
         let slot = sorted_e.masked_select(&keep) * cap + pos.masked_select(&keep);
-        let token = kept.floor_divide_scalar(k);
         let dropped = (n * k) - keep.sum(Kind::Int64);
+        // For every slot of every bucket, the assignment it holds; empty slots hold the
+        // sentinel n·k, which maps to a zero row of the input and a zero gate.
+        let slot_assignment = Tensor::full([e * cap], n * k, (Kind::Int64, dev)).index_copy(0, &slot, &kept);
+        let slot_token = slot_assignment.floor_divide_scalar(k);
 
-        // Dispatch into [E·C, D], run the experts as batched matmuls, combine back.
-        let buckets = Tensor::zeros([e * cap, d], (x.kind(), dev)).index_copy(0, &slot, &xf.index_select(0, &token));
-        let out = self.experts.forward(p, &buckets.view([e, cap, d])).view([e * cap, d]);
-        let gate = gates.reshape([n * k]).index_select(0, &kept).to_kind(x.kind()).unsqueeze(1);
-        let routed = out.index_select(0, &slot) * gate;
-        let mut y = Tensor::zeros([n, d], (x.kind(), dev)).index_add(0, &token, &routed);
-        if let Some(shared) = &self.shared {
-            let s = self.cfg.shared_experts;
-            y = y + shared.forward(p, &xf.unsqueeze(0).expand([s, n, d], false)).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>);
-        }
+        // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
+        // scatter-add weighted by the gates.
+        let kind = x.kind();
+        let x_pad = Tensor::cat(&[&xf, &Tensor::zeros([1, d], (kind, dev))], 0);
+        let buckets = x_pad.index_select(0, &slot_token).view([e, cap, d]);
+        let out = self.experts.forward(p, &buckets).view([e * cap, d]);
+        let gates_pad = Tensor::cat(&[gates.reshape([n * k]), Tensor::zeros([1], (Kind::Float, dev))], 0);
+        let slot_gate = gates_pad.index_select(0, &slot_assignment).to_kind(kind).unsqueeze(1);
+        let y = Tensor::zeros([n + 1, d], (kind, dev)).index_add(0, &slot_token, &(out * slot_gate)).narrow(0, 0, n);
+        let y = match &self.shared {
+            Some(shared) => y + shared.forward_all(p, &xf),
+            None => y,
+        };
 
         // Load balance (Switch Transformer): fraction routed × mean router probability.
         let frac = counts.to_kind(Kind::Float) / (n * k) as f64;
