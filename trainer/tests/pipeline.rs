@@ -199,3 +199,20 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     assert_eq!(first_step["step"].as_i64(), Some(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn clipping_uses_the_global_norm_agreed_across_stages() {
+    tch::set_num_threads(1);
+    let mut cfg = pipeline_run();
+    // Far below the gradient's norm, so every step clips: a stage clipping by its own norm would
+    // scale its gradients differently from the single-stage run.
+    cfg.train.optim.grad_clip = 0.01;
+    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let want_norm = t.train_step().grad_norm;
+    assert!(want_norm > 0.01, "{want_norm}");
+    let norms = run_in_process(&cfg, &layouts(&cfg.model, 4), ScheduleKind::OneFOneB, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.grad_norm)).unwrap();
+    for n in norms {
+        assert!((n - want_norm).abs() <= 1e-5 * want_norm, "{n} vs {want_norm}");
+    }
+    check_against_reference(&cfg, 4, ScheduleKind::OneFOneB);
+}
