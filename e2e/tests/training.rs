@@ -18,6 +18,11 @@ use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, run, wait};
 
 /// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data.
 fn cpu_job(name: &str, steps: i64, claim: Option<&str>) -> TrainingJob {
+    pipelined_cpu_job(name, steps, claim, 1)
+}
+
+/// The same, split into `stages` pipeline stages, one pod each.
+fn pipelined_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
     let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
     serde_yaml::from_str(&format!(
         r#"
@@ -27,8 +32,9 @@ metadata: {{name: {name}}}
 spec:
   model:
     type: Custom
-    custom: {{layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
+    custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
   data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
+  parallelism: {{pipelineStages: {stages}, microBatches: 4, schedule: 1f1b}}
   training:
     duration: {{type: Steps, steps: {steps}}}
     batchSize: 4
@@ -175,6 +181,44 @@ async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoin
         let first_steps = log.lines().filter(|l| l.contains("\"event\":\"step\"")).count() as i64;
         ensure!(first_steps <= steps - resumed_at, "attempt 2 took {first_steps} steps after resuming at {resumed_at}");
         ctx.api::<TrainingJob>().delete("lm", &DeleteParams::default()).await.ok();
+        pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_four_pod_pipeline_trains_end_to_end() {
+    run("training-pipeline", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let pv_name = format!("{}-ckpt", ctx.namespace);
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "hostPath": {"path": format!("/tmp/{pv_name}")},
+                     "claimRef": {"namespace": ctx.namespace, "name": "ckpt"}}
+        }))?;
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        pvs.create(&PostParams::default(), &pv).await?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "ckpt"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))?;
+        ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        apply(&ctx, &pipelined_cpu_job("lm", 20, Some("ckpt"), 4)).await?;
+        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
+            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
+        })
+        .await?;
+        let mut pods = attempt_pods(&ctx, 1).await?;
+        pods.sort_by_key(|p| p.name_any());
+        let logs: Vec<String> = pods.iter().map(|p| format!("{}:\n{}", p.name_any(), pod_log(&ctx.namespace, &p.name_any()))).collect();
+        ensure!(pods.len() == 4, "{} pods in attempt 1", pods.len());
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; outputs:\n{}", phase(&done), logs.join("\n"));
+        // the last stage computed the loss through all four pods
+        ensure!(logs.iter().any(|l| l.contains("\"step\":20")), "no stage reached step 20:\n{}", logs.join("\n"));
         pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
         Ok(())
     })
