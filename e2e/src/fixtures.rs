@@ -111,3 +111,26 @@ pub fn job(name: &str, template: Pod) -> Job {
 pub fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
+
+/// A ReadWriteMany claim named `claim` in `ctx`'s namespace, statically bound to a hostPath
+/// volume (the test cluster has no provisioner). Returns the volume's name, for deleting it.
+/// The pod runner gives every pod that mounts the claim the same directory, kept across pods.
+pub async fn shared_claim(ctx: &crate::TestContext, claim: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use kube::api::PostParams;
+    let volume = format!("{}-{claim}", ctx.namespace);
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "hostPath": {"path": format!("/tmp/{volume}")},
+                 "claimRef": {"namespace": ctx.namespace, "name": claim}}
+    }))?;
+    kube::Api::<PersistentVolume>::all(ctx.client.clone()).create(&PostParams::default(), &pv).await?;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))?;
+    ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
+    Ok(volume)
+}

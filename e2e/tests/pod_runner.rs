@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use frugal_e2e::wait::{for_deletion, for_object};
 use frugal_e2e::{TestContext, run};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt as _};
@@ -116,24 +116,8 @@ async fn a_trainer_pod_trains_and_succeeds() {
 #[tokio::test]
 async fn a_deleted_pod_gets_sigterm_and_checkpoints_within_its_grace_period() {
     run("runner-sigterm", |t: TestContext| async move {
-        // A statically bound claim, so that the checkpoint outlives the pod as it would on a cluster.
-        let pv_name = format!("{}-ckpt", t.namespace);
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                "hostPath": {"path": format!("/tmp/{pv_name}")},
-                "claimRef": {"namespace": t.namespace, "name": "ckpt"}
-            }
-        }))?;
+        let pv_name = frugal_e2e::fixtures::shared_claim(&t, "ckpt").await?;
         let pvs: Api<PersistentVolume> = Api::all(t.client.clone());
-        pvs.create(&PostParams::default(), &pv).await?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": "ckpt"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                     "resources": {"requests": {"storage": "1Gi"}}}
-        }))?;
-        t.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
 
         job_config(&t, job_manifest(1_000_000, 1_000_000)).await?;
         let pods = t.api::<Pod>();

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt as _};
-use serde_json::json;
 
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
@@ -113,22 +112,8 @@ async fn a_job_trains_for_real_and_succeeds() {
 async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoint() {
     run("training-resume", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        // A statically bound ReadWriteMany claim for the checkpoints, kept across attempts.
-        let pv_name = format!("{}-ckpt", ctx.namespace);
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": pv_name},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "hostPath": {"path": format!("/tmp/{pv_name}")},
-                     "claimRef": {"namespace": ctx.namespace, "name": "ckpt"}}
-        }))?;
+        let pv_name = frugal_e2e::fixtures::shared_claim(&ctx, "ckpt").await?;
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        pvs.create(&PostParams::default(), &pv).await?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": "ckpt"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                     "resources": {"requests": {"storage": "1Gi"}}}
-        }))?;
-        ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
 
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "20"])?;
         let steps = 400;
@@ -191,21 +176,8 @@ async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoin
 async fn a_four_pod_pipeline_trains_end_to_end() {
     run("training-pipeline", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        let pv_name = format!("{}-ckpt", ctx.namespace);
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": pv_name},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "hostPath": {"path": format!("/tmp/{pv_name}")},
-                     "claimRef": {"namespace": ctx.namespace, "name": "ckpt"}}
-        }))?;
+        let pv_name = frugal_e2e::fixtures::shared_claim(&ctx, "ckpt").await?;
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        pvs.create(&PostParams::default(), &pv).await?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": "ckpt"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                     "resources": {"requests": {"storage": "1Gi"}}}
-        }))?;
-        ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
         let _operator = Operator::start(&ctx.namespace, &[])?;
         apply(&ctx, &pipelined_cpu_job("lm", 20, Some("ckpt"), 4)).await?;
         let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
