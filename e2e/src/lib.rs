@@ -13,6 +13,7 @@ pub mod diagnostics;
 pub mod fixtures;
 pub mod manifests;
 pub mod operator;
+pub mod training_job;
 pub mod wait;
 
 use std::future::Future;

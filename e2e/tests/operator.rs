@@ -16,7 +16,8 @@ use kube::{Api, ResourceExt as _};
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
 use frugal_e2e::operator::Operator;
-use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
+use frugal_e2e::training_job::{apply, job_where, phase};
+use frugal_e2e::{TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 /// A small job of `stages` one-GPU pods on the fake nodes.
 fn training_job(name: &str, stages: i32, backoff_limit: i32) -> TrainingJob {
@@ -81,21 +82,6 @@ async fn settle(ctx: &TestContext) -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn apply(ctx: &TestContext, tj: &TrainingJob) -> Result<TrainingJob> {
-    let api: Api<TrainingJob> = ctx.api();
-    Ok(api.patch(&tj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(tj)).await?)
-}
-
-/// Waits until the TrainingJob satisfies `pred`.
-async fn job_where(ctx: &TestContext, name: &str, what: &str, pred: impl Fn(&TrainingJob) -> bool + Send + 'static) -> Result<TrainingJob> {
-    let api: Api<TrainingJob> = ctx.api();
-    wait::for_object(&api, name, what, move |tj: Option<&TrainingJob>| tj.is_some_and(&pred)).await
-}
-
-fn phase(tj: &TrainingJob) -> Option<Phase> {
-    tj.status.as_ref().and_then(|s| s.phase)
 }
 
 fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {

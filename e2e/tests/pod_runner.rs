@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use frugal_e2e::wait::{for_deletion, for_object};
+use frugal_e2e::training_job::pod_output;
 use frugal_e2e::{TestContext, run};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,10 +25,6 @@ fn work_dir() -> PathBuf {
     PathBuf::from(std::env::var("FRUGAL_POD_RUNNER_WORK_DIR").expect("scripts/e2e.sh sets FRUGAL_POD_RUNNER_WORK_DIR"))
 }
 
-fn log_of(ns: &str, pod: &str) -> String {
-    let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
-    std::fs::read_to_string(PathBuf::from(dir).join(format!("{ns}.{pod}.log"))).unwrap_or_default()
-}
 
 fn ended(p: Option<&Pod>) -> bool {
     p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
@@ -103,7 +100,7 @@ async fn a_trainer_pod_trains_and_succeeds() {
         let pod = trainer_pod("trainer", json!({"name": "checkpoints", "emptyDir": {}}), 30);
         pods.create(&PostParams::default(), &pod).await?;
         let done = for_object(&pods, "trainer", "the trainer pod to end", ended).await?;
-        let log = log_of(&t.namespace, "trainer");
+        let log = pod_output(&t.namespace, "trainer");
         ensure!(exit_code(&done) == Some(0), "exit code {:?}; log:\n{log}", exit_code(&done));
         ensure!(done.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"), "not Succeeded");
         // the trainer really trained: its JSON lines report step 20
@@ -128,8 +125,8 @@ async fn a_deleted_pod_gets_sigterm_and_checkpoints_within_its_grace_period() {
         let uid = started.uid().unwrap_or_default();
         // Wait until the trainer has taken steps (its JSON lines), so the checkpoint is mid-run.
         let deadline = Instant::now() + frugal_e2e::timeout();
-        while !log_of(&t.namespace, "trainer").contains("\"step\":5,") {
-            ensure!(Instant::now() < deadline, "the trainer took no 5 steps:\n{}", log_of(&t.namespace, "trainer"));
+        while !pod_output(&t.namespace, "trainer").contains("\"step\":5,") {
+            ensure!(Instant::now() < deadline, "the trainer took no 5 steps:\n{}", pod_output(&t.namespace, "trainer"));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
@@ -146,7 +143,7 @@ async fn a_deleted_pod_gets_sigterm_and_checkpoints_within_its_grace_period() {
             .filter(|e| e.path().join("MANIFEST.json").is_file())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        let log = log_of(&t.namespace, "trainer");
+        let log = pod_output(&t.namespace, "trainer");
         ensure!(!committed.is_empty(), "no committed checkpoint under {}; log:\n{log}", claim.display());
         ensure!(committed.iter().all(|d| d != "step-000000000"), "the checkpoint is of step 0: {committed:?}");
         pvs.delete(&pv_name, &DeleteParams::default()).await?;
@@ -203,7 +200,7 @@ echo "rbac: exactly as granted"
         let pods = t.api::<Pod>();
         pods.create(&PostParams::default(), &pod).await?;
         let done = for_object(&pods, "rbac", "the RBAC check pod to end", ended).await?;
-        let log = log_of(&t.namespace, "rbac");
+        let log = pod_output(&t.namespace, "rbac");
         ensure!(exit_code(&done) == Some(0), "exit code {:?}; log:\n{log}", exit_code(&done));
         ensure!(log.contains("rbac: exactly as granted"), "log:\n{log}");
         Ok(())

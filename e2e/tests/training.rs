@@ -2,18 +2,18 @@
 //! as a real `frugal-trainer` process; a stage killed mid-run makes the operator start the next
 //! attempt, which resumes from the checkpoint on the shared claim.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
 use frugal_e2e::operator::Operator;
-use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, run, wait};
+use frugal_e2e::training_job::{apply, finished, phase, pod_output};
+use frugal_e2e::{TestContext, manifests, run};
 
 /// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data.
 fn cpu_job(name: &str, steps: i64, claim: Option<&str>) -> TrainingJob {
@@ -53,26 +53,6 @@ spec:
     .expect("the test job parses")
 }
 
-async fn apply(ctx: &TestContext, tj: &TrainingJob) -> Result<()> {
-    let api: Api<TrainingJob> = ctx.api();
-    api.patch(&tj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(tj)).await?;
-    Ok(())
-}
-
-async fn job_where(ctx: &TestContext, name: &str, what: &str, pred: impl Fn(&TrainingJob) -> bool + Send + 'static) -> Result<TrainingJob> {
-    let api: Api<TrainingJob> = ctx.api();
-    wait::for_object(&api, name, what, move |tj: Option<&TrainingJob>| tj.is_some_and(&pred)).await
-}
-
-fn phase(tj: &TrainingJob) -> Option<Phase> {
-    tj.status.as_ref().and_then(|s| s.phase)
-}
-
-fn pod_log(ns: &str, pod: &str) -> String {
-    let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
-    std::fs::read_to_string(PathBuf::from(dir).join(format!("{ns}.{pod}.log"))).unwrap_or_default()
-}
-
 async fn attempt_pods(ctx: &TestContext, attempt: i32) -> Result<Vec<Pod>> {
     let selector = format!("frugal.dev/attempt={attempt}");
     Ok(ctx.api::<Pod>().list(&ListParams::default().labels(&selector)).await?.items)
@@ -84,13 +64,10 @@ async fn a_job_trains_for_real_and_succeeds() {
         manifests::install_crds(&ctx.client).await?;
         let _operator = Operator::start(&ctx.namespace, &[])?;
         apply(&ctx, &cpu_job("lm", 30, None)).await?;
-        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
-            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
-        })
-        .await?;
+        let done = finished(&ctx, "lm").await?;
         let pods = attempt_pods(&ctx, 1).await?;
         let pod = pods.first().context("attempt 1 has a pod")?;
-        let log = pod_log(&ctx.namespace, &pod.name_any());
+        let log = pod_output(&ctx.namespace, &pod.name_any());
         ensure!(phase(&done) == Some(Phase::Succeeded), "the job ended {:?}; trainer output:\n{log}", phase(&done));
         ensure!(log.contains("\"step\":30"), "the trainer did not reach step 30:\n{log}");
         let status = done.status.unwrap();
@@ -124,7 +101,7 @@ async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoin
         let first = loop {
             let pods = attempt_pods(&ctx, 1).await?;
             if let Some(pod) = pods.first() {
-                let log = pod_log(&ctx.namespace, &pod.name_any());
+                let log = pod_output(&ctx.namespace, &pod.name_any());
                 if log.contains("\"event\":\"checkpoint\"") {
                     break pod.clone();
                 }
@@ -144,13 +121,10 @@ async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoin
         // SAFETY: kill(2) of the trainer process the pod runner started for this test.
         unsafe { libc_kill(pid, 9) };
 
-        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
-            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
-        })
-        .await?;
+        let done = finished(&ctx, "lm").await?;
         let second = attempt_pods(&ctx, 2).await?;
         let pod = second.first().context("attempt 2 has a pod")?;
-        let log = pod_log(&ctx.namespace, &pod.name_any());
+        let log = pod_output(&ctx.namespace, &pod.name_any());
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2 output:\n{log}", phase(&done));
         let status = done.status.as_ref().unwrap();
         ensure!(status.restarts == Some(1) && status.attempt == Some(2), "restarts {:?}, attempt {:?}", status.restarts, status.attempt);
@@ -180,13 +154,10 @@ async fn a_four_pod_pipeline_trains_end_to_end() {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
         let _operator = Operator::start(&ctx.namespace, &[])?;
         apply(&ctx, &pipelined_cpu_job("lm", 20, Some("ckpt"), 4)).await?;
-        let done = job_where(&ctx, "lm", "phase Succeeded or Failed", |tj| {
-            matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))
-        })
-        .await?;
+        let done = finished(&ctx, "lm").await?;
         let mut pods = attempt_pods(&ctx, 1).await?;
         pods.sort_by_key(|p| p.name_any());
-        let logs: Vec<String> = pods.iter().map(|p| format!("{}:\n{}", p.name_any(), pod_log(&ctx.namespace, &p.name_any()))).collect();
+        let logs: Vec<String> = pods.iter().map(|p| format!("{}:\n{}", p.name_any(), pod_output(&ctx.namespace, &p.name_any()))).collect();
         ensure!(pods.len() == 4, "{} pods in attempt 1", pods.len());
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; outputs:\n{}", phase(&done), logs.join("\n"));
         // the last stage computed the loss through all four pods
