@@ -33,7 +33,8 @@ pub struct PassStats {
     pub routing_mismatches: Option<Tensor>,
 }
 
-fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
+/// The sum of two optional tensors (an absent one counts as zero).
+pub(crate) fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
         (a, None) => a,

@@ -148,9 +148,9 @@ impl Trainer {
             let stats = self.model.forward_backward(&self.params, &x, &y, scale / micro as f64, recompute);
             self.params.accumulate_grads(1.0 / scale);
             loss_sum += stats.loss;
-            aux_sum = sum_opt(aux_sum, stats.aux_loss);
-            dropped = sum_opt(dropped, stats.dropped);
-            mismatches = sum_opt(mismatches, stats.routing_mismatches);
+            aux_sum = crate::gpt::add_opt(aux_sum, stats.aux_loss);
+            dropped = crate::gpt::add_opt(dropped, stats.dropped);
+            mismatches = crate::gpt::add_opt(mismatches, stats.routing_mismatches);
             assignments += stats.assignments;
         }
         let norm = tch::no_grad(|| self.params.grad.norm());
@@ -394,14 +394,6 @@ impl Trainer {
             );
         }
         Ok(path)
-    }
-}
-
-fn sum_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, None) => a,
-        (None, b) => b,
     }
 }
 

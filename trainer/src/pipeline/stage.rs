@@ -9,7 +9,7 @@
 use crate::attention::Rotary;
 use crate::block::{Block, LayerNorm};
 use crate::config::{ModelConfig, Positions};
-use crate::gpt::Gpt;
+use crate::gpt::{Gpt, add_opt};
 use crate::moe::Routing;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use crate::rng::Rng;
@@ -51,15 +51,6 @@ pub struct StageOutput {
     pub dropped: Option<Tensor>,
     pub assignments: i64,
 }
-
-fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, None) => a,
-        (None, b) => b,
-    }
-}
-
 impl StageModel {
     /// Declares this stage's parameters in the whole model's order.
     pub fn new(b: &mut ParamBuilder, cfg: &ModelConfig, layout: &StageLayout) -> Self {
