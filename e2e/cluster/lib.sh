@@ -2,12 +2,18 @@
 # shellcheck shell=bash
 
 STATE=${FRUGAL_CLUSTER_DIR:-/tmp/frugal-cluster}
+CLUSTER_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ETCD_PORT=${FRUGAL_ETCD_PORT:-23790}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 APISERVER_PORT=${FRUGAL_APISERVER_PORT:-16443}
 KCM_PORT=${FRUGAL_KCM_PORT:-20257}
 SCHEDULER_PORT=${FRUGAL_SCHEDULER_PORT:-20259}
 KWOK_PORT=${FRUGAL_KWOK_PORT:-20247}
+KUEUE_WEBHOOK_PORT=${FRUGAL_KUEUE_WEBHOOK_PORT:-20443}
+KUEUE_HEALTH_PORT=${FRUGAL_KUEUE_HEALTH_PORT:-20281}
+# Kueue v0.17's main.go reads its metrics serving certificate from this fixed path whenever its
+# own certificate management is off, even with the metrics server turned off.
+KUEUE_METRICS_CERTS=/etc/kueue/metrics/certs
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -128,4 +134,61 @@ contexts:
     user: frugal-admin
 current-context: frugal
 EOF
+}
+
+# Kueue's controller manager, out of cluster: its CRDs, the kueue-system namespace, a webhook
+# serving certificate for 127.0.0.1 from the test CA, its configuration, the process, and the
+# webhook configurations pointing the API server at it.
+start_kueue() {
+  local d=$STATE/kueue
+  mkdir -p "$d/certs"
+  (
+    cd "$d"
+    openssl req -newkey rsa:2048 -nodes -subj /CN=kueue-webhook \
+      -keyout certs/tls.key -out webhook.csr 2>/dev/null
+    printf '%s\n' 'subjectAltName=IP:127.0.0.1' 'extendedKeyUsage=serverAuth' \
+      'keyUsage=digitalSignature,keyEncipherment' >webhook.ext
+    openssl x509 -req -in webhook.csr -CA "$STATE/pki/ca.crt" -CAkey "$STATE/pki/ca.key" \
+      -CAcreateserial -days 7 -extfile webhook.ext -out certs/tls.crt 2>/dev/null
+  )
+  if [[ ! -s $KUEUE_METRICS_CERTS/tls.crt || ! -s $KUEUE_METRICS_CERTS/tls.key ]]; then
+    if ! mkdir -p "$KUEUE_METRICS_CERTS" 2>/dev/null ||
+      ! cp "$d/certs/tls.crt" "$d/certs/tls.key" "$KUEUE_METRICS_CERTS/" 2>/dev/null; then
+      log "Kueue needs a certificate in $KUEUE_METRICS_CERTS (a path fixed in its main.go):"
+      log "run as root, or create tls.crt and tls.key there"
+      return 1
+    fi
+  fi
+  sed -e "s|@HEALTH_PORT@|$KUEUE_HEALTH_PORT|" -e "s|@WEBHOOK_PORT@|$KUEUE_WEBHOOK_PORT|" \
+    -e "s|@CERT_DIR@|$d/certs|" "$CLUSTER_HERE/kueue/config.yaml" >"$d/config.yaml"
+
+  kubectl apply --server-side -f "$KUEUE_DIR/crds" >/dev/null
+  kubectl wait --for=condition=Established -f "$KUEUE_DIR/crds" --timeout=60s >/dev/null
+  kubectl create namespace kueue-system >/dev/null
+
+  spawn kueue "$KUEUE_DIR/kueue-manager" --config="$d/config.yaml" \
+    --kubeconfig="$STATE/kubeconfig"
+  wait_for "kueue" 120 curl -sf "http://127.0.0.1:$KUEUE_HEALTH_PORT/readyz"
+
+  sed -e "s|@URL@|https://127.0.0.1:$KUEUE_WEBHOOK_PORT|" \
+    -e "s|@CA_BUNDLE@|$(base64 -w0 "$STATE/pki/ca.crt")|" \
+    "$CLUSTER_HERE/kueue/webhooks.yaml" >"$d/webhooks.yaml"
+  kubectl apply -f "$d/webhooks.yaml" >/dev/null
+  # The API server reaches the webhook: a queue-labelled Job comes back suspended from a
+  # server-side dry run.
+  wait_for "kueue webhooks" 60 kueue_suspends_jobs
+}
+
+kueue_suspends_jobs() {
+  [[ $(kubectl create --dry-run=server -o jsonpath='{.spec.suspend}' -f - <<EOF
+apiVersion: batch/v1
+kind: Job
+metadata: {name: kueue-probe, namespace: default, labels: {kueue.x-k8s.io/queue-name: probe}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: none}]
+EOF
+) == true ]]
 }
