@@ -1,6 +1,8 @@
 //! Admission: whether a planned job may start. Its GPUs must be within both the job's own
 //! `budget.maxGpus` and the operator's ceiling, and a job of several pods must checkpoint to a
-//! volume they all share (ReadWriteMany), checked before anything starts.
+//! volume they all share (ReadWriteMany), checked before anything starts. A job that names a
+//! TrainingBudget is admitted against it later in the pass, once the lifecycle has said what the
+//! job is about to do (`budget.rs`, `ledger.rs`).
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
@@ -14,6 +16,8 @@ pub enum AdmitError {
     GpuLimit { gpus: i64, stages: i32, limit: String, raise: &'static str },
     #[error("spec.checkpoint.claimName {claim:?} does not exist yet; the job's {pods} pods start once it does")]
     ClaimMissing { claim: String, pods: i64 },
+    #[error(transparent)]
+    BudgetTooSmall(#[from] crate::budget::TooSmall),
     #[error("spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)")]
     ClaimNotShared { claim: String, pods: i64 },
 }
@@ -24,6 +28,7 @@ impl AdmitError {
         match self {
             Self::GpuLimit { .. } => Some(reasons::GPU_LIMIT_EXCEEDED),
             Self::ClaimNotShared { .. } => Some(reasons::CHECKPOINT_NOT_SHARED),
+            Self::BudgetTooSmall(_) => Some(reasons::BUDGET_TOO_SMALL),
             Self::ClaimMissing { .. } => None,
         }
     }

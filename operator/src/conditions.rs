@@ -11,8 +11,10 @@ pub mod types {
     pub const STALLED: &str = "Stalled";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
-    /// Every type the operator owns, in the order they are written.
+    /// Every type the operator owns on a TrainingJob, in the order they are written.
     pub const ALL: [&str; 7] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED];
+    /// A TrainingBudget's: True while a limit is reached.
+    pub const EXHAUSTED: &str = "Exhausted";
 }
 
 pub mod reasons {
@@ -27,17 +29,26 @@ pub mod reasons {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
     pub const WAITING_FOR_CHECKPOINT_CLAIM: &str = "WaitingForCheckpointClaim";
+    // a job waiting for its TrainingBudget (phase Queued)
+    pub const BUDGET_NOT_FOUND: &str = "BudgetNotFound";
+    pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
     // terminal or permanent
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PLAN_FAILED: &str = "PlanFailed";
     pub const GPU_LIMIT_EXCEEDED: &str = "GpuLimitExceeded";
     pub const GPU_MEMORY_EXCEEDED: &str = "GpuMemoryExceeded";
     pub const CHECKPOINT_NOT_SHARED: &str = "CheckpointNotShared";
+    pub const BUDGET_TOO_SMALL: &str = "BudgetTooSmall";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     // the watchdog
     pub const STALLED: &str = "Stalled";
+    // a TrainingBudget's Exhausted condition
+    pub const GPU_HOURS_SPENT: &str = "GpuHoursSpent";
+    pub const COST_SPENT: &str = "CostSpent";
+    pub const ALL_GPUS_IN_USE: &str = "AllGpusInUse";
+    pub const WITHIN_LIMITS: &str = "WithinLimits";
 }
 
 /// Sets condition `type_` in `conditions`: a new condition, or the old one updated, keeping its

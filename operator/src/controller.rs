@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -19,10 +19,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, info, info_span, warn};
 
-use frugal_api::TrainingJob;
+use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
 
 use crate::admit::{self, AdmitError};
+use crate::budget::{self, Claim, Demand};
+use crate::ledger::{self, Admission, BudgetContext};
 use crate::conditions::reasons;
 use crate::error::Error;
 use crate::lifecycle::{self, Inputs};
@@ -84,6 +86,7 @@ enum Outcome {
 async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
     // a job that ran and finished stays finished, whatever its spec says later
     if status::is_terminal(prev.phase) && prev.attempt.unwrap_or(0) > 0 {
+        release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
     let valid = validate::validate(tj, &ctx.settings)?;
@@ -105,9 +108,6 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
         return Err(e.into());
     }
-    let children = build::build_children(&planned);
-    apply::apply_children(&ctx.client, &valid.names.namespace, &children).await?;
-    apply::ensure_secret(&ctx.client, &planned).await?;
 
     let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
@@ -122,6 +122,20 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
         now: now(),
     });
+    // the budget's ledger is written before any child is created
+    if let Some(name) = valid.spec.budget.budget_ref.as_deref() {
+        let claim = budget_claim(tj, planned.plan.gpus, prev);
+        let demand = budget::demand(&decision, &attempts);
+        if let Admission::Wait(w) = ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
+            let summary = Summary { phase: Phase::Queued, ..pending(w.reason, w.message, prev) };
+            // a change of the budget wakes the job (the controller watches TrainingBudgets)
+            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
+        }
+    }
+    let children = build::build_children(&planned);
+    apply::apply_children(&ctx.client, &valid.names.namespace, &children).await?;
+    apply::ensure_secret(&ctx.client, &planned).await?;
+
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
     }
@@ -137,6 +151,28 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         completed_at: decision.succeeded_at,
     };
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: decision.requeue_after })
+}
+
+/// The job as its budget's ledger sees it.
+fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, prev: &TrainingJobStatus) -> Claim<'a> {
+    Claim {
+        name: tj.metadata.name.as_deref().unwrap_or_default(),
+        uid: tj.metadata.uid.as_deref().unwrap_or_default(),
+        gpus: i32::try_from(gpus).unwrap_or(i32::MAX),
+        gpu_type: &tj.spec.resources.gpu_type,
+        gpu_hours: prev.cost.as_ref().map_or(0.0, |c| c.gpu_hours),
+    }
+}
+
+/// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
+/// released it already, unless that pass was cut short).
+async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<(), Error> {
+    let (Some(name), Some(namespace)) = (tj.spec.budget.budget_ref.as_deref(), tj.namespace()) else {
+        return Ok(());
+    };
+    let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
+    ledger::settle(&ctx.client, &namespace, name, &budget_claim(tj, gpus, prev), Demand::Release).await?;
+    Ok(())
 }
 
 async fn act(ctx: &Context, planned: &PlannedJob, action: &lifecycle::Action) -> Result<(), Error> {
@@ -313,9 +349,19 @@ pub async fn run(
     let configs = watcher(scope.api::<PartialObjectMeta<ConfigMap>>(&client), children.clone()).default_backoff().touched_objects();
 
     let (tj_reader, tj_writer) = reflector::store();
+    // every change of a TrainingJob naming a budget, its deletion included, wakes that budget's
+    // controller (after the cache has it): it counts what the job spent, or releases its GPUs
+    let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
     // an object that fails to decode fails the watch, which backs off instead of spinning
     let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
         .default_backoff()
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
+                && let Some(budget) = ledger::budget_of(tj)
+            {
+                let _ = budget_tx.unbounded_send(budget);
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_metadata, Default::default());
 
@@ -331,6 +377,8 @@ pub async fn run(
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 
+    let shutdown = shutdown.shared();
+    let waiting = tj_reader.clone();
     let controller = Controller::for_stream(tj_stream, tj_reader.clone())
         .with_config(ControllerConfig::default().concurrency(16))
         .owns_stream(job_stream)
@@ -341,7 +389,21 @@ pub async fn run(
             let job = pod.labels().get(JOB_LABEL)?.clone();
             Some(ObjectRef::<TrainingJob>::new(&job).within(&ns))
         })
-        .graceful_shutdown_on(shutdown);
+        // a budget that appears, grows or releases GPUs wakes the jobs waiting for it
+        .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
+            ledger::waiting_jobs(&b, &waiting.state())
+        })
+        .graceful_shutdown_on(shutdown.clone());
+    // the budgets' own controller keeps each ledger true to the TrainingJobs
+    let budgets = Controller::new(scope.api::<TrainingBudget>(&client), watcher::Config::default())
+        .reconcile_on(budget_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext { client: client.clone(), training_jobs: tj_reader.clone() }))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("budget controller: {e}");
+            }
+        });
 
     let health_ready = health.clone();
     let (tj_ready, job_ready, pod_ready) = (tj_reader.clone(), job_reader.clone(), pod_reader.clone());
@@ -351,14 +413,12 @@ pub async fn run(
         info!("caches synced; ready");
     });
 
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("controller: {e}");
-            }
-        })
-        .await;
+    let jobs = controller.run(reconcile, error_policy, ctx).for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!("controller: {e}");
+        }
+    });
+    tokio::join!(jobs, budgets);
     Ok(())
 }
 

@@ -16,8 +16,10 @@ pub enum Error {
     Admit(#[from] AdmitError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the TrainingJob has no {0}")]
+    #[error("the object has no {0}")]
     MissingMetadata(&'static str),
+    #[error("the TrainingJob cache closed: the operator is stopping")]
+    CacheClosed,
 }
 
 impl Error {
@@ -27,7 +29,7 @@ impl Error {
             Self::Validation(_) => "validation",
             Self::Plan(_) => "plan",
             Self::Admit(_) => "admission",
-            Self::Kube(_) => "kubernetes",
+            Self::Kube(_) | Self::CacheClosed => "kubernetes",
             Self::MissingMetadata(_) => "metadata",
         }
     }
@@ -38,7 +40,7 @@ impl Error {
             Self::Validation(e) => Some(e.reason()),
             Self::Plan(e) => Some(e.reason()),
             Self::Admit(e) => e.permanent_reason(),
-            Self::Kube(_) | Self::MissingMetadata(_) => None,
+            Self::Kube(_) | Self::MissingMetadata(_) | Self::CacheClosed => None,
         }
     }
 }

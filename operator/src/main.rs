@@ -7,11 +7,13 @@ use clap::{Args, Parser, Subcommand};
 
 mod admit;
 mod apply;
+mod budget;
 mod build;
 mod conditions;
 mod controller;
 mod crd;
 mod error;
+mod ledger;
 mod lifecycle;
 mod metrics;
 mod names;

@@ -95,7 +95,7 @@ pub struct TrainingBudgetStatus {
     /// When the current period began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_start: Option<Time>,
-    /// Jobs holding GPUs now.
+    /// Jobs holding GPUs now (the ledger admission writes before it creates a job's pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub jobs: Vec<BudgetHolder>,
@@ -105,12 +105,21 @@ pub struct TrainingBudgetStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// A job holding GPUs under a budget.
+/// A job holding GPUs under a budget: one entry of the ledger the operator keeps in the status.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetHolder {
     /// The TrainingJob's name.
     pub name: String,
+    /// The TrainingJob's uid: a job deleted and created again under the same name is another job.
+    #[serde(default)]
+    pub uid: String,
     /// GPUs it holds.
     pub gpus: i32,
+    /// The job's own status.cost.gpuHours already counted into gpuHoursSpent.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub gpu_hours_counted: f64,
+    /// When it was admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<Time>,
 }

@@ -1,0 +1,274 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use frugal_api::TrainingBudget;
+use frugal_api::v1alpha1::{BudgetHolder, GpuPrice, Phase, TrainingBudgetStatus};
+
+use super::*;
+use crate::lifecycle::{Action, AttemptState, AttemptView, Decision, FailureKind, StopReason};
+
+const CREATED: i64 = 1_700_000_000;
+const DAY: i64 = 86_400;
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(CREATED + secs).unwrap())
+}
+
+/// A budget created at `t(0)`, with `holders` as (name, gpus) and what it spent this period.
+fn budget(max_gpus: i32, holders: &[(&str, i32)], spent_hours: f64) -> TrainingBudget {
+    let mut b: TrainingBudget = serde_yaml::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: team, namespace: ml, generation: 1}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, maxCost: 1000, period: Day}}\n"
+    ))
+    .unwrap();
+    b.metadata.creation_timestamp = Some(t(0));
+    b.status = Some(TrainingBudgetStatus {
+        gpus_in_use: holders.iter().map(|h| h.1).sum(),
+        gpu_hours_spent: spent_hours,
+        period_start: Some(t(0)),
+        jobs: holders.iter().map(|(n, g)| BudgetHolder { name: n.to_string(), uid: format!("uid-{n}"), gpus: *g, ..Default::default() }).collect(),
+        ..Default::default()
+    });
+    b
+}
+
+fn claim(name: &str, gpus: i32, gpu_hours: f64) -> Claim<'_> {
+    Claim { name, uid: Box::leak(format!("uid-{name}").into_boxed_str()), gpus, gpu_type: "nvidia-h100-80gb", gpu_hours }
+}
+
+fn written(v: Verdict) -> TrainingBudgetStatus {
+    match v {
+        Verdict::Write(s) => *s,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+fn holders(s: &TrainingBudgetStatus) -> Vec<(String, i32)> {
+    s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect()
+}
+
+/// Admission against maxGpus: (held, the job's GPUs, demand) → admitted, waits or refused.
+#[test]
+fn admission_table() {
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Admitted(i32),
+        Waits,
+        Refused,
+        Unchanged,
+    }
+    use Want::*;
+    type Case<'a> = (&'a str, Vec<(&'a str, i32)>, i32, Demand, Want);
+    let cases: Vec<Case> = vec![
+        ("empty budget, fits", vec![], 4, Demand::Start, Admitted(4)),
+        ("fits beside another", vec![("a", 2)], 2, Demand::Start, Admitted(4)),
+        ("one GPU too many", vec![("a", 2)], 3, Demand::Start, Waits),
+        ("full", vec![("a", 4)], 4, Demand::Start, Waits),
+        ("alone above maxGpus", vec![], 8, Demand::Start, Refused),
+        ("above maxGpus with others there too", vec![("a", 4)], 8, Demand::Start, Refused),
+        ("already held: a restart is not admitted again", vec![("a", 4), ("lm", 4)], 4, Demand::Start, Unchanged),
+        ("a live attempt is recorded past the limit", vec![("a", 4)], 4, Demand::Hold, Admitted(8)),
+        ("held and live", vec![("lm", 4)], 4, Demand::Hold, Unchanged),
+        ("released", vec![("a", 2), ("lm", 2)], 2, Demand::Release, Admitted(2)),
+        ("nothing to release", vec![("a", 2)], 2, Demand::Release, Unchanged),
+    ];
+    for (what, held, gpus, demand, want) in cases {
+        let mut b = budget(4, &held, 0.0);
+        // a ledger that already says the rest, so that only the job's own entry can change it
+        b.status = match settle_unchanged(&b) {
+            Verdict::Write(s) => Some(*s),
+            _ => b.status,
+        };
+        let got = match settle(&b, &claim("lm", gpus, 0.0), demand, &t(60)) {
+            Verdict::Write(s) => Admitted(s.gpus_in_use),
+            Verdict::Wait(w) => {
+                assert_eq!(w.reason, "BudgetExhausted", "{what}");
+                Waits
+            }
+            Verdict::Refuse(e) => {
+                assert_eq!(crate::admit::AdmitError::from(e).permanent_reason(), Some("BudgetTooSmall"), "{what}");
+                Refused
+            }
+            Verdict::Unchanged => Unchanged,
+        };
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+/// What the budget's own pass writes for a ledger that already matches its jobs.
+fn settle_unchanged(b: &TrainingBudget) -> Verdict {
+    let status = b.status.clone().unwrap_or_default();
+    let jobs: Vec<(String, String)> = status.jobs.iter().map(|h| (h.name.clone(), h.uid.clone())).collect();
+    refresh(b, |name| jobs.iter().find(|(n, _)| n == name).map(|(_, uid)| holder(uid, 0.0)), &t(60))
+}
+
+fn holder(uid: &str, gpu_hours: f64) -> Holder {
+    Holder { uid: uid.into(), names_budget: true, finished: false, gpu_type: "nvidia-h100-80gb".into(), gpu_hours }
+}
+
+#[test]
+fn the_messages_name_the_budget_what_is_held_and_the_fix() {
+    let full = budget(4, &[("a", 4)], 0.0);
+    let Verdict::Wait(w) = settle(&full, &claim("lm", 4, 0.0), Demand::Start, &t(60)) else { panic!() };
+    assert_eq!(
+        w.message,
+        "TrainingBudget \"team\" has 4 of its 4 GPUs (spec.maxGpus) held by a (4); this job needs 4: it starts when enough of them finish, are suspended or are deleted, or raise the budget's spec.maxGpus"
+    );
+    let Verdict::Refuse(e) = settle(&full, &claim("big", 8, 0.0), Demand::Start, &t(60)) else { panic!() };
+    assert_eq!(
+        e.to_string(),
+        "the job needs 8 GPUs, above the spec.maxGpus of 4 of TrainingBudget \"team\", so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
+    );
+    let missing = not_found("team", "ml");
+    assert_eq!(missing.reason, "BudgetNotFound");
+    assert!(missing.message.contains("create it") && missing.message.contains("spec.budget.budgetRef"), "{}", missing.message);
+}
+
+#[test]
+fn spent_gpu_hours_or_cost_make_new_jobs_wait_until_the_next_period() {
+    let spent = budget(8, &[], 100.0);
+    let Verdict::Wait(w) = settle(&spent, &claim("lm", 1, 0.0), Demand::Start, &t(3600)) else { panic!() };
+    assert_eq!(w.reason, "BudgetExhausted");
+    assert!(w.message.contains("spent 100.00 of its 100 GPU-hours (spec.gpuHours) this Day"), "{}", w.message);
+    assert!(w.message.contains("next period begins at 2023-11-15T22:13:20Z") && w.message.contains("raise the budget's spec.gpuHours"), "{}", w.message);
+    // the next day is a new period: nothing spent, the job starts
+    let next_day = written(settle(&spent, &claim("lm", 1, 0.0), Demand::Start, &t(DAY + 5)));
+    assert_eq!((next_day.gpu_hours_spent, next_day.period_start.clone()), (0.0, Some(t(DAY))));
+    assert_eq!(holders(&next_day), vec![("lm".to_string(), 1)]);
+    // cost: 400 H100-hours at the budget's price of 3.0 reach maxCost 1000
+    let mut priced = budget(8, &[], 0.0);
+    priced.spec.gpu_hours = None;
+    priced.spec.prices = vec![GpuPrice { gpu_type: "nvidia-h100-80gb".into(), per_gpu_hour: 3.0 }];
+    priced.status.as_mut().unwrap().cost_spent = 1200.0;
+    let Verdict::Wait(w) = settle(&priced, &claim("lm", 1, 0.0), Demand::Start, &t(60)) else { panic!() };
+    assert!(w.message.contains("1200.00 of its 1000 USD (spec.maxCost)") && w.message.contains("raise the budget's spec.maxCost"), "{}", w.message);
+    // a job already holding GPUs goes on: exhaustion stops admissions, not running jobs
+    let held = budget(8, &[("lm", 1)], 100.0);
+    assert!(!matches!(settle(&held, &claim("lm", 1, 0.0), Demand::Hold, &t(60)), Verdict::Wait(_)));
+}
+
+#[test]
+fn periods_follow_each_other_from_the_creation() {
+    use frugal_api::v1alpha1::BudgetPeriod::*;
+    let cases = [
+        (Day, 0, 0),
+        (Day, DAY - 1, 0),
+        (Day, DAY, DAY),
+        (Day, 3 * DAY + 7, 3 * DAY),
+        (Week, 6 * DAY, 0),
+        (Week, 8 * DAY, 7 * DAY),
+        (Month, 29 * DAY, 0),
+        (Month, 31 * DAY, 30 * DAY),
+        (Month, -5, 0),
+    ];
+    for (period, now, start) in cases {
+        assert_eq!(period_start(&t(0), period, &t(now)), t(start), "{period:?} at {now}");
+    }
+    assert_eq!(until_next_period(&t(0), Day, &t(DAY - 10)), Duration::from_secs(10));
+}
+
+#[test]
+fn spending_is_counted_from_the_jobs_reports_at_the_budgets_prices() {
+    let mut b = budget(8, &[("a", 2)], 0.0);
+    b.spec.prices = vec![GpuPrice { gpu_type: "nvidia-h100-80gb".into(), per_gpu_hour: 2.0 }];
+    // a reports 3 GPU-hours: 3 counted, at the budget's price of 2.0
+    let s = written(refresh(&b, |_| Some(holder("uid-a", 3.0)), &t(60)));
+    assert_eq!((s.gpu_hours_spent, s.cost_spent, s.jobs[0].gpu_hours_counted), (3.0, 6.0, 3.0));
+    // counted once: the same report again adds nothing
+    b.status = Some(s);
+    assert_eq!(refresh(&b, |_| Some(holder("uid-a", 3.0)), &t(61)), Verdict::Unchanged);
+    // its release counts the rest, at the table's price where the budget names none
+    b.spec.prices.clear();
+    let released = written(settle(&b, &claim("a", 2, 5.0), Demand::Release, &t(62)));
+    assert_eq!(released.gpu_hours_spent, 5.0);
+    assert_eq!(released.cost_spent, 6.0 + 2.0 * 2.5);
+    assert!(released.jobs.is_empty());
+    // a new period starts from nothing; what was counted before is not counted again
+    b.status.as_mut().unwrap().gpu_hours_spent = 50.0;
+    let s = written(refresh(&b, |_| Some(holder("uid-a", 4.0)), &t(DAY + 1)));
+    assert_eq!(s.gpu_hours_spent, 1.0);
+    assert_eq!(s.period_start, Some(t(DAY)));
+}
+
+#[test]
+fn the_budgets_pass_releases_jobs_that_are_gone_finished_or_moved() {
+    let b = budget(8, &[("deleted", 1), ("recreated", 1), ("done", 1), ("moved", 1), ("running", 1)], 0.0);
+    let s = written(refresh(
+        &b,
+        |name| match name {
+            "deleted" => None,
+            "recreated" => Some(holder("another-uid", 0.0)),
+            "done" => Some(Holder { finished: true, ..holder("uid-done", 0.0) }),
+            "moved" => Some(Holder { names_budget: false, ..holder("uid-moved", 0.0) }),
+            _ => Some(holder("uid-running", 0.0)),
+        },
+        &t(60),
+    ));
+    assert_eq!(holders(&s), vec![("running".to_string(), 1)]);
+    assert_eq!(s.gpus_in_use, 1);
+}
+
+#[test]
+fn a_job_recreated_under_the_same_name_is_another_job() {
+    let b = budget(4, &[("lm", 4)], 0.0);
+    let mut again = claim("lm", 4, 0.0);
+    again.uid = "new-uid";
+    let s = written(settle(&b, &again, Demand::Start, &t(60)));
+    assert_eq!(s.jobs.len(), 1);
+    assert_eq!((s.jobs[0].uid.as_str(), s.jobs[0].admitted_at.clone()), ("new-uid", Some(t(60))));
+}
+
+#[test]
+fn the_exhausted_condition_says_which_limit() {
+    let cond = |s: &TrainingBudgetStatus| {
+        let c = crate::conditions::get(&s.conditions, "Exhausted").unwrap();
+        (c.status.clone(), c.reason.clone())
+    };
+    let within = written(settle(&budget(8, &[], 0.0), &claim("lm", 4, 0.0), Demand::Start, &t(60)));
+    assert_eq!(cond(&within), ("False".into(), "WithinLimits".into()));
+    assert_eq!((within.gpus_in_use, within.observed_generation), (4, Some(1)));
+    let full = written(settle(&budget(8, &[("a", 4)], 0.0), &claim("lm", 4, 0.0), Demand::Start, &t(60)));
+    assert_eq!(cond(&full), ("True".into(), "AllGpusInUse".into()));
+    let spent = written(refresh(&budget(8, &[("a", 4)], 0.0), |_| Some(holder("uid-a", 120.0)), &t(60)));
+    assert_eq!(cond(&spent), ("True".into(), "GpuHoursSpent".into()));
+}
+
+fn decision(phase: Phase, action: Action) -> Decision {
+    Decision {
+        action,
+        phase,
+        reason: "R",
+        message: String::new(),
+        stalled: false,
+        attempt: 1,
+        restarts: 0,
+        succeeded_at: None,
+        requeue_after: None,
+    }
+}
+
+fn attempt(state: AttemptState) -> Vec<AttemptView> {
+    vec![AttemptView { attempt: 1, state, started: None }]
+}
+
+/// What each step of the lifecycle asks of the budget.
+#[test]
+fn demand_table() {
+    use AttemptState::*;
+    let failed = |kind| Failed { kind, message: String::new() };
+    let cases: Vec<(&str, Decision, Vec<AttemptView>, Demand)> = vec![
+        ("first attempt to create", decision(Phase::Pending, Action::Create(1)), vec![], Demand::Start),
+        ("suspended before it started", decision(Phase::Suspended, Action::Nothing), vec![], Demand::Release),
+        ("starting", decision(Phase::Pending, Action::Nothing), attempt(Starting), Demand::Hold),
+        ("running", decision(Phase::Running, Action::Nothing), attempt(Running), Demand::Hold),
+        ("queued by Kueue", decision(Phase::Queued, Action::Nothing), attempt(Queued), Demand::Hold),
+        ("suspending: pods still stopping", decision(Phase::Suspended, Action::Nothing), attempt(Stopping(Some(StopReason::Suspended))), Demand::Hold),
+        ("suspended, pods gone", decision(Phase::Suspended, Action::Nothing), attempt(failed(FailureKind::Suspended)), Demand::Release),
+        ("resumed", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Suspended)), Demand::Start),
+        ("restarting after a failure", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Failed)), Demand::Start),
+        ("succeeded", decision(Phase::Succeeded, Action::Nothing), attempt(Succeeded { at: None }), Demand::Release),
+        ("failed", decision(Phase::Failed, Action::Nothing), attempt(failed(FailureKind::Failed)), Demand::Release),
+    ];
+    for (what, d, attempts, want) in cases {
+        assert_eq!(demand(&d, &attempts), want, "{what}");
+    }
+}
