@@ -141,11 +141,11 @@ struct ChoiceExample {
 pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: Option<i32>) -> Result<(i64, i64)> {
     let mut hits = 0;
     let mut n = 0;
-    for ex in read_jsonl::<LastWordExample>(path, max)? {
+    for (i, ex) in read_jsonl::<LastWordExample>(path, max)?.into_iter().enumerate() {
         let text = ex.text.trim_end();
         let Some(cut) = text.rfind(' ') else { continue };
-        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(text[..cut].as_bytes())).collect();
-        let word = tok.encode(text[cut..].as_bytes());
+        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(&text.as_bytes()[..cut]).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
+        let word = tok.encode(&text.as_bytes()[cut..]).with_context(|| format!("{} example {}", path.display(), i + 1))?;
         if word.is_empty() || word.len() as i64 >= lm.context() {
             continue;
         }
@@ -164,10 +164,10 @@ pub fn multiple_choice(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path,
         if ex.label >= ex.choices.len() {
             bail!("{} example {}: label {} but {} choices", path.display(), i + 1, ex.label, ex.choices.len());
         }
-        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes())).collect();
+        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
         let mut best = (f64::NEG_INFINITY, usize::MAX);
         for (j, choice) in ex.choices.iter().enumerate() {
-            let ids = tok.encode(choice.as_bytes());
+            let ids = tok.encode(choice.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?;
             if ids.is_empty() {
                 continue;
             }

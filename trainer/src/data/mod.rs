@@ -10,7 +10,7 @@ pub mod tokenizer;
 
 use crate::config::{DataConfig, DataSource};
 use crate::rng::Rng;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
@@ -52,12 +52,33 @@ pub fn tokenize_text(path: &std::path::Path, kind: frugal_api::v1alpha1::Tokeniz
     let (train_docs, val_docs) = text::split(docs, validation_fraction);
     let tok = match kind {
         frugal_api::v1alpha1::Tokenizer::Byte => TextTokenizer::Byte,
-        frugal_api::v1alpha1::Tokenizer::Bpe => TextTokenizer::train_bpe(&train_docs.concat(), vocab)?,
+        frugal_api::v1alpha1::Tokenizer::Bpe => {
+            let texts = train_docs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    std::str::from_utf8(d).map_err(|e| {
+                        anyhow::anyhow!(
+                            "corpus {}: document {} (in name order) is not UTF-8 at byte {}; BPE reads UTF-8: convert it, or use data.tokenizer: byte",
+                            path.display(),
+                            i + 1,
+                            e.valid_up_to()
+                        )
+                    })
+                })
+                .collect::<Result<Vec<&str>>>()?;
+            TextTokenizer::train_bpe(&texts, vocab)?
+        }
     };
-    let encode = |docs: &[Vec<u8>]| -> Vec<u16> {
-        docs.iter().flat_map(|d| tok.encode(d).into_iter().chain(std::iter::once(EOT))).collect()
+    let encode = |docs: &[Vec<u8>], first: usize| -> Result<Vec<u16>> {
+        let mut out = vec![];
+        for (i, d) in docs.iter().enumerate() {
+            out.extend(tok.encode(d).with_context(|| format!("corpus {}, document {} (in name order)", path.display(), first + i + 1))?);
+            out.push(EOT);
+        }
+        Ok(out)
     };
-    Ok((encode(&train_docs), encode(&val_docs), tok))
+    Ok((encode(&train_docs, 0)?, encode(&val_docs, train_docs.len())?, tok))
 }
 
 /// The data fingerprint: tokenizer fingerprint, then both splits.
