@@ -2,7 +2,8 @@
 //! evaluations, checkpoints) become `status.progress`, `quality`, `efficiency`, `checkpoint` and
 //! `cost`, applied server-side under the trainer's own field manager (the operator owns the
 //! rest of the status). At most one patch per interval; a failed report is logged and training
-//! goes on.
+//! goes on. When an evaluation reaches the job's quality target, `cost.gpuHoursToTarget` records
+//! the job's GPU-hours (all its GPUs, earlier attempts included) at that moment.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -46,6 +47,8 @@ pub struct Fold {
     pub quality: Option<QualityStatus>,
     pub efficiency: Option<EfficiencyStatus>,
     pub checkpoint: Option<CheckpointStatus>,
+    /// The job's GPU-hours when an evaluation first reached the quality target.
+    pub gpu_hours_to_target: Option<f64>,
     total_steps: i64,
 }
 
@@ -54,8 +57,14 @@ fn now() -> Time {
 }
 
 impl Fold {
-    /// Takes one event of the trainer's JSON lines.
-    pub fn observe(&mut self, event: &Value) {
+    /// Continues an earlier attempt's report: a target it reached stays reached (a server-side
+    /// apply that left the field out would remove it).
+    pub fn resuming(earlier: Option<&CostStatus>) -> Self {
+        Self { gpu_hours_to_target: earlier.and_then(|c| c.gpu_hours_to_target).and_then(finite), ..Self::default() }
+    }
+
+    /// Takes one event of the trainer's JSON lines, which came `gpu_hours` into the job.
+    pub fn observe(&mut self, event: &Value, gpu_hours: f64) {
         let num = |k: &str| event.get(k).and_then(Value::as_f64);
         let int = |k: &str| event.get(k).and_then(Value::as_i64);
         match event.get("event").and_then(Value::as_str) {
@@ -93,6 +102,9 @@ impl Fold {
                     bits_per_byte: num("bits_per_byte").and_then(finite),
                     zero_shot,
                 });
+                if self.gpu_hours_to_target.is_none() && event.get("quality_target_reached").and_then(Value::as_bool) == Some(true) {
+                    self.gpu_hours_to_target = finite(gpu_hours);
+                }
             }
             Some("checkpoint") => {
                 self.checkpoint = Some(CheckpointStatus {
@@ -105,8 +117,14 @@ impl Fold {
         }
     }
 
-    /// The server-side apply patch of the trainer's fields.
-    pub fn patch(&self, cost: &CostStatus) -> Value {
+    /// The server-side apply patch of the trainer's fields, `gpu_hours` into the job.
+    pub fn patch(&self, gpu_hours: f64, pricing: &Pricing) -> Value {
+        let cost = CostStatus {
+            gpu_hours,
+            cost: gpu_hours * pricing.price_per_gpu_hour,
+            currency: pricing.currency.clone(),
+            gpu_hours_to_target: self.gpu_hours_to_target,
+        };
         let mut status = serde_json::Map::new();
         let mut put = |k: &str, v: Value| {
             if !v.is_null() {
@@ -117,7 +135,7 @@ impl Fold {
         put("quality", serde_json::to_value(&self.quality).unwrap_or_default());
         put("efficiency", serde_json::to_value(&self.efficiency).unwrap_or_default());
         put("checkpoint", serde_json::to_value(&self.checkpoint).unwrap_or_default());
-        put("cost", serde_json::to_value(cost).unwrap_or_default());
+        put("cost", serde_json::to_value(&cost).unwrap_or_default());
         json!({"apiVersion": "frugal.dev/v1alpha1", "kind": "TrainingJob", "status": status})
     }
 }
@@ -172,26 +190,21 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
             None
         }
     };
-    // GPU-hours of earlier attempts, which this attempt adds to.
+    // What earlier attempts spent, which this attempt adds to.
     let earlier = match &api {
-        Some(api) => api
-            .get_status(&pod.training_job)
-            .await
-            .ok()
-            .and_then(|j| j.status)
-            .and_then(|s| s.cost)
-            .map(|c| c.gpu_hours)
-            .unwrap_or_default(),
-        None => 0.0,
+        Some(api) => api.get_status(&pod.training_job).await.ok().and_then(|j| j.status).and_then(|s| s.cost),
+        None => None,
     };
     let started = Instant::now();
-    let mut fold = Fold::default();
+    let earlier_hours = earlier.as_ref().map_or(0.0, |c| c.gpu_hours);
+    let gpu_hours = || earlier_hours + pricing.gpus * started.elapsed().as_secs_f64() / 3600.0;
+    let mut fold = Fold::resuming(earlier.as_ref());
     let mut dirty = false;
     let mut last_sent: Option<Instant> = None;
     loop {
         let open = match events.recv_timeout(interval) {
             Ok(event) => {
-                fold.observe(&event);
+                fold.observe(&event, gpu_hours());
                 dirty = true;
                 true
             }
@@ -200,16 +213,9 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
         };
         let due = last_sent.is_none_or(|t| t.elapsed() >= interval);
         if dirty && (due || !open) {
-            let gpu_hours = earlier + pricing.gpus * started.elapsed().as_secs_f64() / 3600.0;
-            let cost = CostStatus {
-                gpu_hours,
-                cost: gpu_hours * pricing.price_per_gpu_hour,
-                currency: pricing.currency.clone(),
-                gpu_hours_to_target: None,
-            };
             if let Some(api) = &api {
                 let params = PatchParams::apply(FIELD_MANAGER).force();
-                if let Err(e) = api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch(&cost))).await {
+                if let Err(e) = api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch(gpu_hours(), &pricing))).await {
                     eprintln!("frugal-trainer: status report failed (training goes on): {e}");
                 }
             }
@@ -226,31 +232,61 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
 mod tests {
     use super::*;
 
+    fn pricing() -> Pricing {
+        Pricing { gpus: 4.0, price_per_gpu_hour: 2.5, currency: "USD".into() }
+    }
+
     #[test]
     fn events_fold_into_the_trainers_status_fields() {
         let mut fold = Fold::default();
-        fold.observe(&json!({"event": "start", "steps": 100}));
-        fold.observe(&json!({"event": "step", "step": 7, "tokens": 700, "loss": 2.5, "tokens_per_second": 1000.0, "mfu": 0.3}));
-        fold.observe(&json!({"event": "eval", "step": 5, "val_loss": 2.0, "perplexity": 7.39, "bits_per_byte": 1.5, "acc_cloze": 0.25}));
-        fold.observe(&json!({"event": "checkpoint", "step": 5, "path": "/checkpoints/step-000000005"}));
+        fold.observe(&json!({"event": "start", "steps": 100}), 0.0);
+        fold.observe(&json!({"event": "step", "step": 7, "tokens": 700, "loss": 2.5, "tokens_per_second": 1000.0, "mfu": 0.3}), 0.1);
+        fold.observe(&json!({"event": "eval", "step": 5, "val_loss": 2.0, "perplexity": 7.39, "bits_per_byte": 1.5, "acc_cloze": 0.25}), 0.2);
+        fold.observe(&json!({"event": "checkpoint", "step": 5, "path": "/checkpoints/step-000000005"}), 0.3);
         let progress = fold.progress.clone().unwrap();
         assert_eq!((progress.step, progress.total_steps, progress.tokens, progress.loss), (7, 100, 700, Some(2.5)));
         let quality = fold.quality.clone().unwrap();
         assert_eq!(quality.zero_shot, vec![ZeroShotResult { name: "cloze".into(), accuracy: 0.25, examples: 0 }]);
         assert_eq!(fold.checkpoint.clone().unwrap().step, 5);
-        let cost = CostStatus { gpu_hours: 1.0, cost: 2.5, currency: "USD".into(), gpu_hours_to_target: None };
-        let patch = fold.patch(&cost);
+        let patch = fold.patch(1.0, &pricing());
         assert_eq!(patch["status"]["progress"]["step"], 7);
+        assert_eq!(patch["status"]["cost"]["gpuHours"], 1.0);
         assert_eq!(patch["status"]["cost"]["cost"], 2.5);
         assert!(patch["status"].get("conditions").is_none(), "the operator owns conditions");
+        assert!(patch["status"]["cost"].get("gpuHoursToTarget").is_none(), "no target reached: {patch}");
+    }
+
+    #[test]
+    fn reaching_the_target_records_the_gpu_hours_it_took() {
+        let mut fold = Fold::default();
+        fold.observe(&json!({"event": "eval", "step": 100, "val_loss": 2.4}), 0.5);
+        assert!(fold.patch(0.6, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
+        fold.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.9, "quality_target_reached": true}), 1.25);
+        // Later events and patches keep the figure of the evaluation that reached it.
+        fold.observe(&json!({"event": "checkpoint", "step": 200, "path": "/c/step-000000200"}), 1.3);
+        fold.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.8, "quality_target_reached": true}), 1.4);
+        let patch = fold.patch(1.5, &pricing());
+        assert_eq!(patch["status"]["cost"]["gpuHoursToTarget"], 1.25, "{patch}");
+        assert_eq!(patch["status"]["cost"]["gpuHours"], 1.5);
+        assert_eq!(patch["status"]["quality"]["step"], 200);
+        // The patch is a TrainingJob status the API types read back.
+        let status: frugal_api::v1alpha1::TrainingJobStatus = serde_json::from_value(patch["status"].clone()).unwrap();
+        assert_eq!(status.cost.unwrap().gpu_hours_to_target, Some(1.25));
+
+        // A later attempt carries an earlier attempt's figure (server-side apply would drop a
+        // field its manager leaves out) and does not replace it.
+        let earlier = CostStatus { gpu_hours: 1.5, cost: 3.75, currency: "USD".into(), gpu_hours_to_target: Some(1.25) };
+        let mut next = Fold::resuming(Some(&earlier));
+        next.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.7, "quality_target_reached": true}), 1.6);
+        assert_eq!(next.patch(1.7, &pricing())["status"]["cost"]["gpuHoursToTarget"], 1.25);
+        assert!(Fold::resuming(None).patch(0.1, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
     }
 
     #[test]
     fn a_nan_loss_is_left_out() {
         let mut fold = Fold::default();
-        fold.observe(&json!({"event": "step", "step": 1, "tokens": 10, "loss": f64::NAN}));
-        let cost = CostStatus::default();
-        let patch = fold.patch(&cost);
+        fold.observe(&json!({"event": "step", "step": 1, "tokens": 10, "loss": f64::NAN}), 0.0);
+        let patch = fold.patch(0.0, &pricing());
         assert!(patch["status"]["progress"].get("loss").is_none(), "{patch}");
     }
 }

@@ -11,6 +11,7 @@ use frugal_trainer::data::{Data, EOT, TextTokenizer};
 use frugal_trainer::eval::{self, LanguageModel};
 use frugal_trainer::metrics::Metrics;
 use frugal_trainer::report::Reporter;
+use frugal_trainer::status::{Fold, Pricing};
 use frugal_trainer::train::{Stop, Trainer};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -167,7 +168,10 @@ fn with_target(value: f64, steps: i64) -> Trainer {
 #[test]
 fn the_quality_target_stops_the_run() {
     tch::set_num_threads(2);
-    let (stop, s) = run(with_target(5.0, 300));
+    let (events, received) = std::sync::mpsc::channel();
+    let mut reporter = Reporter::new(300, true).with_sink(Some(events));
+    let (stop, s) = with_target(5.0, 300).run_until(&AtomicBool::new(false), &mut reporter, &Metrics::new("test"), None).unwrap();
+    drop(reporter);
     assert_eq!(stop, Stop::QualityTargetReached);
     let target = s.target.as_ref().unwrap();
     assert!(target.reached, "{target:?}");
@@ -179,6 +183,21 @@ fn the_quality_target_stops_the_run() {
     assert!(target.device_hours.unwrap() > 0.0 && target.device_hours.unwrap() <= s.device_hours);
     let row = compare::Row::from_summary(&s);
     assert_eq!(row.gpu_hours_to_target, target.device_hours);
+    // In a pod, the same events put the GPU-hours the job had spent at the evaluation that
+    // reached the target into its status (here each event comes an hour after the last).
+    let mut fold = Fold::default();
+    let mut hours_at_target = None;
+    for (hour, event) in received.try_iter().enumerate() {
+        if event["event"] == "eval" && event["step"] == s.steps {
+            hours_at_target = Some(hour as f64);
+        }
+        fold.observe(&event, hour as f64);
+    }
+    let pricing = Pricing { gpus: 1.0, price_per_gpu_hour: 2.0, currency: "USD".into() };
+    let patch = fold.patch(1e3, &pricing);
+    assert!(hours_at_target.is_some());
+    assert_eq!(patch["status"]["cost"]["gpuHoursToTarget"].as_f64(), hours_at_target, "{patch}");
+    assert_eq!(patch["status"]["quality"]["step"], s.steps);
 
     // A target out of reach: the run uses its steps and says so.
     let (stop, s) = run(with_target(0.01, 10));
