@@ -1,0 +1,229 @@
+//! TrainingBudgets end to end: each test starts `frugal-operator run` for its own namespace (see
+//! `frugal_e2e::operator`); kwok's GPU nodes fake the pods, which finish when the test sets their
+//! outcome annotation. A budget's status is the ledger of the GPUs its jobs hold.
+
+use anyhow::{Result, ensure};
+use futures::FutureExt as _;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt as _};
+
+use frugal_api::v1alpha1::Phase;
+use frugal_api::{TrainingBudget, TrainingJob};
+use frugal_e2e::operator::Operator;
+use frugal_e2e::training_job::{apply, job_where, phase};
+use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
+
+/// A job of `gpus` GPUs in one pod (a fake GPU node has 4) under budget `budget`.
+fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
+  data: {{source: {{type: Synthetic}}}}
+  parallelism: {{pipelineStages: {gpus}, gpusPerPod: {gpus}, microBatches: 8}}
+  training: {{batchSize: 16}}
+  resources:
+    nodeSelector: {{type: kwok}}
+  budget: {{budgetRef: {budget}}}
+"#
+    ))
+    .expect("the test job parses")
+}
+
+fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {
+    serde_yaml::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, period: Day}}\n"
+    ))
+    .expect("the test budget parses")
+}
+
+/// The operator's own ceiling is raised, so that the budget is the limit a too-large job meets.
+async fn setup(ctx: &TestContext) -> Result<Operator> {
+    manifests::install_crds(&ctx.client).await?;
+    Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--max-gpus-per-job", "8"])
+}
+
+/// Runs `body` in a fresh namespace and, pass or fail, ends its pods before the namespace goes
+/// (a pod deleted while Running would hold its fake GPUs for later tests).
+async fn budget_test<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(TestContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    run(name, |ctx| async move {
+        let outcome = std::panic::AssertUnwindSafe(body(ctx.clone())).catch_unwind().await;
+        for pod in ctx.api::<Pod>().list(&ListParams::default()).await?.items {
+            if !matches!(frugal_e2e::fixtures::phase(&pod), "Succeeded" | "Failed") {
+                let _ = finish(&ctx, &pod).await;
+            }
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+    .await;
+}
+
+async fn apply_budget(ctx: &TestContext, budget: &TrainingBudget) -> Result<()> {
+    let api: Api<TrainingBudget> = ctx.api();
+    api.patch(&budget.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(budget)).await?;
+    Ok(())
+}
+
+/// Ends a Running pod as Succeeded (kwok's stage reads the annotation).
+async fn finish(ctx: &TestContext, pod: &Pod) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
+    ctx.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Waits until `job`'s first attempt has its one pod Running on a fake GPU node.
+async fn running_pod(ctx: &TestContext, job: &str) -> Result<Pod> {
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt=1");
+    wait::for_any(&ctx.api::<Pod>(), watcher::Config::default().labels(&selector), &format!("the pod of {job} Running on a GPU node"), |p: &Pod| {
+        frugal_e2e::fixtures::phase(p) == "Running"
+            && p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("frugal-gpu-"))
+    })
+    .await
+}
+
+fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until `job` is Queued with `reason`, and returns its Queued condition's message.
+async fn queued(ctx: &TestContext, job: &str, reason: &'static str) -> Result<String> {
+    let tj = job_where(ctx, job, &format!("{job} Queued with reason {reason}"), move |tj| {
+        phase(tj) == Some(Phase::Queued) && condition(tj, "Queued").is_some_and(|c| c.status == "True" && c.reason == reason)
+    })
+    .await?;
+    Ok(condition(&tj, "Queued").unwrap().message.clone())
+}
+
+/// None of `job`'s children exist: not the attempt's Job, its Service or its ConfigMap.
+async fn no_children(ctx: &TestContext, job: &str) -> Result<()> {
+    let jobs = ctx.api::<Job>().list(&ListParams::default().labels(&format!("frugal.dev/training-job={job}"))).await?;
+    ensure!(jobs.items.is_empty(), "{job} has Jobs while it waits for its budget");
+    ensure!(ctx.api::<Service>().get_opt(job).await?.is_none(), "{job} has its Service while it waits");
+    ensure!(ctx.api::<ConfigMap>().get_opt(&format!("{job}-config")).await?.is_none(), "{job} has its ConfigMap while it waits");
+    Ok(())
+}
+
+/// Waits until the budget's ledger holds exactly `holders` (name, GPUs).
+async fn ledger(ctx: &TestContext, budget: &str, holders: &[(&str, i32)]) -> Result<TrainingBudget> {
+    let want: Vec<(String, i32)> = holders.iter().map(|(n, g)| (n.to_string(), *g)).collect();
+    let total: i32 = holders.iter().map(|h| h.1).sum();
+    let api: Api<TrainingBudget> = ctx.api();
+    wait::for_object(&api, budget, &format!("{budget}'s ledger to hold {want:?}"), move |b: Option<&TrainingBudget>| {
+        b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+            s.gpus_in_use == total && s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>() == want
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
+    budget_test("budget-max-gpus", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 4)).await?;
+
+        apply(&ctx, &training_job("first", 4, "team")).await?;
+        let first = running_pod(&ctx, "first").await?;
+        let b = ledger(&ctx, "team", &[("first", 4)]).await?;
+        let exhausted = b.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Exhausted").cloned();
+        ensure!(exhausted.as_ref().is_some_and(|c| c.status == "True" && c.reason == "AllGpusInUse"), "Exhausted: {exhausted:?}");
+
+        // the budget is full: the second job waits, with nothing created
+        apply(&ctx, &training_job("second", 4, "team")).await?;
+        let message = queued(&ctx, "second", "BudgetExhausted").await?;
+        ensure!(
+            message.contains("TrainingBudget \"team\" has 4 of its 4 GPUs (spec.maxGpus) held by first (4); this job needs 4")
+                && message.contains("raise the budget's spec.maxGpus"),
+            "message: {message}"
+        );
+        no_children(&ctx, "second").await?;
+
+        // a job that could never fit is refused, not queued forever
+        apply(&ctx, &training_job("huge", 8, "team")).await?;
+        let refused = job_where(&ctx, "huge", "huge Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let failed = condition(&refused, "Failed").unwrap();
+        ensure!(failed.reason == "BudgetTooSmall", "reason {}", failed.reason);
+        ensure!(
+            failed.message.contains("needs 8 GPUs, above the spec.maxGpus of 4 of TrainingBudget \"team\"")
+                && failed.message.contains("raise the budget's spec.maxGpus"),
+            "message: {}",
+            failed.message
+        );
+        no_children(&ctx, "huge").await?;
+
+        // the first job finishes: its GPUs go back, and the second job starts
+        finish(&ctx, &first).await?;
+        job_where(&ctx, "first", "first Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        running_pod(&ctx, "second").await?;
+        ledger(&ctx, "team", &[("second", 4)]).await?;
+        job_where(&ctx, "second", "second Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        let huge = ctx.api::<TrainingJob>().get("huge").await?;
+        assert_eq!(phase(&huge), Some(Phase::Failed), "the refused job stays refused");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_naming_a_missing_budget_waits_until_it_exists() {
+    budget_test("budget-missing", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 1, "later")).await?;
+        let message = queued(&ctx, "lm", "BudgetNotFound").await?;
+        ensure!(
+            message.contains("TrainingBudget \"later\", which does not exist") && message.contains("create it"),
+            "message: {message}"
+        );
+        no_children(&ctx, "lm").await?;
+
+        // the budget appears: the watch on budgets wakes the job
+        apply_budget(&ctx, &training_budget("later", 2)).await?;
+        running_pod(&ctx, "lm").await?;
+        let b = ledger(&ctx, "later", &[("lm", 1)]).await?;
+        let lm = ctx.api::<TrainingJob>().get("lm").await?;
+        assert_eq!(b.status.as_ref().unwrap().jobs[0].uid, lm.uid().unwrap());
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspending_or_deleting_a_job_releases_its_gpus() {
+    budget_test("budget-release", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 2)).await?;
+        apply(&ctx, &training_job("a", 1, "team")).await?;
+        apply(&ctx, &training_job("b", 1, "team")).await?;
+        running_pod(&ctx, "a").await?;
+        running_pod(&ctx, "b").await?;
+        ledger(&ctx, "team", &[("a", 1), ("b", 1)]).await?;
+
+        // suspended: released once its pod is gone
+        let suspend = serde_json::json!({"spec": {"runPolicy": {"suspend": true}}});
+        ctx.api::<TrainingJob>().patch("a", &PatchParams::default(), &Patch::Merge(&suspend)).await?;
+        ledger(&ctx, "team", &[("b", 1)]).await?;
+
+        // deleted: the budget's controller releases what the job held
+        let b = ctx.api::<TrainingJob>().get("b").await?;
+        ctx.api::<TrainingJob>().delete("b", &Default::default()).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "b", &b.uid().unwrap()).await?;
+        ledger(&ctx, "team", &[]).await?;
+        Ok(())
+    })
+    .await;
+}
