@@ -6,7 +6,7 @@
 use crate::config::{OptimConfig, OptimizerKind, Schedule};
 use crate::params::{ParamGroup, ParamStore};
 use std::collections::BTreeMap;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Learning rate at `step` (0-based) of `total` steps.
 pub fn lr_at(cfg: &OptimConfig, step: i64, total: i64) -> f64 {
@@ -99,25 +99,51 @@ impl Optimizer {
     /// One update of the master weights from the flat gradient, at learning rate `lr` (AdamW)
     /// and `lr / cfg.lr` times Muon's own rate.
     pub fn step(&mut self, store: &mut ParamStore, lr: f64) {
+        self.step_scaled(store, lr, 1.0);
+    }
+
+    /// As [`Optimizer::step`], with the gradient taken times `grad_coef` (the clip coefficient)
+    /// as AdamW reads it, so the clip costs no pass of its own; with Muon, which reads the
+    /// gradient too, it is scaled in place first. On the CPU the AdamW update is one fused pass
+    /// over the buffer.
+    pub fn step_scaled(&mut self, store: &mut ParamStore, lr: f64, grad_coef: f64) {
         let _guard = tch::no_grad_guard();
         self.updates += 1;
+        let fused = store.device == Device::Cpu;
+        let mut coef = grad_coef;
+        if coef != 1.0 && self.momentum.is_some() {
+            let _ = store.grad.g_mul_scalar_(coef);
+            coef = 1.0;
+        }
         let c = &self.cfg;
         let t = self.updates as f64;
         let n = store.numel - self.adam_start;
-        let mut p = store.master.narrow(0, self.adam_start, n);
+        let p = store.master.narrow(0, self.adam_start, n);
         let g = store.grad.narrow(0, self.adam_start, n);
-        // Decoupled weight decay on the decayed prefix of the AdamW range.
+        // Decoupled weight decay on the decayed prefix of the AdamW range only.
         let decayed = (self.decay_end - self.adam_start).max(0);
-        if decayed > 0 && c.weight_decay > 0.0 {
-            let _ = p.narrow(0, 0, decayed).g_mul_scalar_(1.0 - lr * c.weight_decay);
+        for (start, len, weight_decay) in [(0, decayed, c.weight_decay), (decayed, n - decayed, 0.0)] {
+            if len == 0 {
+                continue;
+            }
+            let h = AdamHyper {
+                lr,
+                weight_decay,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                bias_correction1: 1.0 - c.beta1.powf(t),
+                bias_correction2: 1.0 - c.beta2.powf(t),
+                grad_coef: coef,
+            };
+            let range = |t: &Tensor| t.narrow(0, start, len);
+            let (p, g, m, v) = (range(&p), range(&g), range(&self.exp_avg), range(&self.exp_avg_sq));
+            if fused {
+                adamw_cpu(&p, &g, &m, &v, &h);
+            } else {
+                adamw_tensors(&p, &g, &m, &v, &h);
+            }
         }
-        let _ = self.exp_avg.lerp_(&g, 1.0 - c.beta1);
-        let _ = self.exp_avg_sq.lerp_(&g.square(), 1.0 - c.beta2);
-        let bc1 = 1.0 - c.beta1.powf(t);
-        let bc2 = 1.0 - c.beta2.powf(t);
-        let mut denom = self.exp_avg_sq.sqrt();
-        let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(c.eps);
-        let _ = p.g_sub_(&((&self.exp_avg / denom) * (lr / bc1)));
 
         if let Some(mom) = &mut self.momentum {
             let muon_lr = c.muon_lr * lr / c.lr;
@@ -160,6 +186,100 @@ impl Optimizer {
             }
         }
         out
+    }
+}
+
+/// The numbers of one AdamW update of one range.
+struct AdamHyper {
+    lr: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias_correction1: f64,
+    bias_correction2: f64,
+    /// The gradient is read times this (the clip coefficient).
+    grad_coef: f64,
+}
+
+/// AdamW as tensor ops (any device): p ← p·(1 − lr·wd); m ← m + (1−β₁)(g − m);
+/// v ← v + (1−β₂)(g² − v); p ← p − lr/bc₁ · m / (√v / √bc₂ + ε).
+fn adamw_tensors(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamHyper) {
+    let (mut p, mut m, mut v) = (p.shallow_clone(), m.shallow_clone(), v.shallow_clone());
+    let g = if h.grad_coef == 1.0 { g.shallow_clone() } else { g * h.grad_coef };
+    if h.weight_decay > 0.0 {
+        let _ = p.g_mul_scalar_(1.0 - h.lr * h.weight_decay);
+    }
+    let _ = m.lerp_(&g, 1.0 - h.beta1);
+    let _ = v.lerp_(&g.square(), 1.0 - h.beta2);
+    let mut denom = v.sqrt();
+    let _ = denom.g_div_scalar_(h.bias_correction2.sqrt()).g_add_scalar_(h.eps);
+    let _ = p.g_sub_(&((&m / denom) * (h.lr / h.bias_correction1)));
+}
+
+/// The same update over contiguous fp32 CPU ranges in one pass: each element of the weights,
+/// gradient and both moments is read and written once, where the tensor form makes about ten
+/// passes over the buffer. The same arithmetic element by element, in fp32. Split across
+/// libtorch's intra-op thread count; every element is independent, so the result does not
+/// depend on the split.
+fn adamw_cpu(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamHyper) {
+    let n = p.numel();
+    for t in [p, g, m, v] {
+        assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n);
+    }
+    // SAFETY: the four tensors are contiguous fp32 CPU ranges of `n` elements (checked above) in
+    // four different buffers (weights, gradient and the two moments), and nothing else reads or
+    // writes them until this function returns.
+    let (p, g, m, v) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n),
+        )
+    };
+    let k = AdamScalars {
+        decay: (1.0 - h.lr * h.weight_decay) as f32,
+        grad_coef: h.grad_coef as f32,
+        avg_weight: (1.0 - h.beta1) as f32,
+        sq_weight: (1.0 - h.beta2) as f32,
+        bc2_sqrt: h.bias_correction2.sqrt() as f32,
+        eps: h.eps as f32,
+        step_size: (h.lr / h.bias_correction1) as f32,
+    };
+    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(1 << 15)).max(1);
+    let chunk = n.div_ceil(threads);
+    let mut parts = p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk));
+    let first = parts.next();
+    let k = &k;
+    std::thread::scope(|s| {
+        for (((p, g), m), v) in parts {
+            s.spawn(move || adamw_range(p, g, m, v, k));
+        }
+        if let Some((((p, g), m), v)) = first {
+            adamw_range(p, g, m, v, k);
+        }
+    });
+}
+
+/// [`AdamHyper`] as the fp32 values the fused loop uses.
+struct AdamScalars {
+    decay: f32,
+    grad_coef: f32,
+    avg_weight: f32,
+    sq_weight: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+fn adamw_range(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamScalars) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * k.grad_coef;
+        *m += k.avg_weight * (g - *m);
+        *v += k.sq_weight * (g * g - *v);
+        let denom = v.sqrt() / k.bc2_sqrt + k.eps;
+        *p = *p * k.decay - k.step_size * (*m / denom);
     }
 }
 
@@ -216,6 +336,36 @@ mod tests {
         let s = xt.matmul(&x).to_kind(Kind::Double).linalg_eigvalsh("L").clamp_min(0.0).sqrt();
         let (lo, hi) = (s.min().double_value(&[]), s.max().double_value(&[]));
         assert!(lo > 0.5 && hi < 1.3, "singular values in [{lo}, {hi}]");
+    }
+
+    #[test]
+    fn fused_cpu_adamw_matches_the_tensor_form() {
+        tch::manual_seed(3);
+        let n = 100_003; // not a multiple of the split
+        let zeros = || Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let p0 = Tensor::randn([n], (Kind::Float, Device::Cpu));
+        let (fused, tensors) = ([p0.copy(), zeros(), zeros()], [p0.copy(), zeros(), zeros()]);
+        for t in 1..=3 {
+            let g = Tensor::randn([n], (Kind::Float, Device::Cpu)) * 1e-2;
+            let h = AdamHyper {
+                lr: 1e-2,
+                weight_decay: 0.1,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                bias_correction1: 1.0 - 0.9f64.powi(t),
+                bias_correction2: 1.0 - 0.99f64.powi(t),
+                grad_coef: 0.5,
+            };
+            adamw_cpu(&fused[0], &g, &fused[1], &fused[2], &h);
+            adamw_tensors(&tensors[0], &g, &tensors[1], &tensors[2], &h);
+        }
+        assert!((&fused[0] - &p0).abs().max().double_value(&[]) > 1e-3, "the weights moved");
+        for (name, a, b) in [("weights", &fused[0], &tensors[0]), ("m", &fused[1], &tensors[1]), ("v", &fused[2], &tensors[2])] {
+            let err = (a - b).abs().max().double_value(&[]);
+            let scale = b.abs().max().double_value(&[]);
+            assert!(err <= 1e-6 * scale, "{name}: differs by {err} (max {scale})");
+        }
     }
 
     #[test]

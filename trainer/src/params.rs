@@ -81,6 +81,8 @@ pub struct ParamStore {
     compute: Tensor,
     /// Autograd leaves, views of `compute`.
     leaves: Vec<Tensor>,
+    /// Parameter indices in buffer order (by offset).
+    by_offset: Vec<usize>,
     /// Flat fp32 gradient accumulator.
     pub grad: Tensor,
     /// End offsets of the Hidden and Embedding groups (Gain ends at `numel`).
@@ -112,6 +114,8 @@ impl ParamStore {
             }
         }
         let numel = offset;
+        let mut by_offset: Vec<usize> = (0..specs.len()).collect();
+        by_offset.sort_by_key(|&i| specs[i].offset);
         // Initialise in declaration order so that adding a group never changes other weights.
         let mut host = vec![0f32; numel as usize];
         for s in &specs {
@@ -130,6 +134,7 @@ impl ParamStore {
             compute: master.shallow_clone(),
             master,
             leaves: Vec::new(),
+            by_offset,
             grad: Tensor::zeros([numel], (Kind::Float, device)),
             hidden_end,
             embedding_end,
@@ -170,28 +175,48 @@ impl ParamStore {
     /// Adds the leaves' gradients, times `scale`, to the flat fp32 gradient and clears them.
     pub fn accumulate_grads(&mut self, scale: f64) {
         let _guard = tch::no_grad_guard();
-        let mut order: Vec<usize> = (0..self.specs.len()).collect();
-        order.sort_by_key(|&i| self.specs[i].offset);
-        let parts: Vec<Tensor> = order
-            .iter()
-            .map(|&i| {
-                let g = self.leaves[i].grad();
-                if g.defined() {
-                    g.view([-1])
-                } else {
-                    Tensor::zeros([self.specs[i].numel()], (self.compute_kind, self.device))
-                }
-            })
-            .collect();
-        let flat = Tensor::cat(&parts, 0);
-        let flat = if flat.kind() == Kind::Float { flat } else { flat.to_kind(Kind::Float) };
-        if scale == 1.0 {
-            let _ = self.grad.g_add_(&flat);
-        } else {
-            let _ = self.grad.g_add_(&(flat * scale));
-        }
+        let parts: Vec<Tensor> = self.by_offset.iter().map(|&i| self.flat_grad_part(i, self.leaves[i].grad())).collect();
+        self.add_to_grad(&parts, scale, true);
         for leaf in &mut self.leaves {
             leaf.zero_grad();
+        }
+    }
+
+    /// Differentiates `loss` with respect to every parameter and writes the gradients, times
+    /// `scale`, into the flat fp32 gradient: replacing it, or added to it with `accumulate`.
+    /// Autograd hands the gradients back instead of accumulating them on the leaves, so with fp32
+    /// compute they go into the buffer with one `cat` and nothing is cleared afterwards.
+    pub fn backward_into_grad(&mut self, loss: &Tensor, scale: f64, accumulate: bool) {
+        let inputs: Vec<&Tensor> = self.by_offset.iter().map(|&i| &self.leaves[i]).collect();
+        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let _guard = tch::no_grad_guard();
+        let parts: Vec<Tensor> = self.by_offset.iter().zip(grads).map(|(&i, g)| self.flat_grad_part(i, g)).collect();
+        self.add_to_grad(&parts, scale, accumulate);
+    }
+
+    /// One parameter's gradient flattened (zeros where autograd produced none).
+    fn flat_grad_part(&self, i: usize, g: Tensor) -> Tensor {
+        if g.defined() {
+            g.reshape([-1])
+        } else {
+            Tensor::zeros([self.specs[i].numel()], (self.compute_kind, self.device))
+        }
+    }
+
+    /// `grad = [grad +] scale · cat(parts)`, where `parts` cover the buffer in order.
+    fn add_to_grad(&mut self, parts: &[Tensor], scale: f64, accumulate: bool) {
+        let direct = !accumulate && scale == 1.0 && self.compute_kind == Kind::Float;
+        if direct {
+            let _ = Tensor::cat_out(&self.grad, parts, 0);
+            return;
+        }
+        let flat = Tensor::cat(parts, 0);
+        let flat = if flat.kind() == Kind::Float { flat } else { flat.to_kind(Kind::Float) };
+        let flat = if scale == 1.0 { flat } else { flat * scale };
+        if accumulate {
+            let _ = self.grad.g_add_(&flat);
+        } else {
+            self.grad.copy_(&flat);
         }
     }
 

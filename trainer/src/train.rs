@@ -135,18 +135,29 @@ impl Trainer {
         let lr = optim::lr_at(&self.cfg.train.optim, self.step, total);
         let scale = self.scaler.scale;
         let recompute = self.cfg.train.activation_checkpointing;
-        self.params.zero_grad();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
         let mut aux_sum: Option<Tensor> = None;
         let mut dropped: Option<Tensor> = None;
         let mut mismatches: Option<Tensor> = None;
         let mut assignments = 0;
-        for _ in 0..micro {
+        for i in 0..micro {
             let batch = self.data.next_batch(self.cfg.train.micro_batch_size);
             let x = batch.inputs.to_device(self.device);
             let y = batch.targets.to_device(self.device);
-            let stats = self.model.forward_backward(&self.params, &x, &y, scale / micro as f64, recompute);
-            self.params.accumulate_grads(1.0 / scale);
+            let grad_scale = scale / micro as f64;
+            let stats = if recompute {
+                if i == 0 {
+                    self.params.zero_grad();
+                }
+                let stats = self.model.forward_backward(&self.params, &x, &y, grad_scale, true);
+                self.params.accumulate_grads(1.0 / scale);
+                stats
+            } else {
+                // The first micro-batch writes the gradient buffer, later ones add to it.
+                let (total, stats) = self.model.forward(&self.params, &x, &y);
+                self.params.backward_into_grad(&(total * grad_scale), 1.0 / scale, i > 0);
+                stats
+            };
             loss_sum += stats.loss;
             aux_sum = crate::gpt::add_opt(aux_sum, stats.aux_loss);
             dropped = crate::gpt::add_opt(dropped, stats.dropped);
@@ -159,10 +170,8 @@ impl Trainer {
         let apply = self.scaler.update(finite);
         if apply {
             let clip = self.cfg.train.optim.grad_clip;
-            if clip > 0.0 && grad_norm > clip {
-                let _ = self.params.grad.g_mul_scalar_(clip / (grad_norm + 1e-6));
-            }
-            self.optim.step(&mut self.params, lr);
+            let coef = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
+            self.optim.step_scaled(&mut self.params, lr, coef);
             self.params.sync_compute();
         }
         self.step += 1;

@@ -314,10 +314,8 @@ impl StageWorker {
         let apply = self.scaler.update(grad_norm.is_finite());
         if apply {
             let clip = self.cfg.train.optim.grad_clip;
-            if clip > 0.0 && grad_norm > clip {
-                let _ = self.params.grad.g_mul_scalar_(clip / (grad_norm + 1e-6));
-            }
-            self.optim.step(&mut self.params, lr);
+            let coef = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
+            self.optim.step_scaled(&mut self.params, lr, coef);
             self.params.sync_compute();
         }
         busy += t0.elapsed().as_secs_f64();
