@@ -96,6 +96,7 @@ impl ExpertBank {
         }
         .gelu("none");
         match self.b_out {
+            Some(bo) if nx == 1 => p.get(bo).view([d]).addmm(&hid, &w_out),
             Some(bo) => p.get(bo).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>).addmm(&hid, &w_out),
             None => hid.mm(&w_out),
         }
@@ -177,24 +178,25 @@ impl Moe {
         let kept = order.masked_select(&keep); // assignment index
         let slot = sorted_e.masked_select(&keep) * cap + pos.masked_select(&keep);
         let dropped = (n * k) - keep.sum(Kind::Int64);
-        // For every slot of every bucket, the assignment it holds; empty slots hold the
-        // sentinel n·k, which maps to a zero row of the input and a zero gate.
-        let slot_assignment = Tensor::full([e * cap], n * k, (Kind::Int64, dev)).index_copy(0, &slot, &kept);
+        // For every slot of every bucket, the assignment it holds and its gate. An empty slot
+        // reads token 0 under gate 0: its output is scaled to zero and adds nothing to any
+        // token or gradient, so no padding row or sentinel has to be concatenated in.
+        let slot_assignment = Tensor::zeros([e * cap], (Kind::Int64, dev)).index_copy(0, &slot, &kept);
         let slot_token = slot_assignment.floor_divide_scalar(k);
+        let kept_gates = gates.reshape([n * k]).index_select(0, &kept);
+        let slot_gate = Tensor::zeros([e * cap], (Kind::Float, dev)).index_copy(0, &slot, &kept_gates);
 
         // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
-        // scatter-add weighted by the gates.
+        // scatter-add of the gated outputs, straight into the shared experts' output.
         let kind = x.kind();
-        let x_pad = Tensor::cat(&[&xf, &Tensor::zeros([1, d], (kind, dev))], 0);
-        let buckets = x_pad.index_select(0, &slot_token).view([e, cap, d]);
+        let buckets = xf.index_select(0, &slot_token).view([e, cap, d]);
         let out = self.experts.forward(p, &buckets).view([e * cap, d]);
-        let gates_pad = Tensor::cat(&[gates.reshape([n * k]), Tensor::zeros([1], (Kind::Float, dev))], 0);
-        let slot_gate = gates_pad.index_select(0, &slot_assignment).to_kind(kind).unsqueeze(1);
-        let y = Tensor::zeros([n + 1, d], (kind, dev)).index_add(0, &slot_token, &(out * slot_gate)).narrow(0, 0, n);
-        let y = match &self.shared {
-            Some(shared) => y + shared.forward_all(p, &xf),
-            None => y,
+        let routed = out * slot_gate.to_kind(kind).unsqueeze(1);
+        let base = match &self.shared {
+            Some(shared) => shared.forward_all(p, &xf),
+            None => Tensor::zeros([n, d], (kind, dev)),
         };
+        let y = base.index_add(0, &slot_token, &routed);
 
         // Load balance (Switch Transformer): fraction routed × mean router probability.
         let frac = counts.to_kind(Kind::Float) / (n * k) as f64;
