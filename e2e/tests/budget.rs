@@ -227,3 +227,41 @@ async fn suspending_or_deleting_a_job_releases_its_gpus() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn jobs_applied_at_once_never_take_more_than_the_budget() {
+    budget_test("budget-concurrent", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 3)).await?;
+        // the operator reconciles these at the same time; the ledger's resourceVersion check
+        // lets exactly three in
+        let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+        futures::future::try_join_all(names.iter().map(|n| {
+            let ctx = ctx.clone();
+            let tj = training_job(n, 1, "team");
+            async move { apply(&ctx, &tj).await }
+        }))
+        .await?;
+        let api: Api<TrainingBudget> = ctx.api();
+        let full = wait::for_object(&api, "team", "3 GPUs in use", |b: Option<&TrainingBudget>| {
+            b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.gpus_in_use == 3)
+        })
+        .await?;
+        let admitted: Vec<String> = full.status.unwrap().jobs.iter().map(|h| h.name.clone()).collect();
+        assert_eq!(admitted.len(), 3, "{admitted:?}");
+        for n in &names {
+            if admitted.contains(n) {
+                running_pod(&ctx, n).await?;
+            } else {
+                queued(&ctx, n, "BudgetExhausted").await?;
+                no_children(&ctx, n).await?;
+            }
+        }
+        let jobs = ctx.api::<Job>().list(&ListParams::default()).await?;
+        assert_eq!(jobs.items.len(), 3, "only the admitted jobs have Jobs");
+        let b = api.get("team").await?;
+        assert_eq!(b.status.unwrap().gpus_in_use, 3, "the ledger never holds more than maxGpus");
+        Ok(())
+    })
+    .await;
+}

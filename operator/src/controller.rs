@@ -150,7 +150,13 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         start_time,
         completed_at: decision.succeeded_at,
     };
-    Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: decision.requeue_after })
+    // ttlSecondsAfterFinished is counted by a pass that finds the status finished; status writes
+    // trigger no pass, and the children's last events may all come before this one's write
+    let requeue = match policy.ttl_seconds_after_finished {
+        Some(_) if status::is_terminal(Some(summary.phase)) => Some(Duration::from_secs(1)),
+        _ => decision.requeue_after,
+    };
+    Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
 }
 
 /// The job as its budget's ledger sees it.

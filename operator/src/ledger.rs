@@ -75,7 +75,10 @@ pub async fn settle(client: &Client, namespace: &str, name: &str, job: &Claim<'_
                         info!(budget = name, ?demand, gpus = job.gpus, gpus_in_use, "ledger written");
                         return Ok(Admission::Go);
                     }
-                    Err(e) if is_conflict(&e) => last = Some(e),
+                    Err(e) if is_conflict(&e) => {
+                        info!(budget = name, "the budget changed since it was read (409 Conflict); reading it again");
+                        last = Some(e);
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
