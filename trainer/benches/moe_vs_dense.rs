@@ -1,8 +1,10 @@
 //! Dense against fine-grained MoE at equal active FLOPs (nanoGPT CPU shape, tinyshakespeare,
 //! byte-level): throughput, and validation loss against steps and wall time.
 //!
-//!   cargo bench -p frugal-trainer --bench moe_vs_dense -- [steps] [eval_every] [threads]
+//!   cargo bench -p frugal-trainer --bench moe_vs_dense -- [steps] [eval_every] [threads] [moe fp32|bf16] [dense fp32|bf16]
 //!
+//! The two models train in lockstep (a step of one, then a step of the other), so a change in
+//! the machine's load falls on both alike; tokens/s counts training steps only, not evaluation.
 //! The MoE model replaces every feed-forward (4·d hidden) with 16 routed experts of d hidden,
 //! top-3, plus one shared expert of d hidden: 3·d + d = 4·d active, as in DeepSeekMoE.
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
@@ -12,53 +14,88 @@ use frugal_trainer::train::Trainer;
 use std::time::Instant;
 use tch::Device;
 
-fn run(name: &str, model: ModelConfig, steps: i64, eval_every: i64, data: &str) -> (f64, Vec<(i64, f64, f64)>) {
-    let cfg = RunConfig {
-        name: name.into(),
-        model,
-        data: DataConfig { source: DataSource::TextFile { path: data.into() }, validation_fraction: 0.1, eval_sequences: 0 },
-        train: TrainConfig {
-            steps,
-            batch_size: 12,
-            micro_batch_size: 12,
-            precision: Precision::Fp32,
-            activation_checkpointing: false,
-            optim: OptimConfig::default(),
-            seed: 1337,
-            eval_interval: 0,
-            checkpoint_interval: 0,
-            log_interval: 100,
-        },
-        checkpoint_dir: None,
-        keep_checkpoints: 1,
-    };
-    let tokens_per_step = cfg.tokens_per_step() as f64;
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
-    let mut curve = vec![];
-    let mut train_seconds = 0.0;
-    let mut dropped = 0.0;
-    let started = Instant::now();
-    for _ in 0..steps {
-        let r = t.train_step();
-        train_seconds += r.seconds;
-        dropped += r.dropped_fraction.unwrap_or(0.0);
+/// One side of the comparison, trained a step at a time.
+struct Side {
+    name: String,
+    trainer: Trainer,
+    train_seconds: f64,
+    step_seconds: Vec<f64>,
+    dropped: f64,
+    /// (step, training seconds so far, validation loss)
+    curve: Vec<(i64, f64, f64)>,
+}
+
+impl Side {
+    fn new(name: &str, model: ModelConfig, precision: Precision, steps: i64, data: &str) -> Self {
+        let cfg = RunConfig {
+            name: name.into(),
+            model,
+            data: DataConfig { source: DataSource::TextFile { path: data.into() }, validation_fraction: 0.1, eval_sequences: 0 },
+            train: TrainConfig {
+                steps,
+                batch_size: 12,
+                micro_batch_size: 12,
+                precision,
+                activation_checkpointing: false,
+                optim: OptimConfig::default(),
+                seed: 1337,
+                eval_interval: 0,
+                checkpoint_interval: 0,
+                log_interval: 100,
+            },
+            checkpoint_dir: None,
+            keep_checkpoints: 1,
+        };
+        let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+        Self { name: format!("{name} {precision:?}"), trainer, train_seconds: 0.0, step_seconds: vec![], dropped: 0.0, curve: vec![] }
+    }
+
+    fn step(&mut self, steps: i64, eval_every: i64) {
+        let r = self.trainer.train_step();
+        self.train_seconds += r.seconds;
+        self.step_seconds.push(r.seconds);
+        self.dropped += r.dropped_fraction.unwrap_or(0.0);
+        let t = &self.trainer;
         if t.step % eval_every == 0 || t.step == steps {
             let v = t.evaluate();
-            curve.push((t.step, train_seconds, v));
-            eprintln!("{name:>6} step {:>5} train {:>7.1}s val {v:.4}", t.step, train_seconds);
+            self.curve.push((t.step, self.train_seconds, v));
+            eprintln!("{:>10} step {:>5} train {:>7.1}s val {v:.4}", self.name, t.step, self.train_seconds);
         }
     }
-    let tps = steps as f64 * tokens_per_step / train_seconds;
-    println!(
-        "{{\"model\":\"{name}\",\"params_total\":{},\"params_active\":{},\"flops_per_token\":{},\"steps\":{steps},\"tokens_per_second\":{tps:.1},\"val_loss\":{:.4},\"dropped_fraction\":{:.4},\"wall_seconds\":{:.1}}}",
-        t.counts.params_total,
-        t.counts.params_active,
-        t.counts.flops_per_token,
-        curve.last().unwrap().2,
-        dropped / steps as f64,
-        started.elapsed().as_secs_f64()
-    );
-    (tps, curve)
+
+    fn tokens_per_second(&self) -> f64 {
+        self.trainer.step as f64 * self.trainer.cfg.tokens_per_step() as f64 / self.train_seconds
+    }
+
+    fn median_step_seconds(&self) -> f64 {
+        let mut v = self.step_seconds.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    fn report(&self, started: Instant) {
+        let t = &self.trainer;
+        println!(
+            "{{\"model\":\"{}\",\"params_total\":{},\"params_active\":{},\"flops_per_token\":{},\"steps\":{},\"tokens_per_second\":{:.1},\"median_step_ms\":{:.2},\"val_loss\":{:.4},\"dropped_fraction\":{:.4},\"wall_seconds\":{:.1}}}",
+            self.name,
+            t.counts.params_total,
+            t.counts.params_active,
+            t.counts.flops_per_token,
+            t.step,
+            self.tokens_per_second(),
+            self.median_step_seconds() * 1e3,
+            self.curve.last().unwrap().2,
+            self.dropped / t.step as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn precision_arg(a: Option<&String>) -> Precision {
+    match a.map(String::as_str) {
+        Some("bf16") => Precision::Bf16,
+        _ => Precision::Fp32,
+    }
 }
 
 fn main() {
@@ -66,6 +103,8 @@ fn main() {
     let steps: i64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(300);
     let eval_every: i64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(steps);
     let threads: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let moe_precision = precision_arg(args.get(3));
+    let dense_precision = precision_arg(args.get(4));
     let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../../shared/data/tinyshakespeare.txt".into());
     tch::set_num_threads(threads);
 
@@ -82,16 +121,28 @@ fn main() {
     });
     assert_eq!(dense.flops_per_token() as i64 + 6 * 4 * 128 * 16, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
 
-    let (dense_tps, dense_curve) = run("dense", dense, steps, eval_every, &data);
-    let (moe_tps, moe_curve) = run("moe", moe, steps, eval_every, &data);
-    println!("{{\"moe_over_dense_tokens_per_second\":{:.3}}}", moe_tps / dense_tps);
+    // Lockstep: one step of each in turn, so that the machine's load falls on both alike.
+    let started = Instant::now();
+    let mut dense = Side::new("dense", dense, dense_precision, steps, &data);
+    let mut moe = Side::new("moe", moe, moe_precision, steps, &data);
+    for _ in 0..steps {
+        dense.step(steps, eval_every);
+        moe.step(steps, eval_every);
+    }
+    dense.report(started);
+    moe.report(started);
+    println!(
+        "{{\"moe_over_dense_tokens_per_second\":{:.3},\"moe_over_dense_median_step\":{:.3}}}",
+        moe.tokens_per_second() / dense.tokens_per_second(),
+        dense.median_step_seconds() / moe.median_step_seconds()
+    );
     // Where the MoE model first reaches the dense model's final validation loss.
-    let (_, dense_secs, dense_final) = *dense_curve.last().unwrap();
-    if let Some(&(step, secs, v)) = moe_curve.iter().find(|(_, _, v)| *v <= dense_final) {
+    let (_, dense_secs, dense_final) = *dense.curve.last().unwrap();
+    if let Some(&(step, secs, v)) = moe.curve.iter().find(|(_, _, v)| *v <= dense_final) {
         println!(
             "{{\"dense_final_val_loss\":{dense_final:.4},\"moe_reaches_it_at_step\":{step},\"moe_seconds\":{secs:.1},\"dense_seconds\":{dense_secs:.1},\"moe_val_loss_there\":{v:.4}}}"
         );
     } else {
-        println!("{{\"dense_final_val_loss\":{dense_final:.4},\"moe_reaches_it\":false,\"moe_final_val_loss\":{:.4}}}", moe_curve.last().unwrap().2);
+        println!("{{\"dense_final_val_loss\":{dense_final:.4},\"moe_reaches_it\":false,\"moe_final_val_loss\":{:.4}}}", moe.curve.last().unwrap().2);
     }
 }
