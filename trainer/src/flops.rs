@@ -3,6 +3,7 @@
 use crate::config::ModelConfig;
 use crate::params::ParamStore;
 use serde::Serialize;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Debug, Serialize)]
@@ -26,24 +27,28 @@ pub fn count(cfg: &ModelConfig, store: &ParamStore) -> ModelCounts {
     }
 }
 
-/// Peak FLOP/s for MFU: `FRUGAL_PEAK_TFLOPS` if set; the datasheet dense bf16 figure of a known
-/// GPU; otherwise a measured fp32 matmul rate on this device (a CPU has no datasheet figure).
+/// Peak FLOP/s for MFU, and where it comes from: `FRUGAL_PEAK_TFLOPS` if set; the datasheet
+/// dense figure of a known GPU (bf16, half of it for fp32); a measured matmul rate on another GPU;
+/// on a CPU, [`cpu_peak`] in the compute dtype with libtorch's threads.
 pub fn peak_flops(device: Device, kind: Kind) -> (f64, String) {
     if let Some(t) = std::env::var("FRUGAL_PEAK_TFLOPS").ok().and_then(|v| v.parse::<f64>().ok()) {
         return (t * 1e12, "FRUGAL_PEAK_TFLOPS".into());
     }
-    if device.is_cuda() {
-        if let Some(name) = gpu_name() {
-            let table = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12), ("L40S", 362e12)];
-            for (k, v) in table {
-                if name.contains(k) {
-                    let v = if kind == Kind::Float { v / 2.0 } else { v };
-                    return (v, format!("{name} datasheet"));
-                }
+    if !device.is_cuda() {
+        let threads = i64::from(tch::get_num_threads().max(1));
+        let peak = cpu_peak(kind, threads);
+        return (peak.flops(), peak.to_string());
+    }
+    if let Some(name) = gpu_name() {
+        let table = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12), ("L40S", 362e12)];
+        for (k, v) in table {
+            if name.contains(k) {
+                let v = if kind == Kind::Float { v / 2.0 } else { v };
+                return (v, format!("{name} datasheet"));
             }
         }
     }
-    (measure_matmul(device, kind), "measured matmul".into())
+    (measure_gpu_matmul(device, kind), "measured matmul".into())
 }
 
 fn gpu_name() -> Option<String> {
@@ -51,13 +56,12 @@ fn gpu_name() -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string())
 }
 
-fn measure_matmul(device: Device, kind: Kind) -> f64 {
-    let n = if device.is_cuda() { 4096 } else { 512 };
-    let kind = if device.is_cuda() { kind } else { Kind::Float };
+fn measure_gpu_matmul(device: Device, kind: Kind) -> f64 {
+    let n = 4096;
     let a = Tensor::ones([n, n], (kind, device));
     let b = Tensor::ones([n, n], (kind, device));
     let _ = a.matmul(&b); // warm up
-    let reps = if device.is_cuda() { 20 } else { 8 };
+    let reps = 20;
     let t0 = std::time::Instant::now();
     let mut c = a.matmul(&b);
     for _ in 1..reps {
@@ -66,4 +70,149 @@ fn measure_matmul(device: Device, kind: Kind) -> f64 {
     let _ = c.sum(Kind::Float).double_value(&[]);
     let secs = t0.elapsed().as_secs_f64();
     2.0 * (n * n * n) as f64 * reps as f64 / secs
+}
+
+/// A CPU's peak: what one thread does at best, times the threads the trainer runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuPeak {
+    /// The best FLOP/s of one thread on a matrix product in the compute dtype.
+    pub per_thread: f64,
+    pub threads: i64,
+    pub kind: Kind,
+}
+
+impl CpuPeak {
+    pub fn flops(&self) -> f64 {
+        self.per_thread * self.threads as f64
+    }
+}
+
+impl std::fmt::Display for CpuPeak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} TFLOP/s: {} threads × {:.1} GFLOP/s, the best {:?} matmul of one thread in CPU time",
+            self.flops() / 1e12,
+            self.threads,
+            self.per_thread / 1e9,
+            self.kind
+        )
+    }
+}
+
+/// Measures a CPU's peak for `threads` threads computing in `kind`.
+///
+/// A one-off timed matmul on all threads measures the machine's load as much as the machine:
+/// on a busy machine it comes out low and MFU above 1 later. Here one thread runs square matmuls
+/// of a few sizes (the best size differs by dtype and kernel: AMX bf16 peaks on smaller
+/// matrices than fp32 AVX-512), five times each, timed in the calling thread's CPU time (with one
+/// libtorch thread the product runs on the caller), which does not count time other threads and
+/// processes hold the core; the fastest is the rate of one thread. The peak is
+/// that rate times the threads: a thread on a shared cache and memory bus never beats a thread
+/// alone, so no training step's FLOP/s can exceed it, and load lowers MFU, not the peak.
+pub fn cpu_peak(kind: Kind, threads: i64) -> CpuPeak {
+    // libtorch's thread count is global: measurements running at once (trainers in one process)
+    // take turns, so each puts back the count it found.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let before = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let mut best: f64 = 0.0;
+    for n in [256i64, 512, 1024] {
+        let a = Tensor::ones([n, n], (kind, Device::Cpu));
+        let b = Tensor::ones([n, n], (kind, Device::Cpu));
+        let _ = a.matmul(&b); // warm up: kernels chosen, pages touched
+        for _ in 0..5 {
+            let t0 = thread_cpu_seconds();
+            let c = a.matmul(&b);
+            let seconds = thread_cpu_seconds() - t0;
+            drop(c);
+            if seconds > 0.0 {
+                best = best.max(2.0 * (n * n * n) as f64 / seconds);
+            }
+        }
+    }
+    tch::set_num_threads(before);
+    CpuPeak { per_thread: best, threads, kind }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// The best wall-clock FLOP/s of `[m, k] × [k, n]` on all of libtorch's threads.
+    fn wall_rate(kind: Kind, m: i64, k: i64, n: i64) -> f64 {
+        let a = Tensor::ones([m, k], (kind, Device::Cpu));
+        let b = Tensor::ones([k, n], (kind, Device::Cpu));
+        let _ = a.matmul(&b);
+        (0..5)
+            .map(|_| {
+                let t0 = Instant::now();
+                let _c = a.matmul(&b);
+                2.0 * (m * k * n) as f64 / t0.elapsed().as_secs_f64()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    // One test: libtorch's thread count is global, and the checks below read and change it.
+    #[test]
+    fn the_cpu_peak_bounds_every_matmul_and_ignores_load() {
+        let threads = i64::from(tch::get_num_threads().max(1));
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let peak = cpu_peak(kind, threads);
+            assert_eq!(peak.kind, kind);
+            assert!(peak.per_thread > 1e8, "{peak}");
+            assert_eq!(peak.flops(), peak.per_thread * threads as f64);
+            // Square, and the shapes of a small model's layers (tokens × width × 4·width).
+            for (m, k, n) in [(1024, 1024, 1024), (2048, 256, 1024), (2048, 1024, 256)] {
+                let rate = wall_rate(kind, m, k, n);
+                assert!(rate <= peak.flops(), "{kind:?} {m}×{k}×{n}: {:.1} GFLOP/s beats the peak, {peak}", rate / 1e9);
+            }
+        }
+        // The product ran on the timed thread: had it run elsewhere, the thread's CPU time would be
+        // near zero and the rate absurd. Wall time on one thread only adds waiting (up to 5×
+        // on a loaded machine is allowed).
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let one_thread_wall = wall_rate(Kind::Float, 512, 512, 512).max(wall_rate(Kind::Float, 1024, 1024, 1024));
+        tch::set_num_threads(before);
+        let peak = cpu_peak(Kind::Float, 1);
+        assert!(peak.per_thread < 5.0 * one_thread_wall, "{peak} against {:.1} GFLOP/s in wall time", one_thread_wall / 1e9);
+        let (flops, source) = peak_flops(Device::Cpu, Kind::BFloat16);
+        assert!(flops > 0.0 && source.contains("BFloat16") && source.contains(&format!("{threads} threads")), "{source}");
+
+        let quiet = cpu_peak(Kind::Float, 1);
+        // Twice as many spinning threads as cores: the measuring thread gets under half a core.
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spinners: Vec<_> = (0..2 * cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        let busy = cpu_peak(Kind::Float, 1);
+        stop.store(true, Ordering::Relaxed);
+        for s in spinners {
+            s.join().unwrap();
+        }
+        assert!(busy.per_thread > 0.6 * quiet.per_thread, "busy {busy} against quiet {quiet}");
+    }
 }
