@@ -304,6 +304,34 @@ async fn a_job_over_the_gpu_cap_is_rejected_with_its_message() {
     .await;
 }
 
+#[tokio::test]
+async fn a_cap_lowered_under_a_running_job_applies_to_its_next_attempt() {
+    operator_test("operator-cap-lowered", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 2, 3)).await?;
+        let pods = running_pods(&ctx, "lm", 1, 2).await?;
+        job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        // the running attempt holds its 2 GPUs: a cap of 1 does not fail it under its pods
+        let tjs: Api<TrainingJob> = ctx.api();
+        let patch = serde_json::json!({"spec": {"budget": {"maxGpus": 1}}});
+        tjs.patch("lm", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let seen = job_where(&ctx, "lm", "the lowered cap observed", |tj| {
+            tj.status.as_ref().and_then(|s| s.observed_generation) == tj.metadata.generation
+        })
+        .await?;
+        assert_eq!(phase(&seen), Some(Phase::Running), "{:?}", seen.status);
+        // the next attempt is held to it: a failed stage ends the job with the cap's message
+        finish(&ctx, &pods[0], "Failed").await?;
+        let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let c = condition(&failed, "Failed").unwrap();
+        assert_eq!(c.reason, "GpuLimitExceeded");
+        ensure!(c.message.contains("budget.maxGpus of 1"), "message: {}", c.message);
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1"], "no second attempt above the cap");
+        Ok(())
+    })
+    .await;
+}
+
 /// Time from `kubectl apply` (the server-side apply returning) to the operator's pods existing,
 /// for 20 one-GPU jobs applied one after another; prints the median.
 #[tokio::test]

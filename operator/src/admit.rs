@@ -7,6 +7,7 @@
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use crate::conditions::reasons;
+use crate::lifecycle::{AttemptState, AttemptView};
 use crate::plan::PlannedJob;
 use crate::settings::Settings;
 
@@ -32,6 +33,14 @@ impl AdmitError {
             Self::ClaimMissing { .. } => None,
         }
     }
+}
+
+/// Whether admission gates this pass: it does while no attempt is live. The checks are about
+/// starting an attempt; a running one holds its GPUs and claim already, so a cap lowered under
+/// it (spec.budget.maxGpus, the operator's setting) applies to the next attempt instead of
+/// failing a job whose pods keep running.
+pub fn gates(attempts: &[AttemptView]) -> bool {
+    !attempts.last().is_some_and(|a| !matches!(a.state, AttemptState::Succeeded { .. } | AttemptState::Failed { .. }))
 }
 
 /// The checkpoint claim a job must have checked before it starts, if any.
@@ -111,6 +120,25 @@ mod tests {
         let e = admit(&planned(4, Some(2), 1, None), &Settings::default(), None).unwrap_err();
         assert!(e.to_string().contains("budget.maxGpus of 2"), "{e}");
         assert!(e.to_string().contains("raise spec.budget.maxGpus"), "{e}");
+    }
+
+    #[test]
+    fn only_a_job_without_a_live_attempt_is_gated() {
+        let view = |attempt, state| AttemptView { attempt, state, started: None };
+        let failed = AttemptState::Failed { kind: crate::lifecycle::FailureKind::Failed, message: String::new() };
+        let cases = [
+            ("never started", vec![], true),
+            ("attempt 1 running", vec![view(1, AttemptState::Running)], false),
+            ("attempt 1 starting", vec![view(1, AttemptState::Starting)], false),
+            ("attempt 1 queued by Kueue", vec![view(1, AttemptState::Queued)], false),
+            ("attempt 1 stopping", vec![view(1, AttemptState::Stopping(None))], false),
+            ("attempt 1 failed: the next one starts", vec![view(1, failed.clone())], true),
+            ("attempt 2 running after a failure", vec![view(1, failed), view(2, AttemptState::Running)], false),
+            ("succeeded", vec![view(1, AttemptState::Succeeded { at: None })], true),
+        ];
+        for (what, attempts, gated) in cases {
+            assert_eq!(gates(&attempts), gated, "{what}");
+        }
     }
 
     #[test]

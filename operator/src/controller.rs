@@ -97,19 +97,21 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         let summary = pending(reasons::CREATING, "planned; creating the job's children".into(), prev);
         return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::ZERO) });
     }
-    let claim = match admit::claim_to_check(&planned) {
-        Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
-        None => None,
-    };
-    if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
-        if let AdmitError::ClaimMissing { .. } = e {
-            let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
-            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::from_secs(15)) });
+    let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
+    if admit::gates(&attempts) {
+        let claim = match admit::claim_to_check(&planned) {
+            Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
+            None => None,
+        };
+        if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
+            if let AdmitError::ClaimMissing { .. } = e {
+                let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
+                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::from_secs(15)) });
+            }
+            return Err(e.into());
         }
-        return Err(e.into());
     }
 
-    let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
     let policy = &valid.spec.run_policy;
     let decision = lifecycle::decide(&Inputs {
