@@ -34,3 +34,60 @@ pub fn pod_output(namespace: &str, pod: &str) -> String {
     let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
     std::fs::read_to_string(std::path::Path::new(&dir).join(format!("{namespace}.{pod}.log"))).unwrap_or_default()
 }
+
+/// A job of `stages` pipeline stages of a small model, `gpus_per_pod` of them to a pod, on the
+/// fake GPU nodes: kwok runs its pods, which stay Running until a test sets their outcome.
+pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
+  data: {{source: {{type: Synthetic}}}}
+  parallelism: {{pipelineStages: {stages}, gpusPerPod: {gpus_per_pod}, microBatches: 8}}
+  training: {{batchSize: 16}}
+  resources:
+    nodeSelector: {{type: kwok}}
+"#
+    ))
+    .expect("the test job parses")
+}
+
+/// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data in
+/// `stages` pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given.
+pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
+    let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
+  data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
+  parallelism: {{pipelineStages: {stages}, microBatches: 4, schedule: 1f1b}}
+  training:
+    duration: {{type: Steps, steps: {steps}}}
+    batchSize: 4
+    precision: fp32
+    evalInterval: 1000000
+    checkpointInterval: 10
+    logInterval: 1
+  resources:
+    device: CPU
+    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}
+  runPolicy: {{backoffLimit: 2}}
+  podTemplate:
+    labels: {{{runner}: "true"}}
+    env: [{{name: FRUGAL_THREADS, value: "1"}}]
+{checkpoint}"#,
+        runner = crate::POD_RUNNER_LABEL,
+    ))
+    .expect("the test job parses")
+}

@@ -18,24 +18,9 @@ use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests,
 
 /// A job of `gpus` GPUs in one pod (a fake GPU node has 4) under budget `budget`.
 fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
-  data: {{source: {{type: Synthetic}}}}
-  parallelism: {{pipelineStages: {gpus}, gpusPerPod: {gpus}, microBatches: 8}}
-  training: {{batchSize: 16}}
-  resources:
-    nodeSelector: {{type: kwok}}
-  budget: {{budgetRef: {budget}}}
-"#
-    ))
-    .expect("the test job parses")
+    let mut tj = frugal_e2e::training_job::fake_gpu_job(name, gpus, gpus);
+    tj.spec.budget.budget_ref = Some(budget.into());
+    tj
 }
 
 fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {

@@ -81,24 +81,17 @@ impl Drop for Queues {
     }
 }
 
+/// `tj` queued on the LocalQueue `team`.
+fn queued(mut tj: TrainingJob) -> TrainingJob {
+    tj.metadata.labels.get_or_insert_default().insert(QUEUE_LABEL.into(), "team".into());
+    tj
+}
+
 /// A job of `gpus` one-GPU pipeline stages on the fake GPU nodes, queued on `team`.
 fn gpu_job(name: &str, gpus: i32) -> TrainingJob {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}, labels: {{{QUEUE_LABEL}: team}}}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
-  data: {{source: {{type: Synthetic}}}}
-  parallelism: {{pipelineStages: {gpus}, microBatches: 8}}
-  training: {{batchSize: 16}}
-  runPolicy: {{backoffLimit: 1}}
-"#
-    ))
-    .expect("the test job parses")
+    let mut tj = queued(frugal_e2e::training_job::fake_gpu_job(name, gpus, 1));
+    tj.spec.run_policy.backoff_limit = 1;
+    tj
 }
 
 /// Waits until `pods` pods of `job`'s attempt `attempt` are Running and returns them.
@@ -211,36 +204,12 @@ async fn kueue_admits_within_quota_and_the_operator_leaves_its_fields_alone() {
     .await;
 }
 
-/// A CPU job the pod runner runs for real, queued on `team`, checkpointing every 10 steps.
+/// A CPU job the pod runner runs for real, queued on `team`, checkpointing every 10 steps; with
+/// `backoffLimit: 0`, an eviction counted as a failure would fail it.
 fn queued_cpu_job(name: &str, steps: i64, claim: &str) -> TrainingJob {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}, labels: {{{QUEUE_LABEL}: team}}}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
-  data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
-  training:
-    duration: {{type: Steps, steps: {steps}}}
-    batchSize: 4
-    precision: fp32
-    evalInterval: 1000000
-    checkpointInterval: 10
-    logInterval: 1
-  resources:
-    device: CPU
-    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}
-  runPolicy: {{backoffLimit: 0}}
-  podTemplate:
-    labels: {{frugal.dev/pod-runner: "true"}}
-    env: [{{name: FRUGAL_THREADS, value: "1"}}]
-  checkpoint: {{claimName: {claim}}}
-"#
-    ))
-    .expect("the test job parses")
+    let mut tj = queued(frugal_e2e::training_job::cpu_job(name, steps, Some(claim), 1));
+    tj.spec.run_policy.backoff_limit = 0;
+    tj
 }
 
 #[tokio::test]

@@ -21,24 +21,9 @@ use frugal_e2e::{TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 /// A small job of `stages` one-GPU pods on the fake nodes.
 fn training_job(name: &str, stages: i32, backoff_limit: i32) -> TrainingJob {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
-  data: {{source: {{type: Synthetic}}}}
-  parallelism: {{pipelineStages: {stages}, microBatches: 8}}
-  training: {{batchSize: 16}}
-  resources:
-    nodeSelector: {{type: kwok}}
-  runPolicy: {{backoffLimit: {backoff_limit}}}
-"#
-    ))
-    .expect("the test job parses")
+    let mut tj = frugal_e2e::training_job::fake_gpu_job(name, stages, 1);
+    tj.spec.run_policy.backoff_limit = backoff_limit;
+    tj
 }
 
 /// kwok removes a deleted pod once its grace period is over; a short one keeps the fake GPUs

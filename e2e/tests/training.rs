@@ -15,42 +15,8 @@ use frugal_e2e::operator::Operator;
 use frugal_e2e::training_job::{apply, finished, phase, pod_output};
 use frugal_e2e::{TestContext, manifests, run};
 
-/// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data.
 fn cpu_job(name: &str, steps: i64, claim: Option<&str>) -> TrainingJob {
-    pipelined_cpu_job(name, steps, claim, 1)
-}
-
-/// The same, split into `stages` pipeline stages, one pod each.
-fn pipelined_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
-    let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
-  data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
-  parallelism: {{pipelineStages: {stages}, microBatches: 4, schedule: 1f1b}}
-  training:
-    duration: {{type: Steps, steps: {steps}}}
-    batchSize: 4
-    precision: fp32
-    evalInterval: 1000000
-    checkpointInterval: 10
-    logInterval: 1
-  resources:
-    device: CPU
-    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}
-  runPolicy: {{backoffLimit: 2}}
-  podTemplate:
-    labels: {{frugal.dev/pod-runner: "true"}}
-    env: [{{name: FRUGAL_THREADS, value: "1"}}]
-{checkpoint}"#
-    ))
-    .expect("the test job parses")
+    frugal_e2e::training_job::cpu_job(name, steps, claim, 1)
 }
 
 async fn attempt_pods(ctx: &TestContext, attempt: i32) -> Result<Vec<Pod>> {
@@ -153,7 +119,7 @@ async fn a_four_pod_pipeline_trains_end_to_end() {
         let pv_name = frugal_e2e::fixtures::shared_claim(&ctx, "ckpt").await?;
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
         let _operator = Operator::start(&ctx.namespace, &[])?;
-        apply(&ctx, &pipelined_cpu_job("lm", 20, Some("ckpt"), 4)).await?;
+        apply(&ctx, &frugal_e2e::training_job::cpu_job("lm", 20, Some("ckpt"), 4)).await?;
         let done = finished(&ctx, "lm").await?;
         let mut pods = attempt_pods(&ctx, 1).await?;
         pods.sort_by_key(|p| p.name_any());
