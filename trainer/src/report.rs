@@ -97,10 +97,11 @@ pub struct Summary {
     pub provenance: Provenance,
 }
 
-/// Fields that measure time (and what is derived from it); everything else in a report is
-/// determined by the configuration and seed.
+/// Fields that measure time (and what is derived from it, such as a CPU peak timed at the start,
+/// named in `peak_source`); everything else in a report is determined by the configuration and
+/// seed.
 pub const TIMING_FIELDS: &[&str] =
-    &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "device_hours", "cost", "checkpoint"];
+    &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "peak_source", "device_hours", "cost", "checkpoint"];
 
 impl Summary {
     /// The report as JSON without its timings, for comparing two runs.
