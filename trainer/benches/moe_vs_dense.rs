@@ -27,25 +27,7 @@ struct Side {
 
 impl Side {
     fn new(name: &str, model: ModelConfig, precision: Precision, steps: i64, data: &str) -> Self {
-        let cfg = RunConfig {
-            name: name.into(),
-            model,
-            data: DataConfig { source: DataSource::TextFile { path: data.into() }, validation_fraction: 0.1, eval_sequences: 0 },
-            train: TrainConfig {
-                steps,
-                batch_size: 12,
-                micro_batch_size: 12,
-                precision,
-                activation_checkpointing: false,
-                optim: OptimConfig::default(),
-                seed: 1337,
-                eval_interval: 0,
-                checkpoint_interval: 0,
-                log_interval: 100,
-            },
-            checkpoint_dir: None,
-            keep_checkpoints: 1,
-        };
+        let cfg = nano_run(name, model, precision, steps, data);
         let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
         Self { name: format!("{name} {precision:?}"), trainer, train_seconds: 0.0, step_seconds: vec![], dropped: 0.0, curve: vec![] }
     }
@@ -110,15 +92,7 @@ fn main() {
 
     let dense = nano_model(257);
     let mut moe = nano_model(257);
-    moe.moe = Some(MoeConfig {
-        experts: 16,
-        top_k: 3,
-        shared_experts: 1,
-        expert_hidden: 128,
-        every_n_layers: 1,
-        capacity_factor: 1.25,
-        load_balance_weight: 0.01,
-    });
+    moe.moe = Some(nano_moe());
     assert_eq!(dense.flops_per_token() as i64 + 6 * 4 * 128 * 16, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
 
     // Lockstep: one step of each in turn, so that the machine's load falls on both alike.

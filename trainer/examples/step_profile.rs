@@ -19,42 +19,12 @@ use tch::{Device, Kind, Tensor};
 
 const SECTIONS: [&str; 6] = ["data", "forward", "backward", "grad norm", "optimizer", "step"];
 
-fn moe_config() -> MoeConfig {
-    MoeConfig {
-        experts: 16,
-        top_k: 3,
-        shared_experts: 1,
-        expert_hidden: 128,
-        every_n_layers: 1,
-        capacity_factor: 1.25,
-        load_balance_weight: 0.01,
-    }
-}
-
 fn trainer(moe: bool, precision: Precision, data: &str) -> Trainer {
     let mut model = nano_model(257);
     if moe {
-        model.moe = Some(moe_config());
+        model.moe = Some(nano_moe());
     }
-    let cfg = RunConfig {
-        name: "profile".into(),
-        model,
-        data: DataConfig { source: DataSource::TextFile { path: data.into() }, validation_fraction: 0.1, eval_sequences: 0 },
-        train: TrainConfig {
-            steps: 1_000_000,
-            batch_size: 12,
-            micro_batch_size: 12,
-            precision,
-            activation_checkpointing: false,
-            optim: OptimConfig::default(),
-            seed: 1337,
-            eval_interval: 0,
-            checkpoint_interval: 0,
-            log_interval: 100,
-        },
-        checkpoint_dir: None,
-        keep_checkpoints: 1,
-    };
+    let cfg = nano_run("profile", model, precision, 1_000_000, data);
     Trainer::new(cfg, Device::Cpu).unwrap()
 }
 
@@ -133,7 +103,7 @@ fn main() {
     let kind = compute_kind(precision);
     let mut b = ParamBuilder::default();
     let mlp = Mlp::new(&mut b, "mlp", &cfg, cfg.ffn_hidden);
-    let moe = Moe::new(&mut b, "moe", &cfg, &moe_config());
+    let moe = Moe::new(&mut b, "moe", &cfg, &nano_moe());
     let p = ParamStore::new(b, &mut Rng::derive(1, "init"), Device::Cpu, kind);
     let x = Tensor::randn([12, 64, cfg.d_model], (Kind::Float, Device::Cpu)).to_kind(kind);
     let (mut t_mlp, mut t_moe) = (vec![], vec![]);

@@ -25,6 +25,37 @@ pub fn nano_model(vocab_size: i64) -> ModelConfig {
     }
 }
 
+/// The fine-grained MoE that replaces [`nano_model`]'s feed-forward at equal active FLOPs, as in
+/// DeepSeekMoE: 16 routed experts of d = 128 hidden, top-3, plus one shared expert of d hidden
+/// (3·d + d = the dense 4·d), in every layer.
+pub fn nano_moe() -> MoeConfig {
+    MoeConfig { experts: 16, top_k: 3, shared_experts: 1, expert_hidden: 128, every_n_layers: 1, capacity_factor: 1.25, load_balance_weight: 0.01 }
+}
+
+/// A run of `model` for `steps` steps on a text file, the nanoGPT CPU recipe's batch of 12, with
+/// no evaluation or checkpoints of its own (benchmarks and profiles drive and time it).
+pub fn nano_run(name: &str, model: ModelConfig, precision: Precision, steps: i64, text_file: &str) -> RunConfig {
+    RunConfig {
+        name: name.into(),
+        model,
+        data: DataConfig { source: DataSource::TextFile { path: text_file.into() }, validation_fraction: 0.1, eval_sequences: 0 },
+        train: TrainConfig {
+            steps,
+            batch_size: 12,
+            micro_batch_size: 12,
+            precision,
+            activation_checkpointing: false,
+            optim: OptimConfig::default(),
+            seed: 1337,
+            eval_interval: 0,
+            checkpoint_interval: 0,
+            log_interval: 100,
+        },
+        checkpoint_dir: None,
+        keep_checkpoints: 1,
+    }
+}
+
 /// Checks a model built directly (the planner checks the ones it resolves from a spec).
 pub fn validate_model(m: &ModelConfig) -> Result<(), String> {
     if m.layers < 1 || m.d_model < 1 || m.heads < 1 || m.seq_len < 1 || m.vocab_size < 2 {
