@@ -3,7 +3,11 @@
 use anyhow::Result;
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, ResourceExt as _};
 
 use crate::{FIELD_MANAGER, TestContext, wait};
@@ -22,6 +26,47 @@ pub async fn job_where(ctx: &TestContext, name: &str, what: &str, pred: impl Fn(
 
 pub fn phase(tj: &TrainingJob) -> Option<Phase> {
     tj.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The TrainingJob's condition of type `type_`, if it has one.
+pub fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a Condition> {
+    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until attempt `attempt`'s `pods` pods are Running on fake GPU nodes, and returns them.
+pub async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usize) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = ctx.api();
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
+    let (reader, writer) = reflector::store();
+    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector)))
+        .touched_objects()
+        .boxed();
+    let what = format!("{pods} pods of {job} attempt {attempt} Running on GPU nodes");
+    wait::until(&what, async {
+        while changes.try_next().await?.is_some() {
+            let running: Vec<Pod> = reader
+                .state()
+                .iter()
+                .filter(|p| crate::fixtures::phase(p) == "Running")
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("frugal-gpu-")))
+                .map(|p| (**p).clone())
+                .collect();
+            if running.len() == pods {
+                return Ok(running);
+            }
+        }
+        anyhow::bail!("watch ended")
+    })
+    .await
+}
+
+/// The step a trainer's output says it resumed at (its `resume` event), if it resumed.
+pub fn resumed_at(output: &str) -> Option<i64> {
+    output
+        .lines()
+        .find(|l| l.contains("\"event\":\"resume\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["step"].as_i64())
 }
 
 /// Waits until the TrainingJob has Succeeded or Failed.

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt as _};
 use frugal_api::v1alpha1::Phase;
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, job_where, phase};
+use frugal_e2e::training_job::{apply, condition, job_where, phase};
 use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 /// A job of `gpus` GPUs in one pod (a fake GPU node has 4) under budget `budget`.
@@ -79,10 +79,6 @@ async fn running_pod(ctx: &TestContext, job: &str) -> Result<Pod> {
             && p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("frugal-gpu-"))
     })
     .await
-}
-
-fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Waits until `job` is Queued with `reason`, and returns its Queued condition's message.

@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt as _};
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, finished, job_where, phase, pod_output};
+use frugal_e2e::training_job::{apply, condition, finished, job_where, phase, pod_output, resumed_at, running_pods};
 use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 const QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
@@ -94,27 +94,6 @@ fn gpu_job(name: &str, gpus: i32) -> TrainingJob {
     tj
 }
 
-/// Waits until `pods` pods of `job`'s attempt `attempt` are Running and returns them.
-async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usize) -> Result<Vec<Pod>> {
-    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
-    let api: Api<Pod> = ctx.api();
-    let deadline = Instant::now() + frugal_e2e::timeout();
-    loop {
-        let running: Vec<Pod> = api
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| frugal_e2e::fixtures::phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
-            .collect();
-        if running.len() == pods {
-            return Ok(running);
-        }
-        ensure!(Instant::now() < deadline, "{} of {pods} pods of {job} attempt {attempt} Running", running.len());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The Kueue Workload of attempt `attempt`'s Job, once Kueue has made it.
 async fn workload_of(ctx: &TestContext, job: &str, attempt: i32) -> Result<DynamicObject> {
     let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
@@ -123,10 +102,6 @@ async fn workload_of(ctx: &TestContext, job: &str, attempt: i32) -> Result<Dynam
         w.owner_references().iter().any(|o| o.kind == "Job" && o.name == owner)
     })
     .await
-}
-
-fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[tokio::test]
@@ -266,12 +241,7 @@ async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; output after readmission:\n{log}", phase(&done));
         let status = done.status.as_ref().unwrap();
         ensure!(status.restarts.unwrap_or(0) == 0, "restarts {:?}", status.restarts);
-        let resumed_at: i64 = log
-            .lines()
-            .find(|l| l.contains("\"event\":\"resume\""))
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .and_then(|v| v["step"].as_i64())
-            .with_context(|| format!("the readmitted pod did not resume:\n{log}"))?;
+        let resumed_at = resumed_at(&log).with_context(|| format!("the readmitted pod did not resume:\n{log}"))?;
         ensure!(resumed_at >= 10, "resumed at step {resumed_at}");
         ensure!(log.contains(&format!("\"step\":{steps}")), "did not finish:\n{log}");
         ctx.api::<TrainingJob>().delete("lm", &DeleteParams::default()).await.ok();

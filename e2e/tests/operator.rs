@@ -10,13 +10,13 @@ use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, job_where, phase};
+use frugal_e2e::training_job::{apply, condition, job_where, phase, running_pods};
 use frugal_e2e::{TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 /// A small job of `stages` one-GPU pods on the fake nodes.
@@ -67,37 +67,6 @@ async fn settle(ctx: &TestContext) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn condition<'a>(tj: &'a TrainingJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Waits until attempt `attempt`'s `pods` pods are Running on fake GPU nodes, and returns them.
-async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usize) -> Result<Vec<Pod>> {
-    let api: Api<Pod> = ctx.api();
-    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
-    let (reader, writer) = reflector::store();
-    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector)))
-        .touched_objects()
-        .boxed();
-    let what = format!("{pods} pods of {job} attempt {attempt} Running on GPU nodes");
-    wait::until(&what, async {
-        while changes.try_next().await?.is_some() {
-            let running: Vec<Pod> = reader
-                .state()
-                .iter()
-                .filter(|p| frugal_e2e::fixtures::phase(p) == "Running")
-                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("frugal-gpu-")))
-                .map(|p| (**p).clone())
-                .collect();
-            if running.len() == pods {
-                return Ok(running);
-            }
-        }
-        anyhow::bail!("watch ended")
-    })
-    .await
 }
 
 /// Ends a pod as the kubelet would report it: Succeeded or Failed (kwok's stages read this).

@@ -95,12 +95,7 @@ async fn a_killed_stage_restarts_and_the_next_attempt_resumes_from_the_checkpoin
         let status = done.status.as_ref().unwrap();
         ensure!(status.restarts == Some(1) && status.attempt == Some(2), "restarts {:?}, attempt {:?}", status.restarts, status.attempt);
         // attempt 2 resumed where attempt 1's checkpoint left off, not from step 0
-        let resumed_at: i64 = log
-            .lines()
-            .find(|l| l.contains("\"event\":\"resume\""))
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .and_then(|v| v["step"].as_i64())
-            .with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
+        let resumed_at = frugal_e2e::training_job::resumed_at(&log).with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
         ensure!(resumed_at >= 10, "resumed at step {resumed_at}");
         ensure!(log.contains(&format!("\"step\":{steps}")), "attempt 2 did not finish:\n{log}");
         let first_steps = log.lines().filter(|l| l.contains("\"event\":\"step\"")).count() as i64;
