@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Resou
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
-use crate::{GPU_RESOURCE, POD_RUNNER_LABEL, TEST_EXIT_CODE_ANNOTATION, TEST_OUTCOME_ANNOTATION};
+use crate::{GPU_RESOURCE, POD_RUNNER_HOLD_LABEL, POD_RUNNER_LABEL, TEST_EXIT_CODE_ANNOTATION, TEST_OUTCOME_ANNOTATION};
 
 /// Image for pods that never really run (kwok fakes their containers).
 pub const FAKE_IMAGE: &str = "registry.invalid/frugal/fake:latest";
@@ -47,6 +47,8 @@ pub trait PodExt {
     fn outcome(self, outcome: &str, exit_code: Option<i32>) -> Self;
     /// Marks the pod as driven by the pod runner: kwok leaves its status alone.
     fn pod_runner(self) -> Self;
+    /// Marks the pod as driven by the pod runner but held: nothing starts it.
+    fn held(self) -> Self;
     /// Pins the pod to a node, bypassing the scheduler.
     fn on_node(self, node: &str) -> Self;
 }
@@ -76,6 +78,12 @@ impl PodExt for Pod {
             .get_or_insert_with(Default::default)
             .insert(POD_RUNNER_LABEL.into(), "true".into());
         self
+    }
+
+    fn held(self) -> Self {
+        let mut pod = self.pod_runner();
+        pod.metadata.labels.get_or_insert_with(Default::default).insert(POD_RUNNER_HOLD_LABEL.into(), "true".into());
+        pod
     }
 
     fn on_node(mut self, node: &str) -> Self {

@@ -65,7 +65,12 @@ async fn too_many_gpus_stays_pending_with_the_schedulers_reason() {
             "FailedScheduling does not name the GPU shortage: {message}"
         );
 
-        let greedy = pods.get("greedy").await?;
+        // The scheduler records the event and writes the pod's condition separately; wait for both.
+        let greedy = for_object(&pods, "greedy", "PodScheduled condition on greedy", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned())
+                .is_some()
+        })
+        .await?;
         ensure!(phase(&greedy) == "Pending", "phase is {:?}", phase(&greedy));
         let scheduled = greedy
             .status
@@ -155,7 +160,8 @@ async fn failed_outcome_fails_the_pod_with_its_exit_code() {
 async fn pod_runner_pods_get_no_status_from_kwok_but_are_deleted() {
     run("pod-runner-marker", |t: TestContext| async move {
         let pods: Api<Pod> = t.api();
-        pods.create(&PostParams::default(), &pod("driven").pod_runner()).await?;
+        // Held, so that the pod runner started by `scripts/e2e.sh` does not run it either.
+        pods.create(&PostParams::default(), &pod("driven").held()).await?;
         let driven = for_object(&pods, "driven", "driven pod scheduled", |p: Option<&Pod>| {
             p.and_then(|p| p.spec.as_ref()).and_then(|s| s.node_name.as_ref()).is_some()
         })

@@ -11,8 +11,9 @@ use frugal_pod_runner::runner::{Settings, run};
 #[derive(Parser)]
 #[command(about = "Runs marked pods of a test cluster as local processes, standing in for the kubelet")]
 struct Args {
-    /// Pods to run: a label selector.
-    #[arg(long, default_value = "frugal.dev/pod-runner=true")]
+    /// Pods to run: a label selector. By default marked pods that are not held
+    /// (`frugal.dev/pod-runner-hold` set waits until the label is removed).
+    #[arg(long, default_value = "frugal.dev/pod-runner=true,!frugal.dev/pod-runner-hold")]
     selector: String,
     /// Per-pod directories and shared claim directories go here.
     #[arg(long)]
