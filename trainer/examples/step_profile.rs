@@ -3,7 +3,13 @@
 //! top-3, one shared), timed section by section, the models interleaved step by step so that a
 //! change in machine load hits both alike. Medians over the timed steps.
 //!
-//!   cargo run --release -p frugal-trainer --example step_profile -- [steps] [threads] [fp32|bf16]
+//!   cargo run --release -p frugal-trainer --example step_profile -- [steps] [threads] [fp32|bf16] [width] [batch]
+//!
+//! `width` (default 128) scales the model: d_model = width, heads = width / 32, the dense
+//! feed-forward 4 · width, each expert (routed or shared) width wide; layers, context and batch
+//! stay. `batch` (default 12, sequences of 64 tokens per step) changes how many tokens share
+//! each step's per-parameter work (weight gradients, norm, optimizer), which the MoE has
+//! several times more of. Both show which of its costs grow with what.
 //!
 //! Also the feed-forward layer alone (forward + backward of one MLP against one MoE layer on the
 //! same 768 tokens), where the dispatch cost shows without the rest of the model around it.
@@ -19,12 +25,23 @@ use tch::{Device, Kind, Tensor};
 
 const SECTIONS: [&str; 6] = ["data", "forward", "backward", "grad norm", "optimizer", "step"];
 
-fn trainer(moe: bool, precision: Precision, data: &str) -> Trainer {
+/// The nanoGPT shape at `width`, and its MoE at equal active FLOPs.
+fn shapes(width: i64) -> (ModelConfig, MoeConfig) {
     let mut model = nano_model(257);
+    model.d_model = width;
+    model.heads = (width / 32).max(1);
+    model.ffn_hidden = 4 * width;
+    (model, MoeConfig { expert_hidden: width, ..nano_moe() })
+}
+
+fn trainer(moe: bool, precision: Precision, data: &str, width: i64, batch: i64) -> Trainer {
+    let (mut model, moe_cfg) = shapes(width);
     if moe {
-        model.moe = Some(nano_moe());
+        model.moe = Some(moe_cfg);
     }
-    let cfg = nano_run("profile", model, precision, 1_000_000, data);
+    let mut cfg = nano_run("profile", model, precision, 1_000_000, data);
+    cfg.train.batch_size = batch;
+    cfg.train.micro_batch_size = batch;
     Trainer::new(cfg, Device::Cpu).unwrap()
 }
 
@@ -70,10 +87,12 @@ fn main() {
         Some("bf16") => Precision::Bf16,
         _ => Precision::Fp32,
     };
+    let width: i64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let batch: i64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(12);
     let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../../shared/data/tinyshakespeare.txt".into());
     tch::set_num_threads(threads);
 
-    let mut models = [("dense", trainer(false, precision, &data)), ("moe", trainer(true, precision, &data))];
+    let mut models = [("dense", trainer(false, precision, &data, width, batch)), ("moe", trainer(true, precision, &data, width, batch))];
     let mut times = vec![vec![vec![]; SECTIONS.len()]; models.len()];
     for round in 0..steps + 5 {
         for (m, (_, t)) in models.iter_mut().enumerate() {
@@ -85,7 +104,7 @@ fn main() {
             }
         }
     }
-    println!("{precision:?}, {threads} threads, median of {steps} interleaved steps (ms):\n");
+    println!("{precision:?}, {threads} threads, width {width}, batch {batch}, median of {steps} interleaved steps (ms):\n");
     println!("| section | {} |", models.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "));
     println!("|---|{}", "---|".repeat(models.len()));
     let mut step_ms = vec![];
@@ -99,13 +118,13 @@ fn main() {
     println!("\nMoE / dense tokens/s (median step times): {:.3}", step_ms[0] / step_ms[1]);
 
     // The feed-forward layer alone, interleaved: MLP against MoE on the same tokens.
-    let cfg = nano_model(257);
+    let (cfg, moe_cfg) = shapes(width);
     let kind = compute_kind(precision);
     let mut b = ParamBuilder::default();
     let mlp = Mlp::new(&mut b, "mlp", &cfg, cfg.ffn_hidden);
-    let moe = Moe::new(&mut b, "moe", &cfg, &nano_moe());
+    let moe = Moe::new(&mut b, "moe", &cfg, &moe_cfg);
     let p = ParamStore::new(b, &mut Rng::derive(1, "init"), Device::Cpu, kind);
-    let x = Tensor::randn([12, 64, cfg.d_model], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let x = Tensor::randn([batch, 64, cfg.d_model], (Kind::Float, Device::Cpu)).to_kind(kind);
     let (mut t_mlp, mut t_moe) = (vec![], vec![]);
     for round in 0..steps + 5 {
         let t0 = Instant::now();
@@ -121,5 +140,5 @@ fn main() {
         }
     }
     let (a, m) = (median(&mut t_mlp), median(&mut t_moe));
-    println!("\nfeed-forward layer, forward + backward of 768 tokens: MLP {a:.2} ms, MoE {m:.2} ms ({:.2}×)", m / a);
+    println!("\nfeed-forward layer, forward + backward of {} tokens: MLP {a:.2} ms, MoE {m:.2} ms ({:.2}×)", batch * 64, m / a);
 }
