@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -17,7 +18,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
@@ -44,6 +45,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
+    pub seen: apply::Seen,
 }
 
 fn now() -> Time {
@@ -67,6 +69,7 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
     .instrument(span.clone())
     .await;
     ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    span.in_scope(|| debug!(elapsed_ms = started.elapsed().as_millis() as u64, result = ?result.as_ref().map_err(|e| e.to_string()), "pass done"));
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: label }).inc();
     if result.is_ok() {
@@ -135,8 +138,8 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
     }
     let children = build::build_children(&planned);
-    apply::apply_children(&ctx.client, &valid.names.namespace, &children).await?;
-    apply::ensure_secret(&ctx.client, &planned).await?;
+    apply::apply_children(&ctx.client, &valid.names, &children, &ctx.seen).await?;
+    apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await?;
 
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
@@ -352,9 +355,25 @@ pub async fn run(
     let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()))
         .default_backoff()
         .touched_objects();
-    // Secrets and ConfigMaps: metadata only, and only the operator's own
-    let secrets = watcher(scope.api::<PartialObjectMeta<Secret>>(&client), children.clone()).default_backoff().touched_objects();
-    let configs = watcher(scope.api::<PartialObjectMeta<ConfigMap>>(&client), children.clone()).default_backoff().touched_objects();
+    // The other children: metadata only, and only the operator's own. Their stores let a pass
+    // skip what is already as applied; a change to one wakes its job.
+    fn seen_stream<K>(
+        api: Api<PartialObjectMeta<K>>,
+        selector: &watcher::Config,
+    ) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        (reader, reflector::reflector(writer, watcher(api, selector.clone())).default_backoff().touched_objects())
+    }
+    let (secret_store, secrets) = seen_stream::<Secret>(scope.api(&client), &children);
+    let (config_store, configs) = seen_stream::<ConfigMap>(scope.api(&client), &children);
+    let (service_store, services) = seen_stream::<Service>(scope.api(&client), &children);
+    let (account_store, accounts) = seen_stream::<ServiceAccount>(scope.api(&client), &children);
+    let (role_store, roles) = seen_stream::<Role>(scope.api(&client), &children);
+    let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
+    let seen = apply::Seen::new(account_store, role_store, binding_store, service_store, config_store, secret_store);
 
     let (tj_reader, tj_writer) = reflector::store();
     // every change of a TrainingJob naming a budget, its deletion included, wakes that budget's
@@ -363,6 +382,15 @@ pub async fn run(
     // an object that fails to decode fails the watch, which backs off instead of spinning
     let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
         .default_backoff()
+        .inspect({
+            let seen = seen.clone();
+            move |event| {
+                // a deleted job's children go with it, and so does what was applied for them
+                if let Ok(watcher::Event::Delete(tj)) = event {
+                    seen.forget(&tj.namespace().unwrap_or_default(), &tj.name_any());
+                }
+            }
+        })
         .inspect(move |event| {
             if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
                 && let Some(budget) = ledger::budget_of(tj)
@@ -382,6 +410,7 @@ pub async fn run(
         metrics,
         recorder,
         backoff: Backoff::default(),
+        seen,
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 
@@ -392,6 +421,10 @@ pub async fn run(
         .owns_stream(job_stream)
         .owns_stream(secrets)
         .owns_stream(configs)
+        .owns_stream(services)
+        .owns_stream(accounts)
+        .owns_stream(roles)
+        .owns_stream(bindings)
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
             let job = pod.labels().get(JOB_LABEL)?.clone();
