@@ -199,6 +199,17 @@ pub fn changed(a: &TrainingBudgetStatus, b: &TrainingBudgetStatus) -> bool {
     plain(a) != plain(b) || !conditions::same(&a.conditions, &b.conditions)
 }
 
+/// True when `b` differs from `a` only in what was spent (totals and per-job counts).
+pub fn only_spending_changed(a: &TrainingBudgetStatus, b: &TrainingBudgetStatus) -> bool {
+    let unspent = |s: &TrainingBudgetStatus| {
+        let mut s = s.clone();
+        (s.gpu_hours_spent, s.cost_spent) = (0.0, 0.0);
+        s.jobs.iter_mut().for_each(|j| j.gpu_hours_counted = 0.0);
+        s
+    };
+    changed(a, b) && !changed(&unspent(a), &unspent(b))
+}
+
 fn write_if_changed(budget: &TrainingBudget, status: TrainingBudgetStatus) -> Verdict {
     let current = budget.status.clone().unwrap_or_default();
     if changed(&current, &status) { Verdict::Write(Box::new(status)) } else { Verdict::Unchanged }

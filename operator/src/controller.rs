@@ -439,7 +439,7 @@ pub async fn run(
     let budgets = Controller::new(scope.api::<TrainingBudget>(&client), watcher::Config::default())
         .reconcile_on(budget_rx)
         .graceful_shutdown_on(shutdown)
-        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext { client: client.clone(), training_jobs: tj_reader.clone() }))
+        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext::new(client.clone(), tj_reader.clone())))
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!("budget controller: {e}");

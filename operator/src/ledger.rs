@@ -91,7 +91,21 @@ pub async fn settle(client: &Client, namespace: &str, name: &str, job: &Claim<'_
 pub struct BudgetContext {
     pub client: Client,
     pub training_jobs: Store<TrainingJob>,
+    /// When each budget's status (by uid) was last written by its controller.
+    pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+impl BudgetContext {
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>) -> Self {
+        Self { client, training_jobs, written: Default::default() }
+    }
+}
+
+/// How often a budget's spending alone is written back. Every status report of a job naming
+/// the budget (one per job every few seconds) wakes its controller; without this each would
+/// cost a write. Anything else that changes (a job added or gone, GPUs held, the Exhausted
+/// condition, a new period) is written at once.
+pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The TrainingBudget a TrainingJob names, if any.
 pub fn budget_of(tj: &TrainingJob) -> Option<ObjectRef<TrainingBudget>> {
@@ -132,9 +146,18 @@ pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<BudgetContext>) -> Resul
     let now = now();
     let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name));
     if let Verdict::Write(status) = budget::refresh(&b, find, &now) {
+        let uid = b.uid().unwrap_or_default();
+        let since = ctx.written.lock().unwrap().get(&uid).map(|t| t.elapsed());
+        if budget::only_spending_changed(&b.status.clone().unwrap_or_default(), &status)
+            && let Some(since) = since.filter(|s| *s < SPENDING_WRITE_INTERVAL)
+        {
+            // counted by a later pass: the jobs' reports keep what they spent
+            return Ok(Action::requeue(SPENDING_WRITE_INTERVAL - since));
+        }
         let api: Api<TrainingBudget> = Api::namespaced(ctx.client.clone(), &namespace);
         // on a conflict the error policy requeues, and the next pass reads the newer budget
         write(&api, &b, *status).await?;
+        ctx.written.lock().unwrap().insert(uid, std::time::Instant::now());
     }
     let created = b.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone());
     Ok(Action::requeue(budget::until_next_period(&created, b.spec.period, &now)))

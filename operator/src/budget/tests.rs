@@ -190,6 +190,25 @@ fn spending_is_counted_from_the_jobs_reports_at_the_budgets_prices() {
 }
 
 #[test]
+fn spending_alone_is_told_apart_from_changes_admission_needs_at_once() {
+    let mut b = budget(8, &[("a", 2)], 0.0);
+    // as the controller left it: summarized, the Exhausted condition set
+    b.status = Some(written(refresh(&b, |_| Some(holder("uid-a", 1.0)), &t(30))));
+    let current = b.status.clone().unwrap();
+    // a report that only adds spending may wait for the next spending write
+    let spent = written(refresh(&b, |_| Some(holder("uid-a", 3.0)), &t(60)));
+    assert!(only_spending_changed(&current, &spent));
+    // unchanged is not "only spending"
+    assert!(!only_spending_changed(&current, &current));
+    // a job gone (its GPUs released) must be written now, spending or not
+    let released = written(refresh(&b, |_| None, &t(60)));
+    assert!(!only_spending_changed(&current, &released));
+    // so must the Exhausted condition turning on: 100 GPU-hours is the limit
+    let over = written(refresh(&b, |_| Some(holder("uid-a", 120.0)), &t(60)));
+    assert!(!only_spending_changed(&current, &over), "the Exhausted condition changed too");
+}
+
+#[test]
 fn the_budgets_pass_releases_jobs_that_are_gone_finished_or_moved() {
     let b = budget(8, &[("deleted", 1), ("recreated", 1), ("done", 1), ("moved", 1), ("running", 1)], 0.0);
     let s = written(refresh(
