@@ -123,6 +123,13 @@ async fn a_four_pod_pipeline_trains_end_to_end() {
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; outputs:\n{}", phase(&done), logs.join("\n"));
         // the last stage computed the loss through all four pods
         ensure!(logs.iter().any(|l| l.contains("\"step\":20")), "no stage reached step 20:\n{}", logs.join("\n"));
+        // and reported into the status as a one-pod run does (the progress watchdog reads it)
+        let status = done.status.context("no status")?;
+        let progress = status.progress.context("status.progress from the pipeline's last stage")?;
+        ensure!(progress.step == 20 && progress.total_steps == 20, "progress {progress:?}");
+        ensure!(progress.loss.is_some_and(|l| l > 0.0), "loss {:?}", progress.loss);
+        ensure!(status.efficiency.is_some_and(|e| e.tokens_per_second > 0.0), "status.efficiency from the pipeline");
+        ensure!(status.checkpoint.is_some_and(|c| c.step == 20), "the final checkpoint in the status");
         pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
         Ok(())
     })

@@ -1,7 +1,9 @@
 //! Training a job as a pipeline: all stages in this process (a laptop, or a pod with all the
 //! stages), or this pod's stages joined to its neighbours over TCP as the pod↔trainer contract
 //! describes. Stages agree every step on whether to stop (SIGTERM reaches pods at different
-//! moments), checkpoint together, and the last stage reports.
+//! moments), checkpoint together, and the last stage reports: on its output and, in a pod, into
+//! the TrainingJob's status (progress, tokens/s, cost) as a single-process run does, so the
+//! operator's progress watchdog sees a pipelined run advance.
 
 use super::checkpoint;
 use super::engine::StageWorker;
@@ -12,12 +14,14 @@ use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::job::Job;
 use crate::report::Reporter;
+use crate::status::{Pricing, StatusReporter};
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tch::Device;
 
 /// How a pipelined run ended.
@@ -73,14 +77,28 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
     };
     let end = max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
     let stages = process.layouts.len() as i64;
+    // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
+    let pod = PodEnv::from_lookup(|k| std::env::var(k).ok()).ok().filter(|pod| pod.report_status);
+    let pricing = Pricing::for_job(&job.spec, &job.plan);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
         let root = w.cfg.checkpoint_dir.clone();
-        let mut reporter = w.model.layout.head.then(|| Reporter::new(w.cfg.train.steps, json));
+        let status = pod
+            .clone()
+            .filter(|_| w.model.layout.head)
+            .map(|pod| StatusReporter::start(pod, pricing.clone(), Duration::from_secs(5)));
+        let mut reporter = w
+            .model
+            .layout
+            .head
+            .then(|| Reporter::new(w.cfg.train.steps, json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
         if let Some(dir) = root.as_ref().map(|r| crate::checkpoint::latest(r)).transpose()?.flatten() {
             let state = checkpoint::load(w, &dir)?;
             if let Some(rep) = reporter.as_mut() {
                 rep.event("resume", json!({"step": state.step, "stages_written": state.stages}));
             }
+        }
+        if let Some(rep) = reporter.as_mut() {
+            rep.event("start", json!({"job": w.cfg.name, "step": w.step, "steps": w.cfg.train.steps, "pipeline_stages": stages}));
         }
         let m = w.cfg.micro_batches();
         let mut stopped = PipelineStop::Completed;
@@ -102,7 +120,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
                     r.lr,
                     tps,
                     0.0,
-                    json!({"grad_norm": r.grad_norm, "pipeline_bubble": bubble, "bubble_theory": bubble_fraction(stages, m),
+                    json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble, "bubble_theory": bubble_fraction(stages, m),
                            "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped}),
                 );
             }
@@ -122,8 +140,15 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
         }
         if stopped == PipelineStop::Completed {
             if let Some(root) = &root {
-                checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+                let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+                if let Some(rep) = reporter.as_mut() {
+                    rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
+                }
             }
+        }
+        drop(reporter);
+        if let Some(status) = status {
+            status.finish();
         }
         Ok(stopped)
     })?;
