@@ -83,12 +83,10 @@ pub fn pod_output(namespace: &str, pod: &str) -> String {
 /// A job of `stages` pipeline stages of a small model, `gpus_per_pod` of them to a pod, on the
 /// fake GPU nodes: kwok runs its pods, which stay Running until a test sets their outcome.
 pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}}}
-spec:
+    manifest(
+        name,
+        &format!(
+            r#"
   model:
     type: Custom
     custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
@@ -98,20 +96,24 @@ spec:
   resources:
     nodeSelector: {{type: kwok}}
 "#
-    ))
-    .expect("the test job parses")
+        ),
+    )
+}
+
+/// A TrainingJob named `name` with the `spec` given as YAML (indented under `spec:`).
+fn manifest(name: &str, spec: &str) -> TrainingJob {
+    serde_yaml::from_str(&format!("apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:{spec}"))
+        .expect("the test job parses")
 }
 
 /// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data in
 /// `stages` pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given.
 pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
     let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: {name}}}
-spec:
+    manifest(
+        name,
+        &format!(
+            r#"
   model:
     type: Custom
     custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
@@ -132,7 +134,7 @@ spec:
     labels: {{{runner}: "true"}}
     env: [{{name: FRUGAL_THREADS, value: "1"}}]
 {checkpoint}"#,
-        runner = crate::POD_RUNNER_LABEL,
-    ))
-    .expect("the test job parses")
+            runner = crate::POD_RUNNER_LABEL,
+        ),
+    )
 }

@@ -67,8 +67,8 @@ async fn too_many_gpus_stays_pending_with_the_schedulers_reason() {
 
         // The scheduler records the event and writes the pod's condition separately; wait for both.
         let greedy = for_object(&pods, "greedy", "PodScheduled condition on greedy", |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned())
-                .is_some()
+            p.and_then(|p| p.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled"))
         })
         .await?;
         ensure!(phase(&greedy) == "Pending", "phase is {:?}", phase(&greedy));

@@ -286,6 +286,19 @@ async fn a_cap_lowered_under_a_running_job_applies_to_its_next_attempt() {
     .await;
 }
 
+/// The next object from `seen` that belongs to the TrainingJob `job`.
+async fn next_of<K: kube::Resource>(seen: &mut futures::stream::BoxStream<'_, Result<K, watcher::Error>>, job: &str, what: &str) -> Result<K> {
+    wait::until(&format!("{what} of {job}"), async {
+        while let Some(obj) = seen.try_next().await? {
+            if obj.labels().get("frugal.dev/training-job").map(String::as_str) == Some(job) {
+                return Ok::<_, anyhow::Error>(obj);
+            }
+        }
+        anyhow::bail!("watch ended")
+    })
+    .await
+}
+
 /// Time from `kubectl apply` (the server-side apply returning) to the operator's pods existing,
 /// for 20 one-GPU jobs applied one after another; prints the median.
 #[tokio::test]
@@ -303,26 +316,9 @@ async fn apply_to_pods_created_latency() {
             let name = format!("lat-{i}");
             let applied = Instant::now();
             apply(&ctx, &training_job(&name, 1, 3)).await?;
-            let named = |labels: &std::collections::BTreeMap<String, String>| labels.get("frugal.dev/training-job") == Some(&name);
-            wait::until(&format!("the Job of {name}"), async {
-                while let Some(job) = jobs_seen.try_next().await? {
-                    if named(job.labels()) {
-                        return Ok::<_, anyhow::Error>(job);
-                    }
-                }
-                anyhow::bail!("watch ended")
-            })
-            .await?;
+            next_of(&mut jobs_seen, &name, "the Job").await?;
             let job_at = applied.elapsed();
-            let pod = wait::until(&format!("a pod of {name}"), async {
-                while let Some(pod) = pods_seen.try_next().await? {
-                    if named(pod.labels()) {
-                        return Ok::<_, anyhow::Error>(pod);
-                    }
-                }
-                anyhow::bail!("watch ended")
-            })
-            .await?;
+            let pod = next_of(&mut pods_seen, &name, "a pod").await?;
             latencies.push(applied.elapsed());
             to_job.push(job_at);
             to_pod.push(applied.elapsed() - job_at);

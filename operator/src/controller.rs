@@ -385,17 +385,15 @@ pub async fn run(
         .inspect({
             let seen = seen.clone();
             move |event| {
+                if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
+                    && let Some(budget) = ledger::budget_of(tj)
+                {
+                    let _ = budget_tx.unbounded_send(budget);
+                }
                 // a deleted job's children go with it, and so does what was applied for them
                 if let Ok(watcher::Event::Delete(tj)) = event {
                     seen.forget(&tj.namespace().unwrap_or_default(), &tj.name_any());
                 }
-            }
-        })
-        .inspect(move |event| {
-            if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
-                && let Some(budget) = ledger::budget_of(tj)
-            {
-                let _ = budget_tx.unbounded_send(budget);
             }
         })
         .applied_objects()

@@ -173,10 +173,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut trainer = Trainer::new(cfg, device)?;
             trainer.evaluation = job.eval_config();
             // In a pod the operator set FRUGAL_REPORT_STATUS: report into the TrainingJob's status.
-            let status = frugal_api::contract::PodEnv::from_lookup(|k| std::env::var(k).ok())
-                .ok()
-                .filter(|pod| pod.report_status)
-                .map(|pod| frugal_trainer::status::StatusReporter::start(pod, frugal_trainer::status::Pricing::for_job(&job.spec, &job.plan), std::time::Duration::from_secs(5)));
+            let status = frugal_trainer::status::StatusTarget::from_env(&job.spec, &job.plan).map(frugal_trainer::status::StatusTarget::start);
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
             if let Some(port) = port {
                 let bound = metrics.serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port)).with_context(|| format!("serving metrics on port {port}"))?;

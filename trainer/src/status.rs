@@ -40,6 +40,29 @@ impl Pricing {
     }
 }
 
+/// How often the trainer patches the status at most.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a trainer in a pod reports, when the operator asked it to (`FRUGAL_REPORT_STATUS`):
+/// the pod's environment and the job's prices. Read once; started by whichever worker reports.
+#[derive(Debug, Clone)]
+pub struct StatusTarget {
+    pod: PodEnv,
+    pricing: Pricing,
+}
+
+impl StatusTarget {
+    /// None outside a pod, or when the pod is not to report.
+    pub fn from_env(spec: &frugal_api::TrainingJobSpec, plan: &frugal_api::planner::Plan) -> Option<Self> {
+        let pod = PodEnv::from_lookup(|k| std::env::var(k).ok()).ok().filter(|pod| pod.report_status)?;
+        Some(Self { pod, pricing: Pricing::for_job(spec, plan) })
+    }
+
+    pub fn start(self) -> StatusReporter {
+        StatusReporter::start(self.pod, self.pricing, REPORT_INTERVAL)
+    }
+}
+
 /// The status fields the trainer owns, folded from its events.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Fold {

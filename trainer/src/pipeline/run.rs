@@ -14,14 +14,13 @@ use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::job::Job;
 use crate::report::Reporter;
-use crate::status::{Pricing, StatusReporter};
+use crate::status::{StatusReporter, StatusTarget};
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tch::Device;
 
 /// How a pipelined run ended.
@@ -78,14 +77,10 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
     let end = max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
     let stages = process.layouts.len() as i64;
     // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
-    let pod = PodEnv::from_lookup(|k| std::env::var(k).ok()).ok().filter(|pod| pod.report_status);
-    let pricing = Pricing::for_job(&job.spec, &job.plan);
+    let target = StatusTarget::from_env(&job.spec, &job.plan);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
         let root = w.cfg.checkpoint_dir.clone();
-        let status = pod
-            .clone()
-            .filter(|_| w.model.layout.head)
-            .map(|pod| StatusReporter::start(pod, pricing.clone(), Duration::from_secs(5)));
+        let status = target.clone().filter(|_| w.model.layout.head).map(StatusTarget::start);
         let mut reporter = w
             .model
             .layout
