@@ -61,7 +61,7 @@ fn timed_step(t: &mut Trainer) -> [f64; 6] {
     lap(&mut s, 1);
     t.params.backward_into_grad(&total, 1.0, false);
     lap(&mut s, 2);
-    let norm = tch::no_grad(|| t.params.grad.norm()).double_value(&[]);
+    let norm = t.params.grad_norm().double_value(&[]);
     lap(&mut s, 3);
     let lr = frugal_trainer::optim::lr_at(&t.cfg.train.optim, t.step, t.cfg.train.steps);
     let coef = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };

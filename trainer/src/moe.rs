@@ -12,10 +12,10 @@ use tch::{Kind, Tensor};
 
 /// The routing decision for one MoE layer and batch: which experts each token goes to. Kept by
 /// activation recomputation so the recomputed forward dispatches exactly as the first one did.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Routing {
-    /// [N, k] expert indices.
-    pub experts: Tensor,
+    /// The k chosen experts of each token, token after token ([N · k], on the host).
+    pub experts: Vec<i64>,
 }
 
 /// What one MoE layer reports besides its output.
@@ -154,43 +154,28 @@ impl Moe {
         // Router in fp32. [N, E]
         let logits = xf.to_kind(Kind::Float).linear::<Tensor>(&p.get(self.router).to_kind(Kind::Float), None);
         let probs = logits.softmax(-1, Kind::Float);
-        let fresh = || tch::no_grad(|| probs.topk(k, -1, true, false).1);
+        let fresh = top_k(&probs, k);
         let (experts, routing_mismatches) = match routing {
             Some(r) => {
-                let now = fresh();
-                let sorted = |t: &Tensor| t.sort(-1, false).0;
-                let mismatches = sorted(&now).ne_tensor(&sorted(&r.experts)).sum(Kind::Int64);
-                (r.experts.shallow_clone(), Some(mismatches))
+                let mismatches = disagreements(&fresh, &r.experts, k as usize);
+                (r.experts.clone(), Some(Tensor::from(mismatches)))
             }
-            None => (fresh(), None),
+            None => (fresh, None),
         };
-        let gates = probs.gather(1, &experts, false); // [N, k], differentiable
-
-        // Sort assignments by expert; position of each within its expert's bucket.
-        let flat_e = experts.reshape([n * k]);
-        let (sorted_e, order) = flat_e.sort_stable(true, 0, false);
-        let counts = flat_e.bincount::<Tensor>(None, e);
-        let starts = counts.cumsum(0, Kind::Int64) - &counts;
-        let pos = Tensor::arange(n * k, (Kind::Int64, dev)) - starts.index_select(0, &sorted_e);
-        // Size buckets to the fullest expert when that is below capacity (no wasted slots).
-        let cap = self.capacity(n).min(counts.max().int64_value(&[]).max(1));
-        let keep = pos.lt(cap);
-        let kept = order.masked_select(&keep); // assignment index
-        let slot = sorted_e.masked_select(&keep) * cap + pos.masked_select(&keep);
-        let dropped = (n * k) - keep.sum(Kind::Int64);
-        // For every slot of every bucket, the assignment it holds and its gate. An empty slot
-        // reads token 0 under gate 0: its output is scaled to zero and adds nothing to any
-        // token or gradient, so no padding row or sentinel has to be concatenated in.
-        let slot_assignment = Tensor::zeros([e * cap], (Kind::Int64, dev)).index_copy(0, &slot, &kept);
-        let slot_token = slot_assignment.floor_divide_scalar(k);
-        let kept_gates = gates.reshape([n * k]).index_select(0, &kept);
-        let slot_gate = Tensor::zeros([e * cap], (Kind::Float, dev)).index_copy(0, &slot, &kept_gates);
+        let plan = Dispatch::plan(&experts, e, k, self.capacity(n));
+        let (cap, slots) = (plan.capacity, e * plan.capacity);
+        let upload = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
+        let slot_token = upload(&plan.slot_token);
+        // Each slot's gate, read straight out of the router's probabilities (differentiable);
+        // an empty slot reads token 0 under gate 0: its output is scaled to zero and adds nothing
+        // to any token or gradient, so no padding row or sentinel has to be concatenated in.
+        let slot_gate = probs.view([-1]).index_select(0, &upload(&plan.slot_prob)) * Tensor::from_slice(&plan.slot_used).to_device(dev);
 
         // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
         // scatter-add of the gated outputs, straight into the shared experts' output.
         let kind = x.kind();
         let buckets = xf.index_select(0, &slot_token).view([e, cap, d]);
-        let out = self.experts.forward(p, &buckets).view([e * cap, d]);
+        let out = self.experts.forward(p, &buckets).view([slots, d]);
         let routed = out * slot_gate.to_kind(kind).unsqueeze(1);
         let base = match &self.shared {
             Some(shared) => shared.forward_all(p, &xf),
@@ -198,11 +183,110 @@ impl Moe {
         };
         let y = base.index_add(0, &slot_token, &routed);
 
-        // Load balance (Switch Transformer): fraction routed × mean router probability.
-        let frac = counts.to_kind(Kind::Float) / (n * k) as f64;
-        let aux_loss = (frac * probs.mean_dim([0i64].as_slice(), false, Kind::Float)).sum(Kind::Float) * e as f64;
+        // Load balance (Switch Transformer): E · Σ_e (fraction routed to e) · (mean router
+        // probability of e), as one dot product of the summed probabilities with host weights.
+        let weights: Vec<f32> = plan.counts.iter().map(|&c| (e as f64 * c as f64 / (n * k) as f64 / n as f64) as f32).collect();
+        let aux_loss = probs.sum_dim_intlist([0i64].as_slice(), false, Kind::Float).dot(&Tensor::from_slice(&weights).to_device(dev));
+        MoeOutput {
+            y: y.view([b, t, d]),
+            aux_loss,
+            dropped: Tensor::from(plan.dropped),
+            assignments: n * k,
+            routing: Routing { experts },
+            routing_mismatches,
+        }
+    }
+}
 
-        MoeOutput { y: y.view([b, t, d]), aux_loss, dropped, assignments: n * k, routing: Routing { experts }, routing_mismatches }
+/// The router's top-k experts of each row of `probs` [N, E], highest first, on the host. On a
+/// CPU this is one pass over the probabilities in Rust: libtorch's `topk` over [N, E] rows of a
+/// few dozen experts costs more than the rest of the routing together. A tie goes to the lower
+/// expert index; a NaN row still yields k distinct, valid experts.
+fn top_k(probs: &Tensor, k: i64) -> Vec<i64> {
+    if probs.device() != tch::Device::Cpu || probs.kind() != Kind::Float {
+        let chosen = tch::no_grad(|| probs.topk(k, -1, true, false).1);
+        return Vec::<i64>::try_from(chosen.reshape([-1]).to_device(tch::Device::Cpu)).unwrap();
+    }
+    let (n, e) = probs.size2().unwrap();
+    let probs = probs.contiguous();
+    // SAFETY: `probs` is a contiguous fp32 CPU tensor of n · e elements, alive and unwritten
+    // while the slice is read.
+    let p = unsafe { std::slice::from_raw_parts(probs.data_ptr() as *const f32, (n * e) as usize) };
+    let k = k as usize;
+    let mut out = Vec::with_capacity(n as usize * k);
+    let (mut idx, mut val) = (vec![0i64; k], vec![0f32; k]);
+    for row in p.chunks_exact(e as usize) {
+        // Insertion into the row's best k so far, kept highest first; equal values keep the
+        // earlier expert ahead, and a NaN is never placed ahead of anything.
+        let mut len = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if len == k && !(v > val[k - 1]) {
+                continue;
+            }
+            let at = val[..len].iter().position(|&w| v > w).unwrap_or(len);
+            if at == k {
+                continue;
+            }
+            let end = (len + 1).min(k);
+            for j in (at + 1..end).rev() {
+                idx[j] = idx[j - 1];
+                val[j] = val[j - 1];
+            }
+            idx[at] = i as i64;
+            val[at] = v;
+            len = end;
+        }
+        out.extend_from_slice(&idx);
+    }
+    out
+}
+
+/// Token-expert choices in `now` that `then` did not make for the same token.
+fn disagreements(now: &[i64], then: &[i64], k: usize) -> i64 {
+    now.chunks_exact(k).zip(then.chunks_exact(k)).map(|(a, b)| a.iter().filter(|c| !b.contains(c)).count() as i64).sum()
+}
+
+/// Where every token-expert assignment goes: the first `capacity` assignments of each expert in
+/// token order fill its bucket, the rest are dropped. Computed on the host in one pass.
+struct Dispatch {
+    /// Slots per expert: the capacity, or the fullest expert's load when that is smaller.
+    capacity: i64,
+    /// [E · capacity]: the token in each slot (0 for an empty slot).
+    slot_token: Vec<i64>,
+    /// [E · capacity]: the slot's entry in the flattened [N, E] router probabilities.
+    slot_prob: Vec<i64>,
+    /// [E · capacity]: 1 for a filled slot, 0 for an empty one.
+    slot_used: Vec<f32>,
+    /// Assignments per expert before dropping.
+    counts: Vec<i64>,
+    dropped: i64,
+}
+
+impl Dispatch {
+    fn plan(experts: &[i64], e: i64, k: i64, capacity: i64) -> Self {
+        let mut counts = vec![0i64; e as usize];
+        for &c in experts {
+            counts[c as usize] += 1;
+        }
+        let cap = capacity.min(counts.iter().copied().max().unwrap_or(0)).max(1);
+        let slots = (e * cap) as usize;
+        let (mut slot_token, mut slot_prob, mut slot_used) = (vec![0i64; slots], vec![0i64; slots], vec![0f32; slots]);
+        let mut filled = vec![0i64; e as usize];
+        let mut dropped = 0;
+        for (i, &c) in experts.iter().enumerate() {
+            let f = &mut filled[c as usize];
+            if *f == cap {
+                dropped += 1;
+                continue;
+            }
+            let slot = (c * cap + *f) as usize;
+            *f += 1;
+            let token = i as i64 / k;
+            slot_token[slot] = token;
+            slot_prob[slot] = token * e + c;
+            slot_used[slot] = 1.0;
+        }
+        Self { capacity: cap, slot_token, slot_prob, slot_used, counts, dropped }
     }
 }
 
@@ -236,7 +320,7 @@ mod tests {
 
     /// Token by token: the router's top-k, the first `cap` assignments of each expert in token
     /// order kept, each kept expert's output times its gate, plus every shared expert.
-    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor) -> (Tensor, i64) {
+    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor) -> (Tensor, i64, f64) {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
         let (e, k) = (moe.cfg.experts, moe.cfg.top_k);
@@ -270,7 +354,13 @@ mod tests {
             }
             rows.push(yi);
         }
-        (Tensor::stack(&rows, 0).view([b, t, d]), dropped)
+        // Load balance: E · Σ_e (share of assignments routed to e) · (mean probability of e).
+        let mut aux = 0.0;
+        for c in 0..e {
+            let share = counts[c as usize] as f64 / (n * k) as f64;
+            aux += share * probs.select(1, c).mean(Kind::Float).double_value(&[]);
+        }
+        (Tensor::stack(&rows, 0).view([b, t, d]), dropped, aux * e as f64)
     }
 
     fn leaves(moe: &Moe, p: &ParamStore) -> Vec<Tensor> {
@@ -292,10 +382,12 @@ mod tests {
 
         let out = moe.forward(&p, &x, None);
         let fast = Tensor::run_backward(&[(&out.y * &upstream).sum(Kind::Float)], &inputs, false, false);
-        let (want, want_dropped) = reference(&moe, &p, &x);
+        let (want, want_dropped, want_aux) = reference(&moe, &p, &x);
         let slow = Tensor::run_backward(&[(&want * &upstream).sum(Kind::Float)], &inputs, false, false);
 
         assert_eq!(out.dropped.int64_value(&[]), want_dropped, "dropped assignments");
+        let aux = out.aux_loss.double_value(&[]);
+        assert!((aux - want_aux).abs() < 1e-5, "load-balancing loss {aux}, per-token reference {want_aux}");
         assert_eq!(expect_drops, want_dropped > 0, "this case is meant to {}drop", if expect_drops { "" } else { "not " });
         let diff = (&out.y - &want).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "output differs from the per-token reference by {diff}");
@@ -309,6 +401,19 @@ mod tests {
     fn bucketed_dispatch_matches_a_per_token_reference() {
         check(4, 2, 1, 4.0, false);
         check(6, 3, 2, 4.0, false);
+    }
+
+    #[test]
+    fn host_top_k_picks_what_libtorch_picks() {
+        tch::manual_seed(11);
+        let probs = Tensor::randn([200, 16], (Kind::Float, Device::Cpu)).softmax(-1, Kind::Float);
+        let want = Vec::<i64>::try_from(probs.topk(3, -1, true, true).1.reshape([-1])).unwrap();
+        assert_eq!(top_k(&probs, 3), want);
+        // Ties go to the lower index; a NaN row still gives k distinct valid experts.
+        let tied = Tensor::from_slice(&[0.25f32, 0.5, 0.25, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]).view([2, 4]);
+        let got = top_k(&tied, 2);
+        assert_eq!(&got[..2], &[1, 0]);
+        assert!(got[2] != got[3] && got[2..].iter().all(|&c| (0..4).contains(&c)), "{got:?}");
     }
 
     #[test]

@@ -220,6 +220,13 @@ impl ParamStore {
         }
     }
 
+    /// The flat gradient's global L2 norm (a 0-d fp32 tensor, no host sync): one BLAS dot
+    /// product, one pass over the buffer.
+    pub fn grad_norm(&self) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.grad.dot(&self.grad).sqrt()
+    }
+
     pub fn zero_grad(&mut self) {
         let _ = self.grad.zero_();
     }

@@ -164,7 +164,7 @@ impl Trainer {
             mismatches = crate::gpt::add_opt(mismatches, stats.routing_mismatches);
             assignments += stats.assignments;
         }
-        let norm = tch::no_grad(|| self.params.grad.norm());
+        let norm = self.params.grad_norm();
         let grad_norm = norm.double_value(&[]);
         let finite = grad_norm.is_finite();
         let apply = self.scaler.update(finite);
