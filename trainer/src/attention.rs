@@ -69,7 +69,25 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, pattern: AttentionPattern) -> 
 }
 
 fn sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, false)
+    sdpa(q, k, v, None, true)
+}
+
+/// Query lengths up to which a CPU attends bf16/fp16 inputs in fp32 (see [`sdpa`]).
+const CPU_FP32_ATTENTION_MAX_QUERIES: i64 = 256;
+
+/// `scaled_dot_product_attention`, except that on a CPU bf16/fp16 inputs of short sequences are
+/// attended in fp32 and the output cast back. libtorch's CPU kernel pays a large cost per
+/// batch-head in its reduced-precision backward: with 4 heads of 32, forward + backward measured
+/// 8.5 ms in bf16 against 2.1 ms through fp32 at 12 × 64 tokens, 6.6 against 4.6 ms at 3 × 256,
+/// and 12.5 against 13.8 ms at 1 × 1024, where bf16 wins.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>, causal: bool) -> Tensor {
+    let kind = q.kind();
+    let reduced = matches!(kind, Kind::BFloat16 | Kind::Half);
+    if reduced && q.device() == Device::Cpu && q.size()[2] <= CPU_FP32_ATTENTION_MAX_QUERIES {
+        let up = |x: &Tensor| x.to_kind(Kind::Float);
+        return Tensor::scaled_dot_product_attention(&up(q), &up(k), &up(v), mask, 0.0, causal, None, false).to_kind(kind);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, false)
 }
 
 /// Blocked sparse attention. The sequence is cut into query blocks of `block` tokens; block i
@@ -102,7 +120,7 @@ fn blocked(q: &Tensor, k: &Tensor, v: &Tensor, block: i64, local: i64, globals: 
     let kb = to_batch(band(&kp), keys);
     let vb = to_batch(band(&vp), keys);
     let mask = band_mask(nb, block, local, globals, window, q.device()).repeat([b, 1, 1, 1]);
-    let y = Tensor::scaled_dot_product_attention(&qb, &kb, &vb, Some(mask), 0.0, false, None, false);
+    let y = sdpa(&qb, &kb, &vb, Some(mask), false);
     let y = y.view([b, nb, h, block, hd]).permute([0, 2, 1, 3, 4]).reshape([b, h, tp, hd]);
     if tp == t { y } else { y.narrow(2, 0, t) }
 }
@@ -218,6 +236,24 @@ mod tests {
         for (a, b) in gy.iter().zip(&gr) {
             let diff = (a - b).abs().max().double_value(&[]);
             assert!(diff < 1e-10, "{pattern:?} T={t}: gradient differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn short_bf16_attention_on_a_cpu_runs_in_fp32_and_returns_bf16() {
+        tch::manual_seed(5);
+        let make = || Tensor::randn([2, 2, 64, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let (q, k, v) = (make(), make(), make());
+        for pattern in [AttentionPattern::Dense, AttentionPattern::SlidingWindow { window: 16 }] {
+            let y = attend(&q, &k, &v, pattern);
+            assert_eq!(y.kind(), Kind::BFloat16);
+            // The fp32 computation of the same bf16 values, rounded once at the end.
+            let f = |x: &Tensor| x.detach().to_kind(Kind::Float);
+            let want = reference(&f(&q), &f(&k), &f(&v), pattern).to_kind(Kind::BFloat16);
+            let diff = (y.to_kind(Kind::Float) - want.to_kind(Kind::Float)).abs().max().double_value(&[]);
+            assert!(diff == 0.0, "{pattern:?}: differs from fp32 rounded to bf16 by {diff}");
+            let grads = Tensor::run_backward(&[y.to_kind(Kind::Float).sum(Kind::Float)], &[&q, &k, &v], false, false);
+            assert!(grads.iter().all(|g| g.kind() == Kind::BFloat16 && g.isfinite().all().int64_value(&[]) == 1));
         }
     }
 
