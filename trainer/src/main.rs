@@ -162,14 +162,14 @@ fn run(cli: Cli) -> Result<i32> {
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
             }
+            let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             if job.spec.parallelism.pipeline_stages > 1 {
-                return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, json, max_steps)? {
+                return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, json, max_steps, port)? {
                     frugal_trainer::pipeline::run::PipelineStop::Completed => 0,
                     frugal_trainer::pipeline::run::PipelineStop::Terminated => 143,
                 });
             }
             let metrics = Metrics::new(&cfg.name);
-            let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             let mut trainer = Trainer::new(cfg, device)?;
             trainer.evaluation = job.eval_config();
             // In a pod the operator set FRUGAL_REPORT_STATUS: report into the TrainingJob's status.

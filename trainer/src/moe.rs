@@ -220,7 +220,7 @@ fn top_k(probs: &Tensor, k: i64) -> Vec<i64> {
         // earlier expert ahead, and a NaN is never placed ahead of anything.
         let mut len = 0;
         for (i, &v) in row.iter().enumerate() {
-            if len == k && !(v > val[k - 1]) {
+            if len == k && v.partial_cmp(&val[k - 1]) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             let at = val[..len].iter().position(|&w| v > w).unwrap_or(len);

@@ -1,8 +1,9 @@
-//! The binary: SIGTERM writes a checkpoint and exits 143; the next start resumes from it.
+//! The binary: SIGTERM writes a checkpoint and exits 143; the next start resumes from it. A
+//! pipelined run serves its metrics too.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
 const JOB: &str = r#"
@@ -99,4 +100,79 @@ fn binary_links_libtorch_cuda_and_finds_libtorch_by_rpath() {
     // It runs without LD_LIBRARY_PATH.
     let out = Command::new(bin).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+const PIPELINED_JOB: &str = r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: pipelined-metrics-test
+spec:
+  model:
+    type: Custom
+    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}
+  data:
+    source: {type: Synthetic, synthetic: {branching: 4, tokens: 50000}}
+  training:
+    duration: {type: Steps, steps: 100000}
+    batchSize: 4
+    precision: fp32
+    evalInterval: 100000
+    evalBatches: 2
+    checkpointInterval: 100000
+    logInterval: 1
+  parallelism:
+    pipelineStages: 2
+    schedule: 1f1b
+    microBatches: 2
+  resources: {device: CPU}
+"#;
+
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn a_pipelined_run_serves_metrics() {
+    let dir = common::temp_dir("pipelined-metrics");
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, PIPELINED_JOB).unwrap();
+    let ckpt = dir.join("checkpoints");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--metrics-port", "0", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut port = None;
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["event"] == "metrics" {
+            port = v["port"].as_u64().map(|p| p as u16);
+        }
+        if v["event"] == "step" && v["step"].as_i64().unwrap() >= 3 {
+            break;
+        }
+    }
+    let port = port.expect("a pipelined run given --metrics-port reports the port it serves on");
+    let body = scrape(port);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    lines.for_each(drop);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let value = |name: &str| -> f64 {
+        let line = body.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("no {name} in:\n{body}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("frugal_trainer_step") >= 3.0);
+    assert!(value("frugal_trainer_tokens_total") >= 3.0 * 4.0 * 16.0);
+    assert!(value("frugal_trainer_loss") > 0.0);
+    assert!(value("frugal_trainer_tokens_per_second") > 0.0);
+    let bubble = value("frugal_trainer_pipeline_bubble");
+    assert!((0.0..1.0).contains(&bubble), "bubble {bubble}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,9 @@
 //! describes. Stages agree every step on whether to stop (SIGTERM reaches pods at different
 //! moments), checkpoint together, and the last stage reports: on its output and, in a pod, into
 //! the TrainingJob's status (progress, tokens/s, cost) as a single-process run does, so the
-//! operator's progress watchdog sees a pipelined run advance.
+//! operator's progress watchdog sees a pipelined run advance. Every process serves Prometheus
+//! metrics when given a port: the step and the pipeline bubble from each, the loss, learning
+//! rate, gradient norm, tokens and tokens/s from the process holding the last stage.
 
 use super::checkpoint;
 use super::engine::StageWorker;
@@ -13,6 +15,7 @@ use super::stage::layouts;
 use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::job::Job;
+use crate::metrics::Metrics;
 use crate::report::Reporter;
 use crate::status::{StatusReporter, StatusTarget};
 use anyhow::{Context, Result};
@@ -67,8 +70,25 @@ pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
 }
 
 /// Trains `cfg` as a pipeline of this process's stages; resumes from the newest checkpoint.
-pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, json: bool, max_steps: Option<i64>) -> Result<PipelineStop> {
+pub fn train(
+    job: &Job,
+    cfg: RunConfig,
+    device: Device,
+    stop: Arc<AtomicBool>,
+    json: bool,
+    max_steps: Option<i64>,
+    metrics_port: Option<u16>,
+) -> Result<PipelineStop> {
     let process = process_stages(job, &cfg)?;
+    let metrics = Metrics::new(&cfg.name);
+    let served = match metrics_port {
+        Some(port) => Some(
+            metrics
+                .serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port))
+                .with_context(|| format!("serving metrics on port {port}"))?,
+        ),
+        None => None,
+    };
     let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
     let devices: Vec<Device> = match device {
         Device::Cuda(_) => (0..tch::Cuda::device_count().max(1) as usize).map(Device::Cuda).collect(),
@@ -94,6 +114,9 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
         }
         if let Some(rep) = reporter.as_mut() {
             rep.event("start", json!({"job": w.cfg.name, "step": w.step, "steps": w.cfg.train.steps, "pipeline_stages": stages}));
+            if let Some(port) = served {
+                rep.event("metrics", json!({"port": port}));
+            }
         }
         let m = w.cfg.micro_batches();
         let mut stopped = PipelineStop::Completed;
@@ -107,8 +130,17 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, j
             let agreed = Vec::<f64>::try_from(&agreed)?;
             // Σ busy / (p × mean wall), the walls summed over the p stages.
             let bubble = 1.0 - agreed[0] / agreed[1];
+            metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", w.step as f64);
+            metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
+            metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", w.scaler.skipped_steps as f64);
             if let Some(rep) = reporter.as_mut() {
                 let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
+                metrics.counter("frugal_trainer_tokens_total", "Training tokens consumed.", (w.step * w.cfg.tokens_per_step()) as f64);
+                metrics.gauge("frugal_trainer_loss", "Training loss of the last step.", r.loss);
+                metrics.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", r.lr);
+                metrics.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", r.grad_norm);
+                metrics.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", tps);
+                metrics.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", w.scaler.scale);
                 rep.step(
                     w.step,
                     r.loss,
