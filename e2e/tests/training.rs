@@ -128,7 +128,7 @@ async fn a_four_pod_pipeline_trains_end_to_end() {
         let progress = status.progress.context("status.progress from the pipeline's last stage")?;
         ensure!(progress.step == 20 && progress.total_steps == 20, "progress {progress:?}");
         ensure!(progress.loss.is_some_and(|l| l > 0.0), "loss {:?}", progress.loss);
-        ensure!(status.efficiency.is_some_and(|e| e.tokens_per_second > 0.0), "status.efficiency from the pipeline");
+        ensure!(status.efficiency.as_ref().is_some_and(|e| e.tokens_per_second > 0.0 && e.mfu > 0.0), "status.efficiency from the pipeline: {:?}", status.efficiency);
         ensure!(status.checkpoint.is_some_and(|c| c.step == 20), "the final checkpoint in the status");
         pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
         Ok(())

@@ -96,6 +96,10 @@ pub fn train(
     };
     let end = max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
     let stages = process.layouts.len() as i64;
+    // MFU is taken against every device the pipeline trains on: this process's (stage s on
+    // devices[s % n]) times the number of processes.
+    let devices_in_pipeline = (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64;
+    let kind = crate::precision::compute_kind(cfg.train.precision);
     // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
     let target = StatusTarget::from_env(&job.spec, &job.plan);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
@@ -119,6 +123,8 @@ pub fn train(
             }
         }
         let m = w.cfg.micro_batches();
+        let peak = if w.model.layout.head { crate::flops::peak_flops(w.device, kind).0 * devices_in_pipeline as f64 } else { f64::NAN };
+        let flops_per_token = w.cfg.model.flops_per_token();
         let mut stopped = PipelineStop::Completed;
         while w.step < end {
             let r = w.train_step()?;
@@ -141,12 +147,14 @@ pub fn train(
                 metrics.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", r.grad_norm);
                 metrics.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", tps);
                 metrics.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", w.scaler.scale);
+                let mfu = tps * flops_per_token / peak;
+                metrics.gauge("frugal_trainer_mfu", "Model FLOPs utilisation of the last step.", mfu);
                 rep.step(
                     w.step,
                     r.loss,
                     r.lr,
                     tps,
-                    0.0,
+                    mfu,
                     json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble, "bubble_theory": bubble_fraction(stages, m),
                            "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped}),
                 );
