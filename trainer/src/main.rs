@@ -164,7 +164,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             if job.spec.parallelism.pipeline_stages > 1 {
-                return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, json, max_steps, port)? {
+                let output = frugal_trainer::pipeline::run::Output { json, metrics_port: port, report };
+                return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, max_steps, output)? {
                     frugal_trainer::pipeline::run::PipelineStop::Completed => 0,
                     frugal_trainer::pipeline::run::PipelineStop::Terminated => 143,
                 });

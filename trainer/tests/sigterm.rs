@@ -137,7 +137,7 @@ fn scrape(port: u16) -> String {
 }
 
 #[test]
-fn a_pipelined_run_serves_metrics() {
+fn a_pipelined_run_serves_metrics_and_ends_with_a_summary() {
     let dir = common::temp_dir("pipelined-metrics");
     let job = dir.join("job.yaml");
     std::fs::write(&job, PIPELINED_JOB).unwrap();
@@ -162,8 +162,16 @@ fn a_pipelined_run_serves_metrics() {
     let port = port.expect("a pipelined run given --metrics-port reports the port it serves on");
     let body = scrape(port);
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    lines.for_each(drop);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert_eq!(child.wait().unwrap().code(), Some(143));
+    // The final summary, as a single-stage run gives it, also written as the run report.
+    let events = json_lines(&rest.join("\n"));
+    let summary = events.iter().find(|e| e["event"] == "summary").expect("a summary after SIGTERM");
+    assert_eq!(summary["stopped_by"], "signal");
+    assert!(summary["steps"].as_i64().unwrap() >= 3 && summary["params_total"].as_i64().unwrap() > 0);
+    assert!(summary["mfu"].as_f64().unwrap() > 0.0 && summary["train_loss"].as_f64().unwrap() > 0.0, "{summary}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["steps"], summary["steps"]);
     let value = |name: &str| -> f64 {
         let line = body.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("no {name} in:\n{body}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()

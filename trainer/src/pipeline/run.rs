@@ -22,7 +22,9 @@ use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
 use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::Device;
 
@@ -69,19 +71,23 @@ pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
     })
 }
 
+/// How a pipelined run reports, as the `train` command's flags say.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// JSON lines on stdout instead of a progress bar.
+    pub json: bool,
+    /// Serve Prometheus metrics on this port.
+    pub metrics_port: Option<u16>,
+    /// Also write the final run report here (it always goes into the checkpoint directory).
+    pub report: Option<PathBuf>,
+}
+
 /// Trains `cfg` as a pipeline of this process's stages; resumes from the newest checkpoint.
-pub fn train(
-    job: &Job,
-    cfg: RunConfig,
-    device: Device,
-    stop: Arc<AtomicBool>,
-    json: bool,
-    max_steps: Option<i64>,
-    metrics_port: Option<u16>,
-) -> Result<PipelineStop> {
+pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, max_steps: Option<i64>, output: Output) -> Result<PipelineStop> {
     let process = process_stages(job, &cfg)?;
+    let json = output.json;
     let metrics = Metrics::new(&cfg.name);
-    let served = match metrics_port {
+    let served = match output.metrics_port {
         Some(port) => Some(
             metrics
                 .serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port))
@@ -100,6 +106,8 @@ pub fn train(
     // devices[s % n]) times the number of processes.
     let devices_in_pipeline = (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64;
     let kind = crate::precision::compute_kind(cfg.train.precision);
+    let evaluation = job.eval_config();
+    let report_paths: Vec<PathBuf> = cfg.checkpoint_dir.iter().map(|d| d.join(crate::compare::REPORT_FILE)).chain(output.report).collect();
     // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
     let target = StatusTarget::from_env(&job.spec, &job.plan);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
@@ -123,8 +131,15 @@ pub fn train(
             }
         }
         let m = w.cfg.micro_batches();
-        let peak = if w.model.layout.head { crate::flops::peak_flops(w.device, kind).0 * devices_in_pipeline as f64 } else { f64::NAN };
+        let (peak, peak_source) = if w.model.layout.head {
+            let (p, source) = crate::flops::peak_flops(w.device, kind);
+            (p * devices_in_pipeline as f64, format!("{source} × {devices_in_pipeline} device(s)"))
+        } else {
+            (f64::NAN, String::new())
+        };
         let flops_per_token = w.cfg.model.flops_per_token();
+        let (t_start, start_step) = (Instant::now(), w.step);
+        let (mut train_seconds, mut last_loss, mut last_checkpoint) = (0.0, f64::NAN, None);
         let mut stopped = PipelineStop::Completed;
         while w.step < end {
             let r = w.train_step()?;
@@ -136,6 +151,8 @@ pub fn train(
             let agreed = Vec::<f64>::try_from(&agreed)?;
             // Σ busy / (p × mean wall), the walls summed over the p stages.
             let bubble = 1.0 - agreed[0] / agreed[1];
+            train_seconds += r.wall_seconds;
+            last_loss = r.loss;
             metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", w.step as f64);
             metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
             metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", w.scaler.skipped_steps as f64);
@@ -166,6 +183,7 @@ pub fn train(
                     if let Some(rep) = reporter.as_mut() {
                         rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
                     }
+                    last_checkpoint = Some(dir);
                 }
             }
             if agreed[2] > 0.0 {
@@ -179,6 +197,59 @@ pub fn train(
                 if let Some(rep) = reporter.as_mut() {
                     rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
                 }
+                last_checkpoint = Some(dir);
+            }
+        }
+        if let Some(rep) = reporter.as_mut() {
+            let tokens = (w.step - start_step) * w.cfg.tokens_per_step();
+            let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
+            let gpus = if w.device.is_cuda() { devices_in_pipeline } else { 0 };
+            let device_hours = t_start.elapsed().as_secs_f64() / 3600.0 * gpus.max(1) as f64;
+            let params = w.cfg.model.parameters();
+            let data = w.data.as_ref().expect("the last stage holds the data");
+            let summary = crate::report::Summary {
+                job: w.cfg.name.clone(),
+                device: format!("{:?}", w.device),
+                precision: format!("{:?}", w.cfg.train.precision),
+                steps: w.step,
+                tokens: w.step * w.cfg.tokens_per_step(),
+                params_total: params.total,
+                params_active: params.active,
+                flops_per_token,
+                total_flops: flops_per_token * (w.step * w.cfg.tokens_per_step()) as f64,
+                seconds: t_start.elapsed().as_secs_f64(),
+                tokens_per_second: tps,
+                achieved_tflops: tps * flops_per_token / 1e12,
+                mfu: tps * flops_per_token / peak,
+                peak_source: peak_source.clone(),
+                train_loss: last_loss,
+                val_loss: None,
+                dropped_token_fraction: None,
+                skipped_steps: w.scaler.skipped_steps,
+                stopped_by: if stopped == PipelineStop::Terminated { "signal" } else { "completion" }.into(),
+                checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()),
+                reason: if stopped == PipelineStop::Terminated { "Terminated" } else { "Completed" }.into(),
+                model: crate::eval::describe_model(&w.cfg.model, &w.cfg.train.precision),
+                gpus,
+                device_hours,
+                cost: device_hours * evaluation.price_per_gpu_hour,
+                currency: evaluation.currency.clone(),
+                quality: None,
+                target: None,
+                provenance: crate::report::Provenance {
+                    config_hash: crate::eval::config_hash(&w.cfg, &evaluation),
+                    seed: w.cfg.train.seed,
+                    code_version: crate::report::Provenance::code_version(),
+                    libtorch_version: crate::report::Provenance::libtorch_version(),
+                    data_fingerprint: data.fingerprint.clone(),
+                    tokenizer_fingerprint: data.tokenizer_fingerprint.clone(),
+                    device: format!("{:?}", w.device),
+                },
+            };
+            rep.summary(&summary);
+            let text = serde_json::to_vec_pretty(&summary)?;
+            for path in &report_paths {
+                std::fs::write(path, &text).with_context(|| format!("writing the run report {}", path.display()))?;
             }
         }
         drop(reporter);
