@@ -102,31 +102,10 @@ fn binary_links_libtorch_cuda_and_finds_libtorch_by_rpath() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-const PIPELINED_JOB: &str = r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: pipelined-metrics-test
-spec:
-  model:
-    type: Custom
-    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}
-  data:
-    source: {type: Synthetic, synthetic: {branching: 4, tokens: 50000}}
-  training:
-    duration: {type: Steps, steps: 100000}
-    batchSize: 4
-    precision: fp32
-    evalInterval: 100000
-    evalBatches: 2
-    checkpointInterval: 100000
-    logInterval: 1
-  parallelism:
-    pipelineStages: 2
-    schedule: 1f1b
-    microBatches: 2
-  resources: {device: CPU}
-"#;
+/// [`JOB`] as a two-stage pipeline.
+fn pipelined_job() -> String {
+    JOB.replace("name: sigterm-test", "name: pipelined-metrics-test") + "  parallelism: {pipelineStages: 2, schedule: 1f1b, microBatches: 2}\n"
+}
 
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -140,7 +119,7 @@ fn scrape(port: u16) -> String {
 fn a_pipelined_run_serves_metrics_and_ends_with_a_summary() {
     let dir = common::temp_dir("pipelined-metrics");
     let job = dir.join("job.yaml");
-    std::fs::write(&job, PIPELINED_JOB).unwrap();
+    std::fs::write(&job, pipelined_job()).unwrap();
     let ckpt = dir.join("checkpoints");
     let mut child = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
         .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--metrics-port", "0", "--checkpoint-dir", ckpt.to_str().unwrap()])
