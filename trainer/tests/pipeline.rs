@@ -24,13 +24,13 @@ fn pipeline_run() -> RunConfig {
 
 type Named = BTreeMap<String, Tensor>;
 
-fn reference(cfg: &RunConfig) -> (Named, Named, f64) {
+fn reference(cfg: &RunConfig) -> (Named, Named, f64, Option<f64>) {
     let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
     let r = t.train_step();
     let named = |flat: &Tensor| -> Named {
         t.params.specs.iter().map(|s| (s.name.clone(), flat.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy())).collect()
     };
-    (named(&t.params.grad), named(&t.params.master), r.loss)
+    (named(&t.params.grad), named(&t.params.master), r.loss, r.dropped_fraction)
 }
 
 fn assert_close(what: &str, name: &str, got: &Tensor, want: &Tensor, rel: f64) {
@@ -40,7 +40,7 @@ fn assert_close(what: &str, name: &str, got: &Tensor, want: &Tensor, rel: f64) {
 }
 
 fn check_against_reference(cfg: &RunConfig, stages: usize, schedule: ScheduleKind) {
-    let (want_grads, want_weights, want_loss) = reference(cfg);
+    let (want_grads, want_weights, want_loss, want_dropped) = reference(cfg);
     let per_stage = run_in_process(cfg, &layouts(&cfg.model, stages), schedule, &[Device::Cpu], |w: &mut StageWorker| {
         let r = w.train_step()?;
         Ok((w.named_grads(), w.named_weights(), r))
@@ -49,6 +49,11 @@ fn check_against_reference(cfg: &RunConfig, stages: usize, schedule: ScheduleKin
     let mut seen = BTreeMap::new();
     for (s, (grads, weights, r)) in per_stage.iter().enumerate() {
         assert!((r.loss - want_loss).abs() <= 1e-5 * want_loss, "stage {s} loss {} vs {want_loss}", r.loss);
+        // Dropped assignments summed over every stage's MoE layers, as one process counts them.
+        assert_eq!(r.dropped_fraction.is_some(), want_dropped.is_some(), "stage {s}");
+        if let (Some(got), Some(want)) = (r.dropped_fraction, want_dropped) {
+            assert!((got - want).abs() < 1e-12, "stage {s} dropped fraction {got} vs {want}");
+        }
         assert_eq!(r.peak_in_flight <= cfg.micro_batches() as usize, true);
         for ((name, g), (_, w)) in grads.iter().zip(weights) {
             assert_close("gradient", name, g, &want_grads[name], 1e-5);

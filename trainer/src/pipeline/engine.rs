@@ -41,6 +41,8 @@ pub struct PipelineStep {
     pub loss: f64,
     /// Mean MoE auxiliary loss per MoE layer (agreed), if the model has MoE layers.
     pub aux_loss: Option<f64>,
+    /// Token-expert assignments dropped for capacity, over all stages (agreed), if any MoE.
+    pub dropped_fraction: Option<f64>,
     /// Global gradient norm before clipping (agreed).
     pub grad_norm: f64,
     pub lr: f64,
@@ -50,6 +52,20 @@ pub struct PipelineStep {
     pub wall_seconds: f64,
     /// This stage: the most micro-batches it held between forward and backward.
     pub peak_in_flight: usize,
+}
+
+/// What one stage's forward and backward of a step measured.
+#[derive(Clone, Debug)]
+pub struct StageTotals {
+    /// Sum over micro-batches of the loss (the last stage) and of the MoE auxiliary loss.
+    pub loss_sum: f64,
+    pub aux_sum: f64,
+    pub busy_seconds: f64,
+    /// The most micro-batches held between forward and backward.
+    pub peak_in_flight: usize,
+    /// MoE token-expert assignments of this stage's layers, and how many were dropped.
+    pub dropped: f64,
+    pub assignments: i64,
 }
 
 pub struct StageWorker {
@@ -149,8 +165,8 @@ impl StageWorker {
 
     /// Forward and backward of every micro-batch of one step, in this stage's schedule order;
     /// leaves the step's gradient (unscaled) in `params.grad`, with tied copies summed. Returns
-    /// (loss sum, aux sum, busy seconds, peak micro-batches held) of this stage.
-    pub fn forward_backward(&mut self) -> Result<(f64, f64, f64, usize)> {
+    /// what this stage measured.
+    pub fn forward_backward(&mut self) -> Result<StageTotals> {
         let m = self.cfg.micro_batches() as usize;
         let index = self.index();
         let actions = stage_actions(self.schedule, self.stages, index, m);
@@ -162,6 +178,7 @@ impl StageWorker {
         self.params.zero_grad();
         let mut saved: HashMap<usize, Saved> = HashMap::new();
         let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        let (mut dropped, mut assignments) = (0.0, 0);
         let mut busy = Duration::ZERO;
         let mut peak = 0;
         for action in actions {
@@ -178,10 +195,14 @@ impl StageWorker {
                     let input = if self.is_first() || recompute { input } else { input.detach().set_requires_grad(true) };
                     let (out, keep) = if recompute {
                         let out = tch::no_grad(|| self.model.forward(&self.params, &input, targets.as_ref(), None));
+                        dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
+                        assignments += out.assignments;
                         let routings = out.routings;
                         (out.y, Saved { input, targets, output: None, routings })
                     } else {
                         let out = self.model.forward(&self.params, &input, targets.as_ref(), None);
+                        dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
+                        assignments += out.assignments;
                         let y = out.y.shallow_clone();
                         (y, Saved { input, targets, output: Some((out.y, out.aux_loss)), routings: vec![] })
                     };
@@ -237,7 +258,7 @@ impl StageWorker {
         self.params.accumulate_grads(1.0 / scale);
         busy += t0.elapsed();
         self.sum_tied_gradients()?;
-        Ok((loss_sum, aux_sum, busy.as_secs_f64(), peak))
+        Ok(StageTotals { loss_sum, aux_sum, busy_seconds: busy.as_secs_f64(), peak_in_flight: peak, dropped, assignments })
     }
 
     /// A grad view of one parameter in the flat gradient buffer.
@@ -297,7 +318,8 @@ impl StageWorker {
         let t_step = Instant::now();
         let m = self.cfg.micro_batches() as f64;
         let lr = optim::lr_at(&self.cfg.train.optim, self.step, self.cfg.train.steps);
-        let (loss_sum, aux_sum, mut busy, peak) = self.forward_backward()?;
+        let totals = self.forward_backward()?;
+        let mut busy = totals.busy_seconds;
         let t0 = Instant::now();
         let squared = tch::no_grad(|| {
             let mut sq = self.params.grad.to_kind(Kind::Double).square().sum(Kind::Double);
@@ -307,7 +329,13 @@ impl StageWorker {
             sq.double_value(&[])
         });
         busy += t0.elapsed().as_secs_f64();
-        let agreed = self.all_reduce(Some(Tensor::from_slice(&[squared, loss_sum, aux_sum])))?;
+        let agreed = self.all_reduce(Some(Tensor::from_slice(&[
+            squared,
+            totals.loss_sum,
+            totals.aux_sum,
+            totals.dropped,
+            totals.assignments as f64,
+        ])))?;
         let agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
         let grad_norm = agreed[0].max(0.0).sqrt();
         let t0 = Instant::now();
@@ -326,12 +354,13 @@ impl StageWorker {
             step: self.step,
             loss: agreed[1] / m,
             aux_loss: (moe_layers > 0).then(|| agreed[2] / (m * moe_layers as f64)),
+            dropped_fraction: (agreed[4] > 0.0).then(|| agreed[3] / agreed[4]),
             grad_norm,
             lr,
             skipped: !apply,
             busy_seconds: busy,
             wall_seconds: t_step.elapsed().as_secs_f64(),
-            peak_in_flight: peak,
+            peak_in_flight: totals.peak_in_flight,
         })
     }
 

@@ -140,6 +140,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         let flops_per_token = w.cfg.model.flops_per_token();
         let (t_start, start_step) = (Instant::now(), w.step);
         let (mut train_seconds, mut last_loss, mut last_checkpoint) = (0.0, f64::NAN, None);
+        let (mut dropped_sum, mut dropped_n) = (0.0, 0);
         let mut stopped = PipelineStop::Completed;
         while w.step < end {
             let r = w.train_step()?;
@@ -153,11 +154,24 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             let bubble = 1.0 - agreed[0] / agreed[1];
             train_seconds += r.wall_seconds;
             last_loss = r.loss;
+            if let Some(d) = r.dropped_fraction {
+                dropped_sum += d;
+                dropped_n += 1;
+                metrics.gauge("frugal_trainer_moe_dropped_fraction", "Token-expert assignments dropped for capacity.", d);
+            }
             metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", w.step as f64);
             metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
             metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", w.scaler.skipped_steps as f64);
             if let Some(rep) = reporter.as_mut() {
                 let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
+                let mut extra = json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble,
+                                       "bubble_theory": bubble_fraction(stages, m), "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped});
+                if let Some(a) = r.aux_loss {
+                    extra["aux_loss"] = json!(a);
+                }
+                if let Some(d) = r.dropped_fraction {
+                    extra["dropped_fraction"] = json!(d);
+                }
                 metrics.counter("frugal_trainer_tokens_total", "Training tokens consumed.", (w.step * w.cfg.tokens_per_step()) as f64);
                 metrics.gauge("frugal_trainer_loss", "Training loss of the last step.", r.loss);
                 metrics.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", r.lr);
@@ -172,8 +186,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                     r.lr,
                     tps,
                     mfu,
-                    json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble, "bubble_theory": bubble_fraction(stages, m),
-                           "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped}),
+                    extra,
                 );
             }
             let every = w.cfg.train.checkpoint_interval;
@@ -224,7 +237,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 peak_source: peak_source.clone(),
                 train_loss: last_loss,
                 val_loss: None,
-                dropped_token_fraction: None,
+                dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
                 skipped_steps: w.scaler.skipped_steps,
                 stopped_by: if stopped == PipelineStop::Terminated { "signal" } else { "completion" }.into(),
                 checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()),
