@@ -177,7 +177,7 @@ fn run(cli: Cli) -> Result<i32> {
             let status = frugal_trainer::status::StatusTarget::from_env(&job.spec, &job.plan).map(frugal_trainer::status::StatusTarget::start);
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
             if let Some(port) = port {
-                let bound = metrics.serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port)).with_context(|| format!("serving metrics on port {port}"))?;
+                let bound = metrics.serve_port(port)?;
                 reporter.event("metrics", serde_json::json!({"port": bound}));
             }
             if let Some(step) = trainer.resume_latest()? {
@@ -189,10 +189,7 @@ fn run(cli: Cli) -> Result<i32> {
             if let Some(status) = status {
                 status.finish();
             }
-            let text = serde_json::to_vec_pretty(&summary)?;
-            for path in trainer.cfg.checkpoint_dir.iter().map(|d| d.join(compare::REPORT_FILE)).chain(report) {
-                std::fs::write(&path, &text).with_context(|| format!("writing the run report {}", path.display()))?;
-            }
+            summary.write_report(trainer.cfg.checkpoint_dir.as_deref(), report.as_deref())?;
             Ok(match stopped {
                 Stop::Completed | Stop::QualityTargetReached => 0,
                 // Killed by a signal after saving: a non-zero status so a Job does not count it

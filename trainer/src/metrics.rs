@@ -6,6 +6,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
+/// What [`Metrics::record_step`] publishes.
+pub struct StepGauges {
+    pub tokens: i64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_second: f64,
+    pub mfu: f64,
+    pub loss_scale: f64,
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
     inner: Arc<Mutex<BTreeMap<&'static str, (&'static str, &'static str, f64)>>>,
@@ -37,6 +48,34 @@ impl Metrics {
 
     /// Serves `/metrics` on `addr` (e.g. `0.0.0.0:9400`) from a background thread; returns the
     /// bound port (useful with port 0).
+    /// Training progress, published by every process of a run: steps done, steps skipped on
+    /// overflow and (with MoE) the dropped fraction of the last step.
+    pub fn record_progress(&self, step: i64, skipped_steps: i64, dropped_fraction: Option<f64>) {
+        self.gauge("frugal_trainer_step", "Optimizer steps completed.", step as f64);
+        self.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", skipped_steps as f64);
+        if let Some(d) = dropped_fraction {
+            self.gauge("frugal_trainer_moe_dropped_fraction", "Token-expert assignments dropped for capacity.", d);
+        }
+    }
+
+    /// The last step's numbers, published by the process that computes the loss.
+    pub fn record_step(&self, s: &StepGauges) {
+        self.counter("frugal_trainer_tokens_total", "Training tokens consumed.", s.tokens as f64);
+        self.gauge("frugal_trainer_loss", "Training loss of the last step.", s.loss);
+        self.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", s.lr);
+        self.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", s.grad_norm);
+        self.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", s.tokens_per_second);
+        self.gauge("frugal_trainer_mfu", "Model FLOPs utilisation of the last step.", s.mfu);
+        self.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", s.loss_scale);
+    }
+
+    /// Serves on `port` at the pod's address (`$POD_IP`; every interface outside a pod);
+    /// returns the port bound (useful with 0).
+    pub fn serve_port(&self, port: u16) -> anyhow::Result<u16> {
+        let addr = frugal_api::contract::listen_address(std::env::var(frugal_api::contract::env::POD_IP).ok().as_deref(), port);
+        anyhow::Context::with_context(self.serve(&addr), || format!("serving metrics on port {port}"))
+    }
+
     pub fn serve(&self, addr: &str) -> std::io::Result<u16> {
         let listener = TcpListener::bind(addr)?;
         let port = listener.local_addr()?.port();

@@ -23,7 +23,7 @@ pub struct MoeOutput {
     pub y: Tensor,
     /// Load-balancing loss E · Σ_e f_e · P_e (1.0 when perfectly balanced).
     pub aux_loss: Tensor,
-    /// Token-expert assignments dropped for lack of capacity (a 0-d i64 tensor, no sync).
+    /// Token-expert assignments dropped for lack of capacity (a 0-d i64 tensor on the host).
     pub dropped: Tensor,
     pub assignments: i64,
     pub routing: Routing,
@@ -164,12 +164,11 @@ impl Moe {
         };
         let plan = Dispatch::plan(&experts, e, k, self.capacity(n));
         let (cap, slots) = (plan.capacity, e * plan.capacity);
-        let upload = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
-        let slot_token = upload(&plan.slot_token);
+        let slot_token = upload(&plan.slot_token, dev);
         // Each slot's gate, read straight out of the router's probabilities (differentiable);
         // an empty slot reads token 0 under gate 0: its output is scaled to zero and adds nothing
         // to any token or gradient, so no padding row or sentinel has to be concatenated in.
-        let slot_gate = probs.view([-1]).index_select(0, &upload(&plan.slot_prob)) * Tensor::from_slice(&plan.slot_used).to_device(dev);
+        let slot_gate = probs.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
 
         // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
         // scatter-add of the gated outputs, straight into the shared experts' output.
@@ -186,7 +185,7 @@ impl Moe {
         // Load balance (Switch Transformer): E · Σ_e (fraction routed to e) · (mean router
         // probability of e), as one dot product of the summed probabilities with host weights.
         let weights: Vec<f32> = plan.counts.iter().map(|&c| (e as f64 * c as f64 / (n * k) as f64 / n as f64) as f32).collect();
-        let aux_loss = probs.sum_dim_intlist([0i64].as_slice(), false, Kind::Float).dot(&Tensor::from_slice(&weights).to_device(dev));
+        let aux_loss = probs.sum_dim_intlist([0i64].as_slice(), false, Kind::Float).dot(&upload(&weights, dev));
         MoeOutput {
             y: y.view([b, t, d]),
             aux_loss,
@@ -239,6 +238,11 @@ fn top_k(probs: &Tensor, k: i64) -> Vec<i64> {
         out.extend_from_slice(&idx);
     }
     out
+}
+
+/// A host vector as a tensor on `device`.
+fn upload<T: tch::kind::Element>(v: &[T], device: tch::Device) -> Tensor {
+    Tensor::from_slice(v).to_device(device)
 }
 
 /// Token-expert choices in `now` that `then` did not make for the same token.

@@ -21,6 +21,19 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// Where a run of `cfg` on `data` comes from.
+    pub fn of(cfg: &crate::config::RunConfig, evaluation: &crate::eval::EvalConfig, data: &crate::data::Data, device: tch::Device) -> Self {
+        Self {
+            config_hash: crate::eval::config_hash(cfg, evaluation),
+            seed: cfg.train.seed,
+            code_version: Self::code_version(),
+            libtorch_version: Self::libtorch_version(),
+            data_fingerprint: data.fingerprint.clone(),
+            tokenizer_fingerprint: data.tokenizer_fingerprint.clone(),
+            device: format!("{device:?}"),
+        }
+    }
+
     /// The crate version and, when built from a git checkout, its commit.
     pub fn code_version() -> String {
         match option_env!("FRUGAL_GIT_COMMIT") {
@@ -104,6 +117,17 @@ pub const TIMING_FIELDS: &[&str] =
     &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "peak_source", "device_hours", "cost", "checkpoint"];
 
 impl Summary {
+    /// Writes the run report: `report.json` in the checkpoint directory, if there is one, and
+    /// `extra` (the `--report` flag).
+    pub fn write_report(&self, checkpoint_dir: Option<&std::path::Path>, extra: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let text = serde_json::to_vec_pretty(self)?;
+        let in_checkpoints = checkpoint_dir.map(|d| d.join(crate::compare::REPORT_FILE));
+        for path in in_checkpoints.as_deref().into_iter().chain(extra) {
+            anyhow::Context::with_context(std::fs::write(path, &text), || format!("writing the run report {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The report as JSON without its timings, for comparing two runs.
     pub fn without_timings(&self) -> Value {
         let mut v = serde_json::to_value(self).expect("summary serialises");

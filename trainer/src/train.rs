@@ -7,7 +7,7 @@ use crate::data::Data;
 use crate::eval::{self, EvalConfig, GptModel};
 use crate::flops::{self, ModelCounts};
 use crate::gpt::Gpt;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StepGauges};
 use crate::optim::{self, Optimizer};
 use crate::params::{ParamBuilder, ParamStore};
 use crate::precision::{LossScaler, compute_kind};
@@ -208,15 +208,7 @@ impl Trainer {
 
     /// What produced this run's results.
     pub fn provenance(&self) -> Provenance {
-        Provenance {
-            config_hash: eval::config_hash(&self.cfg, &self.evaluation),
-            seed: self.cfg.train.seed,
-            code_version: Provenance::code_version(),
-            libtorch_version: Provenance::libtorch_version(),
-            data_fingerprint: self.data.fingerprint.clone(),
-            tokenizer_fingerprint: self.data.tokenizer_fingerprint.clone(),
-            device: format!("{:?}", self.device),
-        }
+        Provenance::of(&self.cfg, &self.evaluation, &self.data, self.device)
     }
 
     /// Trains to the configured step count, reporting as it goes; on `stop` (SIGTERM) writes a
@@ -269,18 +261,16 @@ impl Trainer {
             }
             let tps = self.cfg.tokens_per_step() as f64 / r.seconds;
             let mfu = tps * c.flops_per_token / peak;
-            metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", self.step as f64);
-            metrics.counter("frugal_trainer_tokens_total", "Training tokens consumed.", self.tokens as f64);
-            metrics.gauge("frugal_trainer_loss", "Training loss of the last step.", r.loss);
-            metrics.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", r.lr);
-            metrics.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", r.grad_norm);
-            metrics.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", tps);
-            metrics.gauge("frugal_trainer_mfu", "Model FLOPs utilisation of the last step.", mfu);
-            metrics.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", self.scaler.scale);
-            metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", self.scaler.skipped_steps as f64);
-            if let Some(d) = r.dropped_fraction {
-                metrics.gauge("frugal_trainer_moe_dropped_fraction", "Token-expert assignments dropped for capacity.", d);
-            }
+            metrics.record_progress(self.step, self.scaler.skipped_steps, r.dropped_fraction);
+            metrics.record_step(&StepGauges {
+                tokens: self.tokens,
+                loss: r.loss,
+                lr: r.lr,
+                grad_norm: r.grad_norm,
+                tokens_per_second: tps,
+                mfu,
+                loss_scale: self.scaler.scale,
+            });
             let log_every = self.cfg.train.log_interval.max(1);
             if self.step % log_every == 0 || self.step == end {
                 let mut extra = json!({"grad_norm": r.grad_norm, "tokens": self.tokens});

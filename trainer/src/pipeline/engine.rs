@@ -193,18 +193,14 @@ impl StageWorker {
                     let targets = self.is_last().then(|| batch.as_ref().unwrap().targets.to_device(self.device));
                     let t0 = Instant::now();
                     let input = if self.is_first() || recompute { input } else { input.detach().set_requires_grad(true) };
+                    let forward = || self.model.forward(&self.params, &input, targets.as_ref(), None);
+                    let out = if recompute { tch::no_grad(forward) } else { forward() };
+                    dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
+                    assignments += out.assignments;
                     let (out, keep) = if recompute {
-                        let out = tch::no_grad(|| self.model.forward(&self.params, &input, targets.as_ref(), None));
-                        dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
-                        assignments += out.assignments;
-                        let routings = out.routings;
-                        (out.y, Saved { input, targets, output: None, routings })
+                        (out.y, Saved { input, targets, output: None, routings: out.routings })
                     } else {
-                        let out = self.model.forward(&self.params, &input, targets.as_ref(), None);
-                        dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
-                        assignments += out.assignments;
-                        let y = out.y.shallow_clone();
-                        (y, Saved { input, targets, output: Some((out.y, out.aux_loss)), routings: vec![] })
+                        (out.y.shallow_clone(), Saved { input, targets, output: Some((out.y, out.aux_loss)), routings: vec![] })
                     };
                     if let Some((_, Some(aux))) = &keep.output {
                         aux_sum += aux.double_value(&[]);

@@ -3,9 +3,9 @@
 //! describes. Stages agree every step on whether to stop (SIGTERM reaches pods at different
 //! moments), checkpoint together, and the last stage reports: on its output and, in a pod, into
 //! the TrainingJob's status (progress, tokens/s, cost) as a single-process run does, so the
-//! operator's progress watchdog sees a pipelined run advance. Every process serves Prometheus
-//! metrics when given a port: the step and the pipeline bubble from each, the loss, learning
-//! rate, gradient norm, tokens and tokens/s from the process holding the last stage.
+//! operator's progress watchdog sees a pipelined run advance, and ends with the run's summary.
+//! Every process serves Prometheus metrics when given a port: progress and the pipeline bubble
+//! from each, the step's loss, throughput and MFU from the process holding the last stage.
 
 use super::checkpoint;
 use super::engine::StageWorker;
@@ -15,8 +15,8 @@ use super::stage::layouts;
 use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::job::Job;
-use crate::metrics::Metrics;
-use crate::report::Reporter;
+use crate::metrics::{Metrics, StepGauges};
+use crate::report::{Provenance, Reporter, Summary};
 use crate::status::{StatusReporter, StatusTarget};
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
@@ -87,14 +87,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
     let process = process_stages(job, &cfg)?;
     let json = output.json;
     let metrics = Metrics::new(&cfg.name);
-    let served = match output.metrics_port {
-        Some(port) => Some(
-            metrics
-                .serve(&frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), port))
-                .with_context(|| format!("serving metrics on port {port}"))?,
-        ),
-        None => None,
-    };
+    let served = output.metrics_port.map(|port| metrics.serve_port(port)).transpose()?;
     let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
     let devices: Vec<Device> = match device {
         Device::Cuda(_) => (0..tch::Cuda::device_count().max(1) as usize).map(Device::Cuda).collect(),
@@ -107,7 +100,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
     let devices_in_pipeline = (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64;
     let kind = crate::precision::compute_kind(cfg.train.precision);
     let evaluation = job.eval_config();
-    let report_paths: Vec<PathBuf> = cfg.checkpoint_dir.iter().map(|d| d.join(crate::compare::REPORT_FILE)).chain(output.report).collect();
+    let report = output.report;
     // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
     let target = StatusTarget::from_env(&job.spec, &job.plan);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
@@ -157,11 +150,9 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             if let Some(d) = r.dropped_fraction {
                 dropped_sum += d;
                 dropped_n += 1;
-                metrics.gauge("frugal_trainer_moe_dropped_fraction", "Token-expert assignments dropped for capacity.", d);
             }
-            metrics.gauge("frugal_trainer_step", "Optimizer steps completed.", w.step as f64);
+            metrics.record_progress(w.step, w.scaler.skipped_steps, r.dropped_fraction);
             metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
-            metrics.counter("frugal_trainer_skipped_steps_total", "Steps skipped on gradient overflow.", w.scaler.skipped_steps as f64);
             if let Some(rep) = reporter.as_mut() {
                 let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
                 let mut extra = json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble,
@@ -172,14 +163,16 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 if let Some(d) = r.dropped_fraction {
                     extra["dropped_fraction"] = json!(d);
                 }
-                metrics.counter("frugal_trainer_tokens_total", "Training tokens consumed.", (w.step * w.cfg.tokens_per_step()) as f64);
-                metrics.gauge("frugal_trainer_loss", "Training loss of the last step.", r.loss);
-                metrics.gauge("frugal_trainer_learning_rate", "Learning rate of the last step.", r.lr);
-                metrics.gauge("frugal_trainer_grad_norm", "Global gradient norm before clipping.", r.grad_norm);
-                metrics.gauge("frugal_trainer_tokens_per_second", "Training throughput of the last step.", tps);
-                metrics.gauge("frugal_trainer_loss_scale", "fp16 dynamic loss scale.", w.scaler.scale);
                 let mfu = tps * flops_per_token / peak;
-                metrics.gauge("frugal_trainer_mfu", "Model FLOPs utilisation of the last step.", mfu);
+                metrics.record_step(&StepGauges {
+                    tokens: w.step * w.cfg.tokens_per_step(),
+                    loss: r.loss,
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    tokens_per_second: tps,
+                    mfu,
+                    loss_scale: w.scaler.scale,
+                });
                 rep.step(
                     w.step,
                     r.loss,
@@ -220,7 +213,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             let device_hours = t_start.elapsed().as_secs_f64() / 3600.0 * gpus.max(1) as f64;
             let params = w.cfg.model.parameters();
             let data = w.data.as_ref().expect("the last stage holds the data");
-            let summary = crate::report::Summary {
+            let summary = Summary {
                 job: w.cfg.name.clone(),
                 device: format!("{:?}", w.device),
                 precision: format!("{:?}", w.cfg.train.precision),
@@ -249,21 +242,10 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 currency: evaluation.currency.clone(),
                 quality: None,
                 target: None,
-                provenance: crate::report::Provenance {
-                    config_hash: crate::eval::config_hash(&w.cfg, &evaluation),
-                    seed: w.cfg.train.seed,
-                    code_version: crate::report::Provenance::code_version(),
-                    libtorch_version: crate::report::Provenance::libtorch_version(),
-                    data_fingerprint: data.fingerprint.clone(),
-                    tokenizer_fingerprint: data.tokenizer_fingerprint.clone(),
-                    device: format!("{:?}", w.device),
-                },
+                provenance: Provenance::of(&w.cfg, &evaluation, data, w.device),
             };
             rep.summary(&summary);
-            let text = serde_json::to_vec_pretty(&summary)?;
-            for path in &report_paths {
-                std::fs::write(path, &text).with_context(|| format!("writing the run report {}", path.display()))?;
-            }
+            summary.write_report(w.cfg.checkpoint_dir.as_deref(), report.as_deref())?;
         }
         drop(reporter);
         if let Some(status) = status {
