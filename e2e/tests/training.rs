@@ -130,6 +130,9 @@ async fn a_four_pod_pipeline_trains_end_to_end() {
         ensure!(progress.loss.is_some_and(|l| l > 0.0), "loss {:?}", progress.loss);
         ensure!(status.efficiency.as_ref().is_some_and(|e| e.tokens_per_second > 0.0 && e.mfu > 0.0), "status.efficiency from the pipeline: {:?}", status.efficiency);
         ensure!(status.checkpoint.is_some_and(|c| c.step == 20), "the final checkpoint in the status");
+        // and evaluated through the four pods at the end
+        let quality = status.quality.context("status.quality from the pipeline's final evaluation")?;
+        ensure!(quality.step == 20 && quality.validation_loss.is_some_and(|v| v.is_finite() && v > 0.0), "quality {quality:?}");
         pvs.delete(&pv_name, &DeleteParams::default()).await.ok();
         Ok(())
     })

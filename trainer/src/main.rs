@@ -166,7 +166,8 @@ fn run(cli: Cli) -> Result<i32> {
             if job.spec.parallelism.pipeline_stages > 1 {
                 let output = frugal_trainer::pipeline::run::Output { json, metrics_port: port, report };
                 return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, max_steps, output)? {
-                    frugal_trainer::pipeline::run::PipelineStop::Completed => 0,
+                    frugal_trainer::pipeline::run::PipelineStop::Completed
+                    | frugal_trainer::pipeline::run::PipelineStop::QualityTargetReached => 0,
                     frugal_trainer::pipeline::run::PipelineStop::Terminated => 143,
                 });
             }

@@ -366,19 +366,7 @@ impl Trainer {
         seconds: f64,
     ) -> Result<frugal_api::v1alpha1::QualityStatus> {
         let q = self.evaluate_quality()?;
-        let v = q.validation_loss.unwrap_or(f64::NAN);
-        metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
-        if let Some(b) = q.bits_per_byte {
-            metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
-        }
-        let mut fields = json!({"step": self.step, "val_loss": v, "bits_per_byte": q.bits_per_byte, "perplexity": q.perplexity});
-        for z in &q.zero_shot {
-            fields[format!("acc_{}", z.name)] = json!(z.accuracy);
-        }
-        if tracker.observe(&q, self.step, self.tokens, seconds) {
-            fields["quality_target_reached"] = json!(true);
-        }
-        reporter.event("eval", fields);
+        record_evaluation(&q, self.step, self.tokens, seconds, reporter, metrics, tracker);
         Ok(q)
     }
 
@@ -394,6 +382,35 @@ impl Trainer {
         }
         Ok(path)
     }
+}
+
+/// Records an evaluation `seconds` into the run: the metrics, the `eval` event (in a pod the
+/// status folds it into the TrainingJob's `status.quality`) and the quality target. True when
+/// this evaluation first reached the target.
+pub fn record_evaluation(
+    q: &frugal_api::v1alpha1::QualityStatus,
+    step: i64,
+    tokens: i64,
+    seconds: f64,
+    reporter: &mut Reporter,
+    metrics: &Metrics,
+    tracker: &mut eval::TargetTracker,
+) -> bool {
+    let v = q.validation_loss.unwrap_or(f64::NAN);
+    metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
+    if let Some(b) = q.bits_per_byte {
+        metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
+    }
+    let mut fields = json!({"step": step, "val_loss": v, "bits_per_byte": q.bits_per_byte, "perplexity": q.perplexity});
+    for z in &q.zero_shot {
+        fields[format!("acc_{}", z.name)] = json!(z.accuracy);
+    }
+    let reached = tracker.observe(q, step, tokens, seconds);
+    if reached {
+        fields["quality_target_reached"] = json!(true);
+    }
+    reporter.event("eval", fields);
+    reached
 }
 
 /// The device a run uses: `cuda` when libtorch sees a GPU, else the CPU.

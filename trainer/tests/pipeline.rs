@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
+use frugal_api::v1alpha1::{EvalSet, EvalSetType};
 use frugal_trainer::config::RunConfig;
+use frugal_trainer::eval::EvalConfig;
 use frugal_trainer::pipeline::{ScheduleKind, StageWorker, layouts, run_in_process};
 use frugal_trainer::train::Trainer;
 use std::collections::BTreeMap;
@@ -153,6 +155,38 @@ fn a_four_stage_checkpoint_resumes_as_two_stages_and_as_one() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Four stages evaluate what one process evaluates: the same validation loss, bits per byte and
+/// zero-shot accuracy, every forward going through the chain (the middle stages relaying).
+#[test]
+fn a_four_stage_evaluation_matches_one_stage() {
+    tch::set_num_threads(1);
+    let cfg = pipeline_run();
+    let cloze = EvalSet { name: "cloze".into(), type_: EvalSetType::Cloze, path: None, max_examples: Some(40) };
+    let evaluation = EvalConfig { sets: vec![cloze], ..Default::default() };
+    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    t.evaluation = evaluation.clone();
+    t.train_step();
+    let want = t.evaluate_quality().unwrap();
+    let per_stage = run_in_process(&cfg, &layouts(&cfg.model, 4), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+        w.train_step()?;
+        w.evaluate(&evaluation)
+    })
+    .unwrap();
+    assert!(per_stage[..3].iter().all(Option::is_none), "only the last stage has the result");
+    let got = per_stage[3].as_ref().expect("the last stage's evaluation");
+    assert_eq!(got.step, want.step);
+    for (what, g, w) in [
+        ("validation loss", got.validation_loss, want.validation_loss),
+        ("bits per byte", got.bits_per_byte, want.bits_per_byte),
+        ("perplexity", got.perplexity, want.perplexity),
+    ] {
+        let (g, w) = (g.unwrap(), w.unwrap());
+        assert!(w.is_finite() && (g - w).abs() <= 1e-5 * w, "{what}: {g} vs {w}");
+    }
+    assert_eq!(got.zero_shot, want.zero_shot);
+    assert!(got.zero_shot[0].examples > 0);
+}
+
 const PIPELINE_JOB: &str = r#"
 apiVersion: frugal.dev/v1alpha1
 kind: TrainingJob
@@ -220,4 +254,52 @@ fn clipping_uses_the_global_norm_agreed_across_stages() {
         assert!((n - want_norm).abs() <= 1e-5 * want_norm, "{n} vs {want_norm}");
     }
     check_against_reference(&cfg, 4, ScheduleKind::OneFOneB);
+}
+
+/// A pipelined job evaluates every `evalInterval` steps and at the end, reports the validation
+/// loss in its summary, and stops every stage at the evaluation that reaches its quality target.
+#[test]
+fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
+    let dir = temp_dir("pp-eval");
+    let run = |target: &str, name: &str| {
+        let data = "  data: {source: {type: Synthetic, synthetic: {branching: 4}}}";
+        let yaml = PIPELINE_JOB
+            .replace("    checkpointInterval: 2\n", "    evalInterval: 2\n")
+            .replace(data, &format!("  data: {{source: {{type: Synthetic, synthetic: {{branching: 4}}}}{target}}}"));
+        let job = dir.join(format!("{name}.yaml"));
+        std::fs::write(&job, yaml).unwrap();
+        let ckpt = dir.join(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let steps_of = |events: &[serde_json::Value], kind: &str| -> Vec<i64> {
+        events.iter().filter(|e| e["event"] == kind).map(|e| e["step"].as_i64().unwrap()).collect()
+    };
+    // No target: evaluations at step 2 and at the end; the summary carries the last one.
+    let events = run("", "no-target");
+    assert_eq!(steps_of(&events, "eval"), vec![2, 4]);
+    let last = events.iter().rfind(|e| e["event"] == "eval").unwrap();
+    let val_loss = last["val_loss"].as_f64().unwrap();
+    assert!(val_loss.is_finite() && val_loss > 0.0 && last["bits_per_byte"].as_f64().is_some(), "{last}");
+    let summary = events.iter().find(|e| e["event"] == "summary").expect("a summary");
+    assert_eq!(summary["val_loss"].as_f64(), Some(val_loss));
+    assert_eq!(summary["stopped_by"], "completion");
+    // A target the first evaluation reaches: the run stops there, at step 2 of 4.
+    let events = run(", qualityTarget: {metric: validationLoss, value: 100}", "target");
+    assert_eq!(steps_of(&events, "eval"), vec![2]);
+    assert_eq!(steps_of(&events, "step"), vec![1, 2]);
+    let eval = events.iter().find(|e| e["event"] == "eval").unwrap();
+    assert_eq!(eval["quality_target_reached"], true);
+    let summary = events.iter().find(|e| e["event"] == "summary").expect("a summary");
+    assert_eq!(summary["stopped_by"], "quality target");
+    assert_eq!(summary["steps"].as_i64(), Some(2));
+    assert_eq!(summary["target"]["reached"], true, "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

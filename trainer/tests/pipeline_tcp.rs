@@ -66,6 +66,10 @@ fn stage_process() {
                 Tensor::write_safetensors(&grads, &path)?;
             }
         }
+        // An evaluation through the same links: the last stage writes what it measured.
+        if let Some(q) = w.evaluate(&frugal_trainer::eval::EvalConfig::default())? {
+            std::fs::write(out.join("val_loss"), q.validation_loss.unwrap().to_string())?;
+        }
         Ok(())
     });
     if let Err(e) = result {
@@ -104,6 +108,7 @@ fn four_processes_over_tcp_match_one_stage() {
     let cfg = pipeline_run(1);
     let mut reference = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
     reference.train_step();
+    let want_val_loss = reference.evaluate();
     let want: BTreeMap<String, Tensor> = reference
         .params
         .specs
@@ -130,6 +135,8 @@ fn four_processes_over_tcp_match_one_stage() {
         }
         // Every parameter once, the tied embedding twice (first and last stage).
         assert_eq!(seen, want.len() + 1, "{schedule}");
+        let val_loss: f64 = std::fs::read_to_string(dir.join("val_loss")).unwrap().parse().unwrap();
+        assert!((val_loss - want_val_loss).abs() <= 1e-5 * want_val_loss, "{schedule}: validation loss {val_loss} vs {want_val_loss}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -127,23 +127,23 @@ impl StageWorker {
         self.model.layout.index as usize
     }
 
-    fn is_first(&self) -> bool {
+    pub(super) fn is_first(&self) -> bool {
         self.model.layout.embedding
     }
 
-    fn is_last(&self) -> bool {
+    pub(super) fn is_last(&self) -> bool {
         self.model.layout.head
     }
 
-    fn up(&mut self) -> &mut Box<dyn Link> {
+    pub(super) fn up(&mut self) -> &mut Box<dyn Link> {
         self.upstream.as_mut().expect("a stage after the first has an upstream link")
     }
 
-    fn down(&mut self) -> &mut Box<dyn Link> {
+    pub(super) fn down(&mut self) -> &mut Box<dyn Link> {
         self.downstream.as_mut().expect("a stage before the last has a downstream link")
     }
 
-    fn recv_tensor(link: &mut Box<dyn Link>, want: &str, micro_batch: Option<u32>) -> Result<Tensor, TransportError> {
+    pub(super) fn recv_tensor(link: &mut Box<dyn Link>, want: &str, micro_batch: Option<u32>) -> Result<Tensor, TransportError> {
         let peer = link.peer_stage();
         let msg = link.recv()?;
         let (got_mb, tensor) = match msg {

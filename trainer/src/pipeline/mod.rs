@@ -1,10 +1,11 @@
 //! Pipeline parallelism: the model's blocks split into stages (balanced by the planner's cost
 //! model, embedding on the first, head and loss on the last), schedules as data (GPipe, 1F1B,
 //! forward-only), an engine that executes them, and transports between stages (threads of one
-//! process, or TCP between pods). See docs/pipeline.md.
+//! process, or TCP between pods), and evaluation through the same chain. See docs/pipeline.md.
 
 pub mod checkpoint;
 pub mod engine;
+pub mod eval;
 pub mod process;
 pub mod run;
 pub mod schedule;

@@ -4,6 +4,9 @@
 //! moments), checkpoint together, and the last stage reports: on its output and, in a pod, into
 //! the TrainingJob's status (progress, tokens/s, cost) as a single-process run does, so the
 //! operator's progress watchdog sees a pipelined run advance, and ends with the run's summary.
+//! Every `evalInterval` steps and at the end the stages evaluate together (validation loss,
+//! perplexity, bits per byte, zero-shot sets; see `eval.rs`): the last stage records it in
+//! `status.quality`, and when it reaches the job's quality target every stage stops there.
 //! Every process serves Prometheus metrics when given a port: progress and the pipeline bubble
 //! from each, the step's loss, throughput and MFU from the process holding the last stage.
 
@@ -14,24 +17,29 @@ use super::schedule::ScheduleKind;
 use super::stage::layouts;
 use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
+use crate::eval::{EvalConfig, TargetTracker};
 use crate::job::Job;
 use crate::metrics::{Metrics, StepGauges};
 use crate::report::{Provenance, Reporter, Summary};
 use crate::status::{StatusReporter, StatusTarget};
+use crate::train::record_evaluation;
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
+use frugal_api::v1alpha1::QualityStatus;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// How a pipelined run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PipelineStop {
     Completed,
+    /// An evaluation reached the job's quality target (all stages stop at that step).
+    QualityTargetReached,
     /// SIGTERM/SIGINT: a checkpoint was written at the step all stages agreed on.
     Terminated,
 }
@@ -133,6 +141,9 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         let flops_per_token = w.cfg.model.flops_per_token();
         let (t_start, start_step) = (Instant::now(), w.step);
         let (mut train_seconds, mut last_loss, mut last_checkpoint) = (0.0, f64::NAN, None);
+        let gpus = if w.device.is_cuda() { devices_in_pipeline } else { 0 };
+        let mut tracker = TargetTracker::new(evaluation.target.clone(), gpus);
+        let mut quality = None;
         let (mut dropped_sum, mut dropped_n) = (0.0, 0);
         let mut stopped = PipelineStop::Completed;
         while w.step < end {
@@ -196,8 +207,26 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 stopped = PipelineStop::Terminated;
                 break;
             }
+            let every = w.cfg.train.eval_interval;
+            if every > 0 && w.step % every == 0 && w.step < end {
+                let seconds = t_start.elapsed().as_secs_f64();
+                let (q, reached) = evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds)?;
+                quality = q.or(quality);
+                if reached {
+                    stopped = PipelineStop::QualityTargetReached;
+                    break;
+                }
+            }
         }
         if stopped == PipelineStop::Completed {
+            let seconds = t_start.elapsed().as_secs_f64();
+            let (q, reached) = evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds)?;
+            quality = q.or(quality);
+            if reached {
+                stopped = PipelineStop::QualityTargetReached;
+            }
+        }
+        if stopped != PipelineStop::Terminated {
             if let Some(root) = &root {
                 let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
                 if let Some(rep) = reporter.as_mut() {
@@ -209,7 +238,6 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         if let Some(rep) = reporter.as_mut() {
             let tokens = (w.step - start_step) * w.cfg.tokens_per_step();
             let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
-            let gpus = if w.device.is_cuda() { devices_in_pipeline } else { 0 };
             let device_hours = t_start.elapsed().as_secs_f64() / 3600.0 * gpus.max(1) as f64;
             let params = w.cfg.model.parameters();
             let data = w.data.as_ref().expect("the last stage holds the data");
@@ -229,19 +257,24 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 mfu: tps * flops_per_token / peak,
                 peak_source: peak_source.clone(),
                 train_loss: last_loss,
-                val_loss: None,
+                val_loss: quality.as_ref().and_then(|q: &QualityStatus| q.validation_loss),
                 dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
                 skipped_steps: w.scaler.skipped_steps,
-                stopped_by: if stopped == PipelineStop::Terminated { "signal" } else { "completion" }.into(),
+                stopped_by: match stopped {
+                    PipelineStop::Completed => "completion",
+                    PipelineStop::QualityTargetReached => "quality target",
+                    PipelineStop::Terminated => "signal",
+                }
+                .into(),
                 checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()),
-                reason: if stopped == PipelineStop::Terminated { "Terminated" } else { "Completed" }.into(),
+                reason: format!("{stopped:?}"),
                 model: crate::eval::describe_model(&w.cfg.model, &w.cfg.train.precision),
                 gpus,
                 device_hours,
                 cost: device_hours * evaluation.price_per_gpu_hour,
                 currency: evaluation.currency.clone(),
-                quality: None,
-                target: None,
+                target: tracker.outcome(w.step, end, stopped == PipelineStop::Terminated),
+                quality,
                 provenance: Provenance::of(&w.cfg, &evaluation, data, w.device),
             };
             rep.summary(&summary);
@@ -253,5 +286,29 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         }
         Ok(stopped)
     })?;
-    Ok(if results.contains(&PipelineStop::Terminated) { PipelineStop::Terminated } else { PipelineStop::Completed })
+    // The stages agree on how the run ends; a disagreement would be a bug, and stopping wins.
+    Ok([PipelineStop::Terminated, PipelineStop::QualityTargetReached]
+        .into_iter()
+        .find(|s| results.contains(s))
+        .unwrap_or(PipelineStop::Completed))
+}
+
+/// One evaluation through the pipeline (every stage at the same step); the last stage records
+/// it as a single-stage run does. Returns the result (on the last stage) and whether it reached
+/// the quality target, which every stage learns by an all-reduce so that all stop together.
+fn evaluation_pass(
+    w: &mut StageWorker,
+    evaluation: &EvalConfig,
+    reporter: Option<&mut Reporter>,
+    metrics: &Metrics,
+    tracker: &mut TargetTracker,
+    seconds: f64,
+) -> Result<(Option<QualityStatus>, bool)> {
+    let q = w.evaluate(evaluation)?;
+    let reached = match (&q, reporter) {
+        (Some(q), Some(rep)) => record_evaluation(q, w.step, w.step * w.cfg.tokens_per_step(), seconds, rep, metrics, tracker),
+        _ => false,
+    };
+    let agreed = w.all_reduce(Some(Tensor::from_slice(&[f64::from(u8::from(reached))])))?;
+    Ok((q, Vec::<f64>::try_from(&agreed)?[0] > 0.0))
 }

@@ -43,7 +43,8 @@ pub struct StageModel {
 
 /// What a stage's forward of one micro-batch produced.
 pub struct StageOutput {
-    /// Activations [B, T, D], or on the last stage the mean cross-entropy.
+    /// Activations [B, T, D], or on the last stage the mean cross-entropy (the logits without
+    /// targets).
     pub y: Tensor,
     /// Sum of this stage's MoE load-balancing losses.
     pub aux_loss: Option<Tensor>,
@@ -121,8 +122,9 @@ impl StageModel {
         (self.cfg.tied_embeddings && self.layout.embedding && !self.layout.head).then(|| self.wte.unwrap())
     }
 
-    /// input: token ids [B, T] on the first stage, else activations [B, T, D]; `targets` on the
-    /// last stage. `routings` replays MoE decisions (recomputation).
+    /// input: token ids [B, T] on the first stage, else activations [B, T, D]. On the last stage
+    /// the output is the mean cross-entropy against `targets`, or without them the logits
+    /// [B, T, V] in fp32 (evaluation). `routings` replays MoE decisions (recomputation).
     pub fn forward(
         &self,
         p: &ParamStore,
@@ -156,8 +158,12 @@ impl StageModel {
             (Some(ln_f), Some(head)) => {
                 let logits = ln_f.forward(p, &x).linear::<Tensor>(p.get(head), None).to_kind(Kind::Float);
                 let v = self.cfg.vocab_size;
-                let targets = targets.expect("the last stage needs the targets");
-                logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
+                match targets {
+                    Some(targets) => {
+                        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
+                    }
+                    None => logits,
+                }
             }
             _ => x,
         };

@@ -1,0 +1,126 @@
+//! Evaluating a pipelined model. The evaluation (validation loss, bits per byte, perplexity and
+//! the job's zero-shot sets, [`crate::eval::evaluate`]) runs on the first and on the last stage
+//! at once, over the same batches: both hold the data, and which inputs an evaluation scores
+//! never depends on the scores. Each of its forwards goes through the chain: the first stage
+//! embeds the inputs and sends its activations on, stages in between pass theirs on, and the last
+//! stage turns them into log-probabilities. Only the last stage's result means anything (the
+//! first stage's run scores placeholders); the engine then shares what the stages must agree on
+//! (whether the quality target was reached) with one all-reduce.
+
+use super::engine::StageWorker;
+use super::transport::{Message, TransportError};
+use crate::eval::{self, EvalConfig, LanguageModel};
+use anyhow::Result;
+use frugal_api::v1alpha1::QualityStatus;
+use std::cell::RefCell;
+use tch::{Device, Kind, Tensor};
+
+/// The micro-batch number of an evaluation forward's activations.
+const EVAL_FORWARD: u32 = u32::MAX - 1;
+/// Sent by the first stage after its evaluation's last forward; every stage passes it on.
+const EVAL_END: u32 = u32::MAX;
+
+/// One stage seen as a [`LanguageModel`]: each call is one forward through the whole chain.
+struct StageLm<'a> {
+    worker: RefCell<&'a mut StageWorker>,
+    /// The first failure; later calls send nothing and the evaluation returns it.
+    failed: RefCell<Option<anyhow::Error>>,
+}
+
+impl LanguageModel for StageLm<'_> {
+    fn log_probs(&self, inputs: &Tensor) -> Tensor {
+        let mut worker = self.worker.borrow_mut();
+        if self.failed.borrow().is_none() {
+            match worker.eval_forward(inputs) {
+                Ok(Some(log_probs)) => return log_probs,
+                Ok(None) => {}
+                Err(e) => *self.failed.borrow_mut() = Some(e),
+            }
+        }
+        let (b, t) = inputs.size2().expect("token ids [B, T]");
+        Tensor::zeros([b, t, worker.cfg.model.vocab_size], (Kind::Float, Device::Cpu))
+    }
+
+    fn context(&self) -> i64 {
+        self.worker.borrow().cfg.model.seq_len
+    }
+}
+
+impl StageWorker {
+    /// Evaluates the model through the pipeline at this step. Every stage calls it at the same
+    /// step; the last stage gets the result, the others `None`.
+    pub fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>> {
+        let (first, last) = (self.is_first(), self.is_last());
+        if !first && !last {
+            self.relay_evaluation()?;
+            return Ok(None);
+        }
+        let data = self.data.take().expect("the first and the last stage hold the data");
+        let batch = self.cfg.train.micro_batch_size.max(16);
+        let (seed, step) = (self.cfg.train.seed, self.step);
+        let lm = StageLm { worker: RefCell::new(&mut *self), failed: RefCell::new(None) };
+        let result = eval::evaluate(&lm, &data, &evaluation.sets, seed, step, batch);
+        let failed = lm.failed.into_inner();
+        self.data = Some(data);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let quality = result?;
+        if !last {
+            let end = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+            self.down().send(Message::Activation { micro_batch: EVAL_END, tensor: end })?;
+        } else if !first {
+            let _end = Self::recv_tensor(self.up(), "activation", Some(EVAL_END))?;
+        }
+        Ok(last.then_some(quality))
+    }
+
+    /// One evaluation forward of `inputs` (token ids, which the first and the last stage both
+    /// read): the log-probabilities [B, T, V] on the CPU from the last stage, `None` from others.
+    fn eval_forward(&mut self, inputs: &Tensor) -> Result<Option<Tensor>> {
+        let x = if self.is_first() {
+            inputs.to_device(self.device)
+        } else {
+            let x = Self::recv_tensor(self.up(), "activation", Some(EVAL_FORWARD))?;
+            let (want, got) = (inputs.size(), x.size());
+            anyhow::ensure!(
+                got.len() == 3 && got[..2] == want[..],
+                "stage {}: evaluation out of step: activations {got:?} arrived for token ids {want:?}",
+                self.index()
+            );
+            x.to_device(self.device)
+        };
+        let y = tch::no_grad(|| self.model.forward(&self.params, &x, None, None)).y;
+        if self.is_last() {
+            return Ok(Some(y.log_softmax(-1, Kind::Float).to_device(Device::Cpu)));
+        }
+        self.down().send(Message::Activation { micro_batch: EVAL_FORWARD, tensor: y })?;
+        Ok(None)
+    }
+
+    /// A stage between the first and the last: runs every evaluation forward that arrives and
+    /// passes the result on, until the end marker (which it passes on too).
+    fn relay_evaluation(&mut self) -> Result<()> {
+        loop {
+            let peer = self.up().peer_stage();
+            match self.up().recv()? {
+                Message::Activation { micro_batch: EVAL_END, tensor } => {
+                    self.down().send(Message::Activation { micro_batch: EVAL_END, tensor })?;
+                    return Ok(());
+                }
+                Message::Activation { micro_batch: EVAL_FORWARD, tensor } => {
+                    let x = tensor.to_device(self.device);
+                    let y = tch::no_grad(|| self.model.forward(&self.params, &x, None, None)).y;
+                    self.down().send(Message::Activation { micro_batch: EVAL_FORWARD, tensor: y })?;
+                }
+                other => {
+                    let detail = match other {
+                        Message::Activation { micro_batch, .. } => format!("expected an evaluation activation, received micro-batch {micro_batch}"),
+                        other => format!("expected an evaluation activation, received {}", other.name()),
+                    };
+                    return Err(TransportError::Protocol { stage: peer, detail }.into());
+                }
+            }
+        }
+    }
+}
