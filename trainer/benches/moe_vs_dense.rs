@@ -1,12 +1,15 @@
 //! Dense against fine-grained MoE at equal active FLOPs (nanoGPT CPU shape, tinyshakespeare,
 //! byte-level): throughput, and validation loss against steps and wall time.
 //!
-//!   cargo bench -p frugal-trainer --bench moe_vs_dense -- [steps] [eval_every] [threads] [moe fp32|bf16] [dense fp32|bf16]
+//!   cargo bench -p frugal-trainer --bench moe_vs_dense -- [steps] [eval_every] [threads] [moe fp32|bf16] [dense fp32|bf16] [experts]
 //!
 //! The two models train in lockstep (a step of one, then a step of the other), so a change in
 //! the machine's load falls on both alike; tokens/s counts training steps only, not evaluation.
 //! The MoE model replaces every feed-forward (4·d hidden) with 16 routed experts of d hidden,
 //! top-3, plus one shared expert of d hidden: 3·d + d = 4·d active, as in DeepSeekMoE.
+//! `experts` picks another split of the same 4·d active, written `{routed}x{hidden}k{top-k}s{shared}`
+//! (default `16x128k3s1`): `8x256k1s1` is 8 routed experts of 2·d hidden, top-1, plus one shared
+//! expert of 2·d hidden; the bench refuses a split whose active width is not 4·d.
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
 
 use frugal_trainer::config::*;
@@ -80,6 +83,14 @@ fn precision_arg(a: Option<&String>) -> Precision {
     }
 }
 
+/// `{routed}x{hidden}k{top-k}s{shared}`, e.g. `16x128k3s1`: the rest as in [`nano_moe`].
+fn experts_arg(a: &str) -> MoeConfig {
+    let bad = || -> ! { panic!("experts: expected {{routed}}x{{hidden}}k{{top-k}}s{{shared}} such as 16x128k3s1, got {a:?}") };
+    let nums: Vec<i64> = a.split(['x', 'k', 's']).map(|n| n.parse().unwrap_or_else(|_| bad())).collect();
+    let [experts, expert_hidden, top_k, shared_experts] = nums[..] else { bad() };
+    MoeConfig { experts, expert_hidden, top_k, shared_experts, ..nano_moe() }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let steps: i64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(300);
@@ -92,8 +103,10 @@ fn main() {
 
     let dense = nano_model(257);
     let mut moe = nano_model(257);
-    moe.moe = Some(nano_moe());
-    assert_eq!(dense.flops_per_token() as i64 + 6 * 4 * 128 * 16, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
+    let experts = args.get(5).map_or_else(nano_moe, |a| experts_arg(a));
+    let router_flops = 6 * dense.layers * dense.d_model * experts.experts;
+    moe.moe = Some(experts);
+    assert_eq!(dense.flops_per_token() as i64 + router_flops, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
 
     // Lockstep: one step of each in turn, so that the machine's load falls on both alike.
     let started = Instant::now();
