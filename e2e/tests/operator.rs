@@ -412,6 +412,38 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded() {
 }
 
 #[tokio::test]
+async fn a_job_that_spends_its_own_gpu_hours_is_stopped_with_budget_exceeded() {
+    operator_test("operator-own-budget", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        // 0.003 GPU-hours is 10.8 s of the job's one GPU: status writes wake no reconcile, so the
+        // operator schedules its next look for when the limit would be spent at that rate
+        let mut tj = training_job("lm", 1, 3);
+        tj.spec.budget.max_gpu_hours = Some(0.003);
+        apply(&ctx, &tj).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        let running = Instant::now();
+        // what the trainer reports while it runs (kwok's pods run no trainer); nothing else
+        // changes, so only the scheduled look can find it
+        let jobs: Api<TrainingJob> = ctx.api();
+        let cost = serde_json::json!({"status": {"cost": {"gpuHours": 0.0031, "cost": 0.01, "currency": "USD"}}});
+        jobs.patch_status("lm", &PatchParams::default(), &Patch::Merge(&cost)).await?;
+        let stopping = job_where(&ctx, "lm", "reason BudgetExceeded", |tj| condition(tj, "Ready").is_some_and(|c| c.reason == "BudgetExceeded")).await?;
+        let looked = running.elapsed();
+        ensure!(looked >= Duration::from_secs(5) && looked < Duration::from_secs(40), "stopped {looked:?} after Running: {:?}", stopping.status);
+        let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let c = condition(&failed, "Failed").unwrap();
+        assert_eq!(c.reason, "BudgetExceeded");
+        ensure!(c.message.contains("spec.budget.maxGpuHours is 0.003") && c.message.contains("checkpoint"), "message: {}", c.message);
+        let first: Job = ctx.api::<Job>().get("lm-a1").await?;
+        assert_eq!(first.annotations().get("frugal.dev/stop-reason").map(String::as_str), Some("BudgetExceeded"));
+        assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1"], "no further attempt over the limit");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_attempt_without_progress_is_restarted_as_stalled() {
     operator_test("operator-stalled", |ctx| async move {
         let _operator = setup(&ctx).await?;

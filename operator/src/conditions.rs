@@ -41,6 +41,8 @@ pub mod reasons {
     pub const BUDGET_TOO_SMALL: &str = "BudgetTooSmall";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// The job spent its own spec.budget.maxGpuHours or maxCost.
+    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     // the watchdog
     pub const STALLED: &str = "Stalled";

@@ -41,6 +41,9 @@ pub enum FailureKind {
     DeadlineExceeded,
     /// The operator stopped it because the job was suspended. Does not count.
     Suspended,
+    /// The operator stopped it: the job spent its own spec.budget.maxGpuHours or maxCost.
+    /// Permanent.
+    BudgetExceeded,
 }
 
 impl FailureKind {
@@ -55,6 +58,7 @@ pub enum StopReason {
     Stalled,
     DeadlineExceeded,
     Suspended,
+    BudgetExceeded,
 }
 
 impl StopReason {
@@ -63,16 +67,18 @@ impl StopReason {
             Self::Stalled => "Stalled",
             Self::DeadlineExceeded => "DeadlineExceeded",
             Self::Suspended => "Suspended",
+            Self::BudgetExceeded => "BudgetExceeded",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended].into_iter().find(|r| r.as_str() == s)
+        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded].into_iter().find(|r| r.as_str() == s)
     }
     fn failure(self) -> FailureKind {
         match self {
             Self::Stalled => FailureKind::Stalled,
             Self::DeadlineExceeded => FailureKind::DeadlineExceeded,
             Self::Suspended => FailureKind::Suspended,
+            Self::BudgetExceeded => FailureKind::BudgetExceeded,
         }
     }
 }
@@ -150,6 +156,49 @@ fn matched_rule(message: &str) -> Option<usize> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
+/// The job's own spending limits (spec.budget.maxGpuHours, maxCost) and what its status says it
+/// has spent (status.cost, which the trainer reports every few seconds while it runs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Spending {
+    pub gpu_hours: f64,
+    pub cost: f64,
+    pub max_gpu_hours: Option<f64>,
+    pub max_cost: Option<f64>,
+    /// GPUs a running attempt holds, and what a GPU-hour costs: how fast it spends.
+    pub gpus: f64,
+    pub price_per_gpu_hour: f64,
+}
+
+/// The trainer reports its spending every few seconds; looking sooner than this again finds
+/// nothing new.
+const SPENDING_REPORT_SECONDS: f64 = 5.0;
+
+impl Spending {
+    /// The limit the job has spent, as a sentence naming the field, if any. A job that has spent
+    /// nothing (a CPU job, or one not started) has spent no limit, even a limit of 0.
+    pub fn exceeded(&self) -> Option<String> {
+        if let Some(max) = self.max_gpu_hours.filter(|m| self.gpu_hours > 0.0 && self.gpu_hours >= *m) {
+            return Some(format!("the job has spent {:.3} GPU-hours, its spec.budget.maxGpuHours is {max}", self.gpu_hours));
+        }
+        if let Some(max) = self.max_cost.filter(|m| self.cost > 0.0 && self.cost >= *m) {
+            return Some(format!("the job has spent {:.2}, its spec.budget.maxCost is {max}", self.cost));
+        }
+        None
+    }
+
+    /// Seconds until a running attempt would spend the first of the limits, at its GPUs' rate
+    /// from the last report; `None` without a limit or GPUs.
+    fn seconds_left(&self) -> Option<f64> {
+        if self.gpus <= 0.0 {
+            return None;
+        }
+        let per_second = self.gpus / 3600.0;
+        let hours = self.max_gpu_hours.map(|m| (m - self.gpu_hours) / per_second);
+        let cost = self.max_cost.filter(|_| self.price_per_gpu_hour > 0.0).map(|m| (m - self.cost) / (per_second * self.price_per_gpu_hour));
+        [hours, cost].into_iter().flatten().reduce(f64::min).map(|s| s.max(SPENDING_REPORT_SECONDS))
+    }
+}
+
 /// Everything [`decide`] looks at.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
@@ -163,6 +212,7 @@ pub struct Inputs<'a> {
     pub start_time: Option<Time>,
     /// The trainer's last progress report.
     pub last_progress: Option<Time>,
+    pub spending: Spending,
     pub now: Time,
 }
 
@@ -228,6 +278,7 @@ pub fn decide(i: &Inputs) -> Decision {
         .map(|(limit, start)| secs(start) + limit.as_secs() as i64);
     let past_deadline = deadline_at.is_some_and(|at| now >= at);
     let limit = i.backoff_limit;
+    let spent = i.spending.exceeded();
 
     let Some(current) = current else {
         if i.suspend {
@@ -261,10 +312,21 @@ pub fn decide(i: &Inputs) -> Decision {
                     d.reason = reasons::DEADLINE_EXCEEDED;
                     d.message = format!("runPolicy.activeDeadlineSeconds ({}s) passed; attempt {} was stopped", i.active_deadline.map_or(0, |d| d.as_secs()), current.attempt);
                 }
+                FailureKind::BudgetExceeded => {
+                    d.phase = Phase::Failed;
+                    d.reason = reasons::BUDGET_EXCEEDED;
+                    let why = spent.clone().unwrap_or_else(|| "the job spent a limit of spec.budget".into());
+                    d.message = format!("{why}; attempt {} was stopped and wrote a checkpoint", current.attempt);
+                }
                 _ if past_deadline => {
                     d.phase = Phase::Failed;
                     d.reason = reasons::DEADLINE_EXCEEDED;
                     d.message = format!("runPolicy.activeDeadlineSeconds ({}s) passed", i.active_deadline.map_or(0, |d| d.as_secs()));
+                }
+                _ if spent.is_some() => {
+                    d.phase = Phase::Failed;
+                    d.reason = reasons::BUDGET_EXCEEDED;
+                    d.message = format!("{}: no further attempt starts", spent.clone().unwrap_or_default());
                 }
                 _ if restarts > limit => {
                     d.phase = Phase::Failed;
@@ -310,6 +372,11 @@ pub fn decide(i: &Inputs) -> Decision {
                     d.reason = reasons::DEADLINE_EXCEEDED;
                     d.message = format!("runPolicy.activeDeadlineSeconds passed; stopping attempt {}", current.attempt);
                 }
+                Some(StopReason::BudgetExceeded) => {
+                    d.phase = Phase::Running;
+                    d.reason = reasons::BUDGET_EXCEEDED;
+                    d.message = format!("{}; stopping attempt {}", spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()), current.attempt);
+                }
                 None => d.reason = reasons::WAITING_FOR_PODS,
             }
         }
@@ -331,6 +398,14 @@ pub fn decide(i: &Inputs) -> Decision {
                 d.phase = Phase::Running;
                 d.reason = reasons::DEADLINE_EXCEEDED;
                 d.message = format!("runPolicy.activeDeadlineSeconds passed; stopping attempt {}", current.attempt);
+                return d;
+            }
+            if let Some(why) = spent {
+                // its pods write a checkpoint; one that never started is simply removed
+                d.action = if started.is_some() { Action::Stop(current.attempt, StopReason::BudgetExceeded) } else { Action::Delete(current.attempt) };
+                d.phase = if started.is_some() { Phase::Running } else { Phase::Pending };
+                d.reason = reasons::BUDGET_EXCEEDED;
+                d.message = format!("{why}; stopping attempt {}", current.attempt);
                 return d;
             }
             let mut wake = deadline_at.map(|at| at - now);
@@ -361,6 +436,12 @@ pub fn decide(i: &Inputs) -> Decision {
                             return d;
                         }
                         wake = Some(wake.map_or(stall_at - now, |w| w.min(stall_at - now)));
+                    }
+                    // status writes do not wake the controller: look again when the job's own
+                    // limit would be spent at the rate it spends
+                    if let Some(left) = i.spending.seconds_left() {
+                        let left = left.ceil() as i64;
+                        wake = Some(wake.map_or(left, |w| w.min(left)));
                     }
                 }
             }

@@ -60,6 +60,8 @@ fn attempt_states_from_jobs() {
         ("stopped stalled", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Stalled")), 0, failed(FailureKind::Stalled)),
         ("stopped for suspend", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Suspended")), 0, failed(FailureKind::Suspended)),
         ("stopped at deadline", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")), 0, failed(FailureKind::DeadlineExceeded)),
+        ("stopping over budget", job(&[], false, 1, Some("BudgetExceeded")), 1, Stopping(Some(StopReason::BudgetExceeded))),
+        ("stopped over budget", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")), 0, failed(FailureKind::BudgetExceeded)),
     ];
     for (name, job, live, want) in cases {
         assert_eq!(attempt_state(&job, live), want, "{name}");
@@ -80,12 +82,14 @@ struct Case {
     suspend: bool,
     deadline: Option<u64>,
     progress: Option<i64>,
+    /// GPU-hours spent, against spec.budget.maxGpuHours = 10.
+    spent: f64,
     now: i64,
     want: (Action, Phase, &'static str, i32),
 }
 
 fn case(name: &'static str, attempts: Vec<AttemptView>, want: (Action, Phase, &'static str, i32)) -> Case {
-    Case { name, attempts, suspend: false, deadline: None, progress: None, now: 30, want }
+    Case { name, attempts, suspend: false, deadline: None, progress: None, spent: 1.0, now: 30, want }
 }
 
 /// The state machine table of docs/operator.md: (action, phase, reason, restarts).
@@ -123,6 +127,11 @@ fn decide_table() {
         Case { now: 100, ..case("stalled: no report in 60s", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Stalled), P::Pending, "Stalled", 0)) },
         Case { progress: Some(90), now: 100, ..case("a recent report is progress", vec![view(1, Running, Some(0))], (Nothing, P::Running, "Running", 0)) },
         case("stall stop done: counted retry", vec![view(1, failed(F::Stalled), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
+        Case { spent: 10.0, ..case("own GPU-hours spent", vec![view(1, Running, Some(0))], (Stop(1, StopReason::BudgetExceeded), P::Running, "BudgetExceeded", 0)) },
+        Case { spent: 10.0, ..case("stopping over budget", vec![view(1, Stopping(Some(StopReason::BudgetExceeded)), Some(0))], (Nothing, P::Running, "BudgetExceeded", 0)) },
+        Case { spent: 10.0, ..case("budget stop done", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 0)) },
+        Case { spent: 10.0, ..case("no retry over budget", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 1)) },
+        Case { spent: 10.0, ..case("over budget, next attempt not started", vec![view(1, failed(F::Disrupted), Some(0)), view(2, Queued, None)], (Delete(2), P::Pending, "BudgetExceeded", 0)) },
     ];
     for c in cases {
         let inputs = Inputs {
@@ -133,6 +142,7 @@ fn decide_table() {
             progress_deadline: Duration::from_secs(60),
             start_time: Some(t(0)),
             last_progress: c.progress.map(t),
+            spending: Spending { gpu_hours: c.spent, max_gpu_hours: Some(10.0), ..Default::default() },
             now: t(c.now),
         };
         let d = decide(&inputs);
@@ -152,11 +162,47 @@ fn watchdog_and_deadline_schedule_the_next_look() {
         progress_deadline: Duration::from_secs(60),
         start_time: Some(t(0)),
         last_progress: Some(t(30)),
+        spending: Spending::default(),
         now: t(40),
     });
     assert_eq!(d.action, Action::Nothing);
     // the stall would be at 30 + 60 = 90, before the deadline at 500
     assert_eq!(d.requeue_after, Some(Duration::from_secs(50)));
+}
+
+#[test]
+fn a_running_job_is_looked_at_again_when_its_own_limit_would_be_spent() {
+    let attempts = [view(1, AttemptState::Running, Some(0))];
+    let inputs = |spending: Spending| Inputs {
+        attempts: &attempts,
+        suspend: false,
+        backoff_limit: 3,
+        active_deadline: None,
+        progress_deadline: Duration::from_secs(600),
+        start_time: Some(t(0)),
+        last_progress: Some(t(30)),
+        spending,
+        now: t(40),
+    };
+    // 4 GPUs spend 4 GPU-hours an hour: 0.1 GPU-hours left is 90 s
+    let hours = Spending { gpu_hours: 0.9, max_gpu_hours: Some(1.0), gpus: 4.0, price_per_gpu_hour: 2.0, ..Default::default() };
+    assert_eq!(decide(&inputs(hours.clone())).requeue_after, Some(Duration::from_secs(90)));
+    // at $2 a GPU-hour they spend $8 an hour: $0.40 left of maxCost is 180 s, after the GPU-hours
+    let cost = Spending { cost: 1.6, max_cost: Some(2.0), max_gpu_hours: None, ..hours.clone() };
+    assert_eq!(decide(&inputs(cost)).requeue_after, Some(Duration::from_secs(180)));
+    // within a report's interval of the limit: not sooner than the next report
+    let close = Spending { gpu_hours: 0.9999, ..hours.clone() };
+    assert_eq!(decide(&inputs(close)).requeue_after, Some(Duration::from_secs(5)));
+    // spent: stopped with the field named
+    let d = decide(&inputs(Spending { gpu_hours: 1.0, ..hours.clone() }));
+    assert_eq!(d.action, Action::Stop(1, StopReason::BudgetExceeded));
+    assert!(d.message.contains("spec.budget.maxGpuHours is 1"), "{}", d.message);
+    let d = decide(&inputs(Spending { cost: 2.5, max_cost: Some(2.0), max_gpu_hours: None, ..hours.clone() }));
+    assert!(d.message.contains("spec.budget.maxCost is 2"), "{}", d.message);
+    // a CPU job spends no GPU-hours: even a limit of 0 is not spent, and nothing is scheduled
+    let cpu = Spending { max_gpu_hours: Some(0.0), ..Default::default() };
+    let d = decide(&inputs(cpu));
+    assert_eq!((d.action, d.requeue_after), (Action::Nothing, Some(Duration::from_secs(600 - 10))));
 }
 
 #[test]
