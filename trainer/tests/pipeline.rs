@@ -205,24 +205,25 @@ spec:
   resources: {device: CPU}
 "#;
 
+/// Runs `frugal-trainer train job --json` on one thread, checkpointing to `ckpt`, and returns
+/// its JSON events; the run must succeed.
+fn train_events(job: &std::path::Path, ckpt: &std::path::Path, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 #[test]
 fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     let dir = temp_dir("pp-cli");
     let job = dir.join("job.yaml");
     std::fs::write(&job, PIPELINE_JOB).unwrap();
     let ckpt = dir.join("checkpoints");
-    let run = |max_steps: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
-            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
-            .args(["--max-steps", max_steps])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect::<Vec<_>>()
-    };
+    let run = |max_steps: &str| train_events(&job, &ckpt, &["--max-steps", max_steps]);
     let first = run("2");
     let steps: Vec<_> = first.iter().filter(|e| e["event"] == "step").collect();
     assert_eq!(steps.len(), 2);
@@ -268,16 +269,7 @@ fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
             .replace(data, &format!("  data: {{source: {{type: Synthetic, synthetic: {{branching: 4}}}}{target}}}"));
         let job = dir.join(format!("{name}.yaml"));
         std::fs::write(&job, yaml).unwrap();
-        let ckpt = dir.join(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
-            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect::<Vec<_>>()
+        train_events(&job, &dir.join(name), &[])
     };
     let steps_of = |events: &[serde_json::Value], kind: &str| -> Vec<i64> {
         events.iter().filter(|e| e["event"] == kind).map(|e| e["step"].as_i64().unwrap()).collect()

@@ -37,8 +37,9 @@ impl LanguageModel for StageLm<'_> {
                 Err(e) => *self.failed.borrow_mut() = Some(e),
             }
         }
+        // A placeholder of the right shape that allocates one element, not B × T × V.
         let (b, t) = inputs.size2().expect("token ids [B, T]");
-        Tensor::zeros([b, t, worker.cfg.model.vocab_size], (Kind::Float, Device::Cpu))
+        Tensor::zeros([1, 1, 1], (Kind::Float, Device::Cpu)).expand([b, t, worker.cfg.model.vocab_size], false)
     }
 
     fn context(&self) -> i64 {
