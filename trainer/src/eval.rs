@@ -22,6 +22,20 @@ pub trait LanguageModel {
     fn log_probs(&self, inputs: &Tensor) -> Tensor;
     /// The longest context it reads.
     fn context(&self) -> i64;
+    /// What the evaluations read, per position of `inputs`: the log-probability of `targets`
+    /// [B, T] and whether it is the most likely token, both [B, T] on the CPU. A model on a GPU
+    /// computes them there, so that B × T values come to the host rather than B × T × V.
+    fn score(&self, inputs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        score_log_probs(&self.log_probs(inputs), targets)
+    }
+}
+
+/// [`LanguageModel::score`] from log-probabilities [B, T, V], on their device.
+pub fn score_log_probs(log_probs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    let targets = targets.to_device(log_probs.device());
+    let picked = log_probs.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let greedy = log_probs.argmax(-1, false).eq_tensor(&targets);
+    (picked, greedy)
 }
 
 /// The trained GPT as a [`LanguageModel`].
@@ -38,6 +52,11 @@ impl LanguageModel for GptModel<'_> {
     }
     fn context(&self) -> i64 {
         self.model.cfg.seq_len
+    }
+    fn score(&self, inputs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        let logits = self.model.eval_logits(self.params, &inputs.to_device(self.device));
+        let (picked, greedy) = score_log_probs(&logits.log_softmax(-1, Kind::Float), targets);
+        (picked.to_device(Device::Cpu), greedy.to_device(Device::Cpu))
     }
 }
 
@@ -69,9 +88,8 @@ pub fn validate(lm: &dyn LanguageModel, data: &Data, batch: i64) -> Validation {
     let bytes_of = Tensor::from_slice(&data.token_bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>());
     let mut v = Validation { tokens: 0, bytes: 0, nats: 0.0 };
     for b in data.validation(batch) {
-        let logp = lm.log_probs(&b.inputs);
-        let nll = -logp.gather(2, &b.targets.unsqueeze(-1), false).squeeze_dim(-1);
-        v.nats += nll.sum(Kind::Double).double_value(&[]);
+        let (picked, _) = lm.score(&b.inputs, &b.targets);
+        v.nats -= picked.sum(Kind::Double).double_value(&[]);
         v.tokens += b.targets.numel() as i64;
         v.bytes += bytes_of.index_select(0, &b.targets.view([-1])).sum(Kind::Int64).int64_value(&[]);
     }
@@ -102,12 +120,11 @@ fn score_batch(lm: &dyn LanguageModel, context: &[u16], continuations: &[&[u16]]
     }
     let n = rows[0].len() as i64;
     let all = Tensor::from_slice(&rows.concat()).view([rows.len() as i64, n]);
-    let inputs = all.narrow(1, 0, n - 1);
     // Input position i predicts token i + 1: the continuation's k tokens close the row.
-    let targets = all.narrow(1, n - k as i64, k as i64);
-    let logp = lm.log_probs(&inputs).narrow(1, n - 1 - k as i64, k as i64);
-    let picked = logp.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1).sum_dim_intlist(-1, false, Kind::Double);
-    let greedy = logp.argmax(-1, false).eq_tensor(&targets).all_dim(-1, false);
+    let (picked, greedy) = lm.score(&all.narrow(1, 0, n - 1), &all.narrow(1, 1, n - 1));
+    let (from, k) = (n - 1 - k as i64, k as i64);
+    let picked = picked.narrow(1, from, k).sum_dim_intlist(-1, false, Kind::Double);
+    let greedy = greedy.narrow(1, from, k).all_dim(-1, false);
     let sums: Vec<f64> = Vec::try_from(picked).unwrap_or_default();
     let hits: Vec<bool> = Vec::try_from(greedy).unwrap_or_default();
     (sums, hits)

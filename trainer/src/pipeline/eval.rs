@@ -27,23 +27,48 @@ struct StageLm<'a> {
     failed: RefCell<Option<anyhow::Error>>,
 }
 
-impl LanguageModel for StageLm<'_> {
-    fn log_probs(&self, inputs: &Tensor) -> Tensor {
-        let mut worker = self.worker.borrow_mut();
-        if self.failed.borrow().is_none() {
-            match worker.eval_forward(inputs) {
-                Ok(Some(log_probs)) => return log_probs,
-                Ok(None) => {}
-                Err(e) => *self.failed.borrow_mut() = Some(e),
+impl StageLm<'_> {
+    /// One forward through the chain: the last stage's log-probabilities [B, T, V] on its
+    /// device, `None` on the first stage or after a failure (recorded for the evaluation).
+    fn forward(&self, inputs: &Tensor) -> Option<Tensor> {
+        if self.failed.borrow().is_some() {
+            return None;
+        }
+        match self.worker.borrow_mut().eval_forward(inputs) {
+            Ok(log_probs) => log_probs,
+            Err(e) => {
+                *self.failed.borrow_mut() = Some(e);
+                None
             }
         }
-        // A placeholder of the right shape that allocates one element, not B × T × V.
-        let (b, t) = inputs.size2().expect("token ids [B, T]");
-        Tensor::zeros([1, 1, 1], (Kind::Float, Device::Cpu)).expand([b, t, worker.cfg.model.vocab_size], false)
+    }
+}
+
+impl LanguageModel for StageLm<'_> {
+    fn log_probs(&self, inputs: &Tensor) -> Tensor {
+        match self.forward(inputs) {
+            Some(log_probs) => log_probs.to_device(Device::Cpu),
+            None => {
+                // A placeholder of the right shape that allocates one element, not B × T × V.
+                let (b, t) = inputs.size2().expect("token ids [B, T]");
+                let v = self.worker.borrow().cfg.model.vocab_size;
+                Tensor::zeros([1, 1, 1], (Kind::Float, Device::Cpu)).expand([b, t, v], false)
+            }
+        }
     }
 
     fn context(&self) -> i64 {
         self.worker.borrow().cfg.model.seq_len
+    }
+
+    fn score(&self, inputs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        match self.forward(inputs) {
+            Some(log_probs) => {
+                let (picked, greedy) = eval::score_log_probs(&log_probs, targets);
+                (picked.to_device(Device::Cpu), greedy.to_device(Device::Cpu))
+            }
+            None => (Tensor::zeros(targets.size(), (Kind::Float, Device::Cpu)), Tensor::zeros(targets.size(), (Kind::Bool, Device::Cpu))),
+        }
     }
 }
 
@@ -77,7 +102,8 @@ impl StageWorker {
     }
 
     /// One evaluation forward of `inputs` (token ids, which the first and the last stage both
-    /// read): the log-probabilities [B, T, V] on the CPU from the last stage, `None` from others.
+    /// read): the log-probabilities [B, T, V] on this stage's device from the last stage, `None`
+    /// from others.
     fn eval_forward(&mut self, inputs: &Tensor) -> Result<Option<Tensor>> {
         let x = if self.is_first() {
             inputs.to_device(self.device)
@@ -93,7 +119,7 @@ impl StageWorker {
         };
         let y = tch::no_grad(|| self.model.forward(&self.params, &x, None, None)).y;
         if self.is_last() {
-            return Ok(Some(y.log_softmax(-1, Kind::Float).to_device(Device::Cpu)));
+            return Ok(Some(y.log_softmax(-1, Kind::Float)));
         }
         self.down().send(Message::Activation { micro_batch: EVAL_FORWARD, tensor: y })?;
         Ok(None)
