@@ -278,16 +278,20 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
         frugal_trainer::checkpoint::latest(&root)?.with_context(|| format!("no committed checkpoint under {}", root.display()))?
     };
     let device = pick_device(device.or(Some("cpu")))?;
-    let mut trainer = Trainer::new(cfg, device)?;
-    trainer.evaluation = job.eval_config();
-    trainer.restore(&dir)?;
-    let q = trainer.evaluate_quality()?;
-    let prov = trainer.provenance();
+    // A pipelined job's checkpoint is written per stage: it is evaluated through the stages.
+    let (q, step, prov) = if job.spec.parallelism.pipeline_stages > 1 {
+        frugal_trainer::pipeline::run::evaluate_checkpoint(job, &cfg, &dir, device)?
+    } else {
+        let mut trainer = Trainer::new(cfg, device)?;
+        trainer.evaluation = job.eval_config();
+        trainer.restore(&dir)?;
+        (trainer.evaluate_quality()?, trainer.step, trainer.provenance())
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"checkpoint": dir, "quality": q, "provenance": prov}))?);
         return Ok(());
     }
-    println!("checkpoint       {} (step {})", dir.display(), trainer.step);
+    println!("checkpoint       {} (step {step})", dir.display());
     println!("validation loss  {:.4} nats/token, perplexity {:.3}", q.validation_loss.unwrap_or(f64::NAN), q.perplexity.unwrap_or(f64::NAN));
     println!("bits per byte    {:.4}", q.bits_per_byte.unwrap_or(f64::NAN));
     for z in &q.zero_shot {

@@ -237,6 +237,18 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     assert_eq!(resume["step"].as_i64(), Some(2));
     let first_step = second.iter().find(|e| e["event"] == "step").unwrap();
     assert_eq!(first_step["step"].as_i64(), Some(3));
+    // `eval` reads the pipelined checkpoint (one part per stage) and scores what the run's final
+    // evaluation scored.
+    let at_end = second.iter().rfind(|e| e["event"] == "eval").expect("the final evaluation");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["eval", job.to_str().unwrap(), "--json", "--checkpoint", ckpt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (got, want) = (eval["quality"]["validationLoss"].as_f64().unwrap(), at_end["val_loss"].as_f64().unwrap());
+    assert!((got - want).abs() <= 1e-6 * want, "eval {got} vs the run's {want}");
+    assert_eq!(eval["quality"]["step"].as_i64(), Some(4));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

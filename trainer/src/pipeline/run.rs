@@ -11,7 +11,7 @@
 //! from each, the step's loss, throughput and MFU from the process holding the last stage.
 
 use super::checkpoint;
-use super::engine::StageWorker;
+use super::engine::{StageWorker, run_in_process};
 use super::process::ProcessStages;
 use super::schedule::ScheduleKind;
 use super::stage::layouts;
@@ -28,7 +28,7 @@ use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
 use frugal_api::v1alpha1::QualityStatus;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,10 +97,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
     let metrics = Metrics::new(&cfg.name);
     let served = output.metrics_port.map(|port| metrics.serve_port(port)).transpose()?;
     let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
-    let devices: Vec<Device> = match device {
-        Device::Cuda(_) => (0..tch::Cuda::device_count().max(1) as usize).map(Device::Cuda).collect(),
-        d => vec![d],
-    };
+    let devices = devices_for(device);
     let end = max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
     let stages = process.layouts.len() as i64;
     // MFU is taken against every device the pipeline trains on: this process's (stage s on
@@ -291,6 +288,31 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         .into_iter()
         .find(|s| results.contains(s))
         .unwrap_or(PipelineStop::Completed))
+}
+
+/// The devices a process's stages run on, round-robin: every CUDA device when `device` is one.
+fn devices_for(device: Device) -> Vec<Device> {
+    match device {
+        Device::Cuda(_) => (0..tch::Cuda::device_count().max(1) as usize).map(Device::Cuda).collect(),
+        d => vec![d],
+    }
+}
+
+/// Evaluates a pipelined job's checkpoint `dir` with all of the job's stages in this process
+/// (`frugal-trainer eval`): the quality, the checkpoint's step and the provenance.
+pub fn evaluate_checkpoint(job: &Job, cfg: &RunConfig, dir: &Path, device: Device) -> Result<(QualityStatus, i64, Provenance)> {
+    let stages = job.spec.parallelism.pipeline_stages.max(1) as usize;
+    let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
+    let (dir, evaluation) = (dir.to_path_buf(), job.eval_config());
+    let results = run_in_process(cfg, &layouts(&cfg.model, stages), schedule, &devices_for(device), move |w: &mut StageWorker| {
+        checkpoint::load(w, &dir)?;
+        let quality = w.evaluate(&evaluation)?;
+        Ok(quality.map(|q| {
+            let data = w.data.as_ref().expect("the last stage holds the data");
+            (q, w.step, Provenance::of(&w.cfg, &evaluation, data, w.device))
+        }))
+    })?;
+    results.into_iter().flatten().next().context("the last stage returns the evaluation")
 }
 
 /// One evaluation through the pipeline (every stage at the same step); the last stage records
