@@ -204,10 +204,34 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Why a manifest in the other layout (single-process or pipelined) cannot load here, if it is
+/// one: its `format` names the other layout. Anything else is left to the full parse.
+pub(crate) fn other_layout(manifest: &[u8], expected: &str) -> Option<String> {
+    let format = serde_json::from_slice::<serde_json::Value>(manifest).ok()?.get("format")?.as_str()?.to_string();
+    let pipelined = crate::pipeline::checkpoint::FORMAT;
+    match format.as_str() {
+        f if f == expected => None,
+        f if f == pipelined => Some(
+            "it was written by a pipelined run (one part per stage), and this job trains in one process: resume it with \
+             the job that wrote it (parallelism.pipelineStages > 1); `frugal-trainer eval` of that job reads it"
+                .into(),
+        ),
+        f if f == FORMAT => Some(
+            "it was written by a single-process run, and this job trains as a pipeline: resume it with the job that \
+             wrote it (parallelism.pipelineStages 1)"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
 fn verify(dir: &Path) -> Result<Manifest> {
     let corrupt = |what: String| CheckpointError::Corrupt { path: dir.to_path_buf(), what };
     let mpath = dir.join(MANIFEST);
     let text = fs::read(&mpath).map_err(io(&mpath))?;
+    if let Some(why) = other_layout(&text, FORMAT) {
+        return Err(CheckpointError::Mismatch { path: dir.to_path_buf(), what: why });
+    }
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| corrupt(format!("unreadable manifest: {e}")))?;
     if manifest.format != FORMAT {
         return Err(corrupt(format!("format {:?}, expected {FORMAT:?}", manifest.format)));

@@ -307,3 +307,37 @@ fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
     assert_eq!(summary["target"]["reached"], true, "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A checkpoint of the other layout (one file set per process, or one part per stage) is refused
+/// before anything loads, saying which layout it is and which job reads it.
+#[test]
+fn a_checkpoint_of_the_other_layout_is_refused_saying_which_it_is() {
+    use frugal_trainer::pipeline::checkpoint;
+    tch::set_num_threads(1);
+    let cfg = pipeline_run();
+    let root = temp_dir("pp-layout");
+    let pipelined = root.join("pipelined");
+    let to = pipelined.clone();
+    run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+        w.train_step()?;
+        checkpoint::save(w, &to, 1).map(|_| ())
+    })
+    .unwrap();
+    let dir = frugal_trainer::checkpoint::latest(&pipelined).unwrap().expect("a pipelined checkpoint");
+    let mut one = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let err = format!("{:#}", one.restore(&dir).unwrap_err());
+    assert!(err.contains("written by a pipelined run") && err.contains("pipelineStages > 1"), "{err}");
+    assert_eq!(one.step, 0, "nothing loaded");
+
+    let mut single_cfg = cfg.clone();
+    single_cfg.checkpoint_dir = Some(root.join("single"));
+    let mut single = Trainer::new(single_cfg, Device::Cpu).unwrap();
+    single.train_step();
+    let dir = single.save_checkpoint().unwrap().expect("a checkpoint");
+    let err = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+        checkpoint::load(w, &dir).map(|_| ())
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("written by a single-process run"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -155,8 +155,12 @@ pub fn save(worker: &mut StageWorker, root: &Path, keep: usize) -> Result<PathBu
 }
 
 fn verify(dir: &Path) -> Result<Manifest> {
-    let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join(MANIFEST))?)
-        .with_context(|| format!("checkpoint {}: unreadable manifest", dir.display()))?;
+    let text = fs::read(dir.join(MANIFEST))?;
+    if let Some(why) = crate::checkpoint::other_layout(&text, FORMAT) {
+        bail!("checkpoint {} does not match this job: {why}", dir.display());
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("checkpoint {}: unreadable manifest", dir.display()))?;
     ensure!(manifest.format == FORMAT, "checkpoint {}: format {:?}, expected {FORMAT:?}", dir.display(), manifest.format);
     ensure!(manifest.checksum == manifest.compute_checksum(), "checkpoint {}: manifest checksum does not match its contents", dir.display());
     for (name, (bytes, sha)) in &manifest.files {
