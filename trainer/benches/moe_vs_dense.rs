@@ -8,8 +8,10 @@
 //! The MoE model replaces every feed-forward (4·d hidden) with 16 routed experts of d hidden,
 //! top-3, plus one shared expert of d hidden: 3·d + d = 4·d active, as in DeepSeekMoE.
 //! `experts` picks another split of the same 4·d active, written `{routed}x{hidden}k{top-k}s{shared}`
-//! (default `16x128k3s1`): `8x256k1s1` is 8 routed experts of 2·d hidden, top-1, plus one shared
-//! expert of 2·d hidden; the bench refuses a split whose active width is not 4·d.
+//! with an optional capacity factor `c{factor}` (default `16x128k3s1`, capacity factor 1.25):
+//! `8x256k1s1` is 8 routed experts of 2·d hidden, top-1, plus one shared expert of 2·d hidden;
+//! `16x128k3s1c1.0` the default split at capacity factor 1.0. The bench refuses a split whose
+//! active width is not 4·d.
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
 
 use frugal_trainer::config::*;
@@ -83,12 +85,15 @@ fn precision_arg(a: Option<&String>) -> Precision {
     }
 }
 
-/// `{routed}x{hidden}k{top-k}s{shared}`, e.g. `16x128k3s1`: the rest as in [`nano_moe`].
+/// `{routed}x{hidden}k{top-k}s{shared}[c{capacity factor}]`, e.g. `16x128k3s1` or
+/// `16x128k3s1c1.0`: the rest as in [`nano_moe`].
 fn experts_arg(a: &str) -> MoeConfig {
-    let bad = || -> ! { panic!("experts: expected {{routed}}x{{hidden}}k{{top-k}}s{{shared}} such as 16x128k3s1, got {a:?}") };
-    let nums: Vec<i64> = a.split(['x', 'k', 's']).map(|n| n.parse().unwrap_or_else(|_| bad())).collect();
+    let bad = || -> ! { panic!("experts: expected {{routed}}x{{hidden}}k{{top-k}}s{{shared}}[c{{factor}}] such as 16x128k3s1, got {a:?}") };
+    let (split, capacity) = a.split_once('c').map_or((a, None), |(s, c)| (s, Some(c.parse::<f64>().unwrap_or_else(|_| bad()))));
+    let nums: Vec<i64> = split.split(['x', 'k', 's']).map(|n| n.parse().unwrap_or_else(|_| bad())).collect();
     let [experts, expert_hidden, top_k, shared_experts] = nums[..] else { bad() };
-    MoeConfig { experts, expert_hidden, top_k, shared_experts, ..nano_moe() }
+    let base = nano_moe();
+    MoeConfig { experts, expert_hidden, top_k, shared_experts, capacity_factor: capacity.unwrap_or(base.capacity_factor), ..base }
 }
 
 fn main() {
