@@ -21,7 +21,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use frugal_api::{TrainingBudget, TrainingJob};
-use frugal_api::v1alpha1::{BudgetSpec, Phase, PlanStatus, TrainingJobStatus};
+use frugal_api::planner::Plan;
+use frugal_api::v1alpha1::{BudgetSpec, Phase, TrainingJobStatus};
 
 use crate::admit::{self, AdmitError};
 use crate::budget::{self, Claim, Demand};
@@ -125,7 +126,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
         start_time: start_time.clone(),
         last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
-        spending: spending(&valid.spec.budget, prev, &plan_status),
+        spending: spending(&valid.spec.budget, prev, &planned.plan),
         now: now(),
     });
     // the budget's ledger is written before any child is created
@@ -166,15 +167,15 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
 }
 
 /// The job's own limits against what its status says it spent, and its rate while it runs.
-fn spending(budget: &BudgetSpec, prev: &TrainingJobStatus, plan: &PlanStatus) -> Spending {
+fn spending(budget: &BudgetSpec, prev: &TrainingJobStatus, plan: &Plan) -> Spending {
     let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
     Spending {
         gpu_hours: prev.cost.as_ref().map_or(0.0, |c| finite(c.gpu_hours)),
         cost: prev.cost.as_ref().map_or(0.0, |c| finite(c.cost)),
         max_gpu_hours: budget.max_gpu_hours,
         max_cost: budget.max_cost,
-        gpus: f64::from(plan.gpus),
-        price_per_gpu_hour: if plan.estimated_gpu_hours > 0.0 { finite(plan.estimated_cost / plan.estimated_gpu_hours) } else { 0.0 },
+        gpus: plan.gpus as f64,
+        price_per_gpu_hour: plan.price_per_gpu_hour(),
     }
 }
 

@@ -116,7 +116,7 @@ impl Job {
         crate::eval::EvalConfig {
             sets: self.spec.data.eval_sets.clone(),
             target: self.spec.data.quality_target.clone(),
-            price_per_gpu_hour: if p.estimated_gpu_hours > 0.0 { p.estimated_cost / p.estimated_gpu_hours } else { 0.0 },
+            price_per_gpu_hour: p.price_per_gpu_hour(),
             currency: p.currency.clone(),
         }
     }

@@ -46,8 +46,6 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics` on `addr` (e.g. `0.0.0.0:9400`) from a background thread; returns the
-    /// bound port (useful with port 0).
     /// Training progress, published by every process of a run: steps done, steps skipped on
     /// overflow and (with MoE) the dropped fraction of the last step.
     pub fn record_progress(&self, step: i64, skipped_steps: i64, dropped_fraction: Option<f64>) {
@@ -76,6 +74,8 @@ impl Metrics {
         anyhow::Context::with_context(self.serve(&addr), || format!("serving metrics on port {port}"))
     }
 
+    /// Serves `/metrics` on `addr` (e.g. `0.0.0.0:9400`) from a background thread; returns the
+    /// bound port (useful with port 0).
     pub fn serve(&self, addr: &str) -> std::io::Result<u16> {
         let listener = TcpListener::bind(addr)?;
         let port = listener.local_addr()?.port();

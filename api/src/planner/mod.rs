@@ -99,6 +99,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What one GPU-hour of this plan costs (its estimated cost over its GPU-hours; 0 without
+    /// GPU-hours).
+    pub fn price_per_gpu_hour(&self) -> f64 {
+        let price = self.estimated_cost / self.estimated_gpu_hours;
+        if self.estimated_gpu_hours > 0.0 && price.is_finite() { price } else { 0.0 }
+    }
+
     /// Whether every stage fits its GPU (always true on CPU jobs).
     pub fn fits(&self) -> bool {
         self.gpu_memory_bytes == 0 || self.memory_per_device_bytes <= self.gpu_memory_bytes

@@ -207,9 +207,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             let every = w.cfg.train.eval_interval;
             if every > 0 && w.step % every == 0 && w.step < end {
                 let seconds = t_start.elapsed().as_secs_f64();
-                let (q, reached) = evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds)?;
-                quality = q.or(quality);
-                if reached {
+                if evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds, &mut quality)? {
                     stopped = PipelineStop::QualityTargetReached;
                     break;
                 }
@@ -217,9 +215,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         }
         if stopped == PipelineStop::Completed {
             let seconds = t_start.elapsed().as_secs_f64();
-            let (q, reached) = evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds)?;
-            quality = q.or(quality);
-            if reached {
+            if evaluation_pass(w, &evaluation, reporter.as_mut(), &metrics, &mut tracker, seconds, &mut quality)? {
                 stopped = PipelineStop::QualityTargetReached;
             }
         }
@@ -316,8 +312,8 @@ pub fn evaluate_checkpoint(job: &Job, cfg: &RunConfig, dir: &Path, device: Devic
 }
 
 /// One evaluation through the pipeline (every stage at the same step); the last stage records
-/// it as a single-stage run does. Returns the result (on the last stage) and whether it reached
-/// the quality target, which every stage learns by an all-reduce so that all stop together.
+/// it as a single-stage run does and keeps it in `quality`. Returns whether it reached the
+/// quality target, which every stage learns by an all-reduce so that all stop together.
 fn evaluation_pass(
     w: &mut StageWorker,
     evaluation: &EvalConfig,
@@ -325,12 +321,15 @@ fn evaluation_pass(
     metrics: &Metrics,
     tracker: &mut TargetTracker,
     seconds: f64,
-) -> Result<(Option<QualityStatus>, bool)> {
-    let q = w.evaluate(evaluation)?;
-    let reached = match (&q, reporter) {
-        (Some(q), Some(rep)) => record_evaluation(q, w.step, w.step * w.cfg.tokens_per_step(), seconds, rep, metrics, tracker),
-        _ => false,
-    };
+    quality: &mut Option<QualityStatus>,
+) -> Result<bool> {
+    let mut reached = false;
+    if let Some(q) = w.evaluate(evaluation)? {
+        if let Some(rep) = reporter {
+            reached = record_evaluation(&q, w.step, w.step * w.cfg.tokens_per_step(), seconds, rep, metrics, tracker);
+        }
+        *quality = Some(q);
+    }
     let agreed = w.all_reduce(Some(Tensor::from_slice(&[f64::from(u8::from(reached))])))?;
-    Ok((q, Vec::<f64>::try_from(&agreed)?[0] > 0.0))
+    Ok(Vec::<f64>::try_from(&agreed)?[0] > 0.0)
 }
