@@ -3,6 +3,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$FRUGAL_ROOT"
+# No incremental compilation state (3 GB on a cold build) unless asked for: a test run builds
+# each crate once.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 step() { printf '\n== %s\n' "$*"; }
 
