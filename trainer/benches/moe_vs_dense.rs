@@ -10,8 +10,9 @@
 //! `experts` picks another split of the same 4·d active, written `{routed}x{hidden}k{top-k}s{shared}`
 //! with an optional capacity factor `c{factor}` (default `16x128k3s1`, capacity factor 1.25):
 //! `8x256k1s1` is 8 routed experts of 2·d hidden, top-1, plus one shared expert of 2·d hidden;
-//! `16x128k3s1c1.0` the default split at capacity factor 1.0. The bench refuses a split whose
-//! active width is not 4·d.
+//! `16x128k3s1c1.0` the default split at capacity factor 1.0; a last `e{n}` puts the experts in
+//! every n-th layer only (`16x128k3s1c1.0e2`: layers 2 and 4, dense feed-forwards in 1 and 3, as
+//! in Switch Transformer and GShard). The bench refuses a split whose active width is not 4·d.
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
 
 use frugal_trainer::config::*;
@@ -85,15 +86,24 @@ fn precision_arg(a: Option<&String>) -> Precision {
     }
 }
 
-/// `{routed}x{hidden}k{top-k}s{shared}[c{capacity factor}]`, e.g. `16x128k3s1` or
-/// `16x128k3s1c1.0`: the rest as in [`nano_moe`].
+/// `{routed}x{hidden}k{top-k}s{shared}[c{capacity factor}][e{every n layers}]`, e.g.
+/// `16x128k3s1`, `16x128k3s1c1.0` or `16x128k3s1c1.0e2`: the rest as in [`nano_moe`].
 fn experts_arg(a: &str) -> MoeConfig {
-    let bad = || -> ! { panic!("experts: expected {{routed}}x{{hidden}}k{{top-k}}s{{shared}}[c{{factor}}] such as 16x128k3s1, got {a:?}") };
-    let (split, capacity) = a.split_once('c').map_or((a, None), |(s, c)| (s, Some(c.parse::<f64>().unwrap_or_else(|_| bad()))));
+    let bad = || -> ! { panic!("experts: expected {{routed}}x{{hidden}}k{{top-k}}s{{shared}}[c{{factor}}][e{{n}}] such as 16x128k3s1, got {a:?}") };
+    let (rest, every) = a.split_once('e').map_or((a, None), |(s, n)| (s, Some(n.parse::<i64>().unwrap_or_else(|_| bad()))));
+    let (split, capacity) = rest.split_once('c').map_or((rest, None), |(s, c)| (s, Some(c.parse::<f64>().unwrap_or_else(|_| bad()))));
     let nums: Vec<i64> = split.split(['x', 'k', 's']).map(|n| n.parse().unwrap_or_else(|_| bad())).collect();
     let [experts, expert_hidden, top_k, shared_experts] = nums[..] else { bad() };
     let base = nano_moe();
-    MoeConfig { experts, expert_hidden, top_k, shared_experts, capacity_factor: capacity.unwrap_or(base.capacity_factor), ..base }
+    MoeConfig {
+        experts,
+        expert_hidden,
+        top_k,
+        shared_experts,
+        capacity_factor: capacity.unwrap_or(base.capacity_factor),
+        every_n_layers: every.unwrap_or(base.every_n_layers),
+        ..base
+    }
 }
 
 fn main() {
@@ -109,7 +119,7 @@ fn main() {
     let dense = nano_model(257);
     let mut moe = nano_model(257);
     let experts = args.get(5).map_or_else(nano_moe, |a| experts_arg(a));
-    let router_flops = 6 * dense.layers * dense.d_model * experts.experts;
+    let router_flops = 6 * (dense.layers / experts.every_n_layers) * dense.d_model * experts.experts;
     moe.moe = Some(experts);
     assert_eq!(dense.flops_per_token() as i64 + router_flops, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
 
