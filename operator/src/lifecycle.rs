@@ -402,8 +402,10 @@ pub fn decide(i: &Inputs) -> Decision {
             }
             if let Some(why) = spent {
                 // its pods write a checkpoint; one that never started is simply removed
-                d.action = if started.is_some() { Action::Stop(current.attempt, StopReason::BudgetExceeded) } else { Action::Delete(current.attempt) };
-                d.phase = if started.is_some() { Phase::Running } else { Phase::Pending };
+                (d.action, d.phase) = match started {
+                    Some(_) => (Action::Stop(current.attempt, StopReason::BudgetExceeded), Phase::Running),
+                    None => (Action::Delete(current.attempt), Phase::Pending),
+                };
                 d.reason = reasons::BUDGET_EXCEEDED;
                 d.message = format!("{why}; stopping attempt {}", current.attempt);
                 return d;

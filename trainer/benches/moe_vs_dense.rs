@@ -119,8 +119,9 @@ fn main() {
     let dense = nano_model(257);
     let mut moe = nano_model(257);
     let experts = args.get(5).map_or_else(nano_moe, |a| experts_arg(a));
-    let router_flops = 6 * (dense.layers / experts.every_n_layers) * dense.d_model * experts.experts;
+    let routed = experts.experts;
     moe.moe = Some(experts);
+    let router_flops = 6 * moe.moe_layers() * dense.d_model * routed;
     assert_eq!(dense.flops_per_token() as i64 + router_flops, moe.flops_per_token() as i64, "equal active FLOPs (plus the router)");
 
     // Lockstep: one step of each in turn, so that the machine's load falls on both alike.

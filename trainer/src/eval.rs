@@ -30,12 +30,13 @@ pub trait LanguageModel {
     }
 }
 
-/// [`LanguageModel::score`] from log-probabilities [B, T, V], on their device.
+/// [`LanguageModel::score`] from log-probabilities [B, T, V]: computed on their device, returned
+/// on the CPU.
 pub fn score_log_probs(log_probs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
     let targets = targets.to_device(log_probs.device());
     let picked = log_probs.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1);
     let greedy = log_probs.argmax(-1, false).eq_tensor(&targets);
-    (picked, greedy)
+    (picked.to_device(Device::Cpu), greedy.to_device(Device::Cpu))
 }
 
 /// The trained GPT as a [`LanguageModel`].
@@ -45,18 +46,22 @@ pub struct GptModel<'a> {
     pub device: Device,
 }
 
+impl GptModel<'_> {
+    /// Log-probabilities [B, T, V] on the model's device.
+    fn device_log_probs(&self, inputs: &Tensor) -> Tensor {
+        self.model.eval_logits(self.params, &inputs.to_device(self.device)).log_softmax(-1, Kind::Float)
+    }
+}
+
 impl LanguageModel for GptModel<'_> {
     fn log_probs(&self, inputs: &Tensor) -> Tensor {
-        let logits = self.model.eval_logits(self.params, &inputs.to_device(self.device));
-        logits.log_softmax(-1, Kind::Float).to_device(Device::Cpu)
+        self.device_log_probs(inputs).to_device(Device::Cpu)
     }
     fn context(&self) -> i64 {
         self.model.cfg.seq_len
     }
     fn score(&self, inputs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
-        let logits = self.model.eval_logits(self.params, &inputs.to_device(self.device));
-        let (picked, greedy) = score_log_probs(&logits.log_softmax(-1, Kind::Float), targets);
-        (picked.to_device(Device::Cpu), greedy.to_device(Device::Cpu))
+        score_log_probs(&self.device_log_probs(inputs), targets)
     }
 }
 

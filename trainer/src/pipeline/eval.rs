@@ -63,10 +63,7 @@ impl LanguageModel for StageLm<'_> {
 
     fn score(&self, inputs: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
         match self.forward(inputs) {
-            Some(log_probs) => {
-                let (picked, greedy) = eval::score_log_probs(&log_probs, targets);
-                (picked.to_device(Device::Cpu), greedy.to_device(Device::Cpu))
-            }
+            Some(log_probs) => eval::score_log_probs(&log_probs, targets),
             None => (Tensor::zeros(targets.size(), (Kind::Float, Device::Cpu)), Tensor::zeros(targets.size(), (Kind::Bool, Device::Cpu))),
         }
     }
