@@ -2,9 +2,8 @@
 //!
 //! * rpath: torch-sys (links = "tch") exports the libtorch directory as `DEP_TCH_LIBTORCH_LIB`;
 //!   we add it as an rpath so the binary finds `libtorch_cpu.so` on its own.
-//! * `libtorch_cuda.so`: nothing in the trainer references its symbols directly, so the linker's
-//!   default `--as-needed` drops it and `tch::Cuda::is_available()` is false even on a GPU. We
-//!   force it into `NEEDED` with `--no-as-needed` whenever the library exists.
+//! * `libtorch_cuda.so` is deliberately not linked: the binary would then need every CUDA library
+//!   to start, and the `cpu` image has none. `src/cuda.rs` opens it at start where it exists.
 use std::path::PathBuf;
 
 fn main() {
@@ -20,14 +19,6 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-search=native={}", lib_dir.display());
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-        println!("cargo:rustc-cfg=frugal_cuda_linked");
-    }
-    println!("cargo:rustc-check-cfg=cfg(frugal_cuda_linked)");
 }
 
 /// Versions for run reports: the git commit of the source and the libtorch (PyTorch) release.

@@ -31,6 +31,7 @@ fn main() {
     let threads: i32 = std::env::args().skip(1).find(|a| !a.starts_with("--")).and_then(|s| s.parse().ok()).unwrap_or(2);
     tch::set_num_threads(threads);
     tch::manual_seed(0);
+    frugal_trainer::cuda::load();
     let device = Device::cuda_if_available();
     let window = AttentionPattern::SlidingWindow { window: 128 };
     let sparse = AttentionPattern::BlockSparse { block_size: 64, local_blocks: 1, global_tokens: 16 };

@@ -5,6 +5,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod eval;
 pub mod flops;

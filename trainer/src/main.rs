@@ -1,6 +1,7 @@
 //! `frugal-trainer`: `train` runs a TrainingJob (the manifest a user applies, or the operator's
 //! trainer configuration inside a pod); `plan` prints what it will cost before it runs; `prepare`
-//! writes a text corpus as token shards; `eval` scores a checkpoint; `report` compares runs.
+//! writes a text corpus as token shards; `eval` scores a checkpoint; `report` compares runs;
+//! `info` says which libtorch and which devices this binary sees.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -91,6 +92,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the libtorch release, whether its CUDA backend loaded, and the CUDA devices seen.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn info(json: bool) {
+    let (cuda_library, cuda_error) = match frugal_trainer::cuda::load() {
+        frugal_trainer::cuda::Backend::Loaded(path) => (Some(path.as_str()), None),
+        frugal_trainer::cuda::Backend::Absent(why) => (None, Some(why.as_str())),
+    };
+    let devices = if cuda_library.is_some() { tch::Cuda::device_count() } else { 0 };
+    let libtorch = option_env!("FRUGAL_LIBTORCH_VERSION").unwrap_or("unknown");
+    if json {
+        let value = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "libtorch": libtorch,
+            "cuda_library": cuda_library,
+            "cuda_library_error": cuda_error,
+            "cuda_devices": devices,
+            "cpu_threads": tch::get_num_threads(),
+        });
+        println!("{value}");
+    } else {
+        println!("frugal-trainer {}", env!("CARGO_PKG_VERSION"));
+        println!("libtorch      {libtorch}");
+        match (cuda_library, cuda_error) {
+            (Some(path), _) => println!("CUDA backend  loaded from {path}"),
+            (None, why) => println!("CUDA backend  not loaded ({})", why.unwrap_or("absent")),
+        }
+        println!("CUDA devices  {devices}");
+        println!("CPU threads   {}", tch::get_num_threads());
+    }
 }
 
 fn job_path(arg: Option<PathBuf>) -> PathBuf {
@@ -99,6 +134,8 @@ fn job_path(arg: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() {
+    // Before libtorch is first used: it picks its CUDA hooks once.
+    frugal_trainer::cuda::load();
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,
@@ -112,6 +149,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Info { json } => {
+            info(json);
+            Ok(0)
+        }
         Command::Plan { job, json } => {
             let job = job::load(&job)?;
             plan(&job, json)?;

@@ -415,6 +415,7 @@ pub fn record_evaluation(
 
 /// The device a run uses: `cuda` when libtorch sees a GPU, else the CPU.
 pub fn pick_device(requested: Option<&str>) -> Result<Device> {
+    crate::cuda::load();
     match requested.unwrap_or("auto") {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),

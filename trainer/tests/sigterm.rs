@@ -83,7 +83,7 @@ fn sigterm_writes_a_checkpoint_and_the_run_resumes() {
 }
 
 #[test]
-fn binary_links_libtorch_cuda_and_finds_libtorch_by_rpath() {
+fn binary_finds_libtorch_by_rpath_and_loads_cuda_only_where_it_exists() {
     let bin = env!("CARGO_BIN_EXE_frugal-trainer");
     let out = match Command::new("readelf").args(["-d", bin]).output() {
         Ok(o) => o,
@@ -91,15 +91,23 @@ fn binary_links_libtorch_cuda_and_finds_libtorch_by_rpath() {
     };
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("(RUNPATH)") || text.contains("(RPATH)"), "no rpath:\n{text}");
-    // The wheel ships libtorch_cuda.so (CUDA builds); when it exists it must be NEEDED.
+    // The CPU image has no CUDA libraries: the binary must start without them.
+    assert!(!text.contains("[libtorch_cuda.so]"), "libtorch_cuda.so is NEEDED, so the cpu image cannot start:\n{text}");
     let runpath = text.lines().find(|l| l.contains("RUNPATH") || l.contains("RPATH")).unwrap();
     let dir = runpath.split('[').nth(1).unwrap().trim_end_matches(']').to_string();
-    if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
-        assert!(text.contains("[libtorch_cuda.so]"), "libtorch_cuda.so dropped by --as-needed:\n{text}");
-    }
-    // It runs without LD_LIBRARY_PATH.
-    let out = Command::new(bin).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
+    // It runs without LD_LIBRARY_PATH, and opens the CUDA backend where the wheel has one.
+    let out = Command::new(bin).args(["info", "--json"]).env_remove("LD_LIBRARY_PATH").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cuda_here = std::path::Path::new(&dir).join("libtorch_cuda.so").exists();
+    let loaded = info["cuda_library"].as_str();
+    if cuda_here {
+        let path = loaded.unwrap_or_else(|| panic!("the wheel has libtorch_cuda.so but it did not load: {info}"));
+        assert!(path.ends_with("libtorch_cuda.so"), "{info}");
+    } else {
+        assert!(loaded.is_none() && info["cuda_library_error"].is_string(), "{info}");
+    }
+    assert!(info["libtorch"].as_str().is_some_and(|v| v.starts_with("2.11.0")), "{info}");
 }
 
 /// [`JOB`] as a two-stage pipeline.
