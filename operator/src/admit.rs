@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn only_a_job_without_a_live_attempt_is_gated() {
-        let view = |attempt, state| AttemptView { attempt, state, started: None };
+        let view = |attempt, state| AttemptView { attempt, state, started: None, trouble: None };
         let failed = AttemptState::Failed { kind: crate::lifecycle::FailureKind::Failed, message: String::new() };
         let cases = [
             ("never started", vec![], true),

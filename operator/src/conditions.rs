@@ -46,6 +46,11 @@ pub mod reasons {
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     // the watchdog
     pub const STALLED: &str = "Stalled";
+    // an attempt whose pods do not start
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    pub const CONTAINER_NOT_CREATED: &str = "ContainerNotCreated";
+    pub const STARTUP_TIMEOUT: &str = "StartupTimeout";
     // a TrainingBudget's Exhausted condition
     pub const GPU_HOURS_SPENT: &str = "GpuHoursSpent";
     pub const COST_SPENT: &str = "CostSpent";

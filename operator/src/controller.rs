@@ -124,6 +124,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         backoff_limit: policy.backoff_limit,
         active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
         progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
+        startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
         start_time: start_time.clone(),
         last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
         spending: spending(&valid.spec.budget, prev, &planned.plan),

@@ -44,11 +44,13 @@ pub enum FailureKind {
     /// The operator stopped it: the job spent its own spec.budget.maxGpuHours or maxCost.
     /// Permanent.
     BudgetExceeded,
+    /// The operator stopped it: its pods did not start within startupDeadlineSeconds. Counts.
+    StartupTimeout,
 }
 
 impl FailureKind {
     pub fn counts_against_backoff(self) -> bool {
-        matches!(self, Self::Failed | Self::Stalled)
+        matches!(self, Self::Failed | Self::Stalled | Self::StartupTimeout)
     }
 }
 
@@ -59,6 +61,7 @@ pub enum StopReason {
     DeadlineExceeded,
     Suspended,
     BudgetExceeded,
+    StartupTimeout,
 }
 
 impl StopReason {
@@ -68,10 +71,11 @@ impl StopReason {
             Self::DeadlineExceeded => "DeadlineExceeded",
             Self::Suspended => "Suspended",
             Self::BudgetExceeded => "BudgetExceeded",
+            Self::StartupTimeout => "StartupTimeout",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded].into_iter().find(|r| r.as_str() == s)
+        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded, Self::StartupTimeout].into_iter().find(|r| r.as_str() == s)
     }
     fn failure(self) -> FailureKind {
         match self {
@@ -79,8 +83,18 @@ impl StopReason {
             Self::DeadlineExceeded => FailureKind::DeadlineExceeded,
             Self::Suspended => FailureKind::Suspended,
             Self::BudgetExceeded => FailureKind::BudgetExceeded,
+            Self::StartupTimeout => FailureKind::StartupTimeout,
         }
     }
+}
+
+/// Why a starting attempt's pods are not running yet, as the scheduler or the kubelet says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartTrouble {
+    /// One of the `reasons` constants.
+    pub reason: &'static str,
+    /// Names the pod and what is wrong, in the cluster's own words.
+    pub message: String,
 }
 
 /// Where one attempt's Job is.
@@ -105,6 +119,8 @@ pub struct AttemptView {
     pub state: AttemptState,
     /// When its Job started (unsuspended).
     pub started: Option<Time>,
+    /// What keeps its pods from starting, while it is Starting.
+    pub trouble: Option<StartTrouble>,
 }
 
 fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
@@ -208,6 +224,8 @@ pub struct Inputs<'a> {
     pub backoff_limit: i32,
     pub active_deadline: Option<Duration>,
     pub progress_deadline: Duration,
+    /// How long an attempt's pods may take to start.
+    pub startup_deadline: Duration,
     /// When the job first started (status.startTime, or the first attempt's start).
     pub start_time: Option<Time>,
     /// The trainer's last progress report.
@@ -300,7 +318,12 @@ pub fn decide(i: &Inputs) -> Decision {
             d.succeeded_at = at.clone();
         }
         AttemptState::Failed { kind, message } => {
-            let why = if message.is_empty() { String::new() } else { format!(": {message}") };
+            let why = match kind {
+                // the Job's own message would only say its deadline passed
+                FailureKind::StartupTimeout => format!(": its pods did not start within runPolicy.startupDeadlineSeconds ({}s)", i.startup_deadline.as_secs()),
+                _ if message.is_empty() => String::new(),
+                _ => format!(": {message}"),
+            };
             match kind {
                 FailureKind::Configuration => {
                     d.phase = Phase::Failed;
@@ -349,6 +372,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     d.message = match kind {
                         FailureKind::Suspended => format!("resumed: starting attempt {next} from the latest checkpoint"),
                         FailureKind::Disrupted => format!("attempt {} was disrupted (not counted against backoffLimit){why}; starting attempt {next}", current.attempt),
+                        FailureKind::StartupTimeout => format!("attempt {} did not start ({restarts} of {limit} retries used){why}; starting attempt {next}", current.attempt),
                         _ => format!("attempt {} failed ({restarts} of {limit} retries used){why}; starting attempt {next}", current.attempt),
                     };
                     d.attempt = next;
@@ -376,6 +400,10 @@ pub fn decide(i: &Inputs) -> Decision {
                     d.phase = Phase::Running;
                     d.reason = reasons::BUDGET_EXCEEDED;
                     d.message = format!("{}; stopping attempt {}", spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()), current.attempt);
+                }
+                Some(StopReason::StartupTimeout) => {
+                    d.reason = reasons::STARTUP_TIMEOUT;
+                    d.message = format!("attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s); stopping it", current.attempt, i.startup_deadline.as_secs());
                 }
                 None => d.reason = reasons::WAITING_FOR_PODS,
             }
@@ -420,6 +448,22 @@ pub fn decide(i: &Inputs) -> Decision {
                 AttemptState::Starting => {
                     d.reason = reasons::PODS_STARTING;
                     d.message = format!("attempt {}: waiting for its pods to start", current.attempt);
+                    if let Some(trouble) = &current.trouble {
+                        d.reason = trouble.reason;
+                        d.message = format!("attempt {}: {}", current.attempt, trouble.message);
+                    }
+                    // an attempt that cannot start gives its GPUs back after the startup deadline
+                    if let Some(started) = started {
+                        let give_up = started + i.startup_deadline.as_secs() as i64;
+                        if now >= give_up {
+                            d.action = Action::Stop(current.attempt, StopReason::StartupTimeout);
+                            d.reason = reasons::STARTUP_TIMEOUT;
+                            let why = current.trouble.as_ref().map_or(String::new(), |t| format!(" ({})", t.message));
+                            d.message = format!("attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s){why}; stopping it", current.attempt, i.startup_deadline.as_secs());
+                            return d;
+                        }
+                        wake = Some(wake.map_or(give_up - now, |w| w.min(give_up - now)));
+                    }
                 }
                 _ => {
                     d.phase = Phase::Running;

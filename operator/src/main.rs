@@ -48,9 +48,13 @@ pub struct RunArgs {
     /// Most GPUs one job may hold, whatever its budget.maxGpus says.
     #[arg(long, default_value_t = 4)]
     pub max_gpus_per_job: i32,
-    /// Trainer image for jobs whose spec.image is empty.
+    /// Trainer image for jobs whose spec.image is empty (GPU jobs: the `cuda` variant).
     #[arg(long)]
     pub trainer_image: Option<String>,
+    /// Trainer image for CPU jobs (resources.device CPU) whose spec.image is empty: the `cpu`
+    /// variant, without the CUDA libraries (default: --trainer-image).
+    #[arg(long)]
+    pub trainer_cpu_image: Option<String>,
     /// Seconds a stopping trainer pod gets to write its checkpoint.
     #[arg(long, default_value_t = 300)]
     pub termination_grace_seconds: i64,

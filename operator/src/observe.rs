@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 
-use crate::lifecycle::{attempt_state, AttemptView};
+use crate::conditions::reasons;
+use crate::lifecycle::{attempt_state, AttemptState, AttemptView, StartTrouble};
 use crate::names::{ATTEMPT_LABEL, JOB_LABEL};
 use crate::validate::ValidJob;
 
@@ -28,28 +29,104 @@ pub fn attempt_jobs(jobs: &Store<Job>, job: &ValidJob) -> Vec<(i32, std::sync::A
     out
 }
 
-/// Pods of attempt `attempt` that are not yet Succeeded or Failed (they hold GPUs).
-pub fn live_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> usize {
+/// The pods of attempt `attempt`, by name.
+fn attempt_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> Vec<std::sync::Arc<Pod>> {
     let attempt = attempt.to_string();
-    pods.state()
-        .iter()
+    let mut out: Vec<_> = pods
+        .state()
+        .into_iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(job.names.namespace.as_str())
                 && p.labels().get(JOB_LABEL) == Some(&job.names.job)
                 && p.labels().get(ATTEMPT_LABEL) == Some(&attempt)
         })
+        .collect();
+    out.sort_by_key(|p| p.name_any());
+    out
+}
+
+/// Pods of attempt `attempt` that are not yet Succeeded or Failed (they hold GPUs).
+pub fn live_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> usize {
+    attempt_pods(pods, job, attempt)
+        .iter()
         .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .count()
+}
+
+/// Waiting reasons of a container the kubelet cannot start, and what they are called here.
+const IMAGE_REASONS: [&str; 5] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"];
+const CREATE_REASONS: [&str; 3] = ["CreateContainerConfigError", "CreateContainerError", "RunContainerError"];
+
+/// What keeps the first troubled pod of `pods` from starting: the scheduler's reason, or the
+/// kubelet's for a container (its image, the pull error).
+pub fn start_trouble(pods: &[std::sync::Arc<Pod>]) -> Option<StartTrouble> {
+    pods.iter().find_map(|pod| {
+        let name = pod.name_any();
+        let status = pod.status.as_ref()?;
+        let unschedulable = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+        if let Some(c) = unschedulable {
+            let why = c.message.as_deref().unwrap_or("no reason given");
+            return Some(StartTrouble { reason: reasons::UNSCHEDULABLE, message: format!("pod {name} cannot be scheduled: {why}") });
+        }
+        let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+        containers.into_iter().find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            let detail = waiting.message.as_deref().map_or(String::new(), |m| format!(": {m}"));
+            if IMAGE_REASONS.contains(&reason) {
+                let message = format!("pod {name} cannot pull image {:?} ({reason}){detail}", c.image);
+                Some(StartTrouble { reason: reasons::IMAGE_PULL_FAILED, message })
+            } else if CREATE_REASONS.contains(&reason) {
+                let message = format!("pod {name}: container {} cannot start ({reason}){detail}", c.name);
+                Some(StartTrouble { reason: reasons::CONTAINER_NOT_CREATED, message })
+            } else {
+                None
+            }
+        })
+    })
 }
 
 /// The attempts as the lifecycle sees them.
 pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<AttemptView> {
     attempt_jobs(jobs, job)
         .into_iter()
-        .map(|(attempt, j)| AttemptView {
-            attempt,
-            state: attempt_state(&j, live_pods(pods, job, attempt)),
-            started: j.status.as_ref().and_then(|s| s.start_time.clone()),
+        .map(|(attempt, j)| {
+            let state = attempt_state(&j, live_pods(pods, job, attempt));
+            let trouble = (state == AttemptState::Starting).then(|| start_trouble(&attempt_pods(pods, job, attempt))).flatten();
+            AttemptView { attempt, state, started: j.status.as_ref().and_then(|s| s.start_time.clone()), trouble }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> std::sync::Arc<Pod> {
+        std::sync::Arc::new(serde_json::from_value(serde_json::json!({"metadata": {"name": "lm-a1-0"}, "status": status})).unwrap())
+    }
+
+    #[test]
+    fn the_scheduler_and_the_kubelet_say_why_a_pod_does_not_start() {
+        let unschedulable = pod(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}));
+        let t = start_trouble(&[unschedulable]).unwrap();
+        assert_eq!(t.reason, reasons::UNSCHEDULABLE);
+        assert_eq!(t.message, "pod lm-a1-0 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.");
+
+        let pulling = pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "registry.invalid/frugal/trainer:1",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.invalid/frugal/trainer:1\""}}}]}));
+        let t = start_trouble(&[pulling]).unwrap();
+        assert_eq!(t.reason, reasons::IMAGE_PULL_FAILED);
+        assert!(t.message.starts_with("pod lm-a1-0 cannot pull image \"registry.invalid/frugal/trainer:1\" (ImagePullBackOff): Back-off"), "{}", t.message);
+
+        let creating = pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(start_trouble(&[creating]), None, "a container being created is not in trouble");
+    }
 }

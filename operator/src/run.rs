@@ -50,6 +50,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         max_gpus_per_job: args.max_gpus_per_job,
         trainer_image: args.trainer_image.clone(),
+        trainer_cpu_image: args.trainer_cpu_image.clone(),
         termination_grace_seconds: args.termination_grace_seconds,
         ..Settings::default()
     };

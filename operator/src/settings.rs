@@ -9,6 +9,8 @@ pub struct Settings {
     pub max_gpus_per_job: i32,
     /// Trainer image for jobs that set none.
     pub trainer_image: Option<String>,
+    /// Trainer image for CPU jobs that set none (else `trainer_image`).
+    pub trainer_cpu_image: Option<String>,
     /// Command and arguments of the trainer container.
     pub trainer_command: Vec<String>,
     /// Seconds a stopping pod has to write its checkpoint.
@@ -21,6 +23,7 @@ impl Default for Settings {
         Self {
             max_gpus_per_job: 4,
             trainer_image: None,
+            trainer_cpu_image: None,
             trainer_command: vec!["frugal-trainer".into(), "train".into()],
             termination_grace_seconds: 300,
             plan_options: PlanOptions::default(),

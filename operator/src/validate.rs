@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use frugal_api::contract::{env, paths};
-use frugal_api::v1alpha1::MAX_JOB_NAME_LENGTH;
+use frugal_api::v1alpha1::{Device, MAX_JOB_NAME_LENGTH};
 use frugal_api::{TrainingJob, TrainingJobSpec};
 
 use crate::conditions::reasons;
@@ -91,12 +91,11 @@ fn validate_spec(
     if name.len() > MAX_JOB_NAME_LENGTH || !is_dns_1035(name) {
         return Err(ValidationError::Name(name.into()));
     }
-    let image = spec
-        .image
-        .clone()
-        .filter(|i| !i.is_empty())
-        .or_else(|| settings.trainer_image.clone())
-        .ok_or(ValidationError::NoImage)?;
+    let default_image = match spec.resources.device {
+        Device::Cpu => settings.trainer_cpu_image.clone().or_else(|| settings.trainer_image.clone()),
+        Device::Gpu => settings.trainer_image.clone(),
+    };
+    let image = spec.image.clone().filter(|i| !i.is_empty()).or(default_image).ok_or(ValidationError::NoImage)?;
     if let Some(o) = &spec.pod_template {
         for (key, value) in &o.labels {
             if [names::MANAGED_BY, names::JOB_LABEL, names::ATTEMPT_LABEL, names::COMPONENT].contains(&key.as_str())
@@ -180,6 +179,13 @@ spec:
         job.spec.image = None;
         assert!(err(&job).contains("--trainer-image"));
         let settings = Settings { trainer_image: Some("img:2".into()), ..Settings::default() };
+        assert_eq!(validate(&job, &settings).unwrap().image, "img:2");
+        // a CPU job gets the image without CUDA libraries when there is one
+        job.spec.resources.device = Device::Cpu;
+        assert_eq!(validate(&job, &settings).unwrap().image, "img:2");
+        let settings = Settings { trainer_cpu_image: Some("img:2-cpu".into()), ..settings };
+        assert_eq!(validate(&job, &settings).unwrap().image, "img:2-cpu");
+        job.spec.resources.device = Device::Gpu;
         assert_eq!(validate(&job, &settings).unwrap().image, "img:2");
     }
 

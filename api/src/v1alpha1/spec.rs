@@ -913,6 +913,13 @@ pub struct RunPolicy {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 30))]
     pub progress_deadline_seconds: i64,
+    /// Seconds an attempt's pods may take to start (scheduled, images pulled, containers
+    /// running) before the attempt is stopped and counted as a failure, its GPUs released. Until
+    /// then a pod that cannot be scheduled or whose image cannot be pulled is named in the Ready
+    /// condition.
+    #[serde(default = "default_startup_deadline")]
+    #[schemars(range(min = 10))]
+    pub startup_deadline_seconds: i64,
     /// Stop the job's pods (each writes a checkpoint) and keep them stopped until false again.
     #[serde(default)]
     pub suspend: bool,
@@ -924,6 +931,9 @@ fn default_backoff_limit() -> i32 {
 fn default_progress_deadline() -> i64 {
     1800
 }
+fn default_startup_deadline() -> i64 {
+    600
+}
 
 impl Default for RunPolicy {
     fn default() -> Self {
@@ -932,6 +942,7 @@ impl Default for RunPolicy {
             active_deadline_seconds: None,
             ttl_seconds_after_finished: None,
             progress_deadline_seconds: default_progress_deadline(),
+            startup_deadline_seconds: default_startup_deadline(),
             suspend: false,
         }
     }

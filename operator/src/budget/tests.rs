@@ -266,7 +266,7 @@ fn decision(phase: Phase, action: Action) -> Decision {
 }
 
 fn attempt(state: AttemptState) -> Vec<AttemptView> {
-    vec![AttemptView { attempt: 1, state, started: None }]
+    vec![AttemptView { attempt: 1, state, started: None, trouble: None }]
 }
 
 /// What each step of the lifecycle asks of the budget.

@@ -62,6 +62,7 @@ fn attempt_states_from_jobs() {
         ("stopped at deadline", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")), 0, failed(FailureKind::DeadlineExceeded)),
         ("stopping over budget", job(&[], false, 1, Some("BudgetExceeded")), 1, Stopping(Some(StopReason::BudgetExceeded))),
         ("stopped over budget", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")), 0, failed(FailureKind::BudgetExceeded)),
+        ("stopped before it started", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("StartupTimeout")), 0, failed(FailureKind::StartupTimeout)),
     ];
     for (name, job, live, want) in cases {
         assert_eq!(attempt_state(&job, live), want, "{name}");
@@ -69,7 +70,7 @@ fn attempt_states_from_jobs() {
 }
 
 fn view(attempt: i32, state: AttemptState, started: Option<i64>) -> AttemptView {
-    AttemptView { attempt, state, started: started.map(t) }
+    AttemptView { attempt, state, started: started.map(t), trouble: None }
 }
 
 fn failed(kind: FailureKind) -> AttemptState {
@@ -132,6 +133,10 @@ fn decide_table() {
         Case { spent: 10.0, ..case("budget stop done", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 0)) },
         Case { spent: 10.0, ..case("no retry over budget", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 1)) },
         Case { spent: 10.0, ..case("over budget, next attempt not started", vec![view(1, failed(F::Disrupted), Some(0)), view(2, Queued, None)], (Delete(2), P::Pending, "BudgetExceeded", 0)) },
+        Case { now: 130, ..case("pods not started by the startup deadline (120s)", vec![view(1, Starting, Some(0))], (Stop(1, StopReason::StartupTimeout), P::Pending, "StartupTimeout", 0)) },
+        case("stopping: not started", vec![view(1, Stopping(Some(StopReason::StartupTimeout)), Some(0))], (Nothing, P::Pending, "StartupTimeout", 0)),
+        case("not started: counted retry", vec![view(1, failed(F::StartupTimeout), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
+        Case { now: 1000, ..case("a queued attempt has no startup deadline", vec![view(1, Queued, None)], (Nothing, P::Queued, "Queued", 0)) },
     ];
     for c in cases {
         let inputs = Inputs {
@@ -140,6 +145,7 @@ fn decide_table() {
             backoff_limit: 3,
             active_deadline: c.deadline.map(Duration::from_secs),
             progress_deadline: Duration::from_secs(60),
+            startup_deadline: Duration::from_secs(120),
             start_time: Some(t(0)),
             last_progress: c.progress.map(t),
             spending: Spending { gpu_hours: c.spent, max_gpu_hours: Some(10.0), ..Default::default() },
@@ -160,6 +166,7 @@ fn watchdog_and_deadline_schedule_the_next_look() {
         backoff_limit: 3,
         active_deadline: Some(Duration::from_secs(500)),
         progress_deadline: Duration::from_secs(60),
+        startup_deadline: Duration::from_secs(120),
         start_time: Some(t(0)),
         last_progress: Some(t(30)),
         spending: Spending::default(),
@@ -179,6 +186,7 @@ fn a_running_job_is_looked_at_again_when_its_own_limit_would_be_spent() {
         backoff_limit: 3,
         active_deadline: None,
         progress_deadline: Duration::from_secs(600),
+        startup_deadline: Duration::from_secs(120),
         start_time: Some(t(0)),
         last_progress: Some(t(30)),
         spending,
@@ -203,6 +211,37 @@ fn a_running_job_is_looked_at_again_when_its_own_limit_would_be_spent() {
     let cpu = Spending { max_gpu_hours: Some(0.0), ..Default::default() };
     let d = decide(&inputs(cpu));
     assert_eq!((d.action, d.requeue_after), (Action::Nothing, Some(Duration::from_secs(600 - 10))));
+}
+
+#[test]
+fn a_pod_that_cannot_start_is_named_until_the_startup_deadline_stops_the_attempt() {
+    let trouble = StartTrouble { reason: reasons::IMAGE_PULL_FAILED, message: "pod lm-a1-0 cannot pull image \"registry.invalid/x:1\" (ErrImagePull): no such host".into() };
+    let attempts = [AttemptView { trouble: Some(trouble), ..view(1, AttemptState::Starting, Some(0)) }];
+    let inputs = |now| Inputs {
+        attempts: &attempts,
+        suspend: false,
+        backoff_limit: 0,
+        active_deadline: None,
+        progress_deadline: Duration::from_secs(600),
+        startup_deadline: Duration::from_secs(120),
+        start_time: Some(t(0)),
+        last_progress: None,
+        spending: Spending::default(),
+        now: t(now),
+    };
+    let d = decide(&inputs(20));
+    assert_eq!((d.action.clone(), d.reason), (Action::Nothing, reasons::IMAGE_PULL_FAILED));
+    assert!(d.message.contains("registry.invalid/x:1") && d.message.contains("no such host"), "{}", d.message);
+    // looked at again when the startup deadline passes, with no event to wake it
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(100)));
+    let d = decide(&inputs(120));
+    assert_eq!(d.action, Action::Stop(1, StopReason::StartupTimeout));
+    assert!(d.message.contains("runPolicy.startupDeadlineSeconds (120s)") && d.message.contains("registry.invalid/x:1"), "{}", d.message);
+    // stopped and counted: with backoffLimit 0 the job fails, saying why
+    let stopped = [view(1, failed(FailureKind::StartupTimeout), Some(0))];
+    let d = decide(&Inputs { attempts: &stopped, ..inputs(130) });
+    assert_eq!((d.phase, d.reason, d.restarts), (Phase::Failed, reasons::BACKOFF_LIMIT_EXCEEDED, 1));
+    assert!(d.message.contains("did not start within runPolicy.startupDeadlineSeconds"), "{}", d.message);
 }
 
 #[test]
