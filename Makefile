@@ -1,6 +1,6 @@
 # The two entry points. Each installs what it needs (libtorch into .venv, the test cluster's
 # binaries into ~/.cache/frugal) and caches it for the next run.
-.PHONY: quickstart test crds
+.PHONY: quickstart test crds images
 
 quickstart: ## train the quick-start job on its embedded default (synthetic data, CPU) and report
 	@bash scripts/quickstart.sh
@@ -10,3 +10,6 @@ test: ## every test: unit, contract and CEL, trainer on CPU, and end to end on a
 
 crds: ## regenerate crds/ and the chart's copy from the API types
 	@bash -c 'source scripts/env.sh && for d in crds charts/frugal/crds; do cargo run -q -p frugal-operator -- crd --dir $$d; done'
+
+images: ## the operator and trainer images (cuda and cpu variants) with Docker; see images/README.md
+	@bash images/build

@@ -1,0 +1,68 @@
+# Sourced: a Docker engine to build images with. Debian's docker.io is installed when no engine
+# is there; a daemon this script starts is stopped again, by its PID, by frugal_docker_down.
+# shellcheck shell=bash
+
+# Debian's CLI has BuildKit built in; a newer `docker` earlier on PATH may lack buildx, and
+# BuildKit then fails with "buildx component is missing".
+FRUGAL_DOCKER_CLI=${FRUGAL_DOCKER_CLI:-/usr/bin/docker}
+FRUGAL_DOCKER_STATE=${FRUGAL_DOCKER_STATE:-${TMPDIR:-/tmp}/frugal-dockerd}
+export DOCKER_BUILDKIT=1
+
+fdocker() { "$FRUGAL_DOCKER_CLI" "$@"; }
+
+frugal_apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  echo "frugal: installing ${missing[*]} from Debian" >&2
+  if [[ $(id -u) != 0 ]]; then
+    echo "frugal: need root to install ${missing[*]} (or install them yourself)" >&2
+    return 1
+  fi
+  # An index older than a day may name packages the mirror no longer has.
+  if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1) ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Starts dockerd unless an engine already answers (a user's own, or one from an earlier call).
+frugal_docker_up() {
+  if [[ -x $FRUGAL_DOCKER_CLI ]] && fdocker info >/dev/null 2>&1; then
+    return 0
+  fi
+  if [[ ! -x $FRUGAL_DOCKER_CLI || ! -x /usr/sbin/dockerd ]]; then
+    frugal_apt_install docker.io
+  fi
+  mkdir -p "$FRUGAL_DOCKER_STATE"
+  echo "frugal: starting dockerd (log $FRUGAL_DOCKER_STATE/dockerd.log)" >&2
+  # No systemd here: the daemon runs as a child of this shell's session, stopped by PID.
+  setsid /usr/sbin/dockerd --pidfile "$FRUGAL_DOCKER_STATE/dockerd.pid" \
+    >"$FRUGAL_DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
+  echo $! >"$FRUGAL_DOCKER_STATE/started-by-frugal"
+  local i
+  for i in $(seq 120); do
+    fdocker info >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$FRUGAL_DOCKER_STATE/started-by-frugal")" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "frugal: dockerd did not start; its log:" >&2
+  tail -n 30 "$FRUGAL_DOCKER_STATE/dockerd.log" >&2
+  return 1
+}
+
+# Stops the daemon frugal_docker_up started, and only that one.
+frugal_docker_down() {
+  local marker=$FRUGAL_DOCKER_STATE/started-by-frugal pid
+  [[ -f $marker ]] || return 0
+  pid=$(cat "$marker")
+  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "dockerd --pidfile $FRUGAL_DOCKER_STATE/"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$marker"
+}
