@@ -14,6 +14,11 @@ KUEUE_HEALTH_PORT=${FRUGAL_KUEUE_HEALTH_PORT:-20281}
 # Kueue v0.17's main.go reads its metrics serving certificate from this fixed path whenever its
 # own certificate management is off, even with the metrics server turned off.
 KUEUE_METRICS_CERTS=/etc/kueue/metrics/certs
+# shellcheck source=node/lib.sh
+source "$CLUSTER_HERE/node/lib.sh"
+# The API server listens on loopback, or, with the real node, on the node's bridge address, which
+# pods reach through the kubernetes Service (kube-proxy) and host processes reach as well.
+if real_node_wanted; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -97,7 +102,7 @@ make_pki() {
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
       -keyout apiserver.key -out apiserver.csr 2>/dev/null
     printf '%s\n' \
-      'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1' \
+      "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1" \
       'extendedKeyUsage=serverAuth' 'keyUsage=digitalSignature,keyEncipherment' >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
@@ -120,7 +125,7 @@ kind: Config
 clusters:
 - name: frugal
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$APISERVER_HOST:$APISERVER_PORT
     certificate-authority: $STATE/pki/ca.crt
 users:
 - name: frugal-admin
