@@ -19,6 +19,7 @@ pub async fn dump(client: &Client, namespace: &str) {
     out.push_str(&operator_log());
     out.push_str(&namespace_operator_log(namespace));
     out.push_str(&pod_runner_logs(namespace));
+    out.push_str(&container_logs(client, namespace).await);
     let _ = writeln!(out, "===== end of diagnostics =====");
     eprint!("{out}");
 }
@@ -133,6 +134,29 @@ fn namespace_operator_log(namespace: &str) -> String {
             format!("--- operator log {} (last {} of {} lines) ---\n{}\n", path.display(), tail.len(), lines.len(), tail.join("\n"))
         }
     }
+}
+
+/// The last lines of every container of this namespace's pods on the real node (through the
+/// API server, which asks the kubelet).
+async fn container_logs(client: &Client, namespace: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = pods.list(&ListParams::default()).await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for pod in list {
+        let on_real_node = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()).is_some_and(|s| s.contains_key(crate::node::REAL_NODE_LABEL.0))
+            || pod.labels().contains_key("app.kubernetes.io/instance");
+        if !on_real_node {
+            continue;
+        }
+        for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
+            let params = kube::api::LogParams { container: Some(c.name.clone()), tail_lines: Some(OPERATOR_LOG_LINES as i64), ..Default::default() };
+            let text = pods.logs(&pod.name_any(), &params).await.unwrap_or_else(|e| format!("(no log: {e})"));
+            let _ = writeln!(out, "--- container log {}/{} ---\n{text}", pod.name_any(), c.name);
+        }
+    }
+    out
 }
 
 /// The output of this namespace's pods that the pod runner ran (`<namespace>.<pod>.log` under

@@ -12,6 +12,7 @@
 pub mod diagnostics;
 pub mod fixtures;
 pub mod manifests;
+pub mod node;
 pub mod operator;
 pub mod training_job;
 pub mod wait;

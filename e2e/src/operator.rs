@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Trainer image the operator gives jobs that set none; kwok runs no containers.
+/// Trainer image the operator gives GPU jobs that set none; kwok runs no containers.
 pub const TRAINER_IMAGE: &str = "registry.invalid/frugal/trainer:e2e";
 
 /// Where the operator of `namespace` logs.
@@ -47,6 +47,8 @@ impl Operator {
         let log = OpenOptions::new().create(true).append(true).open(log_path(namespace))?;
         let child = Command::new(binary()?)
             .args(["run", "--namespace", namespace, "--metrics-addr", "127.0.0.1:0", "--trainer-image", TRAINER_IMAGE])
+            // CPU jobs on the real node run the image images/build makes
+            .args(["--trainer-cpu-image", &crate::node::cpu_trainer_image()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

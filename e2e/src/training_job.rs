@@ -74,6 +74,16 @@ pub async fn finished(ctx: &TestContext, name: &str) -> Result<TrainingJob> {
     job_where(ctx, name, "phase Succeeded or Failed", |tj| matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed))).await
 }
 
+/// Waits up to `limit` until the TrainingJob has Succeeded or Failed: for jobs that train in
+/// containers on the real node.
+pub async fn finished_within(ctx: &TestContext, name: &str, limit: std::time::Duration) -> Result<TrainingJob> {
+    let api: Api<TrainingJob> = ctx.api();
+    let done = |tj: Option<&TrainingJob>| tj.is_some_and(|tj| matches!(phase(tj), Some(Phase::Succeeded | Phase::Failed)));
+    wait::within(limit, &format!("{name} Succeeded or Failed"), kube::runtime::wait::await_condition(api, name, done))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{name} was deleted"))
+}
+
 /// What the pod runner captured of a pod's output (`FRUGAL_POD_RUNNER_LOG_DIR`).
 pub fn pod_output(namespace: &str, pod: &str) -> String {
     let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
@@ -109,6 +119,21 @@ fn manifest(name: &str, spec: &str) -> TrainingJob {
 /// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data in
 /// `stages` pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given.
 pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
+    let placement = format!(
+        "    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}\n  podTemplate:\n    labels: {{{}: \"true\"}}\n",
+        crate::POD_RUNNER_LABEL
+    );
+    small_cpu_job(name, steps, claim, stages, &placement)
+}
+
+/// The same job on the real node: its pods run the trainer image in containers (the operator's
+/// `--trainer-cpu-image`), find their peers through cluster DNS and report with their own token.
+pub fn real_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
+    let (key, value) = crate::node::REAL_NODE_LABEL;
+    small_cpu_job(name, steps, claim, stages, &format!("    nodeSelector: {{{key}: {value}}}\n  podTemplate:\n"))
+}
+
+fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, placement: &str) -> TrainingJob {
     let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
     manifest(
         name,
@@ -126,15 +151,11 @@ pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> Trai
     evalInterval: 1000000
     checkpointInterval: 10
     logInterval: 1
+  runPolicy: {{backoffLimit: 2}}
   resources:
     device: CPU
-    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}
-  runPolicy: {{backoffLimit: 2}}
-  podTemplate:
-    labels: {{{runner}: "true"}}
-    env: [{{name: FRUGAL_THREADS, value: "1"}}]
+{placement}    env: [{{name: FRUGAL_THREADS, value: "1"}}]
 {checkpoint}"#,
-            runner = crate::POD_RUNNER_LABEL,
         ),
     )
 }

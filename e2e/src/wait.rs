@@ -17,7 +17,15 @@ pub async fn until<T, E>(what: &str, fut: impl Future<Output = Result<T, E>>) ->
 where
     E: Into<anyhow::Error>,
 {
-    let limit = crate::timeout();
+    within(crate::timeout(), what, fut).await
+}
+
+/// Awaits `fut` for at most `limit` (for what really trains, which takes longer than a status
+/// change), naming `what` in the error.
+pub async fn within<T, E>(limit: std::time::Duration, what: &str, fut: impl Future<Output = Result<T, E>>) -> Result<T>
+where
+    E: Into<anyhow::Error>,
+{
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => result.map_err(Into::into).with_context(|| format!("waiting for {what}")),
         Err(_) => Err(anyhow!("timed out after {limit:?} waiting for {what}")),

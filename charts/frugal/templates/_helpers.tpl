@@ -16,6 +16,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "frugal.labels" -}}
 {{ include "frugal.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: frugal
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The images `make images` builds, named by the chart's appVersion. */}}
+{{- define "frugal.trainerImage" -}}
+{{- .Values.operator.trainerImage | default (printf "frugal-trainer:%s-cuda" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "frugal.trainerCpuImage" -}}
+{{- .Values.operator.trainerCpuImage | default (printf "frugal-trainer:%s-cpu" .Chart.AppVersion) -}}
 {{- end -}}

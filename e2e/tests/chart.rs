@@ -1,0 +1,78 @@
+//! The Helm chart as helm sees it before anything is installed: it lints, renders with the
+//! defaults and namespace-scoped, names the images `images/build` makes, refuses a typo in its
+//! values naming the field, and packages into the archive a user pushes to an OCI registry.
+//! (Installing it for real is `real_node.rs`.)
+
+use anyhow::{Result, ensure};
+use frugal_e2e::node::{self, helm};
+
+fn chart() -> String {
+    frugal_e2e::repo_root().join("charts/frugal").display().to_string()
+}
+
+/// helm runs only where scripts/e2e.sh put it on PATH, as every e2e test needs FRUGAL_E2E=1.
+fn enabled(test: &str) -> bool {
+    if !frugal_e2e::enabled() {
+        eprintln!("e2e: skipping {test}: set FRUGAL_E2E=1 (scripts/e2e.sh puts helm on PATH)");
+    }
+    frugal_e2e::enabled()
+}
+
+#[test]
+fn the_chart_lints_and_renders_with_the_images_make_images_builds() -> Result<()> {
+    if !enabled("chart-render") {
+        return Ok(());
+    }
+    helm(&["lint", "--strict", &chart()])?;
+    let all = helm(&["template", "frugal", &chart(), "--namespace", "frugal-system"])?;
+    for expected in [
+        format!("image: \"{}\"", node::operator_image()),
+        format!("--trainer-cpu-image={}", node::cpu_trainer_image()),
+        format!("--trainer-image=frugal-trainer:{}-cuda", node::version()),
+        "kind: ClusterRole".to_string(),
+        "app.kubernetes.io/managed-by: Helm".to_string(),
+        "readOnlyRootFilesystem: true".to_string(),
+    ] {
+        ensure!(all.contains(&expected), "the default render lacks {expected:?}:\n{all}");
+    }
+    let scoped = helm(&["template", "frugal", &chart(), "--namespace", "team", "--set", "operator.watchNamespace=team", "--set", "replicaCount=2"])?;
+    ensure!(!scoped.contains("kind: ClusterRole") && scoped.contains("kind: Role"), "namespace-scoped RBAC:\n{scoped}");
+    ensure!(scoped.contains("--namespace=team") && scoped.contains("replicas: 2") && scoped.contains("--leader-elect"), "{scoped}");
+    Ok(())
+}
+
+#[test]
+fn a_typo_in_the_values_fails_naming_the_field() -> Result<()> {
+    if !enabled("chart-schema") {
+        return Ok(());
+    }
+    let typo = helm(&["template", "frugal", &chart(), "--set", "operator.trainerImg=x"]).expect_err("a typo renders");
+    ensure!(typo.to_string().contains("trainerImg"), "{typo}");
+    let wrong = helm(&["template", "frugal", &chart(), "--set", "replicaCount=0"]).expect_err("zero replicas render");
+    ensure!(wrong.to_string().contains("replicaCount"), "{wrong}");
+    let bad = helm(&["template", "frugal", &chart(), "--set", "image.pullPolicy=Sometimes"]).expect_err("a bad pull policy renders");
+    ensure!(bad.to_string().contains("pullPolicy"), "{bad}");
+    Ok(())
+}
+
+#[test]
+fn the_chart_packages_for_an_oci_registry() -> Result<()> {
+    if !enabled("chart-package") {
+        return Ok(());
+    }
+    let out = std::env::temp_dir().join(format!("frugal-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&out)?;
+    helm(&["package", &chart(), "--destination", out.to_str().unwrap()])?;
+    let archive = out.join(format!("frugal-{}.tgz", node::version()));
+    ensure!(archive.exists(), "no {}", archive.display());
+    // what `helm push` would upload: the chart, its CRDs, schema and notes inside
+    let shown = helm(&["show", "chart", archive.to_str().unwrap()])?;
+    ensure!(shown.contains("name: frugal") && shown.contains(&format!("appVersion: {}", node::version())), "{shown}");
+    let listing = std::process::Command::new("tar").args(["-tzf", archive.to_str().unwrap()]).output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in ["frugal/values.schema.json", "frugal/templates/NOTES.txt", "frugal/crds/trainingjobs.frugal.dev.yaml"] {
+        ensure!(listing.contains(f), "the package lacks {f}:\n{listing}");
+    }
+    std::fs::remove_dir_all(&out).ok();
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! frugal as users run it, on the real node: the chart's operator in a container under the
+//! chart's RBAC only, trainers from the project's image, statuses patched from inside the
+//! containers with their own tokens, peers found through cluster DNS, a deleted pod's SIGTERM
+//! checkpoint resumed by the next attempt, and a leader that hands over. Every namespace enforces
+//! Pod Security `restricted`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt as _};
+
+use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::Phase;
+use frugal_e2e::node::{self, REAL_NODE_LABEL};
+use frugal_e2e::operator::Operator;
+use frugal_e2e::training_job::{apply, finished_within, job_where, phase, real_cpu_job, resumed_at};
+use frugal_e2e::{TestContext, manifests, run};
+
+/// Real training in containers on two cores takes longer than a status change.
+const TRAINING: Duration = Duration::from_secs(420);
+
+async fn attempt_pods(ctx: &TestContext, job: &str, attempt: i32) -> Result<Vec<Pod>> {
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
+    let mut pods = ctx.api::<Pod>().list(&ListParams::default().labels(&selector)).await?.items;
+    pods.sort_by_key(|p| p.name_any());
+    Ok(pods)
+}
+
+/// Waits until attempt `attempt` of `job` has a pod whose trainer has logged `needle`.
+async fn pod_logging(ctx: &TestContext, job: &str, attempt: i32, needle: &str, limit: Duration) -> Result<Pod> {
+    let deadline = Instant::now() + limit;
+    loop {
+        for pod in attempt_pods(ctx, job, attempt).await? {
+            if node::logs(ctx, &pod.name_any()).await.contains(needle) {
+                return Ok(pod);
+            }
+        }
+        ensure!(Instant::now() < deadline, "no pod of {job} attempt {attempt} logged {needle} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The pod ran in a container (containerd's ID) on the node labelled as the real one.
+async fn on_real_node(ctx: &TestContext, pod: &Pod) -> Result<()> {
+    let (node, id) = node::placement(pod);
+    let labels = Api::<k8s_openapi::api::core::v1::Node>::all(ctx.client.clone()).get(&node).await?.metadata.labels.unwrap_or_default();
+    ensure!(labels.get(REAL_NODE_LABEL.0).map(String::as_str) == Some(REAL_NODE_LABEL.1), "{} ran on {node}, not the real node", pod.name_any());
+    ensure!(id.starts_with("containerd://"), "{}: container {id:?} is not a containerd container", pod.name_any());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_quick_start_succeeds_in_a_container_under_the_charts_operator() {
+    if !node::available("real-quickstart") {
+        return;
+    }
+    run("real-quickstart", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        // the README's cluster steps: helm install, kubectl apply the example, kubectl get tj
+        node::install_chart(&ctx, "frugal", &[])?;
+        let operators = ctx.api::<Pod>().list(&ListParams::default().labels("app.kubernetes.io/instance=frugal")).await?.items;
+        let operator = operators.first().context("the chart's operator pod")?;
+        let image = operator.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default();
+        ensure!(image == node::operator_image(), "the operator runs {image}");
+        ensure!(operator.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"), "operator {}", node::describe(operator));
+        eprintln!("e2e: operator {} image {image}", node::describe(operator));
+
+        let text = std::fs::read_to_string(frugal_e2e::repo_root().join("examples/quickstart-cpu.yaml"))?;
+        let tj: TrainingJob = serde_yaml::from_str(&text)?;
+        apply(&ctx, &tj).await?;
+        let done = finished_within(&ctx, "quickstart", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "quickstart", 1).await?;
+        let pod = pods.first().context("attempt 1 has a pod")?;
+        let log = node::logs(&ctx, &pod.name_any()).await;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "the quick start ended {:?}: {:?}\n{log}", phase(&done), done.status);
+        on_real_node(&ctx, pod).await?;
+        let trainer_image = pod.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default();
+        ensure!(trainer_image == node::cpu_trainer_image(), "the trainer ran {trainer_image}");
+        eprintln!("e2e: quick start Succeeded; trainer {} image {trainer_image}", node::describe(pod));
+        // patched from inside the container, through the kubernetes Service, with its own token
+        let status = done.status.context("no status")?;
+        let progress = status.progress.context("status.progress from the trainer in the container")?;
+        ensure!(progress.step > 0 && progress.loss.is_some_and(|l| l > 0.0), "progress {progress:?}");
+        let quality = status.quality.context("status.quality from the trainer's evaluation")?;
+        ensure!(quality.validation_loss.is_some_and(|v| v.is_finite()), "quality {quality:?}");
+        ensure!(status.efficiency.is_some_and(|e| e.tokens_per_second > 0.0), "efficiency");
+        Ok(())
+    })
+    .await;
+}
+
+/// Asks the cluster DNS server (the bridge address, as the kubelet tells pods) for `name`'s
+/// IPv4 addresses: a minimal query, so the test needs no resolver configured on the host.
+fn dns_a(server: &str, name: &str) -> Result<Vec<std::net::Ipv4Addr>> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    socket.send_to(&q, (server, 53))?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf)?;
+    let r = &buf[..n];
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    let mut at = q.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // a name (a pointer or labels), type, class, ttl, length, data
+        if r[at] & 0xc0 == 0xc0 {
+            at += 2;
+        } else {
+            while r[at] != 0 {
+                at += 1 + r[at] as usize;
+            }
+            at += 1;
+        }
+        let kind = u16::from_be_bytes([r[at], r[at + 1]]);
+        let len = u16::from_be_bytes([r[at + 8], r[at + 9]]) as usize;
+        at += 10;
+        if kind == 1 && len == 4 {
+            out.push(std::net::Ipv4Addr::new(r[at], r[at + 1], r[at + 2], r[at + 3]));
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
+    if !node::available("real-pipeline") {
+        return;
+    }
+    run("real-pipeline", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "ckpt").await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        apply(&ctx, &real_cpu_job("lm", 20, Some("ckpt"), 2)).await?;
+        // while both stages run, the second's stable name resolves to its pod's address
+        let second = pod_logging(&ctx, "lm", 1, "\"event\":", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "lm", 1).await?;
+        ensure!(pods.len() == 2, "{} pods", pods.len());
+        let peer = pods.iter().find(|p| p.name_any().contains("-1-")).or(pods.last()).context("stage 1's pod")?;
+        let spec = peer.spec.as_ref().unwrap();
+        let host = format!("{}.{}.{}.svc.cluster.local", spec.hostname.clone().unwrap_or_default(), spec.subdomain.clone().unwrap_or_default(), ctx.namespace);
+        let ip = peer.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+        // the cluster DNS server the kubelet gives pods (e2e/cluster/node/lib.sh); kind's cannot
+        // be reached from the host (FRUGAL_CLUSTER_DNS=none)
+        let server = std::env::var("FRUGAL_CLUSTER_DNS").unwrap_or_else(|_| "10.89.0.1".into());
+        if server != "none" {
+            let resolved = dns_a(&server, &host)?;
+            eprintln!("e2e: {host} resolves to {resolved:?} (pod IP {ip}); first logging pod {}", second.name_any());
+            ensure!(resolved.iter().any(|a| a.to_string() == ip), "{host} resolved to {resolved:?}, the pod's IP is {ip}");
+        }
+        // nothing wrote the peers into the host's /etc/hosts: the trainers resolved them by DNS
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        ensure!(!hosts.contains(&ctx.namespace), "/etc/hosts names the test's pods:\n{hosts}");
+
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let mut logs = Vec::new();
+        for p in &pods {
+            on_real_node(&ctx, p).await?;
+            logs.push(format!("{}:\n{}", node::describe(p), node::logs(&ctx, &p.name_any()).await));
+        }
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; logs:\n{}", phase(&done), logs.join("\n"));
+        ensure!(logs.iter().any(|l| l.contains("\"step\":20")), "no stage reached step 20:\n{}", logs.join("\n"));
+        let status = done.status.context("no status")?;
+        ensure!(status.progress.is_some_and(|p| p.step == 20), "status.progress from the last stage's container");
+        Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_it() {
+    if !node::available("real-sigterm") {
+        return;
+    }
+    run("real-sigterm", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "ckpt").await?;
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "60"])?;
+        let steps = 5000;
+        let mut tj = real_cpu_job("lm", steps, Some("ckpt"), 1);
+        // checkpoints only at the end and on SIGTERM: the one attempt 2 resumes from is the
+        // SIGTERM one
+        tj.spec.training.checkpoint_interval = 100_000;
+        apply(&ctx, &tj).await?;
+        let first = pod_logging(&ctx, "lm", 1, "\"event\":\"step\"", TRAINING).await?;
+        let name = first.name_any();
+        let log = node::follow_logs(&ctx, &name);
+        // the kubelet delivers SIGTERM; the trainer commits a checkpoint within the grace period
+        ctx.api::<Pod>().delete(&name, &DeleteParams::default()).await?;
+        let stopped = tokio::time::timeout(Duration::from_secs(90), log).await.context("the deleted pod's log did not end")??;
+        let checkpoint = stopped
+            .lines()
+            .filter(|l| l.contains("\"event\":\"checkpoint\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["step"].as_i64())
+            .last()
+            .with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
+        ensure!(stopped.contains("signal"), "attempt 1 did not stop on the signal:\n{stopped}");
+        eprintln!("e2e: {name} checkpointed at step {checkpoint} on SIGTERM");
+
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let second = attempt_pods(&ctx, "lm", 2).await?;
+        let pod = second.first().context("attempt 2 has a pod")?;
+        let log = node::logs(&ctx, &pod.name_any()).await;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{log}", phase(&done));
+        let resumed = resumed_at(&log).with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
+        ensure!(resumed == checkpoint, "attempt 2 resumed at {resumed}, the SIGTERM checkpoint was at {checkpoint}");
+        ensure!(log.contains(&format!("\"step\":{steps}")), "attempt 2 did not finish:\n{log}");
+        on_real_node(&ctx, pod).await?;
+        Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_standby_operator_takes_over_when_the_leader_is_deleted() {
+    if !node::available("real-leader") {
+        return;
+    }
+    run("real-leader", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        node::install_chart(&ctx, "frugal", &["replicaCount=2"])?;
+        let leases: Api<Lease> = ctx.api();
+        let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty());
+        let lease = frugal_e2e::wait::for_object(&leases, "frugal-operator", "a leader", |l: Option<&Lease>| l.is_some_and(|l| holder(l).is_some())).await?;
+        let leader = holder(&lease).unwrap();
+        apply(&ctx, &real_cpu_job("lm", 6000, None, 1)).await?;
+        job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+
+        ctx.api::<Pod>().delete(&leader, &DeleteParams::default()).await?;
+        let old = leader.clone();
+        let lease = frugal_e2e::wait::for_object(&leases, "frugal-operator", "a new leader", move |l: Option<&Lease>| {
+            l.is_some_and(|l| holder(l).is_some_and(|h| h != old))
+        })
+        .await?;
+        let new_leader = holder(&lease).unwrap();
+        eprintln!("e2e: leader {leader} deleted; {new_leader} took over");
+
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let status = done.status.clone().context("no status")?;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}: {status:?}", phase(&done));
+        // not lost, not started twice: one attempt, one Job
+        ensure!(status.attempt == Some(1) && status.restarts == Some(0), "attempt {:?}, restarts {:?}", status.attempt, status.restarts);
+        let jobs = ctx.api::<Job>().list(&ListParams::default().labels("frugal.dev/training-job=lm")).await?.items;
+        ensure!(jobs.len() == 1, "{} Jobs: {:?}", jobs.len(), jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>());
+        let ready = done.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Succeeded").cloned());
+        ensure!(ready.is_some_and(|c| c.status == "True"), "Succeeded condition");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_is_named_and_the_attempt_stops_at_the_startup_deadline() {
+    if !node::available("real-image-pull") {
+        return;
+    }
+    run("real-image-pull", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let image = "registry.invalid/frugal/trainer:missing";
+        let mut tj = real_cpu_job("lm", 10, None, 1);
+        tj.spec.image = Some(image.into());
+        tj.spec.run_policy.backoff_limit = 0;
+        tj.spec.run_policy.startup_deadline_seconds = 30;
+        let applied = Instant::now();
+        apply(&ctx, &tj).await?;
+        let named = job_where(&ctx, "lm", "a Ready condition naming the image", |tj| {
+            frugal_e2e::training_job::condition(tj, "Ready").is_some_and(|c| c.reason == "ImagePullFailed")
+        })
+        .await?;
+        let after = applied.elapsed();
+        let ready = frugal_e2e::training_job::condition(&named, "Ready").unwrap();
+        eprintln!("e2e: after {after:?}: Ready={} {}: {}", ready.status, ready.reason, ready.message);
+        ensure!(after < Duration::from_secs(60), "named after {after:?}");
+        ensure!(ready.message.contains(image), "the message does not name the image: {}", ready.message);
+        ensure!(ready.message.contains("ErrImagePull") || ready.message.contains("ImagePullBackOff"), "{}", ready.message);
+        ensure!(phase(&named) == Some(Phase::Pending), "phase {:?}", phase(&named));
+
+        // not Starting forever: stopped at the deadline, counted, and with backoffLimit 0, Failed
+        let done = finished_within(&ctx, "lm", Duration::from_secs(120)).await?;
+        let status = done.status.as_ref().unwrap();
+        let ready = frugal_e2e::training_job::condition(&done, "Ready").unwrap();
+        eprintln!("e2e: ended {:?} {}: {}", phase(&done), ready.reason, ready.message);
+        ensure!(phase(&done) == Some(Phase::Failed) && status.restarts == Some(1), "{status:?}");
+        ensure!(ready.message.contains("startupDeadlineSeconds (30s)"), "{}", ready.message);
+        let pods = attempt_pods(&ctx, "lm", 1).await?;
+        ensure!(pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()) || pods.is_empty(), "attempt 1's pods are not released");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_be_scheduled_says_why() {
+    run("unschedulable", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let mut tj = real_cpu_job("lm", 10, None, 1);
+        // more CPUs than any node has
+        tj.spec.resources.cpu = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("500".into()));
+        tj.spec.resources.node_selector.remove(REAL_NODE_LABEL.0);
+        apply(&ctx, &tj).await?;
+        let named = job_where(&ctx, "lm", "a Ready condition with the scheduler's reason", |tj| {
+            frugal_e2e::training_job::condition(tj, "Ready").is_some_and(|c| c.reason == "Unschedulable")
+        })
+        .await?;
+        let ready = frugal_e2e::training_job::condition(&named, "Ready").unwrap();
+        eprintln!("e2e: Ready={} {}: {}", ready.status, ready.reason, ready.message);
+        ensure!(ready.message.contains("Insufficient cpu"), "{}", ready.message);
+        Ok(())
+    })
+    .await;
+}
