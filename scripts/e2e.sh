@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end tests against a local control plane (etcd, kube-apiserver, controller-manager,
-# scheduler, kwok with fake GPU nodes) built from published Go modules and cached outside the
-# repository. Brings the cluster up, runs `cargo test -p frugal-e2e` with FRUGAL_E2E=1 and
-# always brings it down again; exits with the tests' status.
+# End-to-end tests against a local cluster (etcd, kube-apiserver, controller-manager,
+# scheduler, kwok with fake GPU nodes, and a real node: kubelet, containerd, kube-proxy, CoreDNS)
+# built from published Go modules and Debian packages and cached outside the repository. Builds
+# the operator and CPU trainer images (images/build), brings the cluster up with them on the real
+# node, runs `cargo test -p frugal-e2e` with FRUGAL_E2E=1 and always brings it down again; exits
+# with the tests' status.
 #
 # Environment: FRUGAL_CLUSTER_DIR (cluster state, default /tmp/frugal-cluster),
-# FRUGAL_BIN_CACHE (binaries, default ~/.cache/frugal/k8s-bins), FRUGAL_OPERATOR_LOG (a log file
-# printed when a test fails). Extra arguments go to `cargo test`.
+# FRUGAL_BIN_CACHE (binaries, default ~/.cache/frugal/k8s-bins), FRUGAL_REAL_NODE=0 (fake nodes
+# only: no images, no kubelet; the tests that need the real node say so and pass),
+# FRUGAL_OPERATOR_LOG (a log file printed when a test fails). Extra arguments go to `cargo test`.
 set -euo pipefail
 # The body is one compound command, so bash has read all of it before running any: editing
 # this file while it runs cannot change what a running copy does.
@@ -30,6 +33,15 @@ export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
 cargo test -p frugal-e2e --no-run
 
 runner_dir=$(mktemp -d "${TMPDIR:-/tmp}/frugal-pod-runner.XXXXXX")
+# The images the chart names by default, built as `make images` builds them, reach the real
+# node's containerd as an archive (no registry).
+export FRUGAL_REAL_NODE=${FRUGAL_REAL_NODE:-1}
+if [[ $FRUGAL_REAL_NODE == 1 ]]; then
+  images_start=$SECONDS
+  "$root/images/build" --export "$runner_dir/images.tar" operator trainer-cpu >/dev/null
+  echo "e2e: images built and exported in $((SECONDS - images_start))s" >&2
+  export FRUGAL_NODE_IMAGES=$runner_dir/images.tar
+fi
 runner_pid=
 stop() {
   if [[ -n $runner_pid ]]; then
@@ -46,7 +58,10 @@ stop() {
 trap stop EXIT
 kubeconfig=$("$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1)
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
+rm -f "$runner_dir/images.tar"
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
+# the chart tests run helm and kubectl from the same pinned builds
+export PATH=$HELM_BIN:$K8S_BIN:$PATH
 export FRUGAL_POD_RUNNER_WORK_DIR=$runner_dir/work FRUGAL_POD_RUNNER_LOG_DIR=$runner_dir/logs
 "$target/debug/frugal-pod-runner" --work-dir "$FRUGAL_POD_RUNNER_WORK_DIR" \
   --log-dir "$FRUGAL_POD_RUNNER_LOG_DIR" --path-prefix "$target/debug:$K8S_BIN" \
