@@ -53,7 +53,8 @@ stop() {
     fi
   fi
   "$root/e2e/cluster/down" || true
-  rm -rf "$runner_dir"
+  # the real node's hostPath checkpoint volumes (e2e/src/node.rs)
+  rm -rf "$runner_dir" "${TMPDIR:-/tmp}/frugal-e2e-volumes"
 }
 trap stop EXIT
 kubeconfig=$("$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1)
