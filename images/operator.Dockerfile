@@ -21,6 +21,8 @@ COPY bin/frugal-operator /out/bin/frugal-operator
 FROM ${BINARIES} AS binaries
 
 FROM debian:bookworm-slim
+LABEL org.opencontainers.image.title="frugal-operator" org.opencontainers.image.vendor="frugal" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --gid 65532 frugal \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin frugal
 COPY --from=binaries /out/bin/frugal-operator /usr/local/bin/frugal-operator

@@ -37,6 +37,8 @@ COPY . /out/
 FROM ${BINARIES} AS binaries
 
 FROM debian:bookworm-slim AS runtime
+LABEL org.opencontainers.image.title="frugal-trainer" org.opencontainers.image.vendor="frugal" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --gid 65532 frugal \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin frugal
 COPY --from=binaries /out/ /opt/frugal/
