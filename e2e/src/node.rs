@@ -59,14 +59,16 @@ pub fn helm(args: &[&str]) -> Result<String> {
 }
 
 /// Installs `charts/frugal` as release `release` into the test's namespace, its operator
-/// watching only that namespace (so tests side by side never share an operator), and waits for
+/// watching only that namespace (so tests side by side never share an operator) and placed on
+/// the real node (kwok's nodes would accept the pod and only pretend to run it), and waits for
 /// the Deployment to be available. The CRDs are the harness's (`--skip-crds`).
 pub fn install_chart(ctx: &TestContext, release: &str, values: &[&str]) -> Result<String> {
     let chart = crate::repo_root().join("charts/frugal");
     let watch = format!("operator.watchNamespace={}", ctx.namespace);
+    let placement = format!("nodeSelector.{}={}", REAL_NODE_LABEL.0.replace('.', "\\."), REAL_NODE_LABEL.1);
     let mut args = vec![
         "install", release, chart.to_str().unwrap(), "--namespace", &ctx.namespace, "--skip-crds", "--set", &watch,
-        "--set", "operator.logFormat=text", "--wait", "--timeout", "180s",
+        "--set", &placement, "--set", "operator.logFormat=text", "--wait", "--timeout", "180s",
     ];
     for v in values {
         args.extend(["--set", v]);
@@ -114,7 +116,7 @@ pub fn placement(pod: &Pod) -> (String, String) {
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.iter().find(|c| c.name == "trainer"))
+        .and_then(|c| c.iter().find(|c| c.name == "trainer").or(c.first()))
         .and_then(|c| c.container_id.clone())
         .unwrap_or_default();
     (node, id)

@@ -135,7 +135,8 @@ TOML
                "ranges": [[{"subnet": "$NODE_SUBNET", "gateway": "$NODE_IP"}]],
                "routes": [{"dst": "0.0.0.0/0"}]}
     },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "firewall", "backend": "iptables"}
   ]
 }
 JSON
