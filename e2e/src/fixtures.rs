@@ -124,13 +124,19 @@ pub fn phase(pod: &Pod) -> &str {
 /// volume (the test cluster has no provisioner). Returns the volume's name, for deleting it.
 /// The pod runner gives every pod that mounts the claim the same directory, kept across pods.
 pub async fn shared_claim(ctx: &crate::TestContext, claim: &str) -> anyhow::Result<String> {
+    let volume = format!("{}-{claim}", ctx.namespace);
+    hostpath_claim(ctx, claim, &volume, serde_json::json!({"path": format!("/tmp/{volume}")})).await
+}
+
+/// A ReadWriteMany claim named `claim` statically bound to the hostPath volume `volume` with
+/// `host_path` as its `hostPath` source. Returns the volume's name.
+pub async fn hostpath_claim(ctx: &crate::TestContext, claim: &str, volume: &str, host_path: serde_json::Value) -> anyhow::Result<String> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     use kube::api::PostParams;
-    let volume = format!("{}-{claim}", ctx.namespace);
     let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
         "metadata": {"name": volume},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "hostPath": {"path": format!("/tmp/{volume}")},
+                 "hostPath": host_path,
                  "claimRef": {"namespace": ctx.namespace, "name": claim}}
     }))?;
     kube::Api::<PersistentVolume>::all(ctx.client.clone()).create(&PostParams::default(), &pv).await?;
@@ -140,5 +146,5 @@ pub async fn shared_claim(ctx: &crate::TestContext, claim: &str) -> anyhow::Resu
                  "resources": {"requests": {"storage": "1Gi"}}}
     }))?;
     ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
-    Ok(volume)
+    Ok(volume.to_string())
 }

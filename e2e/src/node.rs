@@ -132,25 +132,10 @@ pub fn describe(pod: &Pod) -> String {
 /// cluster has no provisioner), its directory made writable for the trainer's non-root user.
 /// Returns the volume's name, for deleting it.
 pub async fn shared_claim(ctx: &TestContext, claim: &str) -> Result<String> {
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-    use kube::api::PostParams;
     use std::os::unix::fs::PermissionsExt as _;
     let volume = format!("{}-{claim}", ctx.namespace);
     let dir = std::env::temp_dir().join("frugal-e2e-volumes").join(&volume);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": volume},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "hostPath": {"path": dir, "type": "Directory"},
-                 "claimRef": {"namespace": ctx.namespace, "name": claim}}
-    }))?;
-    Api::<PersistentVolume>::all(ctx.client.clone()).create(&PostParams::default(), &pv).await?;
-    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": claim},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
-                 "resources": {"requests": {"storage": "1Gi"}}}
-    }))?;
-    ctx.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await?;
-    Ok(volume)
+    crate::fixtures::hostpath_claim(ctx, claim, &volume, serde_json::json!({"path": dir, "type": "Directory"})).await
 }
