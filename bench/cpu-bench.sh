@@ -28,7 +28,7 @@ for rep in $(seq "$REPS"); do
   rm -rf "$OUT/checkpoints"
   "$BIN" train "$OUT/job.yaml" --json --threads "$THREADS" \
     --checkpoint-dir "$OUT/checkpoints" | grep '"event":"summary"' >> "$OUT/frugal.json"
-  "$FRUGAL_VENV/bin/python" bench/torch_reference.py --data ../shared/data/tinyshakespeare.txt \
+  "$FRUGAL_VENV/bin/python" bench/torch_reference.py --data data/tinyshakespeare.txt \
     --steps "$STEPS" --threads "$THREADS" 2>/dev/null | grep '"summary"' >> "$OUT/torch.json"
   echo "rep $rep done: $(uptime)" >&2
 done

@@ -24,7 +24,7 @@ if [ -n "${2:-}" ]; then export LD_LIBRARY_PATH="$2${LD_LIBRARY_PATH:+:$LD_LIBRA
 PY=${PYTHON:-$(command -v python3)}
 [ -x "${FRUGAL_VENV:-.venv}/bin/python" ] && PY=${FRUGAL_VENV:-.venv}/bin/python
 OUT=${OUT:-$(mktemp -d)}
-DATA=${FRUGAL_GPU_DATA:-../shared/data/tinyshakespeare.txt}
+DATA=${FRUGAL_GPU_DATA:-data/tinyshakespeare.txt}
 echo "writing results under $OUT" >&2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >&2
 

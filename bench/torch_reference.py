@@ -7,7 +7,7 @@ AdamW (betas 0.9/0.99, weight decay 0.1 on 2-D weights), cosine schedule with 10
 to 10% of the peak, gradient clip 1.0. Validation loss is the mean over non-overlapping windows
 of the held-out text, as the trainer computes it.
 
-Usage: python bench/torch_reference.py --data ../shared/data/tinyshakespeare.txt --steps 2000
+Usage: python bench/torch_reference.py --data data/tinyshakespeare.txt --steps 2000
 """
 
 import argparse

@@ -113,7 +113,7 @@ fn main() {
     let threads: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let moe_precision = precision_arg(args.get(3));
     let dense_precision = precision_arg(args.get(4));
-    let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../../shared/data/tinyshakespeare.txt".into());
+    let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../data/tinyshakespeare.txt".into());
     tch::set_num_threads(threads);
 
     let dense = nano_model(257);

@@ -89,7 +89,7 @@ fn main() {
     };
     let width: i64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(128);
     let batch: i64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(12);
-    let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../../shared/data/tinyshakespeare.txt".into());
+    let data = std::env::var("FRUGAL_BENCH_DATA").unwrap_or_else(|_| "../data/tinyshakespeare.txt".into());
     tch::set_num_threads(threads);
 
     let mut models = [("dense", trainer(false, precision, &data, width, batch)), ("moe", trainer(true, precision, &data, width, batch))];

@@ -17,11 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
 
-const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/tinyshakespeare.txt");
+const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
 
 /// The first `bytes` of Tiny Shakespeare as a corpus file in a temporary directory.
 fn corpus(name: &str, bytes: usize) -> PathBuf {
-    let text = std::fs::read(SHAKESPEARE).expect("../shared/data/tinyshakespeare.txt");
+    let text = std::fs::read(SHAKESPEARE).expect("data/tinyshakespeare.txt");
     let dir = temp_dir(name);
     let path = dir.join("corpus.txt");
     std::fs::write(&path, &text[..bytes.min(text.len())]).unwrap();
