@@ -45,10 +45,9 @@ fn attempt_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> Vec<std::syn
     out
 }
 
-/// Pods of attempt `attempt` that are not yet Succeeded or Failed (they hold GPUs).
-pub fn live_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> usize {
-    attempt_pods(pods, job, attempt)
-        .iter()
+/// Pods that are not yet Succeeded or Failed (they hold GPUs).
+fn live(pods: &[std::sync::Arc<Pod>]) -> usize {
+    pods.iter()
         .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .count()
 }
@@ -95,8 +94,10 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
     attempt_jobs(jobs, job)
         .into_iter()
         .map(|(attempt, j)| {
-            let state = attempt_state(&j, live_pods(pods, job, attempt));
-            let trouble = (state == AttemptState::Starting).then(|| start_trouble(&attempt_pods(pods, job, attempt))).flatten();
+            // one read of the pod cache per attempt serves both its state and its trouble
+            let own = attempt_pods(pods, job, attempt);
+            let state = attempt_state(&j, live(&own));
+            let trouble = if state == AttemptState::Starting { start_trouble(&own) } else { None };
             AttemptView { attempt, state, started: j.status.as_ref().and_then(|s| s.start_time.clone()), trouble }
         })
         .collect()
