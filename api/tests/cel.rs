@@ -8,6 +8,7 @@ use frugal_api::planner::{self, PlanOptions};
 use frugal_api::{TrainingBudget, TrainingJob};
 use kube::CustomResourceExt;
 use kube::core::cel::Validator;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 fn schema_of(crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
@@ -34,13 +35,80 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn validate(object: &Value) -> Result<(), String> {
-    let schema = match object["kind"].as_str() {
+fn schema_for(object: &Value) -> Value {
+    match object["kind"].as_str() {
         Some("TrainingJob") => schema_of(TrainingJob::crd()),
         Some("TrainingBudget") => schema_of(TrainingBudget::crd()),
         other => panic!("unexpected kind {other:?}"),
-    };
-    Validator::new().validate(&schema, object, None).map_err(|e| e.to_string())
+    }
+}
+
+fn validate(object: &Value) -> Result<(), String> {
+    Validator::new().validate(&schema_for(object), object, None).map_err(|e| e.to_string())
+}
+
+/// The rules an object (or its update from `old`) breaks: (kind, schema path, rule).
+fn broken_rules(object: &Value, old: Option<&Value>) -> Vec<(String, String, String)> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    match Validator::new().validate(&schema_for(object), object, old) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.as_slice().iter().map(|e| (kind.clone(), schema_path(&e.field_path), e.rule.clone())).collect(),
+    }
+}
+
+/// An object's field path as a path in its schema: list indices and map keys dropped.
+fn schema_path(field_path: &str) -> String {
+    let mut out = String::new();
+    let mut chars = field_path.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '[' {
+            for c in chars.by_ref() {
+                if c == ']' {
+                    break;
+                }
+            }
+            out.push_str("[]");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every CEL rule of a schema: (schema path, rule), and, for each, whether it compares with
+/// `oldSelf` (a transition rule, broken only by an update).
+fn rules_in(schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+        out.push((path.to_string(), rule["rule"].as_str().unwrap().to_string()));
+    }
+    let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+    for (key, child) in schema["properties"].as_object().into_iter().flatten() {
+        rules_in(child, &join(key), out);
+    }
+    if schema["items"].is_object() {
+        rules_in(&schema["items"], &format!("{path}[]"), out);
+    }
+    if schema["additionalProperties"].is_object() {
+        rules_in(&schema["additionalProperties"], &format!("{path}[]"), out);
+    }
+}
+
+/// The fixture's `# expect: ` line.
+fn expected(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# expect: "))
+        .unwrap_or_else(|| panic!("{} lacks its '# expect: ' line", path.display()))
+        .to_string()
+}
+
+/// An update fixture: the object created, then the update the API server refuses.
+fn load_update(path: &Path) -> (Value, Value) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect();
+    assert_eq!(docs.len(), 2, "{}: an update fixture holds the object and its update", path.display());
+    (docs[0].clone(), docs[1].clone())
 }
 
 #[test]
@@ -64,14 +132,88 @@ fn each_invalid_manifest_is_rejected_with_its_message() {
     let files = yaml_files(&repo().join("api/tests/invalid"));
     assert!(files.len() >= 10);
     for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let expect = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{} lacks its '# expect: ' line", path.display()));
+        let expect = expected(&path);
+        let expect = expect.as_str();
         let err = validate(&load(&path)).expect_err(&format!("{} was accepted", path.display()));
         assert!(err.contains(expect), "{}: expected {expect:?} in {err:?}", path.display());
+    }
+}
+
+#[test]
+fn each_invalid_update_is_rejected_with_its_message() {
+    let files = yaml_files(&repo().join("api/tests/invalid/updates"));
+    assert!(!files.is_empty());
+    for path in files {
+        let expect = expected(&path);
+        let (old, new) = load_update(&path);
+        validate(&old).unwrap_or_else(|e| panic!("{}: the original is rejected: {e}", path.display()));
+        let err = Validator::new()
+            .validate(&schema_for(&new), &new, Some(&old))
+            .expect_err(&format!("{}: the update was accepted", path.display()))
+            .to_string();
+        assert!(err.contains(&expect), "{}: expected {expect:?} in {err:?}", path.display());
+    }
+}
+
+/// A rule nobody has seen refuse anything may refuse nothing (or everything): each rule of the
+/// generated CRDs must be broken by at least one fixture under api/tests/invalid (updates/ for
+/// the rules that compare with oldSelf), which the e2e tests also send to a real API server.
+#[test]
+fn every_cel_rule_has_a_fixture_that_breaks_it() {
+    let mut rules = Vec::new();
+    for (kind, crd) in [("TrainingJob", TrainingJob::crd()), ("TrainingBudget", TrainingBudget::crd())] {
+        let mut found = Vec::new();
+        rules_in(&schema_of(crd), "", &mut found);
+        rules.extend(found.into_iter().map(|(path, rule)| (kind.to_string(), path, rule)));
+    }
+    assert!(rules.len() >= 30, "only {} rules found: is the walk still reading the schema?", rules.len());
+    let mut broken = Vec::new();
+    for path in yaml_files(&repo().join("api/tests/invalid")) {
+        broken.extend(broken_rules(&load(&path), None));
+    }
+    for path in yaml_files(&repo().join("api/tests/invalid/updates")) {
+        let (old, new) = load_update(&path);
+        broken.extend(broken_rules(&new, Some(&old)));
+    }
+    let missing: Vec<String> = rules
+        .iter()
+        .filter(|rule| !broken.contains(rule))
+        .map(|(kind, path, rule)| format!("{kind} {}: {rule}", if path.is_empty() { "(root)" } else { path }))
+        .collect();
+    assert!(missing.is_empty(), "rules no fixture breaks (add one under api/tests/invalid):\n{}", missing.join("\n"));
+}
+
+/// The API server checks an integer against a bound truncated to an integer, so a fractional
+/// bound needs a CEL rule that compares the value itself; an integer just outside each is in a
+/// fixture (checked above, and against a real API server by the e2e tests).
+#[test]
+fn every_fractional_bound_holds_for_integers() {
+    fn walk(schema: &Value, path: &str, out: &mut Vec<String>) {
+        for (bound, op) in [("minimum", ">="), ("maximum", "<=")] {
+            if let Some(b) = schema[bound].as_f64().filter(|b| b.fract() != 0.0) {
+                let rule = format!("self {op} {b}");
+                let has = schema["x-kubernetes-validations"].as_array().into_iter().flatten().any(|r| r["rule"] == rule.as_str());
+                out.push(format!("{path} {bound} {b}: {}", if has { "held" } else { "NO RULE" }));
+            }
+        }
+        for (key, child) in schema["properties"].as_object().into_iter().flatten() {
+            walk(child, &format!("{path}.{key}"), out);
+        }
+        if schema["items"].is_object() {
+            walk(&schema["items"], &format!("{path}[]"), out);
+        }
+    }
+    let mut bounds = Vec::new();
+    walk(&schema_of(TrainingJob::crd()), "", &mut bounds);
+    walk(&schema_of(TrainingBudget::crd()), "", &mut bounds);
+    assert_eq!(
+        bounds,
+        [".spec.data.validationFraction maximum 0.5: held", ".spec.model.sparsity.moe.capacityFactor minimum 0.1: held"],
+        "a fractional bound needs `self >= b` (or `<=`) beside it, and a fixture with an integer just outside"
+    );
+    for (fixture, field) in [("capacity-factor-integer-zero", "capacityFactor: 0}"), ("validation-fraction-integer-one", "validationFraction: 1}")] {
+        let text = std::fs::read_to_string(repo().join(format!("api/tests/invalid/{fixture}.yaml"))).unwrap();
+        assert!(text.contains(field), "{fixture} sends an integer");
     }
 }
 

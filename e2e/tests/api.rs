@@ -82,6 +82,48 @@ async fn invalid_manifests_are_rejected_with_their_message() {
     .await;
 }
 
+/// The transition rules (`self == oldSelf`): each fixture under updates/ is an object the API
+/// server accepts and an update of it that it refuses with the fixture's message.
+#[tokio::test]
+async fn invalid_updates_are_rejected_with_their_message() {
+    run("invalid-updates-rejected", |t: TestContext| async move {
+        install_crds(&t.client).await?;
+        let files = manifests::yaml_files(&repo_root().join("api/tests/invalid/updates"))?;
+        ensure!(!files.is_empty(), "api/tests/invalid/updates holds no fixtures");
+        let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let mut failures = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let expect = expected_message(file)?;
+            let mut objects = read_objects(file)?.into_iter();
+            let (Some(old), Some(mut new), None) = (objects.next(), objects.next(), objects.next()) else {
+                bail!("{} must hold two objects: the original and its update", file.display());
+            };
+            let what = label(&new, file);
+            // each fixture under its own name, so that they do not meet
+            let name = format!("update-{i}");
+            let api = api_for(&t.client, &old, &t.namespace).await?;
+            let mut old = in_namespace(old, &t.namespace);
+            old.metadata.name = Some(name.clone());
+            let created = api.create(&post, &old).await.with_context(|| format!("creating the original of {what}"))?;
+            new = in_namespace(new, &t.namespace);
+            new.metadata.name = Some(name.clone());
+            new.metadata.resource_version = created.metadata.resource_version.clone();
+            match api.replace(&name, &post, &new).await {
+                Ok(_) => failures.push(format!("{what}: the update was accepted, expected rejection with {expect:?}")),
+                Err(kube::Error::Api(status)) if status.message.contains(&expect) => {
+                    eprintln!("{what}: update rejected ({}): {}", status.code, status.message);
+                }
+                Err(e) => failures.push(format!("{what}: expected a message containing {expect:?}, got: {e}")),
+            }
+        }
+        if !failures.is_empty() {
+            bail!("{} of {} update fixtures misbehaved:\n{}", failures.len(), files.len(), failures.join("\n"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn server_side_apply_twice_changes_nothing() {
     run("ssa-idempotent", |t: TestContext| async move {

@@ -1,6 +1,7 @@
 //! API version `frugal.dev/v1alpha1`.
 
 mod budget;
+pub mod pod_security;
 mod spec;
 mod status;
 

@@ -241,6 +241,9 @@ pub struct MoeSpec {
     /// Tokens past an expert's capacity are dropped from it and counted.
     #[serde(default = "default_capacity_factor")]
     #[schemars(range(min = 0.1, max = 64.0))]
+    // the API server checks an integer against a bound truncated to an integer (0 passes
+    // `minimum: 0.1`); CEL compares the value itself
+    #[x_kube(validation = Rule::new("self >= 0.1").message("model.sparsity.moe.capacityFactor must be at least 0.1: at 0 an expert takes no tokens; the usual value is 1.25"))]
     pub capacity_factor: f64,
     /// Weight of the load-balancing loss added to the language-model loss.
     #[serde(default = "default_aux_loss_weight")]
@@ -328,6 +331,7 @@ pub struct DataSpec {
     /// Fraction of the corpus held out for validation.
     #[serde(default = "default_validation_fraction")]
     #[schemars(range(min = 0.0, max = 0.5))]
+    #[x_kube(validation = Rule::new("self <= 0.5").message("data.validationFraction must be at most 0.5: at least half of the corpus is for training; the usual value is 0.1"))]
     pub validation_fraction: f64,
     /// Zero-shot evaluation sets, run at each evaluation and at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -813,9 +817,11 @@ pub struct ResourcesSpec {
     pub gpu_type: String,
     /// CPU request and limit of each pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(QUANTITY_RULE).message("resources.cpu must be a Kubernetes quantity of at least 0, such as 2 or 500m: a number, or a number with a suffix (m, Ki, Mi, Gi, k, M, G)"))]
     pub cpu: Option<Quantity>,
     /// Memory request and limit of each pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(QUANTITY_RULE).message("resources.memory must be a Kubernetes quantity of at least 0, such as 8Gi or 512Mi: a number, or a number with a suffix (m, Ki, Mi, Gi, k, M, G)"))]
     pub memory: Option<Quantity>,
     /// Nodes the pods may run on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -980,29 +986,42 @@ impl Default for CheckpointSpec {
     }
 }
 
+/// The CEL rule of a quantity that may also be written as a plain integer (int-or-string).
+const QUANTITY_RULE: &str = "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
+
+/// Annotation prefixes that would change the trainer's AppArmor or seccomp profile, as a CEL list.
+const SECURITY_ANNOTATION_PREFIXES: &str =
+    "['container.apparmor.security.beta.kubernetes.io/', 'seccomp.security.alpha.kubernetes.io/', 'container.seccomp.security.alpha.kubernetes.io/']";
+
 /// Additions to every pod of the job.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
     /// Extra pod labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(extend("maxProperties" = 32))]
     pub labels: BTreeMap<String, String>,
-    /// Extra pod annotations.
+    /// Extra pod annotations. AppArmor and seccomp annotations are refused: the trainer runs
+    /// under the runtime's default profiles, as Pod Security `restricted` requires.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, !SECURITY_ANNOTATION_PREFIXES.exists(p, k.startsWith(p)))".replace("SECURITY_ANNOTATION_PREFIXES", SECURITY_ANNOTATION_PREFIXES))
+        .message("podTemplate.annotations may not set AppArmor or seccomp profiles (container.apparmor.security.beta.kubernetes.io/, seccomp.security.alpha.kubernetes.io/): the trainer runs under the runtime's default profiles (Pod Security restricted); remove the annotation"))]
     pub annotations: BTreeMap<String, String>,
     /// Extra environment variables of the trainer container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
-    /// Extra volumes, such as a dataset PersistentVolumeClaim.
+    /// Extra volumes, such as a dataset PersistentVolumeClaim. Only the sources Pod Security
+    /// `restricted` allows: persistentVolumeClaim, configMap, secret, emptyDir, projected,
+    /// ephemeral, csi and downwardAPI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), schema_with = "super::pod_security::volumes_schema")]
     pub volumes: Vec<Volume>,
-    /// Where the extra volumes are mounted in the trainer container.
+    /// Where the extra volumes are mounted in the trainer container: without mount propagation,
+    /// and with sub-paths that stay inside their volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), schema_with = "super::pod_security::volume_mounts_schema")]
     pub volume_mounts: Vec<VolumeMount>,
     /// Secrets for pulling the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1013,5 +1032,6 @@ pub struct PodOverrides {
     pub affinity: Option<Affinity>,
     /// Size of the in-memory `/dev/shm`; unset means 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(QUANTITY_RULE).message("podTemplate.shmSize must be a Kubernetes quantity of at least 0, such as 1Gi or 512Mi: a number, or a number with a suffix (m, Ki, Mi, Gi, k, M, G)"))]
     pub shm_size: Option<Quantity>,
 }
