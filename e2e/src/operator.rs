@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 /// Trainer image the operator gives GPU jobs that set none; kwok runs no containers.
 pub const TRAINER_IMAGE: &str = "registry.invalid/frugal/trainer:e2e";
@@ -63,6 +63,23 @@ impl Operator {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Sends SIGTERM, as the kubelet does when its pod is deleted, and waits up to `limit` for the
+    /// process to exit; returns how long it took. Past the limit it is killed and this fails.
+    pub fn terminate_within(&mut self, limit: std::time::Duration) -> Result<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        while started.elapsed() < limit {
+            if let Some(exit) = self.child.try_wait()? {
+                ensure!(exit.success(), "the operator exited with {exit} after SIGTERM");
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill()?;
+        bail!("the operator was still running {limit:?} after SIGTERM")
     }
 
     /// The operator's log so far.

@@ -246,3 +246,72 @@ async fn jobs_applied_at_once_never_take_more_than_the_budget() {
     })
     .await;
 }
+
+/// A busy operator stops when told to: after it has reconciled jobs under a budget (and been
+/// killed and restarted along the way), SIGTERM ends it within seconds and it hands its leader
+/// lease back, so that a Deployment's next replica takes over at once instead of after the
+/// grace period's SIGKILL and the lease's expiry.
+#[tokio::test]
+async fn a_busy_operator_stops_within_seconds_of_sigterm_and_releases_its_lease() {
+    budget_test("budget-sigterm", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let args = ["--termination-grace-seconds", "5", "--leader-elect", "--lease-namespace", ctx.namespace.as_str(), "--lease-name", "frugal-operator"];
+        let mut operator = Operator::start(&ctx.namespace, &args)?;
+        let mut budget = training_budget("team", 4);
+        budget.spec.max_cost = Some(1000.0);
+        apply_budget(&ctx, &budget).await?;
+        let jobs = 24;
+        let names: Vec<String> = (0..jobs).map(|i| format!("short-{i}")).collect();
+        for n in &names {
+            apply(&ctx, &training_job(n, 1, "team")).await?;
+        }
+        // every pod that runs finishes at once
+        let finisher = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(pods) = ctx.api::<Pod>().list(&ListParams::default()).await {
+                        for pod in pods.items.iter().filter(|p| frugal_e2e::fixtures::phase(p) == "Running") {
+                            let _ = finish(&ctx, pod).await;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            })
+        };
+        let succeeded = |n: usize| {
+            let ctx = ctx.clone();
+            async move {
+                wait::until(&format!("{n} jobs Succeeded"), async {
+                    loop {
+                        let list = ctx.api::<TrainingJob>().list(&ListParams::default()).await?;
+                        if list.items.iter().filter(|tj| phase(tj) == Some(Phase::Succeeded)).count() >= n {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                })
+                .await
+            }
+        };
+        succeeded(jobs / 3).await?;
+        // a crash half-way: the next operator takes the lease over once it expires
+        operator.kill()?;
+        let mut operator = Operator::start(&ctx.namespace, &args)?;
+        succeeded(jobs).await?;
+        finisher.abort();
+        // the restarted operator, which met a full queue at start, reports ready too (its caches'
+        // readiness once woke only one of the tasks waiting for it)
+        let log = operator.log();
+        ensure!(log.matches("caches synced; ready").count() == 2, "the restarted operator never said its caches synced");
+        let took = operator.terminate_within(std::time::Duration::from_secs(20))?;
+        eprintln!("the busy operator exited {took:?} after SIGTERM");
+        ensure!(took < std::time::Duration::from_secs(10), "SIGTERM took {took:?}");
+        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(ctx.client.clone(), &ctx.namespace).get("frugal-operator").await?;
+        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+        eprintln!("lease holder after SIGTERM: {holder:?}");
+        ensure!(holder.as_deref().is_none_or(str::is_empty), "the lease is still held by {holder:?}");
+        Ok(())
+    })
+    .await;
+}

@@ -488,3 +488,44 @@ async fn ttl_after_finished_deletes_the_children_and_keeps_the_job() {
     })
     .await;
 }
+
+/// A spec whose attempt Job the API server refuses (a mount of a volume that does not exist,
+/// which no CEL rule can see) fails with a condition that names the TrainingJob's field, and
+/// is not retried until the spec changes; fixed, it runs.
+#[tokio::test]
+async fn a_child_the_api_server_refuses_becomes_a_condition_not_a_retry_loop() {
+    operator_test("rejected-child", |ctx| async move {
+        let operator = setup(&ctx).await?;
+        let mut tj = training_job("lm", 1, 3);
+        let mount: k8s_openapi::api::core::v1::VolumeMount = serde_json::from_value(serde_json::json!({"name": "data", "mountPath": "/data"}))?;
+        tj.spec.pod_template = Some(frugal_api::v1alpha1::PodOverrides { volume_mounts: vec![mount], ..Default::default() });
+        apply(&ctx, &tj).await?;
+        let failed = job_where(&ctx, "lm", "lm Failed with RejectedByApiServer", |tj| {
+            condition(tj, "Failed").is_some_and(|c| c.status == "True" && c.reason == "RejectedByApiServer")
+        })
+        .await?;
+        let message = condition(&failed, "Failed").unwrap().message.clone();
+        eprintln!("Failed condition: {message}");
+        ensure!(
+            message.contains("Not found: \"data\"") && message.contains("(in the TrainingJob: spec.podTemplate.volumeMounts[0])"),
+            "message: {message}"
+        );
+        ensure!(attempt_jobs(&ctx, "lm").await?.is_empty(), "a refused Job exists");
+        // no retry loop: in the next seconds the operator sends the Job no more
+        let refusals = |log: &str| log.lines().filter(|l| l.contains("lm") && l.contains("Not found: \\\"data\\\"")).count();
+        let before = refusals(&operator.log());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let after = refusals(&operator.log());
+        ensure!(after == before, "the operator logged {} more refusals after the condition", after - before);
+        let again = ctx.api::<TrainingJob>().get("lm").await?;
+        ensure!(condition(&again, "Failed") == condition(&failed, "Failed"), "the condition changed without a spec change");
+
+        // the spec adds the volume: the job runs
+        let fix = serde_json::json!({"spec": {"podTemplate": {"volumes": [{"name": "data", "emptyDir": {}}]}}});
+        ctx.api::<TrainingJob>().patch("lm", &PatchParams::default(), &Patch::Merge(&fix)).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        job_where(&ctx, "lm", "lm Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        Ok(())
+    })
+    .await;
+}

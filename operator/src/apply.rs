@@ -19,6 +19,7 @@ use crate::build::{build_job, build_secret, new_token, Children};
 use crate::lifecycle::{Action, StopReason};
 use crate::names::{Names, FIELD_MANAGER, STOP_REASON_ANNOTATION};
 use crate::plan::PlannedJob;
+use crate::rejection;
 use crate::settings::Settings;
 
 fn ssa<K>(client: &Client, namespace: &str) -> Api<K>
@@ -159,16 +160,21 @@ where
 }
 
 /// Carries out a lifecycle action.
-pub async fn act(client: &Client, job: &PlannedJob, action: &Action, settings: &Settings) -> Result<(), kube::Error> {
+pub async fn act(client: &Client, job: &PlannedJob, action: &Action, settings: &Settings) -> Result<(), crate::error::Error> {
     let names = &job.valid.names;
     let jobs: Api<Job> = ssa(client, &names.namespace);
-    match action {
+    let result = match action {
         Action::Nothing => Ok(()),
         // a Job is created, never applied again: Kueue owns its suspend and scheduling fields
-        Action::Create(attempt) => create_once(&jobs, &build_job(job, *attempt, settings)).await,
+        Action::Create(attempt) => {
+            let attempt_job = build_job(job, *attempt, settings);
+            let overrides = job.valid.spec.pod_template.clone().unwrap_or_default();
+            return create_once(&jobs, &attempt_job).await.map_err(|e| rejection::classify(e, Some((&attempt_job, &overrides))));
+        }
         Action::Stop(attempt, reason) => stop(&jobs, &names.attempt_job(*attempt), *reason).await,
         Action::Delete(attempt) => delete_opt(&jobs, &names.attempt_job(*attempt)).await,
-    }
+    };
+    result.map_err(|e| rejection::classify(e, None))
 }
 
 /// Stops a started attempt: the annotation records why, and a deadline already passed makes the

@@ -44,6 +44,19 @@ pub mod reasons {
     /// The job spent its own spec.budget.maxGpuHours or maxCost.
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
+    /// The API server refused a child (the attempt's Job, say) as invalid.
+    pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";
+    /// The reasons of permanent errors: the spec cannot work as it is, and the job waits for it
+    /// to change (see `Error::permanent_reason`).
+    pub const PERMANENT: [&str; 7] = [
+        INVALID_SPEC,
+        PLAN_FAILED,
+        GPU_LIMIT_EXCEEDED,
+        GPU_MEMORY_EXCEEDED,
+        CHECKPOINT_NOT_SHARED,
+        BUDGET_TOO_SMALL,
+        REJECTED_BY_API_SERVER,
+    ];
     // the watchdog
     pub const STALLED: &str = "Stalled";
     // an attempt whose pods do not start

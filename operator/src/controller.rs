@@ -36,7 +36,7 @@ use crate::observe;
 use crate::plan::{self, PlannedJob};
 use crate::settings::Settings;
 use crate::status::{self, Summary};
-use crate::{apply, build, validate};
+use crate::{apply, build, rejection, validate};
 
 pub struct Context {
     pub client: Client,
@@ -79,17 +79,38 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
+/// Whether the job failed because its spec cannot work (a permanent error, not its training):
+/// it waits for the spec to change, and then goes on.
+fn failed_on_spec(prev: &TrainingJobStatus) -> bool {
+    prev.phase == Some(Phase::Failed)
+        && crate::conditions::get(&prev.conditions, crate::conditions::types::FAILED).is_some_and(|c| reasons::PERMANENT.contains(&c.reason.as_str()))
+}
+
+/// Whether the API server refused this job's children for the spec it still has.
+fn refused_unchanged(tj: &TrainingJob, prev: &TrainingJobStatus) -> bool {
+    prev.phase == Some(Phase::Failed)
+        && prev.observed_generation == tj.metadata.generation
+        && crate::conditions::get(&prev.conditions, crate::conditions::types::FAILED).is_some_and(|c| c.reason == reasons::REJECTED_BY_API_SERVER)
+}
+
 /// What the stages decided.
 enum Outcome {
     /// The job is finished; only clean-up is left.
     Finished,
+    /// Nothing to do or write until the spec changes.
+    Unchanged,
     /// A status to write, and when to look again.
     Pass { summary: Summary, plan: Option<Box<frugal_api::v1alpha1::PlanStatus>>, requeue: Option<Duration> },
 }
 
 async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
-    // a job that ran and finished stays finished, whatever its spec says later
-    if status::is_terminal(prev.phase) && prev.attempt.unwrap_or(0) > 0 {
+    // a child the API server refused is refused again until the spec changes: nothing to send
+    if refused_unchanged(tj, prev) {
+        return Ok(Outcome::Unchanged);
+    }
+    // a job that ran and finished stays finished, whatever its spec says later; one stopped by
+    // a spec that cannot work waits for a better one
+    if status::is_terminal(prev.phase) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) {
         release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
@@ -141,8 +162,9 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
     }
     let children = build::build_children(&planned);
-    apply::apply_children(&ctx.client, &valid.names, &children, &ctx.seen).await?;
-    apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await?;
+    let rejected = |e| rejection::classify(e, None);
+    apply::apply_children(&ctx.client, &valid.names, &children, &ctx.seen).await.map_err(rejected)?;
+    apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await.map_err(rejected)?;
 
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
@@ -225,6 +247,7 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
     let generation = tj.metadata.generation.unwrap_or(0);
     let (summary, plan, requeue) = match outcome {
         Ok(Outcome::Finished) => return clean_up(tj, ctx, prev).await,
+        Ok(Outcome::Unchanged) => return Ok(Action::await_change()),
         Ok(Outcome::Pass { summary, plan, requeue }) => (summary, plan, requeue),
         Err(e) => match e.permanent_reason() {
             // a spec that cannot work: say why, and wait for it to change
@@ -329,6 +352,37 @@ fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Whether a cache holds its first full list, for any number of waiters. Its stream says so when
+/// the reflector passes InitDone (the reflector has applied it to the store by then).
+/// `Store::wait_until_ready` is not used for this: it wakes only the last task that polled it, so
+/// with several waiters the others could wait forever (a budget pass that began before the
+/// TrainingJob cache filled never ended, and held up every shutdown after it).
+#[derive(Clone)]
+pub struct Synced(tokio::sync::watch::Receiver<bool>);
+
+impl Synced {
+    /// Waits until the cache has synced; an error when its stream has ended first (the operator
+    /// is stopping).
+    pub async fn wait(&self) -> Result<(), Error> {
+        let mut rx = self.0.clone();
+        rx.wait_for(|synced| *synced).await.map(|_| ()).map_err(|_| Error::CacheClosed)
+    }
+}
+
+fn synced() -> (tokio::sync::watch::Sender<bool>, Synced) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    (tx, Synced(rx))
+}
+
+/// A stream inspector that marks the cache synced at its first InitDone.
+fn mark_synced<K>(tx: tokio::sync::watch::Sender<bool>) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            tx.send_replace(true);
+        }
+    }
+}
+
 /// Where the controller looks.
 pub struct Scope {
     /// One namespace, or all.
@@ -348,6 +402,33 @@ impl Scope {
     }
 }
 
+/// Waits until the API server serves TrainingJobs and TrainingBudgets to this operator (the
+/// CRDs are installed and established, and its identity may list them), retrying with backoff
+/// and saying why; false when told to stop first.
+async fn served(client: &Client, scope: &Scope, shutdown: impl std::future::Future<Output = ()>) -> bool {
+    let mut delay = Duration::from_millis(500);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let jobs = scope.api::<TrainingJob>(client).list_metadata(&ListParams::default().limit(1)).await;
+        let budgets = scope.api::<TrainingBudget>(client).list_metadata(&ListParams::default().limit(1)).await;
+        match jobs.and(budgets) {
+            Ok(_) => return true,
+            Err(e) => warn!(
+                retry_in = ?delay,
+                "TrainingJobs and TrainingBudgets are not served yet ({e}): waiting for the CRDs (helm installs them; or frugal-operator crd | kubectl apply -f -)"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = &mut shutdown => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// How long a stop waits for the passes in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -357,19 +438,25 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    // fail early and clearly when the CRD is missing
-    scope.api::<TrainingJob>(&client).list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow::anyhow!("listing TrainingJobs failed ({e}): are the CRDs installed (frugal-operator crd | kubectl apply -f -)?")
-    })?;
+    let shutdown = shutdown.shared();
+    // a Helm install applies the CRDs and the Deployment together: wait, not ready, until the
+    // API server serves them
+    if !served(&client, &scope, shutdown.clone()).await {
+        return Ok(());
+    }
     let children = watcher::Config::default().labels(&Names::managed_selector());
 
     let (job_reader, job_writer) = reflector::store();
+    let (jobs_synced_tx, jobs_synced) = synced();
     let job_stream = reflector::reflector(job_writer, watcher(scope.api::<Job>(&client), children.clone()))
         .default_backoff()
+        .inspect(mark_synced(jobs_synced_tx))
         .touched_objects();
     let (pod_reader, pod_writer) = reflector::store();
+    let (pods_synced_tx, pods_synced) = synced();
     let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()))
         .default_backoff()
+        .inspect(mark_synced(pods_synced_tx))
         .touched_objects();
     // The other children: metadata only, and only the operator's own. Their stores let a pass
     // skip what is already as applied; a change to one wakes its job.
@@ -395,9 +482,11 @@ pub async fn run(
     // every change of a TrainingJob naming a budget, its deletion included, wakes that budget's
     // controller (after the cache has it): it counts what the job spent, or releases its GPUs
     let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
+    let (tjs_synced_tx, tjs_synced) = synced();
     // an object that fails to decode fails the watch, which backs off instead of spinning
     let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
         .default_backoff()
+        .inspect(mark_synced(tjs_synced_tx))
         .inspect({
             let seen = seen.clone();
             move |event| {
@@ -428,7 +517,7 @@ pub async fn run(
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 
-    let shutdown = shutdown.shared();
+    let stopping = shutdown.clone();
     let waiting = tj_reader.clone();
     let controller = Controller::for_stream(tj_stream, tj_reader.clone())
         .with_config(ControllerConfig::default().concurrency(16))
@@ -453,7 +542,7 @@ pub async fn run(
     let budgets = Controller::new(scope.api::<TrainingBudget>(&client), watcher::Config::default())
         .reconcile_on(budget_rx)
         .graceful_shutdown_on(shutdown)
-        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext::new(client.clone(), tj_reader.clone())))
+        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext::new(client.clone(), tj_reader.clone(), tjs_synced.clone())))
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!("budget controller: {e}");
@@ -461,11 +550,11 @@ pub async fn run(
         });
 
     let health_ready = health.clone();
-    let (tj_ready, job_ready, pod_ready) = (tj_reader.clone(), job_reader.clone(), pod_reader.clone());
     tokio::spawn(async move {
-        let _ = tokio::join!(tj_ready.wait_until_ready(), job_ready.wait_until_ready(), pod_ready.wait_until_ready());
-        health_ready.ready.store(true, Ordering::Relaxed);
-        info!("caches synced; ready");
+        if let (Ok(()), Ok(()), Ok(())) = tokio::join!(tjs_synced.wait(), jobs_synced.wait(), pods_synced.wait()) {
+            health_ready.ready.store(true, Ordering::Relaxed);
+            info!("caches synced; ready");
+        }
     });
 
     let jobs = controller.run(reconcile, error_policy, ctx).for_each(|result| async move {
@@ -473,7 +562,16 @@ pub async fn run(
             tracing::debug!("controller: {e}");
         }
     });
-    tokio::join!(jobs, budgets);
+    let jobs = jobs.inspect(|()| info!("TrainingJob controller stopped"));
+    let budgets = budgets.inspect(|()| info!("TrainingBudget controller stopped"));
+    // a stop waits for the passes in flight, but not for ever: one stuck on an API call must not
+    // keep the process (and its leader lease) past the pod's grace period
+    tokio::select! {
+        _ = async { tokio::join!(jobs, budgets) } => {},
+        _ = async { stopping.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!("passes still running {SHUTDOWN_GRACE:?} after the stop; leaving them");
+        }
+    }
     Ok(())
 }
 

@@ -16,6 +16,9 @@ pub enum Error {
     Admit(#[from] AdmitError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The API server refused a child as invalid: retrying the same spec cannot help.
+    #[error("{0}")]
+    Rejected(String),
     #[error("the object has no {0}")]
     MissingMetadata(&'static str),
     #[error("the TrainingJob cache closed: the operator is stopping")]
@@ -31,6 +34,7 @@ impl Error {
             Self::Admit(_) => "admission",
             Self::Kube(_) | Self::CacheClosed => "kubernetes",
             Self::MissingMetadata(_) => "metadata",
+            Self::Rejected(_) => "rejected",
         }
     }
 
@@ -40,6 +44,7 @@ impl Error {
             Self::Validation(e) => Some(e.reason()),
             Self::Plan(e) => Some(e.reason()),
             Self::Admit(e) => e.permanent_reason(),
+            Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
             Self::Kube(_) | Self::MissingMetadata(_) | Self::CacheClosed => None,
         }
     }

@@ -91,13 +91,15 @@ pub async fn settle(client: &Client, namespace: &str, name: &str, job: &Claim<'_
 pub struct BudgetContext {
     pub client: Client,
     pub training_jobs: Store<TrainingJob>,
+    /// Whether `training_jobs` holds its first full list.
+    pub synced: crate::controller::Synced,
     /// When each budget's status (by uid) was last written by its controller.
     pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl BudgetContext {
-    pub fn new(client: Client, training_jobs: Store<TrainingJob>) -> Self {
-        Self { client, training_jobs, written: Default::default() }
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: crate::controller::Synced) -> Self {
+        Self { client, training_jobs, synced, written: Default::default() }
     }
 }
 
@@ -140,7 +142,7 @@ fn holder(tj: &TrainingJob, budget: &str) -> Holder {
 /// status write if anything changed, and a wake-up when the next period begins.
 pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<BudgetContext>) -> Result<Action, Error> {
     // an entry whose job is missing from a cache still filling would be released by mistake
-    ctx.training_jobs.wait_until_ready().await.map_err(|_| Error::CacheClosed)?;
+    ctx.synced.wait().await?;
     let namespace = b.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = b.name_any();
     let now = now();

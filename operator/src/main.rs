@@ -19,6 +19,7 @@ mod metrics;
 mod names;
 mod observe;
 mod plan;
+mod rejection;
 mod run;
 mod settings;
 mod status;

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use frugal_api::contract::{env, paths};
-use frugal_api::v1alpha1::{Device, MAX_JOB_NAME_LENGTH};
+use frugal_api::v1alpha1::{Device, MAX_JOB_NAME_LENGTH, pod_security};
 use frugal_api::{TrainingJob, TrainingJobSpec};
 
 use crate::conditions::reasons;
@@ -44,6 +44,10 @@ pub enum ValidationError {
     Reserved { field: &'static str, value: String, fix: &'static str },
     #[error("spec.podTemplate.labels: {0}")]
     Label(String),
+    /// What Pod Security `restricted` would refuse the job's author; the CRD's rules refuse it
+    /// first, this holds where an older CRD is installed.
+    #[error("spec.podTemplate.{field}[{index}]: {message}")]
+    PodSecurity { field: &'static str, index: usize, message: String },
 }
 
 impl ValidationError {
@@ -113,6 +117,19 @@ fn validate_spec(
         ];
         if let Some(e) = o.env.iter().find(|e| own_env.contains(&e.name.as_str())) {
             return Err(ValidationError::Reserved { field: "env", value: e.name.clone(), fix: "rename the variable" });
+        }
+        for (index, v) in o.volumes.iter().enumerate() {
+            if let Some(message) = pod_security::refuse_volume(v) {
+                return Err(ValidationError::PodSecurity { field: "volumes", index, message });
+            }
+        }
+        for (index, m) in o.volume_mounts.iter().enumerate() {
+            if let Some(message) = pod_security::refuse_mount(m) {
+                return Err(ValidationError::PodSecurity { field: "volumeMounts", index, message });
+            }
+        }
+        if let Some(key) = o.annotations.keys().find(|k| pod_security::SECURITY_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p))) {
+            return Err(ValidationError::Reserved { field: "annotations", value: key.clone(), fix: "remove it: the trainer runs under the runtime's default AppArmor and seccomp profiles (Pod Security restricted)" });
         }
         if let Some(v) = o.volumes.iter().find(|v| OWN_VOLUMES.contains(&v.name.as_str())) {
             return Err(ValidationError::Reserved { field: "volumes", value: v.name.clone(), fix: "rename the volume" });
@@ -218,5 +235,29 @@ spec:
             ..Default::default()
         });
         assert!(e.contains("volumeMounts"), "{e}");
+    }
+
+    /// The CRD refuses these at `kubectl apply`; the operator refuses them too, so that no
+    /// CRD version lets it create a pod that Pod Security `restricted` would refuse.
+    #[test]
+    fn overrides_stay_within_pod_security_restricted() {
+        let with = |o: PodOverrides| {
+            let mut job = training_job(1);
+            job.spec.pod_template = Some(o);
+            err(&job)
+        };
+        let host: Volume = serde_json::from_value(serde_json::json!({"name": "host", "hostPath": {"path": "/"}})).unwrap();
+        let data: Volume = serde_json::from_value(serde_json::json!({"name": "data", "persistentVolumeClaim": {"claimName": "d"}})).unwrap();
+        let e = with(PodOverrides { volumes: vec![data.clone(), host], ..Default::default() });
+        assert!(e.contains("spec.podTemplate.volumes[1]") && e.contains("hostPath"), "{e}");
+        let escaping = VolumeMount { name: "data".into(), mount_path: "/data".into(), sub_path: Some("../..".into()), ..Default::default() };
+        let e = with(PodOverrides { volumes: vec![data.clone()], volume_mounts: vec![escaping], ..Default::default() });
+        assert!(e.contains("spec.podTemplate.volumeMounts[0]") && e.contains("subPath"), "{e}");
+        let annotations = [("container.apparmor.security.beta.kubernetes.io/trainer".to_string(), "unconfined".to_string())].into();
+        let e = with(PodOverrides { annotations, ..Default::default() });
+        assert!(e.contains("spec.podTemplate.annotations") && e.contains("AppArmor"), "{e}");
+        let mut job = training_job(1);
+        job.spec.pod_template = Some(PodOverrides { volumes: vec![data], ..Default::default() });
+        assert!(validate(&job, &Settings::default()).is_ok());
     }
 }

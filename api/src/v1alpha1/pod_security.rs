@@ -18,6 +18,10 @@ pub fn volume_source(v: &Volume) -> Option<&'static str> {
     object.keys().find(|k| *k != "name").and_then(|k| SOURCES.iter().copied().find(|s| s == k))
 }
 
+/// Annotation prefixes that would change the trainer's AppArmor or seccomp profile.
+pub const SECURITY_ANNOTATION_PREFIXES: [&str; 3] =
+    ["container.apparmor.security.beta.kubernetes.io/", "seccomp.security.alpha.kubernetes.io/", "container.seccomp.security.alpha.kubernetes.io/"];
+
 /// Every volume source the Volume type has, allowed or not (the schema's properties but `name`).
 const SOURCES: [&str; 30] = [
     "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi", "downwardAPI", "emptyDir",
@@ -122,6 +126,14 @@ mod tests {
         let mut properties: Vec<String> = value["properties"].as_object().unwrap().keys().filter(|k| *k != "name").cloned().collect();
         properties.sort();
         assert_eq!(properties, SOURCES, "a new volume source: decide whether training pods may use it");
+    }
+
+    #[test]
+    fn the_annotation_rule_names_the_same_prefixes() {
+        let crd = serde_json::to_string(&<crate::TrainingJob as kube::CustomResourceExt>::crd()).unwrap();
+        for prefix in SECURITY_ANNOTATION_PREFIXES {
+            assert!(crd.contains(&format!("'{prefix}'")), "{prefix}");
+        }
     }
 
     #[test]

@@ -989,7 +989,7 @@ impl Default for CheckpointSpec {
 /// The CEL rule of a quantity that may also be written as a plain integer (int-or-string).
 const QUANTITY_RULE: &str = "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
 
-/// Annotation prefixes that would change the trainer's AppArmor or seccomp profile, as a CEL list.
+/// [`pod_security::SECURITY_ANNOTATION_PREFIXES`] as a CEL list.
 const SECURITY_ANNOTATION_PREFIXES: &str =
     "['container.apparmor.security.beta.kubernetes.io/', 'seccomp.security.alpha.kubernetes.io/', 'container.seccomp.security.alpha.kubernetes.io/']";
 
