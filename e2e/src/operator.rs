@@ -44,8 +44,14 @@ pub struct Operator {
 impl Operator {
     /// Starts `frugal-operator run --namespace <namespace>` with `extra` arguments.
     pub fn start(namespace: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(namespace, extra, &[])
+    }
+
+    /// [`Operator::start`] with `env` set for the process (`KUBECONFIG`, say).
+    pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log = OpenOptions::new().create(true).append(true).open(log_path(namespace))?;
         let child = Command::new(binary()?)
+            .envs(env.iter().copied())
             .args(["run", "--namespace", namespace, "--metrics-addr", "127.0.0.1:0", "--trainer-image", TRAINER_IMAGE])
             // CPU jobs on the real node run the image images/build makes
             .args(["--trainer-cpu-image", &crate::node::cpu_trainer_image()])
@@ -80,6 +86,11 @@ impl Operator {
         }
         self.kill()?;
         bail!("the operator was still running {limit:?} after SIGTERM")
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
     }
 
     /// The operator's log so far.

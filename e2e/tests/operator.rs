@@ -529,3 +529,89 @@ async fn a_child_the_api_server_refuses_becomes_a_condition_not_a_retry_loop() {
     })
     .await;
 }
+
+/// Writes a kubeconfig for service account `account` of the test namespace: the test cluster's
+/// server and CA, a token from the TokenRequest API.
+async fn service_account_kubeconfig(ctx: &TestContext, account: &str) -> Result<std::path::PathBuf> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas = ctx.api::<ServiceAccount>();
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": account}}))?;
+    sas.create(&Default::default(), &sa).await?;
+    let request = TokenRequest { spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+    let token = sas.create_token_request(account, &Default::default(), &request).await?.status.context("TokenRequest without status")?.token;
+    let admin: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(std::env::var("KUBECONFIG").context("KUBECONFIG")?)?)?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": account, "namespace": ctx.namespace}}],
+    });
+    let path = std::env::temp_dir().join(format!("kubeconfig-{}-{account}", ctx.namespace));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// Applies a Role and its RoleBinding to `account` in the test namespace.
+async fn grant(ctx: &TestContext, account: &str, name: &str, rules: serde_json::Value) -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules}))?;
+    ctx.api::<Role>().create(&Default::default(), &role).await?;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ctx.namespace}],
+    }))?;
+    ctx.api::<RoleBinding>().create(&Default::default(), &binding).await?;
+    Ok(())
+}
+
+/// Started before it may see TrainingJobs (as when Helm applies the CRDs and the Deployment
+/// together, or its RBAC lags), the operator does not exit: it waits, not ready, saying why,
+/// and goes on once they are served to it. Its identity here is a service account with the
+/// chart's rules, the frugal.dev ones granted only later.
+#[tokio::test]
+async fn the_operator_waits_until_training_jobs_are_served() {
+    operator_test("waits-for-crds", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let kubeconfig = service_account_kubeconfig(&ctx, "frugal-operator").await?;
+        let children = serde_json::json!([
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]);
+        grant(&ctx, "frugal-operator", "children", children).await?;
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+        let mut operator = Operator::start_with_env(&ctx.namespace, OPERATOR_ARGS, &[("KUBECONFIG", kubeconfig.as_str())])?;
+        wait::until("the operator to say it waits for TrainingJobs", async {
+            while !operator.log().contains("are not served yet") {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(operator.running()?, "the operator exited instead of waiting");
+        ensure!(!operator.log().contains("caches synced"), "the operator said it was ready before it could list TrainingJobs");
+        let waiting = operator.log().lines().find(|l| l.contains("are not served yet")).unwrap_or_default().to_string();
+        eprintln!("while waiting: {waiting}");
+
+        let frugal = serde_json::json!([
+            {"apiGroups": ["frugal.dev"], "resources": ["trainingjobs", "trainingbudgets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["frugal.dev"], "resources": ["trainingjobs/status"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["frugal.dev"], "resources": ["trainingbudgets/status"], "verbs": ["get", "update"]},
+        ]);
+        grant(&ctx, "frugal-operator", "training-jobs", frugal).await?;
+        apply(&ctx, &training_job("lm", 1, 0)).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        job_where(&ctx, "lm", "lm Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        ensure!(operator.log().contains("caches synced; ready"), "the operator never said it was ready");
+        Ok(())
+    })
+    .await;
+}
