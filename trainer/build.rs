@@ -42,9 +42,9 @@ fn provenance() {
     }
     if let Some(lib_dir) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) {
         // The wheel's torch/version.py: `__version__ = '2.11.0+cpu'`.
-        let version = std::fs::read_to_string(lib_dir.join("../version.py")).ok().and_then(|t| {
-            t.lines().find(|l| l.starts_with("__version__")).and_then(|l| l.split('\'').nth(1)).map(str::to_string)
-        });
+        let version = std::fs::read_to_string(lib_dir.join("../version.py"))
+            .ok()
+            .and_then(|t| t.lines().find(|l| l.starts_with("__version__")).and_then(|l| l.split('\'').nth(1)).map(str::to_string));
         println!("cargo:rustc-env=FRUGAL_LIBTORCH_VERSION={}", version.unwrap_or_else(|| "unknown".into()));
     }
 }

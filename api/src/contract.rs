@@ -141,22 +141,14 @@ impl TrainerConfig {
             .stages
             .iter()
             .enumerate()
-            .map(|(index, s)| StageLayout {
-                index: index as i64,
-                layers: s.layers.clone(),
-                embedding: s.embedding,
-                head: s.head,
-            })
+            .map(|(index, s)| StageLayout { index: index as i64, layers: s.layers.clone(), embedding: s.embedding, head: s.head })
             .collect();
         Ok(Self {
             version: TRAINER_CONFIG_VERSION.into(),
             job,
             spec: spec.clone(),
             model: plan.model,
-            pipeline: PipelineLayout {
-                stages,
-                stages_per_pod: spec.parallelism.gpus_per_pod.into(),
-            },
+            pipeline: PipelineLayout { stages, stages_per_pod: spec.parallelism.gpus_per_pod.into() },
         })
     }
 
@@ -190,11 +182,7 @@ impl TrainerConfig {
         let per = self.pipeline.stages_per_pod as usize;
         let first = pod.pod_index as usize * per;
         let stages = self.pipeline.stages[first..first + per].to_vec();
-        let peer = |index: i64| Peer {
-            pod_index: index,
-            host: pod.peer_host(index),
-            port: paths::PIPELINE_PORT,
-        };
+        let peer = |index: i64| Peer { pod_index: index, host: pod.peer_host(index), port: paths::PIPELINE_PORT };
         Ok(PodAssignment {
             stages,
             upstream: (pod.pod_index > 0).then(|| peer(pod.pod_index - 1)),

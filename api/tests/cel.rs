@@ -26,11 +26,8 @@ fn load(path: &Path) -> Value {
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     files.sort();
     files
 }
@@ -120,8 +117,7 @@ fn examples_pass_every_rule_and_plan() {
         validate(&object).unwrap_or_else(|e| panic!("{} is rejected: {e}", path.display()));
         if object["kind"] == "TrainingJob" {
             let job: TrainingJob = serde_json::from_value(object).unwrap();
-            let plan = planner::plan(&job.spec, &PlanOptions::default())
-                .unwrap_or_else(|e| panic!("{} does not plan: {e}", path.display()));
+            let plan = planner::plan(&job.spec, &PlanOptions::default()).unwrap_or_else(|e| panic!("{} does not plan: {e}", path.display()));
             assert!(plan.fits(), "{}: {:?}", path.display(), plan.warnings);
         }
     }

@@ -55,14 +55,8 @@ pub fn describe_pod(pod: &Pod) -> String {
         pod.annotations()
     );
     for c in status.conditions.unwrap_or_default() {
-        let _ = writeln!(
-            out,
-            "  condition {}={} reason={} message={}",
-            c.type_,
-            c.status,
-            c.reason.unwrap_or_default(),
-            c.message.unwrap_or_default()
-        );
+        let _ =
+            writeln!(out, "  condition {}={} reason={} message={}", c.type_, c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default());
     }
     for cs in status.container_statuses.unwrap_or_default() {
         let _ = writeln!(out, "  container {} ready={} state={:?}", cs.name, cs.ready, cs.state);
@@ -80,12 +74,7 @@ async fn events(client: &Client, namespace: &str) -> String {
         Ok(list) if list.items.is_empty() => out.push_str("(none)\n"),
         Ok(list) => {
             let mut items = list.items;
-            items.sort_by_key(|e| {
-                e.last_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .or_else(|| e.event_time.as_ref().map(|t| t.0))
-            });
+            items.sort_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0).or_else(|| e.event_time.as_ref().map(|t| t.0)));
             for e in items {
                 let obj = &e.involved_object;
                 let _ = writeln!(
@@ -113,12 +102,7 @@ fn operator_log() -> String {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(OPERATOR_LOG_LINES)..];
-            format!(
-                "--- operator log {path} (last {} of {} lines) ---\n{}\n",
-                tail.len(),
-                lines.len(),
-                tail.join("\n")
-            )
+            format!("--- operator log {path} (last {} of {} lines) ---\n{}\n", tail.len(), lines.len(), tail.join("\n"))
         }
     }
 }

@@ -15,23 +15,12 @@ pub const FAKE_NODE_LABEL: (&str, &str) = ("type", "kwok");
 
 /// A bare pod with one container and `restartPolicy: Never`.
 pub fn pod(name: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        spec: Some(pod_spec()),
-        ..Default::default()
-    }
+    Pod { metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() }, spec: Some(pod_spec()), ..Default::default() }
 }
 
 fn pod_spec() -> PodSpec {
     PodSpec {
-        containers: vec![Container {
-            name: "main".into(),
-            image: Some(FAKE_IMAGE.into()),
-            ..Default::default()
-        }],
+        containers: vec![Container { name: "main".into(), image: Some(FAKE_IMAGE.into()), ..Default::default() }],
         restart_policy: Some("Never".into()),
         // Only kwok's nodes fake containers; on kind this keeps test pods off the real node.
         node_selector: Some([(FAKE_NODE_LABEL.0.to_string(), FAKE_NODE_LABEL.1.to_string())].into()),
@@ -56,10 +45,8 @@ pub trait PodExt {
 impl PodExt for Pod {
     fn gpus(mut self, n: u32) -> Self {
         let spec = self.spec.get_or_insert_with(pod_spec);
-        spec.containers[0].resources = Some(ResourceRequirements {
-            limits: Some([(GPU_RESOURCE.to_string(), Quantity(n.to_string()))].into()),
-            ..Default::default()
-        });
+        spec.containers[0].resources =
+            Some(ResourceRequirements { limits: Some([(GPU_RESOURCE.to_string(), Quantity(n.to_string()))].into()), ..Default::default() });
         self
     }
 
@@ -73,10 +60,7 @@ impl PodExt for Pod {
     }
 
     fn pod_runner(mut self) -> Self {
-        self.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(POD_RUNNER_LABEL.into(), "true".into());
+        self.metadata.labels.get_or_insert_with(Default::default).insert(POD_RUNNER_LABEL.into(), "true".into());
         self
     }
 
@@ -95,18 +79,11 @@ impl PodExt for Pod {
 /// A one-pod Job whose pod template is `template` (its name is ignored).
 pub fn job(name: &str, template: Pod) -> Job {
     Job {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: template.metadata.labels,
-                    annotations: template.metadata.annotations,
-                    ..Default::default()
-                }),
+                metadata: Some(ObjectMeta { labels: template.metadata.labels, annotations: template.metadata.annotations, ..Default::default() }),
                 spec: template.spec,
             },
             ..Default::default()

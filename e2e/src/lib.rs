@@ -53,19 +53,13 @@ pub fn enabled() -> bool {
 
 /// How long any single wait may take (`FRUGAL_E2E_TIMEOUT_SECS`, default 90).
 pub fn timeout() -> Duration {
-    let secs = std::env::var("FRUGAL_E2E_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+    let secs = std::env::var("FRUGAL_E2E_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
     Duration::from_secs(secs)
 }
 
 /// The repository root (for `crds/`, `examples/`, `api/tests/invalid/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e crate sits inside the repository")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e crate sits inside the repository").to_path_buf()
 }
 
 /// What a test body gets: a client and its own namespace.
@@ -88,9 +82,7 @@ impl TestContext {
 
 /// Connects using `KUBECONFIG` (or the in-cluster config) and checks the API server answers.
 pub async fn connect() -> Result<Client> {
-    let client = Client::try_default()
-        .await
-        .context("building a client from KUBECONFIG")?;
+    let client = Client::try_default().await.context("building a client from KUBECONFIG")?;
     let version = tokio::time::timeout(Duration::from_secs(15), client.apiserver_version())
         .await
         .context("API server did not answer /version within 15s")?
@@ -114,16 +106,9 @@ where
         eprintln!("e2e: skipping {test}: set FRUGAL_E2E=1 (and KUBECONFIG) to run against a cluster");
         return;
     }
-    let client = connect()
-        .await
-        .unwrap_or_else(|e| panic!("FRUGAL_E2E=1 but no usable cluster: {e:#}"));
-    let namespace = create_namespace(&client, test)
-        .await
-        .unwrap_or_else(|e| panic!("creating the test namespace: {e:#}"));
-    let ctx = TestContext {
-        client: client.clone(),
-        namespace: namespace.clone(),
-    };
+    let client = connect().await.unwrap_or_else(|e| panic!("FRUGAL_E2E=1 but no usable cluster: {e:#}"));
+    let namespace = create_namespace(&client, test).await.unwrap_or_else(|e| panic!("creating the test namespace: {e:#}"));
+    let ctx = TestContext { client: client.clone(), namespace: namespace.clone() };
 
     // Spawned so that a panic inside the body still lets us dump state and clean up.
     let outcome = tokio::spawn(body(ctx)).await;
@@ -147,24 +132,14 @@ where
 }
 
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".to_string())
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".to_string())
 }
 
 /// A DNS-1123 name unique per run: `e2e-<test>-<suffix>`.
 fn namespace_name(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     let suffix = format!("{:x}", (nanos ^ (u128::from(std::process::id()) << 64)) & 0xff_ffff_ffff);
-    let slug: String = test
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let slug: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let slug = slug.trim_matches('-');
     let slug = &slug[..slug.len().min(63 - 5 - suffix.len())];
     format!("e2e-{}-{suffix}", slug.trim_end_matches('-'))
@@ -180,10 +155,7 @@ async fn create_namespace(client: &Client, test: &str) -> Result<String> {
         },
         ..Default::default()
     };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .with_context(|| format!("creating namespace {name}"))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {name}"))?;
     // Pods are rejected until the controller-manager has created the default ServiceAccount.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
     wait::until(
@@ -196,8 +168,6 @@ async fn create_namespace(client: &Client, test: &str) -> Result<String> {
 
 async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
     // Background deletion: the namespace controller finishes it; tests never share namespaces.
-    Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::background())
-        .await?;
+    Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await?;
     Ok(())
 }

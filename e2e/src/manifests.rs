@@ -20,10 +20,8 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect();
     files.sort();
     Ok(files)
 }
@@ -33,13 +31,12 @@ pub fn read_objects(path: &Path) -> Result<Vec<DynamicObject>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut objects = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_json::Value::deserialize(doc)
-            .with_context(|| format!("{}: document {i} is not valid YAML", path.display()))?;
+        let value = serde_json::Value::deserialize(doc).with_context(|| format!("{}: document {i} is not valid YAML", path.display()))?;
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_json::from_value(value)
-            .with_context(|| format!("{}: document {i} is not a Kubernetes object", path.display()))?;
+        let obj: DynamicObject =
+            serde_json::from_value(value).with_context(|| format!("{}: document {i} is not a Kubernetes object", path.display()))?;
         objects.push(obj);
     }
     Ok(objects)
@@ -61,10 +58,7 @@ pub fn crd_files() -> Result<Vec<PathBuf>> {
     let dir = repo_root().join("crds");
     let files = yaml_files(&dir)?;
     if files.is_empty() {
-        bail!(
-            "no CRDs in {}; generate them with `cargo run -p frugal-operator -- crd`",
-            dir.display()
-        );
+        bail!("no CRDs in {}; generate them with `cargo run -p frugal-operator -- crd`", dir.display());
     }
     Ok(files)
 }
@@ -86,8 +80,7 @@ pub async fn install_crds(client: &Client) -> Result<Vec<String>> {
         }
     }
     for name in &names {
-        wait::for_object(&api, name, &format!("CRD {name} Established"), conditions::is_crd_established())
-            .await?;
+        wait::for_object(&api, name, &format!("CRD {name} Established"), conditions::is_crd_established()).await?;
     }
     Ok(names)
 }
@@ -96,9 +89,8 @@ pub async fn install_crds(client: &Client) -> Result<Vec<String>> {
 pub async fn api_for(client: &Client, obj: &DynamicObject, namespace: &str) -> Result<Api<DynamicObject>> {
     let types: &TypeMeta = obj.types.as_ref().context("object without apiVersion/kind")?;
     let gvk = GroupVersionKind::try_from(types)?;
-    let (resource, caps): (ApiResource, _) = discovery::pinned_kind(client, &gvk)
-        .await
-        .with_context(|| format!("discovering {}/{}", types.api_version, types.kind))?;
+    let (resource, caps): (ApiResource, _) =
+        discovery::pinned_kind(client, &gvk).await.with_context(|| format!("discovering {}/{}", types.api_version, types.kind))?;
     Ok(match caps.scope {
         Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
         Scope::Cluster => Api::all_with(client.clone(), &resource),

@@ -67,8 +67,21 @@ pub fn install_chart(ctx: &TestContext, release: &str, values: &[&str]) -> Resul
     let watch = format!("operator.watchNamespace={}", ctx.namespace);
     let placement = format!("nodeSelector.{}={}", REAL_NODE_LABEL.0.replace('.', "\\."), REAL_NODE_LABEL.1);
     let mut args = vec![
-        "install", release, chart.to_str().unwrap(), "--namespace", &ctx.namespace, "--skip-crds", "--set", &watch,
-        "--set", &placement, "--set", "operator.logFormat=text", "--wait", "--timeout", "180s",
+        "install",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ctx.namespace,
+        "--skip-crds",
+        "--set",
+        &watch,
+        "--set",
+        &placement,
+        "--set",
+        "operator.logFormat=text",
+        "--wait",
+        "--timeout",
+        "180s",
     ];
     for v in values {
         args.extend(["--set", v]);

@@ -24,11 +24,7 @@ pub fn binary() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> -> target/<profile>/frugal-operator
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("frugal-operator"))
-        .context("locating the target directory")?;
+    let path = exe.parent().and_then(|deps| deps.parent()).map(|profile| profile.join("frugal-operator")).context("locating the target directory")?;
     if !path.exists() {
         bail!("{} does not exist: run `cargo build -p frugal-operator` first (scripts/e2e.sh does), or set FRUGAL_OPERATOR_BIN", path.display());
     }

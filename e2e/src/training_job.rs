@@ -38,9 +38,7 @@ pub async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usiz
     let api: Api<Pod> = ctx.api();
     let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
     let (reader, writer) = reflector::store();
-    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector)))
-        .touched_objects()
-        .boxed();
+    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector))).touched_objects().boxed();
     let what = format!("{pods} pods of {job} attempt {attempt} Running on GPU nodes");
     wait::until(&what, async {
         while changes.try_next().await?.is_some() {

@@ -37,24 +37,15 @@ pub async fn for_object<K>(api: &Api<K>, name: &str, what: &str, cond: impl Cond
 where
     K: Clone + Debug + Send + DeserializeOwned + Resource + 'static,
 {
-    until(what, await_condition(api.clone(), name, cond))
-        .await?
-        .ok_or_else(|| anyhow!("{name} was deleted while waiting for {what}"))
+    until(what, await_condition(api.clone(), name, cond)).await?.ok_or_else(|| anyhow!("{name} was deleted while waiting for {what}"))
 }
 
 /// Waits until some object selected by `config` satisfies `pred` and returns it.
-pub async fn for_any<K>(
-    api: &Api<K>,
-    config: watcher::Config,
-    what: &str,
-    pred: impl Fn(&K) -> bool + Send,
-) -> Result<K>
+pub async fn for_any<K>(api: &Api<K>, config: watcher::Config, what: &str, pred: impl Fn(&K) -> bool + Send) -> Result<K>
 where
     K: Clone + Debug + Send + DeserializeOwned + Resource + 'static,
 {
-    let matching = watcher(api.clone(), config)
-        .applied_objects()
-        .try_filter(|obj| std::future::ready(pred(obj)));
+    let matching = watcher(api.clone(), config).applied_objects().try_filter(|obj| std::future::ready(pred(obj)));
     until(what, async move {
         let mut matching = pin!(matching);
         matching.try_next().await?.ok_or_else(|| anyhow!("watch ended"))
@@ -63,12 +54,7 @@ where
 }
 
 /// Waits for an event about the object `name` in `api`'s namespace that satisfies `pred`.
-pub async fn for_event(
-    api: &Api<Event>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Event) -> bool + Send,
-) -> Result<Event> {
+pub async fn for_event(api: &Api<Event>, name: &str, what: &str, pred: impl Fn(&Event) -> bool + Send) -> Result<Event> {
     let config = watcher::Config::default().fields(&format!("involvedObject.name={name}"));
     for_any(api, config, what, pred).await
 }

@@ -25,19 +25,14 @@ async fn examples_are_accepted() {
         install_crds(&t.client).await?;
         let files = manifests::yaml_files(&repo_root().join("examples"))?;
         ensure!(!files.is_empty(), "examples/ holds no manifests");
-        let dry_run = PostParams {
-            dry_run: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
+        let dry_run = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
         let mut checked = 0;
         for file in &files {
             for obj in read_objects(file)? {
                 let what = label(&obj, file);
                 let api = api_for(&t.client, &obj, &t.namespace).await?;
                 let obj = if api.namespace().is_some() { in_namespace(obj, &t.namespace) } else { obj };
-                api.create(&dry_run, &obj)
-                    .await
-                    .with_context(|| format!("the API server rejected {what}"))?;
+                api.create(&dry_run, &obj).await.with_context(|| format!("the API server rejected {what}"))?;
                 checked += 1;
             }
         }
@@ -54,10 +49,7 @@ async fn invalid_manifests_are_rejected_with_their_message() {
         let dir = repo_root().join("api/tests/invalid");
         let files = manifests::yaml_files(&dir)?;
         ensure!(!files.is_empty(), "{} holds no fixtures", dir.display());
-        let dry_run = PostParams {
-            dry_run: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
+        let dry_run = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
         let mut failures = Vec::new();
         for file in &files {
             let expect = expected_message(file)?;

@@ -105,9 +105,8 @@ async fn ledger(ctx: &TestContext, budget: &str, holders: &[(&str, i32)]) -> Res
     let total: i32 = holders.iter().map(|h| h.1).sum();
     let api: Api<TrainingBudget> = ctx.api();
     wait::for_object(&api, budget, &format!("{budget}'s ledger to hold {want:?}"), move |b: Option<&TrainingBudget>| {
-        b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
-            s.gpus_in_use == total && s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>() == want
-        })
+        b.and_then(|b| b.status.as_ref())
+            .is_some_and(|s| s.gpus_in_use == total && s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>() == want)
     })
     .await
 }
@@ -166,10 +165,7 @@ async fn a_job_naming_a_missing_budget_waits_until_it_exists() {
         let _operator = setup(&ctx).await?;
         apply(&ctx, &training_job("lm", 1, "later")).await?;
         let message = queued(&ctx, "lm", "BudgetNotFound").await?;
-        ensure!(
-            message.contains("TrainingBudget \"later\", which does not exist") && message.contains("create it"),
-            "message: {message}"
-        );
+        ensure!(message.contains("TrainingBudget \"later\", which does not exist") && message.contains("create it"), "message: {message}");
         no_children(&ctx, "lm").await?;
 
         // the budget appears: the watch on budgets wakes the job
@@ -255,7 +251,8 @@ async fn jobs_applied_at_once_never_take_more_than_the_budget() {
 async fn a_busy_operator_stops_within_seconds_of_sigterm_and_releases_its_lease() {
     budget_test("budget-sigterm", |ctx| async move {
         manifests::install_crds(&ctx.client).await?;
-        let args = ["--termination-grace-seconds", "5", "--leader-elect", "--lease-namespace", ctx.namespace.as_str(), "--lease-name", "frugal-operator"];
+        let args =
+            ["--termination-grace-seconds", "5", "--leader-elect", "--lease-namespace", ctx.namespace.as_str(), "--lease-name", "frugal-operator"];
         let mut operator = Operator::start(&ctx.namespace, &args)?;
         let mut budget = training_budget("team", 4);
         budget.spec.max_cost = Some(1000.0);

@@ -26,18 +26,8 @@ fn has_phase(want: &'static str) -> impl Fn(Option<&Pod>) -> bool {
 async fn gpu_nodes_are_ready() {
     run("gpu-nodes", |t: TestContext| async move {
         let nodes = Api::<Node>::all(t.client.clone()).list(&ListParams::default()).await?;
-        let gpus = |n: &Node| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.allocatable.as_ref())
-                .and_then(|a| a.get(GPU_RESOURCE))
-                .map(|q| q.0.clone())
-        };
-        let gpu_nodes: Vec<&Node> = nodes
-            .items
-            .iter()
-            .filter(|n| gpus(n).as_deref() == Some(&GPUS_PER_NODE.to_string()))
-            .collect();
+        let gpus = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get(GPU_RESOURCE)).map(|q| q.0.clone());
+        let gpu_nodes: Vec<&Node> = nodes.items.iter().filter(|n| gpus(n).as_deref() == Some(&GPUS_PER_NODE.to_string())).collect();
         ensure!(gpu_nodes.len() >= 2, "want at least two nodes with {GPUS_PER_NODE} {GPU_RESOURCE}");
         for n in &gpu_nodes {
             ensure!(n.labels().contains_key(GPU_PRODUCT_LABEL), "{} has no {GPU_PRODUCT_LABEL} label", n.name_any());
@@ -54,21 +44,15 @@ async fn too_many_gpus_stays_pending_with_the_schedulers_reason() {
         let pods: Api<Pod> = t.api();
         pods.create(&PostParams::default(), &pod("greedy").gpus(GPUS_PER_NODE + 1)).await?;
 
-        let event = for_event(&t.api::<Event>(), "greedy", "FailedScheduling for greedy", |e| {
-            e.reason.as_deref() == Some("FailedScheduling")
-        })
-        .await?;
+        let event =
+            for_event(&t.api::<Event>(), "greedy", "FailedScheduling for greedy", |e| e.reason.as_deref() == Some("FailedScheduling")).await?;
         let message = event.message.unwrap_or_default();
         eprintln!("scheduler: {message}");
-        ensure!(
-            message.contains(&format!("Insufficient {GPU_RESOURCE}")),
-            "FailedScheduling does not name the GPU shortage: {message}"
-        );
+        ensure!(message.contains(&format!("Insufficient {GPU_RESOURCE}")), "FailedScheduling does not name the GPU shortage: {message}");
 
         // The scheduler records the event and writes the pod's condition separately; wait for both.
         let greedy = for_object(&pods, "greedy", "PodScheduled condition on greedy", |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled"))
+            p.and_then(|p| p.status.as_ref()?.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled"))
         })
         .await?;
         ensure!(phase(&greedy) == "Pending", "phase is {:?}", phase(&greedy));
@@ -96,12 +80,9 @@ async fn job_pod_stays_running_until_the_test_says_succeeded() {
         let jobs: Api<Job> = t.api();
         let pods: Api<Pod> = t.api();
         jobs.create(&PostParams::default(), &job("held", pod("held").gpus(1))).await?;
-        let held = for_any(
-            &pods,
-            watcher::Config::default().labels("batch.kubernetes.io/job-name=held"),
-            "held's pod Running",
-            |p: &Pod| phase(p) == "Running",
-        )
+        let held = for_any(&pods, watcher::Config::default().labels("batch.kubernetes.io/job-name=held"), "held's pod Running", |p: &Pod| {
+            phase(p) == "Running"
+        })
         .await?;
         let held_name = held.name_any();
         let node = held.spec.as_ref().and_then(|s| s.node_name.clone()).context("no node")?;
@@ -110,8 +91,7 @@ async fn job_pod_stays_running_until_the_test_says_succeeded() {
 
         // A second Job told to succeed from the start completes: kwok is finishing Job pods, just
         // not the held one.
-        jobs.create(&PostParams::default(), &job("canary", pod("canary").outcome("Succeeded", None)))
-            .await?;
+        jobs.create(&PostParams::default(), &job("canary", pod("canary").outcome("Succeeded", None))).await?;
         for_object(&jobs, "canary", "canary Job complete", is_job_completed()).await?;
 
         let held = pods.get(&held_name).await?;
@@ -189,44 +169,20 @@ async fn pod_runner_pods_get_no_status_from_kwok_but_are_deleted() {
 async fn service_account_tokens_can_be_requested_and_verified() {
     run("token-request", |t: TestContext| async move {
         let sas: Api<ServiceAccount> = t.api();
-        let sa = ServiceAccount {
-            metadata: kube::api::ObjectMeta {
-                name: Some("trainer".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let sa = ServiceAccount { metadata: kube::api::ObjectMeta { name: Some("trainer".into()), ..Default::default() }, ..Default::default() };
         sas.create(&PostParams::default(), &sa).await?;
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![],
-                expiration_seconds: Some(600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let request =
+            TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(600), ..Default::default() }, ..Default::default() };
         let issued = sas.create_token_request("trainer", &PostParams::default(), &request).await?;
         let token = issued.status.context("TokenRequest without status")?.token;
         ensure!(!token.is_empty(), "empty token");
 
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let reviewed = Api::<TokenReview>::all(t.client.clone())
-            .create(&PostParams::default(), &review)
-            .await?
-            .status
-            .context("TokenReview without status")?;
+        let review = TokenReview { spec: TokenReviewSpec { token: Some(token), ..Default::default() }, ..Default::default() };
+        let reviewed =
+            Api::<TokenReview>::all(t.client.clone()).create(&PostParams::default(), &review).await?.status.context("TokenReview without status")?;
         let user = reviewed.user.and_then(|u| u.username).unwrap_or_default();
         ensure!(reviewed.authenticated == Some(true), "token not authenticated: {:?}", reviewed.error);
-        ensure!(
-            user == format!("system:serviceaccount:{}:trainer", t.namespace),
-            "token authenticates as {user}"
-        );
+        ensure!(user == format!("system:serviceaccount:{}:trainer", t.namespace), "token authenticates as {user}");
         Ok(())
     })
     .await;

@@ -138,17 +138,18 @@ async fn kueue_admits_within_quota_and_the_operator_leaves_its_fields_alone() {
         ensure!(c.status == "True" && !c.message.is_empty(), "Queued condition {c:?}");
         let second: Job = ctx.api::<Job>().get("second-a1").await?;
         assert_eq!(second.spec.as_ref().unwrap().suspend, Some(true));
-        ensure!(ctx.api::<Pod>().list(&ListParams::default().labels("frugal.dev/training-job=second")).await?.items.is_empty(), "pods before admission");
+        ensure!(
+            ctx.api::<Pod>().list(&ListParams::default().labels("frugal.dev/training-job=second")).await?.items.is_empty(),
+            "pods before admission"
+        );
 
         // an update to the first TrainingJob makes the operator reconcile it again: the fields
         // Kueue owns stay as Kueue set them
         let tjs: Api<TrainingJob> = ctx.api();
         let patch = serde_json::json!({"spec": {"budget": {"maxGpus": 4}}});
         tjs.patch("first", &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        job_where(&ctx, "first", "the update observed", |tj| {
-            tj.status.as_ref().and_then(|s| s.observed_generation) == tj.metadata.generation
-        })
-        .await?;
+        job_where(&ctx, "first", "the update observed", |tj| tj.status.as_ref().and_then(|s| s.observed_generation) == tj.metadata.generation)
+            .await?;
         let job: Job = ctx.api::<Job>().get("first-a1").await?;
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.suspend, Some(false));
@@ -209,9 +210,14 @@ async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
                 break pod.clone();
             }
             if Instant::now() >= deadline {
-                let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload")).list(&ListParams::default()).await?;
+                let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"))
+                    .list(&ListParams::default())
+                    .await?;
                 let conditions: Vec<_> = workloads.items.iter().map(|w| w.data["status"]["conditions"].clone()).collect();
-                let outputs: Vec<_> = found.iter().map(|p| format!("{} ({}):\n{}", p.name_any(), frugal_e2e::fixtures::phase(p), pod_output(&ctx.namespace, &p.name_any()))).collect();
+                let outputs: Vec<_> = found
+                    .iter()
+                    .map(|p| format!("{} ({}):\n{}", p.name_any(), frugal_e2e::fixtures::phase(p), pod_output(&ctx.namespace, &p.name_any())))
+                    .collect();
                 anyhow::bail!("attempt 1 wrote no checkpoint; workload conditions {conditions:?}; pods:\n{}", outputs.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -79,13 +79,8 @@ async fn finish(ctx: &TestContext, pod: &Pod, outcome: &str) -> Result<()> {
 
 async fn attempt_jobs(ctx: &TestContext, job: &str) -> Result<Vec<String>> {
     let api: Api<Job> = ctx.api();
-    let mut names: Vec<String> = api
-        .list(&ListParams::default().labels(&format!("frugal.dev/training-job={job}")))
-        .await?
-        .items
-        .iter()
-        .map(|j| j.name_any())
-        .collect();
+    let mut names: Vec<String> =
+        api.list(&ListParams::default().labels(&format!("frugal.dev/training-job={job}"))).await?.items.iter().map(|j| j.name_any()).collect();
     names.sort();
     Ok(names)
 }
@@ -224,10 +219,9 @@ async fn a_restarted_operator_neither_loses_nor_doubles_attempts() {
 
         let _operator = Operator::start(&ctx.namespace, OPERATOR_ARGS)?;
         running_pods(&ctx, "lm", 3, 1).await?;
-        let after = job_where(&ctx, "lm", "attempt 3, restarts 2", |tj| {
-            tj.status.as_ref().is_some_and(|s| s.attempt == Some(3) && s.restarts == Some(2))
-        })
-        .await?;
+        let after =
+            job_where(&ctx, "lm", "attempt 3, restarts 2", |tj| tj.status.as_ref().is_some_and(|s| s.attempt == Some(3) && s.restarts == Some(2)))
+                .await?;
         assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1", "lm-a2", "lm-a3"]);
         let status = after.status.unwrap();
         assert_eq!(status.plan, before.plan, "the plan survived");
@@ -269,10 +263,9 @@ async fn a_cap_lowered_under_a_running_job_applies_to_its_next_attempt() {
         let tjs: Api<TrainingJob> = ctx.api();
         let patch = serde_json::json!({"spec": {"budget": {"maxGpus": 1}}});
         tjs.patch("lm", &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        let seen = job_where(&ctx, "lm", "the lowered cap observed", |tj| {
-            tj.status.as_ref().and_then(|s| s.observed_generation) == tj.metadata.generation
-        })
-        .await?;
+        let seen =
+            job_where(&ctx, "lm", "the lowered cap observed", |tj| tj.status.as_ref().and_then(|s| s.observed_generation) == tj.metadata.generation)
+                .await?;
         assert_eq!(phase(&seen), Some(Phase::Running), "{:?}", seen.status);
         // the next attempt is held to it: a failed stage ends the job with the cap's message
         finish(&ctx, &pods[0], "Failed").await?;
@@ -332,11 +325,7 @@ async fn apply_to_pods_created_latency() {
             v.sort();
             (v[9] + v[10]) / 2
         };
-        eprintln!(
-            "medians: apply -> Job {} ms, Job -> pod {} ms",
-            middle(&mut to_job).as_millis(),
-            middle(&mut to_pod).as_millis()
-        );
+        eprintln!("medians: apply -> Job {} ms, Job -> pod {} ms", middle(&mut to_job).as_millis(), middle(&mut to_pod).as_millis());
         latencies.sort();
         let ms: Vec<u128> = latencies.iter().map(|d| d.as_millis()).collect();
         let median = (latencies[9] + latencies[10]) / 2;
@@ -428,7 +417,8 @@ async fn a_job_that_spends_its_own_gpu_hours_is_stopped_with_budget_exceeded() {
         let jobs: Api<TrainingJob> = ctx.api();
         let cost = serde_json::json!({"status": {"cost": {"gpuHours": 0.0031, "cost": 0.01, "currency": "USD"}}});
         jobs.patch_status("lm", &PatchParams::default(), &Patch::Merge(&cost)).await?;
-        let stopping = job_where(&ctx, "lm", "reason BudgetExceeded", |tj| condition(tj, "Ready").is_some_and(|c| c.reason == "BudgetExceeded")).await?;
+        let stopping =
+            job_where(&ctx, "lm", "reason BudgetExceeded", |tj| condition(tj, "Ready").is_some_and(|c| c.reason == "BudgetExceeded")).await?;
         let looked = running.elapsed();
         ensure!(looked >= Duration::from_secs(5) && looked < Duration::from_secs(40), "stopped {looked:?} after Running: {:?}", stopping.status);
         let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use frugal_e2e::wait::{for_deletion, for_object};
 use frugal_e2e::training_job::pod_output;
+use frugal_e2e::wait::{for_deletion, for_object};
 use frugal_e2e::{TestContext, run};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,7 +24,6 @@ const MARKER: &str = "frugal.dev/pod-runner";
 fn work_dir() -> PathBuf {
     PathBuf::from(std::env::var("FRUGAL_POD_RUNNER_WORK_DIR").expect("scripts/e2e.sh sets FRUGAL_POD_RUNNER_WORK_DIR"))
 }
-
 
 fn ended(p: Option<&Pod>) -> bool {
     p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed")

@@ -152,7 +152,12 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
         ensure!(pods.len() == 2, "{} pods", pods.len());
         let peer = pods.iter().find(|p| p.name_any().contains("-1-")).or(pods.last()).context("stage 1's pod")?;
         let spec = peer.spec.as_ref().unwrap();
-        let host = format!("{}.{}.{}.svc.cluster.local", spec.hostname.clone().unwrap_or_default(), spec.subdomain.clone().unwrap_or_default(), ctx.namespace);
+        let host = format!(
+            "{}.{}.{}.svc.cluster.local",
+            spec.hostname.clone().unwrap_or_default(),
+            spec.subdomain.clone().unwrap_or_default(),
+            ctx.namespace
+        );
         let ip = peer.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
         // the cluster DNS server the kubelet gives pods (e2e/cluster/node/lib.sh); kind's cannot
         // be reached from the host (FRUGAL_CLUSTER_DNS=none)
@@ -240,7 +245,8 @@ async fn the_standby_operator_takes_over_when_the_leader_is_deleted() {
         node::install_chart(&ctx, "frugal", &["replicaCount=2"])?;
         let leases: Api<Lease> = ctx.api();
         let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty());
-        let lease = frugal_e2e::wait::for_object(&leases, "frugal-operator", "a leader", |l: Option<&Lease>| l.is_some_and(|l| holder(l).is_some())).await?;
+        let lease =
+            frugal_e2e::wait::for_object(&leases, "frugal-operator", "a leader", |l: Option<&Lease>| l.is_some_and(|l| holder(l).is_some())).await?;
         let leader = holder(&lease).unwrap();
         apply(&ctx, &real_cpu_job("lm", 6000, None, 1)).await?;
         job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;

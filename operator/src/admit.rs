@@ -19,7 +19,9 @@ pub enum AdmitError {
     ClaimMissing { claim: String, pods: i64 },
     #[error(transparent)]
     BudgetTooSmall(#[from] crate::budget::TooSmall),
-    #[error("spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)")]
+    #[error(
+        "spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)"
+    )]
     ClaimNotShared { claim: String, pods: i64 },
 }
 

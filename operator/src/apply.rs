@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams, PartialObjectMeta, PostParams};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{build_job, build_secret, new_token, Children};
+use crate::build::{Children, build_job, build_secret, new_token};
 use crate::lifecycle::{Action, StopReason};
-use crate::names::{Names, FIELD_MANAGER, STOP_REASON_ANNOTATION};
+use crate::names::{FIELD_MANAGER, Names, STOP_REASON_ANNOTATION};
 use crate::plan::PlannedJob;
 use crate::rejection;
 use crate::settings::Settings;
@@ -210,8 +210,8 @@ pub async fn delete_children(client: &Client, names: &Names, attempt_jobs: &[Str
 #[cfg(test)]
 mod seen_tests {
     use super::*;
-    use crate::build::tests::planned;
     use crate::build::build_children;
+    use crate::build::tests::planned;
     use kube::runtime::reflector;
 
     #[test]
@@ -241,14 +241,8 @@ mod seen_tests {
 
     #[test]
     fn forgetting_a_job_drops_only_its_entries() {
-        let (s0, s1, s2, s3, s4, s5) = (
-            reflector::store().0,
-            reflector::store().0,
-            reflector::store().0,
-            reflector::store().0,
-            reflector::store().0,
-            reflector::store().0,
-        );
+        let (s0, s1, s2, s3, s4, s5) =
+            (reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0);
         let seen = Seen::new(s0, s1, s2, s3, s4, s5);
         for key in ["ns/lm/ConfigMap/lm-config", "ns/lm/Service/lm", "ns/lm2/Service/lm2", "other/lm/Service/lm"] {
             seen.applied.lock().unwrap().insert(key.into(), (1, "1".into()));

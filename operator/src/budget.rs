@@ -69,7 +69,9 @@ pub struct Wait {
 
 /// A job that could never fit its budget.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef")]
+#[error(
+    "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
+)]
 pub struct TooSmall {
     pub budget: String,
     pub gpus: i32,
@@ -184,9 +186,16 @@ fn summarize(budget: &TrainingBudget, mut status: TrainingBudgetStatus, now: &Ti
         None if status.gpus_in_use >= spec.max_gpus => (
             true,
             reasons::ALL_GPUS_IN_USE,
-            format!("{} of its {} GPUs (spec.maxGpus) are held: jobs naming it wait, Queued, until some are released", status.gpus_in_use, spec.max_gpus),
+            format!(
+                "{} of its {} GPUs (spec.maxGpus) are held: jobs naming it wait, Queued, until some are released",
+                status.gpus_in_use, spec.max_gpus
+            ),
         ),
-        None => (false, reasons::WITHIN_LIMITS, format!("{} of {} GPUs held; GPU-hours and cost within this period's limits", status.gpus_in_use, spec.max_gpus)),
+        None => (
+            false,
+            reasons::WITHIN_LIMITS,
+            format!("{} of {} GPUs held; GPU-hours and cost within this period's limits", status.gpus_in_use, spec.max_gpus),
+        ),
     };
     conditions::set(&mut status.conditions, conditions::types::EXHAUSTED, state, reason, &message, generation, now);
     status.observed_generation = Some(generation);

@@ -48,15 +48,8 @@ pub mod reasons {
     pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";
     /// The reasons of permanent errors: the spec cannot work as it is, and the job waits for it
     /// to change (see `Error::permanent_reason`).
-    pub const PERMANENT: [&str; 7] = [
-        INVALID_SPEC,
-        PLAN_FAILED,
-        GPU_LIMIT_EXCEEDED,
-        GPU_MEMORY_EXCEEDED,
-        CHECKPOINT_NOT_SHARED,
-        BUDGET_TOO_SMALL,
-        REJECTED_BY_API_SERVER,
-    ];
+    pub const PERMANENT: [&str; 7] =
+        [INVALID_SPEC, PLAN_FAILED, GPU_LIMIT_EXCEEDED, GPU_MEMORY_EXCEEDED, CHECKPOINT_NOT_SHARED, BUDGET_TOO_SMALL, REJECTED_BY_API_SERVER];
     // the watchdog
     pub const STALLED: &str = "Stalled";
     // an attempt whose pods do not start
@@ -73,15 +66,7 @@ pub mod reasons {
 
 /// Sets condition `type_` in `conditions`: a new condition, or the old one updated, keeping its
 /// `lastTransitionTime` unless its status changes.
-pub fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: i64,
-    now: &Time,
-) {
+pub fn set(conditions: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: &str, generation: i64, now: &Time) {
     let status = if status { "True" } else { "False" }.to_string();
     let message = message.chars().take(32768).collect::<String>();
     match conditions.iter_mut().find(|c| c.type_ == type_) {

@@ -12,23 +12,23 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_api::planner::Plan;
 use frugal_api::v1alpha1::{BudgetSpec, Phase, TrainingJobStatus};
+use frugal_api::{TrainingBudget, TrainingJob};
 
 use crate::admit::{self, AdmitError};
 use crate::budget::{self, Claim, Demand};
-use crate::ledger::{self, Admission, BudgetContext};
 use crate::conditions::reasons;
 use crate::error::Error;
+use crate::ledger::{self, Admission, BudgetContext};
 use crate::lifecycle::{self, Inputs, Spending};
 use crate::metrics::{Backoff, CategoryLabels, Health, Metrics, ResultLabels};
 use crate::names::{JOB_LABEL, Names};
@@ -314,13 +314,8 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     }
     let names = Names::new(&tj.namespace().unwrap_or_default(), &tj.name_any());
     let uid = tj.uid().unwrap_or_default();
-    let attempt_jobs: Vec<String> = ctx
-        .jobs
-        .state()
-        .iter()
-        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
-        .map(|j| j.name_any())
-        .collect();
+    let attempt_jobs: Vec<String> =
+        ctx.jobs.state().iter().filter(|j| j.owner_references().iter().any(|o| o.uid == uid)).map(|j| j.name_any()).collect();
     let service_exists = Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &names.namespace)
         .get_metadata_opt(&names.service())
         .await?

@@ -51,10 +51,7 @@ mod tests {
         assert_eq!(found, expected, "{relative}/ holds other files than the generated CRDs");
         for (name, yaml) in crd_files() {
             let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap();
-            assert!(
-                on_disk == yaml,
-                "{relative}/{name} differs from the types; run `cargo run -p frugal-operator -- crd --dir {relative}`"
-            );
+            assert!(on_disk == yaml, "{relative}/{name} differs from the types; run `cargo run -p frugal-operator -- crd --dir {relative}`");
         }
     }
 

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use frugal_api::v1alpha1::Phase;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use frugal_api::v1alpha1::Phase;
 
 use crate::conditions::reasons;
 use crate::names::{MAX_ATTEMPT, STOP_REASON_ANNOTATION};
@@ -108,8 +108,13 @@ pub enum AttemptState {
     Running,
     /// Failing or being stopped; its pods are not all gone yet.
     Stopping(Option<StopReason>),
-    Succeeded { at: Option<Time> },
-    Failed { kind: FailureKind, message: String },
+    Succeeded {
+        at: Option<Time>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 /// One attempt as the cluster reports it.
@@ -129,12 +134,7 @@ fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api:
 
 /// What an attempt's Job says, given how many of its pods are not yet terminal.
 pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
-    let stop = job
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(STOP_REASON_ANNOTATION))
-        .and_then(|s| StopReason::parse(s));
+    let stop = job.metadata.annotations.as_ref().and_then(|a| a.get(STOP_REASON_ANNOTATION)).and_then(|s| StopReason::parse(s));
     if let Some(c) = condition_true(job, "Complete") {
         return AttemptState::Succeeded { at: job.status.as_ref().and_then(|s| s.completion_time.clone()).or(c.last_transition_time.clone()) };
     }
@@ -271,11 +271,8 @@ fn secs(t: &Time) -> i64 {
 
 /// Decides the next step of the run policy.
 pub fn decide(i: &Inputs) -> Decision {
-    let restarts = i
-        .attempts
-        .iter()
-        .filter(|a| matches!(&a.state, AttemptState::Failed { kind, .. } if kind.counts_against_backoff()))
-        .count() as i32;
+    let restarts =
+        i.attempts.iter().filter(|a| matches!(&a.state, AttemptState::Failed { kind, .. } if kind.counts_against_backoff())).count() as i32;
     let current = i.attempts.last();
     let attempt = current.map_or(0, |a| a.attempt);
     let mut d = Decision {
@@ -290,10 +287,7 @@ pub fn decide(i: &Inputs) -> Decision {
         requeue_after: None,
     };
     let now = secs(&i.now);
-    let deadline_at = i
-        .active_deadline
-        .zip(i.start_time.as_ref())
-        .map(|(limit, start)| secs(start) + limit.as_secs() as i64);
+    let deadline_at = i.active_deadline.zip(i.start_time.as_ref()).map(|(limit, start)| secs(start) + limit.as_secs() as i64);
     let past_deadline = deadline_at.is_some_and(|at| now >= at);
     let limit = i.backoff_limit;
     let spent = i.spending.exceeded();
@@ -320,7 +314,9 @@ pub fn decide(i: &Inputs) -> Decision {
         AttemptState::Failed { kind, message } => {
             let why = match kind {
                 // the Job's own message would only say its deadline passed
-                FailureKind::StartupTimeout => format!(": its pods did not start within runPolicy.startupDeadlineSeconds ({}s)", i.startup_deadline.as_secs()),
+                FailureKind::StartupTimeout => {
+                    format!(": its pods did not start within runPolicy.startupDeadlineSeconds ({}s)", i.startup_deadline.as_secs())
+                }
                 _ if message.is_empty() => String::new(),
                 _ => format!(": {message}"),
             };
@@ -333,7 +329,11 @@ pub fn decide(i: &Inputs) -> Decision {
                 FailureKind::DeadlineExceeded => {
                     d.phase = Phase::Failed;
                     d.reason = reasons::DEADLINE_EXCEEDED;
-                    d.message = format!("runPolicy.activeDeadlineSeconds ({}s) passed; attempt {} was stopped", i.active_deadline.map_or(0, |d| d.as_secs()), current.attempt);
+                    d.message = format!(
+                        "runPolicy.activeDeadlineSeconds ({}s) passed; attempt {} was stopped",
+                        i.active_deadline.map_or(0, |d| d.as_secs()),
+                        current.attempt
+                    );
                 }
                 FailureKind::BudgetExceeded => {
                     d.phase = Phase::Failed;
@@ -371,8 +371,12 @@ pub fn decide(i: &Inputs) -> Decision {
                     d.reason = if *kind == FailureKind::Suspended { reasons::CREATING } else { reasons::RESTARTING };
                     d.message = match kind {
                         FailureKind::Suspended => format!("resumed: starting attempt {next} from the latest checkpoint"),
-                        FailureKind::Disrupted => format!("attempt {} was disrupted (not counted against backoffLimit){why}; starting attempt {next}", current.attempt),
-                        FailureKind::StartupTimeout => format!("attempt {} did not start ({restarts} of {limit} retries used){why}; starting attempt {next}", current.attempt),
+                        FailureKind::Disrupted => {
+                            format!("attempt {} was disrupted (not counted against backoffLimit){why}; starting attempt {next}", current.attempt)
+                        }
+                        FailureKind::StartupTimeout => {
+                            format!("attempt {} did not start ({restarts} of {limit} retries used){why}; starting attempt {next}", current.attempt)
+                        }
                         _ => format!("attempt {} failed ({restarts} of {limit} retries used){why}; starting attempt {next}", current.attempt),
                     };
                     d.attempt = next;
@@ -389,7 +393,11 @@ pub fn decide(i: &Inputs) -> Decision {
                 Some(StopReason::Stalled) => {
                     d.reason = reasons::STALLED;
                     d.stalled = true;
-                    d.message = format!("attempt {} made no progress within runPolicy.progressDeadlineSeconds ({}s); stopping it to start the next", current.attempt, i.progress_deadline.as_secs());
+                    d.message = format!(
+                        "attempt {} made no progress within runPolicy.progressDeadlineSeconds ({}s); stopping it to start the next",
+                        current.attempt,
+                        i.progress_deadline.as_secs()
+                    );
                 }
                 Some(StopReason::DeadlineExceeded) => {
                     d.phase = Phase::Running;
@@ -399,11 +407,19 @@ pub fn decide(i: &Inputs) -> Decision {
                 Some(StopReason::BudgetExceeded) => {
                     d.phase = Phase::Running;
                     d.reason = reasons::BUDGET_EXCEEDED;
-                    d.message = format!("{}; stopping attempt {}", spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()), current.attempt);
+                    d.message = format!(
+                        "{}; stopping attempt {}",
+                        spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()),
+                        current.attempt
+                    );
                 }
                 Some(StopReason::StartupTimeout) => {
                     d.reason = reasons::STARTUP_TIMEOUT;
-                    d.message = format!("attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s); stopping it", current.attempt, i.startup_deadline.as_secs());
+                    d.message = format!(
+                        "attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s); stopping it",
+                        current.attempt,
+                        i.startup_deadline.as_secs()
+                    );
                 }
                 None => d.reason = reasons::WAITING_FOR_PODS,
             }
@@ -459,7 +475,11 @@ pub fn decide(i: &Inputs) -> Decision {
                             d.action = Action::Stop(current.attempt, StopReason::StartupTimeout);
                             d.reason = reasons::STARTUP_TIMEOUT;
                             let why = current.trouble.as_ref().map_or(String::new(), |t| format!(" ({})", t.message));
-                            d.message = format!("attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s){why}; stopping it", current.attempt, i.startup_deadline.as_secs());
+                            d.message = format!(
+                                "attempt {}: its pods did not start within runPolicy.startupDeadlineSeconds ({}s){why}; stopping it",
+                                current.attempt,
+                                i.startup_deadline.as_secs()
+                            );
                             return d;
                         }
                         wake = Some(wake.map_or(give_up - now, |w| w.min(give_up - now)));
@@ -478,7 +498,11 @@ pub fn decide(i: &Inputs) -> Decision {
                             d.phase = Phase::Pending;
                             d.reason = reasons::STALLED;
                             d.stalled = true;
-                            d.message = format!("attempt {} made no progress within runPolicy.progressDeadlineSeconds ({}s); stopping it to start the next", current.attempt, i.progress_deadline.as_secs());
+                            d.message = format!(
+                                "attempt {} made no progress within runPolicy.progressDeadlineSeconds ({}s); stopping it to start the next",
+                                current.attempt,
+                                i.progress_deadline.as_secs()
+                            );
                             return d;
                         }
                         wake = Some(wake.map_or(stall_at - now, |w| w.min(stall_at - now)));

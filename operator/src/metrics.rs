@@ -4,18 +4,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
-use frugal_api::v1alpha1::Phase;
 use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::Phase;
 use kube::runtime::reflector::Store;
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,16 +97,29 @@ struct Shared {
 
 pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(|State(s): State<Shared>| async move {
-            let store = s.health.store.lock().unwrap().clone();
-            ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(store.as_ref()))
-        }))
-        .route("/healthz", get(|State(s): State<Shared>| async move {
-            if s.health.alive.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "stopped") }
-        }))
-        .route("/readyz", get(|State(s): State<Shared>| async move {
-            if s.health.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "caches not synced") }
-        }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Shared>| async move {
+                let store = s.health.store.lock().unwrap().clone();
+                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(store.as_ref()))
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|State(s): State<Shared>| async move {
+                if s.health.alive.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "stopped") }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(s): State<Shared>| async move {
+                if s.health.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        )
         .with_state(Shared { metrics, health });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");

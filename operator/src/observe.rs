@@ -3,19 +3,18 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::Store;
 use kube::ResourceExt;
+use kube::runtime::reflector::Store;
 
 use crate::conditions::reasons;
-use crate::lifecycle::{attempt_state, AttemptState, AttemptView, StartTrouble};
+use crate::lifecycle::{AttemptState, AttemptView, StartTrouble, attempt_state};
 use crate::names::{ATTEMPT_LABEL, JOB_LABEL};
 use crate::validate::ValidJob;
 
 /// The attempt number of one of `job`'s attempt Jobs, if it is one.
 fn attempt_of(child: &Job, job: &ValidJob) -> Option<i32> {
     let owned = child.owner_references().iter().any(|o| o.uid == job.uid);
-    let ours = child.namespace().as_deref() == Some(job.names.namespace.as_str())
-        && child.labels().get(JOB_LABEL) == Some(&job.names.job);
+    let ours = child.namespace().as_deref() == Some(job.names.namespace.as_str()) && child.labels().get(JOB_LABEL) == Some(&job.names.job);
     if !(owned && ours) {
         return None;
     }
@@ -47,9 +46,7 @@ fn attempt_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> Vec<std::syn
 
 /// Pods that are not yet Succeeded or Failed (they hold GPUs).
 fn live(pods: &[std::sync::Arc<Pod>]) -> usize {
-    pods.iter()
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
-        .count()
+    pods.iter().filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))).count()
 }
 
 /// Waiting reasons of a container the kubelet cannot start, and what they are called here.
@@ -113,20 +110,27 @@ mod tests {
 
     #[test]
     fn the_scheduler_and_the_kubelet_say_why_a_pod_does_not_start() {
-        let unschedulable = pod(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        let unschedulable =
+            pod(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}));
         let t = start_trouble(&[unschedulable]).unwrap();
         assert_eq!(t.reason, reasons::UNSCHEDULABLE);
         assert_eq!(t.message, "pod lm-a1-0 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.");
 
-        let pulling = pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "registry.invalid/frugal/trainer:1",
+        let pulling =
+            pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "registry.invalid/frugal/trainer:1",
             "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.invalid/frugal/trainer:1\""}}}]}));
         let t = start_trouble(&[pulling]).unwrap();
         assert_eq!(t.reason, reasons::IMAGE_PULL_FAILED);
-        assert!(t.message.starts_with("pod lm-a1-0 cannot pull image \"registry.invalid/frugal/trainer:1\" (ImagePullBackOff): Back-off"), "{}", t.message);
+        assert!(
+            t.message.starts_with("pod lm-a1-0 cannot pull image \"registry.invalid/frugal/trainer:1\" (ImagePullBackOff): Back-off"),
+            "{}",
+            t.message
+        );
 
-        let creating = pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false,
+        let creating =
+            pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false,
             "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
         assert_eq!(start_trouble(&[creating]), None, "a container being created is not in trouble");
     }

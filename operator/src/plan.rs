@@ -22,7 +22,9 @@ pub struct PlannedJob {
 pub enum PlanStageError {
     #[error("{0}")]
     Plan(String),
-    #[error("planned memory of {planned:.1} GiB per GPU exceeds the {gpu} GPU's {available:.1} GiB: set spec.training.activationCheckpointing: true, raise spec.parallelism.pipelineStages or spec.parallelism.microBatches, or choose a larger spec.resources.gpuType")]
+    #[error(
+        "planned memory of {planned:.1} GiB per GPU exceeds the {gpu} GPU's {available:.1} GiB: set spec.training.activationCheckpointing: true, raise spec.parallelism.pipelineStages or spec.parallelism.microBatches, or choose a larger spec.resources.gpuType"
+    )]
     GpuMemory { planned: f64, gpu: String, available: f64 },
 }
 
@@ -50,12 +52,8 @@ pub fn plan(valid: &ValidJob, options: &PlanOptions) -> Result<PlannedJob, PlanS
             available: plan.gpu_memory_bytes as f64 / GIB,
         });
     }
-    let job = JobRef {
-        namespace: valid.names.namespace.clone(),
-        name: valid.names.job.clone(),
-        uid: valid.uid.clone(),
-        generation: valid.generation,
-    };
+    let job =
+        JobRef { namespace: valid.names.namespace.clone(), name: valid.names.job.clone(), uid: valid.uid.clone(), generation: valid.generation };
     let trainer_config = TrainerConfig::render(job, &valid.spec).map_err(|e| PlanStageError::Plan(e.to_string()))?.to_yaml();
     Ok(PlannedJob { valid: valid.clone(), plan, trainer_config })
 }

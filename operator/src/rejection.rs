@@ -115,7 +115,11 @@ mod tests {
         let e = classify(api_error(422, &message), Some((&built, &overrides)));
         assert_eq!(e.permanent_reason(), Some(crate::conditions::reasons::REJECTED_BY_API_SERVER));
         let text = e.to_string();
-        assert!(text.contains("Not found: \"missing\"") && text.contains("(in the TrainingJob: spec.podTemplate.volumeMounts[1], spec.resources (cpu, memory))"), "{text}");
+        assert!(
+            text.contains("Not found: \"missing\"")
+                && text.contains("(in the TrainingJob: spec.podTemplate.volumeMounts[1], spec.resources (cpu, memory))"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! efficiency and checkpoint under its own field manager).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 
-use frugal_api::v1alpha1::{Phase, PlanStatus, TrainingJobStatus};
 use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::{Phase, PlanStatus, TrainingJobStatus};
 
 use crate::conditions::{self, types};
 use crate::names::FIELD_MANAGER;
@@ -57,11 +57,8 @@ pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatu
     for (type_, status) in states {
         conditions::set(&mut conditions, type_, status, s.reason, &s.message, generation, now);
     }
-    let completion_time = if is_terminal(Some(phase)) {
-        prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone()))
-    } else {
-        None
-    };
+    let completion_time =
+        if is_terminal(Some(phase)) { prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone())) } else { None };
     TrainingJobStatus {
         observed_generation: Some(generation),
         phase: Some(phase),
@@ -110,14 +107,27 @@ mod tests {
     }
 
     fn summary(phase: Phase, reason: &'static str) -> Summary {
-        Summary { phase, reason, message: format!("because {reason}"), stalled: false, attempt: Some(1), restarts: Some(0), start_time: None, completed_at: None }
+        Summary {
+            phase,
+            reason,
+            message: format!("because {reason}"),
+            stalled: false,
+            attempt: Some(1),
+            restarts: Some(0),
+            start_time: None,
+            completed_at: None,
+        }
     }
 
     fn conditions_of(s: &TrainingJobStatus) -> Vec<(String, String)> {
-        types::ALL.iter().map(|t| {
-            let c = conditions::get(&s.conditions, t).unwrap();
-            (c.type_.clone(), c.status.clone())
-        }).filter(|(_, s)| s == "True").collect()
+        types::ALL
+            .iter()
+            .map(|t| {
+                let c = conditions::get(&s.conditions, t).unwrap();
+                (c.type_.clone(), c.status.clone())
+            })
+            .filter(|(_, s)| s == "True")
+            .collect()
     }
 
     /// Which conditions are True in each phase (the table in docs/operator.md).

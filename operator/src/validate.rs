@@ -36,7 +36,9 @@ pub struct ValidJob {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("metadata.name {0:?} must be a DNS-1035 label of at most {MAX_JOB_NAME_LENGTH} characters: children add suffixes to it; choose a shorter name")]
+    #[error(
+        "metadata.name {0:?} must be a DNS-1035 label of at most {MAX_JOB_NAME_LENGTH} characters: children add suffixes to it; choose a shorter name"
+    )]
     Name(String),
     #[error("no trainer image: set spec.image, or start the operator with --trainer-image")]
     NoImage,
@@ -58,10 +60,7 @@ impl ValidationError {
 
 fn is_dns_1035(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && !s.ends_with('-')
+    !b.is_empty() && b[0].is_ascii_lowercase() && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && !s.ends_with('-')
 }
 
 /// A label value: at most 63 characters, alphanumerics with `-_.` inside.
@@ -80,9 +79,15 @@ pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, crat
     let uid = job.metadata.uid.clone().ok_or(MissingMetadata("uid"))?;
     let owner = job.controller_owner_ref(&()).ok_or(MissingMetadata("uid"))?;
     let generation = job.metadata.generation.unwrap_or(0);
-    Ok(validate_spec(&name, &namespace, &job.spec, job.metadata.labels.as_ref(), settings).map(
-        |(image, queue)| ValidJob { names: Names::new(&namespace, &name), uid, generation, spec: job.spec.clone(), image, queue, owner },
-    )?)
+    Ok(validate_spec(&name, &namespace, &job.spec, job.metadata.labels.as_ref(), settings).map(|(image, queue)| ValidJob {
+        names: Names::new(&namespace, &name),
+        uid,
+        generation,
+        spec: job.spec.clone(),
+        image,
+        queue,
+        owner,
+    })?)
 }
 
 fn validate_spec(
@@ -108,12 +113,24 @@ fn validate_spec(
                 return Err(ValidationError::Reserved { field: "labels", value: key.clone(), fix: "remove it" });
             }
             if !is_label_value(value) {
-                return Err(ValidationError::Label(format!("the value {value:?} of {key:?} is not a label value (at most 63 letters, digits, '-', '_', '.')")));
+                return Err(ValidationError::Label(format!(
+                    "the value {value:?} of {key:?} is not a label value (at most 63 letters, digits, '-', '_', '.')"
+                )));
             }
         }
         let own_env = [
-            env::CONFIG_PATH, env::POD_INDEX, env::ATTEMPT, env::JOB_NAME, env::SERVICE, env::NAMESPACE,
-            env::TRAINING_JOB, env::TOKEN_PATH, env::CHECKPOINT_DIR, env::METRICS_PORT, env::REPORT_STATUS, "HOME",
+            env::CONFIG_PATH,
+            env::POD_INDEX,
+            env::ATTEMPT,
+            env::JOB_NAME,
+            env::SERVICE,
+            env::NAMESPACE,
+            env::TRAINING_JOB,
+            env::TOKEN_PATH,
+            env::CHECKPOINT_DIR,
+            env::METRICS_PORT,
+            env::REPORT_STATUS,
+            "HOME",
         ];
         if let Some(e) = o.env.iter().find(|e| own_env.contains(&e.name.as_str())) {
             return Err(ValidationError::Reserved { field: "env", value: e.name.clone(), fix: "rename the variable" });
@@ -129,13 +146,18 @@ fn validate_spec(
             }
         }
         if let Some(key) = o.annotations.keys().find(|k| pod_security::SECURITY_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p))) {
-            return Err(ValidationError::Reserved { field: "annotations", value: key.clone(), fix: "remove it: the trainer runs under the runtime's default AppArmor and seccomp profiles (Pod Security restricted)" });
+            return Err(ValidationError::Reserved {
+                field: "annotations",
+                value: key.clone(),
+                fix: "remove it: the trainer runs under the runtime's default AppArmor and seccomp profiles (Pod Security restricted)",
+            });
         }
         if let Some(v) = o.volumes.iter().find(|v| OWN_VOLUMES.contains(&v.name.as_str())) {
             return Err(ValidationError::Reserved { field: "volumes", value: v.name.clone(), fix: "rename the volume" });
         }
         if let Some(m) = o.volume_mounts.iter().find(|m| {
-            OWN_MOUNT_PATHS.contains(&m.mount_path.trim_end_matches('/')) || m.mount_path.trim_end_matches('/') == spec.checkpoint.path.trim_end_matches('/')
+            OWN_MOUNT_PATHS.contains(&m.mount_path.trim_end_matches('/'))
+                || m.mount_path.trim_end_matches('/') == spec.checkpoint.path.trim_end_matches('/')
         }) {
             return Err(ValidationError::Reserved { field: "volumeMounts", value: m.mount_path.clone(), fix: "mount it elsewhere" });
         }

@@ -23,11 +23,7 @@ fn run_config(layers: i64, micro_batches: i64, micro_batch_size: i64, steps: i64
     RunConfig {
         name: "pipeline-bench".into(),
         model,
-        data: DataConfig {
-            source: DataSource::Synthetic { branching: 4, tokens: 200_000 },
-            validation_fraction: 0.1,
-            eval_sequences: 8,
-        },
+        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 200_000 }, validation_fraction: 0.1, eval_sequences: 8 },
         train: TrainConfig {
             steps,
             batch_size: micro_batches * micro_batch_size,
@@ -70,12 +66,7 @@ fn measure(p: usize, m: i64, kind: ScheduleKind, steps: i64) -> (f64, Vec<f64>, 
 
 fn peak_rss_kib() -> i64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn memory_child(kind: ScheduleKind) {

@@ -2,8 +2,8 @@
 //! by block so the skipped query-key pairs are never computed.
 
 use crate::config::{AttentionPattern, ModelConfig, Positions};
-use crate::params::{Init, ParamBuilder, ParamGroup, ParamId};
 use crate::params::ParamStore;
+use crate::params::{Init, ParamBuilder, ParamGroup, ParamId};
 use tch::{Device, Kind, Tensor};
 
 pub struct Attention {
@@ -59,9 +59,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, pattern: AttentionPattern) -> 
         AttentionPattern::Dense => sdpa_causal(q, k, v),
         AttentionPattern::SlidingWindow { window } if window >= t => sdpa_causal(q, k, v),
         AttentionPattern::SlidingWindow { window } => blocked(q, k, v, window, 2, 0, Some(window)),
-        AttentionPattern::BlockSparse { block_size, local_blocks, .. } if block_size * (local_blocks + 1) >= t => {
-            sdpa_causal(q, k, v)
-        }
+        AttentionPattern::BlockSparse { block_size, local_blocks, .. } if block_size * (local_blocks + 1) >= t => sdpa_causal(q, k, v),
         AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens } => {
             blocked(q, k, v, block_size, local_blocks + 1, global_tokens.min(t), None)
         }
@@ -175,9 +173,7 @@ pub fn keys_computed_per_query(t: i64, pattern: AttentionPattern) -> i64 {
         AttentionPattern::SlidingWindow { window } if window >= t => t,
         AttentionPattern::SlidingWindow { window } => 2 * window,
         AttentionPattern::BlockSparse { block_size, local_blocks, .. } if block_size * (local_blocks + 1) >= t => t,
-        AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens } => {
-            global_tokens.min(t) + block_size * (local_blocks + 1)
-        }
+        AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens } => global_tokens.min(t) + block_size * (local_blocks + 1),
     }
 }
 

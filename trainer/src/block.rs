@@ -79,14 +79,9 @@ impl Block {
         let h = x + self.attn.forward(p, &self.ln1.forward(p, x), rope);
         let n = self.ln2.forward(p, &h);
         match &self.ffn {
-            FeedForward::Dense(mlp) => BlockOutput {
-                y: &h + mlp.forward(p, &n),
-                aux_loss: None,
-                dropped: None,
-                assignments: 0,
-                routing: None,
-                routing_mismatches: None,
-            },
+            FeedForward::Dense(mlp) => {
+                BlockOutput { y: &h + mlp.forward(p, &n), aux_loss: None, dropped: None, assignments: 0, routing: None, routing_mismatches: None }
+            }
             FeedForward::Moe(moe) => {
                 let out = moe.forward(p, &n, routing);
                 BlockOutput {

@@ -121,13 +121,9 @@ pub fn save(root: &Path, store: &ParamStore, optim: &Optimizer, state: &TrainerS
 
     // One device-to-host copy per flat buffer, then views under global names.
     let master = store.master.to_device(Device::Cpu);
-    let weights: Vec<(String, Tensor)> = store
-        .specs
-        .iter()
-        .map(|s| (s.name.clone(), master.narrow(0, s.offset, s.numel()).view(s.shape.as_slice())))
-        .collect();
-    let opt_state: Vec<(String, Tensor)> =
-        optim.state_tensors(store).into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+    let weights: Vec<(String, Tensor)> =
+        store.specs.iter().map(|s| (s.name.clone(), master.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()))).collect();
+    let opt_state: Vec<(String, Tensor)> = optim.state_tensors(store).into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
     let tensor_err = |p: &Path| {
         let p = p.to_path_buf();
         move |source| CheckpointError::Tensor { path: p, source }
@@ -146,13 +142,8 @@ pub fn save(root: &Path, store: &ParamStore, optim: &Optimizer, state: &TrainerS
         let (bytes, sha256) = sha256_file(&p)?;
         files.insert(name.to_string(), FileEntry { bytes, sha256 });
     }
-    let mut manifest = Manifest {
-        format: FORMAT.into(),
-        step: state.step,
-        model_fingerprint: state.model_fingerprint.clone(),
-        files,
-        checksum: String::new(),
-    };
+    let mut manifest =
+        Manifest { format: FORMAT.into(), step: state.step, model_fingerprint: state.model_fingerprint.clone(), files, checksum: String::new() };
     manifest.checksum = manifest.compute_checksum();
     let manifest_tmp = tmp.join(format!("{MANIFEST}.tmp"));
     {
@@ -270,17 +261,13 @@ pub fn load(dir: &Path, store: &mut ParamStore, optim: &mut Optimizer) -> Result
         )));
     }
     let tp = dir.join(TRAINER);
-    let state: TrainerState = serde_json::from_slice(&fs::read(&tp).map_err(io(&tp))?)
-        .map_err(|e| corrupt(format!("unreadable {TRAINER}: {e}")))?;
+    let state: TrainerState = serde_json::from_slice(&fs::read(&tp).map_err(io(&tp))?).map_err(|e| corrupt(format!("unreadable {TRAINER}: {e}")))?;
     if state.step != manifest.step {
         return Err(corrupt(format!("{TRAINER} says step {}, the manifest {}", state.step, manifest.step)));
     }
     let read = |name: &str| -> Result<BTreeMap<String, Tensor>> {
         let p = dir.join(name);
-        Ok(Tensor::read_safetensors(&p)
-            .map_err(|source| CheckpointError::Tensor { path: p.clone(), source })?
-            .into_iter()
-            .collect())
+        Ok(Tensor::read_safetensors(&p).map_err(|source| CheckpointError::Tensor { path: p.clone(), source })?.into_iter().collect())
     };
     let weights = read(MODEL)?;
     let opt = read(OPTIMIZER)?;

@@ -100,10 +100,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.filter(|x| x.is_finite()).map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
-const HEADER: [&str; 14] = [
-    "job", "model", "params", "active", "FLOPs", "GPUs", "bits/byte", "ppl", "zero-shot", "tok/s", "GPU-h", "cost",
-    "GPU-h to target", "seed",
-];
+const HEADER: [&str; 14] =
+    ["job", "model", "params", "active", "FLOPs", "GPUs", "bits/byte", "ppl", "zero-shot", "tok/s", "GPU-h", "cost", "GPU-h to target", "seed"];
 
 fn cells(r: &Row) -> [String; 14] {
     let hours = |h: f64| if h < 0.01 { format!("{h:.2e}") } else { format!("{h:.3}") };
@@ -139,7 +137,13 @@ pub fn text(rows: &[Row]) -> String {
         }
     }
     let line = |cols: Vec<String>| -> String {
-        cols.iter().zip(&width).map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count()))).collect::<Vec<_>>().join("  ").trim_end().to_string()
+        cols.iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
     };
     let mut out = vec![line(HEADER.iter().map(|s| s.to_string()).collect())];
     out.extend(body.into_iter().map(|r| line(r.to_vec())));

@@ -78,9 +78,7 @@ pub fn validate_model(m: &ModelConfig) -> Result<(), String> {
     match m.attention {
         AttentionPattern::Dense => Ok(()),
         AttentionPattern::SlidingWindow { window } if window < 1 => Err("sliding window must be at least 1".into()),
-        AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens }
-            if block_size < 1 || local_blocks < 0 || global_tokens < 0 =>
-        {
+        AttentionPattern::BlockSparse { block_size, local_blocks, global_tokens } if block_size < 1 || local_blocks < 0 || global_tokens < 0 => {
             Err("block-sparse attention needs blockSize ≥ 1, localBlocks ≥ 0, globalTokens ≥ 0".into())
         }
         _ => Ok(()),
@@ -106,7 +104,9 @@ pub enum Schedule {
     /// Linear warm-up, then cosine decay to `min_lr` at the last step.
     Cosine,
     /// Linear warm-up, constant, then linear decay to `min_lr` over the last `decay_fraction`.
-    Trapezoidal { decay_fraction: f64 },
+    Trapezoidal {
+        decay_fraction: f64,
+    },
     Constant,
 }
 
@@ -210,10 +210,7 @@ impl RunConfig {
             return Err("steps must be ≥ 0 and batch sizes ≥ 1".into());
         }
         if t.batch_size % t.micro_batch_size != 0 {
-            return Err(format!(
-                "batch size {} is not a multiple of the micro-batch size {}",
-                t.batch_size, t.micro_batch_size
-            ));
+            return Err(format!("batch size {} is not a multiple of the micro-batch size {}", t.batch_size, t.micro_batch_size));
         }
         Ok(())
     }

@@ -166,7 +166,9 @@ pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: 
     for (i, ex) in read_jsonl::<LastWordExample>(path, max)?.into_iter().enumerate() {
         let text = ex.text.trim_end();
         let Some(cut) = text.rfind(' ') else { continue };
-        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(&text.as_bytes()[..cut]).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
+        let ctx: Vec<u16> = std::iter::once(EOT)
+            .chain(tok.encode(&text.as_bytes()[..cut]).with_context(|| format!("{} example {}", path.display(), i + 1))?)
+            .collect();
         let word = tok.encode(&text.as_bytes()[cut..]).with_context(|| format!("{} example {}", path.display(), i + 1))?;
         if word.is_empty() || word.len() as i64 >= lm.context() {
             continue;
@@ -186,7 +188,8 @@ pub fn multiple_choice(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path,
         if ex.label >= ex.choices.len() {
             bail!("{} example {}: label {} but {} choices", path.display(), i + 1, ex.label, ex.choices.len());
         }
-        let ctx: Vec<u16> = std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
+        let ctx: Vec<u16> =
+            std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
         let mut best = (f64::NEG_INFINITY, usize::MAX);
         for (j, choice) in ex.choices.iter().enumerate() {
             let ids = tok.encode(choice.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?;
@@ -248,7 +251,10 @@ pub fn zero_shot(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u6
     let mut out = vec![];
     for set in sets {
         let needs_text = || -> Result<(&TextTokenizer, &Path)> {
-            let tok = data.tokenizer.as_ref().with_context(|| format!("evaluation set {}: {:?} needs text data, not the synthetic language", set.name, set.type_))?;
+            let tok = data
+                .tokenizer
+                .as_ref()
+                .with_context(|| format!("evaluation set {}: {:?} needs text data, not the synthetic language", set.name, set.type_))?;
             let path = set.path.as_deref().with_context(|| format!("evaluation set {} needs a path", set.name))?;
             Ok((tok, Path::new(path)))
         };
@@ -315,7 +321,13 @@ pub fn config_hash(cfg: &crate::config::RunConfig, evaluation: &EvalConfig) -> S
 /// The model in a few words, for tables.
 pub fn describe_model(m: &crate::config::ModelConfig, precision: &crate::config::Precision) -> String {
     let ffn = match &m.moe {
-        Some(e) => format!("MoE {}x{} top-{}{}", e.experts, e.expert_hidden, e.top_k, if e.shared_experts > 0 { format!("+{}", e.shared_experts) } else { String::new() }),
+        Some(e) => format!(
+            "MoE {}x{} top-{}{}",
+            e.experts,
+            e.expert_hidden,
+            e.top_k,
+            if e.shared_experts > 0 { format!("+{}", e.shared_experts) } else { String::new() }
+        ),
         None => "dense".into(),
     };
     let attn = match m.attention {
@@ -402,8 +414,7 @@ mod tests {
         fn log_probs(&self, inputs: &Tensor) -> Tensor {
             let v = 16;
             let next = (inputs + 1).remainder(v);
-            Tensor::full([inputs.size()[0], inputs.size()[1], v], -20.0, (Kind::Float, Device::Cpu))
-                .scatter_value(2, &next.unsqueeze(-1), 0.0)
+            Tensor::full([inputs.size()[0], inputs.size()[1], v], -20.0, (Kind::Float, Device::Cpu)).scatter_value(2, &next.unsqueeze(-1), 0.0)
         }
         fn context(&self) -> i64 {
             8

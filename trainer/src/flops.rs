@@ -20,11 +20,7 @@ pub struct ModelCounts {
 
 pub fn count(cfg: &ModelConfig, store: &ParamStore) -> ModelCounts {
     let planned = cfg.parameters();
-    ModelCounts {
-        params_total: store.total_params(),
-        params_active: planned.active,
-        flops_per_token: cfg.flops_per_token(),
-    }
+    ModelCounts { params_total: store.total_params(), params_active: planned.active, flops_per_token: cfg.flops_per_token() }
 }
 
 /// Peak FLOP/s for MFU, and where it comes from: `FRUGAL_PEAK_TFLOPS` if set; the datasheet

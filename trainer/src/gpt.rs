@@ -47,22 +47,11 @@ impl Gpt {
     pub fn new(b: &mut ParamBuilder, cfg: &ModelConfig) -> Self {
         let d = cfg.d_model;
         let wte = b.add("wte.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02));
-        let wpe = (cfg.positions == Positions::Learned)
-            .then(|| b.add("wpe.weight", &[cfg.seq_len, d], ParamGroup::Embedding, Init::Normal(0.02)));
+        let wpe = (cfg.positions == Positions::Learned).then(|| b.add("wpe.weight", &[cfg.seq_len, d], ParamGroup::Embedding, Init::Normal(0.02)));
         let blocks = (0..cfg.layers).map(|i| Block::new(b, i, cfg)).collect();
         let ln_f = LayerNorm::new(b, "ln_f", cfg);
-        let head = (!cfg.tied_embeddings)
-            .then(|| b.add("head.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02)));
-        Self {
-            cfg: cfg.clone(),
-            wte,
-            wpe,
-            blocks,
-            ln_f,
-            head,
-            rope: None,
-            aux_weight: cfg.moe.as_ref().map_or(0.0, |m| m.load_balance_weight),
-        }
+        let head = (!cfg.tied_embeddings).then(|| b.add("head.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02)));
+        Self { cfg: cfg.clone(), wte, wpe, blocks, ln_f, head, rope: None, aux_weight: cfg.moe.as_ref().map_or(0.0, |m| m.load_balance_weight) }
     }
 
     /// Parameters of the model `cfg` describes, counted from its declarations (no allocation).
@@ -120,13 +109,7 @@ impl Gpt {
             Some(a) => &loss + a * self.aux_weight,
             None => loss.shallow_clone(),
         };
-        let stats = PassStats {
-            loss: loss.detach(),
-            aux_loss: aux.map(|a| a.detach()),
-            dropped,
-            assignments,
-            routing_mismatches: None,
-        };
+        let stats = PassStats { loss: loss.detach(), aux_loss: aux.map(|a| a.detach()), dropped, assignments, routing_mismatches: None };
         (total, stats)
     }
 

@@ -82,11 +82,7 @@ impl Job {
         let run = RunConfig {
             name: self.name.clone(),
             model: self.plan.model.clone(),
-            data: DataConfig {
-                source,
-                validation_fraction: d.validation_fraction,
-                eval_sequences: i64::from(t.eval_batches) * micro_batch_size,
-            },
+            data: DataConfig { source, validation_fraction: d.validation_fraction, eval_sequences: i64::from(t.eval_batches) * micro_batch_size },
             train: TrainConfig {
                 steps: self.plan.steps,
                 batch_size: batch,

@@ -129,8 +129,7 @@ fn info(json: bool) {
 }
 
 fn job_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os(env::CONFIG_PATH).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(paths::CONFIG_FILE))
+    arg.or_else(|| std::env::var_os(env::CONFIG_PATH).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(paths::CONFIG_FILE))
 }
 
 fn main() {
@@ -207,8 +206,7 @@ fn run(cli: Cli) -> Result<i32> {
             if job.spec.parallelism.pipeline_stages > 1 {
                 let output = frugal_trainer::pipeline::run::Output { json, metrics_port: port, report };
                 return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, max_steps, output)? {
-                    frugal_trainer::pipeline::run::PipelineStop::Completed
-                    | frugal_trainer::pipeline::run::PipelineStop::QualityTargetReached => 0,
+                    frugal_trainer::pipeline::run::PipelineStop::Completed | frugal_trainer::pipeline::run::PipelineStop::QualityTargetReached => 0,
                     frugal_trainer::pipeline::run::PipelineStop::Terminated => 143,
                 });
             }
@@ -263,7 +261,10 @@ fn plan(job: &Job, json: bool) -> Result<()> {
         m.heads,
         m.seq_len,
         m.vocab_size,
-        m.moe.as_ref().map(|e| format!(", MoE {} experts top-{} (+{} shared) every {} layers", e.experts, e.top_k, e.shared_experts, e.every_n_layers)).unwrap_or_default()
+        m.moe
+            .as_ref()
+            .map(|e| format!(", MoE {} experts top-{} (+{} shared) every {} layers", e.experts, e.top_k, e.shared_experts, e.every_n_layers))
+            .unwrap_or_default()
     );
     println!("attention        {:?}", m.attention);
     println!(
@@ -338,6 +339,9 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
     for z in &q.zero_shot {
         println!("zero-shot        {} {:.2}% of {} examples", z.name, z.accuracy * 100.0, z.examples);
     }
-    println!("provenance       config {} seed {} code {} libtorch {} data {} tokenizer {} device {}", prov.config_hash, prov.seed, prov.code_version, prov.libtorch_version, prov.data_fingerprint, prov.tokenizer_fingerprint, prov.device);
+    println!(
+        "provenance       config {} seed {} code {} libtorch {} data {} tokenizer {} device {}",
+        prov.config_hash, prov.seed, prov.code_version, prov.libtorch_version, prov.data_fingerprint, prov.tokenizer_fingerprint, prov.device
+    );
     Ok(())
 }

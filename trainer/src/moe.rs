@@ -6,7 +6,7 @@
 //! two batched matrix products over [E, capacity, ·]. The op count does not grow with E.
 //! The router runs in fp32.
 
-use crate::config::{MoeConfig, ModelConfig};
+use crate::config::{ModelConfig, MoeConfig};
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use tch::{Kind, Tensor};
 
@@ -52,9 +52,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        x.linear(p.get(self.fc_w), self.fc_b.map(|i| p.get(i)))
-            .gelu("none")
-            .linear(p.get(self.proj_w), self.proj_b.map(|i| p.get(i)))
+        x.linear(p.get(self.fc_w), self.fc_b.map(|i| p.get(i))).gelu("none").linear(p.get(self.proj_w), self.proj_b.map(|i| p.get(i)))
     }
 }
 
@@ -131,8 +129,7 @@ impl Moe {
         Self {
             router: b.add(format!("{prefix}.router.weight"), &[e, d], ParamGroup::Embedding, Init::Normal(0.02)),
             experts: ExpertBank::new(b, &format!("{prefix}.experts"), model, e, h),
-            shared: (cfg.shared_experts > 0)
-                .then(|| ExpertBank::new(b, &format!("{prefix}.shared"), model, cfg.shared_experts, h)),
+            shared: (cfg.shared_experts > 0).then(|| ExpertBank::new(b, &format!("{prefix}.shared"), model, cfg.shared_experts, h)),
             cfg: cfg.clone(),
         }
     }
@@ -306,7 +303,8 @@ mod tests {
     fn layer(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> (Moe, ParamStore) {
         let mut model = nano_model(16);
         model.d_model = 8;
-        let cfg = MoeConfig { experts, top_k, shared_experts: shared, expert_hidden: 6, every_n_layers: 1, capacity_factor, load_balance_weight: 0.01 };
+        let cfg =
+            MoeConfig { experts, top_k, shared_experts: shared, expert_hidden: 6, every_n_layers: 1, capacity_factor, load_balance_weight: 0.01 };
         let mut b = ParamBuilder::default();
         let moe = Moe::new(&mut b, "moe", &model, &cfg);
         let mut store = ParamStore::new(b, &mut Rng::new(7), Device::Cpu, Kind::Float);

@@ -158,11 +158,8 @@ impl Optimizer {
             for group in &self.muon_groups {
                 let mut shape = vec![group.members.len() as i64];
                 shape.extend(&group.shape);
-                let stacked = Tensor::stack(
-                    &group.members.iter().map(|&(o, n)| nesterov.narrow(0, o, n)).collect::<Vec<_>>(),
-                    0,
-                )
-                .view(shape.as_slice());
+                let stacked =
+                    Tensor::stack(&group.members.iter().map(|&(o, n)| nesterov.narrow(0, o, n)).collect::<Vec<_>>(), 0).view(shape.as_slice());
                 let (rows, cols) = (group.shape[group.shape.len() - 2], group.shape[group.shape.len() - 1]);
                 let update = newton_schulz(&stacked) * (-muon_lr * (rows as f64 / cols as f64).max(1.0).sqrt());
                 let update = update.view([group.members.len() as i64, -1]);

@@ -145,11 +145,7 @@ impl ParamStore {
     }
 
     fn build_leaves(&mut self) {
-        self.compute = if self.compute_kind == Kind::Float {
-            self.master.shallow_clone()
-        } else {
-            self.master.to_kind(self.compute_kind)
-        };
+        self.compute = if self.compute_kind == Kind::Float { self.master.shallow_clone() } else { self.master.to_kind(self.compute_kind) };
         self.leaves = self
             .specs
             .iter()
@@ -196,11 +192,7 @@ impl ParamStore {
 
     /// One parameter's gradient flattened (zeros where autograd produced none).
     fn flat_grad_part(&self, i: usize, g: Tensor) -> Tensor {
-        if g.defined() {
-            g.reshape([-1])
-        } else {
-            Tensor::zeros([self.specs[i].numel()], (self.compute_kind, self.device))
-        }
+        if g.defined() { g.reshape([-1]) } else { Tensor::zeros([self.specs[i].numel()], (self.compute_kind, self.device)) }
     }
 
     /// `grad = [grad +] scale · cat(parts)`, where `parts` cover the buffer in order.

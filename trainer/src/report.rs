@@ -113,8 +113,7 @@ pub struct Summary {
 /// Fields that measure time (and what is derived from it, such as a CPU peak timed at the start,
 /// named in `peak_source`); everything else in a report is determined by the configuration and
 /// seed.
-pub const TIMING_FIELDS: &[&str] =
-    &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "peak_source", "device_hours", "cost", "checkpoint"];
+pub const TIMING_FIELDS: &[&str] = &["seconds", "tokens_per_second", "achieved_tflops", "mfu", "peak_source", "device_hours", "cost", "checkpoint"];
 
 impl Summary {
     /// Writes the run report: `report.json` in the checkpoint directory, if there is one, and
@@ -182,12 +181,9 @@ impl Reporter {
         if self.tty {
             self.clear_bar();
             let text = match &fields {
-                Value::Object(m) => m
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "event")
-                    .map(|(k, v)| format!("{k}={}", compact(v)))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                Value::Object(m) => {
+                    m.iter().filter(|(k, _)| k.as_str() != "event").map(|(k, v)| format!("{k}={}", compact(v))).collect::<Vec<_>>().join(" ")
+                }
                 v => v.to_string(),
             };
             eprintln!("{kind:>10}  {text}");
@@ -215,12 +211,7 @@ impl Reporter {
             let width = 30usize;
             let done = ((step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
             let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
-            eprint!(
-                "\r\x1b[2K{bar} {step}/{} loss {loss:.4} lr {lr:.2e} {:.0} tok/s MFU {:.1}%",
-                self.total_steps,
-                tokens_per_second,
-                mfu * 100.0
-            );
+            eprint!("\r\x1b[2K{bar} {step}/{} loss {loss:.4} lr {lr:.2e} {:.0} tok/s MFU {:.1}%", self.total_steps, tokens_per_second, mfu * 100.0);
             let _ = std::io::stderr().flush();
         } else {
             let mut fields = json!({
@@ -249,7 +240,13 @@ impl Reporter {
             eprintln!("parameters     {} total, {} active", human(s.params_total as f64), human(s.params_active as f64));
             eprintln!("FLOPs          {:.3e} per token, {:.3e} total", s.flops_per_token, s.total_flops);
             eprintln!("steps          {} ({} tokens) in {:.1} s, stopped by {}", s.steps, s.tokens, s.seconds, s.stopped_by);
-            eprintln!("throughput     {:.0} tokens/s, {:.3} TFLOP/s, MFU {:.1}% of {}", s.tokens_per_second, s.achieved_tflops, s.mfu * 100.0, s.peak_source);
+            eprintln!(
+                "throughput     {:.0} tokens/s, {:.3} TFLOP/s, MFU {:.1}% of {}",
+                s.tokens_per_second,
+                s.achieved_tflops,
+                s.mfu * 100.0,
+                s.peak_source
+            );
             eprintln!("loss           train {:.4}{}", s.train_loss, s.val_loss.map(|v| format!(", validation {v:.4}")).unwrap_or_default());
             if let Some(q) = &s.quality {
                 let zs: Vec<String> = q.zero_shot.iter().map(|z| format!("{} {:.1}% of {}", z.name, z.accuracy * 100.0, z.examples)).collect();

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use frugal_api::TrainingJob;
 use frugal_api::contract::PodEnv;
 use frugal_api::finite::finite;
-use frugal_api::v1alpha1::{
-    CheckpointStatus, CostStatus, EfficiencyStatus, ProgressStatus, QualityStatus, ZeroShotResult,
-};
+use frugal_api::v1alpha1::{CheckpointStatus, CostStatus, EfficiencyStatus, ProgressStatus, QualityStatus, ZeroShotResult};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};

@@ -219,13 +219,7 @@ impl Trainer {
 
     /// As [`Trainer::run`], stopping after `max_steps` (when set) as if the run were complete
     /// there; the schedule still follows the configured step count.
-    pub fn run_until(
-        &mut self,
-        stop: &AtomicBool,
-        reporter: &mut Reporter,
-        metrics: &Metrics,
-        max_steps: Option<i64>,
-    ) -> Result<(Stop, Summary)> {
+    pub fn run_until(&mut self, stop: &AtomicBool, reporter: &mut Reporter, metrics: &Metrics, max_steps: Option<i64>) -> Result<(Stop, Summary)> {
         let end = max_steps.map_or(self.cfg.train.steps, |m| m.min(self.cfg.train.steps));
         let (peak, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
         let c = self.counts.clone();
@@ -375,10 +369,7 @@ impl Trainer {
         let path = self.save_checkpoint()?;
         if let Some(p) = &path {
             metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", self.step as f64);
-            reporter.event(
-                "checkpoint",
-                json!({"step": self.step, "path": p.display().to_string(), "seconds": t0.elapsed().as_secs_f64()}),
-            );
+            reporter.event("checkpoint", json!({"step": self.step, "path": p.display().to_string(), "seconds": t0.elapsed().as_secs_f64()}));
         }
         Ok(path)
     }

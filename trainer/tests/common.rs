@@ -29,11 +29,7 @@ pub fn small_run(model: ModelConfig, steps: i64, checkpoint_dir: Option<PathBuf>
     RunConfig {
         name: "test".into(),
         model,
-        data: DataConfig {
-            source: DataSource::Synthetic { branching: 4, tokens: 50_000 },
-            validation_fraction: 0.1,
-            eval_sequences: 8,
-        },
+        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 50_000 }, validation_fraction: 0.1, eval_sequences: 8 },
         train: TrainConfig {
             steps,
             batch_size: 8,

@@ -96,8 +96,7 @@ fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
     tch::set_num_threads(1);
     let cfg = pipeline_run();
     let peaks = |schedule| {
-        run_in_process(&cfg, &layouts(&cfg.model, 4), schedule, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.peak_in_flight))
-            .unwrap()
+        run_in_process(&cfg, &layouts(&cfg.model, 4), schedule, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.peak_in_flight)).unwrap()
     };
     assert_eq!(peaks(ScheduleKind::GPipe), vec![8, 8, 8, 8]);
     assert_eq!(peaks(ScheduleKind::OneFOneB), vec![4, 3, 2, 1]);
@@ -262,7 +261,9 @@ fn clipping_uses_the_global_norm_agreed_across_stages() {
     let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
     let want_norm = t.train_step().grad_norm;
     assert!(want_norm > 0.01, "{want_norm}");
-    let norms = run_in_process(&cfg, &layouts(&cfg.model, 4), ScheduleKind::OneFOneB, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.grad_norm)).unwrap();
+    let norms =
+        run_in_process(&cfg, &layouts(&cfg.model, 4), ScheduleKind::OneFOneB, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.grad_norm))
+            .unwrap();
     for n in norms {
         assert!((n - want_norm).abs() <= 1e-5 * want_norm, "{n} vs {want_norm}");
     }

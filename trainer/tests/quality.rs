@@ -95,11 +95,14 @@ impl LanguageModel for ByteBigram {
                     -1e9
                 } else {
                     let mut prev = start;
-                    bytes.iter().map(|&b| {
-                        let l = self.logp[prev][b as usize];
-                        prev = b as usize;
-                        l
-                    }).sum()
+                    bytes
+                        .iter()
+                        .map(|&b| {
+                            let l = self.logp[prev][b as usize];
+                            prev = b as usize;
+                            l
+                        })
+                        .sum()
                 };
                 out[i * vocab + v] = lp as f32;
             }

@@ -45,9 +45,7 @@ pub fn block_activation_elements(model: &ResolvedModel, layer: i64) -> i64 {
     let ffn = match (&model.moe, model.is_moe_layer(layer)) {
         (Some(moe), true) => {
             // router logits, and per routed copy: the gathered input, hidden and activated hidden
-            moe.experts
-                + moe.top_k * (d + 2 * moe.expert_hidden)
-                + moe.shared_experts * 2 * moe.expert_hidden
+            moe.experts + moe.top_k * (d + 2 * moe.expert_hidden) + moe.shared_experts * 2 * moe.expert_hidden
         }
         _ => 2 * model.ffn_hidden,
     };
@@ -83,19 +81,9 @@ pub fn stage_memory(s: &StageShape<'_>) -> StageMemory {
     };
     // Elements per token kept for every micro-batch in flight, and rebuilt for one at a time.
     let all_blocks = || s.layers.clone().map(|l| block_activation_elements(s.model, l));
-    let (kept, working) = if s.recompute {
-        (s.layers.clone().count() as i64 * s.model.d_model, all_blocks().max().unwrap_or(0))
-    } else {
-        (all_blocks().sum(), 0)
-    };
+    let (kept, working) =
+        if s.recompute { (s.layers.clone().count() as i64 * s.model.d_model, all_blocks().max().unwrap_or(0)) } else { (all_blocks().sum(), 0) };
     let activations = cb * s.micro_batch_tokens * (kept * s.in_flight + working);
     let logits = if s.last { (cb + 8) * s.model.vocab_size * s.micro_batch_tokens } else { 0 };
-    StageMemory {
-        weights,
-        gradients: 4 * s.parameters,
-        optimizer,
-        activations,
-        logits,
-        overhead: s.overhead,
-    }
+    StageMemory { weights, gradients: 4 * s.parameters, optimizer, activations, logits, overhead: s.overhead }
 }

@@ -15,10 +15,7 @@ pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, Resolv
 
 use serde::{Deserialize, Serialize};
 
-use crate::v1alpha1::{
-    Device, DurationType, PipelineSchedule, PlanStatus, Precision,
-    ResolvedModelStatus, TrainingJobSpec,
-};
+use crate::v1alpha1::{Device, DurationType, PipelineSchedule, PlanStatus, Precision, ResolvedModelStatus, TrainingJobSpec};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -49,12 +46,7 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        Self {
-            assumed_mfu: 0.35,
-            price_per_gpu_hour: None,
-            currency: "USD".into(),
-            gpu_overhead_bytes: 1 << 30,
-        }
+        Self { assumed_mfu: 0.35, price_per_gpu_hour: None, currency: "USD".into(), gpu_overhead_bytes: 1 << 30 }
     }
 }
 
@@ -148,12 +140,7 @@ pub fn bubble_fraction(stages: i64, micro_batches: i64) -> f64 {
 }
 
 /// Micro-batches whose activations stage `stage` holds at its peak.
-pub fn in_flight_micro_batches(
-    schedule: PipelineSchedule,
-    stages: i64,
-    stage: i64,
-    micro_batches: i64,
-) -> i64 {
+pub fn in_flight_micro_batches(schedule: PipelineSchedule, stages: i64, stage: i64, micro_batches: i64) -> i64 {
     match schedule {
         PipelineSchedule::GPipe => micro_batches,
         PipelineSchedule::OneFOneB => (stages - stage).min(micro_batches),
@@ -213,9 +200,10 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
     }
     let on_gpu = spec.resources.device == Device::Gpu;
     let gpu = if on_gpu {
-        Some(gpu_type(&spec.resources.gpu_type).ok_or_else(|| {
-            PlanError::UnknownGpuType(spec.resources.gpu_type.clone(), gpu_type_names().join(", "))
-        })?)
+        Some(
+            gpu_type(&spec.resources.gpu_type)
+                .ok_or_else(|| PlanError::UnknownGpuType(spec.resources.gpu_type.clone(), gpu_type_names().join(", ")))?,
+        )
     } else {
         None
     };
@@ -284,21 +272,12 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, stages: i64, overh
             let blocks: i64 = layers.clone().map(|l| model.block_parameters(l).0).sum();
             let matrices: i64 = layers.clone().map(|l| block_matrix_parameters(model, l)).sum();
             // A tied embedding is held by both ends of a pipeline; with one stage, once.
-            let head_projection = if model.tied_embeddings && !first {
-                model.vocab_size * model.d_model
-            } else {
-                0
-            };
-            let parameters = blocks
-                + if first { model.embedding_parameters() } else { 0 }
-                + if last { model.head_parameters() + head_projection } else { 0 };
-            let flops_per_token: f64 = layers.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>()
-                + if last { model.head_flops_per_token() } else { 0.0 };
-            let in_flight = if count == 1 {
-                1
-            } else {
-                in_flight_micro_batches(spec.parallelism.schedule, count, index, micro)
-            };
+            let head_projection = if model.tied_embeddings && !first { model.vocab_size * model.d_model } else { 0 };
+            let parameters =
+                blocks + if first { model.embedding_parameters() } else { 0 } + if last { model.head_parameters() + head_projection } else { 0 };
+            let flops_per_token: f64 =
+                layers.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>() + if last { model.head_flops_per_token() } else { 0.0 };
+            let in_flight = if count == 1 { 1 } else { in_flight_micro_batches(spec.parallelism.schedule, count, index, micro) };
             let memory = stage_memory(&StageShape {
                 model,
                 layers: layers.clone(),
@@ -323,9 +302,7 @@ fn block_matrix_parameters(model: &ResolvedModel, layer: i64) -> i64 {
     let d = model.d_model;
     let attention = 4 * d * d;
     match (&model.moe, model.is_moe_layer(layer)) {
-        (Some(moe), true) => {
-            attention + d * moe.experts + (moe.experts + moe.shared_experts) * 2 * d * moe.expert_hidden
-        }
+        (Some(moe), true) => attention + d * moe.experts + (moe.experts + moe.shared_experts) * 2 * d * moe.expert_hidden,
         _ => attention + 2 * d * model.ffn_hidden,
     }
 }
@@ -356,10 +333,7 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
             }
         }
         if spec.training.precision == Precision::Fp16 && g.bf16 {
-            out.push(format!(
-                "{} computes in bf16, which needs no loss scaling: prefer training.precision: bf16",
-                g.name
-            ));
+            out.push(format!("{} computes in bf16, which needs no loss scaling: prefer training.precision: bf16", g.name));
         }
         if spec.training.precision == Precision::Bf16 && !g.bf16 {
             out.push(format!("{} has no bf16 tensor cores: use training.precision: fp16", g.name));
@@ -374,10 +348,7 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
     }
     if let Some(moe) = &plan.model.moe {
         if moe.capacity_factor < 1.0 {
-            out.push(format!(
-                "model.sparsity.moe.capacityFactor {} is below 1: experts drop tokens even when balanced",
-                moe.capacity_factor
-            ));
+            out.push(format!("model.sparsity.moe.capacityFactor {} is below 1: experts drop tokens even when balanced", moe.capacity_factor));
         }
     }
     out

@@ -2,9 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::v1alpha1::{
-    AttentionSpec, AttentionType, ModelPreset, ModelShape, ModelSpec, ModelType, MoeSpec, Positions,
-};
+use crate::v1alpha1::{AttentionSpec, AttentionType, ModelPreset, ModelShape, ModelSpec, ModelType, MoeSpec, Positions};
 
 /// Why a model cannot be resolved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -74,12 +72,8 @@ impl ResolvedModel {
     /// Resolves a preset or explicit shape and the sparsity options.
     pub fn from_spec(spec: &ModelSpec) -> Result<Self, ModelError> {
         let shape = match spec.type_ {
-            ModelType::Preset => {
-                preset_shape(spec.preset.ok_or(ModelError::MissingMember("preset", "Preset"))?)
-            }
-            ModelType::Custom => {
-                spec.custom.clone().ok_or(ModelError::MissingMember("custom", "Custom"))?
-            }
+            ModelType::Preset => preset_shape(spec.preset.ok_or(ModelError::MissingMember("preset", "Preset"))?),
+            ModelType::Custom => spec.custom.clone().ok_or(ModelError::MissingMember("custom", "Custom"))?,
         };
         let d = i64::from(shape.d_model);
         let ffn_hidden = shape.ffn_hidden.map_or(4 * d, i64::from);
@@ -103,37 +97,23 @@ impl ResolvedModel {
     /// The checks CEL makes at `kubectl apply`, repeated for shapes that come from presets.
     fn check(&self) -> Result<(), ModelError> {
         if self.d_model % self.heads != 0 {
-            return Err(ModelError::Invalid(format!(
-                "dModel {} is not divisible by heads {}",
-                self.d_model, self.heads
-            )));
+            return Err(ModelError::Invalid(format!("dModel {} is not divisible by heads {}", self.d_model, self.heads)));
         }
         if self.positions == Positions::Rotary && self.head_dim() % 2 != 0 {
-            return Err(ModelError::Invalid(format!(
-                "rotary positions need an even head size, got {}",
-                self.head_dim()
-            )));
+            return Err(ModelError::Invalid(format!("rotary positions need an even head size, got {}", self.head_dim())));
         }
         if let Some(moe) = &self.moe {
             if moe.top_k > moe.experts {
-                return Err(ModelError::Invalid(format!(
-                    "sparsity.moe.topK {} exceeds sparsity.moe.experts {}",
-                    moe.top_k, moe.experts
-                )));
+                return Err(ModelError::Invalid(format!("sparsity.moe.topK {} exceeds sparsity.moe.experts {}", moe.top_k, moe.experts)));
             }
         }
         match self.attention {
-            ResolvedAttention::BlockSparse { block_size, .. } if self.seq_len % block_size != 0 => {
-                Err(ModelError::Invalid(format!(
-                    "sparsity.attention.blockSparse.blockSize {block_size} does not divide the context length {}",
-                    self.seq_len
-                )))
-            }
+            ResolvedAttention::BlockSparse { block_size, .. } if self.seq_len % block_size != 0 => Err(ModelError::Invalid(format!(
+                "sparsity.attention.blockSparse.blockSize {block_size} does not divide the context length {}",
+                self.seq_len
+            ))),
             ResolvedAttention::SlidingWindow { window } if window > self.seq_len => {
-                Err(ModelError::Invalid(format!(
-                    "sparsity.attention.slidingWindow.window {window} exceeds the context length {}",
-                    self.seq_len
-                )))
+                Err(ModelError::Invalid(format!("sparsity.attention.slidingWindow.window {window} exceeds the context length {}", self.seq_len)))
             }
             _ => Ok(()),
         }
@@ -182,10 +162,7 @@ impl ResolvedModel {
                 let expert = self.mlp_parameters(moe.expert_hidden);
                 let router = self.d_model * moe.experts;
                 let shared = moe.shared_experts * expert;
-                (
-                    common + router + shared + moe.experts * expert,
-                    common + router + shared + moe.top_k * expert,
-                )
+                (common + router + shared + moe.experts * expert, common + router + shared + moe.top_k * expert)
             }
             _ => {
                 let mlp = self.mlp_parameters(self.ffn_hidden);
@@ -210,16 +187,10 @@ impl ResolvedModel {
     }
 
     pub fn parameters(&self) -> Parameters {
-        let (blocks_total, blocks_active) = (0..self.layers)
-            .map(|l| self.block_parameters(l))
-            .fold((0, 0), |(t, a), (bt, ba)| (t + bt, a + ba));
+        let (blocks_total, blocks_active) = (0..self.layers).map(|l| self.block_parameters(l)).fold((0, 0), |(t, a), (bt, ba)| (t + bt, a + ba));
         let embedding = self.embedding_parameters();
         let head = self.head_parameters();
-        Parameters {
-            total: embedding + blocks_total + head,
-            active: embedding + blocks_active + head,
-            embedding,
-        }
+        Parameters { total: embedding + blocks_total + head, active: embedding + blocks_active + head, embedding }
     }
 
     /// Keys each query attends to, averaged over the positions of a full context: the attention
@@ -247,9 +218,7 @@ impl ResolvedModel {
         let d = self.d_model;
         let attention = 4 * d * d;
         match (&self.moe, self.is_moe_layer(layer)) {
-            (Some(moe), true) => {
-                attention + d * moe.experts + (moe.top_k + moe.shared_experts) * 2 * d * moe.expert_hidden
-            }
+            (Some(moe), true) => attention + d * moe.experts + (moe.top_k + moe.shared_experts) * 2 * d * moe.expert_hidden,
             _ => attention + 2 * d * self.ffn_hidden,
         }
     }
@@ -258,8 +227,7 @@ impl ResolvedModel {
     /// the token meets, plus the attention scores and weighted sum (per head, 2 matmuls of
     /// head_dim × keys: 4·d·keys forward, twice that backward).
     pub fn block_flops_per_token(&self, layer: i64) -> f64 {
-        6.0 * self.block_matmul_parameters(layer) as f64
-            + 12.0 * self.d_model as f64 * self.mean_attended_keys()
+        6.0 * self.block_matmul_parameters(layer) as f64 + 12.0 * self.d_model as f64 * self.mean_attended_keys()
     }
 
     /// Training FLOPs per token of the output projection (tied or not, it is a matmul).
@@ -269,8 +237,7 @@ impl ResolvedModel {
 
     /// Training FLOPs per token of the whole model.
     pub fn flops_per_token(&self) -> f64 {
-        (0..self.layers).map(|l| self.block_flops_per_token(l)).sum::<f64>()
-            + self.head_flops_per_token()
+        (0..self.layers).map(|l| self.block_flops_per_token(l)).sum::<f64>() + self.head_flops_per_token()
     }
 }
 
@@ -288,9 +255,7 @@ fn resolve_moe(moe: &MoeSpec, ffn_hidden: i64) -> ResolvedMoe {
 
 fn resolve_attention(spec: &AttentionSpec) -> ResolvedAttention {
     match (spec.type_, &spec.sliding_window, &spec.block_sparse) {
-        (AttentionType::SlidingWindow, Some(w), _) => {
-            ResolvedAttention::SlidingWindow { window: w.window.into() }
-        }
+        (AttentionType::SlidingWindow, Some(w), _) => ResolvedAttention::SlidingWindow { window: w.window.into() },
         (AttentionType::BlockSparse, _, Some(b)) => ResolvedAttention::BlockSparse {
             block_size: b.block_size.into(),
             local_blocks: b.local_blocks.into(),
@@ -311,15 +276,5 @@ pub fn preset_shape(preset: ModelPreset) -> ModelShape {
         ModelPreset::Gpt2_350m => (24, 1024, 16, 1024, 50257, Positions::Learned, true),
         ModelPreset::Gpt2_774m => (36, 1280, 20, 1024, 50257, Positions::Learned, true),
     };
-    ModelShape {
-        layers,
-        d_model,
-        heads,
-        seq_len,
-        vocab_size,
-        ffn_hidden: None,
-        positions,
-        tied_embeddings: true,
-        bias,
-    }
+    ModelShape { layers, d_model, heads, seq_len, vocab_size, ffn_hidden: None, positions, tied_embeddings: true, bias }
 }

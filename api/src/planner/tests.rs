@@ -136,8 +136,7 @@ fn partition_balances_flops_with_the_head_on_the_last_stage() {
     let model = ResolvedModel::from_spec(&gpt2().model).unwrap();
     let parts = partition_layers(&model, 4);
     let cost = |r: &std::ops::Range<i64>, last: bool| {
-        r.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>()
-            + if last { model.head_flops_per_token() } else { 0.0 }
+        r.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>() + if last { model.head_flops_per_token() } else { 0.0 }
     };
     let worst = parts.iter().enumerate().map(|(i, r)| cost(r, i == 3)).fold(0.0, f64::max);
     // the head costs about 4.6 blocks, so the last stage takes fewer blocks

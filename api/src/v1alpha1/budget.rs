@@ -22,7 +22,7 @@ use crate::finite::is_not_finite;
     printcolumn(name = "In-Use", type_ = "integer", json_path = ".status.gpusInUse", description = "GPUs held now"),
     printcolumn(name = "GPU-Hours", type_ = "number", json_path = ".status.gpuHoursSpent", description = "GPU-hours spent this period"),
     printcolumn(name = "Cost", type_ = "number", json_path = ".status.costSpent", description = "Cost spent this period"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingBudgetSpec {

@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, LocalObjectReference, Toleration, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, LocalObjectReference, Toleration, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

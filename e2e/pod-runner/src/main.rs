@@ -28,9 +28,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     let args = Args::parse();
     let config = kube::Config::infer().await.context("reading KUBECONFIG")?;
     let api_server = ApiServer { url: config.cluster_url.to_string().trim_end_matches('/').to_string(), ca_pem: ca_pem(&config) };

@@ -82,24 +82,14 @@ pub fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
 /// The value of a downward-API field path.
 pub fn field_ref(pod: &Pod, path: &str, pod_ip: &str) -> Result<String> {
     let meta = &pod.metadata;
-    let lookup = |map: &Option<BTreeMap<String, String>>, key: &str| {
-        map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default()
-    };
-    let quoted = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix("']"))
-            .map(str::to_string)
-    };
+    let lookup = |map: &Option<BTreeMap<String, String>>, key: &str| map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default();
+    let quoted = |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(str::to_string);
     Ok(match path {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into()),
+        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
         "status.podIP" => pod_ip.to_string(),
         "status.hostIP" => "127.0.0.1".to_string(),
         _ => {
@@ -126,8 +116,7 @@ pub async fn prepare(
 ) -> Result<Prepared> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.as_ref().ok_or_else(|| anyhow!("pod has no spec"))?;
-    let container: &Container =
-        spec.containers.first().ok_or_else(|| anyhow!("pod has no container"))?;
+    let container: &Container = spec.containers.first().ok_or_else(|| anyhow!("pod has no container"))?;
     let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
 
     // One directory per volume, a home and a /tmp of the pod's own.
@@ -139,9 +128,7 @@ pub async fn prepare(
     }
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let base = local_volumes
-            .get(&m.name)
-            .ok_or_else(|| anyhow!("volume mount {:?} names no volume", m.name))?;
+        let base = local_volumes.get(&m.name).ok_or_else(|| anyhow!("volume mount {:?} names no volume", m.name))?;
         let local = match &m.sub_path {
             Some(sub) if !sub.is_empty() => base.join(sub),
             _ => base.clone(),
@@ -205,9 +192,7 @@ pub async fn prepare(
                     cm.data.and_then(|d| d.get(&r.key).cloned()).unwrap_or_default()
                 } else if let Some(r) = &from.secret_key_ref {
                     let s = Api::<Secret>::namespaced(client.clone(), &ns).get(&r.name).await?;
-                    s.data
-                        .and_then(|d| d.get(&r.key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
-                        .unwrap_or_default()
+                    s.data.and_then(|d| d.get(&r.key).map(|v| String::from_utf8_lossy(&v.0).into_owned())).unwrap_or_default()
                 } else {
                     // resourceFieldRef: a fake node has no real limits to report
                     String::new()
@@ -221,22 +206,11 @@ pub async fn prepare(
     words.extend(container.args.clone().unwrap_or_default());
     let mut words = words.into_iter().map(|w| rewrite_paths(&expand(&w, &env), &mounts));
     let program = words.next().ok_or_else(|| anyhow!("pod's container has no command"))?;
-    let workdir = container
-        .working_dir
-        .as_deref()
-        .map(|w| PathBuf::from(rewrite_paths(w, &mounts)))
-        .unwrap_or_else(|| home.clone());
+    let workdir = container.working_dir.as_deref().map(|w| PathBuf::from(rewrite_paths(w, &mounts))).unwrap_or_else(|| home.clone());
     Ok(Prepared { program, args: words.collect(), env, dir: workdir })
 }
 
-async fn materialize(
-    client: &Client,
-    pod: &Pod,
-    ns: &str,
-    volume: &Volume,
-    volumes_dir: &Path,
-    shared_claims: &Path,
-) -> Result<PathBuf> {
+async fn materialize(client: &Client, pod: &Pod, ns: &str, volume: &Volume, volumes_dir: &Path, shared_claims: &Path) -> Result<PathBuf> {
     let local = volumes_dir.join(&volume.name);
     if let Some(claim) = &volume.persistent_volume_claim {
         // Claims outlive pods: one directory per claim, shared by every pod that mounts it
@@ -254,10 +228,8 @@ async fn materialize(
         write_items(&local, found.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())), cm.items.as_deref())?;
     } else if let Some(s) = &volume.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let found = Api::<Secret>::namespaced(client.clone(), ns)
-            .get(&name)
-            .await
-            .with_context(|| format!("secret {name:?} of volume {:?}", volume.name))?;
+        let found =
+            Api::<Secret>::namespaced(client.clone(), ns).get(&name).await.with_context(|| format!("secret {name:?} of volume {:?}", volume.name))?;
         write_items(&local, found.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)), s.items.as_deref())?;
     } else if let Some(projected) = &volume.projected {
         for source in projected.sources.iter().flatten() {
@@ -272,11 +244,7 @@ async fn materialize(
     Ok(local)
 }
 
-fn write_items(
-    dir: &Path,
-    data: impl Iterator<Item = (String, Vec<u8>)>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> Result<()> {
+fn write_items(dir: &Path, data: impl Iterator<Item = (String, Vec<u8>)>, items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>) -> Result<()> {
     let data: BTreeMap<String, Vec<u8>> = data.collect();
     match items {
         Some(items) => {
@@ -333,10 +301,7 @@ mod tests {
 
     #[test]
     fn mount_paths_are_rewritten_longest_first() {
-        let mounts = vec![
-            ("/etc".to_string(), PathBuf::from("/tmp/p/etc")),
-            ("/etc/frugal".to_string(), PathBuf::from("/tmp/p/cfg")),
-        ];
+        let mounts = vec![("/etc".to_string(), PathBuf::from("/tmp/p/etc")), ("/etc/frugal".to_string(), PathBuf::from("/tmp/p/cfg"))];
         assert_eq!(rewrite_paths("/etc/frugal/trainer-config.yaml", &mounts), "/tmp/p/cfg/trainer-config.yaml");
         assert_eq!(rewrite_paths("/etc/frugal", &mounts), "/tmp/p/cfg");
         assert_eq!(rewrite_paths("/etc/hosts", &mounts), "/tmp/p/etc/hosts");

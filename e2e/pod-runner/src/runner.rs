@@ -46,13 +46,7 @@ struct Running {
 pub async fn run(client: Client, api_server: ApiServer, settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&settings.work_dir)?;
     std::fs::create_dir_all(&settings.log_dir)?;
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        api_server,
-        hosts: Mutex::new(Hosts::system()),
-        next_ip: Mutex::new(0),
-        settings,
-    });
+    let shared = Arc::new(Shared { client: client.clone(), api_server, hosts: Mutex::new(Hosts::system()), next_ip: Mutex::new(0), settings });
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().labels(&shared.settings.selector);
     let mut events = watcher::watcher(pods, config).boxed();
@@ -305,4 +299,3 @@ fn host_names(pod: &Pod, ns: &str) -> Vec<String> {
     }
     names
 }
-

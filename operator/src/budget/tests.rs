@@ -129,7 +129,11 @@ fn spent_gpu_hours_or_cost_make_new_jobs_wait_until_the_next_period() {
     let Verdict::Wait(w) = settle(&spent, &claim("lm", 1, 0.0), Demand::Start, &t(3600)) else { panic!() };
     assert_eq!(w.reason, "BudgetExhausted");
     assert!(w.message.contains("spent 100.00 of its 100 GPU-hours (spec.gpuHours) this Day"), "{}", w.message);
-    assert!(w.message.contains("next period begins at 2023-11-15T22:13:20Z") && w.message.contains("raise the budget's spec.gpuHours"), "{}", w.message);
+    assert!(
+        w.message.contains("next period begins at 2023-11-15T22:13:20Z") && w.message.contains("raise the budget's spec.gpuHours"),
+        "{}",
+        w.message
+    );
     // the next day is a new period: nothing spent, the job starts
     let next_day = written(settle(&spent, &claim("lm", 1, 0.0), Demand::Start, &t(DAY + 5)));
     assert_eq!((next_day.gpu_hours_spent, next_day.period_start.clone()), (0.0, Some(t(DAY))));
@@ -252,17 +256,7 @@ fn the_exhausted_condition_says_which_limit() {
 }
 
 fn decision(phase: Phase, action: Action) -> Decision {
-    Decision {
-        action,
-        phase,
-        reason: "R",
-        message: String::new(),
-        stalled: false,
-        attempt: 1,
-        restarts: 0,
-        succeeded_at: None,
-        requeue_after: None,
-    }
+    Decision { action, phase, reason: "R", message: String::new(), stalled: false, attempt: 1, restarts: 0, succeeded_at: None, requeue_after: None }
 }
 
 fn attempt(state: AttemptState) -> Vec<AttemptView> {
@@ -280,7 +274,12 @@ fn demand_table() {
         ("starting", decision(Phase::Pending, Action::Nothing), attempt(Starting), Demand::Hold),
         ("running", decision(Phase::Running, Action::Nothing), attempt(Running), Demand::Hold),
         ("queued by Kueue", decision(Phase::Queued, Action::Nothing), attempt(Queued), Demand::Hold),
-        ("suspending: pods still stopping", decision(Phase::Suspended, Action::Nothing), attempt(Stopping(Some(StopReason::Suspended))), Demand::Hold),
+        (
+            "suspending: pods still stopping",
+            decision(Phase::Suspended, Action::Nothing),
+            attempt(Stopping(Some(StopReason::Suspended))),
+            Demand::Hold,
+        ),
         ("suspended, pods gone", decision(Phase::Suspended, Action::Nothing), attempt(failed(FailureKind::Suspended)), Demand::Release),
         ("resumed", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Suspended)), Demand::Start),
         ("restarting after a failure", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Failed)), Demand::Start),

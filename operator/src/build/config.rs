@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServicePort, ServiceSpec};
 
 use frugal_api::contract::paths;
 
@@ -20,10 +20,7 @@ pub fn build_service(job: &ValidJob) -> Service {
             cluster_ip: Some("None".into()),
             // stages find each other before they are Ready: they become Ready by connecting
             publish_not_ready_addresses: Some(true),
-            selector: Some(BTreeMap::from([
-                (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
-                (JOB_LABEL.to_string(), job.names.job.clone()),
-            ])),
+            selector: Some(BTreeMap::from([(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()), (JOB_LABEL.to_string(), job.names.job.clone())])),
             ports: Some(vec![
                 ServicePort { name: Some("pipeline".into()), port: paths::PIPELINE_PORT.into(), ..Default::default() },
                 ServicePort { name: Some("metrics".into()), port: paths::METRICS_PORT.into(), ..Default::default() },

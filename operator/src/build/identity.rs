@@ -31,11 +31,7 @@ pub fn build_role(job: &ValidJob) -> Role {
 pub fn build_role_binding(job: &ValidJob) -> RoleBinding {
     RoleBinding {
         metadata: child_meta(job, job.names.trainer_identity(), job.names.labels("trainer-identity")),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: job.names.trainer_identity(),
-        },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: job.names.trainer_identity() },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: job.names.trainer_identity(),

@@ -4,22 +4,21 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{
-    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
-    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
-use frugal_api::contract::{paths, PodEnv};
+use frugal_api::contract::{PodEnv, paths};
 use frugal_api::v1alpha1::Device;
 
 use super::child_meta;
-use crate::lifecycle::{rules, CONFIGURATION_ERROR_EXIT_CODE};
+use crate::lifecycle::{CONFIGURATION_ERROR_EXIT_CODE, rules};
 use crate::names::KUEUE_QUEUE_LABEL;
 use crate::plan::PlannedJob;
 use crate::settings::Settings;
@@ -62,10 +61,7 @@ fn pod_failure_policy() -> PodFailurePolicy {
     let fail_job = |rule: PodFailurePolicyRule| PodFailurePolicyRule { action: "FailJob".into(), ..rule };
     let mut rules = vec![PodFailurePolicyRule::default(); 3];
     rules[rules::DISRUPTION] = fail_job(PodFailurePolicyRule {
-        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-            type_: "DisruptionTarget".into(),
-            status: Some("True".into()),
-        }]),
+        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern { type_: "DisruptionTarget".into(), status: Some("True".into()) }]),
         ..Default::default()
     });
     let exit_codes = |operator: &str, values: Vec<i32>| PodFailurePolicyRule {
@@ -104,11 +100,8 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
         metrics_port: paths::METRICS_PORT,
         report_status: true,
     };
-    let mut env: Vec<EnvVar> = pod_env
-        .to_env()
-        .into_iter()
-        .map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..Default::default() })
-        .collect();
+    let mut env: Vec<EnvVar> =
+        pod_env.to_env().into_iter().map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..Default::default() }).collect();
     env.push(EnvVar {
         name: frugal_api::contract::env::POD_IP.into(),
         value_from: Some(EnvVarSource {
@@ -133,10 +126,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
     }
     // requests default to limits, so the pods are Guaranteed when cpu and memory are set
 
-    let empty_dir = |medium: Option<&str>, size: Option<Quantity>| EmptyDirVolumeSource {
-        medium: medium.map(str::to_string),
-        size_limit: size,
-    };
+    let empty_dir = |medium: Option<&str>, size: Option<Quantity>| EmptyDirVolumeSource { medium: medium.map(str::to_string), size_limit: size };
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -149,11 +139,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
         },
         Volume {
             name: "token".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names.secret()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
+            secret: Some(SecretVolumeSource { secret_name: Some(names.secret()), default_mode: Some(0o440), ..Default::default() }),
             ..Default::default()
         },
         match &spec.checkpoint.claim_name {
@@ -374,7 +360,8 @@ mod tests {
     fn overrides_and_placement_reach_the_pods() {
         let mut tj = training_job(1);
         tj.spec.resources.node_selector = [("gpu".to_string(), "h100".to_string())].into();
-        tj.spec.resources.tolerations = vec![Toleration { key: Some("nvidia.com/gpu".into()), operator: Some("Exists".into()), ..Default::default() }];
+        tj.spec.resources.tolerations =
+            vec![Toleration { key: Some("nvidia.com/gpu".into()), operator: Some("Exists".into()), ..Default::default() }];
         tj.spec.resources.priority_class_name = Some("training".into());
         tj.spec.resources.cpu = Some(Quantity("8".into()));
         tj.spec.resources.memory = Some(Quantity("64Gi".into()));
@@ -382,7 +369,11 @@ mod tests {
             labels: [("team".to_string(), "a".to_string())].into(),
             annotations: [("note".to_string(), "x".to_string())].into(),
             env: vec![EnvVar { name: "NCCL_DEBUG".into(), value: Some("INFO".into()), ..Default::default() }],
-            volumes: vec![Volume { name: "data".into(), persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: "corpus".into(), read_only: Some(true) }), ..Default::default() }],
+            volumes: vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: "corpus".into(), read_only: Some(true) }),
+                ..Default::default()
+            }],
             volume_mounts: vec![VolumeMount { name: "data".into(), mount_path: "/data".into(), read_only: Some(true), ..Default::default() }],
             image_pull_secrets: vec![LocalObjectReference { name: "regcred".into() }],
             shm_size: Some(Quantity("8Gi".into())),

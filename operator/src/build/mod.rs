@@ -50,7 +50,7 @@ pub fn build_children(job: &crate::plan::PlannedJob) -> Children {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use crate::plan::{plan, PlannedJob};
+    use crate::plan::{PlannedJob, plan};
     use crate::settings::Settings;
     use crate::validate::{tests::training_job, validate};
     use frugal_api::TrainingJob;

@@ -13,10 +13,7 @@ fn t(secs: i64) -> Time {
 
 fn job(conditions: &[(&str, Option<&str>, &str)], suspend: bool, ready: i32, stop: Option<&str>) -> Job {
     Job {
-        metadata: ObjectMeta {
-            annotations: stop.map(|s| [(STOP_REASON_ANNOTATION.to_string(), s.to_string())].into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { annotations: stop.map(|s| [(STOP_REASON_ANNOTATION.to_string(), s.to_string())].into()), ..Default::default() },
         spec: Some(JobSpec { suspend: Some(suspend), ..Default::default() }),
         status: Some(JobStatus {
             ready: Some(ready),
@@ -52,17 +49,47 @@ fn attempt_states_from_jobs() {
         ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
         ("failing, pods left", job(&[("FailureTarget", Some("PodFailurePolicy"), RULE2)], false, 1, None), 1, Stopping(None)),
         ("failed, pods left", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 1, Stopping(None)),
-        ("stage failed", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 0, Failed { kind: FailureKind::Failed, message: RULE2.into() }),
-        ("disrupted", job(&[("Failed", Some("PodFailurePolicy"), RULE0)], false, 0, None), 0, Failed { kind: FailureKind::Disrupted, message: RULE0.into() }),
-        ("config error", job(&[("Failed", Some("PodFailurePolicy"), RULE1)], false, 0, None), 0, Failed { kind: FailureKind::Configuration, message: RULE1.into() }),
+        (
+            "stage failed",
+            job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None),
+            0,
+            Failed { kind: FailureKind::Failed, message: RULE2.into() },
+        ),
+        (
+            "disrupted",
+            job(&[("Failed", Some("PodFailurePolicy"), RULE0)], false, 0, None),
+            0,
+            Failed { kind: FailureKind::Disrupted, message: RULE0.into() },
+        ),
+        (
+            "config error",
+            job(&[("Failed", Some("PodFailurePolicy"), RULE1)], false, 0, None),
+            0,
+            Failed { kind: FailureKind::Configuration, message: RULE1.into() },
+        ),
         ("backoff", job(&[("Failed", Some("BackoffLimitExceeded"), "")], false, 0, None), 0, failed(FailureKind::Failed)),
         ("stopping stalled", job(&[], false, 1, Some("Stalled")), 1, Stopping(Some(StopReason::Stalled))),
         ("stopped stalled", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Stalled")), 0, failed(FailureKind::Stalled)),
         ("stopped for suspend", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Suspended")), 0, failed(FailureKind::Suspended)),
-        ("stopped at deadline", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")), 0, failed(FailureKind::DeadlineExceeded)),
+        (
+            "stopped at deadline",
+            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")),
+            0,
+            failed(FailureKind::DeadlineExceeded),
+        ),
         ("stopping over budget", job(&[], false, 1, Some("BudgetExceeded")), 1, Stopping(Some(StopReason::BudgetExceeded))),
-        ("stopped over budget", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")), 0, failed(FailureKind::BudgetExceeded)),
-        ("stopped before it started", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("StartupTimeout")), 0, failed(FailureKind::StartupTimeout)),
+        (
+            "stopped over budget",
+            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")),
+            0,
+            failed(FailureKind::BudgetExceeded),
+        ),
+        (
+            "stopped before it started",
+            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("StartupTimeout")),
+            0,
+            failed(FailureKind::StartupTimeout),
+        ),
     ];
     for (name, job, live, want) in cases {
         assert_eq!(attempt_state(&job, live), want, "{name}");
@@ -109,7 +136,11 @@ fn decide_table() {
         case("succeeded", vec![view(1, Succeeded { at: None }, Some(0))], (Nothing, P::Succeeded, "Succeeded", 0)),
         case("stage failed: retry", vec![view(1, failed(F::Failed), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
         case("pods still stopping", vec![view(1, Stopping(None), Some(0))], (Nothing, P::Pending, "WaitingForPods", 0)),
-        case("disruption is not counted", vec![view(1, failed(F::Failed), Some(0)), view(2, failed(F::Disrupted), Some(0))], (Create(3), P::Pending, "Restarting", 1)),
+        case(
+            "disruption is not counted",
+            vec![view(1, failed(F::Failed), Some(0)), view(2, failed(F::Disrupted), Some(0))],
+            (Create(3), P::Pending, "Restarting", 1),
+        ),
         case(
             "backoff limit (3) exceeded",
             (1..=4).map(|a| view(a, failed(F::Failed), Some(0))).collect(),
@@ -117,23 +148,75 @@ fn decide_table() {
         ),
         case("last retry", (1..=3).map(|a| view(a, failed(F::Failed), Some(0))).collect(), (Create(4), P::Pending, "Restarting", 3)),
         case("configuration error is permanent", vec![view(1, failed(F::Configuration), Some(0))], (Nothing, P::Failed, "ConfigurationError", 0)),
-        Case { suspend: true, ..case("suspend a running attempt", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Suspended), P::Suspended, "Suspending", 0)) },
+        Case {
+            suspend: true,
+            ..case("suspend a running attempt", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Suspended), P::Suspended, "Suspending", 0))
+        },
         Case { suspend: true, ..case("suspend a queued attempt", vec![view(1, Queued, None)], (Delete(1), P::Suspended, "Suspending", 0)) },
-        Case { suspend: true, ..case("suspending", vec![view(1, Stopping(Some(StopReason::Suspended)), Some(0))], (Nothing, P::Suspended, "Suspending", 0)) },
+        Case {
+            suspend: true,
+            ..case("suspending", vec![view(1, Stopping(Some(StopReason::Suspended)), Some(0))], (Nothing, P::Suspended, "Suspending", 0))
+        },
         Case { suspend: true, ..case("suspended", vec![view(1, failed(F::Suspended), Some(0))], (Nothing, P::Suspended, "Suspended", 0)) },
         case("resume", vec![view(1, failed(F::Suspended), Some(0))], (Create(2), P::Pending, "Creating", 0)),
-        Case { deadline: Some(50), now: 100, ..case("deadline passes", vec![view(1, Running, Some(0))], (Stop(1, StopReason::DeadlineExceeded), P::Running, "DeadlineExceeded", 0)) },
-        Case { deadline: Some(50), now: 100, ..case("deadline stop done", vec![view(1, failed(F::DeadlineExceeded), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 0)) },
-        Case { deadline: Some(50), now: 100, ..case("no retry past the deadline", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 1)) },
-        Case { now: 100, ..case("stalled: no report in 60s", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Stalled), P::Pending, "Stalled", 0)) },
-        Case { progress: Some(90), now: 100, ..case("a recent report is progress", vec![view(1, Running, Some(0))], (Nothing, P::Running, "Running", 0)) },
+        Case {
+            deadline: Some(50),
+            now: 100,
+            ..case("deadline passes", vec![view(1, Running, Some(0))], (Stop(1, StopReason::DeadlineExceeded), P::Running, "DeadlineExceeded", 0))
+        },
+        Case {
+            deadline: Some(50),
+            now: 100,
+            ..case("deadline stop done", vec![view(1, failed(F::DeadlineExceeded), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 0))
+        },
+        Case {
+            deadline: Some(50),
+            now: 100,
+            ..case("no retry past the deadline", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "DeadlineExceeded", 1))
+        },
+        Case {
+            now: 100,
+            ..case("stalled: no report in 60s", vec![view(1, Running, Some(0))], (Stop(1, StopReason::Stalled), P::Pending, "Stalled", 0))
+        },
+        Case {
+            progress: Some(90),
+            now: 100,
+            ..case("a recent report is progress", vec![view(1, Running, Some(0))], (Nothing, P::Running, "Running", 0))
+        },
         case("stall stop done: counted retry", vec![view(1, failed(F::Stalled), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
-        Case { spent: 10.0, ..case("own GPU-hours spent", vec![view(1, Running, Some(0))], (Stop(1, StopReason::BudgetExceeded), P::Running, "BudgetExceeded", 0)) },
-        Case { spent: 10.0, ..case("stopping over budget", vec![view(1, Stopping(Some(StopReason::BudgetExceeded)), Some(0))], (Nothing, P::Running, "BudgetExceeded", 0)) },
-        Case { spent: 10.0, ..case("budget stop done", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 0)) },
+        Case {
+            spent: 10.0,
+            ..case("own GPU-hours spent", vec![view(1, Running, Some(0))], (Stop(1, StopReason::BudgetExceeded), P::Running, "BudgetExceeded", 0))
+        },
+        Case {
+            spent: 10.0,
+            ..case(
+                "stopping over budget",
+                vec![view(1, Stopping(Some(StopReason::BudgetExceeded)), Some(0))],
+                (Nothing, P::Running, "BudgetExceeded", 0),
+            )
+        },
+        Case {
+            spent: 10.0,
+            ..case("budget stop done", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 0))
+        },
         Case { spent: 10.0, ..case("no retry over budget", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 1)) },
-        Case { spent: 10.0, ..case("over budget, next attempt not started", vec![view(1, failed(F::Disrupted), Some(0)), view(2, Queued, None)], (Delete(2), P::Pending, "BudgetExceeded", 0)) },
-        Case { now: 130, ..case("pods not started by the startup deadline (120s)", vec![view(1, Starting, Some(0))], (Stop(1, StopReason::StartupTimeout), P::Pending, "StartupTimeout", 0)) },
+        Case {
+            spent: 10.0,
+            ..case(
+                "over budget, next attempt not started",
+                vec![view(1, failed(F::Disrupted), Some(0)), view(2, Queued, None)],
+                (Delete(2), P::Pending, "BudgetExceeded", 0),
+            )
+        },
+        Case {
+            now: 130,
+            ..case(
+                "pods not started by the startup deadline (120s)",
+                vec![view(1, Starting, Some(0))],
+                (Stop(1, StopReason::StartupTimeout), P::Pending, "StartupTimeout", 0),
+            )
+        },
         case("stopping: not started", vec![view(1, Stopping(Some(StopReason::StartupTimeout)), Some(0))], (Nothing, P::Pending, "StartupTimeout", 0)),
         case("not started: counted retry", vec![view(1, failed(F::StartupTimeout), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
         Case { now: 1000, ..case("a queued attempt has no startup deadline", vec![view(1, Queued, None)], (Nothing, P::Queued, "Queued", 0)) },
@@ -215,7 +298,10 @@ fn a_running_job_is_looked_at_again_when_its_own_limit_would_be_spent() {
 
 #[test]
 fn a_pod_that_cannot_start_is_named_until_the_startup_deadline_stops_the_attempt() {
-    let trouble = StartTrouble { reason: reasons::IMAGE_PULL_FAILED, message: "pod lm-a1-0 cannot pull image \"registry.invalid/x:1\" (ErrImagePull): no such host".into() };
+    let trouble = StartTrouble {
+        reason: reasons::IMAGE_PULL_FAILED,
+        message: "pod lm-a1-0 cannot pull image \"registry.invalid/x:1\" (ErrImagePull): no such host".into(),
+    };
     let attempts = [AttemptView { trouble: Some(trouble), ..view(1, AttemptState::Starting, Some(0)) }];
     let inputs = |now| Inputs {
         attempts: &attempts,

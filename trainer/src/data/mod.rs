@@ -47,7 +47,12 @@ pub struct Data {
 }
 
 /// Training and validation tokens of a text corpus, as `prepare` writes them and `Data` reads them.
-pub fn tokenize_text(path: &std::path::Path, kind: frugal_api::v1alpha1::Tokenizer, vocab: i64, validation_fraction: f64) -> Result<(Vec<u16>, Vec<u16>, TextTokenizer)> {
+pub fn tokenize_text(
+    path: &std::path::Path,
+    kind: frugal_api::v1alpha1::Tokenizer,
+    vocab: i64,
+    validation_fraction: f64,
+) -> Result<(Vec<u16>, Vec<u16>, TextTokenizer)> {
     let docs = text::read_documents(path)?;
     let (train_docs, val_docs) = text::split(docs, validation_fraction);
     let tok = match kind {
@@ -237,11 +242,7 @@ mod tests {
 
     #[test]
     fn synthetic_is_deterministic_and_structured() {
-        let cfg = DataConfig {
-            source: DataSource::Synthetic { branching: 4, tokens: 10_000 },
-            validation_fraction: 0.1,
-            eval_sequences: 4,
-        };
+        let cfg = DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 10_000 }, validation_fraction: 0.1, eval_sequences: 4 };
         let mut a = Data::new(&cfg, 64, 16, 5).unwrap();
         let mut b = Data::new(&cfg, 64, 16, 5).unwrap();
         let (x, y) = (a.next_batch(3), b.next_batch(3));
@@ -265,7 +266,10 @@ mod tests {
         let d = std::env::temp_dir().join(format!("frugal-data-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("docs")).unwrap();
-        for (i, doc) in ["first document, about cats and mats.\nline two.\n", "second: dogs and logs\n", "third, the held-out one, about cats\n"].iter().enumerate() {
+        for (i, doc) in ["first document, about cats and mats.\nline two.\n", "second: dogs and logs\n", "third, the held-out one, about cats\n"]
+            .iter()
+            .enumerate()
+        {
             std::fs::write(d.join("docs").join(format!("{i}.txt")), doc.repeat(30)).unwrap();
         }
         d
@@ -296,7 +300,13 @@ mod tests {
         assert_eq!(from_shards.fingerprint, meta.data_fingerprint);
         assert_eq!(from_shards.corpus.train, from_text.corpus.train);
         // A byte tokenizer gives different data.
-        let bytes = Data::new(&DataConfig { source: DataSource::Text { path: d.join("docs"), tokenizer: frugal_api::v1alpha1::Tokenizer::Byte }, ..text }, 300, 16, 1).unwrap();
+        let bytes = Data::new(
+            &DataConfig { source: DataSource::Text { path: d.join("docs"), tokenizer: frugal_api::v1alpha1::Tokenizer::Byte }, ..text },
+            300,
+            16,
+            1,
+        )
+        .unwrap();
         assert_ne!(bytes.fingerprint, from_text.fingerprint);
         // Every held-out token is a validation target exactly once.
         let targets: i64 = bytes.validation(4).iter().map(|b| b.targets.numel() as i64).sum();

@@ -61,8 +61,7 @@ fn shard_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("listing shard directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.extension().is_some_and(|x| x == "bin")
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{split}_")))
+            p.extension().is_some_and(|x| x == "bin") && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{split}_")))
         })
         .collect();
     files.sort();

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::Path;
 use tokenizers::models::bpe::{BPE, BpeTrainer, Merges, Vocab};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::{AddedToken, Model, Tokenizer};
 
 /// The end-of-text token that closes every document.
@@ -111,7 +111,11 @@ impl TextTokenizer {
                     ensure!(token.chars().eq(std::iter::once(chars[b])), "id {b} is {token:?}, not byte {b}");
                     vec![b as u8]
                 }
-                _ => token.chars().map(|c| byte_of(c, &chars)).collect::<Option<Vec<u8>>>().with_context(|| format!("token {id} ({token:?}) is not byte-level"))?,
+                _ => token
+                    .chars()
+                    .map(|c| byte_of(c, &chars))
+                    .collect::<Option<Vec<u8>>>()
+                    .with_context(|| format!("token {id} ({token:?}) is not byte-level"))?,
             };
             token_bytes.push(bytes);
         }
@@ -143,7 +147,9 @@ impl TextTokenizer {
                 })?;
                 let ids = b.tokenizer.encode_fast(text, false).map_err(|e| anyhow!("BPE encoding failed: {e}"))?.get_ids().to_vec();
                 if ids.contains(&u32::from(EOT)) {
-                    bail!("the text holds {EOT_TEXT}, the end-of-text marker that BPE keeps for document boundaries: remove it from the text, or use data.tokenizer: byte");
+                    bail!(
+                        "the text holds {EOT_TEXT}, the end-of-text marker that BPE keeps for document boundaries: remove it from the text, or use data.tokenizer: byte"
+                    );
                 }
                 // The vocabulary holds at most 65,536 ids (checked when it was built).
                 Ok(ids.into_iter().map(|t| t as u16).collect())

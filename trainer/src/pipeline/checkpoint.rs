@@ -159,14 +159,18 @@ fn verify(dir: &Path) -> Result<Manifest> {
     if let Some(why) = crate::checkpoint::other_layout(&text, FORMAT) {
         bail!("checkpoint {} does not match this job: {why}", dir.display());
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&text).with_context(|| format!("checkpoint {}: unreadable manifest", dir.display()))?;
+    let manifest: Manifest = serde_json::from_slice(&text).with_context(|| format!("checkpoint {}: unreadable manifest", dir.display()))?;
     ensure!(manifest.format == FORMAT, "checkpoint {}: format {:?}, expected {FORMAT:?}", dir.display(), manifest.format);
     ensure!(manifest.checksum == manifest.compute_checksum(), "checkpoint {}: manifest checksum does not match its contents", dir.display());
     for (name, (bytes, sha)) in &manifest.files {
         let got = hash_file(&dir.join(name))?;
         if &got != &(*bytes, sha.clone()) {
-            bail!("checkpoint {}: {name} has {} bytes with SHA-256 {}, the manifest says {bytes} with {sha}; refusing a corrupt checkpoint", dir.display(), got.0, got.1);
+            bail!(
+                "checkpoint {}: {name} has {} bytes with SHA-256 {}, the manifest says {bytes} with {sha}; refusing a corrupt checkpoint",
+                dir.display(),
+                got.0,
+                got.1
+            );
         }
     }
     Ok(manifest)

@@ -103,9 +103,8 @@ impl StageWorker {
         let kind = compute_kind(cfg.train.precision);
         let (model, params) = StageModel::build(&cfg.model, &layout, cfg.train.seed, device, kind);
         let optim = Optimizer::new(&cfg.train.optim, &params);
-        let data = (layout.embedding || layout.head)
-            .then(|| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed))
-            .transpose()?;
+        let data =
+            (layout.embedding || layout.head).then(|| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)).transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
             stages,
@@ -216,11 +215,8 @@ impl StageWorker {
                     }
                 }
                 Action::Backward(mb) => {
-                    let upstream_grad = if self.is_last() {
-                        None
-                    } else {
-                        Some(Self::recv_tensor(self.down(), "gradient", Some(mb as u32))?.to_device(self.device))
-                    };
+                    let upstream_grad =
+                        if self.is_last() { None } else { Some(Self::recv_tensor(self.down(), "gradient", Some(mb as u32))?.to_device(self.device)) };
                     let t0 = Instant::now();
                     let s = saved.remove(&mb).ok_or_else(|| anyhow!("stage {index}: backward of micro-batch {mb} before its forward"))?;
                     let (input, (y, aux)) = match s.output {
@@ -325,13 +321,8 @@ impl StageWorker {
             sq.double_value(&[])
         });
         busy += t0.elapsed().as_secs_f64();
-        let agreed = self.all_reduce(Some(Tensor::from_slice(&[
-            squared,
-            totals.loss_sum,
-            totals.aux_sum,
-            totals.dropped,
-            totals.assignments as f64,
-        ])))?;
+        let agreed =
+            self.all_reduce(Some(Tensor::from_slice(&[squared, totals.loss_sum, totals.aux_sum, totals.dropped, totals.assignments as f64])))?;
         let agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
         let grad_norm = agreed[0].max(0.0).sqrt();
         let t0 = Instant::now();
@@ -371,11 +362,7 @@ impl StageWorker {
 
     /// Named gradients of this stage's parameters (the tied copy included), for tests.
     pub fn named_grads(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .specs
-            .iter()
-            .map(|s| (s.name.clone(), self.params.grad.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy()))
-            .collect()
+        self.params.specs.iter().map(|s| (s.name.clone(), self.params.grad.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy())).collect()
     }
 
     /// Named master weights of this stage.
@@ -431,7 +418,6 @@ pub fn run_stages<T: Send + 'static>(
             }
         })?);
     }
-    let results: Vec<Result<T>> =
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a stage thread panicked")))).collect();
+    let results: Vec<Result<T>> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a stage thread panicked")))).collect();
     results.into_iter().collect()
 }

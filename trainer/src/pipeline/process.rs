@@ -39,7 +39,9 @@ impl ProcessStages {
         let faults: Vec<Fault> = (0..self.count).map(|_| Fault::default()).collect();
         let mut links = inproc::chain_from(self.first, self.timeout, &faults);
         let listener = match (self.first > 0, &self.listen) {
-            (true, Some(addr)) => Some(TcpListener::bind(addr).with_context(|| format!("listening for pipeline stage {} on {addr}", self.first - 1))?),
+            (true, Some(addr)) => {
+                Some(TcpListener::bind(addr).with_context(|| format!("listening for pipeline stage {} on {addr}", self.first - 1))?)
+            }
             (true, None) => anyhow::bail!("stage {} has an upstream stage but no address to listen on", self.first),
             _ => None,
         };

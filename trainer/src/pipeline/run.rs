@@ -30,8 +30,8 @@ use frugal_api::v1alpha1::QualityStatus;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tch::{Device, Tensor};
 
 /// How a pipelined run ended.
@@ -111,11 +111,8 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| {
         let root = w.cfg.checkpoint_dir.clone();
         let status = target.clone().filter(|_| w.model.layout.head).map(StatusTarget::start);
-        let mut reporter = w
-            .model
-            .layout
-            .head
-            .then(|| Reporter::new(w.cfg.train.steps, json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
+        let mut reporter =
+            w.model.layout.head.then(|| Reporter::new(w.cfg.train.steps, json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
         if let Some(dir) = root.as_ref().map(|r| crate::checkpoint::latest(r)).transpose()?.flatten() {
             let state = checkpoint::load(w, &dir)?;
             if let Some(rep) = reporter.as_mut() {
@@ -145,11 +142,8 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         let mut stopped = PipelineStop::Completed;
         while w.step < end {
             let r = w.train_step()?;
-            let agreed = w.all_reduce(Some(tch::Tensor::from_slice(&[
-                r.busy_seconds,
-                r.wall_seconds,
-                if stop.load(Ordering::SeqCst) { 1.0 } else { 0.0 },
-            ])))?;
+            let agreed =
+                w.all_reduce(Some(tch::Tensor::from_slice(&[r.busy_seconds, r.wall_seconds, if stop.load(Ordering::SeqCst) { 1.0 } else { 0.0 }])))?;
             let agreed = Vec::<f64>::try_from(&agreed)?;
             // Σ busy / (p × mean wall), the walls summed over the p stages.
             let bubble = 1.0 - agreed[0] / agreed[1];
@@ -181,14 +175,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                     mfu,
                     loss_scale: w.scaler.scale,
                 });
-                rep.step(
-                    w.step,
-                    r.loss,
-                    r.lr,
-                    tps,
-                    mfu,
-                    extra,
-                );
+                rep.step(w.step, r.loss, r.lr, tps, mfu, extra);
             }
             let every = w.cfg.train.checkpoint_interval;
             if let Some(root) = &root {
@@ -280,10 +267,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         Ok(stopped)
     })?;
     // The stages agree on how the run ends; a disagreement would be a bug, and stopping wins.
-    Ok([PipelineStop::Terminated, PipelineStop::QualityTargetReached]
-        .into_iter()
-        .find(|s| results.contains(s))
-        .unwrap_or(PipelineStop::Completed))
+    Ok([PipelineStop::Terminated, PipelineStop::QualityTargetReached].into_iter().find(|s| results.contains(s)).unwrap_or(PipelineStop::Completed))
 }
 
 /// The devices a process's stages run on, round-robin: every CUDA device when `device` is one.

@@ -192,9 +192,7 @@ mod tests {
                     let t = simulate(&all, 1.0, 2.0).unwrap_or_else(|e| panic!("{kind:?} p={p} m={m}: {e}"));
                     for s in 0..p {
                         for mb in 0..m {
-                            let when = |stage: usize, a: Action| {
-                                t.stages[stage].iter().find(|(x, _, _)| *x == a).map(|(_, _, e)| *e).unwrap()
-                            };
+                            let when = |stage: usize, a: Action| t.stages[stage].iter().find(|(x, _, _)| *x == a).map(|(_, _, e)| *e).unwrap();
                             if s > 0 {
                                 assert!(when(s - 1, Action::Forward(mb)) <= when(s, Action::Forward(mb)));
                                 assert!(when(s, Action::Backward(mb)) <= when(s - 1, Action::Backward(mb)));

@@ -21,11 +21,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 pub fn layouts(model: &ModelConfig, stages: usize) -> Vec<StageLayout> {
     let ranges = partition_layers(model, stages as i64);
     let n = ranges.len();
-    ranges
-        .into_iter()
-        .enumerate()
-        .map(|(i, layers)| StageLayout { index: i as i64, layers, embedding: i == 0, head: i + 1 == n })
-        .collect()
+    ranges.into_iter().enumerate().map(|(i, layers)| StageLayout { index: i as i64, layers, embedding: i == 0, head: i + 1 == n }).collect()
 }
 
 pub struct StageModel {
@@ -57,8 +53,7 @@ impl StageModel {
     pub fn new(b: &mut ParamBuilder, cfg: &ModelConfig, layout: &StageLayout) -> Self {
         let d = cfg.d_model;
         let tied_head = layout.head && cfg.tied_embeddings;
-        let wte = (layout.embedding || tied_head)
-            .then(|| b.add("wte.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02)));
+        let wte = (layout.embedding || tied_head).then(|| b.add("wte.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02)));
         let wpe = (layout.embedding && cfg.positions == Positions::Learned)
             .then(|| b.add("wpe.weight", &[cfg.seq_len, d], ParamGroup::Embedding, Init::Normal(0.02)));
         let blocks = layout.layers.clone().map(|i| Block::new(b, i, cfg)).collect();
@@ -125,13 +120,7 @@ impl StageModel {
     /// input: token ids [B, T] on the first stage, else activations [B, T, D]. On the last stage
     /// the output is the mean cross-entropy against `targets`, or without them the logits
     /// [B, T, V] in fp32 (evaluation). `routings` replays MoE decisions (recomputation).
-    pub fn forward(
-        &self,
-        p: &ParamStore,
-        input: &Tensor,
-        targets: Option<&Tensor>,
-        routings: Option<&[Option<Routing>]>,
-    ) -> StageOutput {
+    pub fn forward(&self, p: &ParamStore, input: &Tensor, targets: Option<&Tensor>, routings: Option<&[Option<Routing>]>) -> StageOutput {
         let mut x = match self.wte.filter(|_| self.layout.embedding) {
             Some(wte) => {
                 let t = input.size()[1];
@@ -159,9 +148,7 @@ impl StageModel {
                 let logits = ln_f.forward(p, &x).linear::<Tensor>(p.get(head), None).to_kind(Kind::Float);
                 let v = self.cfg.vocab_size;
                 match targets {
-                    Some(targets) => {
-                        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
-                    }
+                    Some(targets) => logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0),
                     None => logits,
                 }
             }

@@ -196,10 +196,8 @@ impl Link for TcpLink {
             Message::Reduce { tensor } => encode(REDUCE, 0, Some(tensor), &[]),
             Message::Abort { reason } => encode(ABORT, 0, None, reason.as_bytes()),
         };
-        write_frame(&mut self.writer, &body).map_err(|e| TransportError::PeerGone {
-            stage: self.peer,
-            detail: format!("sending a {} to {}: {e}", msg.name(), self.addr),
-        })
+        write_frame(&mut self.writer, &body)
+            .map_err(|e| TransportError::PeerGone { stage: self.peer, detail: format!("sending a {} to {}: {e}", msg.name(), self.addr) })
     }
 
     fn recv(&mut self) -> Result<Message, TransportError> {
