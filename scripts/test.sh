@@ -19,6 +19,14 @@ for crate in frugal-api frugal-operator; do
   fi
 done
 
+step "formatting (rustfmt.toml) and lints (clippy, warnings are errors)"
+# rustup's default profile has both; a minimal one gets them here
+if command -v rustup >/dev/null && ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+  rustup component add clippy rustfmt
+fi
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 step "workspace tests (unit, CEL, contract, CRD drift, trainer on CPU)"
 cargo test --workspace --exclude frugal-e2e
 

@@ -214,7 +214,7 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
             .filter(|l| l.contains("\"event\":\"checkpoint\""))
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| v["step"].as_i64())
-            .last()
+            .next_back()
             .with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
         ensure!(stopped.contains("signal"), "attempt 1 did not stop on the signal:\n{stopped}");
         eprintln!("e2e: {name} checkpointed at step {checkpoint} on SIGTERM");

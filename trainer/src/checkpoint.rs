@@ -171,10 +171,10 @@ pub fn list(root: &Path) -> Result<Vec<(i64, PathBuf)>> {
     for entry in fs::read_dir(root).map_err(io(root))? {
         let entry = entry.map_err(io(root))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<i64>().ok()) {
-            if entry.path().join(MANIFEST).exists() {
-                out.push((step, entry.path()));
-            }
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<i64>().ok())
+            && entry.path().join(MANIFEST).exists()
+        {
+            out.push((step, entry.path()));
         }
     }
     out.sort();
@@ -297,10 +297,10 @@ pub fn load(dir: &Path, store: &mut ParamStore, optim: &mut Optimizer) -> Result
     }
     let _guard = tch::no_grad_guard();
     for (i, s) in store.specs.iter().enumerate() {
-        let _ = store.master_view(i).copy_(&weights[&s.name]);
+        store.master_view(i).copy_(&weights[&s.name]);
     }
     for (name, mut dst) in wanted {
-        let _ = dst.copy_(&opt[&name]);
+        dst.copy_(&opt[&name]);
     }
     optim.updates = state.optimizer_updates;
     store.sync_compute();

@@ -17,9 +17,12 @@ pub struct StepGauges {
     pub loss_scale: f64,
 }
 
+/// A gauge: its help text, its type and its value.
+type Gauge = (&'static str, &'static str, f64);
+
 #[derive(Clone, Default)]
 pub struct Metrics {
-    inner: Arc<Mutex<BTreeMap<&'static str, (&'static str, &'static str, f64)>>>,
+    inner: Arc<Mutex<BTreeMap<&'static str, Gauge>>>,
     labels: Arc<String>,
 }
 

@@ -310,7 +310,7 @@ mod tests {
         let mut store = ParamStore::new(b, &mut Rng::new(7), Device::Cpu, Kind::Float);
         tch::manual_seed(3);
         tch::no_grad(|| {
-            let _ = store.master.copy_(&(Tensor::randn([store.numel], (Kind::Float, Device::Cpu)) * 0.5));
+            store.master.copy_(&(Tensor::randn([store.numel], (Kind::Float, Device::Cpu)) * 0.5));
         });
         (moe, store)
     }
@@ -342,14 +342,14 @@ mod tests {
             let mut yi = xi.zeros_like();
             if let Some(shared) = &moe.shared {
                 for s in 0..moe.cfg.shared_experts {
-                    yi = yi + expert(p, shared, s, &xi);
+                    yi += expert(p, shared, s, &xi);
                 }
             }
             for j in 0..k {
                 let c = chosen[(i * k + j) as usize];
                 if used[c as usize] < cap {
                     used[c as usize] += 1;
-                    yi = yi + expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
+                    yi += expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
                 } else {
                     dropped += 1;
                 }

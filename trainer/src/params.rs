@@ -227,7 +227,7 @@ impl ParamStore {
     pub fn sync_compute(&mut self) {
         if self.compute_kind != Kind::Float {
             let _guard = tch::no_grad_guard();
-            let _ = self.compute.copy_(&self.master);
+            self.compute.copy_(&self.master);
         }
     }
 

@@ -28,8 +28,8 @@ fn corpus(name: &str, bytes: usize) -> PathBuf {
     path
 }
 
-fn text_data(path: &PathBuf, tokenizer: Tokenizer, vocab: i64) -> Data {
-    let cfg = DataConfig { source: DataSource::Text { path: path.clone(), tokenizer }, validation_fraction: 0.1, eval_sequences: 0 };
+fn text_data(path: &std::path::Path, tokenizer: Tokenizer, vocab: i64) -> Data {
+    let cfg = DataConfig { source: DataSource::Text { path: path.to_path_buf(), tokenizer }, validation_fraction: 0.1, eval_sequences: 0 };
     Data::new(&cfg, vocab, 16, 1).unwrap()
 }
 

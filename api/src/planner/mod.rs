@@ -346,10 +346,10 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
             4 * stages
         ));
     }
-    if let Some(moe) = &plan.model.moe {
-        if moe.capacity_factor < 1.0 {
-            out.push(format!("model.sparsity.moe.capacityFactor {} is below 1: experts drop tokens even when balanced", moe.capacity_factor));
-        }
+    if let Some(moe) = &plan.model.moe
+        && moe.capacity_factor < 1.0
+    {
+        out.push(format!("model.sparsity.moe.capacityFactor {} is below 1: experts drop tokens even when balanced", moe.capacity_factor));
     }
     out
 }

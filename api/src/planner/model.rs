@@ -102,10 +102,10 @@ impl ResolvedModel {
         if self.positions == Positions::Rotary && self.head_dim() % 2 != 0 {
             return Err(ModelError::Invalid(format!("rotary positions need an even head size, got {}", self.head_dim())));
         }
-        if let Some(moe) = &self.moe {
-            if moe.top_k > moe.experts {
-                return Err(ModelError::Invalid(format!("sparsity.moe.topK {} exceeds sparsity.moe.experts {}", moe.top_k, moe.experts)));
-            }
+        if let Some(moe) = &self.moe
+            && moe.top_k > moe.experts
+        {
+            return Err(ModelError::Invalid(format!("sparsity.moe.topK {} exceeds sparsity.moe.experts {}", moe.top_k, moe.experts)));
         }
         match self.attention {
             ResolvedAttention::BlockSparse { block_size, .. } if self.seq_len % block_size != 0 => Err(ModelError::Invalid(format!(

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::finite::is_not_finite;
 
 /// A GPU budget shared by the TrainingJobs that name it in spec.budget.budgetRef.
+// kube's printcolumn(...) arguments repeat their keys, which clippy reads as duplicated attributes
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "frugal.dev",

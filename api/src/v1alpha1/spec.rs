@@ -19,6 +19,8 @@ use super::status::TrainingJobStatus;
 pub const MAX_JOB_NAME_LENGTH: usize = 40;
 
 /// A training run of a GPT-style language model, planned against a GPU budget and run as pods.
+// kube's printcolumn(...) arguments repeat their keys, which clippy reads as duplicated attributes
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "frugal.dev",

@@ -67,9 +67,8 @@ pub async fn run(client: Client, api_server: ApiServer, settings: Settings, shut
                 let pod = match event {
                     Some(Ok(Event::Apply(pod) | Event::InitApply(pod))) => pod,
                     Some(Ok(Event::Delete(pod))) => {
-                        if let Some(r) = running.get_mut(&pod.uid().unwrap_or_default()) {
-                            if let Some(t) = r.terminate.take() { let _ = t.send(0); }
-                        }
+                        if let Some(r) = running.get_mut(&pod.uid().unwrap_or_default())
+                            && let Some(t) = r.terminate.take() { let _ = t.send(0); }
                         continue;
                     }
                     Some(Ok(_)) => continue,

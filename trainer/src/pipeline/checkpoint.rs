@@ -164,7 +164,7 @@ fn verify(dir: &Path) -> Result<Manifest> {
     ensure!(manifest.checksum == manifest.compute_checksum(), "checkpoint {}: manifest checksum does not match its contents", dir.display());
     for (name, (bytes, sha)) in &manifest.files {
         let got = hash_file(&dir.join(name))?;
-        if &got != &(*bytes, sha.clone()) {
+        if got != (*bytes, sha.clone()) {
             bail!(
                 "checkpoint {}: {name} has {} bytes with SHA-256 {}, the manifest says {bytes} with {sha}; refusing a corrupt checkpoint",
                 dir.display(),
@@ -203,10 +203,10 @@ pub fn load(worker: &mut StageWorker, dir: &Path) -> Result<PipelineState> {
     }
     tch::no_grad(|| {
         for i in 0..worker.params.specs.len() {
-            let _ = worker.params.master_view(i).copy_(&weights[&worker.params.specs[i].name]);
+            worker.params.master_view(i).copy_(&weights[&worker.params.specs[i].name]);
         }
         for (name, mut t) in wanted {
-            let _ = t.copy_(&optimizer[&name]);
+            t.copy_(&optimizer[&name]);
         }
     });
     worker.params.sync_compute();

@@ -235,7 +235,7 @@ impl StageWorker {
                         Some(g) => (&y * g).sum(Kind::Float),
                     };
                     if let Some(a) = aux {
-                        surrogate = surrogate + a * (aux_weight * grad_scale);
+                        surrogate += a * (aux_weight * grad_scale);
                     }
                     surrogate.backward();
                     let input_grad = (!self.is_first()).then(|| input.grad());
@@ -269,7 +269,7 @@ impl StageWorker {
         let contribution = mine.map(|id| self.grad_view(id).copy());
         let total = self.all_reduce(contribution)?;
         if let Some(id) = mine {
-            let _ = tch::no_grad(|| self.grad_view(id).copy_(&total.to_device(self.device)));
+            tch::no_grad(|| self.grad_view(id).copy_(&total.to_device(self.device)));
         }
         Ok(())
     }

@@ -178,14 +178,14 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 rep.step(w.step, r.loss, r.lr, tps, mfu, extra);
             }
             let every = w.cfg.train.checkpoint_interval;
-            if let Some(root) = &root {
-                if agreed[2] > 0.0 || (every > 0 && w.step % every == 0 && w.step < end) {
-                    let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
-                    if let Some(rep) = reporter.as_mut() {
-                        rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
-                    }
-                    last_checkpoint = Some(dir);
+            if let Some(root) = &root
+                && (agreed[2] > 0.0 || (every > 0 && w.step % every == 0 && w.step < end))
+            {
+                let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+                if let Some(rep) = reporter.as_mut() {
+                    rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
                 }
+                last_checkpoint = Some(dir);
             }
             if agreed[2] > 0.0 {
                 stopped = PipelineStop::Terminated;
@@ -206,14 +206,14 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 stopped = PipelineStop::QualityTargetReached;
             }
         }
-        if stopped != PipelineStop::Terminated {
-            if let Some(root) = &root {
-                let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
-                if let Some(rep) = reporter.as_mut() {
-                    rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
-                }
-                last_checkpoint = Some(dir);
+        if stopped != PipelineStop::Terminated
+            && let Some(root) = &root
+        {
+            let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
+            if let Some(rep) = reporter.as_mut() {
+                rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
             }
+            last_checkpoint = Some(dir);
         }
         if let Some(rep) = reporter.as_mut() {
             let tokens = (w.step - start_step) * w.cfg.tokens_per_step();

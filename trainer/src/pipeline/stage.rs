@@ -93,7 +93,7 @@ impl StageModel {
         tch::no_grad(|| {
             for i in 0..store.specs.len() {
                 let j = whole.find(&store.specs[i].name).expect("a stage parameter is a model parameter");
-                let _ = store.master_view(i).copy_(&whole.master_view(j));
+                store.master_view(i).copy_(&whole.master_view(j));
             }
         });
         store.sync_compute();

@@ -26,15 +26,18 @@ pub fn pair(a: usize, b: usize, timeout: Duration, fa: &Fault, fb: &Fault) -> (C
     )
 }
 
+/// A stage's links: (upstream, downstream), either absent at the ends of the chain.
+pub type StageLinks = (Option<Box<dyn Link>>, Option<Box<dyn Link>>);
+
 /// Links for `stages` stages in a chain: element s is (upstream, downstream) of stage s.
-pub fn chain(stages: usize, timeout: Duration) -> Vec<(Option<Box<dyn Link>>, Option<Box<dyn Link>>)> {
+pub fn chain(stages: usize, timeout: Duration) -> Vec<StageLinks> {
     chain_from(0, timeout, &(0..stages).map(|_| Fault::default()).collect::<Vec<_>>())
 }
 
 /// Links between stages `first..first + faults.len()` of one process, each with its fault.
-pub fn chain_from(first: usize, timeout: Duration, faults: &[Fault]) -> Vec<(Option<Box<dyn Link>>, Option<Box<dyn Link>>)> {
+pub fn chain_from(first: usize, timeout: Duration, faults: &[Fault]) -> Vec<StageLinks> {
     let n = faults.len();
-    let mut out: Vec<(Option<Box<dyn Link>>, Option<Box<dyn Link>>)> = (0..n).map(|_| (None, None)).collect();
+    let mut out: Vec<StageLinks> = (0..n).map(|_| (None, None)).collect();
     for s in 1..n {
         let (down, up) = pair(first + s - 1, first + s, timeout, &faults[s - 1], &faults[s]);
         out[s - 1].1 = Some(Box::new(down));

@@ -85,7 +85,7 @@ fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME || len < 5 {
+    if !(5..=MAX_FRAME).contains(&len) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
     }
     let mut body = vec![0u8; len as usize];
