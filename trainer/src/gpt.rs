@@ -152,7 +152,7 @@ impl Gpt {
             // Inject the upstream gradient: d/dy Σ(y·g) = g.
             let mut surrogate = (&out.y * &upstream).sum(Kind::Float);
             if let Some(a) = out.aux_loss {
-                surrogate += a * (self.aux_weight * grad_scale);
+                surrogate = surrogate + a * (self.aux_weight * grad_scale);
             }
             surrogate.backward();
             upstream = x_in.grad();

@@ -1,5 +1,9 @@
 //! frugal-trainer: sparse, mixed-precision GPT training on libtorch.
 
+// On a tch Tensor `a += b` is the in-place `add_`, not `a = a + b`: it would change a tensor
+// that autograd or another binding still holds. The long form is kept on purpose.
+#![allow(clippy::assign_op_pattern)]
+
 pub mod attention;
 pub mod block;
 pub mod checkpoint;

@@ -342,14 +342,14 @@ mod tests {
             let mut yi = xi.zeros_like();
             if let Some(shared) = &moe.shared {
                 for s in 0..moe.cfg.shared_experts {
-                    yi += expert(p, shared, s, &xi);
+                    yi = yi + expert(p, shared, s, &xi);
                 }
             }
             for j in 0..k {
                 let c = chosen[(i * k + j) as usize];
                 if used[c as usize] < cap {
                     used[c as usize] += 1;
-                    yi += expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
+                    yi = yi + expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
                 } else {
                     dropped += 1;
                 }

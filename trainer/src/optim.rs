@@ -292,7 +292,7 @@ pub fn newton_schulz(g: &Tensor) -> Tensor {
         x = x.transpose(-2, -1);
     }
     let norm = x.to_kind(Kind::Float).square().sum_dim_intlist([-2i64, -1].as_slice(), true, Kind::Float).sqrt();
-    x /= (norm + 1e-7).to_kind(kind);
+    x = x / (norm + 1e-7).to_kind(kind);
     for _ in 0..5 {
         let xt = x.transpose(-2, -1);
         let m = x.matmul(&xt);

@@ -235,7 +235,7 @@ impl StageWorker {
                         Some(g) => (&y * g).sum(Kind::Float),
                     };
                     if let Some(a) = aux {
-                        surrogate += a * (aux_weight * grad_scale);
+                        surrogate = surrogate + a * (aux_weight * grad_scale);
                     }
                     surrogate.backward();
                     let input_grad = (!self.is_first()).then(|| input.grad());
