@@ -57,19 +57,10 @@ async fn invalid_manifests_are_rejected_with_their_message() {
                 let what = label(&obj, file);
                 let api = api_for(&t.client, &obj, &t.namespace).await?;
                 let obj = if api.namespace().is_some() { in_namespace(obj, &t.namespace) } else { obj };
-                match api.create(&dry_run, &obj).await {
-                    Ok(_) => failures.push(format!("{what}: accepted, expected rejection with {expect:?}")),
-                    Err(kube::Error::Api(status)) if status.message.contains(&expect) => {
-                        eprintln!("{what}: rejected ({}): {}", status.code, status.message);
-                    }
-                    Err(e) => failures.push(format!("{what}: expected a message containing {expect:?}, got: {e}")),
-                }
+                failures.extend(refused(api.create(&dry_run, &obj).await, &what, &expect));
             }
         }
-        if !failures.is_empty() {
-            bail!("{} of {} fixtures misbehaved:\n{}", failures.len(), files.len(), failures.join("\n"));
-        }
-        Ok(())
+        all_refused(failures, files.len(), "fixtures")
     })
     .await;
 }
@@ -100,18 +91,9 @@ async fn invalid_updates_are_rejected_with_their_message() {
             new = in_namespace(new, &t.namespace);
             new.metadata.name = Some(name.clone());
             new.metadata.resource_version = created.metadata.resource_version.clone();
-            match api.replace(&name, &post, &new).await {
-                Ok(_) => failures.push(format!("{what}: the update was accepted, expected rejection with {expect:?}")),
-                Err(kube::Error::Api(status)) if status.message.contains(&expect) => {
-                    eprintln!("{what}: update rejected ({}): {}", status.code, status.message);
-                }
-                Err(e) => failures.push(format!("{what}: expected a message containing {expect:?}, got: {e}")),
-            }
+            failures.extend(refused(api.replace(&name, &post, &new).await, &format!("{what} (update)"), &expect));
         }
-        if !failures.is_empty() {
-            bail!("{} of {} update fixtures misbehaved:\n{}", failures.len(), files.len(), failures.join("\n"));
-        }
-        Ok(())
+        all_refused(failures, files.len(), "update fixtures")
     })
     .await;
 }
@@ -139,6 +121,25 @@ async fn server_side_apply_twice_changes_nothing() {
         Ok(())
     })
     .await;
+}
+
+/// What is wrong with the API server's answer to a request it should refuse with `expect`.
+fn refused<T>(answer: kube::Result<T>, what: &str, expect: &str) -> Option<String> {
+    match answer {
+        Ok(_) => Some(format!("{what}: accepted, expected rejection with {expect:?}")),
+        Err(kube::Error::Api(status)) if status.message.contains(expect) => {
+            eprintln!("{what}: rejected ({}): {}", status.code, status.message);
+            None
+        }
+        Err(e) => Some(format!("{what}: expected a message containing {expect:?}, got: {e}")),
+    }
+}
+
+fn all_refused(failures: Vec<String>, of: usize, what: &str) -> Result<()> {
+    if !failures.is_empty() {
+        bail!("{} of {of} {what} misbehaved:\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(())
 }
 
 /// The first TrainingJob among the examples.

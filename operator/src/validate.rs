@@ -237,13 +237,15 @@ spec:
         assert!(err(&job).contains("DNS-1035"));
     }
 
+    /// The error of the test job with `o` as its pod overrides.
+    fn with(o: PodOverrides) -> String {
+        let mut job = training_job(1);
+        job.spec.pod_template = Some(o);
+        err(&job)
+    }
+
     #[test]
     fn overrides_may_not_take_the_operators_own() {
-        let with = |o: PodOverrides| {
-            let mut job = training_job(1);
-            job.spec.pod_template = Some(o);
-            err(&job)
-        };
         let e = with(PodOverrides { labels: [(names::JOB_LABEL.to_string(), "x".to_string())].into(), ..Default::default() });
         assert!(e.contains("spec.podTemplate.labels") && e.contains("frugal.dev/training-job"), "{e}");
         let e = with(PodOverrides { labels: [("team".to_string(), "a b".to_string())].into(), ..Default::default() });
@@ -263,11 +265,6 @@ spec:
     /// CRD version lets it create a pod that Pod Security `restricted` would refuse.
     #[test]
     fn overrides_stay_within_pod_security_restricted() {
-        let with = |o: PodOverrides| {
-            let mut job = training_job(1);
-            job.spec.pod_template = Some(o);
-            err(&job)
-        };
         let host: Volume = serde_json::from_value(serde_json::json!({"name": "host", "hostPath": {"path": "/"}})).unwrap();
         let data: Volume = serde_json::from_value(serde_json::json!({"name": "data", "persistentVolumeClaim": {"claimName": "d"}})).unwrap();
         let e = with(PodOverrides { volumes: vec![data.clone(), host], ..Default::default() });
