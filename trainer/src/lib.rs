@@ -12,6 +12,7 @@ pub mod config;
 pub mod cuda;
 pub mod data;
 pub mod eval;
+pub mod event;
 pub mod flops;
 pub mod gpt;
 pub mod job;

@@ -218,10 +218,10 @@ fn run(cli: Cli) -> Result<i32> {
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
             if let Some(port) = port {
                 let bound = metrics.serve_port(port)?;
-                reporter.event("metrics", serde_json::json!({"port": bound}));
+                reporter.emit(frugal_trainer::event::RunEvent::Metrics { port: bound });
             }
             if let Some(step) = trainer.resume_latest()? {
-                reporter.event("resume", serde_json::json!({"step": step}));
+                reporter.emit(frugal_trainer::event::RunEvent::Resume(frugal_trainer::event::Resume { step, stages_written: None }));
             }
             let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
             reporter.summary(&summary);

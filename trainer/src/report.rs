@@ -2,7 +2,10 @@
 //! (one object per event) otherwise, and the final summary.
 
 use frugal_api::v1alpha1::QualityStatus;
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::event::RunEvent;
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -64,7 +67,7 @@ pub struct TargetOutcome {
     pub message: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub job: String,
     pub device: String,
@@ -147,7 +150,7 @@ pub struct Reporter {
     total_steps: i64,
     last_draw: Option<Instant>,
     /// Every event also goes here (the pod's status reporter), whatever is printed.
-    sink: Option<std::sync::mpsc::Sender<Value>>,
+    sink: Option<std::sync::mpsc::Sender<RunEvent>>,
 }
 
 impl Reporter {
@@ -157,72 +160,69 @@ impl Reporter {
     }
 
     /// Also sends every event to `sink`.
-    pub fn with_sink(mut self, sink: Option<std::sync::mpsc::Sender<Value>>) -> Self {
+    pub fn with_sink(mut self, sink: Option<std::sync::mpsc::Sender<RunEvent>>) -> Self {
         self.sink = sink;
         self
-    }
-
-    fn forward(&self, fields: &Value) {
-        if let Some(sink) = &self.sink {
-            let _ = sink.send(fields.clone());
-        }
     }
 
     pub fn is_tty(&self) -> bool {
         self.tty
     }
 
-    /// A non-step event (start, eval, checkpoint, ...).
-    pub fn event(&mut self, kind: &str, mut fields: Value) {
-        if let Value::Object(m) = &mut fields {
-            m.insert("event".into(), json!(kind));
+    /// Reports one event: to the sink, and as a JSON line with its time (or, on a terminal, as
+    /// the progress bar for a step and a line of `key=value` for the others).
+    pub fn emit(&mut self, event: RunEvent) {
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(event.clone());
         }
-        self.forward(&fields);
-        if self.tty {
-            self.clear_bar();
-            let text = match &fields {
-                Value::Object(m) => {
-                    m.iter().filter(|(k, _)| k.as_str() != "event").map(|(k, v)| format!("{k}={}", compact(v))).collect::<Vec<_>>().join(" ")
-                }
-                v => v.to_string(),
-            };
-            eprintln!("{kind:>10}  {text}");
-        } else {
+        if !self.tty {
+            let mut line = serde_json::Map::new();
+            line.insert("timestamp".into(), json!(Timestamp::now().to_string()));
+            if let Value::Object(fields) = event.to_value() {
+                line.extend(fields);
+            }
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{fields}");
+            let _ = writeln!(out, "{}", Value::Object(line));
             let _ = out.flush();
+            return;
+        }
+        match &event {
+            RunEvent::Step(s) => self.draw(s),
+            RunEvent::Summary(s) => self.print_summary(s),
+            other => {
+                self.clear_bar();
+                let value = other.to_value();
+                let kind = value["event"].as_str().unwrap_or_default().to_string();
+                let text = match &value {
+                    Value::Object(m) => {
+                        m.iter().filter(|(k, _)| k.as_str() != "event").map(|(k, v)| format!("{k}={}", compact(v))).collect::<Vec<_>>().join(" ")
+                    }
+                    v => v.to_string(),
+                };
+                eprintln!("{kind:>10}  {text}");
+            }
         }
     }
 
-    pub fn step(&mut self, step: i64, loss: f64, lr: f64, tokens_per_second: f64, mfu: f64, extra: Value) {
-        if self.tty && self.sink.is_some() {
-            let mut fields = json!({"event": "step", "step": step, "loss": loss, "tokens_per_second": tokens_per_second, "mfu": mfu});
-            if let (Value::Object(m), Value::Object(e)) = (&mut fields, &extra) {
-                m.extend(e.clone());
-            }
-            self.forward(&fields);
+    /// The progress bar, redrawn at most ~10 times a second.
+    fn draw(&mut self, s: &crate::event::Step) {
+        if self.last_draw.is_some_and(|t| t.elapsed().as_millis() < 100) && s.step < self.total_steps {
+            return;
         }
-        if self.tty {
-            // Redraw at most ~10 times a second.
-            if self.last_draw.is_some_and(|t| t.elapsed().as_millis() < 100) && step < self.total_steps {
-                return;
-            }
-            self.last_draw = Some(Instant::now());
-            let width = 30usize;
-            let done = ((step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
-            let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
-            eprint!("\r\x1b[2K{bar} {step}/{} loss {loss:.4} lr {lr:.2e} {:.0} tok/s MFU {:.1}%", self.total_steps, tokens_per_second, mfu * 100.0);
-            let _ = std::io::stderr().flush();
-        } else {
-            let mut fields = json!({
-                "step": step, "loss": loss, "lr": lr,
-                "tokens_per_second": tokens_per_second, "mfu": mfu,
-            });
-            if let (Value::Object(m), Value::Object(e)) = (&mut fields, extra) {
-                m.extend(e);
-            }
-            self.event("step", fields);
-        }
+        self.last_draw = Some(Instant::now());
+        let width = 30usize;
+        let done = ((s.step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
+        let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
+        eprint!(
+            "\r\x1b[2K{bar} {}/{} loss {:.4} lr {:.2e} {:.0} tok/s MFU {:.1}%",
+            s.step,
+            self.total_steps,
+            s.loss,
+            s.lr,
+            s.tokens_per_second,
+            s.mfu * 100.0
+        );
+        let _ = std::io::stderr().flush();
     }
 
     fn clear_bar(&mut self) {
@@ -231,8 +231,13 @@ impl Reporter {
         }
     }
 
+    /// The run's summary: a JSON line, or a table on a terminal.
     pub fn summary(&mut self, s: &Summary) {
-        if self.tty {
+        self.emit(RunEvent::Summary(Box::new(s.clone())));
+    }
+
+    fn print_summary(&mut self, s: &Summary) {
+        {
             self.clear_bar();
             eprintln!();
             eprintln!("job            {}", s.job);
@@ -271,8 +276,6 @@ impl Reporter {
             if let Some(c) = &s.checkpoint {
                 eprintln!("checkpoint     {c}");
             }
-        } else {
-            self.event("summary", serde_json::to_value(s).expect("summary serialises"));
         }
     }
 }

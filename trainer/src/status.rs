@@ -12,15 +12,20 @@ use std::time::{Duration, Instant};
 use frugal_api::TrainingJob;
 use frugal_api::contract::PodEnv;
 use frugal_api::finite::finite;
-use frugal_api::v1alpha1::{CheckpointStatus, CostStatus, EfficiencyStatus, ProgressStatus, QualityStatus, ZeroShotResult};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use frugal_api::v1alpha1::{CheckpointStatus, CostStatus, EfficiencyStatus, ProgressStatus, QualityStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use crate::event::RunEvent;
+
 /// The field manager of the trainer's status patches.
 pub const FIELD_MANAGER: &str = "frugal-trainer";
+
+/// The condition the trainer owns: True while the training loss is not a finite number.
+pub const NON_FINITE_LOSS: &str = "NonFiniteLoss";
 
 /// What the job costs per second of this attempt.
 #[derive(Debug, Clone)]
@@ -70,6 +75,8 @@ pub struct Fold {
     pub checkpoint: Option<CheckpointStatus>,
     /// The job's GPU-hours when an evaluation first reached the quality target.
     pub gpu_hours_to_target: Option<f64>,
+    /// The `NonFiniteLoss` condition, once a loss was not a number.
+    pub loss_condition: Option<Condition>,
     total_steps: i64,
 }
 
@@ -84,58 +91,72 @@ impl Fold {
         Self { gpu_hours_to_target: earlier.and_then(|c| c.gpu_hours_to_target).and_then(finite), ..Self::default() }
     }
 
-    /// Takes one event of the trainer's JSON lines, which came `gpu_hours` into the job.
-    pub fn observe(&mut self, event: &Value, gpu_hours: f64) {
-        let num = |k: &str| event.get(k).and_then(Value::as_f64);
-        let int = |k: &str| event.get(k).and_then(Value::as_i64);
-        match event.get("event").and_then(Value::as_str) {
-            Some("start") => self.total_steps = int("steps").unwrap_or(self.total_steps),
-            Some("step") => {
+    /// Takes one of the run's events, which came `gpu_hours` into the job.
+    pub fn observe(&mut self, event: &RunEvent, gpu_hours: f64) {
+        match event {
+            RunEvent::Start(start) => self.total_steps = start.steps,
+            RunEvent::Step(step) => {
                 self.progress = Some(ProgressStatus {
-                    step: int("step").unwrap_or_default(),
+                    step: step.step,
                     total_steps: self.total_steps,
-                    tokens: int("tokens").unwrap_or_default(),
-                    loss: num("loss").and_then(finite),
+                    tokens: step.tokens,
+                    loss: finite(step.loss),
                     last_update_time: Some(now()),
                 });
-                let tokens_per_second = num("tokens_per_second").and_then(finite).unwrap_or_default();
-                let mfu = num("mfu").and_then(finite).unwrap_or_default();
                 self.efficiency = Some(EfficiencyStatus {
-                    tokens_per_second,
-                    achieved_tflops: num("achieved_tflops").and_then(finite).unwrap_or_default(),
-                    mfu,
-                    pipeline_bubble: num("bubble").and_then(finite),
+                    tokens_per_second: finite(step.tokens_per_second).unwrap_or_default(),
+                    achieved_tflops: finite(step.achieved_tflops).unwrap_or_default(),
+                    mfu: finite(step.mfu).unwrap_or_default(),
+                    pipeline_bubble: step.pipeline_bubble.and_then(finite),
                 });
+                self.observe_loss(step.step, step.loss);
             }
-            Some("eval") => {
-                let zero_shot = event
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(k, v)| Some((k.strip_prefix("acc_")?, v.as_f64()?)))
-                    .map(|(name, accuracy)| ZeroShotResult { name: name.into(), accuracy, examples: 0 })
-                    .take(8)
-                    .collect();
+            RunEvent::Eval(eval) => {
                 self.quality = Some(QualityStatus {
-                    step: int("step").unwrap_or_default(),
-                    validation_loss: num("val_loss").and_then(finite),
-                    perplexity: num("perplexity").and_then(finite),
-                    bits_per_byte: num("bits_per_byte").and_then(finite),
-                    zero_shot,
+                    step: eval.step,
+                    validation_loss: eval.val_loss.and_then(finite),
+                    perplexity: eval.perplexity.and_then(finite),
+                    bits_per_byte: eval.bits_per_byte.and_then(finite),
+                    zero_shot: eval.zero_shot.iter().filter(|z| z.accuracy.is_finite()).take(8).cloned().collect(),
                 });
-                if self.gpu_hours_to_target.is_none() && event.get("quality_target_reached").and_then(Value::as_bool) == Some(true) {
+                if self.gpu_hours_to_target.is_none() && eval.quality_target_reached {
                     self.gpu_hours_to_target = finite(gpu_hours);
                 }
             }
-            Some("checkpoint") => {
-                self.checkpoint = Some(CheckpointStatus {
-                    path: event.get("path").and_then(Value::as_str).unwrap_or_default().into(),
-                    step: int("step").unwrap_or_default(),
-                    time: Some(now()),
-                });
+            RunEvent::Checkpoint(c) => {
+                self.checkpoint = Some(CheckpointStatus { path: c.path.clone(), step: c.step, time: Some(now()) });
             }
-            _ => {}
+            RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) => {}
         }
+    }
+
+    /// A loss that is not a number cannot go into the status (`progress.loss` keeps the last
+    /// finite one out): the `NonFiniteLoss` condition says so, and goes False once a finite loss
+    /// comes back. It is there only after a run has had one.
+    fn observe_loss(&mut self, step: i64, loss: f64) {
+        let was_bad = self.loss_condition.as_ref().is_some_and(|c| c.status == "True");
+        let (status, reason, message) = match (loss.is_finite(), was_bad) {
+            (true, false) => return,
+            (true, true) => ("False", "FiniteLoss", format!("the training loss is finite again at step {step}")),
+            (false, _) => (
+                "True",
+                NON_FINITE_LOSS,
+                format!(
+                    "the training loss at step {step} is {loss}, not a finite number: lower training.optimizer.learningRate, \
+                     keep training.optimizer.gradClip on, or train in bf16 rather than fp16"
+                ),
+            ),
+        };
+        // the transition time moves only when the status does
+        let since = self.loss_condition.as_ref().filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
+        self.loss_condition = Some(Condition {
+            type_: NON_FINITE_LOSS.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: None,
+        });
     }
 
     /// The server-side apply patch of the trainer's fields, `gpu_hours` into the job.
@@ -157,20 +178,24 @@ impl Fold {
         put("efficiency", serde_json::to_value(&self.efficiency).unwrap_or_default());
         put("checkpoint", serde_json::to_value(&self.checkpoint).unwrap_or_default());
         put("cost", serde_json::to_value(&cost).unwrap_or_default());
+        if let Some(c) = &self.loss_condition {
+            // a list map keyed by type: the operator's conditions stay the operator's
+            put("conditions", json!([c]));
+        }
         json!({"apiVersion": "frugal.dev/v1alpha1", "kind": "TrainingJob", "status": status})
     }
 }
 
 /// A running reporter: send it the trainer's events; [`Reporter::finish`] sends the last patch.
 pub struct StatusReporter {
-    events: Option<Sender<Value>>,
+    events: Option<Sender<RunEvent>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl StatusReporter {
     /// Starts reporting for the TrainingJob named in the pod's environment.
     pub fn start(pod: PodEnv, pricing: Pricing, interval: Duration) -> Self {
-        let (tx, rx) = mpsc::channel::<Value>();
+        let (tx, rx) = mpsc::channel::<RunEvent>();
         let thread = std::thread::Builder::new()
             .name("status-report".into())
             .spawn(move || {
@@ -184,7 +209,7 @@ impl StatusReporter {
         Self { events: Some(tx), thread }
     }
 
-    pub fn sender(&self) -> Option<Sender<Value>> {
+    pub fn sender(&self) -> Option<Sender<RunEvent>> {
         self.events.clone()
     }
 
@@ -203,7 +228,7 @@ impl StatusReporter {
     }
 }
 
-async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: mpsc::Receiver<Value>) {
+async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: mpsc::Receiver<RunEvent>) {
     let api: Option<Api<TrainingJob>> = match Client::try_default().await {
         Ok(client) => Some(Api::namespaced(client, &pod.namespace)),
         Err(e) => {
@@ -257,35 +282,63 @@ mod tests {
         Pricing { gpus: 4.0, price_per_gpu_hour: 2.5, currency: "USD".into() }
     }
 
+    use crate::event::{Checkpoint, Eval, Start, Step};
+    use frugal_api::v1alpha1::ZeroShotResult;
+
+    fn step(step: i64, loss: f64) -> RunEvent {
+        RunEvent::Step(Step { step, tokens: step * 100, loss, tokens_per_second: 1000.0, achieved_tflops: 0.002, mfu: 0.3, ..Default::default() })
+    }
+
+    fn eval(step: i64, val_loss: f64, reached: bool) -> RunEvent {
+        RunEvent::Eval(Eval { step, val_loss: Some(val_loss), quality_target_reached: reached, ..Default::default() })
+    }
+
+    fn checkpoint(step: i64) -> RunEvent {
+        RunEvent::Checkpoint(Checkpoint { step, path: format!("/c/step-{step:09}"), seconds: None })
+    }
+
     #[test]
     fn events_fold_into_the_trainers_status_fields() {
         let mut fold = Fold::default();
-        fold.observe(&json!({"event": "start", "steps": 100}), 0.0);
-        fold.observe(&json!({"event": "step", "step": 7, "tokens": 700, "loss": 2.5, "tokens_per_second": 1000.0, "mfu": 0.3}), 0.1);
-        fold.observe(&json!({"event": "eval", "step": 5, "val_loss": 2.0, "perplexity": 7.39, "bits_per_byte": 1.5, "acc_cloze": 0.25}), 0.2);
-        fold.observe(&json!({"event": "checkpoint", "step": 5, "path": "/checkpoints/step-000000005"}), 0.3);
+        fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }), 0.0);
+        fold.observe(&step(7, 2.5), 0.1);
+        let cloze = ZeroShotResult { name: "cloze".into(), accuracy: 0.25, examples: 64 };
+        let q =
+            QualityStatus { step: 5, validation_loss: Some(2.0), perplexity: Some(7.39), bits_per_byte: Some(1.5), zero_shot: vec![cloze.clone()] };
+        fold.observe(&RunEvent::Eval(Eval::of(&q, 5, false)), 0.2);
+        fold.observe(&checkpoint(5), 0.3);
         let progress = fold.progress.clone().unwrap();
         assert_eq!((progress.step, progress.total_steps, progress.tokens, progress.loss), (7, 100, 700, Some(2.5)));
-        let quality = fold.quality.clone().unwrap();
-        assert_eq!(quality.zero_shot, vec![ZeroShotResult { name: "cloze".into(), accuracy: 0.25, examples: 0 }]);
+        // what the evaluation scored, with how many examples
+        assert_eq!(fold.quality.clone().unwrap(), q);
         assert_eq!(fold.checkpoint.clone().unwrap().step, 5);
         let patch = fold.patch(1.0, &pricing());
         assert_eq!(patch["status"]["progress"]["step"], 7);
+        assert_eq!(patch["status"]["efficiency"]["achievedTflops"], 0.002);
+        assert_eq!(patch["status"]["quality"]["zeroShot"][0]["examples"], 64);
+        assert!(patch["status"]["efficiency"].get("pipelineBubble").is_none(), "one process, no bubble: {patch}");
         assert_eq!(patch["status"]["cost"]["gpuHours"], 1.0);
         assert_eq!(patch["status"]["cost"]["cost"], 2.5);
-        assert!(patch["status"].get("conditions").is_none(), "the operator owns conditions");
+        assert!(patch["status"].get("conditions").is_none(), "a healthy run adds no condition");
         assert!(patch["status"]["cost"].get("gpuHoursToTarget").is_none(), "no target reached: {patch}");
+    }
+
+    #[test]
+    fn a_pipelined_step_reports_its_measured_bubble() {
+        let mut fold = Fold::default();
+        fold.observe(&RunEvent::Step(Step { step: 3, pipeline_bubble: Some(0.21), bubble_theory: Some(0.2), ..Default::default() }), 0.0);
+        assert_eq!(fold.patch(0.0, &pricing())["status"]["efficiency"]["pipelineBubble"], 0.21);
     }
 
     #[test]
     fn reaching_the_target_records_the_gpu_hours_it_took() {
         let mut fold = Fold::default();
-        fold.observe(&json!({"event": "eval", "step": 100, "val_loss": 2.4}), 0.5);
+        fold.observe(&eval(100, 2.4, false), 0.5);
         assert!(fold.patch(0.6, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
-        fold.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.9, "quality_target_reached": true}), 1.25);
+        fold.observe(&eval(200, 1.9, true), 1.25);
         // Later events and patches keep the figure of the evaluation that reached it.
-        fold.observe(&json!({"event": "checkpoint", "step": 200, "path": "/c/step-000000200"}), 1.3);
-        fold.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.8, "quality_target_reached": true}), 1.4);
+        fold.observe(&checkpoint(200), 1.3);
+        fold.observe(&eval(200, 1.8, true), 1.4);
         let patch = fold.patch(1.5, &pricing());
         assert_eq!(patch["status"]["cost"]["gpuHoursToTarget"], 1.25, "{patch}");
         assert_eq!(patch["status"]["cost"]["gpuHours"], 1.5);
@@ -298,16 +351,26 @@ mod tests {
         // field its manager leaves out) and does not replace it.
         let earlier = CostStatus { gpu_hours: 1.5, cost: 3.75, currency: "USD".into(), gpu_hours_to_target: Some(1.25) };
         let mut next = Fold::resuming(Some(&earlier));
-        next.observe(&json!({"event": "eval", "step": 200, "val_loss": 1.7, "quality_target_reached": true}), 1.6);
+        next.observe(&eval(200, 1.7, true), 1.6);
         assert_eq!(next.patch(1.7, &pricing())["status"]["cost"]["gpuHoursToTarget"], 1.25);
         assert!(Fold::resuming(None).patch(0.1, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
     }
 
     #[test]
-    fn a_nan_loss_is_left_out() {
+    fn a_nan_loss_is_left_out_and_said_in_a_condition() {
         let mut fold = Fold::default();
-        fold.observe(&json!({"event": "step", "step": 1, "tokens": 10, "loss": f64::NAN}), 0.0);
+        fold.observe(&step(1, 2.0), 0.0);
+        fold.observe(&step(2, f64::NAN), 0.0);
         let patch = fold.patch(0.0, &pricing());
         assert!(patch["status"]["progress"].get("loss").is_none(), "{patch}");
+        let c = &patch["status"]["conditions"][0];
+        assert_eq!((c["type"].as_str(), c["status"].as_str(), c["reason"].as_str()), (Some(NON_FINITE_LOSS), Some("True"), Some(NON_FINITE_LOSS)));
+        assert!(c["message"].as_str().unwrap().contains("step 2 is NaN"), "{c}");
+        // the patch still reads back as a status, its condition beside the operator's
+        let status: frugal_api::v1alpha1::TrainingJobStatus = serde_json::from_value(patch["status"].clone()).unwrap();
+        assert_eq!(status.conditions.len(), 1);
+        fold.observe(&step(3, 1.9), 0.0);
+        let c = &fold.patch(0.0, &pricing())["status"]["conditions"][0];
+        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("FiniteLoss")));
     }
 }

@@ -5,6 +5,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::data::Data;
 use crate::eval::{self, EvalConfig, GptModel};
+use crate::event::{self, RunEvent};
 use crate::flops::{self, ModelCounts};
 use crate::gpt::Gpt;
 use crate::metrics::{Metrics, StepGauges};
@@ -14,7 +15,6 @@ use crate::precision::{LossScaler, compute_kind};
 use crate::report::{Provenance, Reporter, Summary};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
-use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -223,15 +223,17 @@ impl Trainer {
         let end = max_steps.map_or(self.cfg.train.steps, |m| m.min(self.cfg.train.steps));
         let (peak, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
         let c = self.counts.clone();
-        reporter.event(
-            "start",
-            json!({
-                "job": self.cfg.name, "device": format!("{:?}", self.device),
-                "precision": format!("{:?}", self.cfg.train.precision),
-                "params_total": c.params_total, "params_active": c.params_active,
-                "flops_per_token": c.flops_per_token, "step": self.step, "steps": self.cfg.train.steps,
-            }),
-        );
+        reporter.emit(RunEvent::Start(event::Start {
+            job: self.cfg.name.clone(),
+            step: self.step,
+            steps: self.cfg.train.steps,
+            device: Some(format!("{:?}", self.device)),
+            precision: Some(format!("{:?}", self.cfg.train.precision)),
+            params_total: Some(c.params_total),
+            params_active: Some(c.params_active),
+            flops_per_token: Some(c.flops_per_token),
+            pipeline_stages: None,
+        }));
         let t_start = Instant::now();
         let start_tokens = self.tokens;
         let (mut last_loss, mut val_loss) = (f64::NAN, None);
@@ -267,18 +269,21 @@ impl Trainer {
             });
             let log_every = self.cfg.train.log_interval.max(1);
             if self.step % log_every == 0 || self.step == end {
-                let mut extra = json!({"grad_norm": r.grad_norm, "tokens": self.tokens});
-                if let Some(a) = r.aux_loss {
-                    extra["aux_loss"] = json!(a);
-                }
-                if let Some(d) = r.dropped_fraction {
-                    extra["dropped_fraction"] = json!(d);
-                }
-                if self.scaler.enabled {
-                    extra["loss_scale"] = json!(r.loss_scale);
-                    extra["skipped"] = json!(r.skipped);
-                }
-                reporter.step(self.step, r.loss, r.lr, tps, mfu, extra);
+                reporter.emit(RunEvent::Step(event::Step {
+                    step: self.step,
+                    tokens: self.tokens,
+                    loss: r.loss,
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    tokens_per_second: tps,
+                    achieved_tflops: tps * c.flops_per_token / 1e12,
+                    mfu,
+                    aux_loss: r.aux_loss,
+                    dropped_fraction: r.dropped_fraction,
+                    loss_scale: self.scaler.enabled.then_some(r.loss_scale),
+                    skipped: self.scaler.enabled.then_some(r.skipped),
+                    ..Default::default()
+                }));
             }
             let every = self.cfg.train.eval_interval;
             if every > 0 && self.step % every == 0 && self.step < end {
@@ -369,7 +374,11 @@ impl Trainer {
         let path = self.save_checkpoint()?;
         if let Some(p) = &path {
             metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", self.step as f64);
-            reporter.event("checkpoint", json!({"step": self.step, "path": p.display().to_string(), "seconds": t0.elapsed().as_secs_f64()}));
+            reporter.emit(RunEvent::Checkpoint(event::Checkpoint {
+                step: self.step,
+                path: p.display().to_string(),
+                seconds: Some(t0.elapsed().as_secs_f64()),
+            }));
         }
         Ok(path)
     }
@@ -392,15 +401,8 @@ pub fn record_evaluation(
     if let Some(b) = q.bits_per_byte {
         metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
     }
-    let mut fields = json!({"step": step, "val_loss": v, "bits_per_byte": q.bits_per_byte, "perplexity": q.perplexity});
-    for z in &q.zero_shot {
-        fields[format!("acc_{}", z.name)] = json!(z.accuracy);
-    }
     let reached = tracker.observe(q, step, tokens, seconds);
-    if reached {
-        fields["quality_target_reached"] = json!(true);
-    }
-    reporter.event("eval", fields);
+    reporter.emit(RunEvent::Eval(event::Eval::of(q, step, reached)));
     reached
 }
 

@@ -229,6 +229,16 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     let bubble = steps[1]["pipeline_bubble"].as_f64().unwrap();
     assert!(bubble > 0.0 && bubble < 1.0, "{bubble}");
     assert!((steps[1]["bubble_theory"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+    // every line has its time, and the same lines, folded as a pod's status reporter folds
+    // them, give the status the measured bubble and the achieved TFLOP/s
+    assert!(first.iter().all(|e| e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))), "{first:?}");
+    let mut fold = frugal_trainer::status::Fold::default();
+    for line in first.iter().filter(|l| l["event"] != "summary") {
+        fold.observe(&serde_json::from_value(line.clone()).unwrap(), 0.0);
+    }
+    let efficiency = fold.efficiency.clone().expect("the steps' efficiency");
+    assert_eq!(efficiency.pipeline_bubble, Some(bubble));
+    assert!(efficiency.achieved_tflops > 0.0 && efficiency.tokens_per_second > 0.0, "{efficiency:?}");
     let committed = frugal_trainer::checkpoint::latest(&ckpt).unwrap().expect("a checkpoint");
     assert!(committed.ends_with("step-000000002"));
     let second = run("4");

@@ -191,7 +191,7 @@ fn the_quality_target_stops_the_run() {
     let mut fold = Fold::default();
     let mut hours_at_target = None;
     for (hour, event) in received.try_iter().enumerate() {
-        if event["event"] == "eval" && event["step"] == s.steps {
+        if matches!(&event, frugal_trainer::event::RunEvent::Eval(e) if e.step == s.steps) {
             hours_at_target = Some(hour as f64);
         }
         fold.observe(&event, hour as f64);

@@ -18,6 +18,7 @@ use super::stage::layouts;
 use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::eval::{EvalConfig, TargetTracker};
+use crate::event::{self, RunEvent};
 use crate::job::Job;
 use crate::metrics::{Metrics, StepGauges};
 use crate::report::{Provenance, Reporter, Summary};
@@ -27,7 +28,6 @@ use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::planner::bubble_fraction;
 use frugal_api::v1alpha1::QualityStatus;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,13 +116,19 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         if let Some(dir) = root.as_ref().map(|r| crate::checkpoint::latest(r)).transpose()?.flatten() {
             let state = checkpoint::load(w, &dir)?;
             if let Some(rep) = reporter.as_mut() {
-                rep.event("resume", json!({"step": state.step, "stages_written": state.stages}));
+                rep.emit(RunEvent::Resume(event::Resume { step: state.step, stages_written: Some(state.stages as i64) }));
             }
         }
         if let Some(rep) = reporter.as_mut() {
-            rep.event("start", json!({"job": w.cfg.name, "step": w.step, "steps": w.cfg.train.steps, "pipeline_stages": stages}));
+            rep.emit(RunEvent::Start(event::Start {
+                job: w.cfg.name.clone(),
+                step: w.step,
+                steps: w.cfg.train.steps,
+                pipeline_stages: Some(stages),
+                ..Default::default()
+            }));
             if let Some(port) = served {
-                rep.event("metrics", json!({"port": port}));
+                rep.emit(RunEvent::Metrics { port });
             }
         }
         let m = w.cfg.micro_batches();
@@ -157,14 +163,6 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
             if let Some(rep) = reporter.as_mut() {
                 let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
-                let mut extra = json!({"grad_norm": r.grad_norm, "tokens": w.step * w.cfg.tokens_per_step(), "pipeline_bubble": bubble,
-                                       "bubble_theory": bubble_fraction(stages, m), "stage_busy_seconds": r.busy_seconds, "skipped": r.skipped});
-                if let Some(a) = r.aux_loss {
-                    extra["aux_loss"] = json!(a);
-                }
-                if let Some(d) = r.dropped_fraction {
-                    extra["dropped_fraction"] = json!(d);
-                }
                 let mfu = tps * flops_per_token / peak;
                 metrics.record_step(&StepGauges {
                     tokens: w.step * w.cfg.tokens_per_step(),
@@ -175,7 +173,23 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                     mfu,
                     loss_scale: w.scaler.scale,
                 });
-                rep.step(w.step, r.loss, r.lr, tps, mfu, extra);
+                rep.emit(RunEvent::Step(event::Step {
+                    step: w.step,
+                    tokens: w.step * w.cfg.tokens_per_step(),
+                    loss: r.loss,
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    tokens_per_second: tps,
+                    achieved_tflops: tps * flops_per_token / 1e12,
+                    mfu,
+                    aux_loss: r.aux_loss,
+                    dropped_fraction: r.dropped_fraction,
+                    skipped: Some(r.skipped),
+                    pipeline_bubble: Some(bubble),
+                    bubble_theory: Some(bubble_fraction(stages, m)),
+                    stage_busy_seconds: Some(r.busy_seconds),
+                    ..Default::default()
+                }));
             }
             let every = w.cfg.train.checkpoint_interval;
             if let Some(root) = &root
@@ -183,7 +197,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
             {
                 let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
                 if let Some(rep) = reporter.as_mut() {
-                    rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
+                    rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: w.step, path: dir.display().to_string(), seconds: None }));
                 }
                 last_checkpoint = Some(dir);
             }
@@ -211,7 +225,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         {
             let dir = checkpoint::save(w, root, w.cfg.keep_checkpoints)?;
             if let Some(rep) = reporter.as_mut() {
-                rep.event("checkpoint", json!({"step": w.step, "path": dir.display().to_string()}));
+                rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: w.step, path: dir.display().to_string(), seconds: None }));
             }
             last_checkpoint = Some(dir);
         }
