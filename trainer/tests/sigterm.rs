@@ -167,9 +167,9 @@ fn a_pipelined_run_serves_metrics_and_ends_with_a_summary() {
     assert!(value("frugal_trainer_tokens_total") >= 3.0 * 4.0 * 16.0);
     assert!(value("frugal_trainer_loss") > 0.0);
     assert!(value("frugal_trainer_tokens_per_second") > 0.0);
-    let mfu = value("frugal_trainer_mfu");
+    let mfu = value("frugal_trainer_mfu_ratio");
     assert!(mfu > 0.0 && mfu < 1.0, "mfu {mfu}");
-    let bubble = value("frugal_trainer_pipeline_bubble");
+    let bubble = value("frugal_trainer_pipeline_bubble_ratio");
     assert!((0.0..1.0).contains(&bubble), "bubble {bubble}");
     let _ = std::fs::remove_dir_all(&dir);
 }

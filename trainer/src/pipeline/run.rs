@@ -160,7 +160,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
                 dropped_n += 1;
             }
             metrics.record_progress(w.step, w.scaler.skipped_steps, r.dropped_fraction);
-            metrics.gauge("frugal_trainer_pipeline_bubble", "Idle fraction of the pipeline's stages in the last step.", bubble);
+            metrics.gauge("frugal_trainer_pipeline_bubble_ratio", "Idle fraction of the pipeline's stages in the last step.", bubble);
             if let Some(rep) = reporter.as_mut() {
                 let tps = w.cfg.tokens_per_step() as f64 / r.wall_seconds;
                 let mfu = tps * flops_per_token / peak;
