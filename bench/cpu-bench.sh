@@ -19,14 +19,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=${FRUGAL_TRAINER_BIN:-$CARGO_TARGET_DIR/release/frugal-trainer}
 [ -n "${FRUGAL_TRAINER_BIN:-}" ] || cargo build --release -p frugal-trainer >&2
 OUT=$(mktemp -d)
-sed "s/steps: 2000/steps: $STEPS/" bench/jobs/shakespeare-dense.yaml > "$OUT/job.yaml"
 # Both use libtorch's OpenMP pool; let idle threads sleep so that a busy machine does not turn
 # spinning into the measurement (applies to both sides alike).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 echo "load before: $(uptime)" >&2
 for rep in $(seq "$REPS"); do
   rm -rf "$OUT/checkpoints"
-  "$BIN" train "$OUT/job.yaml" --json --threads "$THREADS" \
+  "$BIN" train bench/jobs/shakespeare-dense.yaml --set "training.duration.steps=$STEPS" --json --threads "$THREADS" \
     --checkpoint-dir "$OUT/checkpoints" | grep '"event":"summary"' >> "$OUT/frugal.json"
   "$FRUGAL_VENV/bin/python" bench/torch_reference.py --data data/tinyshakespeare.txt \
     --steps "$STEPS" --threads "$THREADS" 2>/dev/null | grep '"summary"' >> "$OUT/torch.json"

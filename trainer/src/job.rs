@@ -17,8 +17,57 @@ pub struct Job {
 
 /// Reads a `TrainingJob` manifest, or a pod's `TrainerConfig`, from a YAML file.
 pub fn load(path: &Path) -> Result<Job> {
+    load_with(path, &[])
+}
+
+/// [`load`], with spec fields set from the command line first: each of `overrides` is
+/// `FIELD=VALUE`, the field a dotted path under `spec` (`training.seed=2`,
+/// `training.duration.steps=300`) and the value YAML (a number, `true`, a word, `{...}`).
+pub fn load_with(path: &Path, overrides: &[String]) -> Result<Job> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if overrides.is_empty() { text } else { with_overrides(&text, overrides)? };
     parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// The YAML `text` (a manifest or a TrainerConfig, both with `spec` at the top) with
+/// `overrides` set; a field the spec does not have is an error, not ignored.
+pub fn with_overrides(text: &str, overrides: &[String]) -> Result<String> {
+    use serde_yaml::Value;
+    let mut doc: Value = serde_yaml::from_str(text).context("the job is not YAML")?;
+    let mut set = Vec::new();
+    for o in overrides {
+        let (path, value) = o.split_once('=').with_context(|| format!("--set {o:?}: write FIELD=VALUE, such as training.seed=2"))?;
+        let value: Value = serde_yaml::from_str(value).with_context(|| format!("--set {o:?}: the value is not YAML"))?;
+        let parts: Vec<&str> = path.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            anyhow::bail!("--set {o:?}: {path:?} is not a dotted field path under spec, such as training.seed");
+        }
+        let mut at = doc.get_mut("spec").context("the job has no spec to set fields in")?;
+        for (i, part) in parts.iter().enumerate() {
+            let Value::Mapping(map) = at else {
+                anyhow::bail!("--set {o:?}: spec.{} is not an object", parts[..i].join("."));
+            };
+            let key = Value::String((*part).into());
+            if i + 1 == parts.len() {
+                map.insert(key, value.clone());
+                break;
+            }
+            at = map.entry(key).or_insert_with(|| Value::Mapping(Default::default()));
+        }
+        set.push((o, parts, value));
+    }
+    // the spec's types drop what they do not know: a field that does not come back is a typo
+    let spec: TrainingJobSpec = serde_yaml::from_value(doc["spec"].clone()).context("the spec with --set applied")?;
+    let known = serde_yaml::to_value(&spec)?;
+    for (o, parts, value) in set {
+        let empty =
+            matches!(&value, Value::Null) || value.as_mapping().is_some_and(|m| m.is_empty()) || value.as_sequence().is_some_and(|v| v.is_empty());
+        let found = parts.iter().try_fold(&known, |at, p| at.get(*p)).is_some();
+        if !found && !empty {
+            anyhow::bail!("--set {o:?}: spec.{} is not a field of a TrainingJob spec (docs/api.md lists them)", parts.join("."));
+        }
+    }
+    Ok(serde_yaml::to_string(&doc)?)
 }
 
 pub fn parse(text: &str) -> Result<Job> {
@@ -120,5 +169,39 @@ impl Job {
     /// Whether the job asks for a GPU.
     pub fn wants_gpu(&self) -> bool {
         self.spec.resources.device == api::Device::Gpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: lm}\nspec:\n  model: {type: Preset, preset: tiny}\n  data: {source: {type: Synthetic}}\n  training: {duration: {type: Steps, steps: 2000}}\n";
+
+    fn set(sets: &[&str]) -> Result<String> {
+        with_overrides(MANIFEST, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn command_line_overrides_set_spec_fields() {
+        let job =
+            parse(&set(&["training.seed=2", "training.duration.steps=300", "training.precision=fp32", "resources.device=CPU"]).unwrap()).unwrap();
+        assert_eq!(job.spec.training.seed, 2);
+        assert_eq!(job.spec.training.duration.steps, Some(300));
+        assert_eq!(job.spec.training.precision, api::Precision::Fp32);
+        assert_eq!(job.spec.resources.device, api::Device::Cpu);
+        assert_eq!(job.name, "lm");
+    }
+
+    #[test]
+    fn a_bad_override_names_what_is_wrong() {
+        let e = set(&["training.sede=2"]).unwrap_err().to_string();
+        assert!(e.contains("spec.training.sede is not a field"), "{e}");
+        let e = set(&["training.seed"]).unwrap_err().to_string();
+        assert!(e.contains("FIELD=VALUE"), "{e}");
+        let e = set(&["model.preset.size=1"]).unwrap_err().to_string();
+        assert!(e.contains("spec.model.preset is not an object"), "{e}");
+        let e = format!("{:#}", set(&["training.seed=lots"]).unwrap_err());
+        assert!(e.contains("--set") || e.contains("spec"), "{e}");
     }
 }

@@ -54,6 +54,10 @@ enum Command {
         /// report.json).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Set a spec field first: FIELD=VALUE, FIELD a dotted path under spec (repeatable;
+        /// `--set training.seed=2 --set training.duration.steps=300`).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
     },
     /// Tokenize the job's text corpus (data.source.text, data.tokenizer, model vocabulary) into
     /// uint16 shards and a tokenizer file, for data.source.type Shards.
@@ -91,6 +95,9 @@ enum Command {
         job: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Set a spec field first, as for `train` (repeatable).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
     },
     /// Print the libtorch release, whether its CUDA backend loaded, and the CUDA devices seen.
     Info {
@@ -152,8 +159,8 @@ fn run(cli: Cli) -> Result<i32> {
             info(json);
             Ok(0)
         }
-        Command::Plan { job, json } => {
-            let job = job::load(&job)?;
+        Command::Plan { job, json, set } => {
+            let job = job::load_with(&job, &set)?;
             plan(&job, json)?;
             Ok(0)
         }
@@ -176,8 +183,8 @@ fn run(cli: Cli) -> Result<i32> {
             print!("{out}");
             Ok(0)
         }
-        Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report } => {
-            let job = job::load(&job_path(job))?;
+        Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {
+            let job = job::load_with(&job_path(job), &set)?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
             if let Some(t) = threads.or_else(|| std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok())) {
