@@ -37,6 +37,14 @@ pub enum CheckpointError {
     Tensor { path: PathBuf, source: tch::TchError },
 }
 
+impl CheckpointError {
+    /// The checkpoint's files are damaged or incomplete (an older one may be intact), as opposed
+    /// to a checkpoint of another model, or a directory that cannot be read at all.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Self::Corrupt { .. } | Self::Tensor { .. })
+    }
+}
+
 type Result<T> = std::result::Result<T, CheckpointError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -179,6 +187,23 @@ pub fn list(root: &Path) -> Result<Vec<(i64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Renames a corrupt checkpoint `<step dir>.corrupt` (`.corrupt-2`, ... if taken), out of
+/// [`list`]'s sight but kept for a person to look at; returns the new path.
+pub fn set_aside(dir: &Path) -> Result<PathBuf> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut aside = dir.with_file_name(format!("{name}.corrupt"));
+    let mut n = 2;
+    while aside.exists() {
+        aside = dir.with_file_name(format!("{name}.corrupt-{n}"));
+        n += 1;
+    }
+    fs::rename(dir, &aside).map_err(io(dir))?;
+    if let Some(root) = dir.parent() {
+        fsync(root)?;
+    }
+    Ok(aside)
 }
 
 pub fn latest(root: &Path) -> Result<Option<PathBuf>> {

@@ -51,6 +51,9 @@ pub struct Resume {
     /// Stages whose state the checkpoint holds (pipelined runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages_written: Option<i64>,
+    /// Newer checkpoints passed over as corrupt, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_corrupt: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

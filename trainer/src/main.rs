@@ -228,7 +228,8 @@ fn run(cli: Cli) -> Result<i32> {
                 reporter.emit(frugal_trainer::event::RunEvent::Metrics { port: bound });
             }
             if let Some(step) = trainer.resume_latest()? {
-                reporter.emit(frugal_trainer::event::RunEvent::Resume(frugal_trainer::event::Resume { step, stages_written: None }));
+                let skipped_corrupt = trainer.skipped_checkpoints.clone();
+                reporter.emit(frugal_trainer::event::RunEvent::Resume(frugal_trainer::event::Resume { step, stages_written: None, skipped_corrupt }));
             }
             let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
             reporter.summary(&summary);

@@ -34,6 +34,8 @@ pub struct Trainer {
     pub counts: ModelCounts,
     /// Zero-shot sets, quality target and pricing (empty unless the job sets them).
     pub evaluation: EvalConfig,
+    /// Corrupt checkpoints the last resume passed over for an older one, and why.
+    pub skipped_checkpoints: Vec<String>,
 }
 
 /// What one optimizer step measured.
@@ -85,6 +87,7 @@ impl Trainer {
             tokens: 0,
             counts,
             evaluation: EvalConfig::default(),
+            skipped_checkpoints: Vec::new(),
         })
     }
 
@@ -115,14 +118,37 @@ impl Trainer {
         Ok(())
     }
 
-    /// Resumes from the newest committed checkpoint, if any; returns its step.
+    /// Resumes from the newest committed checkpoint that is intact, if any; returns its step.
+    /// A corrupt or partial newer one (a node lost mid-write, a flipped byte) is passed over,
+    /// renamed `<step dir>.corrupt` so that nothing lists it again, and named in
+    /// [`Trainer::skipped_checkpoints`] and on stderr. When every checkpoint is corrupt, or one
+    /// belongs to another model, the error is returned and nothing is loaded or renamed: the run
+    /// does not start over on top of checkpoints it cannot read.
     pub fn resume_latest(&mut self) -> Result<Option<i64>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
-        match checkpoint::latest(&root)? {
-            Some(dir) => {
-                self.restore(&dir)?;
-                Ok(Some(self.step))
+        self.skipped_checkpoints.clear();
+        let mut corrupt: Vec<(PathBuf, checkpoint::CheckpointError)> = Vec::new();
+        for (_, dir) in checkpoint::list(&root)?.into_iter().rev() {
+            match checkpoint::load(&dir, &mut self.params, &mut self.optim) {
+                Ok(state) => {
+                    self.step = state.step;
+                    self.tokens = state.tokens;
+                    self.data.position = state.data;
+                    self.scaler = state.loss_scaler;
+                    for (bad, why) in corrupt {
+                        let aside = checkpoint::set_aside(&bad)?;
+                        let note = format!("{why}; resumed from {} instead, and kept the corrupt one as {}", dir.display(), aside.display());
+                        eprintln!("frugal-trainer: {note}");
+                        self.skipped_checkpoints.push(note);
+                    }
+                    return Ok(Some(self.step));
+                }
+                Err(e) if e.is_corrupt() => corrupt.push((dir, e)),
+                Err(e) => return Err(e.into()),
             }
+        }
+        match corrupt.into_iter().next() {
+            Some((_, newest)) => Err(newest.into()),
             None => Ok(None),
         }
     }

@@ -83,6 +83,40 @@ fn corrupt_checkpoint_is_refused_and_nothing_is_loaded() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A corrupt newest checkpoint (a byte flipped, or a node lost while it was written) does not
+/// fail every attempt: the run resumes from the newest intact one and says so, and the corrupt
+/// one is kept aside, out of the way of the next save.
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_valid_one() {
+    tch::set_num_threads(1);
+    let dir = temp_dir("fallback");
+    let cfg = small_run(small_model(false), 4, Some(dir.clone()));
+    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    t.train_step();
+    let first = t.save_checkpoint().unwrap().unwrap();
+    let at_first = t.params.master.copy();
+    t.train_step();
+    let newest = t.save_checkpoint().unwrap().unwrap();
+    let weights = newest.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
+
+    let mut resumed = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    assert_eq!(resumed.resume_latest().unwrap(), Some(1));
+    assert!(resumed.params.master.equal(&at_first), "the weights of the older checkpoint");
+    assert_eq!(resumed.skipped_checkpoints.len(), 1);
+    let note = &resumed.skipped_checkpoints[0];
+    assert!(note.contains("corrupt") && note.contains("model.safetensors") && note.contains(&first.display().to_string()), "{note}");
+    assert!(!newest.exists() && newest.with_file_name("step-000000002.corrupt").exists(), "the corrupt one is set aside");
+    assert_eq!(frugal_trainer::checkpoint::list(&dir).unwrap().len(), 1);
+    // training goes on, and the step it reaches again saves where the corrupt one was
+    resumed.train_step();
+    assert_eq!(resumed.save_checkpoint().unwrap().unwrap(), newest);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn checkpoint_of_another_model_is_refused() {
     tch::set_num_threads(1);

@@ -116,7 +116,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         if let Some(dir) = root.as_ref().map(|r| crate::checkpoint::latest(r)).transpose()?.flatten() {
             let state = checkpoint::load(w, &dir)?;
             if let Some(rep) = reporter.as_mut() {
-                rep.emit(RunEvent::Resume(event::Resume { step: state.step, stages_written: Some(state.stages as i64) }));
+                rep.emit(RunEvent::Resume(event::Resume { step: state.step, stages_written: Some(state.stages as i64), ..Default::default() }));
             }
         }
         if let Some(rep) = reporter.as_mut() {
