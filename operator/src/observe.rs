@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::conditions::reasons;
-use crate::lifecycle::{AttemptState, AttemptView, StartTrouble, attempt_state};
+use crate::lifecycle::{AttemptState, AttemptView, CONFIGURATION_ERROR_EXIT_CODE, FailureKind, StartTrouble, attempt_state};
 use crate::names::{ATTEMPT_LABEL, JOB_LABEL};
 use crate::validate::ValidJob;
 
@@ -86,6 +86,20 @@ pub fn start_trouble(pods: &[std::sync::Arc<Pod>]) -> Option<StartTrouble> {
     })
 }
 
+/// What the trainer wrote to its termination log when it exited with the configuration-error
+/// code (the kubelet puts it in the container's terminated state), with the pod's name.
+pub fn configuration_message(pods: &[std::sync::Arc<Pod>]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            let message = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty())?;
+            (t.exit_code == CONFIGURATION_ERROR_EXIT_CODE)
+                .then(|| format!("pod {}: {}", pod.name_any(), message.chars().take(1024).collect::<String>()))
+        })
+    })
+}
+
 /// The attempts as the lifecycle sees them.
 pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<AttemptView> {
     attempt_jobs(jobs, job)
@@ -93,7 +107,13 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
         .map(|(attempt, j)| {
             // one read of the pod cache per attempt serves both its state and its trouble
             let own = attempt_pods(pods, job, attempt);
-            let state = attempt_state(&j, live(&own));
+            let mut state = attempt_state(&j, live(&own));
+            // the Job says only which rule matched; the trainer's own words say what to fix
+            if let AttemptState::Failed { kind: FailureKind::Configuration, message } = &mut state
+                && let Some(said) = configuration_message(&own)
+            {
+                *message = said;
+            }
             let trouble = if state == AttemptState::Starting { start_trouble(&own) } else { None };
             AttemptView { attempt, state, started: j.status.as_ref().and_then(|s| s.start_time.clone()), trouble }
         })
@@ -103,6 +123,22 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_error_is_said_in_the_trainers_words() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lm-a1-0"},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "t", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 78, "reason": "Error",
+                    "message": "data.source.text.path \"/data/corpus.txt\" cannot be read (No such file or directory): mount it into the pod\n"}}}]}}))
+        .unwrap();
+        let said = configuration_message(&[std::sync::Arc::new(pod.clone())]).unwrap();
+        assert_eq!(said, "pod lm-a1-0: data.source.text.path \"/data/corpus.txt\" cannot be read (No such file or directory): mount it into the pod");
+        // another exit code is not a configuration error
+        let mut other = pod;
+        other.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].state.as_mut().unwrap().terminated.as_mut().unwrap().exit_code = 1;
+        assert_eq!(configuration_message(&[std::sync::Arc::new(other)]), None);
+    }
 
     fn pod(status: serde_json::Value) -> std::sync::Arc<Pod> {
         std::sync::Arc::new(serde_json::from_value(serde_json::json!({"metadata": {"name": "lm-a1-0"}, "status": status})).unwrap())

@@ -8,6 +8,18 @@ use frugal_api::planner::{self, Plan, PlanOptions};
 use frugal_api::v1alpha1::{self as api, TrainingJob, TrainingJobSpec};
 use std::path::{Path, PathBuf};
 
+/// The job as given cannot run, and running it again will not help: a TrainerConfig of another
+/// contract version, a manifest that is not a TrainingJob, a corpus or evaluation file that is
+/// not there. `frugal-trainer` exits with [`CONFIGURATION_ERROR_EXIT_CODE`] for it, which the
+/// operator's pod failure policy treats as permanent (no retry), and writes the message to the
+/// pod's termination log, which the operator puts in the job's condition.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigurationError(pub String);
+
+/// EX_CONFIG, the exit code of a [`ConfigurationError`].
+pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = 78;
+
 /// A job as the trainer runs it.
 pub struct Job {
     pub name: String,
@@ -24,9 +36,9 @@ pub fn load(path: &Path) -> Result<Job> {
 /// `FIELD=VALUE`, the field a dotted path under `spec` (`training.seed=2`,
 /// `training.duration.steps=300`) and the value YAML (a number, `true`, a word, `{...}`).
 pub fn load_with(path: &Path, overrides: &[String]) -> Result<Job> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigurationError(format!("the job {} cannot be read: {e}", path.display())))?;
     let text = if overrides.is_empty() { text } else { with_overrides(&text, overrides)? };
-    parse(&text).with_context(|| format!("in {}", path.display()))
+    parse(&text).map_err(|e| ConfigurationError(format!("{}: {e:#}", path.display())).into())
 }
 
 /// The YAML `text` (a manifest or a TrainerConfig, both with `spec` at the top) with
@@ -164,6 +176,34 @@ impl Job {
             price_per_gpu_hour: p.price_per_gpu_hour(),
             currency: p.currency.clone(),
         }
+    }
+
+    /// Checks that the files the spec names are there before anything trains: the corpus
+    /// (`data.source.text.path`, `data.source.shards.path`) and each evaluation set's file. A
+    /// missing one is a [`ConfigurationError`] naming the field, not a failure at the first
+    /// evaluation an hour in.
+    pub fn check_inputs(&self) -> std::result::Result<(), ConfigurationError> {
+        let d = &self.spec.data;
+        let mut paths: Vec<(String, &str)> = Vec::new();
+        if let Some(text) = &d.source.text {
+            paths.push(("data.source.text.path".into(), &text.path));
+        }
+        if let Some(shards) = &d.source.shards {
+            paths.push(("data.source.shards.path".into(), &shards.path));
+        }
+        for (i, set) in d.eval_sets.iter().enumerate() {
+            if let Some(path) = &set.path {
+                paths.push((format!("data.evalSets[{i}].path ({})", set.name), path));
+            }
+        }
+        for (field, path) in paths {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigurationError(format!(
+                    "{field} {path:?} cannot be read ({e}): mount it into the pod (spec.podTemplate.volumes and volumeMounts) or fix the path"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the job asks for a GPU.

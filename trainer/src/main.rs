@@ -147,7 +147,17 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("frugal-trainer: error: {e:#}");
-            1
+            match e.chain().find_map(|c| c.downcast_ref::<job::ConfigurationError>()) {
+                Some(config) => {
+                    // in a pod the kubelet mounts this file and reports what it holds
+                    let log = std::path::Path::new("/dev/termination-log");
+                    if log.exists() {
+                        let _ = std::fs::write(log, config.0.chars().take(4000).collect::<String>());
+                    }
+                    job::CONFIGURATION_ERROR_EXIT_CODE
+                }
+                None => 1,
+            }
         }
     };
     std::process::exit(code);
@@ -185,6 +195,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {
             let job = job::load_with(&job_path(job), &set)?;
+            job.check_inputs()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
             if let Some(t) = threads.or_else(|| std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok())) {

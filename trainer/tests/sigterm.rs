@@ -173,3 +173,49 @@ fn a_pipelined_run_serves_metrics_and_ends_with_a_summary() {
     assert!((0.0..1.0).contains(&bubble), "bubble {bubble}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job that cannot run as given exits with the configuration-error code (78, which the
+/// operator's pod failure policy treats as permanent) and names what to fix, before training.
+#[test]
+fn a_configuration_error_exits_78_and_names_the_field() {
+    let dir = common::temp_dir("config-error");
+    let run = |name: &str, text: &str| {
+        let job = dir.join(format!("{name}.yaml"));
+        std::fs::write(&job, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", dir.join("ck").to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let corpus = JOB.replace(
+        "source: {type: Synthetic, synthetic: {branching: 4, tokens: 50000}}",
+        "source: {type: Text, text: {path: /nonexistent/corpus.txt}}",
+    );
+    let (code, stderr, stdout) = run("corpus", &corpus);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("data.source.text.path \"/nonexistent/corpus.txt\" cannot be read") && stderr.contains("podTemplate.volumes"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("\"event\":\"step\""), "nothing trains: {stdout}");
+    let eval = JOB.replace(
+        "    source: {type: Synthetic",
+        "    evalSets: [{name: lambada, type: LastWord, path: /nonexistent/lambada.jsonl}]\n    source: {type: Synthetic",
+    );
+    let (code, stderr, _) = run("eval", &eval);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("data.evalSets[0].path (lambada)"), "{stderr}");
+    let version = "version: frugal.dev/trainer-config/v0\njob: {name: x}\n";
+    let (code, stderr, _) = run("version", &format!("# frugal.dev/trainer-config/v1 is the version this trainer reads\n{version}"));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("trainer-config/v0"), "{stderr}");
+    // an error that is not the job's (here: an unknown device) is an ordinary failure
+    std::fs::write(dir.join("good.yaml"), JOB).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", dir.join("good.yaml").to_str().unwrap(), "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
