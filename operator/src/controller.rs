@@ -36,6 +36,7 @@ use crate::observe;
 use crate::plan::{self, PlannedJob};
 use crate::settings::Settings;
 use crate::status::{self, Summary};
+use crate::synced::{mark_synced, synced};
 use crate::{apply, build, rejection, validate};
 
 pub struct Context {
@@ -345,37 +346,6 @@ fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
     tj.metadata.annotations.hash(&mut h);
     tj.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
-}
-
-/// Whether a cache holds its first full list, for any number of waiters. Its stream says so when
-/// the reflector passes InitDone (the reflector has applied it to the store by then).
-/// `Store::wait_until_ready` is not used for this: it wakes only the last task that polled it, so
-/// with several waiters the others could wait forever (a budget pass that began before the
-/// TrainingJob cache filled never ended, and held up every shutdown after it).
-#[derive(Clone)]
-pub struct Synced(tokio::sync::watch::Receiver<bool>);
-
-impl Synced {
-    /// Waits until the cache has synced; an error when its stream has ended first (the operator
-    /// is stopping).
-    pub async fn wait(&self) -> Result<(), Error> {
-        let mut rx = self.0.clone();
-        rx.wait_for(|synced| *synced).await.map(|_| ()).map_err(|_| Error::CacheClosed)
-    }
-}
-
-fn synced() -> (tokio::sync::watch::Sender<bool>, Synced) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    (tx, Synced(rx))
-}
-
-/// A stream inspector that marks the cache synced at its first InitDone.
-fn mark_synced<K>(tx: tokio::sync::watch::Sender<bool>) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
-    move |event| {
-        if let Ok(watcher::Event::InitDone) = event {
-            tx.send_replace(true);
-        }
-    }
 }
 
 /// Where the controller looks.

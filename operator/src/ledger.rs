@@ -92,13 +92,13 @@ pub struct BudgetContext {
     pub client: Client,
     pub training_jobs: Store<TrainingJob>,
     /// Whether `training_jobs` holds its first full list.
-    pub synced: crate::controller::Synced,
+    pub synced: crate::synced::Synced,
     /// When each budget's status (by uid) was last written by its controller.
     pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl BudgetContext {
-    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: crate::controller::Synced) -> Self {
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: crate::synced::Synced) -> Self {
         Self { client, training_jobs, synced, written: Default::default() }
     }
 }

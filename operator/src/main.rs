@@ -23,6 +23,7 @@ mod rejection;
 mod run;
 mod settings;
 mod status;
+mod synced;
 mod validate;
 
 #[derive(Parser)]

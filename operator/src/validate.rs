@@ -50,6 +50,8 @@ pub enum ValidationError {
     /// first, this holds where an older CRD is installed.
     #[error("spec.podTemplate.{field}[{index}]: {message}")]
     PodSecurity { field: &'static str, index: usize, message: String },
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
 }
 
 impl ValidationError {
@@ -72,14 +74,14 @@ fn is_label_value(s: &str) -> bool {
                 && s.ends_with(|c: char| c.is_ascii_alphanumeric())))
 }
 
-pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, crate::error::Error> {
-    use crate::error::Error::MissingMetadata;
+pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, ValidationError> {
+    use ValidationError::MissingMetadata;
     let name = job.metadata.name.clone().ok_or(MissingMetadata("name"))?;
     let namespace = job.metadata.namespace.clone().ok_or(MissingMetadata("namespace"))?;
     let uid = job.metadata.uid.clone().ok_or(MissingMetadata("uid"))?;
     let owner = job.controller_owner_ref(&()).ok_or(MissingMetadata("uid"))?;
     let generation = job.metadata.generation.unwrap_or(0);
-    Ok(validate_spec(&name, &namespace, &job.spec, job.metadata.labels.as_ref(), settings).map(|(image, queue)| ValidJob {
+    validate_spec(&name, &namespace, &job.spec, job.metadata.labels.as_ref(), settings).map(|(image, queue)| ValidJob {
         names: Names::new(&namespace, &name),
         uid,
         generation,
@@ -87,7 +89,7 @@ pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, crat
         image,
         queue,
         owner,
-    })?)
+    })
 }
 
 fn validate_spec(

@@ -220,11 +220,14 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// The `format` of a pipelined run's manifest (one part per stage; `pipeline/checkpoint.rs`).
+pub const PIPELINED_FORMAT: &str = "frugal-pipeline-checkpoint/1";
+
 /// Why a manifest in the other layout (single-process or pipelined) cannot load here, if it is
 /// one: its `format` names the other layout. Anything else is left to the full parse.
 pub(crate) fn other_layout(manifest: &[u8], expected: &str) -> Option<String> {
     let format = serde_json::from_slice::<serde_json::Value>(manifest).ok()?.get("format")?.as_str()?.to_string();
-    let pipelined = crate::pipeline::checkpoint::FORMAT;
+    let pipelined = PIPELINED_FORMAT;
     match format.as_str() {
         f if f == expected => None,
         f if f == pipelined => Some(

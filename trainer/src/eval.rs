@@ -11,7 +11,7 @@ use crate::params::ParamStore;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityStatus, QualityTarget, ZeroShotResult};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::f64::consts::LN_2;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -375,7 +375,7 @@ impl TargetTracker {
     }
 
     /// The outcome for the report; `step` of `end` steps when the run stopped.
-    pub fn outcome(&self, step: i64, end: i64, terminated: bool) -> Option<crate::report::TargetOutcome> {
+    pub fn outcome(&self, step: i64, end: i64, terminated: bool) -> Option<TargetOutcome> {
         let t = self.target.as_ref()?;
         let metric = match t.metric {
             QualityMetric::ValidationLoss => "validationLoss",
@@ -390,7 +390,7 @@ impl TargetTracker {
             None if terminated => format!("{metric} ≤ {} not reached before the run was stopped at step {step} ({best})", t.value),
             None => format!("{metric} ≤ {} not reached within the budget of {end} steps ({best})", t.value),
         };
-        Some(crate::report::TargetOutcome {
+        Some(TargetOutcome {
             metric: metric.into(),
             value: t.value,
             reached: self.reached_at.is_some(),
@@ -401,6 +401,22 @@ impl TargetTracker {
             message,
         })
     }
+}
+
+/// How a run ended against its quality target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetOutcome {
+    /// `validationLoss` or `bitsPerByte`.
+    pub metric: String,
+    pub value: f64,
+    pub reached: bool,
+    /// Step, training tokens and device-hours (GPU-hours; CPU-hours on a CPU) when it was reached.
+    pub step: Option<i64>,
+    pub tokens: Option<i64>,
+    pub device_hours: Option<f64>,
+    /// The best value any evaluation reached.
+    pub best: Option<f64>,
+    pub message: String,
 }
 
 #[cfg(test)]

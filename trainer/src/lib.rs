@@ -25,4 +25,5 @@ pub mod precision;
 pub mod report;
 pub mod rng;
 pub mod status;
+pub mod summary;
 pub mod train;

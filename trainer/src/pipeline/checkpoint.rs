@@ -27,7 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-pub const FORMAT: &str = "frugal-pipeline-checkpoint/1";
+pub use crate::checkpoint::PIPELINED_FORMAT as FORMAT;
 const MANIFEST: &str = "MANIFEST.json";
 const TRAINER: &str = "trainer.json";
 
