@@ -83,15 +83,20 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
 /// Whether the job failed because its spec cannot work (a permanent error, not its training):
 /// it waits for the spec to change, and then goes on.
 fn failed_on_spec(prev: &TrainingJobStatus) -> bool {
-    prev.phase == Some(Phase::Failed)
-        && crate::conditions::get(&prev.conditions, crate::conditions::types::FAILED).is_some_and(|c| reasons::PERMANENT.contains(&c.reason.as_str()))
+    failed_reason(prev).is_some_and(|r| reasons::PERMANENT.contains(&r))
 }
 
 /// Whether the API server refused this job's children for the spec it still has.
 fn refused_unchanged(tj: &TrainingJob, prev: &TrainingJobStatus) -> bool {
-    prev.phase == Some(Phase::Failed)
-        && prev.observed_generation == tj.metadata.generation
-        && crate::conditions::get(&prev.conditions, crate::conditions::types::FAILED).is_some_and(|c| c.reason == reasons::REJECTED_BY_API_SERVER)
+    prev.observed_generation == tj.metadata.generation && failed_reason(prev) == Some(reasons::REJECTED_BY_API_SERVER)
+}
+
+/// The reason of a Failed job's Failed condition.
+fn failed_reason(prev: &TrainingJobStatus) -> Option<&str> {
+    (prev.phase == Some(Phase::Failed))
+        .then(|| crate::conditions::get(&prev.conditions, crate::conditions::types::FAILED))
+        .flatten()
+        .map(|c| c.reason.as_str())
 }
 
 /// What the stages decided.

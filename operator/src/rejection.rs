@@ -18,10 +18,10 @@ pub fn is_invalid(e: &kube::Error) -> bool {
 /// `e` as a permanent error when the API server refused the child as invalid; `job` is the
 /// attempt's Job when that was the child, for naming the TrainingJob's fields.
 pub fn classify(e: kube::Error, job: Option<(&Job, &PodOverrides)>) -> Error {
-    if !is_invalid(&e) {
-        return Error::Kube(e);
-    }
-    let kube::Error::Api(status) = &e else { unreachable!("is_invalid matched an API error") };
+    let status = match &e {
+        kube::Error::Api(status) if is_invalid(&e) => status,
+        _ => return Error::Kube(e),
+    };
     let fields = job.map(|(job, overrides)| spec_fields(&status.message, job, overrides)).unwrap_or_default();
     let named = if fields.is_empty() { String::new() } else { format!(" (in the TrainingJob: {})", fields.join(", ")) };
     Error::Rejected(format!(

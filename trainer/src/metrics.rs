@@ -61,33 +61,48 @@ impl Metrics {
     /// Sets gauge `name` (registered with `help` on first use); a non-finite value reads 0.
     pub fn gauge(&self, name: &'static str, help: &'static str, value: f64) {
         let value = if value.is_finite() { value } else { 0.0 };
-        let mut inner = self.inner.lock().unwrap();
-        let Inner { registry, series } = &mut *inner;
-        let entry = series.entry(name).or_insert_with(|| {
-            let g = Gauge::<f64, AtomicU64>::default();
-            registry.register(name, help, g.clone());
-            Series::Gauge(g)
-        });
-        if let Series::Gauge(g) = entry {
-            g.set(value);
-        }
+        self.with(
+            name,
+            help,
+            || Series::Gauge(Gauge::default()),
+            |s| {
+                if let Series::Gauge(g) = s {
+                    g.set(value);
+                }
+            },
+        );
     }
 
     /// Raises counter `name` (exposed as `name_total`) to the running total `value`.
     pub fn counter(&self, name: &'static str, help: &'static str, value: f64) {
+        self.with(
+            name,
+            help,
+            || Series::Counter(Counter::default()),
+            |s| {
+                if let Series::Counter(c) = s {
+                    let delta = value - c.get();
+                    if delta.is_finite() && delta > 0.0 {
+                        c.inc_by(delta);
+                    }
+                }
+            },
+        );
+    }
+
+    /// Runs `update` on series `name`, registering the one `new` makes on first use.
+    fn with(&self, name: &'static str, help: &'static str, new: impl FnOnce() -> Series, update: impl FnOnce(&Series)) {
         let mut inner = self.inner.lock().unwrap();
         let Inner { registry, series } = &mut *inner;
         let entry = series.entry(name).or_insert_with(|| {
-            let c = Counter::<f64, AtomicU64>::default();
-            registry.register(name, help, c.clone());
-            Series::Counter(c)
-        });
-        if let Series::Counter(c) = entry {
-            let delta = value - c.get();
-            if delta.is_finite() && delta > 0.0 {
-                c.inc_by(delta);
+            let made = new();
+            match &made {
+                Series::Gauge(g) => registry.register(name, help, g.clone()),
+                Series::Counter(c) => registry.register(name, help, c.clone()),
             }
-        }
+            made
+        });
+        update(entry);
     }
 
     /// The OpenMetrics text of every series.

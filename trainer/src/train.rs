@@ -111,11 +111,16 @@ impl Trainer {
     /// Loads a specific checkpoint directory.
     pub fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
         let state = checkpoint::load(dir, &mut self.params, &mut self.optim)?;
+        self.resume_from(state);
+        Ok(())
+    }
+
+    /// Takes over a loaded checkpoint's step, tokens, data position and loss scale.
+    fn resume_from(&mut self, state: TrainerState) {
         self.step = state.step;
         self.tokens = state.tokens;
         self.data.position = state.data;
         self.scaler = state.loss_scaler;
-        Ok(())
     }
 
     /// Resumes from the newest committed checkpoint that is intact, if any; returns its step.
@@ -131,10 +136,7 @@ impl Trainer {
         for (_, dir) in checkpoint::list(&root)?.into_iter().rev() {
             match checkpoint::load(&dir, &mut self.params, &mut self.optim) {
                 Ok(state) => {
-                    self.step = state.step;
-                    self.tokens = state.tokens;
-                    self.data.position = state.data;
-                    self.scaler = state.loss_scaler;
+                    self.resume_from(state);
                     for (bad, why) in corrupt {
                         let aside = checkpoint::set_aside(&bad)?;
                         let note = format!("{why}; resumed from {} instead, and kept the corrupt one as {}", dir.display(), aside.display());
