@@ -3,7 +3,7 @@
 //!
 //!   cargo bench -p frugal-trainer --bench attention_speed -- [threads]
 
-use frugal_trainer::attention::{attend, keys_computed_per_query};
+use frugal_trainer::model::attention::{attend, keys_computed_per_query};
 use frugal_trainer::config::AttentionPattern;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use frugal_trainer::flops::{PEAK_SHAPES, cpu_peak};
+use frugal_trainer::train::flops::{PEAK_SHAPES, cpu_peak};
 use tch::{Device, Kind, Tensor};
 
 /// The best wall-clock FLOP/s of `[m, k] × [k, n]` on all of libtorch's threads.

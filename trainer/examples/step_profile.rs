@@ -15,9 +15,10 @@
 //! same 768 tokens), where the dispatch cost shows without the rest of the model around it.
 
 use frugal_trainer::config::*;
-use frugal_trainer::moe::{Mlp, Moe};
+use frugal_trainer::model::mlp::Mlp;
+use frugal_trainer::model::moe::Moe;
 use frugal_trainer::params::{ParamBuilder, ParamStore};
-use frugal_trainer::precision::compute_kind;
+use frugal_trainer::train::precision::compute_kind;
 use frugal_trainer::rng::Rng;
 use frugal_trainer::train::Trainer;
 use std::time::Instant;
@@ -63,7 +64,7 @@ fn timed_step(t: &mut Trainer) -> [f64; 6] {
     lap(&mut s, 2);
     let norm = t.params.grad_norm().double_value(&[]);
     lap(&mut s, 3);
-    let lr = frugal_trainer::optim::lr_at(&t.cfg.train.optim, t.step, t.cfg.train.steps);
+    let lr = frugal_trainer::train::optim::lr_at(&t.cfg.train.optim, t.step, t.cfg.train.steps);
     let coef = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
     t.optim.step_scaled(&mut t.params, lr, coef);
     t.params.sync_compute();

@@ -6,11 +6,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
-use frugal_trainer::compare;
+use frugal_trainer::report::compare;
 use frugal_trainer::data::{self, shards};
-use frugal_trainer::gpt::Gpt;
+use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::job::{self, Job};
-use frugal_trainer::metrics::Metrics;
+use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::{Reporter, human};
 use frugal_trainer::train::{Stop, Trainer, pick_device};
 use std::path::PathBuf;
@@ -232,15 +232,15 @@ fn run(cli: Cli) -> Result<i32> {
             let mut trainer = Trainer::new(cfg, device)?;
             trainer.evaluation = job.eval_config();
             // In a pod the operator set FRUGAL_REPORT_STATUS: report into the TrainingJob's status.
-            let status = frugal_trainer::status::StatusTarget::from_env(&job.spec, &job.plan).map(frugal_trainer::status::StatusTarget::start);
+            let status = frugal_trainer::report::status::StatusTarget::from_env(&job.spec, &job.plan).map(frugal_trainer::report::status::StatusTarget::start);
             let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
             if let Some(port) = port {
                 let bound = metrics.serve_port(port)?;
-                reporter.emit(frugal_trainer::event::RunEvent::Metrics { port: bound });
+                reporter.emit(frugal_trainer::report::event::RunEvent::Metrics { port: bound });
             }
             if let Some(step) = trainer.resume_latest()? {
                 let skipped_corrupt = trainer.skipped_checkpoints.clone();
-                reporter.emit(frugal_trainer::event::RunEvent::Resume(frugal_trainer::event::Resume { step, stages_written: None, skipped_corrupt }));
+                reporter.emit(frugal_trainer::report::event::RunEvent::Resume(frugal_trainer::report::event::Resume { step, stages_written: None, skipped_corrupt }));
             }
             let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
             reporter.summary(&summary);

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use frugal_trainer::config::{AttentionPattern, Positions, Precision};
 use frugal_trainer::data::Data;
-use frugal_trainer::gpt::Gpt;
+use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::train::Trainer;
 use tch::{Device, Kind, Tensor};
 

@@ -105,7 +105,7 @@ fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
 #[test]
 fn a_four_stage_checkpoint_resumes_as_two_stages_and_as_one() {
     tch::set_num_threads(1);
-    use frugal_trainer::pipeline::checkpoint;
+    use frugal_trainer::checkpoint::pipelined as checkpoint;
     let root = temp_dir("pp-ckpt");
     let cfg = pipeline_run();
     // Four stages: two steps, a checkpoint, then a third step as the uninterrupted reference.
@@ -232,7 +232,7 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     // every line has its time, and the same lines, folded as a pod's status reporter folds
     // them, give the status the measured bubble and the achieved TFLOP/s
     assert!(first.iter().all(|e| e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))), "{first:?}");
-    let mut fold = frugal_trainer::status::Fold::default();
+    let mut fold = frugal_trainer::report::status::Fold::default();
     for line in first.iter().filter(|l| l["event"] != "summary") {
         fold.observe(&serde_json::from_value(line.clone()).unwrap(), 0.0);
     }
@@ -323,7 +323,7 @@ fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
 /// before anything loads, saying which layout it is and which job reads it.
 #[test]
 fn a_checkpoint_of_the_other_layout_is_refused_saying_which_it_is() {
-    use frugal_trainer::pipeline::checkpoint;
+    use frugal_trainer::checkpoint::pipelined as checkpoint;
     tch::set_num_threads(1);
     let cfg = pipeline_run();
     let root = temp_dir("pp-layout");

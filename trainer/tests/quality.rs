@@ -5,13 +5,13 @@ mod common;
 
 use common::*;
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget, Tokenizer};
-use frugal_trainer::compare;
+use frugal_trainer::report::compare;
 use frugal_trainer::config::{DataConfig, DataSource};
 use frugal_trainer::data::{Data, EOT, TextTokenizer};
 use frugal_trainer::eval::{self, LanguageModel};
-use frugal_trainer::metrics::Metrics;
+use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::Reporter;
-use frugal_trainer::status::{Fold, Pricing};
+use frugal_trainer::report::status::{Fold, Pricing};
 use frugal_trainer::train::{Stop, Trainer};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -191,7 +191,7 @@ fn the_quality_target_stops_the_run() {
     let mut fold = Fold::default();
     let mut hours_at_target = None;
     for (hour, event) in received.try_iter().enumerate() {
-        if matches!(&event, frugal_trainer::event::RunEvent::Eval(e) if e.step == s.steps) {
+        if matches!(&event, frugal_trainer::report::event::RunEvent::Eval(e) if e.step == s.steps) {
             hours_at_target = Some(hour as f64);
         }
         fold.observe(&event, hour as f64);

@@ -10,7 +10,7 @@
 //! Every process serves Prometheus metrics when given a port: progress and the pipeline bubble
 //! from each, the step's loss, throughput and MFU from the process holding the last stage.
 
-use super::checkpoint;
+use crate::checkpoint::pipelined as checkpoint;
 use super::engine::{StageWorker, run_in_process};
 use super::process::ProcessStages;
 use super::schedule::ScheduleKind;
@@ -18,11 +18,11 @@ use super::stage::layouts;
 use super::transport::DEFAULT_TIMEOUT;
 use crate::config::RunConfig;
 use crate::eval::{EvalConfig, TargetTracker};
-use crate::event::{self, RunEvent};
+use crate::report::event::{self, RunEvent};
 use crate::job::Job;
-use crate::metrics::{Metrics, StepGauges};
+use crate::report::metrics::{Metrics, StepGauges};
 use crate::report::{Provenance, Reporter, Summary};
-use crate::status::{StatusReporter, StatusTarget};
+use crate::report::status::{StatusReporter, StatusTarget};
 use crate::train::record_evaluation;
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
@@ -103,7 +103,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
     // MFU is taken against every device the pipeline trains on: this process's (stage s on
     // devices[s % n]) times the number of processes.
     let devices_in_pipeline = (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64;
-    let kind = crate::precision::compute_kind(cfg.train.precision);
+    let kind = crate::train::precision::compute_kind(cfg.train.precision);
     let evaluation = job.eval_config();
     let report = output.report;
     // In a pod the operator set FRUGAL_REPORT_STATUS; the stage with the head reports.
@@ -133,7 +133,7 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, stop: Arc<AtomicBool>, m
         }
         let m = w.cfg.micro_batches();
         let (peak, peak_source) = if w.model.layout.head {
-            let (p, source) = crate::flops::peak_flops(w.device, kind);
+            let (p, source) = crate::train::flops::peak_flops(w.device, kind);
             (p * devices_in_pipeline as f64, format!("{source} × {devices_in_pipeline} device(s)"))
         } else {
             (f64::NAN, String::new())

@@ -6,11 +6,11 @@
 //! With tied embeddings the last stage holds its own copy of `wte.weight` as the head; the engine
 //! sums the two copies' gradients across the transport so that they stay equal.
 
-use crate::attention::Rotary;
-use crate::block::{Block, LayerNorm};
+use crate::model::attention::Rotary;
+use crate::model::block::{Block, LayerNorm};
 use crate::config::{ModelConfig, Positions};
-use crate::gpt::{Gpt, add_opt};
-use crate::moe::Routing;
+use crate::model::gpt::{Gpt, add_opt};
+use crate::model::moe::Routing;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use crate::rng::Rng;
 use frugal_api::contract::StageLayout;

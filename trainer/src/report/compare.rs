@@ -2,13 +2,13 @@
 //! parameters total / active, FLOPs, GPUs, bits per byte, perplexity, zero-shot accuracy,
 //! tokens/s, GPU-hours, cost, GPU-hours to target), as text, JSON or CSV.
 
-use crate::summary::{Summary, human};
+use crate::report::summary::{Summary, human};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The file a run writes its report to, in its checkpoint directory.
-pub use crate::summary::REPORT_FILE;
+pub use crate::report::summary::REPORT_FILE;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -8,9 +8,9 @@
 //! is complete on disk or does not exist. Loading verifies everything before touching a weight.
 
 use crate::data::DataPosition;
-use crate::optim::Optimizer;
+use crate::train::optim::Optimizer;
 use crate::params::ParamStore;
-use crate::precision::LossScaler;
+use crate::train::precision::LossScaler;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 use frugal_api::v1alpha1::{QualityStatus, ZeroShotResult};
 use serde::{Deserialize, Serialize};
 
-use crate::summary::Summary;
+use crate::report::summary::Summary;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

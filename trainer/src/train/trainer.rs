@@ -5,13 +5,13 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::data::Data;
 use crate::eval::{self, EvalConfig, GptModel};
-use crate::event::{self, RunEvent};
-use crate::flops::{self, ModelCounts};
-use crate::gpt::Gpt;
-use crate::metrics::{Metrics, StepGauges};
-use crate::optim::{self, Optimizer};
+use crate::report::event::{self, RunEvent};
+use crate::train::flops::{self, ModelCounts};
+use crate::model::gpt::Gpt;
+use crate::report::metrics::{Metrics, StepGauges};
+use crate::train::optim::{self, Optimizer};
 use crate::params::{ParamBuilder, ParamStore};
-use crate::precision::{LossScaler, compute_kind};
+use crate::train::precision::{LossScaler, compute_kind};
 use crate::report::{Provenance, Reporter, Summary};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
@@ -187,9 +187,9 @@ impl Trainer {
                 stats
             };
             loss_sum += stats.loss;
-            aux_sum = crate::gpt::add_opt(aux_sum, stats.aux_loss);
-            dropped = crate::gpt::add_opt(dropped, stats.dropped);
-            mismatches = crate::gpt::add_opt(mismatches, stats.routing_mismatches);
+            aux_sum = crate::model::gpt::add_opt(aux_sum, stats.aux_loss);
+            dropped = crate::model::gpt::add_opt(dropped, stats.dropped);
+            mismatches = crate::model::gpt::add_opt(mismatches, stats.routing_mismatches);
             assignments += stats.assignments;
         }
         let norm = self.params.grad_norm();

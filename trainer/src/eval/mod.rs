@@ -6,7 +6,7 @@
 //! a per-token mean rescaled, so models with different tokenizers are compared on the same text.
 
 use crate::data::{Data, EOT, TextTokenizer};
-use crate::gpt::Gpt;
+use crate::model::gpt::Gpt;
 use crate::params::ParamStore;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};

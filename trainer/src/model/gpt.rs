@@ -2,10 +2,10 @@
 //! tied to the token embedding. Also the forward/backward of one micro-batch, with or without
 //! activation recomputation.
 
-use crate::attention::Rotary;
-use crate::block::{Block, LayerNorm};
+use crate::model::attention::Rotary;
+use crate::model::block::{Block, LayerNorm};
 use crate::config::{ModelConfig, Positions};
-use crate::moe::Routing;
+use crate::model::moe::Routing;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use tch::{Device, Kind, Reduction, Tensor};
 

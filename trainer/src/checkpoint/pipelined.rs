@@ -14,10 +14,10 @@
 //! With tied embeddings only the first stage writes `wte.weight`; the last stage's copy loads
 //! from it.
 
-use super::engine::StageWorker;
+use crate::pipeline::engine::StageWorker;
 use crate::checkpoint::step_dir_name;
 use crate::data::DataPosition;
-use crate::precision::LossScaler;
+use crate::train::precision::LossScaler;
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -19,7 +19,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::event::RunEvent;
+use crate::report::event::RunEvent;
 
 /// The field manager of the trainer's status patches.
 pub const FIELD_MANAGER: &str = "frugal-trainer";
@@ -282,7 +282,7 @@ mod tests {
         Pricing { gpus: 4.0, price_per_gpu_hour: 2.5, currency: "USD".into() }
     }
 
-    use crate::event::{Checkpoint, Eval, Start, Step};
+    use crate::report::event::{Checkpoint, Eval, Start, Step};
     use frugal_api::v1alpha1::ZeroShotResult;
 
     fn step(step: i64, loss: f64) -> RunEvent {

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
-use crate::event::RunEvent;
-pub use crate::summary::{Provenance, Summary, TIMING_FIELDS, TargetOutcome, human};
+use crate::report::event::RunEvent;
+use crate::report::summary::{Summary, human};
 
 pub struct Reporter {
     tty: bool,
@@ -69,7 +69,7 @@ impl Reporter {
     }
 
     /// The progress bar, redrawn at most ~10 times a second.
-    fn draw(&mut self, s: &crate::event::Step) {
+    fn draw(&mut self, s: &crate::report::event::Step) {
         if self.last_draw.is_some_and(|t| t.elapsed().as_millis() < 100) && s.step < self.total_steps {
             return;
         }

@@ -1,0 +1,9 @@
+//! Training: the single-process trainer, the run loop every parallelism shares, the optimizer,
+//! mixed precision and the FLOP and parameter counts behind MFU.
+
+pub mod flops;
+pub mod optim;
+pub mod precision;
+pub mod trainer;
+
+pub use trainer::{StepReport, Stop, Trainer, pick_device, record_evaluation};
