@@ -1,23 +1,43 @@
 //! The GPT: token (and learned position) embeddings, a stack of blocks, a final norm and a head
-//! tied to the token embedding. Also the forward/backward of one micro-batch, with or without
-//! activation recomputation.
+//! tied to the token embedding. A [`Gpt`] holds a slice of the model, a [`StageLayout`]: the whole
+//! of it in a single-process run, one pipeline stage's share in a pipelined run (the embedding on
+//! the first stage, a contiguous range of blocks, the norm, head and loss on the last), the way
+//! torchtitan splits one module list. Every slice declares its parameters under their global
+//! names and starts from the whole model's initial weights, so any split of a job starts from the
+//! same weights and a checkpoint loads into any stage count. Also the forward/backward of one
+//! micro-batch of the whole model, with or without activation recomputation.
+//!
+//! With tied embeddings a last stage that is not also the first holds its own copy of
+//! `wte.weight` as the head; the pipeline engine sums the two copies' gradients so that they stay
+//! equal.
 
+use crate::config::{ModelConfig, Positions};
 use crate::model::attention::Rotary;
 use crate::model::block::{Block, LayerNorm};
-use crate::config::{ModelConfig, Positions};
 use crate::model::moe::Routing;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
+use crate::rng::Rng;
+use frugal_api::contract::StageLayout;
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub struct Gpt {
     pub cfg: ModelConfig,
-    wte: ParamId,
+    /// The part of the model this holds ([`whole`] for a single-process run).
+    pub layout: StageLayout,
+    /// The token embedding: on the first stage, and on a last stage whose head is tied to it.
+    wte: Option<ParamId>,
     wpe: Option<ParamId>,
     pub blocks: Vec<Block>,
-    ln_f: LayerNorm,
+    ln_f: Option<LayerNorm>,
+    /// The output projection on the last stage: `head.weight`, or with tied embeddings `wte`.
     head: Option<ParamId>,
     rope: Option<Rotary>,
-    aux_weight: f64,
+    pub aux_weight: f64,
+}
+
+/// The layout of the whole model: every layer, the embedding and the head.
+pub fn whole(cfg: &ModelConfig) -> StageLayout {
+    StageLayout { index: 0, layers: 0..cfg.layers, embedding: true, head: true }
 }
 
 /// What a forward (and backward) pass of one micro-batch measured.
@@ -33,6 +53,19 @@ pub struct PassStats {
     pub routing_mismatches: Option<Tensor>,
 }
 
+/// What the forward of a slice of the model produced for one micro-batch.
+pub struct SliceOutput {
+    /// Activations [B, T, D]; on the last stage the mean cross-entropy against the targets, or
+    /// without targets the logits [B, T, V] in fp32.
+    pub y: Tensor,
+    /// Sum of the slice's MoE load-balancing losses.
+    pub aux_loss: Option<Tensor>,
+    /// Each block's MoE routing (`None` for a dense block), for recomputation to replay.
+    pub routings: Vec<Option<Routing>>,
+    pub dropped: Option<Tensor>,
+    pub assignments: i64,
+}
+
 /// The sum of two optional tensors (an absent one counts as zero).
 pub(crate) fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
     match (a, b) {
@@ -43,15 +76,58 @@ pub(crate) fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
 }
 
 impl Gpt {
-    /// Declares the parameters; the caller lays them out in a [`ParamStore`].
+    /// Declares the whole model's parameters; the caller lays them out in a [`ParamStore`].
     pub fn new(b: &mut ParamBuilder, cfg: &ModelConfig) -> Self {
+        Self::slice(b, cfg, &whole(cfg))
+    }
+
+    /// Declares the parameters of the `layout` slice, in the whole model's order.
+    pub fn slice(b: &mut ParamBuilder, cfg: &ModelConfig, layout: &StageLayout) -> Self {
         let d = cfg.d_model;
-        let wte = b.add("wte.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02));
-        let wpe = (cfg.positions == Positions::Learned).then(|| b.add("wpe.weight", &[cfg.seq_len, d], ParamGroup::Embedding, Init::Normal(0.02)));
-        let blocks = (0..cfg.layers).map(|i| Block::new(b, i, cfg)).collect();
-        let ln_f = LayerNorm::new(b, "ln_f", cfg);
-        let head = (!cfg.tied_embeddings).then(|| b.add("head.weight", &[cfg.vocab_size, d], ParamGroup::Embedding, Init::Normal(0.02)));
-        Self { cfg: cfg.clone(), wte, wpe, blocks, ln_f, head, rope: None, aux_weight: cfg.moe.as_ref().map_or(0.0, |m| m.load_balance_weight) }
+        let tied_head = layout.head && cfg.tied_embeddings;
+        let embedding = |b: &mut ParamBuilder, name: &str, rows: i64| b.add(name, &[rows, d], ParamGroup::Embedding, Init::Normal(0.02));
+        let wte = (layout.embedding || tied_head).then(|| embedding(b, "wte.weight", cfg.vocab_size));
+        let wpe = (layout.embedding && cfg.positions == Positions::Learned).then(|| embedding(b, "wpe.weight", cfg.seq_len));
+        let blocks = layout.layers.clone().map(|i| Block::new(b, i, cfg)).collect();
+        let ln_f = layout.head.then(|| LayerNorm::new(b, "ln_f", cfg));
+        let head = match (layout.head, tied_head) {
+            (false, _) => None,
+            (true, true) => wte,
+            (true, false) => Some(embedding(b, "head.weight", cfg.vocab_size)),
+        };
+        Self {
+            cfg: cfg.clone(),
+            layout: layout.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            head,
+            rope: None,
+            aux_weight: cfg.moe.as_ref().map_or(0.0, |m| m.load_balance_weight),
+        }
+    }
+
+    /// Builds the `layout` slice and its parameters on `device`, initialised as the whole model
+    /// is from `seed` (the same weights whatever the split).
+    pub fn build_slice(cfg: &ModelConfig, layout: &StageLayout, seed: u64, device: Device, kind: Kind) -> (Self, ParamStore) {
+        let mut b = ParamBuilder::default();
+        let mut model = Self::slice(&mut b, cfg, layout);
+        model.prepare(kind, device);
+        let mut unused = Rng::derive(seed, "unused");
+        let mut store = ParamStore::new(b, &mut unused, device, kind);
+        // The whole model's initial weights, on the host, then this slice's share of them.
+        let mut full = ParamBuilder::default();
+        Gpt::new(&mut full, cfg);
+        let all = ParamStore::new(full, &mut Rng::derive(seed, "init"), Device::Cpu, Kind::Float);
+        tch::no_grad(|| {
+            for i in 0..store.specs.len() {
+                let j = all.find(&store.specs[i].name).expect("a slice's parameter is a model parameter");
+                store.master_view(i).copy_(&all.master_view(j));
+            }
+        });
+        store.sync_compute();
+        (model, store)
     }
 
     /// Parameters of the model `cfg` describes, counted from its declarations (no allocation).
@@ -68,48 +144,86 @@ impl Gpt {
         }
     }
 
-    /// idx: [B, T] i64 → [B, T, D]
+    /// MoE blocks in this slice.
+    pub fn moe_blocks(&self) -> usize {
+        self.blocks.iter().filter(|b| b.is_moe()).count()
+    }
+
+    /// The tied head's copy of the embedding on a last stage that is not also the first: its
+    /// gradient is summed with the first stage's.
+    pub fn tied_copy(&self) -> Option<ParamId> {
+        (self.cfg.tied_embeddings && self.layout.head && !self.layout.embedding).then(|| self.head.expect("the last stage has a head"))
+    }
+
+    /// The embedding the first stage holds, when the head is tied to it on another stage.
+    pub fn tied_original(&self) -> Option<ParamId> {
+        (self.cfg.tied_embeddings && self.layout.embedding && !self.layout.head).then(|| self.wte.expect("the first stage has the embedding"))
+    }
+
+    /// idx: [B, T] i64 → [B, T, D] (the first stage).
     pub fn embed(&self, p: &ParamStore, idx: &Tensor) -> Tensor {
         let t = idx.size()[1];
-        let x = Tensor::embedding(p.get(self.wte), idx, -1, false, false);
+        let wte = self.wte.filter(|_| self.layout.embedding).expect("the embedding is on the first stage");
+        let x = Tensor::embedding(p.get(wte), idx, -1, false, false);
         match self.wpe {
             Some(wpe) => x + p.get(wpe).narrow(0, 0, t),
             None => x,
         }
     }
 
-    /// [B, T, D] → logits [B, T, V] in fp32.
+    /// [B, T, D] → logits [B, T, V] in fp32 (the last stage).
     pub fn logits(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        let x = self.ln_f.forward(p, x);
-        let w = p.get(self.head.unwrap_or(self.wte));
-        x.linear::<Tensor>(w, None).to_kind(Kind::Float)
+        let (ln_f, head) = self.ln_f.as_ref().zip(self.head).expect("the head is on the last stage");
+        ln_f.forward(p, x).linear::<Tensor>(p.get(head), None).to_kind(Kind::Float)
     }
 
-    /// Mean cross-entropy, computed in fp32.
+    /// Mean cross-entropy, computed in fp32 (the last stage).
     pub fn head_loss(&self, p: &ParamStore, x: &Tensor, targets: &Tensor) -> Tensor {
         let logits = self.logits(p, x);
         let v = self.cfg.vocab_size;
         logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
     }
 
-    /// Forward keeping the whole graph; returns the loss to differentiate (cross-entropy plus
-    /// weighted auxiliary loss) and the stats.
-    pub fn forward(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> (Tensor, PassStats) {
-        let mut x = self.embed(p, idx);
+    /// The slice's forward. `input`: token ids [B, T] on the first stage, else activations
+    /// [B, T, D]. On the last stage the output is the mean cross-entropy against `targets`, or
+    /// without them the logits. `routings` replays MoE decisions (recomputation).
+    pub fn forward_slice(&self, p: &ParamStore, input: &Tensor, targets: Option<&Tensor>, routings: Option<&[Option<Routing>]>) -> SliceOutput {
+        let mut x = if self.layout.embedding { self.embed(p, input) } else { input.shallow_clone() };
         let (mut aux, mut dropped, mut assignments) = (None, None, 0);
-        for block in &self.blocks {
-            let out = block.forward(p, &x, self.rope.as_ref(), None);
+        let mut kept = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let replay = routings.and_then(|r| r[i].as_ref());
+            let out = block.forward(p, &x, self.rope.as_ref(), replay);
             x = out.y;
             aux = add_opt(aux, out.aux_loss);
             dropped = add_opt(dropped, out.dropped);
             assignments += out.assignments;
+            kept.push(out.routing);
         }
-        let loss = self.head_loss(p, &x, targets);
-        let total = match &aux {
+        let y = match (self.layout.head, targets) {
+            (false, _) => x,
+            (true, Some(targets)) => self.head_loss(p, &x, targets),
+            (true, None) => self.logits(p, &x),
+        };
+        SliceOutput { y, aux_loss: aux, routings: kept, dropped, assignments }
+    }
+
+    /// Forward of the whole model keeping the graph; returns the loss to differentiate
+    /// (cross-entropy plus weighted auxiliary loss) and the stats.
+    pub fn forward(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> (Tensor, PassStats) {
+        let out = self.forward_slice(p, idx, Some(targets), None);
+        let loss = out.y;
+        let total = match &out.aux_loss {
             Some(a) => &loss + a * self.aux_weight,
             None => loss.shallow_clone(),
         };
-        let stats = PassStats { loss: loss.detach(), aux_loss: aux.map(|a| a.detach()), dropped, assignments, routing_mismatches: None };
+        let stats = PassStats {
+            loss: loss.detach(),
+            aux_loss: out.aux_loss.map(|a| a.detach()),
+            dropped: out.dropped,
+            assignments: out.assignments,
+            routing_mismatches: None,
+        };
         (total, stats)
     }
 
@@ -162,25 +276,13 @@ impl Gpt {
         PassStats { loss: loss.detach(), aux_loss: aux, dropped, assignments, routing_mismatches: mismatches }
     }
 
-    /// Logits [B, T, V] (fp32) without a graph, for evaluation.
+    /// Logits [B, T, V] (fp32) of the whole model without a graph, for evaluation.
     pub fn eval_logits(&self, p: &ParamStore, idx: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let mut x = self.embed(p, idx);
-            for block in &self.blocks {
-                x = block.forward(p, &x, self.rope.as_ref(), None).y;
-            }
-            self.logits(p, &x)
-        })
+        tch::no_grad(|| self.forward_slice(p, idx, None, None).y)
     }
 
-    /// Mean cross-entropy without a graph.
+    /// Mean cross-entropy of the whole model without a graph.
     pub fn eval_loss(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let mut x = self.embed(p, idx);
-            for block in &self.blocks {
-                x = block.forward(p, &x, self.rope.as_ref(), None).y;
-            }
-            self.head_loss(p, &x, targets)
-        })
+        tch::no_grad(|| self.forward_slice(p, idx, Some(targets), None).y)
     }
 }

@@ -7,7 +7,7 @@
 //! then each steps its own optimizer.
 
 use super::schedule::{Action, ScheduleKind, stage_actions};
-use super::stage::StageModel;
+use crate::model::gpt::Gpt;
 use super::transport::{Link, Message, TransportError};
 use crate::config::RunConfig;
 use crate::data::Data;
@@ -73,7 +73,8 @@ pub struct StageWorker {
     pub stages: usize,
     pub schedule: ScheduleKind,
     pub device: Device,
-    pub model: StageModel,
+    /// This stage's slice of the model.
+    pub model: Gpt,
     pub params: ParamStore,
     pub optim: Optimizer,
     pub scaler: LossScaler,
@@ -101,7 +102,7 @@ impl StageWorker {
         anyhow::ensure!(upstream.is_some() == (index > 0), "stage {index} needs an upstream link exactly when it is not first");
         anyhow::ensure!(downstream.is_some() == (index + 1 < stages), "stage {index} needs a downstream link exactly when it is not last");
         let kind = compute_kind(cfg.train.precision);
-        let (model, params) = StageModel::build(&cfg.model, &layout, cfg.train.seed, device, kind);
+        let (model, params) = Gpt::build_slice(&cfg.model, &layout, cfg.train.seed, device, kind);
         let optim = Optimizer::new(&cfg.train.optim, &params);
         let data =
             (layout.embedding || layout.head).then(|| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)).transpose()?;
@@ -192,7 +193,7 @@ impl StageWorker {
                     let targets = self.is_last().then(|| batch.as_ref().unwrap().targets.to_device(self.device));
                     let t0 = Instant::now();
                     let input = if self.is_first() || recompute { input } else { input.detach().set_requires_grad(true) };
-                    let forward = || self.model.forward(&self.params, &input, targets.as_ref(), None);
+                    let forward = || self.model.forward_slice(&self.params, &input, targets.as_ref(), None);
                     let out = if recompute { tch::no_grad(forward) } else { forward() };
                     dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
                     assignments += out.assignments;
@@ -223,7 +224,7 @@ impl StageWorker {
                         Some(out) => (s.input, out),
                         None => {
                             let x = if self.is_first() { s.input } else { s.input.detach().set_requires_grad(true) };
-                            let out = self.model.forward(&self.params, &x, s.targets.as_ref(), Some(&s.routings));
+                            let out = self.model.forward_slice(&self.params, &x, s.targets.as_ref(), Some(&s.routings));
                             if let Some(a) = &out.aux_loss {
                                 aux_sum += a.double_value(&[]);
                             }

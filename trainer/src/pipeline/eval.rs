@@ -114,7 +114,7 @@ impl StageWorker {
             );
             x.to_device(self.device)
         };
-        let y = tch::no_grad(|| self.model.forward(&self.params, &x, None, None)).y;
+        let y = tch::no_grad(|| self.model.forward_slice(&self.params, &x, None, None)).y;
         if self.is_last() {
             return Ok(Some(y.log_softmax(-1, Kind::Float)));
         }
@@ -134,7 +134,7 @@ impl StageWorker {
                 }
                 Message::Activation { micro_batch: EVAL_FORWARD, tensor } => {
                     let x = tensor.to_device(self.device);
-                    let y = tch::no_grad(|| self.model.forward(&self.params, &x, None, None)).y;
+                    let y = tch::no_grad(|| self.model.forward_slice(&self.params, &x, None, None)).y;
                     self.down().send(Message::Activation { micro_batch: EVAL_FORWARD, tensor: y })?;
                 }
                 other => {

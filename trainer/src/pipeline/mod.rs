@@ -14,4 +14,4 @@ pub mod transport;
 pub use engine::{PipelineStep, StageWorker, run_in_process, run_stages};
 pub use process::ProcessStages;
 pub use schedule::{Action, ScheduleKind};
-pub use stage::{StageModel, layouts};
+pub use stage::layouts;

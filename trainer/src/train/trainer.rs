@@ -204,7 +204,7 @@ impl Trainer {
         }
         self.step += 1;
         self.tokens += self.cfg.tokens_per_step();
-        let layers_moe = self.model.blocks.iter().filter(|b| b.is_moe()).count().max(1) as f64;
+        let layers_moe = self.model.moe_blocks().max(1) as f64;
         StepReport {
             step: self.step,
             loss: loss_sum.double_value(&[]) / micro as f64,
