@@ -121,8 +121,10 @@ pub struct TrainerConfig {
 pub enum ContractError {
     #[error("trainer configuration version {found:?} is not {expected:?}: run a trainer image that matches the operator")]
     Version { found: String, expected: &'static str },
-    #[error("trainer configuration is not valid YAML: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    /// On one line, without the source snippet: the message ends in a pod's termination log
+    /// and from there in the job's condition.
+    #[error("trainer configuration is not valid YAML: {}", .0.without_snippet())]
+    Parse(#[from] serde_saphyr::Error),
     #[error("environment variable {0} is not set")]
     MissingEnv(&'static str),
     #[error("environment variable {0}={1:?} is not a number")]
@@ -153,7 +155,7 @@ impl TrainerConfig {
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("a trainer configuration serializes")
+        serde_saphyr::to_string(self).expect("a trainer configuration serializes")
     }
 
     /// Parses a configuration, refusing one of another contract version.
@@ -162,11 +164,11 @@ impl TrainerConfig {
         struct Versioned {
             version: String,
         }
-        let found = serde_yaml::from_str::<Versioned>(text)?.version;
+        let found = serde_saphyr::from_str::<Versioned>(text)?.version;
         if found != TRAINER_CONFIG_VERSION {
             return Err(ContractError::Version { found, expected: TRAINER_CONFIG_VERSION });
         }
-        Ok(serde_yaml::from_str(text)?)
+        Ok(serde_saphyr::from_str(text)?)
     }
 
     pub fn pods(&self) -> i64 {
@@ -278,7 +280,7 @@ mod tests {
     use super::*;
 
     fn spec() -> TrainingJobSpec {
-        serde_yaml::from_str(
+        serde_saphyr::from_str(
             r#"
 model:
   type: Custom
@@ -354,6 +356,14 @@ training: {batchSize: 16}
         let old = text.replace(TRAINER_CONFIG_VERSION, "frugal.dev/trainer-config/v0");
         let err = TrainerConfig::from_yaml(&old).unwrap_err();
         assert!(err.to_string().contains("trainer-config/v0"), "{err}");
+    }
+
+    #[test]
+    fn a_config_that_does_not_parse_says_where_on_one_line() {
+        let text = format!("version: {TRAINER_CONFIG_VERSION}\njob: {{namespace: ml}}\n");
+        let err = TrainerConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("missing field `name`") && err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use frugal_api::planner::{self, PlanOptions};
 use frugal_api::{TrainingBudget, TrainingJob};
 use kube::CustomResourceExt;
 use kube::core::cel::Validator;
-use serde::Deserialize as _;
 use serde_json::Value;
 
 fn schema_of(crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
@@ -22,7 +21,7 @@ fn repo() -> PathBuf {
 
 fn load(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -103,7 +102,7 @@ fn expected(path: &Path) -> String {
 /// An update fixture: the object created, then the update the API server refuses.
 fn load_update(path: &Path) -> (Value, Value) {
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(docs.len(), 2, "{}: an update fixture holds the object and its update", path.display());
     (docs[0].clone(), docs[1].clone())
 }

@@ -9,7 +9,6 @@ use kube::core::TypeMeta;
 use kube::discovery::{self, Scope};
 use kube::runtime::wait::conditions;
 use kube::{Api, Client, ResourceExt as _};
-use serde::Deserialize as _;
 
 use crate::{FIELD_MANAGER, repo_root, wait};
 
@@ -29,17 +28,11 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Every non-empty document of a (multi-document) YAML file, as dynamic objects.
 pub fn read_objects(path: &Path) -> Result<Vec<DynamicObject>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut objects = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_json::Value::deserialize(doc).with_context(|| format!("{}: document {i} is not valid YAML", path.display()))?;
-        if value.is_null() {
-            continue;
-        }
-        let obj: DynamicObject =
-            serde_json::from_value(value).with_context(|| format!("{}: document {i} is not a Kubernetes object", path.display()))?;
-        objects.push(obj);
-    }
-    Ok(objects)
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).with_context(|| format!("{} is not valid YAML", path.display()))?;
+    docs.into_iter()
+        .enumerate()
+        .map(|(i, value)| serde_json::from_value(value).with_context(|| format!("{}: document {i} is not a Kubernetes object", path.display())))
+        .collect()
 }
 
 /// The message an invalid fixture must be rejected with, from its `# expect: <substring>` line.

@@ -110,7 +110,7 @@ pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
 
 /// A TrainingJob named `name` with the `spec` given as YAML (indented under `spec:`).
 fn manifest(name: &str, spec: &str) -> TrainingJob {
-    serde_yaml::from_str(&format!("apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:{spec}"))
+    serde_saphyr::from_str(&format!("apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:{spec}"))
         .expect("the test job parses")
 }
 

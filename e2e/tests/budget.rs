@@ -24,7 +24,7 @@ fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
 }
 
 fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, period: Day}}\n"
     ))
     .expect("the test budget parses")

@@ -530,7 +530,7 @@ async fn service_account_kubeconfig(ctx: &TestContext, account: &str) -> Result<
     sas.create(&Default::default(), &sa).await?;
     let request = TokenRequest { spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
     let token = sas.create_token_request(account, &Default::default(), &request).await?.status.context("TokenRequest without status")?.token;
-    let admin: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(std::env::var("KUBECONFIG").context("KUBECONFIG")?)?)?;
+    let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(std::env::var("KUBECONFIG").context("KUBECONFIG")?)?)?;
     let cluster = admin["clusters"][0]["cluster"].clone();
     let config = serde_json::json!({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",
@@ -539,7 +539,7 @@ async fn service_account_kubeconfig(ctx: &TestContext, account: &str) -> Result<
         "contexts": [{"name": "sa", "context": {"cluster": "test", "user": account, "namespace": ctx.namespace}}],
     });
     let path = std::env::temp_dir().join(format!("kubeconfig-{}-{account}", ctx.namespace));
-    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    std::fs::write(&path, serde_saphyr::to_string(&config)?)?;
     Ok(path)
 }
 

@@ -71,7 +71,7 @@ async fn the_quick_start_succeeds_in_a_container_under_the_charts_operator() {
         eprintln!("e2e: operator {} image {image}", node::describe(operator));
 
         let text = std::fs::read_to_string(frugal_e2e::repo_root().join("examples/quickstart-cpu.yaml"))?;
-        let mut tj: TrainingJob = serde_yaml::from_str(&text)?;
+        let mut tj: TrainingJob = serde_saphyr::from_str(&text)?;
         // the one change: this cluster's kwok nodes would take the pod and only pretend to run it
         tj.spec.resources.node_selector.insert(REAL_NODE_LABEL.0.into(), REAL_NODE_LABEL.1.into());
         apply(&ctx, &tj).await?;

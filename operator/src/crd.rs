@@ -10,7 +10,10 @@ pub fn crd_files() -> Vec<(String, String)> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().expect("a derived CRD is named");
-            let yaml = serde_yaml::to_string(&crd).expect("a CRD serializes");
+            // no folding at 80 columns: a description stays on its line, so a changed word in the
+            // types changes one line of crds/, not a reflowed paragraph
+            let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+            let yaml = serde_saphyr::to_string_with_options(&crd, options).expect("a CRD serializes");
             (format!("{name}.yaml"), yaml)
         })
         .collect()

@@ -176,7 +176,7 @@ pub(crate) mod tests {
 
     /// A valid TrainingJob for tests: `lm` in `ml`, `stages` pipeline stages of one GPU each.
     pub fn training_job(stages: i32) -> TrainingJob {
-        let mut job: TrainingJob = serde_yaml::from_str(&format!(
+        let mut job: TrainingJob = serde_saphyr::from_str(&format!(
             r#"
 apiVersion: frugal.dev/v1alpha1
 kind: TrainingJob

@@ -44,42 +44,42 @@ pub fn load_with(path: &Path, overrides: &[String]) -> Result<Job> {
 /// The YAML `text` (a manifest or a TrainerConfig, both with `spec` at the top) with
 /// `overrides` set; a field the spec does not have is an error, not ignored.
 pub fn with_overrides(text: &str, overrides: &[String]) -> Result<String> {
-    use serde_yaml::Value;
-    let mut doc: Value = serde_yaml::from_str(text).context("the job is not YAML")?;
+    // serde-saphyr has no YAML value type of its own; a job's YAML is JSON's data model anyway
+    use serde_json::Value;
+    let mut doc: Value = serde_saphyr::from_str(text).context("the job is not YAML")?;
     let mut set = Vec::new();
     for o in overrides {
         let (path, value) = o.split_once('=').with_context(|| format!("--set {o:?}: write FIELD=VALUE, such as training.seed=2"))?;
-        let value: Value = serde_yaml::from_str(value).with_context(|| format!("--set {o:?}: the value is not YAML"))?;
+        let value: Value = serde_saphyr::from_str(value).with_context(|| format!("--set {o:?}: the value is not YAML"))?;
         let parts: Vec<&str> = path.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
             anyhow::bail!("--set {o:?}: {path:?} is not a dotted field path under spec, such as training.seed");
         }
         let mut at = doc.get_mut("spec").context("the job has no spec to set fields in")?;
         for (i, part) in parts.iter().enumerate() {
-            let Value::Mapping(map) = at else {
+            let Value::Object(map) = at else {
                 anyhow::bail!("--set {o:?}: spec.{} is not an object", parts[..i].join("."));
             };
-            let key = Value::String((*part).into());
             if i + 1 == parts.len() {
-                map.insert(key, value.clone());
+                map.insert((*part).into(), value.clone());
                 break;
             }
-            at = map.entry(key).or_insert_with(|| Value::Mapping(Default::default()));
+            at = map.entry(*part).or_insert_with(|| Value::Object(Default::default()));
         }
         set.push((o, parts, value));
     }
     // the spec's types drop what they do not know: a field that does not come back is a typo
-    let spec: TrainingJobSpec = serde_yaml::from_value(doc["spec"].clone()).context("the spec with --set applied")?;
-    let known = serde_yaml::to_value(&spec)?;
+    let spec: TrainingJobSpec = serde_json::from_value(doc["spec"].clone()).context("the spec with --set applied")?;
+    let known = serde_json::to_value(&spec)?;
     for (o, parts, value) in set {
         let empty =
-            matches!(&value, Value::Null) || value.as_mapping().is_some_and(|m| m.is_empty()) || value.as_sequence().is_some_and(|v| v.is_empty());
+            matches!(&value, Value::Null) || value.as_object().is_some_and(|m| m.is_empty()) || value.as_array().is_some_and(|v| v.is_empty());
         let found = parts.iter().try_fold(&known, |at, p| at.get(*p)).is_some();
         if !found && !empty {
             anyhow::bail!("--set {o:?}: spec.{} is not a field of a TrainingJob spec (docs/api.md lists them)", parts.join("."));
         }
     }
-    Ok(serde_yaml::to_string(&doc)?)
+    Ok(serde_saphyr::to_string(&doc)?)
 }
 
 pub fn parse(text: &str) -> Result<Job> {
@@ -87,7 +87,7 @@ pub fn parse(text: &str) -> Result<Job> {
         let cfg = TrainerConfig::from_yaml(text)?;
         (cfg.job.name, cfg.spec)
     } else {
-        let job: TrainingJob = serde_yaml::from_str(text).context("not a TrainingJob manifest")?;
+        let job: TrainingJob = serde_saphyr::from_str(text).context("not a TrainingJob manifest")?;
         (job.metadata.name.clone().unwrap_or_else(|| "local".into()), job.spec)
     };
     let plan = planner::plan(&spec, &PlanOptions::default())?;
@@ -231,6 +231,18 @@ mod tests {
         assert_eq!(job.spec.training.precision, api::Precision::Fp32);
         assert_eq!(job.spec.resources.device, api::Device::Cpu);
         assert_eq!(job.name, "lm");
+    }
+
+    #[test]
+    fn an_override_keeps_its_yaml_type() {
+        let text = set(&["training.seed=2", "training.activationCheckpointing=true", "image='7'", "training.precision=fp32"]).unwrap();
+        let spec = &serde_saphyr::from_str::<serde_json::Value>(&text).unwrap()["spec"];
+        assert_eq!(spec["training"]["seed"], serde_json::json!(2));
+        assert_eq!(spec["training"]["activationCheckpointing"], serde_json::json!(true));
+        assert_eq!(spec["image"], serde_json::json!("7"), "a quoted number stays a string");
+        assert_eq!(spec["training"]["precision"], serde_json::json!("fp32"));
+        assert_eq!(spec["training"]["duration"]["steps"], serde_json::json!(2000), "a field not set keeps its value");
+        assert_eq!(parse(&text).unwrap().spec.image.as_deref(), Some("7"));
     }
 
     #[test]

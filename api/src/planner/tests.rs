@@ -4,7 +4,7 @@ use super::*;
 use crate::v1alpha1::*;
 
 fn job(yaml: &str) -> TrainingJobSpec {
-    serde_yaml::from_str(yaml).expect("test spec parses")
+    serde_saphyr::from_str(yaml).expect("test spec parses")
 }
 
 fn gpt2() -> TrainingJobSpec {

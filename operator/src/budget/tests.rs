@@ -16,7 +16,7 @@ fn t(secs: i64) -> Time {
 
 /// A budget created at `t(0)`, with `holders` as (name, gpus) and what it spent this period.
 fn budget(max_gpus: i32, holders: &[(&str, i32)], spent_hours: f64) -> TrainingBudget {
-    let mut b: TrainingBudget = serde_yaml::from_str(&format!(
+    let mut b: TrainingBudget = serde_saphyr::from_str(&format!(
         "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: team, namespace: ml, generation: 1}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, maxCost: 1000, period: Day}}\n"
     ))
     .unwrap();
