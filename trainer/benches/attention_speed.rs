@@ -3,8 +3,8 @@
 //!
 //!   cargo bench -p frugal-trainer --bench attention_speed -- [threads]
 
-use frugal_trainer::model::attention::{attend, keys_computed_per_query};
 use frugal_trainer::config::AttentionPattern;
+use frugal_trainer::model::attention::{attend, keys_computed_per_query};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

@@ -18,9 +18,9 @@ use frugal_trainer::config::*;
 use frugal_trainer::model::mlp::Mlp;
 use frugal_trainer::model::moe::Moe;
 use frugal_trainer::params::{ParamBuilder, ParamStore};
-use frugal_trainer::train::precision::compute_kind;
 use frugal_trainer::rng::Rng;
 use frugal_trainer::train::Trainer;
+use frugal_trainer::train::precision::compute_kind;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

@@ -6,13 +6,14 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
-use frugal_trainer::report::compare;
 use frugal_trainer::data::{self, shards};
-use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::job::{self, Job};
+use frugal_trainer::model::gpt::Gpt;
+use frugal_trainer::report::compare;
+use frugal_trainer::report::human;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::report::{Reporter, human};
-use frugal_trainer::train::{Stop, Trainer, pick_device};
+use frugal_trainer::train::run::{JobRun, Output, train_job};
+use frugal_trainer::train::{Trainer, pick_device};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -221,40 +222,17 @@ fn run(cli: Cli) -> Result<i32> {
                 signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
             }
             let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
-            if job.spec.parallelism.pipeline_stages > 1 {
-                let output = frugal_trainer::pipeline::run::Output { json, metrics_port: port, report };
-                return Ok(match frugal_trainer::pipeline::run::train(&job, cfg, device, stop, max_steps, output)? {
-                    frugal_trainer::pipeline::run::PipelineStop::Completed | frugal_trainer::pipeline::run::PipelineStop::QualityTargetReached => 0,
-                    frugal_trainer::pipeline::run::PipelineStop::Terminated => 143,
-                });
-            }
             let metrics = Metrics::new(&cfg.name);
-            let mut trainer = Trainer::new(cfg, device)?;
-            trainer.evaluation = job.eval_config();
-            // In a pod the operator set FRUGAL_REPORT_STATUS: report into the TrainingJob's status.
-            let status = frugal_trainer::report::status::StatusTarget::from_env(&job.spec, &job.plan).map(frugal_trainer::report::status::StatusTarget::start);
-            let mut reporter = Reporter::new(trainer.cfg.train.steps, json).with_sink(status.as_ref().and_then(|s| s.sender()));
-            if let Some(port) = port {
-                let bound = metrics.serve_port(port)?;
-                reporter.emit(frugal_trainer::report::event::RunEvent::Metrics { port: bound });
-            }
-            if let Some(step) = trainer.resume_latest()? {
-                let skipped_corrupt = trainer.skipped_checkpoints.clone();
-                reporter.emit(frugal_trainer::report::event::RunEvent::Resume(frugal_trainer::report::event::Resume { step, stages_written: None, skipped_corrupt }));
-            }
-            let (stopped, summary) = trainer.run_until(&stop, &mut reporter, &metrics, max_steps)?;
-            reporter.summary(&summary);
-            drop(reporter);
-            if let Some(status) = status {
-                status.finish();
-            }
-            summary.write_report(trainer.cfg.checkpoint_dir.as_deref(), report.as_deref())?;
-            Ok(match stopped {
-                Stop::Completed | Stop::QualityTargetReached => 0,
-                // Killed by a signal after saving: a non-zero status so a Job does not count it
-                // as a success.
-                Stop::Terminated => 143,
-            })
+            let served = port.map(|p| metrics.serve_port(p)).transpose()?;
+            let run = JobRun::of(&job, Output { json, report }, metrics, served, stop, max_steps);
+            let stopped = if job.spec.parallelism.pipeline_stages > 1 {
+                frugal_trainer::pipeline::run::train(&job, cfg, device, run)?
+            } else {
+                let mut trainer = Trainer::new(cfg, device)?;
+                trainer.evaluation = job.eval_config();
+                train_job(&mut trainer, &run)?
+            };
+            Ok(stopped.exit_code())
         }
     }
 }

@@ -45,18 +45,18 @@ fn check_against_reference(cfg: &RunConfig, stages: usize, schedule: ScheduleKin
     let (want_grads, want_weights, want_loss, want_dropped) = reference(cfg);
     let per_stage = run_in_process(cfg, &layouts(&cfg.model, stages), schedule, &[Device::Cpu], |w: &mut StageWorker| {
         let r = w.train_step()?;
-        Ok((w.named_grads(), w.named_weights(), r))
+        Ok((w.named_grads(), w.named_weights(), r, w.peak_in_flight))
     })
     .unwrap();
     let mut seen = BTreeMap::new();
-    for (s, (grads, weights, r)) in per_stage.iter().enumerate() {
+    for (s, (grads, weights, r, peak_in_flight)) in per_stage.iter().enumerate() {
         assert!((r.loss - want_loss).abs() <= 1e-5 * want_loss, "stage {s} loss {} vs {want_loss}", r.loss);
         // Dropped assignments summed over every stage's MoE layers, as one process counts them.
         assert_eq!(r.dropped_fraction.is_some(), want_dropped.is_some(), "stage {s}");
         if let (Some(got), Some(want)) = (r.dropped_fraction, want_dropped) {
             assert!((got - want).abs() < 1e-12, "stage {s} dropped fraction {got} vs {want}");
         }
-        assert!(r.peak_in_flight <= cfg.micro_batches() as usize);
+        assert!(*peak_in_flight <= cfg.micro_batches() as usize);
         for ((name, g), (_, w)) in grads.iter().zip(weights) {
             assert_close("gradient", name, g, &want_grads[name], 1e-5);
             assert_close("updated weight", name, w, &want_weights[name], 1e-5);
@@ -96,7 +96,11 @@ fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
     tch::set_num_threads(1);
     let cfg = pipeline_run();
     let peaks = |schedule| {
-        run_in_process(&cfg, &layouts(&cfg.model, 4), schedule, &[Device::Cpu], |w: &mut StageWorker| Ok(w.train_step()?.peak_in_flight)).unwrap()
+        run_in_process(&cfg, &layouts(&cfg.model, 4), schedule, &[Device::Cpu], |w: &mut StageWorker| {
+            w.train_step()?;
+            Ok(w.peak_in_flight)
+        })
+        .unwrap()
     };
     assert_eq!(peaks(ScheduleKind::GPipe), vec![8, 8, 8, 8]);
     assert_eq!(peaks(ScheduleKind::OneFOneB), vec![4, 3, 2, 1]);
@@ -201,6 +205,7 @@ spec:
     batchSize: 8
     precision: fp32
     checkpointInterval: 2
+    logInterval: 1
   resources: {device: CPU}
 "#;
 
@@ -214,6 +219,16 @@ fn train_events(job: &std::path::Path, ckpt: &std::path::Path, extra: &[&str]) -
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Runs `frugal-trainer eval job --json --checkpoint ckpt` and returns its output.
+fn eval_json(job: &std::path::Path, ckpt: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["eval", job.to_str().unwrap(), "--json", "--checkpoint", ckpt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -249,15 +264,28 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     // `eval` reads the pipelined checkpoint (one part per stage) and scores what the run's final
     // evaluation scored.
     let at_end = second.iter().rfind(|e| e["event"] == "eval").expect("the final evaluation");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
-        .args(["eval", job.to_str().unwrap(), "--json", "--checkpoint", ckpt.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eval = eval_json(&job, &ckpt);
     let (got, want) = (eval["quality"]["validationLoss"].as_f64().unwrap(), at_end["val_loss"].as_f64().unwrap());
     assert!((got - want).abs() <= 1e-6 * want, "eval {got} vs the run's {want}");
     assert_eq!(eval["quality"]["step"].as_i64(), Some(4));
+    // A corrupt newest checkpoint (one stage's part damaged) does not fail the run: every stage
+    // falls back to the newest intact one, the run says so, and the corrupt one is set aside.
+    let newest = frugal_trainer::checkpoint::latest(&ckpt).unwrap().unwrap();
+    assert!(newest.ends_with("step-000000004"), "{}", newest.display());
+    let part = newest.join("stage-1.model.safetensors");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let third = run("3");
+    let resume = third.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(2), "{resume}");
+    let notes = resume["skipped_corrupt"].as_array().expect("the corrupt checkpoint is named");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note = notes[0].as_str().unwrap();
+    assert!(note.contains("stage-1.model.safetensors") && note.contains("step-000000002"), "{note}");
+    assert!(!newest.exists() && newest.with_file_name("step-000000004.corrupt").exists(), "the corrupt one is set aside");
+    assert_eq!(third.iter().find(|e| e["event"] == "step").unwrap()["step"].as_i64(), Some(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -351,4 +379,33 @@ fn a_checkpoint_of_the_other_layout_is_refused_saying_which_it_is() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("written by a single-process run"), "{err:#}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A pipelined checkpoint written by an earlier release (`frugal-pipeline-checkpoint/1`, the
+/// fixture: PIPELINE_JOB after 2 steps) still evaluates and resumes; the run then writes the
+/// current layout.
+#[test]
+fn a_checkpoint_of_the_earlier_pipelined_format_still_loads() {
+    let dir = temp_dir("pp-v1");
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, PIPELINE_JOB).unwrap();
+    let ckpt = dir.join("checkpoints");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelined-v1/step-000000002");
+    std::fs::create_dir_all(ckpt.join("step-000000002")).unwrap();
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), ckpt.join("step-000000002").join(f.file_name())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(ckpt.join("step-000000002/MANIFEST.json")).unwrap();
+    assert!(manifest.contains("frugal-pipeline-checkpoint/1"), "{manifest}");
+    let eval = eval_json(&job, &ckpt);
+    assert_eq!(eval["quality"]["step"].as_i64(), Some(2));
+    let events = train_events(&job, &ckpt, &["--max-steps", "3"]);
+    let resume = events.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(2), "{resume}");
+    let newest = frugal_trainer::checkpoint::latest(&ckpt).unwrap().unwrap();
+    assert!(newest.ends_with("step-000000003"));
+    let written = std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap();
+    assert!(written.contains(frugal_trainer::checkpoint::pipelined::FORMAT), "{written}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

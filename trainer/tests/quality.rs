@@ -5,12 +5,12 @@ mod common;
 
 use common::*;
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget, Tokenizer};
-use frugal_trainer::report::compare;
 use frugal_trainer::config::{DataConfig, DataSource};
 use frugal_trainer::data::{Data, EOT, TextTokenizer};
 use frugal_trainer::eval::{self, LanguageModel};
-use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::Reporter;
+use frugal_trainer::report::compare;
+use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::status::{Fold, Pricing};
 use frugal_trainer::train::{Stop, Trainer};
 use std::path::PathBuf;

@@ -1,9 +1,12 @@
 //! One pre-norm transformer block: x + attn(norm(x)), then + ffn(norm(x)), where the
 //! feed-forward is a dense MLP or a mixture of experts.
 
-use crate::model::attention::{Attention, Rotary};
 use crate::config::ModelConfig;
-use crate::model::{mlp::Mlp, moe::{Moe, Routing}};
+use crate::model::attention::{Attention, Rotary};
+use crate::model::{
+    mlp::Mlp,
+    moe::{Moe, Routing},
+};
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use tch::{Kind, Tensor};
 

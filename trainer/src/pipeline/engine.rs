@@ -7,14 +7,15 @@
 //! then each steps its own optimizer.
 
 use super::schedule::{Action, ScheduleKind, stage_actions};
-use crate::model::gpt::Gpt;
 use super::transport::{Link, Message, TransportError};
 use crate::config::RunConfig;
 use crate::data::Data;
+use crate::model::gpt::Gpt;
 use crate::model::moe::Routing;
-use crate::train::optim::{self, Optimizer};
 use crate::params::{ParamId, ParamStore};
+use crate::train::optim::{self, Optimizer};
 use crate::train::precision::{LossScaler, compute_kind};
+use crate::train::run::StepReport;
 use anyhow::{Context, Result, anyhow, bail};
 use frugal_api::contract::StageLayout;
 use std::collections::HashMap;
@@ -31,27 +32,6 @@ struct Saved {
     output: Option<(Tensor, Option<Tensor>)>,
     /// With recomputation: the MoE routing to replay.
     routings: Vec<Option<Routing>>,
-}
-
-/// What one optimizer step measured, agreed across stages where it says so.
-#[derive(Clone, Debug)]
-pub struct PipelineStep {
-    pub step: i64,
-    /// Mean training loss (agreed).
-    pub loss: f64,
-    /// Mean MoE auxiliary loss per MoE layer (agreed), if the model has MoE layers.
-    pub aux_loss: Option<f64>,
-    /// Token-expert assignments dropped for capacity, over all stages (agreed), if any MoE.
-    pub dropped_fraction: Option<f64>,
-    /// Global gradient norm before clipping (agreed).
-    pub grad_norm: f64,
-    pub lr: f64,
-    pub skipped: bool,
-    /// This stage: seconds computing (forward, backward, optimizer), and the step's wall time.
-    pub busy_seconds: f64,
-    pub wall_seconds: f64,
-    /// This stage: the most micro-batches it held between forward and backward.
-    pub peak_in_flight: usize,
 }
 
 /// What one stage's forward and backward of a step measured.
@@ -84,6 +64,8 @@ pub struct StageWorker {
     pub downstream: Option<Box<dyn Link>>,
     pub step: i64,
     pub tokens: i64,
+    /// The most micro-batches this stage held between forward and backward in its last step.
+    pub peak_in_flight: usize,
 }
 
 impl StageWorker {
@@ -120,6 +102,7 @@ impl StageWorker {
             downstream,
             step: 0,
             tokens: 0,
+            peak_in_flight: 0,
         })
     }
 
@@ -306,11 +289,13 @@ impl StageWorker {
         Ok(())
     }
 
-    /// One optimizer step across the pipeline.
-    pub fn train_step(&mut self) -> Result<PipelineStep> {
+    /// One optimizer step across the pipeline: the loss, auxiliary loss, dropped fraction and
+    /// gradient norm agreed across stages, this stage's busy seconds and the step's wall time.
+    pub fn train_step(&mut self) -> Result<StepReport> {
         let t_step = Instant::now();
         let m = self.cfg.micro_batches() as f64;
         let lr = optim::lr_at(&self.cfg.train.optim, self.step, self.cfg.train.steps);
+        let loss_scale = self.scaler.scale;
         let totals = self.forward_backward()?;
         let mut busy = totals.busy_seconds;
         let t0 = Instant::now();
@@ -338,17 +323,19 @@ impl StageWorker {
         self.step += 1;
         self.tokens += self.cfg.tokens_per_step();
         let moe_layers = self.cfg.model.moe_layers();
-        Ok(PipelineStep {
+        self.peak_in_flight = totals.peak_in_flight;
+        Ok(StepReport {
             step: self.step,
             loss: agreed[1] / m,
             aux_loss: (moe_layers > 0).then(|| agreed[2] / (m * moe_layers as f64)),
             dropped_fraction: (agreed[4] > 0.0).then(|| agreed[3] / agreed[4]),
             grad_norm,
             lr,
+            loss_scale,
             skipped: !apply,
-            busy_seconds: busy,
-            wall_seconds: t_step.elapsed().as_secs_f64(),
-            peak_in_flight: totals.peak_in_flight,
+            seconds: t_step.elapsed().as_secs_f64(),
+            busy_seconds: Some(busy),
+            routing_mismatches: 0,
         })
     }
 

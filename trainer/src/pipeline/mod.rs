@@ -11,7 +11,7 @@ pub mod schedule;
 pub mod stage;
 pub mod transport;
 
-pub use engine::{PipelineStep, StageWorker, run_in_process, run_stages};
+pub use engine::{StageWorker, run_in_process, run_stages};
 pub use process::ProcessStages;
 pub use schedule::{Action, ScheduleKind};
 pub use stage::layouts;

@@ -4,6 +4,8 @@
 pub mod flops;
 pub mod optim;
 pub mod precision;
+pub mod run;
 pub mod trainer;
 
-pub use trainer::{StepReport, Stop, Trainer, pick_device, record_evaluation};
+pub use run::{Engine, StepReport, Stop};
+pub use trainer::{Trainer, pick_device};

@@ -1,22 +1,25 @@
-//! The training loop: one optimizer step is `micro_batches` forward/backward passes, a gradient
-//! gather into the flat buffer, the loss-scale check, the clip and the update.
+//! The single-process trainer: the whole model in one process, as an [`Engine`] of the shared run
+//! loop. One optimizer step is `micro_batches` forward/backward passes, a gradient gather into
+//! the flat buffer, the loss-scale check, the clip and the update.
 
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, TrainerState, single};
 use crate::config::RunConfig;
 use crate::data::Data;
 use crate::eval::{self, EvalConfig, GptModel};
-use crate::report::event::{self, RunEvent};
-use crate::train::flops::{self, ModelCounts};
 use crate::model::gpt::Gpt;
-use crate::report::metrics::{Metrics, StepGauges};
-use crate::train::optim::{self, Optimizer};
 use crate::params::{ParamBuilder, ParamStore};
-use crate::train::precision::{LossScaler, compute_kind};
+use crate::report::event;
+use crate::report::metrics::Metrics;
 use crate::report::{Provenance, Reporter, Summary};
 use crate::rng::Rng;
+use crate::train::flops::{self, ModelCounts};
+use crate::train::optim::{self, Optimizer};
+use crate::train::precision::{LossScaler, compute_kind};
+use crate::train::run::{self, Engine, RunShape, Session, StepReport, Stop};
 use anyhow::{Context, Result};
+use frugal_api::v1alpha1::QualityStatus;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -36,31 +39,6 @@ pub struct Trainer {
     pub evaluation: EvalConfig,
     /// Corrupt checkpoints the last resume passed over for an older one, and why.
     pub skipped_checkpoints: Vec<String>,
-}
-
-/// What one optimizer step measured.
-#[derive(Clone, Debug)]
-pub struct StepReport {
-    pub step: i64,
-    pub loss: f64,
-    pub aux_loss: Option<f64>,
-    pub dropped_fraction: Option<f64>,
-    pub grad_norm: f64,
-    pub lr: f64,
-    pub loss_scale: f64,
-    pub skipped: bool,
-    pub seconds: f64,
-    pub routing_mismatches: i64,
-}
-
-/// Why `run` returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    Completed,
-    /// An evaluation reached the job's quality target.
-    QualityTargetReached,
-    /// SIGTERM/SIGINT: a checkpoint was written, the run can resume.
-    Terminated,
 }
 
 impl Trainer {
@@ -105,12 +83,12 @@ impl Trainer {
 
     pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
         let Some(dir) = &self.cfg.checkpoint_dir else { return Ok(None) };
-        Ok(Some(checkpoint::save(dir, &self.params, &self.optim, &self.state(), self.cfg.keep_checkpoints)?))
+        Ok(Some(single::save(dir, &self.params, &self.optim, &self.state(), self.cfg.keep_checkpoints)?))
     }
 
     /// Loads a specific checkpoint directory.
     pub fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
-        let state = checkpoint::load(dir, &mut self.params, &mut self.optim)?;
+        let state = single::load(dir, &mut self.params, &mut self.optim)?;
         self.resume_from(state);
         Ok(())
     }
@@ -132,27 +110,12 @@ impl Trainer {
     pub fn resume_latest(&mut self) -> Result<Option<i64>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
         self.skipped_checkpoints.clear();
-        let mut corrupt: Vec<(PathBuf, checkpoint::CheckpointError)> = Vec::new();
-        for (_, dir) in checkpoint::list(&root)?.into_iter().rev() {
-            match checkpoint::load(&dir, &mut self.params, &mut self.optim) {
-                Ok(state) => {
-                    self.resume_from(state);
-                    for (bad, why) in corrupt {
-                        let aside = checkpoint::set_aside(&bad)?;
-                        let note = format!("{why}; resumed from {} instead, and kept the corrupt one as {}", dir.display(), aside.display());
-                        eprintln!("frugal-trainer: {note}");
-                        self.skipped_checkpoints.push(note);
-                    }
-                    return Ok(Some(self.step));
-                }
-                Err(e) if e.is_corrupt() => corrupt.push((dir, e)),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        match corrupt.into_iter().next() {
-            Some((_, newest)) => Err(newest.into()),
-            None => Ok(None),
-        }
+        let (params, optim) = (&mut self.params, &mut self.optim);
+        let Some(resumed) = checkpoint::newest_intact(&root, |dir| Ok(single::load(dir, params, optim)?))? else { return Ok(None) };
+        resumed.set_aside()?;
+        self.skipped_checkpoints = resumed.notes();
+        self.resume_from(resumed.loaded);
+        Ok(Some(self.step))
     }
 
     /// One optimizer step.
@@ -215,6 +178,7 @@ impl Trainer {
             loss_scale: scale,
             skipped: !apply,
             seconds: t0.elapsed().as_secs_f64(),
+            busy_seconds: None,
             routing_mismatches: mismatches.map_or(0, |m| m.int64_value(&[])),
         }
     }
@@ -229,7 +193,7 @@ impl Trainer {
     }
 
     /// Validation loss, bits per byte, perplexity and the zero-shot sets, now.
-    pub fn evaluate_quality(&self) -> Result<frugal_api::v1alpha1::QualityStatus> {
+    pub fn evaluate_quality(&self) -> Result<QualityStatus> {
         let batch = self.cfg.train.micro_batch_size.max(16);
         eval::evaluate(&self.language_model(), &self.data, &self.evaluation.sets, self.cfg.train.seed, self.step, batch)
     }
@@ -248,190 +212,75 @@ impl Trainer {
     /// As [`Trainer::run`], stopping after `max_steps` (when set) as if the run were complete
     /// there; the schedule still follows the configured step count.
     pub fn run_until(&mut self, stop: &AtomicBool, reporter: &mut Reporter, metrics: &Metrics, max_steps: Option<i64>) -> Result<(Stop, Summary)> {
-        let end = max_steps.map_or(self.cfg.train.steps, |m| m.min(self.cfg.train.steps));
-        let (peak, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
-        let c = self.counts.clone();
-        reporter.emit(RunEvent::Start(event::Start {
-            job: self.cfg.name.clone(),
-            step: self.step,
-            steps: self.cfg.train.steps,
-            device: Some(format!("{:?}", self.device)),
-            precision: Some(format!("{:?}", self.cfg.train.precision)),
-            params_total: Some(c.params_total),
-            params_active: Some(c.params_active),
-            flops_per_token: Some(c.flops_per_token),
-            pipeline_stages: None,
-        }));
-        let t_start = Instant::now();
-        let start_tokens = self.tokens;
-        let (mut last_loss, mut val_loss) = (f64::NAN, None);
-        let (mut dropped_sum, mut dropped_n) = (0.0, 0);
-        let mut stopped = Stop::Completed;
-        let mut last_ckpt: Option<PathBuf> = None;
-        let mut train_seconds = 0.0;
-        let mut quality = None;
-        let mut tracker = eval::TargetTracker::new(self.evaluation.target.clone(), self.gpus());
-        while self.step < end {
-            if stop.load(Ordering::SeqCst) {
-                stopped = Stop::Terminated;
-                break;
-            }
-            let r = self.train_step();
-            train_seconds += r.seconds;
-            last_loss = r.loss;
-            if let Some(d) = r.dropped_fraction {
-                dropped_sum += d;
-                dropped_n += 1;
-            }
-            let tps = self.cfg.tokens_per_step() as f64 / r.seconds;
-            let mfu = tps * c.flops_per_token / peak;
-            metrics.record_progress(self.step, self.scaler.skipped_steps, r.dropped_fraction);
-            metrics.record_step(&StepGauges {
-                tokens: self.tokens,
-                loss: r.loss,
-                lr: r.lr,
-                grad_norm: r.grad_norm,
-                tokens_per_second: tps,
-                mfu,
-                loss_scale: self.scaler.scale,
-            });
-            let log_every = self.cfg.train.log_interval.max(1);
-            if self.step % log_every == 0 || self.step == end {
-                reporter.emit(RunEvent::Step(event::Step {
-                    step: self.step,
-                    tokens: self.tokens,
-                    loss: r.loss,
-                    lr: r.lr,
-                    grad_norm: r.grad_norm,
-                    tokens_per_second: tps,
-                    achieved_tflops: tps * c.flops_per_token / 1e12,
-                    mfu,
-                    aux_loss: r.aux_loss,
-                    dropped_fraction: r.dropped_fraction,
-                    loss_scale: self.scaler.enabled.then_some(r.loss_scale),
-                    skipped: self.scaler.enabled.then_some(r.skipped),
-                    ..Default::default()
-                }));
-            }
-            let every = self.cfg.train.eval_interval;
-            if every > 0 && self.step % every == 0 && self.step < end {
-                let q = self.evaluation_pass(reporter, metrics, &mut tracker, t_start.elapsed().as_secs_f64())?;
-                val_loss = q.validation_loss;
-                quality = Some(q);
-                if tracker.reached() {
-                    stopped = Stop::QualityTargetReached;
-                    break;
-                }
-            }
-            let every = self.cfg.train.checkpoint_interval;
-            if every > 0 && self.step % every == 0 && self.step < end {
-                last_ckpt = self.checkpoint(reporter, metrics)?;
-            }
-        }
-        if stopped == Stop::Completed {
-            let q = self.evaluation_pass(reporter, metrics, &mut tracker, t_start.elapsed().as_secs_f64())?;
-            val_loss = q.validation_loss;
-            quality = Some(q);
-            if tracker.reached() {
-                stopped = Stop::QualityTargetReached;
-            }
-        }
-        if self.cfg.checkpoint_dir.is_some() {
-            last_ckpt = self.checkpoint(reporter, metrics)?;
-        }
-        let tokens = self.tokens - start_tokens;
-        let device_hours = t_start.elapsed().as_secs_f64() / 3600.0 * self.gpus().max(1) as f64;
-        let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
-        let summary = Summary {
-            job: self.cfg.name.clone(),
-            device: format!("{:?}", self.device),
-            precision: format!("{:?}", self.cfg.train.precision),
-            steps: self.step,
-            tokens: self.tokens,
-            params_total: c.params_total,
-            params_active: c.params_active,
-            flops_per_token: c.flops_per_token,
-            total_flops: c.flops_per_token * self.tokens as f64,
-            seconds: t_start.elapsed().as_secs_f64(),
-            tokens_per_second: tps,
-            achieved_tflops: tps * c.flops_per_token / 1e12,
-            mfu: tps * c.flops_per_token / peak,
-            peak_source,
-            train_loss: last_loss,
-            val_loss,
-            dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
-            skipped_steps: self.scaler.skipped_steps,
-            stopped_by: match stopped {
-                Stop::Completed => "completion".into(),
-                Stop::QualityTargetReached => "quality target".into(),
-                Stop::Terminated => "signal".into(),
-            },
-            checkpoint: last_ckpt.map(|p| p.display().to_string()),
-            reason: format!("{stopped:?}"),
-            model: eval::describe_model(&self.cfg.model, &self.cfg.train.precision),
-            gpus: self.gpus(),
-            device_hours,
-            cost: device_hours * self.evaluation.price_per_gpu_hour,
-            currency: self.evaluation.currency.clone(),
-            quality,
-            target: tracker.outcome(self.step, end, stopped == Stop::Terminated),
-            provenance: self.provenance(),
-        };
-        Ok((stopped, summary))
+        let evaluation = self.evaluation.clone();
+        let session = Session { stop, reporter: Some(reporter), metrics, evaluation: &evaluation, max_steps, resume: false, metrics_port: None };
+        let (stopped, summary) = run::run(self, session)?;
+        Ok((stopped, summary.expect("a single-process run reports")))
     }
 
     /// GPUs this run holds (0 on the CPU).
     pub fn gpus(&self) -> i64 {
         i64::from(self.device != Device::Cpu)
     }
-
-    fn evaluation_pass(
-        &self,
-        reporter: &mut Reporter,
-        metrics: &Metrics,
-        tracker: &mut eval::TargetTracker,
-        seconds: f64,
-    ) -> Result<frugal_api::v1alpha1::QualityStatus> {
-        let q = self.evaluate_quality()?;
-        record_evaluation(&q, self.step, self.tokens, seconds, reporter, metrics, tracker);
-        Ok(q)
-    }
-
-    fn checkpoint(&self, reporter: &mut Reporter, metrics: &Metrics) -> Result<Option<PathBuf>> {
-        let t0 = Instant::now();
-        let path = self.save_checkpoint()?;
-        if let Some(p) = &path {
-            metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", self.step as f64);
-            reporter.emit(RunEvent::Checkpoint(event::Checkpoint {
-                step: self.step,
-                path: p.display().to_string(),
-                seconds: Some(t0.elapsed().as_secs_f64()),
-            }));
-        }
-        Ok(path)
-    }
 }
 
-/// Records an evaluation `seconds` into the run: the metrics, the `eval` event (in a pod the
-/// status folds it into the TrainingJob's `status.quality`) and the quality target. True when
-/// this evaluation first reached the target.
-pub fn record_evaluation(
-    q: &frugal_api::v1alpha1::QualityStatus,
-    step: i64,
-    tokens: i64,
-    seconds: f64,
-    reporter: &mut Reporter,
-    metrics: &Metrics,
-    tracker: &mut eval::TargetTracker,
-) -> bool {
-    let v = q.validation_loss.unwrap_or(f64::NAN);
-    metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
-    if let Some(b) = q.bits_per_byte {
-        metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
+impl Engine for Trainer {
+    fn cfg(&self) -> &RunConfig {
+        &self.cfg
     }
-    let reached = tracker.observe(q, step, tokens, seconds);
-    reporter.emit(RunEvent::Eval(event::Eval::of(q, step, reached)));
-    reached
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn step(&self) -> i64 {
+        self.step
+    }
+
+    fn tokens(&self) -> i64 {
+        self.tokens
+    }
+
+    fn loss_scaler(&self) -> &LossScaler {
+        &self.scaler
+    }
+
+    fn reports(&self) -> bool {
+        true
+    }
+
+    fn gpus(&self) -> i64 {
+        Trainer::gpus(self)
+    }
+
+    fn shape(&self) -> RunShape {
+        let (peak_flops, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
+        RunShape { counts: self.counts.clone(), peak_flops, peak_source, pipeline_stages: None }
+    }
+
+    fn resume(&mut self) -> Result<Option<event::Resume>> {
+        Ok(self.resume_latest()?.map(|step| event::Resume { step, stages_written: None, skipped_corrupt: self.skipped_checkpoints.clone() }))
+    }
+
+    fn optimizer_step(&mut self) -> Result<StepReport> {
+        Ok(self.train_step())
+    }
+
+    fn agree(&mut self, values: &[f64]) -> Result<Vec<f64>> {
+        Ok(values.to_vec())
+    }
+
+    fn evaluate(&mut self, _: &EvalConfig) -> Result<Option<QualityStatus>> {
+        Ok(Some(self.evaluate_quality()?))
+    }
+
+    fn checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        self.save_checkpoint()
+    }
+
+    fn provenance(&self, _: &EvalConfig) -> Provenance {
+        Trainer::provenance(self)
+    }
 }
 
 /// The device a run uses: `cuda` when libtorch sees a GPU, else the CPU.

@@ -1,0 +1,398 @@
+//! The run loop every parallelism shares. An [`Engine`] is one part of a run: the whole model in
+//! one process ([`crate::train::Trainer`]), or one pipeline stage (`pipeline/run.rs`). It can
+//! take an optimizer step, sum numbers with the run's other parts, evaluate, checkpoint and
+//! resume; [`run`] drives it with one cadence: every step the parts agree on whether to stop
+//! (SIGTERM reaches pods at different moments) and measure the pipeline bubble, every
+//! `evalInterval` steps they evaluate (and stop together at the quality target), every
+//! `checkpointInterval` steps and at the end they checkpoint. The part that [`Engine::reports`]
+//! (the single process; the stage with the head) emits the run's events, which the JSON log, the
+//! pod's status reporter and the progress bar all consume, records the step's metrics and builds
+//! the [`Summary`].
+
+use crate::config::RunConfig;
+use crate::eval::{self, EvalConfig, TargetTracker};
+use crate::job::Job;
+use crate::report::event::{self, RunEvent};
+use crate::report::metrics::{Metrics, StepGauges};
+use crate::report::status::{StatusReporter, StatusTarget};
+use crate::report::{Provenance, Reporter, Summary};
+use crate::train::flops::ModelCounts;
+use crate::train::precision::LossScaler;
+use anyhow::Result;
+use frugal_api::planner::bubble_fraction;
+use frugal_api::v1alpha1::QualityStatus;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::Device;
+
+/// What one optimizer step measured (agreed across the run's parts where they share it: loss,
+/// auxiliary loss, dropped fraction, gradient norm).
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: i64,
+    pub loss: f64,
+    /// Mean MoE auxiliary loss per MoE layer, if the model has MoE layers.
+    pub aux_loss: Option<f64>,
+    /// Token-expert assignments dropped for capacity, if any MoE.
+    pub dropped_fraction: Option<f64>,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// The loss scale the step ran with.
+    pub loss_scale: f64,
+    /// The update was skipped (a non-finite gradient under fp16 loss scaling).
+    pub skipped: bool,
+    /// The step's wall time.
+    pub seconds: f64,
+    /// A pipeline stage: the seconds of the step it computed (the rest it waited).
+    pub busy_seconds: Option<f64>,
+    pub routing_mismatches: i64,
+}
+
+/// Why a run returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Completed,
+    /// An evaluation reached the job's quality target (every part stops at that step).
+    QualityTargetReached,
+    /// SIGTERM/SIGINT: a checkpoint was written at the step every part agreed on; the run can
+    /// resume.
+    Terminated,
+}
+
+impl Stop {
+    /// The exit status of `frugal-trainer train`: 143 (killed by SIGTERM) after a checkpoint on
+    /// a signal, so that a Job does not count it as a success.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Completed | Self::QualityTargetReached => 0,
+            Self::Terminated => 143,
+        }
+    }
+
+    fn said(self) -> &'static str {
+        match self {
+            Self::Completed => "completion",
+            Self::QualityTargetReached => "quality target",
+            Self::Terminated => "signal",
+        }
+    }
+}
+
+/// What the reporting part of a run needs to know about it for MFU and the summary.
+#[derive(Clone, Debug)]
+pub struct RunShape {
+    pub counts: ModelCounts,
+    /// Peak FLOP/s of every device the run trains on, and where the figure comes from.
+    pub peak_flops: f64,
+    pub peak_source: String,
+    pub pipeline_stages: Option<i64>,
+}
+
+/// One part of a run.
+pub trait Engine {
+    fn cfg(&self) -> &RunConfig;
+    fn device(&self) -> Device;
+    /// Optimizer steps completed.
+    fn step(&self) -> i64;
+    fn tokens(&self) -> i64;
+    fn loss_scaler(&self) -> &LossScaler;
+    /// This part emits the run's events and summary.
+    fn reports(&self) -> bool;
+    /// GPUs the whole run holds (0 on the CPU).
+    fn gpus(&self) -> i64;
+    /// Asked of the reporting part only.
+    fn shape(&self) -> RunShape;
+    /// Loads the newest intact checkpoint, if there is one.
+    fn resume(&mut self) -> Result<Option<event::Resume>>;
+    fn optimizer_step(&mut self) -> Result<StepReport>;
+    /// `values` summed over every part of the run (themselves in a single process).
+    fn agree(&mut self, values: &[f64]) -> Result<Vec<f64>>;
+    /// The quality now; `Some` on the reporting part.
+    fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>>;
+    /// Commits a checkpoint of this step, if the run has a checkpoint directory.
+    fn checkpoint(&mut self) -> Result<Option<PathBuf>>;
+    /// What produced the run's results (the reporting part).
+    fn provenance(&self, evaluation: &EvalConfig) -> Provenance;
+}
+
+/// Where a run reports and when it ends.
+pub struct Session<'a> {
+    pub stop: &'a AtomicBool,
+    /// Present on the reporting part.
+    pub reporter: Option<&'a mut Reporter>,
+    pub metrics: &'a Metrics,
+    pub evaluation: &'a EvalConfig,
+    /// Stop after this many steps as if the run were complete there (the schedule still follows
+    /// the configured step count).
+    pub max_steps: Option<i64>,
+    /// Resume from the newest intact checkpoint first.
+    pub resume: bool,
+    /// The port Prometheus metrics are served on, to announce.
+    pub metrics_port: Option<u16>,
+}
+
+/// Trains `engine` to the configured step count (or [`Session::max_steps`]), reporting as it
+/// goes; on a signal checkpoints and returns [`Stop::Terminated`]. The reporting part also
+/// returns the run's summary.
+pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Summary>)> {
+    if s.resume
+        && let Some(resumed) = engine.resume()?
+        && let Some(rep) = s.reporter.as_deref_mut()
+    {
+        rep.emit(RunEvent::Resume(resumed));
+    }
+    let cfg = engine.cfg().clone();
+    let end = s.max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
+    let shape = engine.reports().then(|| engine.shape());
+    if let (Some(rep), Some(shape)) = (s.reporter.as_deref_mut(), &shape) {
+        let c = &shape.counts;
+        rep.emit(RunEvent::Start(event::Start {
+            job: cfg.name.clone(),
+            step: engine.step(),
+            steps: cfg.train.steps,
+            device: Some(format!("{:?}", engine.device())),
+            precision: Some(format!("{:?}", cfg.train.precision)),
+            params_total: Some(c.params_total),
+            params_active: Some(c.params_active),
+            flops_per_token: Some(c.flops_per_token),
+            pipeline_stages: shape.pipeline_stages,
+        }));
+        if let Some(port) = s.metrics_port {
+            rep.emit(RunEvent::Metrics { port });
+        }
+    }
+    let flops_per_token = shape.as_ref().map_or(f64::NAN, |sh| sh.counts.flops_per_token);
+    let peak = shape.as_ref().map_or(f64::NAN, |sh| sh.peak_flops);
+    let theory = shape.as_ref().and_then(|sh| sh.pipeline_stages).map(|p| bubble_fraction(p, cfg.micro_batches()));
+    let t_start = Instant::now();
+    let start_tokens = engine.tokens();
+    let (mut train_seconds, mut last_loss) = (0.0, f64::NAN);
+    let (mut dropped_sum, mut dropped_n) = (0.0, 0);
+    let (mut quality, mut last_checkpoint) = (None, None);
+    let mut tracker = TargetTracker::new(s.evaluation.target.clone(), engine.gpus());
+    let mut stopped = Stop::Completed;
+    let log_every = cfg.train.log_interval.max(1);
+    while engine.step() < end {
+        let r = engine.optimizer_step()?;
+        let signalled = f64::from(u8::from(s.stop.load(Ordering::SeqCst)));
+        let agreed = engine.agree(&[r.busy_seconds.unwrap_or(r.seconds), r.seconds, signalled])?;
+        // Σ busy / Σ wall over the stages: the fraction of the pipeline's device time that computed.
+        let bubble = r.busy_seconds.map(|_| 1.0 - agreed[0] / agreed[1]);
+        train_seconds += r.seconds;
+        last_loss = r.loss;
+        if let Some(d) = r.dropped_fraction {
+            dropped_sum += d;
+            dropped_n += 1;
+        }
+        s.metrics.record_progress(r.step, engine.loss_scaler().skipped_steps, r.dropped_fraction);
+        if let Some(b) = bubble {
+            s.metrics.gauge("frugal_trainer_pipeline_bubble_ratio", "Idle fraction of the pipeline's stages in the last step.", b);
+        }
+        if let Some(rep) = s.reporter.as_deref_mut() {
+            let tps = cfg.tokens_per_step() as f64 / r.seconds;
+            let mfu = tps * flops_per_token / peak;
+            let scaled = engine.loss_scaler().enabled;
+            s.metrics.record_step(&StepGauges {
+                tokens: engine.tokens(),
+                loss: r.loss,
+                lr: r.lr,
+                grad_norm: r.grad_norm,
+                tokens_per_second: tps,
+                mfu,
+                loss_scale: engine.loss_scaler().scale,
+            });
+            if r.step % log_every == 0 || r.step == end {
+                rep.emit(RunEvent::Step(event::Step {
+                    step: r.step,
+                    tokens: engine.tokens(),
+                    loss: r.loss,
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    tokens_per_second: tps,
+                    achieved_tflops: tps * flops_per_token / 1e12,
+                    mfu,
+                    aux_loss: r.aux_loss,
+                    dropped_fraction: r.dropped_fraction,
+                    loss_scale: scaled.then_some(r.loss_scale),
+                    skipped: scaled.then_some(r.skipped),
+                    pipeline_bubble: bubble,
+                    bubble_theory: theory,
+                    stage_busy_seconds: r.busy_seconds,
+                }));
+            }
+        }
+        if agreed[2] > 0.0 {
+            stopped = Stop::Terminated;
+            break;
+        }
+        let every = cfg.train.eval_interval;
+        if every > 0 && r.step % every == 0 && r.step < end && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality)? {
+            stopped = Stop::QualityTargetReached;
+            break;
+        }
+        let every = cfg.train.checkpoint_interval;
+        if every > 0 && r.step % every == 0 && r.step < end {
+            last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
+        }
+    }
+    if stopped == Stop::Completed && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality)? {
+        stopped = Stop::QualityTargetReached;
+    }
+    last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
+    let Some(shape) = shape else { return Ok((stopped, None)) };
+    let c = &shape.counts;
+    let tokens = engine.tokens() - start_tokens;
+    let seconds = t_start.elapsed().as_secs_f64();
+    let gpus = engine.gpus();
+    let device_hours = seconds / 3600.0 * gpus.max(1) as f64;
+    let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
+    let summary = Summary {
+        job: cfg.name.clone(),
+        device: format!("{:?}", engine.device()),
+        precision: format!("{:?}", cfg.train.precision),
+        steps: engine.step(),
+        tokens: engine.tokens(),
+        params_total: c.params_total,
+        params_active: c.params_active,
+        flops_per_token: c.flops_per_token,
+        total_flops: c.flops_per_token * engine.tokens() as f64,
+        seconds,
+        tokens_per_second: tps,
+        achieved_tflops: tps * c.flops_per_token / 1e12,
+        mfu: tps * c.flops_per_token / shape.peak_flops,
+        peak_source: shape.peak_source.clone(),
+        train_loss: last_loss,
+        val_loss: quality.as_ref().and_then(|q: &QualityStatus| q.validation_loss),
+        dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
+        skipped_steps: engine.loss_scaler().skipped_steps,
+        stopped_by: stopped.said().into(),
+        checkpoint: last_checkpoint.map(|p| p.display().to_string()),
+        reason: format!("{stopped:?}"),
+        model: eval::describe_model(&cfg.model, &cfg.train.precision),
+        gpus,
+        device_hours,
+        cost: device_hours * s.evaluation.price_per_gpu_hour,
+        currency: s.evaluation.currency.clone(),
+        target: tracker.outcome(engine.step(), end, stopped == Stop::Terminated),
+        quality,
+        provenance: engine.provenance(s.evaluation),
+    };
+    Ok((stopped, Some(summary)))
+}
+
+/// One evaluation by every part at the same step; the reporting part records it (metrics, the
+/// `eval` event, the quality target) and keeps it in `quality`. Returns whether it reached the
+/// quality target, which every part learns by agreeing on it, so that all stop together.
+fn evaluation_pass(
+    engine: &mut impl Engine,
+    s: &mut Session,
+    tracker: &mut TargetTracker,
+    t_start: Instant,
+    quality: &mut Option<QualityStatus>,
+) -> Result<bool> {
+    let mut reached = false;
+    if let Some(q) = engine.evaluate(s.evaluation)? {
+        if let Some(rep) = s.reporter.as_deref_mut() {
+            reached = record_evaluation(&q, engine.step(), engine.tokens(), t_start.elapsed().as_secs_f64(), rep, s.metrics, tracker);
+        }
+        *quality = Some(q);
+    }
+    Ok(engine.agree(&[f64::from(u8::from(reached))])?[0] > 0.0)
+}
+
+fn checkpoint(engine: &mut impl Engine, s: &mut Session) -> Result<Option<PathBuf>> {
+    let t0 = Instant::now();
+    let path = engine.checkpoint()?;
+    if let Some(p) = &path {
+        s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", engine.step() as f64);
+        if let Some(rep) = s.reporter.as_deref_mut() {
+            let seconds = Some(t0.elapsed().as_secs_f64());
+            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: engine.step(), path: p.display().to_string(), seconds }));
+        }
+    }
+    Ok(path)
+}
+
+/// Records an evaluation `seconds` into the run: the metrics, the `eval` event (in a pod the
+/// status folds it into the TrainingJob's `status.quality`) and the quality target. True when
+/// this evaluation first reached the target.
+pub fn record_evaluation(
+    q: &QualityStatus,
+    step: i64,
+    tokens: i64,
+    seconds: f64,
+    reporter: &mut Reporter,
+    metrics: &Metrics,
+    tracker: &mut TargetTracker,
+) -> bool {
+    let v = q.validation_loss.unwrap_or(f64::NAN);
+    metrics.gauge("frugal_trainer_validation_loss", "Validation loss of the last evaluation.", v);
+    if let Some(b) = q.bits_per_byte {
+        metrics.gauge("frugal_trainer_bits_per_byte", "Validation bits per byte of the last evaluation.", b);
+    }
+    let reached = tracker.observe(q, step, tokens, seconds);
+    reporter.emit(RunEvent::Eval(event::Eval::of(q, step, reached)));
+    reached
+}
+
+/// How a run reports, as the `train` command's flags say.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// JSON lines on stdout instead of a progress bar.
+    pub json: bool,
+    /// Also write the final run report here (it always goes into the checkpoint directory).
+    pub report: Option<PathBuf>,
+}
+
+/// Everything a part of a job's run reports to, shared by every part in a process.
+#[derive(Clone)]
+pub struct JobRun {
+    /// In a pod (the operator set `FRUGAL_REPORT_STATUS`): the TrainingJob whose status the
+    /// reporting part writes.
+    pub status: Option<StatusTarget>,
+    pub evaluation: EvalConfig,
+    pub output: Output,
+    pub metrics: Metrics,
+    /// The port `metrics` is served on, if it is.
+    pub metrics_port: Option<u16>,
+    pub stop: Arc<AtomicBool>,
+    pub max_steps: Option<i64>,
+}
+
+impl JobRun {
+    pub fn of(job: &Job, output: Output, metrics: Metrics, metrics_port: Option<u16>, stop: Arc<AtomicBool>, max_steps: Option<i64>) -> Self {
+        let status = StatusTarget::from_env(&job.spec, &job.plan);
+        Self { status, evaluation: job.eval_config(), output, metrics, metrics_port, stop, max_steps }
+    }
+}
+
+/// Runs `engine` as one part of a job's run: resumes, trains, and on the reporting part reports
+/// into the TrainingJob's status when in a pod, prints the summary and writes the run report.
+pub fn train_job(engine: &mut impl Engine, job: &JobRun) -> Result<Stop> {
+    let status = job.status.clone().filter(|_| engine.reports()).map(StatusTarget::start);
+    let mut reporter = engine
+        .reports()
+        .then(|| Reporter::new(engine.cfg().train.steps, job.output.json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
+    let session = Session {
+        stop: &job.stop,
+        reporter: reporter.as_mut(),
+        metrics: &job.metrics,
+        evaluation: &job.evaluation,
+        max_steps: job.max_steps,
+        resume: true,
+        metrics_port: job.metrics_port,
+    };
+    let (stopped, summary) = run(engine, session)?;
+    if let (Some(rep), Some(summary)) = (reporter.as_mut(), &summary) {
+        rep.summary(summary);
+        summary.write_report(engine.cfg().checkpoint_dir.as_deref(), job.output.report.as_deref())?;
+    }
+    drop(reporter);
+    if let Some(status) = status {
+        status.finish();
+    }
+    Ok(stopped)
+}
