@@ -109,7 +109,7 @@ fn one_f_one_b_holds_fewer_micro_batches_than_gpipe() {
 #[test]
 fn a_four_stage_checkpoint_resumes_as_two_stages_and_as_one() {
     tch::set_num_threads(1);
-    use frugal_trainer::checkpoint::pipelined as checkpoint;
+    use frugal_trainer::pipeline::checkpoint;
     let root = temp_dir("pp-ckpt");
     let cfg = pipeline_run();
     // Four stages: two steps, a checkpoint, then a third step as the uninterrupted reference.
@@ -351,7 +351,7 @@ fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
 /// before anything loads, saying which layout it is and which job reads it.
 #[test]
 fn a_checkpoint_of_the_other_layout_is_refused_saying_which_it_is() {
-    use frugal_trainer::checkpoint::pipelined as checkpoint;
+    use frugal_trainer::pipeline::checkpoint;
     tch::set_num_threads(1);
     let cfg = pipeline_run();
     let root = temp_dir("pp-layout");

@@ -1,4 +1,6 @@
-//! Checkpoints: a directory per step under the job's checkpoint path, in one of two layouts.
+//! Checkpoints: a directory per step under the job's checkpoint path, in one of two layouts. This
+//! module knows files, not runs: it takes tensors and a state to write and hands them back
+//! verified, so that the trainer and the pipeline depend on it and not the other way round.
 //!
 //!   [`single`]     a single-process run: `model.safetensors`, `optimizer.safetensors`
 //!   [`pipelined`]  a pipelined run: `stage-<i>.model.safetensors`, `stage-<i>.optimizer...`
@@ -21,9 +23,40 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-pub use single::TrainerState;
+/// What a step holds besides tensors (`trainer.json`): the run's position and loss scale.
+pub trait State: Serialize + serde::de::DeserializeOwned {
+    fn step(&self) -> i64;
+}
+
+/// The tensors of a step (or of one pipeline stage's part of it), on the host: fp32 master
+/// weights and optimizer state under global parameter names.
+pub struct Tensors {
+    pub weights: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+impl Tensors {
+    /// `store`'s master weights and `optimizer_state` (the optimizer's `<state>.<name>` views)
+    /// copied to the host, without the parameter named `skip` (a tied copy another stage writes).
+    pub fn of(store: &crate::params::ParamStore, optimizer_state: Vec<(String, Tensor)>, skip: Option<&str>) -> Self {
+        // One device-to-host copy per flat buffer, then views under global names.
+        let master = store.master.to_device(Device::Cpu);
+        let weights = store
+            .specs
+            .iter()
+            .filter(|s| Some(s.name.as_str()) != skip)
+            .map(|s| (s.name.clone(), master.narrow(0, s.offset, s.numel()).view(s.shape.as_slice())))
+            .collect();
+        let optimizer = optimizer_state
+            .into_iter()
+            .filter(|(n, _)| skip.is_none_or(|s| !n.ends_with(&format!(".{s}"))))
+            .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
+            .collect();
+        Self { weights, optimizer }
+    }
+}
 
 pub const MANIFEST: &str = "MANIFEST.json";
 pub const TRAINER: &str = "trainer.json";
@@ -204,11 +237,11 @@ pub(crate) fn write_state<S: Serialize>(dir: &Path, state: &S) -> Result<()> {
 }
 
 /// Reads `trainer.json` of a verified step and checks that it is of the manifest's step.
-pub(crate) fn read_state<S: serde::de::DeserializeOwned>(dir: &Path, manifest: &Manifest, step_of: impl Fn(&S) -> i64) -> Result<S> {
+pub(crate) fn read_state<S: State>(dir: &Path, manifest: &Manifest) -> Result<S> {
     let path = dir.join(TRAINER);
     let state: S = serde_json::from_slice(&fs::read(&path).map_err(io(&path))?).map_err(|e| corrupt(dir, format!("unreadable {TRAINER}: {e}")))?;
-    if step_of(&state) != manifest.step {
-        return Err(corrupt(dir, format!("{TRAINER} says step {}, the manifest {}", step_of(&state), manifest.step)));
+    if state.step() != manifest.step {
+        return Err(corrupt(dir, format!("{TRAINER} says step {}, the manifest {}", state.step(), manifest.step)));
     }
     Ok(state)
 }
@@ -303,14 +336,14 @@ impl Manifest {
     }
 }
 
-/// Checks every name, shape and dtype of `weights` and `optimizer` against `store` and `optim`,
-/// then copies them in: nothing is modified unless everything matches. `exact`: the checkpoint
-/// holds no weight the store lacks (a single-process checkpoint; a pipelined one holds every
-/// stage's).
+/// Checks every name, shape and dtype of `weights` and `optimizer` against `store` and the
+/// optimizer's state views `wanted`, then copies them in: nothing is modified unless everything
+/// matches. `exact`: the checkpoint holds no weight the store lacks (a single-process checkpoint;
+/// a pipelined one holds every stage's).
 pub(crate) fn restore_tensors(
     dir: &Path,
     store: &mut crate::params::ParamStore,
-    optim: &mut crate::train::optim::Optimizer,
+    wanted: Vec<(String, Tensor)>,
     weights: &BTreeMap<String, Tensor>,
     optimizer: &BTreeMap<String, Tensor>,
     exact: bool,
@@ -324,7 +357,6 @@ pub(crate) fn restore_tensors(
             return Err(mismatch(dir, format!("{}: {:?} {:?} in the checkpoint, {:?} f32 in the model", s.name, t.size(), t.kind(), s.shape)));
         }
     }
-    let wanted = optim.state_tensors(store);
     if exact && optimizer.len() != wanted.len() {
         return Err(mismatch(
             dir,

@@ -3,6 +3,7 @@
 //! forward-only), an engine that executes them, and transports between stages (threads of one
 //! process, or TCP between pods), and evaluation through the same chain. See docs/pipeline.md.
 
+pub mod checkpoint;
 pub mod engine;
 pub mod eval;
 pub mod process;

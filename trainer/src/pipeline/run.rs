@@ -134,7 +134,7 @@ impl Engine for Stage<'_> {
     fn resume(&mut self) -> Result<Option<event::Resume>> {
         let Some(root) = self.worker.cfg.checkpoint_dir.clone() else { return Ok(None) };
         let w = &mut *self.worker;
-        let resumed = checkpoint::newest_intact(&root, |dir| checkpoint::pipelined::load(w, dir))?;
+        let resumed = checkpoint::newest_intact(&root, |dir| super::checkpoint::load(w, dir))?;
         let step = resumed.as_ref().map_or(-1, |r| r.loaded.step);
         let agreed = self.agree(&[step as f64, 1.0])?;
         anyhow::ensure!(
@@ -165,7 +165,7 @@ impl Engine for Stage<'_> {
     fn checkpoint(&mut self) -> Result<Option<PathBuf>> {
         let Some(root) = self.worker.cfg.checkpoint_dir.clone() else { return Ok(None) };
         let keep = self.worker.cfg.keep_checkpoints;
-        Ok(Some(checkpoint::pipelined::save(self.worker, &root, keep)?))
+        Ok(Some(super::checkpoint::save(self.worker, &root, keep)?))
     }
 
     fn provenance(&self, evaluation: &EvalConfig) -> Provenance {
@@ -189,7 +189,7 @@ pub fn evaluate_checkpoint(job: &Job, cfg: &RunConfig, dir: &Path, device: Devic
     let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
     let (dir, evaluation) = (dir.to_path_buf(), job.eval_config());
     let results = run_in_process(cfg, &layouts(&cfg.model, stages), schedule, &devices_for(device), move |w: &mut StageWorker| {
-        checkpoint::pipelined::load(w, &dir)?;
+        super::checkpoint::load(w, &dir)?;
         let quality = w.evaluate(&evaluation)?;
         Ok(quality.map(|q| {
             let data = w.data.as_ref().expect("the last stage holds the data");

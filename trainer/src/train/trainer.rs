@@ -2,9 +2,10 @@
 //! loop. One optimizer step is `micro_batches` forward/backward passes, a gradient gather into
 //! the flat buffer, the loss-scale check, the clip and the update.
 
-use crate::checkpoint::{self, TrainerState, single};
+use crate::checkpoint::{self, State, Tensors, single};
 use crate::config::RunConfig;
 use crate::data::Data;
+use crate::data::DataPosition;
 use crate::eval::{self, EvalConfig, GptModel};
 use crate::model::gpt::Gpt;
 use crate::params::{ParamBuilder, ParamStore};
@@ -22,6 +23,24 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// Everything besides tensors that a resumed single-process run needs (`trainer.json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    pub step: i64,
+    pub tokens: i64,
+    pub data: DataPosition,
+    pub loss_scaler: LossScaler,
+    pub optimizer_updates: i64,
+    pub model_fingerprint: String,
+    pub job: String,
+}
+
+impl State for TrainerState {
+    fn step(&self) -> i64 {
+        self.step
+    }
+}
 
 pub struct Trainer {
     pub cfg: RunConfig,
@@ -83,18 +102,22 @@ impl Trainer {
 
     pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
         let Some(dir) = &self.cfg.checkpoint_dir else { return Ok(None) };
-        Ok(Some(single::save(dir, &self.params, &self.optim, &self.state(), self.cfg.keep_checkpoints)?))
+        let tensors = Tensors::of(&self.params, self.optim.state_tensors(&self.params), None);
+        let state = self.state();
+        Ok(Some(single::save(dir, &tensors, &state, &state.model_fingerprint, self.cfg.keep_checkpoints)?))
     }
 
     /// Loads a specific checkpoint directory.
     pub fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
-        let state = single::load(dir, &mut self.params, &mut self.optim)?;
+        let optimizer = self.optim.state_tensors(&self.params);
+        let state = single::load(dir, &mut self.params, optimizer)?;
         self.resume_from(state);
         Ok(())
     }
 
     /// Takes over a loaded checkpoint's step, tokens, data position and loss scale.
     fn resume_from(&mut self, state: TrainerState) {
+        self.optim.updates = state.optimizer_updates;
         self.step = state.step;
         self.tokens = state.tokens;
         self.data.position = state.data;
@@ -110,8 +133,12 @@ impl Trainer {
     pub fn resume_latest(&mut self) -> Result<Option<i64>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
         self.skipped_checkpoints.clear();
-        let (params, optim) = (&mut self.params, &mut self.optim);
-        let Some(resumed) = checkpoint::newest_intact(&root, |dir| Ok(single::load(dir, params, optim)?))? else { return Ok(None) };
+        let (params, optim) = (&mut self.params, &self.optim);
+        let load = |dir: &std::path::Path| {
+            let optimizer = optim.state_tensors(params);
+            Ok(single::load::<TrainerState>(dir, params, optimizer)?)
+        };
+        let Some(resumed) = checkpoint::newest_intact(&root, load)? else { return Ok(None) };
         resumed.set_aside()?;
         self.skipped_checkpoints = resumed.notes();
         self.resume_from(resumed.loaded);
