@@ -5,26 +5,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-mod admit;
-mod apply;
-mod budget;
-mod build;
 mod conditions;
-mod controller;
 mod crd;
-mod error;
-mod ledger;
-mod lifecycle;
+mod manager;
 mod metrics;
 mod names;
-mod observe;
-mod plan;
-mod rejection;
 mod run;
 mod settings;
-mod status;
 mod synced;
-mod validate;
+mod training_budget;
+mod training_job;
 
 #[derive(Parser)]
 #[command(name = "frugal-operator", version, about = "Runs TrainingJobs as GPU pods within their budgets")]

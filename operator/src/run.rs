@@ -12,7 +12,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info};
 
 use crate::RunArgs;
-use crate::controller::{self, Scope};
+use crate::manager::{self, Scope};
 use crate::metrics::{self, Health, Metrics};
 use crate::settings::Settings;
 
@@ -72,7 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_elect {
         info!(max_gpus_per_job = settings.max_gpus_per_job, "starting the controller");
-        controller::run(client, settings, scope, metrics, health.clone(), shutdown_signal()).await?;
+        manager::run(client, settings, scope, metrics, health.clone(), shutdown_signal()).await?;
         health.alive.store(false, Ordering::Relaxed);
         return Ok(());
     }
@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = shutdown_signal() => {},
         }
     };
-    controller::run(client, settings, scope, metrics, health.clone(), stop).await?;
+    manager::run(client, settings, scope, metrics, health.clone(), stop).await?;
     health.alive.store(false, Ordering::Relaxed);
     drop(leader);
     // dropping the channel ends the lease task, which releases the lease for the next leader

@@ -1,8 +1,7 @@
 //! Whether a watch's cache holds its first full list, for any number of waiters.
 
 use kube::runtime::watcher;
-
-use crate::error::Error;
+use tokio::sync::watch::error::RecvError;
 
 /// Whether a cache holds its first full list, for any number of waiters. Its stream says so when
 /// the reflector passes InitDone (the reflector has applied it to the store by then).
@@ -15,9 +14,9 @@ pub struct Synced(tokio::sync::watch::Receiver<bool>);
 impl Synced {
     /// Waits until the cache has synced; an error when its stream has ended first (the operator
     /// is stopping).
-    pub async fn wait(&self) -> Result<(), Error> {
+    pub async fn wait(&self) -> Result<(), RecvError> {
         let mut rx = self.0.clone();
-        rx.wait_for(|synced| *synced).await.map(|_| ()).map_err(|_| Error::CacheClosed)
+        rx.wait_for(|synced| *synced).await.map(|_| ())
     }
 }
 

@@ -69,6 +69,14 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// Succeeded or Failed: the job's pods are done (one that failed on its spec runs again when
+    /// the spec changes).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
 /// The model as resolved from a preset or explicit shape.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

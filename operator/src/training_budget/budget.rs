@@ -14,10 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetHolder, BudgetPeriod, Phase, TrainingBudgetSpec, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetHolder, BudgetPeriod, TrainingBudgetSpec, TrainingBudgetStatus};
 
 use crate::conditions::{self, reasons};
-use crate::lifecycle::{Action, AttemptState, AttemptView, Decision};
 
 /// What a job asks of its budget this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,23 +28,6 @@ pub enum Demand {
     /// An attempt of it is live (its pods hold GPUs, or Kueue may start them): recorded even past
     /// the limits, because the GPUs are held whatever the ledger says.
     Hold,
-}
-
-/// What a job's next step means for its budget.
-pub fn demand(decision: &Decision, attempts: &[AttemptView]) -> Demand {
-    if matches!(decision.phase, Phase::Succeeded | Phase::Failed) {
-        return Demand::Release;
-    }
-    let live = attempts
-        .last()
-        .is_some_and(|a| matches!(a.state, AttemptState::Starting | AttemptState::Running | AttemptState::Stopping(_) | AttemptState::Queued));
-    if live {
-        Demand::Hold
-    } else if matches!(decision.action, Action::Create(_)) {
-        Demand::Start
-    } else {
-        Demand::Release
-    }
 }
 
 /// The job as the ledger sees it.

@@ -2,14 +2,20 @@
 //! `budget.maxGpus` and the operator's ceiling, and a job of several pods must checkpoint to a
 //! volume they all share (ReadWriteMany), checked before anything starts. A job that names a
 //! TrainingBudget is admitted against it later in the pass, once the lifecycle has said what the
-//! job is about to do (`budget.rs`, `ledger.rs`).
+//! job is about to do: [`demand`] and [`budget_claim`] put that in the ledger's terms, and
+//! `training_budget::ledger` writes it.
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
+use frugal_api::TrainingJob;
+use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
+
+use super::lifecycle::{Action, Decision};
+use super::observe::{AttemptState, AttemptView};
+use super::plan::PlannedJob;
 use crate::conditions::reasons;
-use crate::lifecycle::{AttemptState, AttemptView};
-use crate::plan::PlannedJob;
 use crate::settings::Settings;
+use crate::training_budget::budget::{Claim, Demand, TooSmall};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmitError {
@@ -18,7 +24,7 @@ pub enum AdmitError {
     #[error("spec.checkpoint.claimName {claim:?} does not exist yet; the job's {pods} pods start once it does")]
     ClaimMissing { claim: String, pods: i64 },
     #[error(transparent)]
-    BudgetTooSmall(#[from] crate::budget::TooSmall),
+    BudgetTooSmall(#[from] TooSmall),
     #[error(
         "spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)"
     )]
@@ -73,11 +79,40 @@ pub fn admit(job: &PlannedJob, settings: &Settings, claim: Option<&PersistentVol
     Ok(())
 }
 
+/// What a job's next step means for its budget.
+pub fn demand(decision: &Decision, attempts: &[AttemptView]) -> Demand {
+    if matches!(decision.phase, Phase::Succeeded | Phase::Failed) {
+        return Demand::Release;
+    }
+    let live = attempts
+        .last()
+        .is_some_and(|a| matches!(a.state, AttemptState::Starting | AttemptState::Running | AttemptState::Stopping(_) | AttemptState::Queued));
+    if live {
+        Demand::Hold
+    } else if matches!(decision.action, Action::Create(_)) {
+        Demand::Start
+    } else {
+        Demand::Release
+    }
+}
+
+/// The job as its budget's ledger sees it.
+pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, prev: &TrainingJobStatus) -> Claim<'a> {
+    Claim {
+        name: tj.metadata.name.as_deref().unwrap_or_default(),
+        uid: tj.metadata.uid.as_deref().unwrap_or_default(),
+        gpus: i32::try_from(gpus).unwrap_or(i32::MAX),
+        gpu_type: &tj.spec.resources.gpu_type,
+        gpu_hours: prev.cost.as_ref().map_or(0.0, |c| c.gpu_hours),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::plan;
-    use crate::validate::{tests::training_job, validate};
+    use crate::training_job::observe::{FailureKind, StopReason};
+    use crate::training_job::plan::plan;
+    use crate::training_job::validate::{tests::training_job, validate};
     use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 
     fn planned(stages: i32, max_gpus: Option<i32>, gpus_per_pod: i32, claim: Option<&str>) -> PlannedJob {
@@ -127,7 +162,7 @@ mod tests {
     #[test]
     fn only_a_job_without_a_live_attempt_is_gated() {
         let view = |attempt, state| AttemptView { attempt, state, started: None, trouble: None };
-        let failed = AttemptState::Failed { kind: crate::lifecycle::FailureKind::Failed, message: String::new() };
+        let failed = AttemptState::Failed { kind: FailureKind::Failed, message: String::new() };
         let cases = [
             ("never started", vec![], true),
             ("attempt 1 running", vec![view(1, AttemptState::Running)], false),
@@ -158,5 +193,51 @@ mod tests {
         let one_pod = planned(2, None, 2, Some("ckpt"));
         assert_eq!(claim_to_check(&one_pod), None);
         assert_eq!(admit(&one_pod, &s, None), Ok(()));
+    }
+
+    fn decision(phase: Phase, action: Action) -> Decision {
+        Decision {
+            action,
+            phase,
+            reason: "R",
+            message: String::new(),
+            stalled: false,
+            attempt: 1,
+            restarts: 0,
+            succeeded_at: None,
+            requeue_after: None,
+        }
+    }
+
+    fn attempt(state: AttemptState) -> Vec<AttemptView> {
+        vec![AttemptView { attempt: 1, state, started: None, trouble: None }]
+    }
+
+    /// What each step of the lifecycle asks of the budget.
+    #[test]
+    fn demand_table() {
+        use AttemptState::*;
+        let failed = |kind| Failed { kind, message: String::new() };
+        let cases: Vec<(&str, Decision, Vec<AttemptView>, Demand)> = vec![
+            ("first attempt to create", decision(Phase::Pending, Action::Create(1)), vec![], Demand::Start),
+            ("suspended before it started", decision(Phase::Suspended, Action::Nothing), vec![], Demand::Release),
+            ("starting", decision(Phase::Pending, Action::Nothing), attempt(Starting), Demand::Hold),
+            ("running", decision(Phase::Running, Action::Nothing), attempt(Running), Demand::Hold),
+            ("queued by Kueue", decision(Phase::Queued, Action::Nothing), attempt(Queued), Demand::Hold),
+            (
+                "suspending: pods still stopping",
+                decision(Phase::Suspended, Action::Nothing),
+                attempt(Stopping(Some(StopReason::Suspended))),
+                Demand::Hold,
+            ),
+            ("suspended, pods gone", decision(Phase::Suspended, Action::Nothing), attempt(failed(FailureKind::Suspended)), Demand::Release),
+            ("resumed", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Suspended)), Demand::Start),
+            ("restarting after a failure", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Failed)), Demand::Start),
+            ("succeeded", decision(Phase::Succeeded, Action::Nothing), attempt(Succeeded { at: None }), Demand::Release),
+            ("failed", decision(Phase::Failed, Action::Nothing), attempt(failed(FailureKind::Failed)), Demand::Release),
+        ];
+        for (what, d, attempts, want) in cases {
+            assert_eq!(demand(&d, &attempts), want, "{what}");
+        }
     }
 }

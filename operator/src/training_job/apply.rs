@@ -15,11 +15,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{Children, build_job, build_secret, new_token};
-use crate::lifecycle::{Action, StopReason};
+use super::build::{Children, build_job, build_secret, new_token};
+use super::error::Error;
+use super::lifecycle::Action;
+use super::observe::StopReason;
+use super::plan::PlannedJob;
+use super::rejection;
 use crate::names::{FIELD_MANAGER, Names, STOP_REASON_ANNOTATION};
-use crate::plan::PlannedJob;
-use crate::rejection;
 use crate::settings::Settings;
 
 fn ssa<K>(client: &Client, namespace: &str) -> Api<K>
@@ -160,7 +162,7 @@ where
 }
 
 /// Carries out a lifecycle action.
-pub async fn act(client: &Client, job: &PlannedJob, action: &Action, settings: &Settings) -> Result<(), crate::error::Error> {
+pub async fn act(client: &Client, job: &PlannedJob, action: &Action, settings: &Settings) -> Result<(), Error> {
     let names = &job.valid.names;
     let jobs: Api<Job> = ssa(client, &names.namespace);
     let result = match action {
@@ -210,8 +212,8 @@ pub async fn delete_children(client: &Client, names: &Names, attempt_jobs: &[Str
 #[cfg(test)]
 mod seen_tests {
     use super::*;
-    use crate::build::build_children;
-    use crate::build::tests::planned;
+    use crate::training_job::build::build_children;
+    use crate::training_job::build::tests::planned;
     use kube::runtime::reflector;
 
     #[test]

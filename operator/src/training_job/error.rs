@@ -1,10 +1,11 @@
-//! Errors by layer, and the top-level [`Error`] with a stable category for metrics and
-//! conditions. Permanent errors (a spec that can never work as it is) become a condition and
+//! Errors by layer, and the TrainingJob controller's [`Error`] with a stable category for metrics
+//! and conditions. Permanent errors (a spec that can never work as it is) become a condition and
 //! wait for the spec to change; the others are retried with backoff.
 
-use crate::admit::AdmitError;
-use crate::plan::PlanStageError;
-use crate::validate::ValidationError;
+use super::admit::AdmitError;
+use super::plan::PlanStageError;
+use super::validate::ValidationError;
+use crate::training_budget::ledger::SettleError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,10 +20,16 @@ pub enum Error {
     /// The API server refused a child as invalid: retrying the same spec cannot help.
     #[error("{0}")]
     Rejected(String),
-    #[error("the object has no {0}")]
-    MissingMetadata(&'static str),
-    #[error("the TrainingJob cache closed: the operator is stopping")]
-    CacheClosed,
+}
+
+/// A budget too small for the job is an admission error like the job's own limits.
+impl From<SettleError> for Error {
+    fn from(e: SettleError) -> Self {
+        match e {
+            SettleError::Kube(e) => Self::Kube(e),
+            SettleError::TooSmall(e) => Self::Admit(e.into()),
+        }
+    }
 }
 
 impl Error {
@@ -32,8 +39,7 @@ impl Error {
             Self::Validation(_) => "validation",
             Self::Plan(_) => "plan",
             Self::Admit(_) => "admission",
-            Self::Kube(_) | Self::CacheClosed => "kubernetes",
-            Self::MissingMetadata(_) => "metadata",
+            Self::Kube(_) => "kubernetes",
             Self::Rejected(_) => "rejected",
         }
     }
@@ -45,7 +51,7 @@ impl Error {
             Self::Plan(e) => Some(e.reason()),
             Self::Admit(e) => e.permanent_reason(),
             Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
-            Self::Kube(_) | Self::MissingMetadata(_) | Self::CacheClosed => None,
+            Self::Kube(_) => None,
         }
     }
 }

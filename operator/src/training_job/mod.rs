@@ -1,44 +1,49 @@
-//! The controller: what it watches, and `reconcile`, which runs the stages in order:
-//! validate → plan → admit → build → apply → status.
+//! The TrainingJob controller: `reconcile` runs the stages in order, validate → plan → admit →
+//! decide (`observe`, `lifecycle`) → build → apply → status, each a module of its own here. The
+//! manager (`manager.rs`) wires it to the caches it reads.
+
+pub mod admit;
+pub mod apply;
+pub mod build;
+pub mod error;
+pub mod lifecycle;
+pub mod observe;
+pub mod plan;
+pub mod rejection;
+pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use frugal_api::TrainingJob;
 use frugal_api::planner::Plan;
 use frugal_api::v1alpha1::{BudgetSpec, Phase, TrainingJobStatus};
-use frugal_api::{TrainingBudget, TrainingJob};
 
-use crate::admit::{self, AdmitError};
-use crate::budget::{self, Claim, Demand};
 use crate::conditions::reasons;
-use crate::error::Error;
-use crate::ledger::{self, Admission, BudgetContext};
-use crate::lifecycle::{self, Inputs, Spending};
-use crate::metrics::{Backoff, CategoryLabels, Health, Metrics, ResultLabels};
-use crate::names::{JOB_LABEL, Names};
-use crate::observe;
-use crate::plan::{self, PlannedJob};
+use crate::metrics::{Backoff, CategoryLabels, Metrics, ResultLabels};
+use crate::names::Names;
 use crate::settings::Settings;
-use crate::status::{self, Summary};
-use crate::synced::{mark_synced, synced};
-use crate::{apply, build, rejection, validate};
+use crate::training_budget::budget::Demand;
+use crate::training_budget::ledger::{self, Admission};
+use admit::AdmitError;
+use error::Error;
+use lifecycle::{Inputs, Spending};
+use plan::PlannedJob;
+use status::Summary;
 
+/// What a pass works with: the client, the operator's settings, the caches of its Jobs and pods,
+/// the metrics, the event recorder, the per-job backoff, and what was last applied.
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
@@ -116,7 +121,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     }
     // a job that ran and finished stays finished, whatever its spec says later; one stopped by
     // a spec that cannot work waits for a better one
-    if status::is_terminal(prev.phase) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) {
+    if prev.phase.is_some_and(Phase::is_terminal) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) {
         release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
@@ -159,8 +164,8 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     });
     // the budget's ledger is written before any child is created
     if let Some(name) = valid.spec.budget.budget_ref.as_deref() {
-        let claim = budget_claim(tj, planned.plan.gpus, prev);
-        let demand = budget::demand(&decision, &attempts);
+        let claim = admit::budget_claim(tj, planned.plan.gpus, prev);
+        let demand = admit::demand(&decision, &attempts);
         if let Admission::Wait(w) = ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
             let summary = Summary { phase: Phase::Queued, ..pending(w.reason, w.message, prev) };
             // a change of the budget wakes the job (the controller watches TrainingBudgets)
@@ -189,7 +194,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     // ttlSecondsAfterFinished is counted by a pass that finds the status finished; status writes
     // trigger no pass, and the children's last events may all come before this one's write
     let requeue = match policy.ttl_seconds_after_finished {
-        Some(_) if status::is_terminal(Some(summary.phase)) => Some(Duration::from_secs(1)),
+        Some(_) if summary.phase.is_terminal() => Some(Duration::from_secs(1)),
         _ => decision.requeue_after,
     };
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
@@ -208,17 +213,6 @@ fn spending(budget: &BudgetSpec, prev: &TrainingJobStatus, plan: &Plan) -> Spend
     }
 }
 
-/// The job as its budget's ledger sees it.
-fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, prev: &TrainingJobStatus) -> Claim<'a> {
-    Claim {
-        name: tj.metadata.name.as_deref().unwrap_or_default(),
-        uid: tj.metadata.uid.as_deref().unwrap_or_default(),
-        gpus: i32::try_from(gpus).unwrap_or(i32::MAX),
-        gpu_type: &tj.spec.resources.gpu_type,
-        gpu_hours: prev.cost.as_ref().map_or(0.0, |c| c.gpu_hours),
-    }
-}
-
 /// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
 /// released it already, unless that pass was cut short).
 async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<(), Error> {
@@ -226,7 +220,7 @@ async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobSta
         return Ok(());
     };
     let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, name, &budget_claim(tj, gpus, prev), Demand::Release).await?;
+    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, prev), Demand::Release).await?;
     Ok(())
 }
 
@@ -333,237 +327,10 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     Ok(Action::await_change())
 }
 
-fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
     let after = ctx.backoff.next(&key);
     warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
     Action::requeue(after)
-}
-
-/// What a TrainingJob change must touch to trigger a reconcile: its spec (generation), labels
-/// and annotations. Status writes (the trainer's progress reports, our own patches) do not.
-fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    tj.metadata.generation.hash(&mut h);
-    tj.metadata.labels.hash(&mut h);
-    tj.metadata.annotations.hash(&mut h);
-    tj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    Some(h.finish())
-}
-
-/// Where the controller looks.
-pub struct Scope {
-    /// One namespace, or all.
-    pub namespace: Option<String>,
-}
-
-impl Scope {
-    fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-}
-
-/// Waits until the API server serves TrainingJobs and TrainingBudgets to this operator (the
-/// CRDs are installed and established, and its identity may list them), retrying with backoff
-/// and saying why; false when told to stop first.
-async fn served(client: &Client, scope: &Scope, shutdown: impl std::future::Future<Output = ()>) -> bool {
-    let mut delay = Duration::from_millis(500);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let jobs = scope.api::<TrainingJob>(client).list_metadata(&ListParams::default().limit(1)).await;
-        let budgets = scope.api::<TrainingBudget>(client).list_metadata(&ListParams::default().limit(1)).await;
-        match jobs.and(budgets) {
-            Ok(_) => return true,
-            Err(e) => warn!(
-                retry_in = ?delay,
-                "TrainingJobs and TrainingBudgets are not served yet ({e}): waiting for the CRDs (helm installs them; or frugal-operator crd | kubectl apply -f -)"
-            ),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {},
-            _ = &mut shutdown => return false,
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// How long a stop waits for the passes in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    scope: Scope,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    let shutdown = shutdown.shared();
-    // a Helm install applies the CRDs and the Deployment together: wait, not ready, until the
-    // API server serves them
-    if !served(&client, &scope, shutdown.clone()).await {
-        return Ok(());
-    }
-    let children = watcher::Config::default().labels(&Names::managed_selector());
-
-    let (job_reader, job_writer) = reflector::store();
-    let (jobs_synced_tx, jobs_synced) = synced();
-    let job_stream = reflector::reflector(job_writer, watcher(scope.api::<Job>(&client), children.clone()))
-        .default_backoff()
-        .inspect(mark_synced(jobs_synced_tx))
-        .touched_objects();
-    let (pod_reader, pod_writer) = reflector::store();
-    let (pods_synced_tx, pods_synced) = synced();
-    let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()))
-        .default_backoff()
-        .inspect(mark_synced(pods_synced_tx))
-        .touched_objects();
-    // The other children: metadata only, and only the operator's own. Their stores let a pass
-    // skip what is already as applied; a change to one wakes its job.
-    fn seen_stream<K>(
-        api: Api<PartialObjectMeta<K>>,
-        selector: &watcher::Config,
-    ) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
-    where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        (reader, reflector::reflector(writer, watcher(api, selector.clone())).default_backoff().touched_objects())
-    }
-    let (secret_store, secrets) = seen_stream::<Secret>(scope.api(&client), &children);
-    let (config_store, configs) = seen_stream::<ConfigMap>(scope.api(&client), &children);
-    let (service_store, services) = seen_stream::<Service>(scope.api(&client), &children);
-    let (account_store, accounts) = seen_stream::<ServiceAccount>(scope.api(&client), &children);
-    let (role_store, roles) = seen_stream::<Role>(scope.api(&client), &children);
-    let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
-    let seen = apply::Seen::new(account_store, role_store, binding_store, service_store, config_store, secret_store);
-
-    let (tj_reader, tj_writer) = reflector::store();
-    // every change of a TrainingJob naming a budget, its deletion included, wakes that budget's
-    // controller (after the cache has it): it counts what the job spent, or releases its GPUs
-    let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
-    let (tjs_synced_tx, tjs_synced) = synced();
-    // an object that fails to decode fails the watch, which backs off instead of spinning
-    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
-        .default_backoff()
-        .inspect(mark_synced(tjs_synced_tx))
-        .inspect({
-            let seen = seen.clone();
-            move |event| {
-                if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
-                    && let Some(budget) = ledger::budget_of(tj)
-                {
-                    let _ = budget_tx.unbounded_send(budget);
-                }
-                // a deleted job's children go with it, and so does what was applied for them
-                if let Ok(watcher::Event::Delete(tj)) = event {
-                    seen.forget(&tj.namespace().unwrap_or_default(), &tj.name_any());
-                }
-            }
-        })
-        .applied_objects()
-        .predicate_filter(spec_or_metadata, Default::default());
-
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings,
-        jobs: job_reader.clone(),
-        pods: pod_reader.clone(),
-        metrics,
-        recorder,
-        backoff: Backoff::default(),
-        seen,
-    });
-    *health.store.lock().unwrap() = Some(tj_reader.clone());
-
-    let stopping = shutdown.clone();
-    let waiting = tj_reader.clone();
-    let controller = Controller::for_stream(tj_stream, tj_reader.clone())
-        .with_config(ControllerConfig::default().concurrency(16))
-        .owns_stream(job_stream)
-        .owns_stream(secrets)
-        .owns_stream(configs)
-        .owns_stream(services)
-        .owns_stream(accounts)
-        .owns_stream(roles)
-        .owns_stream(bindings)
-        .watches_stream(pod_stream, |pod: Pod| {
-            let ns = pod.namespace()?;
-            let job = pod.labels().get(JOB_LABEL)?.clone();
-            Some(ObjectRef::<TrainingJob>::new(&job).within(&ns))
-        })
-        // a budget that appears, grows or releases GPUs wakes the jobs waiting for it
-        .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
-            ledger::waiting_jobs(&b, &waiting.state())
-        })
-        .graceful_shutdown_on(shutdown.clone());
-    // the budgets' own controller keeps each ledger true to the TrainingJobs
-    let budgets = Controller::new(scope.api::<TrainingBudget>(&client), watcher::Config::default())
-        .reconcile_on(budget_rx)
-        .graceful_shutdown_on(shutdown)
-        .run(ledger::reconcile, ledger::error_policy, Arc::new(BudgetContext::new(client.clone(), tj_reader.clone(), tjs_synced.clone())))
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("budget controller: {e}");
-            }
-        });
-
-    let health_ready = health.clone();
-    tokio::spawn(async move {
-        if let (Ok(()), Ok(()), Ok(())) = tokio::join!(tjs_synced.wait(), jobs_synced.wait(), pods_synced.wait()) {
-            health_ready.ready.store(true, Ordering::Relaxed);
-            info!("caches synced; ready");
-        }
-    });
-
-    let jobs = controller.run(reconcile, error_policy, ctx).for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!("controller: {e}");
-        }
-    });
-    let jobs = jobs.inspect(|()| info!("TrainingJob controller stopped"));
-    let budgets = budgets.inspect(|()| info!("TrainingBudget controller stopped"));
-    // a stop waits for the passes in flight, but not for ever: one stuck on an API call must not
-    // keep the process (and its leader lease) past the pod's grace period
-    tokio::select! {
-        _ = async { tokio::join!(jobs, budgets) } => {},
-        _ = async { stopping.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            warn!("passes still running {SHUTDOWN_GRACE:?} after the stop; leaving them");
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::validate::tests::training_job;
-    use frugal_api::v1alpha1::ProgressStatus;
-
-    #[test]
-    fn status_writes_do_not_trigger_a_pass_but_spec_and_labels_do() {
-        let tj = training_job(1);
-        let before = spec_or_metadata(&tj);
-        let mut reported = tj.clone();
-        reported.status = Some(TrainingJobStatus { progress: Some(ProgressStatus { step: 10, ..Default::default() }), ..Default::default() });
-        reported.metadata.resource_version = Some("2".into());
-        assert_eq!(spec_or_metadata(&reported), before, "a trainer report is not a reason to reconcile");
-        let mut edited = tj.clone();
-        edited.metadata.generation = Some(3);
-        assert_ne!(spec_or_metadata(&edited), before);
-        let mut queued = tj.clone();
-        queued.metadata.labels = Some([(crate::names::KUEUE_QUEUE_LABEL.to_string(), "q".to_string())].into());
-        assert_ne!(spec_or_metadata(&queued), before);
-    }
 }

@@ -1,15 +1,164 @@
 //! What the cluster reports about a job's attempts, read from the controller's caches of Jobs
-//! and pods (both watched by label, so only the operator's own).
+//! and pods (both watched by label, so only the operator's own): where each attempt's Job is
+//! ([`attempt_state`]), what keeps its pods from starting, and what the trainer said when it
+//! refused its configuration.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
+use super::build::{CONFIGURATION_ERROR_EXIT_CODE, rules};
+use super::validate::ValidJob;
 use crate::conditions::reasons;
-use crate::lifecycle::{AttemptState, AttemptView, CONFIGURATION_ERROR_EXIT_CODE, FailureKind, StartTrouble, attempt_state};
-use crate::names::{ATTEMPT_LABEL, JOB_LABEL};
-use crate::validate::ValidJob;
+use crate::names::{ATTEMPT_LABEL, JOB_LABEL, STOP_REASON_ANNOTATION};
+
+/// Why an attempt ended without success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A stage failed: counts against backoffLimit.
+    Failed,
+    /// Node disruption or preemption (the pod had a DisruptionTarget condition): does not count.
+    Disrupted,
+    /// The trainer exited with [`CONFIGURATION_ERROR_EXIT_CODE`]: permanent.
+    Configuration,
+    /// The operator stopped it: no progress within progressDeadlineSeconds. Counts.
+    Stalled,
+    /// The operator stopped it: the job's activeDeadlineSeconds passed. Permanent.
+    DeadlineExceeded,
+    /// The operator stopped it because the job was suspended. Does not count.
+    Suspended,
+    /// The operator stopped it: the job spent its own spec.budget.maxGpuHours or maxCost.
+    /// Permanent.
+    BudgetExceeded,
+    /// The operator stopped it: its pods did not start within startupDeadlineSeconds. Counts.
+    StartupTimeout,
+}
+
+impl FailureKind {
+    pub fn counts_against_backoff(self) -> bool {
+        matches!(self, Self::Failed | Self::Stalled | Self::StartupTimeout)
+    }
+}
+
+/// Why the operator stops a running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Stalled,
+    DeadlineExceeded,
+    Suspended,
+    BudgetExceeded,
+    StartupTimeout,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stalled => "Stalled",
+            Self::DeadlineExceeded => "DeadlineExceeded",
+            Self::Suspended => "Suspended",
+            Self::BudgetExceeded => "BudgetExceeded",
+            Self::StartupTimeout => "StartupTimeout",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded, Self::StartupTimeout].into_iter().find(|r| r.as_str() == s)
+    }
+    fn failure(self) -> FailureKind {
+        match self {
+            Self::Stalled => FailureKind::Stalled,
+            Self::DeadlineExceeded => FailureKind::DeadlineExceeded,
+            Self::Suspended => FailureKind::Suspended,
+            Self::BudgetExceeded => FailureKind::BudgetExceeded,
+            Self::StartupTimeout => FailureKind::StartupTimeout,
+        }
+    }
+}
+
+/// Why a starting attempt's pods are not running yet, as the scheduler or the kubelet says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartTrouble {
+    /// One of the `reasons` constants.
+    pub reason: &'static str,
+    /// Names the pod and what is wrong, in the cluster's own words.
+    pub message: String,
+}
+
+/// Where one attempt's Job is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptState {
+    /// Created, no pod Ready yet.
+    Starting,
+    /// Suspended by Kueue (created suspended, not yet admitted, or evicted).
+    Queued,
+    /// Some pod is Ready.
+    Running,
+    /// Failing or being stopped; its pods are not all gone yet.
+    Stopping(Option<StopReason>),
+    Succeeded {
+        at: Option<Time>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+/// One attempt as the cluster reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub state: AttemptState,
+    /// When its Job started (unsuspended).
+    pub started: Option<Time>,
+    /// What keeps its pods from starting, while it is Starting.
+    pub trouble: Option<StartTrouble>,
+}
+
+fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// What an attempt's Job says, given how many of its pods are not yet terminal.
+pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
+    let stop = job.metadata.annotations.as_ref().and_then(|a| a.get(STOP_REASON_ANNOTATION)).and_then(|s| StopReason::parse(s));
+    if let Some(c) = condition_true(job, "Complete") {
+        return AttemptState::Succeeded { at: job.status.as_ref().and_then(|s| s.completion_time.clone()).or(c.last_transition_time.clone()) };
+    }
+    if let Some(c) = condition_true(job, "Failed") {
+        if live_pods > 0 {
+            return AttemptState::Stopping(stop);
+        }
+        let message = c.message.clone().unwrap_or_default();
+        let kind = match (stop, c.reason.as_deref()) {
+            (Some(stop), _) => stop.failure(),
+            (None, Some("PodFailurePolicy")) => match matched_rule(&message) {
+                Some(rules::DISRUPTION) => FailureKind::Disrupted,
+                Some(rules::CONFIGURATION) => FailureKind::Configuration,
+                _ => FailureKind::Failed,
+            },
+            _ => FailureKind::Failed,
+        };
+        return AttemptState::Failed { kind, message };
+    }
+    if condition_true(job, "FailureTarget").is_some() || stop.is_some() {
+        return AttemptState::Stopping(stop);
+    }
+    let spec_suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    if spec_suspended {
+        return AttemptState::Queued;
+    }
+    let ready = job.status.as_ref().and_then(|s| s.ready).unwrap_or(0);
+    if ready > 0 { AttemptState::Running } else { AttemptState::Starting }
+}
+
+/// The rule index in a Job controller message such as
+/// "Container trainer for pod ns/p failed with exit code 78 matching FailJob rule at index 1".
+fn matched_rule(message: &str) -> Option<usize> {
+    let rest = &message[message.find("rule at index ")? + "rule at index ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
 
 /// The attempt number of one of `job`'s attempt Jobs, if it is one.
 fn attempt_of(child: &Job, job: &ValidJob) -> Option<i32> {
@@ -122,7 +271,102 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::batch::v1::{JobSpec, JobStatus};
+    use kube::api::ObjectMeta;
+
     use super::*;
+
+    fn job(conditions: &[(&str, Option<&str>, &str)], suspend: bool, ready: i32, stop: Option<&str>) -> Job {
+        Job {
+            metadata: ObjectMeta { annotations: stop.map(|s| [(STOP_REASON_ANNOTATION.to_string(), s.to_string())].into()), ..Default::default() },
+            spec: Some(JobSpec { suspend: Some(suspend), ..Default::default() }),
+            status: Some(JobStatus {
+                ready: Some(ready),
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|(type_, reason, message)| JobCondition {
+                            type_: type_.to_string(),
+                            status: "True".into(),
+                            reason: reason.map(str::to_string),
+                            message: Some(message.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    const RULE0: &str = "Pod ns/lm-a1-0 has condition DisruptionTarget matching FailJob rule at index 0";
+    const RULE1: &str = "Container trainer for pod ns/lm-a1-0 failed with exit code 78 matching FailJob rule at index 1";
+    const RULE2: &str = "Container trainer for pod ns/lm-a1-1 failed with exit code 1 matching FailJob rule at index 2";
+
+    #[test]
+    fn attempt_states_from_jobs() {
+        use AttemptState::*;
+        let failed = |kind| Failed { kind, message: String::new() };
+        let cases: Vec<(&str, Job, usize, AttemptState)> = vec![
+            ("new", job(&[], false, 0, None), 0, Starting),
+            ("kueue holds it", job(&[], true, 0, None), 0, Queued),
+            ("a pod ready", job(&[], false, 1, None), 1, Running),
+            ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
+            ("failing, pods left", job(&[("FailureTarget", Some("PodFailurePolicy"), RULE2)], false, 1, None), 1, Stopping(None)),
+            ("failed, pods left", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 1, Stopping(None)),
+            (
+                "stage failed",
+                job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None),
+                0,
+                Failed { kind: FailureKind::Failed, message: RULE2.into() },
+            ),
+            (
+                "disrupted",
+                job(&[("Failed", Some("PodFailurePolicy"), RULE0)], false, 0, None),
+                0,
+                Failed { kind: FailureKind::Disrupted, message: RULE0.into() },
+            ),
+            (
+                "config error",
+                job(&[("Failed", Some("PodFailurePolicy"), RULE1)], false, 0, None),
+                0,
+                Failed { kind: FailureKind::Configuration, message: RULE1.into() },
+            ),
+            ("backoff", job(&[("Failed", Some("BackoffLimitExceeded"), "")], false, 0, None), 0, failed(FailureKind::Failed)),
+            ("stopping stalled", job(&[], false, 1, Some("Stalled")), 1, Stopping(Some(StopReason::Stalled))),
+            ("stopped stalled", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Stalled")), 0, failed(FailureKind::Stalled)),
+            ("stopped for suspend", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Suspended")), 0, failed(FailureKind::Suspended)),
+            (
+                "stopped at deadline",
+                job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")),
+                0,
+                failed(FailureKind::DeadlineExceeded),
+            ),
+            ("stopping over budget", job(&[], false, 1, Some("BudgetExceeded")), 1, Stopping(Some(StopReason::BudgetExceeded))),
+            (
+                "stopped over budget",
+                job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")),
+                0,
+                failed(FailureKind::BudgetExceeded),
+            ),
+            (
+                "stopped before it started",
+                job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("StartupTimeout")),
+                0,
+                failed(FailureKind::StartupTimeout),
+            ),
+        ];
+        for (name, job, live, want) in cases {
+            assert_eq!(attempt_state(&job, live), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_matched_rule_is_read_from_the_message() {
+        assert_eq!(matched_rule(RULE0), Some(0));
+        assert_eq!(matched_rule(RULE2), Some(2));
+        assert_eq!(matched_rule("Job has reached the specified backoff limit"), None);
+    }
 
     #[test]
     fn a_configuration_error_is_said_in_the_trainers_words() {

@@ -4,8 +4,8 @@
 use frugal_api::contract::{JobRef, TrainerConfig};
 use frugal_api::planner::{self, Plan, PlanError, PlanOptions};
 
+use super::validate::ValidJob;
 use crate::conditions::reasons;
-use crate::validate::ValidJob;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -62,7 +62,7 @@ pub fn plan(valid: &ValidJob, options: &PlanOptions) -> Result<PlannedJob, PlanS
 mod tests {
     use super::*;
     use crate::settings::Settings;
-    use crate::validate::{tests::training_job, validate};
+    use crate::training_job::validate::{tests::training_job, validate};
 
     #[test]
     fn a_plan_and_its_trainer_config() {

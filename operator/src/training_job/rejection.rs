@@ -8,7 +8,7 @@ use k8s_openapi::api::batch::v1::Job;
 
 use frugal_api::v1alpha1::PodOverrides;
 
-use crate::error::Error;
+use super::error::Error;
 
 /// Whether the API server refused a request as invalid, not for a reason that may pass.
 pub fn is_invalid(e: &kube::Error) -> bool {
@@ -87,8 +87,8 @@ pub fn spec_fields(message: &str, job: &Job, overrides: &PodOverrides) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{build_job, tests::planned};
     use crate::settings::Settings;
+    use crate::training_job::build::{build_job, tests::planned};
     use k8s_openapi::api::core::v1::VolumeMount;
     use kube::core::Status;
 

@@ -34,10 +34,6 @@ pub fn ready(phase: Phase) -> bool {
     matches!(phase, Phase::Running | Phase::Suspended | Phase::Succeeded)
 }
 
-pub fn is_terminal(phase: Option<Phase>) -> bool {
-    matches!(phase, Some(Phase::Succeeded | Phase::Failed))
-}
-
 /// The operator-owned part of the status after this pass. Conditions the operator does not own
 /// (if the trainer adds any) are left out: server-side apply keeps them.
 pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatus>, s: &Summary, now: &Time) -> TrainingJobStatus {
@@ -58,7 +54,7 @@ pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatu
         conditions::set(&mut conditions, type_, status, s.reason, &s.message, generation, now);
     }
     let completion_time =
-        if is_terminal(Some(phase)) { prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone())) } else { None };
+        if phase.is_terminal() { prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone())) } else { None };
     TrainingJobStatus {
         observed_generation: Some(generation),
         phase: Some(phase),

@@ -2,10 +2,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetHolder, GpuPrice, Phase, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetHolder, GpuPrice, TrainingBudgetStatus};
 
 use super::*;
-use crate::lifecycle::{Action, AttemptState, AttemptView, Decision, FailureKind, StopReason};
 
 const CREATED: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
@@ -85,7 +84,7 @@ fn admission_table() {
                 Waits
             }
             Verdict::Refuse(e) => {
-                assert_eq!(crate::admit::AdmitError::from(e).permanent_reason(), Some("BudgetTooSmall"), "{what}");
+                assert_eq!(crate::training_job::admit::AdmitError::from(e).permanent_reason(), Some("BudgetTooSmall"), "{what}");
                 Refused
             }
             Verdict::Unchanged => Unchanged,
@@ -253,40 +252,4 @@ fn the_exhausted_condition_says_which_limit() {
     assert_eq!(cond(&full), ("True".into(), "AllGpusInUse".into()));
     let spent = written(refresh(&budget(8, &[("a", 4)], 0.0), |_| Some(holder("uid-a", 120.0)), &t(60)));
     assert_eq!(cond(&spent), ("True".into(), "GpuHoursSpent".into()));
-}
-
-fn decision(phase: Phase, action: Action) -> Decision {
-    Decision { action, phase, reason: "R", message: String::new(), stalled: false, attempt: 1, restarts: 0, succeeded_at: None, requeue_after: None }
-}
-
-fn attempt(state: AttemptState) -> Vec<AttemptView> {
-    vec![AttemptView { attempt: 1, state, started: None, trouble: None }]
-}
-
-/// What each step of the lifecycle asks of the budget.
-#[test]
-fn demand_table() {
-    use AttemptState::*;
-    let failed = |kind| Failed { kind, message: String::new() };
-    let cases: Vec<(&str, Decision, Vec<AttemptView>, Demand)> = vec![
-        ("first attempt to create", decision(Phase::Pending, Action::Create(1)), vec![], Demand::Start),
-        ("suspended before it started", decision(Phase::Suspended, Action::Nothing), vec![], Demand::Release),
-        ("starting", decision(Phase::Pending, Action::Nothing), attempt(Starting), Demand::Hold),
-        ("running", decision(Phase::Running, Action::Nothing), attempt(Running), Demand::Hold),
-        ("queued by Kueue", decision(Phase::Queued, Action::Nothing), attempt(Queued), Demand::Hold),
-        (
-            "suspending: pods still stopping",
-            decision(Phase::Suspended, Action::Nothing),
-            attempt(Stopping(Some(StopReason::Suspended))),
-            Demand::Hold,
-        ),
-        ("suspended, pods gone", decision(Phase::Suspended, Action::Nothing), attempt(failed(FailureKind::Suspended)), Demand::Release),
-        ("resumed", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Suspended)), Demand::Start),
-        ("restarting after a failure", decision(Phase::Pending, Action::Create(2)), attempt(failed(FailureKind::Failed)), Demand::Start),
-        ("succeeded", decision(Phase::Succeeded, Action::Nothing), attempt(Succeeded { at: None }), Demand::Release),
-        ("failed", decision(Phase::Failed, Action::Nothing), attempt(failed(FailureKind::Failed)), Demand::Release),
-    ];
-    for (what, d, attempts, want) in cases {
-        assert_eq!(demand(&d, &attempts), want, "{what}");
-    }
 }

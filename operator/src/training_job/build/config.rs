@@ -10,8 +10,8 @@ use frugal_api::contract::paths;
 
 use super::child_meta;
 use crate::names::{JOB_LABEL, MANAGED_BY, MANAGED_BY_VALUE};
-use crate::plan::PlannedJob;
-use crate::validate::ValidJob;
+use crate::training_job::plan::PlannedJob;
+use crate::training_job::validate::ValidJob;
 
 pub fn build_service(job: &ValidJob) -> Service {
     Service {
@@ -60,7 +60,7 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::{assert_owned, planned};
+    use crate::training_job::build::tests::{assert_owned, planned};
     use frugal_api::contract::TrainerConfig;
 
     #[test]

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
 use super::child_meta;
-use crate::validate::ValidJob;
+use crate::training_job::validate::ValidJob;
 
 pub fn build_service_account(job: &ValidJob) -> ServiceAccount {
     ServiceAccount {
@@ -44,7 +44,7 @@ pub fn build_role_binding(job: &ValidJob) -> RoleBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::{assert_owned, planned};
+    use crate::training_job::build::tests::{assert_owned, planned};
 
     #[test]
     fn the_role_allows_only_this_jobs_status() {

@@ -18,15 +18,26 @@ use frugal_api::contract::{PodEnv, paths};
 use frugal_api::v1alpha1::Device;
 
 use super::child_meta;
-use crate::lifecycle::{CONFIGURATION_ERROR_EXIT_CODE, rules};
 use crate::names::KUEUE_QUEUE_LABEL;
-use crate::plan::PlannedJob;
 use crate::settings::Settings;
-use crate::validate::HOME_DIR;
+use crate::training_job::plan::PlannedJob;
+use crate::training_job::validate::HOME_DIR;
 
 pub const TRAINER_CONTAINER: &str = "trainer";
 /// The unprivileged user the trainer runs as.
 const TRAINER_UID: i64 = 65532;
+
+/// Exit code with which the trainer says its configuration can never work (sysexits' EX_CONFIG);
+/// such a failure is permanent and not retried.
+pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = 78;
+
+/// Indices of the rules of [`pod_failure_policy`]; the Job controller names the matching rule's
+/// index in its Failed condition's message, which `observe` reads back.
+pub mod rules {
+    pub const DISRUPTION: usize = 0;
+    pub const CONFIGURATION: usize = 1;
+    pub const FAILURE: usize = 2;
+}
 
 /// Attempt `attempt`'s Job. With Kueue (a queue label on the TrainingJob) it starts suspended and
 /// carries the queue label; Kueue unsuspends it once admitted.
@@ -229,8 +240,8 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::{assert_owned, planned, planned_from};
-    use crate::validate::tests::training_job;
+    use crate::training_job::build::tests::{assert_owned, planned, planned_from};
+    use crate::training_job::validate::tests::training_job;
     use frugal_api::contract::env;
     use frugal_api::v1alpha1::PodOverrides;
     use k8s_openapi::api::core::v1::{LocalObjectReference, Toleration};

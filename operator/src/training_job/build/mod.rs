@@ -8,13 +8,14 @@ mod job;
 
 pub use config::{build_config_map, build_secret, build_service, new_token};
 pub use identity::{build_role, build_role_binding, build_service_account};
-pub use job::build_job;
+pub use job::{CONFIGURATION_ERROR_EXIT_CODE, build_job, rules};
 
 use std::collections::BTreeMap;
 
 use kube::api::ObjectMeta;
 
-use crate::validate::ValidJob;
+use crate::training_job::plan::PlannedJob;
+use crate::training_job::validate::ValidJob;
 
 /// Metadata of a child: its name, the job's namespace, labels and the owner reference.
 fn child_meta(job: &ValidJob, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -38,7 +39,7 @@ pub struct Children {
     pub config_map: k8s_openapi::api::core::v1::ConfigMap,
 }
 
-pub fn build_children(job: &crate::plan::PlannedJob) -> Children {
+pub fn build_children(job: &PlannedJob) -> Children {
     Children {
         service_account: build_service_account(&job.valid),
         role: build_role(&job.valid),
@@ -50,9 +51,9 @@ pub fn build_children(job: &crate::plan::PlannedJob) -> Children {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use crate::plan::{PlannedJob, plan};
     use crate::settings::Settings;
-    use crate::validate::{tests::training_job, validate};
+    use crate::training_job::plan::{PlannedJob, plan};
+    use crate::training_job::validate::{tests::training_job, validate};
     use frugal_api::TrainingJob;
 
     pub fn planned_from(job: &TrainingJob) -> PlannedJob {

@@ -1,99 +1,13 @@
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ObjectMeta;
 
 use super::*;
+use crate::training_job::observe::StartTrouble;
 
 fn t(secs: i64) -> Time {
     Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
-}
-
-fn job(conditions: &[(&str, Option<&str>, &str)], suspend: bool, ready: i32, stop: Option<&str>) -> Job {
-    Job {
-        metadata: ObjectMeta { annotations: stop.map(|s| [(STOP_REASON_ANNOTATION.to_string(), s.to_string())].into()), ..Default::default() },
-        spec: Some(JobSpec { suspend: Some(suspend), ..Default::default() }),
-        status: Some(JobStatus {
-            ready: Some(ready),
-            conditions: Some(
-                conditions
-                    .iter()
-                    .map(|(type_, reason, message)| JobCondition {
-                        type_: type_.to_string(),
-                        status: "True".into(),
-                        reason: reason.map(str::to_string),
-                        message: Some(message.to_string()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-    }
-}
-
-const RULE0: &str = "Pod ns/lm-a1-0 has condition DisruptionTarget matching FailJob rule at index 0";
-const RULE1: &str = "Container trainer for pod ns/lm-a1-0 failed with exit code 78 matching FailJob rule at index 1";
-const RULE2: &str = "Container trainer for pod ns/lm-a1-1 failed with exit code 1 matching FailJob rule at index 2";
-
-#[test]
-fn attempt_states_from_jobs() {
-    use AttemptState::*;
-    let failed = |kind| Failed { kind, message: String::new() };
-    let cases: Vec<(&str, Job, usize, AttemptState)> = vec![
-        ("new", job(&[], false, 0, None), 0, Starting),
-        ("kueue holds it", job(&[], true, 0, None), 0, Queued),
-        ("a pod ready", job(&[], false, 1, None), 1, Running),
-        ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
-        ("failing, pods left", job(&[("FailureTarget", Some("PodFailurePolicy"), RULE2)], false, 1, None), 1, Stopping(None)),
-        ("failed, pods left", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 1, Stopping(None)),
-        (
-            "stage failed",
-            job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None),
-            0,
-            Failed { kind: FailureKind::Failed, message: RULE2.into() },
-        ),
-        (
-            "disrupted",
-            job(&[("Failed", Some("PodFailurePolicy"), RULE0)], false, 0, None),
-            0,
-            Failed { kind: FailureKind::Disrupted, message: RULE0.into() },
-        ),
-        (
-            "config error",
-            job(&[("Failed", Some("PodFailurePolicy"), RULE1)], false, 0, None),
-            0,
-            Failed { kind: FailureKind::Configuration, message: RULE1.into() },
-        ),
-        ("backoff", job(&[("Failed", Some("BackoffLimitExceeded"), "")], false, 0, None), 0, failed(FailureKind::Failed)),
-        ("stopping stalled", job(&[], false, 1, Some("Stalled")), 1, Stopping(Some(StopReason::Stalled))),
-        ("stopped stalled", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Stalled")), 0, failed(FailureKind::Stalled)),
-        ("stopped for suspend", job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("Suspended")), 0, failed(FailureKind::Suspended)),
-        (
-            "stopped at deadline",
-            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("DeadlineExceeded")),
-            0,
-            failed(FailureKind::DeadlineExceeded),
-        ),
-        ("stopping over budget", job(&[], false, 1, Some("BudgetExceeded")), 1, Stopping(Some(StopReason::BudgetExceeded))),
-        (
-            "stopped over budget",
-            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("BudgetExceeded")),
-            0,
-            failed(FailureKind::BudgetExceeded),
-        ),
-        (
-            "stopped before it started",
-            job(&[("Failed", Some("DeadlineExceeded"), "")], false, 0, Some("StartupTimeout")),
-            0,
-            failed(FailureKind::StartupTimeout),
-        ),
-    ];
-    for (name, job, live, want) in cases {
-        assert_eq!(attempt_state(&job, live), want, "{name}");
-    }
 }
 
 fn view(attempt: i32, state: AttemptState, started: Option<i64>) -> AttemptView {
@@ -328,11 +242,4 @@ fn a_pod_that_cannot_start_is_named_until_the_startup_deadline_stops_the_attempt
     let d = decide(&Inputs { attempts: &stopped, ..inputs(130) });
     assert_eq!((d.phase, d.reason, d.restarts), (Phase::Failed, reasons::BACKOFF_LIMIT_EXCEEDED, 1));
     assert!(d.message.contains("did not start within runPolicy.startupDeadlineSeconds"), "{}", d.message);
-}
-
-#[test]
-fn the_matched_rule_is_read_from_the_message() {
-    assert_eq!(matched_rule(RULE0), Some(0));
-    assert_eq!(matched_rule(RULE2), Some(2));
-    assert_eq!(matched_rule("Job has reached the specified backoff limit"), None);
 }

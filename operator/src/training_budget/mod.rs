@@ -1,0 +1,126 @@
+//! The TrainingBudget controller: keeps each budget's ledger (`status.jobs`) true to the
+//! TrainingJobs that name it, counts what they spend, and starts each new period. The decisions
+//! are pure functions in `budget`; `ledger` writes them, for this controller and for a
+//! TrainingJob's pass that asks to start or release.
+
+pub mod budget;
+pub mod ledger;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use tracing::warn;
+
+use frugal_api::v1alpha1::Phase;
+use frugal_api::{TrainingBudget, TrainingJob};
+
+use crate::synced::Synced;
+use budget::{Holder, Verdict};
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Why a budget pass failed; the error policy retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("the TrainingJob cache closed: the operator is stopping")]
+    CacheClosed,
+}
+
+/// Everything the budgets' controller needs.
+pub struct Context {
+    pub client: Client,
+    pub training_jobs: Store<TrainingJob>,
+    /// Whether `training_jobs` holds its first full list.
+    pub synced: Synced,
+    /// When each budget's status (by uid) was last written by its controller.
+    pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Context {
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: Synced) -> Self {
+        Self { client, training_jobs, synced, written: Default::default() }
+    }
+}
+
+/// How often a budget's spending alone is written back. Every status report of a job naming
+/// the budget (one per job every few seconds) wakes its controller; without this each would
+/// cost a write. Anything else that changes (a job added or gone, GPUs held, the Exhausted
+/// condition, a new period) is written at once.
+pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The TrainingBudget a TrainingJob names, if any.
+pub fn budget_of(tj: &TrainingJob) -> Option<ObjectRef<TrainingBudget>> {
+    let name = tj.spec.budget.budget_ref.as_deref()?;
+    Some(ObjectRef::new(name).within(&tj.namespace()?))
+}
+
+/// The jobs a change of budget `b` may let start: those naming it that hold no entry in its
+/// ledger and have not run to the end.
+pub fn waiting_jobs(b: &TrainingBudget, jobs: &[Arc<TrainingJob>]) -> Vec<ObjectRef<TrainingJob>> {
+    let held: Vec<&str> = b.status.iter().flat_map(|s| &s.jobs).map(|h| h.uid.as_str()).collect();
+    jobs.iter()
+        .filter(|tj| tj.namespace() == b.namespace() && tj.spec.budget.budget_ref.as_deref() == Some(b.name_any().as_str()))
+        .filter(|tj| !held.contains(&tj.uid().unwrap_or_default().as_str()))
+        .filter(|tj| !finished(tj))
+        .map(|tj| ObjectRef::from_obj(tj.as_ref()))
+        .collect()
+}
+
+/// Whether a job ran and finished: it holds no GPUs and asks for none again.
+fn finished(tj: &TrainingJob) -> bool {
+    tj.status.as_ref().is_some_and(|s| s.phase.is_some_and(Phase::is_terminal) && s.attempt.unwrap_or(0) > 0)
+}
+
+fn holder(tj: &TrainingJob, budget: &str) -> Holder {
+    let status = tj.status.as_ref();
+    Holder {
+        uid: tj.uid().unwrap_or_default(),
+        names_budget: tj.spec.budget.budget_ref.as_deref() == Some(budget),
+        finished: finished(tj),
+        gpu_type: tj.spec.resources.gpu_type.clone(),
+        gpu_hours: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.gpu_hours),
+    }
+}
+
+/// One pass of a TrainingBudget: [`budget::refresh`] against the cached TrainingJobs, one
+/// status write if anything changed, and a wake-up when the next period begins.
+pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // an entry whose job is missing from a cache still filling would be released by mistake
+    ctx.synced.wait().await.map_err(|_| Error::CacheClosed)?;
+    let namespace = b.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = b.name_any();
+    let now = now();
+    let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name));
+    if let Verdict::Write(status) = budget::refresh(&b, find, &now) {
+        let uid = b.uid().unwrap_or_default();
+        let since = ctx.written.lock().unwrap().get(&uid).map(|t| t.elapsed());
+        if budget::only_spending_changed(&b.status.clone().unwrap_or_default(), &status)
+            && let Some(since) = since.filter(|s| *s < SPENDING_WRITE_INTERVAL)
+        {
+            // counted by a later pass: the jobs' reports keep what they spent
+            return Ok(Action::requeue(SPENDING_WRITE_INTERVAL - since));
+        }
+        let api: Api<TrainingBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+        // on a conflict the error policy requeues, and the next pass reads the newer budget
+        ledger::write(&api, &b, *status).await?;
+        ctx.written.lock().unwrap().insert(uid, std::time::Instant::now());
+    }
+    let created = b.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone());
+    Ok(Action::requeue(budget::until_next_period(&created, b.spec.period, &now)))
+}
+
+pub fn error_policy(b: Arc<TrainingBudget>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(budget = %b.name_any(), "budget pass failed: {error}");
+    Action::requeue(Duration::from_secs(if matches!(error, Error::Kube(e) if ledger::is_conflict(e)) { 1 } else { 5 }))
+}
