@@ -159,6 +159,50 @@ async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
     .await;
 }
 
+/// Look-ahead admission: a job whose plan's estimated GPU-hours do not fit what its budget has
+/// left this period, after what the jobs it admitted are still estimated to spend, waits with
+/// both numbers; a budget that admits on spend only lets it start.
+#[tokio::test]
+async fn a_job_whose_estimate_does_not_fit_what_is_left_waits_saying_both_numbers() {
+    budget_test("budget-look-ahead", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 8)).await?;
+        apply(&ctx, &training_job("first", 2, "team")).await?;
+        running_pod(&ctx, "first").await?;
+        let b = ledger(&ctx, "team", &[("first", 2)]).await?;
+        let first = ctx.api::<TrainingJob>().get("first").await?;
+        let estimate = first.status.as_ref().and_then(|s| s.plan.as_ref()).map(|p| p.estimated_gpu_hours).unwrap_or_default();
+        ensure!(estimate > 0.0, "the plan estimates GPU-hours: {estimate}");
+        let entry = &b.status.as_ref().unwrap().jobs[0];
+        ensure!(entry.estimated_gpu_hours == estimate && entry.estimated_cost > 0.0, "the ledger holds the estimate back: {entry:?}");
+
+        // room for one and a half such jobs this period: the second would overspend it
+        let mut budget = training_budget("team", 8);
+        budget.spec.gpu_hours = Some(estimate * 1.5);
+        apply_budget(&ctx, &budget).await?;
+        apply(&ctx, &training_job("second", 2, "team")).await?;
+        let message = queued(&ctx, "second", "BudgetExhausted").await?;
+        let said = message
+            .strip_prefix("the job needs an estimated ")
+            .and_then(|m| m.split_once(" GPU-hours; TrainingBudget \"team\" has "))
+            .and_then(|(need, rest)| Some((need.parse::<f64>().ok()?, rest.split_once(" left this Day")?.0.parse::<f64>().ok()?)));
+        let Some((need, left)) = said else { anyhow::bail!("message: {message}") };
+        // three significant digits of each: the job's estimate, and half of it left
+        ensure!((need - estimate).abs() <= 0.005 * estimate && (left - estimate / 2.0).abs() <= 0.01 * estimate, "message: {message}");
+        ensure!(message.contains("spec.admission to Spend"), "message: {message}");
+        no_children(&ctx, "second").await?;
+
+        // on spend only, nothing is spent yet: it starts
+        budget.spec.admission = frugal_api::v1alpha1::BudgetAdmission::Spend;
+        apply_budget(&ctx, &budget).await?;
+        running_pod(&ctx, "second").await?;
+        ledger(&ctx, "team", &[("first", 2), ("second", 2)]).await?;
+        println!("look-ahead: estimate {estimate} GPU-hours per job; queued with: {message}");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_job_naming_a_missing_budget_waits_until_it_exists() {
     budget_test("budget-missing", |ctx| async move {

@@ -46,6 +46,12 @@ pub struct TrainingBudgetSpec {
     #[serde(default = "default_currency")]
     #[schemars(length(min = 1, max = 8))]
     pub currency: String,
+    /// How a job is admitted against the period's GPU-hours and cost. `LookAhead` (the default):
+    /// a job starts only if its plan's estimated GPU-hours and cost fit what is left this period,
+    /// after what the jobs already holding the budget are still estimated to spend. `Spend`: a job
+    /// starts while the period's spend is below the limits, whatever it is estimated to need.
+    #[serde(default)]
+    pub admission: BudgetAdmission,
     /// Prices per GPU-hour by GPU type; types not listed use frugal's table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -55,6 +61,16 @@ pub struct TrainingBudgetSpec {
 
 fn default_currency() -> String {
     "USD".into()
+}
+
+/// How a budget admits jobs against its GPU-hours and cost.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BudgetAdmission {
+    /// On the plan's estimate: what a job is estimated to spend must fit what is left.
+    #[default]
+    LookAhead,
+    /// On what is spent: a job starts while the period's spend is below the limits.
+    Spend,
 }
 
 /// Accounting periods.
@@ -124,4 +140,14 @@ pub struct BudgetHolder {
     /// When it was admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,
+    /// GPU-hours its plan estimated at admission (what look-ahead admission holds back for it).
+    #[serde(default, skip_serializing_if = "is_not_positive")]
+    pub estimated_gpu_hours: f64,
+    /// Cost its plan estimated at admission, at the budget's prices.
+    #[serde(default, skip_serializing_if = "is_not_positive")]
+    pub estimated_cost: f64,
+}
+
+fn is_not_positive(v: &f64) -> bool {
+    !(v.is_finite() && *v > 0.0)
 }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetHolder, BudgetPeriod, TrainingBudgetSpec, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, BudgetPeriod, TrainingBudgetSpec, TrainingBudgetStatus};
 
 use crate::conditions::{self, reasons};
 
@@ -40,6 +40,8 @@ pub struct Claim<'a> {
     pub gpu_type: &'a str,
     /// status.cost.gpuHours as the trainer last reported it.
     pub gpu_hours: f64,
+    /// GPU-hours its plan estimates for the whole run (`status.plan.estimatedGpuHours`).
+    pub estimated_gpu_hours: f64,
 }
 
 /// Why a job may not start now; it stays Queued and is looked at again when the budget changes.
@@ -51,13 +53,16 @@ pub struct Wait {
 
 /// A job that could never fit its budget.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error(
-    "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
-)]
-pub struct TooSmall {
-    pub budget: String,
-    pub gpus: i32,
-    pub max: i32,
+pub enum TooSmall {
+    #[error(
+        "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
+    )]
+    Gpus { budget: String, gpus: i32, max: i32 },
+    #[error(
+        "the job needs an estimated {} {unit}, more than the {limit} {unit} a {period:?} of TrainingBudget {budget:?} allows ({field}), so it could never be admitted: shorten the job (spec.training.duration), raise the budget's {field}, or set the budget's spec.admission to Spend to admit on what is spent only",
+        amount(*need)
+    )]
+    Period { budget: String, need: f64, limit: f64, unit: String, field: &'static str, period: BudgetPeriod },
 }
 
 /// The outcome of [`settle`].
@@ -226,7 +231,7 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
         (Demand::Start, None) => {
             let name = budget.metadata.name.clone().unwrap_or_default();
             if job.gpus > spec.max_gpus {
-                return Verdict::Refuse(TooSmall { budget: name, gpus: job.gpus, max: spec.max_gpus });
+                return Verdict::Refuse(TooSmall::Gpus { budget: name, gpus: job.gpus, max: spec.max_gpus });
             }
             let in_use: i32 = status.jobs.iter().map(|h| h.gpus).sum();
             if in_use + job.gpus > spec.max_gpus {
@@ -253,23 +258,90 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
                     ),
                 });
             }
-            status.jobs.push(BudgetHolder {
-                name: job.name.into(),
-                uid: job.uid.into(),
-                gpus: job.gpus,
-                gpu_hours_counted: if job.gpu_hours.is_finite() { job.gpu_hours.max(0.0) } else { 0.0 },
-                admitted_at: Some(now.clone()),
-            });
+            if spec.admission == BudgetAdmission::LookAhead
+                && let Some(verdict) = look_ahead(budget, &status, job, now)
+            {
+                return verdict;
+            }
+            status.jobs.push(holder(spec, job, now));
         }
-        (Demand::Hold, None) => status.jobs.push(BudgetHolder {
-            name: job.name.into(),
-            uid: job.uid.into(),
-            gpus: job.gpus,
-            gpu_hours_counted: if job.gpu_hours.is_finite() { job.gpu_hours.max(0.0) } else { 0.0 },
-            admitted_at: Some(now.clone()),
-        }),
+        (Demand::Hold, None) => status.jobs.push(holder(spec, job, now)),
     }
     write_if_changed(budget, summarize(budget, status, now))
+}
+
+/// The ledger entry of `job`, admitted `now`.
+fn holder(spec: &TrainingBudgetSpec, job: &Claim, now: &Time) -> BudgetHolder {
+    let estimated = finite_or_zero(job.estimated_gpu_hours);
+    BudgetHolder {
+        name: job.name.into(),
+        uid: job.uid.into(),
+        gpus: job.gpus,
+        gpu_hours_counted: finite_or_zero(job.gpu_hours),
+        admitted_at: Some(now.clone()),
+        estimated_gpu_hours: estimated,
+        estimated_cost: estimated * price(spec, job.gpu_type),
+    }
+}
+
+/// GPU-hours or money for a message: two decimals, or three significant digits below 1 (a small
+/// job's estimate is a few thousandths of a GPU-hour).
+pub fn amount(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 1.0 || !v.is_finite() {
+        return format!("{v:.2}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(2) as usize;
+    format!("{v:.digits$}")
+}
+
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v.max(0.0) } else { 0.0 }
+}
+
+/// What the jobs holding the budget are still estimated to spend: (GPU-hours, cost), each
+/// holder's estimate less what it has already been counted for.
+fn held_back(status: &TrainingBudgetStatus) -> (f64, f64) {
+    status.jobs.iter().fold((0.0, 0.0), |(hours, cost), h| {
+        let left = (h.estimated_gpu_hours - h.gpu_hours_counted).max(0.0);
+        let share = if h.estimated_gpu_hours > 0.0 { left / h.estimated_gpu_hours } else { 0.0 };
+        (hours + left, cost + h.estimated_cost * share)
+    })
+}
+
+/// Look-ahead admission: whether the job's estimated GPU-hours and cost fit what is left this
+/// period after what the holders are still estimated to spend. `None` when they fit.
+fn look_ahead(budget: &TrainingBudget, status: &TrainingBudgetStatus, job: &Claim, now: &Time) -> Option<Verdict> {
+    let spec = &budget.spec;
+    let name = budget.metadata.name.clone().unwrap_or_default();
+    // a job admitted before (and released, say while suspended) needs what it has not spent yet
+    let need_hours = (finite_or_zero(job.estimated_gpu_hours) - finite_or_zero(job.gpu_hours)).max(0.0);
+    let (held_hours, held_cost) = held_back(status);
+    let limits = [
+        (spec.gpu_hours, need_hours, status.gpu_hours_spent, held_hours, "GPU-hours".to_string(), "spec.gpuHours"),
+        (spec.max_cost, need_hours * price(spec, job.gpu_type), status.cost_spent, held_cost, spec.currency.clone(), "spec.maxCost"),
+    ];
+    for (limit, need, spent, held, unit, field) in limits {
+        let Some(limit) = limit else { continue };
+        if need > limit {
+            return Some(Verdict::Refuse(TooSmall::Period { budget: name, need, limit, unit, field, period: spec.period }));
+        }
+        let left = (limit - spent - held).max(0.0);
+        if need > left {
+            let next = at(now.0.as_second() + until_next_period(&created(budget), spec.period, now).as_secs() as i64).0;
+            return Some(Verdict::Wait(Wait {
+                reason: reasons::BUDGET_EXHAUSTED,
+                message: format!(
+                    "the job needs an estimated {} {unit}; TrainingBudget {name:?} has {} left this {:?} ({limit} in {field}, {} spent, {} held back for the jobs it admitted): it starts when they finish under their estimates or the next period begins at {next}, or raise the budget's {field}, or set its spec.admission to Spend to admit on what is spent only",
+                    amount(need),
+                    amount(left),
+                    spec.period,
+                    amount(spent),
+                    amount(held),
+                ),
+            }));
+        }
+    }
+    None
 }
 
 /// A holder's job as the budget's controller finds it in the cache.

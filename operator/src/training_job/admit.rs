@@ -97,8 +97,9 @@ pub fn demand(decision: &Decision, attempts: &[AttemptView]) -> Demand {
 }
 
 /// The job as its budget's ledger sees it.
-pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, prev: &TrainingJobStatus) -> Claim<'a> {
+pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64, prev: &TrainingJobStatus) -> Claim<'a> {
     Claim {
+        estimated_gpu_hours,
         name: tj.metadata.name.as_deref().unwrap_or_default(),
         uid: tj.metadata.uid.as_deref().unwrap_or_default(),
         gpus: i32::try_from(gpus).unwrap_or(i32::MAX),

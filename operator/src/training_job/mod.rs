@@ -164,7 +164,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     });
     // the budget's ledger is written before any child is created
     if let Some(name) = valid.spec.budget.budget_ref.as_deref() {
-        let claim = admit::budget_claim(tj, planned.plan.gpus, prev);
+        let claim = admit::budget_claim(tj, planned.plan.gpus, planned.plan.estimated_gpu_hours, prev);
         let demand = admit::demand(&decision, &attempts);
         if let Admission::Wait(w) = ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
             let summary = Summary { phase: Phase::Queued, ..pending(w.reason, w.message, prev) };
@@ -220,7 +220,7 @@ async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobSta
         return Ok(());
     };
     let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, prev), Demand::Release).await?;
+    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, 0.0, prev), Demand::Release).await?;
     Ok(())
 }
 

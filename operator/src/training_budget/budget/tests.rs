@@ -2,7 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetHolder, GpuPrice, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, GpuPrice, TrainingBudgetStatus};
 
 use super::*;
 
@@ -31,7 +31,7 @@ fn budget(max_gpus: i32, holders: &[(&str, i32)], spent_hours: f64) -> TrainingB
 }
 
 fn claim(name: &str, gpus: i32, gpu_hours: f64) -> Claim<'_> {
-    Claim { name, uid: Box::leak(format!("uid-{name}").into_boxed_str()), gpus, gpu_type: "nvidia-h100-80gb", gpu_hours }
+    Claim { name, uid: Box::leak(format!("uid-{name}").into_boxed_str()), gpus, gpu_type: "nvidia-h100-80gb", gpu_hours, estimated_gpu_hours: 0.0 }
 }
 
 fn written(v: Verdict) -> TrainingBudgetStatus {
@@ -252,4 +252,102 @@ fn the_exhausted_condition_says_which_limit() {
     assert_eq!(cond(&full), ("True".into(), "AllGpusInUse".into()));
     let spent = written(refresh(&budget(8, &[("a", 4)], 0.0), |_| Some(holder("uid-a", 120.0)), &t(60)));
     assert_eq!(cond(&spent), ("True".into(), "GpuHoursSpent".into()));
+}
+
+/// Look-ahead admission: (GPU-hours spent, holders as (estimated, counted), the job's estimate,
+/// the budget's admission) → admitted, waits (with the numbers) or refused. The budget allows
+/// 100 GPU-hours a Day and 1,000 USD.
+#[test]
+fn look_ahead_table() {
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Admitted,
+        Waits(&'static [&'static str]),
+        Refused,
+    }
+    use Want::*;
+    /// (what, GPU-hours spent, holders as (estimated, counted), the job's estimate, admission, want)
+    type Case = (&'static str, f64, Vec<(f64, f64)>, f64, BudgetAdmission, Want);
+    let cases: Vec<Case> = vec![
+        ("fits what is left", 50.0, vec![], 30.0, BudgetAdmission::LookAhead, Admitted),
+        ("exactly what is left", 50.0, vec![], 50.0, BudgetAdmission::LookAhead, Admitted),
+        (
+            "more than is left",
+            50.0,
+            vec![],
+            60.0,
+            BudgetAdmission::LookAhead,
+            Waits(&["needs an estimated 60.00 GPU-hours", "has 50.00 left this Day", "100 in spec.gpuHours, 50.00 spent", "spec.admission to Spend"]),
+        ),
+        ("more than is left, on spend only", 50.0, vec![], 60.0, BudgetAdmission::Spend, Admitted),
+        ("more than a whole period", 0.0, vec![], 120.0, BudgetAdmission::LookAhead, Refused),
+        ("held back for a holder", 50.0, vec![(40.0, 10.0)], 30.0, BudgetAdmission::LookAhead, Waits(&["has 20.00 left", "30.00 held back"])),
+        ("beside a holder", 50.0, vec![(40.0, 10.0)], 20.0, BudgetAdmission::LookAhead, Admitted),
+        ("a holder past its estimate holds nothing back", 50.0, vec![(40.0, 45.0)], 50.0, BudgetAdmission::LookAhead, Admitted),
+    ];
+    for (what, spent, held, estimate, admission, want) in cases {
+        let mut b = budget(8, &[], spent);
+        b.spec.admission = admission;
+        let status = b.status.as_mut().unwrap();
+        for (i, (estimated, counted)) in held.iter().enumerate() {
+            status.jobs.push(BudgetHolder {
+                name: format!("holder-{i}"),
+                uid: format!("uid-holder-{i}"),
+                gpus: 1,
+                gpu_hours_counted: *counted,
+                estimated_gpu_hours: *estimated,
+                ..Default::default()
+            });
+        }
+        let job = Claim { estimated_gpu_hours: estimate, ..claim("new", 1, 0.0) };
+        match (settle(&b, &job, Demand::Start, &t(100)), want) {
+            (Verdict::Write(s), Admitted) => {
+                let entry = s.jobs.iter().find(|h| h.name == "new").expect(what);
+                assert_eq!(entry.estimated_gpu_hours, estimate, "{what}");
+                assert!(entry.estimated_cost > 0.0, "{what}: the estimate is priced");
+            }
+            (Verdict::Wait(w), Waits(words)) => {
+                assert_eq!(w.reason, "BudgetExhausted", "{what}");
+                for word in words {
+                    assert!(w.message.contains(word), "{what}: {word:?} not in {}", w.message);
+                }
+            }
+            (Verdict::Refuse(e), Refused) => {
+                let message = e.to_string();
+                assert!(message.contains("needs an estimated 120.00 GPU-hours, more than the 100 GPU-hours a Day"), "{message}");
+                assert_eq!(crate::training_job::admit::AdmitError::from(e).permanent_reason(), Some("BudgetTooSmall"), "{what}");
+            }
+            (got, want) => panic!("{what}: got {got:?}, wanted {want:?}"),
+        }
+    }
+}
+
+/// The cost limit looks ahead at the budget's price for the job's GPU type.
+#[test]
+fn look_ahead_prices_the_estimate() {
+    let mut b = budget(8, &[], 0.0);
+    b.spec.gpu_hours = None;
+    b.spec.max_cost = Some(100.0);
+    b.spec.prices = vec![GpuPrice { gpu_type: "nvidia-h100-80gb".into(), per_gpu_hour: 4.0 }];
+    b.status.as_mut().unwrap().cost_spent = 80.0;
+    let fits = Claim { estimated_gpu_hours: 5.0, ..claim("small", 1, 0.0) };
+    assert!(matches!(settle(&b, &fits, Demand::Start, &t(100)), Verdict::Write(_)));
+    let job = Claim { estimated_gpu_hours: 6.0, ..claim("big", 1, 0.0) };
+    match settle(&b, &job, Demand::Start, &t(100)) {
+        Verdict::Wait(w) => {
+            assert!(w.message.contains("needs an estimated 24.00 USD; TrainingBudget \"team\" has 20.00 left this Day"), "{}", w.message)
+        }
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    // a job that spent part of its estimate before needs only the rest
+    let resumed = Claim { estimated_gpu_hours: 6.0, ..claim("resumed", 1, 2.0) };
+    assert!(matches!(settle(&b, &resumed, Demand::Start, &t(100)), Verdict::Write(_)));
+}
+
+#[test]
+fn amounts_keep_three_significant_digits_below_one() {
+    assert_eq!(amount(123.456), "123.46");
+    assert_eq!(amount(0.5), "0.500");
+    assert_eq!(amount(0.000312), "0.000312");
+    assert_eq!(amount(0.0), "0.00");
 }
