@@ -167,7 +167,13 @@ async fn a_job_whose_estimate_does_not_fit_what_is_left_waits_saying_both_number
     budget_test("budget-look-ahead", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply_budget(&ctx, &training_budget("team", 8)).await?;
-        apply(&ctx, &training_job("first", 2, "team")).await?;
+        // a long run, so that its estimate is GPU-hours rather than seconds
+        let long = |name: &str| {
+            let mut tj = training_job(name, 2, "team");
+            tj.spec.training.duration.steps = Some(20_000_000);
+            tj
+        };
+        apply(&ctx, &long("first")).await?;
         running_pod(&ctx, "first").await?;
         let b = ledger(&ctx, "team", &[("first", 2)]).await?;
         let first = ctx.api::<TrainingJob>().get("first").await?;
@@ -180,7 +186,7 @@ async fn a_job_whose_estimate_does_not_fit_what_is_left_waits_saying_both_number
         let mut budget = training_budget("team", 8);
         budget.spec.gpu_hours = Some(estimate * 1.5);
         apply_budget(&ctx, &budget).await?;
-        apply(&ctx, &training_job("second", 2, "team")).await?;
+        apply(&ctx, &long("second")).await?;
         let message = queued(&ctx, "second", "BudgetExhausted").await?;
         let said = message
             .strip_prefix("the job needs an estimated ")

@@ -59,8 +59,9 @@ pub enum TooSmall {
     )]
     Gpus { budget: String, gpus: i32, max: i32 },
     #[error(
-        "the job needs an estimated {} {unit}, more than the {limit} {unit} a {period:?} of TrainingBudget {budget:?} allows ({field}), so it could never be admitted: shorten the job (spec.training.duration), raise the budget's {field}, or set the budget's spec.admission to Spend to admit on what is spent only",
-        amount(*need)
+        "the job needs an estimated {} {unit}, more than the {} {unit} a {period:?} of TrainingBudget {budget:?} allows ({field}), so it could never be admitted: shorten the job (spec.training.duration), raise the budget's {field}, or set the budget's spec.admission to Spend to admit on what is spent only",
+        amount(*need),
+        amount(*limit)
     )]
     Period { budget: String, need: f64, limit: f64, unit: String, field: &'static str, period: BudgetPeriod },
 }
@@ -331,10 +332,11 @@ fn look_ahead(budget: &TrainingBudget, status: &TrainingBudgetStatus, job: &Clai
             return Some(Verdict::Wait(Wait {
                 reason: reasons::BUDGET_EXHAUSTED,
                 message: format!(
-                    "the job needs an estimated {} {unit}; TrainingBudget {name:?} has {} left this {:?} ({limit} in {field}, {} spent, {} held back for the jobs it admitted): it starts when they finish under their estimates or the next period begins at {next}, or raise the budget's {field}, or set its spec.admission to Spend to admit on what is spent only",
+                    "the job needs an estimated {} {unit}; TrainingBudget {name:?} has {} left this {:?} ({} in {field}, {} spent, {} held back for the jobs it admitted): it starts when they finish under their estimates or the next period begins at {next}, or raise the budget's {field}, or set its spec.admission to Spend to admit on what is spent only",
                     amount(need),
                     amount(left),
                     spec.period,
+                    amount(limit),
                     amount(spent),
                     amount(held),
                 ),

@@ -277,7 +277,12 @@ fn look_ahead_table() {
             vec![],
             60.0,
             BudgetAdmission::LookAhead,
-            Waits(&["needs an estimated 60.00 GPU-hours", "has 50.00 left this Day", "100 in spec.gpuHours, 50.00 spent", "spec.admission to Spend"]),
+            Waits(&[
+                "needs an estimated 60.00 GPU-hours",
+                "has 50.00 left this Day",
+                "100.00 in spec.gpuHours, 50.00 spent",
+                "spec.admission to Spend",
+            ]),
         ),
         ("more than is left, on spend only", 50.0, vec![], 60.0, BudgetAdmission::Spend, Admitted),
         ("more than a whole period", 0.0, vec![], 120.0, BudgetAdmission::LookAhead, Refused),
@@ -314,7 +319,7 @@ fn look_ahead_table() {
             }
             (Verdict::Refuse(e), Refused) => {
                 let message = e.to_string();
-                assert!(message.contains("needs an estimated 120.00 GPU-hours, more than the 100 GPU-hours a Day"), "{message}");
+                assert!(message.contains("needs an estimated 120.00 GPU-hours, more than the 100.00 GPU-hours a Day"), "{message}");
                 assert_eq!(crate::training_job::admit::AdmitError::from(e).permanent_reason(), Some("BudgetTooSmall"), "{what}");
             }
             (got, want) => panic!("{what}: got {got:?}, wanted {want:?}"),
