@@ -178,6 +178,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    pub(crate) fn new(layout: Layout, step: i64) -> Self {
+        Self { format: layout.format().into(), step, model_fingerprint: None, stages: None, files: BTreeMap::new(), checksum: String::new() }
+    }
+
+    /// Checks that the manifest lists `name` (verification has checked what it lists).
+    pub(crate) fn require(&self, dir: &Path, name: &str) -> Result<()> {
+        if self.files.contains_key(name) { Ok(()) } else { Err(corrupt(dir, format!("manifest lists no {name}"))) }
+    }
+
     fn compute_checksum(&self) -> String {
         if self.format == PIPELINED_V1 {
             let files: BTreeMap<&String, (u64, &str)> = self.files.iter().map(|(k, v)| (k, v.parts())).collect();
@@ -286,16 +295,9 @@ pub(crate) fn commit(root: &Path, tmp: &Path, mut manifest: Manifest, files: &[S
     Ok(final_dir)
 }
 
-impl Manifest {
-    pub(crate) fn new(layout: Layout, step: i64) -> Self {
-        Self { format: layout.format().into(), step, model_fingerprint: None, stages: None, files: BTreeMap::new(), checksum: String::new() }
-    }
-}
-
-/// The layout a committed step was written in, from its manifest (`None` if unreadable).
-pub fn layout_of(dir: &Path) -> Option<Layout> {
-    let text = fs::read(dir.join(MANIFEST)).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+/// The layout a manifest's text names (`None` if it names none it can be read for).
+fn layout_named(manifest: &[u8]) -> Option<Layout> {
+    let value: serde_json::Value = serde_json::from_slice(manifest).ok()?;
     Layout::of(value.get("format")?.as_str()?)
 }
 
@@ -305,7 +307,7 @@ pub fn layout_of(dir: &Path) -> Option<Layout> {
 pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
     let text = fs::read(&mpath).map_err(io(&mpath))?;
-    if let Some(found) = layout_of(dir).filter(|l| *l != expected) {
+    if let Some(found) = layout_named(&text).filter(|l| *l != expected) {
         return Err(mismatch(dir, found.refusal().into()));
     }
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| corrupt(dir, format!("unreadable manifest: {e}")))?;
@@ -327,13 +329,6 @@ pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
         }
     }
     Ok(manifest)
-}
-
-impl Manifest {
-    /// Checks that the manifest lists `name` (verification has checked what it lists).
-    pub(crate) fn require(&self, dir: &Path, name: &str) -> Result<()> {
-        if self.files.contains_key(name) { Ok(()) } else { Err(corrupt(dir, format!("manifest lists no {name}"))) }
-    }
 }
 
 /// Checks every name, shape and dtype of `weights` and `optimizer` against `store` and the
