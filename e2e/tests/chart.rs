@@ -38,6 +38,41 @@ fn the_chart_lints_and_renders_with_the_images_make_images_builds() -> Result<()
     let scoped = helm(&["template", "frugal", &chart(), "--namespace", "team", "--set", "operator.watchNamespace=team", "--set", "replicaCount=2"])?;
     ensure!(!scoped.contains("kind: ClusterRole") && scoped.contains("kind: Role"), "namespace-scoped RBAC:\n{scoped}");
     ensure!(scoped.contains("--namespace=team") && scoped.contains("replicas: 2") && scoped.contains("--leader-elect"), "{scoped}");
+    ensure!(scoped.contains("kubernetes.io/metadata.name: team"), "the scoped release's policy binding selects its namespace:\n{scoped}");
+    Ok(())
+}
+
+/// The admission policies (docs/admission.md): the trainer's by default, the GPU ceiling once a
+/// ceiling is set, each named after the release and its namespace, and none when disabled.
+#[test]
+fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()> {
+    if !enabled("chart-admission") {
+        return Ok(());
+    }
+    let policy = |name: &str| format!("kind: ValidatingAdmissionPolicy\nmetadata:\n  name: frugal-operator-frugal-system-{name}\n");
+    let binding = |name: &str| format!("kind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: frugal-operator-frugal-system-{name}\n");
+    let chart_dir = chart();
+    let render = |values: &[&str]| {
+        let mut args = vec!["template", "frugal", &chart_dir, "--namespace", "frugal-system"];
+        args.extend(values.iter().flat_map(|v| ["--set", *v]));
+        helm(&args)
+    };
+    let defaults = render(&[])?;
+    ensure!(defaults.contains(&policy("trainer-status")) && defaults.contains(&binding("trainer-status")), "{defaults}");
+    ensure!(defaults.contains("validationActions: [Deny]") && !defaults.contains("matchResources:"), "{defaults}");
+    ensure!(!defaults.contains("gpu-ceiling"), "a GPU ceiling policy without a ceiling:\n{defaults}");
+
+    let ceiling = render(&["admissionPolicies.gpuCeiling.namespaces.team-a=8", "admissionPolicies.gpuCeiling.default=2"])?;
+    ensure!(ceiling.contains(&policy("gpu-ceiling")) && ceiling.contains(&binding("gpu-ceiling")), "{ceiling}");
+    ensure!(ceiling.contains(r#"{"team-a":8}"#) && ceiling.contains(": 2\n"), "the ceilings as CEL:\n{ceiling}");
+
+    let off = render(&[
+        "admissionPolicies.trainerStatus.enabled=false",
+        "admissionPolicies.gpuCeiling.enabled=false",
+        "admissionPolicies.gpuCeiling.default=2",
+    ])?;
+    ensure!(!off.contains("ValidatingAdmissionPolicy"), "policies rendered while disabled:\n{off}");
+    helm(&["lint", "--strict", &chart_dir, "--set", "admissionPolicies.gpuCeiling.default=0", "--set", "operator.watchNamespace=team"])?;
     Ok(())
 }
 
@@ -52,6 +87,9 @@ fn a_typo_in_the_values_fails_naming_the_field() -> Result<()> {
     ensure!(wrong.to_string().contains("replicaCount"), "{wrong}");
     let bad = helm(&["template", "frugal", &chart(), "--set", "image.pullPolicy=Sometimes"]).expect_err("a bad pull policy renders");
     ensure!(bad.to_string().contains("pullPolicy"), "{bad}");
+    let ceiling =
+        helm(&["template", "frugal", &chart(), "--set", "admissionPolicies.gpuCeiling.namespaces.team=-1"]).expect_err("a negative ceiling renders");
+    ensure!(ceiling.to_string().contains("gpuCeiling/namespaces/team"), "{ceiling}");
     Ok(())
 }
 

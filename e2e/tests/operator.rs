@@ -400,34 +400,53 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded() {
     .await;
 }
 
+/// The operator bills the job from its pod's own times (kwok's pod runs no trainer, so nothing
+/// else could report), stops it when it has spent its own limit, and the job waits, Queued,
+/// until the limit is raised: then the next attempt starts (from the checkpoint a real trainer
+/// would have written).
 #[tokio::test]
-async fn a_job_that_spends_its_own_gpu_hours_is_stopped_with_budget_exceeded() {
+async fn a_job_that_spends_its_own_gpu_hours_waits_and_resumes_when_the_limit_is_raised() {
     operator_test("operator-own-budget", |ctx| async move {
         let _operator = setup(&ctx).await?;
-        // 0.003 GPU-hours is 10.8 s of the job's one GPU: status writes wake no reconcile, so the
-        // operator schedules its next look for when the limit would be spent at that rate
+        // 0.003 GPU-hours is 10.8 s of the job's one GPU: the operator looks again when its bill
+        // would reach the limit at that rate
         let mut tj = training_job("lm", 1, 3);
         tj.spec.budget.max_gpu_hours = Some(0.003);
         apply(&ctx, &tj).await?;
         running_pods(&ctx, "lm", 1, 1).await?;
         job_where(&ctx, "lm", "phase Running", |tj| phase(tj) == Some(Phase::Running)).await?;
         let running = Instant::now();
-        // what the trainer reports while it runs (kwok's pods run no trainer); nothing else
-        // changes, so only the scheduled look can find it
-        let jobs: Api<TrainingJob> = ctx.api();
-        let cost = serde_json::json!({"status": {"cost": {"gpuHours": 0.0031, "cost": 0.01, "currency": "USD"}}});
-        jobs.patch_status("lm", &PatchParams::default(), &Patch::Merge(&cost)).await?;
-        let stopping =
-            job_where(&ctx, "lm", "reason BudgetExceeded", |tj| condition(tj, "Ready").is_some_and(|c| c.reason == "BudgetExceeded")).await?;
+        let stopping = job_where(&ctx, "lm", "reason BudgetExhausted", |tj| {
+            phase(tj) != Some(Phase::Queued) && condition(tj, "Ready").is_some_and(|c| c.reason == "BudgetExhausted")
+        })
+        .await?;
         let looked = running.elapsed();
         ensure!(looked >= Duration::from_secs(5) && looked < Duration::from_secs(40), "stopped {looked:?} after Running: {:?}", stopping.status);
-        let failed = job_where(&ctx, "lm", "phase Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
-        let c = condition(&failed, "Failed").unwrap();
-        assert_eq!(c.reason, "BudgetExceeded");
-        ensure!(c.message.contains("spec.budget.maxGpuHours is 0.003") && c.message.contains("checkpoint"), "message: {}", c.message);
+        let billed = stopping.status.as_ref().and_then(|s| s.cost.clone()).expect("a bill");
+        ensure!(billed.gpu_hours >= 0.003 && billed.pods.len() == 1 && billed.pods[0].gpus == 1, "billed from the pod: {billed:?}");
+        let queued = job_where(&ctx, "lm", "phase Queued", |tj| phase(tj) == Some(Phase::Queued)).await?;
+        let c = condition(&queued, "Queued").unwrap();
+        assert_eq!(c.reason, "BudgetExhausted");
+        eprintln!("queued: {}", c.message);
+        ensure!(c.message.contains("spec.budget.maxGpuHours is 0.003") && c.message.contains("raised"), "message: {}", c.message);
         let first: Job = ctx.api::<Job>().get("lm-a1").await?;
         assert_eq!(first.annotations().get("frugal.dev/stop-reason").map(String::as_str), Some("BudgetExceeded"));
         assert_eq!(attempt_jobs(&ctx, "lm").await?, vec!["lm-a1"], "no further attempt over the limit");
+        let cost = queued.status.as_ref().and_then(|s| s.cost.clone()).unwrap();
+        ensure!(cost.pods.iter().all(|p| p.ended), "the stopped pod's bill is final: {cost:?}");
+        // raising the limit resumes the job: attempt 2 starts, and the bill goes on from the first
+        let jobs: Api<TrainingJob> = ctx.api();
+        let raise = serde_json::json!({"spec": {"budget": {"maxGpuHours": 1.0}}});
+        jobs.patch("lm", &PatchParams::default(), &Patch::Merge(&raise)).await?;
+        running_pods(&ctx, "lm", 2, 1).await?;
+        let resumed = job_where(&ctx, "lm", "attempt 2 Running", |tj| {
+            phase(tj) == Some(Phase::Running) && tj.status.as_ref().and_then(|s| s.attempt) == Some(2)
+        })
+        .await?;
+        let c = condition(&resumed, "Running").unwrap();
+        eprintln!("resumed: {}", c.message);
+        let cost = resumed.status.unwrap().cost.unwrap();
+        ensure!(cost.gpu_hours >= billed.gpu_hours && cost.pods.iter().any(|p| p.attempt == 2 && !p.ended), "{cost:?}");
         Ok(())
     })
     .await;

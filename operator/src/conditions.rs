@@ -11,8 +11,10 @@ pub mod types {
     pub const STALLED: &str = "Stalled";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
+    /// True while the trainer's latest training loss is not a finite number.
+    pub const NON_FINITE_LOSS: &str = "NonFiniteLoss";
     /// Every type the operator owns on a TrainingJob, in the order they are written.
-    pub const ALL: [&str; 7] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED];
+    pub const ALL: [&str; 8] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED, NON_FINITE_LOSS];
     /// A TrainingBudget's: True while a limit is reached.
     pub const EXHAUSTED: &str = "Exhausted";
 }
@@ -41,8 +43,6 @@ pub mod reasons {
     pub const BUDGET_TOO_SMALL: &str = "BudgetTooSmall";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
-    /// The job spent its own spec.budget.maxGpuHours or maxCost.
-    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     /// The API server refused a child (the attempt's Job, say) as invalid.
     pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";

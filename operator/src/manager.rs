@@ -172,6 +172,8 @@ pub async fn run(
         recorder,
         backoff: Backoff::default(),
         seen,
+        synced: [jobs_synced.clone(), pods_synced.clone()],
+        gpu_products: Default::default(),
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 

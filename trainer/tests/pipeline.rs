@@ -249,7 +249,7 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     assert!(first.iter().all(|e| e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))), "{first:?}");
     let mut fold = frugal_trainer::report::status::Fold::default();
     for line in first.iter().filter(|l| l["event"] != "summary") {
-        fold.observe(&serde_json::from_value(line.clone()).unwrap(), 0.0);
+        fold.observe(&serde_json::from_value(line.clone()).unwrap());
     }
     let efficiency = fold.efficiency.clone().expect("the steps' efficiency");
     assert_eq!(efficiency.pipeline_bubble, Some(bubble));

@@ -11,7 +11,7 @@ use frugal_trainer::eval::{self, LanguageModel};
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::compare;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::report::status::{Fold, Pricing};
+use frugal_trainer::report::status::Fold;
 use frugal_trainer::train::{Stop, Trainer};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -186,20 +186,22 @@ fn the_quality_target_stops_the_run() {
     assert!(target.device_hours.unwrap() > 0.0 && target.device_hours.unwrap() <= s.device_hours);
     let row = compare::Row::from_summary(&s);
     assert_eq!(row.gpu_hours_to_target, target.device_hours);
-    // In a pod, the same events put the GPU-hours the job had spent at the evaluation that
-    // reached the target into its status (here each event comes an hour after the last).
+    // In a pod, the same events put the moment the target was reached into the status (the
+    // operator prices the GPU-hours up to it); a later evaluation does not move it.
     let mut fold = Fold::default();
-    let mut hours_at_target = None;
-    for (hour, event) in received.try_iter().enumerate() {
-        if matches!(&event, frugal_trainer::report::event::RunEvent::Eval(e) if e.step == s.steps) {
-            hours_at_target = Some(hour as f64);
+    let mut reached_at_eval = None;
+    for event in received.try_iter() {
+        fold.observe(&event);
+        if reached_at_eval.is_none() && fold.target_reached_time.is_some() {
+            reached_at_eval = match &event {
+                frugal_trainer::report::event::RunEvent::Eval(e) => Some(e.step),
+                _ => None,
+            };
         }
-        fold.observe(&event, hour as f64);
     }
-    let pricing = Pricing { gpus: 1.0, price_per_gpu_hour: 2.0, currency: "USD".into() };
-    let patch = fold.patch(1e3, &pricing);
-    assert!(hours_at_target.is_some());
-    assert_eq!(patch["status"]["cost"]["gpuHoursToTarget"].as_f64(), hours_at_target, "{patch}");
+    let patch = fold.patch();
+    assert_eq!(reached_at_eval, Some(s.steps), "the evaluation that reached the target set the time");
+    assert!(patch["status"]["quality"]["targetReachedTime"].is_string(), "{patch}");
     assert_eq!(patch["status"]["quality"]["step"], s.steps);
 
     // A target out of reach: the run uses its steps and says so.

@@ -87,3 +87,41 @@ impl GpuType {
         }
     }
 }
+
+/// The table's GPU type of a node labelled `nvidia.com/gpu.product=<product>` by NVIDIA's GPU
+/// feature discovery ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-40GB", "Tesla-T4"): the entry
+/// whose model is one of the label's words, and whose memory is too where two entries share a
+/// model. `None` for a product the table does not know.
+pub fn gpu_type_of_product(product: &str) -> Option<&'static GpuType> {
+    let lower = product.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let parts = |g: &GpuType| -> (&'static str, &'static str) {
+        let mut it = g.name.split('-').skip(1);
+        (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+    };
+    let same_model: Vec<&'static GpuType> = GPU_TYPES.iter().filter(|g| words.contains(&parts(g).0)).collect();
+    same_model.iter().find(|g| words.contains(&parts(g).1)).or(same_model.first()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_product_labels_name_the_tables_types() {
+        let cases = [
+            ("NVIDIA-H100-80GB-HBM3", Some("nvidia-h100-80gb")),
+            ("NVIDIA-H200", Some("nvidia-h200-141gb")),
+            ("NVIDIA-A100-SXM4-40GB", Some("nvidia-a100-40gb")),
+            ("NVIDIA-A100-PCIE-80GB", Some("nvidia-a100-80gb")),
+            ("NVIDIA-L40S", Some("nvidia-l40s-48gb")),
+            ("NVIDIA-L4", Some("nvidia-l4-24gb")),
+            ("Tesla-T4", Some("nvidia-t4-16gb")),
+            ("NVIDIA-B200", None),
+            ("", None),
+        ];
+        for (label, want) in cases {
+            assert_eq!(gpu_type_of_product(label).map(|g| g.name), want, "{label}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ mod gpus;
 mod memory;
 mod model;
 
-pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names};
+pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names, gpu_type_of_product};
 pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory};
 pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, ResolvedMoe, preset_shape};
 

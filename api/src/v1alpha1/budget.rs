@@ -137,6 +137,9 @@ pub struct BudgetHolder {
     /// The job's own status.cost.gpuHours already counted into gpuHoursSpent.
     #[serde(default, skip_serializing_if = "is_not_finite")]
     pub gpu_hours_counted: f64,
+    /// The job's own status.cost.cost already counted into costSpent.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub cost_counted: f64,
     /// When it was admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,

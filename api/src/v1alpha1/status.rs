@@ -158,9 +158,14 @@ pub struct ProgressStatus {
     /// When the trainer last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+    /// The step whose training loss was not a finite number, while the latest loss is not
+    /// (`loss` keeps the last finite one); the operator's NonFiniteLoss condition says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_finite_loss_step: Option<i64>,
 }
 
-/// Spending.
+/// Spending, as the operator bills it from the job's pods: each pod's GPUs from when it was
+/// scheduled until it terminated (a running pod: until the operator last looked).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CostStatus {
@@ -170,11 +175,57 @@ pub struct CostStatus {
     /// What those GPU-hours cost.
     #[serde(default, skip_serializing_if = "is_not_finite")]
     pub cost: f64,
-    /// Currency of the cost.
+    /// Currency of the cost: the budget's (spec.budget.budgetRef), else USD.
     pub currency: String,
-    /// GPU-hours it took to reach the quality target, once reached.
+    /// GPU-hours it took to reach the quality target (at quality.targetReachedTime), once
+    /// reached.
     #[serde(default, skip_serializing_if = "is_not_finite_opt")]
     pub gpu_hours_to_target: Option<f64>,
+    /// The pods billed, newest attempt last: the durable record the totals are summed from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub pods: Vec<PodCost>,
+}
+
+/// Where the GPU type a pod was priced at came from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PricedFrom {
+    /// The `nvidia.com/gpu.product` label of the node the pod ran on.
+    NodeLabel,
+    /// The job's spec.resources.gpuType (the node had no label frugal knows a price for).
+    #[default]
+    JobSpec,
+}
+
+/// One pod's bill.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCost {
+    /// The pod's name.
+    pub name: String,
+    /// Its attempt.
+    pub attempt: i32,
+    /// GPUs it held (its containers' limits).
+    pub gpus: i32,
+    /// The GPU type it was priced at, and where that came from.
+    pub gpu_type: String,
+    pub priced_from: PricedFrom,
+    /// Price of one of its GPU-hours, in the job's currency.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub price_per_gpu_hour: f64,
+    /// Its GPUs times the time from `from` to `until`.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub gpu_hours: f64,
+    /// What those GPU-hours cost.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub cost: f64,
+    /// When it was scheduled.
+    pub from: Time,
+    /// Billed up to here: when it terminated, or when the operator last saw it hold its GPUs.
+    pub until: Time,
+    /// It terminated (or is gone): its bill is final.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// Quality at the last evaluation.
@@ -196,6 +247,9 @@ pub struct QualityStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub zero_shot: Vec<ZeroShotResult>,
+    /// When an evaluation first reached spec.training.qualityTarget (kept across attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_reached_time: Option<Time>,
 }
 
 /// One evaluation set's accuracy.

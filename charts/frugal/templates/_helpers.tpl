@@ -30,3 +30,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "frugal.trainerCpuImage" -}}
 {{- .Values.operator.trainerCpuImage | default (printf "frugal-trainer:%s-cpu" .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/* The name of a cluster-scoped object of this release: the fullname and the release's
+namespace, as two releases of one name in two namespaces (the e2e tests' scoped installs) are
+two releases. */}}
+{{- define "frugal.clusterName" -}}
+{{- printf "%s-%s" (include "frugal.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* An admission policy binding's scope: the watched namespace when the operator watches one
+(the release then governs only its jobs there), else nothing: every namespace. */}}
+{{- define "frugal.policyBindingScope" -}}
+{{- with .Values.operator.watchNamespace -}}
+matchResources:
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+{{- end -}}
+{{- end -}}

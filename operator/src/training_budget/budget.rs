@@ -38,8 +38,9 @@ pub struct Claim<'a> {
     pub gpus: i32,
     /// The GPU type, for the price of what it spends.
     pub gpu_type: &'a str,
-    /// status.cost.gpuHours as the trainer last reported it.
+    /// status.cost.gpuHours and cost as the operator billed them from the job's pods.
     pub gpu_hours: f64,
+    pub cost: f64,
     /// GPU-hours its plan estimates for the whole run (`status.plan.estimatedGpuHours`).
     pub estimated_gpu_hours: f64,
 }
@@ -141,14 +142,21 @@ fn rolled(budget: &TrainingBudget, now: &Time) -> TrainingBudgetStatus {
     status
 }
 
-/// Counts what a holder reported since it was last counted.
-fn count(spec: &TrainingBudgetSpec, status: &mut TrainingBudgetStatus, holder: usize, gpu_hours: f64, gpu_type: &str) {
-    let counted = status.jobs[holder].gpu_hours_counted;
-    if gpu_hours.is_finite() && gpu_hours > counted {
-        let delta = gpu_hours - counted;
-        status.gpu_hours_spent += delta;
-        status.cost_spent += delta * price(spec, gpu_type);
-        status.jobs[holder].gpu_hours_counted = gpu_hours;
+/// Counts what a holder was billed since it was last counted (its job's status.cost, which the
+/// operator bills from its pods at the budget's prices).
+fn count(status: &mut TrainingBudgetStatus, holder: usize, gpu_hours: f64, cost: f64) {
+    let h = &mut status.jobs[holder];
+    if h.cost_counted == 0.0 && h.gpu_hours_counted > 0.0 && gpu_hours > 0.0 && cost.is_finite() {
+        // an entry counted before costs were counted: its GPU-hours so far at the job's average price
+        h.cost_counted = cost * (h.gpu_hours_counted / gpu_hours).min(1.0);
+    }
+    if gpu_hours.is_finite() && gpu_hours > h.gpu_hours_counted {
+        status.gpu_hours_spent += gpu_hours - h.gpu_hours_counted;
+        h.gpu_hours_counted = gpu_hours;
+    }
+    if cost.is_finite() && cost > h.cost_counted {
+        status.cost_spent += cost - h.cost_counted;
+        h.cost_counted = cost;
     }
 }
 
@@ -161,6 +169,22 @@ fn exhausted(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> Option
         return Some((reasons::COST_SPENT, format!("{:.2} of its {limit} {} (spec.maxCost)", status.cost_spent, spec.currency)));
     }
     None
+}
+
+/// Why the jobs holding `budget` must stop, if this period's GPU-hours or cost are spent.
+pub fn spent_out(budget: &TrainingBudget, status: &TrainingBudgetStatus, now: &Time) -> Option<Wait> {
+    let spec = &budget.spec;
+    let (_, spent) = exhausted(spec, status)?;
+    let name = budget.metadata.name.clone().unwrap_or_default();
+    let field = if spec.gpu_hours.is_some_and(|l| status.gpu_hours_spent >= l) { "spec.gpuHours" } else { "spec.maxCost" };
+    let next = at(now.0.as_second() + until_next_period(&created(budget), spec.period, now).as_secs() as i64).0;
+    Some(Wait {
+        reason: reasons::BUDGET_EXHAUSTED,
+        message: format!(
+            "TrainingBudget {name:?} has spent {spent} this {:?}: the job waits, Queued, and resumes from its checkpoint when the next period begins at {next}, or when the budget's {field} is raised",
+            spec.period
+        ),
+    })
 }
 
 /// Sets what follows from the ledger: GPUs in use, the Exhausted condition, the generation.
@@ -201,7 +225,7 @@ pub fn only_spending_changed(a: &TrainingBudgetStatus, b: &TrainingBudgetStatus)
     let unspent = |s: &TrainingBudgetStatus| {
         let mut s = s.clone();
         (s.gpu_hours_spent, s.cost_spent) = (0.0, 0.0);
-        s.jobs.iter_mut().for_each(|j| j.gpu_hours_counted = 0.0);
+        s.jobs.iter_mut().for_each(|j| (j.gpu_hours_counted, j.cost_counted) = (0.0, 0.0));
         s
     };
     changed(a, b) && !changed(&unspent(a), &unspent(b))
@@ -222,12 +246,12 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
     match (demand, held) {
         (Demand::Release, None) => {}
         (Demand::Release, Some(i)) => {
-            count(spec, &mut status, i, job.gpu_hours, job.gpu_type);
+            count(&mut status, i, job.gpu_hours, job.cost);
             status.jobs.remove(i);
         }
         (Demand::Start | Demand::Hold, Some(i)) => {
             status.jobs[i].gpus = job.gpus;
-            count(spec, &mut status, i, job.gpu_hours, job.gpu_type);
+            count(&mut status, i, job.gpu_hours, job.cost);
         }
         (Demand::Start, None) => {
             let name = budget.metadata.name.clone().unwrap_or_default();
@@ -279,6 +303,7 @@ fn holder(spec: &TrainingBudgetSpec, job: &Claim, now: &Time) -> BudgetHolder {
         uid: job.uid.into(),
         gpus: job.gpus,
         gpu_hours_counted: finite_or_zero(job.gpu_hours),
+        cost_counted: finite_or_zero(job.cost),
         admitted_at: Some(now.clone()),
         estimated_gpu_hours: estimated,
         estimated_cost: estimated * price(spec, job.gpu_type),
@@ -356,20 +381,20 @@ pub struct Holder {
     pub finished: bool,
     pub gpu_type: String,
     pub gpu_hours: f64,
+    pub cost: f64,
 }
 
 /// The budget's own pass: counts what holders spent, releases the entries of jobs that are gone
 /// (or finished, or name another budget), starts a new period when one is due, and sets the
 /// Exhausted condition. `job` finds a holder's TrainingJob by name.
 pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, now: &Time) -> Verdict {
-    let spec = &budget.spec;
     let mut status = rolled(budget, now);
     let mut i = 0;
     while i < status.jobs.len() {
         let found = job(&status.jobs[i].name).filter(|h| h.uid == status.jobs[i].uid);
         match found {
             Some(h) => {
-                count(spec, &mut status, i, h.gpu_hours, &h.gpu_type);
+                count(&mut status, i, h.gpu_hours, h.cost);
                 if h.finished || !h.names_budget {
                     status.jobs.remove(i);
                     continue;

@@ -22,6 +22,8 @@ const TRIES: usize = 8;
 pub enum Admission {
     Go,
     Wait(Wait),
+    /// A live attempt's budget has spent this period's limit: the attempt is to stop.
+    SpentOut(Wait),
 }
 
 /// Why a ledger could not be settled.
@@ -62,16 +64,23 @@ pub async fn settle(client: &Client, namespace: &str, name: &str, job: &Claim<'_
                 Demand::Release | Demand::Hold => Admission::Go,
             });
         };
-        match budget::settle(&b, job, demand, &now()) {
-            Verdict::Unchanged => return Ok(Admission::Go),
+        let now = now();
+        // a live attempt goes on while the budget has something left this period
+        let go = |status: &TrainingBudgetStatus| match budget::spent_out(&b, status, &now).filter(|_| demand == Demand::Hold) {
+            Some(w) => Admission::SpentOut(w),
+            None => Admission::Go,
+        };
+        match budget::settle(&b, job, demand, &now) {
+            Verdict::Unchanged => return Ok(go(&b.status.clone().unwrap_or_default())),
             Verdict::Wait(w) => return Ok(Admission::Wait(w)),
             Verdict::Refuse(e) => return Err(e.into()),
             Verdict::Write(status) => {
                 let gpus_in_use = status.gpus_in_use;
+                let admission = go(&status);
                 match write(&api, &b, *status).await {
                     Ok(()) => {
                         info!(budget = name, ?demand, gpus = job.gpus, gpus_in_use, "ledger written");
-                        return Ok(Admission::Go);
+                        return Ok(admission);
                     }
                     Err(e) if is_conflict(&e) => {
                         info!(budget = name, "the budget changed since it was read (409 Conflict); reading it again");

@@ -90,6 +90,7 @@ fn holder(tj: &TrainingJob, budget: &str) -> Holder {
         finished: finished(tj),
         gpu_type: tj.spec.resources.gpu_type.clone(),
         gpu_hours: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.gpu_hours),
+        cost: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.cost),
     }
 }
 

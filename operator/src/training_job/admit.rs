@@ -8,7 +8,7 @@
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
+use frugal_api::v1alpha1::{CostStatus, Phase};
 
 use super::lifecycle::{Action, Decision};
 use super::observe::{AttemptState, AttemptView};
@@ -97,14 +97,15 @@ pub fn demand(decision: &Decision, attempts: &[AttemptView]) -> Demand {
 }
 
 /// The job as its budget's ledger sees it.
-pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64, prev: &TrainingJobStatus) -> Claim<'a> {
+pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64, cost: Option<&CostStatus>) -> Claim<'a> {
     Claim {
         estimated_gpu_hours,
         name: tj.metadata.name.as_deref().unwrap_or_default(),
         uid: tj.metadata.uid.as_deref().unwrap_or_default(),
         gpus: i32::try_from(gpus).unwrap_or(i32::MAX),
         gpu_type: &tj.spec.resources.gpu_type,
-        gpu_hours: prev.cost.as_ref().map_or(0.0, |c| c.gpu_hours),
+        gpu_hours: cost.map_or(0.0, |c| c.gpu_hours),
+        cost: cost.map_or(0.0, |c| c.cost),
     }
 }
 
@@ -162,7 +163,7 @@ mod tests {
 
     #[test]
     fn only_a_job_without_a_live_attempt_is_gated() {
-        let view = |attempt, state| AttemptView { attempt, state, started: None, trouble: None };
+        let view = |attempt, state| AttemptView { attempt, state, started: None, trouble: None, billed: Default::default() };
         let failed = AttemptState::Failed { kind: FailureKind::Failed, message: String::new() };
         let cases = [
             ("never started", vec![], true),
@@ -211,7 +212,7 @@ mod tests {
     }
 
     fn attempt(state: AttemptState) -> Vec<AttemptView> {
-        vec![AttemptView { attempt: 1, state, started: None, trouble: None }]
+        vec![AttemptView { attempt: 1, state, started: None, trouble: None, billed: Default::default() }]
     }
 
     /// What each step of the lifecycle asks of the budget.

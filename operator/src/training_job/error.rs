@@ -20,6 +20,8 @@ pub enum Error {
     /// The API server refused a child as invalid: retrying the same spec cannot help.
     #[error("{0}")]
     Rejected(String),
+    #[error("the operator's caches closed: it is stopping")]
+    CacheClosed,
 }
 
 /// A budget too small for the job is an admission error like the job's own limits.
@@ -41,6 +43,7 @@ impl Error {
             Self::Admit(_) => "admission",
             Self::Kube(_) => "kubernetes",
             Self::Rejected(_) => "rejected",
+            Self::CacheClosed => "stopping",
         }
     }
 
@@ -51,7 +54,7 @@ impl Error {
             Self::Plan(e) => Some(e.reason()),
             Self::Admit(e) => e.permanent_reason(),
             Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
-            Self::Kube(_) => None,
+            Self::Kube(_) | Self::CacheClosed => None,
         }
     }
 }

@@ -207,6 +207,14 @@ fn ended(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, m
         d.phase = Phase::Failed;
         d.reason = reason;
         d.message = message;
+    } else if let Some(spent) = &f.spent {
+        // the job waits for its own limit to be raised, and then resumes from its checkpoint
+        d.phase = Phase::Queued;
+        d.reason = reasons::BUDGET_EXHAUSTED;
+        d.message = format!(
+            "{spent}: attempt {} was stopped and wrote a checkpoint; the job waits, Queued, and resumes from it with attempt {next} once the limit is raised or removed",
+            current.attempt
+        );
     } else if f.i.suspend {
         d.phase = Phase::Suspended;
         d.reason = reasons::SUSPENDED;
@@ -229,12 +237,7 @@ fn final_failure(f: &Facts, d: &Decision, current: &AttemptView, kind: FailureKi
         FailureKind::DeadlineExceeded => {
             (reasons::DEADLINE_EXCEEDED, format!("runPolicy.activeDeadlineSeconds ({deadline_secs}s) passed; attempt {attempt} was stopped"))
         }
-        FailureKind::BudgetExceeded => {
-            let why = f.spent.clone().unwrap_or_else(|| "the job spent a limit of spec.budget".into());
-            (reasons::BUDGET_EXCEEDED, format!("{why}; attempt {attempt} was stopped and wrote a checkpoint"))
-        }
         _ if f.past_deadline => (reasons::DEADLINE_EXCEEDED, format!("runPolicy.activeDeadlineSeconds ({deadline_secs}s) passed")),
-        _ if f.spent.is_some() => (reasons::BUDGET_EXCEEDED, format!("{}: no further attempt starts", f.spent.clone().unwrap_or_default())),
         _ if restarts > limit => {
             (reasons::BACKOFF_LIMIT_EXCEEDED, format!("{restarts} failed attempts exceed runPolicy.backoffLimit {limit}; the last{why}"))
         }
@@ -251,9 +254,15 @@ fn retry(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, w
     let (limit, restarts, attempt) = (f.i.backoff_limit, d.restarts, current.attempt);
     let next = attempt + 1;
     d.action = Action::Create(next);
-    d.reason = if kind == FailureKind::Suspended { reasons::CREATING } else { reasons::RESTARTING };
+    d.reason = match kind {
+        FailureKind::Suspended | FailureKind::BudgetExceeded | FailureKind::BudgetExhausted => reasons::CREATING,
+        _ => reasons::RESTARTING,
+    };
     d.message = match kind {
         FailureKind::Suspended => format!("resumed: starting attempt {next} from the latest checkpoint"),
+        FailureKind::BudgetExceeded | FailureKind::BudgetExhausted => {
+            format!("the budget allows the job again: starting attempt {next} from the latest checkpoint")
+        }
         FailureKind::Disrupted => format!("attempt {attempt} was disrupted (not counted against backoffLimit){why}; starting attempt {next}"),
         FailureKind::StartupTimeout => format!("attempt {attempt} did not start ({restarts} of {limit} retries used){why}; starting attempt {next}"),
         _ => format!("attempt {attempt} failed ({restarts} of {limit} retries used){why}; starting attempt {next}"),
@@ -283,9 +292,18 @@ fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<St
         }
         Some(StopReason::BudgetExceeded) => {
             d.phase = Phase::Running;
-            d.reason = reasons::BUDGET_EXCEEDED;
+            d.reason = reasons::BUDGET_EXHAUSTED;
+            d.message = format!(
+                "{}; stopping attempt {}: its pods write a checkpoint",
+                f.spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()),
+                current.attempt
+            );
+        }
+        Some(StopReason::BudgetExhausted) => {
+            d.phase = Phase::Running;
+            d.reason = reasons::BUDGET_EXHAUSTED;
             d.message =
-                format!("{}; stopping attempt {}", f.spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()), current.attempt);
+                format!("its TrainingBudget has spent this period's limit; stopping attempt {}: its pods write a checkpoint", current.attempt);
         }
         Some(StopReason::StartupTimeout) => {
             d.reason = reasons::STARTUP_TIMEOUT;
@@ -324,8 +342,8 @@ fn live(f: &Facts, mut d: Decision, current: &AttemptView) -> Decision {
             Some(_) => (Action::Stop(current.attempt, StopReason::BudgetExceeded), Phase::Running),
             None => (Action::Delete(current.attempt), Phase::Pending),
         };
-        d.reason = reasons::BUDGET_EXCEEDED;
-        d.message = format!("{why}; stopping attempt {}", current.attempt);
+        d.reason = reasons::BUDGET_EXHAUSTED;
+        d.message = format!("{why}; stopping attempt {}: its pods write a checkpoint", current.attempt);
         return d;
     }
     // seconds until the job's deadline, which each state may bring forward
@@ -335,6 +353,29 @@ fn live(f: &Facts, mut d: Decision, current: &AttemptView) -> Decision {
         AttemptState::Starting => starting(f, d, current, started, wake),
         _ => running(f, d, current, started, wake),
     }
+}
+
+/// The decision when the job's TrainingBudget has spent this period's limit (`why` says so) while
+/// an attempt is live: that attempt stops (its pods write a checkpoint), or, never started, is
+/// removed. `None` when no attempt is live or the decision already stops it.
+pub fn stop_for_budget(d: &Decision, attempts: &[AttemptView], why: &str) -> Option<Decision> {
+    let current = attempts.last()?;
+    if !matches!(current.state, AttemptState::Queued | AttemptState::Starting | AttemptState::Running) || d.action != Action::Nothing {
+        return None;
+    }
+    let action = match current.started {
+        Some(_) => Action::Stop(current.attempt, StopReason::BudgetExhausted),
+        None => Action::Delete(current.attempt),
+    };
+    Some(Decision {
+        action,
+        phase: Phase::Running,
+        reason: reasons::BUDGET_EXHAUSTED,
+        message: format!("{why}; stopping attempt {}: its pods write a checkpoint", current.attempt),
+        stalled: false,
+        requeue_after: None,
+        ..d.clone()
+    })
 }
 
 /// Whichever of `wake` and `at` (seconds from now) comes first.

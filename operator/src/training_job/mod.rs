@@ -4,6 +4,7 @@
 
 pub mod admit;
 pub mod apply;
+pub mod bill;
 pub mod build;
 pub mod error;
 pub mod lifecycle;
@@ -26,9 +27,9 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use frugal_api::TrainingJob;
 use frugal_api::planner::Plan;
-use frugal_api::v1alpha1::{BudgetSpec, Phase, TrainingJobStatus};
+use frugal_api::v1alpha1::{BudgetSpec, CostStatus, Phase, PricedFrom, TrainingJobStatus};
+use frugal_api::{TrainingBudget, TrainingJob};
 
 use crate::conditions::reasons;
 use crate::metrics::{Backoff, CategoryLabels, Metrics, ResultLabels};
@@ -53,6 +54,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub backoff: Backoff,
     pub seen: apply::Seen,
+    /// Whether the Job and pod caches hold their first full list: a pod missing from a cache
+    /// still filling would be billed as gone.
+    pub synced: [crate::synced::Synced; 2],
+    /// The GPU product label of each node the job's pods ran on (None: no label, or the node
+    /// cannot be read), read once per node.
+    pub gpu_products: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
 }
 
 fn now() -> Time {
@@ -68,6 +75,9 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
         if tj.meta().deletion_timestamp.is_some() {
             // children go with it through their owner references
             return Ok(Action::await_change());
+        }
+        for cache in &ctx.synced {
+            cache.wait().await.map_err(|_| Error::CacheClosed)?;
         }
         let prev = tj.status.clone().unwrap_or_default();
         let outcome = run_stages(&tj, &ctx, &prev).await;
@@ -148,9 +158,10 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
     }
 
+    let cost = bill_pods(tj, ctx, &planned.plan, &attempts, prev).await;
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
     let policy = &valid.spec.run_policy;
-    let decision = lifecycle::decide(&Inputs {
+    let mut decision = lifecycle::decide(&Inputs {
         attempts: &attempts,
         suspend: policy.suspend,
         backoff_limit: policy.backoff_limit,
@@ -159,17 +170,25 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
         start_time: start_time.clone(),
         last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
-        spending: spending(&valid.spec.budget, prev, &planned.plan),
+        spending: spending(&valid.spec.budget, &cost, &planned.plan),
         now: now(),
     });
     // the budget's ledger is written before any child is created
     if let Some(name) = valid.spec.budget.budget_ref.as_deref() {
-        let claim = admit::budget_claim(tj, planned.plan.gpus, planned.plan.estimated_gpu_hours, prev);
+        let claim = admit::budget_claim(tj, planned.plan.gpus, planned.plan.estimated_gpu_hours, Some(&cost));
         let demand = admit::demand(&decision, &attempts);
-        if let Admission::Wait(w) = ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
-            let summary = Summary { phase: Phase::Queued, ..pending(w.reason, w.message, prev) };
-            // a change of the budget wakes the job (the controller watches TrainingBudgets)
-            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
+        match ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
+            Admission::Go => {}
+            Admission::Wait(w) => {
+                let summary = Summary { phase: Phase::Queued, cost: Some(Box::new(cost)), ..pending(w.reason, w.message, prev) };
+                // a change of the budget wakes the job (the controller watches TrainingBudgets)
+                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
+            }
+            Admission::SpentOut(w) => {
+                if let Some(stop) = lifecycle::stop_for_budget(&decision, &attempts, &w.message) {
+                    decision = stop;
+                }
+            }
         }
     }
     let children = build::build_children(&planned);
@@ -190,6 +209,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         restarts: Some(decision.restarts),
         start_time,
         completed_at: decision.succeeded_at,
+        cost: Some(Box::new(cost.clone())),
     };
     // ttlSecondsAfterFinished is counted by a pass that finds the status finished; status writes
     // trigger no pass, and the children's last events may all come before this one's write
@@ -197,20 +217,79 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         Some(_) if summary.phase.is_terminal() => Some(Duration::from_secs(1)),
         _ => decision.requeue_after,
     };
+    // pods holding GPUs are billed again within the billing interval
+    let requeue = if bill::open(&cost) { Some(requeue.map_or(bill::BILLING_INTERVAL, |r| r.min(bill::BILLING_INTERVAL))) } else { requeue };
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
 }
 
-/// The job's own limits against what its status says it spent, and its rate while it runs.
-fn spending(budget: &BudgetSpec, prev: &TrainingJobStatus, plan: &Plan) -> Spending {
+/// The job's own limits against what its pods were billed, and its rate while it runs.
+fn spending(budget: &BudgetSpec, cost: &CostStatus, plan: &Plan) -> Spending {
     let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
     Spending {
-        gpu_hours: prev.cost.as_ref().map_or(0.0, |c| finite(c.gpu_hours)),
-        cost: prev.cost.as_ref().map_or(0.0, |c| finite(c.cost)),
+        gpu_hours: finite(cost.gpu_hours),
+        cost: finite(cost.cost),
         max_gpu_hours: budget.max_gpu_hours,
         max_cost: budget.max_cost,
         gpus: plan.gpus as f64,
         price_per_gpu_hour: plan.price_per_gpu_hour(),
     }
+}
+
+/// Bills the job's pods this pass (see `bill`). A pod is priced once, the first time it is
+/// billed: at the job's budget's price (else the GPU table's) for the GPU type its node's
+/// product label names, else for the job's spec.resources.gpuType.
+async fn bill_pods(tj: &TrainingJob, ctx: &Context, plan: &Plan, attempts: &[observe::AttemptView], prev: &TrainingJobStatus) -> CostStatus {
+    let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
+    let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
+    let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
+    let namespace = tj.namespace().unwrap_or_default();
+    // the budget is read only when there is a pod to price
+    let budget = match tj.spec.budget.budget_ref.as_deref() {
+        Some(name) if !new_pods.is_empty() => Api::<TrainingBudget>::namespaced(ctx.client.clone(), &namespace).get_opt(name).await.ok().flatten(),
+        _ => None,
+    };
+    let mut products = std::collections::HashMap::new();
+    for node in new_pods.iter().filter_map(|p| p.node.clone()) {
+        products.insert(node.clone(), gpu_product(ctx, &node).await);
+    }
+    let job_type = tj.spec.resources.gpu_type.clone();
+    let price = |pod: &bill::PodSeen| {
+        let product = pod.node.as_ref().and_then(|n| products.get(n).cloned().flatten());
+        let (gpu_type, priced_from) = match product.as_deref().and_then(frugal_api::planner::gpu_type_of_product) {
+            Some(g) => (g.name.to_string(), PricedFrom::NodeLabel),
+            None => (job_type.clone(), PricedFrom::JobSpec),
+        };
+        let per_gpu_hour = match &budget {
+            Some(b) => crate::training_budget::budget::price(&b.spec, &gpu_type),
+            None => frugal_api::planner::gpu_type(&gpu_type).map_or(0.0, |g| g.usd_per_hour),
+        };
+        bill::Price { gpu_type, priced_from, per_gpu_hour }
+    };
+    let currency = budget
+        .as_ref()
+        .map(|b| b.spec.currency.clone())
+        .or_else(|| prev.cost.as_ref().map(|c| c.currency.clone()).filter(|c| !c.is_empty()))
+        .unwrap_or_else(|| plan.currency.clone());
+    let target = prev.quality.as_ref().and_then(|q| q.target_reached_time.as_ref());
+    bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now())
+}
+
+/// The `nvidia.com/gpu.product` label of node `name`, read once and remembered. A node that
+/// cannot be read (the operator's identity may not read nodes) has none.
+async fn gpu_product(ctx: &Context, name: &str) -> Option<String> {
+    if let Some(known) = ctx.gpu_products.lock().unwrap().get(name) {
+        return known.clone();
+    }
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    let product = match api.get_metadata_opt(name).await {
+        Ok(node) => node.and_then(|n| n.labels().get(bill::GPU_PRODUCT_LABEL).cloned()),
+        Err(e) => {
+            debug!(node = name, "reading the node's GPU product label: {e}");
+            None
+        }
+    };
+    ctx.gpu_products.lock().unwrap().insert(name.to_string(), product.clone());
+    product
 }
 
 /// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
@@ -220,7 +299,7 @@ async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobSta
         return Ok(());
     };
     let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, 0.0, prev), Demand::Release).await?;
+    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
     Ok(())
 }
 
@@ -239,6 +318,7 @@ fn pending(reason: &'static str, message: String, prev: &TrainingJobStatus) -> S
         restarts: prev.restarts,
         start_time: None,
         completed_at: None,
+        cost: None,
     }
 }
 
@@ -262,6 +342,7 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
                     restarts: prev.restarts,
                     start_time: None,
                     completed_at: None,
+                    cost: None,
                 };
                 (summary, None, None)
             }

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
+use super::bill::{self, AttemptSeen};
 use super::build::{CONFIGURATION_ERROR_EXIT_CODE, rules};
 use super::validate::ValidJob;
 use crate::conditions::reasons;
@@ -29,9 +30,12 @@ pub enum FailureKind {
     DeadlineExceeded,
     /// The operator stopped it because the job was suspended. Does not count.
     Suspended,
-    /// The operator stopped it: the job spent its own spec.budget.maxGpuHours or maxCost.
-    /// Permanent.
+    /// The operator stopped it: the job spent its own spec.budget.maxGpuHours or maxCost. Does
+    /// not count; the job waits for the limit to be raised.
     BudgetExceeded,
+    /// The operator stopped it: its TrainingBudget spent this period's GPU-hours or cost. Does
+    /// not count; the job waits for the budget to allow it again.
+    BudgetExhausted,
     /// The operator stopped it: its pods did not start within startupDeadlineSeconds. Counts.
     StartupTimeout,
 }
@@ -49,6 +53,7 @@ pub enum StopReason {
     DeadlineExceeded,
     Suspended,
     BudgetExceeded,
+    BudgetExhausted,
     StartupTimeout,
 }
 
@@ -59,11 +64,14 @@ impl StopReason {
             Self::DeadlineExceeded => "DeadlineExceeded",
             Self::Suspended => "Suspended",
             Self::BudgetExceeded => "BudgetExceeded",
+            Self::BudgetExhausted => "BudgetExhausted",
             Self::StartupTimeout => "StartupTimeout",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded, Self::StartupTimeout].into_iter().find(|r| r.as_str() == s)
+        [Self::Stalled, Self::DeadlineExceeded, Self::Suspended, Self::BudgetExceeded, Self::BudgetExhausted, Self::StartupTimeout]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
     fn failure(self) -> FailureKind {
         match self {
@@ -71,6 +79,7 @@ impl StopReason {
             Self::DeadlineExceeded => FailureKind::DeadlineExceeded,
             Self::Suspended => FailureKind::Suspended,
             Self::BudgetExceeded => FailureKind::BudgetExceeded,
+            Self::BudgetExhausted => FailureKind::BudgetExhausted,
             Self::StartupTimeout => FailureKind::StartupTimeout,
         }
     }
@@ -114,6 +123,8 @@ pub struct AttemptView {
     pub started: Option<Time>,
     /// What keeps its pods from starting, while it is Starting.
     pub trouble: Option<StartTrouble>,
+    /// Its pods and its Job's end, as billing reads them.
+    pub billed: AttemptSeen,
 }
 
 fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {
@@ -151,6 +162,12 @@ pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
     }
     let ready = job.status.as_ref().and_then(|s| s.ready).unwrap_or(0);
     if ready > 0 { AttemptState::Running } else { AttemptState::Starting }
+}
+
+/// When a Job completed or failed: the Job controller adds the condition once its pods are gone.
+fn ended_at(job: &Job) -> Option<Time> {
+    let status = job.status.as_ref()?;
+    status.completion_time.clone().or_else(|| condition_true(job, "Failed").or_else(|| condition_true(job, "Complete"))?.last_transition_time.clone())
 }
 
 /// The rule index in a Job controller message such as
@@ -264,7 +281,12 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
                 *message = said;
             }
             let trouble = if state == AttemptState::Starting { start_trouble(&own) } else { None };
-            AttemptView { attempt, state, started: j.status.as_ref().and_then(|s| s.start_time.clone()), trouble }
+            let billed = AttemptSeen {
+                attempt,
+                pods: own.iter().map(|p| bill::seen(p, attempt, &job.spec.resources.gpu_resource_name)).collect(),
+                job_ended: ended_at(&j),
+            };
+            AttemptView { attempt, state, started: j.status.as_ref().and_then(|s| s.start_time.clone()), trouble, billed }
         })
         .collect()
 }

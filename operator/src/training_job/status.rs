@@ -1,14 +1,15 @@
 //! The status stage: the conditions and phase a pass's outcome means (pure), compared with what
 //! the object already says so an unchanged status sends nothing, and written as one server-side
-//! apply patch of the fields the operator owns (the trainer owns progress, cost, quality,
-//! efficiency and checkpoint under its own field manager).
+//! apply patch of the fields the operator owns: everything but progress, quality, efficiency and
+//! checkpoint, which the trainer owns under its own field manager (and the API server keeps it
+//! to them: the chart's admission policy).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::{Phase, PlanStatus, TrainingJobStatus};
+use frugal_api::v1alpha1::{CostStatus, Phase, PlanStatus, TrainingJobStatus};
 
 use crate::conditions::{self, types};
 use crate::names::FIELD_MANAGER;
@@ -26,6 +27,9 @@ pub struct Summary {
     pub start_time: Option<Time>,
     /// When a job that succeeded completed (its Job's time); failures complete now.
     pub completed_at: Option<Time>,
+    /// What its pods were billed this pass (None: the pass billed nothing, the status keeps
+    /// what it has).
+    pub cost: Option<Box<CostStatus>>,
 }
 
 /// Whether `Ready` is True in a phase: the job is doing what its spec asks (running, suspended
@@ -53,6 +57,7 @@ pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatu
     for (type_, status) in states {
         conditions::set(&mut conditions, type_, status, s.reason, &s.message, generation, now);
     }
+    loss_condition(&mut conditions, prev, generation, now);
     let completion_time =
         if phase.is_terminal() { prev.completion_time.clone().or_else(|| s.completed_at.clone()).or_else(|| Some(now.clone())) } else { None };
     TrainingJobStatus {
@@ -64,7 +69,29 @@ pub fn desired(prev: &TrainingJobStatus, generation: i64, plan: Option<PlanStatu
         restarts: s.restarts.or(prev.restarts),
         start_time: prev.start_time.clone().or_else(|| s.start_time.clone()),
         completion_time,
+        cost: s.cost.as_deref().cloned().or_else(|| prev.cost.clone()),
         ..Default::default()
+    }
+}
+
+/// `NonFiniteLoss`: True while the trainer reports that its latest loss is not a finite number
+/// (`progress.nonFiniteLossStep`), False once it reports a finite one again; absent on a run
+/// that never had one.
+fn loss_condition(conditions: &mut Vec<Condition>, prev: &TrainingJobStatus, generation: i64, now: &Time) {
+    let had = conditions::get(conditions, types::NON_FINITE_LOSS).is_some();
+    match prev.progress.as_ref().and_then(|p| p.non_finite_loss_step) {
+        Some(step) => {
+            let message = format!(
+                "the training loss at step {step} is not a finite number: lower training.optimizer.learningRate, keep training.optimizer.gradClip on, or train in bf16 rather than fp16"
+            );
+            conditions::set(conditions, types::NON_FINITE_LOSS, true, types::NON_FINITE_LOSS, &message, generation, now);
+        }
+        None if had => {
+            let step = prev.progress.as_ref().map_or(0, |p| p.step);
+            let message = format!("the training loss is finite again (step {step})");
+            conditions::set(conditions, types::NON_FINITE_LOSS, false, "FiniteLoss", &message, generation, now);
+        }
+        None => {}
     }
 }
 
@@ -80,6 +107,7 @@ pub fn changed(current: &TrainingJobStatus, desired: &TrainingJobStatus) -> bool
         || current.restarts != desired.restarts
         || current.start_time != desired.start_time
         || current.completion_time != desired.completion_time
+        || current.cost != desired.cost
 }
 
 /// Writes the operator's fields with one server-side apply patch.
@@ -112,16 +140,34 @@ mod tests {
             restarts: Some(0),
             start_time: None,
             completed_at: None,
+            cost: None,
         }
+    }
+
+    #[test]
+    fn the_trainers_non_finite_loss_becomes_the_operators_condition() {
+        let running = summary(Phase::Running, "Running");
+        let healthy = desired(&TrainingJobStatus::default(), 1, None, &running, &t(0));
+        assert!(conditions::get(&healthy.conditions, types::NON_FINITE_LOSS).is_none(), "a healthy run has no such condition");
+        let nan = TrainingJobStatus {
+            progress: Some(frugal_api::v1alpha1::ProgressStatus { step: 7, non_finite_loss_step: Some(7), ..Default::default() }),
+            ..healthy.clone()
+        };
+        let bad = desired(&nan, 1, None, &running, &t(10));
+        let c = conditions::get(&bad.conditions, types::NON_FINITE_LOSS).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", types::NON_FINITE_LOSS));
+        assert!(c.message.contains("step 7 is not a finite number"), "{}", c.message);
+        assert!(changed(&healthy, &bad));
+        let finite = TrainingJobStatus { progress: Some(frugal_api::v1alpha1::ProgressStatus { step: 9, ..Default::default() }), ..bad.clone() };
+        let again = desired(&finite, 1, None, &running, &t(20));
+        let c = conditions::get(&again.conditions, types::NON_FINITE_LOSS).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "FiniteLoss"));
     }
 
     fn conditions_of(s: &TrainingJobStatus) -> Vec<(String, String)> {
         types::ALL
             .iter()
-            .map(|t| {
-                let c = conditions::get(&s.conditions, t).unwrap();
-                (c.type_.clone(), c.status.clone())
-            })
+            .filter_map(|t| conditions::get(&s.conditions, t).map(|c| (c.type_.clone(), c.status.clone())))
             .filter(|(_, s)| s == "True")
             .collect()
     }

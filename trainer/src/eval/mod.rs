@@ -286,6 +286,7 @@ pub fn evaluate(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u64
         perplexity: Some(v.perplexity()),
         bits_per_byte: Some(v.bits_per_byte()),
         zero_shot: zero_shot(lm, data, sets, seed)?,
+        target_reached_time: None,
     })
 }
 

@@ -1,9 +1,13 @@
 //! Reports progress into the TrainingJob's status from a pod: the trainer's events (steps,
-//! evaluations, checkpoints) become `status.progress`, `quality`, `efficiency`, `checkpoint` and
-//! `cost`, applied server-side under the trainer's own field manager (the operator owns the
-//! rest of the status). At most one patch per interval; a failed report is logged and training
-//! goes on. When an evaluation reaches the job's quality target, `cost.gpuHoursToTarget` records
-//! the job's GPU-hours (all its GPUs, earlier attempts included) at that moment.
+//! evaluations, checkpoints) become `status.progress`, `quality`, `efficiency` and `checkpoint`,
+//! applied server-side under the trainer's own field manager. Those four are all the trainer
+//! may write: the operator owns the rest of the status (phase, conditions, plan, and the cost it
+//! bills from the pods), and the chart's admission policy has the API server refuse the
+//! trainer's identity anything else. At most one patch per interval; a failed report is logged
+//! and training goes on. A loss that is not a number is reported as
+//! `progress.nonFiniteLossStep` (the operator turns it into the NonFiniteLoss condition); the
+//! evaluation that first reaches the quality target sets `quality.targetReachedTime` (the
+//! operator prices the GPU-hours up to it).
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -12,8 +16,8 @@ use std::time::{Duration, Instant};
 use frugal_api::TrainingJob;
 use frugal_api::contract::PodEnv;
 use frugal_api::finite::finite;
-use frugal_api::v1alpha1::{CheckpointStatus, CostStatus, EfficiencyStatus, ProgressStatus, QualityStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use frugal_api::v1alpha1::{CheckpointStatus, EfficiencyStatus, ProgressStatus, QualityStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -24,45 +28,25 @@ use crate::report::event::RunEvent;
 /// The field manager of the trainer's status patches.
 pub const FIELD_MANAGER: &str = "frugal-trainer";
 
-/// The condition the trainer owns: True while the training loss is not a finite number.
-pub const NON_FINITE_LOSS: &str = "NonFiniteLoss";
-
-/// What the job costs per second of this attempt.
-#[derive(Debug, Clone)]
-pub struct Pricing {
-    pub gpus: f64,
-    pub price_per_gpu_hour: f64,
-    pub currency: String,
-}
-
-impl Pricing {
-    /// A job's GPUs at its GPU type's list price (none on CPU jobs).
-    pub fn for_job(spec: &frugal_api::TrainingJobSpec, plan: &frugal_api::planner::Plan) -> Self {
-        let price = frugal_api::planner::gpu_type(&spec.resources.gpu_type).map_or(0.0, |g| g.usd_per_hour);
-        Self { gpus: plan.gpus as f64, price_per_gpu_hour: price, currency: plan.currency.clone() }
-    }
-}
-
 /// How often the trainer patches the status at most.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a trainer in a pod reports, when the operator asked it to (`FRUGAL_REPORT_STATUS`):
-/// the pod's environment and the job's prices. Read once; started by whichever worker reports.
+/// the pod's environment. Read once; started by whichever worker reports.
 #[derive(Debug, Clone)]
 pub struct StatusTarget {
     pod: PodEnv,
-    pricing: Pricing,
 }
 
 impl StatusTarget {
     /// None outside a pod, or when the pod is not to report.
-    pub fn from_env(spec: &frugal_api::TrainingJobSpec, plan: &frugal_api::planner::Plan) -> Option<Self> {
+    pub fn from_env() -> Option<Self> {
         let pod = PodEnv::from_lookup(|k| std::env::var(k).ok()).ok().filter(|pod| pod.report_status)?;
-        Some(Self { pod, pricing: Pricing::for_job(spec, plan) })
+        Some(Self { pod })
     }
 
     pub fn start(self) -> StatusReporter {
-        StatusReporter::start(self.pod, self.pricing, REPORT_INTERVAL)
+        StatusReporter::start(self.pod, REPORT_INTERVAL)
     }
 }
 
@@ -73,10 +57,8 @@ pub struct Fold {
     pub quality: Option<QualityStatus>,
     pub efficiency: Option<EfficiencyStatus>,
     pub checkpoint: Option<CheckpointStatus>,
-    /// The job's GPU-hours when an evaluation first reached the quality target.
-    pub gpu_hours_to_target: Option<f64>,
-    /// The `NonFiniteLoss` condition, once a loss was not a number.
-    pub loss_condition: Option<Condition>,
+    /// When an evaluation first reached the quality target.
+    pub target_reached_time: Option<Time>,
     total_steps: i64,
 }
 
@@ -87,12 +69,12 @@ fn now() -> Time {
 impl Fold {
     /// Continues an earlier attempt's report: a target it reached stays reached (a server-side
     /// apply that left the field out would remove it).
-    pub fn resuming(earlier: Option<&CostStatus>) -> Self {
-        Self { gpu_hours_to_target: earlier.and_then(|c| c.gpu_hours_to_target).and_then(finite), ..Self::default() }
+    pub fn resuming(earlier: Option<&QualityStatus>) -> Self {
+        Self { target_reached_time: earlier.and_then(|q| q.target_reached_time.clone()), ..Self::default() }
     }
 
-    /// Takes one of the run's events, which came `gpu_hours` into the job.
-    pub fn observe(&mut self, event: &RunEvent, gpu_hours: f64) {
+    /// Takes one of the run's events.
+    pub fn observe(&mut self, event: &RunEvent) {
         match event {
             RunEvent::Start(start) => self.total_steps = start.steps,
             RunEvent::Step(step) => {
@@ -100,8 +82,10 @@ impl Fold {
                     step: step.step,
                     total_steps: self.total_steps,
                     tokens: step.tokens,
-                    loss: finite(step.loss),
+                    loss: finite(step.loss).or_else(|| self.progress.as_ref().and_then(|p| p.loss)),
                     last_update_time: Some(now()),
+                    // a loss that is not a number cannot go into the status: its step can
+                    non_finite_loss_step: (!step.loss.is_finite()).then_some(step.step),
                 });
                 self.efficiency = Some(EfficiencyStatus {
                     tokens_per_second: finite(step.tokens_per_second).unwrap_or_default(),
@@ -109,7 +93,6 @@ impl Fold {
                     mfu: finite(step.mfu).unwrap_or_default(),
                     pipeline_bubble: step.pipeline_bubble.and_then(finite),
                 });
-                self.observe_loss(step.step, step.loss);
             }
             RunEvent::Eval(eval) => {
                 self.quality = Some(QualityStatus {
@@ -118,9 +101,10 @@ impl Fold {
                     perplexity: eval.perplexity.and_then(finite),
                     bits_per_byte: eval.bits_per_byte.and_then(finite),
                     zero_shot: eval.zero_shot.iter().filter(|z| z.accuracy.is_finite()).take(8).cloned().collect(),
+                    target_reached_time: None,
                 });
-                if self.gpu_hours_to_target.is_none() && eval.quality_target_reached {
-                    self.gpu_hours_to_target = finite(gpu_hours);
+                if self.target_reached_time.is_none() && eval.quality_target_reached {
+                    self.target_reached_time = Some(now());
                 }
             }
             RunEvent::Checkpoint(c) => {
@@ -130,43 +114,10 @@ impl Fold {
         }
     }
 
-    /// A loss that is not a number cannot go into the status (`progress.loss` keeps the last
-    /// finite one out): the `NonFiniteLoss` condition says so, and goes False once a finite loss
-    /// comes back. It is there only after a run has had one.
-    fn observe_loss(&mut self, step: i64, loss: f64) {
-        let was_bad = self.loss_condition.as_ref().is_some_and(|c| c.status == "True");
-        let (status, reason, message) = match (loss.is_finite(), was_bad) {
-            (true, false) => return,
-            (true, true) => ("False", "FiniteLoss", format!("the training loss is finite again at step {step}")),
-            (false, _) => (
-                "True",
-                NON_FINITE_LOSS,
-                format!(
-                    "the training loss at step {step} is {loss}, not a finite number: lower training.optimizer.learningRate, \
-                     keep training.optimizer.gradClip on, or train in bf16 rather than fp16"
-                ),
-            ),
-        };
-        // the transition time moves only when the status does
-        let since = self.loss_condition.as_ref().filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
-        self.loss_condition = Some(Condition {
-            type_: NON_FINITE_LOSS.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: since,
-            observed_generation: None,
-        });
-    }
-
-    /// The server-side apply patch of the trainer's fields, `gpu_hours` into the job.
-    pub fn patch(&self, gpu_hours: f64, pricing: &Pricing) -> Value {
-        let cost = CostStatus {
-            gpu_hours,
-            cost: gpu_hours * pricing.price_per_gpu_hour,
-            currency: pricing.currency.clone(),
-            gpu_hours_to_target: self.gpu_hours_to_target,
-        };
+    /// The server-side apply patch of the trainer's fields: progress, quality, efficiency and
+    /// checkpoint, nothing else.
+    pub fn patch(&self) -> Value {
+        let quality = self.quality.clone().map(|q| QualityStatus { target_reached_time: self.target_reached_time.clone(), ..q });
         let mut status = serde_json::Map::new();
         let mut put = |k: &str, v: Value| {
             if !v.is_null() {
@@ -174,14 +125,9 @@ impl Fold {
             }
         };
         put("progress", serde_json::to_value(&self.progress).unwrap_or_default());
-        put("quality", serde_json::to_value(&self.quality).unwrap_or_default());
+        put("quality", serde_json::to_value(&quality).unwrap_or_default());
         put("efficiency", serde_json::to_value(&self.efficiency).unwrap_or_default());
         put("checkpoint", serde_json::to_value(&self.checkpoint).unwrap_or_default());
-        put("cost", serde_json::to_value(&cost).unwrap_or_default());
-        if let Some(c) = &self.loss_condition {
-            // a list map keyed by type: the operator's conditions stay the operator's
-            put("conditions", json!([c]));
-        }
         json!({"apiVersion": "frugal.dev/v1alpha1", "kind": "TrainingJob", "status": status})
     }
 }
@@ -194,7 +140,7 @@ pub struct StatusReporter {
 
 impl StatusReporter {
     /// Starts reporting for the TrainingJob named in the pod's environment.
-    pub fn start(pod: PodEnv, pricing: Pricing, interval: Duration) -> Self {
+    pub fn start(pod: PodEnv, interval: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<RunEvent>();
         let thread = std::thread::Builder::new()
             .name("status-report".into())
@@ -203,7 +149,7 @@ impl StatusReporter {
                     Ok(r) => r,
                     Err(e) => return eprintln!("frugal-trainer: status reports off: {e}"),
                 };
-                runtime.block_on(report_loop(pod, pricing, interval, rx));
+                runtime.block_on(report_loop(pod, interval, rx));
             })
             .ok();
         Self { events: Some(tx), thread }
@@ -228,7 +174,7 @@ impl StatusReporter {
     }
 }
 
-async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: mpsc::Receiver<RunEvent>) {
+async fn report_loop(pod: PodEnv, interval: Duration, events: mpsc::Receiver<RunEvent>) {
     let api: Option<Api<TrainingJob>> = match Client::try_default().await {
         Ok(client) => Some(Api::namespaced(client, &pod.namespace)),
         Err(e) => {
@@ -236,21 +182,18 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
             None
         }
     };
-    // What earlier attempts spent, which this attempt adds to.
+    // whether an earlier attempt reached the target
     let earlier = match &api {
-        Some(api) => api.get_status(&pod.training_job).await.ok().and_then(|j| j.status).and_then(|s| s.cost),
+        Some(api) => api.get_status(&pod.training_job).await.ok().and_then(|j| j.status).and_then(|s| s.quality),
         None => None,
     };
-    let started = Instant::now();
-    let earlier_hours = earlier.as_ref().map_or(0.0, |c| c.gpu_hours);
-    let gpu_hours = || earlier_hours + pricing.gpus * started.elapsed().as_secs_f64() / 3600.0;
     let mut fold = Fold::resuming(earlier.as_ref());
     let mut dirty = false;
     let mut last_sent: Option<Instant> = None;
     loop {
         let open = match events.recv_timeout(interval) {
             Ok(event) => {
-                fold.observe(&event, gpu_hours());
+                fold.observe(&event);
                 dirty = true;
                 true
             }
@@ -261,7 +204,7 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
         if dirty && (due || !open) {
             if let Some(api) = &api {
                 let params = PatchParams::apply(FIELD_MANAGER).force();
-                if let Err(e) = api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch(gpu_hours(), &pricing))).await {
+                if let Err(e) = api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch())).await {
                     eprintln!("frugal-trainer: status report failed (training goes on): {e}");
                 }
             }
@@ -278,10 +221,6 @@ async fn report_loop(pod: PodEnv, pricing: Pricing, interval: Duration, events: 
 mod tests {
     use super::*;
 
-    fn pricing() -> Pricing {
-        Pricing { gpus: 4.0, price_per_gpu_hour: 2.5, currency: "USD".into() }
-    }
-
     use crate::report::event::{Checkpoint, Eval, Start, Step};
     use frugal_api::v1alpha1::ZeroShotResult;
 
@@ -297,80 +236,92 @@ mod tests {
         RunEvent::Checkpoint(Checkpoint { step, path: format!("/c/step-{step:09}"), seconds: None })
     }
 
+    /// The four fields the trainer owns, and nothing else (the admission policy refuses more).
+    fn keys(patch: &Value) -> Vec<String> {
+        let mut k: Vec<String> = patch["status"].as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
     #[test]
-    fn events_fold_into_the_trainers_status_fields() {
+    fn events_fold_into_the_trainers_status_fields_and_no_others() {
         let mut fold = Fold::default();
-        fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }), 0.0);
-        fold.observe(&step(7, 2.5), 0.1);
+        fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }));
+        fold.observe(&step(7, 2.5));
         let cloze = ZeroShotResult { name: "cloze".into(), accuracy: 0.25, examples: 64 };
-        let q =
-            QualityStatus { step: 5, validation_loss: Some(2.0), perplexity: Some(7.39), bits_per_byte: Some(1.5), zero_shot: vec![cloze.clone()] };
-        fold.observe(&RunEvent::Eval(Eval::of(&q, 5, false)), 0.2);
-        fold.observe(&checkpoint(5), 0.3);
+        let q = QualityStatus {
+            step: 5,
+            validation_loss: Some(2.0),
+            perplexity: Some(7.39),
+            bits_per_byte: Some(1.5),
+            zero_shot: vec![cloze.clone()],
+            target_reached_time: None,
+        };
+        fold.observe(&RunEvent::Eval(Eval::of(&q, 5, false)));
+        fold.observe(&checkpoint(5));
         let progress = fold.progress.clone().unwrap();
         assert_eq!((progress.step, progress.total_steps, progress.tokens, progress.loss), (7, 100, 700, Some(2.5)));
         // what the evaluation scored, with how many examples
         assert_eq!(fold.quality.clone().unwrap(), q);
         assert_eq!(fold.checkpoint.clone().unwrap().step, 5);
-        let patch = fold.patch(1.0, &pricing());
+        let patch = fold.patch();
+        assert_eq!(keys(&patch), ["checkpoint", "efficiency", "progress", "quality"], "{patch}");
         assert_eq!(patch["status"]["progress"]["step"], 7);
         assert_eq!(patch["status"]["efficiency"]["achievedTflops"], 0.002);
         assert_eq!(patch["status"]["quality"]["zeroShot"][0]["examples"], 64);
         assert!(patch["status"]["efficiency"].get("pipelineBubble").is_none(), "one process, no bubble: {patch}");
-        assert_eq!(patch["status"]["cost"]["gpuHours"], 1.0);
-        assert_eq!(patch["status"]["cost"]["cost"], 2.5);
-        assert!(patch["status"].get("conditions").is_none(), "a healthy run adds no condition");
-        assert!(patch["status"]["cost"].get("gpuHoursToTarget").is_none(), "no target reached: {patch}");
+        assert!(patch["status"]["quality"].get("targetReachedTime").is_none(), "no target reached: {patch}");
+        assert!(patch["status"]["progress"].get("nonFiniteLossStep").is_none(), "{patch}");
     }
 
     #[test]
     fn a_pipelined_step_reports_its_measured_bubble() {
         let mut fold = Fold::default();
-        fold.observe(&RunEvent::Step(Step { step: 3, pipeline_bubble: Some(0.21), bubble_theory: Some(0.2), ..Default::default() }), 0.0);
-        assert_eq!(fold.patch(0.0, &pricing())["status"]["efficiency"]["pipelineBubble"], 0.21);
+        fold.observe(&RunEvent::Step(Step { step: 3, pipeline_bubble: Some(0.21), bubble_theory: Some(0.2), ..Default::default() }));
+        assert_eq!(fold.patch()["status"]["efficiency"]["pipelineBubble"], 0.21);
     }
 
     #[test]
-    fn reaching_the_target_records_the_gpu_hours_it_took() {
+    fn reaching_the_target_records_when_and_keeps_it() {
         let mut fold = Fold::default();
-        fold.observe(&eval(100, 2.4, false), 0.5);
-        assert!(fold.patch(0.6, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
-        fold.observe(&eval(200, 1.9, true), 1.25);
-        // Later events and patches keep the figure of the evaluation that reached it.
-        fold.observe(&checkpoint(200), 1.3);
-        fold.observe(&eval(200, 1.8, true), 1.4);
-        let patch = fold.patch(1.5, &pricing());
-        assert_eq!(patch["status"]["cost"]["gpuHoursToTarget"], 1.25, "{patch}");
-        assert_eq!(patch["status"]["cost"]["gpuHours"], 1.5);
-        assert_eq!(patch["status"]["quality"]["step"], 200);
-        // The patch is a TrainingJob status the API types read back.
+        fold.observe(&eval(100, 2.4, false));
+        assert!(fold.patch()["status"]["quality"].get("targetReachedTime").is_none());
+        fold.observe(&eval(200, 1.9, true));
+        let reached = fold.target_reached_time.clone().expect("reached");
+        // later events and patches keep the time of the evaluation that reached it
+        fold.observe(&checkpoint(200));
+        fold.observe(&eval(300, 1.8, true));
+        let patch = fold.patch();
+        assert_eq!(patch["status"]["quality"]["step"], 300);
+        // the patch is a TrainingJob status the API types read back
         let status: frugal_api::v1alpha1::TrainingJobStatus = serde_json::from_value(patch["status"].clone()).unwrap();
-        assert_eq!(status.cost.unwrap().gpu_hours_to_target, Some(1.25));
+        // (to the second: that is what the API server keeps)
+        assert_eq!(status.quality.unwrap().target_reached_time.map(|t| t.0.as_second()), Some(reached.0.as_second()));
 
-        // A later attempt carries an earlier attempt's figure (server-side apply would drop a
-        // field its manager leaves out) and does not replace it.
-        let earlier = CostStatus { gpu_hours: 1.5, cost: 3.75, currency: "USD".into(), gpu_hours_to_target: Some(1.25) };
+        // a later attempt carries an earlier attempt's time (server-side apply would drop a
+        // field its manager leaves out) and does not replace it
+        let earlier = QualityStatus { step: 200, target_reached_time: Some(reached.clone()), ..Default::default() };
         let mut next = Fold::resuming(Some(&earlier));
-        next.observe(&eval(200, 1.7, true), 1.6);
-        assert_eq!(next.patch(1.7, &pricing())["status"]["cost"]["gpuHoursToTarget"], 1.25);
-        assert!(Fold::resuming(None).patch(0.1, &pricing())["status"]["cost"].get("gpuHoursToTarget").is_none());
+        next.observe(&eval(400, 1.7, true));
+        assert_eq!(next.target_reached_time, Some(reached));
+        let mut fresh = Fold::resuming(None);
+        fresh.observe(&eval(1, 3.0, false));
+        assert!(fresh.patch()["status"]["quality"].get("targetReachedTime").is_none());
     }
 
     #[test]
-    fn a_nan_loss_is_left_out_and_said_in_a_condition() {
+    fn a_nan_loss_is_left_out_and_its_step_reported() {
         let mut fold = Fold::default();
-        fold.observe(&step(1, 2.0), 0.0);
-        fold.observe(&step(2, f64::NAN), 0.0);
-        let patch = fold.patch(0.0, &pricing());
-        assert!(patch["status"]["progress"].get("loss").is_none(), "{patch}");
-        let c = &patch["status"]["conditions"][0];
-        assert_eq!((c["type"].as_str(), c["status"].as_str(), c["reason"].as_str()), (Some(NON_FINITE_LOSS), Some("True"), Some(NON_FINITE_LOSS)));
-        assert!(c["message"].as_str().unwrap().contains("step 2 is NaN"), "{c}");
-        // the patch still reads back as a status, its condition beside the operator's
-        let status: frugal_api::v1alpha1::TrainingJobStatus = serde_json::from_value(patch["status"].clone()).unwrap();
-        assert_eq!(status.conditions.len(), 1);
-        fold.observe(&step(3, 1.9), 0.0);
-        let c = &fold.patch(0.0, &pricing())["status"]["conditions"][0];
-        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("FiniteLoss")));
+        fold.observe(&step(1, 2.0));
+        fold.observe(&step(2, f64::NAN));
+        let patch = fold.patch();
+        // the last finite loss stays; the step of the bad one is said
+        assert_eq!(patch["status"]["progress"]["loss"], 2.0, "{patch}");
+        assert_eq!(patch["status"]["progress"]["nonFiniteLossStep"], 2, "{patch}");
+        assert!(patch["status"].get("conditions").is_none(), "conditions are the operator's: {patch}");
+        fold.observe(&step(3, 1.9));
+        let patch = fold.patch();
+        assert!(patch["status"]["progress"].get("nonFiniteLossStep").is_none(), "finite again: {patch}");
+        assert_eq!(patch["status"]["progress"]["loss"], 1.9);
     }
 }

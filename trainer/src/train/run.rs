@@ -364,7 +364,7 @@ pub struct JobRun {
 
 impl JobRun {
     pub fn of(job: &Job, output: Output, metrics: Metrics, metrics_port: Option<u16>, stop: Arc<AtomicBool>, max_steps: Option<i64>) -> Self {
-        let status = StatusTarget::from_env(&job.spec, &job.plan);
+        let status = StatusTarget::from_env();
         Self { status, evaluation: job.eval_config(), output, metrics, metrics_port, stop, max_steps }
     }
 }

@@ -31,7 +31,15 @@ fn budget(max_gpus: i32, holders: &[(&str, i32)], spent_hours: f64) -> TrainingB
 }
 
 fn claim(name: &str, gpus: i32, gpu_hours: f64) -> Claim<'_> {
-    Claim { name, uid: Box::leak(format!("uid-{name}").into_boxed_str()), gpus, gpu_type: "nvidia-h100-80gb", gpu_hours, estimated_gpu_hours: 0.0 }
+    Claim {
+        name,
+        uid: Box::leak(format!("uid-{name}").into_boxed_str()),
+        gpus,
+        gpu_type: "nvidia-h100-80gb",
+        gpu_hours,
+        cost: gpu_hours * 2.5,
+        estimated_gpu_hours: 0.0,
+    }
 }
 
 fn written(v: Verdict) -> TrainingBudgetStatus {
@@ -101,7 +109,7 @@ fn settle_unchanged(b: &TrainingBudget) -> Verdict {
 }
 
 fn holder(uid: &str, gpu_hours: f64) -> Holder {
-    Holder { uid: uid.into(), names_budget: true, finished: false, gpu_type: "nvidia-h100-80gb".into(), gpu_hours }
+    Holder { uid: uid.into(), names_budget: true, finished: false, gpu_type: "nvidia-h100-80gb".into(), gpu_hours, cost: gpu_hours * 2.5 }
 }
 
 #[test]
@@ -170,25 +178,30 @@ fn periods_follow_each_other_from_the_creation() {
 }
 
 #[test]
-fn spending_is_counted_from_the_jobs_reports_at_the_budgets_prices() {
-    let mut b = budget(8, &[("a", 2)], 0.0);
-    b.spec.prices = vec![GpuPrice { gpu_type: "nvidia-h100-80gb".into(), per_gpu_hour: 2.0 }];
-    // a reports 3 GPU-hours: 3 counted, at the budget's price of 2.0
-    let s = written(refresh(&b, |_| Some(holder("uid-a", 3.0)), &t(60)));
-    assert_eq!((s.gpu_hours_spent, s.cost_spent, s.jobs[0].gpu_hours_counted), (3.0, 6.0, 3.0));
-    // counted once: the same report again adds nothing
+fn spending_is_counted_from_the_jobs_bills() {
+    let b = budget(8, &[("a", 2)], 0.0);
+    let billed = |gpu_hours: f64, cost: f64| Holder { cost, ..holder("uid-a", gpu_hours) };
+    // a's pods were billed 3 GPU-hours costing 6.0 (the operator priced them): both counted
+    let s = written(refresh(&b, |_| Some(billed(3.0, 6.0)), &t(60)));
+    assert_eq!((s.gpu_hours_spent, s.cost_spent, s.jobs[0].gpu_hours_counted, s.jobs[0].cost_counted), (3.0, 6.0, 3.0, 6.0));
+    // counted once: the same bill again adds nothing
+    let mut b = b;
     b.status = Some(s);
-    assert_eq!(refresh(&b, |_| Some(holder("uid-a", 3.0)), &t(61)), Verdict::Unchanged);
-    // its release counts the rest, at the table's price where the budget names none
-    b.spec.prices.clear();
-    let released = written(settle(&b, &claim("a", 2, 5.0), Demand::Release, &t(62)));
-    assert_eq!(released.gpu_hours_spent, 5.0);
-    assert_eq!(released.cost_spent, 6.0 + 2.0 * 2.5);
+    assert_eq!(refresh(&b, |_| Some(billed(3.0, 6.0)), &t(61)), Verdict::Unchanged);
+    // its release counts the rest
+    let released = written(settle(&b, &Claim { cost: 11.0, ..claim("a", 2, 5.0) }, Demand::Release, &t(62)));
+    assert_eq!((released.gpu_hours_spent, released.cost_spent), (5.0, 11.0));
     assert!(released.jobs.is_empty());
+    // an entry counted before costs were (cost_counted 0): its GPU-hours so far at the job's
+    // average price, so that its earlier cost is not counted again
+    let mut old = b.clone();
+    old.status.as_mut().unwrap().jobs[0].cost_counted = 0.0;
+    let s = written(refresh(&old, |_| Some(billed(6.0, 12.0)), &t(63)));
+    assert_eq!((s.gpu_hours_spent, s.cost_spent), (6.0, 12.0));
     // a new period starts from nothing; what was counted before is not counted again
     b.status.as_mut().unwrap().gpu_hours_spent = 50.0;
-    let s = written(refresh(&b, |_| Some(holder("uid-a", 4.0)), &t(DAY + 1)));
-    assert_eq!(s.gpu_hours_spent, 1.0);
+    let s = written(refresh(&b, |_| Some(billed(4.0, 8.0)), &t(DAY + 1)));
+    assert_eq!((s.gpu_hours_spent, s.cost_spent), (1.0, 2.0));
     assert_eq!(s.period_start, Some(t(DAY)));
 }
 

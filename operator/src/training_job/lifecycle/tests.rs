@@ -11,7 +11,7 @@ fn t(secs: i64) -> Time {
 }
 
 fn view(attempt: i32, state: AttemptState, started: Option<i64>) -> AttemptView {
-    AttemptView { attempt, state, started: started.map(t), trouble: None }
+    AttemptView { attempt, state, started: started.map(t), trouble: None, billed: Default::default() }
 }
 
 fn failed(kind: FailureKind) -> AttemptState {
@@ -100,27 +100,36 @@ fn decide_table() {
         case("stall stop done: counted retry", vec![view(1, failed(F::Stalled), Some(0))], (Create(2), P::Pending, "Restarting", 1)),
         Case {
             spent: 10.0,
-            ..case("own GPU-hours spent", vec![view(1, Running, Some(0))], (Stop(1, StopReason::BudgetExceeded), P::Running, "BudgetExceeded", 0))
+            ..case("own GPU-hours spent", vec![view(1, Running, Some(0))], (Stop(1, StopReason::BudgetExceeded), P::Running, "BudgetExhausted", 0))
         },
         Case {
             spent: 10.0,
             ..case(
                 "stopping over budget",
                 vec![view(1, Stopping(Some(StopReason::BudgetExceeded)), Some(0))],
-                (Nothing, P::Running, "BudgetExceeded", 0),
+                (Nothing, P::Running, "BudgetExhausted", 0),
             )
         },
         Case {
             spent: 10.0,
-            ..case("budget stop done", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 0))
+            ..case("budget stop done: waits", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Nothing, P::Queued, "BudgetExhausted", 0))
         },
-        Case { spent: 10.0, ..case("no retry over budget", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Failed, "BudgetExceeded", 1)) },
+        case("own limit raised: resumes", vec![view(1, failed(F::BudgetExceeded), Some(0))], (Create(2), P::Pending, "Creating", 0)),
+        case(
+            "shared budget stop done: resumes if admitted",
+            vec![view(1, failed(F::BudgetExhausted), Some(0))],
+            (Create(2), P::Pending, "Creating", 0),
+        ),
+        Case {
+            spent: 10.0,
+            ..case("failed over budget: waits", vec![view(1, failed(F::Failed), Some(0))], (Nothing, P::Queued, "BudgetExhausted", 1))
+        },
         Case {
             spent: 10.0,
             ..case(
                 "over budget, next attempt not started",
                 vec![view(1, failed(F::Disrupted), Some(0)), view(2, Queued, None)],
-                (Delete(2), P::Pending, "BudgetExceeded", 0),
+                (Delete(2), P::Pending, "BudgetExhausted", 0),
             )
         },
         Case {
