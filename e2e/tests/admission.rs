@@ -28,6 +28,7 @@ const OPERATOR_MANAGER: &str = "frugal-operator";
 
 const TRAINER_POLICY: &str = "templates/trainer-status-policy.yaml";
 const CEILING_POLICY: &str = "templates/gpu-ceiling-policy.yaml";
+const DEFAULT_BUDGET_POLICY: &str = "templates/default-budget-policy.yaml";
 
 #[tokio::test]
 async fn a_trainer_identity_changes_only_its_own_jobs_progress() {
@@ -124,6 +125,57 @@ async fn a_job_above_its_namespaces_gpu_ceiling_is_refused() {
             ensure!(message.contains("would hold 8 GPUs"), "{message}");
             let label = json!({"metadata": {"labels": {"team": "ml"}}});
             api.patch("before", &PatchParams::default(), &Patch::Merge(&label)).await.context("labelling the job older than the ceiling")?;
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}
+
+/// A namespace's default TrainingBudget is the admins': a user whom RBAC lets edit budgets may
+/// create and change an ordinary one, but not create, change, make or delete a default one.
+#[tokio::test]
+async fn only_admins_change_a_namespaces_default_budget() {
+    run("admission-default-budget", |t: TestContext| async move {
+        manifests::install_crds(&t.client).await?;
+        // alice may do anything with budgets in the namespace, as RBAC goes
+        let meta = ObjectMeta { name: Some("budget-editor".into()), ..Default::default() };
+        let rule = PolicyRule {
+            api_groups: Some(vec!["frugal.dev".into()]),
+            resources: Some(vec!["trainingbudgets".into()]),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        };
+        t.api::<Role>().create(&PostParams::default(), &Role { metadata: meta.clone(), rules: Some(vec![rule]) }).await?;
+        let binding = RoleBinding {
+            metadata: meta,
+            role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: "budget-editor".into() },
+            subjects: Some(vec![Subject { kind: "User".into(), name: "alice".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() }]),
+        };
+        t.api::<RoleBinding>().create(&PostParams::default(), &binding).await?;
+        let budget = |name: &str, default: bool| -> Result<frugal_api::TrainingBudget> {
+            Ok(serde_saphyr::from_str(&format!(
+                "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: 4, gpuHours: 10, period: Day, namespaceDefault: {default}}}\n"
+            ))?)
+        };
+        with_policies(&t, DEFAULT_BUDGET_POLICY, &[], async {
+            let admin: Api<frugal_api::TrainingBudget> = t.api();
+            let alice: Api<frugal_api::TrainingBudget> = Api::namespaced(impersonating("alice").await?, &t.namespace);
+            let post = PostParams::default();
+            let alices = budget("alices-default", true)?;
+            let message = until_refused("alice creating a default budget", || alice.create(&post, &alices)).await?;
+            for part in ["namespace's default (spec.namespaceDefault)", "system:masters", "alice may not"] {
+                ensure!(message.contains(part), "the refusal does not say {part:?}: {message}");
+            }
+            admin.create(&post, &budget("team", true)?).await.context("the admin creating the default budget")?;
+            alice.create(&post, &budget("scratch", false)?).await.context("alice creating an ordinary budget")?;
+            let loosen = json!({"spec": {"gpuHours": 1000}});
+            alice.patch("scratch", &PatchParams::default(), &Patch::Merge(&loosen)).await.context("alice changing her own budget")?;
+            refused(alice.patch("team", &PatchParams::default(), &Patch::Merge(&loosen)).await, "alice raising the default budget")?;
+            let make_default = json!({"spec": {"namespaceDefault": true}});
+            refused(alice.patch("scratch", &PatchParams::default(), &Patch::Merge(&make_default)).await, "alice making her budget the default")?;
+            refused(alice.delete("team", &DeleteParams::default()).await, "alice deleting the default budget")?;
+            admin.patch("team", &PatchParams::default(), &Patch::Merge(&loosen)).await.context("the admin raising the default budget")?;
             Ok(())
         })
         .await

@@ -159,6 +159,46 @@ async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
     .await;
 }
 
+/// A namespace's default budget counts every job there: one that names no budget is written
+/// into its ledger and waits like any other when it is full, and one that names another budget
+/// is refused, naming the default.
+#[tokio::test]
+async fn a_namespaces_default_budget_counts_jobs_that_name_none() {
+    budget_test("budget-default", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        let mut team = training_budget("team", 4);
+        team.spec.namespace_default = true;
+        apply_budget(&ctx, &team).await?;
+        apply_budget(&ctx, &training_budget("elsewhere", 8)).await?;
+
+        let unnamed = |name: &str, gpus: i32| {
+            let mut tj = training_job(name, gpus, "unused");
+            tj.spec.budget.budget_ref = None;
+            tj
+        };
+        apply(&ctx, &unnamed("first", 4)).await?;
+        running_pod(&ctx, "first").await?;
+        ledger(&ctx, "team", &[("first", 4)]).await?;
+        apply(&ctx, &unnamed("second", 2)).await?;
+        let message = queued(&ctx, "second", "BudgetExhausted").await?;
+        ensure!(message.contains("TrainingBudget \"team\" has 4 of its 4 GPUs"), "message: {message}");
+        no_children(&ctx, "second").await?;
+
+        // naming another budget does not opt out of the default
+        apply(&ctx, &training_job("escape", 1, "elsewhere")).await?;
+        let refused = job_where(&ctx, "escape", "escape Failed", |tj| phase(tj) == Some(Phase::Failed)).await?;
+        let failed = condition(&refused, "Failed").unwrap();
+        eprintln!("refused: {}: {}", failed.reason, failed.message);
+        ensure!(failed.reason == "BudgetNotAllowed", "reason {}", failed.reason);
+        ensure!(failed.message.contains("default TrainingBudget \"team\"") && failed.message.contains("names \"elsewhere\""), "{}", failed.message);
+        no_children(&ctx, "escape").await?;
+        let elsewhere: TrainingBudget = ctx.api().get("elsewhere").await?;
+        ensure!(elsewhere.status.is_none_or(|s| s.jobs.is_empty()), "nothing is counted in the other budget");
+        Ok(())
+    })
+    .await;
+}
+
 /// Look-ahead admission: a job whose plan's estimated GPU-hours do not fit what its budget has
 /// left this period, after what the jobs it admitted are still estimated to spend, waits with
 /// both numbers; a budget that admits on spend only lets it start.

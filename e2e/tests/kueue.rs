@@ -180,6 +180,66 @@ async fn kueue_admits_within_quota_and_the_operator_leaves_its_fields_alone() {
     .await;
 }
 
+/// Under Kueue, GPUs at an instant are Kueue's business: a job Kueue keeps suspended is in its
+/// TrainingBudget's ledger with no GPUs held, so it is not held back by the budget's maxGpus
+/// (Kueue admits it when its quota allows), and the budget keeps counting GPU-hours and cost.
+#[tokio::test]
+async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
+    run("kueue-budget", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _queues = Queues::create(&ctx, 2, serde_json::json!({GPU_PRODUCT.0: GPU_PRODUCT.1})).await?;
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5"])?;
+        let budget: frugal_api::TrainingBudget = serde_saphyr::from_str(
+            "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: money}\nspec: {maxGpus: 2, gpuHours: 100, period: Day, admission: Spend}\n",
+        )?;
+        let budgets: Api<frugal_api::TrainingBudget> = ctx.api();
+        budgets.patch("money", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&budget)).await?;
+        let budgeted = |name: &str| {
+            let mut tj = gpu_job(name, 2);
+            tj.spec.budget.budget_ref = Some("money".into());
+            tj
+        };
+        let held = |want: Vec<(&'static str, i32)>| {
+            let what = format!("the ledger to hold {want:?}");
+            let budgets = budgets.clone();
+            async move {
+                wait::for_object(&budgets, "money", &what, move |b: Option<&frugal_api::TrainingBudget>| {
+                    b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+                        let mut got: Vec<(String, i32)> = s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect();
+                        got.sort();
+                        got == want.iter().map(|(n, g)| (n.to_string(), *g)).collect::<Vec<_>>()
+                    })
+                })
+                .await
+            }
+        };
+        apply(&ctx, &budgeted("first")).await?;
+        let pods = running_pods(&ctx, "first", 1, 2).await?;
+        // Kueue's quota is used up: the second job's Job is made, suspended, and its entry in the
+        // budget holds no GPUs (the budget's maxGpus of 2 would otherwise keep it from Kueue)
+        apply(&ctx, &budgeted("second")).await?;
+        workload_of(&ctx, "second", 1).await?;
+        job_where(&ctx, "second", "phase Queued", |tj| phase(tj) == Some(Phase::Queued)).await?;
+        let b = held(vec![("first", 2), ("second", 0)]).await?;
+        eprintln!("ledger while Kueue holds second: {:?}", b.status.as_ref().map(|s| (s.gpus_in_use, s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>())));
+        let api: Api<Pod> = ctx.api();
+        let outcome = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
+        for pod in &pods {
+            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&outcome)).await?;
+        }
+        let second_pods = running_pods(&ctx, "second", 1, 2).await?;
+        held(vec![("second", 2)]).await?;
+        for pod in &second_pods {
+            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&outcome)).await?;
+        }
+        job_where(&ctx, "second", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        let spent = budgets.get("money").await?.status.map_or(0.0, |s| s.gpu_hours_spent);
+        ensure!(spent > 0.0, "the budget counted the GPU-hours of both: {spent}");
+        Ok(())
+    })
+    .await;
+}
+
 /// A CPU job the pod runner runs for real, queued on `team`, checkpointing every 10 steps; with
 /// `backoffLimit: 0`, an eviction counted as a failure would fail it.
 fn queued_cpu_job(name: &str, steps: i64, claim: &str) -> TrainingJob {

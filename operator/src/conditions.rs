@@ -41,6 +41,8 @@ pub mod reasons {
     pub const GPU_MEMORY_EXCEEDED: &str = "GpuMemoryExceeded";
     pub const CHECKPOINT_NOT_SHARED: &str = "CheckpointNotShared";
     pub const BUDGET_TOO_SMALL: &str = "BudgetTooSmall";
+    /// The job names a budget other than its namespace's default.
+    pub const BUDGET_NOT_ALLOWED: &str = "BudgetNotAllowed";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
@@ -48,8 +50,16 @@ pub mod reasons {
     pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";
     /// The reasons of permanent errors: the spec cannot work as it is, and the job waits for it
     /// to change (see `Error::permanent_reason`).
-    pub const PERMANENT: [&str; 7] =
-        [INVALID_SPEC, PLAN_FAILED, GPU_LIMIT_EXCEEDED, GPU_MEMORY_EXCEEDED, CHECKPOINT_NOT_SHARED, BUDGET_TOO_SMALL, REJECTED_BY_API_SERVER];
+    pub const PERMANENT: [&str; 8] = [
+        INVALID_SPEC,
+        PLAN_FAILED,
+        GPU_LIMIT_EXCEEDED,
+        GPU_MEMORY_EXCEEDED,
+        CHECKPOINT_NOT_SHARED,
+        BUDGET_TOO_SMALL,
+        BUDGET_NOT_ALLOWED,
+        REJECTED_BY_API_SERVER,
+    ];
     // the watchdog
     pub const STALLED: &str = "Stalled";
     // an attempt whose pods do not start

@@ -136,6 +136,14 @@ pub async fn run(
     let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
     let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store, secret_store);
 
+    // the budgets' cache: which budget is its namespace's default, for every pass of a job
+    let (budget_reader, budget_writer) = reflector::store();
+    let (budgets_synced_tx, budgets_synced) = synced();
+    let budget_stream = reflector::reflector(budget_writer, watcher(scope.api::<TrainingBudget>(&client), watcher::Config::default()))
+        .default_backoff()
+        .inspect(mark_synced(budgets_synced_tx))
+        .touched_objects();
+
     let (tj_reader, tj_writer) = reflector::store();
     // every change of a TrainingJob naming a budget, its deletion included, wakes that budget's
     // controller (after the cache has it): it counts what the job spent, or releases its GPUs
@@ -147,9 +155,10 @@ pub async fn run(
         .inspect(mark_synced(tjs_synced_tx))
         .inspect({
             let seen = seen.clone();
+            let budgets = budget_reader.clone();
             move |event| {
                 if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
-                    && let Some(budget) = training_budget::budget_of(tj)
+                    && let Some(budget) = training_budget::budget_of(tj, &budgets)
                 {
                     let _ = budget_tx.unbounded_send(budget);
                 }
@@ -172,13 +181,15 @@ pub async fn run(
         recorder,
         backoff: Backoff::default(),
         seen,
-        synced: [jobs_synced.clone(), pods_synced.clone()],
+        synced: [jobs_synced.clone(), pods_synced.clone(), budgets_synced.clone()],
+        budgets: budget_reader.clone(),
         gpu_products: Default::default(),
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 
     let stopping = shutdown.clone();
     let waiting = tj_reader.clone();
+    let waiting_budgets = budget_reader.clone();
     let controller = Controller::for_stream(tj_stream, tj_reader.clone())
         .with_config(ControllerConfig::default().concurrency(16))
         .owns_stream(job_stream)
@@ -195,17 +206,17 @@ pub async fn run(
         })
         // a budget that appears, grows or releases GPUs wakes the jobs waiting for it
         .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
-            training_budget::waiting_jobs(&b, &waiting.state())
+            training_budget::waiting_jobs(&b, &waiting.state(), &waiting_budgets)
         })
         .graceful_shutdown_on(shutdown.clone());
     // the budgets' own controller keeps each ledger true to the TrainingJobs
-    let budgets = Controller::new(scope.api::<TrainingBudget>(&client), watcher::Config::default())
+    let budgets = Controller::for_stream(budget_stream, budget_reader.clone())
         .reconcile_on(budget_rx)
         .graceful_shutdown_on(shutdown)
         .run(
             training_budget::reconcile,
             training_budget::error_policy,
-            Arc::new(training_budget::Context::new(client.clone(), tj_reader.clone(), tjs_synced.clone())),
+            Arc::new(training_budget::Context::new(client.clone(), tj_reader.clone(), tjs_synced.clone(), budget_reader.clone())),
         )
         .for_each(|result| async move {
             if let Err(e) = result {

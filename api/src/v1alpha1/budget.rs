@@ -57,6 +57,12 @@ pub struct TrainingBudgetSpec {
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["gpuType".into()]))]
     pub prices: Vec<GpuPrice>,
+    /// The namespace's default budget: every TrainingJob in the namespace is counted in it,
+    /// whether or not it names it in spec.budget.budgetRef, and one naming another budget is
+    /// refused. Only the operator's and admins' identities may create, change or delete a
+    /// default budget (the chart's admission policy). If several are, the oldest is the default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub namespace_default: bool,
 }
 
 fn default_currency() -> String {

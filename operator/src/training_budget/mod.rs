@@ -41,6 +41,8 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub training_jobs: Store<TrainingJob>,
+    /// The budgets, for which is its namespace's default.
+    pub budgets: Store<TrainingBudget>,
     /// Whether `training_jobs` holds its first full list.
     pub synced: Synced,
     /// When each budget's status (by uid) was last written by its controller.
@@ -48,8 +50,8 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: Synced) -> Self {
-        Self { client, training_jobs, synced, written: Default::default() }
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: Synced, budgets: Store<TrainingBudget>) -> Self {
+        Self { client, training_jobs, budgets, synced, written: Default::default() }
     }
 }
 
@@ -59,18 +61,41 @@ impl Context {
 /// condition, a new period) is written at once.
 pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The TrainingBudget a TrainingJob names, if any.
-pub fn budget_of(tj: &TrainingJob) -> Option<ObjectRef<TrainingBudget>> {
-    let name = tj.spec.budget.budget_ref.as_deref()?;
-    Some(ObjectRef::new(name).within(&tj.namespace()?))
+/// The default budget of `namespace`: the oldest of its budgets with spec.namespaceDefault (by
+/// creation time, then name).
+pub fn namespace_default(namespace: &str, budgets: &[Arc<TrainingBudget>]) -> Option<String> {
+    budgets
+        .iter()
+        .filter(|b| b.spec.namespace_default && b.namespace().as_deref() == Some(namespace) && b.metadata.deletion_timestamp.is_none())
+        .min_by_key(|b| (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+        .map(|b| b.name_any())
 }
 
-/// The jobs a change of budget `b` may let start: those naming it that hold no entry in its
+/// The budget a job is counted in: its namespace's default if there is one (a job that names
+/// another is refused by its pass), else the one it names in spec.budget.budgetRef.
+pub fn effective_budget(tj: &TrainingJob, budgets: &Store<TrainingBudget>) -> Option<String> {
+    namespace_default(&tj.namespace()?, &budgets.state()).or_else(|| tj.spec.budget.budget_ref.clone())
+}
+
+/// The TrainingBudget a TrainingJob is counted in, if any.
+pub fn budget_of(tj: &TrainingJob, budgets: &Store<TrainingBudget>) -> Option<ObjectRef<TrainingBudget>> {
+    let name = effective_budget(tj, budgets)?;
+    Some(ObjectRef::new(&name).within(&tj.namespace()?))
+}
+
+/// The jobs a change of budget `b` may let start: those counted in it that hold no entry in its
 /// ledger and have not run to the end.
-pub fn waiting_jobs(b: &TrainingBudget, jobs: &[Arc<TrainingJob>]) -> Vec<ObjectRef<TrainingJob>> {
+pub fn waiting_jobs(b: &TrainingBudget, jobs: &[Arc<TrainingJob>], budgets: &Store<TrainingBudget>) -> Vec<ObjectRef<TrainingJob>> {
     let held: Vec<&str> = b.status.iter().flat_map(|s| &s.jobs).map(|h| h.uid.as_str()).collect();
+    // a budget that became its namespace's default (or stopped being it) concerns every job there
+    let name = b.name_any();
     jobs.iter()
-        .filter(|tj| tj.namespace() == b.namespace() && tj.spec.budget.budget_ref.as_deref() == Some(b.name_any().as_str()))
+        .filter(|tj| {
+            tj.namespace() == b.namespace()
+                && (b.spec.namespace_default
+                    || effective_budget(tj, budgets).as_deref() == Some(name.as_str())
+                    || tj.spec.budget.budget_ref.as_deref() == Some(name.as_str()))
+        })
         .filter(|tj| !held.contains(&tj.uid().unwrap_or_default().as_str()))
         .filter(|tj| !finished(tj))
         .map(|tj| ObjectRef::from_obj(tj.as_ref()))
@@ -82,11 +107,11 @@ fn finished(tj: &TrainingJob) -> bool {
     tj.status.as_ref().is_some_and(|s| s.phase.is_some_and(Phase::is_terminal) && s.attempt.unwrap_or(0) > 0)
 }
 
-fn holder(tj: &TrainingJob, budget: &str) -> Holder {
+fn holder(tj: &TrainingJob, budget: &str, budgets: &Store<TrainingBudget>) -> Holder {
     let status = tj.status.as_ref();
     Holder {
         uid: tj.uid().unwrap_or_default(),
-        names_budget: tj.spec.budget.budget_ref.as_deref() == Some(budget),
+        names_budget: effective_budget(tj, budgets).as_deref() == Some(budget),
         finished: finished(tj),
         gpu_type: tj.spec.resources.gpu_type.clone(),
         gpu_hours: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.gpu_hours),
@@ -102,7 +127,7 @@ pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Acti
     let namespace = b.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = b.name_any();
     let now = now();
-    let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name));
+    let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name, &ctx.budgets));
     if let Verdict::Write(status) = budget::refresh(&b, find, &now) {
         let uid = b.uid().unwrap_or_default();
         let since = ctx.written.lock().unwrap().get(&uid).map(|t| t.elapsed());

@@ -29,6 +29,10 @@ pub enum AdmitError {
         "spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)"
     )]
     ClaimNotShared { claim: String, pods: i64 },
+    #[error(
+        "namespace {namespace:?} has the default TrainingBudget {default:?} (spec.namespaceDefault), which every job there is counted in, but spec.budget.budgetRef names {named:?}: remove spec.budget.budgetRef or set it to {default:?}"
+    )]
+    NotTheDefaultBudget { namespace: String, default: String, named: String },
 }
 
 impl AdmitError {
@@ -38,6 +42,7 @@ impl AdmitError {
             Self::GpuLimit { .. } => Some(reasons::GPU_LIMIT_EXCEEDED),
             Self::ClaimNotShared { .. } => Some(reasons::CHECKPOINT_NOT_SHARED),
             Self::BudgetTooSmall(_) => Some(reasons::BUDGET_TOO_SMALL),
+            Self::NotTheDefaultBudget { .. } => Some(reasons::BUDGET_NOT_ALLOWED),
             Self::ClaimMissing { .. } => None,
         }
     }
@@ -96,6 +101,14 @@ pub fn demand(decision: &Decision, attempts: &[AttemptView]) -> Demand {
     }
 }
 
+/// GPUs the job holds in its budget's ledger. A job Kueue manages (it has a queue) holds none
+/// while Kueue keeps its attempt suspended, or before it has one: GPUs at an instant are Kueue's
+/// business, and the budget keeps its GPU-hours and cost.
+pub fn held_gpus(gpus: i64, kueue: bool, demand: Demand, attempts: &[AttemptView]) -> i64 {
+    let suspended_by_kueue = demand == Demand::Start || attempts.last().is_some_and(|a| a.state == AttemptState::Queued);
+    if kueue && suspended_by_kueue { 0 } else { gpus }
+}
+
 /// The job as its budget's ledger sees it.
 pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64, cost: Option<&CostStatus>) -> Claim<'a> {
     Claim {
@@ -112,6 +125,16 @@ pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_kueue_holds_suspended_holds_no_gpus_in_its_budget() {
+        let view = |state| vec![AttemptView { attempt: 1, state, started: None, trouble: None, billed: Default::default() }];
+        assert_eq!(held_gpus(4, true, Demand::Start, &[]), 0, "admitted by Kueue, not by the budget's maxGpus");
+        assert_eq!(held_gpus(4, true, Demand::Hold, &view(AttemptState::Queued)), 0, "suspended by Kueue");
+        assert_eq!(held_gpus(4, true, Demand::Hold, &view(AttemptState::Running)), 4, "running: its pods hold them");
+        assert_eq!(held_gpus(4, false, Demand::Start, &[]), 4);
+        assert_eq!(held_gpus(4, false, Demand::Hold, &view(AttemptState::Queued)), 4);
+    }
     use crate::training_job::observe::{FailureKind, StopReason};
     use crate::training_job::plan::plan;
     use crate::training_job::validate::{tests::training_job, validate};

@@ -56,7 +56,9 @@ pub struct Context {
     pub seen: apply::Seen,
     /// Whether the Job and pod caches hold their first full list: a pod missing from a cache
     /// still filling would be billed as gone.
-    pub synced: [crate::synced::Synced; 2],
+    pub synced: [crate::synced::Synced; 3],
+    /// The TrainingBudgets, for the namespace's default.
+    pub budgets: Store<TrainingBudget>,
     /// The GPU product label of each node the job's pods ran on (None: no label, or the node
     /// cannot be read), read once per node.
     pub gpu_products: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
@@ -158,7 +160,8 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
     }
 
-    let cost = bill_pods(tj, ctx, &planned.plan, &attempts, prev).await;
+    let budget = counted_in(tj, ctx, admit::gates(&attempts))?;
+    let cost = bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, prev).await;
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
     let policy = &valid.spec.run_policy;
     let mut decision = lifecycle::decide(&Inputs {
@@ -174,9 +177,10 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         now: now(),
     });
     // the budget's ledger is written before any child is created
-    if let Some(name) = valid.spec.budget.budget_ref.as_deref() {
-        let claim = admit::budget_claim(tj, planned.plan.gpus, planned.plan.estimated_gpu_hours, Some(&cost));
+    if let Some(name) = budget.as_deref() {
         let demand = admit::demand(&decision, &attempts);
+        let gpus = admit::held_gpus(planned.plan.gpus, valid.queue.is_some(), demand, &attempts);
+        let claim = admit::budget_claim(tj, gpus, planned.plan.estimated_gpu_hours, Some(&cost));
         match ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
             Admission::Go => {}
             Admission::Wait(w) => {
@@ -238,13 +242,20 @@ fn spending(budget: &BudgetSpec, cost: &CostStatus, plan: &Plan) -> Spending {
 /// Bills the job's pods this pass (see `bill`). A pod is priced once, the first time it is
 /// billed: at the job's budget's price (else the GPU table's) for the GPU type its node's
 /// product label names, else for the job's spec.resources.gpuType.
-async fn bill_pods(tj: &TrainingJob, ctx: &Context, plan: &Plan, attempts: &[observe::AttemptView], prev: &TrainingJobStatus) -> CostStatus {
+async fn bill_pods(
+    tj: &TrainingJob,
+    ctx: &Context,
+    budget: Option<&str>,
+    plan: &Plan,
+    attempts: &[observe::AttemptView],
+    prev: &TrainingJobStatus,
+) -> CostStatus {
     let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
     let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
     let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
     let namespace = tj.namespace().unwrap_or_default();
     // the budget is read only when there is a pod to price
-    let budget = match tj.spec.budget.budget_ref.as_deref() {
+    let budget = match budget {
         Some(name) if !new_pods.is_empty() => Api::<TrainingBudget>::namespaced(ctx.client.clone(), &namespace).get_opt(name).await.ok().flatten(),
         _ => None,
     };
@@ -292,14 +303,27 @@ async fn gpu_product(ctx: &Context, name: &str) -> Option<String> {
     product
 }
 
+/// The budget the job is counted in (see `training_budget::effective_budget`); naming another
+/// than its namespace's default is a permanent error when an attempt is to start.
+fn counted_in(tj: &TrainingJob, ctx: &Context, starting: bool) -> Result<Option<String>, Error> {
+    let namespace = tj.namespace().unwrap_or_default();
+    let default = crate::training_budget::namespace_default(&namespace, &ctx.budgets.state());
+    match (default, tj.spec.budget.budget_ref.clone()) {
+        // a live attempt is counted in the default (one that appeared while it ran); the next
+        // start is refused
+        (Some(default), Some(named)) if named != default && starting => Err(AdmitError::NotTheDefaultBudget { namespace, default, named }.into()),
+        (default, named) => Ok(default.or(named)),
+    }
+}
+
 /// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
 /// released it already, unless that pass was cut short).
 async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<(), Error> {
-    let (Some(name), Some(namespace)) = (tj.spec.budget.budget_ref.as_deref(), tj.namespace()) else {
+    let (Some(name), Some(namespace)) = (crate::training_budget::effective_budget(tj, &ctx.budgets), tj.namespace()) else {
         return Ok(());
     };
     let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
+    ledger::settle(&ctx.client, &namespace, &name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
     Ok(())
 }
 
