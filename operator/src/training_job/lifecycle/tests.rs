@@ -252,3 +252,32 @@ fn a_pod_that_cannot_start_is_named_until_the_startup_deadline_stops_the_attempt
     assert_eq!((d.phase, d.reason, d.restarts), (Phase::Failed, reasons::BACKOFF_LIMIT_EXCEEDED, 1));
     assert!(d.message.contains("did not start within runPolicy.startupDeadlineSeconds"), "{}", d.message);
 }
+
+/// A budget spent out while an attempt is live stops it (or removes one Kueue never started);
+/// an attempt already stopping, or none live, is left as the decision says.
+#[test]
+fn a_spent_budget_stops_the_live_attempt() {
+    let d = |attempts: &[AttemptView]| Decision {
+        action: Action::Nothing,
+        phase: Phase::Running,
+        reason: reasons::RUNNING,
+        message: String::new(),
+        stalled: false,
+        attempt: attempts.last().map_or(0, |a| a.attempt),
+        restarts: 0,
+        succeeded_at: None,
+        requeue_after: Some(Duration::from_secs(15)),
+    };
+    let why = "TrainingBudget \"team\" has spent 10.00 of its 10 GPU-hours (spec.gpuHours) this Day";
+    let running = [view(1, AttemptState::Running, Some(0))];
+    let stop = stop_for_budget(&d(&running), &running, why).expect("stopped");
+    assert_eq!((stop.action, stop.phase, stop.reason), (Action::Stop(1, StopReason::BudgetExhausted), Phase::Running, reasons::BUDGET_EXHAUSTED));
+    assert!(stop.message.starts_with(why) && stop.message.contains("checkpoint"), "{}", stop.message);
+    let kueue_held = [view(2, AttemptState::Queued, None)];
+    assert_eq!(stop_for_budget(&d(&kueue_held), &kueue_held, why).unwrap().action, Action::Delete(2));
+    let stopping = [view(1, AttemptState::Stopping(Some(StopReason::BudgetExhausted)), Some(0))];
+    assert_eq!(stop_for_budget(&d(&stopping), &stopping, why), None);
+    let done = [view(1, failed(FailureKind::BudgetExhausted), Some(0))];
+    assert_eq!(stop_for_budget(&d(&done), &done, why), None);
+    assert_eq!(stop_for_budget(&d(&[]), &[], why), None);
+}
