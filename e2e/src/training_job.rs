@@ -157,3 +157,34 @@ fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, place
         ),
     )
 }
+
+/// Ends a Running fake pod as Succeeded: kwok's stage reads [`crate::TEST_OUTCOME_ANNOTATION`]
+/// and writes the containers' `finishedAt`.
+pub async fn finish_pod(ctx: &TestContext, pod: &str) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"annotations": {crate::TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
+    ctx.api::<Pod>().patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// [`crate::run`], and, pass or fail, ends the namespace's fake pods before the namespace goes,
+/// so that none of them holds its node's GPUs while the namespace is being deleted.
+pub async fn run_ending_pods<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(TestContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    use futures::FutureExt as _;
+    crate::run(test, |ctx| async move {
+        let outcome = std::panic::AssertUnwindSafe(body(ctx.clone())).catch_unwind().await;
+        for pod in ctx.api::<Pod>().list(&Default::default()).await?.items {
+            if !matches!(crate::fixtures::phase(&pod), "Succeeded" | "Failed") {
+                let _ = finish_pod(&ctx, &pod.name_any()).await;
+            }
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+    .await;
+}

@@ -76,6 +76,10 @@ pub enum Verdict {
     Write(Box<TrainingBudgetStatus>),
     /// Stay Queued.
     Wait(Wait),
+    /// Write this ledger (the job's entry taken out), then stay Queued: a job that held the
+    /// budget asks to start again (a restart, or a resume after its budget stopped it) while the
+    /// period is spent.
+    Release(Box<TrainingBudgetStatus>, Wait),
     /// Refused until the job or the budget changes.
     Refuse(TooSmall),
 }
@@ -252,6 +256,14 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
         (Demand::Start | Demand::Hold, Some(i)) => {
             status.jobs[i].gpus = job.gpus;
             count(&mut status, i, job.gpu_hours, job.cost);
+            // its GPUs are not checked again, but a spent period starts nobody: it gives its
+            // entry back, so that a raised limit or the next period wakes it like any waiting job
+            if demand == Demand::Start
+                && let Some(w) = spent_out(budget, &status, now)
+            {
+                status.jobs.remove(i);
+                return Verdict::Release(Box::new(summarize(budget, status, now)), w);
+            }
         }
         (Demand::Start, None) => {
             let name = budget.metadata.name.clone().unwrap_or_default();

@@ -74,6 +74,14 @@ pub async fn settle(client: &Client, namespace: &str, name: &str, job: &Claim<'_
             Verdict::Unchanged => return Ok(go(&b.status.clone().unwrap_or_default())),
             Verdict::Wait(w) => return Ok(Admission::Wait(w)),
             Verdict::Refuse(e) => return Err(e.into()),
+            Verdict::Release(status, w) => match write(&api, &b, *status).await {
+                Ok(()) => {
+                    info!(budget = name, "the period is spent: the job gives its entry back and waits");
+                    return Ok(Admission::Wait(w));
+                }
+                Err(e) if is_conflict(&e) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            },
             Verdict::Write(status) => {
                 let gpus_in_use = status.gpus_in_use;
                 let admission = go(&status);

@@ -127,6 +127,9 @@ pub fn bill(
     target: Option<&Time>,
     now: &Time,
 ) -> CostStatus {
+    // to the whole second, as the status keeps it: a record billed up to a fraction of a second
+    // would bill more than it says, and less once read back
+    let now = &Time(Timestamp::from_second(now.0.as_second()).unwrap_or(now.0));
     let mut records: Vec<PodCost> = prev.map(|c| c.pods.clone()).unwrap_or_default();
     for pod in attempts.iter().flat_map(|a| &a.pods) {
         // a pod not yet scheduled holds no GPU; one without GPUs costs nothing
@@ -261,6 +264,18 @@ mod tests {
         assert!((c.gpu_hours - 5.0).abs() < 1e-9, "{c:?}");
         assert!((c.cost - 10.0).abs() < 1e-9);
         assert!(open(&c));
+    }
+
+    #[test]
+    fn a_running_pod_is_billed_to_the_whole_second_so_its_bill_never_goes_back() {
+        let a = attempt(1, vec![pod("a1-0", 1, 2, Some(0), None)], None);
+        let half = Time(Timestamp::from_second(1_800_000_000 + 8).unwrap().checked_add(k8s_openapi::jiff::SignedDuration::from_millis(600)).unwrap());
+        let running = bill(None, std::slice::from_ref(&a), h100, "USD", None, &half);
+        assert!((running.gpu_hours * 3600.0 - 16.0).abs() < 1e-9, "what the record says, 2 GPUs for 8 s: {running:?}");
+        // read back as the API server keeps it, and the pod then ends at 8 s: the same figure
+        let read_back: CostStatus = serde_json::from_value(serde_json::to_value(&running).unwrap()).unwrap();
+        let ended = bill(Some(&read_back), &[attempt(1, vec![pod("a1-0", 1, 2, Some(0), Some(8))], None)], h100, "USD", None, &t(9));
+        assert!(ended.gpu_hours >= running.gpu_hours, "{} < {}", ended.gpu_hours, running.gpu_hours);
     }
 
     #[test]

@@ -96,9 +96,24 @@ fn admission_table() {
                 Refused
             }
             Verdict::Unchanged => Unchanged,
+            Verdict::Release(..) => panic!("{what}: nothing is spent here"),
         };
         assert_eq!(got, want, "{what}");
     }
+}
+
+/// A job that holds the budget and asks to start again (a restart, or the resume after its
+/// budget stopped it) while the period is spent gives its entry back and waits, so that a raised
+/// limit or the next period wakes it; a live attempt is still recorded.
+#[test]
+fn a_restart_in_a_spent_period_gives_the_entry_back_and_waits() {
+    let b = budget(4, &[("a", 2), ("lm", 2)], 100.0);
+    let Verdict::Release(status, w) = settle(&b, &claim("lm", 2, 0.0), Demand::Start, &t(60)) else { panic!("expected a release") };
+    assert_eq!(holders(&status), vec![("a".to_string(), 2)]);
+    assert_eq!(w.reason, "BudgetExhausted");
+    assert!(w.message.contains("has spent 100.00 of its 100 GPU-hours (spec.gpuHours) this Day") && w.message.contains("raised"), "{}", w.message);
+    // a live attempt holds its GPUs whatever is spent
+    assert!(!matches!(settle(&b, &claim("lm", 2, 0.0), Demand::Hold, &t(60)), Verdict::Release(..) | Verdict::Wait(_)));
 }
 
 /// What the budget's own pass writes for a ledger that already matches its jobs.
