@@ -58,7 +58,10 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
         helm(&args)
     };
     let defaults = render(&[])?;
-    ensure!(defaults.contains(&policy("trainer-status")) && defaults.contains(&binding("trainer-status")), "{defaults}");
+    for name in ["trainer-status", "default-budget"] {
+        ensure!(defaults.contains(&policy(name)) && defaults.contains(&binding(name)), "{name} does not render by default:\n{defaults}");
+    }
+    ensure!(defaults.contains(r#"g in ["system:masters"]"#), "the default budget's admins:\n{defaults}");
     ensure!(defaults.contains("validationActions: [Deny]") && !defaults.contains("matchResources:"), "{defaults}");
     ensure!(!defaults.contains("gpu-ceiling"), "a GPU ceiling policy without a ceiling:\n{defaults}");
 
@@ -70,6 +73,7 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
         "admissionPolicies.trainerStatus.enabled=false",
         "admissionPolicies.gpuCeiling.enabled=false",
         "admissionPolicies.gpuCeiling.default=2",
+        "admissionPolicies.defaultBudget.enabled=false",
     ])?;
     ensure!(!off.contains("ValidatingAdmissionPolicy"), "policies rendered while disabled:\n{off}");
     helm(&["lint", "--strict", &chart_dir, "--set", "admissionPolicies.gpuCeiling.default=0", "--set", "operator.watchNamespace=team"])?;
