@@ -139,20 +139,14 @@ async fn only_admins_change_a_namespaces_default_budget() {
     run("admission-default-budget", |t: TestContext| async move {
         manifests::install_crds(&t.client).await?;
         // alice may do anything with budgets in the namespace, as RBAC goes
-        let meta = ObjectMeta { name: Some("budget-editor".into()), ..Default::default() };
         let rule = PolicyRule {
             api_groups: Some(vec!["frugal.dev".into()]),
             resources: Some(vec!["trainingbudgets".into()]),
             verbs: vec!["*".into()],
             ..Default::default()
         };
-        t.api::<Role>().create(&PostParams::default(), &Role { metadata: meta.clone(), rules: Some(vec![rule]) }).await?;
-        let binding = RoleBinding {
-            metadata: meta,
-            role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: "budget-editor".into() },
-            subjects: Some(vec![Subject { kind: "User".into(), name: "alice".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() }]),
-        };
-        t.api::<RoleBinding>().create(&PostParams::default(), &binding).await?;
+        let alice = Subject { kind: "User".into(), name: "alice".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
+        bind(&t, "budget-editor", rule, alice).await?;
         let budget = |name: &str, default: bool| -> Result<frugal_api::TrainingBudget> {
             Ok(serde_saphyr::from_str(&format!(
                 "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: 4, gpuHours: 10, period: Day, namespaceDefault: {default}}}\n"
@@ -241,7 +235,6 @@ async fn trainer_identity(t: &TestContext, job: &str) -> Result<()> {
 /// A Role of get and patch on `trainingjobs/status` (of `job` only, or of every job) bound to
 /// the ServiceAccount `account`.
 async fn grant(t: &TestContext, role: &str, account: &str, job: Option<&str>) -> Result<()> {
-    let meta = ObjectMeta { name: Some(role.into()), ..Default::default() };
     let rule = PolicyRule {
         api_groups: Some(vec!["frugal.dev".into()]),
         resources: Some(vec!["trainingjobs/status".into()]),
@@ -249,16 +242,18 @@ async fn grant(t: &TestContext, role: &str, account: &str, job: Option<&str>) ->
         verbs: vec!["get".into(), "patch".into()],
         ..Default::default()
     };
+    let account = Subject { kind: "ServiceAccount".into(), name: account.into(), namespace: Some(t.namespace.clone()), ..Default::default() };
+    bind(t, role, rule, account).await
+}
+
+/// A Role `name` of `rule` in the test's namespace, bound to `subject`.
+async fn bind(t: &TestContext, name: &str, rule: PolicyRule, subject: Subject) -> Result<()> {
+    let meta = ObjectMeta { name: Some(name.into()), ..Default::default() };
     t.api::<Role>().create(&PostParams::default(), &Role { metadata: meta.clone(), rules: Some(vec![rule]) }).await?;
     let binding = RoleBinding {
         metadata: meta,
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: role.into() },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: account.into(),
-            namespace: Some(t.namespace.clone()),
-            ..Default::default()
-        }]),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.into() },
+        subjects: Some(vec![subject]),
     };
     t.api::<RoleBinding>().create(&PostParams::default(), &binding).await?;
     Ok(())

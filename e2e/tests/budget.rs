@@ -3,7 +3,6 @@
 //! outcome annotation. A budget's status is the ledger of the GPUs its jobs hold.
 
 use anyhow::{Result, ensure};
-use futures::FutureExt as _;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -13,8 +12,8 @@ use kube::{Api, ResourceExt as _};
 use frugal_api::v1alpha1::Phase;
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, condition, job_where, phase};
-use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
+use frugal_e2e::training_job::{apply, condition, finish_pod, job_where, phase, run_ending_pods};
+use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, wait};
 
 /// A job of `gpus` GPUs in one pod (a fake GPU node has 4) under budget `budget`.
 fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
@@ -36,38 +35,9 @@ async fn setup(ctx: &TestContext) -> Result<Operator> {
     Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--max-gpus-per-job", "8"])
 }
 
-/// Runs `body` in a fresh namespace and, pass or fail, ends its pods before the namespace goes
-/// (a pod deleted while Running would hold its fake GPUs for later tests).
-async fn budget_test<F, Fut>(name: &str, body: F)
-where
-    F: FnOnce(TestContext) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
-{
-    run(name, |ctx| async move {
-        let outcome = std::panic::AssertUnwindSafe(body(ctx.clone())).catch_unwind().await;
-        for pod in ctx.api::<Pod>().list(&ListParams::default()).await?.items {
-            if !matches!(frugal_e2e::fixtures::phase(&pod), "Succeeded" | "Failed") {
-                let _ = finish(&ctx, &pod).await;
-            }
-        }
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-    .await;
-}
-
 async fn apply_budget(ctx: &TestContext, budget: &TrainingBudget) -> Result<()> {
     let api: Api<TrainingBudget> = ctx.api();
     api.patch(&budget.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(budget)).await?;
-    Ok(())
-}
-
-/// Ends a Running pod as Succeeded (kwok's stage reads the annotation).
-async fn finish(ctx: &TestContext, pod: &Pod) -> Result<()> {
-    let patch = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
-    ctx.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 
@@ -113,7 +83,7 @@ async fn ledger(ctx: &TestContext, budget: &str, holders: &[(&str, i32)]) -> Res
 
 #[tokio::test]
 async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
-    budget_test("budget-max-gpus", |ctx| async move {
+    run_ending_pods("budget-max-gpus", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply_budget(&ctx, &training_budget("team", 4)).await?;
 
@@ -147,7 +117,7 @@ async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
         no_children(&ctx, "huge").await?;
 
         // the first job finishes: its GPUs go back, and the second job starts
-        finish(&ctx, &first).await?;
+        finish_pod(&ctx, &first.name_any()).await?;
         job_where(&ctx, "first", "first Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
         running_pod(&ctx, "second").await?;
         ledger(&ctx, "team", &[("second", 4)]).await?;
@@ -164,7 +134,7 @@ async fn a_budget_admits_jobs_within_max_gpus_and_queues_the_rest() {
 /// is refused, naming the default.
 #[tokio::test]
 async fn a_namespaces_default_budget_counts_jobs_that_name_none() {
-    budget_test("budget-default", |ctx| async move {
+    run_ending_pods("budget-default", |ctx| async move {
         let _operator = setup(&ctx).await?;
         let mut team = training_budget("team", 4);
         team.spec.namespace_default = true;
@@ -204,7 +174,7 @@ async fn a_namespaces_default_budget_counts_jobs_that_name_none() {
 /// both numbers; a budget that admits on spend only lets it start.
 #[tokio::test]
 async fn a_job_whose_estimate_does_not_fit_what_is_left_waits_saying_both_numbers() {
-    budget_test("budget-look-ahead", |ctx| async move {
+    run_ending_pods("budget-look-ahead", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply_budget(&ctx, &training_budget("team", 8)).await?;
         // a long run, so that its estimate is GPU-hours rather than seconds
@@ -251,7 +221,7 @@ async fn a_job_whose_estimate_does_not_fit_what_is_left_waits_saying_both_number
 
 #[tokio::test]
 async fn a_job_naming_a_missing_budget_waits_until_it_exists() {
-    budget_test("budget-missing", |ctx| async move {
+    run_ending_pods("budget-missing", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply(&ctx, &training_job("lm", 1, "later")).await?;
         let message = queued(&ctx, "lm", "BudgetNotFound").await?;
@@ -271,7 +241,7 @@ async fn a_job_naming_a_missing_budget_waits_until_it_exists() {
 
 #[tokio::test]
 async fn suspending_or_deleting_a_job_releases_its_gpus() {
-    budget_test("budget-release", |ctx| async move {
+    run_ending_pods("budget-release", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply_budget(&ctx, &training_budget("team", 2)).await?;
         apply(&ctx, &training_job("a", 1, "team")).await?;
@@ -297,7 +267,7 @@ async fn suspending_or_deleting_a_job_releases_its_gpus() {
 
 #[tokio::test]
 async fn jobs_applied_at_once_never_take_more_than_the_budget() {
-    budget_test("budget-concurrent", |ctx| async move {
+    run_ending_pods("budget-concurrent", |ctx| async move {
         let _operator = setup(&ctx).await?;
         apply_budget(&ctx, &training_budget("team", 3)).await?;
         // the operator reconciles these at the same time; the ledger's resourceVersion check
@@ -339,7 +309,7 @@ async fn jobs_applied_at_once_never_take_more_than_the_budget() {
 /// grace period's SIGKILL and the lease's expiry.
 #[tokio::test]
 async fn a_busy_operator_stops_within_seconds_of_sigterm_and_releases_its_lease() {
-    budget_test("budget-sigterm", |ctx| async move {
+    run_ending_pods("budget-sigterm", |ctx| async move {
         manifests::install_crds(&ctx.client).await?;
         let args =
             ["--termination-grace-seconds", "5", "--leader-elect", "--lease-namespace", ctx.namespace.as_str(), "--lease-name", "frugal-operator"];
@@ -359,7 +329,7 @@ async fn a_busy_operator_stops_within_seconds_of_sigterm_and_releases_its_lease(
                 loop {
                     if let Ok(pods) = ctx.api::<Pod>().list(&ListParams::default()).await {
                         for pod in pods.items.iter().filter(|p| frugal_e2e::fixtures::phase(p) == "Running") {
-                            let _ = finish(&ctx, pod).await;
+                            let _ = finish_pod(&ctx, &pod.name_any()).await;
                         }
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

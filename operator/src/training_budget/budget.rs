@@ -1,11 +1,12 @@
 //! TrainingBudget admission as pure functions over the budget's ledger, its `status.jobs`.
 //!
-//! A job that names a budget in `spec.budget.budgetRef` is written into the ledger before any of
+//! A job counted in a budget (it names it in `spec.budget.budgetRef`, or the budget is its
+//! namespace's default) is written into the ledger before any of
 //! its children is created ([`settle`]), and taken out when it finishes, is suspended (once its
 //! pods are gone) or is deleted. The ledger is written with the budget's resourceVersion
 //! (`ledger.rs`), so jobs reconciled at the same time cannot both take the last GPUs. What the
-//! jobs spend is counted from their own `status.cost.gpuHours` ([`refresh`], run by the budget's
-//! controller whenever a job naming it changes). The tables in `docs/operator.md` are the tests
+//! jobs spend is counted from their own `status.cost` (the operator's bill of their pods), by the
+//! jobs' own passes ([`settle`]) and by the budget's controller ([`refresh`]). The tables in `docs/operator.md` are the tests
 //! below.
 
 use std::time::Duration;
@@ -175,13 +176,22 @@ fn exhausted(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> Option
     None
 }
 
+/// The field of the limit a spent period has reached.
+fn spent_field(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> &'static str {
+    if spec.gpu_hours.is_some_and(|l| status.gpu_hours_spent >= l) { "spec.gpuHours" } else { "spec.maxCost" }
+}
+
+/// When the period after the one `now` falls in begins.
+fn next_period(budget: &TrainingBudget, now: &Time) -> Timestamp {
+    at(now.0.as_second() + until_next_period(&created(budget), budget.spec.period, now).as_secs() as i64).0
+}
+
 /// Why the jobs holding `budget` must stop, if this period's GPU-hours or cost are spent.
 pub fn spent_out(budget: &TrainingBudget, status: &TrainingBudgetStatus, now: &Time) -> Option<Wait> {
     let spec = &budget.spec;
     let (_, spent) = exhausted(spec, status)?;
     let name = budget.metadata.name.clone().unwrap_or_default();
-    let field = if spec.gpu_hours.is_some_and(|l| status.gpu_hours_spent >= l) { "spec.gpuHours" } else { "spec.maxCost" };
-    let next = at(now.0.as_second() + until_next_period(&created(budget), spec.period, now).as_secs() as i64).0;
+    let (field, next) = (spent_field(spec, status), next_period(budget, now));
     Some(Wait {
         reason: reasons::BUDGET_EXHAUSTED,
         message: format!(
@@ -284,14 +294,12 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
                 });
             }
             if let Some((_, spent)) = exhausted(spec, &status) {
-                let until = until_next_period(&created(budget), spec.period, now).as_secs() as i64;
-                let field = if spec.gpu_hours.is_some_and(|l| status.gpu_hours_spent >= l) { "spec.gpuHours" } else { "spec.maxCost" };
+                let (field, next) = (spent_field(spec, &status), next_period(budget, now));
                 return Verdict::Wait(Wait {
                     reason: reasons::BUDGET_EXHAUSTED,
                     message: format!(
-                        "TrainingBudget {name:?} has spent {spent} this {:?}: the job starts when the next period begins at {}, or raise the budget's {field}",
-                        spec.period,
-                        at(now.0.as_second() + until).0
+                        "TrainingBudget {name:?} has spent {spent} this {:?}: the job starts when the next period begins at {next}, or raise the budget's {field}",
+                        spec.period
                     ),
                 });
             }
@@ -365,7 +373,7 @@ fn look_ahead(budget: &TrainingBudget, status: &TrainingBudgetStatus, job: &Clai
         }
         let left = (limit - spent - held).max(0.0);
         if need > left {
-            let next = at(now.0.as_second() + until_next_period(&created(budget), spec.period, now).as_secs() as i64).0;
+            let next = next_period(budget, now);
             return Some(Verdict::Wait(Wait {
                 reason: reasons::BUDGET_EXHAUSTED,
                 message: format!(
@@ -391,7 +399,6 @@ pub struct Holder {
     pub names_budget: bool,
     /// It ran and Succeeded or Failed.
     pub finished: bool,
-    pub gpu_type: String,
     pub gpu_hours: f64,
     pub cost: f64,
 }

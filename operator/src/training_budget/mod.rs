@@ -55,8 +55,8 @@ impl Context {
     }
 }
 
-/// How often a budget's spending alone is written back. Every status report of a job naming
-/// the budget (one per job every few seconds) wakes its controller; without this each would
+/// How often a budget's spending alone is written back. Every billing pass of a job naming
+/// the budget (one per running job every 15 s) wakes its controller; without this each would
 /// cost a write. Anything else that changes (a job added or gone, GPUs held, the Exhausted
 /// condition, a new period) is written at once.
 pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
@@ -113,7 +113,6 @@ fn holder(tj: &TrainingJob, budget: &str, budgets: &Store<TrainingBudget>) -> Ho
         uid: tj.uid().unwrap_or_default(),
         names_budget: effective_budget(tj, budgets).as_deref() == Some(budget),
         finished: finished(tj),
-        gpu_type: tj.spec.resources.gpu_type.clone(),
         gpu_hours: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.gpu_hours),
         cost: status.and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.cost),
     }
@@ -134,7 +133,7 @@ pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Acti
         if budget::only_spending_changed(&b.status.clone().unwrap_or_default(), &status)
             && let Some(since) = since.filter(|s| *s < SPENDING_WRITE_INTERVAL)
         {
-            // counted by a later pass: the jobs' reports keep what they spent
+            // counted by a later pass: the jobs' bills keep what they spent
             return Ok(Action::requeue(SPENDING_WRITE_INTERVAL - since));
         }
         let api: Api<TrainingBudget> = Api::namespaced(ctx.client.clone(), &namespace);

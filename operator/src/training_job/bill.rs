@@ -84,27 +84,23 @@ pub fn seen(pod: &Pod, attempt: i32, resource: &str) -> PodSeen {
     let scheduled =
         conditions.and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True")).and_then(|c| c.last_transition_time.clone());
     let terminal = matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-    let terminated = terminal.then(|| {
-        let finished = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone())
-            .max_by_key(|t| t.0);
-        // a terminal pod whose containers never ran: its last condition change is its end
-        finished.or_else(|| conditions.into_iter().flatten().filter_map(|c| c.last_transition_time.clone()).max_by_key(|t| t.0))
-    });
+    // its containers' latest finish; a terminal pod whose containers never ran ends at its last
+    // condition change, or, with none, when it was created
+    let finished =
+        || status?.container_statuses.iter().flatten().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone()).max_by_key(|t| t.0);
+    let changed = || conditions.into_iter().flatten().filter_map(|c| c.last_transition_time.clone()).max_by_key(|t| t.0);
+    let terminated = terminal.then(|| finished().or_else(changed).unwrap_or_else(|| created(pod)));
     PodSeen {
         name: pod.name_any(),
         attempt,
         gpus: gpus(pod, resource),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         scheduled,
-        terminated: terminated.flatten().or_else(|| terminal.then(|| scheduled_or_now(pod))),
+        terminated,
     }
 }
 
-fn scheduled_or_now(pod: &Pod) -> Time {
+fn created(pod: &Pod) -> Time {
     pod.metadata.creation_timestamp.clone().unwrap_or_else(|| Time(Timestamp::now()))
 }
 

@@ -16,7 +16,7 @@ use crate::conditions::reasons;
 use crate::names::MAX_ATTEMPT;
 
 /// The job's own spending limits (spec.budget.maxGpuHours, maxCost) and what its status says it
-/// has spent (status.cost, which the trainer reports every few seconds while it runs).
+/// has been billed (status.cost, which the operator bills from its pods).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Spending {
     pub gpu_hours: f64,
@@ -28,7 +28,7 @@ pub struct Spending {
     pub price_per_gpu_hour: f64,
 }
 
-/// The trainer reports its spending every few seconds; looking sooner than this again finds
+/// A pass bills the job's pods when it runs; looking sooner than this again finds
 /// nothing new.
 const SPENDING_REPORT_SECONDS: f64 = 5.0;
 
@@ -46,7 +46,7 @@ impl Spending {
     }
 
     /// Seconds until a running attempt would spend the first of the limits, at its GPUs' rate
-    /// from the last report; `None` without a limit or GPUs.
+    /// from this pass's bill; `None` without a limit or GPUs.
     fn seconds_left(&self) -> Option<f64> {
         if self.gpus <= 0.0 {
             return None;

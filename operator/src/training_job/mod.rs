@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -253,12 +253,9 @@ async fn bill_pods(
     let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
     let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
     let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
+    // prices and currency from the budgets' cache: no request to the API server
     let namespace = tj.namespace().unwrap_or_default();
-    // the budget is read only when there is a pod to price
-    let budget = match budget {
-        Some(name) if !new_pods.is_empty() => Api::<TrainingBudget>::namespaced(ctx.client.clone(), &namespace).get_opt(name).await.ok().flatten(),
-        _ => None,
-    };
+    let budget = budget.and_then(|name| ctx.budgets.get(&ObjectRef::new(name).within(&namespace)));
     let mut products = std::collections::HashMap::new();
     for node in new_pods.iter().filter_map(|p| p.node.clone()) {
         products.insert(node.clone(), gpu_product(ctx, &node).await);
@@ -276,11 +273,7 @@ async fn bill_pods(
         };
         bill::Price { gpu_type, priced_from, per_gpu_hour }
     };
-    let currency = budget
-        .as_ref()
-        .map(|b| b.spec.currency.clone())
-        .or_else(|| prev.cost.as_ref().map(|c| c.currency.clone()).filter(|c| !c.is_empty()))
-        .unwrap_or_else(|| plan.currency.clone());
+    let currency = budget.as_ref().map_or_else(|| plan.currency.clone(), |b| b.spec.currency.clone());
     let target = prev.quality.as_ref().and_then(|q| q.target_reached_time.as_ref());
     bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now())
 }

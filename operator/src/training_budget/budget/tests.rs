@@ -124,7 +124,7 @@ fn settle_unchanged(b: &TrainingBudget) -> Verdict {
 }
 
 fn holder(uid: &str, gpu_hours: f64) -> Holder {
-    Holder { uid: uid.into(), names_budget: true, finished: false, gpu_type: "nvidia-h100-80gb".into(), gpu_hours, cost: gpu_hours * 2.5 }
+    Holder { uid: uid.into(), names_budget: true, finished: false, gpu_hours, cost: gpu_hours * 2.5 }
 }
 
 #[test]
