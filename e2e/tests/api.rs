@@ -153,3 +153,132 @@ fn first_training_job() -> Result<(std::path::PathBuf, DynamicObject)> {
     }
     bail!("no TrainingJob among examples/")
 }
+
+/// Runs kubectl from PATH (scripts/e2e.sh puts the pinned build there) against the test cluster.
+fn kubectl(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("kubectl").args(args).output().context("running kubectl (is it on PATH?)")?;
+    ensure!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The field paths `kubectl explain --recursive` lists under its `FIELDS:` heading, each as a
+/// dotted path below the explained field (children are indented two spaces more than their parent).
+fn explained_fields(out: &str) -> Result<Vec<String>> {
+    let mut paths = Vec::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for line in out.lines().skip_while(|l| !l.starts_with("FIELDS:")).skip(1) {
+        // a field's allowed values follow it on a line of their own
+        if line.trim().is_empty() || line.trim_start().starts_with("enum:") {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let name = line.split_whitespace().next().context("an empty field line")?;
+        ensure!(line.contains('<'), "not a field line: {line:?}");
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let path = match stack.last() {
+            Some((_, parent)) => format!("{parent}.{name}"),
+            None => name.to_string(),
+        };
+        paths.push(path.clone());
+        stack.push((indent, path));
+    }
+    Ok(paths)
+}
+
+/// Every property below `node` in an OpenAPI schema, by the path kubectl explain gives it (list
+/// items and map values are explained as their element's fields), with its description.
+fn schema_fields(node: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
+    if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in props {
+            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+            out.push((path.clone(), child.get("description").and_then(|d| d.as_str()).unwrap_or_default().to_string()));
+            schema_fields(child, &path, out);
+        }
+    }
+    for inner in ["items", "additionalProperties"] {
+        if let Some(child) = node.get(inner).filter(|c| c.is_object()) {
+            schema_fields(child, prefix, out);
+        }
+    }
+}
+
+/// The README's way of installing the CRDs (`kubectl apply --server-side`), and `kubectl explain`
+/// on what it installed: every field of the spec is listed and described.
+#[tokio::test]
+async fn kubectl_explain_describes_every_field_of_the_spec() {
+    run("explain", |_t: TestContext| async move {
+        let crds = repo_root().join("charts/frugal/crds");
+        kubectl(&["apply", "--server-side", "--field-manager=frugal-e2e", "-f", crds.to_str().unwrap()])?;
+        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.frugal.dev", "crd/trainingbudgets.frugal.dev"])?;
+        let crd: serde_json::Value = serde_json::to_value(&read_objects(&repo_root().join("crds/trainingjobs.frugal.dev.yaml"))?[0])?;
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut fields = Vec::new();
+        schema_fields(spec, "", &mut fields);
+        let undescribed: Vec<_> = fields.iter().filter(|(_, d)| d.trim().is_empty()).map(|(p, _)| p.as_str()).collect();
+        ensure!(undescribed.is_empty(), "fields of the TrainingJob spec without a description (add a doc comment):\n{}", undescribed.join("\n"));
+        // the API server publishes the CRD's schema; explain can take a moment to see a new one
+        let explained = frugal_e2e::wait::until("kubectl explain to list the spec's fields", async {
+            loop {
+                if let Ok(out) = kubectl(&["explain", "trainingjob.spec", "--recursive"]) {
+                    let paths = explained_fields(&out)?;
+                    if paths.len() == fields.len() {
+                        return Ok::<_, anyhow::Error>(paths);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
+        .await?;
+        let schema_paths: std::collections::BTreeSet<_> = fields.iter().map(|(p, _)| p.clone()).collect();
+        let explained_paths: std::collections::BTreeSet<_> = explained.iter().cloned().collect();
+        ensure!(
+            schema_paths == explained_paths,
+            "explain and the schema differ: {:?}",
+            schema_paths.symmetric_difference(&explained_paths).collect::<Vec<_>>()
+        );
+        // and each top-level field's own page carries its description
+        let top: Vec<_> = fields.iter().filter(|(p, _)| !p.contains('.')).collect();
+        for (path, description) in &top {
+            let out = kubectl(&["explain", &format!("trainingjob.spec.{path}")])?;
+            let first = description.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+            ensure!(
+                out.split_whitespace().collect::<Vec<_>>().join(" ").contains(&first),
+                "kubectl explain trainingjob.spec.{path} lacks {first:?}:\n{out}"
+            );
+        }
+        eprintln!("kubectl explain lists and describes all {} fields of the spec ({} top-level pages checked)", fields.len(), top.len());
+        Ok(())
+    })
+    .await;
+}
+
+/// `kubectl get tj -o wide` shows the plan's estimate and the reason beside the default columns.
+#[tokio::test]
+async fn wide_output_shows_the_estimate_and_the_reason() {
+    run("wide-columns", |t: TestContext| async move {
+        install_crds(&t.client).await?;
+        let example = read_objects(&repo_root().join("examples/quickstart-cpu.yaml"))?.remove(0);
+        let api = api_for(&t.client, &example, &t.namespace).await?;
+        let name = example.metadata.name.clone().context("the example has a name")?;
+        api.create(&PostParams::default(), &in_namespace(example, &t.namespace)).await?;
+        let plan = frugal_api::v1alpha1::PlanStatus { estimated_gpu_hours: 1.25, estimated_cost: 3.5, currency: "EUR".into(), ..Default::default() };
+        let status = serde_json::json!({ "status": {
+            "phase": "Queued",
+            "plan": plan,
+            "conditions": [{ "type": "Ready", "status": "False", "reason": "BudgetExhausted", "message": "waiting",
+                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1 }],
+        }});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        let plain = kubectl(&["get", "tj", &name, "-n", &t.namespace])?;
+        let wide = kubectl(&["get", "tj", &name, "-n", &t.namespace, "-o", "wide"])?;
+        ensure!(!plain.contains("EST-COST") && !plain.contains("BudgetExhausted"), "the default columns grew:\n{plain}");
+        for expected in ["EST-GPU-HOURS", "EST-COST", "CURRENCY", "REASON", "1.25", "3.5", "EUR", "BudgetExhausted"] {
+            ensure!(wide.contains(expected), "-o wide lacks {expected:?}:\n{wide}");
+        }
+        eprintln!("{wide}");
+        Ok(())
+    })
+    .await;
+}

@@ -118,3 +118,29 @@ fn the_chart_packages_for_an_oci_registry() -> Result<()> {
     std::fs::remove_dir_all(&out).ok();
     Ok(())
 }
+
+/// The chart claims the Kubernetes it is built and tested against: its `kubeVersion` starts at
+/// the minor the local cluster builds (`e2e/cluster/versions.env`), the kind path runs and the API
+/// types are generated for (k8s-openapi's `v1_*` feature), and helm refuses an older cluster.
+#[test]
+fn the_chart_requires_the_kubernetes_it_is_tested_on() -> Result<()> {
+    let root = frugal_e2e::repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p));
+    let versions = read("e2e/cluster/versions.env")?;
+    let tested = versions.lines().find_map(|l| l.strip_prefix("K8S_VERSION=")).expect("versions.env names K8S_VERSION");
+    let minor: u32 = tested.split('.').nth(1).expect("K8S_VERSION is major.minor.patch").parse()?;
+    let chart_yaml = read("charts/frugal/Chart.yaml")?;
+    let want = format!("kubeVersion: \">=1.{minor}.0-0\"");
+    ensure!(chart_yaml.lines().any(|l| l == want), "charts/frugal/Chart.yaml should say {want} (the local cluster runs {tested})");
+    let kind = read("e2e/kind/run")?;
+    ensure!(kind.contains(&format!("kindest/node:v1.{minor}.")), "e2e/kind/run's default node image is not Kubernetes 1.{minor}");
+    let cargo = read("Cargo.toml")?;
+    ensure!(cargo.contains(&format!("\"v1_{minor}\"")), "k8s-openapi's feature in Cargo.toml is not v1_{minor}");
+    if enabled("chart-kube-version") {
+        let older = format!("1.{}.0", minor - 1);
+        let refused = helm(&["template", "frugal", &chart(), "--kube-version", &older]).expect_err("an older cluster renders");
+        ensure!(refused.to_string().contains("kubeVersion"), "{refused}");
+        helm(&["template", "frugal", &chart(), "--kube-version", tested])?;
+    }
+    Ok(())
+}

@@ -39,6 +39,11 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
     printcolumn(name = "GPU-Hours", type_ = "number", json_path = ".status.cost.gpuHours", description = "GPU-hours spent so far"),
     printcolumn(name = "Cost", type_ = "number", json_path = ".status.cost.cost", description = "Cost spent so far"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // `kubectl get tj -o wide` adds the plan's estimate beside what was spent, and why the job is where it is
+    printcolumn(name = "Est-GPU-Hours", type_ = "number", json_path = ".status.plan.estimatedGpuHours", description = "GPU-hours the plan estimates for the whole run", priority = 1),
+    printcolumn(name = "Est-Cost", type_ = "number", json_path = ".status.plan.estimatedCost", description = "Cost the plan estimates for the whole run", priority = 1),
+    printcolumn(name = "Currency", type_ = "string", json_path = ".status.plan.currency", description = "Currency of the cost figures", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the job is in its phase", priority = 1),
     validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label of at most 40 characters (lower-case letters, digits and '-', starting with a letter): children add suffixes to it; choose a shorter name"),
 )]
