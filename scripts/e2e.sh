@@ -28,8 +28,10 @@ target=${CARGO_TARGET_DIR:-$root/target}
 # The pod runner stands in for the kubelet on kwok's nodes and runs marked pods' commands,
 # such as frugal-trainer, as local processes. The operator tests start
 # `frugal-operator run` themselves, one per test namespace.
-cargo build -p frugal-pod-runner -p frugal-trainer -p frugal-operator
+cargo build -p frugal-pod-runner -p frugal-trainer -p frugal-operator -p kubectl-frugal
 export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
+# the GitOps tests evaluate Argo CD's health scripts and kstatus with it (e2e/tests/gitops.rs)
+export FRUGAL_GITOPS_BIN=$GITOPS_BIN/frugal-gitops
 cargo test -p frugal-e2e --no-run
 
 runner_dir=$(mktemp -d "${TMPDIR:-/tmp}/frugal-pod-runner.XXXXXX")

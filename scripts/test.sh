@@ -11,8 +11,8 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "libtorch: torch $(python -W ignore -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
 
-step "the API and the operator link no libtorch"
-for crate in frugal-api frugal-operator; do
+step "the API, the operator and the kubectl plugin link no libtorch"
+for crate in frugal-api frugal-operator kubectl-frugal; do
   if cargo tree -q -p "$crate" -e normal,build --prefix none | grep -Eq '^(tch|torch-sys) '; then
     echo "error: $crate depends on tch; only frugal-trainer may" >&2
     exit 1

@@ -92,6 +92,27 @@ pub enum Precision {
     Fp16,
 }
 
+impl From<frugal_api::v1alpha1::Precision> for Precision {
+    fn from(p: frugal_api::v1alpha1::Precision) -> Self {
+        use frugal_api::v1alpha1::Precision as Api;
+        match p {
+            Api::Fp32 => Self::Fp32,
+            Api::Bf16 => Self::Bf16,
+            Api::Fp16 => Self::Fp16,
+        }
+    }
+}
+
+impl From<Precision> for frugal_api::v1alpha1::Precision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Fp32 => Self::Fp32,
+            Precision::Bf16 => Self::Bf16,
+            Precision::Fp16 => Self::Fp16,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
     AdamW,

@@ -1,7 +1,7 @@
 //! From the job's own types to a run: a `TrainingJob` manifest (what a user applies) or the
 //! operator's `TrainerConfig` (what a pod is given) becomes a [`RunConfig`].
 
-use crate::config::{DataConfig, DataSource, OptimConfig, OptimizerKind, Precision, RunConfig, Schedule, TrainConfig};
+use crate::config::{DataConfig, DataSource, OptimConfig, OptimizerKind, RunConfig, Schedule, TrainConfig};
 use anyhow::{Context, Result};
 use frugal_api::contract::{TRAINER_CONFIG_VERSION, TrainerConfig};
 use frugal_api::planner::{self, Plan, PlanOptions};
@@ -148,11 +148,7 @@ impl Job {
                 steps: self.plan.steps,
                 batch_size: batch,
                 micro_batch_size,
-                precision: match t.precision {
-                    api::Precision::Fp32 => Precision::Fp32,
-                    api::Precision::Bf16 => Precision::Bf16,
-                    api::Precision::Fp16 => Precision::Fp16,
-                },
+                precision: t.precision.into(),
                 activation_checkpointing: t.activation_checkpointing,
                 optim,
                 seed: t.seed as u64,

@@ -87,7 +87,7 @@ enum Command {
     Report {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// text, json or csv.
+        /// text, markdown, json or csv.
         #[arg(long, default_value = "text")]
         format: String,
     },
@@ -189,7 +189,8 @@ fn run(cli: Cli) -> Result<i32> {
                 "text" => compare::text(&rows),
                 "json" => compare::json(&rows),
                 "csv" => compare::csv(&rows),
-                other => anyhow::bail!("unknown format {other:?} (text, json or csv)"),
+                "markdown" => compare::markdown(&rows),
+                other => anyhow::bail!("unknown format {other:?} (text, markdown, json or csv)"),
             };
             print!("{out}");
             Ok(0)

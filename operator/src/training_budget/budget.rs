@@ -1,4 +1,6 @@
-//! TrainingBudget admission as pure functions over the budget's ledger, its `status.jobs`.
+//! TrainingBudget admission as pure functions over the budget's ledger, its `status.jobs`. Whether
+//! a job may start is `frugal_api::admission::budget::admit` (`kubectl frugal plan` asks it too);
+//! what the ledger then says is decided here.
 //!
 //! A job counted in a budget (it names it in `spec.budget.budgetRef`, or the budget is its
 //! namespace's default) is written into the ledger before any of
@@ -9,15 +11,21 @@
 //! jobs' own passes ([`settle`]) and by the budget's controller ([`refresh`]). The tables in `docs/operator.md` are the tests
 //! below.
 
-use std::time::Duration;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, BudgetPeriod, TrainingBudgetSpec, TrainingBudgetStatus};
+use frugal_api::admission::budget::{self as admission, Refusal, Spent, exhausted, finite_or_zero, this_period};
+use frugal_api::v1alpha1::{BudgetHolder, TrainingBudgetSpec, TrainingBudgetStatus};
+
+pub use frugal_api::admission::budget::{Claim, TooSmall, Wait, price, spent_out, until_next_period};
 
 use crate::conditions::{self, reasons};
+
+// what the tests below use of the moved functions
+#[cfg(test)]
+use frugal_api::admission::budget::{amount, period_start};
+#[cfg(test)]
+use std::time::Duration;
 
 /// What a job asks of its budget this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,43 +37,6 @@ pub enum Demand {
     /// An attempt of it is live (its pods hold GPUs, or Kueue may start them): recorded even past
     /// the limits, because the GPUs are held whatever the ledger says.
     Hold,
-}
-
-/// The job as the ledger sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claim<'a> {
-    pub name: &'a str,
-    pub uid: &'a str,
-    pub gpus: i32,
-    /// The GPU type, for the price of what it spends.
-    pub gpu_type: &'a str,
-    /// status.cost.gpuHours and cost as the operator billed them from the job's pods.
-    pub gpu_hours: f64,
-    pub cost: f64,
-    /// GPU-hours its plan estimates for the whole run (`status.plan.estimatedGpuHours`).
-    pub estimated_gpu_hours: f64,
-}
-
-/// Why a job may not start now; it stays Queued and is looked at again when the budget changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Wait {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// A job that could never fit its budget.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TooSmall {
-    #[error(
-        "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
-    )]
-    Gpus { budget: String, gpus: i32, max: i32 },
-    #[error(
-        "the job needs an estimated {} {unit}, more than the {} {unit} a {period:?} of TrainingBudget {budget:?} allows ({field}), so it could never be admitted: shorten the job (spec.training.duration), raise the budget's {field}, or set the budget's spec.admission to Spend to admit on what is spent only",
-        amount(*need),
-        amount(*limit)
-    )]
-    Period { budget: String, need: f64, limit: f64, unit: String, field: &'static str, period: BudgetPeriod },
 }
 
 /// The outcome of [`settle`].
@@ -85,66 +56,9 @@ pub enum Verdict {
     Refuse(TooSmall),
 }
 
-/// The message of a job whose budget does not exist.
+/// The wait of a job whose budget does not exist.
 pub fn not_found(budget: &str, namespace: &str) -> Wait {
-    Wait {
-        reason: reasons::BUDGET_NOT_FOUND,
-        message: format!(
-            "spec.budget.budgetRef names TrainingBudget {budget:?}, which does not exist in namespace {namespace:?}: create it (examples/budget.yaml shows one) or remove spec.budget.budgetRef; the job waits, Queued, and starts once it exists"
-        ),
-    }
-}
-
-/// Seconds in one accounting period (a month is 30 days).
-pub fn period_seconds(period: BudgetPeriod) -> i64 {
-    match period {
-        BudgetPeriod::Day => 86_400,
-        BudgetPeriod::Week => 7 * 86_400,
-        BudgetPeriod::Month => 30 * 86_400,
-    }
-}
-
-fn at(secs: i64) -> Time {
-    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-/// The start of the period `now` falls in; periods follow one another from `created`.
-pub fn period_start(created: &Time, period: BudgetPeriod, now: &Time) -> Time {
-    let (created, now, len) = (created.0.as_second(), now.0.as_second(), period_seconds(period));
-    at(created + (now - created).max(0) / len * len)
-}
-
-/// When the current period ends, as a delay from `now`.
-pub fn until_next_period(created: &Time, period: BudgetPeriod, now: &Time) -> Duration {
-    let end = period_start(created, period, now).0.as_second() + period_seconds(period);
-    Duration::from_secs((end - now.0.as_second()).max(1) as u64)
-}
-
-/// Price of one GPU-hour of `gpu_type`: the budget's own, else frugal's table, else nothing.
-pub fn price(spec: &TrainingBudgetSpec, gpu_type: &str) -> f64 {
-    spec.prices
-        .iter()
-        .find(|p| p.gpu_type == gpu_type)
-        .map(|p| p.per_gpu_hour)
-        .or_else(|| frugal_api::planner::gpu_type(gpu_type).map(|g| g.usd_per_hour))
-        .unwrap_or(0.0)
-}
-
-fn created(budget: &TrainingBudget) -> Time {
-    budget.metadata.creation_timestamp.clone().unwrap_or_else(|| at(0))
-}
-
-/// The status at the start of a pass: a new period starts with nothing spent. What a holder
-/// reported before stays counted (its `gpuHoursCounted`), so only what comes after counts again.
-fn rolled(budget: &TrainingBudget, now: &Time) -> TrainingBudgetStatus {
-    let mut status = budget.status.clone().unwrap_or_default();
-    let start = period_start(&created(budget), budget.spec.period, now);
-    if status.period_start.as_ref() != Some(&start) {
-        status.period_start = Some(start);
-        status.gpu_hours_spent = 0.0;
-        status.cost_spent = 0.0;
-    }
-    status
+    Wait { reason: reasons::BUDGET_NOT_FOUND, message: admission::not_found(budget, namespace) }
 }
 
 /// Counts what a holder was billed since it was last counted (its job's status.cost, which the
@@ -165,42 +79,6 @@ fn count(status: &mut TrainingBudgetStatus, holder: usize, gpu_hours: f64, cost:
     }
 }
 
-/// Which limit is reached, if any: (reason, what is spent against what).
-fn exhausted(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> Option<(&'static str, String)> {
-    if let Some(limit) = spec.gpu_hours.filter(|l| status.gpu_hours_spent >= *l) {
-        return Some((reasons::GPU_HOURS_SPENT, format!("{:.2} of its {limit} GPU-hours (spec.gpuHours)", status.gpu_hours_spent)));
-    }
-    if let Some(limit) = spec.max_cost.filter(|l| status.cost_spent >= *l) {
-        return Some((reasons::COST_SPENT, format!("{:.2} of its {limit} {} (spec.maxCost)", status.cost_spent, spec.currency)));
-    }
-    None
-}
-
-/// The field of the limit a spent period has reached.
-fn spent_field(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> &'static str {
-    if spec.gpu_hours.is_some_and(|l| status.gpu_hours_spent >= l) { "spec.gpuHours" } else { "spec.maxCost" }
-}
-
-/// When the period after the one `now` falls in begins.
-fn next_period(budget: &TrainingBudget, now: &Time) -> Timestamp {
-    at(now.0.as_second() + until_next_period(&created(budget), budget.spec.period, now).as_secs() as i64).0
-}
-
-/// Why the jobs holding `budget` must stop, if this period's GPU-hours or cost are spent.
-pub fn spent_out(budget: &TrainingBudget, status: &TrainingBudgetStatus, now: &Time) -> Option<Wait> {
-    let spec = &budget.spec;
-    let (_, spent) = exhausted(spec, status)?;
-    let name = budget.metadata.name.clone().unwrap_or_default();
-    let (field, next) = (spent_field(spec, status), next_period(budget, now));
-    Some(Wait {
-        reason: reasons::BUDGET_EXHAUSTED,
-        message: format!(
-            "TrainingBudget {name:?} has spent {spent} this {:?}: the job waits, Queued, and resumes from its checkpoint when the next period begins at {next}, or when the budget's {field} is raised",
-            spec.period
-        ),
-    })
-}
-
 /// Sets what follows from the ledger: GPUs in use, the Exhausted condition, the generation.
 fn summarize(budget: &TrainingBudget, mut status: TrainingBudgetStatus, now: &Time) -> TrainingBudgetStatus {
     let spec = &budget.spec;
@@ -208,7 +86,13 @@ fn summarize(budget: &TrainingBudget, mut status: TrainingBudgetStatus, now: &Ti
     status.gpus_in_use = status.jobs.iter().map(|j| j.gpus).sum();
     let generation = budget.metadata.generation.unwrap_or(0);
     let (state, reason, message) = match exhausted(spec, &status) {
-        Some((reason, spent)) => (true, reason, format!("spent {spent} this {:?}: jobs naming it wait, Queued, until the next period", spec.period)),
+        Some((limit, spent)) => {
+            let reason = match limit {
+                Spent::GpuHours => reasons::GPU_HOURS_SPENT,
+                Spent::Cost => reasons::COST_SPENT,
+            };
+            (true, reason, format!("spent {spent} this {:?}: jobs naming it wait, Queued, until the next period", spec.period))
+        }
         None if status.gpus_in_use >= spec.max_gpus => (
             true,
             reasons::ALL_GPUS_IN_USE,
@@ -253,7 +137,7 @@ fn write_if_changed(budget: &TrainingBudget, status: TrainingBudgetStatus) -> Ve
 /// What the ledger of `budget` must say for `job` given its demand.
 pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) -> Verdict {
     let spec = &budget.spec;
-    let mut status = rolled(budget, now);
+    let mut status = this_period(budget, now);
     // an entry of the same name with another uid is a deleted job's: names are unique
     status.jobs.retain(|h| h.name != job.name || h.uid == job.uid);
     let held = status.jobs.iter().position(|h| h.uid == job.uid);
@@ -275,41 +159,11 @@ pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) 
                 return Verdict::Release(Box::new(summarize(budget, status, now)), w);
             }
         }
-        (Demand::Start, None) => {
-            let name = budget.metadata.name.clone().unwrap_or_default();
-            if job.gpus > spec.max_gpus {
-                return Verdict::Refuse(TooSmall::Gpus { budget: name, gpus: job.gpus, max: spec.max_gpus });
-            }
-            let in_use: i32 = status.jobs.iter().map(|h| h.gpus).sum();
-            if in_use + job.gpus > spec.max_gpus {
-                let holders: Vec<String> = status.jobs.iter().map(|h| format!("{} ({})", h.name, h.gpus)).collect();
-                return Verdict::Wait(Wait {
-                    reason: reasons::BUDGET_EXHAUSTED,
-                    message: format!(
-                        "TrainingBudget {name:?} has {in_use} of its {} GPUs (spec.maxGpus) held by {}; this job needs {}: it starts when enough of them finish, are suspended or are deleted, or raise the budget's spec.maxGpus",
-                        spec.max_gpus,
-                        holders.join(", "),
-                        job.gpus
-                    ),
-                });
-            }
-            if let Some((_, spent)) = exhausted(spec, &status) {
-                let (field, next) = (spent_field(spec, &status), next_period(budget, now));
-                return Verdict::Wait(Wait {
-                    reason: reasons::BUDGET_EXHAUSTED,
-                    message: format!(
-                        "TrainingBudget {name:?} has spent {spent} this {:?}: the job starts when the next period begins at {next}, or raise the budget's {field}",
-                        spec.period
-                    ),
-                });
-            }
-            if spec.admission == BudgetAdmission::LookAhead
-                && let Some(verdict) = look_ahead(budget, &status, job, now)
-            {
-                return verdict;
-            }
-            status.jobs.push(holder(spec, job, now));
-        }
+        (Demand::Start, None) => match admission::admit(budget, &status, job, now) {
+            Ok(()) => status.jobs.push(holder(spec, job, now)),
+            Err(Refusal::Wait(w)) => return Verdict::Wait(w),
+            Err(Refusal::TooSmall(e)) => return Verdict::Refuse(e),
+        },
         (Demand::Hold, None) => status.jobs.push(holder(spec, job, now)),
     }
     write_if_changed(budget, summarize(budget, status, now))
@@ -330,67 +184,6 @@ fn holder(spec: &TrainingBudgetSpec, job: &Claim, now: &Time) -> BudgetHolder {
     }
 }
 
-/// GPU-hours or money for a message: two decimals, or three significant digits below 1 (a small
-/// job's estimate is a few thousandths of a GPU-hour).
-pub fn amount(v: f64) -> String {
-    if v == 0.0 || v.abs() >= 1.0 || !v.is_finite() {
-        return format!("{v:.2}");
-    }
-    let digits = (2 - v.abs().log10().floor() as i32).max(2) as usize;
-    format!("{v:.digits$}")
-}
-
-fn finite_or_zero(v: f64) -> f64 {
-    if v.is_finite() { v.max(0.0) } else { 0.0 }
-}
-
-/// What the jobs holding the budget are still estimated to spend: (GPU-hours, cost), each
-/// holder's estimate less what it has already been counted for.
-fn held_back(status: &TrainingBudgetStatus) -> (f64, f64) {
-    status.jobs.iter().fold((0.0, 0.0), |(hours, cost), h| {
-        let left = (h.estimated_gpu_hours - h.gpu_hours_counted).max(0.0);
-        let share = if h.estimated_gpu_hours > 0.0 { left / h.estimated_gpu_hours } else { 0.0 };
-        (hours + left, cost + h.estimated_cost * share)
-    })
-}
-
-/// Look-ahead admission: whether the job's estimated GPU-hours and cost fit what is left this
-/// period after what the holders are still estimated to spend. `None` when they fit.
-fn look_ahead(budget: &TrainingBudget, status: &TrainingBudgetStatus, job: &Claim, now: &Time) -> Option<Verdict> {
-    let spec = &budget.spec;
-    let name = budget.metadata.name.clone().unwrap_or_default();
-    // a job admitted before (and released, say while suspended) needs what it has not spent yet
-    let need_hours = (finite_or_zero(job.estimated_gpu_hours) - finite_or_zero(job.gpu_hours)).max(0.0);
-    let (held_hours, held_cost) = held_back(status);
-    let limits = [
-        (spec.gpu_hours, need_hours, status.gpu_hours_spent, held_hours, "GPU-hours".to_string(), "spec.gpuHours"),
-        (spec.max_cost, need_hours * price(spec, job.gpu_type), status.cost_spent, held_cost, spec.currency.clone(), "spec.maxCost"),
-    ];
-    for (limit, need, spent, held, unit, field) in limits {
-        let Some(limit) = limit else { continue };
-        if need > limit {
-            return Some(Verdict::Refuse(TooSmall::Period { budget: name, need, limit, unit, field, period: spec.period }));
-        }
-        let left = (limit - spent - held).max(0.0);
-        if need > left {
-            let next = next_period(budget, now);
-            return Some(Verdict::Wait(Wait {
-                reason: reasons::BUDGET_EXHAUSTED,
-                message: format!(
-                    "the job needs an estimated {} {unit}; TrainingBudget {name:?} has {} left this {:?} ({} in {field}, {} spent, {} held back for the jobs it admitted): it starts when they finish under their estimates or the next period begins at {next}, or raise the budget's {field}, or set its spec.admission to Spend to admit on what is spent only",
-                    amount(need),
-                    amount(left),
-                    spec.period,
-                    amount(limit),
-                    amount(spent),
-                    amount(held),
-                ),
-            }));
-        }
-    }
-    None
-}
-
 /// A holder's job as the budget's controller finds it in the cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Holder {
@@ -407,7 +200,7 @@ pub struct Holder {
 /// (or finished, or name another budget), starts a new period when one is due, and sets the
 /// Exhausted condition. `job` finds a holder's TrainingJob by name.
 pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, now: &Time) -> Verdict {
-    let mut status = rolled(budget, now);
+    let mut status = this_period(budget, now);
     let mut i = 0;
     while i < status.jobs.len() {
         let found = job(&status.jobs[i].name).filter(|h| h.uid == status.jobs[i].uid);
@@ -432,3 +225,25 @@ pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, no
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod reasons_agree {
+    /// The reasons the API crate's admission decides are the operator's own.
+    #[test]
+    fn the_api_crates_reasons_are_the_operators() {
+        use crate::conditions::reasons as operator;
+        use frugal_api::admission::reasons as api;
+        let pairs = [
+            (api::PLAN_FAILED, operator::PLAN_FAILED),
+            (api::GPU_MEMORY_EXCEEDED, operator::GPU_MEMORY_EXCEEDED),
+            (api::GPU_LIMIT_EXCEEDED, operator::GPU_LIMIT_EXCEEDED),
+            (api::BUDGET_TOO_SMALL, operator::BUDGET_TOO_SMALL),
+            (api::BUDGET_NOT_ALLOWED, operator::BUDGET_NOT_ALLOWED),
+            (api::BUDGET_EXHAUSTED, operator::BUDGET_EXHAUSTED),
+            (api::BUDGET_NOT_FOUND, operator::BUDGET_NOT_FOUND),
+        ];
+        for (api, operator) in pairs {
+            assert_eq!(api, operator);
+        }
+    }
+}

@@ -64,11 +64,7 @@ pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// The default budget of `namespace`: the oldest of its budgets with spec.namespaceDefault (by
 /// creation time, then name).
 pub fn namespace_default(namespace: &str, budgets: &[Arc<TrainingBudget>]) -> Option<String> {
-    budgets
-        .iter()
-        .filter(|b| b.spec.namespace_default && b.namespace().as_deref() == Some(namespace) && b.metadata.deletion_timestamp.is_none())
-        .min_by_key(|b| (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
-        .map(|b| b.name_any())
+    frugal_api::admission::namespace_default(namespace, budgets.iter().map(|b| b.as_ref()))
 }
 
 /// The budget a job is counted in: its namespace's default if there is one (a job that names

@@ -8,6 +8,7 @@
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use frugal_api::TrainingJob;
+use frugal_api::admission::{self, GpuLimit, NotTheDefaultBudget};
 use frugal_api::v1alpha1::{CostStatus, Phase};
 
 use super::lifecycle::{Action, Decision};
@@ -19,8 +20,8 @@ use crate::training_budget::budget::{Claim, Demand, TooSmall};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmitError {
-    #[error("the job needs {gpus} GPUs ({stages} pipeline stages), above {limit}: lower spec.parallelism.pipelineStages{raise}")]
-    GpuLimit { gpus: i64, stages: i32, limit: String, raise: &'static str },
+    #[error(transparent)]
+    GpuLimit(#[from] GpuLimit),
     #[error("spec.checkpoint.claimName {claim:?} does not exist yet; the job's {pods} pods start once it does")]
     ClaimMissing { claim: String, pods: i64 },
     #[error(transparent)]
@@ -29,20 +30,18 @@ pub enum AdmitError {
         "spec.checkpoint.claimName {claim:?} is not ReadWriteMany, but the job's {pods} pods all write checkpoints to it: use a ReadWriteMany claim, or one pod (spec.parallelism.gpusPerPod = pipelineStages)"
     )]
     ClaimNotShared { claim: String, pods: i64 },
-    #[error(
-        "namespace {namespace:?} has the default TrainingBudget {default:?} (spec.namespaceDefault), which every job there is counted in, but spec.budget.budgetRef names {named:?}: remove spec.budget.budgetRef or set it to {default:?}"
-    )]
-    NotTheDefaultBudget { namespace: String, default: String, named: String },
+    #[error(transparent)]
+    NotTheDefaultBudget(#[from] NotTheDefaultBudget),
 }
 
 impl AdmitError {
     /// Reason of a permanent admission error; a missing claim is waited for.
     pub fn permanent_reason(&self) -> Option<&'static str> {
         match self {
-            Self::GpuLimit { .. } => Some(reasons::GPU_LIMIT_EXCEEDED),
+            Self::GpuLimit(_) => Some(reasons::GPU_LIMIT_EXCEEDED),
             Self::ClaimNotShared { .. } => Some(reasons::CHECKPOINT_NOT_SHARED),
             Self::BudgetTooSmall(_) => Some(reasons::BUDGET_TOO_SMALL),
-            Self::NotTheDefaultBudget { .. } => Some(reasons::BUDGET_NOT_ALLOWED),
+            Self::NotTheDefaultBudget(_) => Some(reasons::BUDGET_NOT_ALLOWED),
             Self::ClaimMissing { .. } => None,
         }
     }
@@ -63,16 +62,8 @@ pub fn claim_to_check(job: &PlannedJob) -> Option<&str> {
 
 /// Admits a job; `claim` is the claim [`claim_to_check`] named, as read from the cluster.
 pub fn admit(job: &PlannedJob, settings: &Settings, claim: Option<&PersistentVolumeClaim>) -> Result<(), AdmitError> {
-    let gpus = job.plan.gpus;
-    let own = job.valid.spec.budget.max_gpus;
-    let ceiling = settings.max_gpus_per_job;
-    let (limit, raise) = match own {
-        Some(own) if own < ceiling => (format!("its budget.maxGpus of {own}"), " or raise spec.budget.maxGpus"),
-        _ => (format!("the operator's limit of {ceiling} GPUs per job (its --max-gpus-per-job setting)"), ""),
-    };
-    if gpus > i64::from(own.unwrap_or(ceiling).min(ceiling)) {
-        return Err(AdmitError::GpuLimit { gpus, stages: job.valid.spec.parallelism.pipeline_stages, limit, raise });
-    }
+    let spec = &job.valid.spec;
+    admission::within_gpu_limit(job.plan.gpus, spec.parallelism.pipeline_stages, spec.budget.max_gpus, Some(settings.max_gpus_per_job))?;
     if let Some(name) = claim_to_check(job) {
         let pods = job.plan.pods;
         let claim = claim.ok_or_else(|| AdmitError::ClaimMissing { claim: name.into(), pods })?;

@@ -1,13 +1,13 @@
 //! The plan stage: the planner's estimate for a valid job, the trainer configuration rendered from
-//! it, and the one plan result that is a permanent error: stages that cannot fit their GPU.
+//! it, and the one plan result that is a permanent error: stages that cannot fit their GPU
+//! (`frugal_api::admission::fits_gpu`).
 
+use frugal_api::admission::{self, GpuMemory};
 use frugal_api::contract::{JobRef, TrainerConfig};
 use frugal_api::planner::{self, Plan, PlanError, PlanOptions};
 
 use super::validate::ValidJob;
 use crate::conditions::reasons;
-
-const GIB: f64 = (1u64 << 30) as f64;
 
 /// A valid job with its plan and its rendered trainer configuration.
 #[derive(Debug, Clone)]
@@ -22,17 +22,15 @@ pub struct PlannedJob {
 pub enum PlanStageError {
     #[error("{0}")]
     Plan(String),
-    #[error(
-        "planned memory of {planned:.1} GiB per GPU exceeds the {gpu} GPU's {available:.1} GiB: set spec.training.activationCheckpointing: true, raise spec.parallelism.pipelineStages or spec.parallelism.microBatches, or choose a larger spec.resources.gpuType"
-    )]
-    GpuMemory { planned: f64, gpu: String, available: f64 },
+    #[error(transparent)]
+    GpuMemory(#[from] GpuMemory),
 }
 
 impl PlanStageError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Plan(_) => reasons::PLAN_FAILED,
-            Self::GpuMemory { .. } => reasons::GPU_MEMORY_EXCEEDED,
+            Self::GpuMemory(_) => reasons::GPU_MEMORY_EXCEEDED,
         }
     }
 }
@@ -45,13 +43,7 @@ impl From<PlanError> for PlanStageError {
 
 pub fn plan(valid: &ValidJob, options: &PlanOptions) -> Result<PlannedJob, PlanStageError> {
     let plan = planner::plan(&valid.spec, options)?;
-    if !plan.fits() {
-        return Err(PlanStageError::GpuMemory {
-            planned: plan.memory_per_device_bytes as f64 / GIB,
-            gpu: valid.spec.resources.gpu_type.clone(),
-            available: plan.gpu_memory_bytes as f64 / GIB,
-        });
-    }
+    admission::fits_gpu(&plan, &valid.spec.resources.gpu_type)?;
     let job =
         JobRef { namespace: valid.names.namespace.clone(), name: valid.names.job.clone(), uid: valid.uid.clone(), generation: valid.generation };
     let trainer_config = TrainerConfig::render(job, &valid.spec).map_err(|e| PlanStageError::Plan(e.to_string()))?.to_yaml();

@@ -310,26 +310,6 @@ pub fn config_hash(cfg: &crate::config::RunConfig, evaluation: &EvalConfig) -> S
     hex::encode(Sha256::digest(text))
 }
 
-/// The model in a few words, for tables.
-pub fn describe_model(m: &crate::config::ModelConfig, precision: &crate::config::Precision) -> String {
-    let ffn = match &m.moe {
-        Some(e) => format!(
-            "MoE {}x{} top-{}{}",
-            e.experts,
-            e.expert_hidden,
-            e.top_k,
-            if e.shared_experts > 0 { format!("+{}", e.shared_experts) } else { String::new() }
-        ),
-        None => "dense".into(),
-    };
-    let attn = match m.attention {
-        crate::config::AttentionPattern::Dense => String::new(),
-        crate::config::AttentionPattern::SlidingWindow { window } => format!(" sw{window}"),
-        crate::config::AttentionPattern::BlockSparse { .. } => " block-sparse".into(),
-    };
-    format!("{}L/{}d/{}h {ffn}{attn} {:?}", m.layers, m.d_model, m.heads, precision).to_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

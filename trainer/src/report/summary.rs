@@ -131,14 +131,4 @@ impl Summary {
 }
 
 /// A count in a few characters: 1.25M, 3.4K.
-pub fn human(x: f64) -> String {
-    if x >= 1e9 {
-        format!("{:.2}B", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}K", x / 1e3)
-    } else {
-        format!("{x}")
-    }
-}
+pub use frugal_api::report::human;

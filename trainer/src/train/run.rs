@@ -10,7 +10,7 @@
 //! the [`Summary`].
 
 use crate::config::RunConfig;
-use crate::eval::{self, EvalConfig, TargetTracker};
+use crate::eval::{EvalConfig, TargetTracker};
 use crate::job::Job;
 use crate::report::event::{self, RunEvent};
 use crate::report::metrics::{Metrics, StepGauges};
@@ -271,7 +271,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         stopped_by: stopped.said().into(),
         checkpoint: last_checkpoint.map(|p| p.display().to_string()),
         reason: format!("{stopped:?}"),
-        model: eval::describe_model(&cfg.model, &cfg.train.precision),
+        model: frugal_api::report::describe_model(&cfg.model, cfg.train.precision.into()),
         gpus,
         device_hours,
         cost: device_hours * s.evaluation.price_per_gpu_hour,

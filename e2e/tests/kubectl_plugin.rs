@@ -1,0 +1,296 @@
+//! `kubectl frugal` against the test cluster: the built `kubectl-frugal` binary, and the same
+//! through kubectl's plugin lookup (`kubectl frugal ...` with the binary's directory on PATH), on
+//! statuses the operator wrote for jobs it ran: a CPU job the pod runner trains for real to
+//! Succeeded with its quality figures, and fake-GPU jobs on kwok's nodes under a TrainingBudget,
+//! one holding it and one waiting for it. `report` rows and the baseline's ratios are checked
+//! against the statuses, `budget` against the ledger, and `plan` exits 1 naming the reason for a
+//! job its budget is too small for or whose memory does not fit, 0 for one that fits.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt as _};
+
+use frugal_api::v1alpha1::{EvalSet, EvalSetType, Phase};
+use frugal_api::{TrainingBudget, TrainingJob};
+use frugal_e2e::operator::Operator;
+use frugal_e2e::training_job::{apply, condition, cpu_job, fake_gpu_job, finish_pod, finished_within, job_where, phase, run_ending_pods};
+use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, wait};
+
+/// The plugin: `FRUGAL_KUBECTL_FRUGAL_BIN`, else the one `cargo build -p kubectl-frugal` put
+/// beside this test binary's profile directory.
+fn plugin() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("FRUGAL_KUBECTL_FRUGAL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().and_then(|deps| deps.parent()).map(|profile| profile.join("kubectl-frugal")).context("locating the target directory")?;
+    ensure!(path.exists(), "{} does not exist: run `cargo build -p kubectl-frugal` first, or set FRUGAL_KUBECTL_FRUGAL_BIN", path.display());
+    Ok(path)
+}
+
+/// What a command printed and how it exited.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn of(what: &str, output: Output) -> Self {
+        let ran = Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into(),
+            stderr: String::from_utf8_lossy(&output.stderr).into(),
+        };
+        // the output as the docs show it
+        eprintln!("$ {what}  # exit {}\n{}{}", ran.code, ran.stdout, ran.stderr);
+        ran
+    }
+}
+
+/// `kubectl-frugal <args> -n <namespace>`.
+async fn kubectl_frugal(ctx: &TestContext, args: &[&str]) -> Result<Ran> {
+    let output = tokio::process::Command::new(plugin()?).args(args).args(["-n", &ctx.namespace]).output().await?;
+    Ok(Ran::of(&format!("kubectl-frugal {}", args.join(" ")), output))
+}
+
+/// `kubectl frugal <args> -n <namespace>`, kubectl finding the plugin on PATH.
+async fn through_kubectl(ctx: &TestContext, args: &[&str]) -> Result<Ran> {
+    let dir = plugin()?.parent().context("the plugin's directory")?.to_path_buf();
+    let path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())))?;
+    let output = tokio::process::Command::new("kubectl").arg("frugal").args(args).args(["-n", &ctx.namespace]).env("PATH", path).output().await?;
+    Ok(Ran::of(&format!("kubectl frugal {}", args.join(" ")), output))
+}
+
+fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {
+    serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, period: Day}}\n"
+    ))
+    .expect("the test budget parses")
+}
+
+/// A fake-GPU job of `gpus` GPUs in one pod, counted in `budget`.
+fn gpu_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
+    let mut tj = fake_gpu_job(name, gpus, gpus);
+    tj.spec.budget.budget_ref = Some(budget.into());
+    tj
+}
+
+/// A manifest file for `plan`, written in `dir`.
+fn manifest(dir: &Path, name: &str, yaml: &str) -> Result<String> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, format!("apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n{yaml}"))?;
+    Ok(path.display().to_string())
+}
+
+const SMALL_MODEL: &str = "  model: {type: Custom, custom: {layers: 8, dModel: 64, heads: 4, seqLen: 32}}\n  data: {source: {type: Synthetic}}\n";
+
+async fn running_pod(ctx: &TestContext, job: &str) -> Result<k8s_openapi::api::core::v1::Pod> {
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt=1");
+    wait::for_any(
+        &ctx.api::<k8s_openapi::api::core::v1::Pod>(),
+        watcher::Config::default().labels(&selector),
+        &format!("the pod of {job} Running"),
+        |p| frugal_e2e::fixtures::phase(p) == "Running",
+    )
+    .await
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[tokio::test]
+async fn kubectl_frugal_plans_reports_and_shows_budgets() {
+    run_ending_pods("kubectl-plugin", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--max-gpus-per-job", "8"])?;
+        let budgets: Api<TrainingBudget> = ctx.api();
+        budgets.patch("team", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&training_budget("team", 4))).await?;
+
+        // a CPU job the pod runner trains, evaluated on a cloze set at its end
+        let mut cpu = cpu_job("cpu", 30, None, 1);
+        cpu.spec.data.eval_sets = vec![EvalSet { name: "cloze".into(), type_: EvalSetType::Cloze, path: None, max_examples: Some(16) }];
+        apply(&ctx, &cpu).await?;
+        // one fake-GPU job holds the budget's 4 GPUs, the next waits for them
+        apply(&ctx, &gpu_job("first", 4, "team")).await?;
+        let first_pod = running_pod(&ctx, "first").await?;
+        apply(&ctx, &gpu_job("second", 4, "team")).await?;
+        job_where(&ctx, "second", "second Queued with reason BudgetExhausted", |tj| {
+            phase(tj) == Some(Phase::Queued) && condition(tj, "Queued").is_some_and(|c| c.reason == "BudgetExhausted")
+        })
+        .await?;
+        wait::for_object(&budgets, "team", "team's ledger holding first", |b: Option<&TrainingBudget>| {
+            b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.jobs.iter().any(|h| h.name == "first"))
+        })
+        .await?;
+
+        // budget: the holder, the waiter and why
+        let out = kubectl_frugal(&ctx, &["budget"]).await?;
+        ensure!(out.code == 0, "budget exited {}: {}", out.code, out.stderr);
+        ensure!(out.stdout.starts_with(&format!("TrainingBudget {}/team\n", ctx.namespace)), "{}", out.stdout);
+        ensure!(out.stdout.contains("  GPUs       4 of 4 in use\n"), "{}", out.stdout);
+        ensure!(out.stdout.contains("    first  4     "), "no holder line: {}", out.stdout);
+        ensure!(
+            out.stdout.contains("    second (4 GPUs): BudgetExhausted: TrainingBudget \"team\" has 4 of its 4 GPUs (spec.maxGpus) held by first (4)"),
+            "no waiter line: {}",
+            out.stdout
+        );
+        let json = through_kubectl(&ctx, &["budget", "-o", "json"]).await?;
+        ensure!(json.code == 0, "kubectl frugal budget exited {}: {}", json.code, json.stderr);
+        let ledgers: serde_json::Value = serde_json::from_str(&json.stdout)?;
+        let team = &ledgers[0];
+        ensure!(team["holders"][0]["name"] == "first" && team["holders"][0]["gpus"] == 4, "{team}");
+        ensure!(team["waiting"][0]["name"] == "second" && team["waiting"][0]["reason"] == "BudgetExhausted", "{team}");
+        ensure!(team["exhausted"]["reason"] == "AllGpusInUse" && team["gpusInUse"] == 4, "{team}");
+
+        // plan: refused by the budget, by memory and by the CRD's rules; admitted, or admitted to wait
+        let dir = std::env::temp_dir().join(format!("kubectl-plugin-{}", ctx.namespace));
+        std::fs::create_dir_all(&dir)?;
+        let resources = "  resources: {nodeSelector: {type: kwok}}\n";
+        let huge = manifest(&dir, "huge", &format!("{SMALL_MODEL}  parallelism: {{pipelineStages: 8, gpusPerPod: 4, microBatches: 8}}\n  training: {{batchSize: 16}}\n  budget: {{budgetRef: team}}\n{resources}"))?;
+        let out = kubectl_frugal(&ctx, &["plan", &huge]).await?;
+        ensure!(out.code == 1, "a job its budget is too small for: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        ensure!(
+            out.stdout.contains("refused: BudgetTooSmall (TrainingBudget): the job needs 8 GPUs, above the spec.maxGpus of 4 of TrainingBudget \"team\""),
+            "{}",
+            out.stdout
+        );
+        let big = manifest(
+            &dir,
+            "big",
+            "  model: {type: Custom, custom: {layers: 48, dModel: 8192, heads: 64, seqLen: 4096}}\n  data: {source: {type: Synthetic}}\n  resources: {gpuType: nvidia-t4-16gb}\n",
+        )?;
+        let out = through_kubectl(&ctx, &["plan", &big]).await?;
+        ensure!(out.code == 1, "a job whose memory does not fit: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        ensure!(out.stdout.contains("refused: GpuMemoryExceeded (GPU memory): planned memory of"), "{}", out.stdout);
+        ensure!(out.stdout.contains("set spec.training.activationCheckpointing: true"), "{}", out.stdout);
+        let invalid = manifest(&dir, "invalid", &format!("{SMALL_MODEL}  budget: {{maxGpus: 0}}\n{resources}"))?;
+        let out = kubectl_frugal(&ctx, &["plan", &invalid]).await?;
+        ensure!(out.code == 1, "a job the CRD's rules refuse: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        ensure!(out.stdout.contains("(API server)") && out.stdout.contains("budget.maxGpus must be at least 1"), "{}", out.stdout);
+        let unknown = manifest(&dir, "unknown", &format!("{SMALL_MODEL}  resources: {{nodeSelector: {{type: kwok}}, env: []}}\n"))?;
+        let out = kubectl_frugal(&ctx, &["plan", &unknown]).await?;
+        ensure!(out.code == 1, "a field the CRD does not have: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        ensure!(out.stdout.contains(".spec.resources.env: field not declared in schema"), "{}", out.stdout);
+        let fits = manifest(&dir, "fits", &format!("{SMALL_MODEL}{resources}"))?;
+        let out = kubectl_frugal(&ctx, &["plan", &fits]).await?;
+        ensure!(out.code == 0, "a job that fits: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        ensure!(out.stdout.ends_with("\nadmitted\n"), "{}", out.stdout);
+        let waits = manifest(&dir, "waits", &format!("{SMALL_MODEL}  budget: {{budgetRef: team}}\n{resources}"))?;
+        let out = through_kubectl(&ctx, &["plan", &waits, "-o", "json"]).await?;
+        ensure!(out.code == 0, "a job that fits but waits: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        let planned: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        let budget_check = planned["checks"].as_array().and_then(|c| c.iter().find(|c| c["check"] == "TrainingBudget").cloned()).unwrap_or_default();
+        ensure!(budget_check["outcome"] == "note" && budget_check["reason"] == "BudgetExhausted", "{planned}");
+        ensure!(planned["refused"] == false && planned["plan"]["gpus"] == 1, "{planned}");
+        let fetched: Api<TrainingJob> = ctx.api();
+        ensure!(fetched.get_opt("fits").await?.is_none(), "plan applied the job: a dry run creates nothing");
+
+        // the CPU job trains to the end; the first job's pod ends and the second starts
+        let cpu = finished_within(&ctx, "cpu", Duration::from_secs(300)).await?;
+        ensure!(phase(&cpu) == Some(Phase::Succeeded), "the CPU job ended {:?}", cpu.status);
+        ensure!(cpu.status.as_ref().and_then(|s| s.quality.as_ref()).is_some_and(|q| q.perplexity.is_some()), "no quality: {:?}", cpu.status);
+        finish_pod(&ctx, &first_pod.name_any()).await?;
+        job_where(&ctx, "first", "first Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        job_where(&ctx, "second", "second Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+
+        // report: rows from the statuses, and the ratios against the baseline
+        let out = kubectl_frugal(&ctx, &["report", "--baseline", "first", "-o", "json"]).await?;
+        ensure!(out.code == 0, "report exited {}: {}", out.code, out.stderr);
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        let jobs = fetched.list(&ListParams::default()).await?.items;
+        check_rows(&rows, &jobs)?;
+        let text = through_kubectl(&ctx, &["report", "--baseline", "first"]).await?;
+        ensure!(text.code == 0, "kubectl frugal report exited {}: {}", text.code, text.stderr);
+        ensure!(text.stdout.starts_with("job     phase      model"), "{}", text.stdout);
+        let (_, against) = text.stdout.split_once("\nagainst first:\n").with_context(|| format!("no ratios table:\n{}", text.stdout))?;
+        let header: Vec<&str> = against.lines().next().unwrap_or_default().split_whitespace().collect();
+        ensure!(header == ["job", "FLOPs", "GPU-h", "cost", "params", "active", "ppl", "bits/byte", "Δ", "zero-shot", "Δ"], "{against}");
+        let itself: Vec<&str> = against.lines().find(|l| l.starts_with("first ")).unwrap_or_default().split_whitespace().collect();
+        ensure!(itself == ["first", "1.00×", "1.00×", "1.00×", "1.00×", "1.00×", "-", "-", "-"], "first against itself: {itself:?}");
+        let csv = kubectl_frugal(&ctx, &["report", "-o", "csv"]).await?;
+        ensure!(csv.stdout.lines().count() == 1 + jobs.len() && csv.stdout.lines().next().unwrap_or_default().ends_with(",phase"), "{}", csv.stdout);
+        let markdown = kubectl_frugal(&ctx, &["report", "-o", "markdown"]).await?;
+        ensure!(markdown.stdout.starts_with("| job | phase | model |"), "{}", markdown.stdout);
+
+        // errors name what to fix
+        let missing = kubectl_frugal(&ctx, &["report", "--baseline", "nope"]).await?;
+        ensure!(missing.code == 2 && missing.stderr.contains("--baseline \"nope\": no TrainingJob of that name in namespace"), "{}", missing.stderr);
+        let no_config = tokio::process::Command::new(plugin()?)
+            .args(["report"])
+            .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+            .env("HOME", &dir)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .await?;
+        let no_config = Ran::of("KUBECONFIG=missing kubectl-frugal report", no_config);
+        ensure!(no_config.code == 2 && no_config.stderr.contains("point KUBECONFIG at a kubeconfig"), "{}", no_config.stderr);
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    })
+    .await;
+}
+
+/// Each row of `kubectl frugal report --baseline first -o json` against the TrainingJobs'
+/// statuses, and its ratios against `first`'s.
+fn check_rows(rows: &serde_json::Value, jobs: &[TrainingJob]) -> Result<()> {
+    let rows = rows.as_array().context("the report is a JSON array")?;
+    ensure!(rows.len() == jobs.len(), "{} rows for {} jobs", rows.len(), jobs.len());
+    let status = |name: &str| jobs.iter().find(|j| j.name_any() == name).and_then(|j| j.status.clone()).unwrap_or_default();
+    let flops = |s: &frugal_api::v1alpha1::TrainingJobStatus| {
+        let plan = s.plan.as_ref().expect("planned");
+        match s.progress.as_ref().filter(|p| p.tokens > 0) {
+            Some(p) => plan.flops_per_token * p.tokens as f64,
+            None => plan.total_flops,
+        }
+    };
+    let base = status("first");
+    let base_plan = base.plan.clone().context("first has a plan")?;
+    for row in rows {
+        let name = row["job"].as_str().context("a job name")?;
+        let s = status(name);
+        let plan = s.plan.as_ref().with_context(|| format!("{name} has a plan"))?;
+        ensure!(row["phase"] == format!("{:?}", s.phase.context("a phase")?), "{name}: phase {}", row["phase"]);
+        ensure!(row["paramsTotal"] == plan.parameters && row["paramsActive"] == plan.active_parameters, "{name}: {row}");
+        ensure!(row["gpus"] == plan.gpus, "{name}: GPUs {}", row["gpus"]);
+        ensure!(row["flops"].as_f64().is_some_and(|f| close(f, flops(&s))), "{name}: FLOPs {} against {}", row["flops"], flops(&s));
+        let quality = s.quality.as_ref();
+        ensure!(row["perplexity"].as_f64() == quality.and_then(|q| q.perplexity), "{name}: perplexity {}", row["perplexity"]);
+        ensure!(row["bitsPerByte"].as_f64() == quality.and_then(|q| q.bits_per_byte), "{name}: bits/byte {}", row["bitsPerByte"]);
+        let ratios = &row["vsBaseline"];
+        ensure!(
+            ratios["flops"].as_f64().is_some_and(|r| close(r, flops(&s) / flops(&base))),
+            "{name}: FLOPs ratio {} against {}",
+            ratios["flops"],
+            flops(&s) / flops(&base)
+        );
+        ensure!(ratios["paramsTotal"].as_f64().is_some_and(|r| close(r, plan.parameters as f64 / base_plan.parameters as f64)), "{name}: {ratios}");
+        let finished = |s: &frugal_api::v1alpha1::TrainingJobStatus| s.phase == Some(Phase::Succeeded);
+        if finished(&s) && finished(&base) {
+            // final bills: the ratio of what the statuses say
+            let (hours, base_hours) = (s.cost.as_ref().map_or(0.0, |c| c.gpu_hours), base.cost.as_ref().map_or(0.0, |c| c.gpu_hours));
+            ensure!(base_hours > 0.0, "first was billed no GPU-hours: {:?}", base.cost);
+            ensure!(ratios["gpuHours"].as_f64().is_some_and(|r| close(r, hours / base_hours)), "{name}: GPU-hours ratio {}", ratios["gpuHours"]);
+        }
+        match name {
+            "cpu" => {
+                let q = quality.context("the CPU job's quality")?;
+                ensure!(row["zeroShotAccuracy"].as_f64() == q.zero_shot.first().map(|z| z.accuracy), "cpu: zero-shot {}", row["zeroShotAccuracy"]);
+                ensure!(row["tokensPerSecond"].as_f64().is_some_and(|t| t > 0.0), "cpu: tokens/s {}", row["tokensPerSecond"]);
+                ensure!(row["gpus"] == 0, "cpu: GPUs {}", row["gpus"]);
+                // first has no quality (kwok runs no trainer): no ratio, not a made-up one
+                ensure!(ratios["perplexity"].is_null() && ratios["bitsPerByteDelta"].is_null(), "cpu: {ratios}");
+            }
+            "first" => ensure!(ratios["flops"] == 1.0 && ratios["gpuHours"] == 1.0 && ratios["cost"] == 1.0, "first against itself: {ratios}"),
+            "second" => {}
+            other => bail!("an unexpected job {other}"),
+        }
+    }
+    Ok(())
+}

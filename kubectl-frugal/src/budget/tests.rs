@@ -1,0 +1,99 @@
+use super::*;
+use frugal_api::v1alpha1::TrainingBudgetStatus;
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
+}
+
+fn training_budget(name: &str, default: bool) -> TrainingBudget {
+    let mut b: TrainingBudget = serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}, namespace: ml}}\nspec: {{maxGpus: 4, gpuHours: 100, period: Day, namespaceDefault: {default}}}\n"
+    ))
+    .unwrap();
+    b.metadata.creation_timestamp = Some(t(0));
+    b.status = Some(TrainingBudgetStatus {
+        gpus_in_use: 4,
+        gpu_hours_spent: 1.5,
+        cost_spent: 3.75,
+        period_start: Some(t(0)),
+        jobs: vec![BudgetHolder {
+            name: "first".into(),
+            uid: "u1".into(),
+            gpus: 4,
+            gpu_hours_counted: 1.5,
+            cost_counted: 3.75,
+            admitted_at: Some(t(10)),
+            estimated_gpu_hours: 2.0,
+            estimated_cost: 5.0,
+        }],
+        conditions: vec![Condition {
+            type_: "Exhausted".into(),
+            status: "True".into(),
+            reason: "AllGpusInUse".into(),
+            message: "4 of its 4 GPUs (spec.maxGpus) are held".into(),
+            last_transition_time: t(10),
+            observed_generation: Some(1),
+        }],
+        ..Default::default()
+    });
+    b
+}
+
+/// A job in `ml` naming `budget` (if any), Queued with `reason` (if any).
+fn job(name: &str, budget: Option<&str>, queued: Option<&str>) -> TrainingJob {
+    let budget = budget.map_or(String::new(), |b| format!("  budget: {{budgetRef: {b}}}\n"));
+    let status = queued.map_or("status: {phase: Running}\n".to_string(), |reason| {
+        format!("status:\n  phase: Queued\n  plan: {{model: {{layers: 1, dModel: 8, heads: 1, seqLen: 8, vocabSize: 8, ffnHidden: 32, moeLayers: 0}}, parameters: 1, activeParameters: 1, tokens: 1, steps: 1, gpus: 4, pods: 1, memoryPerGpuBytes: 1, gpuMemoryBytes: 1, currency: USD}}\n  conditions: [{{type: Queued, status: \"True\", reason: {reason}, message: \"waits for team\", lastTransitionTime: \"2026-12-02T03:00:00Z\"}}]\n")
+    });
+    serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: ml}}\nspec:\n  model: {{type: Preset, preset: tiny}}\n  data: {{source: {{type: Synthetic}}}}\n{budget}{status}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_ledger_lists_holders_and_the_jobs_waiting_for_this_budget() {
+    let team = training_budget("team", false);
+    let jobs = [
+        job("first", Some("team"), None),
+        job("second", Some("team"), Some("BudgetExhausted")),
+        job("elsewhere", Some("other"), Some("BudgetNotFound")),
+        job("unbudgeted", None, Some("Queued")),
+    ];
+    let l = ledger(&team, std::slice::from_ref(&team), &jobs, &t(60));
+    assert_eq!((l.name.as_str(), l.namespace_default, l.gpus_in_use), ("team", false, 4));
+    assert_eq!((l.gpu_hours_spent, l.cost_spent), (1.5, 3.75));
+    assert_eq!(l.holders.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["first"]);
+    assert_eq!(l.waiting, [Waiter { name: "second".into(), gpus: Some(4), reason: "BudgetExhausted".into(), message: "waits for team".into() }]);
+    assert_eq!(l.exhausted.as_ref().map(|c| c.reason.as_str()), Some("AllGpusInUse"));
+    assert_eq!(l.next_period, t(86_400));
+    let out = text(&[l]);
+    assert!(
+        out.starts_with("TrainingBudget ml/team\n  limits     4 GPUs at once (spec.maxGpus), 100 GPU-hours per Day, admission LookAhead\n"),
+        "{out}"
+    );
+    assert!(out.contains("  spent      1.50 of 100 GPU-hours, 3.75 USD (no limit)\n"), "{out}");
+    assert!(out.contains("  Exhausted  True (AllGpusInUse): 4 of its 4 GPUs (spec.maxGpus) are held\n"), "{out}");
+    assert!(out.contains("    job    GPUs  GPU-h counted  cost counted  estimated GPU-h  admitted at\n    first  4     1.50           3.75 USD      2.00             2023-11-14T22:13:30Z\n"), "{out}");
+    assert!(out.contains("  waiting:\n    second (4 GPUs): BudgetExhausted: waits for team\n"), "{out}");
+}
+
+#[test]
+fn a_default_budget_counts_every_job_of_its_namespace() {
+    let shared = training_budget("shared", true);
+    let jobs = [job("named-none", None, Some("BudgetExhausted")), job("named-other", Some("team"), Some("BudgetExhausted"))];
+    let l = ledger(&shared, std::slice::from_ref(&shared), &jobs, &t(60));
+    assert!(l.namespace_default);
+    let waiting: Vec<&str> = l.waiting.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(waiting, ["named-none", "named-other"], "a live job naming another budget is counted in the default");
+    assert!(text(&[l]).starts_with("TrainingBudget ml/shared (the namespace's default)\n"));
+}
+
+#[test]
+fn a_new_period_shows_nothing_spent_yet() {
+    let team = training_budget("team", false);
+    let l = ledger(&team, std::slice::from_ref(&team), &[], &t(86_400 + 5));
+    assert_eq!((l.gpu_hours_spent, l.cost_spent), (0.0, 0.0));
+    assert_eq!(l.period_start, Some(t(86_400)));
+    assert!(text(&[l]).contains("  waiting: none\n"));
+}

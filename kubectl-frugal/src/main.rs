@@ -1,0 +1,139 @@
+//! `kubectl frugal`: a kubectl plugin for frugal's TrainingJobs and TrainingBudgets.
+//!
+//! `plan` prints a manifest's plan and whether the operator would run it, before anything is
+//! applied; `report` compares the cluster's TrainingJobs in one table, against a baseline job if
+//! asked; `budget` shows each TrainingBudget's ledger, who holds its GPUs and who waits. On PATH
+//! as `kubectl-frugal`, kubectl runs it as `kubectl frugal`. Exit status: 0, 1 when `plan` finds
+//! the job would be refused, 2 on an error (no cluster, no CRDs, a bad manifest).
+
+mod budget;
+mod cluster;
+mod plan;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use cluster::Target;
+
+#[derive(Parser)]
+#[command(name = "kubectl-frugal", bin_name = "kubectl frugal", version, about = "frugal's TrainingJobs and TrainingBudgets: plan, report, budget")]
+struct Cli {
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace (default: the context's namespace).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A TrainingJob manifest's plan (parameters, FLOPs, memory per GPU and stage, GPUs,
+    /// GPU-hours, cost, warnings) and whether it would be admitted; exits 1 if it would be refused.
+    Plan {
+        /// The TrainingJob manifest.
+        file: PathBuf,
+        /// Check without a cluster: the planner, GPU memory and the job's own limits only.
+        #[arg(long)]
+        offline: bool,
+        /// The operator's --max-gpus-per-job, to check the job against it.
+        #[arg(long)]
+        max_gpus_per_job: Option<i32>,
+        #[arg(short = 'o', long, value_enum, default_value_t = PlanFormat::Text)]
+        output: PlanFormat,
+    },
+    /// One row per TrainingJob from its status: model, parameters, FLOPs, GPUs, quality,
+    /// throughput, GPU-hours and cost, phase; with --baseline, ratios against that job.
+    Report {
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// A TrainingJob to compare the others against (namespace/name with -A).
+        #[arg(long)]
+        baseline: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Text)]
+        output: ReportFormat,
+    },
+    /// Each TrainingBudget's ledger: limits, spent this period, GPUs in use, who holds them and
+    /// who waits, and why.
+    Budget {
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = PlanFormat::Text)]
+        output: PlanFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Csv,
+    Markdown,
+    Json,
+}
+
+fn all_namespaces(all: bool, target: &Target) -> anyhow::Result<bool> {
+    if all && target.namespace.is_some() {
+        anyhow::bail!("-A and -n name different scopes: give one of them");
+    }
+    Ok(all)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let target = Target { context: cli.context, namespace: cli.namespace };
+    match cli.command {
+        Command::Plan { file, offline, max_gpus_per_job, output } => {
+            let planned = plan::run(&file, offline, max_gpus_per_job, &target).await?;
+            match output {
+                PlanFormat::Text => {
+                    let (job, _) = plan::load(&file)?;
+                    emit(&plan::text(&planned, &job));
+                }
+                PlanFormat::Json => emit(&(serde_json::to_string_pretty(&planned)? + "\n")),
+            }
+            Ok(if planned.refused { 1 } else { 0 })
+        }
+        Command::Report { all_namespaces, baseline, output } => {
+            let all = self::all_namespaces(all_namespaces, &target)?;
+            emit(&report::run(&target, all, baseline.as_deref(), output).await?);
+            Ok(0)
+        }
+        Command::Budget { all_namespaces, output } => {
+            let all = self::all_namespaces(all_namespaces, &target)?;
+            let json = matches!(output, PlanFormat::Json);
+            emit(&budget::run(&target, all, json).await?);
+            Ok(0)
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubectl frugal: error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,205 @@
+use super::*;
+use frugal_api::v1alpha1::{BudgetHolder, TrainingBudgetStatus};
+
+/// A GPU job of `stages` stages of a small model, with `extra` YAML lines under spec.
+fn job(stages: i32, extra: &str) -> TrainingJob {
+    serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: lm, namespace: ml}}\nspec:\n  model: {{type: Custom, custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}}}\n  data: {{source: {{type: Synthetic}}}}\n  parallelism: {{pipelineStages: {stages}, microBatches: 8}}\n  training: {{batchSize: 16}}\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn refusals(checks: &[Check]) -> Vec<(&str, &str)> {
+    checks.iter().filter(|c| c.outcome == Outcome::Refused).map(|c| (c.check, c.reason.as_deref().unwrap_or_default())).collect()
+}
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
+}
+
+fn training_budget(name: &str, max_gpus: i32, extra: &str) -> TrainingBudget {
+    let mut b: TrainingBudget = serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}, namespace: ml}}\nspec: {{maxGpus: {max_gpus}, period: Day{extra}}}\n"
+    ))
+    .unwrap();
+    b.metadata.creation_timestamp = Some(t(0));
+    b
+}
+
+fn holding(mut b: TrainingBudget, holders: &[(&str, i32)]) -> TrainingBudget {
+    b.status = Some(TrainingBudgetStatus {
+        period_start: Some(t(0)),
+        jobs: holders.iter().map(|(n, g)| BudgetHolder { name: n.to_string(), uid: format!("uid-{n}"), gpus: *g, ..Default::default() }).collect(),
+        ..Default::default()
+    });
+    b
+}
+
+#[test]
+fn a_job_that_fits_passes_every_offline_check() {
+    let (plan, checks) = offline(&job(2, ""), None);
+    let plan = plan.unwrap();
+    assert_eq!((plan.gpus, plan.pods, plan.stages.len()), (2, 2, 2));
+    assert!(refusals(&checks).is_empty(), "{checks:?}");
+    let names: Vec<&str> = checks.iter().map(|c| c.check).collect();
+    assert_eq!(names, ["plan", "GPU memory", "GPU limit"]);
+    assert!(checks[1].message.contains("of the nvidia-h100-80gb's 79.65 GiB"), "{}", checks[1].message);
+}
+
+#[test]
+fn memory_that_does_not_fit_is_refused_naming_the_fix() {
+    let big = "  resources: {gpuType: nvidia-t4-16gb}\n";
+    let mut j = job(1, big);
+    let c = j.spec.model.custom.as_mut().unwrap();
+    (c.layers, c.d_model, c.heads, c.seq_len) = (48, 8192, 64, 4096);
+    let (_, checks) = offline(&j, None);
+    assert_eq!(refusals(&checks), [("GPU memory", "GpuMemoryExceeded")]);
+    let m = &checks[1].message;
+    assert!(m.contains("nvidia-t4-16gb") && m.contains("activationCheckpointing") && m.contains("pipelineStages"), "{m}");
+}
+
+#[test]
+fn the_jobs_own_limits_and_the_operators_ceiling() {
+    let (_, checks) = offline(&job(4, "  budget: {maxGpus: 2}\n"), None);
+    assert_eq!(refusals(&checks), [("GPU limit", "GpuLimitExceeded")]);
+    assert!(checks[2].message.contains("its budget.maxGpus of 2") && checks[2].message.contains("raise spec.budget.maxGpus"));
+    // the ceiling is only known when given
+    let (_, checks) = offline(&job(8, ""), None);
+    assert!(refusals(&checks).is_empty() && checks[2].message.contains("--max-gpus-per-job"), "{checks:?}");
+    let (_, checks) = offline(&job(8, ""), Some(4));
+    assert_eq!(refusals(&checks), [("GPU limit", "GpuLimitExceeded")]);
+    // a spend limit below the estimate is a note: the job would stop before it finishes
+    let (_, checks) = offline(&job(1, "  budget: {maxGpuHours: 0.000001}\n"), None);
+    let spend = checks.iter().find(|c| c.check == "spend limits").unwrap();
+    assert_eq!(spend.outcome, Outcome::Note);
+    assert!(spend.message.contains("above its spec.budget.maxGpuHours of 0.000001"), "{}", spend.message);
+}
+
+#[test]
+fn a_plan_error_is_refused_with_the_planners_words() {
+    let (plan, checks) = offline(&job(9, ""), None);
+    assert!(plan.is_none());
+    assert_eq!(refusals(&checks), [("plan", "PlanFailed")]);
+    assert!(checks[0].message.contains("pipelineStages 9 exceeds the model's 8 layers"), "{}", checks[0].message);
+}
+
+/// The budget check of a 4-GPU job (`lm`) in namespace `ml` among `budgets`.
+fn budget_verdict(extra: &str, budgets: &[TrainingBudget]) -> Check {
+    let j = job(4, extra);
+    let (plan, _) = offline(&j, None);
+    budget_check(&j, &plan.unwrap(), "ml", budgets, None, &t(60))
+}
+
+#[test]
+fn a_budget_too_small_for_the_job_refuses_it() {
+    let c = budget_verdict("  budget: {budgetRef: team}\n", &[training_budget("team", 2, "")]);
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")));
+    assert!(c.message.contains("needs 4 GPUs, above the spec.maxGpus of 2 of TrainingBudget \"team\""), "{}", c.message);
+    // look-ahead: more GPU-hours than a whole period allows
+    let mut long = job(4, "  budget: {budgetRef: team}\n");
+    long.spec.training.duration.steps = Some(100_000_000);
+    let (plan, _) = offline(&long, None);
+    let c = budget_check(&long, &plan.unwrap(), "ml", &[training_budget("team", 8, ", gpuHours: 0.001")], None, &t(60));
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")), "{c:?}");
+    assert!(c.message.contains("more than the 0.00100 GPU-hours a Day of TrainingBudget \"team\" allows (spec.gpuHours)"), "{}", c.message);
+}
+
+#[test]
+fn a_full_budget_makes_it_wait_and_a_free_one_admits_it() {
+    let full = holding(training_budget("team", 4, ""), &[("first", 4)]);
+    let c = budget_verdict("  budget: {budgetRef: team}\n", &[full]);
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Note, Some("BudgetExhausted")));
+    assert!(
+        c.message.starts_with("would wait, Queued: TrainingBudget \"team\" has 4 of its 4 GPUs (spec.maxGpus) held by first (4)"),
+        "{}",
+        c.message
+    );
+    let free = holding(training_budget("team", 8, ", gpuHours: 100"), &[("first", 4)]);
+    let c = budget_verdict("  budget: {budgetRef: team}\n", &[free]);
+    assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+    assert!(c.message.starts_with("\"team\" admits it now: 4 of its 8 GPUs free, 0.00 of 100 GPU-hours spent this Day"), "{}", c.message);
+    // no budget at all
+    assert_eq!(budget_verdict("", &[]).outcome, Outcome::Ok);
+    // a budget that does not exist yet: it would wait for it
+    let c = budget_verdict("  budget: {budgetRef: team}\n", &[]);
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Note, Some("BudgetNotFound")));
+}
+
+#[test]
+fn the_namespace_default_counts_the_job_and_refuses_another_budget() {
+    let default = training_budget("shared", 2, ", namespaceDefault: true");
+    let c = budget_verdict("", std::slice::from_ref(&default));
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")), "counted in the default though it names none");
+    let c = budget_verdict("  budget: {budgetRef: team}\n", &[default, training_budget("team", 8, "")]);
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetNotAllowed")));
+    assert!(c.message.contains("remove spec.budget.budgetRef or set it to \"shared\""), "{}", c.message);
+}
+
+#[test]
+fn a_job_already_holding_its_budget_is_not_admitted_again() {
+    let full = holding(training_budget("team", 4, ""), &[("lm", 4)]);
+    let j = job(4, "  budget: {budgetRef: team}\n");
+    let mut existing = j.clone();
+    existing.metadata.uid = Some("uid-lm".into());
+    let (plan, _) = offline(&j, None);
+    let c = budget_check(&j, plan.as_ref().unwrap(), "ml", std::slice::from_ref(&full), Some(&existing), &t(60));
+    assert_eq!(c.outcome, Outcome::Ok);
+    assert!(c.message.contains("holds 4 of its GPUs already"), "{}", c.message);
+    // a deleted job's entry under the same name is not this job's
+    existing.metadata.uid = Some("another".into());
+    let c = budget_check(&j, plan.as_ref().unwrap(), "ml", &[full], Some(&existing), &t(60));
+    assert_eq!(c.outcome, Outcome::Ok, "the stale entry goes and the GPUs are free: {c:?}");
+}
+
+#[test]
+fn the_api_servers_refusal_is_printed_as_it_said_it() {
+    let status = |code: u16, reason: &str, message: &str| {
+        kube::Error::Api(Box::new(kube::core::Status { code, reason: reason.into(), message: message.into(), ..Default::default() }))
+    };
+    let c = dry_run_check(Err(status(403, "Forbidden", "denied request: TrainingJob lm would hold 4 GPUs"))).unwrap();
+    assert_eq!(
+        (c.outcome, c.reason.as_deref(), c.message.as_str()),
+        (Outcome::Refused, Some("Forbidden"), "denied request: TrainingJob lm would hold 4 GPUs")
+    );
+    let c = dry_run_check(Err(status(422, "Invalid", "spec.parallelism: Invalid value"))).unwrap();
+    assert_eq!(c.reason.as_deref(), Some("Invalid"));
+    let unknown =
+        "failed to create typed patch object (/lm; frugal.dev/v1alpha1, Kind=TrainingJob): .spec.resources.env: field not declared in schema";
+    let c = dry_run_check(Err(status(500, "", unknown))).unwrap();
+    assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("HTTP 500")));
+    assert!(dry_run_check(Err(status(503, "ServiceUnavailable", "busy"))).is_err(), "a busy server is not a verdict");
+    let e = dry_run_check(Err(status(404, "NotFound", "the server could not find the requested resource"))).unwrap_err().to_string();
+    assert!(e.contains("install frugal's CRDs") && e.contains("kubectl apply --server-side -f crds/"), "{e}");
+    assert_eq!(dry_run_check(Ok(())).unwrap().outcome, Outcome::Ok);
+}
+
+#[test]
+fn the_verdict_says_refused_why_or_admitted() {
+    let j = job(4, "  budget: {maxGpus: 2}\n");
+    let (plan, checks) = offline(&j, None);
+    let p = Planned { job: "lm".into(), namespace: None, plan, checks, refused: true };
+    let v = verdict(&p);
+    assert!(v.starts_with("refused: GpuLimitExceeded (GPU limit): the job needs 4 GPUs"), "{v}");
+    let out = text(&p, &j);
+    assert!(out.starts_with("TrainingJob lm (offline)\n"), "{out}");
+    assert!(out.contains("  memory per GPU, by pipeline stage:\n    stage  layers"), "{out}");
+    assert!(out.contains("    REFUSED  GPU limit"), "{out}");
+    let (plan, mut checks) = offline(&job(1, ""), None);
+    checks.push(Check::note("TrainingBudget", Some("BudgetExhausted"), "would wait"));
+    let p = Planned { job: "lm".into(), namespace: Some("ml".into()), plan, checks, refused: false };
+    assert_eq!(verdict(&p), "admitted, and it would wait, Queued (BudgetExhausted)\n");
+}
+
+#[test]
+fn a_manifest_is_read_as_written_and_checked_for_its_kind() {
+    let dir = std::env::temp_dir().join(format!("kubectl-frugal-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: lm}\nspec:\n  model: {type: Preset, preset: tiny}\n  data: {source: {type: Synthetic}}\n").unwrap();
+    let (job, doc) = load(&path).unwrap();
+    assert_eq!(job.metadata.name.as_deref(), Some("lm"));
+    assert!(doc["spec"].get("training").is_none(), "the dry run sends the manifest as written, not its defaults");
+    std::fs::write(&path, "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: b}\nspec: {maxGpus: 1}\n").unwrap();
+    assert!(load(&path).unwrap_err().to_string().contains("not a TrainingJob"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,119 @@
+//! `kubectl frugal report`: one row per TrainingJob, from what its status says (the plan, the
+//! trainer's quality and efficiency, the operator's bill), in the comparison table
+//! `frugal-trainer report` prints for run reports (`frugal_api::report`), plus the phase; with
+//! `--baseline`, every job against that one.
+
+use anyhow::{Result, bail};
+use kube::Api;
+use kube::api::ListParams;
+use serde::Serialize;
+
+use frugal_api::TrainingJob;
+use frugal_api::planner::ResolvedModel;
+use frugal_api::report::{self, Row};
+
+use crate::ReportFormat;
+use crate::cluster::{self, Target};
+
+/// The job's row. `qualified` names it `namespace/name` (for a report over every namespace).
+pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
+    let name = tj.metadata.name.clone().unwrap_or_default();
+    let job = match (&tj.metadata.namespace, qualified) {
+        (Some(ns), true) => format!("{ns}/{name}"),
+        _ => name,
+    };
+    let spec = &tj.spec;
+    let status = tj.status.as_ref();
+    let plan = status.and_then(|s| s.plan.as_ref());
+    let quality = status.and_then(|s| s.quality.as_ref());
+    let cost = status.and_then(|s| s.cost.as_ref());
+    let progress = status.and_then(|s| s.progress.as_ref()).filter(|p| p.tokens > 0);
+    let zero_shot = quality.map(|q| &q.zero_shot).filter(|z| !z.is_empty());
+    Row {
+        job,
+        model: ResolvedModel::from_spec(&spec.model).map_or("-".into(), |m| report::describe_model(&m, spec.training.precision)),
+        params_total: plan.map(|p| p.parameters),
+        params_active: plan.map(|p| p.active_parameters),
+        // what it trained, once it has: the plan's total before
+        flops: match (plan, progress) {
+            (Some(p), Some(progress)) => Some(p.flops_per_token * progress.tokens as f64),
+            (Some(p), None) => Some(p.total_flops),
+            (None, _) => None,
+        },
+        gpus: plan.map(|p| i64::from(p.gpus)),
+        bits_per_byte: quality.and_then(|q| q.bits_per_byte),
+        perplexity: quality.and_then(|q| q.perplexity),
+        zero_shot_accuracy: zero_shot.map(|z| z.iter().map(|r| r.accuracy).sum::<f64>() / z.len() as f64),
+        tokens_per_second: status.and_then(|s| s.efficiency.as_ref()).map(|e| e.tokens_per_second),
+        gpu_hours: cost.map(|c| c.gpu_hours),
+        cost: cost.map(|c| c.cost),
+        currency: cost.map(|c| c.currency.clone()).or_else(|| plan.map(|p| p.currency.clone())).unwrap_or_else(|| "USD".into()),
+        gpu_hours_to_target: cost.and_then(|c| c.gpu_hours_to_target),
+        tokens_to_target: None,
+        target_reached: spec.data.quality_target.as_ref().map(|_| quality.is_some_and(|q| q.target_reached_time.is_some())),
+        seed: u64::try_from(spec.training.seed).ok(),
+        config_hash: None,
+        phase: Some(status.and_then(|s| s.phase).map_or("-".into(), |p| format!("{p:?}"))),
+    }
+}
+
+/// The baseline's row among `rows`, found by name (or namespace/name).
+pub fn baseline<'a>(rows: &'a [Row], name: &str, scope: &str) -> Result<&'a Row> {
+    if let Some(row) = rows.iter().find(|r| r.job == name) {
+        return Ok(row);
+    }
+    let known: Vec<&str> = rows.iter().map(|r| r.job.as_str()).collect();
+    let listed = if known.is_empty() { "there are none".to_string() } else { format!("it has {}", known.join(", ")) };
+    bail!(
+        "--baseline {name:?}: no TrainingJob of that name in {scope} ({listed}): name one of them{}",
+        if scope.starts_with("namespace") { ", or pass -n" } else { " as namespace/name" }
+    )
+}
+
+/// A row with its ratios against the baseline, for JSON.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Compared<'a> {
+    #[serde(flatten)]
+    row: &'a Row,
+    vs_baseline: &'a report::Ratios,
+}
+
+/// The report in `format`, with the ratios against `baseline` when one is given.
+pub fn render(rows: &[Row], baseline: Option<&Row>, format: ReportFormat) -> String {
+    let ratios = baseline.map(|b| report::against(rows, b));
+    match (format, ratios) {
+        (ReportFormat::Text, None) => report::text(rows),
+        (ReportFormat::Text, Some(r)) => {
+            format!("{}\nagainst {}:\n{}", report::text(rows), baseline.map_or("", |b| b.job.as_str()), report::ratios_table(&r).text())
+        }
+        (ReportFormat::Markdown, None) => report::markdown(rows),
+        (ReportFormat::Markdown, Some(r)) => {
+            format!("{}\nAgainst `{}`:\n\n{}", report::markdown(rows), baseline.map_or("", |b| b.job.as_str()), report::ratios_table(&r).markdown())
+        }
+        (ReportFormat::Csv, None) => report::csv(rows),
+        (ReportFormat::Csv, Some(r)) => report::csv_against(rows, &r),
+        (ReportFormat::Json, None) => report::json(rows),
+        (ReportFormat::Json, Some(r)) => {
+            let compared: Vec<Compared> = rows.iter().zip(&r).map(|(row, vs_baseline)| Compared { row, vs_baseline }).collect();
+            serde_json::to_string_pretty(&compared).expect("rows serialise") + "\n"
+        }
+    }
+}
+
+pub async fn run(target: &Target, all: bool, baseline: Option<&str>, format: ReportFormat) -> Result<String> {
+    let cluster = cluster::connect(target).await?;
+    let api: Api<TrainingJob> = if all { Api::all(cluster.client.clone()) } else { Api::namespaced(cluster.client.clone(), &cluster.namespace) };
+    let scope = if all { "any namespace".to_string() } else { format!("namespace {:?}", cluster.namespace) };
+    let jobs = api.list(&ListParams::default()).await.map_err(|e| cluster::explain(e, "listing TrainingJobs"))?;
+    let rows: Vec<Row> = jobs.items.iter().map(|tj| row(tj, all)).collect();
+    let baseline = baseline.map(|name| self::baseline(&rows, name, &scope)).transpose()?;
+    if rows.is_empty() && matches!(format, ReportFormat::Text | ReportFormat::Markdown) {
+        eprintln!("No TrainingJobs in {scope}.");
+        return Ok(String::new());
+    }
+    Ok(render(&rows, baseline, format))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use super::*;
+use crate::ReportFormat;
+
+/// A job `name` in `ml` with the status given as YAML (none when empty).
+fn job(name: &str, spec: &str, status: &str) -> TrainingJob {
+    let status = if status.is_empty() { String::new() } else { format!("status:\n{status}") };
+    serde_saphyr::from_str(&format!(
+        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: ml}}\nspec:\n  model: {{type: Custom, custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}}}\n  data:\n    source: {{type: Synthetic}}\n{spec}  training: {{batchSize: 4, precision: fp32, seed: 7}}\n{status}"
+    ))
+    .unwrap()
+}
+
+const PLAN: &str = "  plan: {model: {layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257, ffnHidden: 128, moeLayers: 0}, parameters: 60000, activeParameters: 50000, flopsPerToken: 300000.0, tokens: 6400, steps: 100, totalFlops: 1920000000.0, gpus: 2, pods: 2, memoryPerGpuBytes: 1000, gpuMemoryBytes: 80000, currency: USD}\n";
+
+/// A job that trained: quality, efficiency, its bill and a quality target reached.
+fn trained(name: &str, perplexity: f64, bits: f64, accuracy: f64, gpu_hours: f64) -> TrainingJob {
+    let target = "    qualityTarget: {metric: bitsPerByte, value: 2.0}\n";
+    job(
+        name,
+        target,
+        &format!(
+            "  phase: Succeeded\n{PLAN}  progress: {{step: 100, totalSteps: 100, tokens: 3200}}\n  quality: {{step: 100, perplexity: {perplexity}, bitsPerByte: {bits}, zeroShot: [{{name: a, accuracy: {accuracy}, examples: 10}}, {{name: b, accuracy: 0.2, examples: 10}}], targetReachedTime: \"2026-12-02T03:00:00Z\"}}\n  efficiency: {{tokensPerSecond: 812.6, achievedTflops: 0.1, mfu: 0.01}}\n  cost: {{gpuHours: {gpu_hours}, cost: {}, currency: USD, gpuHoursToTarget: {}}}\n",
+            gpu_hours * 2.5,
+            gpu_hours / 2.0
+        ),
+    )
+}
+
+#[test]
+fn a_row_from_a_status_with_everything() {
+    let r = row(&trained("lm", 8.0, 1.5, 0.6, 2.0), false);
+    assert_eq!(r.job, "lm");
+    assert_eq!(r.model, "4l/32d/2h dense fp32");
+    assert_eq!((r.params_total, r.params_active, r.gpus), (Some(60000), Some(50000), Some(2)));
+    // FLOPs trained: tokens so far times the plan's FLOPs per token
+    assert_eq!(r.flops, Some(300000.0 * 3200.0));
+    assert_eq!((r.perplexity, r.bits_per_byte), (Some(8.0), Some(1.5)));
+    assert_eq!(r.zero_shot_accuracy, Some(0.4), "the mean over the sets");
+    assert_eq!((r.tokens_per_second, r.gpu_hours, r.cost), (Some(812.6), Some(2.0), Some(5.0)));
+    assert_eq!((r.gpu_hours_to_target, r.target_reached), (Some(1.0), Some(true)));
+    assert_eq!((r.seed, r.config_hash.as_deref(), r.phase.as_deref()), (Some(7), None, Some("Succeeded")));
+    assert_eq!(row(&trained("lm", 8.0, 1.5, 0.6, 2.0), true).job, "ml/lm", "-A names the namespace");
+}
+
+#[test]
+fn a_new_job_has_dashes_not_made_up_numbers() {
+    let fresh = job("new", "", "");
+    let r = row(&fresh, false);
+    assert_eq!((r.params_total, r.flops, r.gpus, r.tokens_per_second, r.gpu_hours, r.cost), (None, None, None, None, None, None));
+    assert_eq!((r.perplexity, r.bits_per_byte, r.zero_shot_accuracy, r.target_reached), (None, None, None, None));
+    assert_eq!(r.phase.as_deref(), Some("-"));
+    let t = report::text(&[r]);
+    let cells: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(cells, ["new", "-", "4l/32d/2h", "dense", "fp32", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "7"]);
+    // planned, not trained: the plan's FLOPs, no quality
+    let planned = row(&job("planned", "", &format!("  phase: Pending\n{PLAN}")), false);
+    assert_eq!(planned.flops, Some(1920000000.0));
+    assert_eq!(planned.gpu_hours, None);
+}
+
+#[test]
+fn the_report_renders_the_trainers_table_with_a_phase() {
+    let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&job("new", "", ""), false)];
+    let t = render(&rows, None, ReportFormat::Text);
+    let header = t.lines().next().unwrap();
+    assert!(header.starts_with("job    phase      model"), "{t}");
+    assert!(header.ends_with("GPU-h to target  seed"), "{t}");
+    assert!(
+        t.lines()
+            .nth(1)
+            .unwrap()
+            .contains("Succeeded  4l/32d/2h dense fp32  60.0K   50.0K   9.60e8  2     1.5000     8.000  40.0%      813    2.000  5.00 USD  1.000"),
+        "{t}"
+    );
+    let csv = render(&rows, None, ReportFormat::Csv);
+    assert_eq!(csv.lines().nth(1).unwrap(), "dense,4l/32d/2h dense fp32,60000,50000,960000000,2,1.5,8,0.4,812.6,2,5,USD,1,,7,,Succeeded");
+    assert_eq!(csv.lines().nth(2).unwrap(), "new,4l/32d/2h dense fp32,,,,,,,,,,,USD,,,7,,-");
+    let md = render(&rows, None, ReportFormat::Markdown);
+    assert!(md.starts_with("| job | phase | model |") && md.contains("| new | - | 4l/32d/2h dense fp32 | - |"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&render(&rows, None, ReportFormat::Json)).unwrap();
+    assert_eq!(json[0]["perplexity"], 8.0);
+    assert_eq!(json[1]["perplexity"], serde_json::Value::Null);
+}
+
+#[test]
+fn ratios_against_the_baseline_in_every_format() {
+    let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&trained("sparse", 8.4, 1.52, 0.5, 0.5), false)];
+    let base = baseline(&rows, "dense", "namespace \"ml\"").unwrap();
+    let t = render(&rows, Some(base), ReportFormat::Text);
+    let (_, against) = t.split_once("\nagainst dense:\n").expect(&t);
+    let lines: Vec<&str> = against.lines().collect();
+    assert_eq!(lines[0], "job     FLOPs  GPU-h  cost   params  active  ppl     bits/byte Δ  zero-shot Δ");
+    assert_eq!(lines[1], "dense   1.00×  1.00×  1.00×  1.00×   1.00×   1.000×  +0.0000      +0.0 pp");
+    assert_eq!(lines[2], "sparse  1.00×  0.25×  0.25×  1.00×   1.00×   1.050×  +0.0200      -5.0 pp");
+    let csv = render(&rows, Some(base), ReportFormat::Csv);
+    assert!(csv.lines().next().unwrap().ends_with(",phase,flops_ratio,gpu_hours_ratio,cost_ratio,params_total_ratio,params_active_ratio,perplexity_ratio,bits_per_byte_delta,zero_shot_accuracy_delta"));
+    let sparse: Vec<&str> = csv.lines().nth(2).unwrap().split(',').collect();
+    assert_eq!(&sparse[18..21], ["1", "0.25", "0.25"]);
+    let json: serde_json::Value = serde_json::from_str(&render(&rows, Some(base), ReportFormat::Json)).unwrap();
+    assert_eq!(json[1]["vsBaseline"]["gpuHours"], 0.25);
+    assert_eq!(json[1]["job"], "sparse");
+    let md = render(&rows, Some(base), ReportFormat::Markdown);
+    assert!(md.contains("Against `dense`:\n\n| job | FLOPs |"), "{md}");
+}
+
+#[test]
+fn an_unknown_baseline_names_the_jobs_there_are() {
+    let rows = [row(&job("a", "", ""), false), row(&job("b", "", ""), false)];
+    let e = baseline(&rows, "c", "namespace \"ml\"").unwrap_err().to_string();
+    assert_eq!(e, "--baseline \"c\": no TrainingJob of that name in namespace \"ml\" (it has a, b): name one of them, or pass -n");
+    let e = baseline(&[], "c", "any namespace").unwrap_err().to_string();
+    assert!(e.contains("there are none") && e.ends_with("as namespace/name"), "{e}");
+}
