@@ -301,12 +301,9 @@ async fn gpu_product(ctx: &Context, name: &str) -> Option<String> {
 fn counted_in(tj: &TrainingJob, ctx: &Context, starting: bool) -> Result<Option<String>, Error> {
     let namespace = tj.namespace().unwrap_or_default();
     let default = crate::training_budget::namespace_default(&namespace, &ctx.budgets.state());
-    match (default, tj.spec.budget.budget_ref.clone()) {
-        // a live attempt is counted in the default (one that appeared while it ran); the next
-        // start is refused
-        (Some(default), Some(named)) if named != default && starting => Err(AdmitError::NotTheDefaultBudget { namespace, default, named }.into()),
-        (default, named) => Ok(default.or(named)),
-    }
+    // a live attempt is counted in the default (one that appeared while it ran); the next start
+    // is refused
+    frugal_api::admission::counted_in(&namespace, default, tj.spec.budget.budget_ref.clone(), starting).map_err(|e| AdmitError::from(e).into())
 }
 
 /// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
@@ -343,7 +340,15 @@ fn pending(reason: &'static str, message: String, prev: &TrainingJobStatus) -> S
 async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outcome: Result<Outcome, Error>) -> Result<Action, Error> {
     let generation = tj.metadata.generation.unwrap_or(0);
     let (summary, plan, requeue) = match outcome {
-        Ok(Outcome::Finished) => return clean_up(tj, ctx, prev).await,
+        Ok(Outcome::Finished) => {
+            if let Some(seen) = status::acknowledged(prev, generation) {
+                let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
+                status::patch(&api, &tj.name_any(), &seen).await?;
+                ctx.metrics.status_patches.inc();
+                info!(generation, "the job has finished: its changed spec does not run it again (create a new TrainingJob for another run)");
+            }
+            return clean_up(tj, ctx, prev).await;
+        }
         Ok(Outcome::Unchanged) => return Ok(Action::await_change()),
         Ok(Outcome::Pass { summary, plan, requeue }) => (summary, plan, requeue),
         Err(e) => match e.permanent_reason() {

@@ -95,6 +95,32 @@ fn loss_condition(conditions: &mut Vec<Condition>, prev: &TrainingJobStatus, gen
     }
 }
 
+/// A finished job's status once its spec changed: the same status, as seen at `generation`. A job
+/// that ran stays finished whatever its spec says later, and saying so at the new generation is
+/// what lets kstatus, Flux and Argo CD read it as done rather than as waiting for the operator
+/// forever. None when it is already current.
+pub fn acknowledged(prev: &TrainingJobStatus, generation: i64) -> Option<TrainingJobStatus> {
+    if prev.observed_generation == Some(generation) {
+        return None;
+    }
+    let mut conditions: Vec<_> = prev.conditions.iter().filter(|c| types::ALL.contains(&c.type_.as_str())).cloned().collect();
+    for c in &mut conditions {
+        c.observed_generation = Some(generation);
+    }
+    Some(TrainingJobStatus {
+        observed_generation: Some(generation),
+        phase: prev.phase,
+        conditions,
+        plan: prev.plan.clone(),
+        attempt: prev.attempt,
+        restarts: prev.restarts,
+        start_time: prev.start_time.clone(),
+        completion_time: prev.completion_time.clone(),
+        cost: prev.cost.clone(),
+        ..Default::default()
+    })
+}
+
 /// Whether `desired` says anything the current status does not (timestamps of unchanged
 /// conditions aside).
 pub fn changed(current: &TrainingJobStatus, desired: &TrainingJobStatus) -> bool {
@@ -223,6 +249,20 @@ mod tests {
         assert_eq!(done.completion_time, Some(t(50)));
         let failed = desired(&TrainingJobStatus::default(), 1, None, &summary(Phase::Failed, "BackoffLimitExceeded"), &t(70));
         assert_eq!(failed.completion_time, Some(t(70)));
+    }
+
+    #[test]
+    fn a_finished_job_acknowledges_a_new_generation_and_keeps_its_outcome() {
+        let done = desired(&TrainingJobStatus::default(), 1, None, &summary(Phase::Succeeded, "Succeeded"), &t(0));
+        assert_eq!(acknowledged(&done, 1), None, "current already");
+        let with_progress = TrainingJobStatus { progress: Some(Default::default()), ..done.clone() };
+        let seen = acknowledged(&with_progress, 2).unwrap();
+        assert_eq!(seen.observed_generation, Some(2));
+        assert!(seen.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        assert_eq!(conditions_of(&seen), conditions_of(&done), "the same conditions hold");
+        assert_eq!((seen.phase, seen.completion_time.clone()), (done.phase, done.completion_time.clone()));
+        assert!(seen.progress.is_none(), "the trainer's fields stay the trainer's");
+        assert!(changed(&done, &seen));
     }
 
     #[test]
