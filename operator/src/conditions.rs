@@ -20,6 +20,10 @@ pub mod types {
 }
 
 pub mod reasons {
+    // the reasons admission decides live in the API crate, which the kubectl plugin shares
+    pub use frugal_api::admission::reasons::{
+        BUDGET_EXHAUSTED, BUDGET_NOT_ALLOWED, BUDGET_NOT_FOUND, BUDGET_TOO_SMALL, GPU_LIMIT_EXCEEDED, GPU_MEMORY_EXCEEDED, PLAN_FAILED,
+    };
     // progress
     pub const CREATING: &str = "Creating";
     pub const PODS_STARTING: &str = "PodsStarting";
@@ -31,18 +35,9 @@ pub mod reasons {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
     pub const WAITING_FOR_CHECKPOINT_CLAIM: &str = "WaitingForCheckpointClaim";
-    // a job waiting for its TrainingBudget (phase Queued)
-    pub const BUDGET_NOT_FOUND: &str = "BudgetNotFound";
-    pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
-    // terminal or permanent
+    // terminal or permanent (and, above, the budget's: a job Queued for it, or refused by it)
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const PLAN_FAILED: &str = "PlanFailed";
-    pub const GPU_LIMIT_EXCEEDED: &str = "GpuLimitExceeded";
-    pub const GPU_MEMORY_EXCEEDED: &str = "GpuMemoryExceeded";
     pub const CHECKPOINT_NOT_SHARED: &str = "CheckpointNotShared";
-    pub const BUDGET_TOO_SMALL: &str = "BudgetTooSmall";
-    /// The job names a budget other than its namespace's default.
-    pub const BUDGET_NOT_ALLOWED: &str = "BudgetNotAllowed";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";

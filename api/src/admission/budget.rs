@@ -129,10 +129,10 @@ pub enum Spent {
 /// Which limit is reached, if any, and what is spent against what.
 pub fn exhausted(spec: &TrainingBudgetSpec, status: &TrainingBudgetStatus) -> Option<(Spent, String)> {
     if let Some(limit) = spec.gpu_hours.filter(|l| status.gpu_hours_spent >= *l) {
-        return Some((Spent::GpuHours, format!("{:.2} of its {limit} GPU-hours (spec.gpuHours)", status.gpu_hours_spent)));
+        return Some((Spent::GpuHours, format!("{} of its {limit} GPU-hours (spec.gpuHours)", amount(status.gpu_hours_spent))));
     }
     if let Some(limit) = spec.max_cost.filter(|l| status.cost_spent >= *l) {
-        return Some((Spent::Cost, format!("{:.2} of its {limit} {} (spec.maxCost)", status.cost_spent, spec.currency)));
+        return Some((Spent::Cost, format!("{} of its {limit} {} (spec.maxCost)", amount(status.cost_spent), spec.currency)));
     }
     None
 }

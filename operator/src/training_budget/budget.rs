@@ -225,25 +225,3 @@ pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, no
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod reasons_agree {
-    /// The reasons the API crate's admission decides are the operator's own.
-    #[test]
-    fn the_api_crates_reasons_are_the_operators() {
-        use crate::conditions::reasons as operator;
-        use frugal_api::admission::reasons as api;
-        let pairs = [
-            (api::PLAN_FAILED, operator::PLAN_FAILED),
-            (api::GPU_MEMORY_EXCEEDED, operator::GPU_MEMORY_EXCEEDED),
-            (api::GPU_LIMIT_EXCEEDED, operator::GPU_LIMIT_EXCEEDED),
-            (api::BUDGET_TOO_SMALL, operator::BUDGET_TOO_SMALL),
-            (api::BUDGET_NOT_ALLOWED, operator::BUDGET_NOT_ALLOWED),
-            (api::BUDGET_EXHAUSTED, operator::BUDGET_EXHAUSTED),
-            (api::BUDGET_NOT_FOUND, operator::BUDGET_NOT_FOUND),
-        ];
-        for (api, operator) in pairs {
-            assert_eq!(api, operator);
-        }
-    }
-}

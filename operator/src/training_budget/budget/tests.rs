@@ -384,3 +384,12 @@ fn amounts_keep_three_significant_digits_below_one() {
     assert_eq!(amount(0.000312), "0.000312");
     assert_eq!(amount(0.0), "0.00");
 }
+
+/// A small limit's spend is said in the digits it needs, not rounded to 0.00.
+#[test]
+fn a_small_spend_is_said_in_its_own_digits() {
+    let mut b = budget(4, &[], 0.00101);
+    b.spec.gpu_hours = Some(0.001);
+    let (_, said) = frugal_api::admission::budget::exhausted(&b.spec, b.status.as_ref().unwrap()).expect("spent");
+    assert!(said.starts_with("0.00101 of its 0.001 GPU-hours"), "{said}");
+}
