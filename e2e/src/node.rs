@@ -58,6 +58,16 @@ pub fn helm(args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// Runs `kubectl` (from PATH, as scripts/e2e.sh sets it) against the cluster in KUBECONFIG;
+/// its stdout.
+pub fn kubectl(args: &[&str]) -> Result<String> {
+    let out = Command::new("kubectl").args(args).output().context("running kubectl (scripts/e2e.sh puts it on PATH)")?;
+    if !out.status.success() {
+        bail!("kubectl {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Installs `charts/frugal` as release `release` into the test's namespace, its operator
 /// watching only that namespace (so tests side by side never share an operator) and placed on
 /// the real node (kwok's nodes would accept the pod and only pretend to run it), and waits for

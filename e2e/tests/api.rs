@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use frugal_e2e::manifests::{self, api_for, expected_message, in_namespace, install_crds, label, read_objects};
+use frugal_e2e::node::kubectl;
 use frugal_e2e::{FIELD_MANAGER, TestContext, repo_root, run};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 
@@ -152,13 +153,6 @@ fn first_training_job() -> Result<(std::path::PathBuf, DynamicObject)> {
         }
     }
     bail!("no TrainingJob among examples/")
-}
-
-/// Runs kubectl from PATH (scripts/e2e.sh puts the pinned build there) against the test cluster.
-fn kubectl(args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new("kubectl").args(args).output().context("running kubectl (is it on PATH?)")?;
-    ensure!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The field paths `kubectl explain --recursive` lists under its `FIELDS:` heading, each as a

@@ -18,7 +18,7 @@ use frugal_e2e::operator::Operator;
 use frugal_e2e::training_job::{apply, condition, finished, job_where, phase, pod_output, resumed_at, running_pods};
 use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
-const QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+use frugal_api::admission::KUEUE_QUEUE_LABEL as QUEUE_LABEL;
 const GPU_PRODUCT: (&str, &str) = ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3");
 
 fn kueue(kind: &str) -> ApiResource {

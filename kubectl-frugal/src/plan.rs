@@ -25,8 +25,6 @@ use crate::cluster::{self, Target};
 
 /// Field manager of the dry run.
 const FIELD_MANAGER: &str = "kubectl-frugal";
-/// Kueue's queue label: a job Kueue admits holds no GPUs in its budget until Kueue starts it.
-const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,8 +120,9 @@ pub fn offline(job: &TrainingJob, ceiling: Option<i32>) -> (Option<Plan>, Vec<Ch
                 (Some(own), _) => format!("{}, within its spec.budget.maxGpus of {own}", gpus(plan.gpus)),
                 (None, Some(c)) => format!("{}, within the operator's --max-gpus-per-job of {c}", gpus(plan.gpus)),
                 (None, None) => format!(
-                    "{}; no spec.budget.maxGpus (the operator's --max-gpus-per-job, 4 unless set, applies: pass it as --max-gpus-per-job to check)",
-                    gpus(plan.gpus)
+                    "{}; no spec.budget.maxGpus (the operator's --max-gpus-per-job, {} unless set, applies: pass it as --max-gpus-per-job to check)",
+                    gpus(plan.gpus),
+                    admission::DEFAULT_MAX_GPUS_PER_JOB
                 ),
             },
         ),
@@ -207,7 +206,7 @@ pub fn budget_check(
         return Check::ok(CHECK, format!("{name:?}: the job holds {} of its GPUs already", held.gpus));
     }
     let cost = existing.and_then(|e| e.status.as_ref()).and_then(|s| s.cost.as_ref());
-    let kueue = job.metadata.labels.as_ref().is_some_and(|l| l.contains_key(KUEUE_QUEUE_LABEL));
+    let kueue = job.metadata.labels.as_ref().is_some_and(|l| l.contains_key(admission::KUEUE_QUEUE_LABEL));
     let claim = budget::Claim {
         name: job_name,
         uid,

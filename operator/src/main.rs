@@ -38,7 +38,7 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Most GPUs one job may hold, whatever its budget.maxGpus says.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = frugal_api::admission::DEFAULT_MAX_GPUS_PER_JOB)]
     pub max_gpus_per_job: i32,
     /// Trainer image for jobs whose spec.image is empty (GPU jobs: the `cuda` variant).
     #[arg(long)]

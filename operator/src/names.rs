@@ -18,7 +18,7 @@ pub const ATTEMPT_LABEL: &str = "frugal.dev/attempt";
 /// Which part of the job a child is.
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 /// Kueue's queue label, copied from the TrainingJob to the attempt's Job.
-pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+pub use frugal_api::admission::KUEUE_QUEUE_LABEL;
 /// Set on an attempt's Job when the operator stops it, saying why (`Stalled`, `DeadlineExceeded`,
 /// `Suspended`): the Job then fails with reason DeadlineExceeded and this tells the causes apart.
 pub const STOP_REASON_ANNOTATION: &str = "frugal.dev/stop-reason";

@@ -21,7 +21,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            max_gpus_per_job: 4,
+            max_gpus_per_job: frugal_api::admission::DEFAULT_MAX_GPUS_PER_JOB,
             trainer_image: None,
             trainer_cpu_image: None,
             trainer_command: vec!["frugal-trainer".into(), "train".into()],

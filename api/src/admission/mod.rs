@@ -12,6 +12,12 @@ pub mod budget;
 use crate::TrainingBudget;
 use crate::planner::Plan;
 
+/// Kueue's queue label: a TrainingJob that carries it is Kueue's to admit, and holds no GPUs in
+/// its budget while Kueue keeps it suspended.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// The operator's `--max-gpus-per-job` unless it is set.
+pub const DEFAULT_MAX_GPUS_PER_JOB: i32 = 4;
+
 /// Condition reasons of what is decided here (the operator's `conditions::reasons` has all).
 pub mod reasons {
     pub const PLAN_FAILED: &str = "PlanFailed";
