@@ -224,11 +224,18 @@ async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
         eprintln!("ledger while Kueue holds second: {:?}", b.status.as_ref().map(|s| (s.gpus_in_use, s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>())));
         let api: Api<Pod> = ctx.api();
         let outcome = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
+        // pods are billed in whole seconds: on a fast machine a pod finished at once has run 0 s,
+        // so each job runs until its first bill says it spent something
+        let billed = |name: &'static str| {
+            job_where(&ctx, name, "a bill of more than nothing", |tj| tj.status.as_ref().and_then(|s| s.cost.as_ref()).is_some_and(|c| c.gpu_hours > 0.0))
+        };
+        billed("first").await?;
         for pod in &pods {
             api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&outcome)).await?;
         }
         let second_pods = running_pods(&ctx, "second", 1, 2).await?;
         held(vec![("second", 2)]).await?;
+        billed("second").await?;
         for pod in &second_pods {
             api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&outcome)).await?;
         }
