@@ -15,7 +15,7 @@ use crate::planner::{self, PlanError, PlanOptions, ResolvedModel};
 use crate::v1alpha1::TrainingJobSpec;
 
 /// The version of this contract. A trainer refuses a configuration of another version.
-pub const TRAINER_CONFIG_VERSION: &str = "frugal.dev/trainer-config/v1";
+pub const TRAINER_CONFIG_VERSION: &str = "frugal.dev/trainer-config/v2";
 
 /// Environment variables a pod carries.
 pub mod env {
@@ -69,6 +69,8 @@ pub mod paths {
     pub const TOKEN_FILE: &str = "/var/run/frugal/token";
     /// Port stages listen on for their upstream peer.
     pub const PIPELINE_PORT: u16 = 29500;
+    /// Port stages listen on for the same stages of the previous replica (gradient all-reduce).
+    pub const RING_PORT: u16 = 29501;
     /// Port of the metrics endpoint.
     pub const METRICS_PORT: u16 = 9090;
 }
@@ -94,12 +96,15 @@ pub struct StageLayout {
     pub head: bool,
 }
 
-/// The pipeline: stages in order, and how many each pod runs.
+/// The pipeline: stages in order, how many each pod runs, and how many replicas of it train
+/// side by side (data parallelism). Pods `r·P .. (r+1)·P` run replica `r`, where P is the pods of
+/// one replica (stages / stagesPerPod).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineLayout {
     pub stages: Vec<StageLayout>,
     pub stages_per_pod: i64,
+    pub replicas: i64,
 }
 
 /// Everything a trainer pod needs besides its own environment.
@@ -150,7 +155,11 @@ impl TrainerConfig {
             job,
             spec: spec.clone(),
             model: plan.model,
-            pipeline: PipelineLayout { stages, stages_per_pod: spec.parallelism.gpus_per_pod.into() },
+            pipeline: PipelineLayout {
+                stages,
+                stages_per_pod: spec.parallelism.gpus_per_pod.into(),
+                replicas: spec.parallelism.data_parallel.max(1).into(),
+            },
         })
     }
 
@@ -171,24 +180,40 @@ impl TrainerConfig {
         Ok(serde_saphyr::from_str(text)?)
     }
 
-    pub fn pods(&self) -> i64 {
+    /// Pods of one replica of the pipeline.
+    pub fn pods_per_replica(&self) -> i64 {
         self.pipeline.stages.len() as i64 / self.pipeline.stages_per_pod
     }
 
-    /// The stages a pod runs and the peers its first and last stage talk to.
+    /// Pods of the job: every replica's.
+    pub fn pods(&self) -> i64 {
+        self.pods_per_replica() * self.pipeline.replicas.max(1)
+    }
+
+    /// The replica and stages a pod runs, the peers its first and last stage talk to in its
+    /// pipeline, and the pods holding the same stages in the next and previous replica (the
+    /// gradient ring).
     pub fn assignment(&self, pod: &PodEnv) -> Result<PodAssignment, ContractError> {
         let pods = self.pods();
         if pod.pod_index < 0 || pod.pod_index >= pods {
             return Err(ContractError::PodIndex { index: pod.pod_index, pods });
         }
+        let per_replica = self.pods_per_replica();
+        let replicas = self.pipeline.replicas.max(1);
+        let (replica, position) = (pod.pod_index / per_replica, pod.pod_index % per_replica);
         let per = self.pipeline.stages_per_pod as usize;
-        let first = pod.pod_index as usize * per;
+        let first = position as usize * per;
         let stages = self.pipeline.stages[first..first + per].to_vec();
-        let peer = |index: i64| Peer { pod_index: index, host: pod.peer_host(index), port: paths::PIPELINE_PORT };
+        let peer = |index: i64, port: u16| Peer { pod_index: index, host: pod.peer_host(index), port };
+        let in_replica = |r: i64| r.rem_euclid(replicas) * per_replica + position;
         Ok(PodAssignment {
             stages,
-            upstream: (pod.pod_index > 0).then(|| peer(pod.pod_index - 1)),
-            downstream: (pod.pod_index + 1 < pods).then(|| peer(pod.pod_index + 1)),
+            replica,
+            replicas,
+            upstream: (position > 0).then(|| peer(pod.pod_index - 1, paths::PIPELINE_PORT)),
+            downstream: (position + 1 < per_replica).then(|| peer(pod.pod_index + 1, paths::PIPELINE_PORT)),
+            ring_next: (replicas > 1).then(|| peer(in_replica(replica + 1), paths::RING_PORT)),
+            ring_previous: (replicas > 1).then(|| peer(in_replica(replica - 1), paths::RING_PORT)),
         })
     }
 }
@@ -206,10 +231,19 @@ pub struct Peer {
 pub struct PodAssignment {
     /// The pod's stages, in pipeline order.
     pub stages: Vec<StageLayout>,
-    /// The pod before this one, which sends activations in.
+    /// The replica of the pipeline the pod belongs to, of `replicas`.
+    pub replica: i64,
+    pub replicas: i64,
+    /// The pod before this one in its replica, which sends activations in.
     pub upstream: Option<Peer>,
-    /// The pod after this one, which activations go out to.
+    /// The pod after this one in its replica, which activations go out to.
     pub downstream: Option<Peer>,
+    /// With replicas: the pod with the same stages in the next replica, which this pod's stages
+    /// send gradient chunks to (it listens on [`paths::RING_PORT`]).
+    pub ring_next: Option<Peer>,
+    /// With replicas: the pod with the same stages in the previous replica, which connects to
+    /// this pod's ring port.
+    pub ring_previous: Option<Peer>,
 }
 
 /// A pod's own environment, as the operator sets it.
@@ -382,5 +416,27 @@ training: {batchSize: 16}
         let layers: Vec<i64> = config.pipeline.stages.iter().flat_map(|s| s.layers.clone()).collect();
         assert_eq!(layers, (0..8).collect::<Vec<_>>());
         assert!(matches!(config.assignment(&pod(2)), Err(ContractError::PodIndex { index: 2, pods: 2 })));
+        assert_eq!((first.replica, first.replicas, first.ring_next.clone(), last.ring_previous.clone()), (0, 1, None, None));
+    }
+
+    #[test]
+    fn replicas_get_their_pipeline_and_ring_peers() {
+        let mut spec = spec();
+        spec.parallelism.data_parallel = 3;
+        spec.training.batch_size = 24;
+        let config = TrainerConfig::render(job(), &spec).unwrap();
+        assert_eq!((config.pods_per_replica(), config.pods()), (2, 6));
+        // pod 3: replica 1, its second pod (stages 2 and 3)
+        let a = config.assignment(&pod(3)).unwrap();
+        assert_eq!((a.replica, a.replicas), (1, 3));
+        assert_eq!(a.stages.iter().map(|s| s.index).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(a.upstream.as_ref().map(|p| p.pod_index), Some(2));
+        assert_eq!(a.downstream, None);
+        assert_eq!(a.ring_next.as_ref().map(|p| (p.pod_index, p.port)), Some((5, paths::RING_PORT)));
+        assert_eq!(a.ring_previous.as_ref().map(|p| p.host.as_str()), Some("lm-a2-1.lm.ml.svc"));
+        // the last replica's ring closes on the first
+        let z = config.assignment(&pod(4)).unwrap();
+        assert_eq!((z.replica, z.ring_next.as_ref().unwrap().pod_index, z.ring_previous.as_ref().unwrap().pod_index), (2, 0, 2));
+        assert!(matches!(config.assignment(&pod(6)), Err(ContractError::PodIndex { index: 6, pods: 6 })));
     }
 }
