@@ -95,6 +95,12 @@ pub fn parse(text: &str) -> Result<Job> {
 }
 
 impl Job {
+    /// The job trains as a pipeline (several stages, or several replicas of one) and writes the
+    /// pipelined checkpoint layout.
+    pub fn pipelined(&self) -> bool {
+        self.spec.parallelism.pipeline_stages > 1 || self.spec.parallelism.data_parallel > 1
+    }
+
     /// The run this job asks for; `checkpoint_dir` overrides the spec's path.
     pub fn run_config(&self, checkpoint_dir: Option<PathBuf>) -> Result<RunConfig> {
         let spec = &self.spec;
@@ -139,11 +145,19 @@ impl Job {
                 DataSource::Shards { path: PathBuf::from(&shards.path) }
             }
         };
-        let micro_batch_size = batch / micro_batches;
+        // Each replica's micro-batch: the batch splits into replicas × micro-batches. An
+        // evaluation batch is a micro-batch of one replica's worth of the batch, whatever the
+        // replica count, so that the evaluation does not change with the layout.
+        let replicas = i64::from(spec.parallelism.data_parallel.max(1));
+        let micro_batch_size = batch / (micro_batches * replicas);
         let run = RunConfig {
             name: self.name.clone(),
             model: self.plan.model.clone(),
-            data: DataConfig { source, validation_fraction: d.validation_fraction, eval_sequences: i64::from(t.eval_batches) * micro_batch_size },
+            data: DataConfig {
+                source,
+                validation_fraction: d.validation_fraction,
+                eval_sequences: i64::from(t.eval_batches) * (batch / micro_batches),
+            },
             train: TrainConfig {
                 steps: self.plan.steps,
                 batch_size: batch,

@@ -226,7 +226,7 @@ fn run(cli: Cli) -> Result<i32> {
             let metrics = Metrics::new(&cfg.name);
             let served = port.map(|p| metrics.serve_port(p)).transpose()?;
             let run = JobRun::of(&job, Output { json, report }, metrics, served, stop, max_steps);
-            let stopped = if job.spec.parallelism.pipeline_stages > 1 {
+            let stopped = if job.pipelined() {
                 frugal_trainer::pipeline::run::train(&job, cfg, device, run)?
             } else {
                 let mut trainer = Trainer::new(cfg, device)?;
@@ -319,7 +319,7 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
     };
     let device = pick_device(device.or(Some("cpu")))?;
     // A pipelined job's checkpoint is written per stage: it is evaluated through the stages.
-    let (q, step, prov) = if job.spec.parallelism.pipeline_stages > 1 {
+    let (q, step, prov) = if job.pipelined() {
         frugal_trainer::pipeline::run::evaluate_checkpoint(job, &cfg, &dir, device)?
     } else {
         let mut trainer = Trainer::new(cfg, device)?;

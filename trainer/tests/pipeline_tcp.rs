@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use frugal_trainer::config::RunConfig;
 use frugal_trainer::pipeline::transport::{Fault, tcp};
-use frugal_trainer::pipeline::{ProcessStages, ScheduleKind, StageWorker, layouts};
+use frugal_trainer::pipeline::{ProcessStages, Replicas, ScheduleKind, StageWorker, layouts};
 use frugal_trainer::train::Trainer;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -55,6 +55,11 @@ fn stage_process() {
         downstream: ports.get(stage + 1).map(|p| format!("127.0.0.1:{p}")),
         token: std::env::var("FRUGAL_TEST_TOKEN").unwrap().into_bytes(),
         timeout: Duration::from_secs(60),
+        replicas: Replicas::one(),
+        replica: 0,
+        all_replicas_here: false,
+        ring_listen: None,
+        ring_next: None,
     };
     let out = dir.clone();
     let result = process.run(&cfg, schedule, &[Device::Cpu], move |w: &mut StageWorker| {
@@ -151,7 +156,7 @@ fn a_wrong_token_is_refused_and_the_right_peer_still_gets_in() {
     assert!(err.contains("refused") && err.contains("wrong token") && err.contains("stage 1"), "{err}");
     let impostor = tcp::connect_downstream(&addr, 2, b"right", Duration::from_secs(20), &Fault::default());
     let err = impostor.err().expect("the wrong stage must be refused").to_string();
-    assert!(err.contains("expected stage 0"), "{err}");
+    assert!(err.contains("pipeline stage 2 connected, expected pipeline stage 0"), "{err}");
     let right = tcp::connect_downstream(&addr, 0, b"right", Duration::from_secs(20), &Fault::default());
     assert!(right.is_ok(), "{:?}", right.err());
     server.join().unwrap().unwrap();

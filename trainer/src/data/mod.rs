@@ -200,6 +200,17 @@ impl Data {
         to_batch(&rows, b, t)
     }
 
+    /// Passes over the next `b` training sequences without reading them: the ones the other
+    /// replicas of a data-parallel run train on. The position afterwards is the one
+    /// [`Data::next_batch`] of `b` would leave.
+    pub fn skip(&mut self, b: i64) {
+        let span = (self.corpus.train.len() - (self.seq_len as usize + 1)) as u64;
+        for _ in 0..b {
+            let _ = self.position.rng.below(span + 1);
+        }
+        self.position.sequences_drawn += b as u64;
+    }
+
     /// The validation set, in batches of at most `b` sequences: windows of the held-out split,
     /// each overlapping the next by one token so that every held-out token is a target exactly
     /// once (text splits are read as a fresh document, after end-of-text, up to their last
@@ -250,6 +261,11 @@ mod tests {
         assert_eq!(a.validation(2).len(), 2);
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(a.fingerprint, Data::new(&cfg, 64, 16, 6).unwrap().fingerprint);
+        // Skipping sequences leaves the reader where drawing them would.
+        a.skip(5);
+        let _ = b.next_batch(5);
+        assert_eq!(a.position, b.position);
+        assert!(a.next_batch(2).inputs.equal(&b.next_batch(2).inputs));
         // Targets are inputs shifted by one.
         assert!(x.inputs.narrow(1, 1, 15).equal(&x.targets.narrow(1, 0, 15)));
         assert!((Synthetic::new(64, 4).entropy_nats() - 4f64.ln()).abs() < 1e-12);

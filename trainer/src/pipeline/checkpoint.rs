@@ -1,6 +1,8 @@
-//! A pipelined run's checkpoints (the layout: `checkpoint/pipelined.rs`): every stage writes its
-//! part, a barrier, the first stage writes `trainer.json` and commits the step, and a second
-//! barrier keeps every stage until it is committed. A SIGTERM reaching all pods mid-step
+//! A pipelined run's checkpoints (the layout: `checkpoint/pipelined.rs`): every stage of the first
+//! replica writes its part, a barrier, the first stage writes `trainer.json` and commits the
+//! step, and a second barrier, across every replica, keeps every stage until it is committed.
+//! The data position between steps is the same in every replica, so a checkpoint resumes under
+//! any replica count as under any stage count. A SIGTERM reaching all pods mid-step
 //! therefore leaves the last complete step. With tied embeddings only the first stage writes
 //! `wte.weight`; the last stage's copy loads from it.
 
@@ -31,27 +33,42 @@ impl State for PipelineState {
 }
 
 /// Writes this stage's part of the checkpoint of its current step and, on the first stage,
-/// commits it once every stage has written. Every stage must call it at the same step.
+/// commits it once every stage has written. Every stage of every replica must call it at the
+/// same step. The first replica writes (every replica holds the same weights); with the
+/// optimizer state sharded, the replicas first sum their shards into the whole state (a
+/// checkpoint holds it whole, so that any replica count can resume it).
 pub fn save(worker: &mut StageWorker, root: &Path, keep: usize) -> Result<PathBuf> {
     let skip = worker.model.tied_copy().map(|id| worker.params.spec(id).name.clone());
-    let tensors = Tensors::of(&worker.params, worker.optim.state_tensors(&worker.params), skip.as_deref());
-    pipelined::write_part(root, worker.step, worker.index(), &tensors)?;
-    // Every stage has written and synced its part.
-    worker.barrier()?;
-    if worker.index() == 0 {
-        let state = PipelineState {
-            step: worker.step,
-            tokens: worker.tokens,
-            data: worker.data.as_ref().map(|d| d.position.clone()),
-            loss_scaler: worker.scaler.clone(),
-            optimizer_updates: worker.optim.updates,
-            stages: worker.stages,
-            job: worker.cfg.name.clone(),
-        };
-        pipelined::commit_step(root, &state, worker.stages, keep)?;
+    let optimizer = match (&worker.shards, worker.ring.as_mut()) {
+        (Some(_), Some(ring)) => {
+            let whole = worker.optim.widened(&worker.params);
+            for buffer in whole.state_buffers() {
+                ring.all_reduce(buffer, worker.bucket_elements)?;
+            }
+            whole.state_tensors(&worker.params)
+        }
+        _ => worker.optim.state_tensors(&worker.params),
+    };
+    if worker.replica == 0 {
+        let tensors = Tensors::of(&worker.params, optimizer, skip.as_deref());
+        pipelined::write_part(root, worker.step, worker.index(), &tensors)?;
+        // Every stage has written and synced its part.
+        worker.barrier()?;
+        if worker.index() == 0 {
+            let state = PipelineState {
+                step: worker.step,
+                tokens: worker.tokens,
+                data: worker.data.as_ref().map(|d| d.position.clone()),
+                loss_scaler: worker.scaler.clone(),
+                optimizer_updates: worker.optim.updates,
+                stages: worker.stages,
+                job: worker.cfg.name.clone(),
+            };
+            pipelined::commit_step(root, &state, worker.stages, keep)?;
+        }
     }
     // Nobody moves on (or is told the checkpoint exists) before it is committed.
-    worker.barrier()?;
+    worker.barrier_global()?;
     Ok(root.join(checkpoint::step_dir_name(worker.step)))
 }
 

@@ -2,12 +2,16 @@
 //! stage's input, runs the stage and sends the output on; a backward injects the gradient that
 //! came back (d/dy Σ y·g = g), adds the stage's MoE auxiliary loss, and sends its input's gradient
 //! upstream. With recomputation a stage keeps only its inputs (and MoE routing) between the two.
-//! After the last micro-batch the stages agree, by all-reduces along the chain, on the tied
-//! embedding's gradient, the global gradient norm (clip) and whether it is finite (fp16 skip);
-//! then each steps its own optimizer.
+//! After the last micro-batch, with replicas (data parallelism), each stage averages its gradient
+//! with the same stage of the other replicas over its ring (`ring.rs`); a stage does so as soon
+//! as its own backward is done, while the stages before it are still in theirs. Then the stages
+//! agree, by all-reduces along the chain, on the tied embedding's gradient, the global gradient
+//! norm (clip) and whether it is finite (fp16 skip); then each steps its own optimizer (with the
+//! optimizer state sharded, its replica's region of it, and the regions are gathered).
 
+use super::ring::{DEFAULT_BUCKET_ELEMENTS, Ring};
 use super::schedule::{Action, ScheduleKind, stage_actions};
-use super::transport::{Link, Message, TransportError};
+use super::transport::{Fault, Link, Message, Rank, TransportError};
 use crate::config::RunConfig;
 use crate::data::Data;
 use crate::model::gpt::Gpt;
@@ -66,6 +70,17 @@ pub struct StageWorker {
     pub tokens: i64,
     /// The most micro-batches this stage held between forward and backward in its last step.
     pub peak_in_flight: usize,
+    /// This stage's replica, of `replicas` (data parallelism; 0 of 1 without).
+    pub replica: usize,
+    pub replicas: usize,
+    /// The ring to the same stage of the other replicas.
+    pub ring: Option<Ring>,
+    /// With the optimizer state sharded: each replica's region of the flat buffer.
+    pub shards: Option<Vec<(i64, i64)>>,
+    /// Elements per all-reduce bucket.
+    pub bucket_elements: i64,
+    /// Seconds the last step spent exchanging with the other replicas (all-reduce, all-gather).
+    pub ring_seconds: f64,
 }
 
 impl StageWorker {
@@ -103,7 +118,78 @@ impl StageWorker {
             step: 0,
             tokens: 0,
             peak_in_flight: 0,
+            replica: 0,
+            replicas: 1,
+            ring: None,
+            shards: None,
+            bucket_elements: DEFAULT_BUCKET_ELEMENTS,
+            ring_seconds: 0.0,
         })
+    }
+
+    /// Makes this stage replica `replica` of `replicas`, joined to the same stage of the others
+    /// by `ring`; with `shard_optimizer`, it keeps and updates only its replica's region of the
+    /// optimizer state.
+    pub fn replicate(&mut self, replica: usize, replicas: usize, ring: Option<Ring>, shard_optimizer: bool) -> Result<()> {
+        anyhow::ensure!(replica < replicas, "replica {replica} of {replicas}");
+        anyhow::ensure!(ring.is_some() == (replicas > 1), "a stage needs a ring exactly when the pipeline has several replicas");
+        let micro = self.cfg.micro_batches();
+        anyhow::ensure!(
+            micro % replicas as i64 == 0,
+            "the batch's {micro} micro-batches do not divide among {replicas} replicas: make batchSize a multiple of microBatches × dataParallel"
+        );
+        self.replica = replica;
+        self.replicas = replicas;
+        self.ring = ring;
+        if shard_optimizer && replicas > 1 {
+            let regions = crate::train::optim::shard_regions(&self.params, replicas);
+            self.optim = Optimizer::for_region(&self.cfg.train.optim, &self.params, regions[replica]);
+            self.shards = Some(regions);
+        }
+        Ok(())
+    }
+
+    /// Who this stage is, as its peers name it.
+    pub fn rank(&self) -> Rank {
+        Rank::of(self.index(), self.replica, self.replicas)
+    }
+
+    /// Micro-batches of this replica's share of a step.
+    pub fn micro_batches(&self) -> i64 {
+        self.cfg.micro_batches() / self.replicas as i64
+    }
+
+    /// Sums `values` over every stage of every replica: along the chain, then around the ring.
+    pub fn all_reduce_global(&mut self, values: Tensor) -> Result<Tensor> {
+        let total = self.all_reduce(Some(values))?;
+        self.ring_sum(total)
+    }
+
+    /// Sums a small host tensor across the replicas of this stage.
+    fn ring_sum(&mut self, t: Tensor) -> Result<Tensor> {
+        let bucket = self.bucket_elements;
+        if let Some(ring) = self.ring.as_mut() {
+            let t = t.to_device(Device::Cpu).copy();
+            ring.all_reduce(&t, bucket)?;
+            return Ok(t);
+        }
+        Ok(t)
+    }
+
+    /// A point every stage of every replica reaches before any leaves it.
+    pub fn barrier_global(&mut self) -> Result<()> {
+        let _ = self.all_reduce_global(Tensor::zeros([1], (Kind::Float, Device::Cpu)))?;
+        Ok(())
+    }
+
+    /// Averages this stage's gradient with the other replicas' (a no-op with one).
+    fn average_gradients(&mut self) -> Result<()> {
+        let Some(ring) = self.ring.as_mut() else { return Ok(()) };
+        let t0 = Instant::now();
+        ring.all_reduce(&self.params.grad, self.bucket_elements)?;
+        let _ = tch::no_grad(|| self.params.grad.g_mul_scalar_(1.0 / self.replicas as f64));
+        self.ring_seconds += t0.elapsed().as_secs_f64();
+        Ok(())
     }
 
     pub fn index(&self) -> usize {
@@ -127,30 +213,27 @@ impl StageWorker {
     }
 
     pub(super) fn recv_tensor(link: &mut Box<dyn Link>, want: &str, micro_batch: Option<u32>) -> Result<Tensor, TransportError> {
-        let peer = link.peer_stage();
+        let peer = link.peer();
         let msg = link.recv()?;
         let (got_mb, tensor) = match msg {
             Message::Activation { micro_batch, tensor } if want == "activation" => (Some(micro_batch), tensor),
             Message::Gradient { micro_batch, tensor } if want == "gradient" => (Some(micro_batch), tensor),
             Message::Reduce { tensor } if want == "reduce" => (None, tensor),
             other => {
-                return Err(TransportError::Protocol { stage: peer, detail: format!("expected {want}, received {}", other.name()) });
+                return Err(TransportError::Protocol { peer, detail: format!("expected {want}, received {}", other.name()) });
             }
         };
         if got_mb != micro_batch {
-            return Err(TransportError::Protocol {
-                stage: peer,
-                detail: format!("expected {want} of micro-batch {micro_batch:?}, received {got_mb:?}"),
-            });
+            return Err(TransportError::Protocol { peer, detail: format!("expected {want} of micro-batch {micro_batch:?}, received {got_mb:?}") });
         }
         Ok(tensor)
     }
 
-    /// Forward and backward of every micro-batch of one step, in this stage's schedule order;
-    /// leaves the step's gradient (unscaled) in `params.grad`, with tied copies summed. Returns
-    /// what this stage measured.
+    /// Forward and backward of every micro-batch of this replica's share of one step, in this
+    /// stage's schedule order; leaves the step's gradient (unscaled, averaged over the
+    /// replicas) in `params.grad`, with tied copies summed. Returns what this stage measured.
     pub fn forward_backward(&mut self) -> Result<StageTotals> {
-        let m = self.cfg.micro_batches() as usize;
+        let m = self.micro_batches() as usize;
         let index = self.index();
         let actions = stage_actions(self.schedule, self.stages, index, m);
         let scale = self.scaler.scale;
@@ -159,6 +242,14 @@ impl StageWorker {
         let aux_weight = self.model.aux_weight;
         let mbs = self.cfg.train.micro_batch_size;
         self.params.zero_grad();
+        self.ring_seconds = 0.0;
+        // Replica r trains on sequences r·m·mbs .. (r+1)·m·mbs of the step's batch; the readers
+        // pass over the others', so every replica reads the same order from the seed and the
+        // position between steps does not depend on the replica count.
+        let share = (m as i64) * mbs;
+        if let Some(d) = self.data.as_mut() {
+            d.skip(self.replica as i64 * share);
+        }
         let mut saved: HashMap<usize, Saved> = HashMap::new();
         let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
         let (mut dropped, mut assignments) = (0.0, 0);
@@ -230,9 +321,13 @@ impl StageWorker {
                 }
             }
         }
+        if let Some(d) = self.data.as_mut() {
+            d.skip((self.replicas - 1 - self.replica) as i64 * share);
+        }
         let t0 = Instant::now();
         self.params.accumulate_grads(1.0 / scale);
         busy += t0.elapsed();
+        self.average_gradients()?;
         self.sum_tied_gradients()?;
         Ok(StageTotals { loss_sum, aux_sum, busy_seconds: busy.as_secs_f64(), peak_in_flight: peak, dropped, assignments })
     }
@@ -293,7 +388,7 @@ impl StageWorker {
     /// gradient norm agreed across stages, this stage's busy seconds and the step's wall time.
     pub fn train_step(&mut self) -> Result<StepReport> {
         let t_step = Instant::now();
-        let m = self.cfg.micro_batches() as f64;
+        let m = (self.micro_batches() * self.replicas as i64) as f64;
         let lr = optim::lr_at(&self.cfg.train.optim, self.step, self.cfg.train.steps);
         let loss_scale = self.scaler.scale;
         let totals = self.forward_backward()?;
@@ -309,7 +404,13 @@ impl StageWorker {
         busy += t0.elapsed().as_secs_f64();
         let agreed =
             self.all_reduce(Some(Tensor::from_slice(&[squared, totals.loss_sum, totals.aux_sum, totals.dropped, totals.assignments as f64])))?;
-        let agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
+        let mut agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
+        // The gradients (and so their norm) are the same in every replica; the losses and the
+        // routing counts are each replica's own.
+        if self.replicas > 1 {
+            let sums = Vec::<f64>::try_from(&self.ring_sum(Tensor::from_slice(&agreed[1..]))?)?;
+            agreed[1..].copy_from_slice(&sums);
+        }
         let grad_norm = agreed[0].max(0.0).sqrt();
         let t0 = Instant::now();
         let apply = self.scaler.update(grad_norm.is_finite());
@@ -317,6 +418,11 @@ impl StageWorker {
             let clip = self.cfg.train.optim.grad_clip;
             let coef = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
             self.optim.step_scaled(&mut self.params, lr, coef);
+            if let (Some(regions), Some(ring)) = (&self.shards, self.ring.as_mut()) {
+                let t0 = Instant::now();
+                ring.all_gather(&self.params.master, regions)?;
+                self.ring_seconds += t0.elapsed().as_secs_f64();
+            }
             self.params.sync_compute();
         }
         busy += t0.elapsed().as_secs_f64();
@@ -335,6 +441,7 @@ impl StageWorker {
             skipped: !apply,
             seconds: t_step.elapsed().as_secs_f64(),
             busy_seconds: Some(busy),
+            ring_seconds: self.ring.is_some().then_some(self.ring_seconds),
             routing_mismatches: 0,
         })
     }
@@ -342,9 +449,12 @@ impl StageWorker {
     /// Tells both neighbours that this stage failed, so that they fail naming it rather than
     /// waiting for a timeout.
     pub fn abort(&mut self, reason: &str) {
-        let me = self.index();
+        let reason = format!("{}: {reason}", self.rank());
         for link in [self.upstream.as_mut(), self.downstream.as_mut()].into_iter().flatten() {
-            let _ = link.send(Message::Abort { reason: format!("stage {me}: {reason}") });
+            let _ = link.send(Message::Abort { reason: reason.clone() });
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.abort(&reason);
         }
     }
 
@@ -371,11 +481,61 @@ pub fn run_in_process<T: Send + 'static>(
     devices: &[Device],
     body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
 ) -> Result<Vec<T>> {
+    run_replicated(cfg, layouts, Replicas::one(), schedule, devices, body)
+}
+
+/// How many replicas of the pipeline train side by side, and whether they shard the optimizer
+/// state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    pub count: usize,
+    pub shard_optimizer: bool,
+}
+
+impl Replicas {
+    pub const fn one() -> Self {
+        Self { count: 1, shard_optimizer: false }
+    }
+}
+
+/// Runs `body` on one thread per stage of every replica of the pipeline, in one process: the
+/// stages of a replica linked by channels, the same stage of every replica by a ring of them.
+/// Results come back replica by replica, stage by stage. Stage s of replica r runs on
+/// `devices[(r · stages + s) % devices.len()]`.
+pub fn run_replicated<T: Send + 'static>(
+    cfg: &RunConfig,
+    layouts: &[StageLayout],
+    replicas: Replicas,
+    schedule: ScheduleKind,
+    devices: &[Device],
+    body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
+) -> Result<Vec<T>> {
     if layouts.is_empty() {
         bail!("a pipeline needs at least one stage");
     }
-    let links = super::transport::inproc::chain(layouts.len(), super::transport::DEFAULT_TIMEOUT);
-    run_stages(cfg, layouts.len(), layouts.to_vec(), links, schedule, devices, body)
+    let (stages, n) = (layouts.len(), replicas.count.max(1));
+    let timeout = super::transport::DEFAULT_TIMEOUT;
+    let faults: Vec<Vec<Fault>> = (0..n).map(|_| (0..stages).map(|_| Fault::default()).collect()).collect();
+    let mut chains: Vec<Vec<StageLinks>> =
+        faults.iter().enumerate().map(|(r, f)| super::transport::inproc::chain_from(0, (n > 1).then_some(r), timeout, f)).collect();
+    let mut rings: Vec<Vec<Option<Ring>>> = (0..n).map(|_| (0..stages).map(|_| None).collect()).collect();
+    if n > 1 {
+        for s in 0..stages {
+            let column: Vec<Fault> = faults.iter().map(|f| f[s].clone()).collect();
+            for (r, (next, previous)) in super::transport::inproc::ring(s, timeout, &column).into_iter().enumerate() {
+                rings[r][s] = Some(Ring::new(r, n, next, previous));
+            }
+        }
+    }
+    let body = std::sync::Arc::new(body);
+    let mut handles = vec![];
+    for r in 0..n {
+        let links = std::mem::take(&mut chains[r]);
+        let ring = std::mem::take(&mut rings[r]);
+        let placed: Vec<Device> = (0..stages).map(|s| devices[(r * stages + s) % devices.len()]).collect();
+        handles.extend(spawn_stages(cfg, stages, layouts.to_vec(), links, ring, (r, replicas), schedule, &placed, body.clone())?);
+    }
+    join(handles)
 }
 
 /// Runs this process's stages (`mine`, of `stages` in all) on threads with the given links.
@@ -388,24 +548,65 @@ pub fn run_stages<T: Send + 'static>(
     devices: &[Device],
     body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
 ) -> Result<Vec<T>> {
-    let body = std::sync::Arc::new(body);
+    let rings = mine.iter().map(|_| None).collect();
+    run_replica_stages(cfg, stages, mine, links, rings, (0, Replicas::one()), schedule, devices, body)
+}
+
+/// Runs this process's stages of replica `replica.0` on threads with the given links and rings.
+#[allow(clippy::too_many_arguments)]
+pub fn run_replica_stages<T: Send + 'static>(
+    cfg: &RunConfig,
+    stages: usize,
+    mine: Vec<StageLayout>,
+    links: Vec<StageLinks>,
+    rings: Vec<Option<Ring>>,
+    replica: (usize, Replicas),
+    schedule: ScheduleKind,
+    devices: &[Device],
+    body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
+) -> Result<Vec<T>> {
+    let placed: Vec<Device> = (0..mine.len()).map(|i| devices[i % devices.len()]).collect();
+    join(spawn_stages(cfg, stages, mine, links, rings, replica, schedule, &placed, std::sync::Arc::new(body))?)
+}
+
+type Handle<T> = std::thread::JoinHandle<Result<T>>;
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_stages<T: Send + 'static, F: Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static>(
+    cfg: &RunConfig,
+    stages: usize,
+    mine: Vec<StageLayout>,
+    links: Vec<StageLinks>,
+    rings: Vec<Option<Ring>>,
+    (replica, replicas): (usize, Replicas),
+    schedule: ScheduleKind,
+    devices: &[Device],
+    body: std::sync::Arc<F>,
+) -> Result<Vec<Handle<T>>> {
     let mut handles = Vec::with_capacity(mine.len());
-    for (i, (layout, (up, down))) in mine.into_iter().zip(links).enumerate() {
+    for (i, ((layout, (up, down)), ring)) in mine.into_iter().zip(links).zip(rings).enumerate() {
         let cfg = cfg.clone();
         let s = layout.index as usize;
         let device = devices[i % devices.len()];
         let body = body.clone();
-        handles.push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || -> Result<T> {
+        let name = if replicas.count > 1 { format!("r{replica}-stage-{s}") } else { format!("stage-{s}") };
+        handles.push(std::thread::Builder::new().name(name).spawn(move || -> Result<T> {
+            let rank = Rank::of(s, replica, replicas.count);
             let mut worker = StageWorker::new(&cfg, layout, stages, schedule, device, up, down)?;
+            worker.replicate(replica, replicas.count, ring, replicas.shard_optimizer)?;
             match body(&mut worker) {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     worker.abort(&format!("{e:#}"));
-                    Err(e.context(format!("pipeline stage {s}")))
+                    Err(e.context(rank.to_string()))
                 }
             }
         })?);
     }
+    Ok(handles)
+}
+
+fn join<T>(handles: Vec<Handle<T>>) -> Result<Vec<T>> {
     let results: Vec<Result<T>> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a stage thread panicked")))).collect();
     results.into_iter().collect()
 }

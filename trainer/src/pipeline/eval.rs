@@ -126,7 +126,7 @@ impl StageWorker {
     /// passes the result on, until the end marker (which it passes on too).
     fn relay_evaluation(&mut self) -> Result<()> {
         loop {
-            let peer = self.up().peer_stage();
+            let peer = self.up().peer();
             match self.up().recv()? {
                 Message::Activation { micro_batch: EVAL_END, tensor } => {
                     self.down().send(Message::Activation { micro_batch: EVAL_END, tensor })?;
@@ -142,7 +142,7 @@ impl StageWorker {
                         Message::Activation { micro_batch, .. } => format!("expected an evaluation activation, received micro-batch {micro_batch}"),
                         other => format!("expected an evaluation activation, received {}", other.name()),
                     };
-                    return Err(TransportError::Protocol { stage: peer, detail }.into());
+                    return Err(TransportError::Protocol { peer, detail }.into());
                 }
             }
         }

@@ -10,7 +10,7 @@
 //! Every process serves Prometheus metrics when given a port: progress and the pipeline bubble
 //! from each, the step's loss, throughput and MFU from the process holding the last stage.
 
-use super::engine::{StageWorker, run_in_process};
+use super::engine::{Replicas, StageWorker, run_in_process};
 use super::process::ProcessStages;
 use super::schedule::ScheduleKind;
 use super::stage::layouts;
@@ -30,21 +30,19 @@ use frugal_api::v1alpha1::QualityStatus;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
+/// The job's replicas of the pipeline.
+pub fn replicas(job: &Job) -> Replicas {
+    let p = &job.spec.parallelism;
+    Replicas { count: p.data_parallel.max(1) as usize, shard_optimizer: p.shard_optimizer_state && p.data_parallel > 1 }
+}
+
 /// This process's stages: from the pod's environment and configuration when it runs in a pod
-/// (`JOB_COMPLETION_INDEX` set), else every stage of the job.
+/// (`JOB_COMPLETION_INDEX` set), else every stage of every replica of the job.
 pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
     let stages = job.spec.parallelism.pipeline_stages.max(1) as usize;
     let in_pod = std::env::var_os(env::POD_INDEX).is_some();
     if !in_pod {
-        return Ok(ProcessStages {
-            layouts: layouts(&cfg.model, stages),
-            first: 0,
-            count: stages,
-            listen: None,
-            downstream: None,
-            token: vec![],
-            timeout: DEFAULT_TIMEOUT,
-        });
+        return Ok(ProcessStages::local(layouts(&cfg.model, stages), replicas(job)));
     }
     let pod = PodEnv::from_lookup(|k| std::env::var(k).ok())?;
     let text = std::fs::read_to_string(&pod.config_path).with_context(|| format!("reading {}", pod.config_path))?;
@@ -54,6 +52,7 @@ pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
     let token = String::from_utf8_lossy(&token).trim().as_bytes().to_vec();
     let listen = frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), paths::PIPELINE_PORT);
     let first = assignment.stages.first().context("this pod runs no stage")?.index as usize;
+    let ring_listen = frugal_api::contract::listen_address(std::env::var(env::POD_IP).ok().as_deref(), paths::RING_PORT);
     Ok(ProcessStages {
         layouts: config.pipeline.stages.clone(),
         first,
@@ -62,6 +61,14 @@ pub fn process_stages(job: &Job, cfg: &RunConfig) -> Result<ProcessStages> {
         downstream: assignment.downstream.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
         token,
         timeout: DEFAULT_TIMEOUT,
+        replicas: Replicas {
+            count: assignment.replicas.max(1) as usize,
+            shard_optimizer: config.spec.parallelism.shard_optimizer_state && assignment.replicas > 1,
+        },
+        replica: assignment.replica as usize,
+        all_replicas_here: false,
+        ring_listen: assignment.ring_previous.as_ref().map(|_| ring_listen),
+        ring_next: assignment.ring_next.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
     })
 }
 
@@ -73,8 +80,13 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, run: JobRun) -> Result<S
     let devices = devices_for(device);
     let stages = process.layouts.len() as i64;
     // MFU is taken against every device the pipeline trains on: this process's (stage s on
-    // devices[s % n]) times the number of processes.
-    let devices_in_pipeline = (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64;
+    // devices[s % n]) times the number of processes, in every replica.
+    let replicas = process.replicas.count as i64;
+    let devices_in_pipeline = if process.all_replicas_here {
+        devices.len().min(process.count * process.replicas.count) as i64
+    } else {
+        (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64 * replicas
+    };
     let results = process.run(&cfg, schedule, &devices, move |w: &mut StageWorker| train_job(&mut Stage { worker: w, devices_in_pipeline }, &run))?;
     // The stages agree on how the run ends; a disagreement would be a bug, and stopping wins.
     Ok([Stop::Terminated, Stop::QualityTargetReached].into_iter().find(|s| results.contains(s)).unwrap_or(Stop::Completed))
@@ -108,7 +120,7 @@ impl Engine for Stage<'_> {
     }
 
     fn reports(&self) -> bool {
-        self.worker.model.layout.head
+        self.worker.model.layout.head && self.worker.replica == 0
     }
 
     fn gpus(&self) -> i64 {
@@ -125,12 +137,14 @@ impl Engine for Stage<'_> {
             peak_flops: peak * n as f64,
             peak_source: format!("{source} × {n} device(s)"),
             pipeline_stages: Some(w.stages as i64),
+            micro_batches: w.micro_batches(),
+            replicas: w.replicas as i64,
         }
     }
 
-    /// Every stage loads the same step (verification reads the manifest every stage wrote, so
-    /// each passes over the same corrupt steps); once all have, the first stage sets the corrupt
-    /// ones aside.
+    /// Every stage of every replica loads the same step (verification reads the manifest every
+    /// stage wrote, so each passes over the same corrupt steps); once all have, the first stage
+    /// of the first replica sets the corrupt ones aside.
     fn resume(&mut self) -> Result<Option<event::Resume>> {
         let Some(root) = self.worker.cfg.checkpoint_dir.clone() else { return Ok(None) };
         let w = &mut *self.worker;
@@ -142,7 +156,7 @@ impl Engine for Stage<'_> {
             "the pipeline's stages resumed from different checkpoints (this stage from step {step}); look for a checkpoint another stage cannot read"
         );
         let Some(resumed) = resumed else { return Ok(None) };
-        if self.worker.index() == 0 {
+        if self.worker.index() == 0 && self.worker.replica == 0 {
             resumed.set_aside()?;
         }
         let state = &resumed.loaded;
@@ -154,11 +168,16 @@ impl Engine for Stage<'_> {
     }
 
     fn agree(&mut self, values: &[f64]) -> Result<Vec<f64>> {
-        let total = self.worker.all_reduce(Some(Tensor::from_slice(values)))?;
+        let total = self.worker.all_reduce_global(Tensor::from_slice(values))?;
         Ok(Vec::<f64>::try_from(&total)?)
     }
 
+    /// The first replica evaluates (every replica holds the same weights); the others go on to
+    /// the agreement that follows.
     fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>> {
+        if self.worker.replica > 0 {
+            return Ok(None);
+        }
         self.worker.evaluate(evaluation)
     }
 

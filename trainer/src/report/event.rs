@@ -96,6 +96,10 @@ pub struct Step {
     /// Seconds this process's stages computed this step (pipelined runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_busy_seconds: Option<f64>,
+    /// Seconds the reporting stage spent averaging gradients with the other replicas (and
+    /// gathering sharded weights) this step (data-parallel runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

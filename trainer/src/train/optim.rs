@@ -59,41 +59,78 @@ pub struct Optimizer {
     pub cfg: OptimConfig,
     /// Updates applied so far (bias correction).
     pub updates: i64,
-    /// Start of the AdamW range in the flat buffer (0 for AdamW, the end of the hidden group
-    /// for Muon); the AdamW range ends at the buffer's end.
-    adam_start: i64,
+    /// The part of the flat buffer this optimizer updates and keeps state for: all of it, or
+    /// one replica's shard when the state is sharded across replicas (ZeRO stage 1).
+    pub region: (i64, i64),
+    /// The AdamW range `[start, end)` of the flat buffer: the whole buffer for AdamW, what
+    /// follows the hidden group for Muon; within `region`.
+    adam: (i64, i64),
     /// End of the decayed part (hidden + embedding groups).
     decay_end: i64,
-    /// AdamW moments over [adam_start, numel).
+    /// AdamW moments over `adam`.
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// Muon momentum over [0, hidden_end).
+    /// Muon momentum over the hidden group's part of `region`, `[muon.0, muon.1)`.
+    muon: (i64, i64),
     momentum: Option<Tensor>,
     muon_groups: Vec<MuonGroup>,
 }
 
+/// Where the flat buffer is cut to shard the optimizer state across `replicas`: contiguous
+/// regions of whole parameters (Newton–Schulz needs whole matrices, and checkpoints name whole
+/// tensors), balanced by element count. Region r is `cuts[r]..cuts[r + 1]`.
+pub fn shard_regions(store: &ParamStore, replicas: usize) -> Vec<(i64, i64)> {
+    let n = replicas.max(1) as i64;
+    let mut ends: Vec<i64> = store.specs.iter().map(|s| s.offset + s.numel()).collect();
+    ends.sort_unstable();
+    let mut cuts = vec![0];
+    for r in 1..n {
+        let want = store.numel * r / n;
+        // the parameter boundary nearest the even cut, never before the previous cut
+        let at = ends.iter().copied().min_by_key(|&e| (e - want).abs()).unwrap_or(0).max(*cuts.last().unwrap());
+        cuts.push(at);
+    }
+    cuts.push(store.numel);
+    cuts.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
 impl Optimizer {
     pub fn new(cfg: &OptimConfig, store: &ParamStore) -> Self {
-        let muon = cfg.kind == OptimizerKind::Muon;
-        let adam_start = if muon { store.hidden_end } else { 0 };
-        let n = store.numel - adam_start;
+        Self::for_region(cfg, store, (0, store.numel))
+    }
+
+    /// An optimizer that updates and keeps state for `region` of the flat buffer only (one of
+    /// [`shard_regions`]).
+    pub fn for_region(cfg: &OptimConfig, store: &ParamStore, region: (i64, i64)) -> Self {
+        let is_muon = cfg.kind == OptimizerKind::Muon;
+        let adam_start = if is_muon { store.hidden_end } else { 0 };
+        let clamp = |x: i64, lo: i64, hi: i64| x.max(lo).min(hi);
+        let adam = (clamp(region.0, adam_start, store.numel), clamp(region.1, adam_start, store.numel));
+        let muon = if is_muon { (region.0.min(store.hidden_end), region.1.min(store.hidden_end)) } else { (0, 0) };
         let zeros = |n: i64| Tensor::zeros([n], (Kind::Float, store.device));
         let mut groups: BTreeMap<Vec<i64>, Vec<(i64, i64)>> = BTreeMap::new();
-        if muon {
-            for s in store.specs.iter().filter(|s| s.group == ParamGroup::Hidden) {
+        if is_muon {
+            for s in store.specs.iter().filter(|s| s.group == ParamGroup::Hidden && s.offset >= muon.0 && s.offset < muon.1) {
                 groups.entry(s.shape.clone()).or_default().push((s.offset, s.numel()));
             }
         }
         Self {
             cfg: cfg.clone(),
             updates: 0,
-            adam_start,
+            region,
+            adam,
             decay_end: store.embedding_end,
-            exp_avg: zeros(n),
-            exp_avg_sq: zeros(n),
-            momentum: muon.then(|| zeros(store.hidden_end)),
+            exp_avg: zeros(adam.1 - adam.0),
+            exp_avg_sq: zeros(adam.1 - adam.0),
+            muon,
+            momentum: is_muon.then(|| zeros(muon.1 - muon.0)),
             muon_groups: groups.into_iter().map(|(shape, members)| MuonGroup { shape, members }).collect(),
         }
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> i64 {
+        4 * (self.exp_avg.numel() + self.exp_avg_sq.numel() + self.momentum.as_ref().map_or(0, |m| m.numel())) as i64
     }
 
     /// One update of the master weights from the flat gradient, at learning rate `lr` (AdamW)
@@ -105,23 +142,23 @@ impl Optimizer {
     /// As [`Optimizer::step`], with the gradient taken times `grad_coef` (the clip coefficient)
     /// as AdamW reads it, so the clip costs no pass of its own; with Muon, which reads the
     /// gradient too, it is scaled in place first. On the CPU the AdamW update is one fused pass
-    /// over the buffer.
+    /// over the buffer. Only `region` of the weights changes.
     pub fn step_scaled(&mut self, store: &mut ParamStore, lr: f64, grad_coef: f64) {
         let _guard = tch::no_grad_guard();
         self.updates += 1;
         let fused = store.device == Device::Cpu;
         let mut coef = grad_coef;
         if coef != 1.0 && self.momentum.is_some() {
-            let _ = store.grad.g_mul_scalar_(coef);
+            let _ = store.grad.narrow(0, self.region.0, self.region.1 - self.region.0).g_mul_scalar_(coef);
             coef = 1.0;
         }
         let c = &self.cfg;
         let t = self.updates as f64;
-        let n = store.numel - self.adam_start;
-        let p = store.master.narrow(0, self.adam_start, n);
-        let g = store.grad.narrow(0, self.adam_start, n);
+        let (a0, n) = (self.adam.0, self.adam.1 - self.adam.0);
+        let p = store.master.narrow(0, a0, n);
+        let g = store.grad.narrow(0, a0, n);
         // Decoupled weight decay on the decayed prefix of the AdamW range only.
-        let decayed = (self.decay_end - self.adam_start).max(0);
+        let decayed = (self.decay_end - a0).clamp(0, n);
         for (start, len, weight_decay) in [(0, decayed, c.weight_decay), (decayed, n - decayed, 0.0)] {
             if len == 0 {
                 continue;
@@ -145,21 +182,23 @@ impl Optimizer {
             }
         }
 
-        if let Some(mom) = &mut self.momentum {
+        if let Some(mom) = &mut self.momentum
+            && self.muon.1 > self.muon.0
+        {
             let muon_lr = c.muon_lr * lr / c.lr;
-            let hidden = store.hidden_end;
-            let g = store.grad.narrow(0, 0, hidden);
+            let (m0, len) = (self.muon.0, self.muon.1 - self.muon.0);
+            let g = store.grad.narrow(0, m0, len);
             let _ = mom.lerp_(&g, 1.0 - c.muon_momentum);
             // Nesterov: g + μ(m - g).
             let nesterov = g.lerp(mom, c.muon_momentum);
             if c.weight_decay > 0.0 {
-                let _ = store.master.narrow(0, 0, hidden).g_mul_scalar_(1.0 - muon_lr * c.weight_decay);
+                let _ = store.master.narrow(0, m0, len).g_mul_scalar_(1.0 - muon_lr * c.weight_decay);
             }
             for group in &self.muon_groups {
                 let mut shape = vec![group.members.len() as i64];
                 shape.extend(&group.shape);
                 let stacked =
-                    Tensor::stack(&group.members.iter().map(|&(o, n)| nesterov.narrow(0, o, n)).collect::<Vec<_>>(), 0).view(shape.as_slice());
+                    Tensor::stack(&group.members.iter().map(|&(o, n)| nesterov.narrow(0, o - m0, n)).collect::<Vec<_>>(), 0).view(shape.as_slice());
                 let (rows, cols) = (group.shape[group.shape.len() - 2], group.shape[group.shape.len() - 1]);
                 let update = newton_schulz(&stacked) * (-muon_lr * (rows as f64 / cols as f64).max(1.0).sqrt());
                 let update = update.view([group.members.len() as i64, -1]);
@@ -170,19 +209,45 @@ impl Optimizer {
         }
     }
 
-    /// Optimizer state under global parameter names, for checkpoints.
+    /// Optimizer state under global parameter names, for checkpoints: of the parameters in
+    /// `region` (all of them unless sharded).
     pub fn state_tensors(&self, store: &ParamStore) -> Vec<(String, Tensor)> {
         let mut out = vec![];
-        for s in &store.specs {
-            if s.offset >= self.adam_start {
-                let o = s.offset - self.adam_start;
+        for s in store.specs.iter().filter(|s| s.offset >= self.region.0 && s.offset < self.region.1) {
+            if s.offset >= self.adam.0 && s.offset < self.adam.1 {
+                let o = s.offset - self.adam.0;
                 out.push((format!("exp_avg.{}", s.name), self.exp_avg.narrow(0, o, s.numel()).view(s.shape.as_slice())));
                 out.push((format!("exp_avg_sq.{}", s.name), self.exp_avg_sq.narrow(0, o, s.numel()).view(s.shape.as_slice())));
             } else if let Some(m) = &self.momentum {
-                out.push((format!("momentum.{}", s.name), m.narrow(0, s.offset, s.numel()).view(s.shape.as_slice())));
+                out.push((format!("momentum.{}", s.name), m.narrow(0, s.offset - self.muon.0, s.numel()).view(s.shape.as_slice())));
             }
         }
         out
+    }
+
+    /// An optimizer over the whole buffer holding this one's state in its region and zeros
+    /// elsewhere: summed across the replicas of a sharded optimizer (see [`Self::state_buffers`])
+    /// it is the unsharded state, which a checkpoint writes.
+    pub fn widened(&self, store: &ParamStore) -> Self {
+        let mut full = Self::new(&self.cfg, store);
+        full.updates = self.updates;
+        let _guard = tch::no_grad_guard();
+        if self.adam.1 > self.adam.0 {
+            let o = self.adam.0 - full.adam.0;
+            full.exp_avg.narrow(0, o, self.adam.1 - self.adam.0).copy_(&self.exp_avg);
+            full.exp_avg_sq.narrow(0, o, self.adam.1 - self.adam.0).copy_(&self.exp_avg_sq);
+        }
+        if let (Some(mine), Some(theirs)) = (&self.momentum, &mut full.momentum)
+            && self.muon.1 > self.muon.0
+        {
+            theirs.narrow(0, self.muon.0, self.muon.1 - self.muon.0).copy_(mine);
+        }
+        full
+    }
+
+    /// The flat state buffers (AdamW's two moments, Muon's momentum).
+    pub fn state_buffers(&self) -> Vec<&Tensor> {
+        [&self.exp_avg, &self.exp_avg_sq].into_iter().chain(self.momentum.as_ref()).collect()
     }
 }
 
@@ -362,6 +427,68 @@ mod tests {
             let err = (a - b).abs().max().double_value(&[]);
             let scale = b.abs().max().double_value(&[]);
             assert!(err <= 1e-6 * scale, "{name}: differs by {err} (max {scale})");
+        }
+    }
+
+    fn store() -> ParamStore {
+        let mut b = crate::params::ParamBuilder::default();
+        b.add("h1", &[8, 4], ParamGroup::Hidden, crate::params::Init::Normal(0.1));
+        b.add("h2", &[4, 8], ParamGroup::Hidden, crate::params::Init::Normal(0.1));
+        b.add("h3", &[8, 8], ParamGroup::Hidden, crate::params::Init::Normal(0.1));
+        b.add("wte", &[10, 4], ParamGroup::Embedding, crate::params::Init::Normal(0.1));
+        b.add("g", &[4], ParamGroup::Gain, crate::params::Init::Ones);
+        ParamStore::new(b, &mut crate::rng::Rng::new(1), Device::Cpu, Kind::Float)
+    }
+
+    #[test]
+    fn sharded_optimizers_update_their_regions_as_one_unsharded_one() {
+        for kind in [OptimizerKind::AdamW, OptimizerKind::Muon] {
+            let cfg = OptimConfig { kind, weight_decay: 0.1, ..Default::default() };
+            let mut whole = store();
+            let regions = shard_regions(&whole, 3);
+            assert_eq!((regions[0].0, regions[2].1), (0, whole.numel));
+            assert!(regions.windows(2).all(|w| w[0].1 == w[1].0), "{regions:?}");
+            let mut one = Optimizer::new(&cfg, &whole);
+            let mut shards: Vec<(ParamStore, Optimizer)> = regions
+                .iter()
+                .map(|&r| {
+                    let st = store();
+                    let o = Optimizer::for_region(&cfg, &st, r);
+                    (st, o)
+                })
+                .collect();
+            // the shards together hold the unsharded state, no more
+            assert_eq!(shards.iter().map(|(_, o)| o.state_bytes()).sum::<i64>(), one.state_bytes(), "{kind:?}");
+            tch::manual_seed(5);
+            for step in 0..3 {
+                let g = Tensor::randn([whole.numel], (Kind::Float, Device::Cpu));
+                whole.grad.copy_(&g);
+                one.step_scaled(&mut whole, 1e-2, 0.5);
+                for (st, o) in &mut shards {
+                    st.grad.copy_(&g);
+                    o.step_scaled(st, 1e-2, 0.5);
+                }
+                for ((st, _), &(a, b)) in shards.iter().zip(&regions) {
+                    let err = (st.master.narrow(0, a, b - a) - whole.master.narrow(0, a, b - a)).abs().max().double_value(&[]);
+                    assert!(err < 1e-6, "{kind:?} step {step}: region {a}..{b} differs by {err}");
+                }
+                // what the weights are after the all-gather
+                for (st, _) in &mut shards {
+                    tch::no_grad(|| st.master.copy_(&whole.master));
+                }
+            }
+            // the widened shards sum to the unsharded state, name by name
+            let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
+            for (st, o) in &shards {
+                for (n, t) in o.widened(st).state_tensors(st) {
+                    let prev = sum.remove(&n);
+                    sum.insert(n, prev.map_or(t.copy(), |p| p + t));
+                }
+            }
+            for (n, t) in one.state_tensors(&whole) {
+                let err = (&sum[&n] - &t).abs().max().double_value(&[]);
+                assert!(err < 1e-6, "{kind:?} {n}: {err}");
+            }
         }
     }
 

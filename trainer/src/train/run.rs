@@ -48,6 +48,9 @@ pub struct StepReport {
     pub seconds: f64,
     /// A pipeline stage: the seconds of the step it computed (the rest it waited).
     pub busy_seconds: Option<f64>,
+    /// With replicas: the seconds of the step this part spent exchanging with the other
+    /// replicas (gradient all-reduce, and the all-gather of sharded weights).
+    pub ring_seconds: Option<f64>,
     pub routing_mismatches: i64,
 }
 
@@ -89,6 +92,10 @@ pub struct RunShape {
     pub peak_flops: f64,
     pub peak_source: String,
     pub pipeline_stages: Option<i64>,
+    /// Micro-batches of one replica's share of a step (the pipeline's bubble depends on them).
+    pub micro_batches: i64,
+    /// Replicas of the model training side by side (data parallelism).
+    pub replicas: i64,
 }
 
 /// One part of a run.
@@ -166,7 +173,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
     }
     let flops_per_token = shape.as_ref().map_or(f64::NAN, |sh| sh.counts.flops_per_token);
     let peak = shape.as_ref().map_or(f64::NAN, |sh| sh.peak_flops);
-    let theory = shape.as_ref().and_then(|sh| sh.pipeline_stages).map(|p| bubble_fraction(p, cfg.micro_batches()));
+    let theory = shape.as_ref().and_then(|sh| sh.pipeline_stages).map(|p| bubble_fraction(p, shape.as_ref().map_or(1, |sh| sh.micro_batches)));
     let t_start = Instant::now();
     let start_tokens = engine.tokens();
     let (mut train_seconds, mut last_loss) = (0.0, f64::NAN);
@@ -190,6 +197,9 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         s.metrics.record_progress(r.step, engine.loss_scaler().skipped_steps, r.dropped_fraction);
         if let Some(b) = bubble {
             s.metrics.gauge("frugal_trainer_pipeline_bubble_ratio", "Idle fraction of the pipeline's stages in the last step.", b);
+        }
+        if let Some(t) = r.ring_seconds {
+            s.metrics.gauge("frugal_trainer_allreduce_seconds", "Seconds of the last step spent exchanging gradients with the other replicas.", t);
         }
         if let Some(rep) = s.reporter.as_deref_mut() {
             let tps = cfg.tokens_per_step() as f64 / r.seconds;
@@ -221,6 +231,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
                     pipeline_bubble: bubble,
                     bubble_theory: theory,
                     stage_busy_seconds: r.busy_seconds,
+                    allreduce_seconds: r.ring_seconds,
                 }));
             }
         }

@@ -206,6 +206,7 @@ impl Trainer {
             skipped: !apply,
             seconds: t0.elapsed().as_secs_f64(),
             busy_seconds: None,
+            ring_seconds: None,
             routing_mismatches: mismatches.map_or(0, |m| m.int64_value(&[])),
         }
     }
@@ -282,7 +283,7 @@ impl Engine for Trainer {
 
     fn shape(&self) -> RunShape {
         let (peak_flops, peak_source) = flops::peak_flops(self.device, compute_kind(self.cfg.train.precision));
-        RunShape { counts: self.counts.clone(), peak_flops, peak_source, pipeline_stages: None }
+        RunShape { counts: self.counts.clone(), peak_flops, peak_source, pipeline_stages: None, micro_batches: self.cfg.micro_batches(), replicas: 1 }
     }
 
     fn resume(&mut self) -> Result<Option<event::Resume>> {

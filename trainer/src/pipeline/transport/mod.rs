@@ -1,6 +1,7 @@
-//! How neighbouring stages exchange tensors. A stage holds at most two links, one to the stage
-//! before it (activations in, gradients out) and one to the stage after it; each carries
-//! [`Message`]s in order in each direction. In-process links are channels between threads;
+//! How neighbouring stages exchange tensors. A stage holds at most two pipeline links, one to the
+//! stage before it (activations in, gradients out) and one to the stage after it, and with
+//! replicas two ring links, to the same stage of the next replica (chunks out) and of the
+//! previous one (chunks in); each carries [`Message`]s in order in each direction. In-process links are channels between threads;
 //! TCP links carry length-prefixed frames between pods, authenticated with the job's token.
 
 pub mod inproc;
@@ -11,7 +12,42 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
-/// What travels between two stages.
+/// Who is at the other end of a link: a pipeline stage, of one replica when the pipeline is
+/// replicated (data parallelism).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rank {
+    pub stage: usize,
+    /// `None` when the job has one replica (the messages then say only the stage).
+    pub replica: Option<usize>,
+}
+
+impl Rank {
+    /// Stage `stage` of a pipeline that is not replicated.
+    pub const fn stage(stage: usize) -> Self {
+        Self { stage, replica: None }
+    }
+
+    /// Stage `stage` of replica `replica` of `replicas`.
+    pub fn of(stage: usize, replica: usize, replicas: usize) -> Self {
+        Self { stage, replica: (replicas > 1).then_some(replica) }
+    }
+
+    /// The same stage in another replica.
+    pub fn in_replica(self, replica: usize) -> Self {
+        Self { stage: self.stage, replica: Some(replica) }
+    }
+}
+
+impl std::fmt::Display for Rank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.replica {
+            None => write!(f, "pipeline stage {}", self.stage),
+            Some(r) => write!(f, "pipeline stage {} of replica {r}", self.stage),
+        }
+    }
+}
+
+/// What travels between two stages, or between the same stage of two replicas.
 #[derive(Debug)]
 pub enum Message {
     /// A micro-batch's activations, downstream.
@@ -20,6 +56,9 @@ pub enum Message {
     Gradient { micro_batch: u32, tensor: Tensor },
     /// A partial or complete sum of a chain all-reduce (tied gradients, norms, flags).
     Reduce { tensor: Tensor },
+    /// One chunk of a ring all-reduce or all-gather across replicas, numbered in the order both
+    /// ends expect it.
+    Chunk { index: u32, tensor: Tensor },
     /// The sender failed; the text says why.
     Abort { reason: String },
 }
@@ -30,6 +69,7 @@ impl Message {
             Message::Activation { .. } => "activation",
             Message::Gradient { .. } => "gradient",
             Message::Reduce { .. } => "reduce",
+            Message::Chunk { .. } => "chunk",
             Message::Abort { .. } => "abort",
         }
     }
@@ -37,24 +77,25 @@ impl Message {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("pipeline stage {stage} disappeared: {detail}")]
-    PeerGone { stage: usize, detail: String },
-    #[error("pipeline stage {stage} sent nothing for {seconds:.0} s (timeout)")]
-    Timeout { stage: usize, seconds: f64 },
-    #[error("pipeline stage {stage} failed: {reason}")]
-    PeerAborted { stage: usize, reason: String },
-    #[error("pipeline stage {stage} refused the connection: {reason}")]
-    Refused { stage: usize, reason: String },
-    #[error("pipeline stage {stage}: protocol error: {detail}")]
-    Protocol { stage: usize, detail: String },
-    #[error("pipeline stage {stage} at {addr}: {source}")]
-    Io { stage: usize, addr: String, source: std::io::Error },
+    #[error("{peer} disappeared: {detail}")]
+    PeerGone { peer: Rank, detail: String },
+    #[error("{peer} sent nothing for {seconds:.0} s (timeout)")]
+    Timeout { peer: Rank, seconds: f64 },
+    #[error("{peer} failed: {reason}")]
+    PeerAborted { peer: Rank, reason: String },
+    #[error("{peer} refused the connection: {reason}")]
+    Refused { peer: Rank, reason: String },
+    #[error("{peer}: protocol error: {detail}")]
+    Protocol { peer: Rank, detail: String },
+    #[error("{peer} at {addr}: {source}")]
+    Io { peer: Rank, addr: String, source: std::io::Error },
 }
 
-/// One direction-pair connection to a neighbouring stage.
+/// One direction-pair connection to a neighbouring stage, or to the same stage of the next or
+/// previous replica.
 pub trait Link: Send {
-    /// The stage at the other end.
-    fn peer_stage(&self) -> usize;
+    /// Who is at the other end.
+    fn peer(&self) -> Rank;
     fn send(&mut self, msg: Message) -> Result<(), TransportError>;
     /// The next message; an [`Message::Abort`] from the peer becomes [`TransportError::PeerAborted`].
     fn recv(&mut self) -> Result<Message, TransportError>;
@@ -64,28 +105,28 @@ pub trait Link: Send {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The first failure any of a stage's links saw. A stage blocked on one neighbour learns from it
-/// that the other neighbour is gone, instead of waiting for a timeout.
+/// that another is gone, instead of waiting for a timeout.
 #[derive(Clone, Debug, Default)]
-pub struct Fault(Arc<Mutex<Option<(usize, String, bool)>>>);
+pub struct Fault(Arc<Mutex<Option<(Rank, String, bool)>>>);
 
 impl Fault {
-    /// Records that `stage` disappeared (or, with `aborted`, failed and said why).
-    pub fn set(&self, stage: usize, detail: String, aborted: bool) {
+    /// Records that `peer` disappeared (or, with `aborted`, failed and said why).
+    pub fn set(&self, peer: Rank, detail: String, aborted: bool) {
         let mut slot = self.0.lock().unwrap();
         if slot.is_none() {
-            *slot = Some((stage, detail, aborted));
+            *slot = Some((peer, detail, aborted));
         }
     }
 
     pub fn error(&self) -> Option<TransportError> {
-        self.0.lock().unwrap().clone().map(|(stage, detail, aborted)| {
-            if aborted { TransportError::PeerAborted { stage, reason: detail } } else { TransportError::PeerGone { stage, detail } }
+        self.0.lock().unwrap().clone().map(|(peer, detail, aborted)| {
+            if aborted { TransportError::PeerAborted { peer, reason: detail } } else { TransportError::PeerGone { peer, detail } }
         })
     }
 }
 
 /// Waits for the next item from a link's channel, checking the stage's [`Fault`] as it waits.
-pub(crate) fn wait<T>(rx: &Receiver<T>, fault: &Fault, peer: usize, timeout: Duration) -> Result<Option<T>, TransportError> {
+pub(crate) fn wait<T>(rx: &Receiver<T>, fault: &Fault, peer: Rank, timeout: Duration) -> Result<Option<T>, TransportError> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -97,7 +138,7 @@ pub(crate) fn wait<T>(rx: &Receiver<T>, fault: &Fault, peer: usize, timeout: Dur
                     return Err(e);
                 }
                 if left.is_zero() {
-                    return Err(TransportError::Timeout { stage: peer, seconds: timeout.as_secs_f64() });
+                    return Err(TransportError::Timeout { peer, seconds: timeout.as_secs_f64() });
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! TCP links between pods. Each stage but the first listens for its upstream neighbour; each but
-//! the last connects to its downstream neighbour, retrying until it answers. The connecting side
-//! opens with a hello (magic, version, its stage index, the job's token); the listener checks the
-//! token in constant time and the stage index, and answers welcome or refuses with a reason, then
-//! goes on listening for the right peer until its deadline.
+//! the last connects to its downstream neighbour, retrying until it answers. With replicas, each
+//! stage also connects to the same stage of the next replica and its process listens (on a second
+//! port) for the previous replica's. The connecting side opens with a hello (magic, version, the
+//! link's role, its stage and replica, the job's token); the listener checks the token in
+//! constant time, the role and who connected, and answers welcome or refuses with a reason, then
+//! goes on listening for the right peers until its deadline.
 //!
 //! Frames are length-prefixed: u32 length (big-endian), then the body:
 //!   u8 kind, u32 micro-batch, and for tensor kinds u8 dtype, u8 rank, rank × i64 dims, raw bytes
@@ -10,7 +12,7 @@
 //! A reader thread drains the socket into a channel so that neither side's sends can block on
 //! the other's (both directions of a link are busy in 1F1B's steady state).
 
-use super::{Fault, Link, Message, TransportError, wait};
+use super::{Fault, Link, Message, Rank, TransportError, wait};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, channel};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
 const MAGIC: &[u8; 8] = b"FRUGALPP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Frames above this are refused as corrupt (1 GiB).
 const MAX_FRAME: u32 = 1 << 30;
 
@@ -29,6 +31,38 @@ const ABORT: u8 = 4;
 const HELLO: u8 = 5;
 const WELCOME: u8 = 6;
 const REFUSE: u8 = 7;
+const CHUNK: u8 = 8;
+
+/// What a connection is for, named in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Between neighbouring stages of one pipeline.
+    Pipeline,
+    /// From a stage to the same stage of the next replica.
+    Ring,
+}
+
+impl Role {
+    fn code(self) -> u8 {
+        match self {
+            Role::Pipeline => 0,
+            Role::Ring => 1,
+        }
+    }
+
+    fn name(code: u8) -> &'static str {
+        match code {
+            0 => "pipeline",
+            1 => "ring",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A replica index on the wire; `u32::MAX` for a pipeline that is not replicated.
+fn replica_code(r: Option<usize>) -> u32 {
+    r.map_or(u32::MAX, |r| r as u32)
+}
 
 fn kind_code(k: Kind) -> Option<u8> {
     Some(match k {
@@ -98,7 +132,7 @@ fn decode(body: &[u8]) -> Result<(u8, u32, Option<Tensor>, String), String> {
     let kind = body[0];
     let micro_batch = u32::from_be_bytes(body[1..5].try_into().unwrap());
     let rest = &body[5..];
-    if matches!(kind, ACTIVATION | GRADIENT | REDUCE) {
+    if matches!(kind, ACTIVATION | GRADIENT | REDUCE | CHUNK) {
         if rest.len() < 2 {
             return Err("truncated tensor header".into());
         }
@@ -123,9 +157,9 @@ fn decode(body: &[u8]) -> Result<(u8, u32, Option<Tensor>, String), String> {
     }
 }
 
-/// A connected, authenticated link to a neighbouring stage.
+/// A connected, authenticated link to a neighbouring stage or replica.
 pub struct TcpLink {
-    peer: usize,
+    peer: Rank,
     addr: String,
     writer: BufWriter<TcpStream>,
     rx: Receiver<Result<Message, TransportError>>,
@@ -134,7 +168,7 @@ pub struct TcpLink {
 }
 
 impl TcpLink {
-    fn start(stream: TcpStream, peer: usize, addr: String, timeout: Duration, fault: &Fault) -> std::io::Result<Self> {
+    fn start(stream: TcpStream, peer: Rank, addr: String, timeout: Duration, fault: &Fault) -> std::io::Result<Self> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(None)?;
         stream.set_write_timeout(Some(timeout))?;
@@ -142,7 +176,7 @@ impl TcpLink {
         let (tx, rx) = channel();
         let reader_addr = addr.clone();
         let reader_fault = fault.clone();
-        std::thread::Builder::new().name(format!("link-{peer}")).spawn(move || {
+        std::thread::Builder::new().name(format!("link-{}", peer.stage)).spawn(move || {
             let mut r = BufReader::with_capacity(1 << 20, reader);
             loop {
                 let item = match read_frame(&mut r) {
@@ -152,19 +186,20 @@ impl TcpLink {
                             _ => format!("connection from {reader_addr} failed: {e}"),
                         };
                         reader_fault.set(peer, detail.clone(), false);
-                        let _ = tx.send(Err(TransportError::PeerGone { stage: peer, detail }));
+                        let _ = tx.send(Err(TransportError::PeerGone { peer, detail }));
                         return;
                     }
                     Ok(body) => match decode(&body) {
-                        Err(detail) => Err(TransportError::Protocol { stage: peer, detail }),
+                        Err(detail) => Err(TransportError::Protocol { peer, detail }),
                         Ok((ACTIVATION, mb, Some(t), _)) => Ok(Message::Activation { micro_batch: mb, tensor: t }),
                         Ok((GRADIENT, mb, Some(t), _)) => Ok(Message::Gradient { micro_batch: mb, tensor: t }),
                         Ok((REDUCE, _, Some(t), _)) => Ok(Message::Reduce { tensor: t }),
+                        Ok((CHUNK, index, Some(t), _)) => Ok(Message::Chunk { index, tensor: t }),
                         Ok((ABORT, _, _, reason)) => {
                             reader_fault.set(peer, reason.clone(), true);
                             Ok(Message::Abort { reason })
                         }
-                        Ok((k, ..)) => Err(TransportError::Protocol { stage: peer, detail: format!("unexpected frame kind {k}") }),
+                        Ok((k, ..)) => Err(TransportError::Protocol { peer, detail: format!("unexpected frame kind {k}") }),
                     },
                 };
                 let stop = item.is_err();
@@ -185,7 +220,7 @@ impl Drop for TcpLink {
 }
 
 impl Link for TcpLink {
-    fn peer_stage(&self) -> usize {
+    fn peer(&self) -> Rank {
         self.peer
     }
 
@@ -194,17 +229,18 @@ impl Link for TcpLink {
             Message::Activation { micro_batch, tensor } => encode(ACTIVATION, *micro_batch, Some(tensor), &[]),
             Message::Gradient { micro_batch, tensor } => encode(GRADIENT, *micro_batch, Some(tensor), &[]),
             Message::Reduce { tensor } => encode(REDUCE, 0, Some(tensor), &[]),
+            Message::Chunk { index, tensor } => encode(CHUNK, *index, Some(tensor), &[]),
             Message::Abort { reason } => encode(ABORT, 0, None, reason.as_bytes()),
         };
         write_frame(&mut self.writer, &body)
-            .map_err(|e| TransportError::PeerGone { stage: self.peer, detail: format!("sending a {} to {}: {e}", msg.name(), self.addr) })
+            .map_err(|e| TransportError::PeerGone { peer: self.peer, detail: format!("sending a {} to {}: {e}", msg.name(), self.addr) })
     }
 
     fn recv(&mut self) -> Result<Message, TransportError> {
         match wait(&self.rx, &self.fault, self.peer, self.timeout)? {
-            Some(Ok(Message::Abort { reason })) => Err(TransportError::PeerAborted { stage: self.peer, reason }),
+            Some(Ok(Message::Abort { reason })) => Err(TransportError::PeerAborted { peer: self.peer, reason }),
             Some(item) => item,
-            None => Err(TransportError::PeerGone { stage: self.peer, detail: format!("connection from {} closed", self.addr) }),
+            None => Err(TransportError::PeerGone { peer: self.peer, detail: format!("connection from {} closed", self.addr) }),
         }
     }
 }
@@ -213,8 +249,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Listens on `listener` for stage `upstream_stage`, refusing any peer without `token`, until
-/// one is accepted or `timeout` passes.
+/// Listens on `listener` for stage `upstream_stage` of a pipeline that is not replicated,
+/// refusing any peer without `token`, until one is accepted or `timeout` passes.
 pub fn accept_upstream(
     listener: &TcpListener,
     upstream_stage: usize,
@@ -222,27 +258,45 @@ pub fn accept_upstream(
     timeout: Duration,
     fault: &Fault,
 ) -> Result<TcpLink, TransportError> {
+    let mut links = accept(listener, Role::Pipeline, &[Rank::stage(upstream_stage)], token, timeout, std::slice::from_ref(fault))?;
+    Ok(links.remove(0))
+}
+
+/// Listens on `listener` until each of `expected` has connected for `role` (in any order),
+/// refusing any peer without `token`, in the wrong role, or not expected, or until `timeout`
+/// passes. The links come back in the order of `expected`, each with its fault.
+pub fn accept(
+    listener: &TcpListener,
+    role: Role,
+    expected: &[Rank],
+    token: &[u8],
+    timeout: Duration,
+    faults: &[Fault],
+) -> Result<Vec<TcpLink>, TransportError> {
     let deadline = Instant::now() + timeout;
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let io = |source| TransportError::Io { stage: upstream_stage, addr: local.clone(), source };
-    listener.set_nonblocking(true).map_err(io)?;
-    loop {
+    let first = expected.first().copied().unwrap_or(Rank::stage(0));
+    let io = |peer: Rank, source| TransportError::Io { peer, addr: local.clone(), source };
+    listener.set_nonblocking(true).map_err(|e| io(first, e))?;
+    let mut links: Vec<Option<TcpLink>> = expected.iter().map(|_| None).collect();
+    while links.iter().any(Option::is_none) {
+        let waiting = expected[links.iter().position(Option::is_none).unwrap_or(0)];
         let (stream, from) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    return Err(TransportError::Timeout { stage: upstream_stage, seconds: timeout.as_secs_f64() });
+                    return Err(TransportError::Timeout { peer: waiting, seconds: timeout.as_secs_f64() });
                 }
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(io(waiting, e)),
         };
-        stream.set_nonblocking(false).map_err(io)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+        stream.set_nonblocking(false).map_err(|e| io(waiting, e))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| io(waiting, e))?;
         let mut s = stream;
         let refuse = |s: &mut TcpStream, reason: &str| {
-            eprintln!("frugal-trainer: refused a pipeline connection from {from}: {reason}");
+            eprintln!("frugal-trainer: refused a {} connection from {from}: {reason}", Role::name(role.code()));
             let _ = write_frame(s, &encode(REFUSE, 0, None, reason.as_bytes()));
             let _ = s.shutdown(Shutdown::Both);
         };
@@ -254,33 +308,46 @@ pub fn accept_upstream(
             }
         };
         let text = &hello[5..];
-        if text.len() < 16 || &text[..8] != MAGIC {
+        if text.len() < 12 || &text[..8] != MAGIC {
             refuse(&mut s, "not a frugal pipeline peer");
             continue;
         }
         let version = u32::from_be_bytes(text[8..12].try_into().unwrap());
-        let stage = u32::from_be_bytes(text[12..16].try_into().unwrap()) as usize;
-        if !constant_time_eq(&text[16..], token) {
-            refuse(&mut s, "wrong token");
-            continue;
-        }
-        if version != VERSION {
+        if version != VERSION || text.len() < 21 {
             refuse(&mut s, &format!("protocol version {version}, expected {VERSION}"));
             continue;
         }
-        if stage != upstream_stage {
-            refuse(&mut s, &format!("stage {stage} connected, expected stage {upstream_stage}"));
+        let their_role = text[12];
+        let stage = u32::from_be_bytes(text[13..17].try_into().unwrap()) as usize;
+        let replica = u32::from_be_bytes(text[17..21].try_into().unwrap());
+        let got = Rank { stage, replica: (replica != u32::MAX).then_some(replica as usize) };
+        if !constant_time_eq(&text[21..], token) {
+            refuse(&mut s, "wrong token");
             continue;
         }
-        write_frame(&mut s, &encode(WELCOME, 0, None, &[])).map_err(io)?;
-        return TcpLink::start(s, upstream_stage, from.to_string(), timeout, fault).map_err(io);
+        if their_role != role.code() {
+            refuse(&mut s, &format!("a {} connection, expected a {} one", Role::name(their_role), Role::name(role.code())));
+            continue;
+        }
+        let Some(slot) = expected.iter().position(|&r| r == got).filter(|&i| links[i].is_none()) else {
+            let want: Vec<String> = expected.iter().zip(&links).filter(|(_, l)| l.is_none()).map(|(r, _)| r.to_string()).collect();
+            refuse(&mut s, &format!("{got} connected, expected {}", want.join(" or ")));
+            continue;
+        };
+        write_frame(&mut s, &encode(WELCOME, 0, None, &[])).map_err(|e| io(got, e))?;
+        links[slot] = Some(TcpLink::start(s, got, from.to_string(), timeout, &faults[slot]).map_err(|e| io(got, e))?);
     }
+    Ok(links.into_iter().map(|l| l.expect("every expected peer connected")).collect())
 }
 
-/// Connects stage `my_stage` to its downstream neighbour at `addr`, retrying until it listens or
-/// `timeout` passes.
+/// Connects stage `my_stage` of a pipeline that is not replicated to its downstream neighbour at
+/// `addr`, retrying until it listens or `timeout` passes.
 pub fn connect_downstream(addr: &str, my_stage: usize, token: &[u8], timeout: Duration, fault: &Fault) -> Result<TcpLink, TransportError> {
-    let peer = my_stage + 1;
+    connect(addr, Role::Pipeline, Rank::stage(my_stage), Rank::stage(my_stage + 1), token, timeout, fault)
+}
+
+/// Connects `me` to `peer` at `addr` for `role`, retrying until it listens or `timeout` passes.
+pub fn connect(addr: &str, role: Role, me: Rank, peer: Rank, token: &[u8], timeout: Duration, fault: &Fault) -> Result<TcpLink, TransportError> {
     let deadline = Instant::now() + timeout;
     let mut stream = loop {
         let attempt = addr.to_socket_addrs().and_then(|mut a| {
@@ -292,22 +359,24 @@ pub fn connect_downstream(addr: &str, my_stage: usize, token: &[u8], timeout: Du
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(TransportError::Io { stage: peer, addr: addr.into(), source: e });
+            return Err(TransportError::Io { peer, addr: addr.into(), source: e });
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let io = |source| TransportError::Io { stage: peer, addr: addr.into(), source };
+    let io = |source| TransportError::Io { peer, addr: addr.into(), source };
     let mut hello = MAGIC.to_vec();
     hello.extend(VERSION.to_be_bytes());
-    hello.extend((my_stage as u32).to_be_bytes());
+    hello.push(role.code());
+    hello.extend((me.stage as u32).to_be_bytes());
+    hello.extend(replica_code(me.replica).to_be_bytes());
     hello.extend(token);
     write_frame(&mut stream, &encode(HELLO, 0, None, &hello)).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    let answer = read_frame(&mut stream).map_err(|e| TransportError::Refused { stage: peer, reason: format!("no answer to hello: {e}") })?;
+    let answer = read_frame(&mut stream).map_err(|e| TransportError::Refused { peer, reason: format!("no answer to hello: {e}") })?;
     match answer[0] {
         WELCOME => TcpLink::start(stream, peer, addr.into(), timeout, fault).map_err(io),
-        REFUSE => Err(TransportError::Refused { stage: peer, reason: String::from_utf8_lossy(&answer[5..]).into_owned() }),
-        k => Err(TransportError::Protocol { stage: peer, detail: format!("answer of kind {k} to hello") }),
+        REFUSE => Err(TransportError::Refused { peer, reason: String::from_utf8_lossy(&answer[5..]).into_owned() }),
+        k => Err(TransportError::Protocol { peer, detail: format!("answer of kind {k} to hello") }),
     }
 }
 
