@@ -17,7 +17,7 @@ use kube::api::{ListParams, Patch, PatchParams, ValidationDirective};
 use serde::Serialize;
 
 use frugal_api::admission::{self, budget, reasons};
-use frugal_api::planner::{self, Plan, PlanOptions, StagePlan};
+use frugal_api::planner::{self, Layout, Plan, PlanOptions, StagePlan};
 use frugal_api::report::{Table, describe_model, human};
 use frugal_api::{TrainingBudget, TrainingJob};
 
@@ -69,6 +69,10 @@ pub struct Planned {
     /// The namespace it was checked in (none offline).
     pub namespace: Option<String>,
     pub plan: Option<Plan>,
+    /// The same GPUs in fewer pipeline stages and more replicas, idling less, where every stage
+    /// still fits ([`planner::suggest_layout`]; the plan's warnings say it too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_layout: Option<Layout>,
     pub checks: Vec<Check>,
     pub refused: bool,
 }
@@ -110,8 +114,7 @@ pub fn offline(job: &TrainingJob, ceiling: Option<i32>) -> (Option<Plan>, Vec<Ch
         ),
         Err(e) => Check::refused("GPU memory", reasons::GPU_MEMORY_EXCEEDED, e.to_string()),
     });
-    let stages = spec.parallelism.pipeline_stages;
-    checks.push(match admission::within_gpu_limit(plan.gpus, stages, spec.budget.max_gpus, ceiling) {
+    checks.push(match admission::within_gpu_limit(plan.gpus, &spec.parallelism, spec.budget.max_gpus, ceiling) {
         Err(e) => Check::refused("GPU limit", reasons::GPU_LIMIT_EXCEEDED, e.to_string()),
         Ok(()) => Check::ok(
             "GPU limit",
@@ -260,7 +263,8 @@ pub async fn run(path: &Path, offline: bool, ceiling: Option<i32>, target: &Targ
         }
     }
     let refused = checks.iter().any(|c| c.outcome == Outcome::Refused);
-    Ok(Planned { job: job.metadata.name.clone().unwrap_or_default(), namespace, plan, checks, refused })
+    let suggested_layout = plan.as_ref().and_then(|_| planner::suggest_layout(&job.spec, &PlanOptions::default()));
+    Ok(Planned { job: job.metadata.name.clone().unwrap_or_default(), namespace, plan, suggested_layout, checks, refused })
 }
 
 enum Online {
@@ -312,12 +316,34 @@ async fn online(job: &TrainingJob, manifest: &serde_json::Value, plan: Option<&P
     Ok(Online::Checked { namespace, checks })
 }
 
+fn count(n: i64, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
 fn gpus(n: i64) -> String {
-    if n == 1 { "1 GPU".into() } else { format!("{n} GPUs") }
+    count(n, "GPU")
 }
 
 fn pods(n: i64) -> String {
-    if n == 1 { "1 pod".into() } else { format!("{n} pods") }
+    count(n, "pod")
+}
+
+/// What the busiest GPU (or process) sends per step, by kind.
+fn sends(plan: &Plan) -> String {
+    let Some(busiest) = plan.stages.iter().max_by_key(|s| s.communication.total()) else { return String::new() };
+    let c = &busiest.communication;
+    let parts: Vec<String> =
+        [(c.gradients, "gradient all-reduce"), (c.weights, "weight all-gather"), (c.pipeline, "pipeline activations and gradients")]
+            .iter()
+            .filter(|(b, _)| *b > 0)
+            .map(|(b, what)| format!("{what} {}", bytes(*b)))
+            .collect();
+    format!(
+        "{} per step from the busiest {} ({})",
+        bytes(plan.communication_bytes_per_step),
+        if plan.gpus > 0 { "GPU" } else { "process" },
+        parts.join(", ")
+    )
 }
 
 /// Bytes in a few characters: 512 B, 12.0 KiB, 3.4 MiB, 1.25 GiB.
@@ -393,14 +419,39 @@ pub fn text(p: &Planned, job: &TrainingJob) -> String {
             "FLOPs",
             format!("{:.3e} per token, {:.3e} in all ({} steps, {} tokens)", plan.flops_per_token, plan.total_flops, plan.steps, plan.tokens),
         );
+        // replicas × stages, where there are replicas
+        let grid =
+            if plan.replicas > 1 { format!(" ({} replicas × {})", plan.replicas, count(plan.stages.len() as i64, "stage")) } else { String::new() };
         fact(
             "GPUs",
             if on_gpu {
-                format!("{} × {} in {}, pipeline bubble {:.1}%", plan.gpus, spec.resources.gpu_type, pods(plan.pods), plan.pipeline_bubble * 100.0)
+                format!(
+                    "{} × {} in {}{grid}, pipeline bubble {:.1}%",
+                    plan.gpus,
+                    spec.resources.gpu_type,
+                    pods(plan.pods),
+                    plan.pipeline_bubble * 100.0
+                )
             } else {
-                format!("none: trains on CPU, in {}", pods(plan.pods))
+                format!("none: trains on CPU, in {}{grid}", pods(plan.pods))
             },
         );
+        if plan.communication_bytes_per_step > 0 {
+            fact("sends", sends(plan));
+        }
+        if let Some(layout) = &p.suggested_layout {
+            fact(
+                "better layout",
+                format!(
+                    "{}: the same {}, {} per GPU, pipeline bubble {:.1}% instead of {:.1}%",
+                    layout.changes(&spec.parallelism),
+                    gpus(layout.gpus()),
+                    bytes(layout.memory_per_device_bytes),
+                    layout.pipeline_bubble * 100.0,
+                    plan.pipeline_bubble * 100.0
+                ),
+            );
+        }
         fact(
             "estimate",
             if on_gpu {

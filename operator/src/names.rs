@@ -99,8 +99,9 @@ mod tests {
     fn the_longest_pod_hostname_fits_a_dns_label() {
         let name = "a".repeat(frugal_api::v1alpha1::MAX_JOB_NAME_LENGTH);
         let n = Names::new("ml", &name);
-        // an Indexed Job's pod hostname is `<job>-<index>`; stages are at most 64
-        let hostname = format!("{}-{}", n.attempt_job(MAX_ATTEMPT), 63);
+        // an Indexed Job's pod hostname is `<job>-<index>`; a job runs at most 256 pods (stages ×
+        // replicas, one GPU each)
+        let hostname = format!("{}-{}", n.attempt_job(MAX_ATTEMPT), 255);
         assert!(hostname.len() <= 63, "{hostname} is {} characters", hostname.len());
         assert!(n.trainer_identity().len() <= 63);
     }

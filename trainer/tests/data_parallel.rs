@@ -318,3 +318,47 @@ fn a_killed_replica_stops_every_rank_naming_it() {
     assert!(t1.elapsed() < Duration::from_secs(30), "the others took {:?} to notice", t1.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `frugal-trainer train` on the shipped example (2 replicas × 2 stages, the optimizer state
+/// sharded) reports its replicas and the all-reduce's seconds, and its checkpoint resumes as one
+/// replica of two stages.
+#[test]
+fn the_trainer_runs_the_data_parallel_example_and_resumes_it_as_one_replica() {
+    let dir = temp_dir("dp-cli");
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data-parallel.yaml");
+    let ckpt = dir.join("checkpoints");
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+            .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()])
+            .args([
+                "--set",
+                "training.checkpointInterval=2",
+                "--set",
+                "training.evalInterval=100",
+                "--set",
+                "training.evalBatches=2",
+                "--set",
+                "training.logInterval=1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let first = run(&["--max-steps", "2"]);
+    let start = first.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!((start["pipeline_stages"].as_i64(), start["replicas"].as_i64()), (Some(2), Some(2)), "{start}");
+    let steps: Vec<_> = first.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s["allreduce_seconds"].as_f64().is_some_and(|t| t > 0.0)), "{steps:?}");
+    let committed = frugal_trainer::checkpoint::latest(&ckpt).unwrap().expect("a checkpoint");
+    assert!(committed.ends_with("step-000000002"), "{}", committed.display());
+    let second = run(&["--max-steps", "3", "--set", "parallelism.dataParallel=1", "--set", "parallelism.shardOptimizerState=false"]);
+    let resume = second.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(2), "{resume}");
+    let start = second.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!(start["replicas"].as_i64(), None, "{start}");
+    assert_eq!(second.iter().find(|e| e["event"] == "step").unwrap()["step"].as_i64(), Some(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}

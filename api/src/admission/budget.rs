@@ -38,7 +38,7 @@ pub struct Wait {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TooSmall {
     #[error(
-        "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
+        "the job needs {gpus} GPUs, above the spec.maxGpus of {max} of TrainingBudget {budget:?}, so it could never be admitted: lower spec.parallelism.pipelineStages or spec.parallelism.dataParallel, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
     )]
     Gpus { budget: String, gpus: i32, max: i32 },
     #[error(

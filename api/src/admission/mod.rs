@@ -11,6 +11,7 @@ pub mod budget;
 
 use crate::TrainingBudget;
 use crate::planner::Plan;
+use crate::v1alpha1::ParallelismSpec;
 
 /// Kueue's queue label: a TrainingJob that carries it is Kueue's to admit, and holds no GPUs in
 /// its budget while Kueue keeps it suspended.
@@ -54,26 +55,38 @@ pub fn fits_gpu(plan: &Plan, gpu_type: &str) -> Result<(), GpuMemory> {
 
 /// More GPUs than the job may hold.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the job needs {gpus} GPUs ({stages} pipeline stages), above {limit}: lower spec.parallelism.pipelineStages{raise}")]
+#[error("the job needs {gpus} GPUs ({}), above {limit}: lower {}{raise}", layout(*stages, *replicas), lower(*replicas))]
 pub struct GpuLimit {
     pub gpus: i64,
     pub stages: i32,
+    pub replicas: i32,
     pub limit: String,
     pub raise: &'static str,
 }
 
-/// Whether `gpus` are within the job's own `spec.budget.maxGpus` (`own`) and the operator's
+fn layout(stages: i32, replicas: i32) -> String {
+    if replicas > 1 { format!("{stages} pipeline stages × {replicas} replicas") } else { format!("{stages} pipeline stages") }
+}
+
+/// The fields that make the GPUs: replicas only where there are some to lower.
+fn lower(replicas: i32) -> &'static str {
+    if replicas > 1 { "spec.parallelism.pipelineStages or spec.parallelism.dataParallel" } else { "spec.parallelism.pipelineStages" }
+}
+
+/// Whether a job laid out as `parallelism`, holding `gpus` (its plan's: stages × replicas, none
+/// on CPU), is within its own `spec.budget.maxGpus` (`own`) and the operator's
 /// `--max-gpus-per-job` (`ceiling`; `None` where it is not known, as before a job is applied).
-pub fn within_gpu_limit(gpus: i64, stages: i32, own: Option<i32>, ceiling: Option<i32>) -> Result<(), GpuLimit> {
+pub fn within_gpu_limit(gpus: i64, parallelism: &ParallelismSpec, own: Option<i32>, ceiling: Option<i32>) -> Result<(), GpuLimit> {
     let operators = |ceiling: i32| (format!("the operator's limit of {ceiling} GPUs per job (its --max-gpus-per-job setting)"), "", ceiling);
     let (limit, raise, max) = match (own, ceiling) {
         (Some(own), Some(ceiling)) if own >= ceiling => operators(ceiling),
-        (Some(own), _) => (format!("its budget.maxGpus of {own}"), " or raise spec.budget.maxGpus", own),
+        (Some(own), _) => (format!("its budget.maxGpus of {own}"), ", or raise spec.budget.maxGpus", own),
         (None, Some(ceiling)) => operators(ceiling),
         (None, None) => return Ok(()),
     };
     if gpus > i64::from(max) {
-        return Err(GpuLimit { gpus, stages, limit, raise });
+        let (stages, replicas) = (parallelism.pipeline_stages, parallelism.data_parallel.max(1));
+        return Err(GpuLimit { gpus, stages, replicas, limit, raise });
     }
     Ok(())
 }
@@ -113,20 +126,38 @@ pub fn counted_in(namespace: &str, default: Option<String>, named: Option<String
 mod tests {
     use super::*;
 
+    fn stages(stages: i32, replicas: i32) -> ParallelismSpec {
+        ParallelismSpec { pipeline_stages: stages, data_parallel: replicas, ..Default::default() }
+    }
+
     #[test]
     fn gpu_limits_the_job_and_the_operator_set() {
-        assert_eq!(within_gpu_limit(8, 8, None, None), Ok(()), "no limit known");
-        assert_eq!(within_gpu_limit(4, 4, None, Some(4)), Ok(()));
-        let e = within_gpu_limit(8, 8, None, Some(4)).unwrap_err();
+        assert_eq!(within_gpu_limit(8, &stages(8, 1), None, None), Ok(()), "no limit known");
+        assert_eq!(within_gpu_limit(4, &stages(4, 1), None, Some(4)), Ok(()));
+        let e = within_gpu_limit(8, &stages(8, 1), None, Some(4)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the job needs 8 GPUs (8 pipeline stages), above the operator's limit of 4 GPUs per job (its --max-gpus-per-job setting): lower spec.parallelism.pipelineStages"
         );
         // the job's own maxGpus cannot lift the ceiling, and applies below it
-        assert!(within_gpu_limit(8, 8, Some(8), Some(4)).unwrap_err().to_string().contains("operator's limit of 4"));
-        let e = within_gpu_limit(4, 4, Some(2), Some(4)).unwrap_err().to_string();
+        assert!(within_gpu_limit(8, &stages(8, 1), Some(8), Some(4)).unwrap_err().to_string().contains("operator's limit of 4"));
+        let e = within_gpu_limit(4, &stages(4, 1), Some(2), Some(4)).unwrap_err().to_string();
         assert!(e.contains("its budget.maxGpus of 2") && e.contains("or raise spec.budget.maxGpus"), "{e}");
-        assert!(within_gpu_limit(4, 4, Some(2), None).is_err(), "the job's own limit is known without the operator's");
+        assert!(within_gpu_limit(4, &stages(4, 1), Some(2), None).is_err(), "the job's own limit is known without the operator's");
+    }
+
+    #[test]
+    fn replicas_count_in_the_gpus_and_the_fix() {
+        let p = stages(2, 4);
+        assert_eq!(p.ranks(), 8);
+        assert_eq!(within_gpu_limit(8, &p, None, Some(8)), Ok(()));
+        let e = within_gpu_limit(8, &p, Some(4), Some(8)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the job needs 8 GPUs (2 pipeline stages × 4 replicas), above its budget.maxGpus of 4: lower spec.parallelism.pipelineStages or spec.parallelism.dataParallel, or raise spec.budget.maxGpus"
+        );
+        // a CPU job holds no GPUs, however many ranks it runs
+        assert_eq!(within_gpu_limit(0, &p, Some(1), Some(1)), Ok(()));
     }
 
     fn budget(name: &str, default: bool, created: i64) -> TrainingBudget {

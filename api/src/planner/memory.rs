@@ -64,6 +64,8 @@ pub struct StageShape<'a> {
     pub matrix_parameters: i64,
     pub precision: Precision,
     pub optimizer: OptimizerType,
+    /// Replicas the optimizer state is sharded across (1 unsharded): each keeps its share.
+    pub optimizer_shards: i64,
     pub recompute: bool,
     /// Tokens in one micro-batch.
     pub micro_batch_tokens: i64,
@@ -79,6 +81,9 @@ pub fn stage_memory(s: &StageShape<'_>) -> StageMemory {
         OptimizerType::AdamW => 8 * s.parameters,
         OptimizerType::Muon => 4 * s.matrix_parameters + 8 * (s.parameters - s.matrix_parameters),
     };
+    // ZeRO-1: the state of the stage's parameters split evenly, the largest share counted
+    let shards = s.optimizer_shards.max(1);
+    let optimizer = (optimizer + shards - 1) / shards;
     // Elements per token kept for every micro-batch in flight, and rebuilt for one at a time.
     let all_blocks = || s.layers.clone().map(|l| block_activation_elements(s.model, l));
     let (kept, working) =

@@ -1,15 +1,20 @@
 //! The planner: pure functions from a job's spec to what it will cost before it runs.
 //!
 //! Parameters (total and active), FLOPs per token, total FLOPs, memory per GPU per pipeline stage,
-//! estimated GPU-hours and cost, and warnings. The operator writes the plan into the job's status
-//! and refuses jobs whose plan breaks a limit; the trainer builds the same model and splits it into
-//! the same stages.
+//! the bytes each GPU sends per step, estimated GPU-hours and cost, and warnings (among them a
+//! better layout of the same GPUs, [`suggest_layout`]). The operator writes the plan into the job's
+//! status and refuses jobs whose plan breaks a limit; the trainer builds the same model and splits
+//! it into the same stages.
 
+mod communication;
 mod gpus;
+mod layout;
 mod memory;
 mod model;
 
+pub use communication::{StageCommunication, StageLinks, stage_communication};
 pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names, gpu_type_of_product};
+pub use layout::{Layout, suggest_layout};
 pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory};
 pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, ResolvedMoe, preset_shape};
 
@@ -30,6 +35,11 @@ pub enum PlanError {
     TooManyStages { stages: i64, layers: i64 },
     #[error("training.batchSize {batch} is not a multiple of parallelism.microBatches {micro}; change one of them")]
     UnevenMicroBatches { batch: i64, micro: i64 },
+    #[error(
+        "training.batchSize {batch} is not a multiple of parallelism.microBatches {micro} × parallelism.dataParallel {replicas} = {}: each replica's micro-batch holds batchSize / (dataParallel × microBatches) sequences; change one of them",
+        micro * replicas
+    )]
+    UnevenReplicaBatches { batch: i64, micro: i64, replicas: i64 },
 }
 
 /// Settings of the estimate that are not part of a job.
@@ -63,6 +73,8 @@ pub struct StagePlan {
     pub parameters: i64,
     pub flops_per_token: f64,
     pub memory: StageMemory,
+    /// What each of its GPUs sends per step.
+    pub communication: StageCommunication,
 }
 
 /// A job's plan.
@@ -75,12 +87,20 @@ pub struct Plan {
     pub steps: i64,
     pub tokens: i64,
     pub total_flops: f64,
-    /// GPUs held: one per stage on GPU jobs, none on CPU jobs.
+    /// GPUs held: one per stage of every replica (stages × replicas) on GPU jobs, none on CPU
+    /// jobs.
     pub gpus: i64,
+    /// Pods: replicas × stages / gpusPerPod.
     pub pods: i64,
+    /// Replicas of the pipeline (parallelism.dataParallel), each on its share of every batch.
+    pub replicas: i64,
+    /// The stages of one replica (every replica holds the same).
     pub stages: Vec<StagePlan>,
     /// The largest stage's memory.
     pub memory_per_device_bytes: i64,
+    /// The most bytes one GPU sends per step: the gradient all-reduce (and weight all-gather)
+    /// across replicas plus the pipeline's activations and their gradients.
+    pub communication_bytes_per_step: i64,
     /// The GPU type's memory (0 on CPU jobs).
     pub gpu_memory_bytes: i64,
     pub pipeline_bubble: f64,
@@ -123,7 +143,9 @@ impl Plan {
             total_flops: self.total_flops,
             gpus: self.gpus as i32,
             pods: self.pods as i32,
+            replicas: self.replicas as i32,
             memory_per_gpu_bytes: self.memory_per_device_bytes,
+            communication_bytes_per_step: self.communication_bytes_per_step,
             gpu_memory_bytes: self.gpu_memory_bytes,
             pipeline_bubble: self.pipeline_bubble,
             estimated_gpu_hours: self.estimated_gpu_hours,
@@ -195,8 +217,12 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
     }
     let batch = i64::from(spec.training.batch_size);
     let micro = i64::from(spec.parallelism.micro_batches);
-    if batch % micro != 0 {
+    let replicas = i64::from(spec.parallelism.data_parallel.max(1));
+    if replicas == 1 && batch % micro != 0 {
         return Err(PlanError::UnevenMicroBatches { batch, micro });
+    }
+    if batch % (micro * replicas) != 0 {
+        return Err(PlanError::UnevenReplicaBatches { batch, micro, replicas });
     }
     let on_gpu = spec.resources.device == Device::Gpu;
     let gpu = if on_gpu {
@@ -222,16 +248,19 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
     let total_flops = flops_per_token * tokens as f64;
 
     let overhead = if on_gpu { options.gpu_overhead_bytes } else { 0 };
-    let stage_plans = plan_stages(spec, &model, stages, overhead);
+    let stage_plans = plan_stages(spec, &model, overhead);
     let memory_per_device_bytes = stage_plans.iter().map(|s| s.memory.total()).max().unwrap_or(0);
+    let communication_bytes_per_step = stage_plans.iter().map(|s| s.communication.total()).max().unwrap_or(0);
     let bubble = bubble_fraction(stages, micro);
 
     let (gpus, gpu_memory_bytes, gpu_hours, price) = match gpu {
         Some(g) => {
+            // GPU-seconds: every GPU computes its share of the FLOPs, and idles in the bubble;
+            // replicas add GPUs, not work. Communication is taken to overlap computation.
             let peak = g.peak_tflops(spec.training.precision) * 1e12;
             let seconds = total_flops / (peak * options.assumed_mfu * (1.0 - bubble));
             let price = options.price_per_gpu_hour.unwrap_or(g.usd_per_hour);
-            (stages, g.memory_bytes, seconds / 3600.0, price)
+            (spec.parallelism.ranks(), g.memory_bytes, seconds / 3600.0, price)
         }
         None => (0, 0, 0.0, 0.0),
     };
@@ -243,9 +272,11 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
         tokens,
         total_flops,
         gpus,
-        pods: stages / i64::from(spec.parallelism.gpus_per_pod),
+        pods: replicas * stages / i64::from(spec.parallelism.gpus_per_pod),
+        replicas,
         stages: stage_plans,
         memory_per_device_bytes,
+        communication_bytes_per_step,
         gpu_memory_bytes,
         pipeline_bubble: bubble,
         estimated_gpu_hours: gpu_hours,
@@ -258,10 +289,14 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
     Ok(plan)
 }
 
-fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, stages: i64, overhead: i64) -> Vec<StagePlan> {
-    let micro = i64::from(spec.parallelism.micro_batches);
-    let micro_batch_tokens = i64::from(spec.training.batch_size) / micro * model.seq_len;
-    let ranges = partition_layers(model, stages);
+/// The stages of one replica as `spec.parallelism` lays them out; the batch divides into its
+/// replicas' micro-batches.
+fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, overhead: i64) -> Vec<StagePlan> {
+    let p = &spec.parallelism;
+    let micro = i64::from(p.micro_batches);
+    let replicas = i64::from(p.data_parallel.max(1));
+    let micro_batch_tokens = i64::from(spec.training.batch_size) / (replicas * micro) * model.seq_len;
+    let ranges = partition_layers(model, p.pipeline_stages.into());
     let count = ranges.len() as i64;
     ranges
         .into_iter()
@@ -287,12 +322,24 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, stages: i64, overh
                 matrix_parameters: matrices,
                 precision: spec.training.precision,
                 optimizer: spec.training.optimizer.type_,
+                optimizer_shards: if p.shard_optimizer_state { replicas } else { 1 },
                 recompute: spec.training.activation_checkpointing,
                 micro_batch_tokens,
                 in_flight,
                 overhead,
             });
-            StagePlan { layers, embedding: first, head: last, parameters, flops_per_token, memory }
+            let communication = stage_communication(&StageLinks {
+                parameters,
+                replicas,
+                shard_optimizer_state: p.shard_optimizer_state,
+                first,
+                last,
+                micro_batches: micro,
+                micro_batch_tokens,
+                d_model: model.d_model,
+                precision: spec.training.precision,
+            });
+            StagePlan { layers, embedding: first, head: last, parameters, flops_per_token, memory, communication }
         })
         .collect()
 }
@@ -312,25 +359,17 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
     let stages = plan.stages.len() as i64;
     if let Some(g) = gpu {
         if !plan.fits() {
+            // replicas that each keep all of the optimizer state could share it instead
+            let shard = if plan.replicas > 1 && !spec.parallelism.shard_optimizer_state { ", set parallelism.shardOptimizerState: true" } else { "" };
             out.push(format!(
-                "planned memory of {:.1} GiB per GPU exceeds the {} GPU's {:.1} GiB: set training.activationCheckpointing: true, add parallelism.pipelineStages, or use more parallelism.microBatches",
+                "planned memory of {:.1} GiB per GPU exceeds the {} GPU's {:.1} GiB: set training.activationCheckpointing: true{shard}, add parallelism.pipelineStages, or use more parallelism.microBatches",
                 plan.memory_per_device_bytes as f64 / GIB,
                 g.name,
                 g.memory_bytes as f64 / GIB
             ));
         }
-        if stages > 1 {
-            let single = plan_stages(spec, &plan.model, 1, overhead)[0].memory.total();
-            if single <= g.memory_bytes {
-                out.push(format!(
-                    "the model fits on one {} ({:.1} GiB of {:.1} GiB), yet it is split into {} stages that idle {:.0}% of the time in the pipeline bubble: set parallelism.pipelineStages: 1",
-                    g.name,
-                    single as f64 / GIB,
-                    g.memory_bytes as f64 / GIB,
-                    stages,
-                    plan.pipeline_bubble * 100.0
-                ));
-            }
+        if let Some(layout) = layout::better_layout(spec, &plan.model, g, overhead) {
+            out.push(layout.warning(spec, g, plan));
         }
         if spec.training.precision == Precision::Fp16 && g.bf16 {
             out.push(format!("{} computes in bf16, which needs no loss scaling: prefer training.precision: bf16", g.name));

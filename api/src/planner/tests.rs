@@ -214,3 +214,195 @@ data: {source: {type: Synthetic}}
     let err = plan(&spec, &PlanOptions::default()).unwrap_err();
     assert_eq!(err, PlanError::TooManyStages { stages: 8, layers: 4 });
 }
+
+/// gpt2-124m on `stages` stages × `replicas` replicas, `micro` micro-batches per replica.
+fn gpt2_laid_out(stages: i32, replicas: i32, micro: i32, batch: i32) -> TrainingJobSpec {
+    let mut spec = gpt2();
+    (spec.parallelism.pipeline_stages, spec.parallelism.data_parallel, spec.parallelism.micro_batches) = (stages, replicas, micro);
+    spec.training.batch_size = batch;
+    spec
+}
+
+#[test]
+fn replicas_multiply_gpus_and_pods_and_share_the_batch() {
+    let plan = plan(&gpt2_laid_out(2, 2, 2, 8), &PlanOptions::default()).unwrap();
+    assert_eq!((plan.gpus, plan.pods, plan.replicas, plan.stages.len()), (4, 4, 2, 2));
+    // each replica's micro-batch: 8 / (2 × 2) = 2 sequences, the same as one replica's of 4
+    let alone = super::plan(&gpt2_laid_out(2, 1, 4, 8), &PlanOptions::default()).unwrap();
+    assert_eq!(alone.gpus, 2);
+    assert_eq!(plan.stages[0].memory, alone.stages[0].memory, "the same micro-batch, the same 1F1B depth");
+    // bf16, 2 sequences of 1024 tokens, 2 micro-batches in flight on the first of 2 stages
+    let blocks = plan.stages[0].layers.end - plan.stages[0].layers.start;
+    assert_eq!(plan.stages[0].memory.activations, 2 * (2 * 1024) * 2 * blocks * (8 * 768 + 2 * 3072));
+    // the whole batch's FLOPs and tokens; GPU-hours change only with the bubble, 1/3 here
+    assert_eq!((plan.tokens, plan.total_flops), (alone.tokens, alone.total_flops));
+    assert!((plan.pipeline_bubble - 1.0 / 3.0).abs() < 1e-12);
+    let hours = plan.total_flops / (989e12 * 0.35 * (2.0 / 3.0)) / 3600.0;
+    assert!((plan.estimated_gpu_hours - hours).abs() < 1e-12);
+    let status = plan.to_status();
+    assert_eq!((status.gpus, status.pods, status.replicas), (4, 4, 2));
+    assert_eq!(status.communication_bytes_per_step, plan.communication_bytes_per_step);
+    // several stages per pod; CPU jobs hold no GPUs but run every replica's pods
+    let mut spec = gpt2_laid_out(2, 2, 2, 8);
+    spec.parallelism.gpus_per_pod = 2;
+    assert_eq!(super::plan(&spec, &PlanOptions::default()).unwrap().pods, 2);
+    spec.resources.device = Device::Cpu;
+    let cpu = super::plan(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!((cpu.gpus, cpu.pods, cpu.estimated_gpu_hours), (0, 2, 0.0));
+}
+
+#[test]
+fn a_plan_status_written_before_replicas_still_reads() {
+    let mut old = serde_json::to_value(plan(&gpt2(), &PlanOptions::default()).unwrap().to_status()).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    assert!(fields.remove("replicas").is_some() && fields.remove("communicationBytesPerStep").is_some());
+    let status: PlanStatus = serde_json::from_value(old).unwrap();
+    assert_eq!((status.gpus, status.replicas, status.communication_bytes_per_step), (1, 0, 0));
+}
+
+#[test]
+fn sharded_optimizer_state_is_divided_among_the_replicas() {
+    let mut spec = gpt2_laid_out(1, 4, 1, 8);
+    let whole = plan(&spec, &PlanOptions::default()).unwrap().stages[0].memory;
+    spec.parallelism.shard_optimizer_state = true;
+    let sharded = plan(&spec, &PlanOptions::default()).unwrap().stages[0].memory;
+    assert_eq!(whole.optimizer, 8 * 124_439_808);
+    assert_eq!(sharded.optimizer, 2 * 124_439_808);
+    assert_eq!(StageMemory { optimizer: whole.optimizer, ..sharded }, whole, "only the optimizer state is sharded");
+    // a share that does not divide evenly is rounded up
+    spec.parallelism.data_parallel = 8;
+    spec.training.batch_size = 8;
+    let odd = plan(&spec, &PlanOptions::default()).unwrap().stages[0].memory.optimizer;
+    assert_eq!(odd, 124_439_808);
+    spec.parallelism.data_parallel = 3;
+    spec.training.batch_size = 9;
+    let odd = plan(&spec, &PlanOptions::default()).unwrap().stages[0].memory.optimizer;
+    assert_eq!(odd, (8 * 124_439_808 + 2) / 3);
+}
+
+#[test]
+fn communication_counts_the_gradient_ring_and_the_pipeline() {
+    // one GPU: nothing to send
+    let alone = plan(&gpt2(), &PlanOptions::default()).unwrap();
+    assert_eq!((alone.communication_bytes_per_step, alone.stages[0].communication), (0, StageCommunication::default()));
+    // 2 stages × 2 replicas, 2 micro-batches of 2 sequences each
+    let mut spec = gpt2_laid_out(2, 2, 2, 8);
+    let plan = super::plan(&spec, &PlanOptions::default()).unwrap();
+    let activations = 2 * (2 * 1024) * 768 * 2; // micro-batches × tokens × d_model × bf16
+    for (stage, s) in plan.stages.iter().enumerate() {
+        // a ring of 2 all-reduces: each sends 2 · 1/2 of its fp32 gradients
+        assert_eq!(s.communication.gradients, 4 * s.parameters, "stage {stage}");
+        assert_eq!(s.communication.weights, 0);
+        // stage 0 sends activations on, stage 1 their gradients back
+        assert_eq!(s.communication.pipeline, activations, "stage {stage}");
+    }
+    let largest = plan.stages.iter().map(|s| s.communication.total()).max().unwrap();
+    assert_eq!(plan.communication_bytes_per_step, largest);
+    // sharded optimizer state: the updated fp32 weights are gathered as well, 1/2 of them
+    spec.parallelism.shard_optimizer_state = true;
+    let sharded = super::plan(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!(sharded.stages[0].communication.weights, 2 * sharded.stages[0].parameters);
+    // a middle stage sends both ways, and a ring of 4 sends 2 · 3/4
+    let four = super::plan(&gpt2_laid_out(3, 4, 1, 8), &PlanOptions::default()).unwrap();
+    let middle = four.stages[1].communication;
+    assert_eq!(middle.pipeline, 2 * (2 * 1024) * 768 * 2);
+    assert_eq!(middle.gradients, 2 * (4 * four.stages[1].parameters * 3).div_euclid(4));
+}
+
+#[test]
+fn a_batch_that_does_not_divide_among_the_replicas_is_refused() {
+    let err = plan(&gpt2_laid_out(1, 3, 2, 8), &PlanOptions::default()).unwrap_err();
+    assert_eq!(err, PlanError::UnevenReplicaBatches { batch: 8, micro: 2, replicas: 3 });
+    assert_eq!(
+        err.to_string(),
+        "training.batchSize 8 is not a multiple of parallelism.microBatches 2 × parallelism.dataParallel 3 = 6: each replica's micro-batch holds batchSize / (dataParallel × microBatches) sequences; change one of them"
+    );
+    let err = plan(&gpt2_laid_out(1, 1, 3, 8), &PlanOptions::default()).unwrap_err();
+    assert_eq!(err, PlanError::UnevenMicroBatches { batch: 8, micro: 3 });
+}
+
+fn custom_on_t4(d_model: i64, stages: i32) -> TrainingJobSpec {
+    let mut spec = job(&format!(
+        "model: {{type: Custom, custom: {{layers: 4, dModel: {d_model}, heads: 32, seqLen: 512, vocabSize: 32768}}}}\ndata: {{source: {{type: Synthetic}}}}\ntraining: {{duration: {{type: Steps, steps: 10}}, batchSize: 32}}\nresources: {{gpuType: nvidia-t4-16gb}}\n"
+    ));
+    spec.parallelism.pipeline_stages = stages;
+    spec.parallelism.micro_batches = 8;
+    spec
+}
+
+#[test]
+fn a_model_that_fits_one_gpu_is_laid_out_as_replicas() {
+    let options = PlanOptions::default();
+    // 4 stages of gpt2-124m, 8 micro-batches of 4 sequences: one GPU holds it all
+    let spec = gpt2_laid_out(4, 1, 8, 32);
+    let layout = suggest_layout(&spec, &options).unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel, layout.micro_batches, layout.gpus_per_pod), (1, 4, 8, 1));
+    assert_eq!(layout.gpus(), 4);
+    assert_eq!(layout.pipeline_bubble, 0.0);
+    let laid_out = plan(&layout.apply(&spec), &options).unwrap();
+    assert_eq!((laid_out.gpus, laid_out.memory_per_device_bytes), (4, layout.memory_per_device_bytes));
+    assert!(laid_out.fits());
+    let warning = plan(&spec, &options).unwrap().warnings.into_iter().find(|w| w.contains("fits on one")).unwrap();
+    assert!(
+        warning.ends_with(
+            ": set parallelism.pipelineStages: 1 and parallelism.dataParallel: 4 to use the same 4 GPUs with no pipeline bubble instead of 27%"
+        ),
+        "{warning}"
+    );
+    // the laid-out job is suggested nothing
+    assert_eq!(suggest_layout(&layout.apply(&spec), &options), None);
+    assert!(!laid_out.warnings.iter().any(|w| w.contains("to use the same")), "{:?}", laid_out.warnings);
+}
+
+#[test]
+fn a_layout_keeps_the_batch_divisible_and_pods_whole() {
+    // 8 sequences cannot be 4 replicas × 8 micro-batches: 4 × 2 of one sequence each
+    let spec = gpt2_laid_out(4, 1, 8, 8);
+    let layout = suggest_layout(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel, layout.micro_batches), (1, 4, 2));
+    assert_eq!(layout.changes(&spec.parallelism), "parallelism.pipelineStages: 1, parallelism.dataParallel: 4 and parallelism.microBatches: 2");
+    // pods of 4 stages become pods of the 2 stages a replica has
+    let mut spec = custom_on_t4(4096, 4);
+    spec.parallelism.gpus_per_pod = 4;
+    let layout = suggest_layout(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel, layout.gpus_per_pod), (2, 2, 2));
+    assert_eq!(plan(&layout.apply(&spec), &PlanOptions::default()).unwrap().pods, 2);
+    // a CPU job or a single stage has nothing to suggest
+    assert_eq!(suggest_layout(&gpt2(), &PlanOptions::default()), None);
+    let mut cpu = gpt2_laid_out(4, 1, 8, 32);
+    cpu.resources.device = Device::Cpu;
+    assert_eq!(suggest_layout(&cpu, &PlanOptions::default()), None);
+}
+
+#[test]
+fn a_model_that_needs_two_of_four_gpus_gets_two_replicas_of_two_stages() {
+    let spec = custom_on_t4(4096, 4);
+    let one = plan(&custom_on_t4(4096, 1), &PlanOptions::default()).unwrap();
+    assert!(!one.fits(), "a single GPU is too small");
+    let layout = suggest_layout(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel, layout.micro_batches), (2, 2, 8));
+    assert!(layout.memory_per_device_bytes <= one.gpu_memory_bytes);
+    let warnings = plan(&spec, &PlanOptions::default()).unwrap().warnings;
+    let w = warnings.iter().find(|w| w.contains("stages per replica")).unwrap();
+    assert!(w.starts_with("the model fits in 2 stages per replica (10.6 GiB of the nvidia-t4-16gb's 15.0 GiB)"), "{w}");
+    assert!(
+        w.ends_with("set parallelism.pipelineStages: 2 and parallelism.dataParallel: 2 to use the same 4 GPUs with a 11% bubble instead of 27%"),
+        "{w}"
+    );
+}
+
+#[test]
+fn a_model_that_needs_every_stage_is_left_alone() {
+    let spec = custom_on_t4(5376, 4);
+    let plan = plan(&spec, &PlanOptions::default()).unwrap();
+    assert!(plan.fits());
+    assert_eq!(suggest_layout(&spec, &PlanOptions::default()), None);
+    assert!(!plan.warnings.iter().any(|w| w.contains("to use the same")), "{:?}", plan.warnings);
+    // sharding the optimizer state across two replicas makes room for two stages
+    let mut sharded = spec.clone();
+    sharded.parallelism.shard_optimizer_state = true;
+    sharded.parallelism.data_parallel = 2;
+    sharded.training.batch_size = 64;
+    let layout = suggest_layout(&sharded, &PlanOptions::default()).unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel), (2, 4));
+}

@@ -69,7 +69,7 @@ pub struct TrainingJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.training is immutable: a running job resumes checkpoints of the training run it started with; delete and recreate the job to change it"))]
     #[serde(default)]
     pub training: TrainingSpec,
-    /// How the model is split across GPUs: pipeline stages, schedule and micro-batches.
+    /// How the model is split across GPUs: pipeline stages, schedule, micro-batches and replicas.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.parallelism is immutable: a running job resumes checkpoints of the pipeline layout it started with; delete and recreate the job to change it"))]
     #[serde(default)]
     pub parallelism: ParallelismSpec,
@@ -771,7 +771,7 @@ pub enum Precision {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ParallelismSpec {
-    /// Pipeline stages, one GPU each.
+    /// Pipeline stages of each replica, one GPU each.
     #[serde(default = "default_one")]
     #[schemars(range(min = 1, max = 64))]
     pub pipeline_stages: i32,

@@ -117,12 +117,19 @@ pub struct PlanStatus {
     /// Training FLOPs in all.
     #[serde(default, skip_serializing_if = "is_not_finite")]
     pub total_flops: f64,
-    /// GPUs the job holds.
+    /// GPUs the job holds: pipeline stages × replicas (none on CPU).
     pub gpus: i32,
-    /// Pods the job runs.
+    /// Pods the job runs: replicas × pipelineStages / gpusPerPod.
     pub pods: i32,
+    /// Replicas of the pipeline (spec.parallelism.dataParallel).
+    #[serde(default)]
+    pub replicas: i32,
     /// Largest planned memory of one GPU, in bytes.
     pub memory_per_gpu_bytes: i64,
+    /// The most bytes one GPU sends per step: the replicas' gradient all-reduce (and, with
+    /// shardOptimizerState, weight all-gather) plus the pipeline's activations and their gradients.
+    #[serde(default)]
+    pub communication_bytes_per_step: i64,
     /// The GPU type's memory, in bytes.
     pub gpu_memory_bytes: i64,
     /// The pipeline's idle fraction, (stages − 1) / (microBatches + stages − 1).

@@ -76,6 +76,38 @@ fn the_jobs_own_limits_and_the_operators_ceiling() {
 }
 
 #[test]
+fn replicas_count_as_gpus_and_a_better_layout_is_suggested() {
+    let mut j = job(2, "  budget: {maxGpus: 2}\n");
+    j.spec.parallelism.data_parallel = 2;
+    let (plan, checks) = offline(&j, None);
+    let plan = plan.unwrap();
+    assert_eq!((plan.gpus, plan.pods, plan.replicas), (4, 4, 2));
+    assert_eq!(refusals(&checks), [("GPU limit", "GpuLimitExceeded")]);
+    assert!(checks[2].message.starts_with("the job needs 4 GPUs (2 pipeline stages × 2 replicas)"), "{}", checks[2].message);
+    assert!(checks[2].message.contains("lower spec.parallelism.pipelineStages or spec.parallelism.dataParallel"), "{}", checks[2].message);
+    // the small model fits one GPU: 4 replicas of one stage, each in as many of its 8 micro-batches
+    // as its 16 / 4 sequences allow
+    let suggested_layout = planner::suggest_layout(&j.spec, &PlanOptions::default());
+    let layout = suggested_layout.unwrap();
+    assert_eq!((layout.pipeline_stages, layout.data_parallel, layout.micro_batches), (1, 4, 4));
+    let p = Planned { job: "lm".into(), namespace: None, plan: Some(plan), suggested_layout, checks, refused: true };
+    let out = text(&p, &j);
+    assert!(out.contains("  GPUs           4 × nvidia-h100-80gb in 4 pods (2 replicas × 2 stages), pipeline bubble 11.1%\n"), "{out}");
+    assert!(out.contains("  sends          "), "{out}");
+    assert!(out.contains("gradient all-reduce") && out.contains("pipeline activations and gradients"), "{out}");
+    assert!(
+        out.contains(
+            "  better layout  parallelism.pipelineStages: 1, parallelism.dataParallel: 4 and parallelism.microBatches: 4: the same 4 GPUs, "
+        ),
+        "{out}"
+    );
+    assert!(out.contains("pipeline bubble 0.0% instead of 11.1%\n"), "{out}");
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["suggestedLayout"]["dataParallel"], 4);
+    assert_eq!(json["plan"]["replicas"], 2);
+}
+
+#[test]
 fn a_plan_error_is_refused_with_the_planners_words() {
     let (plan, checks) = offline(&job(9, ""), None);
     assert!(plan.is_none());
@@ -177,7 +209,7 @@ fn the_api_servers_refusal_is_printed_as_it_said_it() {
 fn the_verdict_says_refused_why_or_admitted() {
     let j = job(4, "  budget: {maxGpus: 2}\n");
     let (plan, checks) = offline(&j, None);
-    let p = Planned { job: "lm".into(), namespace: None, plan, checks, refused: true };
+    let p = Planned { job: "lm".into(), namespace: None, plan, suggested_layout: None, checks, refused: true };
     let v = verdict(&p);
     assert!(v.starts_with("refused: GpuLimitExceeded (GPU limit): the job needs 4 GPUs"), "{v}");
     let out = text(&p, &j);
@@ -186,7 +218,7 @@ fn the_verdict_says_refused_why_or_admitted() {
     assert!(out.contains("    REFUSED  GPU limit"), "{out}");
     let (plan, mut checks) = offline(&job(1, ""), None);
     checks.push(Check::note("TrainingBudget", Some("BudgetExhausted"), "would wait"));
-    let p = Planned { job: "lm".into(), namespace: Some("ml".into()), plan, checks, refused: false };
+    let p = Planned { job: "lm".into(), namespace: Some("ml".into()), plan, suggested_layout: None, checks, refused: false };
     assert_eq!(verdict(&p), "admitted, and it would wait, Queued (BudgetExhausted)\n");
 }
 

@@ -63,7 +63,7 @@ pub fn claim_to_check(job: &PlannedJob) -> Option<&str> {
 /// Admits a job; `claim` is the claim [`claim_to_check`] named, as read from the cluster.
 pub fn admit(job: &PlannedJob, settings: &Settings, claim: Option<&PersistentVolumeClaim>) -> Result<(), AdmitError> {
     let spec = &job.valid.spec;
-    admission::within_gpu_limit(job.plan.gpus, spec.parallelism.pipeline_stages, spec.budget.max_gpus, Some(settings.max_gpus_per_job))?;
+    admission::within_gpu_limit(job.plan.gpus, &spec.parallelism, spec.budget.max_gpus, Some(settings.max_gpus_per_job))?;
     if let Some(name) = claim_to_check(job) {
         let pods = job.plan.pods;
         let claim = claim.ok_or_else(|| AdmitError::ClaimMissing { claim: name.into(), pods })?;

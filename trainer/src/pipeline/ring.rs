@@ -23,11 +23,13 @@ pub struct Ring {
     pub previous: Box<dyn Link>,
     /// Exchanges so far; both ends count alike, so a chunk out of order is caught.
     exchanged: u32,
+    /// Bytes of tensor data sent to the next replica so far.
+    pub sent_bytes: u64,
 }
 
 impl Ring {
     pub fn new(replica: usize, replicas: usize, next: Box<dyn Link>, previous: Box<dyn Link>) -> Self {
-        Self { replica, replicas, next, previous, exchanged: 0 }
+        Self { replica, replicas, next, previous, exchanged: 0, sent_bytes: 0 }
     }
 
     /// Sends `out` (a copy, on the host) to the next replica and returns what the previous one
@@ -35,6 +37,7 @@ impl Ring {
     fn exchange(&mut self, out: &Tensor) -> Result<Tensor, TransportError> {
         let index = self.exchanged;
         self.exchanged = self.exchanged.wrapping_add(1);
+        self.sent_bytes += (out.numel() * out.kind().elt_size_in_bytes()) as u64;
         self.next.send(Message::Chunk { index, tensor: out.to_device(Device::Cpu).copy() })?;
         let peer = self.previous.peer();
         match self.previous.recv()? {
@@ -139,11 +142,16 @@ mod tests {
                 .map(|(mut ring, buf)| {
                     std::thread::spawn(move || {
                         ring.all_reduce(&buf, bucket).unwrap();
-                        buf
+                        (buf, ring.sent_bytes)
                     })
                 })
                 .collect();
-            let got: Vec<Tensor> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let got: Vec<(Tensor, u64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            if (n, numel) == (2, 10) {
+                // 2·(n − 1)/n of the buffer leaves each replica, in fp32
+                assert!(got.iter().all(|(_, sent)| *sent == 40), "{:?}", got.iter().map(|g| g.1).collect::<Vec<_>>());
+            }
+            let got: Vec<Tensor> = got.into_iter().map(|(t, _)| t).collect();
             for g in &got {
                 assert!((g - &want).abs().max().double_value(&[]) < 1e-5, "{n} replicas, {numel} elements, buckets of {bucket}");
                 assert!(g.equal(&got[0]), "replicas disagree in the last bits");

@@ -43,6 +43,9 @@ pub struct Start {
     pub flops_per_token: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_stages: Option<i64>,
+    /// Replicas of the pipeline training side by side (data-parallel runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

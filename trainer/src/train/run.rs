@@ -166,6 +166,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
             params_active: Some(c.params_active),
             flops_per_token: Some(c.flops_per_token),
             pipeline_stages: shape.pipeline_stages,
+            replicas: (shape.replicas > 1).then_some(shape.replicas),
         }));
         if let Some(port) = s.metrics_port {
             rep.emit(RunEvent::Metrics { port });

@@ -138,7 +138,7 @@ fn the_messages_name_the_budget_what_is_held_and_the_fix() {
     let Verdict::Refuse(e) = settle(&full, &claim("big", 8, 0.0), Demand::Start, &t(60)) else { panic!() };
     assert_eq!(
         e.to_string(),
-        "the job needs 8 GPUs, above the spec.maxGpus of 4 of TrainingBudget \"team\", so it could never be admitted: lower spec.parallelism.pipelineStages, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
+        "the job needs 8 GPUs, above the spec.maxGpus of 4 of TrainingBudget \"team\", so it could never be admitted: lower spec.parallelism.pipelineStages or spec.parallelism.dataParallel, raise the budget's spec.maxGpus, or name another budget in spec.budget.budgetRef"
     );
     let missing = not_found("team", "ml");
     assert_eq!(missing.reason, "BudgetNotFound");

@@ -1,5 +1,6 @@
-//! The headless Service (the pods' subdomain), the ConfigMap holding the trainer configuration
-//! and the Secret holding the stage-to-stage token.
+//! The headless Service (the pods' subdomain: stages reach their pipeline neighbours on its
+//! `pipeline` port and the same stages of the next replica on `ring`), the ConfigMap holding the
+//! trainer configuration and the Secret holding the stage-to-stage token.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ pub fn build_service(job: &ValidJob) -> Service {
             selector: Some(BTreeMap::from([(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()), (JOB_LABEL.to_string(), job.names.job.clone())])),
             ports: Some(vec![
                 ServicePort { name: Some("pipeline".into()), port: paths::PIPELINE_PORT.into(), ..Default::default() },
+                ServicePort { name: Some("ring".into()), port: paths::RING_PORT.into(), ..Default::default() },
                 ServicePort { name: Some("metrics".into()), port: paths::METRICS_PORT.into(), ..Default::default() },
             ]),
             ..Default::default()
@@ -75,7 +77,8 @@ mod tests {
         let selector = spec.selector.unwrap();
         assert_eq!(selector["frugal.dev/training-job"], "lm");
         assert_eq!(selector.len(), 2, "every attempt's pods, not one attempt's");
-        assert_eq!(spec.ports.unwrap()[0].port, 29500);
+        let ports: Vec<(&str, i32)> = spec.ports.as_ref().unwrap().iter().map(|p| (p.name.as_deref().unwrap(), p.port)).collect();
+        assert_eq!(ports, [("pipeline", 29500), ("ring", 29501), ("metrics", 9090)]);
     }
 
     #[test]

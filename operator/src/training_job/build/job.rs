@@ -1,4 +1,5 @@
-//! An attempt's Indexed Job: one pod per group of `gpusPerPod` pipeline stages, failing as a whole
+//! An attempt's Indexed Job: one pod per group of `gpusPerPod` pipeline stages of every replica
+//! (pods `r·P .. (r+1)·P` run replica `r`, as the trainer contract places them), failing as a whole
 //! on any pod failure (restarts are gang restarts, made by the operator as a new attempt).
 
 use std::collections::BTreeMap;
@@ -193,6 +194,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
         env: Some(env),
         ports: Some(vec![
             ContainerPort { name: Some("pipeline".into()), container_port: paths::PIPELINE_PORT.into(), ..Default::default() },
+            ContainerPort { name: Some("ring".into()), container_port: paths::RING_PORT.into(), ..Default::default() },
             ContainerPort { name: Some("metrics".into()), container_port: paths::METRICS_PORT.into(), ..Default::default() },
         ]),
         resources: (!limits.is_empty()).then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
@@ -281,6 +283,29 @@ mod tests {
         assert_eq!(pod.automount_service_account_token, Some(true));
         assert_eq!(pod.termination_grace_period_seconds, Some(300));
         assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"], Quantity("2".into()));
+    }
+
+    #[test]
+    fn replicas_of_the_pipeline_are_pods_of_the_one_gang() {
+        let mut tj = training_job(2);
+        tj.spec.parallelism.data_parallel = 2;
+        let planned = planned_from(&tj);
+        let config = frugal_api::contract::TrainerConfig::from_yaml(&planned.trainer_config).unwrap();
+        assert_eq!((planned.plan.pods, config.pods(), config.pods_per_replica()), (4, 4, 2));
+        let job = build_job(&planned, 1, &Settings::default());
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(4), Some(4)), "2 replicas × 2 stages, one GPU each");
+        assert_eq!(spec.backoff_limit, Some(0), "any pod of any replica restarts the whole attempt");
+        assert!(spec.pod_failure_policy.as_ref().unwrap().rules.iter().all(|r| r.action == "FailJob"));
+        let c = parts(&job).2;
+        assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"], Quantity("1".into()));
+        let ports: Vec<(&str, i32)> = c.ports.as_ref().unwrap().iter().map(|p| (p.name.as_deref().unwrap(), p.container_port)).collect();
+        assert_eq!(ports, [("pipeline", 29500), ("ring", 29501), ("metrics", 9090)]);
+        // two stages a pod: one pod a replica
+        tj.spec.parallelism.gpus_per_pod = 2;
+        let job = build_job(&planned_from(&tj), 1, &Settings::default());
+        assert_eq!(job.spec.as_ref().unwrap().completions, Some(2));
+        assert_eq!(parts(&job).2.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"], Quantity("2".into()));
     }
 
     #[test]
