@@ -11,6 +11,8 @@
 #   4. dense vs sliding-window attention at a long context
 #   5. fine-grained MoE vs dense at equal active FLOPs (tokens/s)
 #   6. peak GPU memory (nvidia-smi) against the planner's estimate
+#   7. 2 replicas × 2 pipeline stages of the same model (all four ranks on the one GPU; the
+#      replicas' ring through host memory): tokens/s against one rank, and the all-reduce's share
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-}
@@ -29,7 +31,7 @@ echo "writing results under $OUT" >&2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >&2
 
 # A job file for each case (model and data vary; everything else is shared).
-job() { # name steps precision model-yaml attention-yaml moe-yaml batch micro
+job() { # name steps precision model-yaml attention-yaml moe-yaml batch micro [stages replicas]
   cat > "$OUT/$1.yaml" <<YAML
 apiVersion: frugal.dev/v1alpha1
 kind: TrainingJob
@@ -50,7 +52,7 @@ spec:
     evalBatches: 4
     checkpointInterval: 100000
     logInterval: 10
-  parallelism: {microBatches: $8}
+  parallelism: {microBatches: $8, pipelineStages: ${9:-1}, dataParallel: ${10:-1}}
   resources: {device: GPU, gpuType: H200}
 YAML
 }
@@ -78,7 +80,8 @@ job gpt2-fp16 60 fp16 "$GPT2" "$DENSE" "" 16 1
 job long-dense 20 bf16 "$LONG" "$DENSE" "" 2 1
 job long-window 20 bf16 "$LONG" "{type: SlidingWindow, slidingWindow: {window: 512}}" "" 2 1
 job gpt2-moe 60 bf16 "$GPT2" "$DENSE" "$MOE" 16 1
-for c in gpt2-bf16 gpt2-fp16 long-dense long-window gpt2-moe; do train $c; done
+job gpt2-dp2x2 30 bf16 "$GPT2" "$DENSE" "" 16 2 2 2
+for c in gpt2-bf16 gpt2-fp16 long-dense long-window gpt2-moe gpt2-dp2x2; do train $c; done
 
 # PyTorch eager, same model/batch/precision (bf16 autocast-free: weights cast like the trainer).
 timeout 150 "$PY" bench/torch_reference.py --data "$DATA" --device cuda --dtype bf16 --steps 60 \
@@ -105,4 +108,9 @@ print(f"frugal / pytorch tokens/s (gpt2 bf16): {s('gpt2-bf16','tokens_per_second
 print(f"sliding window / dense tokens/s at 8k context: {s('long-window','tokens_per_second')/s('long-dense','tokens_per_second'):.2f}")
 print(f"MoE / dense tokens/s (equal active FLOPs): {s('gpt2-moe','tokens_per_second')/s('gpt2-bf16','tokens_per_second'):.2f}")
 print(f"fp16 skipped steps: {s('gpt2-fp16','skipped_steps')}")
+steps = [json.loads(l) for l in open(os.path.join(out, "gpt2-dp2x2.jsonl")) if '"event":"step"' in l]
+share = [st["allreduce_seconds"] * st["tokens_per_second"] / (st["tokens"] / st["step"]) for st in steps if st.get("allreduce_seconds")]
+print(f"2 replicas x 2 stages / 1 rank tokens/s (one GPU): {s('gpt2-dp2x2','tokens_per_second')/s('gpt2-bf16','tokens_per_second'):.2f}")
+if share:
+    print(f"2 x 2 all-reduce share of a step: {100*sum(share)/len(share):.1f}%")
 PY

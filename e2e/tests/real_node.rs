@@ -1,7 +1,8 @@
 //! frugal as users run it, on the real node: the chart's operator in a container under the
 //! chart's RBAC only, trainers from the project's image, statuses patched from inside the
 //! containers with their own tokens, peers found through cluster DNS, a deleted pod's SIGTERM
-//! checkpoint resumed by the next attempt, and a leader that hands over. Every namespace enforces
+//! checkpoint resumed by the next attempt, a 2 × 2 data-parallel job whose checkpoint resumes as
+//! 1 × 2, and a leader that hands over. Every namespace enforces
 //! Pod Security `restricted`.
 
 use std::time::{Duration, Instant};
@@ -181,6 +182,68 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
         ensure!(logs.iter().any(|l| l.contains("\"step\":20")), "no stage reached step 20:\n{}", logs.join("\n"));
         let status = done.status.context("no status")?;
         ensure!(status.progress.is_some_and(|p| p.step == 20), "status.progress from the last stage's container");
+        Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+/// Data parallelism as users run it: 2 replicas × 2 stages in four containers, the replicas'
+/// rings and the pipelines' links between pods found through cluster DNS, the status from the
+/// first replica; then a second job on the same checkpoint claim, 1 replica × 2 stages, resumes
+/// the first's checkpoint.
+#[tokio::test]
+async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one_by_two() {
+    if !node::available("real-dp") {
+        return;
+    }
+    run("real-dp", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "ckpt").await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let replicated = |name: &str, steps: i64, replicas: i32| {
+            let mut tj = real_cpu_job(name, steps, Some("ckpt"), 2);
+            tj.spec.parallelism.data_parallel = replicas;
+            tj.spec.parallelism.shard_optimizer_state = replicas > 1;
+            tj.spec.training.batch_size = 8;
+            tj
+        };
+        apply(&ctx, &replicated("dp", 20, 2)).await?;
+        let done = finished_within(&ctx, "dp", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "dp", 1).await?;
+        let mut logs = Vec::new();
+        for p in &pods {
+            logs.push(format!("{}:\n{}", node::describe(p), node::logs(&ctx, &p.name_any()).await));
+        }
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; logs:\n{}", phase(&done), logs.join("\n"));
+        ensure!(pods.len() == 4, "{} pods, not 2 replicas × 2 stages", pods.len());
+        for p in &pods {
+            on_real_node(&ctx, p).await?;
+        }
+        let status = done.status.clone().context("no status")?;
+        let plan = status.plan.clone().context("no plan in the status")?;
+        ensure!((plan.pods, plan.replicas) == (4, 2), "plan: {} pods, {} replicas", plan.pods, plan.replicas);
+        ensure!(plan.communication_bytes_per_step > 0, "the plan counts no communication");
+        ensure!(status.progress.as_ref().is_some_and(|p| p.step == 20), "status.progress: {:?}", status.progress);
+        ensure!(status.quality.as_ref().is_some_and(|q| q.validation_loss.is_some_and(f64::is_finite)), "status.quality: {:?}", status.quality);
+        // the reporting stage (replica 0's last) measured its share of the ring every step
+        ensure!(logs.iter().any(|l| l.contains("\"allreduce_seconds\"")), "no step logged its all-reduce:\n{}", logs.join("\n"));
+        ensure!(logs.iter().any(|l| l.contains("\"replicas\":2")), "no start event names 2 replicas:\n{}", logs.join("\n"));
+
+        // One replica of the same two stages, on the same claim: it resumes at step 20.
+        apply(&ctx, &replicated("one", 24, 1)).await?;
+        let done = finished_within(&ctx, "one", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "one", 1).await?;
+        let mut logs = Vec::new();
+        for p in &pods {
+            logs.push(node::logs(&ctx, &p.name_any()).await);
+        }
+        ensure!(phase(&done) == Some(Phase::Succeeded), "1 × 2 ended {:?}; logs:\n{}", phase(&done), logs.join("\n"));
+        ensure!(pods.len() == 2, "{} pods, not 1 replica × 2 stages", pods.len());
+        let resumed = logs.iter().find_map(|l| resumed_at(l)).with_context(|| format!("1 × 2 did not resume:\n{}", logs.join("\n")))?;
+        ensure!(resumed == 20, "1 × 2 resumed at step {resumed}, the 2 × 2 job ended at 20");
+        ensure!(done.status.as_ref().and_then(|s| s.progress.as_ref()).is_some_and(|p| p.step == 24), "1 × 2 did not reach step 24");
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
         Ok(())
     })
