@@ -591,14 +591,13 @@ fn spawn_stages<T: Send + 'static, F: Fn(&mut StageWorker) -> Result<T> + Send +
         let body = body.clone();
         let name = if replicas.count > 1 { format!("r{replica}-stage-{s}") } else { format!("stage-{s}") };
         handles.push(std::thread::Builder::new().name(name).spawn(move || -> Result<T> {
-            let rank = Rank::of(s, replica, replicas.count);
             let mut worker = StageWorker::new(&cfg, layout, stages, schedule, device, up, down)?;
             worker.replicate(replica, replicas.count, ring, replicas.shard_optimizer)?;
             match body(&mut worker) {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     worker.abort(&format!("{e:#}"));
-                    Err(e.context(rank.to_string()))
+                    Err(e.context(worker.rank().to_string()))
                 }
             }
         })?);

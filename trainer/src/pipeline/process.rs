@@ -90,7 +90,7 @@ impl ProcessStages {
         let ring_accept = if replicated {
             let addr = self.ring_listen.as_deref().context("a replicated pipeline needs an address to listen on for the previous replica")?;
             let listener = TcpListener::bind(addr).with_context(|| format!("listening for replica {previous_replica} on {addr}"))?;
-            let expected: Vec<Rank> = (self.first..=self.last()).map(|s| Rank { stage: s, replica: Some(previous_replica) }).collect();
+            let expected: Vec<Rank> = (self.first..=self.last()).map(|s| Rank::stage(s).in_replica(previous_replica)).collect();
             let (token, timeout, faults) = (self.token.clone(), self.timeout, faults.clone());
             Some(std::thread::spawn(move || tcp::accept(&listener, tcp::Role::Ring, &expected, &token, timeout, &faults)))
         } else {
@@ -111,7 +111,7 @@ impl ProcessStages {
                     addr,
                     tcp::Role::Ring,
                     self.rank(s),
-                    Rank { stage: s, replica: Some((self.replica + 1) % n) },
+                    Rank::stage(s).in_replica((self.replica + 1) % n),
                     &self.token,
                     self.timeout,
                     &faults[i],

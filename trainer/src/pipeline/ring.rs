@@ -6,7 +6,7 @@
 //! A ring all-gather spreads each replica's region of a buffer to the others (the weights each
 //! updated when the optimizer state is sharded).
 
-use super::transport::{Link, Message, Rank, TransportError};
+use super::transport::{Link, Message, TransportError};
 use tch::{Device, Tensor};
 
 /// PyTorch DDP's default bucket, 25 MiB of fp32: large enough that per-message costs vanish,
@@ -112,11 +112,6 @@ impl Ring {
         for link in [&mut self.next, &mut self.previous] {
             let _ = link.send(Message::Abort { reason: reason.to_string() });
         }
-    }
-
-    /// This stage's rank.
-    pub fn rank(&self, stage: usize) -> Rank {
-        Rank { stage, replica: Some(self.replica) }
     }
 }
 

@@ -55,7 +55,7 @@ pub type RingLinks = (Box<dyn Link>, Box<dyn Link>);
 /// r's (next, previous) pair.
 pub fn ring(stage: usize, timeout: Duration, faults: &[Fault]) -> Vec<RingLinks> {
     let n = faults.len();
-    let rank = |r: usize| Rank { stage, replica: Some(r) };
+    let rank = |r: usize| Rank::stage(stage).in_replica(r);
     let mut next: Vec<Option<Box<dyn Link>>> = (0..n).map(|_| None).collect();
     let mut previous: Vec<Option<Box<dyn Link>>> = (0..n).map(|_| None).collect();
     for r in 0..n {
