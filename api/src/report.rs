@@ -40,6 +40,42 @@ pub struct Row {
     /// A TrainingJob's phase (Pending, Queued, Running, ...); a run report has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The int8 export's validation bits per byte (spec.export.quantize), and its difference
+    /// from the unquantized model's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8_bits_per_byte: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8_bits_per_byte_delta: Option<f64>,
+    /// The int8 export's CPU inference tokens/s over the unquantized model's, measured side by
+    /// side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8_speedup: Option<f64>,
+    /// A distilled run's teacher: its validation bits per byte on the same evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher_bits_per_byte: Option<f64>,
+}
+
+impl Row {
+    /// Fills the export and distillation columns from a job's quality.
+    pub fn with_quality_extras(mut self, quality: Option<&crate::v1alpha1::QualityStatus>) -> Self {
+        if let Some(q) = quality.and_then(|q| q.quantized.as_ref()) {
+            self.int8_bits_per_byte = q.bits_per_byte;
+            self.int8_bits_per_byte_delta = q.bits_per_byte_delta;
+            self.int8_speedup = ratio(Some(q.tokens_per_second), Some(q.unquantized_tokens_per_second));
+        }
+        if let Some(d) = quality.and_then(|q| q.distillation.as_ref()) {
+            self.teacher_bits_per_byte = d.teacher.bits_per_byte;
+        }
+        self
+    }
+
+    fn has_int8(&self) -> bool {
+        self.int8_bits_per_byte.is_some()
+    }
+
+    fn has_teacher(&self) -> bool {
+        self.teacher_bits_per_byte.is_some()
+    }
 }
 
 /// A run against the baseline: ratios of what it cost, differences of what it reached.
@@ -204,9 +240,16 @@ const HEADER: [&str; 14] =
 /// The table of `rows` for people: a `phase` column after the job when any row has a phase.
 pub fn table(rows: &[Row]) -> Table {
     let phases = rows.iter().any(|r| r.phase.is_some());
+    let (int8, teacher) = (rows.iter().any(Row::has_int8), rows.iter().any(Row::has_teacher));
     let mut header: Vec<&str> = HEADER.to_vec();
     if phases {
         header.insert(1, "phase");
+    }
+    if int8 {
+        header.extend(["int8 bits/byte", "int8 Δ", "int8 speed"]);
+    }
+    if teacher {
+        header.push("teacher bits/byte");
     }
     let mut t = Table::new(&header);
     for r in rows {
@@ -237,6 +280,16 @@ pub fn table(rows: &[Row]) -> Table {
         ];
         if phases {
             cells.insert(1, r.phase.clone().unwrap_or_else(|| "-".into()));
+        }
+        if int8 {
+            cells.extend([
+                opt(r.int8_bits_per_byte, 4),
+                r.int8_bits_per_byte_delta.filter(|d| d.is_finite()).map_or("-".into(), |d| format!("{d:+.4}")),
+                times(r.int8_speedup),
+            ]);
+        }
+        if teacher {
+            cells.push(opt(r.teacher_bits_per_byte, 4));
         }
         t.push(cells);
     }
@@ -288,9 +341,16 @@ pub fn csv(rows: &[Row]) -> String {
 
 fn csv_table(rows: &[Row]) -> Table {
     let phases = rows.iter().any(|r| r.phase.is_some());
+    let (int8, teacher) = (rows.iter().any(Row::has_int8), rows.iter().any(Row::has_teacher));
     let mut header: Vec<&str> = CSV_HEADER.to_vec();
     if phases {
         header.push("phase");
+    }
+    if int8 {
+        header.extend(["int8_bits_per_byte", "int8_bits_per_byte_delta", "int8_speedup"]);
+    }
+    if teacher {
+        header.push("teacher_bits_per_byte");
     }
     let mut t = Table::new(&header);
     for r in rows {
@@ -315,6 +375,12 @@ fn csv_table(rows: &[Row]) -> Table {
         ];
         if phases {
             fields.push(r.phase.clone().unwrap_or_default());
+        }
+        if int8 {
+            fields.extend([raw(r.int8_bits_per_byte), raw(r.int8_bits_per_byte_delta), raw(r.int8_speedup)]);
+        }
+        if teacher {
+            fields.push(raw(r.teacher_bits_per_byte));
         }
         t.push(fields);
     }
@@ -402,6 +468,7 @@ mod tests {
             seed: Some(7),
             config_hash: Some("abc".into()),
             phase: None,
+            ..Row::default()
         }
     }
 
@@ -450,6 +517,27 @@ mod tests {
         assert_eq!(lines[1], "x,\"a, b\",2000000,250000,4000000000000000,2,1.25,8,0.5,1234.4,2,5,USD,1.5,1000,7,abc");
         assert_eq!(lines[2], "y,,,,,,,,,,,,USD,,,,");
         assert_eq!(lines[2].split(',').count(), 17);
+    }
+
+    #[test]
+    fn an_int8_export_and_a_teacher_add_their_columns() {
+        let quantized = Row {
+            int8_bits_per_byte: Some(1.2625),
+            int8_bits_per_byte_delta: Some(0.0125),
+            int8_speedup: Some(1.5),
+            teacher_bits_per_byte: Some(1.1),
+            ..run("q")
+        };
+        let t = text(&[quantized, run("plain")]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("seed  int8 bits/byte  int8 Δ   int8 speed  teacher bits/byte"), "{t}");
+        assert!(lines[1].ends_with("7     1.2625          +0.0125  1.50×       1.1000"), "{t}");
+        assert!(lines[2].ends_with("7     -               -        -           -"), "{t}");
+        let c = csv(&[Row { int8_bits_per_byte: Some(1.25), ..run("q") }]);
+        assert!(c.lines().next().unwrap().ends_with(",config_hash,int8_bits_per_byte,int8_bits_per_byte_delta,int8_speedup"), "{c}");
+        assert!(c.lines().nth(1).unwrap().ends_with(",abc,1.25,,"), "{c}");
+        // without them, no columns
+        assert!(!text(&[run("plain")]).contains("int8"));
     }
 
     #[test]

@@ -203,10 +203,20 @@ fn every_fractional_bound_holds_for_integers() {
     walk(&schema_of(TrainingBudget::crd()), "", &mut bounds);
     assert_eq!(
         bounds,
-        [".spec.data.validationFraction maximum 0.5: held", ".spec.model.sparsity.moe.capacityFactor minimum 0.1: held"],
+        [
+            ".spec.data.validationFraction maximum 0.5: held",
+            ".spec.distill.teacher.model.sparsity.moe.capacityFactor minimum 0.1: held",
+            ".spec.distill.temperature minimum 0.1: held",
+            ".spec.model.sparsity.moe.capacityFactor minimum 0.1: held"
+        ],
         "a fractional bound needs `self >= b` (or `<=`) beside it, and a fixture with an integer just outside"
     );
-    for (fixture, field) in [("capacity-factor-integer-zero", "capacityFactor: 0}"), ("validation-fraction-integer-one", "validationFraction: 1}")] {
+    for (fixture, field) in [
+        ("capacity-factor-integer-zero", "capacityFactor: 0}"),
+        ("validation-fraction-integer-one", "validationFraction: 1}"),
+        ("distill-temperature-integer-zero", "temperature: 0}"),
+        ("teacher-capacity-factor-integer-zero", "capacityFactor: 0}"),
+    ] {
         let text = std::fs::read_to_string(repo().join(format!("api/tests/invalid/{fixture}.yaml"))).unwrap();
         assert!(text.contains(field), "{fixture} sends an integer");
     }

@@ -54,7 +54,9 @@ pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
         seed: u64::try_from(spec.training.seed).ok(),
         config_hash: None,
         phase: Some(status.and_then(|s| s.phase).map_or("-".into(), |p| format!("{p:?}"))),
+        ..Row::default()
     }
+    .with_quality_extras(quality)
 }
 
 /// The baseline's row among `rows`, found by name (or namespace/name).

@@ -43,6 +43,7 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
     printcolumn(name = "Est-GPU-Hours", type_ = "number", json_path = ".status.plan.estimatedGpuHours", description = "GPU-hours the plan estimates for the whole run", priority = 1),
     printcolumn(name = "Est-Cost", type_ = "number", json_path = ".status.plan.estimatedCost", description = "Cost the plan estimates for the whole run", priority = 1),
     printcolumn(name = "Currency", type_ = "string", json_path = ".status.plan.currency", description = "Currency of the cost figures", priority = 1),
+    printcolumn(name = "Int8-BPB", type_ = "number", json_path = ".status.quality.quantized.bitsPerByte", description = "Validation bits per byte of the int8 export (spec.export.quantize)", priority = 1),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the job is in its phase", priority = 1),
     validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label of at most 40 characters (lower-case letters, digits and '-', starting with a letter): children add suffixes to it; choose a shorter name"),
@@ -93,6 +94,15 @@ pub struct TrainingJobSpec {
     /// affinity and image pull secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodOverrides>,
+    /// Train this job's model as a student of a trained teacher (knowledge distillation): the
+    /// loss mixes the teacher's softened next-token distribution with the data's hard targets.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.distill is immutable: a running job resumes checkpoints of the run it started with; delete and recreate the job to change it"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillSpec>,
+    /// What is made of the trained model once training completes: an 8-bit quantized copy,
+    /// evaluated like the original, its price in quality reported in status.quality.quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,6 +763,74 @@ pub enum Precision {
     Fp16,
     #[serde(rename = "fp32")]
     Fp32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// distillation and export
+
+/// Knowledge distillation: the student (this job's model) learns from a teacher's soft targets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillSpec {
+    /// The trained model whose predictions the student learns from.
+    pub teacher: TeacherSpec,
+    /// Softmax temperature of teacher and student in the soft loss; above 1 it shows the student
+    /// the teacher's ranking of unlikely tokens. The soft loss is scaled by temperature², so its
+    /// gradient keeps its size (Hinton et al.).
+    #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0.1, max = 100.0))]
+    #[x_kube(validation = Rule::new("self >= 0.1").message("distill.temperature must be at least 0.1: the usual values are 1 to 4"))]
+    pub temperature: f64,
+    /// Weight of the soft (teacher) loss; the hard loss against the data gets 1 − softWeight.
+    #[serde(default = "default_soft_weight")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub soft_weight: f64,
+}
+
+fn default_temperature() -> f64 {
+    2.0
+}
+fn default_soft_weight() -> f64 {
+    0.5
+}
+
+/// A teacher: its model and the checkpoint it was trained to. Its vocabulary and context must
+/// be the student's.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TeacherSpec {
+    /// The teacher's model, as its own job gave it (a sparse model, say).
+    pub model: ModelSpec,
+    /// A checkpoint of it: a step directory, or a checkpoint root whose newest complete step is
+    /// used (a path in the pod: mount its claim through podTemplate.volumes).
+    #[schemars(length(min = 1, max = 1024))]
+    pub checkpoint: String,
+}
+
+/// What is exported after training.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    /// `int8`: 8-bit weights with a scale per output channel for every linear layer (experts
+    /// included), calibrated on held-out batches; embeddings, norms and the router stay in
+    /// fp32. Written as `quantized/int8.safetensors` in the final checkpoint's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizeFormat>,
+    /// Held-out batches (of training.batchSize sequences) whose activations calibrate the scales.
+    #[serde(default = "default_calibration_batches")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub calibration_batches: i32,
+}
+
+fn default_calibration_batches() -> i32 {
+    4
+}
+
+/// Quantized formats.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantizeFormat {
+    #[serde(rename = "int8")]
+    Int8,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -257,6 +257,93 @@ pub struct QualityStatus {
     /// When an evaluation first reached spec.training.qualityTarget (kept across attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_reached_time: Option<Time>,
+    /// The quantized export (spec.export.quantize) of the final checkpoint, evaluated the same
+    /// way, beside the unquantized figures and round-to-nearest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedStatus>,
+    /// With spec.distill: the teacher, evaluated the same way, and the student against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<DistillationStatus>,
+}
+
+/// One model's figures on the job's evaluation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityFigures {
+    /// Validation loss, nats per token.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub validation_loss: Option<f64>,
+    /// exp(validation loss).
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub perplexity: Option<f64>,
+    /// Validation bits per byte.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub bits_per_byte: Option<f64>,
+    /// Zero-shot accuracy per evaluation set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub zero_shot: Vec<ZeroShotResult>,
+}
+
+/// The quantized model against the model it was made from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QuantizedStatus {
+    /// The format (spec.export.quantize).
+    pub format: String,
+    /// How the scales were set, in a few words.
+    pub method: String,
+    /// Step of the checkpoint that was quantized.
+    pub step: i64,
+    /// Where the quantized weights were written.
+    pub path: String,
+    /// The calibrated quantized model's validation bits per byte (the printer column).
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub bits_per_byte: Option<f64>,
+    /// Its bits per byte minus the unquantized model's: the price in quality.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub bits_per_byte_delta: Option<f64>,
+    /// Its validation loss minus the unquantized model's.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub validation_loss_delta: Option<f64>,
+    /// The calibrated quantized model on the whole evaluation.
+    pub calibrated: QualityFigures,
+    /// Round-to-nearest per-channel quantization without calibration: the baseline calibration
+    /// must beat.
+    pub round_to_nearest: QualityFigures,
+    /// The checkpoint itself, unquantized, on the same evaluation.
+    pub unquantized: QualityFigures,
+    /// Bytes of all weights as exported (8-bit linear layers, their scales, fp32 for the rest).
+    pub weight_bytes: i64,
+    /// Bytes of the same weights in fp32.
+    pub unquantized_weight_bytes: i64,
+    /// CPU inference throughput of the quantized model (forward passes over held-out batches).
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub tokens_per_second: f64,
+    /// The same of the unquantized model, measured in the same run.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub unquantized_tokens_per_second: f64,
+}
+
+/// A distilled student against its teacher.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillationStatus {
+    /// The teacher's checkpoint step directory.
+    pub teacher_checkpoint: String,
+    /// The teacher's parameters, all and used per token.
+    pub teacher_parameters: i64,
+    pub teacher_active_parameters: i64,
+    /// The teacher on this job's evaluation.
+    pub teacher: QualityFigures,
+    /// The student's bits per byte at the last evaluation minus the teacher's.
+    #[serde(default, skip_serializing_if = "is_not_finite_opt")]
+    pub bits_per_byte_delta: Option<f64>,
+    /// CPU inference throughput of the teacher and of the student, measured in the same run.
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub teacher_tokens_per_second: f64,
+    #[serde(default, skip_serializing_if = "is_not_finite")]
+    pub student_tokens_per_second: f64,
 }
 
 /// One evaluation set's accuracy.

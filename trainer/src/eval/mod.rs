@@ -287,6 +287,7 @@ pub fn evaluate(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u64
         bits_per_byte: Some(v.bits_per_byte()),
         zero_shot: zero_shot(lm, data, sets, seed)?,
         target_reached_time: None,
+        ..Default::default()
     })
 }
 

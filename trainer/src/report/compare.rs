@@ -49,7 +49,9 @@ impl Row {
             seed: Some(s.provenance.seed),
             config_hash: Some(s.provenance.config_hash.clone()),
             phase: None,
-        })
+            ..report::Row::default()
+        }
+        .with_quality_extras(q))
     }
 }
 

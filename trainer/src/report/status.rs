@@ -102,6 +102,7 @@ impl Fold {
                     bits_per_byte: eval.bits_per_byte.and_then(finite),
                     zero_shot: eval.zero_shot.iter().filter(|z| z.accuracy.is_finite()).take(8).cloned().collect(),
                     target_reached_time: None,
+                    ..Default::default()
                 });
                 if self.target_reached_time.is_none() && eval.quality_target_reached {
                     self.target_reached_time = Some(now());
@@ -256,6 +257,7 @@ mod tests {
             bits_per_byte: Some(1.5),
             zero_shot: vec![cloze.clone()],
             target_reached_time: None,
+            ..Default::default()
         };
         fold.observe(&RunEvent::Eval(Eval::of(&q, 5, false)));
         fold.observe(&checkpoint(5));
