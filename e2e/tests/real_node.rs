@@ -2,7 +2,8 @@
 //! chart's RBAC only, trainers from the project's image, statuses patched from inside the
 //! containers with their own tokens, peers found through cluster DNS, a deleted pod's SIGTERM
 //! checkpoint resumed by the next attempt, a 2 × 2 data-parallel job whose checkpoint resumes as
-//! 1 × 2, and a leader that hands over. Every namespace enforces
+//! 1 × 2, an int8 export and a distilled student reported from their pods, and a leader that
+//! hands over. Every namespace enforces
 //! Pod Security `restricted`.
 
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::Phase;
+use frugal_api::v1alpha1::{DistillSpec, ExportSpec, Phase, QuantizeFormat, TeacherSpec};
 use frugal_e2e::node::{self, REAL_NODE_LABEL};
 use frugal_e2e::operator::Operator;
 use frugal_e2e::training_job::{apply, finished_within, job_where, phase, real_cpu_job, resumed_at};
@@ -244,6 +245,71 @@ async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one
         let resumed = logs.iter().find_map(|l| resumed_at(l)).with_context(|| format!("1 × 2 did not resume:\n{}", logs.join("\n")))?;
         ensure!(resumed == 20, "1 × 2 resumed at step {resumed}, the 2 × 2 job ended at 20");
         ensure!(done.status.as_ref().and_then(|s| s.progress.as_ref()).is_some_and(|p| p.step == 24), "1 × 2 did not reach step 24");
+        Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from_containers() {
+    if !node::available("real-export") {
+        return;
+    }
+    run("real-export", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "teacher").await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        // The teacher trains on its claim and exports int8 weights after its last step.
+        let mut teacher = real_cpu_job("teacher", 30, Some("teacher"), 1);
+        teacher.spec.export = Some(ExportSpec { quantize: Some(QuantizeFormat::Int8), calibration_batches: 2 });
+        apply(&ctx, &teacher).await?;
+        let done = finished_within(&ctx, "teacher", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "teacher", 1).await?;
+        let pod = pods.first().context("the teacher's pod")?;
+        let log = node::logs(&ctx, &pod.name_any()).await;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "the teacher ended {:?}: {:?}\n{log}", phase(&done), done.status);
+        on_real_node(&ctx, pod).await?;
+        let quality = done.status.as_ref().and_then(|s| s.quality.clone()).context("no status.quality")?;
+        let q = quality.quantized.clone().with_context(|| format!("no status.quality.quantized:\n{log}"))?;
+        eprintln!("e2e: int8 export {q:?}");
+        ensure!(q.format == "int8" && q.step == 30, "export {q:?}");
+        ensure!(q.bits_per_byte.is_some_and(f64::is_finite) && q.bits_per_byte_delta.is_some_and(f64::is_finite), "bits per byte {q:?}");
+        ensure!(q.round_to_nearest.bits_per_byte.is_some() && q.unquantized.bits_per_byte.is_some(), "round-to-nearest and unquantized figures {q:?}");
+        ensure!(q.weight_bytes > 0 && q.weight_bytes < q.unquantized_weight_bytes, "weight bytes {} of {}", q.weight_bytes, q.unquantized_weight_bytes);
+        ensure!(q.tokens_per_second > 0.0 && q.unquantized_tokens_per_second > 0.0, "tokens/s {q:?}");
+        ensure!(q.path.ends_with("int8.safetensors"), "path {}", q.path);
+        // the unquantized figures are the checkpoint's own: the job's last evaluation is of it
+        ensure!(quality.step == 30, "quality step {}", quality.step);
+
+        // A smaller student learns from the teacher's checkpoint, mounted from the claim.
+        let mut student = real_cpu_job("student", 20, None, 1);
+        if let Some(custom) = student.spec.model.custom.as_mut() {
+            custom.layers = 2;
+        }
+        student.spec.distill = Some(DistillSpec {
+            teacher: TeacherSpec { model: teacher.spec.model.clone(), checkpoint: "/teacher".into() },
+            temperature: 2.0,
+            soft_weight: 0.5,
+        });
+        let overrides = student.spec.pod_template.get_or_insert_with(Default::default);
+        overrides.volumes.push(serde_json::from_value(serde_json::json!({"name": "teacher", "persistentVolumeClaim": {"claimName": "teacher", "readOnly": true}}))?);
+        overrides.volume_mounts.push(serde_json::from_value(serde_json::json!({"name": "teacher", "mountPath": "/teacher", "readOnly": true}))?);
+        apply(&ctx, &student).await?;
+        let done = finished_within(&ctx, "student", TRAINING).await?;
+        let pods = attempt_pods(&ctx, "student", 1).await?;
+        let pod = pods.first().context("the student's pod")?;
+        let log = node::logs(&ctx, &pod.name_any()).await;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "the student ended {:?}: {:?}\n{log}", phase(&done), done.status);
+        let quality = done.status.as_ref().and_then(|s| s.quality.clone()).context("no status.quality")?;
+        let d = quality.distillation.clone().with_context(|| format!("no status.quality.distillation:\n{log}"))?;
+        eprintln!("e2e: distillation {d:?}");
+        ensure!(d.teacher_checkpoint.contains("step-"), "teacher checkpoint {}", d.teacher_checkpoint);
+        ensure!(d.teacher.bits_per_byte.is_some_and(f64::is_finite), "teacher figures {d:?}");
+        ensure!(d.bits_per_byte_delta.is_some_and(f64::is_finite), "no student − teacher delta {d:?}");
+        ensure!(d.teacher_tokens_per_second > 0.0 && d.student_tokens_per_second > 0.0, "tokens/s {d:?}");
+        ensure!(d.teacher_parameters > 0, "teacher parameters {d:?}");
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
         Ok(())
     })
