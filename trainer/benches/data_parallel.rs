@@ -39,6 +39,7 @@ fn run_config(steps: i64) -> RunConfig {
         },
         checkpoint_dir: None,
         keep_checkpoints: 1,
+        distill: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn run_config(layers: i64, micro_batches: i64, micro_batch_size: i64, steps: i64
         },
         checkpoint_dir: None,
         keep_checkpoints: 1,
+        distill: None,
     }
 }
 

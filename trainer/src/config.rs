@@ -53,6 +53,7 @@ pub fn nano_run(name: &str, model: ModelConfig, precision: Precision, steps: i64
         },
         checkpoint_dir: None,
         keep_checkpoints: 1,
+        distill: None,
     }
 }
 
@@ -221,6 +222,57 @@ pub struct RunConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Checkpoints kept on disk (older ones are removed after a new one commits).
     pub keep_checkpoints: usize,
+    /// Knowledge distillation from a trained teacher (spec.distill); absent from the serialised
+    /// run (and so from its configuration hash) without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+/// Knowledge distillation: the teacher and how its soft targets enter the loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// The teacher's model (spec.distill.teacher.model, resolved by the planner).
+    pub teacher: ModelConfig,
+    /// A step directory of a checkpoint of it, or a checkpoint root whose newest committed step
+    /// is used; either layout.
+    pub checkpoint: std::path::PathBuf,
+    pub loss: DistillLoss,
+}
+
+/// The distillation loss per token: (1 − w)·CE(student, data) + w·T²·KL(softmax(teacher/T) ‖
+/// softmax(student/T)), w = `soft_weight`, T = `temperature` (`distill.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillLoss {
+    pub temperature: f64,
+    pub soft_weight: f64,
+}
+
+impl DistillConfig {
+    /// FLOPs per training token the teacher adds: its forward over the student's sequences,
+    /// the planner's count (none with soft weight 0, where the teacher does not run).
+    pub fn flops_per_token(&self, student: &ModelConfig) -> f64 {
+        if self.loss.runs_teacher() { self.teacher.forward_flops_per_token(student.seq_len) } else { 0.0 }
+    }
+}
+
+/// Whether `teacher` can teach `student`: a distribution over the same vocabulary, at every
+/// position the student trains on. The error names the field to change.
+pub fn check_teacher(student: &ModelConfig, teacher: &ModelConfig) -> Result<(), String> {
+    if teacher.vocab_size != student.vocab_size {
+        return Err(format!(
+            "spec.distill.teacher.model has a vocabulary of {} tokens and the student's model {}: the teacher's predictions must be over the \
+             student's tokens; give the teacher the student's vocabSize and tokenizer (a teacher trained on the same data.tokenizer)",
+            teacher.vocab_size, student.vocab_size
+        ));
+    }
+    if teacher.seq_len < student.seq_len {
+        return Err(format!(
+            "spec.distill.teacher.model reads a context of {} tokens, shorter than the student's {}: the teacher must score every position \
+             the student trains on; use a teacher with seqLen ≥ {} or lower the student's model seqLen",
+            teacher.seq_len, student.seq_len, student.seq_len
+        ));
+    }
+    Ok(())
 }
 
 impl RunConfig {
@@ -232,6 +284,16 @@ impl RunConfig {
         }
         if t.batch_size % t.micro_batch_size != 0 {
             return Err(format!("batch size {} is not a multiple of the micro-batch size {}", t.batch_size, t.micro_batch_size));
+        }
+        if let Some(d) = &self.distill {
+            validate_model(&d.teacher).map_err(|e| format!("spec.distill.teacher.model: {e}"))?;
+            check_teacher(&self.model, &d.teacher)?;
+            if !(d.loss.temperature > 0.0 && (0.0..=1.0).contains(&d.loss.soft_weight)) {
+                return Err(format!(
+                    "spec.distill: temperature {} must be positive and softWeight {} between 0 and 1",
+                    d.loss.temperature, d.loss.soft_weight
+                ));
+            }
         }
         Ok(())
     }

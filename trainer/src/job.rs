@@ -1,7 +1,7 @@
 //! From the job's own types to a run: a `TrainingJob` manifest (what a user applies) or the
 //! operator's `TrainerConfig` (what a pod is given) becomes a [`RunConfig`].
 
-use crate::config::{DataConfig, DataSource, OptimConfig, OptimizerKind, RunConfig, Schedule, TrainConfig};
+use crate::config::{DataConfig, DataSource, DistillConfig, DistillLoss, OptimConfig, OptimizerKind, RunConfig, Schedule, TrainConfig};
 use anyhow::{Context, Result};
 use frugal_api::contract::{TRAINER_CONFIG_VERSION, TrainerConfig};
 use frugal_api::planner::{self, Plan, PlanOptions};
@@ -172,6 +172,14 @@ impl Job {
             },
             checkpoint_dir: Some(checkpoint_dir.unwrap_or_else(|| PathBuf::from(&spec.checkpoint.path))),
             keep_checkpoints: spec.checkpoint.keep.max(1) as usize,
+            distill: match (&spec.distill, &self.plan.teacher) {
+                (Some(d), Some(teacher)) => Some(DistillConfig {
+                    teacher: teacher.clone(),
+                    checkpoint: PathBuf::from(&d.teacher.checkpoint),
+                    loss: DistillLoss { temperature: d.temperature, soft_weight: d.soft_weight },
+                }),
+                _ => None,
+            },
         };
         run.validate().map_err(anyhow::Error::msg)?;
         Ok(run)
@@ -189,10 +197,14 @@ impl Job {
     }
 
     /// Checks that the files the spec names are there before anything trains: the corpus
-    /// (`data.source.text.path`, `data.source.shards.path`) and each evaluation set's file. A
-    /// missing one is a [`ConfigurationError`] naming the field, not a failure at the first
-    /// evaluation an hour in.
+    /// (`data.source.text.path`, `data.source.shards.path`), each evaluation set's file and a
+    /// distillation teacher's checkpoint, and that the teacher can teach the model (its
+    /// vocabulary, its context). A missing one is a [`ConfigurationError`] naming the field, not
+    /// a failure at the first evaluation an hour in.
     pub fn check_inputs(&self) -> std::result::Result<(), ConfigurationError> {
+        if let Some(teacher) = &self.plan.teacher {
+            crate::config::check_teacher(&self.plan.model, teacher).map_err(ConfigurationError)?;
+        }
         let d = &self.spec.data;
         let mut paths: Vec<(String, &str)> = Vec::new();
         if let Some(text) = &d.source.text {
@@ -206,12 +218,18 @@ impl Job {
                 paths.push((format!("data.evalSets[{i}].path ({})", set.name), path));
             }
         }
+        if let Some(distill) = &self.spec.distill {
+            paths.push(("spec.distill.teacher.checkpoint".into(), &distill.teacher.checkpoint));
+        }
         for (field, path) in paths {
             if let Err(e) = std::fs::metadata(path) {
                 return Err(ConfigurationError(format!(
                     "{field} {path:?} cannot be read ({e}): mount it into the pod (spec.podTemplate.volumes and volumeMounts) or fix the path"
                 )));
             }
+        }
+        if let Some(distill) = &self.spec.distill {
+            crate::distill::teacher_step(Path::new(&distill.teacher.checkpoint))?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cuda;
 pub mod data;
+pub mod distill;
 pub mod eval;
 pub mod job;
 pub mod model;

@@ -29,12 +29,26 @@ pub struct StageMemory {
     pub logits: i64,
     /// Runtime workspace (CUDA context, library workspaces).
     pub overhead: i64,
+    /// A distillation teacher, last stage only: see [`teacher_memory`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher: i64,
+}
+
+fn is_zero(bytes: &i64) -> bool {
+    *bytes == 0
 }
 
 impl StageMemory {
     pub fn total(&self) -> i64 {
-        self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+        self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead + self.teacher
     }
+}
+
+/// What a distillation teacher adds to the last stage: its frozen weights in the compute
+/// precision (no master copy, gradient or optimizer state), and for one micro-batch its fp32
+/// logits and their softened log-probabilities.
+pub fn teacher_memory(teacher: &ResolvedModel, precision: Precision, micro_batch_tokens: i64) -> i64 {
+    compute_bytes(precision) * teacher.parameters().total + 8 * teacher.vocab_size * micro_batch_tokens
 }
 
 /// Activation elements one token keeps in block `layer` for the backward pass.
@@ -90,5 +104,5 @@ pub fn stage_memory(s: &StageShape<'_>) -> StageMemory {
         if s.recompute { (s.layers.clone().count() as i64 * s.model.d_model, all_blocks().max().unwrap_or(0)) } else { (all_blocks().sum(), 0) };
     let activations = cb * s.micro_batch_tokens * (kept * s.in_flight + working);
     let logits = if s.last { (cb + 8) * s.model.vocab_size * s.micro_batch_tokens } else { 0 };
-    StageMemory { weights, gradients: 4 * s.parameters, optimizer, activations, logits, overhead: s.overhead }
+    StageMemory { weights, gradients: 4 * s.parameters, optimizer, activations, logits, overhead: s.overhead, teacher: 0 }
 }

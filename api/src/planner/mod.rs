@@ -15,7 +15,7 @@ mod model;
 pub use communication::{StageCommunication, StageLinks, stage_communication};
 pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names, gpu_type_of_product};
 pub use layout::{Layout, suggest_layout};
-pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory};
+pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory, teacher_memory};
 pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, ResolvedMoe, preset_shape};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ const GIB: f64 = (1u64 << 30) as f64;
 pub enum PlanError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The distillation teacher's model (spec.distill.teacher.model) does not resolve.
+    #[error("distill.teacher.{0}")]
+    Teacher(ModelError),
     #[error("resources.gpuType {0:?} is not a known GPU type; use one of: {1}")]
     UnknownGpuType(String, String),
     #[error("parallelism.pipelineStages {stages} exceeds the model's {layers} layers; every stage needs a layer: lower pipelineStages")]
@@ -82,7 +85,13 @@ pub struct StagePlan {
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub model: ResolvedModel,
+    /// With spec.distill: the teacher's model, whose forward over every training token
+    /// `flops_per_token` includes and whose weights the last stage holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<ResolvedModel>,
     pub parameters: Parameters,
+    /// Training FLOPs per token: the model's forward and backward, plus a distillation teacher's
+    /// forward.
     pub flops_per_token: f64,
     pub steps: i64,
     pub tokens: i64,
@@ -244,7 +253,8 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
     };
     let tokens = steps * tokens_per_step;
     let parameters = model.parameters();
-    let flops_per_token = model.flops_per_token();
+    let teacher = spec.distill.as_ref().map(|d| ResolvedModel::from_spec(&d.teacher.model)).transpose().map_err(PlanError::Teacher)?;
+    let flops_per_token = model.flops_per_token() + distillation_flops_per_token(spec, &model, teacher.as_ref());
     let total_flops = flops_per_token * tokens as f64;
 
     let overhead = if on_gpu { options.gpu_overhead_bytes } else { 0 };
@@ -284,9 +294,20 @@ pub fn plan(spec: &TrainingJobSpec, options: &PlanOptions) -> Result<Plan, PlanE
         currency: options.currency.clone(),
         warnings: Vec::new(),
         model,
+        teacher,
     };
     plan.warnings = warnings(spec, &plan, gpu, overhead);
     Ok(plan)
+}
+
+/// FLOPs per training token of a distillation teacher (spec.distill): its forward over the
+/// student's sequences, on the last stage. None with softWeight 0, where the trainer does not
+/// run it.
+pub fn distillation_flops_per_token(spec: &TrainingJobSpec, student: &ResolvedModel, teacher: Option<&ResolvedModel>) -> f64 {
+    match (&spec.distill, teacher) {
+        (Some(d), Some(t)) if d.soft_weight > 0.0 => t.forward_flops_per_token(student.seq_len),
+        _ => 0.0,
+    }
 }
 
 /// The stages of one replica as `spec.parallelism` lays them out; the batch divides into its
@@ -296,6 +317,9 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, overhead: i64) -> 
     let micro = i64::from(p.micro_batches);
     let replicas = i64::from(p.data_parallel.max(1));
     let micro_batch_tokens = i64::from(spec.training.batch_size) / (replicas * micro) * model.seq_len;
+    // plan() has refused a teacher that does not resolve
+    let teacher = spec.distill.as_ref().and_then(|d| ResolvedModel::from_spec(&d.teacher.model).ok());
+    let teacher_flops = distillation_flops_per_token(spec, model, teacher.as_ref());
     let ranges = partition_layers(model, p.pipeline_stages.into());
     let count = ranges.len() as i64;
     ranges
@@ -310,10 +334,10 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, overhead: i64) -> 
             let head_projection = if model.tied_embeddings && !first { model.vocab_size * model.d_model } else { 0 };
             let parameters =
                 blocks + if first { model.embedding_parameters() } else { 0 } + if last { model.head_parameters() + head_projection } else { 0 };
-            let flops_per_token: f64 =
-                layers.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>() + if last { model.head_flops_per_token() } else { 0.0 };
+            let flops_per_token: f64 = layers.clone().map(|l| model.block_flops_per_token(l)).sum::<f64>()
+                + if last { model.head_flops_per_token() + teacher_flops } else { 0.0 };
             let in_flight = if count == 1 { 1 } else { in_flight_micro_batches(spec.parallelism.schedule, count, index, micro) };
-            let memory = stage_memory(&StageShape {
+            let mut memory = stage_memory(&StageShape {
                 model,
                 layers: layers.clone(),
                 first,
@@ -328,6 +352,9 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, overhead: i64) -> 
                 in_flight,
                 overhead,
             });
+            if let (true, Some(t)) = (last, &teacher) {
+                memory.teacher = teacher_memory(t, spec.training.precision, micro_batch_tokens);
+            }
             let communication = stage_communication(&StageLinks {
                 parameters,
                 replicas,

@@ -239,6 +239,16 @@ impl ResolvedModel {
     pub fn flops_per_token(&self) -> f64 {
         (0..self.layers).map(|l| self.block_flops_per_token(l)).sum::<f64>() + self.head_flops_per_token()
     }
+
+    /// Forward FLOPs per token of the whole model over sequences of `seq_len` tokens (a
+    /// distillation teacher scores the student's sequences): 2 per matmul weight the token meets,
+    /// the head included, plus 4 · d · (keys attended) per layer.
+    pub fn forward_flops_per_token(&self, seq_len: i64) -> f64 {
+        let at = Self { seq_len, ..self.clone() };
+        let attention = 4.0 * self.d_model as f64 * at.mean_attended_keys();
+        (0..self.layers).map(|l| 2.0 * self.block_matmul_parameters(l) as f64 + attention).sum::<f64>()
+            + 2.0 * (self.vocab_size * self.d_model) as f64
+    }
 }
 
 fn resolve_moe(moe: &MoeSpec, ffn_hidden: i64) -> ResolvedMoe {

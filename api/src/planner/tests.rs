@@ -406,3 +406,43 @@ fn a_model_that_needs_every_stage_is_left_alone() {
     let layout = suggest_layout(&sharded, &PlanOptions::default()).unwrap();
     assert_eq!((layout.pipeline_stages, layout.data_parallel), (2, 4));
 }
+
+#[test]
+fn a_distilled_job_pays_for_its_teachers_forward_on_the_last_stage() {
+    let mut spec = gpt2_laid_out(2, 1, 4, 8);
+    let alone = plan(&spec, &PlanOptions::default()).unwrap();
+    spec.distill = Some(job_distill("{type: Preset, preset: gpt2-350m}", 0.5));
+    let plan = super::plan(&spec, &PlanOptions::default()).unwrap();
+    let teacher = plan.teacher.as_ref().expect("the teacher's model");
+    // gpt2-350m: wte 50257·1024 + wpe 1024·1024 + 24 blocks of 12,596,224 + the final LayerNorm
+    assert_eq!(teacher.parameters().total, 51_463_168 + 1_048_576 + 24 * 12_596_224 + 2_048);
+    // its forward over the student's 1024-token sequences: 2 per matmul weight (24 blocks of
+    // 12·1024², the head 50257·1024) and 4 · d · 512.5 keys per layer for attention
+    let forward = 2.0 * (24.0 * 12.0 * 1024.0 * 1024.0 + 50257.0 * 1024.0) + 24.0 * 4.0 * 1024.0 * 512.5;
+    assert_eq!(plan.flops_per_token, alone.flops_per_token + forward);
+    assert_eq!(plan.total_flops, plan.flops_per_token * plan.tokens as f64);
+    let ratio = plan.estimated_gpu_hours / alone.estimated_gpu_hours;
+    assert!((ratio - plan.flops_per_token / alone.flops_per_token).abs() < 1e-12, "GPU-hours grow with the FLOPs: {ratio}");
+    // the last stage runs the teacher and holds it (bf16 weights, fp32 logits of a micro-batch of
+    // 2 sequences); the first stage is as it was
+    let (first, last) = (&plan.stages[0], &plan.stages[1]);
+    assert_eq!(first.flops_per_token, alone.stages[0].flops_per_token);
+    assert_eq!(last.flops_per_token, alone.stages[1].flops_per_token + forward);
+    assert_eq!(first.memory, alone.stages[0].memory);
+    assert_eq!(last.memory.teacher, 2 * teacher.parameters().total + 8 * 50257 * 2 * 1024);
+    assert_eq!(last.memory.total(), alone.stages[1].memory.total() + last.memory.teacher);
+    assert_eq!(plan.parameters, alone.parameters, "the teacher trains nothing");
+    // with softWeight 0 the trainer does not run the teacher, but still holds it
+    spec.distill = Some(job_distill("{type: Preset, preset: gpt2-350m}", 0.0));
+    let unweighted = super::plan(&spec, &PlanOptions::default()).unwrap();
+    assert_eq!(unweighted.flops_per_token, alone.flops_per_token);
+    assert_eq!(unweighted.stages[1].memory.teacher, last.memory.teacher);
+    // a teacher model that does not resolve names its field
+    spec.distill = Some(job_distill("{type: Preset}", 0.5));
+    let err = super::plan(&spec, &PlanOptions::default()).unwrap_err().to_string();
+    assert!(err.starts_with("distill.teacher.model.preset is required"), "{err}");
+}
+
+fn job_distill(model: &str, soft_weight: f64) -> DistillSpec {
+    serde_saphyr::from_str(&format!("{{teacher: {{model: {model}, checkpoint: /teacher}}, softWeight: {soft_weight}}}")).expect("distill spec parses")
+}

@@ -375,6 +375,20 @@ pub(crate) fn restore_tensors(
     Ok(())
 }
 
+/// Verifies the committed step `dir`, of either layout, and loads its weights alone into
+/// `store`, which holds a whole model (a pipelined step, written by any number of stages,
+/// included): a model that does not train on, such as a distillation teacher. The optimizer
+/// state is not read. Returns the step's manifest.
+pub fn load_weights(dir: &Path, store: &mut crate::params::ParamStore) -> Result<Manifest> {
+    let mpath = dir.join(MANIFEST);
+    let text = fs::read(&mpath).map_err(io(&mpath))?;
+    match layout_named(&text) {
+        Some(Layout::Pipelined) => pipelined::load_weights(dir, store),
+        // verification says what is wrong with a manifest that names no layout
+        _ => single::load_weights(dir, store),
+    }
+}
+
 /// Committed checkpoints under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<(i64, PathBuf)>> {
     if !root.exists() {

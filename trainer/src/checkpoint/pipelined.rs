@@ -16,6 +16,7 @@ use super::{
     Layout, Manifest, Result, State, Tensors, commit, read_state, read_tensors, restore_tensors, staging_dir, verify, write_state, write_tensors,
 };
 use crate::params::ParamStore;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -61,4 +62,19 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
     let opt = read_tensors(dir, &names("optimizer"))?;
     restore_tensors(dir, store, optimizer, &weights, &opt, false)?;
     Ok(state)
+}
+
+/// Verifies a committed pipelined step and loads the weights of every stage's part into
+/// `store`, a whole model (one that does not train on, such as a distillation teacher): the
+/// parts together must hold exactly its weights; the optimizer state is not read. Returns the
+/// manifest.
+pub fn load_weights(dir: &Path, store: &mut ParamStore) -> Result<Manifest> {
+    let manifest = verify(dir, Layout::Pipelined)?;
+    let parts: Vec<String> = (0..manifest.stages.unwrap_or_default()).map(|s| part(s, "model")).collect();
+    for name in &parts {
+        manifest.require(dir, name)?;
+    }
+    let weights = read_tensors(dir, &parts)?;
+    restore_tensors(dir, store, vec![], &weights, &BTreeMap::new(), true)?;
+    Ok(manifest)
 }

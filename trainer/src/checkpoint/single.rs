@@ -11,6 +11,7 @@ use super::{
     write_tensors,
 };
 use crate::params::ParamStore;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -38,6 +39,27 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
     for name in [MODEL, OPTIMIZER, super::TRAINER] {
         manifest.require(dir, name)?;
     }
+    same_model(dir, &manifest, store)?;
+    let state: S = read_state(dir, &manifest)?;
+    let weights = read_tensors(dir, &[MODEL.into()])?;
+    let opt = read_tensors(dir, &[OPTIMIZER.into()])?;
+    restore_tensors(dir, store, optimizer, &weights, &opt, true)?;
+    Ok(state)
+}
+
+/// Verifies a checkpoint and loads its weights alone into `store`, for a model that does not
+/// train on (a distillation teacher): the optimizer state is not read. Returns the manifest.
+pub fn load_weights(dir: &Path, store: &mut ParamStore) -> Result<Manifest> {
+    let manifest = verify(dir, Layout::Single)?;
+    manifest.require(dir, MODEL)?;
+    same_model(dir, &manifest, store)?;
+    let weights = read_tensors(dir, &[MODEL.into()])?;
+    restore_tensors(dir, store, vec![], &weights, &BTreeMap::new(), true)?;
+    Ok(manifest)
+}
+
+/// Refuses a checkpoint of another model than `store`'s.
+fn same_model(dir: &Path, manifest: &Manifest, store: &ParamStore) -> Result<()> {
     let fp = store.fingerprint();
     let theirs = manifest.model_fingerprint.as_deref().unwrap_or_default();
     if theirs != fp {
@@ -46,9 +68,5 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
             format!("its model has fingerprint {theirs}, this job's model {fp} (different layers, widths, experts or vocabulary)"),
         ));
     }
-    let state: S = read_state(dir, &manifest)?;
-    let weights = read_tensors(dir, &[MODEL.into()])?;
-    let opt = read_tensors(dir, &[OPTIMIZER.into()])?;
-    restore_tensors(dir, store, optimizer, &weights, &opt, true)?;
-    Ok(state)
+    Ok(())
 }

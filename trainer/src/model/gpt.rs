@@ -5,13 +5,16 @@
 //! torchtitan splits one module list. Every slice declares its parameters under their global
 //! names and starts from the whole model's initial weights, so any split of a job starts from the
 //! same weights and a checkpoint loads into any stage count. Also the forward/backward of one
-//! micro-batch of the whole model, with or without activation recomputation.
+//! micro-batch of the whole model, with or without activation recomputation. The head's loss is
+//! the cross-entropy against the data's next tokens, mixed with a teacher's soft targets when
+//! distilling (`distill.rs`).
 //!
 //! With tied embeddings a last stage that is not also the first holds its own copy of
 //! `wte.weight` as the head; the pipeline engine sums the two copies' gradients so that they stay
 //! equal.
 
 use crate::config::{ModelConfig, Positions};
+use crate::distill::SoftTargets;
 use crate::model::attention::Rotary;
 use crate::model::block::{Block, LayerNorm};
 use crate::model::moe::Routing;
@@ -40,10 +43,37 @@ pub fn whole(cfg: &ModelConfig) -> StageLayout {
     StageLayout { index: 0, layers: 0..cfg.layers, embedding: true, head: true }
 }
 
+/// What the last stage's loss compares its logits with.
+#[derive(Clone, Copy)]
+pub struct Targets<'a> {
+    /// The data's next tokens [B, T].
+    pub tokens: &'a Tensor,
+    /// Distilling: the teacher's predictions of the same inputs.
+    pub soft: Option<&'a SoftTargets>,
+}
+
+impl<'a> From<&'a Tensor> for Targets<'a> {
+    fn from(tokens: &'a Tensor) -> Self {
+        Self { tokens, soft: None }
+    }
+}
+
+/// The head's losses of one micro-batch, fp32.
+pub struct HeadLoss {
+    /// What to differentiate: the cross-entropy, or distilling, its mix with the soft loss.
+    pub objective: Tensor,
+    /// Mean cross-entropy against the data's tokens.
+    pub cross_entropy: Tensor,
+    /// Distilling: T²·KL from the teacher's softened distribution, the mean over tokens.
+    pub soft: Option<Tensor>,
+}
+
 /// What a forward (and backward) pass of one micro-batch measured.
 pub struct PassStats {
     /// Mean cross-entropy over the micro-batch's tokens (fp32, detached).
     pub loss: Tensor,
+    /// Distilling: the mean soft loss (detached).
+    pub soft_loss: Option<Tensor>,
     /// Sum over MoE layers of the load-balancing loss (detached), if any.
     pub aux_loss: Option<Tensor>,
     /// Dropped token-expert assignments, summed over MoE layers.
@@ -55,9 +85,13 @@ pub struct PassStats {
 
 /// What the forward of a slice of the model produced for one micro-batch.
 pub struct SliceOutput {
-    /// Activations [B, T, D]; on the last stage the mean cross-entropy against the targets, or
-    /// without targets the logits [B, T, V] in fp32.
+    /// Activations [B, T, D]; on the last stage the loss to differentiate against the targets
+    /// (see [`HeadLoss`]), or without targets the logits [B, T, V] in fp32.
     pub y: Tensor,
+    /// The last stage with targets: the mean cross-entropy, and distilling the soft loss
+    /// (detached).
+    pub cross_entropy: Option<Tensor>,
+    pub soft_loss: Option<Tensor>,
     /// Sum of the slice's MoE load-balancing losses.
     pub aux_loss: Option<Tensor>,
     /// Each block's MoE routing (`None` for a dense block), for recomputation to replay.
@@ -179,15 +213,27 @@ impl Gpt {
 
     /// Mean cross-entropy, computed in fp32 (the last stage).
     pub fn head_loss(&self, p: &ParamStore, x: &Tensor, targets: &Tensor) -> Tensor {
+        self.head_losses(p, x, targets.into()).objective
+    }
+
+    /// The head's losses against `targets`, computed in fp32 (the last stage).
+    pub fn head_losses(&self, p: &ParamStore, x: &Tensor, targets: Targets) -> HeadLoss {
         let logits = self.logits(p, x);
         let v = self.cfg.vocab_size;
-        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
+        let cross_entropy = logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.tokens.view([-1]), None, Reduction::Mean, -100, 0.0);
+        match targets.soft {
+            Some(soft) => {
+                let soft_loss = soft.loss.soft_loss(&logits, &soft.logits);
+                HeadLoss { objective: soft.loss.mix(&cross_entropy, &soft_loss), cross_entropy, soft: Some(soft_loss) }
+            }
+            None => HeadLoss { objective: cross_entropy.shallow_clone(), cross_entropy, soft: None },
+        }
     }
 
     /// The slice's forward. `input`: token ids [B, T] on the first stage, else activations
-    /// [B, T, D]. On the last stage the output is the mean cross-entropy against `targets`, or
-    /// without them the logits. `routings` replays MoE decisions (recomputation).
-    pub fn forward_slice(&self, p: &ParamStore, input: &Tensor, targets: Option<&Tensor>, routings: Option<&[Option<Routing>]>) -> SliceOutput {
+    /// [B, T, D]. On the last stage the output is the loss against `targets`, or without them
+    /// the logits. `routings` replays MoE decisions (recomputation).
+    pub fn forward_slice(&self, p: &ParamStore, input: &Tensor, targets: Option<Targets>, routings: Option<&[Option<Routing>]>) -> SliceOutput {
         let mut x = if self.layout.embedding { self.embed(p, input) } else { input.shallow_clone() };
         let (mut aux, mut dropped, mut assignments) = (None, None, 0);
         let mut kept = Vec::with_capacity(self.blocks.len());
@@ -200,25 +246,28 @@ impl Gpt {
             assignments += out.assignments;
             kept.push(out.routing);
         }
-        let y = match (self.layout.head, targets) {
-            (false, _) => x,
-            (true, Some(targets)) => self.head_loss(p, &x, targets),
-            (true, None) => self.logits(p, &x),
+        let (y, cross_entropy, soft_loss) = match (self.layout.head, targets) {
+            (false, _) => (x, None, None),
+            (true, Some(targets)) => {
+                let head = self.head_losses(p, &x, targets);
+                (head.objective, Some(head.cross_entropy.detach()), head.soft.map(|s| s.detach()))
+            }
+            (true, None) => (self.logits(p, &x), None, None),
         };
-        SliceOutput { y, aux_loss: aux, routings: kept, dropped, assignments }
+        SliceOutput { y, cross_entropy, soft_loss, aux_loss: aux, routings: kept, dropped, assignments }
     }
 
-    /// Forward of the whole model keeping the graph; returns the loss to differentiate
-    /// (cross-entropy plus weighted auxiliary loss) and the stats.
-    pub fn forward(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> (Tensor, PassStats) {
-        let out = self.forward_slice(p, idx, Some(targets), None);
-        let loss = out.y;
+    /// Forward of the whole model keeping the graph; returns the loss to differentiate (the
+    /// head's, plus the weighted auxiliary loss) and the stats.
+    pub fn forward<'a>(&self, p: &ParamStore, idx: &Tensor, targets: impl Into<Targets<'a>>) -> (Tensor, PassStats) {
+        let out = self.forward_slice(p, idx, Some(targets.into()), None);
         let total = match &out.aux_loss {
-            Some(a) => &loss + a * self.aux_weight,
-            None => loss.shallow_clone(),
+            Some(a) => &out.y + a * self.aux_weight,
+            None => out.y,
         };
         let stats = PassStats {
-            loss: loss.detach(),
+            loss: out.cross_entropy.expect("the whole model's forward has a head"),
+            soft_loss: out.soft_loss,
             aux_loss: out.aux_loss.map(|a| a.detach()),
             dropped: out.dropped,
             assignments: out.assignments,
@@ -230,7 +279,7 @@ impl Gpt {
     /// Forward and backward of one micro-batch; gradients, times `grad_scale`, accumulate on the
     /// parameter leaves. With `recompute`, blocks run forward without a graph keeping only their
     /// inputs (and MoE routing), and each is recomputed just before its backward.
-    pub fn forward_backward(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor, grad_scale: f64, recompute: bool) -> PassStats {
+    pub fn forward_backward<'a>(&self, p: &ParamStore, idx: &Tensor, targets: impl Into<Targets<'a>>, grad_scale: f64, recompute: bool) -> PassStats {
         if !recompute {
             let (total, stats) = self.forward(p, idx, targets);
             (total * grad_scale).backward();
@@ -255,8 +304,8 @@ impl Gpt {
         });
         // Head and loss with a graph; its backward yields the gradient at the last block output.
         let x_last = x.detach().set_requires_grad(true);
-        let loss = self.head_loss(p, &x_last, targets);
-        (&loss * grad_scale).backward();
+        let head = self.head_losses(p, &x_last, targets.into());
+        (&head.objective * grad_scale).backward();
         let mut upstream = x_last.grad();
         let mut mismatches: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate().rev() {
@@ -273,7 +322,14 @@ impl Gpt {
         }
         let x0 = self.embed(p, idx);
         (x0 * upstream).sum(Kind::Float).backward();
-        PassStats { loss: loss.detach(), aux_loss: aux, dropped, assignments, routing_mismatches: mismatches }
+        PassStats {
+            loss: head.cross_entropy.detach(),
+            soft_loss: head.soft.map(|s| s.detach()),
+            aux_loss: aux,
+            dropped,
+            assignments,
+            routing_mismatches: mismatches,
+        }
     }
 
     /// Logits [B, T, V] (fp32) of the whole model without a graph, for evaluation.
@@ -283,6 +339,6 @@ impl Gpt {
 
     /// Mean cross-entropy of the whole model without a graph.
     pub fn eval_loss(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> Tensor {
-        tch::no_grad(|| self.forward_slice(p, idx, Some(targets), None).y)
+        tch::no_grad(|| self.forward_slice(p, idx, Some(targets.into()), None).y)
     }
 }

@@ -8,13 +8,17 @@
 //! agree, by all-reduces along the chain, on the tied embedding's gradient, the global gradient
 //! norm (clip) and whether it is finite (fp16 skip); then each steps its own optimizer (with the
 //! optimizer state sharded, its replica's region of it, and the regions are gathered).
+//!
+//! Distilling, the last stage of every replica holds the whole teacher and runs it on each
+//! micro-batch's input tokens, which it reads as the first stage does, for the loss.
 
 use super::ring::{DEFAULT_BUCKET_ELEMENTS, Ring};
 use super::schedule::{Action, ScheduleKind, stage_actions};
 use super::transport::{Fault, Link, Message, Rank, TransportError};
 use crate::config::RunConfig;
 use crate::data::Data;
-use crate::model::gpt::Gpt;
+use crate::distill::{SoftTargets, Teacher};
+use crate::model::gpt::{Gpt, Targets};
 use crate::model::moe::Routing;
 use crate::params::{ParamId, ParamStore};
 use crate::train::optim::{self, Optimizer};
@@ -32,6 +36,8 @@ struct Saved {
     /// that requires grad when the graph is kept).
     input: Tensor,
     targets: Option<Tensor>,
+    /// Distilling, on the last stage: the teacher's predictions of the micro-batch.
+    soft: Option<SoftTargets>,
     /// Without recomputation: the output (loss on the last stage) and aux loss, with graph.
     output: Option<(Tensor, Option<Tensor>)>,
     /// With recomputation: the MoE routing to replay.
@@ -41,8 +47,10 @@ struct Saved {
 /// What one stage's forward and backward of a step measured.
 #[derive(Clone, Debug)]
 pub struct StageTotals {
-    /// Sum over micro-batches of the loss (the last stage) and of the MoE auxiliary loss.
+    /// Sum over micro-batches of the loss (the last stage; the cross-entropy), of the soft loss
+    /// (distilling) and of the MoE auxiliary loss.
     pub loss_sum: f64,
+    pub soft_sum: f64,
     pub aux_sum: f64,
     pub busy_seconds: f64,
     /// The most micro-batches held between forward and backward.
@@ -81,6 +89,8 @@ pub struct StageWorker {
     pub bucket_elements: i64,
     /// Seconds the last step spent exchanging with the other replicas (all-reduce, all-gather).
     pub ring_seconds: f64,
+    /// Distilling, on the last stage: the teacher (frozen, never checkpointed with the student).
+    pub teacher: Option<Teacher>,
 }
 
 impl StageWorker {
@@ -103,7 +113,8 @@ impl StageWorker {
         let optim = Optimizer::new(&cfg.train.optim, &params);
         let data =
             (layout.embedding || layout.head).then(|| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)).transpose()?;
-        Ok(Self {
+        let head = layout.head;
+        let mut worker = Self {
             cfg: cfg.clone(),
             stages,
             schedule,
@@ -124,7 +135,19 @@ impl StageWorker {
             shards: None,
             bucket_elements: DEFAULT_BUCKET_ELEMENTS,
             ring_seconds: 0.0,
-        })
+            teacher: None,
+        };
+        if let (true, Some(distill)) = (head, &cfg.distill) {
+            match Teacher::load(distill, &cfg.model, device, kind) {
+                Ok(teacher) => worker.teacher = Some(teacher),
+                Err(e) => {
+                    // the other stages learn why at once, instead of waiting for a timeout
+                    worker.abort(&format!("{e:#}"));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(worker)
     }
 
     /// Makes this stage replica `replica` of `replicas`, joined to the same stage of the others
@@ -251,7 +274,7 @@ impl StageWorker {
             d.skip(self.replica as i64 * share);
         }
         let mut saved: HashMap<usize, Saved> = HashMap::new();
-        let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        let (mut loss_sum, mut soft_sum, mut aux_sum) = (0.0, 0.0, 0.0);
         let (mut dropped, mut assignments) = (0.0, 0);
         let mut busy = Duration::ZERO;
         let mut peak = 0;
@@ -266,15 +289,23 @@ impl StageWorker {
                     };
                     let targets = self.is_last().then(|| batch.as_ref().unwrap().targets.to_device(self.device));
                     let t0 = Instant::now();
+                    // the teacher (on the last stage) reads the micro-batch's inputs as the first stage does
+                    let soft = self.teacher.as_ref().and_then(|t| t.soft_targets(&batch.as_ref().unwrap().inputs));
                     let input = if self.is_first() || recompute { input } else { input.detach().set_requires_grad(true) };
-                    let forward = || self.model.forward_slice(&self.params, &input, targets.as_ref(), None);
+                    let forward = || {
+                        self.model.forward_slice(&self.params, &input, targets.as_ref().map(|tokens| Targets { tokens, soft: soft.as_ref() }), None)
+                    };
                     let out = if recompute { tch::no_grad(forward) } else { forward() };
                     dropped += out.dropped.as_ref().map_or(0.0, |d| d.double_value(&[]));
                     assignments += out.assignments;
+                    if let Some(s) = &out.soft_loss {
+                        soft_sum += s.double_value(&[]);
+                    }
+                    let cross_entropy = out.cross_entropy;
                     let (out, keep) = if recompute {
-                        (out.y, Saved { input, targets, output: None, routings: out.routings })
+                        (out.y, Saved { input, targets, soft, output: None, routings: out.routings })
                     } else {
-                        (out.y.shallow_clone(), Saved { input, targets, output: Some((out.y, out.aux_loss)), routings: vec![] })
+                        (out.y.shallow_clone(), Saved { input, targets, soft, output: Some((out.y, out.aux_loss)), routings: vec![] })
                     };
                     if let Some((_, Some(aux))) = &keep.output {
                         aux_sum += aux.double_value(&[]);
@@ -283,7 +314,7 @@ impl StageWorker {
                     peak = peak.max(saved.len());
                     busy += t0.elapsed();
                     if self.is_last() {
-                        loss_sum += out.double_value(&[]);
+                        loss_sum += cross_entropy.expect("the last stage's loss").double_value(&[]);
                     } else {
                         let y = out.detach();
                         self.down().send(Message::Activation { micro_batch: mb as u32, tensor: y })?;
@@ -298,7 +329,8 @@ impl StageWorker {
                         Some(out) => (s.input, out),
                         None => {
                             let x = if self.is_first() { s.input } else { s.input.detach().set_requires_grad(true) };
-                            let out = self.model.forward_slice(&self.params, &x, s.targets.as_ref(), Some(&s.routings));
+                            let targets = s.targets.as_ref().map(|tokens| Targets { tokens, soft: s.soft.as_ref() });
+                            let out = self.model.forward_slice(&self.params, &x, targets, Some(&s.routings));
                             if let Some(a) = &out.aux_loss {
                                 aux_sum += a.double_value(&[]);
                             }
@@ -329,7 +361,7 @@ impl StageWorker {
         busy += t0.elapsed();
         self.average_gradients()?;
         self.sum_tied_gradients()?;
-        Ok(StageTotals { loss_sum, aux_sum, busy_seconds: busy.as_secs_f64(), peak_in_flight: peak, dropped, assignments })
+        Ok(StageTotals { loss_sum, soft_sum, aux_sum, busy_seconds: busy.as_secs_f64(), peak_in_flight: peak, dropped, assignments })
     }
 
     /// A grad view of one parameter in the flat gradient buffer.
@@ -402,8 +434,8 @@ impl StageWorker {
             sq.double_value(&[])
         });
         busy += t0.elapsed().as_secs_f64();
-        let agreed =
-            self.all_reduce(Some(Tensor::from_slice(&[squared, totals.loss_sum, totals.aux_sum, totals.dropped, totals.assignments as f64])))?;
+        let sums = [squared, totals.loss_sum, totals.aux_sum, totals.dropped, totals.assignments as f64, totals.soft_sum];
+        let agreed = self.all_reduce(Some(Tensor::from_slice(&sums)))?;
         let mut agreed: Vec<f64> = Vec::<f64>::try_from(&agreed)?;
         // The gradients (and so their norm) are the same in every replica; the losses and the
         // routing counts are each replica's own.
@@ -433,6 +465,7 @@ impl StageWorker {
         Ok(StepReport {
             step: self.step,
             loss: agreed[1] / m,
+            soft_loss: self.cfg.distill.as_ref().filter(|d| d.loss.runs_teacher()).map(|_| agreed[5] / m),
             aux_loss: (moe_layers > 0).then(|| agreed[2] / (m * moe_layers as f64)),
             dropped_fraction: (agreed[4] > 0.0).then(|| agreed[3] / agreed[4]),
             grad_norm,
@@ -605,7 +638,17 @@ fn spawn_stages<T: Send + 'static, F: Fn(&mut StageWorker) -> Result<T> + Send +
     Ok(handles)
 }
 
+/// The stages' results, or the error of the stage that failed first rather than its neighbours'
+/// reports of it (a stage whose teacher does not load aborts, and the others fail for that).
 fn join<T>(handles: Vec<Handle<T>>) -> Result<Vec<T>> {
     let results: Vec<Result<T>> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a stage thread panicked")))).collect();
-    results.into_iter().collect()
+    if results.iter().all(Result::is_ok) {
+        return results.into_iter().collect();
+    }
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    let peer_failed = |e: &anyhow::Error| {
+        e.chain().any(|c| matches!(c.downcast_ref::<TransportError>(), Some(TransportError::PeerAborted { .. } | TransportError::PeerGone { .. })))
+    };
+    let first = errors.iter().position(|e| !peer_failed(e)).unwrap_or(0);
+    Err(errors.swap_remove(first))
 }

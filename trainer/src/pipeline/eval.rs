@@ -5,13 +5,17 @@
 //! embeds the inputs and sends its activations on, stages in between pass theirs on, and the last
 //! stage turns them into log-probabilities. Only the last stage's result means anything (the
 //! first stage's run scores placeholders); the engine then shares what the stages must agree on
-//! (whether the quality target was reached) with one all-reduce.
+//! (whether the quality target was reached) with one all-reduce. A distilled run's start goes
+//! the same way: the last stage times the student's forwards through the chain beside its
+//! teacher's and evaluates the teacher, which it holds whole.
 
 use super::engine::StageWorker;
 use super::transport::{Message, TransportError};
+use crate::data::Data;
+use crate::distill::{self, Teacher};
 use crate::eval::{self, EvalConfig, LanguageModel};
 use anyhow::Result;
-use frugal_api::v1alpha1::QualityStatus;
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::cell::RefCell;
 use tch::{Device, Kind, Tensor};
 
@@ -73,29 +77,58 @@ impl StageWorker {
     /// Evaluates the model through the pipeline at this step. Every stage calls it at the same
     /// step; the last stage gets the result, the others `None`.
     pub fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>> {
+        let batch = self.cfg.train.micro_batch_size.max(16);
+        let (seed, step) = (self.cfg.train.seed, self.step);
+        self.through_chain(|lm, data, _| eval::evaluate(lm, data, &evaluation.sets, seed, step, batch))
+    }
+
+    /// Distilling: the teacher evaluated as [`StageWorker::evaluate`] evaluates the student, and
+    /// both models' inference throughput, the student's through the chain
+    /// ([`Teacher::report`]). Every stage calls it at the same point; the last stage gets the
+    /// result, the others `None`.
+    pub fn distillation(&mut self, evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
+        if self.cfg.distill.is_none() {
+            return Ok(None);
+        }
+        let (seed, batch) = (self.cfg.train.seed, self.cfg.train.micro_batch_size.max(16));
+        let status = self.through_chain(|lm, data, teacher| match teacher {
+            Some(teacher) => teacher.report(lm, data, evaluation, seed, batch).map(Some),
+            // the first stage sends the student's forwards that the last stage times
+            None => {
+                let _ = distill::tokens_per_second(lm, None, &distill::throughput_batches(data, batch));
+                Ok(None)
+            }
+        })?;
+        Ok(status.flatten())
+    }
+
+    /// Runs `f` on the first and on the last stage at once, over the same data, with the stage
+    /// as a [`LanguageModel`] whose every call is one forward through the chain, and the teacher
+    /// where the stage holds one; the stages between relay the forwards. The last stage's
+    /// result, `None` on the others.
+    fn through_chain<T>(&mut self, f: impl FnOnce(&dyn LanguageModel, &Data, Option<&Teacher>) -> Result<T>) -> Result<Option<T>> {
         let (first, last) = (self.is_first(), self.is_last());
         if !first && !last {
             self.relay_evaluation()?;
             return Ok(None);
         }
         let data = self.data.take().expect("the first and the last stage hold the data");
-        let batch = self.cfg.train.micro_batch_size.max(16);
-        let (seed, step) = (self.cfg.train.seed, self.step);
+        let teacher = self.teacher.take();
         let lm = StageLm { worker: RefCell::new(&mut *self), failed: RefCell::new(None) };
-        let result = eval::evaluate(&lm, &data, &evaluation.sets, seed, step, batch);
+        let result = f(&lm, &data, teacher.as_ref());
         let failed = lm.failed.into_inner();
-        self.data = Some(data);
+        (self.data, self.teacher) = (Some(data), teacher);
         if let Some(e) = failed {
             return Err(e);
         }
-        let quality = result?;
+        let value = result?;
         if !last {
             let end = Tensor::zeros([1], (Kind::Float, Device::Cpu));
             self.down().send(Message::Activation { micro_batch: EVAL_END, tensor: end })?;
         } else if !first {
             let _end = Self::recv_tensor(self.up(), "activation", Some(EVAL_END))?;
         }
-        Ok(last.then_some(quality))
+        Ok(last.then_some(value))
     }
 
     /// One evaluation forward of `inputs` (token ids, which the first and the last stage both

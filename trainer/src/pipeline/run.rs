@@ -26,7 +26,7 @@ use crate::train::precision::{LossScaler, compute_kind};
 use crate::train::run::{Engine, JobRun, RunShape, StepReport, Stop, train_job};
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
-use frugal_api::v1alpha1::QualityStatus;
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -132,8 +132,13 @@ impl Engine for Stage<'_> {
         let (peak, source) = flops::peak_flops(w.device, compute_kind(w.cfg.train.precision));
         let n = self.devices_in_pipeline;
         let params = w.cfg.model.parameters();
+        let teacher = w.cfg.distill.as_ref().map_or(0.0, |d| d.flops_per_token(&w.cfg.model));
         RunShape {
-            counts: ModelCounts { params_total: params.total, params_active: params.active, flops_per_token: w.cfg.model.flops_per_token() },
+            counts: ModelCounts {
+                params_total: params.total,
+                params_active: params.active,
+                flops_per_token: w.cfg.model.flops_per_token() + teacher,
+            },
             peak_flops: peak * n as f64,
             peak_source: format!("{source} × {n} device(s)"),
             pipeline_stages: Some(w.stages as i64),
@@ -179,6 +184,14 @@ impl Engine for Stage<'_> {
             return Ok(None);
         }
         self.worker.evaluate(evaluation)
+    }
+
+    /// The first replica's stages, as they evaluate.
+    fn distillation(&mut self, evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
+        if self.worker.replica > 0 {
+            return Ok(None);
+        }
+        self.worker.distillation(evaluation)
     }
 
     fn checkpoint(&mut self) -> Result<Option<PathBuf>> {

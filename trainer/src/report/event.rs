@@ -2,7 +2,7 @@
 //! pod's status reporter folds them into the TrainingJob's status, and the progress bar draws
 //! them. A value is named once here, so what the log shows is what the status says.
 
-use frugal_api::v1alpha1::{QualityStatus, ZeroShotResult};
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, ZeroShotResult};
 use serde::{Deserialize, Serialize};
 
 use crate::report::summary::Summary;
@@ -22,6 +22,11 @@ pub enum RunEvent {
     Eval(Eval),
     /// A checkpoint was committed.
     Checkpoint(Checkpoint),
+    /// A distilled run's teacher, evaluated as the student is, and both models' inference
+    /// throughput: once at the start (with no bits-per-byte delta yet), then after every `eval`
+    /// with the student's bits per byte against the teacher's. Its fields are the status's
+    /// (`status.quality.distillation`), camelCase.
+    Distillation(DistillationStatus),
     /// The run's summary, at its end.
     Summary(Box<Summary>),
 }
@@ -67,6 +72,10 @@ pub struct Step {
     /// Non-finite values serialize as `null` (and the status says so in a condition).
     #[serde(deserialize_with = "number_or_nan")]
     pub loss: f64,
+    /// Distilling: the mean soft loss, T²·KL from the teacher's softened distribution (`loss`
+    /// stays the cross-entropy against the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_loss: Option<f64>,
     #[serde(deserialize_with = "number_or_nan")]
     pub lr: f64,
     #[serde(deserialize_with = "number_or_nan")]
@@ -169,6 +178,16 @@ mod tests {
             }),
             RunEvent::Checkpoint(Checkpoint { step: 5, path: "/c/step-000000005".into(), seconds: None }),
             RunEvent::Metrics { port: 9090 },
+            RunEvent::Step(Step { step: 3, loss: 2.0, soft_loss: Some(0.4), ..Default::default() }),
+            RunEvent::Distillation(frugal_api::v1alpha1::DistillationStatus {
+                teacher_checkpoint: "/t/step-000000100".into(),
+                teacher_parameters: 1000,
+                teacher_active_parameters: 800,
+                teacher: frugal_api::v1alpha1::QualityFigures { bits_per_byte: Some(1.5), ..Default::default() },
+                bits_per_byte_delta: Some(0.25),
+                teacher_tokens_per_second: 100.0,
+                student_tokens_per_second: 400.0,
+            }),
         ];
         for e in events {
             let line = e.to_value().to_string();

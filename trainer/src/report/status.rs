@@ -111,7 +111,7 @@ impl Fold {
             RunEvent::Checkpoint(c) => {
                 self.checkpoint = Some(CheckpointStatus { path: c.path.clone(), step: c.step, time: Some(now()) });
             }
-            RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) => {}
+            RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) | RunEvent::Distillation(_) => {}
         }
     }
 

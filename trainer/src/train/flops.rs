@@ -14,7 +14,7 @@ pub struct ModelCounts {
     pub params_active: i64,
     /// Training FLOPs per token (forward + backward, without recomputation), the planner's
     /// formula: 6 × matmul weights a token meets (head included, embedding lookups not) plus
-    /// 12 · d · (keys attended) per layer.
+    /// 12 · d · (keys attended) per layer; distilling, plus the teacher's forward.
     pub flops_per_token: f64,
 }
 

@@ -7,7 +7,8 @@
 //! `checkpointInterval` steps and at the end they checkpoint. The part that [`Engine::reports`]
 //! (the single process; the stage with the head) emits the run's events, which the JSON log, the
 //! pod's status reporter and the progress bar all consume, records the step's metrics and builds
-//! the [`Summary`].
+//! the [`Summary`]. A distilled run's reporting part also reports its teacher, at the start and
+//! beside each evaluation.
 
 use crate::config::RunConfig;
 use crate::eval::{EvalConfig, TargetTracker};
@@ -20,7 +21,7 @@ use crate::train::flops::ModelCounts;
 use crate::train::precision::LossScaler;
 use anyhow::Result;
 use frugal_api::planner::bubble_fraction;
-use frugal_api::v1alpha1::QualityStatus;
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +33,10 @@ use tch::Device;
 #[derive(Clone, Debug)]
 pub struct StepReport {
     pub step: i64,
+    /// Mean cross-entropy against the data (distilling too, so that runs compare).
     pub loss: f64,
+    /// Distilling: the mean soft loss, T²·KL from the teacher's softened distribution.
+    pub soft_loss: Option<f64>,
     /// Mean MoE auxiliary loss per MoE layer, if the model has MoE layers.
     pub aux_loss: Option<f64>,
     /// Token-expert assignments dropped for capacity, if any MoE.
@@ -119,6 +123,12 @@ pub trait Engine {
     fn agree(&mut self, values: &[f64]) -> Result<Vec<f64>>;
     /// The quality now; `Some` on the reporting part.
     fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>>;
+    /// Distilling: the teacher evaluated as [`Engine::evaluate`] evaluates the student, and both
+    /// models' inference throughput; `Some` on the reporting part. Every part calls it at the
+    /// start of the run.
+    fn distillation(&mut self, _evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
+        Ok(None)
+    }
     /// Commits a checkpoint of this step, if the run has a checkpoint directory.
     fn checkpoint(&mut self) -> Result<Option<PathBuf>>;
     /// What produced the run's results (the reporting part).
@@ -176,6 +186,11 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
     let peak = shape.as_ref().map_or(f64::NAN, |sh| sh.peak_flops);
     let theory = shape.as_ref().and_then(|sh| sh.pipeline_stages).map(|p| bubble_fraction(p, shape.as_ref().map_or(1, |sh| sh.micro_batches)));
     let t_start = Instant::now();
+    // the teacher's evaluation is the run's time too
+    let mut distillation = engine.distillation(s.evaluation)?;
+    if let (Some(rep), Some(d)) = (s.reporter.as_deref_mut(), &distillation) {
+        rep.emit(RunEvent::Distillation(d.clone()));
+    }
     let start_tokens = engine.tokens();
     let (mut train_seconds, mut last_loss) = (0.0, f64::NAN);
     let (mut dropped_sum, mut dropped_n) = (0.0, 0);
@@ -220,6 +235,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
                     step: r.step,
                     tokens: engine.tokens(),
                     loss: r.loss,
+                    soft_loss: r.soft_loss,
                     lr: r.lr,
                     grad_norm: r.grad_norm,
                     tokens_per_second: tps,
@@ -241,7 +257,11 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
             break;
         }
         let every = cfg.train.eval_interval;
-        if every > 0 && r.step % every == 0 && r.step < end && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality)? {
+        if every > 0
+            && r.step % every == 0
+            && r.step < end
+            && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)?
+        {
             stopped = Stop::QualityTargetReached;
             break;
         }
@@ -250,7 +270,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
             last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
         }
     }
-    if stopped == Stop::Completed && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality)? {
+    if stopped == Stop::Completed && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)? {
         stopped = Stop::QualityTargetReached;
     }
     last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
@@ -296,19 +316,25 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
 }
 
 /// One evaluation by every part at the same step; the reporting part records it (metrics, the
-/// `eval` event, the quality target) and keeps it in `quality`. Returns whether it reached the
-/// quality target, which every part learns by agreeing on it, so that all stop together.
+/// `eval` event, the quality target; distilling, the student against its teacher) and keeps it
+/// in `quality`. Returns whether it reached the quality target, which every part learns by
+/// agreeing on it, so that all stop together.
 fn evaluation_pass(
     engine: &mut impl Engine,
     s: &mut Session,
     tracker: &mut TargetTracker,
     t_start: Instant,
     quality: &mut Option<QualityStatus>,
+    distillation: &mut Option<DistillationStatus>,
 ) -> Result<bool> {
     let mut reached = false;
     if let Some(q) = engine.evaluate(s.evaluation)? {
         if let Some(rep) = s.reporter.as_deref_mut() {
             reached = record_evaluation(&q, engine.step(), engine.tokens(), t_start.elapsed().as_secs_f64(), rep, s.metrics, tracker);
+            if let Some(d) = distillation.as_mut() {
+                crate::distill::compare(d, &q);
+                rep.emit(RunEvent::Distillation(d.clone()));
+            }
         }
         *quality = Some(q);
     }

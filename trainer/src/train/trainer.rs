@@ -1,13 +1,15 @@
 //! The single-process trainer: the whole model in one process, as an [`Engine`] of the shared run
 //! loop. One optimizer step is `micro_batches` forward/backward passes, a gradient gather into
-//! the flat buffer, the loss-scale check, the clip and the update.
+//! the flat buffer, the loss-scale check, the clip and the update. Distilling, the process holds
+//! the teacher too and runs it on each micro-batch before the student.
 
 use crate::checkpoint::{self, State, Tensors, single};
 use crate::config::RunConfig;
 use crate::data::Data;
 use crate::data::DataPosition;
+use crate::distill::Teacher;
 use crate::eval::{self, EvalConfig, GptModel};
-use crate::model::gpt::Gpt;
+use crate::model::gpt::{Gpt, Targets};
 use crate::params::{ParamBuilder, ParamStore};
 use crate::report::event;
 use crate::report::metrics::Metrics;
@@ -18,7 +20,7 @@ use crate::train::optim::{self, Optimizer};
 use crate::train::precision::{LossScaler, compute_kind};
 use crate::train::run::{self, Engine, RunShape, Session, StepReport, Stop};
 use anyhow::{Context, Result};
-use frugal_api::v1alpha1::QualityStatus;
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -58,6 +60,8 @@ pub struct Trainer {
     pub evaluation: EvalConfig,
     /// Corrupt checkpoints the last resume passed over for an older one, and why.
     pub skipped_checkpoints: Vec<String>,
+    /// Distilling: the teacher (frozen, never checkpointed with the student).
+    pub teacher: Option<Teacher>,
 }
 
 impl Trainer {
@@ -71,7 +75,9 @@ impl Trainer {
         let params = ParamStore::new(builder, &mut init_rng, device, kind);
         let optim = Optimizer::new(&cfg.train.optim, &params);
         let data = Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)?;
-        let counts = flops::count(&cfg.model, &params);
+        let mut counts = flops::count(&cfg.model, &params);
+        let teacher = cfg.distill.as_ref().map(|d| Teacher::load(d, &cfg.model, device, kind)).transpose()?;
+        counts.flops_per_token += cfg.distill.as_ref().map_or(0.0, |d| d.flops_per_token(&cfg.model));
         Ok(Self {
             scaler: LossScaler::new(cfg.train.precision),
             cfg,
@@ -85,6 +91,7 @@ impl Trainer {
             counts,
             evaluation: EvalConfig::default(),
             skipped_checkpoints: Vec::new(),
+            teacher,
         })
     }
 
@@ -154,6 +161,7 @@ impl Trainer {
         let scale = self.scaler.scale;
         let recompute = self.cfg.train.activation_checkpointing;
         let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+        let mut soft_sum: Option<Tensor> = None;
         let mut aux_sum: Option<Tensor> = None;
         let mut dropped: Option<Tensor> = None;
         let mut mismatches: Option<Tensor> = None;
@@ -162,21 +170,24 @@ impl Trainer {
             let batch = self.data.next_batch(self.cfg.train.micro_batch_size);
             let x = batch.inputs.to_device(self.device);
             let y = batch.targets.to_device(self.device);
+            let soft = self.teacher.as_ref().and_then(|t| t.soft_targets(&x));
+            let targets = Targets { tokens: &y, soft: soft.as_ref() };
             let grad_scale = scale / micro as f64;
             let stats = if recompute {
                 if i == 0 {
                     self.params.zero_grad();
                 }
-                let stats = self.model.forward_backward(&self.params, &x, &y, grad_scale, true);
+                let stats = self.model.forward_backward(&self.params, &x, targets, grad_scale, true);
                 self.params.accumulate_grads(1.0 / scale);
                 stats
             } else {
                 // The first micro-batch writes the gradient buffer, later ones add to it.
-                let (total, stats) = self.model.forward(&self.params, &x, &y);
+                let (total, stats) = self.model.forward(&self.params, &x, targets);
                 self.params.backward_into_grad(&(total * grad_scale), 1.0 / scale, i > 0);
                 stats
             };
             loss_sum += stats.loss;
+            soft_sum = crate::model::gpt::add_opt(soft_sum, stats.soft_loss);
             aux_sum = crate::model::gpt::add_opt(aux_sum, stats.aux_loss);
             dropped = crate::model::gpt::add_opt(dropped, stats.dropped);
             mismatches = crate::model::gpt::add_opt(mismatches, stats.routing_mismatches);
@@ -198,6 +209,7 @@ impl Trainer {
         StepReport {
             step: self.step,
             loss: loss_sum.double_value(&[]) / micro as f64,
+            soft_loss: soft_sum.map(|s| s.double_value(&[]) / micro as f64),
             aux_loss: aux_sum.map(|a| a.double_value(&[]) / (micro as f64 * layers_moe)),
             dropped_fraction: dropped.map(|d| d.double_value(&[]) / assignments.max(1) as f64),
             grad_norm,
@@ -300,6 +312,12 @@ impl Engine for Trainer {
 
     fn evaluate(&mut self, _: &EvalConfig) -> Result<Option<QualityStatus>> {
         Ok(Some(self.evaluate_quality()?))
+    }
+
+    fn distillation(&mut self, evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
+        let Some(teacher) = &self.teacher else { return Ok(None) };
+        let batch = self.cfg.train.micro_batch_size.max(16);
+        Ok(Some(teacher.report(&self.language_model(), &self.data, evaluation, self.cfg.train.seed, batch)?))
     }
 
     fn checkpoint(&mut self) -> Result<Option<PathBuf>> {
