@@ -55,6 +55,8 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
         .message("training.batchSize must be a multiple of parallelism.microBatches × parallelism.dataParallel: each replica's micro-batch holds batchSize / (dataParallel × microBatches) sequences; change one of them"),
     validation = Rule::new("!has(self.model.sparsity.attention.blockSparse) || !has(self.model.custom) || self.model.custom.seqLen % self.model.sparsity.attention.blockSparse.blockSize == 0")
         .message("model.sparsity.attention.blockSparse.blockSize must divide model.custom.seqLen: attention is computed block by block; pick a block size that divides the context length"),
+    validation = Rule::new("!has(self.export) || !has(self.export.quantize) || has(self.checkpoint.claimName) || self.parallelism.pipelineStages == self.parallelism.gpusPerPod")
+        .message("spec.export.quantize needs the whole final checkpoint in one pod, and this job's pipeline spans pipelineStages / gpusPerPod pods that each keep their stages on their own emptyDir: set spec.checkpoint.claimName to a ReadWriteMany claim"),
     validation = Rule::new("!has(self.model.sparsity.attention.slidingWindow) || !has(self.model.custom) || self.model.sparsity.attention.slidingWindow.window <= self.model.custom.seqLen")
         .message("model.sparsity.attention.slidingWindow.window must be at most model.custom.seqLen: a wider window is dense attention; use type Dense or a smaller window"),
 )]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use frugal_api::TrainingJob;
 use frugal_api::contract::PodEnv;
 use frugal_api::finite::finite;
-use frugal_api::v1alpha1::{CheckpointStatus, EfficiencyStatus, ProgressStatus, QualityStatus};
+use frugal_api::v1alpha1::{CheckpointStatus, DistillationStatus, EfficiencyStatus, ProgressStatus, QualityStatus, QuantizedStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -59,6 +59,10 @@ pub struct Fold {
     pub checkpoint: Option<CheckpointStatus>,
     /// When an evaluation first reached the quality target.
     pub target_reached_time: Option<Time>,
+    /// A distilled run's teacher against the student (the latest distillation event).
+    pub distillation: Option<DistillationStatus>,
+    /// The int8 export after training.
+    pub quantized: Option<QuantizedStatus>,
     total_steps: i64,
 }
 
@@ -111,14 +115,21 @@ impl Fold {
             RunEvent::Checkpoint(c) => {
                 self.checkpoint = Some(CheckpointStatus { path: c.path.clone(), step: c.step, time: Some(now()) });
             }
-            RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) | RunEvent::Distillation(_) => {}
+            RunEvent::Distillation(d) => self.distillation = Some(d.clone()),
+            RunEvent::Quantized(q) => self.quantized = Some((**q).clone()),
+            RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) => {}
         }
     }
 
     /// The server-side apply patch of the trainer's fields: progress, quality, efficiency and
     /// checkpoint, nothing else.
     pub fn patch(&self) -> Value {
-        let quality = self.quality.clone().map(|q| QualityStatus { target_reached_time: self.target_reached_time.clone(), ..q });
+        let quality = self.quality.clone().map(|q| QualityStatus {
+            target_reached_time: self.target_reached_time.clone(),
+            distillation: self.distillation.clone(),
+            quantized: self.quantized.clone(),
+            ..q
+        });
         let mut status = serde_json::Map::new();
         let mut put = |k: &str, v: Value| {
             if !v.is_null() {
@@ -223,7 +234,7 @@ mod tests {
     use super::*;
 
     use crate::report::event::{Checkpoint, Eval, Start, Step};
-    use frugal_api::v1alpha1::ZeroShotResult;
+    use frugal_api::v1alpha1::{QualityFigures, ZeroShotResult};
 
     fn step(step: i64, loss: f64) -> RunEvent {
         RunEvent::Step(Step { step, tokens: step * 100, loss, tokens_per_second: 1000.0, achieved_tflops: 0.002, mfu: 0.3, ..Default::default() })
@@ -274,6 +285,34 @@ mod tests {
         assert!(patch["status"]["efficiency"].get("pipelineBubble").is_none(), "one process, no bubble: {patch}");
         assert!(patch["status"]["quality"].get("targetReachedTime").is_none(), "no target reached: {patch}");
         assert!(patch["status"]["progress"].get("nonFiniteLossStep").is_none(), "{patch}");
+    }
+
+    #[test]
+    fn the_teacher_and_the_int8_export_stay_in_quality_across_evaluations() {
+        let mut fold = Fold::default();
+        let teacher = DistillationStatus {
+            teacher_checkpoint: "/t/step-000000100".into(),
+            teacher_parameters: 1000,
+            teacher: QualityFigures { bits_per_byte: Some(1.4), ..Default::default() },
+            bits_per_byte_delta: Some(f64::NAN),
+            teacher_tokens_per_second: 10.0,
+            student_tokens_per_second: 40.0,
+            ..Default::default()
+        };
+        fold.observe(&RunEvent::Distillation(teacher.clone()));
+        fold.observe(&eval(10, 2.0, false));
+        fold.observe(&eval(20, 1.9, false));
+        let exported = QuantizedStatus { format: "int8".into(), bits_per_byte: Some(1.52), weight_bytes: 10, unquantized_weight_bytes: 40, ..Default::default() };
+        fold.observe(&RunEvent::Quantized(Box::new(exported)));
+        let patch = fold.patch();
+        let quality = &patch["status"]["quality"];
+        assert_eq!(quality["step"], 20, "{patch}");
+        assert_eq!(quality["distillation"]["teacher"]["bitsPerByte"], 1.4, "{patch}");
+        assert!(quality["distillation"].get("bitsPerByteDelta").is_none(), "a NaN is left out: {patch}");
+        assert_eq!(quality["quantized"]["bitsPerByte"], 1.52, "{patch}");
+        assert_eq!(quality["quantized"]["unquantizedWeightBytes"], 40, "{patch}");
+        // still only the trainer's four fields
+        assert_eq!(keys(&patch), ["quality"], "{patch}");
     }
 
     #[test]

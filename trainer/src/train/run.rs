@@ -21,7 +21,7 @@ use crate::train::flops::ModelCounts;
 use crate::train::precision::LossScaler;
 use anyhow::Result;
 use frugal_api::planner::bubble_fraction;
-use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, QuantizedStatus};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,7 +309,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         cost: device_hours * s.evaluation.price_per_gpu_hour,
         currency: s.evaluation.currency.clone(),
         target: tracker.outcome(engine.step(), end, stopped == Stop::Terminated),
-        quality,
+        quality: quality.map(|q| QualityStatus { distillation, ..q }),
         provenance: engine.provenance(s.evaluation),
     };
     Ok((stopped, Some(summary)))
@@ -398,12 +398,18 @@ pub struct JobRun {
     pub metrics_port: Option<u16>,
     pub stop: Arc<AtomicBool>,
     pub max_steps: Option<i64>,
+    /// What the reporting part runs once training has completed, before the final report.
+    pub export: Option<Export>,
 }
+
+/// The export after training (spec.export.quantize): given the checkpoint root, it quantizes
+/// the newest checkpoint and measures it; the result goes into the status and the run report.
+pub type Export = Arc<dyn Fn(&std::path::Path) -> Result<QuantizedStatus> + Send + Sync>;
 
 impl JobRun {
     pub fn of(job: &Job, output: Output, metrics: Metrics, metrics_port: Option<u16>, stop: Arc<AtomicBool>, max_steps: Option<i64>) -> Self {
         let status = StatusTarget::from_env();
-        Self { status, evaluation: job.eval_config(), output, metrics, metrics_port, stop, max_steps }
+        Self { status, evaluation: job.eval_config(), output, metrics, metrics_port, stop, max_steps, export: None }
     }
 }
 
@@ -423,7 +429,22 @@ pub fn train_job(engine: &mut impl Engine, job: &JobRun) -> Result<Stop> {
         resume: true,
         metrics_port: job.metrics_port,
     };
-    let (stopped, summary) = run(engine, session)?;
+    let (stopped, mut summary) = run(engine, session)?;
+    // a run cut short (a signal, --max-steps) has no final model to export
+    let finished = match stopped {
+        Stop::Terminated => false,
+        Stop::QualityTargetReached => true,
+        Stop::Completed => engine.step() >= engine.cfg().train.steps,
+    };
+    if let (Some(export), Some(rep), Some(summary), Some(root)) = (&job.export, reporter.as_mut(), summary.as_mut(), engine.cfg().checkpoint_dir.clone())
+        && finished
+    {
+        let quantized = export(&root)?;
+        rep.emit(RunEvent::Quantized(Box::new(quantized.clone())));
+        if let Some(q) = summary.quality.as_mut() {
+            q.quantized = Some(quantized);
+        }
+    }
     if let (Some(rep), Some(summary)) = (reporter.as_mut(), &summary) {
         rep.summary(summary);
         summary.write_report(engine.cfg().checkpoint_dir.as_deref(), job.output.report.as_deref())?;
