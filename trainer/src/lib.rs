@@ -14,6 +14,7 @@ pub mod job;
 pub mod model;
 pub mod params;
 pub mod pipeline;
+pub mod quantize;
 pub mod report;
 pub mod rng;
 pub mod train;

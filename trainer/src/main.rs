@@ -1,7 +1,8 @@
 //! `frugal-trainer`: `train` runs a TrainingJob (the manifest a user applies, or the operator's
 //! trainer configuration inside a pod); `plan` prints what it will cost before it runs; `prepare`
-//! writes a text corpus as token shards; `eval` scores a checkpoint; `report` compares runs;
-//! `info` says which libtorch and which devices this binary sees.
+//! writes a text corpus as token shards; `eval` scores a checkpoint; `quantize` exports it in 8
+//! bits, calibrated and measured; `report` compares runs; `info` says which libtorch and which
+//! devices this binary sees.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -80,6 +81,23 @@ enum Command {
         checkpoint: Option<PathBuf>,
         #[arg(long)]
         device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quantize a checkpoint to 8-bit weights (per-channel int8, SmoothQuant-calibrated on
+    /// training batches), evaluate it beside the unquantized model and round-to-nearest, time
+    /// the three, and write `quantized/int8.safetensors` into the step's directory.
+    Quantize {
+        job: PathBuf,
+        /// A checkpoint (step directory), or a checkpoint root whose newest checkpoint is used
+        /// (default: the job's checkpoint path).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// cpu (the default: the int8 kernels are the CPU's) or cuda (weights dequantized per
+        /// product).
+        #[arg(long)]
+        device: Option<String>,
+        /// Print the job's status.quality.quantized as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -183,6 +201,10 @@ fn run(cli: Cli) -> Result<i32> {
             evaluate(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
+        Command::Quantize { job, checkpoint, device, json } => {
+            quantize(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
+            Ok(0)
+        }
         Command::Report { paths, format } => {
             let rows: Vec<compare::Row> = compare::load(&paths)?.iter().map(compare::Row::from_summary).collect();
             let out = match format.as_str() {
@@ -225,7 +247,13 @@ fn run(cli: Cli) -> Result<i32> {
             let port = metrics_port.or_else(|| std::env::var(env::METRICS_PORT).ok().and_then(|v| v.parse().ok()));
             let metrics = Metrics::new(&cfg.name);
             let served = port.map(|p| metrics.serve_port(p)).transpose()?;
-            let run = JobRun::of(&job, Output { json, report }, metrics, served, stop, max_steps);
+            let mut run = JobRun::of(&job, Output { json, report }, metrics, served, stop, max_steps);
+            let job = Arc::new(job);
+            if job.spec.export.as_ref().is_some_and(|e| e.quantize.is_some()) {
+                let exported = job.clone();
+                // the int8 kernels are the CPU's, whatever the job trained on
+                run.export = Some(Arc::new(move |root| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)));
+            }
             let stopped = if job.pipelined() {
                 frugal_trainer::pipeline::run::train(&job, cfg, device, run)?
             } else {
@@ -310,7 +338,9 @@ fn prepare(job: &Job, out: &std::path::Path, shard_tokens: usize) -> Result<()> 
 }
 
 fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: bool) -> Result<()> {
-    let cfg = job.run_config(None)?;
+    let mut cfg = job.run_config(None)?;
+    // scoring a checkpoint needs no teacher
+    cfg.distill = None;
     let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
     let dir = if root.join("MANIFEST.json").exists() {
         root.clone()
@@ -340,6 +370,48 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
     println!(
         "provenance       config {} seed {} code {} libtorch {} data {} tokenizer {} device {}",
         prov.config_hash, prov.seed, prov.code_version, prov.libtorch_version, prov.data_fingerprint, prov.tokenizer_fingerprint, prov.device
+    );
+    Ok(())
+}
+
+fn quantize(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: bool) -> Result<()> {
+    let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
+    let device = pick_device(device.or(Some("cpu")))?;
+    let e = frugal_trainer::quantize::export_measured(job, &root, device)?;
+    let s = &e.status;
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!("checkpoint   step {} -> {}", s.step, s.path);
+    println!("method       {}", s.method);
+    let value = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let zero_shot = |f: &frugal_api::v1alpha1::QualityFigures| {
+        let parts: Vec<String> = f.zero_shot.iter().map(|z| format!("{} {:.1}%", z.name, z.accuracy * 100.0)).collect();
+        if parts.is_empty() { "-".to_string() } else { parts.join(", ") }
+    };
+    println!("{:<17} {:>9} {:>7} {:>9} {:>12} {:>10}  zero-shot", "", "val loss", "bpb", "ppl", "weight bytes", "tokens/s");
+    let rows = [
+        ("unquantized", &s.unquantized, s.unquantized_weight_bytes, s.unquantized_tokens_per_second),
+        ("round-to-nearest", &s.round_to_nearest, e.round_to_nearest_weight_bytes, e.round_to_nearest_tokens_per_second),
+        ("calibrated", &s.calibrated, s.weight_bytes, s.tokens_per_second),
+    ];
+    for (name, f, bytes, tps) in rows {
+        println!(
+            "{name:<17} {:>9} {:>7} {:>9} {:>12} {:>10.0}  {}",
+            value(f.validation_loss, 4),
+            value(f.bits_per_byte, 4),
+            value(f.perplexity, 3),
+            bytes,
+            tps,
+            zero_shot(f)
+        );
+    }
+    println!(
+        "calibrated - unquantized: {} nats/token, {} bits per byte; weights {:.1}% of fp32",
+        value(s.validation_loss_delta, 4),
+        value(s.bits_per_byte_delta, 4),
+        100.0 * s.weight_bytes as f64 / s.unquantized_weight_bytes.max(1) as f64
     );
     Ok(())
 }

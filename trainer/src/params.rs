@@ -10,9 +10,27 @@
 //! with bf16/fp16 compute they are views of a second flat buffer in that dtype, refreshed from the
 //! master after every step with one cast. Gradients land on the leaves and are gathered into a flat
 //! fp32 gradient buffer with one `cat` per micro-batch.
+//!
+//! Linear layers multiply through [`ParamStore::linear`] and [`ParamStore::expert_matmul`], so
+//! that an exported model (8-bit weights, `quantize/`) or a calibration pass recording
+//! activations runs the model's own forward: a [`Linears`] set on the store takes over the
+//! weights it names, and without one they are the plain fp32/bf16 products, op for op.
 
 use crate::rng::Rng;
 use tch::{Device, Kind, Tensor};
+
+/// Linear layers computed otherwise than from the store's weights: 8-bit weights, or a
+/// recorder of the activations that reach them. Set on a store with
+/// [`ParamStore::set_linears`]; inference only (what it returns is not differentiated).
+pub trait Linears {
+    /// Whether it takes over the weight `w` (a bank of experts then runs expert by expert).
+    fn replaces(&self, w: ParamId) -> bool;
+    /// `x W^T + b` for the weight `w` [N, K] and input x [.., K], or `None` to leave it to the
+    /// store's weights.
+    fn linear(&self, p: &ParamStore, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Option<Tensor>;
+    /// `x[e] W[e] + b[e]` for a bank of experts `w` [X, K, N] and input x [X, C, K], or `None`.
+    fn expert_matmul(&self, p: &ParamStore, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Option<Tensor>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ParamGroup {
@@ -89,6 +107,9 @@ pub struct ParamStore {
     pub hidden_end: i64,
     pub embedding_end: i64,
     pub numel: i64,
+    /// Linear layers computed otherwise (an int8 export, a calibration recorder); `None` in
+    /// training.
+    linears: Option<Box<dyn Linears + Send>>,
 }
 
 impl ParamStore {
@@ -139,6 +160,7 @@ impl ParamStore {
             hidden_end,
             embedding_end,
             numel,
+            linears: None,
         };
         store.build_leaves();
         store
@@ -156,6 +178,38 @@ impl ParamStore {
     /// The compute-dtype tensor for a parameter, tracked by autograd.
     pub fn get(&self, id: ParamId) -> &Tensor {
         &self.leaves[id.0]
+    }
+
+    /// `x W^T + b` for the linear layer with weight `w` [N, K]: the store's weights, unless a
+    /// [`Linears`] takes this one over.
+    pub fn linear(&self, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Tensor {
+        if let Some(y) = self.linears.as_ref().and_then(|l| l.linear(self, x, w, b)) {
+            return y;
+        }
+        x.linear(self.get(w), b.map(|i| self.get(i)))
+    }
+
+    /// `x[e] W[e] + b[e]` for a bank of experts: x [X, C, K], `w` [X, K, N], `b` [X, N] →
+    /// [X, C, N]; the store's weights unless a [`Linears`] takes `w` over.
+    pub fn expert_matmul(&self, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Tensor {
+        if let Some(y) = self.linears.as_ref().and_then(|l| l.expert_matmul(self, x, w, b)) {
+            return y;
+        }
+        match b {
+            Some(bi) => self.get(bi).unsqueeze(1).baddbmm(x, self.get(w), 1.0, 1.0),
+            None => x.bmm(self.get(w)),
+        }
+    }
+
+    /// Whether a [`Linears`] set on the store takes the weight `w` over.
+    pub fn replaces(&self, w: ParamId) -> bool {
+        self.linears.as_ref().is_some_and(|l| l.replaces(w))
+    }
+
+    /// Sets (or with `None` clears) the linear layers computed otherwise; returns those set
+    /// before.
+    pub fn set_linears(&mut self, linears: Option<Box<dyn Linears + Send>>) -> Option<Box<dyn Linears + Send>> {
+        std::mem::replace(&mut self.linears, linears)
     }
 
     pub fn spec(&self, id: ParamId) -> &ParamSpec {

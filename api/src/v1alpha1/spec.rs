@@ -818,7 +818,9 @@ pub struct ExportSpec {
     /// fp32. Written as `quantized/int8.safetensors` in the final checkpoint's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<QuantizeFormat>,
-    /// Held-out batches (of training.batchSize sequences) whose activations calibrate the scales.
+    /// Batches (of training.batchSize sequences) whose activations calibrate the scales: drawn
+    /// from the training split with their own seed, never from the validation split the
+    /// quantized model is measured on.
     #[serde(default = "default_calibration_batches")]
     #[schemars(range(min = 1, max = 1024))]
     pub calibration_batches: i32,

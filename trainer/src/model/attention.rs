@@ -37,7 +37,7 @@ impl Attention {
     pub fn forward(&self, p: &ParamStore, x: &Tensor, rope: Option<&Rotary>) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let hd = d / self.heads;
-        let qkv = x.linear(p.get(self.qkv_w), self.qkv_b.map(|i| p.get(i)));
+        let qkv = p.linear(x, self.qkv_w, self.qkv_b);
         // [B, T, 3, H, hd] → 3 × [B, H, T, hd]
         let qkv = qkv.view([b, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
         let (mut q, mut k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -48,7 +48,7 @@ impl Attention {
         }
         let y = attend(&q, &k, &v, self.pattern);
         let y = y.transpose(1, 2).contiguous().view([b, t, d]);
-        y.linear(p.get(self.proj_w), self.proj_b.map(|i| p.get(i)))
+        p.linear(&y, self.proj_w, self.proj_b)
     }
 }
 

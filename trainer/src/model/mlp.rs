@@ -25,6 +25,6 @@ impl Mlp {
     }
 
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        x.linear(p.get(self.fc_w), self.fc_b.map(|i| p.get(i))).gelu("none").linear(p.get(self.proj_w), self.proj_b.map(|i| p.get(i)))
+        p.linear(&p.linear(x, self.fc_w, self.fc_b).gelu("none"), self.proj_w, self.proj_b)
     }
 }

@@ -59,7 +59,15 @@ impl ExpertBank {
 
     /// Every expert of the bank on every token, summed: x [N, D] → [N, D]. The bank is laid
     /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones.
+    /// Weights taken over by the store's [`crate::params::Linears`] (8-bit, with a scale per
+    /// expert and channel, which side by side would no longer factor out of one product) run
+    /// expert by expert instead, each on every token.
     pub fn forward_all(&self, p: &ParamStore, x: &Tensor) -> Tensor {
+        if p.replaces(self.w_in) || p.replaces(self.w_out) {
+            let (n, d) = x.size2().unwrap();
+            let nx = p.spec(self.w_in).shape[0];
+            return self.forward(p, &x.unsqueeze(0).expand([nx, n, d], false)).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>);
+        }
         let w_in = p.get(self.w_in);
         let (nx, d, h) = w_in.size3().unwrap();
         let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * h]);
@@ -78,15 +86,8 @@ impl ExpertBank {
 
     /// Expert x on its own slots: x [X, C, D] → [X, C, D].
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        let h = match self.b_in {
-            Some(bi) => p.get(bi).unsqueeze(1).baddbmm(x, p.get(self.w_in), 1.0, 1.0),
-            None => x.bmm(p.get(self.w_in)),
-        }
-        .gelu("none");
-        match self.b_out {
-            Some(bo) => p.get(bo).unsqueeze(1).baddbmm(&h, p.get(self.w_out), 1.0, 1.0),
-            None => h.bmm(p.get(self.w_out)),
-        }
+        let h = p.expert_matmul(x, self.w_in, self.b_in).gelu("none");
+        p.expert_matmul(&h, self.w_out, self.b_out)
     }
 }
 
@@ -124,7 +125,8 @@ impl Moe {
         let dev = x.device();
         let xf = x.reshape([n, d]);
 
-        // Router in fp32. [N, E]
+        // Router in fp32. [N, E] It is not a quantization-aware product: routing decisions flip
+        // on small changes of the logits, so an 8-bit export keeps the router in fp32.
         let logits = xf.to_kind(Kind::Float).linear::<Tensor>(&p.get(self.router).to_kind(Kind::Float), None);
         let probs = logits.softmax(-1, Kind::Float);
         let fresh = top_k(&probs, k);
