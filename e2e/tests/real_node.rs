@@ -276,8 +276,16 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
         eprintln!("e2e: int8 export {q:?}");
         ensure!(q.format == "int8" && q.step == 30, "export {q:?}");
         ensure!(q.bits_per_byte.is_some_and(f64::is_finite) && q.bits_per_byte_delta.is_some_and(f64::is_finite), "bits per byte {q:?}");
-        ensure!(q.round_to_nearest.bits_per_byte.is_some() && q.unquantized.bits_per_byte.is_some(), "round-to-nearest and unquantized figures {q:?}");
-        ensure!(q.weight_bytes > 0 && q.weight_bytes < q.unquantized_weight_bytes, "weight bytes {} of {}", q.weight_bytes, q.unquantized_weight_bytes);
+        ensure!(
+            q.round_to_nearest.bits_per_byte.is_some() && q.unquantized.bits_per_byte.is_some(),
+            "round-to-nearest and unquantized figures {q:?}"
+        );
+        ensure!(
+            q.weight_bytes > 0 && q.weight_bytes < q.unquantized_weight_bytes,
+            "weight bytes {} of {}",
+            q.weight_bytes,
+            q.unquantized_weight_bytes
+        );
         ensure!(q.tokens_per_second > 0.0 && q.unquantized_tokens_per_second > 0.0, "tokens/s {q:?}");
         ensure!(q.path.ends_with("int8.safetensors"), "path {}", q.path);
         // the unquantized figures are the checkpoint's own: the job's last evaluation is of it
@@ -294,7 +302,9 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
             soft_weight: 0.5,
         });
         let overrides = student.spec.pod_template.get_or_insert_with(Default::default);
-        overrides.volumes.push(serde_json::from_value(serde_json::json!({"name": "teacher", "persistentVolumeClaim": {"claimName": "teacher", "readOnly": true}}))?);
+        overrides.volumes.push(serde_json::from_value(
+            serde_json::json!({"name": "teacher", "persistentVolumeClaim": {"claimName": "teacher", "readOnly": true}}),
+        )?);
         overrides.volume_mounts.push(serde_json::from_value(serde_json::json!({"name": "teacher", "mountPath": "/teacher", "readOnly": true}))?);
         apply(&ctx, &student).await?;
         let done = finished_within(&ctx, "student", TRAINING).await?;

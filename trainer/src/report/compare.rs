@@ -29,29 +29,31 @@ impl Row {
     pub fn from_summary(s: &Summary) -> Self {
         let q = s.quality.as_ref();
         let zs = q.map(|q| &q.zero_shot).filter(|z| !z.is_empty());
-        Self(report::Row {
-            job: s.job.clone(),
-            model: s.model.clone(),
-            params_total: Some(s.params_total),
-            params_active: Some(s.params_active),
-            flops: Some(s.total_flops),
-            gpus: Some(s.gpus),
-            bits_per_byte: q.and_then(|q| q.bits_per_byte),
-            perplexity: q.and_then(|q| q.perplexity),
-            zero_shot_accuracy: zs.map(|z| z.iter().map(|r| r.accuracy).sum::<f64>() / z.len() as f64),
-            tokens_per_second: Some(s.tokens_per_second),
-            gpu_hours: Some(s.device_hours),
-            cost: Some(s.cost),
-            currency: s.currency.clone(),
-            gpu_hours_to_target: s.target.as_ref().and_then(|t| t.device_hours),
-            tokens_to_target: s.target.as_ref().and_then(|t| t.tokens),
-            target_reached: s.target.as_ref().map(|t| t.reached),
-            seed: Some(s.provenance.seed),
-            config_hash: Some(s.provenance.config_hash.clone()),
-            phase: None,
-            ..report::Row::default()
-        }
-        .with_quality_extras(q))
+        Self(
+            report::Row {
+                job: s.job.clone(),
+                model: s.model.clone(),
+                params_total: Some(s.params_total),
+                params_active: Some(s.params_active),
+                flops: Some(s.total_flops),
+                gpus: Some(s.gpus),
+                bits_per_byte: q.and_then(|q| q.bits_per_byte),
+                perplexity: q.and_then(|q| q.perplexity),
+                zero_shot_accuracy: zs.map(|z| z.iter().map(|r| r.accuracy).sum::<f64>() / z.len() as f64),
+                tokens_per_second: Some(s.tokens_per_second),
+                gpu_hours: Some(s.device_hours),
+                cost: Some(s.cost),
+                currency: s.currency.clone(),
+                gpu_hours_to_target: s.target.as_ref().and_then(|t| t.device_hours),
+                tokens_to_target: s.target.as_ref().and_then(|t| t.tokens),
+                target_reached: s.target.as_ref().map(|t| t.reached),
+                seed: Some(s.provenance.seed),
+                config_hash: Some(s.provenance.config_hash.clone()),
+                phase: None,
+                ..report::Row::default()
+            }
+            .with_quality_extras(q),
+        )
     }
 }
 

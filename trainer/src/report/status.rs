@@ -302,7 +302,13 @@ mod tests {
         fold.observe(&RunEvent::Distillation(teacher.clone()));
         fold.observe(&eval(10, 2.0, false));
         fold.observe(&eval(20, 1.9, false));
-        let exported = QuantizedStatus { format: "int8".into(), bits_per_byte: Some(1.52), weight_bytes: 10, unquantized_weight_bytes: 40, ..Default::default() };
+        let exported = QuantizedStatus {
+            format: "int8".into(),
+            bits_per_byte: Some(1.52),
+            weight_bytes: 10,
+            unquantized_weight_bytes: 40,
+            ..Default::default()
+        };
         fold.observe(&RunEvent::Quantized(Box::new(exported)));
         let patch = fold.patch();
         let quality = &patch["status"]["quality"];

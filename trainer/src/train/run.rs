@@ -436,7 +436,8 @@ pub fn train_job(engine: &mut impl Engine, job: &JobRun) -> Result<Stop> {
         Stop::QualityTargetReached => true,
         Stop::Completed => engine.step() >= engine.cfg().train.steps,
     };
-    if let (Some(export), Some(rep), Some(summary), Some(root)) = (&job.export, reporter.as_mut(), summary.as_mut(), engine.cfg().checkpoint_dir.clone())
+    if let (Some(export), Some(rep), Some(summary), Some(root)) =
+        (&job.export, reporter.as_mut(), summary.as_mut(), engine.cfg().checkpoint_dir.clone())
         && finished
     {
         let quantized = export(&root)?;
