@@ -21,7 +21,7 @@ use crate::model::gpt::Gpt;
 use crate::params::{ParamBuilder, ParamStore};
 use crate::rng::Rng;
 use anyhow::Result;
-use frugal_api::v1alpha1::{DistillationStatus, QualityFigures, QualityStatus};
+use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -120,7 +120,7 @@ impl Teacher {
             teacher_checkpoint: self.checkpoint.display().to_string(),
             teacher_parameters: parameters.total,
             teacher_active_parameters: parameters.active,
-            teacher: figures(&quality),
+            teacher: quality.figures(),
             bits_per_byte_delta: None,
             teacher_tokens_per_second,
             student_tokens_per_second,
@@ -164,11 +164,6 @@ fn refusal(dir: &Path, e: CheckpointError) -> anyhow::Error {
         _ => format!("spec.distill.teacher.checkpoint ({}): {e}; point it at an intact step directory of the teacher's checkpoints", dir.display()),
     };
     ConfigurationError(message).into()
-}
-
-/// One model's figures of an evaluation.
-pub fn figures(q: &QualityStatus) -> QualityFigures {
-    QualityFigures { validation_loss: q.validation_loss, perplexity: q.perplexity, bits_per_byte: q.bits_per_byte, zero_shot: q.zero_shot.clone() }
 }
 
 /// Puts the student's evaluation `student` beside the teacher's in `status`.

@@ -266,6 +266,18 @@ pub struct QualityStatus {
     pub distillation: Option<DistillationStatus>,
 }
 
+impl QualityStatus {
+    /// The evaluation's figures, without its step and target.
+    pub fn figures(&self) -> QualityFigures {
+        QualityFigures {
+            validation_loss: self.validation_loss,
+            perplexity: self.perplexity,
+            bits_per_byte: self.bits_per_byte,
+            zero_shot: self.zero_shot.clone(),
+        }
+    }
+}
+
 /// One model's figures on the job's evaluation.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

@@ -36,7 +36,7 @@ use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use calibrate::{Activations, Choice};
 use file::Sidecar;
-use frugal_api::v1alpha1::{QualityFigures, QualityStatus, QuantizedStatus};
+use frugal_api::v1alpha1::QuantizedStatus;
 use int8::Execution;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,10 +97,6 @@ pub fn whole_model(cfg: &crate::config::ModelConfig, device: Device) -> (Gpt, Pa
 fn calibration_data(data: &mut Data, seed: u64, batches: i32, batch_size: i64) -> Vec<Batch> {
     data.position = DataPosition { rng: Rng::derive(seed, "quantize-calibration"), sequences_drawn: 0 };
     (0..batches).map(|_| data.next_batch(batch_size)).collect()
-}
-
-fn figures(q: &QualityStatus) -> QualityFigures {
-    QualityFigures { validation_loss: q.validation_loss, perplexity: q.perplexity, bits_per_byte: q.bits_per_byte, zero_shot: q.zero_shot.clone() }
 }
 
 fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -175,9 +171,9 @@ pub fn export_measured(job: &Job, checkpoint_dir: &Path, device: Device) -> Resu
         bits_per_byte: cal_q.bits_per_byte,
         bits_per_byte_delta: delta(cal_q.bits_per_byte, unquantized.bits_per_byte),
         validation_loss_delta: delta(cal_q.validation_loss, unquantized.validation_loss),
-        calibrated: figures(cal_q),
-        round_to_nearest: figures(rtn_q),
-        unquantized: figures(&unquantized),
+        calibrated: cal_q.figures(),
+        round_to_nearest: rtn_q.figures(),
+        unquantized: unquantized.figures(),
         weight_bytes,
         unquantized_weight_bytes,
         tokens_per_second: throughput[2],
