@@ -254,3 +254,42 @@ fn a_pipelined_moe_checkpoint_exports() {
     assert_eq!(tensors["blocks.0.moe.router.weight"].kind(), Kind::Float, "the router stays fp32");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `train` with spec.export quantizes after the last step: the log's `quantized` event and the
+/// run report's quality carry the export, here of a two-stage pipeline trained in one process;
+/// a run stopped early by --max-steps exports nothing.
+#[test]
+fn training_with_an_export_reports_it_after_the_last_step() {
+    let root = std::env::temp_dir().join(format!("frugal-quantize-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let manifest = root.join("job.yaml");
+    let text = tiny_job_text("exported", 32, "", "  parallelism: {pipelineStages: 2, microBatches: 2}\n");
+    std::fs::write(&manifest, text.replace("steps: 150", "steps: 20")).unwrap();
+    let train = |dir: &str, extra: &[&str]| {
+        let ckpt = root.join(dir);
+        let mut args = vec!["train", manifest.to_str().unwrap(), "--checkpoint-dir", ckpt.to_str().unwrap(), "--json", "--threads", "2"];
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer")).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), ckpt)
+    };
+    let (log, ckpt) = train("whole", &[]);
+    let event = log.lines().find(|l| l.contains(r#""event":"quantized""#)).unwrap_or_else(|| panic!("no quantized event:\n{log}"));
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!((event["format"].as_str(), event["step"].as_i64()), (Some("int8"), Some(20)), "{event}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("report.json")).unwrap()).unwrap();
+    let q = &summary["quality"]["quantized"];
+    assert_eq!(q["bitsPerByte"], event["bitsPerByte"], "{summary}");
+    assert!(q["weightBytes"].as_i64().unwrap() < q["unquantizedWeightBytes"].as_i64().unwrap(), "{q}");
+    assert!(ckpt.join("step-000000020/quantized/int8.safetensors").exists());
+    // the report table shows the export's columns
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frugal-trainer")).args(["report", ckpt.to_str().unwrap()]).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().next().unwrap().contains("int8 bits/byte"), "{table}");
+
+    let (log, ckpt) = train("cut", &["--max-steps", "10"]);
+    assert!(!log.contains(r#""event":"quantized""#), "a run cut short exported:\n{log}");
+    assert!(!ckpt.join("step-000000010/quantized").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
