@@ -18,48 +18,17 @@ use crate::data::{Batch, Data};
 use crate::eval::{self, EvalConfig, GptModel, LanguageModel};
 use crate::job::ConfigurationError;
 use crate::model::gpt::Gpt;
+use crate::model::soft::SoftTargets;
 use crate::params::{ParamBuilder, ParamStore};
 use crate::rng::Rng;
 use anyhow::Result;
 use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Held-out batches timed for throughput, after one of warm-up.
 const TIMED_BATCHES: usize = 4;
-
-impl DistillLoss {
-    /// Whether the teacher's predictions enter the loss. With a soft weight of 0 the teacher
-    /// does not run in training, and the run is the run without distillation, bit for bit.
-    pub fn runs_teacher(&self) -> bool {
-        self.soft_weight > 0.0
-    }
-
-    /// T²·KL(softmax(teacher/T) ‖ softmax(student/T)), the mean over tokens, in fp32; both
-    /// logits [.., V].
-    pub fn soft_loss(&self, student: &Tensor, teacher: &Tensor) -> Tensor {
-        let v = *student.size().last().expect("logits [.., V]");
-        let t = self.temperature;
-        let softened = |logits: &Tensor| (logits.view([-1, v]).to_kind(Kind::Float) / t).log_softmax(-1, Kind::Float);
-        let (student, teacher) = (softened(student), softened(teacher));
-        let tokens = student.size()[0];
-        // Σ p_teacher · (log p_teacher − log p_student), over the vocabulary and the tokens
-        student.kl_div(&teacher, Reduction::Sum, true) * (t * t / tokens as f64)
-    }
-
-    /// The loss to differentiate: (1 − w)·`cross_entropy` + w·`soft`.
-    pub fn mix(&self, cross_entropy: &Tensor, soft: &Tensor) -> Tensor {
-        cross_entropy * (1.0 - self.soft_weight) + soft * self.soft_weight
-    }
-}
-
-/// The teacher's predictions for one micro-batch, as the head's loss reads them.
-pub struct SoftTargets {
-    /// [B, T, V] fp32, without a graph.
-    pub logits: Tensor,
-    pub loss: DistillLoss,
-}
 
 /// A trained model, frozen, whose predictions the student learns from.
 pub struct Teacher {
@@ -79,7 +48,7 @@ impl Teacher {
     /// another model is a [`ConfigurationError`] naming the field to change.
     pub fn load(distill: &DistillConfig, student: &ModelConfig, device: Device, kind: Kind) -> Result<Self> {
         check_teacher(student, &distill.teacher).map_err(ConfigurationError)?;
-        let dir = teacher_step(&distill.checkpoint)?;
+        let dir = crate::job::teacher_step(&distill.checkpoint)?;
         let mut builder = ParamBuilder::default();
         let mut model = Gpt::new(&mut builder, &distill.teacher);
         model.prepare(kind, device);
@@ -134,22 +103,6 @@ fn freeze(params: &mut ParamStore) {
     params.grad = Tensor::zeros([0], (Kind::Float, params.device));
     if params.compute_kind != Kind::Float {
         params.master = Tensor::zeros([0], (Kind::Float, params.device));
-    }
-}
-
-/// The checkpoint step `path` names: itself when it holds a manifest, else the newest committed
-/// step under it.
-pub fn teacher_step(path: &Path) -> std::result::Result<PathBuf, ConfigurationError> {
-    if path.join(checkpoint::MANIFEST).exists() {
-        return Ok(path.to_path_buf());
-    }
-    match checkpoint::latest(path) {
-        Ok(Some(dir)) => Ok(dir),
-        Ok(None) => Err(ConfigurationError(format!(
-            "spec.distill.teacher.checkpoint {path:?} holds no committed checkpoint: point it at the teacher job's checkpoint path \
-             (its spec.checkpoint.path) or at one of its step directories"
-        ))),
-        Err(e) => Err(ConfigurationError(format!("spec.distill.teacher.checkpoint {path:?}: {e}"))),
     }
 }
 

@@ -229,7 +229,7 @@ impl Job {
             }
         }
         if let Some(distill) = &self.spec.distill {
-            crate::distill::teacher_step(Path::new(&distill.teacher.checkpoint))?;
+            teacher_step(Path::new(&distill.teacher.checkpoint))?;
         }
         Ok(())
     }
@@ -237,6 +237,19 @@ impl Job {
     /// Whether the job asks for a GPU.
     pub fn wants_gpu(&self) -> bool {
         self.spec.resources.device == api::Device::Gpu
+    }
+}
+
+/// The teacher's checkpoint step `path` (spec.distill.teacher.checkpoint) names: itself when
+/// it is a step directory, else the newest committed step under it.
+pub fn teacher_step(path: &Path) -> std::result::Result<PathBuf, ConfigurationError> {
+    match crate::checkpoint::step_or_latest(path) {
+        Ok(Some(dir)) => Ok(dir),
+        Ok(None) => Err(ConfigurationError(format!(
+            "spec.distill.teacher.checkpoint {path:?} holds no committed checkpoint: point it at the teacher job's checkpoint path \
+             (its spec.checkpoint.path) or at one of its step directories"
+        ))),
+        Err(e) => Err(ConfigurationError(format!("spec.distill.teacher.checkpoint {path:?}: {e}"))),
     }
 }
 

@@ -342,11 +342,7 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
     // scoring a checkpoint needs no teacher
     cfg.distill = None;
     let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
-    let dir = if root.join("MANIFEST.json").exists() {
-        root.clone()
-    } else {
-        frugal_trainer::checkpoint::latest(&root)?.with_context(|| format!("no committed checkpoint under {}", root.display()))?
-    };
+    let dir = frugal_trainer::checkpoint::step_or_latest(&root)?.with_context(|| format!("no committed checkpoint under {}", root.display()))?;
     let device = pick_device(device.or(Some("cpu")))?;
     // A pipelined job's checkpoint is written per stage: it is evaluated through the stages.
     let (q, step, prov) = if job.pipelined() {

@@ -412,6 +412,12 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(list(root)?.pop().map(|(_, p)| p))
 }
 
+/// The step `path` names: itself when it holds a manifest (a step directory), else the newest
+/// committed step under it (a checkpoint root), if any.
+pub fn step_or_latest(path: &Path) -> Result<Option<PathBuf>> {
+    if path.join(MANIFEST).exists() { Ok(Some(path.to_path_buf())) } else { latest(path) }
+}
+
 fn prune(root: &Path, keep: usize) -> Result<()> {
     let all = list(root)?;
     if keep > 0 && all.len() > keep {

@@ -14,10 +14,10 @@
 //! equal.
 
 use crate::config::{ModelConfig, Positions};
-use crate::distill::SoftTargets;
 use crate::model::attention::Rotary;
 use crate::model::block::{Block, LayerNorm};
 use crate::model::moe::Routing;
+use crate::model::soft::SoftTargets;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use crate::rng::Rng;
 use frugal_api::contract::StageLayout;

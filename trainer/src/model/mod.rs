@@ -7,3 +7,4 @@ pub mod block;
 pub mod gpt;
 pub mod mlp;
 pub mod moe;
+pub mod soft;

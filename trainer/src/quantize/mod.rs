@@ -77,10 +77,7 @@ pub fn calibration_batches(job: &Job) -> Result<i32> {
 /// The step directory `path` names: itself when it holds a manifest, else the newest committed
 /// step under it.
 pub fn step_dir(path: &Path) -> Result<PathBuf> {
-    if path.join(checkpoint::MANIFEST).exists() {
-        return Ok(path.to_path_buf());
-    }
-    checkpoint::latest(path)?
+    checkpoint::step_or_latest(path)?
         .with_context(|| format!("no committed checkpoint under {} (give a step directory or a checkpoint root)", path.display()))
 }
 
