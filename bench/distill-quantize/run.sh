@@ -17,19 +17,22 @@ train "$here/student-alone.yaml" student-alone
 "$bin" report "$out"
 "$bin" report "$out" --format csv > "$out/table.csv"
 # the export of each model: unquantized, round-to-nearest and calibrated int8
-for run in teacher student-distilled student-alone; do
-  echo
-  echo "== $run"
-  grep '"event":"quantized"' "$out/$run.log" | python3 -c '
+python3 - "$out" <<'PY'
 import json, sys
-q = json.loads(sys.stdin.readline())
-print(f"{q[\"method\"]}; weights {q[\"unquantizedWeightBytes\"]:,} -> {q[\"weightBytes\"]:,} bytes")
-for name in ("unquantized", "roundToNearest", "calibrated"):
-    f = q[name]
-    zs = " ".join(f"{z[\"name\"]} {z[\"accuracy\"]*100:.1f}%" for z in f.get("zeroShot", []))
-    print(f"  {name:15} val loss {f[\"validationLoss\"]:.4f}  bits/byte {f[\"bitsPerByte\"]:.4f}  ppl {f[\"perplexity\"]:.3f}  {zs}")
-print(f"  CPU inference tokens/s: unquantized {q[\"unquantizedTokensPerSecond\"]:.0f}, int8 {q[\"tokensPerSecond\"]:.0f}")
-'
-done
-grep '"event":"distillation"' "$out/student-distilled.log" | tail -1
+out = sys.argv[1]
+for run in ("teacher", "student-distilled", "student-alone"):
+    events = [json.loads(l) for l in open(f"{out}/{run}.log") if l.startswith("{")]
+    q = next(e for e in events if e["event"] == "quantized")
+    print(f"\n== {run}: {q['method']}; weights {q['unquantizedWeightBytes']:,} -> {q['weightBytes']:,} bytes")
+    for name in ("unquantized", "roundToNearest", "calibrated"):
+        f = q[name]
+        zs = " ".join(f"{z['name']} {z['accuracy'] * 100:.1f}%" for z in f.get("zeroShot", []))
+        print(f"  {name:15} val loss {f['validationLoss']:.4f}  bits/byte {f['bitsPerByte']:.4f}  ppl {f['perplexity']:.3f}  {zs}")
+    print(f"  CPU inference tokens/s: unquantized {q['unquantizedTokensPerSecond']:.0f}, int8 {q['tokensPerSecond']:.0f}")
+    d = [e for e in events if e["event"] == "distillation"]
+    if d:
+        d = d[-1]
+        print(f"  teacher bits/byte {d['teacher']['bitsPerByte']:.4f}, student - teacher {d.get('bitsPerByteDelta', float('nan')):+.4f}; "
+              f"inference tokens/s teacher {d['teacherTokensPerSecond']:.0f}, student {d['studentTokensPerSecond']:.0f}")
+PY
 echo "reports in $out"
