@@ -116,6 +116,25 @@ pub(super) fn better_layout(spec: &TrainingJobSpec, model: &ResolvedModel, gpu: 
     })
 }
 
+/// The fewest GPUs that hold `spec`'s model, as it is written, on `gpu`: one replica of the
+/// fewest pipeline stages whose every stage fits the GPU's memory, with the spec's batch,
+/// micro-batches, precision, recomputation and schedule. `None` when no stage count up to the
+/// model's layers (and the schema's 64) fits, or for a model that does not resolve.
+pub fn fewest_gpus(spec: &TrainingJobSpec, gpu: &GpuType, options: &PlanOptions) -> Option<Layout> {
+    let model = ResolvedModel::from_spec(&spec.model).ok()?;
+    let micro = spec.parallelism.micro_batches.max(1);
+    (1..=model.layers.min(64) as i32).find_map(|s| {
+        let mut layout =
+            Layout { pipeline_stages: s, data_parallel: 1, micro_batches: micro, gpus_per_pod: 1, memory_per_device_bytes: 0, pipeline_bubble: 0.0 };
+        let mut laid_out = layout.apply(spec);
+        laid_out.parallelism.shard_optimizer_state = false;
+        let stages = plan_stages(&laid_out, &model, options.gpu_overhead_bytes);
+        layout.memory_per_device_bytes = stages.iter().map(|s| s.memory.total()).max().unwrap_or(0);
+        layout.pipeline_bubble = bubble_fraction(s.into(), micro.into());
+        (layout.memory_per_device_bytes <= gpu.memory_bytes).then_some(layout)
+    })
+}
+
 fn gcd(a: i32, b: i32) -> i32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }

@@ -14,7 +14,7 @@ mod model;
 
 pub use communication::{StageCommunication, StageLinks, stage_communication};
 pub use gpus::{GPU_TYPES, GpuType, gpu_type, gpu_type_names, gpu_type_of_product};
-pub use layout::{Layout, suggest_layout};
+pub use layout::{Layout, fewest_gpus, suggest_layout};
 pub use memory::{StageMemory, StageShape, block_activation_elements, compute_bytes, stage_memory, teacher_memory};
 pub use model::{ModelError, Parameters, ResolvedAttention, ResolvedModel, ResolvedMoe, preset_shape};
 

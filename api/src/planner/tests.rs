@@ -446,3 +446,23 @@ fn a_distilled_job_pays_for_its_teachers_forward_on_the_last_stage() {
 fn job_distill(model: &str, soft_weight: f64) -> DistillSpec {
     serde_saphyr::from_str(&format!("{{teacher: {{model: {model}, checkpoint: /teacher}}, softWeight: {soft_weight}}}")).expect("distill spec parses")
 }
+
+#[test]
+fn the_fewest_gpus_are_the_fewest_stages_that_fit() {
+    let options = PlanOptions::default();
+    let t4 = gpu_type("nvidia-t4-16gb").unwrap();
+    let fits = |d_model: i64, stages: i32| plan(&custom_on_t4(d_model, stages), &options).unwrap().fits();
+    // a model that needs more than one T4 but fits on two or three stages of it
+    let d_model = (1..=32).map(|k| k * 256).find(|&d| !fits(d, 1) && fits(d, 4)).expect("a width that needs pipelining");
+    let layout = fewest_gpus(&custom_on_t4(d_model, 1), t4, &options).unwrap();
+    let s = layout.pipeline_stages;
+    assert!(s > 1 && fits(d_model, s) && !fits(d_model, s - 1), "{d_model} wide: {s} stages");
+    assert_eq!((layout.gpus(), layout.data_parallel, layout.micro_batches), (i64::from(s), 1, 8));
+    assert_eq!(layout.memory_per_device_bytes, plan(&custom_on_t4(d_model, s), &options).unwrap().memory_per_device_bytes);
+    // recomputation needs no more GPUs than keeping every activation
+    let mut lean = custom_on_t4(d_model, 1);
+    lean.training.activation_checkpointing = true;
+    assert!(fewest_gpus(&lean, t4, &options).unwrap().pipeline_stages <= s);
+    // nothing fits a model wider than every stage count can split
+    assert_eq!(fewest_gpus(&custom_on_t4(16384, 1), t4, &options), None);
+}
