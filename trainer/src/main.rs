@@ -26,6 +26,21 @@ struct Cli {
     command: Command,
 }
 
+/// A job and one of its checkpoints, for the commands that read one.
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    job: PathBuf,
+    /// A checkpoint (step directory), or a checkpoint root whose newest checkpoint is used
+    /// (default: the job's checkpoint path).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// cpu or cuda (default: cpu).
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a job, resuming from its newest checkpoint if there is one.
@@ -73,34 +88,13 @@ enum Command {
         shard_tokens: usize,
     },
     /// Evaluate a checkpoint: validation loss, bits per byte, perplexity, zero-shot sets.
-    Eval {
-        job: PathBuf,
-        /// A checkpoint (step directory), or a checkpoint root whose newest checkpoint is used
-        /// (default: the job's checkpoint path).
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(CheckpointArgs),
     /// Quantize a checkpoint to 8-bit weights (per-channel int8, SmoothQuant-calibrated on
     /// training batches), evaluate it beside the unquantized model and round-to-nearest, time
-    /// the three, and write `quantized/int8.safetensors` into the step's directory.
-    Quantize {
-        job: PathBuf,
-        /// A checkpoint (step directory), or a checkpoint root whose newest checkpoint is used
-        /// (default: the job's checkpoint path).
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// cpu (the default: the int8 kernels are the CPU's) or cuda (weights dequantized per
-        /// product).
-        #[arg(long)]
-        device: Option<String>,
-        /// Print the job's status.quality.quantized as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// the three, and write `quantized/int8.safetensors` into the step's directory. The device
+    /// defaults to the CPU, whose int8 kernels run it; on cuda the weights are dequantized per
+    /// product. `--json` prints what status.quality.quantized would hold.
+    Quantize(CheckpointArgs),
     /// Compare run reports (report.json files, or directories holding them) in one table.
     Report {
         #[arg(required = true)]
@@ -197,11 +191,11 @@ fn run(cli: Cli) -> Result<i32> {
             prepare(&job::load(&job)?, &out, shard_tokens)?;
             Ok(0)
         }
-        Command::Eval { job, checkpoint, device, json } => {
+        Command::Eval(CheckpointArgs { job, checkpoint, device, json }) => {
             evaluate(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
-        Command::Quantize { job, checkpoint, device, json } => {
+        Command::Quantize(CheckpointArgs { job, checkpoint, device, json }) => {
             quantize(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }

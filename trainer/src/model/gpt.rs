@@ -211,11 +211,6 @@ impl Gpt {
         ln_f.forward(p, x).linear::<Tensor>(p.get(head), None).to_kind(Kind::Float)
     }
 
-    /// Mean cross-entropy, computed in fp32 (the last stage).
-    pub fn head_loss(&self, p: &ParamStore, x: &Tensor, targets: &Tensor) -> Tensor {
-        self.head_losses(p, x, targets.into()).objective
-    }
-
     /// The head's losses against `targets`, computed in fp32 (the last stage).
     pub fn head_losses(&self, p: &ParamStore, x: &Tensor, targets: Targets) -> HeadLoss {
         let logits = self.logits(p, x);

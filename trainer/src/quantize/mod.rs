@@ -61,8 +61,6 @@ pub struct Exported {
     pub round_to_nearest_weight_bytes: i64,
     /// Per quantized parameter, each matrix's α and output errors.
     pub choices: BTreeMap<String, Vec<Choice>>,
-    /// How the products ran.
-    pub execution: Execution,
 }
 
 /// Calibration batches the job asks for (spec.export.calibrationBatches).
@@ -176,13 +174,7 @@ pub fn export_measured(job: &Job, checkpoint_dir: &Path, device: Device) -> Resu
         tokens_per_second: throughput[2],
         unquantized_tokens_per_second: throughput[0],
     };
-    Ok(Exported {
-        status,
-        round_to_nearest_tokens_per_second: throughput[1],
-        round_to_nearest_weight_bytes: rtn_bytes,
-        choices: calibrated.choices,
-        execution,
-    })
+    Ok(Exported { status, round_to_nearest_tokens_per_second: throughput[1], round_to_nearest_weight_bytes: rtn_bytes, choices: calibrated.choices })
 }
 
 /// Forward throughput (tokens per second) of the store under each of `tables` (`None`: the
