@@ -182,7 +182,12 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; logs:\n{}", phase(&done), logs.join("\n"));
         ensure!(logs.iter().any(|l| l.contains("\"step\":20")), "no stage reached step 20:\n{}", logs.join("\n"));
         let status = done.status.context("no status")?;
-        ensure!(status.progress.is_some_and(|p| p.step == 20), "status.progress from the last stage's container");
+        ensure!(
+            status.progress.as_ref().is_some_and(|p| p.step == 20),
+            "status.progress from the last stage's container: {:?}; logs:\n{}",
+            status.progress,
+            logs.join("\n")
+        );
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
         Ok(())
     })

@@ -4,10 +4,10 @@
 //! may write: the operator owns the rest of the status (phase, conditions, plan, and the cost it
 //! bills from the pods), and the chart's admission policy has the API server refuse the
 //! trainer's identity anything else. At most one patch per interval; a failed report is logged
-//! and training goes on. A loss that is not a number is reported as
-//! `progress.nonFiniteLossStep` (the operator turns it into the NonFiniteLoss condition); the
-//! evaluation that first reaches the quality target sets `quality.targetReachedTime` (the
-//! operator prices the GPU-hours up to it).
+//! and training goes on; the last one is retried and waited for. A loss that is not a number is
+//! reported as `progress.nonFiniteLossStep` (the operator turns it into the NonFiniteLoss
+//! condition); the evaluation that first reaches the quality target sets
+//! `quality.targetReachedTime` (the operator prices the GPU-hours up to it).
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -30,6 +30,14 @@ pub const FIELD_MANAGER: &str = "frugal-trainer";
 
 /// How often the trainer patches the status at most.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long the trainer waits at its end for the last report to reach the API server: a busy
+/// API server can take seconds per request, and the pod's grace period (300 s by default) is
+/// far longer.
+pub const FINAL_REPORT_WAIT: Duration = Duration::from_secs(60);
+
+/// Tries of the last report: it is the one a finished job's status keeps.
+const FINAL_REPORT_TRIES: u32 = 4;
 
 /// Where a trainer in a pod reports, when the operator asked it to (`FRUGAL_REPORT_STATUS`):
 /// the pod's environment. Read once; started by whichever worker reports.
@@ -171,16 +179,21 @@ impl StatusReporter {
         self.events.clone()
     }
 
-    /// Sends the final report and waits for it (a few seconds at most).
+    /// Sends the final report and waits for it ([`FINAL_REPORT_WAIT`] at most).
     pub fn finish(mut self) {
         self.events.take();
         if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + FINAL_REPORT_WAIT;
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if t.is_finished() {
                 let _ = t.join();
+            } else {
+                eprintln!(
+                    "frugal-trainer: the last status report did not finish within {}s; the status may lag the run",
+                    FINAL_REPORT_WAIT.as_secs()
+                );
             }
         }
     }
@@ -216,8 +229,17 @@ async fn report_loop(pod: PodEnv, interval: Duration, events: mpsc::Receiver<Run
         if dirty && (due || !open) {
             if let Some(api) = &api {
                 let params = PatchParams::apply(FIELD_MANAGER).force();
-                if let Err(e) = api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch())).await {
-                    eprintln!("frugal-trainer: status report failed (training goes on): {e}");
+                // the last report is retried: nothing comes after it to correct the status
+                let tries = if open { 1 } else { FINAL_REPORT_TRIES };
+                for attempt in 1..=tries {
+                    match api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch())).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < tries => {
+                            eprintln!("frugal-trainer: the last status report failed (try {attempt} of {tries}): {e}");
+                            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                        }
+                        Err(e) => eprintln!("frugal-trainer: status report failed (training goes on): {e}"),
+                    }
                 }
             }
             dirty = false;
