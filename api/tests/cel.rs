@@ -31,6 +31,16 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The examples: `examples/` and its subdirectories (`examples/economics/`).
+fn example_files() -> Vec<PathBuf> {
+    let dir = repo().join("examples");
+    let mut files = yaml_files(&dir);
+    for sub in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()) {
+        files.extend(yaml_files(&sub));
+    }
+    files
+}
+
 fn schema_for(object: &Value) -> Value {
     match object["kind"].as_str() {
         Some("TrainingJob") => schema_of(TrainingJob::crd()),
@@ -109,7 +119,7 @@ fn load_update(path: &Path) -> (Value, Value) {
 
 #[test]
 fn examples_pass_every_rule_and_plan() {
-    let files = yaml_files(&repo().join("examples"));
+    let files = example_files();
     assert!(files.len() >= 2, "examples/ has the quick start and the pipeline job");
     for path in files {
         let object = load(&path);

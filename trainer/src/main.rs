@@ -102,6 +102,13 @@ enum Command {
         /// text, markdown, json or csv.
         #[arg(long, default_value = "text")]
         format: String,
+        /// One row per job over its seeds (the runs sharing a job name): the mean, with the
+        /// seeds' range.
+        #[arg(long)]
+        seeds: bool,
+        /// Compare every run (with --seeds, every job's mean) against this job's.
+        #[arg(long, value_name = "JOB")]
+        baseline: Option<String>,
     },
     /// Print the job's plan: parameters, FLOPs, memory, GPU-hours and cost.
     Plan {
@@ -199,16 +206,9 @@ fn run(cli: Cli) -> Result<i32> {
             quantize(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
-        Command::Report { paths, format } => {
+        Command::Report { paths, format, seeds, baseline } => {
             let rows: Vec<compare::Row> = compare::load(&paths)?.iter().map(compare::Row::from_summary).collect();
-            let out = match format.as_str() {
-                "text" => compare::text(&rows),
-                "json" => compare::json(&rows),
-                "csv" => compare::csv(&rows),
-                "markdown" => compare::markdown(&rows),
-                other => anyhow::bail!("unknown format {other:?} (text, markdown, json or csv)"),
-            };
-            print!("{out}");
+            print!("{}", compare::render(&rows, &format, seeds, baseline.as_deref())?);
             Ok(0)
         }
         Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {

@@ -242,4 +242,12 @@ fn the_same_seed_and_configuration_give_the_same_report() {
     assert!(text.lines().next().unwrap().contains("GPU-h to target") && !text.contains("not reached"));
     let json: serde_json::Value = serde_json::from_str(&compare::json(&rows)).unwrap();
     assert_eq!(json[1]["seed"], 4);
+
+    // The same job over its two seeds, in one row; a baseline of two runs asks for --seeds.
+    let grouped = compare::render(&rows, "text", true, Some(&a.job)).unwrap();
+    assert_eq!(grouped.lines().count(), 2, "one job over two seeds:\n{grouped}");
+    assert!(grouped.contains("3,4") && grouped.contains("÷ baseline"), "{grouped}");
+    let e = compare::render(&rows, "text", false, Some(&a.job)).unwrap_err().to_string();
+    assert!(e.contains("--seeds"), "{e}");
+    assert!(compare::render(&rows, "yaml", false, None).unwrap_err().to_string().contains("--format"));
 }

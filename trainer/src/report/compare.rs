@@ -46,6 +46,12 @@ impl Row {
                 currency: s.currency.clone(),
                 gpu_hours_to_target: s.target.as_ref().and_then(|t| t.device_hours),
                 tokens_to_target: s.target.as_ref().and_then(|t| t.tokens),
+                flops_to_target: s
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.tokens)
+                    .filter(|_| s.tokens > 0)
+                    .map(|k| k as f64 * s.total_flops / s.tokens as f64),
                 target_reached: s.target.as_ref().map(|t| t.reached),
                 seed: Some(s.provenance.seed),
                 config_hash: Some(s.provenance.config_hash.clone()),
@@ -111,4 +117,46 @@ pub fn json(rows: &[Row]) -> String {
 /// CSV with raw numbers (empty where a value is missing).
 pub fn csv(rows: &[Row]) -> String {
     report::csv(&self::rows(rows))
+}
+
+/// The table in `format` (text, markdown, json or csv): one row per run, or with `seeds` one
+/// row per job over its seeds; with a `baseline` job, every row (job) against it.
+pub fn render(rows: &[Row], format: &str, seeds: bool, baseline: Option<&str>) -> Result<String> {
+    let rows = self::rows(rows);
+    if !["text", "markdown", "json", "csv"].contains(&format) {
+        anyhow::bail!("--format {format:?}: write text, markdown, json or csv");
+    }
+    if seeds {
+        let groups = report::seeds::groups(&rows).map_err(anyhow::Error::msg)?;
+        let ratios =
+            baseline.map(|b| report::seeds::find(&groups, b).map(|b| report::seeds::against(&groups, b))).transpose().map_err(anyhow::Error::msg)?;
+        let ratios = ratios.as_deref();
+        return Ok(match format {
+            "text" => report::seeds::table(&groups, ratios).text(),
+            "markdown" => report::seeds::table(&groups, ratios).markdown(),
+            "json" => report::seeds::json(&groups, ratios),
+            _ => report::seeds::csv(&groups, ratios),
+        });
+    }
+    let Some(name) = baseline else {
+        return Ok(match format {
+            "text" => report::text(&rows),
+            "markdown" => report::markdown(&rows),
+            "json" => report::json(&rows),
+            _ => report::csv(&rows),
+        });
+    };
+    let matching: Vec<&report::Row> = rows.iter().filter(|r| r.job == name).collect();
+    let base = match matching.as_slice() {
+        [one] => *one,
+        [] => anyhow::bail!("--baseline {name:?}: no run of that job among the reports"),
+        _ => anyhow::bail!("--baseline {name:?}: {} runs of that job (seeds?): add --seeds to compare jobs over their seeds", matching.len()),
+    };
+    let ratios = report::against(&rows, base);
+    Ok(match format {
+        "text" => format!("{}\nagainst {name}:\n{}", report::text(&rows), report::ratios_table(&ratios).text()),
+        "markdown" => format!("{}\nAgainst `{name}`:\n\n{}", report::markdown(&rows), report::ratios_table(&ratios).markdown()),
+        "json" => serde_json::to_string_pretty(&serde_json::json!({"runs": rows, "vsBaseline": ratios}))? + "\n",
+        _ => report::csv_against(&rows, &ratios),
+    })
 }

@@ -7,6 +7,8 @@
 //! report` from TrainingJobs' statuses; both print them here. A value a run does not have is
 //! `None` and prints as `-` (empty in CSV), never as a made-up number.
 
+pub mod seeds;
+
 use serde::Serialize;
 
 use crate::planner::{ResolvedAttention, ResolvedModel};
@@ -33,6 +35,10 @@ pub struct Row {
     pub currency: String,
     pub gpu_hours_to_target: Option<f64>,
     pub tokens_to_target: Option<i64>,
+    /// Training FLOPs up to the evaluation that reached the target (a run report's; a
+    /// TrainingJob's status has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_to_target: Option<f64>,
     /// None when the run had no quality target.
     pub target_reached: Option<bool>,
     pub seed: Option<u64>,
@@ -97,13 +103,13 @@ pub struct Ratios {
 }
 
 /// `a / b`, when both are known and the ratio is a finite number.
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     let (a, b) = (a?, b?);
     let r = a / b;
     (b != 0.0 && r.is_finite()).then_some(r)
 }
 
-fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? - b?).filter(|d| d.is_finite())
 }
 
@@ -219,11 +225,11 @@ impl Table {
     }
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
     v.filter(|x| x.is_finite()).map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
-fn hours(h: f64) -> String {
+pub(crate) fn hours(h: f64) -> String {
     // none at all: a CPU job's pods hold no GPUs
     if h == 0.0 {
         "0".into()
@@ -329,7 +335,7 @@ const CSV_HEADER: [&str; 17] = [
     "config_hash",
 ];
 
-fn raw<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn raw<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |x| x.to_string())
 }
 
