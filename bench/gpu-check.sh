@@ -13,6 +13,9 @@
 #   6. peak GPU memory (nvidia-smi) against the planner's estimate
 #   7. 2 replicas × 2 pipeline stages of the same model (all four ranks on the one GPU; the
 #      replicas' ring through host memory): tokens/s against one rank, and the all-reduce's share
+#   8. the economics pair (examples/economics/, docs/benchmarks.md "The claim, measured") at a
+#      GPU-sized shape, one seed each, to a bits-per-byte target within 100 s each, printed as
+#      the same table as on the CPU (frugal-trainer report --seeds --baseline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-}
@@ -83,6 +86,18 @@ job gpt2-moe 60 bf16 "$GPT2" "$DENSE" "$MOE" 16 1
 job gpt2-dp2x2 30 bf16 "$GPT2" "$DENSE" "" 16 2 2 2
 for c in gpt2-bf16 gpt2-fp16 long-dense long-window gpt2-moe gpt2-dp2x2; do train $c; done
 
+# The economics pair: the CPU comparison's manifests, scaled to the GPU (8 layers, 512 wide,
+# 32 × 1,024 tokens a step; the recipe's experts as wide as the model). A run cut by the timeout
+# stops on SIGTERM and still writes its report, which says the target was not reached.
+econ() { # side
+  timeout -s TERM 100 "$BIN" train "examples/economics/$1.yaml" --json --device cuda --checkpoint-dir "$OUT/ck-econ-$1" \
+    --set model.custom.layers=8 --set model.custom.dModel=512 --set model.custom.heads=8 --set training.batchSize=32 \
+    --set training.optimizer.learningRate=0.001 --set training.duration.steps=3000 --set training.evalInterval=100 \
+    --set data.qualityTarget.value=1.9 --set resources.device=GPU $2 > "$OUT/econ-$1.jsonl" || true
+}
+econ baseline
+econ recipe "--set model.sparsity.moe.expertHidden=512"
+
 # PyTorch eager, same model/batch/precision (bf16 autocast-free: weights cast like the trainer).
 timeout 150 "$PY" bench/torch_reference.py --data "$DATA" --device cuda --dtype bf16 --steps 60 \
   --batch 16 --seq-len 1024 --layers 12 --d-model 768 --heads 12 --lr 6e-4 --warmup 10 --threads 16 \
@@ -114,3 +129,7 @@ print(f"2 replicas x 2 stages / 1 rank tokens/s (one GPU): {s('gpt2-dp2x2','toke
 if share:
     print(f"2 x 2 all-reduce share of a step: {100*sum(share)/len(share):.1f}%")
 PY
+
+echo
+echo "economics pair (one seed each, ${OUT}/ck-econ-*):"
+"$BIN" report --format markdown --seeds --baseline baseline "$OUT/ck-econ-baseline" "$OUT/ck-econ-recipe" || true

@@ -25,6 +25,19 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The YAML files of `dir` and of its subdirectories, each directory's sorted.
+pub fn yaml_files_deep(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = yaml_files(dir)?;
+    if dir.is_dir() {
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+        subs.sort();
+        for sub in subs {
+            files.extend(yaml_files_deep(&sub)?);
+        }
+    }
+    Ok(files)
+}
+
 /// Every non-empty document of a (multi-document) YAML file, as dynamic objects.
 pub fn read_objects(path: &Path) -> Result<Vec<DynamicObject>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -24,7 +24,7 @@ async fn crds_install_and_are_established() {
 async fn examples_are_accepted() {
     run("examples-accepted", |t: TestContext| async move {
         install_crds(&t.client).await?;
-        let files = manifests::yaml_files(&repo_root().join("examples"))?;
+        let files = manifests::yaml_files_deep(&repo_root().join("examples"))?;
         ensure!(!files.is_empty(), "examples/ holds no manifests");
         let dry_run = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
         let mut checked = 0;
