@@ -250,4 +250,7 @@ fn the_same_seed_and_configuration_give_the_same_report() {
     let e = compare::render(&rows, "text", false, Some(&a.job)).unwrap_err().to_string();
     assert!(e.contains("--seeds"), "{e}");
     assert!(compare::render(&rows, "yaml", false, None).unwrap_err().to_string().contains("--format"));
+    let one = [rows[0].clone()];
+    let json: serde_json::Value = serde_json::from_str(&compare::render(&one, "json", false, Some(&a.job)).unwrap()).unwrap();
+    assert_eq!(json[0]["vsBaseline"]["flops"], 1.0, "{json}");
 }

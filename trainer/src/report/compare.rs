@@ -156,7 +156,16 @@ pub fn render(rows: &[Row], format: &str, seeds: bool, baseline: Option<&str>) -
     Ok(match format {
         "text" => format!("{}\nagainst {name}:\n{}", report::text(&rows), report::ratios_table(&ratios).text()),
         "markdown" => format!("{}\nAgainst `{name}`:\n\n{}", report::markdown(&rows), report::ratios_table(&ratios).markdown()),
-        "json" => serde_json::to_string_pretty(&serde_json::json!({"runs": rows, "vsBaseline": ratios}))? + "\n",
+        // each row with its ratios under vsBaseline, as kubectl frugal report writes them
+        "json" => {
+            let mut out = vec![];
+            for (row, r) in rows.iter().zip(&ratios) {
+                let mut v = serde_json::to_value(row)?;
+                v["vsBaseline"] = serde_json::to_value(r)?;
+                out.push(v);
+            }
+            serde_json::to_string_pretty(&out)? + "\n"
+        }
         _ => report::csv_against(&rows, &ratios),
     })
 }
