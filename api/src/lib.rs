@@ -9,6 +9,7 @@ pub mod contract;
 pub mod finite;
 pub mod planner;
 pub mod report;
+pub mod schema;
 pub mod v1alpha1;
 
 pub use v1alpha1::{TrainingBudget, TrainingJob, TrainingJobSpec};

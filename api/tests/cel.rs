@@ -125,6 +125,9 @@ fn examples_pass_every_rule_and_plan() {
         let object = load(&path);
         validate(&object).unwrap_or_else(|e| panic!("{} is rejected: {e}", path.display()));
         if object["kind"] == "TrainingJob" {
+            // the bounds the API server checks before CEL (kube's validator evaluates only CEL)
+            let broken = frugal_api::schema::training_job_violations(&object);
+            assert!(broken.is_empty(), "{} breaks the schema:\n{}", path.display(), broken.join("\n"));
             let job: TrainingJob = serde_json::from_value(object).unwrap();
             let plan = planner::plan(&job.spec, &PlanOptions::default()).unwrap_or_else(|e| panic!("{} does not plan: {e}", path.display()));
             assert!(plan.fits(), "{}: {:?}", path.display(), plan.warnings);

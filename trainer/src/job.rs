@@ -3,7 +3,7 @@
 
 use crate::config::{DataConfig, DataSource, DistillConfig, DistillLoss, OptimConfig, OptimizerKind, RunConfig, Schedule, TrainConfig};
 use anyhow::{Context, Result};
-use frugal_api::contract::{TRAINER_CONFIG_VERSION, TrainerConfig};
+use frugal_api::contract::TrainerConfig;
 use frugal_api::planner::{self, Plan, PlanOptions};
 use frugal_api::v1alpha1::{self as api, TrainingJob, TrainingJobSpec};
 use std::path::{Path, PathBuf};
@@ -83,11 +83,18 @@ pub fn with_overrides(text: &str, overrides: &[String]) -> Result<String> {
 }
 
 pub fn parse(text: &str) -> Result<Job> {
-    let (name, spec) = if text.contains(TRAINER_CONFIG_VERSION) {
+    let object: serde_json::Value = serde_saphyr::from_str(text).context("not a TrainingJob manifest: the file is not YAML")?;
+    // a TrainerConfig has a version and no kind; its own reader names a version it does not read
+    let (name, spec) = if object.get("kind").is_none() && object.get("version").is_some() {
         let cfg = TrainerConfig::from_yaml(text)?;
         (cfg.job.name, cfg.spec)
     } else {
-        let job: TrainingJob = serde_saphyr::from_str(text).context("not a TrainingJob manifest")?;
+        // what the API server would refuse is refused here too, before anything trains
+        let broken = frugal_api::schema::training_job_violations(&object);
+        if !broken.is_empty() {
+            anyhow::bail!("the API server would refuse this TrainingJob:\n  {}", broken.join("\n  "));
+        }
+        let job: TrainingJob = serde_json::from_value(object).context("not a TrainingJob manifest")?;
         (job.metadata.name.clone().unwrap_or_else(|| "local".into()), job.spec)
     };
     let plan = planner::plan(&spec, &PlanOptions::default())?;

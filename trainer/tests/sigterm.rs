@@ -206,8 +206,15 @@ fn a_configuration_error_exits_78_and_names_the_field() {
     let (code, stderr, _) = run("eval", &eval);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("data.evalSets[0].path (lambada)"), "{stderr}");
+    // what the API server would refuse (a bound of the CRD's schema, a misspelt field) does not train
+    let bounds = JOB.replace("    checkpointInterval: 100000", "    checkpointInterval: 0\n    evalIntervall: 5");
+    let (code, stderr, stdout) = run("bounds", &bounds);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("spec.training.checkpointInterval: Invalid value: 0: should be greater than or equal to 1"), "{stderr}");
+    assert!(stderr.contains("spec.training.evalIntervall: unknown field"), "{stderr}");
+    assert!(!stdout.contains("\"event\":\"step\""), "nothing trains: {stdout}");
     let version = "version: frugal.dev/trainer-config/v0\njob: {name: x}\n";
-    let (code, stderr, _) = run("version", &format!("# frugal.dev/trainer-config/v1 is the version this trainer reads\n{version}"));
+    let (code, stderr, _) = run("version", &format!("# a contract version this trainer does not read\n{version}"));
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("trainer-config/v0"), "{stderr}");
     // an error that is not the job's (here: an unknown device) is an ordinary failure
