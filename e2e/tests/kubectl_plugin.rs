@@ -15,7 +15,8 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt as _};
 
-use frugal_api::v1alpha1::{EvalSet, EvalSetType, Phase};
+use frugal_api::report::seeds::EXPERIMENT_LABEL;
+use frugal_api::v1alpha1::{EvalSet, EvalSetType, Phase, QualityMetric, QualityTarget};
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_e2e::operator::Operator;
 use frugal_e2e::training_job::{apply, condition, cpu_job, fake_gpu_job, finish_pod, finished_within, job_where, phase, run_ending_pods};
@@ -116,6 +117,10 @@ async fn kubectl_frugal_plans_reports_and_shows_budgets() {
         // a CPU job the pod runner trains, evaluated on a cloze set at its end
         let mut cpu = cpu_job("cpu", 30, None, 1);
         cpu.spec.data.eval_sets = vec![EvalSet { name: "cloze".into(), type_: EvalSetType::Cloze, path: None, max_examples: Some(16) }];
+        // a target its evaluation reaches (a byte-level model starts near 8 bits per byte), so
+        // that the status carries the tokens to it; the seed of an experiment by its label
+        cpu.spec.data.quality_target = Some(QualityTarget { metric: QualityMetric::BitsPerByte, value: 20.0 });
+        cpu.metadata.labels = Some([(EXPERIMENT_LABEL.to_string(), "small".to_string())].into());
         apply(&ctx, &cpu).await?;
         // one fake-GPU job holds the budget's 4 GPUs, the next waits for them
         apply(&ctx, &gpu_job("first", 4, "team")).await?;
@@ -218,6 +223,23 @@ async fn kubectl_frugal_plans_reports_and_shows_budgets() {
         ensure!(csv.stdout.lines().count() == 1 + jobs.len() && csv.stdout.lines().next().unwrap_or_default().ends_with(",phase"), "{}", csv.stdout);
         let markdown = kubectl_frugal(&ctx, &["report", "-o", "markdown"]).await?;
         ensure!(markdown.stdout.starts_with("| job | phase | model |"), "{}", markdown.stdout);
+
+        // --seeds: one row per experiment, the FLOPs to the target from the trainer's tokens
+        let out = kubectl_frugal(&ctx, &["report", "--seeds", "-o", "json"]).await?;
+        ensure!(out.code == 0, "report --seeds exited {}: {}", out.code, out.stderr);
+        let groups: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        let names: Vec<&str> = groups.as_array().into_iter().flatten().filter_map(|g| g["job"].as_str()).collect();
+        ensure!(names.len() == 3 && names.contains(&"small") && !names.contains(&"cpu"), "the CPU job is reported as its experiment: {names:?}");
+        let small = groups.as_array().into_iter().flatten().find(|g| g["job"] == "small").context("the experiment small")?;
+        let s = cpu.status.as_ref().context("the CPU job's status")?;
+        let tokens = s.quality.as_ref().and_then(|q| q.tokens_to_target).context("the trainer set quality.tokensToTarget")?;
+        let trained = s.progress.as_ref().map_or(0, |p| p.tokens);
+        ensure!(tokens > 0 && tokens <= trained, "tokens to the target {tokens}, trained {trained}");
+        let flops = s.plan.as_ref().context("a plan")?.flops_per_token * tokens as f64;
+        ensure!(small["seeds"] == serde_json::json!([cpu.spec.training.seed]) && small["withTarget"] == 1 && small["reached"] == 1, "{small}");
+        ensure!(small["flopsToTarget"]["mean"].as_f64().is_some_and(|f| close(f, flops)), "FLOPs to target {} against {flops}", small["flopsToTarget"]);
+        let text = kubectl_frugal(&ctx, &["report", "--seeds", "--baseline", "small"]).await?;
+        ensure!(text.code == 0 && text.stdout.contains("FLOPs to target ÷ baseline"), "{}{}", text.stdout, text.stderr);
 
         // errors name what to fix
         let missing = kubectl_frugal(&ctx, &["report", "--baseline", "nope"]).await?;

@@ -52,9 +52,15 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// A TrainingJob to compare the others against (namespace/name with -A).
+        /// A TrainingJob to compare the others against (namespace/name with -A); with --seeds,
+        /// an experiment.
         #[arg(long)]
         baseline: Option<String>,
+        /// One row per experiment over its seeds: the jobs sharing the frugal.dev/experiment
+        /// label (a job without it is an experiment of its own), the mean with the seeds' range,
+        /// FLOPs and GPU-hours to the quality target.
+        #[arg(long)]
+        seeds: bool,
         #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Text)]
         output: ReportFormat,
     },
@@ -111,9 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if planned.refused { 1 } else { 0 })
         }
-        Command::Report { all_namespaces, baseline, output } => {
+        Command::Report { all_namespaces, baseline, seeds, output } => {
             let all = self::all_namespaces(all_namespaces, &target)?;
-            emit(&report::run(&target, all, baseline.as_deref(), output).await?);
+            emit(&report::run(&target, all, baseline.as_deref(), seeds, output).await?);
             Ok(0)
         }
         Command::Budget { all_namespaces, output } => {

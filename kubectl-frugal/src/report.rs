@@ -1,7 +1,8 @@
 //! `kubectl frugal report`: one row per TrainingJob, from what its status says (the plan, the
 //! trainer's quality and efficiency, the operator's bill), in the comparison table
 //! `frugal-trainer report` prints for run reports (`frugal_api::report`), plus the phase; with
-//! `--baseline`, every job against that one.
+//! `--baseline`, every job against that one; with `--seeds`, one row per experiment (the jobs
+//! labelled [`EXPERIMENT_LABEL`] alike, one per seed) over its seeds.
 
 use anyhow::{Result, bail};
 use kube::Api;
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use frugal_api::TrainingJob;
 use frugal_api::planner::ResolvedModel;
+use frugal_api::report::seeds::EXPERIMENT_LABEL;
 use frugal_api::report::{self, Row};
 
 use crate::ReportFormat;
@@ -49,7 +51,11 @@ pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
         cost: cost.map(|c| c.cost),
         currency: cost.map(|c| c.currency.clone()).or_else(|| plan.map(|p| p.currency.clone())).unwrap_or_else(|| "USD".into()),
         gpu_hours_to_target: cost.and_then(|c| c.gpu_hours_to_target),
-        tokens_to_target: None,
+        tokens_to_target: quality.and_then(|q| q.tokens_to_target),
+        flops_to_target: match (plan, quality.and_then(|q| q.tokens_to_target)) {
+            (Some(p), Some(tokens)) => Some(p.flops_per_token * tokens as f64),
+            _ => None,
+        },
         target_reached: spec.data.quality_target.as_ref().map(|_| quality.is_some_and(|q| q.target_reached_time.is_some())),
         seed: u64::try_from(spec.training.seed).ok(),
         config_hash: None,
@@ -57,6 +63,30 @@ pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
         ..Row::default()
     }
     .with_quality_extras(quality)
+}
+
+/// The job's row under its experiment's name (the [`EXPERIMENT_LABEL`], else its own name), so
+/// that the seeds of one experiment group together.
+pub fn seed_row(tj: &TrainingJob, qualified: bool) -> Row {
+    let mut r = row(tj, qualified);
+    if let Some(experiment) = tj.metadata.labels.as_ref().and_then(|l| l.get(EXPERIMENT_LABEL)) {
+        r.job = match (&tj.metadata.namespace, qualified) {
+            (Some(ns), true) => format!("{ns}/{experiment}"),
+            _ => experiment.clone(),
+        };
+    }
+    r
+}
+
+/// The report over seeds: one row per experiment, against the `baseline` experiment.
+pub fn render_seeds(rows: &[Row], baseline: Option<&str>, format: ReportFormat) -> Result<String> {
+    let format = match format {
+        ReportFormat::Text => "text",
+        ReportFormat::Markdown => "markdown",
+        ReportFormat::Json => "json",
+        ReportFormat::Csv => "csv",
+    };
+    report::seeds::render(rows, baseline, format).map_err(anyhow::Error::msg)
 }
 
 /// The baseline's row among `rows`, found by name (or namespace/name).
@@ -103,17 +133,21 @@ pub fn render(rows: &[Row], baseline: Option<&Row>, format: ReportFormat) -> Str
     }
 }
 
-pub async fn run(target: &Target, all: bool, baseline: Option<&str>, format: ReportFormat) -> Result<String> {
+pub async fn run(target: &Target, all: bool, baseline: Option<&str>, seeds: bool, format: ReportFormat) -> Result<String> {
     let cluster = cluster::connect(target).await?;
     let api: Api<TrainingJob> = if all { Api::all(cluster.client.clone()) } else { Api::namespaced(cluster.client.clone(), &cluster.namespace) };
     let scope = if all { "any namespace".to_string() } else { format!("namespace {:?}", cluster.namespace) };
     let jobs = api.list(&ListParams::default()).await.map_err(|e| cluster::explain(e, "listing TrainingJobs"))?;
-    let rows: Vec<Row> = jobs.items.iter().map(|tj| row(tj, all)).collect();
-    let baseline = baseline.map(|name| self::baseline(&rows, name, &scope)).transpose()?;
-    if rows.is_empty() && matches!(format, ReportFormat::Text | ReportFormat::Markdown) {
+    if jobs.items.is_empty() && baseline.is_none() && matches!(format, ReportFormat::Text | ReportFormat::Markdown) {
         eprintln!("No TrainingJobs in {scope}.");
         return Ok(String::new());
     }
+    if seeds {
+        let rows: Vec<Row> = jobs.items.iter().map(|tj| seed_row(tj, all)).collect();
+        return render_seeds(&rows, baseline, format);
+    }
+    let rows: Vec<Row> = jobs.items.iter().map(|tj| row(tj, all)).collect();
+    let baseline = baseline.map(|name| self::baseline(&rows, name, &scope)).transpose()?;
     Ok(render(&rows, baseline, format))
 }
 

@@ -6,6 +6,10 @@
 
 use serde::Serialize;
 
+/// The label that makes TrainingJobs the seeds of one experiment in a report over seeds
+/// (`kubectl frugal report --seeds`): the same value on each, and its own `spec.training.seed`.
+pub const EXPERIMENT_LABEL: &str = "frugal.dev/experiment";
+
 use super::{Row, Table, delta, hours, human, opt, ratio, raw};
 
 /// A value over the seeds: mean, lowest and highest.
@@ -248,6 +252,21 @@ pub fn csv(groups: &[SeedGroup], ratios: Option<&[GroupRatios]>) -> String {
         t.push(f);
     }
     t.csv()
+}
+
+/// The runs grouped by job over their seeds, against the `baseline` job's group when one is
+/// named, in `format` (text, markdown, json or csv).
+pub fn render(rows: &[Row], baseline: Option<&str>, format: &str) -> Result<String, String> {
+    let groups = groups(rows)?;
+    let ratios = baseline.map(|b| find(&groups, b).map(|b| against(&groups, b))).transpose()?;
+    let ratios = ratios.as_deref();
+    Ok(match format {
+        "text" => table(&groups, ratios).text(),
+        "markdown" => table(&groups, ratios).markdown(),
+        "json" => json(&groups, ratios),
+        "csv" => csv(&groups, ratios),
+        other => return Err(format!("format {other:?}: write text, markdown, json or csv")),
+    })
 }
 
 /// A group with its ratios against the baseline, for JSON.

@@ -257,6 +257,11 @@ pub struct QualityStatus {
     /// When an evaluation first reached spec.training.qualityTarget (kept across attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_reached_time: Option<Time>,
+    /// Training tokens up to the evaluation that first reached the quality target (kept across
+    /// attempts): with status.plan.flopsPerToken, the FLOPs the target took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tokens_to_target: Option<i64>,
     /// The quantized export (spec.export.quantize) of the final checkpoint, evaluated the same
     /// way, beside the unquantized figures and round-to-nearest.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,3 +111,49 @@ fn an_unknown_baseline_names_the_jobs_there_are() {
     let e = baseline(&[], "c", "any namespace").unwrap_err().to_string();
     assert!(e.contains("there are none") && e.ends_with("as namespace/name"), "{e}");
 }
+
+/// A seed of an experiment: a trained job labelled with the experiment, its own seed, and the
+/// tokens it took to reach the target.
+fn seed_of(experiment: &str, seed: i64, bits: f64, gpu_hours: f64, tokens_to_target: i64) -> TrainingJob {
+    let mut tj = trained(&format!("{experiment}-s{seed}"), 8.0, bits, 0.6, gpu_hours);
+    tj.metadata.labels = Some([(EXPERIMENT_LABEL.to_string(), experiment.to_string())].into());
+    tj.spec.training.seed = seed;
+    tj.status.as_mut().unwrap().quality.as_mut().unwrap().tokens_to_target = Some(tokens_to_target);
+    tj
+}
+
+#[test]
+fn seeds_group_by_experiment_with_flops_to_target_from_the_status() {
+    let jobs = [
+        seed_of("baseline", 1, 1.50, 2.0, 3200),
+        seed_of("baseline", 2, 1.52, 2.4, 3200),
+        seed_of("recipe", 1, 1.49, 1.2, 1600),
+        seed_of("recipe", 2, 1.51, 1.6, 2400),
+        trained("alone", 8.0, 1.6, 0.6, 1.0),
+    ];
+    let r = seed_row(&jobs[2], false);
+    assert_eq!((r.job.as_str(), r.seed, r.tokens_to_target), ("recipe", Some(1), Some(1600)));
+    assert_eq!(r.flops_to_target, Some(300000.0 * 1600.0), "the plan's FLOPs per token times the tokens to the target");
+    assert_eq!(seed_row(&jobs[2], true).job, "ml/recipe", "-A names the namespace");
+    assert_eq!(seed_row(&jobs[4], false).job, "alone", "a job without the label is an experiment of its own");
+
+    let rows: Vec<Row> = jobs.iter().map(|tj| seed_row(tj, false)).collect();
+    let json: serde_json::Value = serde_json::from_str(&render_seeds(&rows, Some("baseline"), ReportFormat::Json).unwrap()).unwrap();
+    let names: Vec<&str> = json.as_array().unwrap().iter().map(|g| g["job"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "recipe", "alone"]);
+    assert_eq!(json[1]["seeds"], serde_json::json!([1, 2]));
+    assert_eq!(json[1]["flopsToTarget"]["mean"], 300000.0 * 2000.0);
+    // GPU-hours to target are half the bill in trained(): recipe 0.7 against baseline 1.1
+    let ratio = json[1]["vsBaseline"]["gpuHoursToTarget"].as_f64().unwrap();
+    assert!((ratio - 0.7 / 1.1).abs() < 1e-12, "{ratio}");
+    assert_eq!(json[1]["vsBaseline"]["flopsToTarget"].as_f64().unwrap(), 2000.0 / 3200.0);
+    let text = render_seeds(&rows, Some("baseline"), ReportFormat::Text).unwrap();
+    assert!(text.lines().nth(2).unwrap().starts_with("recipe "), "{text}");
+    assert!(text.contains("2 of 2"), "{text}");
+
+    let e = render_seeds(&rows, Some("nope"), ReportFormat::Text).unwrap_err().to_string();
+    assert!(e.contains("baseline, recipe, alone"), "{e}");
+    // two jobs of one experiment with one seed are not two seeds
+    let twice = [seed_row(&seed_of("x", 1, 1.5, 1.0, 10), false), seed_row(&seed_of("x", 1, 1.5, 1.0, 10), false)];
+    assert!(render_seeds(&twice, None, ReportFormat::Text).unwrap_err().to_string().contains("seed 1"));
+}

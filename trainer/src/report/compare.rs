@@ -127,16 +127,7 @@ pub fn render(rows: &[Row], format: &str, seeds: bool, baseline: Option<&str>) -
         anyhow::bail!("--format {format:?}: write text, markdown, json or csv");
     }
     if seeds {
-        let groups = report::seeds::groups(&rows).map_err(anyhow::Error::msg)?;
-        let ratios =
-            baseline.map(|b| report::seeds::find(&groups, b).map(|b| report::seeds::against(&groups, b))).transpose().map_err(anyhow::Error::msg)?;
-        let ratios = ratios.as_deref();
-        return Ok(match format {
-            "text" => report::seeds::table(&groups, ratios).text(),
-            "markdown" => report::seeds::table(&groups, ratios).markdown(),
-            "json" => report::seeds::json(&groups, ratios),
-            _ => report::seeds::csv(&groups, ratios),
-        });
+        return report::seeds::render(&rows, baseline, format).map_err(anyhow::Error::msg);
     }
     let Some(name) = baseline else {
         return Ok(match format {

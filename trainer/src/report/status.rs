@@ -65,8 +65,9 @@ pub struct Fold {
     pub quality: Option<QualityStatus>,
     pub efficiency: Option<EfficiencyStatus>,
     pub checkpoint: Option<CheckpointStatus>,
-    /// When an evaluation first reached the quality target.
+    /// When an evaluation first reached the quality target, and the training tokens up to it.
     pub target_reached_time: Option<Time>,
+    pub tokens_to_target: Option<i64>,
     /// A distilled run's teacher against the student (the latest distillation event).
     pub distillation: Option<DistillationStatus>,
     /// The int8 export after training.
@@ -82,7 +83,11 @@ impl Fold {
     /// Continues an earlier attempt's report: a target it reached stays reached (a server-side
     /// apply that left the field out would remove it).
     pub fn resuming(earlier: Option<&QualityStatus>) -> Self {
-        Self { target_reached_time: earlier.and_then(|q| q.target_reached_time.clone()), ..Self::default() }
+        Self {
+            target_reached_time: earlier.and_then(|q| q.target_reached_time.clone()),
+            tokens_to_target: earlier.and_then(|q| q.tokens_to_target),
+            ..Self::default()
+        }
     }
 
     /// Takes one of the run's events.
@@ -118,6 +123,8 @@ impl Fold {
                 });
                 if self.target_reached_time.is_none() && eval.quality_target_reached {
                     self.target_reached_time = Some(now());
+                    // the step event of the evaluation's step comes before it
+                    self.tokens_to_target = self.progress.as_ref().filter(|p| p.step == eval.step).map(|p| p.tokens);
                 }
             }
             RunEvent::Checkpoint(c) => {
@@ -134,6 +141,7 @@ impl Fold {
     pub fn patch(&self) -> Value {
         let quality = self.quality.clone().map(|q| QualityStatus {
             target_reached_time: self.target_reached_time.clone(),
+            tokens_to_target: self.tokens_to_target,
             distillation: self.distillation.clone(),
             quantized: self.quantized.clone(),
             ..q
@@ -355,8 +363,10 @@ mod tests {
         let mut fold = Fold::default();
         fold.observe(&eval(100, 2.4, false));
         assert!(fold.patch()["status"]["quality"].get("targetReachedTime").is_none());
+        fold.observe(&step(200, 2.0));
         fold.observe(&eval(200, 1.9, true));
         let reached = fold.target_reached_time.clone().expect("reached");
+        assert_eq!(fold.tokens_to_target, Some(20_000), "the tokens of step 200, when it reached the target");
         // later events and patches keep the time of the evaluation that reached it
         fold.observe(&checkpoint(200));
         fold.observe(&eval(300, 1.8, true));
@@ -365,14 +375,17 @@ mod tests {
         // the patch is a TrainingJob status the API types read back
         let status: frugal_api::v1alpha1::TrainingJobStatus = serde_json::from_value(patch["status"].clone()).unwrap();
         // (to the second: that is what the API server keeps)
-        assert_eq!(status.quality.unwrap().target_reached_time.map(|t| t.0.as_second()), Some(reached.0.as_second()));
+        let quality = status.quality.unwrap();
+        assert_eq!(quality.target_reached_time.map(|t| t.0.as_second()), Some(reached.0.as_second()));
+        assert_eq!(quality.tokens_to_target, Some(20_000), "later evaluations keep the tokens of the first that reached it");
 
         // a later attempt carries an earlier attempt's time (server-side apply would drop a
         // field its manager leaves out) and does not replace it
-        let earlier = QualityStatus { step: 200, target_reached_time: Some(reached.clone()), ..Default::default() };
+        let earlier = QualityStatus { step: 200, target_reached_time: Some(reached.clone()), tokens_to_target: Some(20_000), ..Default::default() };
         let mut next = Fold::resuming(Some(&earlier));
+        next.observe(&step(400, 1.8));
         next.observe(&eval(400, 1.7, true));
-        assert_eq!(next.target_reached_time, Some(reached));
+        assert_eq!((next.target_reached_time, next.tokens_to_target), (Some(reached), Some(20_000)));
         let mut fresh = Fold::resuming(None);
         fresh.observe(&eval(1, 3.0, false));
         assert!(fresh.patch()["status"]["quality"].get("targetReachedTime").is_none());
