@@ -31,7 +31,8 @@ train() {
     echo "economics: $name seed $seed done already" >&2
     return
   fi
-  sed "s/^metadata: {name: .*}/metadata: {name: $name}/" "$manifest" > "$out/$name.yaml"
+  # the run's name is its job name in the reports
+  sed "/^metadata:/,/^spec:/ s/^  name: .*/  name: $name/" "$manifest" > "$out/$name.yaml"
   rm -rf "$dir"
   mkdir -p "$dir"
   local t0=$SECONDS
