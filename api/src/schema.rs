@@ -25,7 +25,7 @@ pub fn training_job_violations(object: &Value) -> Vec<String> {
 }
 
 /// The lines where `value` at `path` breaks `schema`, appended to `out`.
-pub fn violations(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+fn violations(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
     if value.is_null() {
         // an explicit null is "unset" to the API server when the field allows it
         if schema["nullable"] != true {

@@ -19,11 +19,7 @@ use crate::cluster::{self, Target};
 
 /// The job's row. `qualified` names it `namespace/name` (for a report over every namespace).
 pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
-    let name = tj.metadata.name.clone().unwrap_or_default();
-    let job = match (&tj.metadata.namespace, qualified) {
-        (Some(ns), true) => format!("{ns}/{name}"),
-        _ => name,
-    };
+    let job = in_scope(tj, tj.metadata.name.as_deref().unwrap_or_default(), qualified);
     let spec = &tj.spec;
     let status = tj.status.as_ref();
     let plan = status.and_then(|s| s.plan.as_ref());
@@ -70,12 +66,18 @@ pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
 pub fn seed_row(tj: &TrainingJob, qualified: bool) -> Row {
     let mut r = row(tj, qualified);
     if let Some(experiment) = tj.metadata.labels.as_ref().and_then(|l| l.get(EXPERIMENT_LABEL)) {
-        r.job = match (&tj.metadata.namespace, qualified) {
-            (Some(ns), true) => format!("{ns}/{experiment}"),
-            _ => experiment.clone(),
-        };
+        r.job = in_scope(tj, experiment, qualified);
     }
     r
+}
+
+/// `name` as a report names it: `namespace/name` when `qualified` (a report over every
+/// namespace).
+fn in_scope(tj: &TrainingJob, name: &str, qualified: bool) -> String {
+    match (&tj.metadata.namespace, qualified) {
+        (Some(ns), true) => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
 }
 
 /// The report over seeds: one row per experiment, against the `baseline` experiment.

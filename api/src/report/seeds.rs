@@ -6,11 +6,11 @@
 
 use serde::Serialize;
 
+use super::{Row, Table, delta, hours, human, opt, ratio, raw};
+
 /// The label that makes TrainingJobs the seeds of one experiment in a report over seeds
 /// (`kubectl frugal report --seeds`): the same value on each, and its own `spec.training.seed`.
 pub const EXPERIMENT_LABEL: &str = "frugal.dev/experiment";
-
-use super::{Row, Table, delta, hours, human, opt, ratio, raw};
 
 /// A value over the seeds: mean, lowest and highest.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
