@@ -43,7 +43,8 @@ spawn() {
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND until it succeeds; fails with the component
-# logs when a started process has died or time runs out.
+# logs when a started process has died or time runs out, and says which in UP_DETAIL (up names
+# it last when it fails).
 wait_for() {
   local what=$1 limit=$2
   shift 2
@@ -52,12 +53,14 @@ wait_for() {
     local name pid
     while read -r name pid; do
       if ! kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) exited while waiting for $what"
+        UP_DETAIL="$name (pid $pid) exited while waiting for $what"
+        log "$UP_DETAIL"
         return 1
       fi
     done <"$STATE/pids"
     if ((SECONDS >= deadline)); then
-      log "timed out after ${limit}s waiting for $what"
+      UP_DETAIL="timed out after ${limit}s waiting for $what"
+      log "$UP_DETAIL"
       return 1
     fi
     sleep 0.5
