@@ -59,12 +59,12 @@ stop() {
   rm -rf "$runner_dir" "${TMPDIR:-/tmp}/frugal-e2e-volumes"
 }
 trap stop EXIT
-up() { "$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1; }
+cluster_up() { "$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1; }
 # A failed start has cleaned up after itself and named its cause last; a second try tells a
 # passing hiccup (a slow component, a refused image import) from a cluster that cannot start.
-kubeconfig=$(up) || {
+kubeconfig=$(cluster_up) || {
   echo "e2e: the cluster did not come up (its cause is above); trying once more" >&2
-  kubeconfig=$(up)
+  kubeconfig=$(cluster_up)
 }
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
 rm -f "$runner_dir/images.tar"
