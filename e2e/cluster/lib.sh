@@ -22,6 +22,13 @@ if real_node_wanted; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
+# failed WHY...: logs why a step of up failed and keeps it in UP_DETAIL, which up names again
+# last when it fails.
+failed() {
+  UP_DETAIL=$*
+  log "$UP_DETAIL"
+}
+
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig="$STATE/kubeconfig" "$@"; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -43,8 +50,7 @@ spawn() {
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND until it succeeds; fails with the component
-# logs when a started process has died or time runs out, and says which in UP_DETAIL (up names
-# it last when it fails).
+# logs when a started process has died or time runs out, and says which (failed).
 wait_for() {
   local what=$1 limit=$2
   shift 2
@@ -53,14 +59,12 @@ wait_for() {
     local name pid
     while read -r name pid; do
       if ! kill -0 "$pid" 2>/dev/null; then
-        UP_DETAIL="$name (pid $pid) exited while waiting for $what"
-        log "$UP_DETAIL"
+        failed "$name (pid $pid) exited while waiting for $what"
         return 1
       fi
     done <"$STATE/pids"
     if ((SECONDS >= deadline)); then
-      UP_DETAIL="timed out after ${limit}s waiting for $what"
-      log "$UP_DETAIL"
+      failed "timed out after ${limit}s waiting for $what"
       return 1
     fi
     sleep 0.5

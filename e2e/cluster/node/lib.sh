@@ -172,22 +172,16 @@ node_import_images() {
   local tar
   node_pause_archive "$NODE_DIR/pause.tar"
   for tar in "$NODE_DIR/pause.tar" ${FRUGAL_NODE_IMAGES:-}; do
-    [[ -s $tar ]] || { log "no image archive $tar"; return 1; }
-    # once more after a failure; what ctr said is kept for up's closing summary (UP_DETAIL)
-    local try out
-    for try in 1 2; do
-      if out=$(ctr images import "$tar" 2>&1); then
-        printf '%s\n' "$out" >&2
-        break
-      fi
-      UP_DETAIL="ctr images import $tar (try $try): $(tail -n 5 <<<"$out" | tr '\n' ' ')"
-      log "$UP_DETAIL"
-      ((try < 2)) || return 1
-      sleep 2
-    done
+    [[ -s $tar ]] || { failed "no image archive $tar"; return 1; }
+    local out
+    out=$(ctr images import "$tar" 2>&1) || {
+      failed "ctr images import $tar: $(tail -n 5 <<<"$out" | tr '\n' ' ')"
+      return 1
+    }
+    printf '%s\n' "$out" >&2
   done
   ctr images ls -q | grep -qx "$PAUSE_IMAGE" || {
-    log "containerd did not import $PAUSE_IMAGE"
+    failed "containerd did not import $PAUSE_IMAGE"
     return 1
   }
 }
