@@ -43,9 +43,11 @@ pub mod reasons {
     pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     /// The API server refused a child (the attempt's Job, say) as invalid.
     pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";
+    /// An object of a child's name exists that the job did not make; it is left alone.
+    pub const NAME_TAKEN: &str = "NameTaken";
     /// The reasons of permanent errors: the spec cannot work as it is, and the job waits for it
     /// to change (see `Error::permanent_reason`).
-    pub const PERMANENT: [&str; 8] = [
+    pub const PERMANENT: [&str; 9] = [
         INVALID_SPEC,
         PLAN_FAILED,
         GPU_LIMIT_EXCEEDED,
@@ -54,6 +56,7 @@ pub mod reasons {
         BUDGET_TOO_SMALL,
         BUDGET_NOT_ALLOWED,
         REJECTED_BY_API_SERVER,
+        NAME_TAKEN,
     ];
     // the watchdog
     pub const STALLED: &str = "Stalled";

@@ -10,6 +10,7 @@ mod crd;
 mod manager;
 mod metrics;
 mod names;
+mod pods;
 mod run;
 mod settings;
 mod synced;

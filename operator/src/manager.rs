@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -38,6 +38,8 @@ fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
     tj.metadata.labels.hash(&mut h);
     tj.metadata.annotations.hash(&mut h);
     tj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    // the finalizer's add and a removal by anyone else
+    tj.metadata.finalizers.hash(&mut h);
     Some(h.finish())
 }
 
@@ -128,13 +130,12 @@ pub async fn run(
         let (reader, writer) = reflector::store();
         (reader, reflector::reflector(writer, watcher(api, selector.clone())).default_backoff().touched_objects())
     }
-    let (secret_store, secrets) = seen_stream::<Secret>(scope.api(&client), &children);
     let (config_store, configs) = seen_stream::<ConfigMap>(scope.api(&client), &children);
     let (service_store, services) = seen_stream::<Service>(scope.api(&client), &children);
     let (account_store, accounts) = seen_stream::<ServiceAccount>(scope.api(&client), &children);
     let (role_store, roles) = seen_stream::<Role>(scope.api(&client), &children);
     let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
-    let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store, secret_store);
+    let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store);
 
     // the budgets' cache: which budget is its namespace's default, for every pass of a job
     let (budget_reader, budget_writer) = reflector::store();
@@ -193,7 +194,6 @@ pub async fn run(
     let controller = Controller::for_stream(tj_stream, tj_reader.clone())
         .with_config(ControllerConfig::default().concurrency(16))
         .owns_stream(job_stream)
-        .owns_stream(secrets)
         .owns_stream(configs)
         .owns_stream(services)
         .owns_stream(accounts)
@@ -216,7 +216,13 @@ pub async fn run(
         .run(
             training_budget::reconcile,
             training_budget::error_policy,
-            Arc::new(training_budget::Context::new(client.clone(), tj_reader.clone(), tjs_synced.clone(), budget_reader.clone())),
+            Arc::new(training_budget::Context::new(
+                client.clone(),
+                tj_reader.clone(),
+                pod_reader.clone(),
+                [tjs_synced.clone(), pods_synced.clone()],
+                budget_reader.clone(),
+            )),
         )
         .for_each(|result| async move {
             if let Err(e) = result {

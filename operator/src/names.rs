@@ -13,6 +13,13 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "frugal-operator";
 /// The TrainingJob a child belongs to.
 pub const JOB_LABEL: &str = "frugal.dev/training-job";
+/// The uid of the TrainingJob an attempt's Job and pods belong to: a job deleted and made again
+/// under the same name is another job, and pods that outlive their Job (orphaned) still say whose
+/// they are.
+pub const JOB_UID_LABEL: &str = "frugal.dev/training-job-uid";
+/// The finalizer on every TrainingJob: its deletion waits until its pods are gone, billed and
+/// released from its budget.
+pub const FINALIZER: &str = "frugal.dev/stop-and-bill";
 /// The attempt an attempt's Job and pods belong to.
 pub const ATTEMPT_LABEL: &str = "frugal.dev/attempt";
 /// Which part of the job a child is.
@@ -65,10 +72,11 @@ impl Names {
         ])
     }
 
-    /// Labels of an attempt's Job and its pods.
-    pub fn attempt_labels(&self, attempt: i32) -> BTreeMap<String, String> {
+    /// Labels of an attempt's Job and its pods; `uid` is the TrainingJob's.
+    pub fn attempt_labels(&self, attempt: i32, uid: &str) -> BTreeMap<String, String> {
         let mut labels = self.labels("trainer");
         labels.insert(ATTEMPT_LABEL.into(), attempt.to_string());
+        labels.insert(JOB_UID_LABEL.into(), uid.to_string());
         labels
     }
 
@@ -90,8 +98,9 @@ mod tests {
         assert_eq!(n.secret(), "lm-token");
         assert_eq!(n.trainer_identity(), "lm-trainer");
         assert_eq!(n.attempt_job(3), "lm-a3");
-        assert_eq!(n.attempt_labels(3)[ATTEMPT_LABEL], "3");
-        assert_eq!(n.attempt_labels(3)[JOB_LABEL], "lm");
+        assert_eq!(n.attempt_labels(3, "u-1")[ATTEMPT_LABEL], "3");
+        assert_eq!(n.attempt_labels(3, "u-1")[JOB_LABEL], "lm");
+        assert_eq!(n.attempt_labels(3, "u-1")[JOB_UID_LABEL], "u-1");
         assert_eq!(Names::managed_selector(), "app.kubernetes.io/managed-by=frugal-operator");
     }
 

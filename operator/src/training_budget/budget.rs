@@ -138,8 +138,9 @@ fn write_if_changed(budget: &TrainingBudget, status: TrainingBudgetStatus) -> Ve
 pub fn settle(budget: &TrainingBudget, job: &Claim, demand: Demand, now: &Time) -> Verdict {
     let spec = &budget.spec;
     let mut status = this_period(budget, now);
-    // an entry of the same name with another uid is a deleted job's: names are unique
-    status.jobs.retain(|h| h.name != job.name || h.uid == job.uid);
+    // An entry of the same name with another uid is a deleted job's. It stays until the
+    // budget's own pass finds that job's pods gone ([`refresh`]): a job made again under the
+    // same name must not take GPUs the old one's pods still hold.
     let held = status.jobs.iter().position(|h| h.uid == job.uid);
     match (demand, held) {
         (Demand::Release, None) => {}
@@ -198,25 +199,30 @@ pub struct Holder {
 
 /// The budget's own pass: counts what holders spent, releases the entries of jobs that are gone
 /// (or finished, or name another budget), starts a new period when one is due, and sets the
-/// Exhausted condition. `job` finds a holder's TrainingJob by name.
-pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, now: &Time) -> Verdict {
+/// Exhausted condition. `job` finds a holder's TrainingJob by name; `pods_hold` says whether
+/// pods the operator made for an entry's job (by its uid) still run. GPUs are held by pods, not
+/// by TrainingJobs: an entry whose job is gone or says it finished stays while its pods run
+/// (deleted with its finalizer removed by hand, its pods orphaned, or its status forged).
+pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, pods_hold: impl Fn(&BudgetHolder) -> bool, now: &Time) -> Verdict {
     let mut status = this_period(budget, now);
     let mut i = 0;
     while i < status.jobs.len() {
         let found = job(&status.jobs[i].name).filter(|h| h.uid == status.jobs[i].uid);
+        let held_by_pods = pods_hold(&status.jobs[i]);
         match found {
             Some(h) => {
                 count(&mut status, i, h.gpu_hours, h.cost);
-                if h.finished || !h.names_budget {
+                if (h.finished && !held_by_pods) || !h.names_budget {
                     status.jobs.remove(i);
                     continue;
                 }
             }
             // deleted: what it reported after it was last counted is not known any more
-            None => {
+            None if !held_by_pods => {
                 status.jobs.remove(i);
                 continue;
             }
+            None => {}
         }
         i += 1;
     }

@@ -16,8 +16,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
-use frugal_api::v1alpha1::Phase;
+use frugal_api::v1alpha1::{BudgetHolder, Phase};
 use frugal_api::{TrainingBudget, TrainingJob};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::synced::Synced;
 use budget::{Holder, Verdict};
@@ -41,17 +42,19 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub training_jobs: Store<TrainingJob>,
+    /// The operator's pods: an entry stays while its job's pods hold GPUs.
+    pub pods: Store<Pod>,
     /// The budgets, for which is its namespace's default.
     pub budgets: Store<TrainingBudget>,
-    /// Whether `training_jobs` holds its first full list.
-    pub synced: Synced,
+    /// Whether `training_jobs` and `pods` hold their first full lists.
+    pub synced: [Synced; 2],
     /// When each budget's status (by uid) was last written by its controller.
     pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
-    pub fn new(client: Client, training_jobs: Store<TrainingJob>, synced: Synced, budgets: Store<TrainingBudget>) -> Self {
-        Self { client, training_jobs, budgets, synced, written: Default::default() }
+    pub fn new(client: Client, training_jobs: Store<TrainingJob>, pods: Store<Pod>, synced: [Synced; 2], budgets: Store<TrainingBudget>) -> Self {
+        Self { client, training_jobs, pods, budgets, synced, written: Default::default() }
     }
 }
 
@@ -60,6 +63,9 @@ impl Context {
 /// cost a write. Anything else that changes (a job added or gone, GPUs held, the Exhausted
 /// condition, a new period) is written at once.
 pub const SPENDING_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How soon a budget holding GPUs only for the pods of a job that is gone looks again.
+const PODS_GONE_CHECK: Duration = Duration::from_secs(5);
 
 /// The default budget of `namespace`: the oldest of its budgets with spec.namespaceDefault (by
 /// creation time, then name).
@@ -117,13 +123,23 @@ fn holder(tj: &TrainingJob, budget: &str, budgets: &Store<TrainingBudget>) -> Ho
 /// One pass of a TrainingBudget: [`budget::refresh`] against the cached TrainingJobs, one
 /// status write if anything changed, and a wake-up when the next period begins.
 pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // an entry whose job is missing from a cache still filling would be released by mistake
-    ctx.synced.wait().await.map_err(|_| Error::CacheClosed)?;
+    // an entry whose job or pods are missing from a cache still filling would be released by mistake
+    for cache in &ctx.synced {
+        cache.wait().await.map_err(|_| Error::CacheClosed)?;
+    }
     let namespace = b.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = b.name_any();
     let now = now();
     let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name, &ctx.budgets));
-    if let Verdict::Write(status) = budget::refresh(&b, find, &now) {
+    let pods_hold = |h: &BudgetHolder| !crate::pods::live_pods_of(&ctx.pods, &namespace, &h.name, &h.uid).is_empty();
+    // an entry kept only by its pods (its job is gone or says it finished) is looked at again
+    // soon: nothing else wakes this budget when those pods end
+    let held_only_by_pods = b.status.iter().flat_map(|s| &s.jobs).any(|h| {
+        let job = ctx.training_jobs.get(&ObjectRef::new(&h.name).within(&namespace));
+        let gone = job.as_ref().is_none_or(|tj| tj.uid().as_deref() != Some(h.uid.as_str()) || finished(tj));
+        gone && pods_hold(h)
+    });
+    if let Verdict::Write(status) = budget::refresh(&b, find, pods_hold, &now) {
         let uid = b.uid().unwrap_or_default();
         let since = ctx.written.lock().unwrap().get(&uid).map(|t| t.elapsed());
         if budget::only_spending_changed(&b.status.clone().unwrap_or_default(), &status)
@@ -138,7 +154,8 @@ pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Acti
         ctx.written.lock().unwrap().insert(uid, std::time::Instant::now());
     }
     let created = b.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone());
-    Ok(Action::requeue(budget::until_next_period(&created, b.spec.period, &now)))
+    let next_period = budget::until_next_period(&created, b.spec.period, &now);
+    Ok(Action::requeue(if held_only_by_pods { next_period.min(PODS_GONE_CHECK) } else { next_period }))
 }
 
 pub fn error_policy(b: Arc<TrainingBudget>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -43,7 +43,6 @@ pub struct Seen {
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
     /// `<namespace>/<job>/<kind>/<name>` → (digest of the applied body, resourceVersion after it).
     applied: Arc<Mutex<BTreeMap<String, (u64, String)>>>,
 }
@@ -55,9 +54,8 @@ impl Seen {
         role_bindings: Store<PartialObjectMeta<RoleBinding>>,
         services: Store<PartialObjectMeta<Service>>,
         config_maps: Store<PartialObjectMeta<ConfigMap>>,
-        secrets: Store<PartialObjectMeta<Secret>>,
     ) -> Self {
-        Self { service_accounts, roles, role_bindings, services, config_maps, secrets, applied: Arc::default() }
+        Self { service_accounts, roles, role_bindings, services, config_maps, applied: Arc::default() }
     }
 
     /// Forgets what was applied for a job (it is being deleted).
@@ -89,19 +87,63 @@ pub(crate) fn up_to_date(last: Option<&(u64, String)>, watched_version: Option<&
     matches!((last, watched_version), (Some((d, v)), Some(w)) if *d == digest && v == w)
 }
 
-/// Applies one child unless it is up to date; true when it sent the apply.
-async fn apply_one<K>(client: &Client, names: &Names, object: &K, store: &Store<PartialObjectMeta<K>>, seen: &Seen) -> Result<bool, kube::Error>
+/// Why a child could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// An object of a child's name exists that this TrainingJob did not make.
+    #[error(
+        "{kind} {name} already exists and was not made for this TrainingJob (it is not its controller owner): the operator never changes or deletes an object it did not create. Delete or rename that {kind}, or give the TrainingJob another name"
+    )]
+    NameTaken { kind: &'static str, name: String },
+}
+
+/// Whether this TrainingJob (uid `uid`) is the controller owner of the object of `meta`.
+pub fn controlled_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Applies one child unless it is up to date; true when it sent the apply. A child that does
+/// not exist yet is created (never applied over an object that appeared meanwhile), and one that
+/// exists is changed only if this job controls it.
+async fn apply_one<K>(
+    client: &Client,
+    names: &Names,
+    uid: &str,
+    object: &K,
+    store: &Store<PartialObjectMeta<K>>,
+    seen: &Seen,
+) -> Result<bool, ApplyError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
     let (namespace, name) = (&names.namespace, object.name_any());
     let (value, digest) = applied_body(object);
     let key = format!("{namespace}/{}/{}/{name}", names.job, K::kind(&()));
-    let watched = store.get(&ObjectRef::new(&name).within(namespace)).and_then(|m| m.resource_version());
-    if up_to_date(seen.applied.lock().unwrap().get(&key), watched.as_deref(), digest) {
+    let watched = store.get(&ObjectRef::new(&name).within(namespace));
+    if up_to_date(seen.applied.lock().unwrap().get(&key), watched.as_ref().and_then(|m| m.resource_version()).as_deref(), digest) {
         return Ok(false);
     }
     let api: Api<K> = ssa(client, namespace);
+    let taken = || ApplyError::NameTaken { kind: kind_name::<K>(), name: name.clone() };
+    let controlled = match &watched {
+        Some(m) => controlled_by(&m.metadata, uid),
+        None => match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, object).await {
+            Ok(created) => {
+                if let Some(version) = created.resource_version() {
+                    seen.applied.lock().unwrap().insert(key, (digest, version));
+                }
+                return Ok(true);
+            }
+            // there already: the cache has not caught up with an earlier pass, or someone else's
+            Err(kube::Error::Api(s)) if s.code == 409 => api.get_metadata_opt(&name).await?.is_some_and(|m| controlled_by(&m.metadata, uid)),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if !controlled {
+        return Err(taken());
+    }
     let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await?;
     if let Some(version) = applied.resource_version() {
         seen.applied.lock().unwrap().insert(key, (digest, version));
@@ -109,33 +151,57 @@ where
     Ok(true)
 }
 
+/// The kind's name, for messages.
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "Service" => "Service",
+        "ConfigMap" => "ConfigMap",
+        "Secret" => "Secret",
+        "NetworkPolicy" => "NetworkPolicy",
+        _ => "object",
+    }
+}
+
 /// Server-side applies the children that follow the spec and are not already as applied;
 /// returns how many it sent.
-pub async fn apply_children(client: &Client, names: &Names, c: &Children, seen: &Seen) -> Result<usize, kube::Error> {
+pub async fn apply_children(client: &Client, names: &Names, uid: &str, c: &Children, seen: &Seen) -> Result<usize, ApplyError> {
     let sent = [
-        apply_one(client, names, &c.service_account, &seen.service_accounts, seen).await?,
-        apply_one(client, names, &c.role, &seen.roles, seen).await?,
-        apply_one(client, names, &c.role_binding, &seen.role_bindings, seen).await?,
-        apply_one(client, names, &c.service, &seen.services, seen).await?,
-        apply_one(client, names, &c.config_map, &seen.config_maps, seen).await?,
+        apply_one(client, names, uid, &c.service_account, &seen.service_accounts, seen).await?,
+        apply_one(client, names, uid, &c.role, &seen.roles, seen).await?,
+        apply_one(client, names, uid, &c.role_binding, &seen.role_bindings, seen).await?,
+        apply_one(client, names, uid, &c.service, &seen.services, seen).await?,
+        apply_one(client, names, uid, &c.config_map, &seen.config_maps, seen).await?,
     ];
     Ok(sent.into_iter().filter(|s| *s).count())
 }
 
-/// Creates the token Secret unless it exists: the token is never rotated while the job lives.
-/// One the watch has seen needs no request at all.
-pub async fn ensure_secret(client: &Client, job: &PlannedJob, seen: &Seen) -> Result<(), kube::Error> {
+/// Creates the token Secret unless this job has one: the token is never rotated while the job
+/// lives. Secrets are neither listed nor watched (the operator's identity may not): a Secret of
+/// its name is read once, by name, and taken only if this job made it.
+pub async fn ensure_secret(client: &Client, job: &PlannedJob, seen: &Seen) -> Result<(), ApplyError> {
     let namespace = &job.valid.names.namespace;
     let name = job.valid.names.secret();
-    if seen.secrets.get(&ObjectRef::new(&name).within(namespace)).is_some() {
+    let key = format!("{namespace}/{}/Secret/{name}", job.valid.names.job);
+    if seen.applied.lock().unwrap().contains_key(&key) {
         return Ok(());
     }
     let api: Api<Secret> = ssa(client, namespace);
-    if api.get_metadata_opt(&name).await?.is_some() {
-        return Ok(());
+    let existing = match api.get_metadata_opt(&name).await? {
+        Some(m) => m.metadata,
+        None => {
+            let secret = build_secret(&job.valid, &new_token());
+            create_once(&api, &secret).await?;
+            api.get_metadata_opt(&name).await?.map(|m| m.metadata).unwrap_or_default()
+        }
+    };
+    if !controlled_by(&existing, &job.valid.uid) {
+        return Err(ApplyError::NameTaken { kind: "Secret", name });
     }
-    let secret = build_secret(&job.valid, &new_token());
-    create_once(&api, &secret).await
+    seen.applied.lock().unwrap().insert(key, (0, existing.resource_version.unwrap_or_default()));
+    Ok(())
 }
 
 async fn create_once<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
@@ -192,23 +258,6 @@ async fn stop(jobs: &Api<Job>, name: &str, reason: StopReason) -> Result<(), kub
     Ok(())
 }
 
-/// Deletes every child of a finished job (its ttlSecondsAfterFinished passed); the TrainingJob
-/// stays. `attempt_jobs` are the attempt Jobs the job has.
-pub async fn delete_children(client: &Client, names: &Names, attempt_jobs: &[String]) -> Result<(), kube::Error> {
-    let ns = &names.namespace;
-    let jobs: Api<Job> = ssa(client, ns);
-    for name in attempt_jobs {
-        delete_opt(&jobs, name).await?;
-    }
-    delete_opt(&ssa::<Service>(client, ns), &names.service()).await?;
-    delete_opt(&ssa::<ConfigMap>(client, ns), &names.config_map()).await?;
-    delete_opt(&ssa::<Secret>(client, ns), &names.secret()).await?;
-    delete_opt(&ssa::<RoleBinding>(client, ns), &names.trainer_identity()).await?;
-    delete_opt(&ssa::<Role>(client, ns), &names.trainer_identity()).await?;
-    delete_opt(&ssa::<ServiceAccount>(client, ns), &names.trainer_identity()).await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod seen_tests {
     use super::*;
@@ -243,9 +292,8 @@ mod seen_tests {
 
     #[test]
     fn forgetting_a_job_drops_only_its_entries() {
-        let (s0, s1, s2, s3, s4, s5) =
-            (reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0);
-        let seen = Seen::new(s0, s1, s2, s3, s4, s5);
+        let (s0, s1, s2, s3, s4) = (reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0);
+        let seen = Seen::new(s0, s1, s2, s3, s4);
         for key in ["ns/lm/ConfigMap/lm-config", "ns/lm/Service/lm", "ns/lm2/Service/lm2", "other/lm/Service/lm"] {
             seen.applied.lock().unwrap().insert(key.into(), (1, "1".into()));
         }

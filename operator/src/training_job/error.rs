@@ -22,6 +22,27 @@ pub enum Error {
     Rejected(String),
     #[error("the operator's caches closed: it is stopping")]
     CacheClosed,
+    /// A child's name is held by an object this job did not make.
+    #[error("{0}")]
+    NameTaken(String),
+    /// A deleted job's pods still run: its finalizer stays until they are gone.
+    #[error("deleted; waiting for {pods} pod(s) to stop before releasing its budget")]
+    Stopping { pods: usize },
+    /// The finalizer could not be read or written.
+    #[error("the finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// The finalizer helper's error, by layer: a pass's own error stays itself.
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Self::Kube(e),
+            other => Self::Finalizer(other.to_string()),
+        }
+    }
 }
 
 /// A budget too small for the job is an admission error like the job's own limits.
@@ -44,6 +65,9 @@ impl Error {
             Self::Kube(_) => "kubernetes",
             Self::Rejected(_) => "rejected",
             Self::CacheClosed => "stopping",
+            Self::Stopping { .. } => "deleting",
+            Self::NameTaken(_) => "name-taken",
+            Self::Finalizer(_) => "finalizer",
         }
     }
 
@@ -54,7 +78,8 @@ impl Error {
             Self::Plan(e) => Some(e.reason()),
             Self::Admit(e) => e.permanent_reason(),
             Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
-            Self::Kube(_) | Self::CacheClosed => None,
+            Self::NameTaken(_) => Some(crate::conditions::reasons::NAME_TAKEN),
+            Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) => None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admit;
 pub mod apply;
 pub mod bill;
 pub mod build;
+pub mod cleanup;
 pub mod error;
 pub mod lifecycle;
 pub mod observe;
@@ -23,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -33,7 +35,7 @@ use frugal_api::{TrainingBudget, TrainingJob};
 
 use crate::conditions::reasons;
 use crate::metrics::{Backoff, CategoryLabels, Metrics, ResultLabels};
-use crate::names::Names;
+use crate::names::{FINALIZER, Names};
 use crate::settings::Settings;
 use crate::training_budget::budget::Demand;
 use crate::training_budget::ledger::{self, Admission};
@@ -64,6 +66,9 @@ pub struct Context {
     pub gpu_products: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
 }
 
+/// How often a job whose child's name another object holds looks again.
+const NAME_TAKEN_RECHECK: Duration = Duration::from_secs(30);
+
 fn now() -> Time {
     Time(Timestamp::now())
 }
@@ -74,16 +79,24 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
     let span = info_span!("reconcile", job = %key);
     let started = Instant::now();
     let result = async {
-        if tj.meta().deletion_timestamp.is_some() {
-            // children go with it through their owner references
-            return Ok(Action::await_change());
-        }
         for cache in &ctx.synced {
             cache.wait().await.map_err(|_| Error::CacheClosed)?;
         }
-        let prev = tj.status.clone().unwrap_or_default();
-        let outcome = run_stages(&tj, &ctx, &prev).await;
-        finish(&tj, &ctx, &prev, outcome).await
+        // Deleting a job stops it first: its finalizer is removed only once its pods are gone,
+        // billed and released from its budget (`cleanup`), however it was deleted.
+        let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
+        finalizer(&api, FINALIZER, tj, |event| async {
+            match event {
+                FinalizerEvent::Apply(tj) => {
+                    let prev = tj.status.clone().unwrap_or_default();
+                    let outcome = run_stages(&tj, &ctx, &prev).await;
+                    finish(&tj, &ctx, &prev, outcome).await
+                }
+                FinalizerEvent::Cleanup(tj) => cleanup::cleanup(&tj, &ctx).await,
+            }
+        })
+        .await
+        .map_err(Error::from)
     }
     .instrument(span.clone())
     .await;
@@ -196,8 +209,11 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         }
     }
     let children = build::build_children(&planned);
-    let rejected = |e| rejection::classify(e, None);
-    apply::apply_children(&ctx.client, &valid.names, &children, &ctx.seen).await.map_err(rejected)?;
+    let rejected = |e| match e {
+        apply::ApplyError::Kube(e) => rejection::classify(e, None),
+        taken @ apply::ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),
+    };
+    apply::apply_children(&ctx.client, &valid.names, &valid.uid, &children, &ctx.seen).await.map_err(rejected)?;
     apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await.map_err(rejected)?;
 
     if decision.action != lifecycle::Action::Nothing {
@@ -352,8 +368,10 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
         Ok(Outcome::Unchanged) => return Ok(Action::await_change()),
         Ok(Outcome::Pass { summary, plan, requeue }) => (summary, plan, requeue),
         Err(e) => match e.permanent_reason() {
-            // a spec that cannot work: say why, and wait for it to change
+            // a spec that cannot work: say why, and wait for it to change (or, for a name taken
+            // by another's object, look again now and then: nothing of the operator's wakes it)
             Some(reason) => {
+                let recheck = matches!(e, Error::NameTaken(_)).then_some(NAME_TAKEN_RECHECK);
                 warn!(reason, "{e}");
                 let summary = Summary {
                     phase: Phase::Failed,
@@ -366,7 +384,7 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
                     completed_at: None,
                     cost: None,
                 };
-                (summary, None, None)
+                (summary, None, recheck)
             }
             None => return Err(e),
         },
@@ -417,21 +435,24 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     }
     let names = Names::new(&tj.namespace().unwrap_or_default(), &tj.name_any());
     let uid = tj.uid().unwrap_or_default();
-    let attempt_jobs: Vec<String> =
-        ctx.jobs.state().iter().filter(|j| j.owner_references().iter().any(|o| o.uid == uid)).map(|j| j.name_any()).collect();
-    let service_exists = Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &names.namespace)
-        .get_metadata_opt(&names.service())
-        .await?
-        .is_some();
-    if !attempt_jobs.is_empty() || service_exists {
+    let attempt_jobs: Vec<Arc<Job>> = ctx.jobs.state().into_iter().filter(|j| cleanup::made_by(&j.metadata, &uid)).collect();
+    let service =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &names.namespace).get_metadata_opt(&names.service()).await?;
+    if !attempt_jobs.is_empty() || service.is_some_and(|s| cleanup::made_by(&s.metadata, &uid)) {
         info!(ttl, "ttlSecondsAfterFinished passed: deleting the job's children");
-        apply::delete_children(&ctx.client, &names, &attempt_jobs).await?;
+        cleanup::delete_attempt_jobs(&ctx.client, &names.namespace, &attempt_jobs).await?;
+        cleanup::delete_children(ctx, &names, &uid).await?;
     }
     Ok(Action::await_change())
 }
 
 pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
+    if let Error::Stopping { .. } = error {
+        // not a failure: a deleted job waits for its pods (each pod's end wakes it too)
+        debug!(job = %key, "{error}");
+        return Action::requeue(cleanup::STOPPING_CHECK);
+    }
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
     let after = ctx.backoff.next(&key);
     warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");

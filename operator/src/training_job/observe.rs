@@ -13,7 +13,7 @@ use super::bill::{self, AttemptSeen};
 use super::build::{CONFIGURATION_ERROR_EXIT_CODE, rules};
 use super::validate::ValidJob;
 use crate::conditions::reasons;
-use crate::names::{ATTEMPT_LABEL, JOB_LABEL, STOP_REASON_ANNOTATION};
+use crate::names::{ATTEMPT_LABEL, JOB_LABEL, JOB_UID_LABEL, STOP_REASON_ANNOTATION};
 
 /// Why an attempt ended without success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +179,9 @@ fn matched_rule(message: &str) -> Option<usize> {
 
 /// The attempt number of one of `job`'s attempt Jobs, if it is one.
 fn attempt_of(child: &Job, job: &ValidJob) -> Option<i32> {
-    let owned = child.owner_references().iter().any(|o| o.uid == job.uid);
+    // by its owner reference, or by the job's uid on its label once that reference was taken
+    // away (an orphaning delete, an edit): either way its pods are this job's
+    let owned = child.owner_references().iter().any(|o| o.uid == job.uid) || child.labels().get(JOB_UID_LABEL) == Some(&job.uid);
     let ours = child.namespace().as_deref() == Some(job.names.namespace.as_str()) && child.labels().get(JOB_LABEL) == Some(&job.names.job);
     if !(owned && ours) {
         return None;
@@ -200,11 +202,7 @@ fn attempt_pods(pods: &Store<Pod>, job: &ValidJob, attempt: i32) -> Vec<std::syn
     let mut out: Vec<_> = pods
         .state()
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(job.names.namespace.as_str())
-                && p.labels().get(JOB_LABEL) == Some(&job.names.job)
-                && p.labels().get(ATTEMPT_LABEL) == Some(&attempt)
-        })
+        .filter(|p| crate::pods::belongs_to(p, &job.names.namespace, &job.names.job, &job.uid) && p.labels().get(ATTEMPT_LABEL) == Some(&attempt))
         .collect();
     out.sort_by_key(|p| p.name_any());
     out

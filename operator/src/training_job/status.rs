@@ -121,6 +121,23 @@ pub fn acknowledged(prev: &TrainingJobStatus, generation: i64) -> Option<Trainin
     })
 }
 
+/// The operator's part of `prev` with the bill `cost`: what a deleted job's finalizer writes
+/// while its pods stop.
+pub fn billed(prev: &TrainingJobStatus, cost: CostStatus) -> TrainingJobStatus {
+    TrainingJobStatus {
+        observed_generation: prev.observed_generation,
+        phase: prev.phase,
+        conditions: prev.conditions.iter().filter(|c| types::ALL.contains(&c.type_.as_str())).cloned().collect(),
+        plan: prev.plan.clone(),
+        attempt: prev.attempt,
+        restarts: prev.restarts,
+        start_time: prev.start_time.clone(),
+        completion_time: prev.completion_time.clone(),
+        cost: Some(cost),
+        ..Default::default()
+    }
+}
+
 /// Whether `desired` says anything the current status does not (timestamps of unchanged
 /// conditions aside).
 pub fn changed(current: &TrainingJobStatus, desired: &TrainingJobStatus) -> bool {

@@ -46,7 +46,7 @@ pub fn build_job(job: &PlannedJob, attempt: i32, settings: &Settings) -> Job {
     let valid = &job.valid;
     let names = &valid.names;
     let pods = job.plan.pods as i32;
-    let mut job_labels = names.attempt_labels(attempt);
+    let mut job_labels = names.attempt_labels(attempt, &valid.uid);
     if let Some(queue) = &valid.queue {
         job_labels.insert(KUEUE_QUEUE_LABEL.into(), queue.clone());
     }
@@ -96,7 +96,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
     let overrides = spec.pod_template.clone().unwrap_or_default();
 
     let mut labels = overrides.labels.clone();
-    labels.extend(names.attempt_labels(attempt));
+    labels.extend(names.attempt_labels(attempt, &valid.uid));
     let annotations = (!overrides.annotations.is_empty()).then(|| overrides.annotations.clone());
 
     let pod_env = PodEnv {

@@ -18,7 +18,9 @@ use crate::training_job::plan::PlannedJob;
 use crate::training_job::validate::ValidJob;
 
 /// Metadata of a child: its name, the job's namespace, labels and the owner reference.
-fn child_meta(job: &ValidJob, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+fn child_meta(job: &ValidJob, name: String, mut labels: BTreeMap<String, String>) -> ObjectMeta {
+    // whose it is, should the owner reference be taken away (an orphaning delete)
+    labels.insert(crate::names::JOB_UID_LABEL.into(), job.uid.clone());
     ObjectMeta {
         name: Some(name),
         namespace: Some(job.names.namespace.clone()),
