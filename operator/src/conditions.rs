@@ -13,8 +13,10 @@ pub mod types {
     pub const FAILED: &str = "Failed";
     /// True while the trainer's latest training loss is not a finite number.
     pub const NON_FINITE_LOSS: &str = "NonFiniteLoss";
+    /// True while an admission policy of the chart is missing (`policies.rs`).
+    pub const ADMISSION_POLICIES_MISSING: &str = "AdmissionPoliciesMissing";
     /// Every type the operator owns on a TrainingJob, in the order they are written.
-    pub const ALL: [&str; 8] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED, NON_FINITE_LOSS];
+    pub const ALL: [&str; 9] = [READY, QUEUED, RUNNING, SUSPENDED, STALLED, SUCCEEDED, FAILED, NON_FINITE_LOSS, ADMISSION_POLICIES_MISSING];
     /// A TrainingBudget's: True while a limit is reached.
     pub const EXHAUSTED: &str = "Exhausted";
 }

@@ -11,6 +11,8 @@ mod manager;
 mod metrics;
 mod names;
 mod pods;
+mod policies;
+mod reaper;
 mod run;
 mod settings;
 mod synced;
@@ -70,6 +72,11 @@ pub struct RunArgs {
     /// Most API requests per second the operator sends (sustained).
     #[arg(long, default_value_t = 50)]
     pub api_qps: u64,
+    /// An admission policy the chart installs (a ValidatingAdmissionPolicy and its binding of
+    /// this name), repeated for each; one the API server lacks is reported in a metric and a
+    /// condition on every job.
+    #[arg(long = "admission-policy")]
+    pub admission_policies: Vec<String>,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,

@@ -172,6 +172,17 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(spec_or_metadata, Default::default());
 
+    // whether the chart's admission policies are in force; a change reconciles every job
+    let policies_missing = crate::policies::Missing::default();
+    let (policies_tx, policies_rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(crate::policies::watch(
+        client.clone(),
+        settings.admission_policies.clone(),
+        policies_missing.clone(),
+        metrics.clone(),
+        policies_tx,
+        shutdown.clone(),
+    ));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
     let ctx = Arc::new(training_job::Context {
         client: client.clone(),
@@ -185,10 +196,12 @@ pub async fn run(
         synced: [jobs_synced.clone(), pods_synced.clone(), budgets_synced.clone()],
         budgets: budget_reader.clone(),
         gpu_products: Default::default(),
+        policies_missing: policies_missing.clone(),
     });
     *health.store.lock().unwrap() = Some(tj_reader.clone());
 
     let stopping = shutdown.clone();
+    let shutdown_reaper = shutdown.clone();
     let waiting = tj_reader.clone();
     let waiting_budgets = budget_reader.clone();
     let controller = Controller::for_stream(tj_stream, tj_reader.clone())
@@ -208,6 +221,7 @@ pub async fn run(
         .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
             training_budget::waiting_jobs(&b, &waiting.state(), &waiting_budgets)
         })
+        .reconcile_all_on(policies_rx)
         .graceful_shutdown_on(shutdown.clone());
     // the budgets' own controller keeps each ledger true to the TrainingJobs
     let budgets = Controller::for_stream(budget_stream, budget_reader.clone())
@@ -230,6 +244,16 @@ pub async fn run(
             }
         });
 
+    // what lost its owner is deleted (it would run on outside every budget)
+    tokio::spawn(crate::reaper::run(
+        client.clone(),
+        tj_reader.clone(),
+        job_reader.clone(),
+        pod_reader.clone(),
+        [tjs_synced.clone(), jobs_synced.clone(), pods_synced.clone()],
+        ctx.metrics.clone(),
+        shutdown_reaper,
+    ));
     let health_ready = health.clone();
     tokio::spawn(async move {
         if let (Ok(()), Ok(()), Ok(())) = tokio::join!(tjs_synced.wait(), jobs_synced.wait(), pods_synced.wait()) {

@@ -29,6 +29,16 @@ pub struct CategoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -40,6 +50,11 @@ pub struct Metrics {
     pub duration: Histogram,
     pub jobs: Family<PhaseLabels, Gauge>,
     pub status_patches: Counter,
+    /// Orphans the reaper deleted, by kind.
+    pub reaped: Family<KindLabels, Counter>,
+    /// 1 for each of the chart's admission policies the operator was told of that the API
+    /// server does not have (0 once it has).
+    pub policy_missing: Family<PolicyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -50,12 +65,20 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_patches = Counter::default();
+        let reaped = Family::<KindLabels, Counter>::default();
+        let policy_missing = Family::<PolicyLabels, Gauge>::default();
         registry.register("reconciles", "Reconcile passes by result (ok or error)", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconcile passes by error category", errors.clone());
         registry.register("reconcile_duration_seconds", "Duration of a reconcile pass", duration.clone());
         registry.register("training_jobs", "TrainingJobs by phase", jobs.clone());
         registry.register("status_patches", "Status patches sent (an unchanged status sends none)", status_patches.clone());
-        Self { registry, reconciles, errors, duration, jobs, status_patches }
+        registry.register("orphans_deleted", "Objects the operator made whose owner was gone, deleted by the reaper, by kind", reaped.clone());
+        registry.register(
+            "admission_policy_missing",
+            "1 when an admission policy the chart installs is missing from the API server (without it the trainers' identities could write any status field)",
+            policy_missing.clone(),
+        );
+        Self { registry, reconciles, errors, duration, jobs, status_patches, reaped, policy_missing }
     }
 }
 

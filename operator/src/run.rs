@@ -52,6 +52,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         trainer_image: args.trainer_image.clone(),
         trainer_cpu_image: args.trainer_cpu_image.clone(),
         termination_grace_seconds: args.termination_grace_seconds,
+        admission_policies: args.admission_policies.clone(),
         ..Settings::default()
     };
     let client = client(args.api_qps).await?;

@@ -16,6 +16,8 @@ pub struct Settings {
     /// Seconds a stopping pod has to write its checkpoint.
     pub termination_grace_seconds: i64,
     pub plan_options: PlanOptions,
+    /// The admission policies the chart installed, by name (`--admission-policy`).
+    pub admission_policies: Vec<String>,
 }
 
 impl Default for Settings {
@@ -27,6 +29,7 @@ impl Default for Settings {
             trainer_command: vec!["frugal-trainer".into(), "train".into()],
             termination_grace_seconds: 300,
             plan_options: PlanOptions::default(),
+            admission_policies: Vec::new(),
         }
     }
 }

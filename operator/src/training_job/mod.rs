@@ -64,6 +64,8 @@ pub struct Context {
     /// The GPU product label of each node the job's pods ran on (None: no label, or the node
     /// cannot be read), read once per node.
     pub gpu_products: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
+    /// The chart's admission policies the API server lacks, as last checked.
+    pub policies_missing: crate::policies::Missing,
 }
 
 /// How often a job whose child's name another object holds looks again.
@@ -110,6 +112,19 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
+/// Whether an attempt of the job still runs: one of its attempt Jobs has not completed or failed,
+/// or one of its pods still holds its GPUs.
+fn attempt_live(tj: &TrainingJob, ctx: &Context) -> bool {
+    let (namespace, uid) = (tj.namespace().unwrap_or_default(), tj.uid().unwrap_or_default());
+    let ended = |j: &Job| {
+        let conditions = j.status.as_ref().and_then(|s| s.conditions.as_ref());
+        conditions.into_iter().flatten().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+    };
+    let jobs = ctx.jobs.state();
+    jobs.iter().any(|j| j.namespace().as_deref() == Some(namespace.as_str()) && cleanup::made_by(&j.metadata, &uid) && !ended(j))
+        || !crate::pods::live_pods_of(&ctx.pods, &namespace, &tj.name_any(), &uid).is_empty()
+}
+
 /// Whether the job failed because its spec cannot work (a permanent error, not its training):
 /// it waits for the spec to change, and then goes on.
 fn failed_on_spec(prev: &TrainingJobStatus) -> bool {
@@ -146,7 +161,9 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     }
     // a job that ran and finished stays finished, whatever its spec says later; one stopped by
     // a spec that cannot work waits for a better one
-    if prev.phase.is_some_and(Phase::is_terminal) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) {
+    // (finished as its children say, not as the status alone says: a status written by anyone
+    // but the operator must not end the billing of pods that run)
+    if prev.phase.is_some_and(Phase::is_terminal) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) && !attempt_live(tj, ctx) {
         release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
@@ -389,7 +406,8 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
             None => return Err(e),
         },
     };
-    let desired = status::desired(prev, generation, plan.map(|p| *p), &summary, &now());
+    let mut desired = status::desired(prev, generation, plan.map(|p| *p), &summary, &now());
+    status::policies_condition(&mut desired, &ctx.policies_missing.get(), generation, &now());
     if status::changed(prev, &desired) {
         let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
         status::patch(&api, &tj.name_any(), &desired).await?;

@@ -121,6 +121,17 @@ pub fn acknowledged(prev: &TrainingJobStatus, generation: i64) -> Option<Trainin
     })
 }
 
+/// `AdmissionPoliciesMissing`: True, naming them, while some of the chart's admission policies
+/// are missing; gone once they are all in force.
+pub fn policies_condition(status: &mut TrainingJobStatus, missing: &[String], generation: i64, now: &Time) {
+    if missing.is_empty() {
+        status.conditions.retain(|c| c.type_ != types::ADMISSION_POLICIES_MISSING);
+    } else {
+        let message = crate::policies::message(missing);
+        conditions::set(&mut status.conditions, types::ADMISSION_POLICIES_MISSING, true, "PoliciesMissing", &message, generation, now);
+    }
+}
+
 /// The operator's part of `prev` with the bill `cost`: what a deleted job's finalizer writes
 /// while its pods stop.
 pub fn billed(prev: &TrainingJobStatus, cost: CostStatus) -> TrainingJobStatus {
