@@ -50,6 +50,9 @@ CMD ["info"]
 FROM runtime AS cpu
 
 FROM runtime AS cuda
-ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# No NVIDIA_VISIBLE_DEVICES here: with `all` a container runtime that honours it would show every
+# GPU of the node to any pod of this image, CPU jobs included; the device plugin sets it to the
+# GPUs it allocated, and the operator sets `void` on CPU jobs.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM ${VARIANT}

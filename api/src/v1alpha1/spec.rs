@@ -1126,9 +1126,13 @@ pub struct PodOverrides {
     #[x_kube(validation = Rule::new("self.all(k, !SECURITY_ANNOTATION_PREFIXES.exists(p, k.startsWith(p)))".replace("SECURITY_ANNOTATION_PREFIXES", SECURITY_ANNOTATION_PREFIXES))
         .message("podTemplate.annotations may not set AppArmor or seccomp profiles (container.apparmor.security.beta.kubernetes.io/, seccomp.security.alpha.kubernetes.io/): the trainer runs under the runtime's default profiles (Pod Security restricted); remove the annotation"))]
     pub annotations: BTreeMap<String, String>,
-    /// Extra environment variables of the trainer container.
+    /// Extra environment variables of the trainer container. `NVIDIA_*` and
+    /// `CUDA_VISIBLE_DEVICES` are reserved: which GPUs a pod sees is the device plugin's to say
+    /// (a CPU job sees none), so a job cannot reach GPUs its budget does not count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('NVIDIA_') && e.name != 'CUDA_VISIBLE_DEVICES')")
+        .message("podTemplate.env may not set NVIDIA_* or CUDA_VISIBLE_DEVICES: the GPUs a pod sees are the ones the device plugin gave it and its budget counts (resources.device and parallelism.gpusPerPod); remove the variable"))]
     pub env: Vec<EnvVar>,
     /// Extra volumes, such as a dataset PersistentVolumeClaim. Only the sources Pod Security
     /// `restricted` allows: persistentVolumeClaim, configMap, secret, emptyDir, projected,

@@ -48,3 +48,22 @@ matchResources:
       kubernetes.io/metadata.name: {{ . }}
 {{- end -}}
 {{- end -}}
+
+{{/* The admission policies this release installs, one name a line: the operator checks that the
+API server has each (--admission-policy) and says so when one is missing. */}}
+{{- define "frugal.policyNames" -}}
+{{- $p := .Values.admissionPolicies -}}
+{{- $cluster := include "frugal.clusterName" . -}}
+{{- if $p.status.enabled }}
+{{ printf "%s-status" $cluster }}
+{{- end }}
+{{- if $p.operatorJobs.enabled }}
+{{ printf "%s-operator-jobs" $cluster }}
+{{- end }}
+{{- if $p.defaultBudget.enabled }}
+{{ printf "%s-default-budget" $cluster }}
+{{- end }}
+{{- if and $p.gpuCeiling.enabled (or (not (kindIs "invalid" $p.gpuCeiling.default)) $p.gpuCeiling.namespaces) }}
+{{ printf "%s-gpu-ceiling" $cluster }}
+{{- end }}
+{{- end -}}

@@ -137,6 +137,14 @@ fn validate_spec(
         if let Some(e) = o.env.iter().find(|e| own_env.contains(&e.name.as_str())) {
             return Err(ValidationError::Reserved { field: "env", value: e.name.clone(), fix: "rename the variable" });
         }
+        // which GPUs a pod sees is the device plugin's to say (the CRD refuses these too)
+        if let Some(e) = o.env.iter().find(|e| e.name.starts_with("NVIDIA_") || e.name == "CUDA_VISIBLE_DEVICES") {
+            return Err(ValidationError::Reserved {
+                field: "env",
+                value: e.name.clone(),
+                fix: "remove it: the GPUs a pod sees are the ones the device plugin gave it and its budget counts",
+            });
+        }
         for (index, v) in o.volumes.iter().enumerate() {
             if let Some(message) = pod_security::refuse_volume(v) {
                 return Err(ValidationError::PodSecurity { field: "volumes", index, message });

@@ -25,6 +25,8 @@ use crate::training_job::plan::PlannedJob;
 use crate::training_job::validate::HOME_DIR;
 
 pub const TRAINER_CONTAINER: &str = "trainer";
+/// Which GPUs NVIDIA's container runtime shows a container.
+const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 /// The unprivileged user the trainer runs as.
 const TRAINER_UID: i64 = 65532;
 
@@ -125,6 +127,11 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
     env.push(EnvVar { name: "HOME".into(), value: Some(HOME_DIR.into()), ..Default::default() });
     env.push(EnvVar { name: "CUDA_CACHE_PATH".into(), value: Some(format!("{HOME_DIR}/.nv/ComputeCache")), ..Default::default() });
     env.extend(overrides.env.iter().cloned());
+    // a CPU job sees no GPU, whatever the node's runtime or the image would show it (the API
+    // server refuses NVIDIA_* and CUDA_VISIBLE_DEVICES in podTemplate.env)
+    if spec.resources.device == Device::Cpu {
+        env.push(EnvVar { name: NVIDIA_VISIBLE_DEVICES.into(), value: Some("void".into()), ..Default::default() });
+    }
 
     let mut limits = BTreeMap::new();
     if spec.resources.device == Device::Gpu {
@@ -443,5 +450,9 @@ mod tests {
         tj.spec.resources.device = Device::Cpu;
         let job = build_job(&planned_from(&tj), 1, &Settings::default());
         assert!(parts(&job).2.resources.is_none());
+        // and sees none, whatever the node's container runtime would show it
+        assert_eq!(env_of(parts(&job).2)[NVIDIA_VISIBLE_DEVICES], "void");
+        let gpu = build_job(&planned(1), 1, &Settings::default());
+        assert!(!env_of(parts(&gpu).2).contains_key(NVIDIA_VISIBLE_DEVICES), "the device plugin sets it on GPU jobs");
     }
 }
