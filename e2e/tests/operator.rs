@@ -587,9 +587,10 @@ async fn the_operator_waits_until_training_jobs_are_served() {
         let kubeconfig = service_account_kubeconfig(&ctx, "frugal-operator").await?;
         let children = serde_json::json!([
             {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
             {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -611,7 +612,8 @@ async fn the_operator_waits_until_training_jobs_are_served() {
         eprintln!("while waiting: {waiting}");
 
         let frugal = serde_json::json!([
-            {"apiGroups": ["frugal.dev"], "resources": ["trainingjobs", "trainingbudgets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["frugal.dev"], "resources": ["trainingbudgets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["frugal.dev"], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch", "patch"]},
             {"apiGroups": ["frugal.dev"], "resources": ["trainingjobs/status"], "verbs": ["get", "patch", "update"]},
             {"apiGroups": ["frugal.dev"], "resources": ["trainingbudgets/status"], "verbs": ["get", "update"]},
         ]);

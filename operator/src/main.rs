@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// condition on every job.
     #[arg(long = "admission-policy")]
     pub admission_policies: Vec<String>,
+    /// The namespace Prometheus scrapes trainer pods from: each job's NetworkPolicy admits the
+    /// metrics port from it only (default: from any namespace).
+    #[arg(long)]
+    pub metrics_namespace: Option<String>,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -135,7 +136,8 @@ pub async fn run(
     let (account_store, accounts) = seen_stream::<ServiceAccount>(scope.api(&client), &children);
     let (role_store, roles) = seen_stream::<Role>(scope.api(&client), &children);
     let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
-    let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store);
+    let (network_store, networks) = seen_stream::<NetworkPolicy>(scope.api(&client), &children);
+    let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store, network_store);
 
     // the budgets' cache: which budget is its namespace's default, for every pass of a job
     let (budget_reader, budget_writer) = reflector::store();
@@ -212,6 +214,7 @@ pub async fn run(
         .owns_stream(accounts)
         .owns_stream(roles)
         .owns_stream(bindings)
+        .owns_stream(networks)
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
             let job = pod.labels().get(JOB_LABEL)?.clone();

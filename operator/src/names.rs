@@ -48,6 +48,10 @@ impl Names {
     pub fn service(&self) -> String {
         self.job.clone()
     }
+    /// The NetworkPolicy that keeps other pods off the job's stage ports.
+    pub fn network_policy(&self) -> String {
+        self.job.clone()
+    }
     pub fn config_map(&self) -> String {
         format!("{}-config", self.job)
     }

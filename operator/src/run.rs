@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         trainer_cpu_image: args.trainer_cpu_image.clone(),
         termination_grace_seconds: args.termination_grace_seconds,
         admission_policies: args.admission_policies.clone(),
+        metrics_namespace: args.metrics_namespace.clone(),
         ..Settings::default()
     };
     let client = client(args.api_qps).await?;

@@ -16,6 +16,8 @@ pub struct Settings {
     /// Seconds a stopping pod has to write its checkpoint.
     pub termination_grace_seconds: i64,
     pub plan_options: PlanOptions,
+    /// The namespace allowed to scrape trainer pods' metrics port (None: any).
+    pub metrics_namespace: Option<String>,
     /// The admission policies the chart installed, by name (`--admission-policy`).
     pub admission_policies: Vec<String>,
 }
@@ -30,6 +32,7 @@ impl Default for Settings {
             termination_grace_seconds: 300,
             plan_options: PlanOptions::default(),
             admission_policies: Vec::new(),
+            metrics_namespace: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -43,6 +44,7 @@ pub struct Seen {
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     /// `<namespace>/<job>/<kind>/<name>` → (digest of the applied body, resourceVersion after it).
     applied: Arc<Mutex<BTreeMap<String, (u64, String)>>>,
 }
@@ -54,8 +56,9 @@ impl Seen {
         role_bindings: Store<PartialObjectMeta<RoleBinding>>,
         services: Store<PartialObjectMeta<Service>>,
         config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     ) -> Self {
-        Self { service_accounts, roles, role_bindings, services, config_maps, applied: Arc::default() }
+        Self { service_accounts, roles, role_bindings, services, config_maps, network_policies, applied: Arc::default() }
     }
 
     /// Forgets what was applied for a job (it is being deleted).
@@ -174,6 +177,7 @@ pub async fn apply_children(client: &Client, names: &Names, uid: &str, c: &Child
         apply_one(client, names, uid, &c.role_binding, &seen.role_bindings, seen).await?,
         apply_one(client, names, uid, &c.service, &seen.services, seen).await?,
         apply_one(client, names, uid, &c.config_map, &seen.config_maps, seen).await?,
+        apply_one(client, names, uid, &c.network_policy, &seen.network_policies, seen).await?,
     ];
     Ok(sent.into_iter().filter(|s| *s).count())
 }
@@ -268,7 +272,7 @@ mod seen_tests {
     #[test]
     fn the_same_child_has_the_same_digest_and_a_changed_one_another() {
         let job = planned(1);
-        let (a, b) = (build_children(&job), build_children(&job));
+        let (a, b) = (build_children(&job, None), build_children(&job, None));
         assert_eq!(applied_body(&a.config_map).1, applied_body(&b.config_map).1);
         let mut changed = b.config_map.clone();
         changed.data.get_or_insert_with(Default::default).insert("x".into(), "y".into());
@@ -293,7 +297,7 @@ mod seen_tests {
     #[test]
     fn forgetting_a_job_drops_only_its_entries() {
         let (s0, s1, s2, s3, s4) = (reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0);
-        let seen = Seen::new(s0, s1, s2, s3, s4);
+        let seen = Seen::new(s0, s1, s2, s3, s4, reflector::store().0);
         for key in ["ns/lm/ConfigMap/lm-config", "ns/lm/Service/lm", "ns/lm2/Service/lm2", "other/lm/Service/lm"] {
             seen.applied.lock().unwrap().insert(key.into(), (1, "1".into()));
         }

@@ -144,6 +144,7 @@ pub(super) async fn delete_children(ctx: &Context, names: &Names, uid: &str) -> 
         Ok(())
     }
     one::<Service>(ctx, ns, &names.service(), uid).await?;
+    one::<k8s_openapi::api::networking::v1::NetworkPolicy>(ctx, ns, &names.network_policy(), uid).await?;
     one::<ConfigMap>(ctx, ns, &names.config_map(), uid).await?;
     one::<Secret>(ctx, ns, &names.secret(), uid).await?;
     one::<RoleBinding>(ctx, ns, &names.trainer_identity(), uid).await?;

@@ -225,7 +225,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
             }
         }
     }
-    let children = build::build_children(&planned);
+    let children = build::build_children(&planned, ctx.settings.metrics_namespace.as_deref());
     let rejected = |e| match e {
         apply::ApplyError::Kube(e) => rejection::classify(e, None),
         taken @ apply::ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),

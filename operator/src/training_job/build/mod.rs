@@ -5,10 +5,12 @@
 mod config;
 mod identity;
 mod job;
+mod network;
 
 pub use config::{build_config_map, build_secret, build_service, new_token};
 pub use identity::{build_role, build_role_binding, build_service_account};
 pub use job::{CONFIGURATION_ERROR_EXIT_CODE, build_job, rules};
+pub use network::build_network_policy;
 
 use std::collections::BTreeMap;
 
@@ -39,15 +41,18 @@ pub struct Children {
     pub role_binding: k8s_openapi::api::rbac::v1::RoleBinding,
     pub service: k8s_openapi::api::core::v1::Service,
     pub config_map: k8s_openapi::api::core::v1::ConfigMap,
+    pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
 }
 
-pub fn build_children(job: &PlannedJob) -> Children {
+/// The children of `job`; `metrics_namespace` is where the pods' metrics may be scraped from.
+pub fn build_children(job: &PlannedJob, metrics_namespace: Option<&str>) -> Children {
     Children {
         service_account: build_service_account(&job.valid),
         role: build_role(&job.valid),
         role_binding: build_role_binding(&job.valid),
         service: build_service(&job.valid),
         config_map: build_config_map(job),
+        network_policy: build_network_policy(&job.valid, metrics_namespace),
     }
 }
 
