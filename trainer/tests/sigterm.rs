@@ -1,10 +1,12 @@
-//! The binary: SIGTERM writes a checkpoint and exits 143; the next start resumes from it. A
-//! pipelined run serves its metrics too.
+//! The binary: SIGTERM writes a checkpoint and exits 143; the next start resumes from it, and
+//! sweeps what a SIGKILL mid-write left. A pipelined run serves its metrics too.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const JOB: &str = r#"
 apiVersion: frugal.dev/v1alpha1
@@ -79,6 +81,82 @@ fn sigterm_writes_a_checkpoint_and_the_run_resumes() {
     assert_eq!(first_step["step"].as_i64(), Some(stopped_at + 1));
     let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
     assert_eq!(summary["steps"].as_i64(), Some(stopped_at + 3));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// [`JOB`] with a model whose checkpoint (weights and AdamW state, about 40 MB) takes a while to
+/// write and sync, written after every step.
+fn job_checkpointing_every_step() -> String {
+    JOB.replace("{layers: 2, dModel: 32, heads: 2,", "{layers: 4, dModel: 256, heads: 4,")
+        .replace("checkpointInterval: 100000", "checkpointInterval: 1")
+}
+
+/// The staging entries (`.step-*`) under a checkpoint root.
+fn staging(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else { return vec![] };
+    entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".step-")).collect()
+}
+
+/// The step of a `step-NNNNNNNNN` or `.step-NNNNNNNNN.<suffix>` name.
+fn step_of(name: &str) -> Option<i64> {
+    name.trim_start_matches('.').strip_prefix("step-")?.get(..9)?.parse().ok()
+}
+
+/// The newest step under `root` that a resume can load: committed, or complete under a staging
+/// name (killed between its manifest and its rename), which the start-up sweep puts in place.
+fn newest_complete(root: &Path) -> Option<i64> {
+    let entries = std::fs::read_dir(root).ok()?;
+    entries.map(|e| e.unwrap().path()).filter(|p| p.join("MANIFEST.json").exists()).filter_map(|p| step_of(&p.file_name()?.to_string_lossy())).max()
+}
+
+/// SIGKILL (an OOM kill, a node lost) lands while a checkpoint is written, again and again until
+/// one leaves a staging directory behind; the next start removes it and resumes from the newest
+/// complete step.
+#[test]
+fn a_checkpoint_write_killed_leaves_no_staging_after_the_resume() {
+    let dir = common::temp_dir("sigkill");
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, job_checkpointing_every_step()).unwrap();
+    let ckpt = dir.join("checkpoints");
+    let bin = env!("CARGO_BIN_EXE_frugal-trainer");
+    let train = || {
+        let mut c = Command::new(bin);
+        c.args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", ckpt.to_str().unwrap()]);
+        // no CPU peak measurement at each start
+        c.env("FRUGAL_PEAK_TFLOPS", "1");
+        c
+    };
+    let mut left = vec![];
+    for attempt in 0..40 {
+        let mut child = train().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // Once this start has committed a step of its own, kill it at a moment that differs
+        // from one try to the next; most of the run's time goes into writing checkpoints.
+        let before = newest_complete(&ckpt);
+        let t0 = Instant::now();
+        while newest_complete(&ckpt) == before && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let jitter = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 500;
+        std::thread::sleep(Duration::from_millis(u64::from(jitter)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        left = staging(&ckpt);
+        if !left.is_empty() {
+            eprintln!("kill {} left {left:?}", attempt + 1);
+            break;
+        }
+    }
+    assert!(!left.is_empty(), "no SIGKILL landed during a checkpoint write");
+    let newest = newest_complete(&ckpt).expect("a step was committed");
+
+    let out = train().args(["--max-steps", &(newest + 2).to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let resume = events.iter().find(|e| e["event"] == "resume").expect("a resume event");
+    assert_eq!(resume["step"].as_i64(), Some(newest), "resumes from the newest complete step");
+    let first_step = events.iter().find(|e| e["event"] == "step").unwrap();
+    assert_eq!(first_step["step"].as_i64(), Some(newest + 1));
+    assert_eq!(staging(&ckpt), Vec::<String>::new(), "the staging of the killed write is swept");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -404,6 +404,14 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
         if spec.training.precision == Precision::Bf16 && !g.bf16 {
             out.push(format!("{} has no bf16 tensor cores: use training.precision: fp16", g.name));
         }
+        // GPU-hours are what an eviction throws away; a CPU job's are not billed as such.
+        if plan.gpus > 0 && spec.checkpoint.claim_name.is_none() {
+            let access = if plan.pods > 1 { " (ReadWriteMany: the job has several pods)" } else { "" };
+            out.push(format!(
+                "spec.checkpoint.claimName is unset: checkpoints go to an emptyDir, lost with the pod, so every eviction or preemption restarts the job from step 0 on its {} GPU(s); set spec.checkpoint.claimName to a PersistentVolumeClaim{access}",
+                plan.gpus
+            ));
+        }
     }
     if plan.pipeline_bubble > 0.2 {
         out.push(format!(

@@ -466,3 +466,18 @@ fn the_fewest_gpus_are_the_fewest_stages_that_fit() {
     // nothing fits a model wider than every stage count can split
     assert_eq!(fewest_gpus(&custom_on_t4(16384, 1), t4, &options), None);
 }
+
+#[test]
+fn a_gpu_job_without_a_checkpoint_claim_is_warned_that_evictions_restart_it() {
+    let warning = |spec: &TrainingJobSpec| plan(spec, &PlanOptions::default()).unwrap().warnings.into_iter().find(|w| w.contains("claimName"));
+    let w = warning(&gpt2()).expect("a GPU job without a claim is warned");
+    assert!(w.contains("emptyDir") && w.contains("step 0") && w.contains("set spec.checkpoint.claimName"), "{w}");
+    assert!(!w.contains("ReadWriteMany"), "one pod: {w}");
+    let several = warning(&gpt2_laid_out(2, 2, 4, 16)).unwrap();
+    assert!(several.contains("ReadWriteMany") && several.contains("4 GPU(s)"), "{several}");
+    let mut claimed = gpt2();
+    claimed.checkpoint.claim_name = Some("checkpoints".into());
+    assert_eq!(warning(&claimed), None);
+    // a CPU job holds no GPU to lose
+    assert_eq!(warning(&fine_grained_moe()), None);
+}

@@ -8,11 +8,13 @@
 //! Both hold `trainer.json` (step, tokens, data position, loss scaler) and `MANIFEST.json`,
 //! written last: the layout, the step, and the size and SHA-256 of every other file, with a
 //! checksum of its own. This module is what the layouts share: the files are written into a
-//! temporary directory and synced, the manifest is written through a temporary file, synced and
-//! renamed, and the directory is renamed into place ([`commit`]), so a step either is complete
-//! on disk or does not exist; [`verify`] checks a step before any weight is touched and says
-//! when it was written in the other layout; [`newest_intact`] finds the step a run resumes from,
-//! passing over corrupt ones; older steps are pruned.
+//! staging directory (`.step-<n>.<suffix>`) and synced, the manifest is written through a
+//! temporary file, synced and renamed, and the directory is renamed into place ([`commit`]; a
+//! step of the same number already there is exchanged for it, never deleted first), so a step
+//! either is complete on disk or does not exist; [`verify`] checks a step before any weight is
+//! touched and says when it was written in the other layout; [`newest_intact`] sweeps the staging
+//! a killed writer left ([`sweep`]) and finds the step a run resumes from, passing over corrupt
+//! ones; older steps are pruned.
 
 pub mod pipelined;
 pub mod single;
@@ -21,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// What a step holds besides tensors (`trainer.json`): the run's position and loss scale.
@@ -222,6 +225,31 @@ pub fn step_dir_name(step: i64) -> String {
     format!("step-{step:09}")
 }
 
+/// The step a step directory's name names: exactly what [`step_dir_name`] writes, so that
+/// nothing else under a root (`step-7`, `step-000000007.corrupt`, another job's folder) is taken
+/// for a step.
+fn parse_step_name(name: &str) -> Option<i64> {
+    let step: i64 = name.strip_prefix("step-")?.parse().ok()?;
+    (step >= 0 && step_dir_name(step) == name).then_some(step)
+}
+
+/// Staging entries are `.step-<n>.<suffix>`: `tmp-<pid>` (a single-process write), `partial` (a
+/// pipeline's parts), `replaced-<pid>` (a step moved aside by [`replace_through_aside`]) and
+/// `discarded-...` (on its way out, see [`discard`]).
+fn staging_name(step: i64, suffix: &str) -> String {
+    format!(".{}.{suffix}", step_dir_name(step))
+}
+
+const REPLACED: &str = "replaced";
+const DISCARDED: &str = "discarded";
+
+/// The step and suffix of a staging entry's name.
+fn parse_staging(name: &str) -> Option<(i64, &str)> {
+    let (step_name, suffix) = name.strip_prefix('.')?.split_once('.')?;
+    let step = parse_step_name(step_name)?;
+    (!suffix.is_empty()).then_some((step, suffix))
+}
+
 /// Writes `tensors` as a safetensors file and syncs it.
 pub(crate) fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     Tensor::write_safetensors(tensors, path).map_err(|source| CheckpointError::Tensor { path: path.to_path_buf(), source })?;
@@ -255,18 +283,28 @@ pub(crate) fn read_state<S: State>(dir: &Path, manifest: &Manifest) -> Result<S>
     Ok(state)
 }
 
-/// The temporary directory a step is written into before [`commit`].
+/// The staging directory a step is written into before [`commit`].
 pub(crate) fn staging_dir(root: &Path, step: i64, suffix: &str) -> Result<PathBuf> {
     fs::create_dir_all(root).map_err(io(root))?;
-    let tmp = root.join(format!(".{}.{suffix}", step_dir_name(step)));
+    let tmp = root.join(staging_name(step, suffix));
     fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     Ok(tmp)
 }
 
-/// Commits the step written into `tmp`: hashes `files`, writes the manifest through a temporary
-/// file, syncs, renames `tmp` to the step's directory under `root` and keeps the newest `keep`
-/// steps (all when 0).
-pub(crate) fn commit(root: &Path, tmp: &Path, mut manifest: Manifest, files: &[String], keep: usize) -> Result<PathBuf> {
+/// Commits the step written into `tmp`: seals it ([`seal`]), puts it in place as the step's
+/// directory under `root` ([`put_in_place`]) and keeps the newest `keep` steps (all when 0).
+pub(crate) fn commit(root: &Path, tmp: &Path, manifest: Manifest, files: &[String], keep: usize) -> Result<PathBuf> {
+    let step = manifest.step;
+    seal(tmp, manifest, files)?;
+    let final_dir = root.join(step_dir_name(step));
+    put_in_place(root, tmp, &final_dir, step)?;
+    prune(root, keep)?;
+    Ok(final_dir)
+}
+
+/// Hashes `files` of `tmp` into `manifest` and writes it through a temporary file, synced and
+/// renamed: from then on `tmp` holds a complete step.
+fn seal(tmp: &Path, mut manifest: Manifest, files: &[String]) -> Result<()> {
     for name in files {
         let p = tmp.join(name);
         if !p.exists() {
@@ -284,15 +322,156 @@ pub(crate) fn commit(root: &Path, tmp: &Path, mut manifest: Manifest, files: &[S
         f.sync_all().map_err(io(&manifest_tmp))?;
     }
     fs::rename(&manifest_tmp, tmp.join(MANIFEST)).map_err(io(tmp))?;
-    fsync(tmp)?;
-    let final_dir = root.join(step_dir_name(manifest.step));
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    fsync(tmp)
+}
+
+/// Renames the complete step `staged` to `final_dir`. A step already there (a run that resumed
+/// from an older step and wrote this one again) is exchanged for it atomically, so that a reader
+/// finds the old or the new step there at every moment and a crash loses neither; the old one,
+/// then under `staged`'s staging name, is discarded. Where the filesystem cannot exchange (NFS),
+/// [`replace_through_aside`].
+fn put_in_place(root: &Path, staged: &Path, final_dir: &Path, step: i64) -> Result<()> {
+    if !final_dir.exists() {
+        fs::rename(staged, final_dir).map_err(io(final_dir))?;
+    } else if exchange(staged, final_dir)? {
+        fsync(root)?;
+        discard(root, step, staged)?;
+    } else {
+        replace_through_aside(root, staged, final_dir, step)?;
     }
-    fs::rename(tmp, &final_dir).map_err(io(&final_dir))?;
+    fsync(root)
+}
+
+/// Swaps the directories `a` and `b` in one step (`renameat2` with `RENAME_EXCHANGE`); false
+/// where the filesystem or kernel cannot.
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io(p)(e.into()));
+    let (ca, cb) = (c_path(a)?, c_path(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(io(b)(e)),
+    }
+}
+
+/// Replaces the step `final_dir` with the complete step `staged` without an exchange: the old
+/// step is renamed aside to a staging name first, then the new one in, then the aside discarded.
+/// Readers find no step of this number between the two renames; a crash there leaves both
+/// complete under staging names, and [`sweep`] puts one back.
+fn replace_through_aside(root: &Path, staged: &Path, final_dir: &Path, step: i64) -> Result<()> {
+    let aside = move_aside(root, final_dir, step)?;
+    fs::rename(staged, final_dir).map_err(io(final_dir))?;
     fsync(root)?;
-    prune(root, keep)?;
-    Ok(final_dir)
+    discard(root, step, &aside)?;
+    Ok(())
+}
+
+/// Renames the step `final_dir` to its `replaced` staging name; returns that.
+fn move_aside(root: &Path, final_dir: &Path, step: i64) -> Result<PathBuf> {
+    let aside = root.join(staging_name(step, &format!("{REPLACED}-{}", std::process::id())));
+    fs::rename(final_dir, &aside).map_err(io(final_dir))?;
+    fsync(root)?;
+    Ok(aside)
+}
+
+/// Removes the step or staging directory `dir` of `step` under `root`. It is renamed first to a
+/// `discarded` staging name, which is only ever removed, so that a crash mid-way leaves nothing
+/// that could be listed or put back half deleted, only something the next [`sweep`] finishes.
+/// False when `dir` was gone already (another stage sweeping the same root took it).
+fn discard(root: &Path, step: i64, dir: &Path) -> Result<bool> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // The process id alone repeats across containers (often 1); the clock and a counter do not.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let suffix = format!("{DISCARDED}-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let doomed = root.join(staging_name(step, &suffix));
+    match fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(dir)(e)),
+    }
+    fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+    Ok(true)
+}
+
+/// What [`sweep`] did under a root.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Staging directories removed.
+    pub removed: Vec<PathBuf>,
+    /// Complete steps found under a staging name with no step of their number in place (a
+    /// writer died between sealing and renaming, or between the renames of
+    /// [`replace_through_aside`]), renamed into place.
+    pub restored: Vec<PathBuf>,
+}
+
+/// Cleans the staging that writers killed mid-checkpoint left under `root` (each as big as a
+/// checkpoint, so repeated preemptions would fill the volume): a staging directory holding a
+/// manifest is a complete step (the manifest is written last) and goes into place when its step
+/// is missing; every other one is removed. Only names of the staging pattern are touched.
+///
+/// Call it once at the start of a run, before anything of the run writes a checkpoint:
+/// [`newest_intact`] does. Every part of a run (each stage of each replica, one process or many
+/// pods on one volume) resumes through it before the agreement on the resumed step, and no part
+/// writes before that agreement, so no part of this attempt is writing while any part sweeps:
+/// all of what it finds was left by processes that are gone. A process of an earlier attempt
+/// still writing its last checkpoint (a pod still terminating) loses that write, cleanly: the
+/// staging directory is renamed away before it is removed, so that writer's own rename into place
+/// fails rather than committing a half-deleted step. Stages sweeping at once take each entry by
+/// renaming it, so each is handled once, and all of them list the same steps afterwards.
+pub fn sweep(root: &Path) -> Result<Swept> {
+    let mut swept = Swept::default();
+    if !root.exists() {
+        return Ok(swept);
+    }
+    let mut staged = vec![];
+    for entry in fs::read_dir(root).map_err(io(root))? {
+        let entry = entry.map_err(io(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((step, suffix)) = parse_staging(&name) else { continue };
+        if entry.file_type().map_err(io(root))?.is_dir() {
+            // Within a step: a write's own staging first (when a swap died between its renames,
+            // the new step goes back, not the old), discarded ones last and never put back.
+            let rank = if suffix.starts_with(DISCARDED) {
+                2
+            } else if suffix.starts_with(REPLACED) {
+                1
+            } else {
+                0
+            };
+            staged.push((step, rank, entry.path()));
+        }
+    }
+    staged.sort();
+    for (step, rank, dir) in staged {
+        let final_dir = root.join(step_dir_name(step));
+        let restorable = rank < 2 && dir.join(MANIFEST).exists() && !final_dir.exists();
+        if restorable {
+            match fs::rename(&dir, &final_dir) {
+                Ok(()) => {
+                    swept.restored.push(final_dir);
+                    continue;
+                }
+                // another stage took it
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                // another stage put a copy of this step in place first: this one goes
+                Err(_) if final_dir.exists() => {}
+                Err(e) => return Err(io(&dir)(e)),
+            }
+        }
+        if discard(root, step, &dir)? {
+            swept.removed.push(dir);
+        }
+    }
+    if !swept.removed.is_empty() || !swept.restored.is_empty() {
+        fsync(root)?;
+    }
+    Ok(swept)
 }
 
 /// The layout a manifest's text names (`None` if it names none it can be read for).
@@ -389,7 +568,8 @@ pub fn load_weights(dir: &Path, store: &mut crate::params::ParamStore) -> Result
     }
 }
 
-/// Committed checkpoints under `root`, oldest first.
+/// Committed checkpoints under `root`, oldest first: directories named as [`step_dir_name`]
+/// writes them that hold a manifest.
 pub fn list(root: &Path) -> Result<Vec<(i64, PathBuf)>> {
     if !root.exists() {
         return Ok(vec![]);
@@ -398,7 +578,7 @@ pub fn list(root: &Path) -> Result<Vec<(i64, PathBuf)>> {
     for entry in fs::read_dir(root).map_err(io(root))? {
         let entry = entry.map_err(io(root))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<i64>().ok())
+        if let Some(step) = parse_step_name(&name)
             && entry.path().join(MANIFEST).exists()
         {
             out.push((step, entry.path()));
@@ -418,11 +598,13 @@ pub fn step_or_latest(path: &Path) -> Result<Option<PathBuf>> {
     if path.join(MANIFEST).exists() { Ok(Some(path.to_path_buf())) } else { latest(path) }
 }
 
+/// Removes all but the newest `keep` committed steps (none when 0). Only [`list`]'s steps are
+/// touched: nothing else under the root, whoever put it there.
 fn prune(root: &Path, keep: usize) -> Result<()> {
     let all = list(root)?;
     if keep > 0 && all.len() > keep {
-        for (_, p) in &all[..all.len() - keep] {
-            fs::remove_dir_all(p).map_err(io(p))?;
+        for (step, p) in &all[..all.len() - keep] {
+            discard(root, *step, p)?;
         }
     }
     Ok(())
@@ -445,13 +627,22 @@ pub fn set_aside(dir: &Path) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// The step a run resumes from: `load` is tried on the committed steps under `root`, newest
-/// first, until one loads. A corrupt or partial newer step (a node lost mid-write, a flipped
-/// byte) is passed over and returned in [`Resumed::corrupt`] for [`Resumed::set_aside`]; any
-/// other failure (a checkpoint of another model or layout, an unreadable directory) is returned
-/// as it is, and so is the newest step's error when every step is corrupt: a run does not start
-/// over on top of checkpoints it cannot read. `None` when there is no committed step.
+/// The step a run resumes from. First the staging left by killed writers is swept ([`sweep`],
+/// which says why this is the place: every part of a run calls this before any part writes).
+/// Then `load` is tried on the committed steps under `root`, newest first, until one loads. A
+/// corrupt or partial newer step (a node lost mid-write, a flipped byte) is passed over and
+/// returned in [`Resumed::corrupt`] for [`Resumed::set_aside`]; any other failure (a checkpoint
+/// of another model or layout, an unreadable directory) is returned as it is, and so is the
+/// newest step's error when every step is corrupt: a run does not start over on top of
+/// checkpoints it cannot read. `None` when there is no committed step.
 pub fn newest_intact<T>(root: &Path, mut load: impl FnMut(&Path) -> anyhow::Result<T>) -> anyhow::Result<Option<Resumed<T>>> {
+    let swept = sweep(root)?;
+    for step in &swept.restored {
+        eprintln!("frugal-trainer: {} was complete under a staging name when its writer stopped; put it in place", step.display());
+    }
+    if !swept.removed.is_empty() {
+        eprintln!("frugal-trainer: removed {} staging directories of interrupted checkpoint writes under {}", swept.removed.len(), root.display());
+    }
     let mut corrupt: Vec<(PathBuf, anyhow::Error)> = Vec::new();
     for (_, dir) in list(root)?.into_iter().rev() {
         match load(&dir) {
@@ -491,3 +682,6 @@ impl<T> Resumed<T> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
