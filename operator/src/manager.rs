@@ -44,6 +44,20 @@ fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The annotation `kubectl apply` (client-side) keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What a cached object needs no copy of: its managed fields and kubectl's last-applied copy,
+/// which can be larger than the rest of it. Without this one tenant's large objects could grow
+/// the operator's memory until it is killed, switching off enforcement for everyone.
+fn lean<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// Where the controllers look.
 pub struct Scope {
     /// One namespace, or all.
@@ -109,13 +123,13 @@ pub async fn run(
 
     let (job_reader, job_writer) = reflector::store();
     let (jobs_synced_tx, jobs_synced) = synced();
-    let job_stream = reflector::reflector(job_writer, watcher(scope.api::<Job>(&client), children.clone()))
+    let job_stream = reflector::reflector(job_writer, watcher(scope.api::<Job>(&client), children.clone()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(jobs_synced_tx))
         .touched_objects();
     let (pod_reader, pod_writer) = reflector::store();
     let (pods_synced_tx, pods_synced) = synced();
-    let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()))
+    let pod_stream = reflector::reflector(pod_writer, watcher(scope.api::<Pod>(&client), children.clone()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(pods_synced_tx))
         .touched_objects();
@@ -129,7 +143,7 @@ pub async fn run(
         K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
         let (reader, writer) = reflector::store();
-        (reader, reflector::reflector(writer, watcher(api, selector.clone())).default_backoff().touched_objects())
+        (reader, reflector::reflector(writer, watcher(api, selector.clone()).modify(lean)).default_backoff().touched_objects())
     }
     let (config_store, configs) = seen_stream::<ConfigMap>(scope.api(&client), &children);
     let (service_store, services) = seen_stream::<Service>(scope.api(&client), &children);
@@ -142,7 +156,7 @@ pub async fn run(
     // the budgets' cache: which budget is its namespace's default, for every pass of a job
     let (budget_reader, budget_writer) = reflector::store();
     let (budgets_synced_tx, budgets_synced) = synced();
-    let budget_stream = reflector::reflector(budget_writer, watcher(scope.api::<TrainingBudget>(&client), watcher::Config::default()))
+    let budget_stream = reflector::reflector(budget_writer, watcher(scope.api::<TrainingBudget>(&client), watcher::Config::default()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(budgets_synced_tx))
         .touched_objects();
@@ -153,7 +167,7 @@ pub async fn run(
     let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
     let (tjs_synced_tx, tjs_synced) = synced();
     // an object that fails to decode fails the watch, which backs off instead of spinning
-    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()))
+    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(tjs_synced_tx))
         .inspect({
@@ -288,6 +302,16 @@ mod tests {
     use super::*;
     use crate::training_job::validate::tests::training_job;
     use frugal_api::v1alpha1::{ProgressStatus, TrainingJobStatus};
+
+    #[test]
+    fn cached_objects_keep_no_managed_fields_nor_last_applied_copy() {
+        let mut tj = training_job(1);
+        tj.metadata.managed_fields = Some(vec![Default::default()]);
+        tj.metadata.annotations = Some([(LAST_APPLIED.to_string(), "x".repeat(100_000)), ("team".to_string(), "ml".to_string())].into());
+        lean(&mut tj);
+        assert_eq!(tj.metadata.managed_fields, None);
+        assert_eq!(tj.metadata.annotations.unwrap().keys().collect::<Vec<_>>(), ["team"]);
+    }
 
     #[test]
     fn status_writes_do_not_trigger_a_pass_but_spec_and_labels_do() {

@@ -307,12 +307,15 @@ pub struct QualityFigures {
 #[serde(rename_all = "camelCase")]
 pub struct QuantizedStatus {
     /// The format (spec.export.quantize).
+    #[schemars(length(max = 64))]
     pub format: String,
     /// How the scales were set, in a few words.
+    #[schemars(length(max = 256))]
     pub method: String,
     /// Step of the checkpoint that was quantized.
     pub step: i64,
     /// Where the quantized weights were written.
+    #[schemars(length(max = 4096))]
     pub path: String,
     /// The calibrated quantized model's validation bits per byte (the printer column).
     #[serde(default, skip_serializing_if = "is_not_finite_opt")]
@@ -347,6 +350,7 @@ pub struct QuantizedStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DistillationStatus {
     /// The teacher's checkpoint step directory.
+    #[schemars(length(max = 4096))]
     pub teacher_checkpoint: String,
     /// The teacher's parameters, all and used per token.
     pub teacher_parameters: i64,
@@ -368,6 +372,7 @@ pub struct DistillationStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ZeroShotResult {
     /// The set's name from spec.data.evalSets.
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Fraction correct.
     #[serde(default, skip_serializing_if = "is_not_finite")]
@@ -399,6 +404,7 @@ pub struct EfficiencyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointStatus {
     /// Its directory.
+    #[schemars(length(max = 4096))]
     pub path: String,
     /// Its step.
     pub step: i64,
