@@ -197,7 +197,7 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
 /// Data parallelism as users run it: 2 replicas × 2 stages in four containers, the replicas'
 /// rings and the pipelines' links between pods found through cluster DNS, the status from the
 /// first replica; then a second job on the same checkpoint claim, 1 replica × 2 stages, resumes
-/// the first's checkpoint.
+/// the first's checkpoint (naming its directory: each job has its own by default).
 #[tokio::test]
 async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one_by_two() {
     if !node::available("real-dp") {
@@ -237,8 +237,11 @@ async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one
         ensure!(logs.iter().any(|l| l.contains("\"allreduce_seconds\"")), "no step logged its all-reduce:\n{}", logs.join("\n"));
         ensure!(logs.iter().any(|l| l.contains("\"replicas\":2")), "no start event names 2 replicas:\n{}", logs.join("\n"));
 
-        // One replica of the same two stages, on the same claim: it resumes at step 20.
-        apply(&ctx, &replicated("one", 24, 1)).await?;
+        // One replica of the same two stages, on the same claim: it resumes at step 20 from the
+        // first job's directory, which it names.
+        let mut one = replicated("one", 24, 1);
+        one.spec.checkpoint.sub_path = Some(format!("{}/dp", ctx.namespace));
+        apply(&ctx, &one).await?;
         let done = finished_within(&ctx, "one", TRAINING).await?;
         let pods = attempt_pods(&ctx, "one", 1).await?;
         let mut logs = Vec::new();
@@ -302,7 +305,8 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
             custom.layers = 2;
         }
         student.spec.distill = Some(DistillSpec {
-            teacher: TeacherSpec { model: teacher.spec.model.clone(), checkpoint: "/teacher".into() },
+            // the teacher's checkpoints are under its own directory of the claim
+            teacher: TeacherSpec { model: teacher.spec.model.clone(), checkpoint: format!("/teacher/{}/teacher", ctx.namespace) },
             temperature: 2.0,
             soft_weight: 0.5,
         });

@@ -171,6 +171,11 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     let planned = plan::plan(&valid, &ctx.settings.plan_options)?;
     let plan_status = planned.plan.to_status();
     if prev.plan.as_ref() != Some(&plan_status) {
+        // what the plan warns of (among it: a GPU job with nowhere durable to checkpoint) is
+        // said once as an event too, where `kubectl describe` and event alerts see it
+        if !plan_status.warnings.is_empty() {
+            warn_of_plan(ctx, tj, &plan_status.warnings).await;
+        }
         // the plan goes into the status before anything starts
         let summary = pending(reasons::CREATING, "planned; creating the job's children".into(), prev);
         return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::ZERO) });
@@ -424,6 +429,20 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
 
 fn ready_reason(s: &TrainingJobStatus) -> Option<String> {
     crate::conditions::get(&s.conditions, crate::conditions::types::READY).map(|c| c.reason.clone())
+}
+
+/// A Warning event with the plan's warnings, when a new plan has any.
+async fn warn_of_plan(ctx: &Context, tj: &TrainingJob, warnings: &[String]) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "PlanWarning".into(),
+        note: Some(warnings.join("; ").chars().take(1024).collect()),
+        action: "Plan".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
+        warn!("publishing an event: {e}");
+    }
 }
 
 /// An event on each transition, a warning when the job failed or stalled.

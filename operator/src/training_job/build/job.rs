@@ -110,7 +110,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
         namespace: names.namespace.clone(),
         training_job: names.job.clone(),
         token_path: paths::TOKEN_FILE.into(),
-        checkpoint_dir: spec.checkpoint.path.clone(),
+        checkpoint_dir: spec.checkpoint.directory(&names.namespace, &names.job),
         metrics_port: paths::METRICS_PORT,
         report_status: true,
     };
@@ -393,6 +393,9 @@ mod tests {
         assert_eq!(mounts["config"].read_only, Some(true));
         assert_eq!(mounts["token"].mount_path, paths::TOKEN_DIR);
         assert_eq!(mounts["checkpoint"].mount_path, "/checkpoints");
+        // on a claim, each job writes to its own directory: jobs sharing it never prune each
+        // other's steps
+        assert_eq!(env_of(c)[env::CHECKPOINT_DIR], "/checkpoints/ml/lm");
         // without a claim, checkpoints live in an emptyDir
         let job = build_job(&planned(1), 1, &Settings::default());
         let v = parts(&job).1.volumes.as_ref().unwrap().iter().find(|v| v.name == "checkpoint").unwrap().clone();
