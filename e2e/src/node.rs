@@ -68,6 +68,39 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Whether `user` may `verb` `resource` (of API group `group`) in the test's namespace, as the
+/// API server's authorizer answers a SubjectAccessReview.
+pub async fn may(ctx: &TestContext, user: &str, verb: &str, group: &str, resource: &str) -> Result<bool> {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let (groups, user) = match user.strip_prefix("system:serviceaccount:") {
+        Some(rest) => {
+            let namespace = rest.split(':').next().unwrap_or_default();
+            (
+                Some(vec!["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".to_string()]),
+                user,
+            )
+        }
+        None => (None, user),
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups,
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ctx.namespace.clone()),
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = kube::Api::<SubjectAccessReview>::all(ctx.client.clone()).create(&Default::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
 /// Installs `charts/frugal` as release `release` into the test's namespace, its operator
 /// watching only that namespace (so tests side by side never share an operator) and placed on
 /// the real node (kwok's nodes would accept the pod and only pretend to run it), and waits for

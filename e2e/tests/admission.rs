@@ -1,6 +1,8 @@
 //! The chart's ValidatingAdmissionPolicies as the API server enforces them, with no operator
 //! running: a trainer's identity patches its own job's progress but not what the operator owns,
-//! and not another job's status; a job above its namespace's GPU ceiling is refused at create.
+//! and not another job's status; nobody but the operator's identity writes the status of either
+//! kind, a namespace admin with every verb included; a job above its namespace's GPU ceiling is
+//! refused at create.
 //!
 //! Policies are cluster-wide and other tests run beside these, so each test renders them with
 //! helm as a release in its own namespace, scoped to it (operator.watchNamespace, the ceiling set
@@ -26,7 +28,7 @@ use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, run};
 const TRAINER_MANAGER: &str = "frugal-trainer";
 const OPERATOR_MANAGER: &str = "frugal-operator";
 
-const TRAINER_POLICY: &str = "templates/trainer-status-policy.yaml";
+const STATUS_POLICY: &str = "templates/status-policy.yaml";
 const CEILING_POLICY: &str = "templates/gpu-ceiling-policy.yaml";
 const DEFAULT_BUDGET_POLICY: &str = "templates/default-budget-policy.yaml";
 
@@ -44,7 +46,7 @@ async fn a_trainer_identity_changes_only_its_own_jobs_progress() {
         let operator_status = json!({"phase": "Running", "attempt": 1, "cost": {"gpuHours": 0.0, "cost": 0.0, "currency": "USD"}});
         api.patch_status("lm", &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(status_patch(operator_status))).await?;
 
-        with_policies(&t, TRAINER_POLICY, &[], async {
+        with_policies(&t, STATUS_POLICY, &[], async {
             let trainer: Api<TrainingJob> = Api::namespaced(impersonating(&service_account(&t, "lm-trainer")).await?, &t.namespace);
             let as_trainer = PatchParams::apply(TRAINER_MANAGER).force();
 
@@ -83,9 +85,67 @@ async fn a_trainer_identity_changes_only_its_own_jobs_progress() {
             .await?;
             ensure!(message.contains(&service_account(&t, "lm-trainer")) && message.contains(&service_account(&t, "other-trainer")), "{message}");
 
-            // an identity that is no trainer's (the admin, writing as the operator does) is left alone
+            // the operator's identity writes what it owns
+            let operator = service_account(&t, "admission-frugal-operator");
+            let status_writer = |resource: &str| PolicyRule {
+                api_groups: Some(vec!["frugal.dev".into()]),
+                resources: Some(vec![resource.into()]),
+                verbs: vec!["get".into(), "patch".into(), "update".into()],
+                ..Default::default()
+            };
+            let account =
+                |name: &str| Subject { kind: "ServiceAccount".into(), name: name.into(), namespace: Some(t.namespace.clone()), ..Default::default() };
+            bind(&t, "operator-status", status_writer("trainingjobs/status"), account("admission-frugal-operator")).await?;
+            let as_operator: Api<TrainingJob> = Api::namespaced(impersonating(&operator).await?, &t.namespace);
             let done = status_patch(json!({"phase": "Succeeded"}));
-            api.patch_status("lm", &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(&done)).await.context("the admin writing status.phase")?;
+            as_operator
+                .patch_status("lm", &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&done))
+                .await
+                .context("the operator writing status.phase")?;
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}
+
+/// A namespace admin whom RBAC lets do anything with frugal's kinds and their status still
+/// cannot write the status of either: not mark a job Succeeded, not reset a budget's ledger.
+#[tokio::test]
+async fn only_the_operator_writes_the_status_of_jobs_and_budgets() {
+    run("admission-status", |t: TestContext| async move {
+        manifests::install_crds(&t.client).await?;
+        let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        t.api::<TrainingJob>().create(&post, &fake_gpu_job("lm", 2, 1)).await?;
+        let budget: frugal_api::TrainingBudget = serde_saphyr::from_str(
+            "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: team}\nspec: {maxGpus: 4, gpuHours: 10, period: Day}\n",
+        )?;
+        t.api::<frugal_api::TrainingBudget>().create(&post, &budget).await?;
+        // bob is a namespace admin: every verb on every frugal.dev resource, status included
+        let everything = PolicyRule {
+            api_groups: Some(vec!["frugal.dev".into()]),
+            resources: Some(vec!["*".into()]),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        };
+        let bob = Subject { kind: "User".into(), name: "bob".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
+        bind(&t, "namespace-admin", everything, bob).await?;
+        with_policies(&t, STATUS_POLICY, &[], async {
+            let bob = impersonating("bob").await?;
+            let jobs: Api<TrainingJob> = Api::namespaced(bob.clone(), &t.namespace);
+            let budgets: Api<frugal_api::TrainingBudget> = Api::namespaced(bob, &t.namespace);
+            let forged = Patch::Merge(json!({"status": {"phase": "Succeeded"}}));
+            let merge = PatchParams::default();
+            let message = until_refused("bob marking the job Succeeded", || jobs.patch_status("lm", &merge, &forged)).await?;
+            for part in ["the status of TrainingJob lm is written by the frugal operator", "not by bob"] {
+                ensure!(message.contains(part), "the refusal does not say {part:?}: {message}");
+            }
+            let reset = Patch::Merge(json!({"status": {"gpuHoursSpent": 0.0, "jobs": []}}));
+            let message = refused(budgets.patch_status("team", &PatchParams::default(), &reset).await, "bob resetting the budget's ledger")?;
+            ensure!(message.contains("the status of TrainingBudget team is written by the frugal operator"), "{message}");
+            // RBAC still lets bob do what is his: change the job's spec
+            let label = Patch::Merge(json!({"metadata": {"labels": {"team": "ml"}}}));
+            jobs.patch("lm", &PatchParams::default(), &label).await.context("bob labelling his job")?;
             Ok(())
         })
         .await

@@ -255,11 +255,169 @@ async fn suspending_or_deleting_a_job_releases_its_gpus() {
         ctx.api::<TrainingJob>().patch("a", &PatchParams::default(), &Patch::Merge(&suspend)).await?;
         ledger(&ctx, "team", &[("b", 1)]).await?;
 
-        // deleted: the budget's controller releases what the job held
+        // deleted: released once its pod has ended (the job's finalizer waits for it)
         let b = ctx.api::<TrainingJob>().get("b").await?;
+        let b_pod = running_pod(&ctx, "b").await?;
         ctx.api::<TrainingJob>().delete("b", &Default::default()).await?;
+        stopped(&ctx, &b_pod).await?;
+        // gone already if the Job controller let it go with its Job
+        finish_pod(&ctx, &b_pod.name_any()).await.ok();
         wait::for_deletion(&ctx.api::<TrainingJob>(), "b", &b.uid().unwrap()).await?;
         ledger(&ctx, "team", &[]).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Keeps `pod` past its deletion until [`release`] (a finalizer of the test's).
+async fn hold(ctx: &TestContext, pod: &Pod) -> Result<()> {
+    let hold = serde_json::json!({"metadata": {"finalizers": ["frugal.dev/test-hold"]}});
+    ctx.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&hold)).await?;
+    Ok(())
+}
+
+async fn release(ctx: &TestContext, pod: &Pod) -> Result<()> {
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    match ctx.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&release)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+/// Waits until `pod` is being deleted (or is gone): the operator stopped it.
+async fn stopped(ctx: &TestContext, pod: &Pod) -> Result<()> {
+    wait::for_object(&ctx.api::<Pod>(), &pod.name_any(), &format!("{} stopped", pod.name_any()), |p: Option<&Pod>| {
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await
+    .map(|_| ())
+    .or_else(|e| if e.to_string().contains("was deleted") { Ok(()) } else { Err(e) })
+}
+
+/// For `for_secs` seconds, `job` stays Queued and the ledger holds `holders`: nothing freed the
+/// GPUs a pod still holds.
+async fn still_waiting(ctx: &TestContext, job: &str, budget: &str, holders: &[(&str, i32)], for_secs: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(for_secs);
+    let want: Vec<(String, i32)> = holders.iter().map(|(n, g)| (n.to_string(), *g)).collect();
+    while std::time::Instant::now() < deadline {
+        let tj = ctx.api::<TrainingJob>().get(job).await?;
+        ensure!(phase(&tj) == Some(Phase::Queued), "{job} left the queue while the GPUs were held: {:?}", tj.status.map(|s| s.phase));
+        let b = ctx.api::<TrainingBudget>().get(budget).await?;
+        let held: Vec<(String, i32)> = b.status.iter().flat_map(|s| &s.jobs).map(|h| (h.name.clone(), h.gpus)).collect();
+        ensure!(held == want, "{budget}'s ledger holds {held:?} while the pods of {want:?} run");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// `kubectl delete tj a --cascade=orphan` needs only delete on TrainingJobs. It used to leave the
+/// attempt and its pods running, unbilled and outside the budget, release the GPUs to the next
+/// job, and make a new job of the same name hang on its attempt Job "already exists". Now the
+/// job's finalizer stops its pods, keeps its GPUs in the ledger until they have ended, and a new
+/// job of the same name then runs.
+#[tokio::test]
+async fn an_orphaning_delete_keeps_the_budget_whole_and_stops_the_pods() {
+    run_ending_pods("budget-orphan", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 4)).await?;
+        let a = apply(&ctx, &training_job("a", 4, "team")).await?;
+        let a_pod = running_pod(&ctx, "a").await?;
+        ledger(&ctx, "team", &[("a", 4)]).await?;
+        apply(&ctx, &training_job("b", 4, "team")).await?;
+        queued(&ctx, "b", "BudgetExhausted").await?;
+        // the pod outlives its deletion until the test ends it, as a real one does for its grace
+        // period (kwok's would go at once)
+        hold(&ctx, &a_pod).await?;
+
+        let orphan = kube::api::DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() };
+        ctx.api::<TrainingJob>().delete("a", &orphan).await?;
+        stopped(&ctx, &a_pod).await?;
+        eprintln!("e2e: the orphaned attempt's pod {} was stopped", a_pod.name_any());
+        still_waiting(&ctx, "b", "team", &[("a", 4)], 5).await?;
+
+        finish_pod(&ctx, &a_pod.name_any()).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
+        ledger(&ctx, "team", &[("b", 4)]).await?;
+        let b_pod = running_pod(&ctx, "b").await?;
+        let jobs = ctx.api::<Job>().list(&ListParams::default().labels("frugal.dev/training-job=a")).await?;
+        ensure!(jobs.items.is_empty(), "the orphaned attempt Job is still there: {:?}", jobs.items.iter().map(|j| j.name_any()).collect::<Vec<_>>());
+        release(&ctx, &a_pod).await?;
+
+        // a new job of the same name starts its own attempt once the GPUs are free
+        finish_pod(&ctx, &b_pod.name_any()).await?;
+        let again = apply(&ctx, &training_job("a", 4, "team")).await?;
+        let new_pod = running_pod(&ctx, "a").await?;
+        ensure!(
+            new_pod.labels().get("frugal.dev/training-job-uid") == again.uid().as_ref(),
+            "the new a's pod is not its own: {:?}",
+            new_pod.labels()
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// A waiting job is not admitted while a deleted job's pods still run (here held by a test
+/// finalizer past their deletion): the GPUs are the pods', not the TrainingJob's.
+#[tokio::test]
+async fn a_waiting_job_waits_until_a_deleted_jobs_pods_are_gone() {
+    run_ending_pods("budget-delete-race", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 4)).await?;
+        let a = apply(&ctx, &training_job("a", 4, "team")).await?;
+        let a_pod = running_pod(&ctx, "a").await?;
+        apply(&ctx, &training_job("b", 4, "team")).await?;
+        queued(&ctx, "b", "BudgetExhausted").await?;
+        hold(&ctx, &a_pod).await?;
+
+        ctx.api::<TrainingJob>().delete("a", &Default::default()).await?;
+        stopped(&ctx, &a_pod).await?;
+        still_waiting(&ctx, "b", "team", &[("a", 4)], 5).await?;
+        let deleting = ctx.api::<TrainingJob>().get_opt("a").await?;
+        ensure!(deleting.is_some_and(|tj| tj.metadata.deletion_timestamp.is_some()), "a went while its pod ran");
+
+        // the pod ends: the GPUs go to b
+        finish_pod(&ctx, &a_pod.name_any()).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
+        ledger(&ctx, "team", &[("b", 4)]).await?;
+        running_pod(&ctx, "b").await?;
+        release(&ctx, &a_pod).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// What the operator made and lost its owner (the TrainingJob deleted orphaning its attempt, and
+/// its finalizer removed by hand while the operator was down) is found and stopped by the
+/// reaper, and the budget counts the GPUs its pod holds until then.
+#[tokio::test]
+async fn the_reaper_stops_an_orphaned_attempt_and_the_budget_counts_its_pods() {
+    run_ending_pods("budget-reaper", |ctx| async move {
+        let mut operator = setup(&ctx).await?;
+        apply_budget(&ctx, &training_budget("team", 4)).await?;
+        let a = apply(&ctx, &training_job("a", 4, "team")).await?;
+        let a_pod = running_pod(&ctx, "a").await?;
+        ledger(&ctx, "team", &[("a", 4)]).await?;
+        operator.kill()?;
+
+        let orphan = kube::api::DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() };
+        ctx.api::<TrainingJob>().delete("a", &orphan).await?;
+        let no_finalizer = serde_json::json!({"metadata": {"finalizers": null}});
+        ctx.api::<TrainingJob>().patch("a", &PatchParams::default(), &Patch::Merge(&no_finalizer)).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
+        let jobs: Api<Job> = ctx.api();
+        wait::for_object(&jobs, "a-a1", "a-a1 orphaned (no owner)", |j: Option<&Job>| j.is_some_and(|j| j.owner_references().is_empty())).await?;
+
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("b", 4, "team")).await?;
+        queued(&ctx, "b", "BudgetExhausted").await?;
+        // the reaper deletes only what two scans 10 s apart found orphaned: until then the
+        // budget counts the pod, whose TrainingJob is gone
+        still_waiting(&ctx, "b", "team", &[("a", 4)], 3).await?;
+        stopped(&ctx, &a_pod).await?;
+        eprintln!("e2e: the reaper stopped the orphaned pod {}", a_pod.name_any());
+        finish_pod(&ctx, &a_pod.name_any()).await.ok();
+        ledger(&ctx, "team", &[("b", 4)]).await?;
         Ok(())
     })
     .await;

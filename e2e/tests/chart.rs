@@ -36,14 +36,26 @@ fn the_chart_lints_and_renders_with_the_images_make_images_builds() -> Result<()
         ensure!(all.contains(&expected), "the default render lacks {expected:?}:\n{all}");
     }
     let scoped = helm(&["template", "frugal", &chart(), "--namespace", "team", "--set", "operator.watchNamespace=team", "--set", "replicaCount=2"])?;
-    ensure!(!scoped.contains("kind: ClusterRole") && scoped.contains("kind: Role"), "namespace-scoped RBAC:\n{scoped}");
+    // the operator's rules are a Role there; the only cluster-wide ones read the admission
+    // policies by name and give users view, edit and admin on frugal's kinds
+    ensure!(
+        !scoped.contains("kind: ClusterRole\nmetadata:\n  name: frugal-operator\n") && scoped.contains("kind: Role"),
+        "namespace-scoped RBAC:\n{scoped}"
+    );
+    for name in ["policies", "view", "edit", "admin"] {
+        ensure!(
+            scoped.contains(&format!("kind: ClusterRole\nmetadata:\n  name: frugal-operator-team-{name}\n")),
+            "the {name} ClusterRole:\n{scoped}"
+        );
+    }
     ensure!(scoped.contains("--namespace=team") && scoped.contains("replicas: 2") && scoped.contains("--leader-elect"), "{scoped}");
     ensure!(scoped.contains("kubernetes.io/metadata.name: team"), "the scoped release's policy binding selects its namespace:\n{scoped}");
     Ok(())
 }
 
-/// The admission policies (docs/admission.md): the trainer's by default, the GPU ceiling once a
-/// ceiling is set, each named after the release and its namespace, and none when disabled.
+/// The admission policies (docs/admission.md): the status, operator-jobs and default-budget ones
+/// by default, the GPU ceiling once a ceiling is set, each named after the release and its
+/// namespace and named to the operator (--admission-policy), and none when disabled.
 #[test]
 fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()> {
     if !enabled("chart-admission") {
@@ -58,24 +70,29 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
         helm(&args)
     };
     let defaults = render(&[])?;
-    for name in ["trainer-status", "default-budget"] {
+    for name in ["status", "operator-jobs", "default-budget"] {
         ensure!(defaults.contains(&policy(name)) && defaults.contains(&binding(name)), "{name} does not render by default:\n{defaults}");
+        let arg = format!("- --admission-policy=frugal-operator-frugal-system-{name}\n");
+        ensure!(defaults.contains(&arg), "the operator is not told of {name}:\n{defaults}");
     }
+    ensure!(!defaults.contains("--admission-policy=frugal-operator-frugal-system-gpu-ceiling"), "{defaults}");
     ensure!(defaults.contains(r#"g in ["system:masters"]"#), "the default budget's admins:\n{defaults}");
     ensure!(defaults.contains("validationActions: [Deny]") && !defaults.contains("matchResources:"), "{defaults}");
     ensure!(!defaults.contains("gpu-ceiling"), "a GPU ceiling policy without a ceiling:\n{defaults}");
 
     let ceiling = render(&["admissionPolicies.gpuCeiling.namespaces.team-a=8", "admissionPolicies.gpuCeiling.default=2"])?;
     ensure!(ceiling.contains(&policy("gpu-ceiling")) && ceiling.contains(&binding("gpu-ceiling")), "{ceiling}");
+    ensure!(ceiling.contains("- --admission-policy=frugal-operator-frugal-system-gpu-ceiling\n"), "{ceiling}");
     ensure!(ceiling.contains(r#"{"team-a":8}"#) && ceiling.contains(": 2\n"), "the ceilings as CEL:\n{ceiling}");
 
     let off = render(&[
-        "admissionPolicies.trainerStatus.enabled=false",
+        "admissionPolicies.status.enabled=false",
+        "admissionPolicies.operatorJobs.enabled=false",
         "admissionPolicies.gpuCeiling.enabled=false",
         "admissionPolicies.gpuCeiling.default=2",
         "admissionPolicies.defaultBudget.enabled=false",
     ])?;
-    ensure!(!off.contains("ValidatingAdmissionPolicy"), "policies rendered while disabled:\n{off}");
+    ensure!(!off.contains("ValidatingAdmissionPolicy") && !off.contains("--admission-policy"), "policies rendered while disabled:\n{off}");
     helm(&["lint", "--strict", &chart_dir, "--set", "admissionPolicies.gpuCeiling.default=0", "--set", "operator.watchNamespace=team"])?;
     Ok(())
 }

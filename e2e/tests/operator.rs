@@ -178,20 +178,103 @@ async fn suspend_stops_the_pods_and_resume_starts_the_next_attempt() {
     .await;
 }
 
+/// Deleting a job stops it: its pods are deleted (SIGTERM and the grace period to checkpoint on a
+/// real node), the TrainingJob stays (its finalizer) until they have ended, and then it and its
+/// children go.
 #[tokio::test]
-async fn deleting_the_job_deletes_its_children() {
+async fn deleting_the_job_stops_its_pods_and_then_deletes_its_children() {
     operator_test("operator-cascade", |ctx| async move {
         let _operator = setup(&ctx).await?;
         let tj = apply(&ctx, &training_job("lm", 1, 3)).await?;
-        running_pods(&ctx, "lm", 1, 1).await?;
+        let pods = running_pods(&ctx, "lm", 1, 1).await?;
         let jobs: Api<Job> = ctx.api();
         let job = jobs.get("lm-a1").await?;
         let secret = ctx.api::<Secret>().get("lm-token").await?;
+        let held = job_where(&ctx, "lm", "the finalizer on lm", |tj| tj.finalizers().iter().any(|f| f == "frugal.dev/stop-and-bill")).await?;
+        eprintln!("e2e: finalizers of lm: {:?}", held.finalizers());
+        // the pod outlives its deletion until the test ends it, as a real one does for its grace
+        // period (kwok's would go at once)
+        let hold = serde_json::json!({"metadata": {"finalizers": ["frugal.dev/test-hold"]}});
+        ctx.api::<Pod>().patch(&pods[0].name_any(), &PatchParams::default(), &Patch::Merge(&hold)).await?;
         ctx.api::<TrainingJob>().delete("lm", &DeleteParams::background()).await?;
+        let pod_api: Api<Pod> = ctx.api();
+        let stopping = wait::for_object(&pod_api, &pods[0].name_any(), "lm's pod deleted (stopping)", |p: Option<&Pod>| {
+            p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+        })
+        .await;
+        // its pod still runs: the job is still there, deleting
+        let deleting = ctx.api::<TrainingJob>().get_opt("lm").await?.context("lm went while its pod ran")?;
+        ensure!(deleting.metadata.deletion_timestamp.is_some(), "lm is not being deleted");
+        stopping?;
+        finish(&ctx, &pods[0], "Succeeded").await?;
         wait::for_deletion(&ctx.api::<TrainingJob>(), "lm", &tj.uid().unwrap()).await?;
-        // the garbage collector follows the owner references
+        let release = serde_json::json!({"metadata": {"finalizers": null}});
+        ctx.api::<Pod>().patch(&pods[0].name_any(), &PatchParams::default(), &Patch::Merge(&release)).await.ok();
         wait::for_deletion(&jobs, "lm-a1", &job.uid().unwrap()).await?;
         wait::for_deletion(&ctx.api::<Secret>(), "lm-token", &secret.uid().unwrap()).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// An object of a child's name that the job did not make is never taken over, changed or
+/// deleted: the job fails saying which object and what to do, and the object survives the
+/// job's creation and deletion as it was.
+#[tokio::test]
+async fn an_object_the_job_did_not_make_is_left_alone() {
+    operator_test("operator-name-taken", |ctx| async move {
+        use k8s_openapi::api::rbac::v1::Role;
+        let _operator = setup(&ctx).await?;
+        // a Role an admin made, named as the job's trainer identity would be
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lm-trainer"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        }))?;
+        let roles: Api<Role> = ctx.api();
+        let before = roles.create(&Default::default(), &role).await?;
+        let tj = apply(&ctx, &training_job("lm", 1, 3)).await?;
+        let failed = job_where(&ctx, "lm", "lm Failed with NameTaken", |tj| {
+            phase(tj) == Some(Phase::Failed) && condition(tj, "Failed").is_some_and(|c| c.reason == "NameTaken")
+        })
+        .await?;
+        let message = &condition(&failed, "Failed").unwrap().message;
+        eprintln!("e2e: lm's Failed condition: {message}");
+        for part in ["Role lm-trainer already exists and was not made for this TrainingJob", "Delete or rename that Role"] {
+            ensure!(message.contains(part), "the condition does not say {part:?}: {message}");
+        }
+        ensure!(ctx.api::<Job>().get_opt("lm-a1").await?.is_none(), "an attempt started under another's Role");
+        let after = roles.get("lm-trainer").await?;
+        ensure!(after.resource_version() == before.resource_version() && after.rules == before.rules, "the Role was changed: {after:?}");
+        ctx.api::<TrainingJob>().delete("lm", &DeleteParams::background()).await?;
+        wait::for_deletion(&ctx.api::<TrainingJob>(), "lm", &tj.uid().unwrap()).await?;
+        let survived = roles.get("lm-trainer").await.context("the Role was deleted with the job")?;
+        ensure!(survived.resource_version() == before.resource_version(), "the Role was changed: {survived:?}");
+        Ok(())
+    })
+    .await;
+}
+
+/// A status that says a running job is over, written by anyone but the operator (no admission
+/// policy in this namespace stops it), does not end it: the operator reads where the job is
+/// from its attempt Job and pods, says so again, and goes on billing it.
+#[tokio::test]
+async fn a_forged_succeeded_phase_does_not_end_a_running_job() {
+    operator_test("operator-forged-phase", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        let pods = running_pods(&ctx, "lm", 1, 1).await?;
+        job_where(&ctx, "lm", "lm Running", |tj| phase(tj) == Some(Phase::Running)).await?;
+        let forged = serde_json::json!({"status": {"phase": "Succeeded"}});
+        ctx.api::<TrainingJob>().patch_status("lm", &PatchParams::default(), &Patch::Merge(&forged)).await?;
+        // a spec change makes the operator look at it (status writes alone do not)
+        let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+        ctx.api::<TrainingJob>().patch("lm", &PatchParams::default(), &Patch::Merge(&label)).await?;
+        let again = job_where(&ctx, "lm", "lm Running again", |tj| phase(tj) == Some(Phase::Running)).await?;
+        eprintln!("e2e: after a forged Succeeded the operator says {:?}", again.status.as_ref().and_then(|s| s.phase));
+        let pod = ctx.api::<Pod>().get(&pods[0].name_any()).await?;
+        ensure!(pod.metadata.deletion_timestamp.is_none() && frugal_e2e::fixtures::phase(&pod) == "Running", "the pod was stopped");
+        finish(&ctx, &pods[0], "Succeeded").await?;
+        job_where(&ctx, "lm", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
         Ok(())
     })
     .await;

@@ -93,6 +93,19 @@ async fn the_quick_start_succeeds_in_a_container_under_the_charts_operator() {
         let quality = status.quality.context("status.quality from the trainer's evaluation")?;
         ensure!(quality.validation_loss.is_some_and(|v| v.is_finite()), "quality {quality:?}");
         ensure!(status.efficiency.is_some_and(|e| e.tokens_per_second > 0.0), "efficiency");
+        // the chart's policies are in force: the operator says nothing is missing
+        ensure!(!status.conditions.iter().any(|c| c.type_ == "AdmissionPoliciesMissing"), "{:?}", status.conditions);
+        // a CPU job's container sees no GPU, whatever the node's runtime would show it
+        let env = pod.spec.as_ref().unwrap().containers[0].env.clone().unwrap_or_default();
+        let visible = env.iter().find(|e| e.name == "NVIDIA_VISIBLE_DEVICES").and_then(|e| e.value.clone());
+        ensure!(visible.as_deref() == Some("void"), "NVIDIA_VISIBLE_DEVICES of the CPU job's container: {visible:?}");
+        // the operator's identity creates and deletes Secrets, but may neither list nor watch them
+        let operator_identity = format!("system:serviceaccount:{}:frugal-operator", ctx.namespace);
+        for (verb, allowed) in [("list", false), ("watch", false), ("create", true), ("delete", true)] {
+            let may = node::may(&ctx, &operator_identity, verb, "", "secrets").await?;
+            eprintln!("e2e: may {operator_identity} {verb} secrets? {may}");
+            ensure!(may == allowed, "{operator_identity} may {verb} secrets: {may}, expected {allowed}");
+        }
         Ok(())
     })
     .await;
