@@ -254,6 +254,27 @@ async fn an_object_the_job_did_not_make_is_left_alone() {
     .await;
 }
 
+/// An operator told of an admission policy the API server does not have says so on every job:
+/// without the chart's policies a trainer's identity could write any status field.
+#[tokio::test]
+async fn a_missing_admission_policy_is_said_on_every_job() {
+    operator_test("operator-policy-missing", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let policy = format!("{}-status", ctx.namespace);
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--admission-policy", &policy])?;
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        let said = job_where(&ctx, "lm", "the AdmissionPoliciesMissing condition", |tj| {
+            condition(tj, "AdmissionPoliciesMissing").is_some_and(|c| c.status == "True")
+        })
+        .await?;
+        let message = &condition(&said, "AdmissionPoliciesMissing").unwrap().message;
+        eprintln!("e2e: AdmissionPoliciesMissing: {message}");
+        ensure!(message.contains(&policy) && message.contains("a trainer's identity may write any field"), "{message}");
+        Ok(())
+    })
+    .await;
+}
+
 /// A status that says a running job is over, written by anyone but the operator (no admission
 /// policy in this namespace stops it), does not end it: the operator reads where the job is
 /// from its attempt Job and pods, says so again, and goes on billing it.

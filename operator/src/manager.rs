@@ -190,6 +190,7 @@ pub async fn run(
 
     // whether the chart's admission policies are in force; a change reconciles every job
     let policies_missing = crate::policies::Missing::default();
+    crate::policies::first_check(&client, &settings.admission_policies, &policies_missing, &metrics).await;
     let (policies_tx, policies_rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(crate::policies::watch(
         client.clone(),

@@ -13,8 +13,10 @@ use tracing::{info, warn};
 
 use crate::metrics::{Metrics, PolicyLabels};
 
-/// How often the policies are looked for again.
+/// How often the policies are looked for again, while all are there and while one is missing
+/// (a Helm install creates them beside the operator's Deployment: the first look may come first).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+pub const CHECK_INTERVAL_MISSING: Duration = Duration::from_secs(10);
 
 /// The policies found missing at the last check, shared with the TrainingJob passes.
 #[derive(Clone, Default)]
@@ -61,7 +63,7 @@ async fn check(client: &Client, names: &[String]) -> Vec<String> {
     missing
 }
 
-/// Checks now and every [`CHECK_INTERVAL`] until `shutdown`; `changed` is told when the set of
+/// Checks every [`CHECK_INTERVAL`] (after a [`first_check`]) until `shutdown`; `changed` is told when the set of
 /// missing policies changes (so that every job is reconciled and says it).
 pub async fn watch(
     client: Client,
@@ -76,6 +78,11 @@ pub async fn watch(
     }
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let interval = if missing.get().is_empty() { CHECK_INTERVAL } else { CHECK_INTERVAL_MISSING };
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = &mut shutdown => return,
+        }
         let now_missing = check(&client, &names).await;
         for name in &names {
             metrics.policy_missing.get_or_create(&PolicyLabels { policy: name.clone() }).set(i64::from(now_missing.contains(name)));
@@ -88,9 +95,22 @@ pub async fn watch(
             }
             let _ = changed.unbounded_send(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(CHECK_INTERVAL) => {},
-            _ = &mut shutdown => return,
-        }
     }
+}
+
+/// The first look, before any job is reconciled: a missing policy is said from the first pass.
+pub async fn first_check(client: &Client, names: &[String], missing: &Missing, metrics: &Metrics) {
+    if names.is_empty() {
+        return;
+    }
+    let now_missing = check(client, names).await;
+    for name in names {
+        metrics.policy_missing.get_or_create(&PolicyLabels { policy: name.clone() }).set(i64::from(now_missing.contains(name)));
+    }
+    if now_missing.is_empty() {
+        info!(policies = ?names, "the chart's admission policies are in force");
+    } else {
+        warn!(missing = ?now_missing, "{}", message(&now_missing));
+    }
+    missing.set(now_missing);
 }

@@ -379,7 +379,16 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
     let generation = tj.metadata.generation.unwrap_or(0);
     let (summary, plan, requeue) = match outcome {
         Ok(Outcome::Finished) => {
-            if let Some(seen) = status::acknowledged(prev, generation) {
+            // a finished job says whether the chart's policies are in force like any other
+            let mut current = status::operators_part(prev);
+            status::policies_condition(&mut current, &ctx.policies_missing.get(), prev.observed_generation.unwrap_or(generation), &now());
+            if status::acknowledged(prev, generation).is_none() && status::changed(prev, &current) {
+                let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
+                status::patch(&api, &tj.name_any(), &current).await?;
+                ctx.metrics.status_patches.inc();
+            }
+            if let Some(mut seen) = status::acknowledged(prev, generation) {
+                status::policies_condition(&mut seen, &ctx.policies_missing.get(), generation, &now());
                 let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
                 status::patch(&api, &tj.name_any(), &seen).await?;
                 ctx.metrics.status_patches.inc();

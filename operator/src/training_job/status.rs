@@ -135,6 +135,11 @@ pub fn policies_condition(status: &mut TrainingJobStatus, missing: &[String], ge
 /// The operator's part of `prev` with the bill `cost`: what a deleted job's finalizer writes
 /// while its pods stop.
 pub fn billed(prev: &TrainingJobStatus, cost: CostStatus) -> TrainingJobStatus {
+    TrainingJobStatus { cost: Some(cost), ..operators_part(prev) }
+}
+
+/// The fields of `prev` the operator writes, as they are.
+pub fn operators_part(prev: &TrainingJobStatus) -> TrainingJobStatus {
     TrainingJobStatus {
         observed_generation: prev.observed_generation,
         phase: prev.phase,
@@ -144,7 +149,7 @@ pub fn billed(prev: &TrainingJobStatus, cost: CostStatus) -> TrainingJobStatus {
         restarts: prev.restarts,
         start_time: prev.start_time.clone(),
         completion_time: prev.completion_time.clone(),
-        cost: Some(cost),
+        cost: prev.cost.clone(),
         ..Default::default()
     }
 }
