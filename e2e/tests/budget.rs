@@ -335,13 +335,13 @@ async fn an_orphaning_delete_keeps_the_budget_whole_and_stops_the_pods() {
         eprintln!("e2e: the orphaned attempt's pod {} was stopped", a_pod.name_any());
         still_waiting(&ctx, "b", "team", &[("a", 4)], 5).await?;
 
-        finish_pod(&ctx, &a_pod.name_any()).await?;
+        // the pod ends (kwok removes it once the test's finalizer goes)
+        release(&ctx, &a_pod).await?;
         wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
         ledger(&ctx, "team", &[("b", 4)]).await?;
         let b_pod = running_pod(&ctx, "b").await?;
         let jobs = ctx.api::<Job>().list(&ListParams::default().labels("frugal.dev/training-job=a")).await?;
         ensure!(jobs.items.is_empty(), "the orphaned attempt Job is still there: {:?}", jobs.items.iter().map(|j| j.name_any()).collect::<Vec<_>>());
-        release(&ctx, &a_pod).await?;
 
         // a new job of the same name starts its own attempt once the GPUs are free
         finish_pod(&ctx, &b_pod.name_any()).await?;
@@ -376,12 +376,11 @@ async fn a_waiting_job_waits_until_a_deleted_jobs_pods_are_gone() {
         let deleting = ctx.api::<TrainingJob>().get_opt("a").await?;
         ensure!(deleting.is_some_and(|tj| tj.metadata.deletion_timestamp.is_some()), "a went while its pod ran");
 
-        // the pod ends: the GPUs go to b
-        finish_pod(&ctx, &a_pod.name_any()).await?;
+        // the pod ends (kwok removes it once the test's finalizer goes): the GPUs go to b
+        release(&ctx, &a_pod).await?;
         wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
         ledger(&ctx, "team", &[("b", 4)]).await?;
         running_pod(&ctx, "b").await?;
-        release(&ctx, &a_pod).await?;
         Ok(())
     })
     .await;

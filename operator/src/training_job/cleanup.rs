@@ -28,8 +28,9 @@ use crate::names::{JOB_UID_LABEL, Names};
 use crate::training_budget::budget::Demand;
 use crate::training_budget::{effective_budget, ledger};
 
-/// How soon a deleted job whose pods still run is looked at again (each pod's end wakes it too).
-pub const STOPPING_CHECK: Duration = Duration::from_secs(2);
+/// How soon a deleted job whose pods still run is looked at again, billing them (each pod's
+/// change wakes it too).
+pub const STOPPING_CHECK: Duration = super::bill::BILLING_INTERVAL;
 
 /// Whether `meta` is of an object this job made: it is the object's controller, or (its owner
 /// reference taken away by an orphaning delete) the object carries the job's uid label.
@@ -81,8 +82,13 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    // the budget keeps its GPUs while a pod holds them, and counts the bill
-    if let Some(budget) = effective_budget(tj, &ctx.budgets) {
+    // the budget keeps its GPUs while a pod holds them (an entry it has stays; the budget's own
+    // pass counts what it spends), and counts the last bill when it lets them go
+    let held = |b: &str| {
+        let budget = ctx.budgets.get(&kube::runtime::reflector::ObjectRef::new(b).within(&namespace));
+        budget.is_some_and(|b| b.status.iter().flat_map(|s| &s.jobs).any(|h| h.uid == uid))
+    };
+    if let Some(budget) = effective_budget(tj, &ctx.budgets).filter(|b| live.is_empty() || !held(b)) {
         let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
         let demand = if live.is_empty() { Demand::Release } else { Demand::Hold };
         let claim = admit::budget_claim(tj, gpus, 0.0, cost.as_ref());

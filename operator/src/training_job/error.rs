@@ -28,6 +28,9 @@ pub enum Error {
     /// A deleted job's pods still run: its finalizer stays until they are gone.
     #[error("deleted; waiting for {pods} pod(s) to stop before releasing its budget")]
     Stopping { pods: usize },
+    /// The cache was a moment behind the operator's own write: look again shortly.
+    #[error("the cache is behind the operator's own last write; looking again")]
+    StaleCache,
     /// The finalizer could not be read or written.
     #[error("the finalizer: {0}")]
     Finalizer(String),
@@ -39,6 +42,9 @@ impl From<kube::runtime::finalizer::Error<Error>> for Error {
         use kube::runtime::finalizer::Error as F;
         match e {
             F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            // the finalizer patch tests the finalizers it read: a cache a moment behind our own
+            // write (a pass woken before the watch brought it) fails the test, harmlessly
+            F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => Self::StaleCache,
             F::AddFinalizer(e) | F::RemoveFinalizer(e) => Self::Kube(e),
             other => Self::Finalizer(other.to_string()),
         }
@@ -68,6 +74,7 @@ impl Error {
             Self::Stopping { .. } => "deleting",
             Self::NameTaken(_) => "name-taken",
             Self::Finalizer(_) => "finalizer",
+            Self::StaleCache => "stale-cache",
         }
     }
 
@@ -79,7 +86,7 @@ impl Error {
             Self::Admit(e) => e.permanent_reason(),
             Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
             Self::NameTaken(_) => Some(crate::conditions::reasons::NAME_TAKEN),
-            Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) => None,
+            Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) | Self::StaleCache => None,
         }
     }
 }

@@ -494,10 +494,17 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
 
 pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
-    if let Error::Stopping { .. } = error {
+    match error {
         // not a failure: a deleted job waits for its pods (each pod's end wakes it too)
-        debug!(job = %key, "{error}");
-        return Action::requeue(cleanup::STOPPING_CHECK);
+        Error::Stopping { .. } => {
+            debug!(job = %key, "{error}");
+            return Action::requeue(cleanup::STOPPING_CHECK);
+        }
+        Error::StaleCache => {
+            debug!(job = %key, "{error}");
+            return Action::requeue(Duration::from_millis(200));
+        }
+        _ => {}
     }
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
     let after = ctx.backoff.next(&key);
