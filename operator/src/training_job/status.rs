@@ -103,22 +103,12 @@ pub fn acknowledged(prev: &TrainingJobStatus, generation: i64) -> Option<Trainin
     if prev.observed_generation == Some(generation) {
         return None;
     }
-    let mut conditions: Vec<_> = prev.conditions.iter().filter(|c| types::ALL.contains(&c.type_.as_str())).cloned().collect();
-    for c in &mut conditions {
+    let mut seen = operators_part(prev);
+    seen.observed_generation = Some(generation);
+    for c in &mut seen.conditions {
         c.observed_generation = Some(generation);
     }
-    Some(TrainingJobStatus {
-        observed_generation: Some(generation),
-        phase: prev.phase,
-        conditions,
-        plan: prev.plan.clone(),
-        attempt: prev.attempt,
-        restarts: prev.restarts,
-        start_time: prev.start_time.clone(),
-        completion_time: prev.completion_time.clone(),
-        cost: prev.cost.clone(),
-        ..Default::default()
-    })
+    Some(seen)
 }
 
 /// `AdmissionPoliciesMissing`: True, naming them, while some of the chart's admission policies
