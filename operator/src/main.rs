@@ -35,7 +35,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Run the controller against the cluster in KUBECONFIG (or the in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             // reconcile futures hold whole TrainingJobs on the stack, and a debug operator (the
             // end-to-end tests run one) must not overflow where a release one would not.
             let runtime = tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build()?;
-            runtime.block_on(run::run(args))?;
+            runtime.block_on(run::run(*args))?;
         }
     }
     Ok(())

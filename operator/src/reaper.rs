@@ -45,13 +45,12 @@ fn whose(meta: &kube::api::ObjectMeta) -> Whose {
     }
 }
 
+/// An object by `(namespace, name, uid)`.
+type Found = (String, String, String);
+
 /// The orphans in the caches now: attempt Jobs whose TrainingJob does not exist, and pods whose
-/// Job does not exist. `(namespace, name, uid)` of each.
-fn orphans(
-    training_jobs: &[Arc<TrainingJob>],
-    jobs: &[Arc<Job>],
-    pods: &[Arc<Pod>],
-) -> (Vec<(String, String, String)>, Vec<(String, String, String)>) {
+/// Job does not exist.
+fn orphans(training_jobs: &[Arc<TrainingJob>], jobs: &[Arc<Job>], pods: &[Arc<Pod>]) -> (Vec<Found>, Vec<Found>) {
     let tj_uids: HashSet<String> = training_jobs.iter().filter_map(|tj| tj.uid()).collect();
     let tj_names: HashSet<(String, String)> = training_jobs.iter().map(|tj| (tj.namespace().unwrap_or_default(), tj.name_any())).collect();
     let key =
@@ -166,7 +165,7 @@ mod tests {
         };
         let pods = vec![pod("lm-a1-0", "p-1", Some("j-1")), pod("old-a0-0", "p-2", Some("j-gone")), pod("bare", "p-3", None)];
         let (orphan_jobs, orphan_pods) = orphans(&[tj], &jobs, &pods);
-        let uids = |v: Vec<(String, String, String)>| v.into_iter().map(|(_, _, u)| u).collect::<Vec<_>>();
+        let uids = |v: Vec<Found>| v.into_iter().map(|(_, _, u)| u).collect::<Vec<_>>();
         assert_eq!(uids(orphan_jobs), ["j-3"]);
         assert_eq!(uids(orphan_pods), ["p-2", "p-3"]);
     }
