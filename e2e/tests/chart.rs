@@ -50,6 +50,16 @@ fn the_chart_lints_and_renders_with_the_images_make_images_builds() -> Result<()
     }
     ensure!(scoped.contains("--namespace=team") && scoped.contains("replicas: 2") && scoped.contains("--leader-elect"), "{scoped}");
     ensure!(scoped.contains("kubernetes.io/metadata.name: team"), "the scoped release's policy binding selects its namespace:\n{scoped}");
+    // several namespaces: a Role and RoleBinding in each, a --namespace each, bindings to them
+    let several = helm(&["template", "frugal", &chart(), "--namespace", "ops", "--set", "operator.watchNamespaces={team-a,team-b}"])?;
+    for ns in ["team-a", "team-b"] {
+        ensure!(several.contains(&format!("- --namespace={ns}\n")), "no --namespace={ns}:\n{several}");
+        for kind in ["Role", "RoleBinding"] {
+            let own = format!("kind: {kind}\nmetadata:\n  name: frugal-operator\n  namespace: {ns}\n");
+            ensure!(several.contains(&own), "no {kind} in {ns}:\n{several}");
+        }
+    }
+    ensure!(several.contains(r#"values: ["team-a","team-b"]"#), "the policy bindings do not select both namespaces:\n{several}");
     Ok(())
 }
 

@@ -254,6 +254,37 @@ async fn an_object_the_job_did_not_make_is_left_alone() {
     .await;
 }
 
+/// One operator process watches several namespaces (`--namespace` repeated, the chart's
+/// operator.watchNamespaces): a job in each runs.
+#[tokio::test]
+async fn one_operator_runs_the_jobs_of_several_namespaces() {
+    operator_test("operator-namespaces", |ctx| async move {
+        use k8s_openapi::api::core::v1::Namespace;
+        manifests::install_crds(&ctx.client).await?;
+        let other = TestContext { client: ctx.client.clone(), namespace: format!("{}-b", ctx.namespace) };
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": other.namespace}}))?;
+        namespaces.create(&Default::default(), &ns).await?;
+        let outcome = async {
+            let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--namespace", &other.namespace])?;
+            apply(&ctx, &training_job("lm", 1, 3)).await?;
+            apply(&other, &training_job("lm", 1, 3)).await?;
+            let here = running_pods(&ctx, "lm", 1, 1).await?;
+            let there = running_pods(&other, "lm", 1, 1).await?;
+            for (c, pods) in [(&ctx, &here), (&other, &there)] {
+                finish(c, &pods[0], "Succeeded").await?;
+                job_where(c, "lm", &format!("lm Succeeded in {}", c.namespace), |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        settle(&other).await.ok();
+        namespaces.delete(&other.namespace, &DeleteParams::background()).await.ok();
+        outcome
+    })
+    .await;
+}
+
 /// An operator told of an admission policy the API server does not have says so on every job:
 /// without the chart's policies a trainer's identity could write any status field.
 #[tokio::test]

@@ -53,9 +53,9 @@ pub struct RunArgs {
     /// Seconds a stopping trainer pod gets to write its checkpoint.
     #[arg(long, default_value_t = 300)]
     pub termination_grace_seconds: i64,
-    /// Watch one namespace only (default: all).
-    #[arg(long)]
-    pub namespace: Option<String>,
+    /// Watch only this namespace, repeated for several (default: all).
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,

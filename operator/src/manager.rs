@@ -101,6 +101,26 @@ async fn served(client: &Client, scope: &Scope, shutdown: impl std::future::Futu
     }
 }
 
+/// Runs the controllers for each of `namespaces` (all namespaces when there is none) until
+/// `shutdown` resolves: one set of caches and controllers a namespace, in this one process (a
+/// TrainingJob, its children and its budget are always in one namespace).
+pub async fn run_scopes(
+    client: Client,
+    settings: Settings,
+    namespaces: Vec<String>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Scope> =
+        if namespaces.is_empty() { vec![Scope { namespace: None }] } else { namespaces.into_iter().map(|n| Scope { namespace: Some(n) }).collect() };
+    health.scopes.store(scopes.len(), Ordering::Relaxed);
+    let runs = scopes.into_iter().map(|scope| run(client.clone(), settings.clone(), scope, metrics.clone(), health.clone(), shutdown.clone()));
+    futures::future::try_join_all(runs).await?;
+    Ok(())
+}
+
 /// How long a stop waits for the passes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -215,7 +235,7 @@ pub async fn run(
         gpu_products: Default::default(),
         policies_missing: policies_missing.clone(),
     });
-    *health.store.lock().unwrap() = Some(tj_reader.clone());
+    health.stores.lock().unwrap().push(tj_reader.clone());
 
     let stopping = shutdown.clone();
     let shutdown_reaper = shutdown.clone();
@@ -275,8 +295,12 @@ pub async fn run(
     let health_ready = health.clone();
     tokio::spawn(async move {
         if let (Ok(()), Ok(()), Ok(())) = tokio::join!(tjs_synced.wait(), jobs_synced.wait(), pods_synced.wait()) {
-            health_ready.ready.store(true, Ordering::Relaxed);
-            info!("caches synced; ready");
+            // ready once every watched namespace's caches are
+            let synced = health_ready.synced.fetch_add(1, Ordering::Relaxed) + 1;
+            if synced >= health_ready.scopes.load(Ordering::Relaxed).max(1) {
+                health_ready.ready.store(true, Ordering::Relaxed);
+                info!("caches synced; ready");
+            }
         }
     });
 

@@ -84,17 +84,21 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Recounts jobs by phase from the controller's cache.
-    fn count_phases(&self, store: &Store<TrainingJob>) {
+    fn count_phases(&self, stores: &[Store<TrainingJob>]) {
         let phases = [Phase::Pending, Phase::Queued, Phase::Running, Phase::Suspended, Phase::Succeeded, Phase::Failed];
         for p in phases {
-            let n = store.state().iter().filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending) == p).count();
+            let n: usize = stores
+                .iter()
+                .map(|store| store.state().iter().filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending) == p).count())
+                .sum();
             self.jobs.get_or_create(&PhaseLabels { phase: format!("{p:?}") }).set(n as i64);
         }
     }
 
-    pub fn encode(&self, store: Option<&Store<TrainingJob>>) -> String {
-        if let Some(store) = store {
-            self.count_phases(store);
+    /// The exposition; `stores` are the TrainingJob caches (one per watched namespace, or one).
+    pub fn encode(&self, stores: &[Store<TrainingJob>]) -> String {
+        if !stores.is_empty() {
+            self.count_phases(stores);
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("metrics encode into a String");
@@ -109,7 +113,11 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The main loop is alive.
     pub alive: AtomicBool,
-    pub store: Mutex<Option<Store<TrainingJob>>>,
+    /// The TrainingJob caches, one per watched namespace (or one for all).
+    pub stores: Mutex<Vec<Store<TrainingJob>>>,
+    /// How many watched scopes have synced their caches, and how many there are.
+    pub synced: std::sync::atomic::AtomicUsize,
+    pub scopes: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -123,8 +131,8 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
         .route(
             "/metrics",
             get(|State(s): State<Shared>| async move {
-                let store = s.health.store.lock().unwrap().clone();
-                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(store.as_ref()))
+                let stores = s.health.stores.lock().unwrap().clone();
+                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(&stores))
             }),
         )
         .route(
@@ -176,7 +184,7 @@ mod tests {
         m.reconciles.get_or_create(&ResultLabels { result: "ok" }).inc();
         m.errors.get_or_create(&CategoryLabels { category: "kubernetes" }).inc();
         m.duration.observe(0.01);
-        let text = m.encode(None);
+        let text = m.encode(&[]);
         assert!(text.contains("frugal_operator_reconciles_total{result=\"ok\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_errors_total{category=\"kubernetes\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_duration_seconds_count 1"), "{text}");

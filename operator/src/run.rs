@@ -12,7 +12,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info};
 
 use crate::RunArgs;
-use crate::manager::{self, Scope};
+use crate::manager;
 use crate::metrics::{self, Health, Metrics};
 use crate::settings::Settings;
 
@@ -70,11 +70,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let scope = Scope { namespace: args.namespace.clone() };
+    let namespaces = args.namespaces.clone();
 
     if !args.leader_elect {
         info!(max_gpus_per_job = settings.max_gpus_per_job, "starting the controller");
-        manager::run(client, settings, scope, metrics, health.clone(), shutdown_signal()).await?;
+        manager::run_scopes(client, settings, namespaces, metrics, health.clone(), shutdown_signal()).await?;
         health.alive.store(false, Ordering::Relaxed);
         return Ok(());
     }
@@ -109,7 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = shutdown_signal() => {},
         }
     };
-    manager::run(client, settings, scope, metrics, health.clone(), stop).await?;
+    manager::run_scopes(client, settings, namespaces, metrics, health.clone(), stop).await?;
     health.alive.store(false, Ordering::Relaxed);
     drop(leader);
     // dropping the channel ends the lease task, which releases the lease for the next leader

@@ -41,12 +41,87 @@ two releases. */}}
 {{/* An admission policy binding's scope: the watched namespace when the operator watches one
 (the release then governs only its jobs there), else nothing: every namespace. */}}
 {{- define "frugal.policyBindingScope" -}}
-{{- with .Values.operator.watchNamespace -}}
+{{- $namespaces := include "frugal.watchedNamespaces" . | trim | splitList "\n" | compact -}}
+{{- if eq (len $namespaces) 1 -}}
 matchResources:
   namespaceSelector:
     matchLabels:
-      kubernetes.io/metadata.name: {{ . }}
+      kubernetes.io/metadata.name: {{ first $namespaces }}
+{{- else if $namespaces -}}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ toJson $namespaces }}
 {{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches, one a line (operator.watchNamespace and
+operator.watchNamespaces together); none: every namespace. */}}
+{{- define "frugal.watchedNamespaces" -}}
+{{- with .Values.operator.watchNamespace }}
+{{ . }}
+{{- end }}
+{{- range .Values.operator.watchNamespaces }}
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* The operator's rules on TrainingJobs and their children; `scoped`: a Role in a watched
+namespace (no node reads). */}}
+{{- define "frugal.operatorRules" }}
+  - apiGroups: [frugal.dev]
+    resources: [trainingbudgets]
+    verbs: [get, list, watch]
+  # patch: only the finalizer, which holds a deleted job until its pods are gone and billed
+  - apiGroups: [frugal.dev]
+    resources: [trainingjobs]
+    verbs: [get, list, watch, patch]
+  # the operator writes status; it also grants trainer pods get/patch on their own job's status,
+  # which RBAC allows only to a holder of those verbs
+  - apiGroups: [frugal.dev]
+    resources: [trainingjobs/status]
+    verbs: [get, patch, update]
+  # a TrainingBudget's status is the ledger of the GPUs its jobs hold: replaced (update) with
+  # the resourceVersion it was read at, so concurrent admissions cannot over-commit it
+  - apiGroups: [frugal.dev]
+    resources: [trainingbudgets/status]
+    verbs: [get, update]
+  - apiGroups: [batch]
+    resources: [jobs]
+    verbs: [get, list, watch, create, patch, delete]
+  # delete: a deleted job's pods that no Job takes away, and pods the reaper finds orphaned
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch, delete]
+  - apiGroups: [""]
+    resources: [services, configmaps, serviceaccounts]
+    verbs: [get, list, watch, create, patch, delete]
+  # Secrets are neither listed nor watched: the operator creates each job's token Secret once,
+  # reads it back by name only to see that it made it, and deletes it with the job
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get, create, delete]
+  - apiGroups: [""]
+    resources: [persistentvolumeclaims]
+    verbs: [get]
+  - apiGroups: [rbac.authorization.k8s.io]
+    resources: [roles, rolebindings]
+    verbs: [get, list, watch, create, patch, delete]
+  - apiGroups: [events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, list, watch, create, patch, delete]
+{{- if not .scoped }}
+  # billing prices a pod at the GPU type its node's nvidia.com/gpu.product label names (read once
+  # per node); namespace-scoped, the operator prices at the job's spec.resources.gpuType instead
+  - apiGroups: [""]
+    resources: [nodes]
+    verbs: [get]
+{{- end }}
 {{- end -}}
 
 {{/* The admission policies this release installs, one name a line: the operator checks that the
