@@ -254,6 +254,31 @@ async fn an_object_the_job_did_not_make_is_left_alone() {
     .await;
 }
 
+/// A finished job that sets no ttlSecondsAfterFinished keeps its status and children, but its
+/// attempt Jobs and their pods go once its bill is final (--finished-attempt-ttl-seconds), so a
+/// namespace of old jobs does not fill the operator's caches.
+#[tokio::test]
+async fn a_finished_jobs_attempts_go_after_the_default_ttl() {
+    operator_test("operator-attempt-ttl", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--finished-attempt-ttl-seconds", "2"])?;
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        let pods = running_pods(&ctx, "lm", 1, 1).await?;
+        let job = ctx.api::<Job>().get("lm-a1").await?;
+        finish(&ctx, &pods[0], "Succeeded").await?;
+        let done = job_where(&ctx, "lm", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        wait::for_deletion(&ctx.api::<Job>(), "lm-a1", &job.uid().unwrap()).await?;
+        let after = ctx.api::<TrainingJob>().get("lm").await?;
+        ensure!(
+            phase(&after) == Some(Phase::Succeeded) && after.status.as_ref().and_then(|s| s.cost.clone()) == done.status.and_then(|s| s.cost),
+            "the status changed"
+        );
+        ensure!(ctx.api::<Service>().get_opt("lm").await?.is_some(), "the Service went too");
+        Ok(())
+    })
+    .await;
+}
+
 /// One operator process watches several namespaces (`--namespace` repeated, the chart's
 /// operator.watchNamespaces): a job in each runs.
 #[tokio::test]

@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// condition on every job.
     #[arg(long = "admission-policy")]
     pub admission_policies: Vec<String>,
+    /// Seconds after a job finished (one without ttlSecondsAfterFinished) that its attempt Jobs
+    /// and their pods are deleted: the bill is final in its status by then; 0 keeps them.
+    #[arg(long, default_value_t = 3600)]
+    pub finished_attempt_ttl_seconds: i64,
     /// The namespace Prometheus scrapes trainer pods from: each job's NetworkPolicy admits the
     /// metrics port from it only (default: from any namespace).
     #[arg(long)]

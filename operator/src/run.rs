@@ -54,6 +54,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         termination_grace_seconds: args.termination_grace_seconds,
         admission_policies: args.admission_policies.clone(),
         metrics_namespace: args.metrics_namespace.clone(),
+        finished_attempt_ttl_seconds: (args.finished_attempt_ttl_seconds > 0).then_some(args.finished_attempt_ttl_seconds),
         ..Settings::default()
     };
     let client = client(args.api_qps).await?;

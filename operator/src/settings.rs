@@ -16,6 +16,9 @@ pub struct Settings {
     /// Seconds a stopping pod has to write its checkpoint.
     pub termination_grace_seconds: i64,
     pub plan_options: PlanOptions,
+    /// Seconds after which a finished job's attempt Jobs are deleted when it sets no
+    /// ttlSecondsAfterFinished (None: kept).
+    pub finished_attempt_ttl_seconds: Option<i64>,
     /// The namespace allowed to scrape trainer pods' metrics port (None: any).
     pub metrics_namespace: Option<String>,
     /// The admission policies the chart installed, by name (`--admission-policy`).
@@ -33,6 +36,7 @@ impl Default for Settings {
             plan_options: PlanOptions::default(),
             admission_policies: Vec::new(),
             metrics_namespace: None,
+            finished_attempt_ttl_seconds: Some(3600),
         }
     }
 }

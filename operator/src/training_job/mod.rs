@@ -470,8 +470,26 @@ async fn publish(ctx: &Context, tj: &TrainingJob, s: &Summary) {
 }
 
 /// A finished job: deletes its children once ttlSecondsAfterFinished has passed.
+/// Without ttlSecondsAfterFinished, a finished job's attempt Jobs (and so their pods) are deleted
+/// `--finished-attempt-ttl-seconds` after it finished: their bill is final in the status, and
+/// they would otherwise stay in the operator's caches for as long as the TrainingJob does.
 async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Action, Error> {
-    let (Some(ttl), Some(done)) = (tj.spec.run_policy.ttl_seconds_after_finished, prev.completion_time.as_ref()) else {
+    let Some(done) = prev.completion_time.as_ref() else {
+        return Ok(Action::await_change());
+    };
+    let names = Names::new(&tj.namespace().unwrap_or_default(), &tj.name_any());
+    let uid = tj.uid().unwrap_or_default();
+    let attempt_jobs: Vec<Arc<Job>> = ctx.jobs.state().into_iter().filter(|j| cleanup::made_by(&j.metadata, &uid)).collect();
+    let Some(ttl) = tj.spec.run_policy.ttl_seconds_after_finished else {
+        let Some(ttl) = ctx.settings.finished_attempt_ttl_seconds.filter(|_| !attempt_jobs.is_empty()) else {
+            return Ok(Action::await_change());
+        };
+        let left = done.0.as_second() + ttl - now().0.as_second();
+        if left > 0 {
+            return Ok(Action::requeue(Duration::from_secs(left as u64)));
+        }
+        info!(ttl, "the job finished {ttl}s ago and its bill is final: deleting its attempt Jobs");
+        cleanup::delete_attempt_jobs(&ctx.client, &names.namespace, &attempt_jobs).await?;
         return Ok(Action::await_change());
     };
     let due = done.0.as_second() + i64::from(ttl);
@@ -479,9 +497,6 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     if left > 0 {
         return Ok(Action::requeue(Duration::from_secs(left as u64)));
     }
-    let names = Names::new(&tj.namespace().unwrap_or_default(), &tj.name_any());
-    let uid = tj.uid().unwrap_or_default();
-    let attempt_jobs: Vec<Arc<Job>> = ctx.jobs.state().into_iter().filter(|j| cleanup::made_by(&j.metadata, &uid)).collect();
     let service =
         Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &names.namespace).get_metadata_opt(&names.service()).await?;
     if !attempt_jobs.is_empty() || service.is_some_and(|s| cleanup::made_by(&s.metadata, &uid)) {
