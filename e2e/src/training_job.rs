@@ -7,7 +7,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use kube::{Api, ResourceExt as _};
 
 use crate::{FIELD_MANAGER, TestContext, wait};
@@ -38,7 +38,9 @@ pub async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usiz
     let api: Api<Pod> = ctx.api();
     let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
     let (reader, writer) = reflector::store();
-    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector))).touched_objects().boxed();
+    // every event, the initial list's end included: pods already Running when the watch starts
+    // are in the store only once its InitDone has been applied
+    let mut changes = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(&selector))).boxed();
     let what = format!("{pods} pods of {job} attempt {attempt} Running on GPU nodes");
     wait::until(&what, async {
         while changes.try_next().await?.is_some() {

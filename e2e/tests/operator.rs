@@ -295,7 +295,9 @@ async fn one_operator_runs_the_jobs_of_several_namespaces() {
             apply(&ctx, &training_job("lm", 1, 3)).await?;
             apply(&other, &training_job("lm", 1, 3)).await?;
             let here = running_pods(&ctx, "lm", 1, 1).await?;
+            eprintln!("e2e: lm runs in {}", ctx.namespace);
             let there = running_pods(&other, "lm", 1, 1).await?;
+            eprintln!("e2e: lm runs in {}", other.namespace);
             for (c, pods) in [(&ctx, &here), (&other, &there)] {
                 finish(c, &pods[0], "Succeeded").await?;
                 job_where(c, "lm", &format!("lm Succeeded in {}", c.namespace), |tj| phase(tj) == Some(Phase::Succeeded)).await?;

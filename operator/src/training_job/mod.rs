@@ -253,12 +253,11 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         completed_at: decision.succeeded_at,
         cost: Some(Box::new(cost.clone())),
     };
-    // ttlSecondsAfterFinished is counted by a pass that finds the status finished; status writes
-    // trigger no pass, and the children's last events may all come before this one's write
-    let requeue = match policy.ttl_seconds_after_finished {
-        Some(_) if summary.phase.is_terminal() => Some(Duration::from_secs(1)),
-        _ => decision.requeue_after,
-    };
+    // ttlSecondsAfterFinished (or the operator's default for finished attempts) is counted by a
+    // pass that finds the status finished; status writes trigger no pass, and the children's last
+    // events may all come before this one's write
+    let ttl = policy.ttl_seconds_after_finished.is_some() || ctx.settings.finished_attempt_ttl_seconds.is_some();
+    let requeue = if ttl && summary.phase.is_terminal() { Some(Duration::from_secs(1)) } else { decision.requeue_after };
     // pods holding GPUs are billed again within the billing interval
     let requeue = if bill::open(&cost) { Some(requeue.map_or(bill::BILLING_INTERVAL, |r| r.min(bill::BILLING_INTERVAL))) } else { requeue };
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
