@@ -63,8 +63,34 @@ async fn check(client: &Client, names: &[String]) -> Vec<String> {
     missing
 }
 
-/// Checks every [`CHECK_INTERVAL`] (after a [`first_check`]) until `shutdown`; `changed` is told when the set of
-/// missing policies changes (so that every job is reconciled and says it).
+/// Looks once: records what is missing in `missing` and the metric, and says it in the log on the
+/// `first` look and on a change; true when the set of missing policies changed.
+async fn look(client: &Client, names: &[String], missing: &Missing, metrics: &Metrics, first: bool) -> bool {
+    let now_missing = check(client, names).await;
+    for name in names {
+        metrics.policy_missing.get_or_create(&PolicyLabels { policy: name.clone() }).set(i64::from(now_missing.contains(name)));
+    }
+    let changed = missing.set(now_missing.clone());
+    if changed || first {
+        if now_missing.is_empty() {
+            info!(policies = ?names, "the chart's admission policies are in force");
+        } else {
+            warn!(missing = ?now_missing, "{}", message(&now_missing));
+        }
+    }
+    changed
+}
+
+/// The first look, before any job is reconciled: a missing policy is said from the first pass.
+pub async fn first_check(client: &Client, names: &[String], missing: &Missing, metrics: &Metrics) {
+    if !names.is_empty() {
+        look(client, names, missing, metrics, true).await;
+    }
+}
+
+/// Looks every [`CHECK_INTERVAL`] (every [`CHECK_INTERVAL_MISSING`] while one is missing) after
+/// the [`first_check`], until `shutdown`; `changed` is told when the set of missing policies
+/// changes (so that every job is reconciled and says it).
 pub async fn watch(
     client: Client,
     names: Vec<String>,
@@ -83,34 +109,8 @@ pub async fn watch(
             _ = tokio::time::sleep(interval) => {},
             _ = &mut shutdown => return,
         }
-        let now_missing = check(&client, &names).await;
-        for name in &names {
-            metrics.policy_missing.get_or_create(&PolicyLabels { policy: name.clone() }).set(i64::from(now_missing.contains(name)));
-        }
-        if missing.set(now_missing.clone()) {
-            if now_missing.is_empty() {
-                info!(policies = ?names, "the chart's admission policies are in force");
-            } else {
-                warn!(missing = ?now_missing, "{}", message(&now_missing));
-            }
+        if look(&client, &names, &missing, &metrics, false).await {
             let _ = changed.unbounded_send(());
         }
     }
-}
-
-/// The first look, before any job is reconciled: a missing policy is said from the first pass.
-pub async fn first_check(client: &Client, names: &[String], missing: &Missing, metrics: &Metrics) {
-    if names.is_empty() {
-        return;
-    }
-    let now_missing = check(client, names).await;
-    for name in names {
-        metrics.policy_missing.get_or_create(&PolicyLabels { policy: name.clone() }).set(i64::from(now_missing.contains(name)));
-    }
-    if now_missing.is_empty() {
-        info!(policies = ?names, "the chart's admission policies are in force");
-    } else {
-        warn!(missing = ?now_missing, "{}", message(&now_missing));
-    }
-    missing.set(now_missing);
 }

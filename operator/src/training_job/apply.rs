@@ -197,8 +197,12 @@ pub async fn ensure_secret(client: &Client, job: &PlannedJob, seen: &Seen) -> Re
         Some(m) => m.metadata,
         None => {
             let secret = build_secret(&job.valid, &new_token());
-            create_once(&api, &secret).await?;
-            api.get_metadata_opt(&name).await?.map(|m| m.metadata).unwrap_or_default()
+            match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
+                Ok(created) => created.metadata,
+                // made meanwhile: by whom is read again
+                Err(kube::Error::Api(s)) if s.code == 409 => api.get_metadata_opt(&name).await?.map(|m| m.metadata).unwrap_or_default(),
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     if !controlled_by(&existing, &job.valid.uid) {

@@ -116,12 +116,8 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
 /// or one of its pods still holds its GPUs.
 fn attempt_live(tj: &TrainingJob, ctx: &Context) -> bool {
     let (namespace, uid) = (tj.namespace().unwrap_or_default(), tj.uid().unwrap_or_default());
-    let ended = |j: &Job| {
-        let conditions = j.status.as_ref().and_then(|s| s.conditions.as_ref());
-        conditions.into_iter().flatten().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-    };
     let jobs = ctx.jobs.state();
-    jobs.iter().any(|j| j.namespace().as_deref() == Some(namespace.as_str()) && cleanup::made_by(&j.metadata, &uid) && !ended(j))
+    jobs.iter().any(|j| j.namespace().as_deref() == Some(namespace.as_str()) && cleanup::made_by(&j.metadata, &uid) && !observe::ended(j))
         || !crate::pods::live_pods_of(&ctx.pods, &namespace, &tj.name_any(), &uid).is_empty()
 }
 

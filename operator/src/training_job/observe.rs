@@ -165,6 +165,11 @@ pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
 }
 
 /// When a Job completed or failed: the Job controller adds the condition once its pods are gone.
+/// Whether a Job has completed or failed.
+pub fn ended(job: &Job) -> bool {
+    condition_true(job, "Complete").is_some() || condition_true(job, "Failed").is_some()
+}
+
 fn ended_at(job: &Job) -> Option<Time> {
     let status = job.status.as_ref()?;
     status.completion_time.clone().or_else(|| condition_true(job, "Failed").or_else(|| condition_true(job, "Complete"))?.last_transition_time.clone())
