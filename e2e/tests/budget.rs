@@ -401,8 +401,21 @@ async fn the_reaper_stops_an_orphaned_attempt_and_the_budget_counts_its_pods() {
 
         let orphan = kube::api::DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() };
         ctx.api::<TrainingJob>().delete("a", &orphan).await?;
-        let no_finalizer = serde_json::json!({"metadata": {"finalizers": null}});
-        ctx.api::<TrainingJob>().patch("a", &PatchParams::default(), &Patch::Merge(&no_finalizer)).await?;
+        // only the operator's finalizer goes: the garbage collector's `orphan` one stays and strips
+        // the attempt Job's owner reference (taking both away would race it)
+        for attempt in 1.. {
+            let held = ctx.api::<TrainingJob>().get("a").await?;
+            let others: Vec<String> = held.finalizers().iter().filter(|f| *f != "frugal.dev/stop-and-bill").cloned().collect();
+            let no_finalizer = serde_json::json!({"metadata": {"finalizers": others, "resourceVersion": held.resource_version()}});
+            match ctx.api::<TrainingJob>().patch("a", &PatchParams::default(), &Patch::Merge(&no_finalizer)).await {
+                // the garbage collector wrote it meanwhile: read it again
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt < 10 => continue,
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         wait::for_deletion(&ctx.api::<TrainingJob>(), "a", &a.uid().unwrap()).await?;
         let jobs: Api<Job> = ctx.api();
         wait::for_object(&jobs, "a-a1", "a-a1 orphaned (no owner)", |j: Option<&Job>| j.is_some_and(|j| j.owner_references().is_empty())).await?;
