@@ -13,7 +13,7 @@
 use frugal_api::planner::{self, PlanOptions};
 use frugal_api::v1alpha1::TrainingJobSpec;
 use frugal_trainer::config::*;
-use frugal_trainer::pipeline::{Replicas, ScheduleKind, StageWorker, layouts, run_replicated};
+use frugal_trainer::parallel::{Replicas, ScheduleKind, Worker, layouts, run_replicated};
 use tch::Device;
 
 const BATCH: i64 = 16;
@@ -78,7 +78,7 @@ fn measure(replicas: usize, stages: usize, shard: bool, steps: i64) -> Measured 
         Replicas { count: replicas, shard_optimizer: shard },
         ScheduleKind::OneFOneB,
         &[Device::Cpu],
-        move |w: &mut StageWorker| {
+        move |w: &mut Worker| {
             w.train_step()?; // warm-up
             let sent0 = w.ring.as_ref().map_or(0, |r| r.sent_bytes);
             let (mut wall, mut ring) = (0.0, 0.0);

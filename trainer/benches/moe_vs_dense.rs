@@ -16,14 +16,14 @@
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
 
 use frugal_trainer::config::*;
-use frugal_trainer::train::Trainer;
+use frugal_trainer::parallel::Worker;
 use std::time::Instant;
 use tch::Device;
 
 /// One side of the comparison, trained a step at a time.
 struct Side {
     name: String,
-    trainer: Trainer,
+    trainer: Worker,
     train_seconds: f64,
     step_seconds: Vec<f64>,
     dropped: f64,
@@ -34,18 +34,18 @@ struct Side {
 impl Side {
     fn new(name: &str, model: ModelConfig, precision: Precision, steps: i64, data: &str) -> Self {
         let cfg = nano_run(name, model, precision, steps, data);
-        let trainer = Trainer::new(cfg, Device::Cpu).unwrap();
+        let trainer = Worker::single(cfg, Device::Cpu).unwrap();
         Self { name: format!("{name} {precision:?}"), trainer, train_seconds: 0.0, step_seconds: vec![], dropped: 0.0, curve: vec![] }
     }
 
     fn step(&mut self, steps: i64, eval_every: i64) {
-        let r = self.trainer.train_step();
+        let r = self.trainer.train_step().unwrap();
         self.train_seconds += r.seconds;
         self.step_seconds.push(r.seconds);
         self.dropped += r.dropped_fraction.unwrap_or(0.0);
         let t = &self.trainer;
         if t.step % eval_every == 0 || t.step == steps {
-            let v = t.evaluate();
+            let v = t.validation_loss();
             self.curve.push((t.step, self.train_seconds, v));
             eprintln!("{:>10} step {:>5} train {:>7.1}s val {v:.4}", self.name, t.step, self.train_seconds);
         }
@@ -63,12 +63,13 @@ impl Side {
 
     fn report(&self, started: Instant) {
         let t = &self.trainer;
+        let counts = t.counts();
         println!(
             "{{\"model\":\"{}\",\"params_total\":{},\"params_active\":{},\"flops_per_token\":{},\"steps\":{},\"tokens_per_second\":{:.1},\"median_step_ms\":{:.2},\"val_loss\":{:.4},\"dropped_fraction\":{:.4},\"wall_seconds\":{:.1}}}",
             self.name,
-            t.counts.params_total,
-            t.counts.params_active,
-            t.counts.flops_per_token,
+            counts.params_total,
+            counts.params_active,
+            counts.flops_per_token,
             t.step,
             self.tokens_per_second(),
             self.median_step_seconds() * 1e3,

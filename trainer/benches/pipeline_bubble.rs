@@ -12,8 +12,8 @@
 
 use frugal_api::planner::bubble_fraction;
 use frugal_trainer::config::*;
-use frugal_trainer::pipeline::schedule::{schedule, simulate};
-use frugal_trainer::pipeline::{ScheduleKind, StageWorker, layouts, run_in_process};
+use frugal_trainer::parallel::schedule::{schedule, simulate};
+use frugal_trainer::parallel::{ScheduleKind, Worker, layouts, run_in_process};
 use std::process::Command;
 use tch::Device;
 
@@ -45,7 +45,7 @@ fn run_config(layers: i64, micro_batches: i64, micro_batch_size: i64, steps: i64
 /// (measured bubble, per-stage busy seconds per step, wall seconds per step, simulated bubble).
 fn measure(p: usize, m: i64, kind: ScheduleKind, steps: i64) -> (f64, Vec<f64>, f64, f64) {
     let cfg = run_config(4, m, 4, steps + 1);
-    let per_stage = run_in_process(&cfg, &layouts(&cfg.model, p), kind, &[Device::Cpu], move |w: &mut StageWorker| {
+    let per_stage = run_in_process(&cfg, &layouts(&cfg.model, p), kind, &[Device::Cpu], move |w: &mut Worker| {
         w.train_step()?; // warm-up
         let (mut busy, mut wall) = (0.0, 0.0);
         for _ in 0..steps {
@@ -72,7 +72,7 @@ fn peak_rss_kib() -> i64 {
 
 fn memory_child(kind: ScheduleKind) {
     let cfg = run_config(4, 8, 16, 2);
-    let held = run_in_process(&cfg, &layouts(&cfg.model, 4), kind, &[Device::Cpu], |w: &mut StageWorker| {
+    let held = run_in_process(&cfg, &layouts(&cfg.model, 4), kind, &[Device::Cpu], |w: &mut Worker| {
         let mut peak = 0;
         for _ in 0..2 {
             w.train_step()?;

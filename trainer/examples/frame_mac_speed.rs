@@ -1,11 +1,11 @@
-//! How fast the TCP transport's frame MAC (`pipeline::transport::tcp::FrameMac`: BLAKE3 keyed
+//! How fast the TCP transport's frame MAC (`parallel::transport::tcp::FrameMac`: BLAKE3 keyed
 //! hash of frame number and body) runs on one core of this CPU, for frames of the sizes a
 //! pipeline sends, beside HMAC-SHA256 (the alternative it was measured against; 16-byte tag) and
 //! a plain copy of the same bytes (which encoding a frame already does).
 //!
 //!   cargo run --release -p frugal-trainer --example frame_mac_speed
 
-use frugal_trainer::pipeline::transport::tcp::FrameMac;
+use frugal_trainer::parallel::transport::tcp::FrameMac;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::hint::black_box;

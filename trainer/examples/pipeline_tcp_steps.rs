@@ -12,7 +12,7 @@
 //! `bench/ab-pipeline-tcp.sh` runs two builds of it alternately (default 40 steps, 5 warm-up).
 
 use frugal_trainer::config::*;
-use frugal_trainer::pipeline::{ProcessStages, Replicas, ScheduleKind, StageWorker, layouts};
+use frugal_trainer::parallel::{ProcessStages, Replicas, ScheduleKind, Worker, layouts};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -81,7 +81,7 @@ fn rank(replica: usize, stage: usize, steps: i64, warmup: usize, ports: &[u16]) 
         ring_next: Some(port((replica + 1) % REPLICAS, stage, 1)),
     };
     let mut ranks = process
-        .run(&cfg, ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+        .run(&cfg, ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
             let mut times = vec![];
             let mut cpu = 0.0;
             for step in 0..w.cfg.train.steps as usize {

@@ -17,9 +17,9 @@
 use frugal_trainer::config::*;
 use frugal_trainer::model::mlp::Mlp;
 use frugal_trainer::model::moe::Moe;
+use frugal_trainer::parallel::Worker;
 use frugal_trainer::params::{ParamBuilder, ParamStore};
 use frugal_trainer::rng::Rng;
-use frugal_trainer::train::Trainer;
 use frugal_trainer::train::precision::compute_kind;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -35,7 +35,7 @@ fn shapes(width: i64) -> (ModelConfig, MoeConfig) {
     (model, MoeConfig { expert_hidden: width, ..nano_moe() })
 }
 
-fn trainer(moe: bool, precision: Precision, data: &str, width: i64, batch: i64) -> Trainer {
+fn trainer(moe: bool, precision: Precision, data: &str, width: i64, batch: i64) -> Worker {
     let (mut model, moe_cfg) = shapes(width);
     if moe {
         model.moe = Some(moe_cfg);
@@ -43,12 +43,12 @@ fn trainer(moe: bool, precision: Precision, data: &str, width: i64, batch: i64) 
     let mut cfg = nano_run("profile", model, precision, 1_000_000, data);
     cfg.train.batch_size = batch;
     cfg.train.micro_batch_size = batch;
-    Trainer::new(cfg, Device::Cpu).unwrap()
+    Worker::single(cfg, Device::Cpu).unwrap()
 }
 
-/// One optimizer step as `Trainer::train_step` takes it (one micro-batch, no recomputation),
+/// One optimizer step as `Worker::train_step` takes it (one micro-batch, no recomputation),
 /// returning the seconds of each section.
-fn timed_step(t: &mut Trainer) -> [f64; 6] {
+fn timed_step(t: &mut Worker) -> [f64; 6] {
     let mut s = [0.0; 6];
     let t0 = Instant::now();
     let mut mark = Instant::now();
@@ -56,11 +56,11 @@ fn timed_step(t: &mut Trainer) -> [f64; 6] {
         s[i] = mark.elapsed().as_secs_f64();
         mark = Instant::now();
     };
-    let batch = t.data.next_batch(t.cfg.train.micro_batch_size);
+    let batch = t.data.as_mut().expect("the whole model reads the data").next_batch(t.cfg.train.micro_batch_size);
     lap(&mut s, 0);
     let (total, stats) = t.model.forward(&t.params, &batch.inputs, &batch.targets);
     lap(&mut s, 1);
-    t.params.backward_into_grad(&total, 1.0, false);
+    t.params.backward_into_grad(&total, None, 1.0, false);
     lap(&mut s, 2);
     let norm = t.params.grad_norm().double_value(&[]);
     lap(&mut s, 3);

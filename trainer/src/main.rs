@@ -10,11 +10,11 @@ use frugal_api::contract::{env, paths};
 use frugal_trainer::data::{self, shards};
 use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
+use frugal_trainer::parallel::{launch, pick_device};
 use frugal_trainer::report::compare;
 use frugal_trainer::report::human;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::train::run::{JobRun, Output, train_job};
-use frugal_trainer::train::{Trainer, pick_device};
+use frugal_trainer::train::run::{JobRun, Output};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -248,14 +248,7 @@ fn run(cli: Cli) -> Result<i32> {
                 // the int8 kernels are the CPU's, whatever the job trained on
                 run.export = Some(Arc::new(move |root| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)));
             }
-            let stopped = if job.pipelined() {
-                frugal_trainer::pipeline::run::train(&job, cfg, device, run)?
-            } else {
-                let mut trainer = Trainer::new(cfg, device)?;
-                trainer.evaluation = job.eval_config();
-                train_job(&mut trainer, &run)?
-            };
-            Ok(stopped.exit_code())
+            Ok(launch::train(&job, cfg, device, run)?.exit_code())
         }
     }
 }
@@ -338,15 +331,7 @@ fn evaluate(job: &Job, checkpoint: Option<PathBuf>, device: Option<&str>, json: 
     let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
     let dir = frugal_trainer::checkpoint::step_or_latest(&root)?.with_context(|| format!("no committed checkpoint under {}", root.display()))?;
     let device = pick_device(device.or(Some("cpu")))?;
-    // A pipelined job's checkpoint is written per stage: it is evaluated through the stages.
-    let (q, step, prov) = if job.pipelined() {
-        frugal_trainer::pipeline::run::evaluate_checkpoint(job, &cfg, &dir, device)?
-    } else {
-        let mut trainer = Trainer::new(cfg, device)?;
-        trainer.evaluation = job.eval_config();
-        trainer.restore(&dir)?;
-        (trainer.evaluate_quality()?, trainer.step, trainer.provenance())
-    };
+    let (q, step, prov) = launch::evaluate_checkpoint(job, &cfg, &dir, device)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"checkpoint": dir, "quality": q, "provenance": prov}))?);
         return Ok(());

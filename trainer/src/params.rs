@@ -87,6 +87,24 @@ impl ParamBuilder {
     pub fn numel(&self) -> i64 {
         self.specs.iter().map(ParamSpec::numel).sum()
     }
+
+    /// The fingerprint of the parameters declared so far (see [`ParamStore::fingerprint`]),
+    /// without allocating them.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.specs)
+    }
+}
+
+/// Names and shapes, in name order, hashed.
+fn fingerprint(specs: &[ParamSpec]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut specs: Vec<&ParamSpec> = specs.iter().collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in specs {
+        h.update(format!("{}:{:?};", s.name, s.shape));
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 pub struct ParamStore {
@@ -235,13 +253,18 @@ impl ParamStore {
     /// Differentiates `loss` with respect to every parameter and writes the gradients, times
     /// `scale`, into the flat fp32 gradient: replacing it, or added to it with `accumulate`.
     /// Autograd hands the gradients back instead of accumulating them on the leaves, so with fp32
-    /// compute they go into the buffer with one `cat` and nothing is cleared afterwards.
-    pub fn backward_into_grad(&mut self, loss: &Tensor, scale: f64, accumulate: bool) {
-        let inputs: Vec<&Tensor> = self.by_offset.iter().map(|&i| &self.leaves[i]).collect();
-        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+    /// compute they go into the buffer with one `cat` and nothing is cleared afterwards. With
+    /// `input` (a leaf the loss depends on: a pipeline stage's activations), also returns the
+    /// loss's gradient with respect to it, unscaled, from the same backward pass.
+    pub fn backward_into_grad(&mut self, loss: &Tensor, input: Option<&Tensor>, scale: f64, accumulate: bool) -> Option<Tensor> {
+        let mut inputs: Vec<&Tensor> = self.by_offset.iter().map(|&i| &self.leaves[i]).collect();
+        inputs.extend(input);
+        let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let input_grad = input.and_then(|_| grads.pop());
         let _guard = tch::no_grad_guard();
         let parts: Vec<Tensor> = self.by_offset.iter().zip(grads).map(|(&i, g)| self.flat_grad_part(i, g)).collect();
         self.add_to_grad(&parts, scale, accumulate);
+        input_grad
     }
 
     /// One parameter's gradient flattened (zeros where autograd produced none).
@@ -291,14 +314,7 @@ impl ParamStore {
 
     /// Names and shapes, the identity a checkpoint must match.
     pub fn fingerprint(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        let mut specs: Vec<&ParamSpec> = self.specs.iter().collect();
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        for s in specs {
-            h.update(format!("{}:{:?};", s.name, s.shape));
-        }
-        hex::encode(&h.finalize()[..16])
+        fingerprint(&self.specs)
     }
 
     pub fn find(&self, name: &str) -> Option<usize> {

@@ -5,11 +5,11 @@ mod common;
 
 use common::*;
 use frugal_trainer::config::{OptimizerKind, Positions};
-use frugal_trainer::train::Trainer;
+use frugal_trainer::parallel::Worker;
 use tch::Device;
 
-fn losses(t: &mut Trainer, steps: i64) -> Vec<f64> {
-    (0..steps).map(|_| t.train_step().loss).collect()
+fn losses(t: &mut Worker, steps: i64) -> Vec<f64> {
+    (0..steps).map(|_| t.train_step().unwrap().loss).collect()
 }
 
 fn resumed_equals_uninterrupted(mut model: frugal_trainer::config::ModelConfig, optimizer: OptimizerKind, name: &str) {
@@ -18,16 +18,16 @@ fn resumed_equals_uninterrupted(mut model: frugal_trainer::config::ModelConfig, 
     let total = 10;
     let mut cfg = small_run(model, total, None);
     cfg.train.optim.kind = optimizer;
-    let mut straight = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut straight = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     let reference = losses(&mut straight, total);
 
     let dir = temp_dir(name);
     cfg.checkpoint_dir = Some(dir.clone());
-    let mut first = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut first = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     let head = losses(&mut first, 4);
     first.save_checkpoint().unwrap();
     drop(first);
-    let mut second = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut second = Worker::single(cfg, Device::Cpu).unwrap();
     assert_eq!(second.resume_latest().unwrap(), Some(4));
     let tail = losses(&mut second, total - 4);
     let resumed: Vec<f64> = head.into_iter().chain(tail).collect();
@@ -54,21 +54,21 @@ fn corrupt_checkpoint_is_refused_and_nothing_is_loaded() {
     tch::set_num_threads(1);
     let dir = temp_dir("corrupt");
     let cfg = small_run(small_model(false), 4, Some(dir.clone()));
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    t.train_step();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    t.train_step().unwrap();
     let saved = t.save_checkpoint().unwrap().unwrap();
 
     // Flip one byte in the middle of the weights.
-    let weights = saved.join("model.safetensors");
+    let weights = saved.join("stage-0.model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&weights, &bytes).unwrap();
 
-    let mut fresh = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut fresh = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     let before = fresh.params.master.copy();
     let err = fresh.resume_latest().unwrap_err().to_string();
-    assert!(err.contains("corrupt") && err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("corrupt") && err.contains("stage-0.model.safetensors"), "{err}");
     assert!(fresh.params.master.equal(&before), "a refused checkpoint must not be half-loaded");
     assert_eq!(fresh.step, 0);
 
@@ -91,28 +91,28 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_valid_one() {
     tch::set_num_threads(1);
     let dir = temp_dir("fallback");
     let cfg = small_run(small_model(false), 4, Some(dir.clone()));
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    t.train_step();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    t.train_step().unwrap();
     let first = t.save_checkpoint().unwrap().unwrap();
     let at_first = t.params.master.copy();
-    t.train_step();
+    t.train_step().unwrap();
     let newest = t.save_checkpoint().unwrap().unwrap();
-    let weights = newest.join("model.safetensors");
+    let weights = newest.join("stage-0.model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&weights, &bytes).unwrap();
 
-    let mut resumed = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut resumed = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     assert_eq!(resumed.resume_latest().unwrap(), Some(1));
     assert!(resumed.params.master.equal(&at_first), "the weights of the older checkpoint");
     assert_eq!(resumed.skipped_checkpoints.len(), 1);
     let note = &resumed.skipped_checkpoints[0];
-    assert!(note.contains("corrupt") && note.contains("model.safetensors") && note.contains(&first.display().to_string()), "{note}");
+    assert!(note.contains("corrupt") && note.contains("stage-0.model.safetensors") && note.contains(&first.display().to_string()), "{note}");
     assert!(!newest.exists() && newest.with_file_name("step-000000002.corrupt").exists(), "the corrupt one is set aside");
     assert_eq!(frugal_trainer::checkpoint::list(&dir).unwrap().len(), 1);
     // training goes on, and the step it reaches again saves where the corrupt one was
-    resumed.train_step();
+    resumed.train_step().unwrap();
     assert_eq!(resumed.save_checkpoint().unwrap().unwrap(), newest);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -122,18 +122,18 @@ fn checkpoint_of_another_model_is_refused() {
     tch::set_num_threads(1);
     let dir = temp_dir("mismatch");
     let cfg = small_run(small_model(false), 4, Some(dir.clone()));
-    let t = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg, Device::Cpu).unwrap();
     t.save_checkpoint().unwrap();
     let mut wider = small_model(false);
     wider.ffn_hidden = 128;
-    let mut other = Trainer::new(small_run(wider, 4, Some(dir.clone())), Device::Cpu).unwrap();
+    let mut other = Worker::single(small_run(wider, 4, Some(dir.clone())), Device::Cpu).unwrap();
     let err = other.resume_latest().unwrap_err().to_string();
     assert!(err.contains("does not match this job"), "{err}");
 
     // Same model, another optimizer: its state does not fit.
     let mut cfg = small_run(small_model(false), 4, Some(dir.clone()));
     cfg.train.optim.kind = OptimizerKind::Muon;
-    let mut muon = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut muon = Worker::single(cfg, Device::Cpu).unwrap();
     let err = muon.resume_latest().unwrap_err().to_string();
     assert!(err.contains("optimizer"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
@@ -144,16 +144,16 @@ fn incomplete_checkpoint_directories_are_ignored_and_old_ones_pruned() {
     tch::set_num_threads(1);
     let dir = temp_dir("prune");
     let cfg = small_run(small_model(false), 6, Some(dir.clone()));
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     for _ in 0..3 {
-        t.train_step();
+        t.train_step().unwrap();
         t.save_checkpoint().unwrap();
     }
     let steps: Vec<i64> = frugal_trainer::checkpoint::list(&dir).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, vec![2, 3], "keep_checkpoints = 2");
     // A step directory without a manifest (a crash mid-write) does not count.
     std::fs::create_dir_all(dir.join("step-000000009")).unwrap();
-    let mut fresh = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut fresh = Worker::single(cfg, Device::Cpu).unwrap();
     assert_eq!(fresh.resume_latest().unwrap(), Some(3));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,8 +9,7 @@ mod common;
 
 use common::*;
 use frugal_trainer::config::RunConfig;
-use frugal_trainer::pipeline::{ProcessStages, Replicas, ScheduleKind, StageWorker, checkpoint, layouts, run_replicated};
-use frugal_trainer::train::Trainer;
+use frugal_trainer::parallel::{ProcessStages, Replicas, ScheduleKind, Worker, layouts, run_replicated};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,7 +30,7 @@ fn dp_run(steps: i64, clip: f64) -> RunConfig {
     cfg
 }
 
-fn named(t: &Trainer, flat: &Tensor) -> Named {
+fn named(t: &Worker, flat: &Tensor) -> Named {
     t.params.specs.iter().map(|s| (s.name.clone(), flat.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy())).collect()
 }
 
@@ -43,8 +42,8 @@ fn assert_close(what: &str, name: &str, got: &Tensor, want: &Tensor, rel: f64) {
 
 /// One process's first step: gradients, updated weights, loss.
 fn reference(cfg: &RunConfig) -> (Named, Named, f64) {
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    let r = t.train_step();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    let r = t.train_step().unwrap();
     (named(&t, &t.params.grad), named(&t, &t.params.master), r.loss)
 }
 
@@ -61,7 +60,7 @@ fn replicas_of_the_pipeline_match_one_process() {
             Replicas { count: replicas, shard_optimizer: shard },
             ScheduleKind::OneFOneB,
             &[Device::Cpu],
-            |w: &mut StageWorker| {
+            |w: &mut Worker| {
                 w.bucket_elements = 1000; // several buckets, one not a multiple of the replicas
                 let r = w.train_step()?;
                 Ok((w.replica, w.named_grads(), w.named_weights(), r.loss, w.optim.state_bytes()))
@@ -82,7 +81,7 @@ fn replicas_of_the_pipeline_match_one_process() {
         }
         assert_eq!(seen.len(), want_grads.len(), "{what}: every parameter trained");
         // Sharded, each replica holds a part of the optimizer state, together all of it once.
-        let whole = Trainer::new(cfg.clone(), Device::Cpu).unwrap().optim.state_bytes();
+        let whole = Worker::single(cfg.clone(), Device::Cpu).unwrap().optim.state_bytes();
         if shard {
             assert!(state[..replicas].iter().all(|&b| b < whole), "{what}: {state:?} of {whole}");
         } else {
@@ -95,8 +94,8 @@ fn replicas_of_the_pipeline_match_one_process() {
 fn two_replicas_of_two_stages_follow_one_process_step_for_step() {
     tch::set_num_threads(1);
     let cfg = dp_run(6, 1.0); // clipped by the global norm every replica agrees on
-    let mut one = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    let want: Vec<f64> = (0..6).map(|_| one.train_step().loss).collect();
+    let mut one = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    let want: Vec<f64> = (0..6).map(|_| one.train_step().unwrap().loss).collect();
     let want_weights = named(&one, &one.params.master);
     for shard in [false, true] {
         let ranks = run_replicated(
@@ -105,7 +104,7 @@ fn two_replicas_of_two_stages_follow_one_process_step_for_step() {
             Replicas { count: 2, shard_optimizer: shard },
             ScheduleKind::OneFOneB,
             &[Device::Cpu],
-            |w: &mut StageWorker| {
+            |w: &mut Worker| {
                 let losses: Vec<f64> = (0..6).map(|_| w.train_step().map(|r| r.loss)).collect::<anyhow::Result<_>>()?;
                 Ok((losses, w.named_weights()))
             },
@@ -139,10 +138,10 @@ fn a_checkpoint_resumes_under_other_replica_and_stage_counts() {
         Replicas { count: 2, shard_optimizer: true },
         ScheduleKind::OneFOneB,
         &[Device::Cpu],
-        move |w: &mut StageWorker| {
+        move |w: &mut Worker| {
             w.train_step()?;
             w.train_step()?;
-            checkpoint::save(w, &r, 2)?;
+            w.save_checkpoint_in(&r, 2)?;
             let third = w.train_step()?;
             Ok((third.loss, w.named_weights()))
         },
@@ -163,8 +162,8 @@ fn a_checkpoint_resumes_under_other_replica_and_stage_counts() {
             Replicas { count: replicas, shard_optimizer: shard },
             ScheduleKind::GPipe,
             &[Device::Cpu],
-            move |w: &mut StageWorker| {
-                let state = checkpoint::load(w, &d)?;
+            move |w: &mut Worker| {
+                let state = w.restore(&d)?;
                 assert_eq!((state.step, state.stages), (2, 2));
                 let third = w.train_step()?;
                 Ok((third.loss, w.named_weights()))
@@ -223,7 +222,7 @@ fn replica_process() {
         ring_next: Some(port((replica + 1) % replicas, stage, 1)),
     };
     let out = dir.clone();
-    let result = process.run(&cfg, ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+    let result = process.run(&cfg, ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
         for step in 0..w.cfg.train.steps {
             w.train_step()?;
             if step == 0 {

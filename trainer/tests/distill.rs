@@ -10,11 +10,11 @@ use common::*;
 use frugal_trainer::config::{DistillConfig, DistillLoss, ModelConfig, Precision, RunConfig};
 use frugal_trainer::distill::Teacher;
 use frugal_trainer::job::{self, ConfigurationError};
-use frugal_trainer::pipeline::{Replicas, ScheduleKind, StageWorker, layouts, run_in_process, run_replicated};
+use frugal_trainer::parallel::{Replicas, ScheduleKind, Worker, layouts, run_in_process, run_replicated};
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::event::RunEvent;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::train::Trainer;
+use frugal_trainer::train::run::Session;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -43,9 +43,9 @@ fn teacher() -> &'static Path {
     ROOT.get_or_init(|| {
         let root = temp_dir("distill-teacher");
         let cfg = small_run(teacher_model(), TEACHER_STEPS, Some(root.clone()));
-        let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+        let mut t = Worker::single(cfg, Device::Cpu).unwrap();
         for _ in 0..TEACHER_STEPS {
-            t.train_step();
+            t.train_step().unwrap();
         }
         t.save_checkpoint().unwrap().expect("the teacher's checkpoint");
         root
@@ -67,8 +67,10 @@ fn student(steps: i64, soft_weight: Option<f64>) -> RunConfig {
 fn run_events(cfg: RunConfig) -> Vec<RunEvent> {
     let (sink, events) = std::sync::mpsc::channel();
     let mut reporter = Reporter::new(cfg.train.steps, true).with_sink(Some(sink));
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
-    t.run(&AtomicBool::new(false), &mut reporter, &Metrics::new("test")).unwrap();
+    let mut t = Worker::single(cfg, Device::Cpu).unwrap();
+    let (stop, metrics) = (AtomicBool::new(false), Metrics::new("test"));
+    let session = Session { stop: &stop, reporter: Some(&mut reporter), metrics: &metrics, max_steps: None, resume: false, metrics_port: None };
+    frugal_trainer::train::run::run(&mut t, session).unwrap();
     drop(reporter);
     events.try_iter().collect()
 }
@@ -127,11 +129,11 @@ fn a_distilled_student_learns_more_from_the_same_tokens_and_reports_its_teacher(
 #[test]
 fn a_soft_weight_of_zero_trains_as_without_a_teacher() {
     tch::set_num_threads(1);
-    let mut without = Trainer::new(student(5, None), Device::Cpu).unwrap();
-    let mut zero = Trainer::new(student(5, Some(0.0)), Device::Cpu).unwrap();
+    let mut without = Worker::single(student(5, None), Device::Cpu).unwrap();
+    let mut zero = Worker::single(student(5, Some(0.0)), Device::Cpu).unwrap();
     assert!(zero.teacher.is_some(), "the teacher is loaded, for the report");
     for _ in 0..5 {
-        let (a, b) = (without.train_step(), zero.train_step());
+        let (a, b) = (without.train_step().unwrap(), zero.train_step().unwrap());
         assert_eq!(a.loss.to_bits(), b.loss.to_bits());
         assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits());
         assert_eq!(b.soft_loss, None);
@@ -143,8 +145,8 @@ type Named = BTreeMap<String, Tensor>;
 
 /// One step of the single process: gradients, updated weights, loss and soft loss.
 fn reference(cfg: &RunConfig) -> (Named, Named, f64, f64) {
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    let r = t.train_step();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    let r = t.train_step().unwrap();
     let named = |flat: &Tensor| -> Named {
         t.params.specs.iter().map(|s| (s.name.clone(), flat.narrow(0, s.offset, s.numel()).view(s.shape.as_slice()).copy())).collect()
     };
@@ -170,7 +172,7 @@ fn pipelined_student() -> RunConfig {
 fn check_against_one_process(cfg: &RunConfig, replicas: usize, schedule: ScheduleKind) {
     let (want_grads, want_weights, want_loss, want_soft) = reference(cfg);
     let replicas = Replicas { count: replicas, shard_optimizer: false };
-    let per_stage = run_replicated(cfg, &layouts(&cfg.model, 2), replicas, schedule, &[Device::Cpu], |w: &mut StageWorker| {
+    let per_stage = run_replicated(cfg, &layouts(&cfg.model, 2), replicas, schedule, &[Device::Cpu], |w: &mut Worker| {
         let r = w.train_step()?;
         Ok((w.named_grads(), w.named_weights(), r, w.teacher.is_some(), w.model.layout.head))
     })
@@ -213,17 +215,17 @@ fn a_bf16_student_learns_from_a_bf16_teacher() {
     tch::set_num_threads(1);
     let mut cfg = student(4, Some(0.5));
     cfg.train.precision = Precision::Bf16;
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg, Device::Cpu).unwrap();
     let teacher = t.teacher.as_ref().unwrap();
     assert_eq!(teacher.params.compute_kind, Kind::BFloat16);
     assert_eq!(teacher.params.master.numel(), 0, "a frozen teacher keeps only its bf16 weights");
-    let x = t.data.validation(4)[0].inputs.shallow_clone();
+    let x = t.data.as_ref().unwrap().validation(4)[0].inputs.shallow_clone();
     let logits = teacher.logits(&x);
     assert_eq!(logits.kind(), Kind::Float);
     let fp32 = Teacher::load(&distill(0.5), &small_model(false), Device::Cpu, Kind::Float).unwrap();
     let err = (&logits - fp32.logits(&x)).abs().max().double_value(&[]);
     assert!(err < 0.25, "bf16 logits differ from fp32 by {err}");
-    let reports: Vec<_> = (0..4).map(|_| t.train_step()).collect();
+    let reports: Vec<_> = (0..4).map(|_| t.train_step().unwrap()).collect();
     assert!(reports.iter().all(|r| r.loss.is_finite() && r.soft_loss.is_some_and(f64::is_finite)), "{reports:?}");
     assert!(reports[3].loss < reports[0].loss, "{reports:?}");
 }
@@ -232,18 +234,18 @@ fn a_bf16_student_learns_from_a_bf16_teacher() {
 fn a_resumed_distilled_run_continues_the_uninterrupted_one() {
     tch::set_num_threads(1);
     let total = 6;
-    let mut straight = Trainer::new(student(total, Some(0.5)), Device::Cpu).unwrap();
-    let reference: Vec<f64> = (0..total).map(|_| straight.train_step().loss).collect();
+    let mut straight = Worker::single(student(total, Some(0.5)), Device::Cpu).unwrap();
+    let reference: Vec<f64> = (0..total).map(|_| straight.train_step().unwrap().loss).collect();
     let dir = temp_dir("distill-resume");
     let mut cfg = student(total, Some(0.5));
     cfg.checkpoint_dir = Some(dir.clone());
-    let mut first = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    let mut resumed: Vec<f64> = (0..3).map(|_| first.train_step().loss).collect();
+    let mut first = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    let mut resumed: Vec<f64> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
     let saved = first.save_checkpoint().unwrap().unwrap();
     drop(first);
-    let mut second = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut second = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     assert_eq!(second.resume_latest().unwrap(), Some(3));
-    resumed.extend((3..total).map(|_| second.train_step().loss));
+    resumed.extend((3..total).map(|_| second.train_step().unwrap().loss));
     for (i, (a, b)) in reference.iter().zip(&resumed).enumerate() {
         assert!((a - b).abs() <= 1e-5, "step {}: uninterrupted {a}, resumed {b}", i + 1);
     }
@@ -252,29 +254,28 @@ fn a_resumed_distilled_run_continues_the_uninterrupted_one() {
     // same model reads it
     let mut files: Vec<String> = std::fs::read_dir(&saved).unwrap().map(|f| f.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
-    assert_eq!(files, ["MANIFEST.json", "model.safetensors", "optimizer.safetensors", "trainer.json"]);
-    let weights = Tensor::read_safetensors(saved.join("model.safetensors")).unwrap();
+    assert_eq!(files, ["MANIFEST.json", "stage-0.model.safetensors", "stage-0.optimizer.safetensors", "trainer.json"]);
+    let weights = Tensor::read_safetensors(saved.join("stage-0.model.safetensors")).unwrap();
     assert_eq!(weights.len(), second.params.specs.len());
-    let mut plain = Trainer::new(small_run(small_model(false), total, None), Device::Cpu).unwrap();
+    let mut plain = Worker::single(small_run(small_model(false), total, None), Device::Cpu).unwrap();
     plain.restore(&saved).unwrap();
     assert_eq!(plain.step, 3);
 
     // a pipelined distilled run: two steps, a checkpoint, a third; resumed from the checkpoint,
     // the third again
-    use frugal_trainer::pipeline::checkpoint;
     let cfg = pipelined_student();
     let root = dir.join("pipelined");
     let r = root.clone();
-    let straight = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+    let straight = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
         w.train_step()?;
         w.train_step()?;
-        checkpoint::save(w, &r, 2)?;
+        w.save_checkpoint_in(&r, 2)?;
         Ok((w.train_step()?.loss, w.named_weights()))
     })
     .unwrap();
     let d = frugal_trainer::checkpoint::latest(&root).unwrap().unwrap();
-    let resumed = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
-        assert_eq!(checkpoint::load(w, &d)?.step, 2);
+    let resumed = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
+        assert_eq!(w.restore(&d)?.step, 2);
         Ok((w.train_step()?.loss, w.named_weights()))
     })
     .unwrap();
@@ -294,9 +295,9 @@ fn a_pipelined_teacher_checkpoint_loads_whole() {
     let root = temp_dir("distill-pipelined-teacher");
     let cfg = small_run(teacher_model(), 1, None);
     let r = root.clone();
-    let stages = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+    let stages = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
         w.train_step()?;
-        frugal_trainer::pipeline::checkpoint::save(w, &r, 1)?;
+        w.save_checkpoint_in(&r, 1)?;
         Ok(w.named_weights())
     })
     .unwrap();
@@ -367,7 +368,7 @@ fn a_teacher_that_cannot_teach_is_refused_naming_the_field() {
     // another model than the checkpoint's
     let narrow = job(&TEACHER_YAML.replace("dModel: 64", "dModel: 48"), teacher());
     narrow.check_inputs().unwrap();
-    let e = refusal(Trainer::new(narrow.run_config(Some(dir.join("c"))).unwrap(), Device::Cpu).err().unwrap());
+    let e = refusal(Worker::single(narrow.run_config(Some(dir.join("c"))).unwrap(), Device::Cpu).err().unwrap());
     assert!(e.contains("spec.distill.teacher.model does not match the checkpoint") && e.contains("fingerprint"), "{e}");
 
     // a corrupt checkpoint, in one process and in a pipeline (whose first stage learns why)
@@ -378,16 +379,16 @@ fn a_teacher_that_cannot_teach_is_refused_naming_the_field() {
         let f = f.unwrap();
         std::fs::copy(f.path(), corrupt.join(f.file_name())).unwrap();
     }
-    let weights = corrupt.join("model.safetensors");
+    let weights = corrupt.join("stage-0.model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&weights, bytes).unwrap();
     let mut cfg = student(1, Some(0.5));
     cfg.distill.as_mut().unwrap().checkpoint = corrupt.clone();
-    let e = refusal(Trainer::new(cfg.clone(), Device::Cpu).err().unwrap());
-    assert!(e.contains("spec.distill.teacher.checkpoint") && e.contains("corrupt") && e.contains("model.safetensors"), "{e}");
-    let e = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], |w: &mut StageWorker| w.train_step().map(|_| ()))
+    let e = refusal(Worker::single(cfg.clone(), Device::Cpu).err().unwrap());
+    assert!(e.contains("spec.distill.teacher.checkpoint") && e.contains("corrupt") && e.contains("stage-0.model.safetensors"), "{e}");
+    let e = run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], |w: &mut Worker| w.train_step().map(|_| ()))
         .unwrap_err();
     let e = refusal(e);
     assert!(e.contains("spec.distill.teacher.checkpoint") && e.contains("corrupt"), "{e}");
@@ -421,9 +422,9 @@ fn the_trainer_runs_a_pipelined_distilled_job_and_reports_its_teacher() {
     assert!((delta - (last_eval["bits_per_byte"].as_f64().unwrap() - teacher_bpb)).abs() < 1e-9, "{delta}");
     // the teacher's figures are those the same job in one process finds
     let one = job::parse(&job_yaml(TEACHER_YAML, teacher(), "{microBatches: 4}")).unwrap().run_config(Some(dir.join("one"))).unwrap();
-    let one = Trainer::new(one, Device::Cpu).unwrap();
+    let one = Worker::single(one, Device::Cpu).unwrap();
     let teacher = one.teacher.as_ref().unwrap();
-    let q = frugal_trainer::eval::evaluate(&teacher.language_model(), &one.data, &[], 7, TEACHER_STEPS, 16).unwrap();
+    let q = frugal_trainer::eval::evaluate(&teacher.language_model(), one.data.as_ref().unwrap(), &[], 7, TEACHER_STEPS, 16).unwrap();
     assert!((q.bits_per_byte.unwrap() - teacher_bpb).abs() < 1e-6, "{q:?} vs {teacher_bpb}");
     // the steps carry the soft loss; the start prices the teacher's forward in, as the plan does
     assert!(events.iter().filter(|e| e["event"] == "step").all(|s| s["soft_loss"].as_f64().is_some_and(|l| l > 0.0)));

@@ -7,11 +7,11 @@ use common::*;
 use frugal_trainer::config::{AttentionPattern, Positions, Precision};
 use frugal_trainer::data::Data;
 use frugal_trainer::model::gpt::Gpt;
-use frugal_trainer::train::Trainer;
+use frugal_trainer::parallel::Worker;
 use tch::{Device, Kind, Tensor};
 
 /// Flat gradient of one micro-batch, with or without recomputation.
-fn grads(t: &mut Trainer, x: &Tensor, y: &Tensor, recompute: bool) -> (Tensor, Option<i64>) {
+fn grads(t: &mut Worker, x: &Tensor, y: &Tensor, recompute: bool) -> (Tensor, Option<i64>) {
     t.params.zero_grad();
     let stats = t.model.forward_backward(&t.params, x, y, 1.0, recompute);
     t.params.accumulate_grads(1.0);
@@ -27,10 +27,10 @@ fn recomputation_gives_the_same_gradients_and_moe_routing() {
     // Tight capacity so that dropping happens and must be replayed identically.
     model.moe.as_mut().unwrap().capacity_factor = 0.75;
     let cfg = small_run(model, 4, None);
-    let mut t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg.clone(), Device::Cpu).unwrap();
     // Train a little so the router is not uniform.
     for _ in 0..3 {
-        t.train_step();
+        t.train_step().unwrap();
     }
     let mut data = Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, 99).unwrap();
     let b = data.next_batch(8);
@@ -80,9 +80,9 @@ fn bf16_training_tracks_fp32() {
         cfg.train.precision = precision;
         cfg.train.activation_checkpointing = recompute;
         cfg.train.optim.lr = 1e-2;
-        let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
-        let losses: Vec<f64> = (0..40).map(|_| t.train_step().loss).collect();
-        (losses, t.evaluate())
+        let mut t = Worker::single(cfg, Device::Cpu).unwrap();
+        let losses: Vec<f64> = (0..40).map(|_| t.train_step().unwrap().loss).collect();
+        (losses, t.validation_loss())
     };
     let (fp32, fp32_val) = run(Precision::Fp32, false);
     let (bf16, bf16_val) = run(Precision::Bf16, true);
@@ -96,22 +96,22 @@ fn fp16_overflow_skips_the_step_and_halves_the_scale() {
     tch::set_num_threads(1);
     let mut cfg = small_run(small_model(false), 10, None);
     cfg.train.precision = Precision::Fp16;
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg, Device::Cpu).unwrap();
     assert_eq!(t.params.get(frugal_trainer::params::ParamId(0)).kind(), Kind::Half);
     // A scale no fp16 gradient survives.
     t.scaler.scale = 1e30;
     let before = t.params.master.copy();
-    let r = t.train_step();
+    let r = t.train_step().unwrap();
     assert!(r.skipped, "an overflowing step must be skipped");
     assert_eq!(t.scaler.scale, 5e29);
     assert!(t.params.master.equal(&before), "a skipped step must not change the weights");
     // With a sane scale, steps go through and the loss falls.
     t.scaler.scale = 1024.0;
-    let first = t.train_step();
+    let first = t.train_step().unwrap();
     assert!(!first.skipped);
     let mut last = first.loss;
     for _ in 0..8 {
-        last = t.train_step().loss;
+        last = t.train_step().unwrap().loss;
     }
     assert!(last < first.loss, "fp16 loss went from {} to {last}", first.loss);
 }

@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use frugal_trainer::config::RunConfig;
-use frugal_trainer::pipeline::transport::{Fault, tcp};
-use frugal_trainer::pipeline::{ProcessStages, Replicas, ScheduleKind, StageWorker, layouts};
-use frugal_trainer::train::Trainer;
+use frugal_trainer::parallel::transport::{Fault, tcp};
+use frugal_trainer::parallel::{ProcessStages, Replicas, ScheduleKind, Worker, layouts};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -62,7 +61,7 @@ fn stage_process() {
         ring_next: None,
     };
     let out = dir.clone();
-    let result = process.run(&cfg, schedule, &[Device::Cpu], move |w: &mut StageWorker| {
+    let result = process.run(&cfg, schedule, &[Device::Cpu], move |w: &mut Worker| {
         for step in 0..w.cfg.train.steps {
             w.train_step()?;
             if step == 0 {
@@ -72,7 +71,7 @@ fn stage_process() {
             }
         }
         // An evaluation through the same links: the last stage writes what it measured.
-        if let Some(q) = w.evaluate(&frugal_trainer::eval::EvalConfig::default())? {
+        if let Some(q) = w.evaluate()? {
             std::fs::write(out.join("val_loss"), q.validation_loss.unwrap().to_string())?;
         }
         Ok(())
@@ -111,9 +110,9 @@ fn finish(child: Child) -> (bool, String) {
 fn four_processes_over_tcp_match_one_stage() {
     tch::set_num_threads(1);
     let cfg = pipeline_run(1);
-    let mut reference = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
-    reference.train_step();
-    let want_val_loss = reference.evaluate();
+    let mut reference = Worker::single(cfg.clone(), Device::Cpu).unwrap();
+    reference.train_step().unwrap();
+    let want_val_loss = reference.validation_loss();
     let want: BTreeMap<String, Tensor> = reference
         .params
         .specs

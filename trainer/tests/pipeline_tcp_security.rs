@@ -3,8 +3,8 @@
 //! never crosses the wire; a frame altered, replayed, reordered or dropped on the way is a
 //! protocol error naming the peer; a listener that cannot prove the token is not trusted.
 
-use frugal_trainer::pipeline::transport::tcp::{self, Role};
-use frugal_trainer::pipeline::transport::{Fault, Link, Message, Rank, TransportError};
+use frugal_trainer::parallel::transport::tcp::{self, Role};
+use frugal_trainer::parallel::transport::{Fault, Link, Message, Rank, TransportError};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};

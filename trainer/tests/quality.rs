@@ -8,11 +8,13 @@ use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget, T
 use frugal_trainer::config::{DataConfig, DataSource};
 use frugal_trainer::data::{Data, EOT, TextTokenizer};
 use frugal_trainer::eval::{self, LanguageModel};
+use frugal_trainer::parallel::Worker;
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::compare;
 use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::status::Fold;
-use frugal_trainer::train::{Stop, Trainer};
+use frugal_trainer::train::Stop;
+use frugal_trainer::train::run::Session;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
@@ -128,10 +130,10 @@ fn a_uniform_byte_model_scores_eight_bits_per_byte() {
     let mut run = small_run(small_model(false), 1, None);
     run.data.source = DataSource::Text { path: path.clone(), tokenizer: Tokenizer::Byte };
     run.data.eval_sequences = 0;
-    let mut t = Trainer::new(run, Device::Cpu).unwrap();
+    let mut t = Worker::single(run, Device::Cpu).unwrap();
     let _ = t.params.master.zero_();
     t.params.sync_compute();
-    let q = t.evaluate_quality().unwrap();
+    let q = t.evaluate().unwrap().unwrap();
     assert!((q.bits_per_byte.unwrap() - 257f64.log2()).abs() < 1e-4, "{q:?}");
     assert!((q.perplexity.unwrap() - 257.0).abs() < 1e-2, "{q:?}");
 }
@@ -155,15 +157,24 @@ fn one_model_through_two_tokenizations_gives_one_bits_per_byte() {
     assert!(a.bits_per_byte() > 2.0 && a.bits_per_byte() < 5.0, "{}", a.bits_per_byte());
 }
 
-fn run(mut t: Trainer) -> (Stop, frugal_trainer::report::Summary) {
-    let mut reporter = Reporter::new(t.cfg.train.steps, true);
-    t.run_until(&AtomicBool::new(false), &mut reporter, &Metrics::new("test"), None).unwrap()
+/// Trains `t` through the run loop, reporting to `reporter`; returns how it ended and its summary.
+fn run_with(mut t: Worker, reporter: &mut Reporter) -> (Stop, frugal_trainer::report::Summary) {
+    let metrics = Metrics::new("test");
+    let stop = AtomicBool::new(false);
+    let session = Session { stop: &stop, reporter: Some(reporter), metrics: &metrics, max_steps: None, resume: false, metrics_port: None };
+    let (stopped, summary) = frugal_trainer::train::run::run(&mut t, session).unwrap();
+    (stopped, summary.expect("the whole model's worker reports"))
 }
 
-fn with_target(value: f64, steps: i64) -> Trainer {
+fn run(t: Worker) -> (Stop, frugal_trainer::report::Summary) {
+    let mut reporter = Reporter::new(t.cfg.train.steps, true);
+    run_with(t, &mut reporter)
+}
+
+fn with_target(value: f64, steps: i64) -> Worker {
     let mut cfg = small_run(small_model(false), steps, None);
     cfg.train.eval_interval = 5;
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    let mut t = Worker::single(cfg, Device::Cpu).unwrap();
     t.evaluation.target = Some(QualityTarget { metric: QualityMetric::ValidationLoss, value });
     t
 }
@@ -173,7 +184,7 @@ fn the_quality_target_stops_the_run() {
     tch::set_num_threads(2);
     let (events, received) = std::sync::mpsc::channel();
     let mut reporter = Reporter::new(300, true).with_sink(Some(events));
-    let (stop, s) = with_target(5.0, 300).run_until(&AtomicBool::new(false), &mut reporter, &Metrics::new("test"), None).unwrap();
+    let (stop, s) = run_with(with_target(5.0, 300), &mut reporter);
     drop(reporter);
     assert_eq!(stop, Stop::QualityTargetReached);
     let target = s.target.as_ref().unwrap();
@@ -220,7 +231,7 @@ fn the_same_seed_and_configuration_give_the_same_report() {
         let mut cfg = small_run(small_model(true), 6, None);
         cfg.train.seed = seed;
         cfg.train.eval_interval = 3;
-        let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+        let mut t = Worker::single(cfg, Device::Cpu).unwrap();
         t.evaluation.sets = vec![EvalSet { name: "cloze".into(), type_: EvalSetType::Cloze, path: None, max_examples: Some(16) }];
         run(t).1
     };

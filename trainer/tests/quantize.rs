@@ -7,9 +7,8 @@ mod common;
 use common::*;
 use frugal_trainer::eval;
 use frugal_trainer::job::{self, Job};
-use frugal_trainer::pipeline::{ScheduleKind, StageWorker, layouts, run_in_process};
+use frugal_trainer::parallel::{ScheduleKind, Worker, layouts, run_in_process};
 use frugal_trainer::quantize::{self, QuantizedModel, file};
-use frugal_trainer::train::Trainer;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -52,12 +51,12 @@ spec:
 
 /// Trains `job` in one process for `steps` steps and commits a checkpoint under `root`,
 /// `edit` applied to the trainer first; returns the trainer and the step directory.
-fn trained(job: &Job, root: &Path, steps: i64, edit: impl FnOnce(&mut Trainer)) -> (Trainer, PathBuf) {
+fn trained(job: &Job, root: &Path, steps: i64, edit: impl FnOnce(&mut Worker)) -> (Worker, PathBuf) {
     tch::set_num_threads(2);
-    let mut t = Trainer::new(job.run_config(Some(root.to_path_buf())).unwrap(), Device::Cpu).unwrap();
+    let mut t = Worker::single(job.run_config(Some(root.to_path_buf())).unwrap(), Device::Cpu).unwrap();
     t.evaluation = job.eval_config();
     for _ in 0..steps {
-        t.train_step();
+        t.train_step().unwrap();
     }
     edit(&mut t);
     let dir = t.save_checkpoint().unwrap().unwrap();
@@ -72,11 +71,11 @@ fn loss(f: &frugal_api::v1alpha1::QualityFigures) -> f64 {
 fn a_trained_model_exports_within_its_budget_and_the_file_round_trips() {
     let root = temp_dir("quantize-dense");
     let job = tiny_job("quantize", 64, "", "");
-    let (t, dir) = trained(&job, &root, 120, |_| {});
+    let (mut t, dir) = trained(&job, &root, 120, |_| {});
     let s = quantize::export(&job, &root, Device::Cpu).unwrap();
 
     // The unquantized figures are the training's own evaluation of the checkpoint.
-    let want = t.evaluate_quality().unwrap();
+    let want = t.evaluate().unwrap().unwrap();
     assert_eq!(s.unquantized.validation_loss, want.validation_loss);
     assert_eq!(s.unquantized.zero_shot, want.zero_shot);
     assert_eq!((s.format.as_str(), s.step), ("int8", 120));
@@ -118,7 +117,7 @@ fn a_trained_model_exports_within_its_budget_and_the_file_round_trips() {
     let batch = t.cfg.train.micro_batch_size.max(16);
     let loaded = QuantizedModel::load(&job, &dir, Device::Cpu).unwrap();
     assert_eq!(loaded.sidecar.step, 120);
-    let again = eval::validate(&loaded.language_model(), &t.data, batch).loss();
+    let again = eval::validate(&loaded.language_model(), t.data.as_ref().unwrap(), batch).loss();
     assert_eq!(Some(again), s.calibrated.validation_loss);
 
     // A damaged, truncated or unexplained file is refused, not loaded.
@@ -183,7 +182,7 @@ fn calibration_beats_round_to_nearest_on_outlier_channels() {
     let job = tiny_job("outliers", 64, "", "");
     let mut before = 0.0;
     let (t, _) = trained(&job, &root, 120, |t| {
-        before = t.evaluate();
+        before = t.validation_loss();
         let _guard = tch::no_grad_guard();
         for block in 0..2 {
             for (norm, reader) in [("ln1", "attn.qkv"), ("ln2", "mlp.fc")] {
@@ -197,7 +196,7 @@ fn calibration_beats_round_to_nearest_on_outlier_channels() {
         }
         t.params.sync_compute();
     });
-    let base = t.evaluate();
+    let base = t.validation_loss();
     assert!((base - before).abs() < 1e-4, "the edit keeps the function: {before} → {base}");
 
     let e = quantize::export_measured(&job, &root, Device::Cpu).unwrap();
@@ -229,18 +228,18 @@ fn a_pipelined_moe_checkpoint_exports() {
     let cfg = job.run_config(Some(root.clone())).unwrap();
     assert!(job.pipelined() && cfg.model.moe.is_some());
     let r = root.clone();
-    run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut StageWorker| {
+    run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
         for _ in 0..100 {
             w.train_step()?;
         }
-        frugal_trainer::pipeline::checkpoint::save(w, &r, 1)
+        w.save_checkpoint_in(&r, 1)
     })
     .unwrap();
     let dir = frugal_trainer::checkpoint::latest(&root).unwrap().unwrap();
     assert!(dir.join("stage-1.model.safetensors").exists());
 
     let s = quantize::export(&job, &dir, Device::Cpu).unwrap();
-    let (want, step, _) = frugal_trainer::pipeline::run::evaluate_checkpoint(&job, &cfg, &dir, Device::Cpu).unwrap();
+    let (want, step, _) = frugal_trainer::parallel::launch::evaluate_checkpoint(&job, &cfg, &dir, Device::Cpu).unwrap();
     assert_eq!(s.step, step);
     let (got, want) = (loss(&s.unquantized), want.validation_loss.unwrap());
     assert!((got - want).abs() <= 1e-5 * want, "whole model {got}, pipeline {want}");

@@ -173,6 +173,8 @@ pub fn bubble_fraction(stages: i64, micro_batches: i64) -> f64 {
 /// Micro-batches whose activations stage `stage` holds at its peak.
 pub fn in_flight_micro_batches(schedule: PipelineSchedule, stages: i64, stage: i64, micro_batches: i64) -> i64 {
     match schedule {
+        // one stage runs the plain micro-batch loop whatever the schedule
+        PipelineSchedule::GPipe if stages <= 1 => micro_batches.min(1),
         PipelineSchedule::GPipe => micro_batches,
         PipelineSchedule::OneFOneB => (stages - stage).min(micro_batches),
     }

@@ -1,9 +1,11 @@
-//! Checkpoints: a directory per step under the job's checkpoint path, in one of two layouts. This
-//! module knows files, not runs: it takes tensors and a state to write and hands them back
-//! verified, so that the trainer and the pipeline depend on it and not the other way round.
+//! Checkpoints: a directory per step under the job's checkpoint path. This module knows files,
+//! not runs: it takes tensors and a state to write and hands them back verified, so that the
+//! workers depend on it and not the other way round. Two layouts:
 //!
-//!   [`single`]     a single-process run: `model.safetensors`, `optimizer.safetensors`
-//!   [`pipelined`]  a pipelined run: `stage-<i>.model.safetensors`, `stage-<i>.optimizer...`
+//!   [`pipelined`]  what every run writes: `stage-<i>.model.safetensors`, `stage-<i>.optimizer...`
+//!                  (one part per stage; one part in a run of one stage)
+//!   [`single`]     what the single-process trainer of earlier releases wrote, still read:
+//!                  `model.safetensors`, `optimizer.safetensors`
 //!
 //! Both hold `trainer.json` (step, tokens, data position, loss scaler) and `MANIFEST.json`,
 //! written last: the layout, the step, and the size and SHA-256 of every other file, with a
@@ -12,7 +14,7 @@
 //! temporary file, synced and renamed, and the directory is renamed into place ([`commit`]; a
 //! step of the same number already there is exchanged for it, never deleted first), so a step
 //! either is complete on disk or does not exist; [`verify`] checks a step before any weight is
-//! touched and says when it was written in the other layout; [`newest_intact`] sweeps the staging
+//! touched; [`newest_intact`] sweeps the staging
 //! a killed writer left ([`sweep`]) and finds the step a run resumes from, passing over corrupt
 //! ones; older steps are pruned.
 
@@ -88,20 +90,6 @@ impl Layout {
             _ => None,
         }
     }
-
-    /// Why a step of this layout cannot load into a run of the other one.
-    fn refusal(self) -> &'static str {
-        match self {
-            Self::Pipelined => {
-                "it was written by a pipelined run (one part per stage), and this job trains in one process: resume it with \
-                 the job that wrote it (parallelism.pipelineStages > 1); `frugal-trainer eval` of that job reads it"
-            }
-            Self::Single => {
-                "it was written by a single-process run, and this job trains as a pipeline: resume it with the job that \
-                 wrote it (parallelism.pipelineStages 1)"
-            }
-        }
-    }
 }
 
 const PIPELINED_V1: &str = "frugal-pipeline-checkpoint/1";
@@ -169,7 +157,8 @@ impl FileEntry {
 pub struct Manifest {
     pub format: String,
     pub step: i64,
-    /// The single-process layout: the model's fingerprint (names, shapes, dtypes).
+    /// The whole model's fingerprint (names and shapes); pipelined steps written before it was
+    /// recorded lack it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_fingerprint: Option<String>,
     /// The pipelined layout: how many stages wrote it (any count can load it).
@@ -487,7 +476,7 @@ pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
     let text = fs::read(&mpath).map_err(io(&mpath))?;
     if let Some(found) = layout_named(&text).filter(|l| *l != expected) {
-        return Err(mismatch(dir, found.refusal().into()));
+        return Err(mismatch(dir, format!("it is a {:?} step, read as a {:?} one", found.format(), expected.format())));
     }
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| corrupt(dir, format!("unreadable manifest: {e}")))?;
     if Layout::of(&manifest.format) != Some(expected) {
@@ -554,17 +543,22 @@ pub(crate) fn restore_tensors(
     Ok(())
 }
 
+/// The layout of the committed step `dir`, as its manifest names it; a manifest that names none
+/// is taken for the layout runs write, whose verification then says what is wrong with it.
+pub fn layout_of(dir: &Path) -> Result<Layout> {
+    let mpath = dir.join(MANIFEST);
+    let text = fs::read(&mpath).map_err(io(&mpath))?;
+    Ok(layout_named(&text).unwrap_or(Layout::Pipelined))
+}
+
 /// Verifies the committed step `dir`, of either layout, and loads its weights alone into
 /// `store`, which holds a whole model (a pipelined step, written by any number of stages,
 /// included): a model that does not train on, such as a distillation teacher. The optimizer
 /// state is not read. Returns the step's manifest.
 pub fn load_weights(dir: &Path, store: &mut crate::params::ParamStore) -> Result<Manifest> {
-    let mpath = dir.join(MANIFEST);
-    let text = fs::read(&mpath).map_err(io(&mpath))?;
-    match layout_named(&text) {
-        Some(Layout::Pipelined) => pipelined::load_weights(dir, store),
-        // verification says what is wrong with a manifest that names no layout
-        _ => single::load_weights(dir, store),
+    match layout_of(dir)? {
+        Layout::Pipelined => pipelined::load_weights(dir, store),
+        Layout::Single => single::load_weights(dir, store),
     }
 }
 

@@ -4,13 +4,14 @@
 //! the first stage, a contiguous range of blocks, the norm, head and loss on the last), the way
 //! torchtitan splits one module list. Every slice declares its parameters under their global
 //! names and starts from the whole model's initial weights, so any split of a job starts from the
-//! same weights and a checkpoint loads into any stage count. Also the forward/backward of one
-//! micro-batch of the whole model, with or without activation recomputation. The head's loss is
+//! same weights and a checkpoint loads into any stage count. A slice's forward keeps its graph,
+//! or with activation recomputation keeps only each block's input and recomputes the blocks one
+//! at a time in the backward (per-block recomputation, as the planner's memory model assumes). The head's loss is
 //! the cross-entropy against the data's next tokens, mixed with a teacher's soft targets when
 //! distilling (`distill.rs`).
 //!
 //! With tied embeddings a last stage that is not also the first holds its own copy of
-//! `wte.weight` as the head; the pipeline engine sums the two copies' gradients so that they stay
+//! `wte.weight` as the head; the worker sums the two copies' gradients so that they stay
 //! equal.
 
 use crate::config::{ModelConfig, Positions};
@@ -100,6 +101,39 @@ pub struct SliceOutput {
     pub assignments: i64,
 }
 
+/// What [`Gpt::forward_recorded`] keeps of a micro-batch for its backward.
+pub struct Recorded {
+    /// Each block's input [B, T, D].
+    block_inputs: Vec<Tensor>,
+    /// Each block's MoE routing (`None` for a dense block), replayed by the recomputation.
+    routings: Vec<Option<Routing>>,
+    /// The last stage: the last block's output, the head's input.
+    head_input: Option<Tensor>,
+}
+
+/// A forward without a graph: its output and what the backward recomputes from.
+pub struct RecordedForward {
+    /// The activations [B, T, D] a stage before the last sends on.
+    pub output: Option<Tensor>,
+    pub recorded: Recorded,
+    /// Sum of the slice's MoE load-balancing losses, the dropped assignments and all
+    /// assignments (as [`SliceOutput`] has them).
+    pub aux_loss: Option<Tensor>,
+    pub dropped: Option<Tensor>,
+    pub assignments: i64,
+}
+
+/// What [`Gpt::backward_recomputed`] returns.
+pub struct RecomputedBackward {
+    /// The gradient at the slice's input (activations), to send upstream; `None` on the first
+    /// stage.
+    pub input_grad: Option<Tensor>,
+    /// The last stage: the head's losses of the micro-batch (detached).
+    pub head: Option<HeadLoss>,
+    /// Routing choices the recomputation made otherwise than the first forward.
+    pub routing_mismatches: Option<Tensor>,
+}
+
 /// The sum of two optional tensors (an absent one counts as zero).
 pub(crate) fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Option<Tensor> {
     match (a, b) {
@@ -148,6 +182,10 @@ impl Gpt {
         let mut b = ParamBuilder::default();
         let mut model = Self::slice(&mut b, cfg, layout);
         model.prepare(kind, device);
+        if *layout == whole(cfg) {
+            let store = ParamStore::new(b, &mut Rng::derive(seed, "init"), device, kind);
+            return (model, store);
+        }
         let mut unused = Rng::derive(seed, "unused");
         let mut store = ParamStore::new(b, &mut unused, device, kind);
         // The whole model's initial weights, on the host, then this slice's share of them.
@@ -271,42 +309,66 @@ impl Gpt {
         (total, stats)
     }
 
-    /// Forward and backward of one micro-batch; gradients, times `grad_scale`, accumulate on the
-    /// parameter leaves. With `recompute`, blocks run forward without a graph keeping only their
-    /// inputs (and MoE routing), and each is recomputed just before its backward.
-    pub fn forward_backward<'a>(&self, p: &ParamStore, idx: &Tensor, targets: impl Into<Targets<'a>>, grad_scale: f64, recompute: bool) -> PassStats {
-        if !recompute {
-            let (total, stats) = self.forward(p, idx, targets);
-            (total * grad_scale).backward();
-            return stats;
-        }
-        // Forward without a graph, keeping block inputs and routing decisions.
-        let mut inputs = Vec::with_capacity(self.blocks.len());
-        let mut routings: Vec<Option<Routing>> = Vec::with_capacity(self.blocks.len());
-        let (mut aux, mut dropped, mut assignments) = (None, None, 0);
-        let x = tch::no_grad(|| {
-            let mut x = self.embed(p, idx);
+    /// The slice's forward without a graph, keeping only what [`Gpt::backward_recomputed`]
+    /// needs: each block's input and MoE routing, and on the last stage the head's input (the
+    /// head and its loss run in the backward, once). `input`: token ids [B, T] on the first
+    /// stage, else activations [B, T, D]. Per-block recomputation: between a micro-batch's
+    /// forward and its backward a slice holds one [B, T, D] tensor per block.
+    pub fn forward_recorded(&self, p: &ParamStore, input: &Tensor) -> RecordedForward {
+        tch::no_grad(|| {
+            let mut x = if self.layout.embedding { self.embed(p, input) } else { input.shallow_clone() };
+            let n = self.blocks.len();
+            let mut recorded = Recorded { block_inputs: Vec::with_capacity(n), routings: Vec::with_capacity(n), head_input: None };
+            let (mut aux_loss, mut dropped, mut assignments) = (None, None, 0);
             for block in &self.blocks {
                 let out = block.forward(p, &x, self.rope.as_ref(), None);
-                inputs.push(x);
-                routings.push(out.routing);
-                aux = add_opt(aux.take(), out.aux_loss);
+                recorded.block_inputs.push(x);
+                recorded.routings.push(out.routing);
+                aux_loss = add_opt(aux_loss.take(), out.aux_loss);
                 dropped = add_opt(dropped.take(), out.dropped);
                 assignments += out.assignments;
                 x = out.y;
             }
-            x
-        });
-        // Head and loss with a graph; its backward yields the gradient at the last block output.
-        let x_last = x.detach().set_requires_grad(true);
-        let head = self.head_losses(p, &x_last, targets.into());
-        (&head.objective * grad_scale).backward();
-        let mut upstream = x_last.grad();
-        let mut mismatches: Option<Tensor> = None;
+            let output = if self.layout.head {
+                recorded.head_input = Some(x);
+                None
+            } else {
+                Some(x)
+            };
+            RecordedForward { output, recorded, aux_loss, dropped, assignments }
+        })
+    }
+
+    /// The backward of a [`Gpt::forward_recorded`] forward, recomputing each block just before
+    /// its own backward (replaying its MoE routing). On the last stage `upstream` is `None`: the
+    /// head's loss against `targets` is computed on the head's input with a graph and differentiated,
+    /// times `grad_scale`; elsewhere `upstream` is the gradient arriving at the slice's output.
+    /// Gradients accumulate on the parameter leaves; the MoE auxiliary losses are added with
+    /// weight × `grad_scale`. Returns the gradient at the slice's input (none on the first stage,
+    /// whose gradient ends in the embedding).
+    pub fn backward_recomputed(
+        &self,
+        p: &ParamStore,
+        input: &Tensor,
+        recorded: Recorded,
+        upstream: Option<Tensor>,
+        targets: Option<Targets>,
+        grad_scale: f64,
+    ) -> RecomputedBackward {
+        let (mut upstream, head) = match upstream {
+            Some(g) => (g, None),
+            None => {
+                let x_last = recorded.head_input.as_ref().expect("the last stage recorded the head's input").detach().set_requires_grad(true);
+                let head = self.head_losses(p, &x_last, targets.expect("the last stage's backward has targets"));
+                (&head.objective * grad_scale).backward();
+                (x_last.grad(), Some(head))
+            }
+        };
+        let mut routing_mismatches: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate().rev() {
-            let x_in = inputs[i].detach().set_requires_grad(true);
-            let out = block.forward(p, &x_in, self.rope.as_ref(), routings[i].as_ref());
-            mismatches = add_opt(mismatches, out.routing_mismatches);
+            let x_in = recorded.block_inputs[i].detach().set_requires_grad(true);
+            let out = block.forward(p, &x_in, self.rope.as_ref(), recorded.routings[i].as_ref());
+            routing_mismatches = add_opt(routing_mismatches, out.routing_mismatches);
             // Inject the upstream gradient: d/dy Σ(y·g) = g.
             let mut surrogate = (&out.y * &upstream).sum(Kind::Float);
             if let Some(a) = out.aux_loss {
@@ -315,16 +377,30 @@ impl Gpt {
             surrogate.backward();
             upstream = x_in.grad();
         }
-        let x0 = self.embed(p, idx);
-        (x0 * upstream).sum(Kind::Float).backward();
-        PassStats {
-            loss: head.cross_entropy.detach(),
-            soft_loss: head.soft.map(|s| s.detach()),
-            aux_loss: aux,
-            dropped,
-            assignments,
-            routing_mismatches: mismatches,
+        let input_grad = if self.layout.embedding {
+            (self.embed(p, input) * upstream).sum(Kind::Float).backward();
+            None
+        } else {
+            Some(upstream)
+        };
+        let head =
+            head.map(|h| HeadLoss { objective: h.objective.detach(), cross_entropy: h.cross_entropy.detach(), soft: h.soft.map(|s| s.detach()) });
+        RecomputedBackward { input_grad, head, routing_mismatches }
+    }
+
+    /// Forward and backward of one micro-batch of the whole model; gradients, times
+    /// `grad_scale`, accumulate on the parameter leaves. With `recompute`, per-block
+    /// recomputation ([`Gpt::forward_recorded`], [`Gpt::backward_recomputed`]).
+    pub fn forward_backward<'a>(&self, p: &ParamStore, idx: &Tensor, targets: impl Into<Targets<'a>>, grad_scale: f64, recompute: bool) -> PassStats {
+        if !recompute {
+            let (total, stats) = self.forward(p, idx, targets);
+            (total * grad_scale).backward();
+            return stats;
         }
+        let RecordedForward { recorded, aux_loss, dropped, assignments, .. } = self.forward_recorded(p, idx);
+        let back = self.backward_recomputed(p, idx, recorded, None, Some(targets.into()), grad_scale);
+        let head = back.head.expect("the whole model has a head");
+        PassStats { loss: head.cross_entropy, soft_loss: head.soft, aux_loss, dropped, assignments, routing_mismatches: back.routing_mismatches }
     }
 
     /// Logits [B, T, V] (fp32) of the whole model without a graph, for evaluation.

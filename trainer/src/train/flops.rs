@@ -1,14 +1,13 @@
-//! Parameter and FLOP counts from the model as built, and the peak the MFU is measured against.
+//! Parameter and FLOP counts of the model, and the peak the MFU is measured against.
 
-use crate::config::ModelConfig;
-use crate::params::ParamStore;
 use serde::Serialize;
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelCounts {
-    /// Parameters as built (equal to the planner's count; a test checks it).
+    /// Parameters of the whole model (the planner's count, which a test checks against the model
+    /// as built).
     pub params_total: i64,
     /// Parameters one token passes through (routed experts count top-k of E).
     pub params_active: i64,
@@ -16,11 +15,6 @@ pub struct ModelCounts {
     /// formula: 6 × matmul weights a token meets (head included, embedding lookups not) plus
     /// 12 · d · (keys attended) per layer; distilling, plus the teacher's forward.
     pub flops_per_token: f64,
-}
-
-pub fn count(cfg: &ModelConfig, store: &ParamStore) -> ModelCounts {
-    let planned = cfg.parameters();
-    ModelCounts { params_total: store.total_params(), params_active: planned.active, flops_per_token: cfg.flops_per_token() }
 }
 
 /// Peak FLOP/s for MFU, and where it comes from: `FRUGAL_PEAK_TFLOPS` if set; the datasheet

@@ -1,11 +1,9 @@
-//! Training: the single-process trainer, the run loop every parallelism shares, the optimizer,
-//! mixed precision and the FLOP and parameter counts behind MFU.
+//! How any model learns: the run loop every worker drives, the optimizer, mixed precision and
+//! the FLOP and parameter counts behind MFU.
 
 pub mod flops;
 pub mod optim;
 pub mod precision;
 pub mod run;
-pub mod trainer;
 
-pub use run::{Engine, StepReport, Stop};
-pub use trainer::{Trainer, pick_device};
+pub use run::{StepReport, Stop};

@@ -1,24 +1,22 @@
-//! The run loop every parallelism shares. An [`Engine`] is one part of a run: the whole model in
-//! one process ([`crate::train::Trainer`]), or one pipeline stage (`pipeline/run.rs`). It can
-//! take an optimizer step, sum numbers with the run's other parts, evaluate, checkpoint and
-//! resume; [`run`] drives it with one cadence: every step the parts agree on whether to stop
-//! (SIGTERM reaches pods at different moments) and measure the pipeline bubble, every
-//! `evalInterval` steps they evaluate (and stop together at the quality target), every
-//! `checkpointInterval` steps and at the end they checkpoint. The part that [`Engine::reports`]
-//! (the single process; the stage with the head) emits the run's events, which the JSON log, the
-//! pod's status reporter and the progress bar all consume, records the step's metrics and builds
-//! the [`Summary`]. A distilled run's reporting part also reports its teacher, at the start and
-//! beside each evaluation.
+//! The run loop every worker drives. A [`Worker`] is one part of a run (stage s of replica r;
+//! the whole model in a 1×1 run): it takes an optimizer step, sums numbers with the run's other
+//! workers, evaluates, checkpoints and resumes; [`run`] drives it with one cadence: every step
+//! the workers agree on whether to stop (SIGTERM reaches pods at different moments) and measure
+//! the pipeline bubble, every `evalInterval` steps they evaluate (and stop together at the
+//! quality target), every `checkpointInterval` steps and at the end they checkpoint. The worker
+//! that [`Worker::reports`] (the stage with the head, in the first replica) emits the run's
+//! events, which the JSON log, the pod's status reporter and the progress bar all consume,
+//! records the step's metrics and builds the [`Summary`]. A distilled run's reporting worker
+//! also reports its teacher, at the start and beside each evaluation.
 
-use crate::config::RunConfig;
 use crate::eval::{EvalConfig, TargetTracker};
 use crate::job::Job;
+use crate::parallel::Worker;
 use crate::report::event::{self, RunEvent};
 use crate::report::metrics::{Metrics, StepGauges};
 use crate::report::status::{StatusReporter, StatusTarget};
-use crate::report::{Provenance, Reporter, Summary};
+use crate::report::{Reporter, Summary};
 use crate::train::flops::ModelCounts;
-use crate::train::precision::LossScaler;
 use anyhow::Result;
 use frugal_api::planner::bubble_fraction;
 use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, QuantizedStatus};
@@ -26,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tch::Device;
 
 /// What one optimizer step measured (agreed across the run's parts where they share it: loss,
 /// auxiliary loss, dropped fraction, gradient norm).
@@ -102,46 +99,12 @@ pub struct RunShape {
     pub replicas: i64,
 }
 
-/// One part of a run.
-pub trait Engine {
-    fn cfg(&self) -> &RunConfig;
-    fn device(&self) -> Device;
-    /// Optimizer steps completed.
-    fn step(&self) -> i64;
-    fn tokens(&self) -> i64;
-    fn loss_scaler(&self) -> &LossScaler;
-    /// This part emits the run's events and summary.
-    fn reports(&self) -> bool;
-    /// GPUs the whole run holds (0 on the CPU).
-    fn gpus(&self) -> i64;
-    /// Asked of the reporting part only.
-    fn shape(&self) -> RunShape;
-    /// Loads the newest intact checkpoint, if there is one.
-    fn resume(&mut self) -> Result<Option<event::Resume>>;
-    fn optimizer_step(&mut self) -> Result<StepReport>;
-    /// `values` summed over every part of the run (themselves in a single process).
-    fn agree(&mut self, values: &[f64]) -> Result<Vec<f64>>;
-    /// The quality now; `Some` on the reporting part.
-    fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>>;
-    /// Distilling: the teacher evaluated as [`Engine::evaluate`] evaluates the student, and both
-    /// models' inference throughput; `Some` on the reporting part. Every part calls it at the
-    /// start of the run.
-    fn distillation(&mut self, _evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
-        Ok(None)
-    }
-    /// Commits a checkpoint of this step, if the run has a checkpoint directory.
-    fn checkpoint(&mut self) -> Result<Option<PathBuf>>;
-    /// What produced the run's results (the reporting part).
-    fn provenance(&self, evaluation: &EvalConfig) -> Provenance;
-}
-
 /// Where a run reports and when it ends.
 pub struct Session<'a> {
     pub stop: &'a AtomicBool,
     /// Present on the reporting part.
     pub reporter: Option<&'a mut Reporter>,
     pub metrics: &'a Metrics,
-    pub evaluation: &'a EvalConfig,
     /// Stop after this many steps as if the run were complete there (the schedule still follows
     /// the configured step count).
     pub max_steps: Option<i64>,
@@ -151,26 +114,26 @@ pub struct Session<'a> {
     pub metrics_port: Option<u16>,
 }
 
-/// Trains `engine` to the configured step count (or [`Session::max_steps`]), reporting as it
-/// goes; on a signal checkpoints and returns [`Stop::Terminated`]. The reporting part also
+/// Trains `worker` to the configured step count (or [`Session::max_steps`]), reporting as it
+/// goes; on a signal checkpoints and returns [`Stop::Terminated`]. The reporting worker also
 /// returns the run's summary.
-pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Summary>)> {
+pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>)> {
     if s.resume
-        && let Some(resumed) = engine.resume()?
+        && let Some(resumed) = worker.resume()?
         && let Some(rep) = s.reporter.as_deref_mut()
     {
         rep.emit(RunEvent::Resume(resumed));
     }
-    let cfg = engine.cfg().clone();
+    let cfg = worker.cfg.clone();
     let end = s.max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
-    let shape = engine.reports().then(|| engine.shape());
+    let shape = worker.reports().then(|| worker.shape());
     if let (Some(rep), Some(shape)) = (s.reporter.as_deref_mut(), &shape) {
         let c = &shape.counts;
         rep.emit(RunEvent::Start(event::Start {
             job: cfg.name.clone(),
-            step: engine.step(),
+            step: worker.step,
             steps: cfg.train.steps,
-            device: Some(format!("{:?}", engine.device())),
+            device: Some(format!("{:?}", worker.device)),
             precision: Some(format!("{:?}", cfg.train.precision)),
             params_total: Some(c.params_total),
             params_active: Some(c.params_active),
@@ -187,21 +150,21 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
     let theory = shape.as_ref().and_then(|sh| sh.pipeline_stages).map(|p| bubble_fraction(p, shape.as_ref().map_or(1, |sh| sh.micro_batches)));
     let t_start = Instant::now();
     // the teacher's evaluation is the run's time too
-    let mut distillation = engine.distillation(s.evaluation)?;
+    let mut distillation = worker.distillation()?;
     if let (Some(rep), Some(d)) = (s.reporter.as_deref_mut(), &distillation) {
         rep.emit(RunEvent::Distillation(d.clone()));
     }
-    let start_tokens = engine.tokens();
+    let start_tokens = worker.tokens;
     let (mut train_seconds, mut last_loss) = (0.0, f64::NAN);
     let (mut dropped_sum, mut dropped_n) = (0.0, 0);
     let (mut quality, mut last_checkpoint) = (None, None);
-    let mut tracker = TargetTracker::new(s.evaluation.target.clone(), engine.gpus());
+    let mut tracker = TargetTracker::new(worker.evaluation.target.clone(), worker.gpus());
     let mut stopped = Stop::Completed;
     let log_every = cfg.train.log_interval.max(1);
-    while engine.step() < end {
-        let r = engine.optimizer_step()?;
+    while worker.step < end {
+        let r = worker.train_step()?;
         let signalled = f64::from(u8::from(s.stop.load(Ordering::SeqCst)));
-        let agreed = engine.agree(&[r.busy_seconds.unwrap_or(r.seconds), r.seconds, signalled])?;
+        let agreed = worker.agree(&[r.busy_seconds.unwrap_or(r.seconds), r.seconds, signalled])?;
         // Σ busy / Σ wall over the stages: the fraction of the pipeline's device time that computed.
         let bubble = r.busy_seconds.map(|_| 1.0 - agreed[0] / agreed[1]);
         train_seconds += r.seconds;
@@ -210,7 +173,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
             dropped_sum += d;
             dropped_n += 1;
         }
-        s.metrics.record_progress(r.step, engine.loss_scaler().skipped_steps, r.dropped_fraction);
+        s.metrics.record_progress(r.step, worker.scaler.skipped_steps, r.dropped_fraction);
         if let Some(b) = bubble {
             s.metrics.gauge("frugal_trainer_pipeline_bubble_ratio", "Idle fraction of the pipeline's stages in the last step.", b);
         }
@@ -220,20 +183,20 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         if let Some(rep) = s.reporter.as_deref_mut() {
             let tps = cfg.tokens_per_step() as f64 / r.seconds;
             let mfu = tps * flops_per_token / peak;
-            let scaled = engine.loss_scaler().enabled;
+            let scaled = worker.scaler.enabled;
             s.metrics.record_step(&StepGauges {
-                tokens: engine.tokens(),
+                tokens: worker.tokens,
                 loss: r.loss,
                 lr: r.lr,
                 grad_norm: r.grad_norm,
                 tokens_per_second: tps,
                 mfu,
-                loss_scale: engine.loss_scaler().scale,
+                loss_scale: worker.scaler.scale,
             });
             if r.step % log_every == 0 || r.step == end {
                 rep.emit(RunEvent::Step(event::Step {
                     step: r.step,
-                    tokens: engine.tokens(),
+                    tokens: worker.tokens,
                     loss: r.loss,
                     soft_loss: r.soft_loss,
                     lr: r.lr,
@@ -260,37 +223,37 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         if every > 0
             && r.step % every == 0
             && r.step < end
-            && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)?
+            && evaluation_pass(worker, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)?
         {
             stopped = Stop::QualityTargetReached;
             break;
         }
         let every = cfg.train.checkpoint_interval;
         if every > 0 && r.step % every == 0 && r.step < end {
-            last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
+            last_checkpoint = checkpoint(worker, &mut s)?.or(last_checkpoint);
         }
     }
-    if stopped == Stop::Completed && evaluation_pass(engine, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)? {
+    if stopped == Stop::Completed && evaluation_pass(worker, &mut s, &mut tracker, t_start, &mut quality, &mut distillation)? {
         stopped = Stop::QualityTargetReached;
     }
-    last_checkpoint = checkpoint(engine, &mut s)?.or(last_checkpoint);
+    last_checkpoint = checkpoint(worker, &mut s)?.or(last_checkpoint);
     let Some(shape) = shape else { return Ok((stopped, None)) };
     let c = &shape.counts;
-    let tokens = engine.tokens() - start_tokens;
+    let tokens = worker.tokens - start_tokens;
     let seconds = t_start.elapsed().as_secs_f64();
-    let gpus = engine.gpus();
+    let gpus = worker.gpus();
     let device_hours = seconds / 3600.0 * gpus.max(1) as f64;
     let tps = if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 };
     let summary = Summary {
         job: cfg.name.clone(),
-        device: format!("{:?}", engine.device()),
+        device: format!("{:?}", worker.device),
         precision: format!("{:?}", cfg.train.precision),
-        steps: engine.step(),
-        tokens: engine.tokens(),
+        steps: worker.step,
+        tokens: worker.tokens,
         params_total: c.params_total,
         params_active: c.params_active,
         flops_per_token: c.flops_per_token,
-        total_flops: c.flops_per_token * engine.tokens() as f64,
+        total_flops: c.flops_per_token * worker.tokens as f64,
         seconds,
         tokens_per_second: tps,
         achieved_tflops: tps * c.flops_per_token / 1e12,
@@ -299,18 +262,18 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
         train_loss: last_loss,
         val_loss: quality.as_ref().and_then(|q: &QualityStatus| q.validation_loss),
         dropped_token_fraction: (dropped_n > 0).then(|| dropped_sum / dropped_n as f64),
-        skipped_steps: engine.loss_scaler().skipped_steps,
+        skipped_steps: worker.scaler.skipped_steps,
         stopped_by: stopped.said().into(),
         checkpoint: last_checkpoint.map(|p| p.display().to_string()),
         reason: format!("{stopped:?}"),
         model: frugal_api::report::describe_model(&cfg.model, cfg.train.precision.into()),
         gpus,
         device_hours,
-        cost: device_hours * s.evaluation.price_per_gpu_hour,
-        currency: s.evaluation.currency.clone(),
-        target: tracker.outcome(engine.step(), end, stopped == Stop::Terminated),
+        cost: device_hours * worker.evaluation.price_per_gpu_hour,
+        currency: worker.evaluation.currency.clone(),
+        target: tracker.outcome(worker.step, end, stopped == Stop::Terminated),
         quality: quality.map(|q| QualityStatus { distillation, ..q }),
-        provenance: engine.provenance(s.evaluation),
+        provenance: worker.provenance(),
     };
     Ok((stopped, Some(summary)))
 }
@@ -320,7 +283,7 @@ pub fn run(engine: &mut impl Engine, mut s: Session) -> Result<(Stop, Option<Sum
 /// in `quality`. Returns whether it reached the quality target, which every part learns by
 /// agreeing on it, so that all stop together.
 fn evaluation_pass(
-    engine: &mut impl Engine,
+    worker: &mut Worker,
     s: &mut Session,
     tracker: &mut TargetTracker,
     t_start: Instant,
@@ -328,9 +291,9 @@ fn evaluation_pass(
     distillation: &mut Option<DistillationStatus>,
 ) -> Result<bool> {
     let mut reached = false;
-    if let Some(q) = engine.evaluate(s.evaluation)? {
+    if let Some(q) = worker.evaluate()? {
         if let Some(rep) = s.reporter.as_deref_mut() {
-            reached = record_evaluation(&q, engine.step(), engine.tokens(), t_start.elapsed().as_secs_f64(), rep, s.metrics, tracker);
+            reached = record_evaluation(&q, worker.step, worker.tokens, t_start.elapsed().as_secs_f64(), rep, s.metrics, tracker);
             if let Some(d) = distillation.as_mut() {
                 crate::distill::compare(d, &q);
                 rep.emit(RunEvent::Distillation(d.clone()));
@@ -338,17 +301,17 @@ fn evaluation_pass(
         }
         *quality = Some(q);
     }
-    Ok(engine.agree(&[f64::from(u8::from(reached))])?[0] > 0.0)
+    Ok(worker.agree(&[f64::from(u8::from(reached))])?[0] > 0.0)
 }
 
-fn checkpoint(engine: &mut impl Engine, s: &mut Session) -> Result<Option<PathBuf>> {
+fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
     let t0 = Instant::now();
-    let path = engine.checkpoint()?;
+    let path = worker.save_checkpoint()?;
     if let Some(p) = &path {
-        s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", engine.step() as f64);
+        s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", worker.step as f64);
         if let Some(rep) = s.reporter.as_deref_mut() {
             let seconds = Some(t0.elapsed().as_secs_f64());
-            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: engine.step(), path: p.display().to_string(), seconds }));
+            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: worker.step, path: p.display().to_string(), seconds }));
         }
     }
     Ok(path)
@@ -413,31 +376,29 @@ impl JobRun {
     }
 }
 
-/// Runs `engine` as one part of a job's run: resumes, trains, and on the reporting part reports
+/// Runs `worker` as one part of a job's run: resumes, trains, and on the reporting part reports
 /// into the TrainingJob's status when in a pod, prints the summary and writes the run report.
-pub fn train_job(engine: &mut impl Engine, job: &JobRun) -> Result<Stop> {
-    let status = job.status.clone().filter(|_| engine.reports()).map(StatusTarget::start);
-    let mut reporter = engine
-        .reports()
-        .then(|| Reporter::new(engine.cfg().train.steps, job.output.json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
+pub fn train_job(worker: &mut Worker, job: &JobRun) -> Result<Stop> {
+    let status = job.status.clone().filter(|_| worker.reports()).map(StatusTarget::start);
+    let mut reporter =
+        worker.reports().then(|| Reporter::new(worker.cfg.train.steps, job.output.json).with_sink(status.as_ref().and_then(StatusReporter::sender)));
     let session = Session {
         stop: &job.stop,
         reporter: reporter.as_mut(),
         metrics: &job.metrics,
-        evaluation: &job.evaluation,
         max_steps: job.max_steps,
         resume: true,
         metrics_port: job.metrics_port,
     };
-    let (stopped, mut summary) = run(engine, session)?;
+    let (stopped, mut summary) = run(worker, session)?;
     // a run cut short (a signal, --max-steps) has no final model to export
     let finished = match stopped {
         Stop::Terminated => false,
         Stop::QualityTargetReached => true,
-        Stop::Completed => engine.step() >= engine.cfg().train.steps,
+        Stop::Completed => worker.step >= worker.cfg.train.steps,
     };
     if let (Some(export), Some(rep), Some(summary), Some(root)) =
-        (&job.export, reporter.as_mut(), summary.as_mut(), engine.cfg().checkpoint_dir.clone())
+        (&job.export, reporter.as_mut(), summary.as_mut(), worker.cfg.checkpoint_dir.clone())
         && finished
     {
         let quantized = export(&root)?;
@@ -448,7 +409,7 @@ pub fn train_job(engine: &mut impl Engine, job: &JobRun) -> Result<Stop> {
     }
     if let (Some(rep), Some(summary)) = (reporter.as_mut(), &summary) {
         rep.summary(summary);
-        summary.write_report(engine.cfg().checkpoint_dir.as_deref(), job.output.report.as_deref())?;
+        summary.write_report(worker.cfg.checkpoint_dir.as_deref(), job.output.report.as_deref())?;
     }
     drop(reporter);
     if let Some(status) = status {

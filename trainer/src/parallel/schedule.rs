@@ -1,5 +1,5 @@
 //! Pipeline schedules as data: a pure function from (stages, micro-batches, schedule) to each
-//! stage's ordered actions. The engine executes them; communication is implied by the action
+//! stage's ordered actions. The worker executes them (`step.rs`); communication is implied by the action
 //! (a forward on stage s > 0 first receives its input from s − 1 and, on s < p − 1, ends by
 //! sending its output to s + 1; a backward mirrors that with gradients).
 //!
@@ -36,12 +36,15 @@ pub enum Action {
     Backward(usize),
 }
 
-/// The ordered actions of stage `stage` of `stages` over `micro_batches` micro-batches.
+/// The ordered actions of stage `stage` of `stages` over `micro_batches` micro-batches. With
+/// one stage every training schedule is the plain micro-batch loop, each forward followed by its
+/// backward (nothing waits on a neighbour, and one micro-batch is held at a time).
 pub fn stage_actions(kind: ScheduleKind, stages: usize, stage: usize, micro_batches: usize) -> Vec<Action> {
     assert!(stage < stages, "stage {stage} of {stages}");
     let m = micro_batches;
     match kind {
         ScheduleKind::ForwardOnly => (0..m).map(Action::Forward).collect(),
+        ScheduleKind::GPipe if stages == 1 => (0..m).flat_map(|i| [Action::Forward(i), Action::Backward(i)]).collect(),
         ScheduleKind::GPipe => (0..m).map(Action::Forward).chain((0..m).map(Action::Backward)).collect(),
         ScheduleKind::OneFOneB => {
             let warmup = (stages - stage - 1).min(m);
@@ -222,7 +225,7 @@ mod tests {
                     assert!(one <= p - s, "p={p} m={m} s={s}: {one}");
                     assert_eq!(one as i64, in_flight_micro_batches(PipelineSchedule::OneFOneB, p as i64, s as i64, m as i64));
                     let gpipe = peak_in_flight(&stage_actions(ScheduleKind::GPipe, p, s, m));
-                    assert_eq!(gpipe, m);
+                    assert_eq!(gpipe, if p == 1 { 1 } else { m });
                     assert_eq!(gpipe as i64, in_flight_micro_batches(PipelineSchedule::GPipe, p as i64, s as i64, m as i64));
                 }
             }

@@ -4,10 +4,11 @@
 //! replica and the process listens for the previous replica's. A pod runs one process. A laptop
 //! runs every replica and stage in one process, linked by channels.
 
-use super::engine::{Replicas, StageLinks, StageWorker, run_replica_stages, run_replicated};
 use super::ring::Ring;
 use super::schedule::ScheduleKind;
+use super::threads::{Replicas, StageLinks, run_replica_stages, run_replicated};
 use super::transport::{Fault, Link, Rank, inproc, tcp};
+use super::worker::Worker;
 use crate::config::RunConfig;
 use anyhow::{Context, Result};
 use frugal_api::contract::StageLayout;
@@ -140,7 +141,7 @@ impl ProcessStages {
         cfg: &RunConfig,
         schedule: ScheduleKind,
         devices: &[Device],
-        body: impl Fn(&mut StageWorker) -> Result<T> + Send + Sync + 'static,
+        body: impl Fn(&mut Worker) -> Result<T> + Send + Sync + 'static,
     ) -> Result<Vec<T>> {
         if self.all_replicas_here {
             return run_replicated(cfg, &self.layouts, self.replicas, schedule, devices, body);

@@ -1,4 +1,5 @@
-//! Evaluating a pipelined model. The evaluation (validation loss, bits per byte, perplexity and
+//! Evaluating the model a run trains. A worker that holds the whole model evaluates it directly
+//! ([`GptModel`]). Otherwise the evaluation (validation loss, bits per byte, perplexity and
 //! the job's zero-shot sets, [`crate::eval::evaluate`]) runs on the first and on the last stage
 //! at once, over the same batches: both hold the data, and which inputs an evaluation scores
 //! never depends on the scores. Each of its forwards goes through the chain: the first stage
@@ -9,11 +10,11 @@
 //! the same way: the last stage times the student's forwards through the chain beside its
 //! teacher's and evaluates the teacher, which it holds whole.
 
-use super::engine::StageWorker;
 use super::transport::{Message, TransportError};
+use super::worker::Worker;
 use crate::data::Data;
 use crate::distill::{self, Teacher};
-use crate::eval::{self, EvalConfig, LanguageModel};
+use crate::eval::{self, GptModel, LanguageModel};
 use anyhow::Result;
 use frugal_api::v1alpha1::{DistillationStatus, QualityStatus};
 use std::cell::RefCell;
@@ -26,7 +27,7 @@ const EVAL_END: u32 = u32::MAX;
 
 /// One stage seen as a [`LanguageModel`]: each call is one forward through the whole chain.
 struct StageLm<'a> {
-    worker: RefCell<&'a mut StageWorker>,
+    worker: RefCell<&'a mut Worker>,
     /// The first failure; later calls send nothing and the evaluation returns it.
     failed: RefCell<Option<anyhow::Error>>,
 }
@@ -73,26 +74,44 @@ impl LanguageModel for StageLm<'_> {
     }
 }
 
-impl StageWorker {
-    /// Evaluates the model through the pipeline at this step. Every stage calls it at the same
-    /// step; the last stage gets the result, the others `None`.
-    pub fn evaluate(&mut self, evaluation: &EvalConfig) -> Result<Option<QualityStatus>> {
-        let batch = self.cfg.train.micro_batch_size.max(16);
-        let (seed, step) = (self.cfg.train.seed, self.step);
-        self.through_chain(|lm, data, _| eval::evaluate(lm, data, &evaluation.sets, seed, step, batch))
+impl Worker {
+    /// The whole model as a [`LanguageModel`]: a one-stage worker's (a stage's slice is not one).
+    pub fn language_model(&self) -> GptModel<'_> {
+        assert!(self.is_first() && self.is_last(), "stage {} holds a slice of the model, not a language model", self.index());
+        GptModel { model: &self.model, params: &self.params, device: self.device }
     }
 
-    /// Distilling: the teacher evaluated as [`StageWorker::evaluate`] evaluates the student, and
-    /// both models' inference throughput, the student's through the chain
-    /// ([`Teacher::report`]). Every stage calls it at the same point; the last stage gets the
-    /// result, the others `None`.
-    pub fn distillation(&mut self, evaluation: &EvalConfig) -> Result<Option<DistillationStatus>> {
-        if self.cfg.distill.is_none() {
+    /// A one-stage worker's mean validation cross-entropy now, nats per token.
+    pub fn validation_loss(&self) -> f64 {
+        let data = self.data.as_ref().expect("the whole model's worker holds the data");
+        eval::validate(&self.language_model(), data, self.cfg.train.micro_batch_size.max(16)).loss()
+    }
+
+    /// Evaluates the model at this step: validation loss, bits per byte, perplexity and the
+    /// job's zero-shot sets ([`Worker::evaluation`]). Every stage calls it at the same step; the
+    /// last stage of the first replica gets the result, the others `None` (every replica holds
+    /// the same weights, so the others go straight on to the agreement that follows).
+    pub fn evaluate(&mut self) -> Result<Option<QualityStatus>> {
+        if self.replica > 0 {
             return Ok(None);
         }
+        let batch = self.cfg.train.micro_batch_size.max(16);
+        let (seed, step, sets) = (self.cfg.train.seed, self.step, self.evaluation.sets.clone());
+        self.through_chain(|lm, data, _| eval::evaluate(lm, data, &sets, seed, step, batch))
+    }
+
+    /// Distilling: the teacher evaluated as [`Worker::evaluate`] evaluates the student, and
+    /// both models' inference throughput, the student's through the chain
+    /// ([`Teacher::report`]). Every stage calls it at the same point; the last stage of the
+    /// first replica gets the result, the others `None`.
+    pub fn distillation(&mut self) -> Result<Option<DistillationStatus>> {
+        if self.cfg.distill.is_none() || self.replica > 0 {
+            return Ok(None);
+        }
+        let evaluation = self.evaluation.clone();
         let (seed, batch) = (self.cfg.train.seed, self.cfg.train.micro_batch_size.max(16));
         let status = self.through_chain(|lm, data, teacher| match teacher {
-            Some(teacher) => teacher.report(lm, data, evaluation, seed, batch).map(Some),
+            Some(teacher) => teacher.report(lm, data, &evaluation, seed, batch).map(Some),
             // the first stage sends the student's forwards that the last stage times
             None => {
                 let _ = distill::tokens_per_second(lm, None, &distill::throughput_batches(data, batch));
@@ -102,12 +121,17 @@ impl StageWorker {
         Ok(status.flatten())
     }
 
-    /// Runs `f` on the first and on the last stage at once, over the same data, with the stage
+    /// Runs `f` on the worker's whole model; or, with stages, on the first and on the last stage
+    /// at once, over the same data, with the stage
     /// as a [`LanguageModel`] whose every call is one forward through the chain, and the teacher
     /// where the stage holds one; the stages between relay the forwards. The last stage's
     /// result, `None` on the others.
     fn through_chain<T>(&mut self, f: impl FnOnce(&dyn LanguageModel, &Data, Option<&Teacher>) -> Result<T>) -> Result<Option<T>> {
         let (first, last) = (self.is_first(), self.is_last());
+        if first && last {
+            let data = self.data.as_ref().expect("the whole model's worker holds the data");
+            return f(&self.language_model(), data, self.teacher.as_ref()).map(Some);
+        }
         if !first && !last {
             self.relay_evaluation()?;
             return Ok(None);

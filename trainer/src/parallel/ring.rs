@@ -118,7 +118,7 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::transport::{DEFAULT_TIMEOUT, Fault, inproc};
+    use crate::parallel::transport::{DEFAULT_TIMEOUT, Fault, inproc};
     use tch::Kind;
 
     fn rings(n: usize) -> Vec<Ring> {
