@@ -19,13 +19,17 @@ pub fn compute_bytes(precision: Precision) -> i64 {
 pub struct StageMemory {
     /// fp32 master weights, plus a compute-precision copy below fp32.
     pub weights: i64,
-    /// fp32 gradients (one flat buffer).
+    /// fp32 gradients (one flat buffer); with recomputation also the compute-precision
+    /// gradients its block-by-block backward accumulates on the parameters.
     pub gradients: i64,
     /// Optimizer state: AdamW's two moments, Muon's momentum.
     pub optimizer: i64,
-    /// Activations kept for the backward pass, for every micro-batch in flight.
+    /// Activations kept for the backward pass, for every micro-batch in flight, and with
+    /// recomputation the one block rebuilt at a time.
     pub activations: i64,
-    /// Logits, their fp32 log-softmax and its gradient, last stage only.
+    /// Last stage only: the fp32 log-probabilities the loss keeps for every micro-batch in flight
+    /// (one with recomputation, whose head runs in the backward), and one micro-batch's logits
+    /// and their gradient while the loss is taken and differentiated.
     pub logits: i64,
     /// Runtime workspace (CUDA context, library workspaces).
     pub overhead: i64,
@@ -58,8 +62,11 @@ pub fn block_activation_elements(model: &ResolvedModel, layer: i64) -> i64 {
     let attention = 8 * d;
     let ffn = match (&model.moe, model.is_moe_layer(layer)) {
         (Some(moe), true) => {
-            // router logits, and per routed copy: the gathered input, hidden and activated hidden
-            moe.experts + moe.top_k * (d + 2 * moe.expert_hidden) + moe.shared_experts * 2 * moe.expert_hidden
+            // router probabilities, and per routed copy, in slots padded by the capacity factor:
+            // the gathered input, hidden and activated hidden, and the expert's output, which
+            // its gate multiplies; the shared experts' hidden and activated hidden
+            let routed = 2 * d + 2 * moe.expert_hidden;
+            moe.experts + (moe.top_k as f64 * moe.capacity_factor * routed as f64).ceil() as i64 + moe.shared_experts * 2 * moe.expert_hidden
         }
         _ => 2 * model.ffn_hidden,
     };
@@ -102,7 +109,14 @@ pub fn stage_memory(s: &StageShape<'_>) -> StageMemory {
     let all_blocks = || s.layers.clone().map(|l| block_activation_elements(s.model, l));
     let (kept, working) =
         if s.recompute { (s.layers.clone().count() as i64 * s.model.d_model, all_blocks().max().unwrap_or(0)) } else { (all_blocks().sum(), 0) };
-    let activations = cb * s.micro_batch_tokens * (kept * s.in_flight + working);
-    let logits = if s.last { (cb + 8) * s.model.vocab_size * s.micro_batch_tokens } else { 0 };
-    StageMemory { weights, gradients: 4 * s.parameters, optimizer, activations, logits, overhead: s.overhead, teacher: 0 }
+    let per_logit = s.model.vocab_size * s.micro_batch_tokens;
+    // the log-probabilities the loss's backward reads, per micro-batch held; then one
+    // micro-batch's logits and their gradient
+    let logits = if s.last { 4 * per_logit * if s.recompute { 1 } else { s.in_flight } + (cb + 4) * per_logit } else { 0 };
+    // With recomputation the last stage's head runs in the backward before its blocks are
+    // rebuilt, so the rebuilt block and the logits are never held at once.
+    let working = if s.recompute && s.last { (cb * s.micro_batch_tokens * working - logits).max(0) } else { cb * s.micro_batch_tokens * working };
+    let activations = cb * s.micro_batch_tokens * kept * s.in_flight + working;
+    let gradients = 4 * s.parameters + if s.recompute { cb * s.parameters } else { 0 };
+    StageMemory { weights, gradients, optimizer, activations, logits, overhead: s.overhead, teacher: 0 }
 }

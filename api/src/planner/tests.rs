@@ -177,7 +177,20 @@ fn recomputation_keeps_only_block_inputs() {
     let plan = plan(&spec, &PlanOptions::default()).unwrap();
     let tokens = 8 * 1024;
     let working = 8 * 768 + 2 * 3072;
-    assert_eq!(plan.stages[0].memory.activations, 2 * tokens * (12 * 768 + working));
+    // one stage: its head runs in the backward before any block is rebuilt, and its logits
+    // (50257 × 8192 × (4 + 2 + 4) bytes) outweigh one rebuilt block: only the inputs count
+    let logits = 50257 * tokens * (4 + 2 + 4);
+    assert_eq!(plan.stages[0].memory.logits, logits);
+    assert_eq!(plan.stages[0].memory.activations, 2 * tokens * 12 * 768 + (2 * tokens * working - logits).max(0));
+    // a stage without the head holds one rebuilt block beside the inputs of every block
+    spec.parallelism.pipeline_stages = 2;
+    spec.parallelism.schedule = PipelineSchedule::OneFOneB;
+    let plan = super::plan(&spec, &PlanOptions::default()).unwrap();
+    let first = &plan.stages[0];
+    let micro = i64::from(spec.parallelism.micro_batches);
+    let tokens = i64::from(spec.training.batch_size) / micro * 1024;
+    let blocks = first.layers.clone().count() as i64;
+    assert_eq!(first.memory.activations, 2 * tokens * (blocks * 768 * 2.min(micro) + working));
 }
 
 #[test]
