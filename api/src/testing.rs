@@ -198,6 +198,15 @@ impl TrainingJobBuilder {
         self.with(|s| _ = s.resources.node_selector.insert(key.into(), value.into()))
     }
 
+    /// Most GPUs the job may hold at once (spec.budget.maxGpus).
+    pub fn max_gpus(self, max_gpus: i32) -> Self {
+        self.with(|s| s.budget.max_gpus = Some(max_gpus))
+    }
+
+    pub fn max_gpu_hours(self, max_gpu_hours: f64) -> Self {
+        self.with(|s| s.budget.max_gpu_hours = Some(max_gpu_hours))
+    }
+
     /// Counts against TrainingBudget `budget`.
     pub fn budget_ref(self, budget: &str) -> Self {
         self.with(|s| s.budget.budget_ref = Some(budget.into()))
