@@ -106,10 +106,6 @@ impl TrainingJobBuilder {
         self.meta(|m| m.generation = Some(generation))
     }
 
-    pub fn label(self, key: &str, value: &str) -> Self {
-        self.meta(|m| _ = m.labels.get_or_insert_default().insert(key.into(), value.into()))
-    }
-
     pub fn status(mut self, status: TrainingJobStatus) -> Self {
         self.job.status = Some(status);
         self
@@ -180,11 +176,6 @@ impl TrainingJobBuilder {
         self.with(|s| s.parallelism.micro_batches = micro_batches)
     }
 
-    /// Replicas of the pipeline (data parallelism).
-    pub fn replicas(self, replicas: i32) -> Self {
-        self.with(|s| s.parallelism.data_parallel = replicas)
-    }
-
     /// Trains on the pods' CPUs.
     pub fn cpu(self) -> Self {
         self.with(|s| s.resources.device = Device::Cpu)
@@ -210,11 +201,6 @@ impl TrainingJobBuilder {
     /// Counts against TrainingBudget `budget`.
     pub fn budget_ref(self, budget: &str) -> Self {
         self.with(|s| s.budget.budget_ref = Some(budget.into()))
-    }
-
-    /// Checkpoints to PersistentVolumeClaim `claim`.
-    pub fn checkpoint_claim(self, claim: &str) -> Self {
-        self.with(|s| s.checkpoint.claim_name = Some(claim.into()))
     }
 
     pub fn image(self, image: &str) -> Self {
@@ -286,11 +272,6 @@ impl TrainingBudgetBuilder {
     /// The namespace's default budget (spec.namespaceDefault).
     pub fn namespace_default(mut self, namespace_default: bool) -> Self {
         self.budget.spec.namespace_default = namespace_default;
-        self
-    }
-
-    pub fn status(mut self, status: TrainingBudgetStatus) -> Self {
-        self.budget.status = Some(status);
         self
     }
 }
