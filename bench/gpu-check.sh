@@ -89,14 +89,14 @@ for c in gpt2-bf16 gpt2-fp16 long-dense long-window gpt2-moe gpt2-dp2x2; do trai
 # The economics pair: the CPU comparison's manifests, scaled to the GPU (8 layers, 512 wide,
 # 32 × 1,024 tokens a step; the recipe's experts as wide as the model). A run cut by the timeout
 # stops on SIGTERM and still writes its report, which says the target was not reached.
-econ() { # side
+econ() { # side, then extra trainer flags
   timeout -s TERM 100 "$BIN" train "examples/economics/$1.yaml" --json --device cuda --checkpoint-dir "$OUT/ck-econ-$1" \
     --set model.custom.layers=8 --set model.custom.dModel=512 --set model.custom.heads=8 --set training.batchSize=32 \
     --set training.optimizer.learningRate=0.001 --set training.duration.steps=3000 --set training.evalInterval=100 \
-    --set data.qualityTarget.value=1.9 --set resources.device=GPU $2 > "$OUT/econ-$1.jsonl" || true
+    --set data.qualityTarget.value=1.9 --set resources.device=GPU "${@:2}" > "$OUT/econ-$1.jsonl" || true
 }
 econ baseline
-econ recipe "--set model.sparsity.moe.expertHidden=512"
+econ recipe --set model.sparsity.moe.expertHidden=512
 
 # PyTorch eager, same model/batch/precision (bf16 autocast-free: weights cast like the trainer).
 timeout 150 "$PY" bench/torch_reference.py --data "$DATA" --device cuda --dtype bf16 --steps 60 \

@@ -42,8 +42,7 @@ frugal_docker_up() {
   setsid /usr/sbin/dockerd --pidfile "$FRUGAL_DOCKER_STATE/dockerd.pid" \
     >"$FRUGAL_DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
   echo $! >"$FRUGAL_DOCKER_STATE/started-by-frugal"
-  local i
-  for i in $(seq 120); do
+  for _ in $(seq 120); do
     fdocker info >/dev/null 2>&1 && return 0
     kill -0 "$(cat "$FRUGAL_DOCKER_STATE/started-by-frugal")" 2>/dev/null || break
     sleep 0.5
@@ -60,8 +59,7 @@ frugal_docker_down() {
   pid=$(cat "$marker")
   if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "dockerd --pidfile $FRUGAL_DOCKER_STATE/"; then
     kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$marker"

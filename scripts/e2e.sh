@@ -45,6 +45,7 @@ if [[ $FRUGAL_REAL_NODE == 1 ]]; then
   export FRUGAL_NODE_IMAGES=$runner_dir/images.tar
 fi
 runner_pid=
+# shellcheck disable=SC2317 # called from the EXIT trap below
 stop() {
   if [[ -n $runner_pid ]]; then
     kill -TERM "$runner_pid" 2>/dev/null || true

@@ -11,6 +11,15 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "libtorch: torch $(python -W ignore -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
 
+step "shell scripts (shellcheck; .shellcheckrc finds what they source)"
+if ! command -v shellcheck >/dev/null; then
+  # shellcheck source=docker.sh
+  source scripts/docker.sh
+  frugal_apt_install shellcheck
+fi
+shellcheck -x scripts/*.sh e2e/cluster/{up,down,build,lib.sh} e2e/cluster/node/lib.sh e2e/kind/run \
+  images/{build,base-image,stage-trainer} bench/*.sh bench/*/*.sh bench/*/*/*.sh .ci/run
+
 step "the API, the operator and the kubectl plugin link no libtorch"
 for crate in frugal-api frugal-operator kubectl-frugal; do
   if cargo tree -q -p "$crate" -e normal,build --prefix none | grep -Eq '^(tch|torch-sys) '; then

@@ -314,18 +314,7 @@ mod tests {
     use super::*;
 
     fn spec() -> TrainingJobSpec {
-        serde_saphyr::from_str(
-            r#"
-model:
-  type: Custom
-  custom: {layers: 8, dModel: 64, heads: 4, seqLen: 32}
-  sparsity: {moe: {experts: 4, topK: 2}}
-data: {source: {type: Synthetic}}
-parallelism: {pipelineStages: 4, microBatches: 8, gpusPerPod: 2}
-training: {batchSize: 16}
-"#,
-        )
-        .unwrap()
+        crate::TrainingJob::test().moe(4, 2).stages(4).micro_batches(8).gpus_per_pod(2).batch_size(16).into_spec()
     }
 
     fn job() -> JobRef {

@@ -10,6 +10,8 @@ pub mod finite;
 pub mod planner;
 pub mod report;
 pub mod schema;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod v1alpha1;
 
 pub use v1alpha1::{TrainingBudget, TrainingJob, TrainingJobSpec};

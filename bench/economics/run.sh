@@ -15,8 +15,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${FRUGAL_TRAINER:-frugal-trainer}
 out=${BENCH_OUT:-$(mktemp -d)}
-lrs=${ECON_LRS:-0.002 0.004}
-seeds=${ECON_SEEDS:-2 3}
+read -ra lrs <<<"${ECON_LRS:-0.002 0.004}"
+read -ra seeds <<<"${ECON_SEEDS:-2 3}"
 threads=${BENCH_THREADS:-2}
 mkdir -p "$out"
 cd "$root"
@@ -44,7 +44,7 @@ train() {
 # best SIDE: the swept learning rate that reached the target in the fewest device-hours (the
 # lowest final bits per byte if none reached it)
 best() {
-  python3 - "$out" "$1" $lrs <<'PY'
+  python3 - "$out" "$1" "${lrs[@]}" <<'PY'
 import json, sys
 out, side, lrs = sys.argv[1], sys.argv[2], sys.argv[3:]
 def key(lr):
@@ -56,14 +56,14 @@ print(min(lrs, key=key))
 PY
 }
 
-for lr in $lrs; do
+for lr in "${lrs[@]}"; do
   train "baseline-lr$lr" examples/economics/baseline.yaml 1 "$lr"
   train "recipe-lr$lr" examples/economics/recipe.yaml 1 "$lr"
 done
 b=$(best baseline)
 r=$(best recipe)
 echo "economics: best learning rates: baseline $b, recipe $r" >&2
-for seed in $seeds; do
+for seed in "${seeds[@]}"; do
   train "baseline-lr$b" examples/economics/baseline.yaml "$seed" "$b"
   train "recipe-lr$r" examples/economics/recipe.yaml "$seed" "$r"
 done
@@ -74,7 +74,7 @@ if [ "${ECON_ABLATE:-1}" = 1 ]; then
 fi
 
 sweep=()
-for lr in $lrs; do sweep+=("$out/baseline-lr$lr/seed1" "$out/recipe-lr$lr/seed1"); done
+for lr in "${lrs[@]}"; do sweep+=("$out/baseline-lr$lr/seed1" "$out/recipe-lr$lr/seed1"); done
 echo
 echo "## the sweep (seed 1)"
 "$bin" report --format markdown "${sweep[@]}"

@@ -1,5 +1,6 @@
 # Shared by up and down; sourced, not run.
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # sets the ports and paths that up and down, which source it, read
 
 STATE=${FRUGAL_CLUSTER_DIR:-/tmp/frugal-cluster}
 CLUSTER_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -103,7 +104,7 @@ cluster_healthy() {
 make_pki() {
   local d=$STATE/pki
   (
-    cd "$d"
+    cd "$d" || exit
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=frugal-test-ca \
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
@@ -155,7 +156,7 @@ start_kueue() {
   local d=$STATE/kueue
   mkdir -p "$d/certs"
   (
-    cd "$d"
+    cd "$d" || exit
     openssl req -newkey rsa:2048 -nodes -subj /CN=kueue-webhook \
       -keyout certs/tls.key -out webhook.csr 2>/dev/null
     printf '%s\n' 'subjectAltName=IP:127.0.0.1' 'extendedKeyUsage=serverAuth' \

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::Phase;
+use frugal_api::testing::TrainingJobBuilder;
+use frugal_api::v1alpha1::{Phase, Precision};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -93,21 +94,7 @@ pub fn pod_output(namespace: &str, pod: &str) -> String {
 /// A job of `stages` pipeline stages of a small model, `gpus_per_pod` of them to a pod, on the
 /// fake GPU nodes: kwok runs its pods, which stay Running until a test sets their outcome.
 pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
-    manifest(
-        name,
-        &format!(
-            r#"
-  model:
-    type: Custom
-    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
-  data: {{source: {{type: Synthetic}}}}
-  parallelism: {{pipelineStages: {stages}, gpusPerPod: {gpus_per_pod}, microBatches: 8}}
-  training: {{batchSize: 16}}
-  resources:
-    nodeSelector: {{type: kwok}}
-"#
-        ),
-    )
+    TrainingJob::test().name(name).stages(stages).gpus_per_pod(gpus_per_pod).micro_batches(8).batch_size(16).node_selector("type", "kwok").build()
 }
 
 /// A TrainingJob named `name` with the `spec` given as YAML (indented under `spec:`).
@@ -130,9 +117,32 @@ pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> Trai
 /// `--trainer-cpu-image`), find their peers through cluster DNS and report with their own token.
 pub fn real_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
     let (key, value) = crate::node::REAL_NODE_LABEL;
-    small_cpu_job(name, steps, claim, stages, &format!("    nodeSelector: {{{key}: {value}}}\n  podTemplate:\n"))
+    cpu_training_job(name, steps, claim, stages).node_selector(key, value).build()
 }
 
+/// `steps` steps of a tiny model on synthetic data in `stages` pipeline stages (one pod each) on
+/// one CPU thread a pod, reporting every step and checkpointing every 10 steps to `claim` if given.
+fn cpu_training_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJobBuilder {
+    TrainingJob::test()
+        .name(name)
+        .custom_model(4, 32, 2, 16)
+        .synthetic_tokens(20_000)
+        .stages(stages)
+        .micro_batches(4)
+        .steps(steps)
+        .batch_size(4)
+        .precision(Precision::Fp32)
+        .with(|s| {
+            (s.training.eval_interval, s.training.checkpoint_interval, s.training.log_interval) = (1_000_000, 10, 1);
+            s.run_policy.backoff_limit = 2;
+            s.checkpoint.claim_name = claim.map(Into::into);
+        })
+        .cpu()
+        .env("FRUGAL_THREADS", "1")
+}
+
+/// [`cpu_job`]'s job: [`cpu_training_job`] written as YAML, which goes, with `manifest`, when
+/// `cpu_job` and the pod runner go.
 fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, placement: &str) -> TrainingJob {
     let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
     manifest(

@@ -117,9 +117,7 @@ async fn only_the_operator_writes_the_status_of_jobs_and_budgets() {
         manifests::install_crds(&t.client).await?;
         let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         t.api::<TrainingJob>().create(&post, &fake_gpu_job("lm", 2, 1)).await?;
-        let budget: frugal_api::TrainingBudget = serde_saphyr::from_str(
-            "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: team}\nspec: {maxGpus: 4, gpuHours: 10, period: Day}\n",
-        )?;
+        let budget = frugal_api::TrainingBudget::test(4).gpu_hours(Some(10.0)).build();
         t.api::<frugal_api::TrainingBudget>().create(&post, &budget).await?;
         // bob is a namespace admin: every verb on every frugal.dev resource, status included
         let everything = PolicyRule {
@@ -207,22 +205,19 @@ async fn only_admins_change_a_namespaces_default_budget() {
         };
         let alice = Subject { kind: "User".into(), name: "alice".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
         bind(&t, "budget-editor", rule, alice).await?;
-        let budget = |name: &str, default: bool| -> Result<frugal_api::TrainingBudget> {
-            Ok(serde_saphyr::from_str(&format!(
-                "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: 4, gpuHours: 10, period: Day, namespaceDefault: {default}}}\n"
-            ))?)
-        };
+        let budget =
+            |name: &str, default: bool| frugal_api::TrainingBudget::test(4).name(name).gpu_hours(Some(10.0)).namespace_default(default).build();
         with_policies(&t, DEFAULT_BUDGET_POLICY, &[], async {
             let admin: Api<frugal_api::TrainingBudget> = t.api();
             let alice: Api<frugal_api::TrainingBudget> = Api::namespaced(impersonating("alice").await?, &t.namespace);
             let post = PostParams::default();
-            let alices = budget("alices-default", true)?;
+            let alices = budget("alices-default", true);
             let message = until_refused("alice creating a default budget", || alice.create(&post, &alices)).await?;
             for part in ["namespace's default (spec.namespaceDefault)", "system:masters", "alice may not"] {
                 ensure!(message.contains(part), "the refusal does not say {part:?}: {message}");
             }
-            admin.create(&post, &budget("team", true)?).await.context("the admin creating the default budget")?;
-            alice.create(&post, &budget("scratch", false)?).await.context("alice creating an ordinary budget")?;
+            admin.create(&post, &budget("team", true)).await.context("the admin creating the default budget")?;
+            alice.create(&post, &budget("scratch", false)).await.context("alice creating an ordinary budget")?;
             let loosen = json!({"spec": {"gpuHours": 1000}});
             alice.patch("scratch", &PatchParams::default(), &Patch::Merge(&loosen)).await.context("alice changing her own budget")?;
             refused(alice.patch("team", &PatchParams::default(), &Patch::Merge(&loosen)).await, "alice raising the default budget")?;

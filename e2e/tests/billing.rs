@@ -49,12 +49,7 @@ fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
 }
 
 fn training_budget(name: &str, max_gpus: i32, gpu_hours: f64, admission: BudgetAdmission) -> TrainingBudget {
-    let mut budget: TrainingBudget = serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: {gpu_hours}, period: Day}}\n"
-    ))
-    .expect("the test budget parses");
-    budget.spec.admission = admission;
-    budget
+    TrainingBudget::test(max_gpus).name(name).gpu_hours(Some(gpu_hours)).admission(admission).build()
 }
 
 async fn setup(ctx: &TestContext) -> Result<Operator> {

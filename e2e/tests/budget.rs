@@ -22,11 +22,9 @@ fn training_job(name: &str, gpus: i32, budget: &str) -> TrainingJob {
     tj
 }
 
+/// Budget `name` of `max_gpus` GPUs and 100 GPU-hours a day.
 fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, period: Day}}\n"
-    ))
-    .expect("the test budget parses")
+    TrainingBudget::test(max_gpus).name(name).build()
 }
 
 /// The operator's own ceiling is raised, so that the budget is the limit a too-large job meets.

@@ -257,10 +257,7 @@ async fn setup(ctx: &TestContext) -> Result<Operator> {
 }
 
 fn budget(name: &str, max_gpus: i32, gpu_hours: f64) -> TrainingBudget {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: {gpu_hours}, period: Day}}\n"
-    ))
-    .expect("the test budget parses")
+    TrainingBudget::test(max_gpus).name(name).gpu_hours(Some(gpu_hours)).build()
 }
 
 async fn apply_budget(ctx: &TestContext, budget: &TrainingBudget) -> Result<()> {

@@ -3,16 +3,8 @@
 use super::*;
 use crate::v1alpha1::*;
 
-fn job(yaml: &str) -> TrainingJobSpec {
-    serde_saphyr::from_str(yaml).expect("test spec parses")
-}
-
 fn gpt2() -> TrainingJobSpec {
-    job(r#"
-model: {type: Preset, preset: gpt2-124m}
-data: {source: {type: Synthetic}}
-training: {duration: {type: Steps, steps: 1000}, batchSize: 8, precision: bf16}
-"#)
+    TrainingJob::test().preset(ModelPreset::Gpt2_124m).steps(1000).batch_size(8).precision(Precision::Bf16).into_spec()
 }
 
 #[test]
@@ -59,16 +51,18 @@ fn gpt2_124m_memory_and_cost() {
 }
 
 fn fine_grained_moe() -> TrainingJobSpec {
-    job(r#"
-model:
-  type: Custom
-  custom: {layers: 4, dModel: 128, heads: 4, seqLen: 64, vocabSize: 257}
-  sparsity:
-    moe: {experts: 16, topK: 3, sharedExperts: 1, expertHidden: 128}
-data: {source: {type: Synthetic}}
-training: {duration: {type: Steps, steps: 100}, batchSize: 12, precision: fp32}
-resources: {device: CPU}
-"#)
+    TrainingJob::test()
+        .custom_model(4, 128, 4, 64)
+        .moe(16, 3)
+        .with(|s| {
+            let moe = s.model.sparsity.moe.as_mut().unwrap();
+            (moe.shared_experts, moe.expert_hidden) = (1, Some(128));
+        })
+        .steps(100)
+        .batch_size(12)
+        .precision(Precision::Fp32)
+        .cpu()
+        .into_spec()
 }
 
 #[test]
@@ -85,12 +79,7 @@ fn moe_active_parameters_are_well_below_total() {
     assert!(plan.parameters.active * 3 < plan.parameters.total);
     // equal active FLOPs to the dense model of the same width: 4 quarter-width experts
     // (3 routed + 1 shared) match one 4·d hidden layer, plus the router.
-    let dense = job(r#"
-model: {type: Preset, preset: tiny}
-data: {source: {type: Synthetic}}
-training: {duration: {type: Steps, steps: 100}, batchSize: 12, precision: fp32}
-resources: {device: CPU}
-"#);
+    let dense = TrainingJob::test().preset(ModelPreset::Tiny).steps(100).batch_size(12).precision(Precision::Fp32).cpu().into_spec();
     let dense = super::plan(&dense, &PlanOptions::default()).unwrap();
     let router = 6.0 * 128.0 * 16.0 * 4.0;
     assert_eq!(plan.flops_per_token, dense.flops_per_token + router);
@@ -195,12 +184,7 @@ fn recomputation_keeps_only_block_inputs() {
 
 #[test]
 fn a_model_too_big_for_its_gpu_is_flagged() {
-    let mut spec = job(r#"
-model: {type: Preset, preset: gpt2-774m}
-data: {source: {type: Synthetic}}
-training: {duration: {type: Steps, steps: 10}, batchSize: 64}
-resources: {gpuType: nvidia-t4-16gb}
-"#);
+    let mut spec = TrainingJob::test().preset(ModelPreset::Gpt2_774m).steps(10).batch_size(64).gpu_type("nvidia-t4-16gb").into_spec();
     let plan = super::plan(&spec, &PlanOptions::default()).unwrap();
     assert!(!plan.fits());
     assert!(plan.warnings.iter().any(|w| w.contains("exceeds the nvidia-t4-16gb")), "{:?}", plan.warnings);
@@ -219,10 +203,7 @@ fn tokens_duration_rounds_up_to_whole_steps() {
 
 #[test]
 fn presets_with_stages_beyond_their_layers_are_refused() {
-    let mut spec = job(r#"
-model: {type: Preset, preset: tiny}
-data: {source: {type: Synthetic}}
-"#);
+    let mut spec = TrainingJob::test().preset(ModelPreset::Tiny).into_spec();
     spec.parallelism.pipeline_stages = 8;
     let err = plan(&spec, &PlanOptions::default()).unwrap_err();
     assert_eq!(err, PlanError::TooManyStages { stages: 8, layers: 4 });
@@ -334,13 +315,15 @@ fn a_batch_that_does_not_divide_among_the_replicas_is_refused() {
     assert_eq!(err, PlanError::UnevenMicroBatches { batch: 8, micro: 3 });
 }
 
-fn custom_on_t4(d_model: i64, stages: i32) -> TrainingJobSpec {
-    let mut spec = job(&format!(
-        "model: {{type: Custom, custom: {{layers: 4, dModel: {d_model}, heads: 32, seqLen: 512, vocabSize: 32768}}}}\ndata: {{source: {{type: Synthetic}}}}\ntraining: {{duration: {{type: Steps, steps: 10}}, batchSize: 32}}\nresources: {{gpuType: nvidia-t4-16gb}}\n"
-    ));
-    spec.parallelism.pipeline_stages = stages;
-    spec.parallelism.micro_batches = 8;
-    spec
+fn custom_on_t4(d_model: i32, stages: i32) -> TrainingJobSpec {
+    TrainingJob::test()
+        .custom_model(4, d_model, 32, 512)
+        .with(|s| s.model.custom.as_mut().unwrap().vocab_size = 32768)
+        .steps(10)
+        .gpu_type("nvidia-t4-16gb")
+        .stages(stages)
+        .micro_batches(8)
+        .into_spec()
 }
 
 #[test]
@@ -424,7 +407,7 @@ fn a_model_that_needs_every_stage_is_left_alone() {
 fn a_distilled_job_pays_for_its_teachers_forward_on_the_last_stage() {
     let mut spec = gpt2_laid_out(2, 1, 4, 8);
     let alone = plan(&spec, &PlanOptions::default()).unwrap();
-    spec.distill = Some(job_distill("{type: Preset, preset: gpt2-350m}", 0.5));
+    spec.distill = Some(job_distill(Some(ModelPreset::Gpt2_350m), 0.5));
     let plan = super::plan(&spec, &PlanOptions::default()).unwrap();
     let teacher = plan.teacher.as_ref().expect("the teacher's model");
     // gpt2-350m: wte 50257·1024 + wpe 1024·1024 + 24 blocks of 12,596,224 + the final LayerNorm
@@ -446,25 +429,27 @@ fn a_distilled_job_pays_for_its_teachers_forward_on_the_last_stage() {
     assert_eq!(last.memory.total(), alone.stages[1].memory.total() + last.memory.teacher);
     assert_eq!(plan.parameters, alone.parameters, "the teacher trains nothing");
     // with softWeight 0 the trainer does not run the teacher, but still holds it
-    spec.distill = Some(job_distill("{type: Preset, preset: gpt2-350m}", 0.0));
+    spec.distill = Some(job_distill(Some(ModelPreset::Gpt2_350m), 0.0));
     let unweighted = super::plan(&spec, &PlanOptions::default()).unwrap();
     assert_eq!(unweighted.flops_per_token, alone.flops_per_token);
     assert_eq!(unweighted.stages[1].memory.teacher, last.memory.teacher);
     // a teacher model that does not resolve names its field
-    spec.distill = Some(job_distill("{type: Preset}", 0.5));
+    spec.distill = Some(job_distill(None, 0.5));
     let err = super::plan(&spec, &PlanOptions::default()).unwrap_err().to_string();
     assert!(err.starts_with("distill.teacher.model.preset is required"), "{err}");
 }
 
-fn job_distill(model: &str, soft_weight: f64) -> DistillSpec {
-    serde_saphyr::from_str(&format!("{{teacher: {{model: {model}, checkpoint: /teacher}}, softWeight: {soft_weight}}}")).expect("distill spec parses")
+/// A teacher of `preset` (none: a preset model that names none) at /teacher, temperature 2.
+fn job_distill(preset: Option<ModelPreset>, soft_weight: f64) -> DistillSpec {
+    let model = ModelSpec { type_: ModelType::Preset, preset, custom: None, sparsity: SparsitySpec::default() };
+    DistillSpec { teacher: TeacherSpec { model, checkpoint: "/teacher".into() }, temperature: 2.0, soft_weight }
 }
 
 #[test]
 fn the_fewest_gpus_are_the_fewest_stages_that_fit() {
     let options = PlanOptions::default();
     let t4 = gpu_type("nvidia-t4-16gb").unwrap();
-    let fits = |d_model: i64, stages: i32| plan(&custom_on_t4(d_model, stages), &options).unwrap().fits();
+    let fits = |d_model: i32, stages: i32| plan(&custom_on_t4(d_model, stages), &options).unwrap().fits();
     // a model that needs more than one T4 but fits on two or three stages of it
     let d_model = (1..=32).map(|k| k * 256).find(|&d| !fits(d, 1) && fits(d, 4)).expect("a width that needs pipelining");
     let layout = fewest_gpus(&custom_on_t4(d_model, 1), t4, &options).unwrap();

@@ -9,7 +9,7 @@ bin=${FRUGAL_TRAINER:-frugal-trainer}
 out=${BENCH_OUT:-$(mktemp -d)}
 for round in 1 2; do
   for job in dense-fp32 dense-bf16 sw-bf16 dense-bf16-muon moe-bf16 moe-sw-bf16 dense-bf16-2k sw-bf16-2k; do
-    rm -rf "$out/$job"
+    rm -rf "${out:?}/$job"
     "$bin" train "$here/$job.yaml" --checkpoint-dir "$out/$job" --threads "${BENCH_THREADS:-2}" --json --max-steps 30 > "$out/$job.log"
     python3 - "$round" "$job" "$out/$job.log" <<'PY'
 import json, sys

@@ -40,7 +40,7 @@ ctr() { command ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 node_pki() {
   local d=$STATE/pki
   (
-    cd "$d"
+    cd "$d" || exit
     sign_client() {
       local name=$1 subject=$2
       openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$name.key" -out "$name.csr" 2>/dev/null
@@ -77,7 +77,7 @@ node_record_host_paths() {
   done
   # entries of the log directories that already existed are left alone by down
   for p in /var/log/pods /var/log/containers; do
-    if [[ -d $p ]]; then ls -A "$p" | sed "s|^|$p/|" >>"$STATE/host-kept"; fi
+    if [[ -d $p ]]; then find "$p" -mindepth 1 -maxdepth 1 >>"$STATE/host-kept"; fi
   done
   : >>"$STATE/host-kept"
   # iptables chains of another Kubernetes on this host are left alone by down
@@ -222,6 +222,7 @@ YAML
   spawn kubelet "$K8S_BIN/kubelet" --config="$d/config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig" \
     --root-dir="$d/root" --cert-dir="$d/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --node-labels="$NODE_LABEL" --v=1
+  # shellcheck disable=SC2317 # called by wait_for
   kubectl_node_ready() { [[ $(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; }
   wait_for "node $NODE_NAME Ready" 120 kubectl_node_ready
 }
@@ -283,16 +284,16 @@ node_kill_containers() {
   for pid in $(pgrep -f "containerd-shim.*$NODE_DIR" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
   sleep 0.5
   for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
-    [[ -d $cg ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    if [[ -d $cg ]]; then find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
 }
 
 node_unmount() {
   local m
   # deepest first
-  for m in $(awk '{print $2}' /proc/mounts | grep -E "^($NODE_DIR|/var/lib/kubelet)(/|$)" | sort -r); do
+  while read -r m; do
     umount -l "$m" 2>/dev/null || true
-  done
+  done < <(awk '{print $2}' /proc/mounts | grep -E "^($NODE_DIR|/var/lib/kubelet)(/|$)" | sort -r)
 }
 
 node_cleanup_iptables() {

@@ -1,15 +1,12 @@
 use super::*;
-use frugal_api::v1alpha1::TrainingBudgetStatus;
+use frugal_api::v1alpha1::{ModelPreset, PlanStatus, TrainingBudgetStatus, TrainingJobStatus};
 
 fn t(secs: i64) -> Time {
     Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
 }
 
 fn training_budget(name: &str, default: bool) -> TrainingBudget {
-    let mut b: TrainingBudget = serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}, namespace: ml}}\nspec: {{maxGpus: 4, gpuHours: 100, period: Day, namespaceDefault: {default}}}\n"
-    ))
-    .unwrap();
+    let mut b = TrainingBudget::test(4).name(name).namespace("ml").namespace_default(default).build();
     b.metadata.creation_timestamp = Some(t(0));
     b.status = Some(TrainingBudgetStatus {
         gpus_in_use: 4,
@@ -41,14 +38,24 @@ fn training_budget(name: &str, default: bool) -> TrainingBudget {
 
 /// A job in `ml` naming `budget` (if any), Queued with `reason` (if any).
 fn job(name: &str, budget: Option<&str>, queued: Option<&str>) -> TrainingJob {
-    let budget = budget.map_or(String::new(), |b| format!("  budget: {{budgetRef: {b}}}\n"));
-    let status = queued.map_or("status: {phase: Running}\n".to_string(), |reason| {
-        format!("status:\n  phase: Queued\n  plan: {{model: {{layers: 1, dModel: 8, heads: 1, seqLen: 8, vocabSize: 8, ffnHidden: 32, moeLayers: 0}}, parameters: 1, activeParameters: 1, tokens: 1, steps: 1, gpus: 4, pods: 1, memoryPerGpuBytes: 1, gpuMemoryBytes: 1, currency: USD}}\n  conditions: [{{type: Queued, status: \"True\", reason: {reason}, message: \"waits for team\", lastTransitionTime: \"2026-12-02T03:00:00Z\"}}]\n")
-    });
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: ml}}\nspec:\n  model: {{type: Preset, preset: tiny}}\n  data: {{source: {{type: Synthetic}}}}\n{budget}{status}"
-    ))
-    .unwrap()
+    let status = match queued {
+        None => TrainingJobStatus { phase: Some(Phase::Running), ..Default::default() },
+        Some(reason) => TrainingJobStatus {
+            phase: Some(Phase::Queued),
+            plan: Some(PlanStatus { gpus: 4, pods: 1, currency: "USD".into(), ..Default::default() }),
+            conditions: vec![Condition {
+                type_: "Queued".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: "waits for team".into(),
+                last_transition_time: Time("2026-12-02T03:00:00Z".parse().unwrap()),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        },
+    };
+    let job = TrainingJob::test().name(name).namespace("ml").preset(ModelPreset::Tiny);
+    job.with(|s| s.budget.budget_ref = budget.map(Into::into)).status(status).build()
 }
 
 #[test]

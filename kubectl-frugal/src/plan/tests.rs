@@ -1,12 +1,10 @@
 use super::*;
+use frugal_api::testing::TrainingJobBuilder;
 use frugal_api::v1alpha1::{BudgetHolder, TrainingBudgetStatus};
 
-/// A GPU job of `stages` stages of a small model, with `extra` YAML lines under spec.
-fn job(stages: i32, extra: &str) -> TrainingJob {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: lm, namespace: ml}}\nspec:\n  model: {{type: Custom, custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}}}\n  data: {{source: {{type: Synthetic}}}}\n  parallelism: {{pipelineStages: {stages}, microBatches: 8}}\n  training: {{batchSize: 16}}\n{extra}"
-    ))
-    .unwrap()
+/// A GPU job `lm` in `ml` of `stages` stages of a small model, 8 micro-batches of 16 sequences.
+fn job(stages: i32) -> TrainingJobBuilder {
+    TrainingJob::test().namespace("ml").stages(stages).micro_batches(8).batch_size(16)
 }
 
 fn refusals(checks: &[Check]) -> Vec<(&str, &str)> {
@@ -17,11 +15,9 @@ fn t(secs: i64) -> Time {
     Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
 }
 
-fn training_budget(name: &str, max_gpus: i32, extra: &str) -> TrainingBudget {
-    let mut b: TrainingBudget = serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}, namespace: ml}}\nspec: {{maxGpus: {max_gpus}, period: Day{extra}}}\n"
-    ))
-    .unwrap();
+/// Budget `name` in `ml` of `max_gpus` GPUs and `gpu_hours` a Day, created at 0.
+fn training_budget(name: &str, max_gpus: i32, gpu_hours: Option<f64>) -> TrainingBudget {
+    let mut b = TrainingBudget::test(max_gpus).name(name).namespace("ml").gpu_hours(gpu_hours).build();
     b.metadata.creation_timestamp = Some(t(0));
     b
 }
@@ -37,7 +33,7 @@ fn holding(mut b: TrainingBudget, holders: &[(&str, i32)]) -> TrainingBudget {
 
 #[test]
 fn a_job_that_fits_passes_every_offline_check() {
-    let (plan, checks) = offline(&job(2, ""), None);
+    let (plan, checks) = offline(&job(2).build(), None);
     let plan = plan.unwrap();
     assert_eq!((plan.gpus, plan.pods, plan.stages.len()), (2, 2, 2));
     assert!(refusals(&checks).is_empty(), "{checks:?}");
@@ -48,8 +44,7 @@ fn a_job_that_fits_passes_every_offline_check() {
 
 #[test]
 fn memory_that_does_not_fit_is_refused_naming_the_fix() {
-    let big = "  resources: {gpuType: nvidia-t4-16gb}\n";
-    let mut j = job(1, big);
+    let mut j = job(1).gpu_type("nvidia-t4-16gb").build();
     let c = j.spec.model.custom.as_mut().unwrap();
     (c.layers, c.d_model, c.heads, c.seq_len) = (48, 8192, 64, 4096);
     let (_, checks) = offline(&j, None);
@@ -60,16 +55,16 @@ fn memory_that_does_not_fit_is_refused_naming_the_fix() {
 
 #[test]
 fn the_jobs_own_limits_and_the_operators_ceiling() {
-    let (_, checks) = offline(&job(4, "  budget: {maxGpus: 2}\n"), None);
+    let (_, checks) = offline(&job(4).max_gpus(2).build(), None);
     assert_eq!(refusals(&checks), [("GPU limit", "GpuLimitExceeded")]);
     assert!(checks[2].message.contains("its budget.maxGpus of 2") && checks[2].message.contains("raise spec.budget.maxGpus"));
     // the ceiling is only known when given
-    let (_, checks) = offline(&job(8, ""), None);
+    let (_, checks) = offline(&job(8).build(), None);
     assert!(refusals(&checks).is_empty() && checks[2].message.contains("--max-gpus-per-job"), "{checks:?}");
-    let (_, checks) = offline(&job(8, ""), Some(4));
+    let (_, checks) = offline(&job(8).build(), Some(4));
     assert_eq!(refusals(&checks), [("GPU limit", "GpuLimitExceeded")]);
     // a spend limit below the estimate is a note: the job would stop before it finishes
-    let (_, checks) = offline(&job(1, "  budget: {maxGpuHours: 0.000001}\n"), None);
+    let (_, checks) = offline(&job(1).max_gpu_hours(0.000001).build(), None);
     let spend = checks.iter().find(|c| c.check == "spend limits").unwrap();
     assert_eq!(spend.outcome, Outcome::Note);
     assert!(spend.message.contains("above its spec.budget.maxGpuHours of 0.000001"), "{}", spend.message);
@@ -77,7 +72,7 @@ fn the_jobs_own_limits_and_the_operators_ceiling() {
 
 #[test]
 fn replicas_count_as_gpus_and_a_better_layout_is_suggested() {
-    let mut j = job(2, "  budget: {maxGpus: 2}\n");
+    let mut j = job(2).max_gpus(2).build();
     j.spec.parallelism.data_parallel = 2;
     let (plan, checks) = offline(&j, None);
     let plan = plan.unwrap();
@@ -109,68 +104,70 @@ fn replicas_count_as_gpus_and_a_better_layout_is_suggested() {
 
 #[test]
 fn a_plan_error_is_refused_with_the_planners_words() {
-    let (plan, checks) = offline(&job(9, ""), None);
+    let (plan, checks) = offline(&job(9).build(), None);
     assert!(plan.is_none());
     assert_eq!(refusals(&checks), [("plan", "PlanFailed")]);
     assert!(checks[0].message.contains("pipelineStages 9 exceeds the model's 8 layers"), "{}", checks[0].message);
 }
 
-/// The budget check of a 4-GPU job (`lm`) in namespace `ml` among `budgets`.
-fn budget_verdict(extra: &str, budgets: &[TrainingBudget]) -> Check {
-    let j = job(4, extra);
+/// The budget check of a 4-GPU job (`lm`) in namespace `ml`, naming `budget_ref` if given, among
+/// `budgets`.
+fn budget_verdict(budget_ref: Option<&str>, budgets: &[TrainingBudget]) -> Check {
+    let j = job(4).with(|s| s.budget.budget_ref = budget_ref.map(Into::into)).build();
     let (plan, _) = offline(&j, None);
     budget_check(&j, &plan.unwrap(), "ml", budgets, None, &t(60))
 }
 
 #[test]
 fn a_budget_too_small_for_the_job_refuses_it() {
-    let c = budget_verdict("  budget: {budgetRef: team}\n", &[training_budget("team", 2, "")]);
+    let c = budget_verdict(Some("team"), &[training_budget("team", 2, None)]);
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")));
     assert!(c.message.contains("needs 4 GPUs, above the spec.maxGpus of 2 of TrainingBudget \"team\""), "{}", c.message);
     // look-ahead: more GPU-hours than a whole period allows
-    let mut long = job(4, "  budget: {budgetRef: team}\n");
+    let mut long = job(4).budget_ref("team").build();
     long.spec.training.duration.steps = Some(100_000_000);
     let (plan, _) = offline(&long, None);
-    let c = budget_check(&long, &plan.unwrap(), "ml", &[training_budget("team", 8, ", gpuHours: 0.001")], None, &t(60));
+    let c = budget_check(&long, &plan.unwrap(), "ml", &[training_budget("team", 8, Some(0.001))], None, &t(60));
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")), "{c:?}");
     assert!(c.message.contains("more than the 0.00100 GPU-hours a Day of TrainingBudget \"team\" allows (spec.gpuHours)"), "{}", c.message);
 }
 
 #[test]
 fn a_full_budget_makes_it_wait_and_a_free_one_admits_it() {
-    let full = holding(training_budget("team", 4, ""), &[("first", 4)]);
-    let c = budget_verdict("  budget: {budgetRef: team}\n", &[full]);
+    let full = holding(training_budget("team", 4, None), &[("first", 4)]);
+    let c = budget_verdict(Some("team"), &[full]);
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Note, Some("BudgetExhausted")));
     assert!(
         c.message.starts_with("would wait, Queued: TrainingBudget \"team\" has 4 of its 4 GPUs (spec.maxGpus) held by first (4)"),
         "{}",
         c.message
     );
-    let free = holding(training_budget("team", 8, ", gpuHours: 100"), &[("first", 4)]);
-    let c = budget_verdict("  budget: {budgetRef: team}\n", &[free]);
+    let free = holding(training_budget("team", 8, Some(100.0)), &[("first", 4)]);
+    let c = budget_verdict(Some("team"), &[free]);
     assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
     assert!(c.message.starts_with("\"team\" admits it now: 4 of its 8 GPUs free, 0.00 of 100 GPU-hours spent this Day"), "{}", c.message);
     // no budget at all
-    assert_eq!(budget_verdict("", &[]).outcome, Outcome::Ok);
+    assert_eq!(budget_verdict(None, &[]).outcome, Outcome::Ok);
     // a budget that does not exist yet: it would wait for it
-    let c = budget_verdict("  budget: {budgetRef: team}\n", &[]);
+    let c = budget_verdict(Some("team"), &[]);
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Note, Some("BudgetNotFound")));
 }
 
 #[test]
 fn the_namespace_default_counts_the_job_and_refuses_another_budget() {
-    let default = training_budget("shared", 2, ", namespaceDefault: true");
-    let c = budget_verdict("", std::slice::from_ref(&default));
+    let mut default = training_budget("shared", 2, None);
+    default.spec.namespace_default = true;
+    let c = budget_verdict(None, std::slice::from_ref(&default));
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetTooSmall")), "counted in the default though it names none");
-    let c = budget_verdict("  budget: {budgetRef: team}\n", &[default, training_budget("team", 8, "")]);
+    let c = budget_verdict(Some("team"), &[default, training_budget("team", 8, None)]);
     assert_eq!((c.outcome, c.reason.as_deref()), (Outcome::Refused, Some("BudgetNotAllowed")));
     assert!(c.message.contains("remove spec.budget.budgetRef or set it to \"shared\""), "{}", c.message);
 }
 
 #[test]
 fn a_job_already_holding_its_budget_is_not_admitted_again() {
-    let full = holding(training_budget("team", 4, ""), &[("lm", 4)]);
-    let j = job(4, "  budget: {budgetRef: team}\n");
+    let full = holding(training_budget("team", 4, None), &[("lm", 4)]);
+    let j = job(4).budget_ref("team").build();
     let mut existing = j.clone();
     existing.metadata.uid = Some("uid-lm".into());
     let (plan, _) = offline(&j, None);
@@ -207,7 +204,7 @@ fn the_api_servers_refusal_is_printed_as_it_said_it() {
 
 #[test]
 fn the_verdict_says_refused_why_or_admitted() {
-    let j = job(4, "  budget: {maxGpus: 2}\n");
+    let j = job(4).max_gpus(2).build();
     let (plan, checks) = offline(&j, None);
     let p = Planned { job: "lm".into(), namespace: None, plan, suggested_layout: None, checks, refused: true };
     let v = verdict(&p);
@@ -216,7 +213,7 @@ fn the_verdict_says_refused_why_or_admitted() {
     assert!(out.starts_with("TrainingJob lm (offline)\n"), "{out}");
     assert!(out.contains("  memory per GPU, by pipeline stage:\n    stage  layers"), "{out}");
     assert!(out.contains("    REFUSED  GPU limit"), "{out}");
-    let (plan, mut checks) = offline(&job(1, ""), None);
+    let (plan, mut checks) = offline(&job(1).build(), None);
     checks.push(Check::note("TrainingBudget", Some("BudgetExhausted"), "would wait"));
     let p = Planned { job: "lm".into(), namespace: Some("ml".into()), plan, suggested_layout: None, checks, refused: false };
     assert_eq!(verdict(&p), "admitted, and it would wait, Queued (BudgetExhausted)\n");

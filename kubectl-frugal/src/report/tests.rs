@@ -1,29 +1,64 @@
 use super::*;
 use crate::ReportFormat;
+use frugal_api::testing::TrainingJobBuilder;
+use frugal_api::v1alpha1::{
+    CostStatus, EfficiencyStatus, Phase, PlanStatus, Precision, ProgressStatus, QualityMetric, QualityStatus, ResolvedModelStatus, TrainingJobStatus,
+    ZeroShotResult,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// A job `name` in `ml` with the status given as YAML (none when empty).
-fn job(name: &str, spec: &str, status: &str) -> TrainingJob {
-    let status = if status.is_empty() { String::new() } else { format!("status:\n{status}") };
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: ml}}\nspec:\n  model: {{type: Custom, custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}}}\n  data:\n    source: {{type: Synthetic}}\n{spec}  training: {{batchSize: 4, precision: fp32, seed: 7}}\n{status}"
-    ))
-    .unwrap()
+/// A job `name` in `ml` of a small model on synthetic data: batches of 4, fp32, seed 7.
+fn job(name: &str) -> TrainingJobBuilder {
+    TrainingJob::test().name(name).namespace("ml").custom_model(4, 32, 2, 16).batch_size(4).precision(Precision::Fp32).seed(7)
 }
 
-const PLAN: &str = "  plan: {model: {layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257, ffnHidden: 128, moeLayers: 0}, parameters: 60000, activeParameters: 50000, flopsPerToken: 300000.0, tokens: 6400, steps: 100, totalFlops: 1920000000.0, gpus: 2, pods: 2, memoryPerGpuBytes: 1000, gpuMemoryBytes: 80000, currency: USD}\n";
+/// The plan of a 2-GPU run of 100 steps: 300,000 FLOPs a token.
+fn plan() -> PlanStatus {
+    PlanStatus {
+        model: ResolvedModelStatus { layers: 4, d_model: 32, heads: 2, seq_len: 16, vocab_size: 257, ffn_hidden: 128, moe_layers: 0 },
+        parameters: 60000,
+        active_parameters: 50000,
+        flops_per_token: 300000.0,
+        tokens: 6400,
+        steps: 100,
+        total_flops: 1920000000.0,
+        gpus: 2,
+        pods: 2,
+        memory_per_gpu_bytes: 1000,
+        gpu_memory_bytes: 80000,
+        currency: "USD".into(),
+        ..Default::default()
+    }
+}
 
 /// A job that trained: quality, efficiency, its bill and a quality target reached.
 fn trained(name: &str, perplexity: f64, bits: f64, accuracy: f64, gpu_hours: f64) -> TrainingJob {
-    let target = "    qualityTarget: {metric: bitsPerByte, value: 2.0}\n";
-    job(
-        name,
-        target,
-        &format!(
-            "  phase: Succeeded\n{PLAN}  progress: {{step: 100, totalSteps: 100, tokens: 3200}}\n  quality: {{step: 100, perplexity: {perplexity}, bitsPerByte: {bits}, zeroShot: [{{name: a, accuracy: {accuracy}, examples: 10}}, {{name: b, accuracy: 0.2, examples: 10}}], targetReachedTime: \"2026-12-02T03:00:00Z\"}}\n  efficiency: {{tokensPerSecond: 812.6, achievedTflops: 0.1, mfu: 0.01}}\n  cost: {{gpuHours: {gpu_hours}, cost: {}, currency: USD, gpuHoursToTarget: {}}}\n",
-            gpu_hours * 2.5,
-            gpu_hours / 2.0
-        ),
-    )
+    let zero_shot = |name: &str, accuracy: f64| ZeroShotResult { name: name.into(), accuracy, examples: 10 };
+    job(name)
+        .quality_target(QualityMetric::BitsPerByte, 2.0)
+        .status(TrainingJobStatus {
+            phase: Some(Phase::Succeeded),
+            plan: Some(plan()),
+            progress: Some(ProgressStatus { step: 100, total_steps: 100, tokens: 3200, ..Default::default() }),
+            quality: Some(QualityStatus {
+                step: 100,
+                perplexity: Some(perplexity),
+                bits_per_byte: Some(bits),
+                zero_shot: vec![zero_shot("a", accuracy), zero_shot("b", 0.2)],
+                target_reached_time: Some(Time("2026-12-02T03:00:00Z".parse().unwrap())),
+                ..Default::default()
+            }),
+            efficiency: Some(EfficiencyStatus { tokens_per_second: 812.6, achieved_tflops: 0.1, mfu: 0.01, pipeline_bubble: None }),
+            cost: Some(CostStatus {
+                gpu_hours,
+                cost: gpu_hours * 2.5,
+                currency: "USD".into(),
+                gpu_hours_to_target: Some(gpu_hours / 2.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .build()
 }
 
 #[test]
@@ -44,7 +79,7 @@ fn a_row_from_a_status_with_everything() {
 
 #[test]
 fn a_new_job_has_dashes_not_made_up_numbers() {
-    let fresh = job("new", "", "");
+    let fresh = job("new").build();
     let r = row(&fresh, false);
     assert_eq!((r.params_total, r.flops, r.gpus, r.tokens_per_second, r.gpu_hours, r.cost), (None, None, None, None, None, None));
     assert_eq!((r.perplexity, r.bits_per_byte, r.zero_shot_accuracy, r.target_reached), (None, None, None, None));
@@ -53,14 +88,15 @@ fn a_new_job_has_dashes_not_made_up_numbers() {
     let cells: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(cells, ["new", "-", "4l/32d/2h", "dense", "fp32", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "7"]);
     // planned, not trained: the plan's FLOPs, no quality
-    let planned = row(&job("planned", "", &format!("  phase: Pending\n{PLAN}")), false);
+    let planned =
+        row(&job("planned").status(TrainingJobStatus { phase: Some(Phase::Pending), plan: Some(plan()), ..Default::default() }).build(), false);
     assert_eq!(planned.flops, Some(1920000000.0));
     assert_eq!(planned.gpu_hours, None);
 }
 
 #[test]
 fn the_report_renders_the_trainers_table_with_a_phase() {
-    let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&job("new", "", ""), false)];
+    let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&job("new").build(), false)];
     let t = render(&rows, None, ReportFormat::Text);
     let header = t.lines().next().unwrap();
     assert!(header.starts_with("job    phase      model"), "{t}");
@@ -105,7 +141,7 @@ fn ratios_against_the_baseline_in_every_format() {
 
 #[test]
 fn an_unknown_baseline_names_the_jobs_there_are() {
-    let rows = [row(&job("a", "", ""), false), row(&job("b", "", ""), false)];
+    let rows = [row(&job("a").build(), false), row(&job("b").build(), false)];
     let e = baseline(&rows, "c", "namespace \"ml\"").unwrap_err().to_string();
     assert_eq!(e, "--baseline \"c\": no TrainingJob of that name in namespace \"ml\" (it has a, b): name one of them, or pass -n");
     let e = baseline(&[], "c", "any namespace").unwrap_err().to_string();

@@ -184,24 +184,15 @@ pub(crate) mod tests {
 
     /// A valid TrainingJob for tests: `lm` in `ml`, `stages` pipeline stages of one GPU each.
     pub fn training_job(stages: i32) -> TrainingJob {
-        let mut job: TrainingJob = serde_saphyr::from_str(&format!(
-            r#"
-apiVersion: frugal.dev/v1alpha1
-kind: TrainingJob
-metadata: {{name: lm, namespace: ml, uid: u-1, generation: 2}}
-spec:
-  model:
-    type: Custom
-    custom: {{layers: 8, dModel: 64, heads: 4, seqLen: 32}}
-  data: {{source: {{type: Synthetic}}}}
-  parallelism: {{pipelineStages: {stages}, microBatches: 8}}
-  training: {{batchSize: 16}}
-  image: registry.example/frugal/trainer:1
-"#
-        ))
-        .unwrap();
-        job.metadata.generation = Some(2);
-        job
+        TrainingJob::test()
+            .namespace("ml")
+            .uid("u-1")
+            .generation(2)
+            .stages(stages)
+            .micro_batches(8)
+            .batch_size(16)
+            .image("registry.example/frugal/trainer:1")
+            .build()
     }
 
     fn err(job: &TrainingJob) -> String {

@@ -1,0 +1,168 @@
+//! The data: the corpus, its tokenizer, the validation split, evaluation sets and a quality
+//! target.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The corpus, its tokenizer, the validation split, evaluation sets and an optional quality target.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSpec {
+    /// Where the tokens come from.
+    pub source: DataSource,
+    /// How text becomes tokens: `byte` (one token a byte) or `bpe` (trained on the corpus).
+    #[serde(default)]
+    pub tokenizer: Tokenizer,
+    /// Fraction of the corpus held out for validation.
+    #[serde(default = "default_validation_fraction")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    #[x_kube(validation = Rule::new("self <= 0.5").message("data.validationFraction must be at most 0.5: at least half of the corpus is for training; the usual value is 0.1"))]
+    pub validation_fraction: f64,
+    /// Zero-shot evaluation sets, run at each evaluation and at the end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub eval_sets: Vec<EvalSet>,
+    /// Stop once validation quality reaches this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_target: Option<QualityTarget>,
+}
+
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+
+/// Where the tokens come from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("(has(self.synthetic) ? 1 : 0) + (has(self.text) ? 1 : 0) + (has(self.shards) ? 1 : 0) <= 1 && (self.type != 'Text' || has(self.text)) && (self.type != 'Shards' || has(self.shards)) && (self.type == 'Synthetic' || !has(self.synthetic))")
+        .message("data.source: set exactly one data source, the one data.source.type names (synthetic, text or shards)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSource {
+    /// `Synthetic` (built in, needs no files), `Text` (a text file or directory) or `Shards`
+    /// (pre-tokenized uint16 shards).
+    #[serde(rename = "type")]
+    pub type_: DataSourceType,
+    /// Options of the built-in generator; type Synthetic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticSource>,
+    /// A text file, or a directory of `.txt` files, each a document; type Text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSource>,
+    /// Pre-tokenized shards written by `frugal-trainer prepare`; type Shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsSource>,
+}
+
+/// Kinds of data source.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataSourceType {
+    Synthetic,
+    Text,
+    Shards,
+}
+
+/// The built-in generator: documents from a random process with learnable structure whose
+/// entropy is known, so the best reachable loss is known too.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyntheticSource {
+    /// Possible next tokens after each context; the process's entropy is log2(branching) bits per
+    /// token.
+    #[serde(default = "default_branching")]
+    #[schemars(range(min = 1, max = 256))]
+    pub branching: i32,
+    /// Tokens generated for the corpus.
+    #[serde(default = "default_synthetic_tokens")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub tokens: i64,
+}
+
+fn default_branching() -> i32 {
+    4
+}
+fn default_synthetic_tokens() -> i64 {
+    1 << 20
+}
+
+/// A text corpus.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TextSource {
+    /// Path inside the pod (mount a PVC through podTemplate.volumes) or on the local machine.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+}
+
+/// Pre-tokenized shards.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardsSource {
+    /// Directory holding the `.bin` shards and the tokenizer file they were written with.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+}
+
+/// Tokenizers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tokenizer {
+    #[default]
+    #[serde(rename = "byte")]
+    Byte,
+    #[serde(rename = "bpe")]
+    Bpe,
+}
+
+/// A zero-shot evaluation set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.type == 'Cloze' || has(self.path)")
+        .message("data.evalSets[].path is required for LastWord and MultipleChoice sets: point it at the JSONL file"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalSet {
+    /// Name under which the accuracy is reported.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// `LastWord` (LAMBADA-style JSONL with `text`), `MultipleChoice` (JSONL with `context`,
+    /// `choices`, `label`) or `Cloze` (built from the corpus's own validation split).
+    #[serde(rename = "type")]
+    pub type_: EvalSetType,
+    /// JSONL file; not used by Cloze.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub path: Option<String>,
+    /// Examples to score; unset means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_examples: Option<i32>,
+}
+
+/// Kinds of evaluation set.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalSetType {
+    LastWord,
+    MultipleChoice,
+    Cloze,
+}
+
+/// A quality to reach: the trainer stops once validation reaches it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityTarget {
+    /// `validationLoss` (nats per token) or `bitsPerByte` (comparable across tokenizers).
+    pub metric: QualityMetric,
+    /// Stop when the metric is at or below this value.
+    #[schemars(range(min = 0.0))]
+    pub value: f64,
+}
+
+/// Quality metrics a target can name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QualityMetric {
+    #[serde(rename = "validationLoss")]
+    ValidationLoss,
+    #[serde(rename = "bitsPerByte")]
+    BitsPerByte,
+}

@@ -1,0 +1,33 @@
+//! What is made of the trained model once training completes.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What is exported after training.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    /// `int8`: 8-bit weights with a scale per output channel for every linear layer (experts
+    /// included), calibrated on held-out batches; embeddings, norms and the router stay in
+    /// fp32. Written as `quantized/int8.safetensors` in the final checkpoint's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizeFormat>,
+    /// Batches (of training.batchSize sequences) whose activations calibrate the scales: drawn
+    /// from the training split with their own seed, never from the validation split the
+    /// quantized model is measured on.
+    #[serde(default = "default_calibration_batches")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub calibration_batches: i32,
+}
+
+fn default_calibration_batches() -> i32 {
+    4
+}
+
+/// Quantized formats.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantizeFormat {
+    #[serde(rename = "int8")]
+    Int8,
+}

@@ -1,0 +1,228 @@
+//! The model: a preset or an explicit GPT shape, and its sparsity (mixture of experts, attention
+//! pattern).
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::default_one;
+
+/// Which model to train.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.type == 'Preset' ? has(self.preset) && !has(self.custom) : has(self.custom) && !has(self.preset)")
+        .message("model: with type Preset set model.preset (and not model.custom); with type Custom set model.custom (and not model.preset)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// `Preset` for a named shape, `Custom` for an explicit one.
+    #[serde(rename = "type")]
+    pub type_: ModelType,
+    /// A named model shape; set when type is Preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ModelPreset>,
+    /// An explicit model shape; set when type is Custom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<ModelShape>,
+    /// Mixture-of-experts feed-forward layers and the attention pattern.
+    #[serde(default)]
+    pub sparsity: SparsitySpec,
+}
+
+/// How the model's shape is given.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelType {
+    Preset,
+    Custom,
+}
+
+/// Named model shapes. `tiny` and `small` are character-level models that train on a CPU;
+/// the `gpt2-*` presets are GPT-2's shapes (learned positions, biases, 50,257-token vocabulary).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelPreset {
+    #[serde(rename = "tiny")]
+    Tiny,
+    #[serde(rename = "small")]
+    Small,
+    #[serde(rename = "gpt2-124m")]
+    Gpt2_124m,
+    #[serde(rename = "gpt2-350m")]
+    Gpt2_350m,
+    #[serde(rename = "gpt2-774m")]
+    Gpt2_774m,
+}
+
+/// An explicit GPT shape.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.dModel % self.heads == 0")
+        .message("model.custom.dModel must be divisible by model.custom.heads: each head gets dModel / heads dimensions; change dModel or heads"),
+    validation = Rule::new("self.positions != 'rotary' || (self.dModel / self.heads) % 2 == 0")
+        .message("model.custom: rotary positions need an even head size (dModel / heads); change dModel or heads, or use positions: learned"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelShape {
+    /// Transformer blocks.
+    #[schemars(range(min = 1, max = 512))]
+    pub layers: i32,
+    /// Width of the residual stream.
+    #[schemars(range(min = 8, max = 65536))]
+    pub d_model: i32,
+    /// Attention heads per block.
+    #[schemars(range(min = 1, max = 512))]
+    pub heads: i32,
+    /// Context length in tokens.
+    #[schemars(range(min = 8, max = 1048576))]
+    pub seq_len: i32,
+    /// Vocabulary size. The byte tokenizer needs at least 257 (256 bytes and end-of-text); a BPE
+    /// tokenizer is trained to this size.
+    #[serde(default = "default_vocab_size")]
+    #[schemars(range(min = 2, max = 1048576))]
+    pub vocab_size: i32,
+    /// Hidden width of a dense feed-forward layer. Unset means 4 × dModel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub ffn_hidden: Option<i32>,
+    /// Position encoding: `rotary` (RoPE) or `learned` absolute embeddings.
+    #[serde(default)]
+    pub positions: Positions,
+    /// Share the token embedding with the output head.
+    #[serde(default = "default_true")]
+    pub tied_embeddings: bool,
+    /// Biases in linear layers and layer norms (GPT-2 has them).
+    #[serde(default)]
+    pub bias: bool,
+}
+
+fn default_vocab_size() -> i32 {
+    257
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Position encoding.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Positions {
+    #[default]
+    #[serde(rename = "rotary")]
+    Rotary,
+    #[serde(rename = "learned")]
+    Learned,
+}
+
+/// Sparsity: which feed-forward layers are mixtures of experts, and which attention is computed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SparsitySpec {
+    /// Mixture-of-experts feed-forward layers. Unset means every feed-forward layer is dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeSpec>,
+    /// The attention pattern. Dense causal unless set.
+    #[serde(default)]
+    pub attention: AttentionSpec,
+}
+
+/// A mixture-of-experts feed-forward layer: a learned router sends each token to its topK experts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.topK <= self.experts")
+        .message("model.sparsity.moe.topK must be at most model.sparsity.moe.experts: a token cannot go to more experts than exist; lower topK or add experts"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MoeSpec {
+    /// Routed experts per MoE layer.
+    #[schemars(range(min = 1, max = 1024))]
+    pub experts: i32,
+    /// Experts each token is sent to.
+    #[serde(rename = "topK")]
+    #[schemars(range(min = 1, max = 64))]
+    pub top_k: i32,
+    /// Experts every token always passes through, beside the routed ones (DeepSeekMoE's shared experts).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub shared_experts: i32,
+    /// Hidden width of one expert. Unset means the dense feed-forward width; a fraction of it
+    /// gives fine-grained experts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub expert_hidden: Option<i32>,
+    /// Every Nth block has an MoE feed-forward layer (1: all of them); the others are dense.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 512))]
+    pub every_n_layers: i32,
+    /// Slots per expert as a multiple of its fair share of tokens (tokens × topK / experts).
+    /// Tokens past an expert's capacity are dropped from it and counted.
+    #[serde(default = "default_capacity_factor")]
+    #[schemars(range(min = 0.1, max = 64.0))]
+    // the API server checks an integer against a bound truncated to an integer (0 passes
+    // `minimum: 0.1`); CEL compares the value itself
+    #[x_kube(validation = Rule::new("self >= 0.1").message("model.sparsity.moe.capacityFactor must be at least 0.1: at 0 an expert takes no tokens; the usual value is 1.25"))]
+    pub capacity_factor: f64,
+    /// Weight of the load-balancing loss added to the language-model loss.
+    #[serde(default = "default_aux_loss_weight")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub load_balance_weight: f64,
+}
+
+fn default_capacity_factor() -> f64 {
+    1.25
+}
+fn default_aux_loss_weight() -> f64 {
+    0.01
+}
+
+/// Which attention is computed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("(self.type == 'SlidingWindow') == has(self.slidingWindow) && (self.type == 'BlockSparse') == has(self.blockSparse)")
+        .message("model.sparsity.attention: set slidingWindow exactly when type is SlidingWindow and blockSparse exactly when type is BlockSparse"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AttentionSpec {
+    /// `Dense` causal attention, `SlidingWindow` or `BlockSparse`.
+    #[serde(rename = "type", default)]
+    pub type_: AttentionType,
+    /// Each token attends to the previous `window` tokens, itself included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<SlidingWindow>,
+    /// Each block of tokens attends to itself, `localBlocks` blocks before it, and the first
+    /// `globalTokens` tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_sparse: Option<BlockSparse>,
+}
+
+/// Attention patterns.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionType {
+    #[default]
+    Dense,
+    SlidingWindow,
+    BlockSparse,
+}
+
+/// Sliding-window attention.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlidingWindow {
+    /// Tokens each token attends to, itself included.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub window: i32,
+}
+
+/// Block-sparse attention: local blocks plus a few global tokens.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockSparse {
+    /// Tokens per block.
+    #[schemars(range(min = 1, max = 65536))]
+    pub block_size: i32,
+    /// Preceding blocks each block attends to, besides itself.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 0, max = 4096))]
+    pub local_blocks: i32,
+    /// Leading tokens every token attends to.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 65536))]
+    pub global_tokens: i32,
+}
