@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::build::{Children, build_job, build_secret, new_token};
+use super::children::{Children, build_job, build_secret, new_token};
 use super::error::Error;
 use super::lifecycle::Action;
 use super::observe::StopReason;
@@ -269,8 +269,8 @@ async fn stop(jobs: &Api<Job>, name: &str, reason: StopReason) -> Result<(), kub
 #[cfg(test)]
 mod seen_tests {
     use super::*;
-    use crate::training_job::build::build_children;
-    use crate::training_job::build::tests::planned;
+    use crate::training_job::children::build_children;
+    use crate::training_job::children::tests::planned;
     use kube::runtime::reflector;
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod admit;
 pub mod apply;
 pub mod bill;
-pub mod build;
+pub mod children;
 pub mod cleanup;
 pub mod error;
 pub mod lifecycle;
@@ -226,7 +226,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
             }
         }
     }
-    let children = build::build_children(&planned, ctx.settings.metrics_namespace.as_deref());
+    let children = children::build_children(&planned, ctx.settings.metrics_namespace.as_deref());
     let rejected = |e| match e {
         apply::ApplyError::Kube(e) => rejection::classify(e, None),
         taken @ apply::ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),
