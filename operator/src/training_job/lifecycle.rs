@@ -89,6 +89,16 @@ pub enum Action {
     Delete(i32),
 }
 
+impl Action {
+    /// The attempt whose Job this action creates, if it creates one.
+    pub fn starts(&self) -> Option<i32> {
+        match self {
+            Action::Create(attempt) => Some(*attempt),
+            _ => None,
+        }
+    }
+}
+
 /// The decision: an action and what the status says about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

@@ -42,7 +42,6 @@ use crate::training_budget::ledger::{self, Admission};
 use admit::AdmitError;
 use error::Error;
 use lifecycle::{Inputs, Spending};
-use plan::PlannedJob;
 use status::Summary;
 
 /// What a pass works with: the client, the operator's settings, the caches of its Jobs and pods,
@@ -55,7 +54,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
-    pub seen: apply::Seen,
+    pub applied: apply::AppliedChildren,
     /// Whether the Job and pod caches hold their first full list: a pod missing from a cache
     /// still filling would be billed as gone.
     pub synced: [crate::synced::Synced; 3],
@@ -226,18 +225,11 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
             }
         }
     }
-    let children = children::build_children(&planned, ctx.settings.metrics_namespace.as_deref());
-    let rejected = |e| match e {
-        apply::ApplyError::Kube(e) => rejection::classify(e, None),
-        taken @ apply::ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),
-    };
-    apply::apply_children(&ctx.client, &valid.names, &valid.uid, &children, &ctx.seen).await.map_err(rejected)?;
-    apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await.map_err(rejected)?;
-
+    let children = children::build_children(&planned, decision.action.starts(), &ctx.settings);
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
     }
-    act(ctx, &planned, &decision.action).await?;
+    apply::apply(&ctx.client, &planned, &children, &decision.action, &ctx.applied).await?;
     let summary = Summary {
         phase: decision.phase,
         reason: decision.reason,
@@ -347,11 +339,6 @@ async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobSta
     };
     let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
     ledger::settle(&ctx.client, &namespace, &name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
-    Ok(())
-}
-
-async fn act(ctx: &Context, planned: &PlannedJob, action: &lifecycle::Action) -> Result<(), Error> {
-    apply::act(&ctx.client, planned, action, &ctx.settings).await?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use kube::api::ObjectMeta;
 
+use crate::settings::Settings;
 use crate::training_job::plan::PlannedJob;
 use crate::training_job::validate::ValidJob;
 
@@ -32,27 +33,56 @@ fn child_meta(job: &ValidJob, name: String, mut labels: BTreeMap<String, String>
     }
 }
 
-/// The children written by server-side apply on every pass (the Secret and the attempt Jobs are
-/// created once instead).
-#[derive(Debug, Clone)]
-pub struct Children {
-    pub service_account: k8s_openapi::api::core::v1::ServiceAccount,
-    pub role: k8s_openapi::api::rbac::v1::Role,
-    pub role_binding: k8s_openapi::api::rbac::v1::RoleBinding,
-    pub service: k8s_openapi::api::core::v1::Service,
-    pub config_map: k8s_openapi::api::core::v1::ConfigMap,
-    pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+/// The kinds of children server-side apply writes on every pass, in the order it writes them:
+/// for each, the field that holds it in [`Children`] (and its cache in `apply::Watched`), its
+/// type, and the [`Names`](crate::names::Names) method that names it. The watches, the apply
+/// and the deletes of these kinds all expand this one list (`applied_kinds!(then)` calls
+/// `then! { field: Type = name, ... }`). The job's other children are written once each: the
+/// token Secret (neither listed nor watched: the operator's identity may not) and each attempt's
+/// Job (watched whole; Kueue owns some of its fields).
+macro_rules! applied_kinds {
+    ($then:ident) => {
+        $then! {
+            service_account: k8s_openapi::api::core::v1::ServiceAccount = trainer_identity,
+            role: k8s_openapi::api::rbac::v1::Role = trainer_identity,
+            role_binding: k8s_openapi::api::rbac::v1::RoleBinding = trainer_identity,
+            service: k8s_openapi::api::core::v1::Service = service,
+            config_map: k8s_openapi::api::core::v1::ConfigMap = config_map,
+            network_policy: k8s_openapi::api::networking::v1::NetworkPolicy = network_policy,
+        }
+    };
 }
+pub(crate) use applied_kinds;
 
-/// The children of `job`; `metrics_namespace` is where the pods' metrics may be scraped from.
-pub fn build_children(job: &PlannedJob, metrics_namespace: Option<&str>) -> Children {
+macro_rules! children {
+    ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+        /// A job's children as this pass wants them: the applied kinds, the token Secret, and the
+        /// attempt Job the lifecycle starts, if it starts one.
+        #[derive(Debug, Clone)]
+        pub struct Children {
+            $(pub $field: $kind,)*
+            /// Created only if the job has no Secret yet: its token is never rotated while the
+            /// job lives.
+            pub secret: k8s_openapi::api::core::v1::Secret,
+            /// Created, never applied again.
+            pub attempt_job: Option<k8s_openapi::api::batch::v1::Job>,
+        }
+    };
+}
+applied_kinds!(children);
+
+/// The children of `job`, with the Job of attempt `starting` if the lifecycle starts one.
+pub fn build_children(job: &PlannedJob, starting: Option<i32>, settings: &Settings) -> Children {
     Children {
         service_account: build_service_account(&job.valid),
         role: build_role(&job.valid),
         role_binding: build_role_binding(&job.valid),
         service: build_service(&job.valid),
         config_map: build_config_map(job),
-        network_policy: build_network_policy(&job.valid, metrics_namespace),
+        // where the pods' metrics may be scraped from
+        network_policy: build_network_policy(&job.valid, settings.metrics_namespace.as_deref()),
+        secret: build_secret(&job.valid, &new_token()),
+        attempt_job: starting.map(|attempt| build_job(job, attempt, settings)),
     }
 }
 
@@ -70,6 +100,19 @@ pub(crate) mod tests {
 
     pub fn planned(stages: i32) -> PlannedJob {
         planned_from(&training_job(stages))
+    }
+
+    #[test]
+    fn the_attempt_job_and_the_secret_are_built_with_the_other_children() {
+        let job = planned(1);
+        let settings = Settings::default();
+        let starting = super::build_children(&job, Some(2), &settings);
+        let attempt_job = starting.attempt_job.expect("the attempt the lifecycle starts");
+        assert_eq!(attempt_job.metadata.name, Some(job.valid.names.attempt_job(2)));
+        assert_owned(&attempt_job.metadata);
+        assert_eq!(starting.secret.metadata.name, Some(job.valid.names.secret()));
+        assert_owned(&starting.secret.metadata);
+        assert!(super::build_children(&job, None, &settings).attempt_job.is_none(), "no attempt starts: no Job to create");
     }
 
     /// Every child is owned by its TrainingJob as controller and carries the job's labels.
