@@ -23,7 +23,7 @@ use frugal_api::TrainingJob;
 
 use super::children::applied_kinds;
 use super::error::Error;
-use super::{Context, admit, bill_pods, observe, plan, status, validate};
+use super::{Context, admit, charge, observe, plan, status, validate};
 use crate::names::{JOB_UID_LABEL, Names};
 use crate::training_budget::budget::Demand;
 use crate::training_budget::{effective_budget, ledger};
@@ -58,7 +58,7 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
         Ok(planned) => {
             let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &planned.valid);
             let budget = effective_budget(tj, &ctx.budgets);
-            Some(bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await)
+            Some(charge::bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await)
         }
         Err(_) => prev.cost.clone(),
     };

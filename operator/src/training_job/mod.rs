@@ -1,10 +1,12 @@
-//! The TrainingJob controller: `reconcile` runs the stages in order, validate → plan → admit →
-//! decide (`observe`, `lifecycle`) → build → apply → status, each a module of its own here. The
-//! manager (`manager.rs`) wires it to the caches it reads.
+//! The TrainingJob controller. `reconcile` holds the finalizer: a deleted job's pass is
+//! `cleanup`; any other's runs the stages in the order `run_stages` gives (the one place it is
+//! written), each a module of its own here, and `finish` writes their outcome. The manager
+//! (`manager.rs`) wires it to the caches it reads.
 
 pub mod admit;
 pub mod apply;
 pub mod bill;
+pub mod charge;
 pub mod children;
 pub mod cleanup;
 pub mod error;
@@ -25,23 +27,22 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use frugal_api::planner::Plan;
-use frugal_api::v1alpha1::{BudgetSpec, CostStatus, Phase, PricedFrom, TrainingJobStatus};
+use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
 use frugal_api::{TrainingBudget, TrainingJob};
 
 use crate::conditions::reasons;
 use crate::metrics::{Backoff, CategoryLabels, Metrics, ResultLabels};
 use crate::names::{FINALIZER, Names};
 use crate::settings::Settings;
-use crate::training_budget::budget::Demand;
-use crate::training_budget::ledger::{self, Admission};
 use admit::AdmitError;
+use charge::Charged;
 use error::Error;
-use lifecycle::{Inputs, Spending};
+use lifecycle::Inputs;
+use plan::PlannedJob;
 use status::Summary;
 
 /// What a pass works with: the client, the operator's settings, the caches of its Jobs and pods,
@@ -149,6 +150,21 @@ enum Outcome {
     Pass { summary: Summary, plan: Option<Box<frugal_api::v1alpha1::PlanStatus>>, requeue: Option<Duration> },
 }
 
+/// One pass of a TrainingJob that is not being deleted. The stages run in this order, written
+/// down here only (the modules and docs/operator.md say what each does):
+///
+/// 1. **validate** the spec into a `ValidJob` (`validate`);
+/// 2. **plan** it (`plan`); a new plan is written into the status before anything starts;
+/// 3. **observe** the attempts in the caches (`observe`), and **admit** the next attempt while
+///    none is live (`admit`);
+/// 4. **charge**: bill the pods, **decide** the run policy's next step knowing what they spent
+///    (`lifecycle`), and settle the job's entry in its budget's ledger (`charge`);
+/// 5. **build** the children, the attempt Job to start among them (`children`);
+/// 6. **apply** them and the decision (`apply`);
+/// 7. **status**: `finish` writes what the pass found in one patch (`status`).
+///
+/// A job whose children the API server refused waits for a new spec; a finished one only lets
+/// its budget go.
 async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
     // a child the API server refused is refused again until the spec changes: nothing to send
     if refused_unchanged(tj, prev) {
@@ -159,7 +175,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     // (finished as its children say, not as the status alone says: a status written by anyone
     // but the operator must not end the billing of pods that run)
     if prev.phase.is_some_and(Phase::is_terminal) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) && !attempt_live(tj, ctx) {
-        release_finished(tj, ctx, prev).await?;
+        charge::release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
     let valid = validate::validate(tj, &ctx.settings)?;
@@ -176,55 +192,33 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::ZERO) });
     }
     let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
-    if admit::gates(&attempts) {
-        let claim = match admit::claim_to_check(&planned) {
-            Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
-            None => None,
-        };
-        if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
-            if let AdmitError::ClaimMissing { .. } = e {
-                let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
-                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::from_secs(15)) });
-            }
-            return Err(e.into());
-        }
+    if let Some(waiting) = admit_next(ctx, &planned, &attempts, prev).await? {
+        return Ok(Outcome::Pass { summary: waiting, plan: Some(Box::new(plan_status)), requeue: Some(CLAIM_RECHECK) });
     }
-
-    let budget = counted_in(tj, ctx, admit::gates(&attempts))?;
-    let cost = bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, prev).await;
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
     let policy = &valid.spec.run_policy;
-    let mut decision = lifecycle::decide(&Inputs {
-        attempts: &attempts,
-        suspend: policy.suspend,
-        backoff_limit: policy.backoff_limit,
-        active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
-        progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
-        startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
-        start_time: start_time.clone(),
-        last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
-        spending: spending(&valid.spec.budget, &cost, &planned.plan),
-        now: now(),
-    });
-    // the budget's ledger is written before any child is created
-    if let Some(name) = budget.as_deref() {
-        let demand = admit::demand(&decision, &attempts);
-        let gpus = admit::held_gpus(planned.plan.gpus, valid.queue.is_some(), demand, &attempts);
-        let claim = admit::budget_claim(tj, gpus, planned.plan.estimated_gpu_hours, Some(&cost));
-        match ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
-            Admission::Go => {}
-            Admission::Wait(w) => {
-                let summary = Summary { phase: Phase::Queued, cost: Some(Box::new(cost)), ..pending(w.reason, w.message, prev) };
-                // a change of the budget wakes the job (the controller watches TrainingBudgets)
-                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
-            }
-            Admission::SpentOut(w) => {
-                if let Some(stop) = lifecycle::stop_for_budget(&decision, &attempts, &w.message) {
-                    decision = stop;
-                }
-            }
+    let decide = |spending| {
+        lifecycle::decide(&Inputs {
+            attempts: &attempts,
+            suspend: policy.suspend,
+            backoff_limit: policy.backoff_limit,
+            active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
+            progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
+            startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
+            start_time: start_time.clone(),
+            last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
+            spending,
+            now: now(),
+        })
+    };
+    let (cost, decision) = match charge::charge(tj, ctx, &planned, &attempts, prev, decide).await? {
+        Charged::Go { cost, decision } => (cost, decision),
+        Charged::Wait { cost, wait } => {
+            let summary = Summary { phase: Phase::Queued, cost: Some(Box::new(cost)), ..pending(wait.reason, wait.message, prev) };
+            // a change of the budget wakes the job (the controller watches TrainingBudgets)
+            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
         }
-    }
+    };
     let children = children::build_children(&planned, decision.action.starts(), &ctx.settings);
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
@@ -251,95 +245,29 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
 }
 
-/// The job's own limits against what its pods were billed, and its rate while it runs.
-fn spending(budget: &BudgetSpec, cost: &CostStatus, plan: &Plan) -> Spending {
-    let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
-    Spending {
-        gpu_hours: finite(cost.gpu_hours),
-        cost: finite(cost.cost),
-        max_gpu_hours: budget.max_gpu_hours,
-        max_cost: budget.max_cost,
-        gpus: plan.gpus as f64,
-        price_per_gpu_hour: plan.price_per_gpu_hour(),
-    }
-}
+/// How often a job whose checkpoint claim is missing looks again.
+const CLAIM_RECHECK: Duration = Duration::from_secs(15);
 
-/// Bills the job's pods this pass (see `bill`). A pod is priced once, the first time it is
-/// billed: at the job's budget's price (else the GPU table's) for the GPU type its node's
-/// product label names, else for the job's spec.resources.gpuType.
-async fn bill_pods(
-    tj: &TrainingJob,
+/// The admit stage, while no attempt is live (a cap lowered under a running attempt applies to
+/// the next one): `Some` is the status of a job waiting for its checkpoint claim to appear.
+async fn admit_next(
     ctx: &Context,
-    budget: Option<&str>,
-    plan: &Plan,
+    planned: &PlannedJob,
     attempts: &[observe::AttemptView],
     prev: &TrainingJobStatus,
-) -> CostStatus {
-    let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
-    let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
-    let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
-    // prices and currency from the budgets' cache: no request to the API server
-    let namespace = tj.namespace().unwrap_or_default();
-    let budget = budget.and_then(|name| ctx.budgets.get(&ObjectRef::new(name).within(&namespace)));
-    let mut products = std::collections::HashMap::new();
-    for node in new_pods.iter().filter_map(|p| p.node.clone()) {
-        products.insert(node.clone(), gpu_product(ctx, &node).await);
+) -> Result<Option<Summary>, Error> {
+    if !admit::gates(attempts) {
+        return Ok(None);
     }
-    let job_type = tj.spec.resources.gpu_type.clone();
-    let price = |pod: &bill::PodSeen| {
-        let product = pod.node.as_ref().and_then(|n| products.get(n).cloned().flatten());
-        let (gpu_type, priced_from) = match product.as_deref().and_then(frugal_api::planner::gpu_type_of_product) {
-            Some(g) => (g.name.to_string(), PricedFrom::NodeLabel),
-            None => (job_type.clone(), PricedFrom::JobSpec),
-        };
-        let per_gpu_hour = match &budget {
-            Some(b) => crate::training_budget::budget::price(&b.spec, &gpu_type),
-            None => frugal_api::planner::gpu_type(&gpu_type).map_or(0.0, |g| g.usd_per_hour),
-        };
-        bill::Price { gpu_type, priced_from, per_gpu_hour }
+    let claim = match admit::claim_to_check(planned) {
+        Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &planned.valid.names.namespace).get_opt(name).await?,
+        None => None,
     };
-    let currency = budget.as_ref().map_or_else(|| plan.currency.clone(), |b| b.spec.currency.clone());
-    let target = prev.quality.as_ref().and_then(|q| q.target_reached_time.as_ref());
-    bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now())
-}
-
-/// The `nvidia.com/gpu.product` label of node `name`, read once and remembered. A node that
-/// cannot be read (the operator's identity may not read nodes) has none.
-async fn gpu_product(ctx: &Context, name: &str) -> Option<String> {
-    if let Some(known) = ctx.gpu_products.lock().unwrap().get(name) {
-        return known.clone();
+    match admit::admit(planned, &ctx.settings, claim.as_ref()) {
+        Ok(()) => Ok(None),
+        Err(e @ AdmitError::ClaimMissing { .. }) => Ok(Some(pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev))),
+        Err(e) => Err(e.into()),
     }
-    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
-    let product = match api.get_metadata_opt(name).await {
-        Ok(node) => node.and_then(|n| n.labels().get(bill::GPU_PRODUCT_LABEL).cloned()),
-        Err(e) => {
-            debug!(node = name, "reading the node's GPU product label: {e}");
-            None
-        }
-    };
-    ctx.gpu_products.lock().unwrap().insert(name.to_string(), product.clone());
-    product
-}
-
-/// The budget the job is counted in (see `training_budget::effective_budget`); naming another
-/// than its namespace's default is a permanent error when an attempt is to start.
-fn counted_in(tj: &TrainingJob, ctx: &Context, starting: bool) -> Result<Option<String>, Error> {
-    let namespace = tj.namespace().unwrap_or_default();
-    let default = crate::training_budget::namespace_default(&namespace, &ctx.budgets.state());
-    // a live attempt is counted in the default (one that appeared while it ran); the next start
-    // is refused
-    frugal_api::admission::counted_in(&namespace, default, tj.spec.budget.budget_ref.clone(), starting).map_err(|e| AdmitError::from(e).into())
-}
-
-/// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
-/// released it already, unless that pass was cut short).
-async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<(), Error> {
-    let (Some(name), Some(namespace)) = (crate::training_budget::effective_budget(tj, &ctx.budgets), tj.namespace()) else {
-        return Ok(());
-    };
-    let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, &name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
-    Ok(())
 }
 
 fn pending(reason: &'static str, message: String, prev: &TrainingJobStatus) -> Summary {
