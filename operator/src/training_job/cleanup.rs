@@ -154,8 +154,8 @@ pub(super) async fn delete_children(ctx: &Context, names: &Names, uid: &str) -> 
             $(one::<$kind>(ctx, ns, &names.$name(), uid).await?;)*
         };
     }
-    applied_kinds!(delete_each);
     one::<Secret>(ctx, ns, &names.secret(), uid).await?;
+    applied_kinds!(delete_each);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! Pure builders of a TrainingJob's children. They take a planned job and cannot fail; the tests
-//! next to them check names, labels, selectors, owner references, env, resources, security
-//! context and volumes.
+//! The build stage: pure builders of a TrainingJob's children, the token Secret and the attempt
+//! Job the lifecycle starts among them ([`build_children`]). They take a planned job and cannot
+//! fail; the tests next to them check names, labels, selectors, owner references, env,
+//! resources, security context and volumes.
 
 mod config;
 mod identity;
@@ -33,10 +34,11 @@ fn child_meta(job: &ValidJob, name: String, mut labels: BTreeMap<String, String>
     }
 }
 
-/// The kinds of children server-side apply writes on every pass, in the order it writes them:
-/// for each, the field that holds it in [`Children`] (and its cache in `apply::Watched`), its
-/// type, and the [`Names`](crate::names::Names) method that names it. The watches, the apply
-/// and the deletes of these kinds all expand this one list (`applied_kinds!(then)` calls
+/// The kinds of children server-side apply writes on every pass, in the order they are applied
+/// and deleted (the headless Service last: once it is gone, so are the others): for each, the
+/// field that holds it in [`Children`] (and its cache in `apply::Watched`), its type, and the
+/// [`Names`](crate::names::Names) method that names it. The watches, the apply and the deletes of
+/// these kinds all expand this one list (`applied_kinds!(then)` calls
 /// `then! { field: Type = name, ... }`). The job's other children are written once each: the
 /// token Secret (neither listed nor watched: the operator's identity may not) and each attempt's
 /// Job (watched whole; Kueue owns some of its fields).
@@ -46,9 +48,9 @@ macro_rules! applied_kinds {
             service_account: k8s_openapi::api::core::v1::ServiceAccount = trainer_identity,
             role: k8s_openapi::api::rbac::v1::Role = trainer_identity,
             role_binding: k8s_openapi::api::rbac::v1::RoleBinding = trainer_identity,
-            service: k8s_openapi::api::core::v1::Service = service,
             config_map: k8s_openapi::api::core::v1::ConfigMap = config_map,
             network_policy: k8s_openapi::api::networking::v1::NetworkPolicy = network_policy,
+            service: k8s_openapi::api::core::v1::Service = service,
         }
     };
 }
@@ -77,10 +79,10 @@ pub fn build_children(job: &PlannedJob, starting: Option<i32>, settings: &Settin
         service_account: build_service_account(&job.valid),
         role: build_role(&job.valid),
         role_binding: build_role_binding(&job.valid),
-        service: build_service(&job.valid),
         config_map: build_config_map(job),
         // where the pods' metrics may be scraped from
         network_policy: build_network_policy(&job.valid, settings.metrics_namespace.as_deref()),
+        service: build_service(&job.valid),
         secret: build_secret(&job.valid, &new_token()),
         attempt_job: starting.map(|attempt| build_job(job, attempt, settings)),
     }
