@@ -25,21 +25,23 @@ use crate::metrics::{Backoff, Health, Metrics};
 use crate::names::{JOB_LABEL, Names};
 use crate::settings::Settings;
 use crate::synced::{mark_synced, synced};
+use crate::training_job::CachedJob;
 use crate::training_job::apply::{AppliedChildren, Watched};
 use crate::training_job::children::applied_kinds;
 use crate::{training_budget, training_job};
 
 /// What a TrainingJob change must touch to trigger a reconcile: its spec (generation), labels
 /// and annotations. Status writes (the trainer's progress reports, our own patches) do not.
-fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
+fn spec_or_metadata(tj: &CachedJob) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    tj.metadata.generation.hash(&mut h);
-    tj.metadata.labels.hash(&mut h);
-    tj.metadata.annotations.hash(&mut h);
-    tj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let meta = tj.meta();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
     // the finalizer's add and a removal by anyone else
-    tj.metadata.finalizers.hash(&mut h);
+    meta.finalizers.hash(&mut h);
     Some(h.finish())
 }
 
@@ -78,7 +80,7 @@ macro_rules! watch_applied_kinds {
             scope: &Scope,
             client: &Client,
             selector: &watcher::Config,
-        ) -> (Watched, impl FnOnce(Controller<TrainingJob>) -> Controller<TrainingJob>) {
+        ) -> (Watched, impl FnOnce(Controller<CachedJob>) -> Controller<CachedJob>) {
             $(let $field = watch_metadata::<$kind>(scope.api(client), selector);)*
             let watched = Watched { $($field: $field.0,)* };
             $(let $field = $field.1;)*
@@ -199,15 +201,17 @@ pub async fn run(
     // controller (after the cache has it): it counts what the job spent, or releases its GPUs
     let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
     let (tjs_synced_tx, tjs_synced) = synced();
-    // an object that fails to decode fails the watch, which backs off instead of spinning
-    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()).modify(lean))
+    // an object that does not decode is cached as its metadata and the error (DeserializeGuard):
+    // its pass reports it, and the watch goes on for the others
+    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<CachedJob>(&client), watcher::Config::default()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(tjs_synced_tx))
         .inspect({
             let applied = applied.clone();
             let budgets = budget_reader.clone();
             move |event| {
-                if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
+                if let Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object) | watcher::Event::InitApply(object)) = event
+                    && let Ok(tj) = &object.0
                     && let Some(budget) = training_budget::budget_of(tj, &budgets)
                 {
                     let _ = budget_tx.unbounded_send(budget);
@@ -260,7 +264,7 @@ pub async fn run(
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
             let job = pod.labels().get(JOB_LABEL)?.clone();
-            Some(ObjectRef::<TrainingJob>::new(&job).within(&ns))
+            Some(ObjectRef::<CachedJob>::new(&job).within(&ns))
         })
         // a budget that appears, grows or releases GPUs wakes the jobs waiting for it
         .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
@@ -347,6 +351,7 @@ mod tests {
 
     #[test]
     fn status_writes_do_not_trigger_a_pass_but_spec_and_labels_do() {
+        let spec_or_metadata = |tj: &TrainingJob| spec_or_metadata(&kube::core::DeserializeGuard(Ok(tj.clone())));
         let tj = training_job(1);
         let before = spec_or_metadata(&tj);
         let mut reported = tj.clone();

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -44,6 +45,11 @@ use error::Error;
 use lifecycle::Inputs;
 use plan::PlannedJob;
 use status::Summary;
+
+/// A TrainingJob as its cache holds it: the job, or, for an object that does not decode as one,
+/// its metadata and the error. One such object is reported by its own pass and waits for a
+/// change; it does not stop the watch, and so the other jobs, from being reconciled.
+pub type CachedJob = DeserializeGuard<TrainingJob>;
 
 /// What a pass works with: the client, the operator's settings, the caches of its Jobs and pods,
 /// the metrics, the event recorder, the per-job backoff, and what was last applied.
@@ -75,8 +81,20 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// The job in a cached object, or why it cannot be read.
+fn decoded(object: &CachedJob) -> Result<Arc<TrainingJob>, Error> {
+    object.0.as_ref().map(|tj| Arc::new(tj.clone())).map_err(|invalid| Error::Undecodable(invalid.error.clone()))
+}
+
 /// One reconcile pass of one TrainingJob.
-pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let tj = match decoded(&object) {
+        Ok(tj) => tj,
+        Err(e) => {
+            report_undecodable(&ctx, &object, &e).await;
+            return Err(e);
+        }
+    };
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
     let span = info_span!("reconcile", job = %key);
     let started = Instant::now();
@@ -352,29 +370,20 @@ fn ready_reason(s: &TrainingJobStatus) -> Option<String> {
 
 /// A Warning event with the plan's warnings, when a new plan has any.
 async fn warn_of_plan(ctx: &Context, tj: &TrainingJob, warnings: &[String]) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "PlanWarning".into(),
-        note: Some(warnings.join("; ").chars().take(1024).collect()),
-        action: "Plan".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
-        warn!("publishing an event: {e}");
-    }
+    publish_event(ctx, &tj.object_ref(&()), EventType::Warning, "PlanWarning", &warnings.join("; "), "Plan".into()).await;
 }
 
 /// An event on each transition, a warning when the job failed or stalled.
 async fn publish(ctx: &Context, tj: &TrainingJob, s: &Summary) {
-    let warning = s.phase == Phase::Failed || s.stalled;
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: s.reason.into(),
-        note: Some(s.message.chars().take(1024).collect()),
-        action: format!("{:?}", s.phase),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
+    let type_ = if s.phase == Phase::Failed || s.stalled { EventType::Warning } else { EventType::Normal };
+    publish_event(ctx, &tj.object_ref(&()), type_, s.reason, &s.message, format!("{:?}", s.phase)).await;
+}
+
+/// Publishes an event on `object`, its note cut to the API's 1024 characters; a failure to
+/// publish is only logged.
+async fn publish_event(ctx: &Context, object: &ObjectReference, type_: EventType, reason: &str, note: &str, action: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1024).collect()), action, secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         warn!("publishing an event: {e}");
     }
 }
@@ -417,22 +426,70 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     Ok(Action::await_change())
 }
 
-pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
+/// A Warning event on an object that does not decode as a TrainingJob, saying why.
+async fn report_undecodable(ctx: &Context, object: &CachedJob, error: &Error) {
+    let note = format!("{error}; fix the object (or delete it): the operator does nothing with it until it changes");
+    publish_event(ctx, &object.object_ref(&()), EventType::Warning, "Undecodable", &note, "Read".into()).await;
+}
+
+/// When a failed pass is tried again.
+#[derive(Debug, PartialEq)]
+enum NextTry {
+    /// Not a failure: soon, without counting it or backing off.
+    Soon(Duration),
+    /// After the job's next backoff.
+    Backoff,
+    /// Once the object changes: the same object would fail the same way.
+    OnChange,
+}
+
+fn next_try(error: &Error) -> NextTry {
     match error {
-        // not a failure: a deleted job waits for its pods (each pod's end wakes it too)
-        Error::Stopping { .. } => {
-            debug!(job = %key, "{error}");
-            return Action::requeue(cleanup::STOPPING_CHECK);
-        }
-        Error::StaleCache => {
-            debug!(job = %key, "{error}");
-            return Action::requeue(Duration::from_millis(200));
-        }
-        _ => {}
+        // a deleted job waits for its pods (each pod's end wakes it too)
+        Error::Stopping { .. } => NextTry::Soon(cleanup::STOPPING_CHECK),
+        Error::StaleCache => NextTry::Soon(Duration::from_millis(200)),
+        Error::Undecodable(_) => NextTry::OnChange,
+        _ => NextTry::Backoff,
+    }
+}
+
+pub fn error_policy(object: Arc<CachedJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+    let next = next_try(error);
+    if let NextTry::Soon(after) = next {
+        debug!(job = %key, "{error}");
+        return Action::requeue(after);
     }
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
+    if next == NextTry::OnChange {
+        warn!(job = %key, category = error.category(), "{error}; waiting for the object to change");
+        return Action::await_change();
+    }
     let after = ctx.backoff.next(&key);
     warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
     Action::requeue(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training_job::validate::tests::training_job;
+
+    #[test]
+    fn an_object_that_does_not_decode_is_reported_and_waits_for_a_change() {
+        // what the watch gets for an object whose spec does not fit the types
+        let mut value = serde_json::to_value(training_job(1)).unwrap();
+        value["spec"]["runPolicy"]["backoffLimit"] = "four".into();
+        let object: CachedJob = serde_json::from_value(value).unwrap();
+        assert_eq!(object.name_any(), "lm", "its metadata is kept");
+        let error = decoded(&object).unwrap_err();
+        assert!(matches!(error, Error::Undecodable(_)), "{error}");
+        assert_eq!(error.category(), "undecodable");
+        assert_eq!(error.permanent_reason(), None, "there is no status to write it into");
+        assert_eq!(next_try(&error), NextTry::OnChange);
+        // a job that decodes is the job
+        let object: CachedJob = serde_json::from_value(serde_json::to_value(training_job(1)).unwrap()).unwrap();
+        assert_eq!(decoded(&object).unwrap().spec.run_policy.backoff_limit, training_job(1).spec.run_policy.backoff_limit);
+        assert_eq!(next_try(&Error::CacheClosed), NextTry::Backoff);
+    }
 }
