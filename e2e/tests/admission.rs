@@ -279,7 +279,7 @@ async fn with_policies(t: &TestContext, template: &str, values: &[&str], body: i
 }
 
 /// The ServiceAccount `<job>-trainer` with a Role and RoleBinding as the operator makes them
-/// (operator/src/training_job/build/identity.rs): get and patch on this job's status only.
+/// (operator/src/training_job/children/identity.rs): get and patch on this job's status only.
 async fn trainer_identity(t: &TestContext, job: &str) -> Result<()> {
     let name = format!("{job}-trainer");
     let sa = ServiceAccount { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };

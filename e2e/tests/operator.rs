@@ -788,3 +788,46 @@ async fn the_operator_waits_until_training_jobs_are_served() {
     })
     .await;
 }
+
+/// Writes `object` straight into the control plane's etcd (through its JSON gateway, at
+/// `FRUGAL_ETCD_PORT`), past the CRD's schema; false when that etcd cannot be reached (a cluster
+/// other than the local control plane).
+fn put_into_etcd(key: &str, object: &serde_json::Value) -> bool {
+    use base64::Engine as _;
+    let port = std::env::var("FRUGAL_ETCD_PORT").unwrap_or_else(|_| "23790".into());
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let body = serde_json::json!({"key": b64(key), "value": b64(&object.to_string())});
+    let url = format!("http://127.0.0.1:{port}/v3/kv/put");
+    std::process::Command::new("curl").args(["-sf", "-X", "POST", &url, "-d", &body.to_string()]).output().is_ok_and(|o| o.status.success())
+}
+
+/// An object that does not decode as a TrainingJob (stored past the CRD's schema) is reported on
+/// itself, and the watch goes on: the namespace's other jobs still run.
+#[tokio::test]
+async fn an_object_that_does_not_decode_does_not_stop_the_other_jobs() {
+    operator_test("operator-undecodable", |ctx| async move {
+        let _operator = setup(&ctx).await?;
+        let mut broken = serde_json::to_value(training_job("broken", 1, 3))?;
+        broken["spec"]["runPolicy"]["backoffLimit"] = "four".into();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        broken["metadata"] = serde_json::json!({
+            "name": "broken",
+            "namespace": ctx.namespace,
+            "uid": format!("{:08x}-0000-4000-8000-{:012x}", nanos as u32, (nanos >> 32) as u64 & 0xffff_ffff_ffff),
+            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "generation": 1,
+        });
+        if !put_into_etcd(&format!("/registry/frugal.dev/trainingjobs/{}/broken", ctx.namespace), &broken) {
+            eprintln!("e2e: the cluster's etcd cannot be reached at FRUGAL_ETCD_PORT; skipping");
+            return Ok(());
+        }
+        let events: Api<k8s_openapi::api::core::v1::Event> = ctx.api();
+        let reported = wait::for_event(&events, "broken", "an Undecodable event", |e| e.reason.as_deref() == Some("Undecodable")).await?;
+        let note = reported.message.unwrap_or_default();
+        ensure!(note.contains("\"four\""), "the event does not say what does not decode: {note}");
+        apply(&ctx, &training_job("lm", 1, 3)).await?;
+        running_pods(&ctx, "lm", 1, 1).await?;
+        Ok(())
+    })
+    .await;
+}

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -27,20 +25,23 @@ use crate::metrics::{Backoff, Health, Metrics};
 use crate::names::{JOB_LABEL, Names};
 use crate::settings::Settings;
 use crate::synced::{mark_synced, synced};
-use crate::training_job::apply::Seen;
+use crate::training_job::CachedJob;
+use crate::training_job::apply::{AppliedChildren, Watched};
+use crate::training_job::children::applied_kinds;
 use crate::{training_budget, training_job};
 
 /// What a TrainingJob change must touch to trigger a reconcile: its spec (generation), labels
 /// and annotations. Status writes (the trainer's progress reports, our own patches) do not.
-fn spec_or_metadata(tj: &TrainingJob) -> Option<u64> {
+fn spec_or_metadata(tj: &CachedJob) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    tj.metadata.generation.hash(&mut h);
-    tj.metadata.labels.hash(&mut h);
-    tj.metadata.annotations.hash(&mut h);
-    tj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let meta = tj.meta();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
     // the finalizer's add and a removal by anyone else
-    tj.metadata.finalizers.hash(&mut h);
+    meta.finalizers.hash(&mut h);
     Some(h.finish())
 }
 
@@ -57,6 +58,37 @@ fn lean<K: Resource>(object: &mut K) {
         annotations.remove(LAST_APPLIED);
     }
 }
+
+/// A watch of one applied kind of children: metadata only, and only the operator's own. Its
+/// store lets a pass skip what is already as applied; a change to one wakes its job.
+fn watch_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    selector: &watcher::Config,
+) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    (reader, reflector::reflector(writer, watcher(api, selector.clone()).modify(lean)).default_backoff().touched_objects())
+}
+
+macro_rules! watch_applied_kinds {
+    ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+        /// Watches every applied kind of children (`children::applied_kinds`): their caches, for
+        /// the apply stage, and what makes the TrainingJob controller own them.
+        fn watch_applied_kinds(
+            scope: &Scope,
+            client: &Client,
+            selector: &watcher::Config,
+        ) -> (Watched, impl FnOnce(Controller<CachedJob>) -> Controller<CachedJob>) {
+            $(let $field = watch_metadata::<$kind>(scope.api(client), selector);)*
+            let watched = Watched { $($field: $field.0,)* };
+            $(let $field = $field.1;)*
+            (watched, move |controller| controller$(.owns_stream($field))*)
+        }
+    };
+}
+applied_kinds!(watch_applied_kinds);
 
 /// Where the controllers look.
 pub struct Scope {
@@ -153,25 +185,8 @@ pub async fn run(
         .default_backoff()
         .inspect(mark_synced(pods_synced_tx))
         .touched_objects();
-    // The other children: metadata only, and only the operator's own. Their stores let a pass
-    // skip what is already as applied; a change to one wakes its job.
-    fn seen_stream<K>(
-        api: Api<PartialObjectMeta<K>>,
-        selector: &watcher::Config,
-    ) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
-    where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        (reader, reflector::reflector(writer, watcher(api, selector.clone()).modify(lean)).default_backoff().touched_objects())
-    }
-    let (config_store, configs) = seen_stream::<ConfigMap>(scope.api(&client), &children);
-    let (service_store, services) = seen_stream::<Service>(scope.api(&client), &children);
-    let (account_store, accounts) = seen_stream::<ServiceAccount>(scope.api(&client), &children);
-    let (role_store, roles) = seen_stream::<Role>(scope.api(&client), &children);
-    let (binding_store, bindings) = seen_stream::<RoleBinding>(scope.api(&client), &children);
-    let (network_store, networks) = seen_stream::<NetworkPolicy>(scope.api(&client), &children);
-    let seen = Seen::new(account_store, role_store, binding_store, service_store, config_store, network_store);
+    let (watched, owns_applied_kinds) = watch_applied_kinds(&scope, &client, &children);
+    let applied = AppliedChildren::new(watched);
 
     // the budgets' cache: which budget is its namespace's default, for every pass of a job
     let (budget_reader, budget_writer) = reflector::store();
@@ -186,22 +201,24 @@ pub async fn run(
     // controller (after the cache has it): it counts what the job spent, or releases its GPUs
     let (budget_tx, budget_rx) = futures::channel::mpsc::unbounded();
     let (tjs_synced_tx, tjs_synced) = synced();
-    // an object that fails to decode fails the watch, which backs off instead of spinning
-    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<TrainingJob>(&client), watcher::Config::default()).modify(lean))
+    // an object that does not decode is cached as its metadata and the error (DeserializeGuard):
+    // its pass reports it, and the watch goes on for the others
+    let tj_stream = reflector::reflector(tj_writer, watcher(scope.api::<CachedJob>(&client), watcher::Config::default()).modify(lean))
         .default_backoff()
         .inspect(mark_synced(tjs_synced_tx))
         .inspect({
-            let seen = seen.clone();
+            let applied = applied.clone();
             let budgets = budget_reader.clone();
             move |event| {
-                if let Ok(watcher::Event::Apply(tj) | watcher::Event::Delete(tj) | watcher::Event::InitApply(tj)) = event
+                if let Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object) | watcher::Event::InitApply(object)) = event
+                    && let Ok(tj) = &object.0
                     && let Some(budget) = training_budget::budget_of(tj, &budgets)
                 {
                     let _ = budget_tx.unbounded_send(budget);
                 }
                 // a deleted job's children go with it, and so does what was applied for them
                 if let Ok(watcher::Event::Delete(tj)) = event {
-                    seen.forget(&tj.namespace().unwrap_or_default(), &tj.name_any());
+                    applied.forget(&tj.namespace().unwrap_or_default(), &tj.name_any());
                 }
             }
         })
@@ -229,7 +246,7 @@ pub async fn run(
         metrics,
         recorder,
         backoff: Backoff::default(),
-        seen,
+        applied,
         synced: [jobs_synced.clone(), pods_synced.clone(), budgets_synced.clone()],
         budgets: budget_reader.clone(),
         gpu_products: Default::default(),
@@ -241,19 +258,13 @@ pub async fn run(
     let shutdown_reaper = shutdown.clone();
     let waiting = tj_reader.clone();
     let waiting_budgets = budget_reader.clone();
-    let controller = Controller::for_stream(tj_stream, tj_reader.clone())
+    let controller = owns_applied_kinds(Controller::for_stream(tj_stream, tj_reader.clone()))
         .with_config(ControllerConfig::default().concurrency(16))
         .owns_stream(job_stream)
-        .owns_stream(configs)
-        .owns_stream(services)
-        .owns_stream(accounts)
-        .owns_stream(roles)
-        .owns_stream(bindings)
-        .owns_stream(networks)
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
             let job = pod.labels().get(JOB_LABEL)?.clone();
-            Some(ObjectRef::<TrainingJob>::new(&job).within(&ns))
+            Some(ObjectRef::<CachedJob>::new(&job).within(&ns))
         })
         // a budget that appears, grows or releases GPUs wakes the jobs waiting for it
         .watches(scope.api::<TrainingBudget>(&client), watcher::Config::default(), move |b: TrainingBudget| {
@@ -340,6 +351,7 @@ mod tests {
 
     #[test]
     fn status_writes_do_not_trigger_a_pass_but_spec_and_labels_do() {
+        let spec_or_metadata = |tj: &TrainingJob| spec_or_metadata(&kube::core::DeserializeGuard(Ok(tj.clone())));
         let tj = training_job(1);
         let before = spec_or_metadata(&tj);
         let mut reported = tj.clone();

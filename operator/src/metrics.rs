@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
@@ -84,19 +85,26 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Recounts jobs by phase from the controller's cache.
-    fn count_phases(&self, stores: &[Store<TrainingJob>]) {
+    fn count_phases(&self, stores: &[Store<DeserializeGuard<TrainingJob>>]) {
         let phases = [Phase::Pending, Phase::Queued, Phase::Running, Phase::Suspended, Phase::Succeeded, Phase::Failed];
         for p in phases {
             let n: usize = stores
                 .iter()
-                .map(|store| store.state().iter().filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending) == p).count())
+                .map(|store| {
+                    // an object that does not decode has no phase to count
+                    let jobs = store.state();
+                    jobs.iter()
+                        .filter_map(|j| j.0.as_ref().ok())
+                        .filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending) == p)
+                        .count()
+                })
                 .sum();
             self.jobs.get_or_create(&PhaseLabels { phase: format!("{p:?}") }).set(n as i64);
         }
     }
 
     /// The exposition; `stores` are the TrainingJob caches (one per watched namespace, or one).
-    pub fn encode(&self, stores: &[Store<TrainingJob>]) -> String {
+    pub fn encode(&self, stores: &[Store<DeserializeGuard<TrainingJob>>]) -> String {
         if !stores.is_empty() {
             self.count_phases(stores);
         }
@@ -114,7 +122,7 @@ pub struct Health {
     /// The main loop is alive.
     pub alive: AtomicBool,
     /// The TrainingJob caches, one per watched namespace (or one for all).
-    pub stores: Mutex<Vec<Store<TrainingJob>>>,
+    pub stores: Mutex<Vec<Store<DeserializeGuard<TrainingJob>>>>,
     /// How many watched scopes have synced their caches, and how many there are.
     pub synced: std::sync::atomic::AtomicUsize,
     pub scopes: std::sync::atomic::AtomicUsize,

@@ -17,6 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use frugal_api::TrainingJob;
+use kube::core::DeserializeGuard;
 
 use crate::metrics::Metrics;
 use crate::names::{JOB_LABEL, JOB_UID_LABEL};
@@ -50,7 +51,7 @@ type Found = (String, String, String);
 
 /// The orphans in the caches now: attempt Jobs whose TrainingJob does not exist, and pods whose
 /// Job does not exist.
-fn orphans(training_jobs: &[Arc<TrainingJob>], jobs: &[Arc<Job>], pods: &[Arc<Pod>]) -> (Vec<Found>, Vec<Found>) {
+fn orphans(training_jobs: &[Arc<DeserializeGuard<TrainingJob>>], jobs: &[Arc<Job>], pods: &[Arc<Pod>]) -> (Vec<Found>, Vec<Found>) {
     let tj_uids: HashSet<String> = training_jobs.iter().filter_map(|tj| tj.uid()).collect();
     let tj_names: HashSet<(String, String)> = training_jobs.iter().map(|tj| (tj.namespace().unwrap_or_default(), tj.name_any())).collect();
     let key =
@@ -78,7 +79,7 @@ fn orphans(training_jobs: &[Arc<TrainingJob>], jobs: &[Arc<Job>], pods: &[Arc<Po
 /// scans in a row.
 pub async fn run(
     client: Client,
-    training_jobs: Store<TrainingJob>,
+    training_jobs: Store<DeserializeGuard<TrainingJob>>,
     jobs: Store<Job>,
     pods: Store<Pod>,
     synced: [Synced; 3],
@@ -150,7 +151,13 @@ mod tests {
     fn jobs_without_their_training_job_and_pods_without_their_job_are_orphans() {
         let mut tj = crate::training_job::validate::tests::training_job(1);
         tj.metadata = meta("lm", "tj-1", None, &[]);
-        let tj = Arc::new(tj);
+        // the cache holds the jobs as the watch decoded them; one that does not decode still
+        // owns what it made
+        let tj = Arc::new(DeserializeGuard(Ok(tj)));
+        let undecodable = Arc::new(DeserializeGuard::<TrainingJob>(Err(kube::core::error_boundary::InvalidObject {
+            error: "spec.resources.gpus: invalid type".into(),
+            metadata: meta("lm2", "tj-2", None, &[]),
+        })));
         let jobs = vec![
             // owned, or with its reference stripped but its uid label left: lm's
             Arc::new(Job { metadata: meta("lm-a1", "j-1", Some(("TrainingJob", "tj-1")), &[]), ..Default::default() }),
@@ -159,12 +166,13 @@ mod tests {
             Arc::new(Job { metadata: meta("old-a1", "j-3", None, &[(JOB_UID_LABEL, "tj-0"), (JOB_LABEL, "old")]), ..Default::default() }),
             // made before the uid label: by name
             Arc::new(Job { metadata: meta("lm-a3", "j-4", None, &[(JOB_LABEL, "lm")]), ..Default::default() }),
+            Arc::new(Job { metadata: meta("lm2-a1", "j-5", Some(("TrainingJob", "tj-2")), &[]), ..Default::default() }),
         ];
         let pod = |name: &str, uid: &str, owner: Option<&str>| {
             Arc::new(Pod { metadata: meta(name, uid, owner.map(|o| ("Job", o)), &[]), ..Default::default() })
         };
         let pods = vec![pod("lm-a1-0", "p-1", Some("j-1")), pod("old-a0-0", "p-2", Some("j-gone")), pod("bare", "p-3", None)];
-        let (orphan_jobs, orphan_pods) = orphans(&[tj], &jobs, &pods);
+        let (orphan_jobs, orphan_pods) = orphans(&[tj, undecodable], &jobs, &pods);
         let uids = |v: Vec<Found>| v.into_iter().map(|(_, _, u)| u).collect::<Vec<_>>();
         assert_eq!(uids(orphan_jobs), ["j-3"]);
         assert_eq!(uids(orphan_pods), ["p-2", "p-3"]);

@@ -1,5 +1,5 @@
 //! `frugal-operator run`: logging, a rate-limited client, the health and metrics server, leader
-//! election on a Lease, and the controller.
+//! election on a Lease, and the controllers (`manager`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

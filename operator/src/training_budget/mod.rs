@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
@@ -41,7 +42,7 @@ pub enum Error {
 /// Everything the budgets' controller needs.
 pub struct Context {
     pub client: Client,
-    pub training_jobs: Store<TrainingJob>,
+    pub training_jobs: Store<DeserializeGuard<TrainingJob>>,
     /// The operator's pods: an entry stays while its job's pods hold GPUs.
     pub pods: Store<Pod>,
     /// The budgets, for which is its namespace's default.
@@ -53,7 +54,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, training_jobs: Store<TrainingJob>, pods: Store<Pod>, synced: [Synced; 2], budgets: Store<TrainingBudget>) -> Self {
+    pub fn new(
+        client: Client,
+        training_jobs: Store<DeserializeGuard<TrainingJob>>,
+        pods: Store<Pod>,
+        synced: [Synced; 2],
+        budgets: Store<TrainingBudget>,
+    ) -> Self {
         Self { client, training_jobs, pods, budgets, synced, written: Default::default() }
     }
 }
@@ -87,20 +94,25 @@ pub fn budget_of(tj: &TrainingJob, budgets: &Store<TrainingBudget>) -> Option<Ob
 
 /// The jobs a change of budget `b` may let start: those counted in it that hold no entry in its
 /// ledger and have not run to the end.
-pub fn waiting_jobs(b: &TrainingBudget, jobs: &[Arc<TrainingJob>], budgets: &Store<TrainingBudget>) -> Vec<ObjectRef<TrainingJob>> {
+pub fn waiting_jobs(
+    b: &TrainingBudget,
+    jobs: &[Arc<DeserializeGuard<TrainingJob>>],
+    budgets: &Store<TrainingBudget>,
+) -> Vec<ObjectRef<DeserializeGuard<TrainingJob>>> {
     let held: Vec<&str> = b.status.iter().flat_map(|s| &s.jobs).map(|h| h.uid.as_str()).collect();
     // a budget that became its namespace's default (or stopped being it) concerns every job there
     let name = b.name_any();
     jobs.iter()
-        .filter(|tj| {
+        .filter_map(|object| object.0.as_ref().ok().map(|tj| (object, tj)))
+        .filter(|(_, tj)| {
             tj.namespace() == b.namespace()
                 && (b.spec.namespace_default
                     || effective_budget(tj, budgets).as_deref() == Some(name.as_str())
                     || tj.spec.budget.budget_ref.as_deref() == Some(name.as_str()))
         })
-        .filter(|tj| !held.contains(&tj.uid().unwrap_or_default().as_str()))
-        .filter(|tj| !finished(tj))
-        .map(|tj| ObjectRef::from_obj(tj.as_ref()))
+        .filter(|(_, tj)| !held.contains(&tj.uid().unwrap_or_default().as_str()))
+        .filter(|(_, tj)| !finished(tj))
+        .map(|(object, _)| ObjectRef::from_obj(object.as_ref()))
         .collect()
 }
 
@@ -130,12 +142,14 @@ pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Acti
     let namespace = b.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = b.name_any();
     let now = now();
-    let find = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).map(|tj| holder(&tj, &name, &ctx.budgets));
+    // a job that does not decode counts as gone: its entry stays while its pods hold GPUs
+    let decoded = |job: &str| ctx.training_jobs.get(&ObjectRef::new(job).within(&namespace)).and_then(|object| object.0.clone().ok());
+    let find = |job: &str| decoded(job).map(|tj| holder(&tj, &name, &ctx.budgets));
     let pods_hold = |h: &BudgetHolder| !crate::pods::live_pods_of(&ctx.pods, &namespace, &h.name, &h.uid).is_empty();
     // an entry kept only by its pods (its job is gone or says it finished) is looked at again
     // soon: nothing else wakes this budget when those pods end
     let held_only_by_pods = b.status.iter().flat_map(|s| &s.jobs).any(|h| {
-        let job = ctx.training_jobs.get(&ObjectRef::new(&h.name).within(&namespace));
+        let job = decoded(&h.name);
         let gone = job.as_ref().is_none_or(|tj| tj.uid().as_deref() != Some(h.uid.as_str()) || finished(tj));
         gone && pods_hold(h)
     });

@@ -1,9 +1,9 @@
 //! Admission: whether a planned job may start. Its GPUs must be within both the job's own
 //! `budget.maxGpus` and the operator's ceiling, and a job of several pods must checkpoint to a
-//! volume they all share (ReadWriteMany), checked before anything starts. A job that names a
-//! TrainingBudget is admitted against it later in the pass, once the lifecycle has said what the
-//! job is about to do: [`demand`] and [`budget_claim`] put that in the ledger's terms, and
-//! `training_budget::ledger` writes it.
+//! volume they all share (ReadWriteMany), checked before anything starts. A job counted in a
+//! TrainingBudget is admitted against it later in the pass, by the charge stage (`charge`) once
+//! the lifecycle has said what the job is about to do: [`demand`] and [`budget_claim`] put that in
+//! the ledger's terms, and `training_budget::ledger` writes it.
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 

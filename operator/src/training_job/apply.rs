@@ -1,29 +1,27 @@
-//! The apply stage: writes children with server-side apply under one field manager, creates
-//! what must be created once (the token Secret, each attempt's Job), and carries out the
-//! lifecycle's action. Server-side apply does not prune, so what is no longer wanted is deleted
-//! here by name.
+//! The apply stage: sends the children the build stage made, the applied kinds with server-side
+//! apply under one field manager, and creates what must be created once (the token Secret, each
+//! attempt's Job); then carries out the rest of the lifecycle's action (a stop, a delete).
+//! Server-side apply does not prune, so what is no longer wanted is deleted here by name.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::build::{Children, build_job, build_secret, new_token};
+use super::children::{Children, applied_kinds};
 use super::error::Error;
 use super::lifecycle::Action;
 use super::observe::StopReason;
 use super::plan::PlannedJob;
 use super::rejection;
+use super::validate::ValidJob;
 use crate::names::{FIELD_MANAGER, Names, STOP_REASON_ANNOTATION};
-use crate::settings::Settings;
 
 fn ssa<K>(client: &Client, namespace: &str) -> Api<K>
 where
@@ -32,39 +30,39 @@ where
     Api::namespaced(client.clone(), namespace)
 }
 
-/// What the operator's watches have seen of its children (metadata only, selected by the
-/// managed-by label), and what it last applied. A child the watch shows at the resourceVersion
-/// its last apply returned, with the same content to apply, is not applied again: a pass that
-/// changes nothing sends nothing. A child deleted or edited by anyone else changes in the
-/// watch, wakes its job and is applied again. After a restart everything is applied once.
+macro_rules! watched {
+    ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+        /// The watches' caches of the applied kinds of children: metadata only, and only the
+        /// operator's own (selected by the managed-by label).
+        #[derive(Clone)]
+        pub struct Watched {
+            $(pub $field: Store<PartialObjectMeta<$kind>>,)*
+        }
+    };
+}
+applied_kinds!(watched);
+
+/// What this process last applied of each child, and the watches that show whether it still
+/// stands. A child the watch shows at the resourceVersion its last apply returned, with the same
+/// content to apply, is not applied again: a pass that changes nothing sends nothing. A child
+/// deleted or edited by anyone else changes in the watch, wakes its job and is applied again.
+/// After a restart everything is applied once.
 #[derive(Clone)]
-pub struct Seen {
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    pub roles: Store<PartialObjectMeta<Role>>,
-    pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
+pub struct AppliedChildren {
+    pub watched: Watched,
     /// `<namespace>/<job>/<kind>/<name>` → (digest of the applied body, resourceVersion after it).
-    applied: Arc<Mutex<BTreeMap<String, (u64, String)>>>,
+    last: Arc<Mutex<BTreeMap<String, (u64, String)>>>,
 }
 
-impl Seen {
-    pub fn new(
-        service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-        roles: Store<PartialObjectMeta<Role>>,
-        role_bindings: Store<PartialObjectMeta<RoleBinding>>,
-        services: Store<PartialObjectMeta<Service>>,
-        config_maps: Store<PartialObjectMeta<ConfigMap>>,
-        network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
-    ) -> Self {
-        Self { service_accounts, roles, role_bindings, services, config_maps, network_policies, applied: Arc::default() }
+impl AppliedChildren {
+    pub fn new(watched: Watched) -> Self {
+        Self { watched, last: Arc::default() }
     }
 
     /// Forgets what was applied for a job (it is being deleted).
     pub fn forget(&self, namespace: &str, job: &str) {
         let prefix = format!("{namespace}/{job}/");
-        self.applied.lock().unwrap().retain(|k, _| !k.starts_with(&prefix));
+        self.last.lock().unwrap().retain(|k, _| !k.starts_with(&prefix));
     }
 }
 
@@ -116,26 +114,31 @@ async fn apply_one<K>(
     uid: &str,
     object: &K,
     store: &Store<PartialObjectMeta<K>>,
-    seen: &Seen,
+    applied: &AppliedChildren,
 ) -> Result<bool, ApplyError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
     let (namespace, name) = (&names.namespace, object.name_any());
     let (value, digest) = applied_body(object);
     let key = format!("{namespace}/{}/{}/{name}", names.job, K::kind(&()));
     let watched = store.get(&ObjectRef::new(&name).within(namespace));
-    if up_to_date(seen.applied.lock().unwrap().get(&key), watched.as_ref().and_then(|m| m.resource_version()).as_deref(), digest) {
+    if up_to_date(applied.last.lock().unwrap().get(&key), watched.as_ref().and_then(|m| m.resource_version()).as_deref(), digest) {
         return Ok(false);
     }
     let api: Api<K> = ssa(client, namespace);
-    let taken = || ApplyError::NameTaken { kind: kind_name::<K>(), name: name.clone() };
+    let taken = || ApplyError::NameTaken { kind: <K as k8s_openapi::Resource>::KIND, name: name.clone() };
     let controlled = match &watched {
         Some(m) => controlled_by(&m.metadata, uid),
         None => match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, object).await {
             Ok(created) => {
                 if let Some(version) = created.resource_version() {
-                    seen.applied.lock().unwrap().insert(key, (digest, version));
+                    applied.last.lock().unwrap().insert(key, (digest, version));
                 }
                 return Ok(true);
             }
@@ -147,57 +150,53 @@ where
     if !controlled {
         return Err(taken());
     }
-    let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await?;
-    if let Some(version) = applied.resource_version() {
-        seen.applied.lock().unwrap().insert(key, (digest, version));
+    let patched = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await?;
+    if let Some(version) = patched.resource_version() {
+        applied.last.lock().unwrap().insert(key, (digest, version));
     }
     Ok(true)
 }
 
-/// The kind's name, for messages.
-fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "ServiceAccount" => "ServiceAccount",
-        "Role" => "Role",
-        "RoleBinding" => "RoleBinding",
-        "Service" => "Service",
-        "ConfigMap" => "ConfigMap",
-        "Secret" => "Secret",
-        "NetworkPolicy" => "NetworkPolicy",
-        _ => "object",
-    }
+/// Sends what the build stage made and carries out the lifecycle's action: the applied kinds
+/// that are not already as applied, the token Secret unless the job has one, the attempt Job the
+/// lifecycle starts; or the stop or delete it asks for.
+pub async fn apply(client: &Client, job: &PlannedJob, children: &Children, action: &Action, applied: &AppliedChildren) -> Result<(), Error> {
+    let rejected = |e| match e {
+        ApplyError::Kube(e) => rejection::classify(e, None),
+        taken @ ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),
+    };
+    apply_children(client, &job.valid.names, &job.valid.uid, children, applied).await.map_err(rejected)?;
+    ensure_secret(client, &job.valid, &children.secret, applied).await.map_err(rejected)?;
+    act(client, job, children.attempt_job.as_ref(), action).await
 }
 
 /// Server-side applies the children that follow the spec and are not already as applied;
 /// returns how many it sent.
-pub async fn apply_children(client: &Client, names: &Names, uid: &str, c: &Children, seen: &Seen) -> Result<usize, ApplyError> {
-    let sent = [
-        apply_one(client, names, uid, &c.service_account, &seen.service_accounts, seen).await?,
-        apply_one(client, names, uid, &c.role, &seen.roles, seen).await?,
-        apply_one(client, names, uid, &c.role_binding, &seen.role_bindings, seen).await?,
-        apply_one(client, names, uid, &c.service, &seen.services, seen).await?,
-        apply_one(client, names, uid, &c.config_map, &seen.config_maps, seen).await?,
-        apply_one(client, names, uid, &c.network_policy, &seen.network_policies, seen).await?,
-    ];
+async fn apply_children(client: &Client, names: &Names, uid: &str, c: &Children, applied: &AppliedChildren) -> Result<usize, ApplyError> {
+    macro_rules! apply_each {
+        ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+            [$(apply_one(client, names, uid, &c.$field, &applied.watched.$field, applied).await?,)*]
+        };
+    }
+    let sent = applied_kinds!(apply_each);
     Ok(sent.into_iter().filter(|s| *s).count())
 }
 
 /// Creates the token Secret unless this job has one: the token is never rotated while the job
 /// lives. Secrets are neither listed nor watched (the operator's identity may not): a Secret of
 /// its name is read once, by name, and taken only if this job made it.
-pub async fn ensure_secret(client: &Client, job: &PlannedJob, seen: &Seen) -> Result<(), ApplyError> {
-    let namespace = &job.valid.names.namespace;
-    let name = job.valid.names.secret();
-    let key = format!("{namespace}/{}/Secret/{name}", job.valid.names.job);
-    if seen.applied.lock().unwrap().contains_key(&key) {
+async fn ensure_secret(client: &Client, job: &ValidJob, secret: &Secret, applied: &AppliedChildren) -> Result<(), ApplyError> {
+    let namespace = &job.names.namespace;
+    let name = job.names.secret();
+    let key = format!("{namespace}/{}/Secret/{name}", job.names.job);
+    if applied.last.lock().unwrap().contains_key(&key) {
         return Ok(());
     }
     let api: Api<Secret> = ssa(client, namespace);
     let existing = match api.get_metadata_opt(&name).await? {
         Some(m) => m.metadata,
         None => {
-            let secret = build_secret(&job.valid, &new_token());
-            match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
+            match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, secret).await {
                 Ok(created) => created.metadata,
                 // made meanwhile: by whom is read again
                 Err(kube::Error::Api(s)) if s.code == 409 => api.get_metadata_opt(&name).await?.map(|m| m.metadata).unwrap_or_default(),
@@ -205,10 +204,10 @@ pub async fn ensure_secret(client: &Client, job: &PlannedJob, seen: &Seen) -> Re
             }
         }
     };
-    if !controlled_by(&existing, &job.valid.uid) {
+    if !controlled_by(&existing, &job.uid) {
         return Err(ApplyError::NameTaken { kind: "Secret", name });
     }
-    seen.applied.lock().unwrap().insert(key, (0, existing.resource_version.unwrap_or_default()));
+    applied.last.lock().unwrap().insert(key, (0, existing.resource_version.unwrap_or_default()));
     Ok(())
 }
 
@@ -235,18 +234,21 @@ where
     }
 }
 
-/// Carries out a lifecycle action.
-pub async fn act(client: &Client, job: &PlannedJob, action: &Action, settings: &Settings) -> Result<(), Error> {
+/// Carries out a lifecycle action: creates the attempt Job it starts (built with the other
+/// children), or stops or deletes an attempt.
+async fn act(client: &Client, job: &PlannedJob, attempt_job: Option<&Job>, action: &Action) -> Result<(), Error> {
     let names = &job.valid.names;
     let jobs: Api<Job> = ssa(client, &names.namespace);
     let result = match action {
         Action::Nothing => Ok(()),
         // a Job is created, never applied again: Kueue owns its suspend and scheduling fields
-        Action::Create(attempt) => {
-            let attempt_job = build_job(job, *attempt, settings);
-            let overrides = job.valid.spec.pod_template.clone().unwrap_or_default();
-            return create_once(&jobs, &attempt_job).await.map_err(|e| rejection::classify(e, Some((&attempt_job, &overrides))));
-        }
+        Action::Create(_) => match attempt_job {
+            Some(attempt_job) => {
+                let overrides = job.valid.spec.pod_template.clone().unwrap_or_default();
+                return create_once(&jobs, attempt_job).await.map_err(|e| rejection::classify(e, Some((attempt_job, &overrides))));
+            }
+            None => Ok(()),
+        },
         Action::Stop(attempt, reason) => stop(&jobs, &names.attempt_job(*attempt), *reason).await,
         Action::Delete(attempt) => delete_opt(&jobs, &names.attempt_job(*attempt)).await,
     };
@@ -267,16 +269,17 @@ async fn stop(jobs: &Api<Job>, name: &str, reason: StopReason) -> Result<(), kub
 }
 
 #[cfg(test)]
-mod seen_tests {
+mod tests {
     use super::*;
-    use crate::training_job::build::build_children;
-    use crate::training_job::build::tests::planned;
+    use crate::settings::Settings;
+    use crate::training_job::children::build_children;
+    use crate::training_job::children::tests::planned;
     use kube::runtime::reflector;
 
     #[test]
     fn the_same_child_has_the_same_digest_and_a_changed_one_another() {
         let job = planned(1);
-        let (a, b) = (build_children(&job, None), build_children(&job, None));
+        let (a, b) = (build_children(&job, None, &Settings::default()), build_children(&job, None, &Settings::default()));
         assert_eq!(applied_body(&a.config_map).1, applied_body(&b.config_map).1);
         let mut changed = b.config_map.clone();
         changed.data.get_or_insert_with(Default::default).insert("x".into(), "y".into());
@@ -300,13 +303,17 @@ mod seen_tests {
 
     #[test]
     fn forgetting_a_job_drops_only_its_entries() {
-        let (s0, s1, s2, s3, s4) = (reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0, reflector::store().0);
-        let seen = Seen::new(s0, s1, s2, s3, s4, reflector::store().0);
-        for key in ["ns/lm/ConfigMap/lm-config", "ns/lm/Service/lm", "ns/lm2/Service/lm2", "other/lm/Service/lm"] {
-            seen.applied.lock().unwrap().insert(key.into(), (1, "1".into()));
+        macro_rules! empty {
+            ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+                Watched { $($field: reflector::store().0,)* }
+            };
         }
-        seen.forget("ns", "lm");
-        let left: Vec<String> = seen.applied.lock().unwrap().keys().cloned().collect();
+        let applied = AppliedChildren::new(applied_kinds!(empty));
+        for key in ["ns/lm/ConfigMap/lm-config", "ns/lm/Service/lm", "ns/lm2/Service/lm2", "other/lm/Service/lm"] {
+            applied.last.lock().unwrap().insert(key.into(), (1, "1".into()));
+        }
+        applied.forget("ns", "lm");
+        let left: Vec<String> = applied.last.lock().unwrap().keys().cloned().collect();
         assert_eq!(left, ["ns/lm2/Service/lm2", "other/lm/Service/lm"]);
     }
 }

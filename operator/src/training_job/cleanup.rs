@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -22,8 +21,9 @@ use tracing::info;
 
 use frugal_api::TrainingJob;
 
+use super::children::applied_kinds;
 use super::error::Error;
-use super::{Context, admit, bill_pods, observe, plan, status, validate};
+use super::{Context, admit, charge, observe, plan, status, validate};
 use crate::names::{JOB_UID_LABEL, Names};
 use crate::training_budget::budget::Demand;
 use crate::training_budget::{effective_budget, ledger};
@@ -58,7 +58,7 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
         Ok(planned) => {
             let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &planned.valid);
             let budget = effective_budget(tj, &ctx.budgets);
-            Some(bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await)
+            Some(charge::bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await)
         }
         Err(_) => prev.cost.clone(),
     };
@@ -149,13 +149,13 @@ pub(super) async fn delete_children(ctx: &Context, names: &Names, uid: &str) -> 
         }
         Ok(())
     }
-    one::<Service>(ctx, ns, &names.service(), uid).await?;
-    one::<k8s_openapi::api::networking::v1::NetworkPolicy>(ctx, ns, &names.network_policy(), uid).await?;
-    one::<ConfigMap>(ctx, ns, &names.config_map(), uid).await?;
+    macro_rules! delete_each {
+        ($($field:ident: $kind:ty = $name:ident),* $(,)?) => {
+            $(one::<$kind>(ctx, ns, &names.$name(), uid).await?;)*
+        };
+    }
     one::<Secret>(ctx, ns, &names.secret(), uid).await?;
-    one::<RoleBinding>(ctx, ns, &names.trainer_identity(), uid).await?;
-    one::<Role>(ctx, ns, &names.trainer_identity(), uid).await?;
-    one::<ServiceAccount>(ctx, ns, &names.trainer_identity(), uid).await?;
+    applied_kinds!(delete_each);
     Ok(())
 }
 

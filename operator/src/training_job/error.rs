@@ -34,6 +34,10 @@ pub enum Error {
     /// The finalizer could not be read or written.
     #[error("the finalizer: {0}")]
     Finalizer(String),
+    /// The object does not decode as a TrainingJob (stored through a path that skipped the
+    /// CRD's schema, or written for another version of the operator): it waits for a change.
+    #[error("the TrainingJob cannot be read: {0}")]
+    Undecodable(String),
 }
 
 /// The finalizer helper's error, by layer: a pass's own error stays itself.
@@ -75,6 +79,7 @@ impl Error {
             Self::NameTaken(_) => "name-taken",
             Self::Finalizer(_) => "finalizer",
             Self::StaleCache => "stale-cache",
+            Self::Undecodable(_) => "undecodable",
         }
     }
 
@@ -86,7 +91,7 @@ impl Error {
             Self::Admit(e) => e.permanent_reason(),
             Self::Rejected(_) => Some(crate::conditions::reasons::REJECTED_BY_API_SERVER),
             Self::NameTaken(_) => Some(crate::conditions::reasons::NAME_TAKEN),
-            Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) | Self::StaleCache => None,
+            Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) | Self::StaleCache | Self::Undecodable(_) => None,
         }
     }
 }

@@ -89,6 +89,16 @@ pub enum Action {
     Delete(i32),
 }
 
+impl Action {
+    /// The attempt whose Job this action creates, if it creates one.
+    pub fn starts(&self) -> Option<i32> {
+        match self {
+            Action::Create(attempt) => Some(*attempt),
+            _ => None,
+        }
+    }
+}
+
 /// The decision: an action and what the status says about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -112,10 +122,11 @@ fn secs(t: &Time) -> i64 {
     t.0.as_second()
 }
 
-/// What every state's decision looks at, worked out once per pass.
-struct Facts<'a> {
-    i: &'a Inputs<'a>,
-    /// `i.now` in seconds.
+/// Where the job stands this pass: the inputs, and what every state's decision works out from
+/// them (the time, the active deadline, a spent limit), worked out once.
+struct Situation<'a> {
+    inputs: &'a Inputs<'a>,
+    /// `inputs.now` in seconds.
     now: i64,
     /// When runPolicy.activeDeadlineSeconds runs out, if it is set and the job has started.
     deadline_at: Option<i64>,
@@ -124,17 +135,17 @@ struct Facts<'a> {
     spent: Option<String>,
 }
 
-impl Facts<'_> {
+impl Situation<'_> {
     /// Why attempt `attempt` is stopped for making no progress.
     fn stalled(&self, attempt: i32) -> String {
-        let secs = self.i.progress_deadline.as_secs();
+        let secs = self.inputs.progress_deadline.as_secs();
         format!("attempt {attempt} made no progress within runPolicy.progressDeadlineSeconds ({secs}s); stopping it to start the next")
     }
 
     /// Why attempt `attempt` is stopped before its pods started; `trouble` says what kept them,
     /// as ` (...)`, if known.
     fn not_started(&self, attempt: i32, trouble: &str) -> String {
-        let secs = self.i.startup_deadline.as_secs();
+        let secs = self.inputs.startup_deadline.as_secs();
         format!("attempt {attempt}: its pods did not start within runPolicy.startupDeadlineSeconds ({secs}s){trouble}; stopping it")
     }
 }
@@ -157,21 +168,21 @@ pub fn decide(i: &Inputs) -> Decision {
     };
     let now = secs(&i.now);
     let deadline_at = i.active_deadline.zip(i.start_time.as_ref()).map(|(limit, start)| secs(start) + limit.as_secs() as i64);
-    let f = Facts { i, now, deadline_at, past_deadline: deadline_at.is_some_and(|at| now >= at), spent: i.spending.exceeded() };
+    let s = Situation { inputs: i, now, deadline_at, past_deadline: deadline_at.is_some_and(|at| now >= at), spent: i.spending.exceeded() };
     let Some(current) = current else {
-        return no_attempt(&f, d);
+        return no_attempt(&s, d);
     };
     match &current.state {
         AttemptState::Succeeded { at } => succeeded(d, current, at),
-        AttemptState::Failed { kind, message } => ended(&f, d, current, *kind, message),
-        AttemptState::Stopping(reason) => stopping(&f, d, current, *reason),
-        AttemptState::Queued | AttemptState::Starting | AttemptState::Running => live(&f, d, current),
+        AttemptState::Failed { kind, message } => ended(&s, d, current, *kind, message),
+        AttemptState::Stopping(reason) => stopping(&s, d, current, *reason),
+        AttemptState::Queued | AttemptState::Starting | AttemptState::Running => live(&s, d, current),
     }
 }
 
 /// No attempt yet: the first starts, unless the job is suspended.
-fn no_attempt(f: &Facts, mut d: Decision) -> Decision {
-    if f.i.suspend {
+fn no_attempt(s: &Situation, mut d: Decision) -> Decision {
+    if s.inputs.suspend {
         d.phase = Phase::Suspended;
         d.reason = reasons::SUSPENDED;
         d.message = "runPolicy.suspend is true: no pods run until it is false".into();
@@ -193,21 +204,21 @@ fn succeeded(mut d: Decision, current: &AttemptView, at: &Option<Time>) -> Decis
 
 /// The current attempt ended without success: the job fails, stays suspended, or starts the next
 /// attempt.
-fn ended(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, message: &str) -> Decision {
+fn ended(s: &Situation, mut d: Decision, current: &AttemptView, kind: FailureKind, message: &str) -> Decision {
     let why = match kind {
         // the Job's own message would only say its deadline passed
         FailureKind::StartupTimeout => {
-            format!(": its pods did not start within runPolicy.startupDeadlineSeconds ({}s)", f.i.startup_deadline.as_secs())
+            format!(": its pods did not start within runPolicy.startupDeadlineSeconds ({}s)", s.inputs.startup_deadline.as_secs())
         }
         _ if message.is_empty() => String::new(),
         _ => format!(": {message}"),
     };
     let next = current.attempt + 1;
-    if let Some((reason, message)) = final_failure(f, &d, current, kind, &why) {
+    if let Some((reason, message)) = final_failure(s, &d, current, kind, &why) {
         d.phase = Phase::Failed;
         d.reason = reason;
         d.message = message;
-    } else if let Some(spent) = &f.spent {
+    } else if let Some(spent) = &s.spent {
         // the job waits for its own limit to be raised, and then resumes from its checkpoint
         d.phase = Phase::Queued;
         d.reason = reasons::BUDGET_EXHAUSTED;
@@ -215,21 +226,21 @@ fn ended(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, m
             "{spent}: attempt {} was stopped and wrote a checkpoint; the job waits, Queued, and resumes from it with attempt {next} once the limit is raised or removed",
             current.attempt
         );
-    } else if f.i.suspend {
+    } else if s.inputs.suspend {
         d.phase = Phase::Suspended;
         d.reason = reasons::SUSPENDED;
         d.message = format!("suspended after attempt {}; resuming starts attempt {next} from the latest checkpoint", current.attempt);
     } else {
-        d = retry(f, d, current, kind, &why);
+        d = retry(s, d, current, kind, &why);
     }
     d
 }
 
 /// Why an ended attempt is the job's last, if it is: a permanent failure, the job's deadline or
 /// own limit, or no retries left. `why` is what the attempt's Job said, as `": ..."`.
-fn final_failure(f: &Facts, d: &Decision, current: &AttemptView, kind: FailureKind, why: &str) -> Option<(&'static str, String)> {
-    let (limit, restarts, attempt) = (f.i.backoff_limit, d.restarts, current.attempt);
-    let deadline_secs = f.i.active_deadline.map_or(0, |d| d.as_secs());
+fn final_failure(s: &Situation, d: &Decision, current: &AttemptView, kind: FailureKind, why: &str) -> Option<(&'static str, String)> {
+    let (limit, restarts, attempt) = (s.inputs.backoff_limit, d.restarts, current.attempt);
+    let deadline_secs = s.inputs.active_deadline.map_or(0, |d| d.as_secs());
     Some(match kind {
         FailureKind::Configuration => {
             (reasons::CONFIGURATION_ERROR, format!("attempt {attempt} failed with a configuration error the trainer reports as permanent{why}"))
@@ -237,7 +248,7 @@ fn final_failure(f: &Facts, d: &Decision, current: &AttemptView, kind: FailureKi
         FailureKind::DeadlineExceeded => {
             (reasons::DEADLINE_EXCEEDED, format!("runPolicy.activeDeadlineSeconds ({deadline_secs}s) passed; attempt {attempt} was stopped"))
         }
-        _ if f.past_deadline => (reasons::DEADLINE_EXCEEDED, format!("runPolicy.activeDeadlineSeconds ({deadline_secs}s) passed")),
+        _ if s.past_deadline => (reasons::DEADLINE_EXCEEDED, format!("runPolicy.activeDeadlineSeconds ({deadline_secs}s) passed")),
         _ if restarts > limit => {
             (reasons::BACKOFF_LIMIT_EXCEEDED, format!("{restarts} failed attempts exceed runPolicy.backoffLimit {limit}; the last{why}"))
         }
@@ -250,8 +261,8 @@ fn final_failure(f: &Facts, d: &Decision, current: &AttemptView, kind: FailureKi
 
 /// The next attempt starts after one that ended and may be retried (or was suspended, and the
 /// job is resumed).
-fn retry(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, why: &str) -> Decision {
-    let (limit, restarts, attempt) = (f.i.backoff_limit, d.restarts, current.attempt);
+fn retry(s: &Situation, mut d: Decision, current: &AttemptView, kind: FailureKind, why: &str) -> Decision {
+    let (limit, restarts, attempt) = (s.inputs.backoff_limit, d.restarts, current.attempt);
     let next = attempt + 1;
     d.action = Action::Create(next);
     d.reason = match kind {
@@ -273,7 +284,7 @@ fn retry(f: &Facts, mut d: Decision, current: &AttemptView, kind: FailureKind, w
 
 /// The current attempt is being stopped (by the operator, for `reason`, or by its Job's failure):
 /// wait for its pods to go.
-fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<StopReason>) -> Decision {
+fn stopping(s: &Situation, mut d: Decision, current: &AttemptView, reason: Option<StopReason>) -> Decision {
     d.message = format!("attempt {}: waiting for its pods to stop", current.attempt);
     match reason {
         Some(StopReason::Suspended) => {
@@ -283,7 +294,7 @@ fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<St
         Some(StopReason::Stalled) => {
             d.reason = reasons::STALLED;
             d.stalled = true;
-            d.message = f.stalled(current.attempt);
+            d.message = s.stalled(current.attempt);
         }
         Some(StopReason::DeadlineExceeded) => {
             d.phase = Phase::Running;
@@ -295,7 +306,7 @@ fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<St
             d.reason = reasons::BUDGET_EXHAUSTED;
             d.message = format!(
                 "{}; stopping attempt {}: its pods write a checkpoint",
-                f.spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()),
+                s.spent.clone().unwrap_or_else(|| "a limit of spec.budget is spent".into()),
                 current.attempt
             );
         }
@@ -307,7 +318,7 @@ fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<St
         }
         Some(StopReason::StartupTimeout) => {
             d.reason = reasons::STARTUP_TIMEOUT;
-            d.message = f.not_started(current.attempt, "");
+            d.message = s.not_started(current.attempt, "");
         }
         None => d.reason = reasons::WAITING_FOR_PODS,
     }
@@ -316,9 +327,9 @@ fn stopping(f: &Facts, mut d: Decision, current: &AttemptView, reason: Option<St
 
 /// The current attempt is live (queued, starting or running): it is stopped when the job is
 /// suspended, past its deadline or over its own limit; otherwise its state decides.
-fn live(f: &Facts, mut d: Decision, current: &AttemptView) -> Decision {
+fn live(s: &Situation, mut d: Decision, current: &AttemptView) -> Decision {
     let started = current.started.as_ref().map(secs);
-    if f.i.suspend {
+    if s.inputs.suspend {
         if started.is_some() {
             d.action = Action::Stop(current.attempt, StopReason::Suspended);
         } else {
@@ -329,14 +340,14 @@ fn live(f: &Facts, mut d: Decision, current: &AttemptView) -> Decision {
         d.message = format!("runPolicy.suspend is true: stopping attempt {}; its pods write a checkpoint", current.attempt);
         return d;
     }
-    if f.past_deadline && started.is_some() {
+    if s.past_deadline && started.is_some() {
         d.action = Action::Stop(current.attempt, StopReason::DeadlineExceeded);
         d.phase = Phase::Running;
         d.reason = reasons::DEADLINE_EXCEEDED;
         d.message = format!("runPolicy.activeDeadlineSeconds passed; stopping attempt {}", current.attempt);
         return d;
     }
-    if let Some(why) = &f.spent {
+    if let Some(why) = &s.spent {
         // its pods write a checkpoint; one that never started is simply removed
         (d.action, d.phase) = match started {
             Some(_) => (Action::Stop(current.attempt, StopReason::BudgetExceeded), Phase::Running),
@@ -347,11 +358,11 @@ fn live(f: &Facts, mut d: Decision, current: &AttemptView) -> Decision {
         return d;
     }
     // seconds until the job's deadline, which each state may bring forward
-    let wake = f.deadline_at.map(|at| at - f.now);
+    let wake = s.deadline_at.map(|at| at - s.now);
     match current.state {
         AttemptState::Queued => queued(d, current, wake),
-        AttemptState::Starting => starting(f, d, current, started, wake),
-        _ => running(f, d, current, started, wake),
+        AttemptState::Starting => starting(s, d, current, started, wake),
+        _ => running(s, d, current, started, wake),
     }
 }
 
@@ -398,7 +409,7 @@ fn queued(mut d: Decision, current: &AttemptView, wake: Option<i64>) -> Decision
 
 /// The attempt's pods are not all ready yet: say what keeps them, and stop the attempt once the
 /// startup deadline passes so that it gives its GPUs back.
-fn starting(f: &Facts, mut d: Decision, current: &AttemptView, started: Option<i64>, mut wake: Option<i64>) -> Decision {
+fn starting(s: &Situation, mut d: Decision, current: &AttemptView, started: Option<i64>, mut wake: Option<i64>) -> Decision {
     d.reason = reasons::PODS_STARTING;
     d.message = format!("attempt {}: waiting for its pods to start", current.attempt);
     if let Some(trouble) = &current.trouble {
@@ -406,15 +417,15 @@ fn starting(f: &Facts, mut d: Decision, current: &AttemptView, started: Option<i
         d.message = format!("attempt {}: {}", current.attempt, trouble.message);
     }
     if let Some(started) = started {
-        let give_up = started + f.i.startup_deadline.as_secs() as i64;
-        if f.now >= give_up {
+        let give_up = started + s.inputs.startup_deadline.as_secs() as i64;
+        if s.now >= give_up {
             d.action = Action::Stop(current.attempt, StopReason::StartupTimeout);
             d.reason = reasons::STARTUP_TIMEOUT;
             let why = current.trouble.as_ref().map_or(String::new(), |t| format!(" ({})", t.message));
-            d.message = f.not_started(current.attempt, &why);
+            d.message = s.not_started(current.attempt, &why);
             return d;
         }
-        wake = sooner(wake, give_up - f.now);
+        wake = sooner(wake, give_up - s.now);
     }
     d.requeue_after = requeue(wake);
     d
@@ -422,27 +433,27 @@ fn starting(f: &Facts, mut d: Decision, current: &AttemptView, started: Option<i
 
 /// The attempt runs: the watchdog stops it when it makes no progress, and the pass looks again
 /// when it would stall or spend the job's own limit.
-fn running(f: &Facts, mut d: Decision, current: &AttemptView, started: Option<i64>, mut wake: Option<i64>) -> Decision {
+fn running(s: &Situation, mut d: Decision, current: &AttemptView, started: Option<i64>, mut wake: Option<i64>) -> Decision {
     d.phase = Phase::Running;
     d.reason = reasons::RUNNING;
     d.message = format!("attempt {} is running", current.attempt);
     // progress since the later of the last report and this start
-    let since = [started, f.i.last_progress.as_ref().map(secs)].into_iter().flatten().max();
+    let since = [started, s.inputs.last_progress.as_ref().map(secs)].into_iter().flatten().max();
     if let Some(since) = since {
-        let stall_at = since + f.i.progress_deadline.as_secs() as i64;
-        if f.now >= stall_at {
+        let stall_at = since + s.inputs.progress_deadline.as_secs() as i64;
+        if s.now >= stall_at {
             d.action = Action::Stop(current.attempt, StopReason::Stalled);
             d.phase = Phase::Pending;
             d.reason = reasons::STALLED;
             d.stalled = true;
-            d.message = f.stalled(current.attempt);
+            d.message = s.stalled(current.attempt);
             return d;
         }
-        wake = sooner(wake, stall_at - f.now);
+        wake = sooner(wake, stall_at - s.now);
     }
     // status writes do not wake the controller: look again when the job's own limit would be
     // spent at the rate it spends
-    if let Some(left) = f.i.spending.seconds_left() {
+    if let Some(left) = s.inputs.spending.seconds_left() {
         wake = sooner(wake, left.ceil() as i64);
     }
     d.requeue_after = requeue(wake);

@@ -1,11 +1,13 @@
-//! The TrainingJob controller: `reconcile` runs the stages in order, validate → plan → admit →
-//! decide (`observe`, `lifecycle`) → build → apply → status, each a module of its own here. The
-//! manager (`manager.rs`) wires it to the caches it reads.
+//! The TrainingJob controller. `reconcile` holds the finalizer: a deleted job's pass is
+//! `cleanup`; any other's runs the stages in the order `run_stages` gives (the one place it is
+//! written), each a module of its own here, and `finish` writes their outcome. The manager
+//! (`manager.rs`) wires it to the caches it reads.
 
 pub mod admit;
 pub mod apply;
 pub mod bill;
-pub mod build;
+pub mod charge;
+pub mod children;
 pub mod cleanup;
 pub mod error;
 pub mod lifecycle;
@@ -19,31 +21,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use frugal_api::planner::Plan;
-use frugal_api::v1alpha1::{BudgetSpec, CostStatus, Phase, PricedFrom, TrainingJobStatus};
+use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
 use frugal_api::{TrainingBudget, TrainingJob};
 
 use crate::conditions::reasons;
 use crate::metrics::{Backoff, CategoryLabels, Metrics, ResultLabels};
 use crate::names::{FINALIZER, Names};
 use crate::settings::Settings;
-use crate::training_budget::budget::Demand;
-use crate::training_budget::ledger::{self, Admission};
 use admit::AdmitError;
+use charge::Charged;
 use error::Error;
-use lifecycle::{Inputs, Spending};
+use lifecycle::Inputs;
 use plan::PlannedJob;
 use status::Summary;
+
+/// A TrainingJob as its cache holds it: the job, or, for an object that does not decode as one,
+/// its metadata and the error. One such object is reported by its own pass and waits for a
+/// change; it does not stop the watch, and so the other jobs, from being reconciled.
+pub type CachedJob = DeserializeGuard<TrainingJob>;
 
 /// What a pass works with: the client, the operator's settings, the caches of its Jobs and pods,
 /// the metrics, the event recorder, the per-job backoff, and what was last applied.
@@ -55,7 +61,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
-    pub seen: apply::Seen,
+    pub applied: apply::AppliedChildren,
     /// Whether the Job and pod caches hold their first full list: a pod missing from a cache
     /// still filling would be billed as gone.
     pub synced: [crate::synced::Synced; 3],
@@ -75,8 +81,20 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// The job in a cached object, or why it cannot be read.
+fn decoded(object: &CachedJob) -> Result<Arc<TrainingJob>, Error> {
+    object.0.as_ref().map(|tj| Arc::new(tj.clone())).map_err(|invalid| Error::Undecodable(invalid.error.clone()))
+}
+
 /// One reconcile pass of one TrainingJob.
-pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let tj = match decoded(&object) {
+        Ok(tj) => tj,
+        Err(e) => {
+            report_undecodable(&ctx, &object, &e).await;
+            return Err(e);
+        }
+    };
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
     let span = info_span!("reconcile", job = %key);
     let started = Instant::now();
@@ -150,6 +168,21 @@ enum Outcome {
     Pass { summary: Summary, plan: Option<Box<frugal_api::v1alpha1::PlanStatus>>, requeue: Option<Duration> },
 }
 
+/// One pass of a TrainingJob that is not being deleted. The stages run in this order, written
+/// down here only (the modules and docs/operator.md say what each does):
+///
+/// 1. **validate** the spec into a `ValidJob` (`validate`);
+/// 2. **plan** it (`plan`); a new plan is written into the status before anything starts;
+/// 3. **observe** the attempts in the caches (`observe`), and **admit** the next attempt while
+///    none is live (`admit`);
+/// 4. **charge**: bill the pods, **decide** the run policy's next step knowing what they spent
+///    (`lifecycle`), and settle the job's entry in its budget's ledger (`charge`);
+/// 5. **build** the children, the attempt Job to start among them (`children`);
+/// 6. **apply** them and the decision (`apply`);
+/// 7. **status**: `finish` writes what the pass found in one patch (`status`).
+///
+/// A job whose children the API server refused waits for a new spec; a finished one only lets
+/// its budget go.
 async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<Outcome, Error> {
     // a child the API server refused is refused again until the spec changes: nothing to send
     if refused_unchanged(tj, prev) {
@@ -160,7 +193,7 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     // (finished as its children say, not as the status alone says: a status written by anyone
     // but the operator must not end the billing of pods that run)
     if prev.phase.is_some_and(Phase::is_terminal) && prev.attempt.unwrap_or(0) > 0 && !failed_on_spec(prev) && !attempt_live(tj, ctx) {
-        release_finished(tj, ctx, prev).await?;
+        charge::release_finished(tj, ctx, prev).await?;
         return Ok(Outcome::Finished);
     }
     let valid = validate::validate(tj, &ctx.settings)?;
@@ -177,67 +210,38 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
         return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::ZERO) });
     }
     let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &valid);
-    if admit::gates(&attempts) {
-        let claim = match admit::claim_to_check(&planned) {
-            Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &valid.names.namespace).get_opt(name).await?,
-            None => None,
-        };
-        if let Err(e) = admit::admit(&planned, &ctx.settings, claim.as_ref()) {
-            if let AdmitError::ClaimMissing { .. } = e {
-                let summary = pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev);
-                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: Some(Duration::from_secs(15)) });
-            }
-            return Err(e.into());
-        }
+    if let Some(waiting) = admit_next(ctx, &planned, &attempts, prev).await? {
+        return Ok(Outcome::Pass { summary: waiting, plan: Some(Box::new(plan_status)), requeue: Some(CLAIM_RECHECK) });
     }
-
-    let budget = counted_in(tj, ctx, admit::gates(&attempts))?;
-    let cost = bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, prev).await;
     let start_time = prev.start_time.clone().or_else(|| attempts.iter().filter_map(|a| a.started.clone()).min_by_key(|t| t.0));
     let policy = &valid.spec.run_policy;
-    let mut decision = lifecycle::decide(&Inputs {
-        attempts: &attempts,
-        suspend: policy.suspend,
-        backoff_limit: policy.backoff_limit,
-        active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
-        progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
-        startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
-        start_time: start_time.clone(),
-        last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
-        spending: spending(&valid.spec.budget, &cost, &planned.plan),
-        now: now(),
-    });
-    // the budget's ledger is written before any child is created
-    if let Some(name) = budget.as_deref() {
-        let demand = admit::demand(&decision, &attempts);
-        let gpus = admit::held_gpus(planned.plan.gpus, valid.queue.is_some(), demand, &attempts);
-        let claim = admit::budget_claim(tj, gpus, planned.plan.estimated_gpu_hours, Some(&cost));
-        match ledger::settle(&ctx.client, &valid.names.namespace, name, &claim, demand).await? {
-            Admission::Go => {}
-            Admission::Wait(w) => {
-                let summary = Summary { phase: Phase::Queued, cost: Some(Box::new(cost)), ..pending(w.reason, w.message, prev) };
-                // a change of the budget wakes the job (the controller watches TrainingBudgets)
-                return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
-            }
-            Admission::SpentOut(w) => {
-                if let Some(stop) = lifecycle::stop_for_budget(&decision, &attempts, &w.message) {
-                    decision = stop;
-                }
-            }
-        }
-    }
-    let children = build::build_children(&planned, ctx.settings.metrics_namespace.as_deref());
-    let rejected = |e| match e {
-        apply::ApplyError::Kube(e) => rejection::classify(e, None),
-        taken @ apply::ApplyError::NameTaken { .. } => Error::NameTaken(taken.to_string()),
+    let decide = |spending| {
+        lifecycle::decide(&Inputs {
+            attempts: &attempts,
+            suspend: policy.suspend,
+            backoff_limit: policy.backoff_limit,
+            active_deadline: policy.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
+            progress_deadline: Duration::from_secs(policy.progress_deadline_seconds.max(0) as u64),
+            startup_deadline: Duration::from_secs(policy.startup_deadline_seconds.max(0) as u64),
+            start_time: start_time.clone(),
+            last_progress: prev.progress.as_ref().and_then(|p| p.last_update_time.clone()),
+            spending,
+            now: now(),
+        })
     };
-    apply::apply_children(&ctx.client, &valid.names, &valid.uid, &children, &ctx.seen).await.map_err(rejected)?;
-    apply::ensure_secret(&ctx.client, &planned, &ctx.seen).await.map_err(rejected)?;
-
+    let (cost, decision) = match charge::charge(tj, ctx, &planned, &attempts, prev, decide).await? {
+        Charged::Go { cost, decision } => (cost, decision),
+        Charged::Wait { cost, wait } => {
+            let summary = Summary { phase: Phase::Queued, cost: Some(Box::new(cost)), ..pending(wait.reason, wait.message, prev) };
+            // a change of the budget wakes the job (the controller watches TrainingBudgets)
+            return Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue: None });
+        }
+    };
+    let children = children::build_children(&planned, decision.action.starts(), &ctx.settings);
     if decision.action != lifecycle::Action::Nothing {
         info!(action = ?decision.action, reason = decision.reason, "{}", decision.message);
     }
-    act(ctx, &planned, &decision.action).await?;
+    apply::apply(&ctx.client, &planned, &children, &decision.action, &ctx.applied).await?;
     let summary = Summary {
         phase: decision.phase,
         reason: decision.reason,
@@ -259,100 +263,29 @@ async fn run_stages(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -
     Ok(Outcome::Pass { summary, plan: Some(Box::new(plan_status)), requeue })
 }
 
-/// The job's own limits against what its pods were billed, and its rate while it runs.
-fn spending(budget: &BudgetSpec, cost: &CostStatus, plan: &Plan) -> Spending {
-    let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
-    Spending {
-        gpu_hours: finite(cost.gpu_hours),
-        cost: finite(cost.cost),
-        max_gpu_hours: budget.max_gpu_hours,
-        max_cost: budget.max_cost,
-        gpus: plan.gpus as f64,
-        price_per_gpu_hour: plan.price_per_gpu_hour(),
-    }
-}
+/// How often a job whose checkpoint claim is missing looks again.
+const CLAIM_RECHECK: Duration = Duration::from_secs(15);
 
-/// Bills the job's pods this pass (see `bill`). A pod is priced once, the first time it is
-/// billed: at the job's budget's price (else the GPU table's) for the GPU type its node's
-/// product label names, else for the job's spec.resources.gpuType.
-async fn bill_pods(
-    tj: &TrainingJob,
+/// The admit stage, while no attempt is live (a cap lowered under a running attempt applies to
+/// the next one): `Some` is the status of a job waiting for its checkpoint claim to appear.
+async fn admit_next(
     ctx: &Context,
-    budget: Option<&str>,
-    plan: &Plan,
+    planned: &PlannedJob,
     attempts: &[observe::AttemptView],
     prev: &TrainingJobStatus,
-) -> CostStatus {
-    let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
-    let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
-    let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
-    // prices and currency from the budgets' cache: no request to the API server
-    let namespace = tj.namespace().unwrap_or_default();
-    let budget = budget.and_then(|name| ctx.budgets.get(&ObjectRef::new(name).within(&namespace)));
-    let mut products = std::collections::HashMap::new();
-    for node in new_pods.iter().filter_map(|p| p.node.clone()) {
-        products.insert(node.clone(), gpu_product(ctx, &node).await);
+) -> Result<Option<Summary>, Error> {
+    if !admit::gates(attempts) {
+        return Ok(None);
     }
-    let job_type = tj.spec.resources.gpu_type.clone();
-    let price = |pod: &bill::PodSeen| {
-        let product = pod.node.as_ref().and_then(|n| products.get(n).cloned().flatten());
-        let (gpu_type, priced_from) = match product.as_deref().and_then(frugal_api::planner::gpu_type_of_product) {
-            Some(g) => (g.name.to_string(), PricedFrom::NodeLabel),
-            None => (job_type.clone(), PricedFrom::JobSpec),
-        };
-        let per_gpu_hour = match &budget {
-            Some(b) => crate::training_budget::budget::price(&b.spec, &gpu_type),
-            None => frugal_api::planner::gpu_type(&gpu_type).map_or(0.0, |g| g.usd_per_hour),
-        };
-        bill::Price { gpu_type, priced_from, per_gpu_hour }
+    let claim = match admit::claim_to_check(planned) {
+        Some(name) => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &planned.valid.names.namespace).get_opt(name).await?,
+        None => None,
     };
-    let currency = budget.as_ref().map_or_else(|| plan.currency.clone(), |b| b.spec.currency.clone());
-    let target = prev.quality.as_ref().and_then(|q| q.target_reached_time.as_ref());
-    bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now())
-}
-
-/// The `nvidia.com/gpu.product` label of node `name`, read once and remembered. A node that
-/// cannot be read (the operator's identity may not read nodes) has none.
-async fn gpu_product(ctx: &Context, name: &str) -> Option<String> {
-    if let Some(known) = ctx.gpu_products.lock().unwrap().get(name) {
-        return known.clone();
+    match admit::admit(planned, &ctx.settings, claim.as_ref()) {
+        Ok(()) => Ok(None),
+        Err(e @ AdmitError::ClaimMissing { .. }) => Ok(Some(pending(reasons::WAITING_FOR_CHECKPOINT_CLAIM, e.to_string(), prev))),
+        Err(e) => Err(e.into()),
     }
-    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
-    let product = match api.get_metadata_opt(name).await {
-        Ok(node) => node.and_then(|n| n.labels().get(bill::GPU_PRODUCT_LABEL).cloned()),
-        Err(e) => {
-            debug!(node = name, "reading the node's GPU product label: {e}");
-            None
-        }
-    };
-    ctx.gpu_products.lock().unwrap().insert(name.to_string(), product.clone());
-    product
-}
-
-/// The budget the job is counted in (see `training_budget::effective_budget`); naming another
-/// than its namespace's default is a permanent error when an attempt is to start.
-fn counted_in(tj: &TrainingJob, ctx: &Context, starting: bool) -> Result<Option<String>, Error> {
-    let namespace = tj.namespace().unwrap_or_default();
-    let default = crate::training_budget::namespace_default(&namespace, &ctx.budgets.state());
-    // a live attempt is counted in the default (one that appeared while it ran); the next start
-    // is refused
-    frugal_api::admission::counted_in(&namespace, default, tj.spec.budget.budget_ref.clone(), starting).map_err(|e| AdmitError::from(e).into())
-}
-
-/// A finished job holds nothing: its entry goes, with what it spent (the pass that finished it
-/// released it already, unless that pass was cut short).
-async fn release_finished(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> Result<(), Error> {
-    let (Some(name), Some(namespace)) = (crate::training_budget::effective_budget(tj, &ctx.budgets), tj.namespace()) else {
-        return Ok(());
-    };
-    let gpus = prev.plan.as_ref().map_or(0, |p| i64::from(p.gpus));
-    ledger::settle(&ctx.client, &namespace, &name, &admit::budget_claim(tj, gpus, 0.0, prev.cost.as_ref()), Demand::Release).await?;
-    Ok(())
-}
-
-async fn act(ctx: &Context, planned: &PlannedJob, action: &lifecycle::Action) -> Result<(), Error> {
-    apply::act(&ctx.client, planned, action, &ctx.settings).await?;
-    Ok(())
 }
 
 fn pending(reason: &'static str, message: String, prev: &TrainingJobStatus) -> Summary {
@@ -437,29 +370,20 @@ fn ready_reason(s: &TrainingJobStatus) -> Option<String> {
 
 /// A Warning event with the plan's warnings, when a new plan has any.
 async fn warn_of_plan(ctx: &Context, tj: &TrainingJob, warnings: &[String]) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "PlanWarning".into(),
-        note: Some(warnings.join("; ").chars().take(1024).collect()),
-        action: "Plan".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
-        warn!("publishing an event: {e}");
-    }
+    publish_event(ctx, &tj.object_ref(&()), EventType::Warning, "PlanWarning", &warnings.join("; "), "Plan".into()).await;
 }
 
 /// An event on each transition, a warning when the job failed or stalled.
 async fn publish(ctx: &Context, tj: &TrainingJob, s: &Summary) {
-    let warning = s.phase == Phase::Failed || s.stalled;
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: s.reason.into(),
-        note: Some(s.message.chars().take(1024).collect()),
-        action: format!("{:?}", s.phase),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tj.object_ref(&())).await {
+    let type_ = if s.phase == Phase::Failed || s.stalled { EventType::Warning } else { EventType::Normal };
+    publish_event(ctx, &tj.object_ref(&()), type_, s.reason, &s.message, format!("{:?}", s.phase)).await;
+}
+
+/// Publishes an event on `object`, its note cut to the API's 1024 characters; a failure to
+/// publish is only logged.
+async fn publish_event(ctx: &Context, object: &ObjectReference, type_: EventType, reason: &str, note: &str, action: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1024).collect()), action, secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         warn!("publishing an event: {e}");
     }
 }
@@ -502,22 +426,70 @@ async fn clean_up(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus) -> 
     Ok(Action::await_change())
 }
 
-pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
+/// A Warning event on an object that does not decode as a TrainingJob, saying why.
+async fn report_undecodable(ctx: &Context, object: &CachedJob, error: &Error) {
+    let note = format!("{error}; fix the object (or delete it): the operator does nothing with it until it changes");
+    publish_event(ctx, &object.object_ref(&()), EventType::Warning, "Undecodable", &note, "Read".into()).await;
+}
+
+/// When a failed pass is tried again.
+#[derive(Debug, PartialEq)]
+enum NextTry {
+    /// Not a failure: soon, without counting it or backing off.
+    Soon(Duration),
+    /// After the job's next backoff.
+    Backoff,
+    /// Once the object changes: the same object would fail the same way.
+    OnChange,
+}
+
+fn next_try(error: &Error) -> NextTry {
     match error {
-        // not a failure: a deleted job waits for its pods (each pod's end wakes it too)
-        Error::Stopping { .. } => {
-            debug!(job = %key, "{error}");
-            return Action::requeue(cleanup::STOPPING_CHECK);
-        }
-        Error::StaleCache => {
-            debug!(job = %key, "{error}");
-            return Action::requeue(Duration::from_millis(200));
-        }
-        _ => {}
+        // a deleted job waits for its pods (each pod's end wakes it too)
+        Error::Stopping { .. } => NextTry::Soon(cleanup::STOPPING_CHECK),
+        Error::StaleCache => NextTry::Soon(Duration::from_millis(200)),
+        Error::Undecodable(_) => NextTry::OnChange,
+        _ => NextTry::Backoff,
+    }
+}
+
+pub fn error_policy(object: Arc<CachedJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+    let next = next_try(error);
+    if let NextTry::Soon(after) = next {
+        debug!(job = %key, "{error}");
+        return Action::requeue(after);
     }
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
+    if next == NextTry::OnChange {
+        warn!(job = %key, category = error.category(), "{error}; waiting for the object to change");
+        return Action::await_change();
+    }
     let after = ctx.backoff.next(&key);
     warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
     Action::requeue(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training_job::validate::tests::training_job;
+
+    #[test]
+    fn an_object_that_does_not_decode_is_reported_and_waits_for_a_change() {
+        // what the watch gets for an object whose spec does not fit the types
+        let mut value = serde_json::to_value(training_job(1)).unwrap();
+        value["spec"]["runPolicy"]["backoffLimit"] = "four".into();
+        let object: CachedJob = serde_json::from_value(value).unwrap();
+        assert_eq!(object.name_any(), "lm", "its metadata is kept");
+        let error = decoded(&object).unwrap_err();
+        assert!(matches!(error, Error::Undecodable(_)), "{error}");
+        assert_eq!(error.category(), "undecodable");
+        assert_eq!(error.permanent_reason(), None, "there is no status to write it into");
+        assert_eq!(next_try(&error), NextTry::OnChange);
+        // a job that decodes is the job
+        let object: CachedJob = serde_json::from_value(serde_json::to_value(training_job(1)).unwrap()).unwrap();
+        assert_eq!(decoded(&object).unwrap().spec.run_policy.backoff_limit, training_job(1).spec.run_policy.backoff_limit);
+        assert_eq!(next_try(&Error::CacheClosed), NextTry::Backoff);
+    }
 }

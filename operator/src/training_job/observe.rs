@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use super::bill::{self, AttemptSeen};
-use super::build::{CONFIGURATION_ERROR_EXIT_CODE, rules};
+use super::children::{CONFIGURATION_ERROR_EXIT_CODE, rules};
 use super::validate::ValidJob;
 use crate::conditions::reasons;
 use crate::names::{ATTEMPT_LABEL, JOB_LABEL, JOB_UID_LABEL, STOP_REASON_ANNOTATION};

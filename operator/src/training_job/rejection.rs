@@ -88,7 +88,7 @@ pub fn spec_fields(message: &str, job: &Job, overrides: &PodOverrides) -> Vec<St
 mod tests {
     use super::*;
     use crate::settings::Settings;
-    use crate::training_job::build::{build_job, tests::planned};
+    use crate::training_job::children::{build_job, tests::planned};
     use k8s_openapi::api::core::v1::VolumeMount;
     use kube::core::Status;
 

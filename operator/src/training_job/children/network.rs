@@ -51,7 +51,7 @@ pub fn build_network_policy(job: &ValidJob, metrics_namespace: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training_job::build::tests::{assert_owned, planned};
+    use crate::training_job::children::tests::{assert_owned, planned};
 
     #[test]
     fn stage_ports_admit_only_the_jobs_own_pods_and_metrics_the_named_namespace() {

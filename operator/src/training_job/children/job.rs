@@ -249,7 +249,7 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training_job::build::tests::{assert_owned, planned, planned_from};
+    use crate::training_job::children::tests::{assert_owned, planned, planned_from};
     use crate::training_job::validate::tests::training_job;
     use frugal_api::contract::env;
     use frugal_api::v1alpha1::PodOverrides;

@@ -62,7 +62,7 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training_job::build::tests::{assert_owned, planned};
+    use crate::training_job::children::tests::{assert_owned, planned};
     use frugal_api::contract::TrainerConfig;
 
     #[test]

@@ -44,7 +44,7 @@ pub fn build_role_binding(job: &ValidJob) -> RoleBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::training_job::build::tests::{assert_owned, planned};
+    use crate::training_job::children::tests::{assert_owned, planned};
 
     #[test]
     fn the_role_allows_only_this_jobs_status() {
