@@ -244,7 +244,7 @@ fn the_trainer_runs_a_pipelined_job_and_resumes_it() {
     // every line has its time, and the same lines, folded as a pod's status reporter folds
     // them, give the status the measured bubble and the achieved TFLOP/s
     assert!(first.iter().all(|e| e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))), "{first:?}");
-    let mut fold = frugal_trainer::report::status::Fold::default();
+    let mut fold = frugal_trainer::report::status::TrainerStatus::default();
     for line in first.iter().filter(|l| l["event"] != "summary") {
         fold.observe(&serde_json::from_value(line.clone()).unwrap());
     }

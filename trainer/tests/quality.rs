@@ -12,7 +12,7 @@ use frugal_trainer::parallel::Worker;
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::compare;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::report::status::Fold;
+use frugal_trainer::report::status::TrainerStatus;
 use frugal_trainer::train::Stop;
 use frugal_trainer::train::run::Session;
 use std::path::PathBuf;
@@ -199,7 +199,7 @@ fn the_quality_target_stops_the_run() {
     assert_eq!(row.gpu_hours_to_target, target.device_hours);
     // In a pod, the same events put the moment the target was reached into the status (the
     // operator prices the GPU-hours up to it); a later evaluation does not move it.
-    let mut fold = Fold::default();
+    let mut fold = TrainerStatus::default();
     let mut reached_at_eval = None;
     for event in received.try_iter() {
         fold.observe(&event);

@@ -42,7 +42,7 @@ const SMOOTH_RANGE: (f64, f64) = (1e-5, 1e5);
 
 /// What calibration saw at one quantized weight, in the bank view.
 #[derive(Default)]
-struct Seen {
+struct ActivationStats {
     /// max |x| per input channel, [X, K].
     max_abs: Option<Tensor>,
     /// Kept rows, each [X, r, K].
@@ -57,7 +57,7 @@ pub struct Recorder {
     targets: Vec<usize>,
     /// Forwards the calibration makes: each keeps its share of the rows.
     calls: i64,
-    seen: Arc<Mutex<BTreeMap<usize, Seen>>>,
+    seen: Arc<Mutex<BTreeMap<usize, ActivationStats>>>,
 }
 
 impl Recorder {
@@ -106,7 +106,7 @@ impl Linears for Recorder {
 
 /// Activation statistics of every quantized weight, from calibration forwards.
 pub struct Activations {
-    seen: BTreeMap<usize, Seen>,
+    seen: BTreeMap<usize, ActivationStats>,
 }
 
 impl Activations {

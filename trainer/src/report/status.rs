@@ -60,7 +60,7 @@ impl StatusTarget {
 
 /// The status fields the trainer owns, folded from its events.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Fold {
+pub struct TrainerStatus {
     pub progress: Option<ProgressStatus>,
     pub quality: Option<QualityStatus>,
     pub efficiency: Option<EfficiencyStatus>,
@@ -79,7 +79,7 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-impl Fold {
+impl TrainerStatus {
     /// Continues an earlier attempt's report: a target it reached stays reached (a server-side
     /// apply that left the field out would remove it).
     pub fn resuming(earlier: Option<&QualityStatus>) -> Self {
@@ -220,7 +220,7 @@ async fn report_loop(pod: PodEnv, interval: Duration, events: mpsc::Receiver<Run
         Some(api) => api.get_status(&pod.training_job).await.ok().and_then(|j| j.status).and_then(|s| s.quality),
         None => None,
     };
-    let mut fold = Fold::resuming(earlier.as_ref());
+    let mut fold = TrainerStatus::resuming(earlier.as_ref());
     let mut dirty = false;
     let mut last_sent: Option<Instant> = None;
     loop {
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn events_fold_into_the_trainers_status_fields_and_no_others() {
-        let mut fold = Fold::default();
+        let mut fold = TrainerStatus::default();
         fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }));
         fold.observe(&step(7, 2.5));
         let cloze = ZeroShotResult { name: "cloze".into(), accuracy: 0.25, examples: 64 };
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_teacher_and_the_int8_export_stay_in_quality_across_evaluations() {
-        let mut fold = Fold::default();
+        let mut fold = TrainerStatus::default();
         let teacher = DistillationStatus {
             teacher_checkpoint: "/t/step-000000100".into(),
             teacher_parameters: 1000,
@@ -353,14 +353,14 @@ mod tests {
 
     #[test]
     fn a_pipelined_step_reports_its_measured_bubble() {
-        let mut fold = Fold::default();
+        let mut fold = TrainerStatus::default();
         fold.observe(&RunEvent::Step(Step { step: 3, pipeline_bubble: Some(0.21), bubble_theory: Some(0.2), ..Default::default() }));
         assert_eq!(fold.patch()["status"]["efficiency"]["pipelineBubble"], 0.21);
     }
 
     #[test]
     fn reaching_the_target_records_when_and_keeps_it() {
-        let mut fold = Fold::default();
+        let mut fold = TrainerStatus::default();
         fold.observe(&eval(100, 2.4, false));
         assert!(fold.patch()["status"]["quality"].get("targetReachedTime").is_none());
         fold.observe(&step(200, 2.0));
@@ -382,18 +382,18 @@ mod tests {
         // a later attempt carries an earlier attempt's time (server-side apply would drop a
         // field its manager leaves out) and does not replace it
         let earlier = QualityStatus { step: 200, target_reached_time: Some(reached.clone()), tokens_to_target: Some(20_000), ..Default::default() };
-        let mut next = Fold::resuming(Some(&earlier));
+        let mut next = TrainerStatus::resuming(Some(&earlier));
         next.observe(&step(400, 1.8));
         next.observe(&eval(400, 1.7, true));
         assert_eq!((next.target_reached_time, next.tokens_to_target), (Some(reached), Some(20_000)));
-        let mut fresh = Fold::resuming(None);
+        let mut fresh = TrainerStatus::resuming(None);
         fresh.observe(&eval(1, 3.0, false));
         assert!(fresh.patch()["status"]["quality"].get("targetReachedTime").is_none());
     }
 
     #[test]
     fn a_nan_loss_is_left_out_and_its_step_reported() {
-        let mut fold = Fold::default();
+        let mut fold = TrainerStatus::default();
         fold.observe(&step(1, 2.0));
         fold.observe(&step(2, f64::NAN));
         let patch = fold.patch();
