@@ -36,11 +36,6 @@ pub const FIELD_MANAGER: &str = "frugal-e2e";
 pub const TEST_OUTCOME_ANNOTATION: &str = "frugal.dev/test-outcome";
 /// Exit code written into the finished pod's container statuses (default 0 / 1).
 pub const TEST_EXIT_CODE_ANNOTATION: &str = "frugal.dev/test-exit-code";
-/// Pods with this label set to `"true"` get no status from kwok; the pod runner drives them.
-pub const POD_RUNNER_LABEL: &str = "frugal.dev/pod-runner";
-/// A marked pod that also carries this label waits: kwok still leaves it alone, and the pod
-/// runner starts it only once the label is removed.
-pub const POD_RUNNER_HOLD_LABEL: &str = "frugal.dev/pod-runner-hold";
 
 /// GPU resource the fake nodes offer, and how many each GPU node has.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";

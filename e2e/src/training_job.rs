@@ -84,12 +84,6 @@ pub async fn finished_within(ctx: &TestContext, name: &str, limit: std::time::Du
         .ok_or_else(|| anyhow::anyhow!("{name} was deleted"))
 }
 
-/// What the pod runner captured of a pod's output (`FRUGAL_POD_RUNNER_LOG_DIR`).
-pub fn pod_output(namespace: &str, pod: &str) -> String {
-    let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
-    std::fs::read_to_string(std::path::Path::new(&dir).join(format!("{namespace}.{pod}.log"))).unwrap_or_default()
-}
-
 /// A job of `stages` pipeline stages of a small model, `gpus_per_pod` of them to a pod, on the
 /// fake GPU nodes: kwok runs its pods, which stay Running until a test sets their outcome.
 pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
@@ -116,24 +110,12 @@ fn manifest(name: &str, spec: &str) -> TrainingJob {
         .expect("the test job parses")
 }
 
-/// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data in
-/// `stages` pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given.
-pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
-    let placement = format!(
-        "    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}\n  podTemplate:\n    labels: {{{}: \"true\"}}\n",
-        crate::POD_RUNNER_LABEL
-    );
-    small_cpu_job(name, steps, claim, stages, &placement)
-}
-
-/// The same job on the real node: its pods run the trainer image in containers (the operator's
-/// `--trainer-cpu-image`), find their peers through cluster DNS and report with their own token.
+/// A CPU job on the real node: `steps` steps of a tiny model on synthetic data in `stages`
+/// pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given. Its pods
+/// run the trainer image in containers (the operator's `--trainer-cpu-image`), find their peers
+/// through cluster DNS and report with their own token.
 pub fn real_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
     let (key, value) = crate::node::REAL_NODE_LABEL;
-    small_cpu_job(name, steps, claim, stages, &format!("    nodeSelector: {{{key}: {value}}}\n  podTemplate:\n"))
-}
-
-fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, placement: &str) -> TrainingJob {
     let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
     manifest(
         name,
@@ -154,7 +136,9 @@ fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, place
   runPolicy: {{backoffLimit: 2}}
   resources:
     device: CPU
-{placement}    env: [{{name: FRUGAL_THREADS, value: "1"}}]
+    nodeSelector: {{{key}: {value}}}
+  podTemplate:
+    env: [{{name: FRUGAL_THREADS, value: "1"}}]
 {checkpoint}"#,
         ),
     )
