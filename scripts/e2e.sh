@@ -9,7 +9,9 @@
 # Environment: FRUGAL_CLUSTER_DIR (cluster state, default /tmp/frugal-cluster),
 # FRUGAL_BIN_CACHE (binaries, default ~/.cache/frugal/k8s-bins), FRUGAL_REAL_NODE=0 (fake nodes
 # only: no images, no kubelet; the tests that need the real node say so and pass),
-# FRUGAL_OPERATOR_LOG (a log file printed when a test fails). Extra arguments go to `cargo test`.
+# FRUGAL_OPERATOR_LOG (a log file printed when a test fails), FRUGAL_E2E_KEEP_NAMESPACE=1 (a
+# failed test keeps its namespace, and the cluster stays up for inspecting it; `e2e/cluster/down`
+# ends it). Extra arguments go to `cargo test`.
 set -euo pipefail
 # The body is one compound command, so bash has read all of it before running any: editing
 # this file while it runs cannot change what a running copy does.
@@ -45,6 +47,11 @@ if [[ $FRUGAL_REAL_NODE == 1 ]]; then
 fi
 stop() {
   rm -rf "$scratch"
+  # status is set once the tests run
+  if [[ ${status:-0} != 0 && ${FRUGAL_E2E_KEEP_NAMESPACE:-0} == 1 ]]; then
+    echo "e2e: the cluster stays up for inspection (FRUGAL_E2E_KEEP_NAMESPACE=1): KUBECONFIG=$KUBECONFIG; e2e/cluster/down ends it" >&2
+    return
+  fi
   "$root/e2e/cluster/down" || true
   # the real node's hostPath checkpoint volumes (e2e/src/node.rs)
   rm -rf "${TMPDIR:-/tmp}/frugal-e2e-volumes"
