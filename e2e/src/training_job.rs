@@ -62,11 +62,22 @@ pub async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usiz
 
 /// The step a trainer's output says it resumed at (its `resume` event), if it resumed.
 pub fn resumed_at(output: &str) -> Option<i64> {
+    event_steps(output, "resume").next()
+}
+
+/// The step of the last checkpoint a trainer's output says it committed (its `checkpoint`
+/// events), if any.
+pub fn last_checkpoint(output: &str) -> Option<i64> {
+    event_steps(output, "checkpoint").last()
+}
+
+/// The steps of a trainer's JSON events named `event`, in order.
+fn event_steps<'a>(output: &'a str, event: &'a str) -> impl Iterator<Item = i64> + 'a {
     output
         .lines()
-        .find(|l| l.contains("\"event\":\"resume\""))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["step"].as_i64())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(move |v| v["event"] == event)
+        .filter_map(|v| v["step"].as_i64())
 }
 
 /// Waits until the TrainingJob has Succeeded or Failed.

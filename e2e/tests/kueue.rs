@@ -18,7 +18,7 @@ use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
 use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, condition, finished_within, job_where, phase, real_cpu_job, resumed_at, running_pods};
+use frugal_e2e::training_job::{apply, condition, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, running_pods};
 use frugal_e2e::{FIELD_MANAGER, GPU_RESOURCE, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 use frugal_api::admission::KUEUE_QUEUE_LABEL as QUEUE_LABEL;
@@ -307,13 +307,7 @@ async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
         let status = evicted.status.as_ref().unwrap();
         ensure!(status.restarts.unwrap_or(0) == 0, "the eviction counted as a restart: {status:?}");
         let stopped = tokio::time::timeout(Duration::from_secs(60), output).await.context("the evicted pod's log did not end")??;
-        let checkpoint = stopped
-            .lines()
-            .filter(|l| l.contains("\"event\":\"checkpoint\""))
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["step"].as_i64())
-            .next_back()
-            .with_context(|| format!("attempt 1 wrote no checkpoint:\n{stopped}"))?;
+        let checkpoint = last_checkpoint(&stopped).with_context(|| format!("attempt 1 wrote no checkpoint:\n{stopped}"))?;
 
         // readmitted: the same attempt's Job starts a new pod, which resumes from the last checkpoint
         let activate = serde_json::json!({"spec": {"active": true}});

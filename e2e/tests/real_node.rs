@@ -19,7 +19,7 @@ use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::{DistillSpec, ExportSpec, Phase, QuantizeFormat, TeacherSpec};
 use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, finished_within, job_where, phase, real_cpu_job, resumed_at};
+use frugal_e2e::training_job::{apply, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at};
 use frugal_e2e::{TestContext, manifests, run};
 
 /// The pod ran in a container (containerd's ID) on the node labelled as the real one.
@@ -346,13 +346,7 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
         // the kubelet delivers SIGTERM; the trainer commits a checkpoint within the grace period
         ctx.api::<Pod>().delete(&name, &DeleteParams::default()).await?;
         let stopped = tokio::time::timeout(Duration::from_secs(90), log).await.context("the deleted pod's log did not end")??;
-        let checkpoint = stopped
-            .lines()
-            .filter(|l| l.contains("\"event\":\"checkpoint\""))
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["step"].as_i64())
-            .next_back()
-            .with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
+        let checkpoint = last_checkpoint(&stopped).with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
         ensure!(stopped.contains("signal"), "attempt 1 did not stop on the signal:\n{stopped}");
         eprintln!("e2e: {name} checkpointed at step {checkpoint} on SIGTERM");
 
