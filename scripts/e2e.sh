@@ -9,7 +9,9 @@
 # Environment: FRUGAL_CLUSTER_DIR (cluster state, default /tmp/frugal-cluster),
 # FRUGAL_BIN_CACHE (binaries, default ~/.cache/frugal/k8s-bins), FRUGAL_REAL_NODE=0 (fake nodes
 # only: no images, no kubelet; the tests that need the real node say so and pass),
-# FRUGAL_OPERATOR_LOG (a log file printed when a test fails). Extra arguments go to `cargo test`.
+# FRUGAL_OPERATOR_LOG (a log file printed when a test fails), FRUGAL_E2E_KEEP_NAMESPACE=1 (a
+# failed test keeps its namespace, and the cluster stays up for inspecting it; `e2e/cluster/down`
+# ends it). Extra arguments go to `cargo test`.
 set -euo pipefail
 # The body is one compound command, so bash has read all of it before running any: editing
 # this file while it runs cannot change what a running copy does.
@@ -19,45 +21,41 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # Build everything first, so the cluster only lives while tests run: the cluster binaries (or
-# find them in the cache), the pod runner, the trainer and operator it and the tests start, and
-# the test binaries.
+# find them in the cache), the operator and the kubectl plugin the tests start, and the test
+# binaries.
 eval "$("$root/e2e/cluster/build")"
 # shellcheck source=env.sh
 source "$root/scripts/env.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
-# The pod runner stands in for the kubelet on kwok's nodes and runs marked pods' commands,
-# such as frugal-trainer, as local processes. The operator tests start
-# `frugal-operator run` themselves, one per test namespace.
-cargo build -p frugal-pod-runner -p frugal-trainer -p frugal-operator -p kubectl-frugal
+# The operator tests start `frugal-operator run` themselves, one per test namespace; trainers
+# run in containers on the real node, from the image.
+cargo build -p frugal-operator -p kubectl-frugal
 export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
 # the GitOps tests evaluate Argo CD's health scripts and kstatus with it (e2e/tests/gitops.rs)
 export FRUGAL_GITOPS_BIN=$GITOPS_BIN/frugal-gitops
 cargo test -p frugal-e2e --no-run
 
-runner_dir=$(mktemp -d "${TMPDIR:-/tmp}/frugal-pod-runner.XXXXXX")
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/frugal-e2e.XXXXXX")
 # The images the chart names by default, built as `make images` builds them, reach the real
 # node's containerd as an archive (no registry).
 export FRUGAL_REAL_NODE=${FRUGAL_REAL_NODE:-1}
 if [[ $FRUGAL_REAL_NODE == 1 ]]; then
   images_start=$SECONDS
-  "$root/images/build" --export "$runner_dir/images.tar" operator trainer-cpu >/dev/null
+  "$root/images/build" --export "$scratch/images.tar" operator trainer-cpu >/dev/null
   echo "e2e: images built and exported in $((SECONDS - images_start))s" >&2
-  export FRUGAL_NODE_IMAGES=$runner_dir/images.tar
+  export FRUGAL_NODE_IMAGES=$scratch/images.tar
 fi
-runner_pid=
 # shellcheck disable=SC2317 # called from the EXIT trap below
 stop() {
-  if [[ -n $runner_pid ]]; then
-    kill -TERM "$runner_pid" 2>/dev/null || true
-    wait "$runner_pid" 2>/dev/null || true
-    if [[ ${status:-1} != 0 ]]; then
-      echo "--- pod runner log (last 40 lines) ---" >&2
-      tail -n 40 "$runner_dir/pod-runner.log" >&2 || true
-    fi
+  rm -rf "$scratch"
+  # status is set once the tests run
+  if [[ ${status:-0} != 0 && ${FRUGAL_E2E_KEEP_NAMESPACE:-0} == 1 ]]; then
+    echo "e2e: the cluster stays up for inspection (FRUGAL_E2E_KEEP_NAMESPACE=1): KUBECONFIG=$KUBECONFIG; e2e/cluster/down ends it" >&2
+    return
   fi
   "$root/e2e/cluster/down" || true
   # the real node's hostPath checkpoint volumes (e2e/src/node.rs)
-  rm -rf "$runner_dir" "${TMPDIR:-/tmp}/frugal-e2e-volumes"
+  rm -rf "${TMPDIR:-/tmp}/frugal-e2e-volumes"
 }
 trap stop EXIT
 cluster_up() { "$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1; }
@@ -68,15 +66,10 @@ kubeconfig=$(cluster_up) || {
   kubeconfig=$(cluster_up)
 }
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
-rm -f "$runner_dir/images.tar"
+rm -f "$scratch/images.tar"
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
 # the chart tests run helm and kubectl from the same pinned builds
 export PATH=$HELM_BIN:$K8S_BIN:$PATH
-export FRUGAL_POD_RUNNER_WORK_DIR=$runner_dir/work FRUGAL_POD_RUNNER_LOG_DIR=$runner_dir/logs
-"$target/debug/frugal-pod-runner" --work-dir "$FRUGAL_POD_RUNNER_WORK_DIR" \
-  --log-dir "$FRUGAL_POD_RUNNER_LOG_DIR" --path-prefix "$target/debug:$K8S_BIN" \
-  >"$runner_dir/pod-runner.log" 2>&1 &
-runner_pid=$!
 
 status=0
 cargo test -p frugal-e2e "$@" || status=$?

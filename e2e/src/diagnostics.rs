@@ -18,7 +18,6 @@ pub async fn dump(client: &Client, namespace: &str) {
     out.push_str(&events(client, namespace).await);
     out.push_str(&operator_log());
     out.push_str(&namespace_operator_log(namespace));
-    out.push_str(&pod_runner_logs(namespace));
     out.push_str(&container_logs(client, namespace).await);
     let _ = writeln!(out, "===== end of diagnostics =====");
     eprint!("{out}");
@@ -139,31 +138,6 @@ async fn container_logs(client: &Client, namespace: &str) -> String {
             let text = pods.logs(&pod.name_any(), &params).await.unwrap_or_else(|e| format!("(no log: {e})"));
             let _ = writeln!(out, "--- container log {}/{} ---\n{text}", pod.name_any(), c.name);
         }
-    }
-    out
-}
-
-/// The output of this namespace's pods that the pod runner ran (`<namespace>.<pod>.log` under
-/// `FRUGAL_POD_RUNNER_LOG_DIR`), last lines of each.
-fn pod_runner_logs(namespace: &str) -> String {
-    let Ok(dir) = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR") else {
-        return String::new();
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return String::new();
-    };
-    let prefix = format!("{namespace}.");
-    let mut out = String::new();
-    let mut paths: Vec<std::path::PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(OPERATOR_LOG_LINES)..];
-        let _ = writeln!(out, "--- pod output {} (last {} of {} lines) ---\n{}", path.display(), tail.len(), lines.len(), tail.join("\n"));
     }
     out
 }

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Resou
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
-use crate::{GPU_RESOURCE, POD_RUNNER_HOLD_LABEL, POD_RUNNER_LABEL, TEST_EXIT_CODE_ANNOTATION, TEST_OUTCOME_ANNOTATION};
+use crate::{GPU_RESOURCE, TEST_EXIT_CODE_ANNOTATION, TEST_OUTCOME_ANNOTATION};
 
 /// Image for pods that never really run (kwok fakes their containers).
 pub const FAKE_IMAGE: &str = "registry.invalid/frugal/fake:latest";
@@ -34,10 +34,6 @@ pub trait PodExt {
     fn gpus(self, n: u32) -> Self;
     /// Pre-sets the outcome kwok gives the pod once it is Running.
     fn outcome(self, outcome: &str, exit_code: Option<i32>) -> Self;
-    /// Marks the pod as driven by the pod runner: kwok leaves its status alone.
-    fn pod_runner(self) -> Self;
-    /// Marks the pod as driven by the pod runner but held: nothing starts it.
-    fn held(self) -> Self;
     /// Pins the pod to a node, bypassing the scheduler.
     fn on_node(self, node: &str) -> Self;
 }
@@ -57,17 +53,6 @@ impl PodExt for Pod {
             annotations.insert(TEST_EXIT_CODE_ANNOTATION.into(), code.to_string());
         }
         self
-    }
-
-    fn pod_runner(mut self) -> Self {
-        self.metadata.labels.get_or_insert_with(Default::default).insert(POD_RUNNER_LABEL.into(), "true".into());
-        self
-    }
-
-    fn held(self) -> Self {
-        let mut pod = self.pod_runner();
-        pod.metadata.labels.get_or_insert_with(Default::default).insert(POD_RUNNER_HOLD_LABEL.into(), "true".into());
-        pod
     }
 
     fn on_node(mut self, node: &str) -> Self {
@@ -95,14 +80,6 @@ pub fn job(name: &str, template: Pod) -> Job {
 /// The pod's phase, or `""` before it has one.
 pub fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
-}
-
-/// A ReadWriteMany claim named `claim` in `ctx`'s namespace, statically bound to a hostPath
-/// volume (the test cluster has no provisioner). Returns the volume's name, for deleting it.
-/// The pod runner gives every pod that mounts the claim the same directory, kept across pods.
-pub async fn shared_claim(ctx: &crate::TestContext, claim: &str) -> anyhow::Result<String> {
-    let volume = format!("{}-{claim}", ctx.namespace);
-    hostpath_claim(ctx, claim, &volume, serde_json::json!({"path": format!("/tmp/{volume}")})).await
 }
 
 /// A ReadWriteMany claim named `claim` statically bound to the hostPath volume `volume` with

@@ -7,7 +7,8 @@
 //!
 //! Each test runs inside [`run`], which gives it a fresh namespace, waits on conditions through
 //! watches (never sleeps), and on failure prints the namespace's pods and events and the tail of
-//! the operator log named by `FRUGAL_OPERATOR_LOG`, then deletes the namespace either way.
+//! the operator log named by `FRUGAL_OPERATOR_LOG`, then deletes the namespace (a failed test's
+//! is kept for inspection with `FRUGAL_E2E_KEEP_NAMESPACE=1`).
 
 pub mod diagnostics;
 pub mod fixtures;
@@ -36,11 +37,6 @@ pub const FIELD_MANAGER: &str = "frugal-e2e";
 pub const TEST_OUTCOME_ANNOTATION: &str = "frugal.dev/test-outcome";
 /// Exit code written into the finished pod's container statuses (default 0 / 1).
 pub const TEST_EXIT_CODE_ANNOTATION: &str = "frugal.dev/test-exit-code";
-/// Pods with this label set to `"true"` get no status from kwok; the pod runner drives them.
-pub const POD_RUNNER_LABEL: &str = "frugal.dev/pod-runner";
-/// A marked pod that also carries this label waits: kwok still leaves it alone, and the pod
-/// runner starts it only once the label is removed.
-pub const POD_RUNNER_HOLD_LABEL: &str = "frugal.dev/pod-runner-hold";
 
 /// GPU resource the fake nodes offer, and how many each GPU node has.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -49,6 +45,12 @@ pub const GPUS_PER_NODE: u32 = 4;
 /// True when `FRUGAL_E2E=1`.
 pub fn enabled() -> bool {
     std::env::var("FRUGAL_E2E").is_ok_and(|v| v == "1")
+}
+
+/// True when `FRUGAL_E2E_KEEP_NAMESPACE=1`: a failed test leaves its namespace, and what is in
+/// it, for inspection.
+pub fn keep_failed_namespace() -> bool {
+    std::env::var("FRUGAL_E2E_KEEP_NAMESPACE").is_ok_and(|v| v == "1")
 }
 
 /// How long any single wait may take (`FRUGAL_E2E_TIMEOUT_SECS`, default 90).
@@ -95,8 +97,8 @@ pub async fn connect() -> Result<Client> {
 ///
 /// Without `FRUGAL_E2E=1` it prints a note and returns, so the test passes without a cluster.
 /// With it, a missing cluster, an `Err` or a panic in `body` fails the test; on failure the
-/// namespace's pods, events and the operator log are printed first. The namespace is deleted in
-/// every case.
+/// namespace's pods, events and the operator log are printed first. The namespace is deleted,
+/// unless the test failed and [`keep_failed_namespace`] says to keep it.
 pub async fn run<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(TestContext) -> Fut,
@@ -123,7 +125,9 @@ where
     if failure.is_some() {
         diagnostics::dump(&client, &namespace).await;
     }
-    if let Err(e) = delete_namespace(&client, &namespace).await {
+    if failure.is_some() && keep_failed_namespace() {
+        eprintln!("e2e: kept namespace {namespace} for inspection (FRUGAL_E2E_KEEP_NAMESPACE=1); `kubectl delete namespace {namespace}` removes it");
+    } else if let Err(e) = delete_namespace(&client, &namespace).await {
         eprintln!("e2e: deleting namespace {namespace}: {e:#}");
     }
     if let Some(msg) = failure {

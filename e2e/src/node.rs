@@ -3,18 +3,23 @@
 //! project's images.
 
 use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use futures::{AsyncBufReadExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{LogParams, Patch, PatchParams};
+use kube::api::{ListParams, LogParams, Patch, PatchParams};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt as _};
 
-use crate::TestContext;
+use crate::{TestContext, wait};
 
 /// The label the real node carries (`e2e/cluster/node/lib.sh`, `e2e/kind/run`); pods select it
 /// to run for real, as kwok's nodes are selected by `type: kwok`.
 pub const REAL_NODE_LABEL: (&str, &str) = ("frugal.dev/node", "real");
+
+/// How long real training in containers may take: on two cores, longer than a status change.
+pub const TRAINING: Duration = Duration::from_secs(420);
 
 /// The images `images/build` makes, under the names the chart gives them by default.
 pub fn version() -> &'static str {
@@ -144,24 +149,66 @@ pub fn follow_logs(ctx: &TestContext, pod: &str) -> tokio::task::JoinHandle<Stri
     let api = ctx.api::<Pod>();
     let pod = pod.to_string();
     tokio::spawn(async move {
-        let params = LogParams { container: Some("trainer".into()), follow: true, ..Default::default() };
-        let mut out = String::new();
-        // the container may not have started yet
-        for _ in 0..600 {
-            match api.log_stream(&pod, &params).await {
-                Ok(stream) => {
-                    let mut lines = stream.lines();
-                    while let Ok(Some(line)) = lines.try_next().await {
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                    return out;
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-            }
+        match follow(&api, &pod, |_| false).await {
+            Ok((out, _)) => out,
+            Err(e) => format!("(no log: {e:#})"),
         }
-        out
     })
+}
+
+/// Follows `pod`'s trainer log until a line contains `needle`, for at most `limit`; the log up
+/// to and including that line.
+pub async fn log_until(ctx: &TestContext, pod: &str, needle: &str, limit: Duration) -> Result<String> {
+    let api = ctx.api::<Pod>();
+    let (out, found) = wait::within(limit, &format!("{pod} to log {needle}"), follow(&api, pod, |line| line.contains(needle))).await?;
+    ensure!(found, "{pod}'s log ended without {needle}:\n{out}");
+    Ok(out)
+}
+
+/// Waits until `pod`'s trainer container has started (the API server serves no log before),
+/// then reads its log as it is written, line by line, until `stop` says so or the container
+/// ends. The lines read, and whether `stop` ended it.
+async fn follow(api: &Api<Pod>, pod: &str, mut stop: impl FnMut(&str) -> bool) -> Result<(String, bool)> {
+    let started = |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "trainer")?.state.as_ref())
+            .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+    };
+    kube::runtime::wait::await_condition(api.clone(), pod, started).await?.with_context(|| format!("{pod} was deleted before it started"))?;
+    let params = LogParams { container: Some("trainer".into()), follow: true, ..Default::default() };
+    let mut lines = std::pin::pin!(api.log_stream(pod, &params).await?.lines());
+    let mut out = String::new();
+    while let Some(line) = lines.try_next().await? {
+        out.push_str(&line);
+        out.push('\n');
+        if stop(&line) {
+            return Ok((out, true));
+        }
+    }
+    Ok((out, false))
+}
+
+/// The pods of attempt `attempt` of `job`, by name.
+pub async fn attempt_pods(ctx: &TestContext, job: &str, attempt: i32) -> Result<Vec<Pod>> {
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
+    let mut pods = ctx.api::<Pod>().list(&ListParams::default().labels(&selector)).await?.items;
+    pods.sort_by_key(|p| p.name_any());
+    Ok(pods)
+}
+
+/// Waits up to `limit` until a pod of attempt `attempt` of `job` has logged `needle`, following
+/// the logs of the attempt's pods once the first of them exists.
+pub async fn pod_logging(ctx: &TestContext, job: &str, attempt: i32, needle: &str, limit: Duration) -> Result<Pod> {
+    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
+    let what = format!("a pod of {job} attempt {attempt} to log {needle}");
+    wait::within(limit, &what, async {
+        wait::for_any(&ctx.api::<Pod>(), watcher::Config::default().labels(&selector), &format!("a pod of {job} attempt {attempt}"), |_| true)
+            .await?;
+        let pods = attempt_pods(ctx, job, attempt).await?;
+        let logging = pods.into_iter().map(|pod| Box::pin(async move { log_until(ctx, &pod.name_any(), needle, limit).await.map(|_| pod) }));
+        futures::future::select_ok(logging).await.map(|(pod, _)| pod)
+    })
+    .await
 }
 
 /// The node a pod was scheduled to and its container's ID as the kubelet reports it

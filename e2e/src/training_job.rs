@@ -63,11 +63,22 @@ pub async fn running_pods(ctx: &TestContext, job: &str, attempt: i32, pods: usiz
 
 /// The step a trainer's output says it resumed at (its `resume` event), if it resumed.
 pub fn resumed_at(output: &str) -> Option<i64> {
+    event_steps(output, "resume").next()
+}
+
+/// The step of the last checkpoint a trainer's output says it committed (its `checkpoint`
+/// events), if any.
+pub fn last_checkpoint(output: &str) -> Option<i64> {
+    event_steps(output, "checkpoint").last()
+}
+
+/// The steps of a trainer's JSON events named `event`, in order.
+fn event_steps<'a>(output: &'a str, event: &'a str) -> impl Iterator<Item = i64> + 'a {
     output
         .lines()
-        .find(|l| l.contains("\"event\":\"resume\""))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["step"].as_i64())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(move |v| v["event"] == event)
+        .filter_map(|v| v["step"].as_i64())
 }
 
 /// Waits until the TrainingJob has Succeeded or Failed.
@@ -85,36 +96,16 @@ pub async fn finished_within(ctx: &TestContext, name: &str, limit: std::time::Du
         .ok_or_else(|| anyhow::anyhow!("{name} was deleted"))
 }
 
-/// What the pod runner captured of a pod's output (`FRUGAL_POD_RUNNER_LOG_DIR`).
-pub fn pod_output(namespace: &str, pod: &str) -> String {
-    let dir = std::env::var("FRUGAL_POD_RUNNER_LOG_DIR").unwrap_or_default();
-    std::fs::read_to_string(std::path::Path::new(&dir).join(format!("{namespace}.{pod}.log"))).unwrap_or_default()
-}
-
 /// A job of `stages` pipeline stages of a small model, `gpus_per_pod` of them to a pod, on the
 /// fake GPU nodes: kwok runs its pods, which stay Running until a test sets their outcome.
 pub fn fake_gpu_job(name: &str, stages: i32, gpus_per_pod: i32) -> TrainingJob {
     TrainingJob::test().name(name).stages(stages).gpus_per_pod(gpus_per_pod).micro_batches(8).batch_size(16).node_selector("type", "kwok").build()
 }
 
-/// A TrainingJob named `name` with the `spec` given as YAML (indented under `spec:`).
-fn manifest(name: &str, spec: &str) -> TrainingJob {
-    serde_saphyr::from_str(&format!("apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:{spec}"))
-        .expect("the test job parses")
-}
-
-/// A CPU job the pod runner runs for real: `steps` steps of a tiny model on synthetic data in
-/// `stages` pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given.
-pub fn cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
-    let placement = format!(
-        "    nodeSelector: {{kubernetes.io/hostname: frugal-cpu-0}}\n  podTemplate:\n    labels: {{{}: \"true\"}}\n",
-        crate::POD_RUNNER_LABEL
-    );
-    small_cpu_job(name, steps, claim, stages, &placement)
-}
-
-/// The same job on the real node: its pods run the trainer image in containers (the operator's
-/// `--trainer-cpu-image`), find their peers through cluster DNS and report with their own token.
+/// A CPU job on the real node: `steps` steps of a tiny model on synthetic data in `stages`
+/// pipeline stages (one pod each), checkpointing every 10 steps to `claim` if given. Its pods
+/// run the trainer image in containers (the operator's `--trainer-cpu-image`), find their peers
+/// through cluster DNS and report with their own token.
 pub fn real_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) -> TrainingJob {
     let (key, value) = crate::node::REAL_NODE_LABEL;
     cpu_training_job(name, steps, claim, stages).node_selector(key, value).build()
@@ -139,35 +130,6 @@ fn cpu_training_job(name: &str, steps: i64, claim: Option<&str>, stages: i32) ->
         })
         .cpu()
         .env("FRUGAL_THREADS", "1")
-}
-
-/// [`cpu_job`]'s job: [`cpu_training_job`] written as YAML, which goes, with `manifest`, when
-/// `cpu_job` and the pod runner go.
-fn small_cpu_job(name: &str, steps: i64, claim: Option<&str>, stages: i32, placement: &str) -> TrainingJob {
-    let checkpoint = claim.map_or(String::new(), |c| format!("  checkpoint: {{claimName: {c}}}\n"));
-    manifest(
-        name,
-        &format!(
-            r#"
-  model:
-    type: Custom
-    custom: {{layers: 4, dModel: 32, heads: 2, seqLen: 16, vocabSize: 257}}
-  data: {{source: {{type: Synthetic, synthetic: {{tokens: 20000}}}}}}
-  parallelism: {{pipelineStages: {stages}, microBatches: 4, schedule: 1f1b}}
-  training:
-    duration: {{type: Steps, steps: {steps}}}
-    batchSize: 4
-    precision: fp32
-    evalInterval: 1000000
-    checkpointInterval: 10
-    logInterval: 1
-  runPolicy: {{backoffLimit: 2}}
-  resources:
-    device: CPU
-{placement}    env: [{{name: FRUGAL_THREADS, value: "1"}}]
-{checkpoint}"#,
-        ),
-    )
 }
 
 /// Ends a Running fake pod as Succeeded: kwok's stage reads [`crate::TEST_OUTCOME_ANNOTATION`]

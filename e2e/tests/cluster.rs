@@ -1,17 +1,17 @@
 //! The test cluster behaves as the operator's tests assume: GPU nodes exist, the scheduler
-//! enforces GPU counts, pods stay Running until a test finishes them, pod-runner pods are left
-//! alone, and ServiceAccount tokens can be requested.
+//! enforces GPU counts, pods stay Running until a test finishes them, and ServiceAccount tokens
+//! can be requested.
 
 use anyhow::{Context as _, ensure};
 use frugal_e2e::fixtures::{PodExt as _, job, phase, pod};
-use frugal_e2e::wait::{for_any, for_deletion, for_event, for_object};
+use frugal_e2e::wait::{for_any, for_event, for_object};
 use frugal_e2e::{GPU_RESOURCE, GPUS_PER_NODE, TEST_OUTCOME_ANNOTATION, TestContext, run};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, ServiceAccount};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::Condition as _;
-use kube::runtime::wait::conditions::{is_job_completed, is_pod_running};
+use kube::runtime::wait::conditions::is_job_completed;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
@@ -131,35 +131,6 @@ async fn failed_outcome_fails_the_pod_with_its_exit_code() {
             .context("no terminated container state")?;
         ensure!(terminated.exit_code == 3, "exit code {}", terminated.exit_code);
         ensure!(terminated.reason.as_deref() == Some("Error"), "reason {:?}", terminated.reason);
-        Ok(())
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn pod_runner_pods_get_no_status_from_kwok_but_are_deleted() {
-    run("pod-runner-marker", |t: TestContext| async move {
-        let pods: Api<Pod> = t.api();
-        // Held, so that the pod runner started by `scripts/e2e.sh` does not run it either.
-        pods.create(&PostParams::default(), &pod("driven").held()).await?;
-        let driven = for_object(&pods, "driven", "driven pod scheduled", |p: Option<&Pod>| {
-            p.and_then(|p| p.spec.as_ref()).and_then(|s| s.node_name.as_ref()).is_some()
-        })
-        .await?;
-        let node = driven.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-
-        // An unmarked pod on the same node goes Running; the marked one, seen earlier, must not.
-        pods.create(&PostParams::default(), &pod("ordinary").on_node(&node)).await?;
-        for_object(&pods, "ordinary", "ordinary pod Running", is_pod_running()).await?;
-        let driven = pods.get("driven").await?;
-        ensure!(phase(&driven) == "Pending", "kwok moved a pod-runner pod to {:?}", phase(&driven));
-        let statuses = driven.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-        ensure!(statuses.is_none_or(|s| s.is_empty()), "kwok wrote container statuses: {statuses:?}");
-
-        // A graceful delete still completes (kwok's pod-delete matches every pod).
-        let uid = driven.uid().context("no uid")?;
-        pods.delete("driven", &DeleteParams::default()).await?;
-        for_deletion(&pods, "driven", &uid).await?;
         Ok(())
     })
     .await;

@@ -1,7 +1,7 @@
 //! `kubectl frugal` against the test cluster: the built `kubectl-frugal` binary, and the same
 //! through kubectl's plugin lookup (`kubectl frugal ...` with the binary's directory on PATH), on
-//! statuses the operator wrote for jobs it ran: a CPU job the pod runner trains for real to
-//! Succeeded with its quality figures, and fake-GPU jobs on kwok's nodes under a TrainingBudget,
+//! statuses the operator wrote for jobs it ran: a CPU job trained for real in a container on the
+//! real node to Succeeded with its quality figures, and fake-GPU jobs on kwok's nodes under a TrainingBudget,
 //! one holding it and one waiting for it. `report` rows and the baseline's ratios are checked
 //! against the statuses, `budget` against the ledger, and `plan` exits 1 naming the reason for a
 //! job its budget is too small for or whose memory does not fit, 0 for one that fits.
@@ -19,7 +19,7 @@ use frugal_api::report::seeds::EXPERIMENT_LABEL;
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, Phase, QualityMetric, QualityTarget};
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, condition, cpu_job, fake_gpu_job, finish_pod, finished_within, job_where, phase, run_ending_pods};
+use frugal_e2e::training_job::{apply, condition, fake_gpu_job, finish_pod, finished_within, job_where, phase, real_cpu_job, run_ending_pods};
 use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, wait};
 
 /// The plugin: `FRUGAL_KUBECTL_FRUGAL_BIN`, else the one `cargo build -p kubectl-frugal` put
@@ -108,14 +108,17 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test]
 async fn kubectl_frugal_plans_reports_and_shows_budgets() {
+    if !frugal_e2e::node::available("kubectl-plugin") {
+        return;
+    }
     run_ending_pods("kubectl-plugin", |ctx| async move {
         manifests::install_crds(&ctx.client).await?;
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5", "--max-gpus-per-job", "8"])?;
         let budgets: Api<TrainingBudget> = ctx.api();
         budgets.patch("team", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&training_budget("team", 4))).await?;
 
-        // a CPU job the pod runner trains, evaluated on a cloze set at its end
-        let mut cpu = cpu_job("cpu", 30, None, 1);
+        // a CPU job trained in a container on the real node, evaluated on a cloze set at its end
+        let mut cpu = real_cpu_job("cpu", 30, None, 1);
         cpu.spec.data.eval_sets = vec![EvalSet { name: "cloze".into(), type_: EvalSetType::Cloze, path: None, max_examples: Some(16) }];
         // a target its evaluation reaches (a byte-level model starts near 8 bits per byte), so
         // that the status carries the tokens to it; the seed of an experiment by its label

@@ -1,22 +1,25 @@
 //! The operator under Kueue, with Kueue's own controller manager from the test cluster
 //! (`e2e/cluster/up` runs it, webhooks included): a TrainingJob labelled with a LocalQueue becomes
 //! a suspended Job that Kueue admits within the ClusterQueue's GPU quota, injecting its flavor's
-//! node selector; a second job waits in the queue; an eviction is not a failure, and the
-//! readmitted attempt resumes from the checkpoint.
+//! node selector; a second job waits in the queue; on the real node, within a quota of its CPUs,
+//! an eviction is not a failure, and the readmitted attempt resumes from the checkpoint the
+//! evicted pod left.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::Phase;
+use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, condition, finished, job_where, phase, pod_output, resumed_at, running_pods};
-use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
+use frugal_e2e::training_job::{apply, condition, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, running_pods};
+use frugal_e2e::{FIELD_MANAGER, GPU_RESOURCE, TEST_OUTCOME_ANNOTATION, TestContext, manifests, run, wait};
 
 use frugal_api::admission::KUEUE_QUEUE_LABEL as QUEUE_LABEL;
 const GPU_PRODUCT: (&str, &str) = ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3");
@@ -25,34 +28,49 @@ fn kueue(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("kueue.x-k8s.io", "v1beta2", kind))
 }
 
-/// A ResourceFlavor, a ClusterQueue over this test's namespace with `gpus` GPUs of quota, and the
-/// LocalQueue `team` pointing at it; the cluster-scoped two are named after the namespace and
-/// deleted when the returned guard goes.
+/// A ResourceFlavor, a ClusterQueue over this test's namespace with a quota of the flavor's
+/// resources, and the LocalQueue `team` pointing at it; the cluster-scoped two are named after
+/// the namespace and deleted when the returned guard goes.
 struct Queues {
     client: kube::Client,
     name: String,
 }
 
 impl Queues {
-    async fn create(ctx: &TestContext, gpus: u32, node_labels: serde_json::Value) -> Result<Self> {
+    /// For the fake H100 nodes: `gpus` GPUs of quota, CPUs and memory to spare.
+    async fn gpus(ctx: &TestContext, gpus: u32) -> Result<Self> {
+        let quota = [("cpu", serde_json::json!(64)), ("memory", serde_json::json!("512Gi")), (GPU_RESOURCE, serde_json::json!(gpus))];
+        Self::create(ctx, serde_json::json!({GPU_PRODUCT.0: GPU_PRODUCT.1}), &quota).await
+    }
+
+    /// For the real node: its label, and a quota of the CPUs and memory it offers (its
+    /// allocatable), so Kueue admits what the node can run.
+    async fn real_node(ctx: &TestContext) -> Result<Self> {
+        let (key, value) = REAL_NODE_LABEL;
+        let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default().labels(&format!("{key}={value}"))).await?;
+        let allocatable =
+            nodes.items.first().and_then(|n| n.status.as_ref()?.allocatable.clone()).context("the real node's allocatable resources")?;
+        let quota: Vec<(&str, serde_json::Value)> = ["cpu", "memory"]
+            .into_iter()
+            .map(|r| Ok((r, serde_json::json!(allocatable.get(r).with_context(|| format!("the real node's {r}"))?.0))))
+            .collect::<Result<_>>()?;
+        Self::create(ctx, serde_json::json!({key: value}), &quota).await
+    }
+
+    async fn create(ctx: &TestContext, node_labels: serde_json::Value, quota: &[(&str, serde_json::Value)]) -> Result<Self> {
         let name = ctx.namespace.clone();
         let flavor = serde_json::json!({
             "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
             "metadata": {"name": name}, "spec": {"nodeLabels": node_labels},
         });
+        let covered: Vec<&str> = quota.iter().map(|(resource, _)| *resource).collect();
+        let resources: Vec<serde_json::Value> = quota.iter().map(|(resource, n)| serde_json::json!({"name": resource, "nominalQuota": n})).collect();
         let cluster_queue = serde_json::json!({
             "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
             "metadata": {"name": name},
             "spec": {
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.namespace}},
-                "resourceGroups": [{
-                    "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                    "flavors": [{"name": name, "resources": [
-                        {"name": "cpu", "nominalQuota": 64},
-                        {"name": "memory", "nominalQuota": "512Gi"},
-                        {"name": "nvidia.com/gpu", "nominalQuota": gpus},
-                    ]}],
-                }],
+                "resourceGroups": [{"coveredResources": covered, "flavors": [{"name": name, "resources": resources}]}],
             },
         });
         let local_queue = serde_json::json!({
@@ -108,7 +126,7 @@ async fn workload_of(ctx: &TestContext, job: &str, attempt: i32) -> Result<Dynam
 async fn kueue_admits_within_quota_and_the_operator_leaves_its_fields_alone() {
     run("kueue-admission", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        let _queues = Queues::create(&ctx, 4, serde_json::json!({GPU_PRODUCT.0: GPU_PRODUCT.1})).await?;
+        let _queues = Queues::gpus(&ctx, 4).await?;
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5"])?;
 
         apply(&ctx, &gpu_job("first", 4)).await?;
@@ -187,7 +205,7 @@ async fn kueue_admits_within_quota_and_the_operator_leaves_its_fields_alone() {
 async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
     run("kueue-budget", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        let _queues = Queues::create(&ctx, 2, serde_json::json!({GPU_PRODUCT.0: GPU_PRODUCT.1})).await?;
+        let _queues = Queues::gpus(&ctx, 2).await?;
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5"])?;
         let budget: frugal_api::TrainingBudget = serde_saphyr::from_str(
             "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: money}\nspec: {maxGpus: 2, gpuHours: 100, period: Day, admission: Spend}\n",
@@ -247,75 +265,63 @@ async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
     .await;
 }
 
-/// A CPU job the pod runner runs for real, queued on `team`, checkpointing every 10 steps; with
+/// A CPU job in a container on the real node, queued on `team`, asking for one of the node's
+/// CPUs (which the ClusterQueue's quota counts) and checkpointing every 100 steps; with
 /// `backoffLimit: 0`, an eviction counted as a failure would fail it.
 fn queued_cpu_job(name: &str, steps: i64, claim: &str) -> TrainingJob {
-    let mut tj = queued(frugal_e2e::training_job::cpu_job(name, steps, Some(claim), 1));
+    let mut tj = queued(real_cpu_job(name, steps, Some(claim), 1));
     tj.spec.run_policy.backoff_limit = 0;
+    tj.spec.training.checkpoint_interval = 100;
+    tj.spec.resources.cpu = Some(Quantity("1".into()));
     tj
 }
 
 #[tokio::test]
 async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
+    if !node::available("kueue-eviction") {
+        return;
+    }
     run("kueue-eviction", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        let pv_name = frugal_e2e::fixtures::shared_claim(&ctx, "ckpt").await?;
-        let _queues = Queues::create(&ctx, 4, serde_json::json!({})).await?;
+        let pv_name = node::shared_claim(&ctx, "ckpt").await?;
+        let _queues = Queues::real_node(&ctx).await?;
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "20"])?;
-        let steps = 400;
-        // backoffLimit 0: were the eviction counted as a failure, the job would fail
+        let steps = 2000;
         apply(&ctx, &queued_cpu_job("lm", steps, "ckpt")).await?;
 
-        // attempt 1 runs for real and writes a checkpoint
-        let pods: Api<Pod> = ctx.api();
-        let deadline = Instant::now() + frugal_e2e::timeout();
-        let first = loop {
-            let found = pods.list(&ListParams::default().labels("frugal.dev/attempt=1")).await?.items;
-            if let Some(pod) = found.first()
-                && pod_output(&ctx.namespace, &pod.name_any()).contains("\"event\":\"checkpoint\"")
-            {
-                break pod.clone();
-            }
-            if Instant::now() >= deadline {
-                let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"))
-                    .list(&ListParams::default())
-                    .await?;
-                let conditions: Vec<_> = workloads.items.iter().map(|w| w.data["status"]["conditions"].clone()).collect();
-                let outputs: Vec<_> = found
-                    .iter()
-                    .map(|p| format!("{} ({}):\n{}", p.name_any(), frugal_e2e::fixtures::phase(p), pod_output(&ctx.namespace, &p.name_any())))
-                    .collect();
-                anyhow::bail!("attempt 1 wrote no checkpoint; workload conditions {conditions:?}; pods:\n{}", outputs.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        // attempt 1, admitted within the real node's CPUs, trains in a container and checkpoints
+        let first = node::pod_logging(&ctx, "lm", 1, "\"event\":\"checkpoint\"", TRAINING).await?;
+        let output = node::follow_logs(&ctx, &first.name_any());
+        let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
+        let workload = workload_of(&ctx, "lm", 1).await?;
+        let flavor = &workload.data["status"]["admission"]["podSetAssignments"][0]["flavors"]["cpu"];
+        ensure!(flavor == ctx.namespace.as_str(), "admitted to flavor {flavor} for its CPU");
 
         // Kueue evicts it (a deactivated Workload is evicted like a preempted one): the Job is
         // suspended, its pod stopped, and the TrainingJob waits in the queue, not failed
-        let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
-        let workload = workload_of(&ctx, "lm", 1).await?;
+        let pods: Api<Pod> = ctx.api();
         let deactivate = serde_json::json!({"spec": {"active": false}});
         workloads.patch(&workload.name_any(), &PatchParams::default(), &Patch::Merge(&deactivate)).await?;
         wait::for_deletion(&pods, &first.name_any(), first.metadata.uid.as_deref().unwrap_or_default()).await?;
         let evicted = job_where(&ctx, "lm", "phase Queued after the eviction", |tj| phase(tj) == Some(Phase::Queued)).await?;
         let status = evicted.status.as_ref().unwrap();
         ensure!(status.restarts.unwrap_or(0) == 0, "the eviction counted as a restart: {status:?}");
-        let stopped = pod_output(&ctx.namespace, &first.name_any());
-        ensure!(stopped.matches("\"event\":\"checkpoint\"").count() >= 1, "attempt 1 output:\n{stopped}");
+        let stopped = tokio::time::timeout(Duration::from_secs(60), output).await.context("the evicted pod's log did not end")??;
+        let checkpoint = last_checkpoint(&stopped).with_context(|| format!("attempt 1 wrote no checkpoint:\n{stopped}"))?;
 
-        // readmitted: the same attempt's Job starts a new pod, which resumes from the checkpoint
+        // readmitted: the same attempt's Job starts a new pod, which resumes from the last checkpoint
         let activate = serde_json::json!({"spec": {"active": true}});
         workloads.patch(&workload.name_any(), &PatchParams::default(), &Patch::Merge(&activate)).await?;
-        let done = finished(&ctx, "lm").await?;
-        let mut after: Vec<Pod> = pods.list(&ListParams::default().labels("frugal.dev/training-job=lm")).await?.items;
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let mut after = node::attempt_pods(&ctx, "lm", 1).await?;
         after.retain(|p| p.name_any() != first.name_any());
         let pod = after.first().context("a pod after readmission")?;
-        let log = pod_output(&ctx.namespace, &pod.name_any());
+        let log = node::logs(&ctx, &pod.name_any()).await;
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; output after readmission:\n{log}", phase(&done));
         let status = done.status.as_ref().unwrap();
         ensure!(status.restarts.unwrap_or(0) == 0, "restarts {:?}", status.restarts);
         let resumed_at = resumed_at(&log).with_context(|| format!("the readmitted pod did not resume:\n{log}"))?;
-        ensure!(resumed_at >= 10, "resumed at step {resumed_at}");
+        ensure!(resumed_at == checkpoint, "resumed at step {resumed_at}, attempt 1's last checkpoint was at {checkpoint}");
         ensure!(log.contains(&format!("\"step\":{steps}")), "did not finish:\n{log}");
         ctx.api::<TrainingJob>().delete("lm", &DeleteParams::default()).await.ok();
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv_name, &DeleteParams::default()).await.ok();

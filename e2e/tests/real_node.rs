@@ -17,34 +17,10 @@ use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
 use frugal_api::v1alpha1::{DistillSpec, ExportSpec, Phase, QuantizeFormat, TeacherSpec};
-use frugal_e2e::node::{self, REAL_NODE_LABEL};
+use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, finished_within, job_where, phase, real_cpu_job, resumed_at};
+use frugal_e2e::training_job::{apply, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at};
 use frugal_e2e::{TestContext, manifests, run};
-
-/// Real training in containers on two cores takes longer than a status change.
-const TRAINING: Duration = Duration::from_secs(420);
-
-async fn attempt_pods(ctx: &TestContext, job: &str, attempt: i32) -> Result<Vec<Pod>> {
-    let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt={attempt}");
-    let mut pods = ctx.api::<Pod>().list(&ListParams::default().labels(&selector)).await?.items;
-    pods.sort_by_key(|p| p.name_any());
-    Ok(pods)
-}
-
-/// Waits until attempt `attempt` of `job` has a pod whose trainer has logged `needle`.
-async fn pod_logging(ctx: &TestContext, job: &str, attempt: i32, needle: &str, limit: Duration) -> Result<Pod> {
-    let deadline = Instant::now() + limit;
-    loop {
-        for pod in attempt_pods(ctx, job, attempt).await? {
-            if node::logs(ctx, &pod.name_any()).await.contains(needle) {
-                return Ok(pod);
-            }
-        }
-        ensure!(Instant::now() < deadline, "no pod of {job} attempt {attempt} logged {needle} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// The pod ran in a container (containerd's ID) on the node labelled as the real one.
 async fn on_real_node(ctx: &TestContext, pod: &Pod) -> Result<()> {
@@ -78,7 +54,7 @@ async fn the_quick_start_succeeds_in_a_container_under_the_charts_operator() {
         tj.spec.resources.node_selector.insert(REAL_NODE_LABEL.0.into(), REAL_NODE_LABEL.1.into());
         apply(&ctx, &tj).await?;
         let done = finished_within(&ctx, "quickstart", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "quickstart", 1).await?;
+        let pods = node::attempt_pods(&ctx, "quickstart", 1).await?;
         let pod = pods.first().context("attempt 1 has a pod")?;
         let log = node::logs(&ctx, &pod.name_any()).await;
         ensure!(phase(&done) == Some(Phase::Succeeded), "the quick start ended {:?}: {:?}\n{log}", phase(&done), done.status);
@@ -162,8 +138,8 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
         let _operator = Operator::start(&ctx.namespace, &[])?;
         apply(&ctx, &real_cpu_job("lm", 20, Some("ckpt"), 2)).await?;
         // while both stages run, the second's stable name resolves to its pod's address
-        let second = pod_logging(&ctx, "lm", 1, "\"event\":", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "lm", 1).await?;
+        let second = node::pod_logging(&ctx, "lm", 1, "\"event\":", TRAINING).await?;
+        let pods = node::attempt_pods(&ctx, "lm", 1).await?;
         ensure!(pods.len() == 2, "{} pods", pods.len());
         let peer = pods.iter().find(|p| p.name_any().contains("-1-")).or(pods.last()).context("stage 1's pod")?;
         let spec = peer.spec.as_ref().unwrap();
@@ -230,7 +206,7 @@ async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one
         };
         apply(&ctx, &replicated("dp", 20, 2)).await?;
         let done = finished_within(&ctx, "dp", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "dp", 1).await?;
+        let pods = node::attempt_pods(&ctx, "dp", 1).await?;
         let mut logs = Vec::new();
         for p in &pods {
             logs.push(format!("{}:\n{}", node::describe(p), node::logs(&ctx, &p.name_any()).await));
@@ -256,7 +232,7 @@ async fn a_two_by_two_job_trains_in_containers_and_its_checkpoint_resumes_as_one
         one.spec.checkpoint.sub_path = Some(format!("{}/dp", ctx.namespace));
         apply(&ctx, &one).await?;
         let done = finished_within(&ctx, "one", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "one", 1).await?;
+        let pods = node::attempt_pods(&ctx, "one", 1).await?;
         let mut logs = Vec::new();
         for p in &pods {
             logs.push(node::logs(&ctx, &p.name_any()).await);
@@ -287,7 +263,7 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
         teacher.spec.export = Some(ExportSpec { quantize: Some(QuantizeFormat::Int8), calibration_batches: 2 });
         apply(&ctx, &teacher).await?;
         let done = finished_within(&ctx, "teacher", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "teacher", 1).await?;
+        let pods = node::attempt_pods(&ctx, "teacher", 1).await?;
         let pod = pods.first().context("the teacher's pod")?;
         let log = node::logs(&ctx, &pod.name_any()).await;
         ensure!(phase(&done) == Some(Phase::Succeeded), "the teacher ended {:?}: {:?}\n{log}", phase(&done), done.status);
@@ -330,7 +306,7 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
         overrides.volume_mounts.push(serde_json::from_value(serde_json::json!({"name": "teacher", "mountPath": "/teacher", "readOnly": true}))?);
         apply(&ctx, &student).await?;
         let done = finished_within(&ctx, "student", TRAINING).await?;
-        let pods = attempt_pods(&ctx, "student", 1).await?;
+        let pods = node::attempt_pods(&ctx, "student", 1).await?;
         let pod = pods.first().context("the student's pod")?;
         let log = node::logs(&ctx, &pod.name_any()).await;
         ensure!(phase(&done) == Some(Phase::Succeeded), "the student ended {:?}: {:?}\n{log}", phase(&done), done.status);
@@ -364,24 +340,18 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
         // SIGTERM one
         tj.spec.training.checkpoint_interval = 100_000;
         apply(&ctx, &tj).await?;
-        let first = pod_logging(&ctx, "lm", 1, "\"event\":\"step\"", TRAINING).await?;
+        let first = node::pod_logging(&ctx, "lm", 1, "\"event\":\"step\"", TRAINING).await?;
         let name = first.name_any();
         let log = node::follow_logs(&ctx, &name);
         // the kubelet delivers SIGTERM; the trainer commits a checkpoint within the grace period
         ctx.api::<Pod>().delete(&name, &DeleteParams::default()).await?;
         let stopped = tokio::time::timeout(Duration::from_secs(90), log).await.context("the deleted pod's log did not end")??;
-        let checkpoint = stopped
-            .lines()
-            .filter(|l| l.contains("\"event\":\"checkpoint\""))
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["step"].as_i64())
-            .next_back()
-            .with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
+        let checkpoint = last_checkpoint(&stopped).with_context(|| format!("attempt 1 wrote no checkpoint on SIGTERM:\n{stopped}"))?;
         ensure!(stopped.contains("signal"), "attempt 1 did not stop on the signal:\n{stopped}");
         eprintln!("e2e: {name} checkpointed at step {checkpoint} on SIGTERM");
 
         let done = finished_within(&ctx, "lm", TRAINING).await?;
-        let second = attempt_pods(&ctx, "lm", 2).await?;
+        let second = node::attempt_pods(&ctx, "lm", 2).await?;
         let pod = second.first().context("attempt 2 has a pod")?;
         let log = node::logs(&ctx, &pod.name_any()).await;
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{log}", phase(&done));
@@ -470,7 +440,7 @@ async fn an_image_that_cannot_be_pulled_is_named_and_the_attempt_stops_at_the_st
         eprintln!("e2e: ended {:?} {}: {}", phase(&done), ready.reason, ready.message);
         ensure!(phase(&done) == Some(Phase::Failed) && status.restarts == Some(1), "{status:?}");
         ensure!(ready.message.contains("startupDeadlineSeconds (30s)"), "{}", ready.message);
-        let pods = attempt_pods(&ctx, "lm", 1).await?;
+        let pods = node::attempt_pods(&ctx, "lm", 1).await?;
         ensure!(pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()) || pods.is_empty(), "attempt 1's pods are not released");
         Ok(())
     })
