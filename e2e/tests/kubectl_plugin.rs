@@ -69,10 +69,7 @@ async fn through_kubectl(ctx: &TestContext, args: &[&str]) -> Result<Ran> {
 }
 
 fn training_budget(name: &str, max_gpus: i32) -> TrainingBudget {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {{name: {name}}}\nspec: {{maxGpus: {max_gpus}, gpuHours: 100, period: Day}}\n"
-    ))
-    .expect("the test budget parses")
+    TrainingBudget::test(max_gpus).name(name).build()
 }
 
 /// A fake-GPU job of `gpus` GPUs in one pod, counted in `budget`.

@@ -207,9 +207,7 @@ async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
         manifests::install_crds(&ctx.client).await?;
         let _queues = Queues::gpus(&ctx, 2).await?;
         let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "5"])?;
-        let budget: frugal_api::TrainingBudget = serde_saphyr::from_str(
-            "apiVersion: frugal.dev/v1alpha1\nkind: TrainingBudget\nmetadata: {name: money}\nspec: {maxGpus: 2, gpuHours: 100, period: Day, admission: Spend}\n",
-        )?;
+        let budget = frugal_api::TrainingBudget::test(2).name("money").admission(frugal_api::v1alpha1::BudgetAdmission::Spend).build();
         let budgets: Api<frugal_api::TrainingBudget> = ctx.api();
         budgets.patch("money", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&budget)).await?;
         let budgeted = |name: &str| {
@@ -239,13 +237,18 @@ async fn a_budget_does_not_count_a_job_kueue_keeps_suspended() {
         workload_of(&ctx, "second", 1).await?;
         job_where(&ctx, "second", "phase Queued", |tj| phase(tj) == Some(Phase::Queued)).await?;
         let b = held(vec![("first", 2), ("second", 0)]).await?;
-        eprintln!("ledger while Kueue holds second: {:?}", b.status.as_ref().map(|s| (s.gpus_in_use, s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>())));
+        eprintln!(
+            "ledger while Kueue holds second: {:?}",
+            b.status.as_ref().map(|s| (s.gpus_in_use, s.jobs.iter().map(|h| (h.name.clone(), h.gpus)).collect::<Vec<_>>()))
+        );
         let api: Api<Pod> = ctx.api();
         let outcome = serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}});
         // pods are billed in whole seconds: on a fast machine a pod finished at once has run 0 s,
         // so each job runs until its first bill says it spent something
         let billed = |name: &'static str| {
-            job_where(&ctx, name, "a bill of more than nothing", |tj| tj.status.as_ref().and_then(|s| s.cost.as_ref()).is_some_and(|c| c.gpu_hours > 0.0))
+            job_where(&ctx, name, "a bill of more than nothing", |tj| {
+                tj.status.as_ref().and_then(|s| s.cost.as_ref()).is_some_and(|c| c.gpu_hours > 0.0)
+            })
         };
         billed("first").await?;
         for pod in &pods {

@@ -64,7 +64,8 @@ fn measure(job: &Job) -> ((i64, i64), (i64, i64)) {
     let schedule = ScheduleKind::from(job.spec.parallelism.schedule);
     // the readers' corpora live in host memory, which the plan (of device memory) leaves out
     let (before, _) = rss();
-    let readers: Vec<_> = (0..if stages == 1 { 1 } else { 2 }).map(|_| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, 7).unwrap()).collect();
+    let readers: Vec<_> =
+        (0..if stages == 1 { 1 } else { 2 }).map(|_| Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, 7).unwrap()).collect();
     let data_bytes = rss().0 - before;
     drop(readers);
     let (base, _) = rss();
