@@ -15,14 +15,14 @@ STEPS=${3:-40}; REPS=${4:-5}
 source scripts/env.sh
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=$(mktemp -d)
-echo "load before: $(uptime)" >&2
-for rep in $(seq "$REPS"); do
-  for side in A B; do
-    bin=$A; [ "$side" = B ] && bin=$B
-    "$bin" "$STEPS" | tail -n 1 | sed "s/^/$side /" >> "$OUT/runs.txt"
-  done
-  echo "rep $rep done: $(uptime)" >&2
-done
+# shellcheck source=ab.sh
+source bench/ab.sh
+run_side() {
+  local bin=$A
+  [ "$1" = B ] && bin=$B
+  "$bin" "$STEPS" | tail -n 1
+}
+ab_runs "$REPS" "$OUT/runs.txt" run_side
 "$FRUGAL_VENV/bin/python" - "$OUT/runs.txt" "$A" "$B" <<'PY'
 import json, statistics, sys
 runs = {"A": [], "B": []}

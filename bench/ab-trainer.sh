@@ -14,16 +14,16 @@ STEPS=${3:-600}; REPS=${4:-3}; THREADS=${5:-2}
 source scripts/env.sh
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=$(mktemp -d)
-echo "load before: $(uptime)" >&2
-for rep in $(seq "$REPS"); do
-  for side in A B; do
-    bin=$A; [ "$side" = B ] && bin=$B
-    rm -rf "$OUT/checkpoints"
-    "$bin" train bench/jobs/shakespeare-dense.yaml --max-steps "$STEPS" --json --threads "$THREADS" \
-      --checkpoint-dir "$OUT/checkpoints" | grep '"event":"summary"' | sed "s/^/$side /" >> "$OUT/runs.txt"
-  done
-  echo "rep $rep done: $(uptime)" >&2
-done
+# shellcheck source=ab.sh
+source bench/ab.sh
+run_side() {
+  local bin=$A
+  [ "$1" = B ] && bin=$B
+  rm -rf "$OUT/checkpoints"
+  "$bin" train bench/jobs/shakespeare-dense.yaml --max-steps "$STEPS" --json --threads "$THREADS" \
+    --checkpoint-dir "$OUT/checkpoints" | grep '"event":"summary"'
+}
+ab_runs "$REPS" "$OUT/runs.txt" run_side
 "$FRUGAL_VENV/bin/python" - "$OUT/runs.txt" "$A" "$B" <<'PY'
 import json, statistics, sys
 runs = {"A": [], "B": []}

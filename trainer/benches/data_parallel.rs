@@ -20,27 +20,7 @@ const BATCH: i64 = 16;
 const MICRO_BATCH: i64 = 4;
 
 fn run_config(steps: i64) -> RunConfig {
-    let model = nano_model(256);
-    RunConfig {
-        name: "data-parallel-bench".into(),
-        model,
-        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 200_000 }, validation_fraction: 0.1, eval_sequences: 8 },
-        train: TrainConfig {
-            steps,
-            batch_size: BATCH,
-            micro_batch_size: MICRO_BATCH,
-            precision: Precision::Fp32,
-            activation_checkpointing: false,
-            optim: OptimConfig { warmup_steps: 0, ..Default::default() },
-            seed: 1,
-            eval_interval: 0,
-            checkpoint_interval: 0,
-            log_interval: 1,
-        },
-        checkpoint_dir: None,
-        keep_checkpoints: 1,
-        distill: None,
-    }
+    synthetic_run("data-parallel-bench", nano_model(256), steps, BATCH, MICRO_BATCH)
 }
 
 /// The same job as a TrainingJob spec, for the planner.

@@ -20,26 +20,7 @@ use tch::Device;
 fn run_config(layers: i64, micro_batches: i64, micro_batch_size: i64, steps: i64) -> RunConfig {
     let mut model = nano_model(256);
     model.layers = layers;
-    RunConfig {
-        name: "pipeline-bench".into(),
-        model,
-        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 200_000 }, validation_fraction: 0.1, eval_sequences: 8 },
-        train: TrainConfig {
-            steps,
-            batch_size: micro_batches * micro_batch_size,
-            micro_batch_size,
-            precision: Precision::Fp32,
-            activation_checkpointing: false,
-            optim: OptimConfig { warmup_steps: 0, ..Default::default() },
-            seed: 1,
-            eval_interval: 0,
-            checkpoint_interval: 0,
-            log_interval: 1,
-        },
-        checkpoint_dir: None,
-        keep_checkpoints: 1,
-        distill: None,
-    }
+    synthetic_run("pipeline-bench", model, steps, micro_batches * micro_batch_size, micro_batch_size)
 }
 
 /// (measured bubble, per-stage busy seconds per step, wall seconds per step, simulated bubble).

@@ -23,26 +23,7 @@ const STAGES: usize = 2;
 const TOKEN: &str = "bench-token-of-the-job";
 
 fn run_config(steps: i64) -> RunConfig {
-    RunConfig {
-        name: "pipeline-tcp-steps".into(),
-        model: nano_model(256),
-        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 200_000 }, validation_fraction: 0.1, eval_sequences: 8 },
-        train: TrainConfig {
-            steps,
-            batch_size: 16,
-            micro_batch_size: 4,
-            precision: Precision::Fp32,
-            activation_checkpointing: false,
-            optim: OptimConfig { warmup_steps: 0, ..Default::default() },
-            seed: 1,
-            eval_interval: 0,
-            checkpoint_interval: 0,
-            log_interval: 1,
-        },
-        checkpoint_dir: None,
-        keep_checkpoints: 1,
-        distill: None,
-    }
+    synthetic_run("pipeline-tcp-steps", nano_model(256), steps, 16, 4)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -32,6 +32,32 @@ pub fn nano_moe() -> MoeConfig {
     MoeConfig { experts: 16, top_k: 3, shared_experts: 1, expert_hidden: 128, every_n_layers: 1, capacity_factor: 1.25, load_balance_weight: 0.01 }
 }
 
+/// A run of `model` for `steps` steps on 200,000 synthetic tokens, `batch_size` sequences a step
+/// in micro-batches of `micro_batch_size`, fp32, constant learning rate, no evaluation or
+/// checkpoints of its own: what the parallelism benchmarks drive and time.
+pub fn synthetic_run(name: &str, model: ModelConfig, steps: i64, batch_size: i64, micro_batch_size: i64) -> RunConfig {
+    RunConfig {
+        name: name.into(),
+        model,
+        data: DataConfig { source: DataSource::Synthetic { branching: 4, tokens: 200_000 }, validation_fraction: 0.1, eval_sequences: 8 },
+        train: TrainConfig {
+            steps,
+            batch_size,
+            micro_batch_size,
+            precision: Precision::Fp32,
+            activation_checkpointing: false,
+            optim: OptimConfig { warmup_steps: 0, ..Default::default() },
+            seed: 1,
+            eval_interval: 0,
+            checkpoint_interval: 0,
+            log_interval: 1,
+        },
+        checkpoint_dir: None,
+        keep_checkpoints: 1,
+        distill: None,
+    }
+}
+
 /// A run of `model` for `steps` steps on a text file, the nanoGPT CPU recipe's batch of 12, with
 /// no evaluation or checkpoints of its own (benchmarks and profiles drive and time it).
 pub fn nano_run(name: &str, model: ModelConfig, precision: Precision, steps: i64, text_file: &str) -> RunConfig {
