@@ -10,11 +10,11 @@ use common::*;
 use frugal_trainer::config::{DistillConfig, DistillLoss, ModelConfig, Precision, RunConfig};
 use frugal_trainer::distill::Teacher;
 use frugal_trainer::job::{self, ConfigurationError};
+use frugal_trainer::parallel::run::Session;
 use frugal_trainer::parallel::{Replicas, ScheduleKind, Worker, layouts, run_in_process, run_replicated};
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::event::RunEvent;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::train::run::Session;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -70,7 +70,7 @@ fn run_events(cfg: RunConfig) -> Vec<RunEvent> {
     let mut t = Worker::single(cfg, Device::Cpu).unwrap();
     let (stop, metrics) = (AtomicBool::new(false), Metrics::new("test"));
     let session = Session { stop: &stop, reporter: Some(&mut reporter), metrics: &metrics, max_steps: None, resume: false, metrics_port: None };
-    frugal_trainer::train::run::run(&mut t, session).unwrap();
+    frugal_trainer::parallel::run::run(&mut t, session).unwrap();
     drop(reporter);
     events.try_iter().collect()
 }

@@ -8,13 +8,13 @@ use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget, T
 use frugal_trainer::config::{DataConfig, DataSource};
 use frugal_trainer::data::{Data, EOT, TextTokenizer};
 use frugal_trainer::eval::{self, LanguageModel};
+use frugal_trainer::parallel::Stop;
 use frugal_trainer::parallel::Worker;
+use frugal_trainer::parallel::run::Session;
 use frugal_trainer::report::Reporter;
 use frugal_trainer::report::compare;
 use frugal_trainer::report::metrics::Metrics;
 use frugal_trainer::report::status::TrainerStatus;
-use frugal_trainer::train::Stop;
-use frugal_trainer::train::run::Session;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
@@ -162,7 +162,7 @@ fn run_with(mut t: Worker, reporter: &mut Reporter) -> (Stop, frugal_trainer::re
     let metrics = Metrics::new("test");
     let stop = AtomicBool::new(false);
     let session = Session { stop: &stop, reporter: Some(reporter), metrics: &metrics, max_steps: None, resume: false, metrics_port: None };
-    let (stopped, summary) = frugal_trainer::train::run::run(&mut t, session).unwrap();
+    let (stopped, summary) = frugal_trainer::parallel::run::run(&mut t, session).unwrap();
     (stopped, summary.expect("the whole model's worker reports"))
 }
 

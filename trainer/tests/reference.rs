@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use frugal_trainer::config::{Positions, RunConfig};
+use frugal_trainer::parallel::StepReport;
 use frugal_trainer::parallel::{Replicas, ScheduleKind, Worker, layouts, run_replicated};
-use frugal_trainer::train::StepReport;
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 

@@ -1,7 +1,7 @@
 //! Training a job: its workers in this process (every stage of every replica on a laptop or in
 //! a pod that holds them all; one worker when the job has one stage and one replica), or this
 //! pod's stages joined to their neighbours over TCP as the pod↔trainer contract describes. Each
-//! worker drives the run loop (`train/run.rs`): the workers agree every step on whether to stop
+//! worker drives the run loop (`run.rs`): the workers agree every step on whether to stop
 //! (SIGTERM reaches pods at different moments), checkpoint together, and the last stage of the
 //! first replica reports: on its output and, in a pod, into the TrainingJob's status (progress,
 //! tokens/s, cost, quality), and ends with the run's summary. Every process serves Prometheus
@@ -16,8 +16,8 @@ use super::transport::DEFAULT_TIMEOUT;
 use super::worker::Worker;
 use crate::config::RunConfig;
 use crate::job::Job;
+use crate::parallel::run::{JobRun, Stop, train_job};
 use crate::report::Provenance;
-use crate::train::run::{JobRun, Stop, train_job};
 use anyhow::{Context, Result};
 use frugal_api::contract::{PodEnv, TrainerConfig, env, paths};
 use frugal_api::v1alpha1::QualityStatus;

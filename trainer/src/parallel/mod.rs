@@ -6,7 +6,8 @@
 //! (threads of one process, or TCP between pods; `transport/`) and the same stage of every
 //! replica (data parallelism) averages its gradient over a ring (`ring.rs`). Which workers a
 //! process runs (`process.rs`), on which threads (`threads.rs`), and training a job with them
-//! (`launch.rs`); checkpoints and evaluation through the chain. See docs/pipeline.md.
+//! (`launch.rs`), driving each worker through the one run loop (`run.rs`); checkpoints and
+//! evaluation through the chain. See docs/pipeline.md.
 
 pub mod checkpoint;
 pub mod eval;
@@ -14,6 +15,7 @@ pub mod launch;
 pub mod layout;
 pub mod process;
 pub mod ring;
+pub mod run;
 pub mod schedule;
 pub mod step;
 pub mod threads;
@@ -22,6 +24,7 @@ pub mod worker;
 
 pub use layout::layouts;
 pub use process::ProcessStages;
+pub use run::{StepReport, Stop};
 pub use schedule::{Action, ScheduleKind};
 pub use threads::{Replicas, run_in_process, run_replicated, run_stages};
 pub use worker::{Worker, pick_device};

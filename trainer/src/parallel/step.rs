@@ -22,11 +22,40 @@ use super::worker::Worker;
 use crate::model::gpt::{Recorded, Targets, add_opt};
 use crate::model::soft::SoftTargets;
 use crate::train::optim;
-use crate::train::run::StepReport;
 use anyhow::{Result, anyhow};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
+
+/// What one optimizer step measured (agreed across the run's parts where they share it: loss,
+/// auxiliary loss, dropped fraction, gradient norm).
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: i64,
+    /// Mean cross-entropy against the data (distilling too, so that runs compare).
+    pub loss: f64,
+    /// Distilling: the mean soft loss, T²·KL from the teacher's softened distribution.
+    pub soft_loss: Option<f64>,
+    /// Mean MoE auxiliary loss per MoE layer, if the model has MoE layers.
+    pub aux_loss: Option<f64>,
+    /// Token-expert assignments dropped for capacity, if any MoE.
+    pub dropped_fraction: Option<f64>,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// The loss scale the step ran with.
+    pub loss_scale: f64,
+    /// The update was skipped (a non-finite gradient under fp16 loss scaling).
+    pub skipped: bool,
+    /// The step's wall time.
+    pub seconds: f64,
+    /// A pipeline stage: the seconds of the step it computed (the rest it waited).
+    pub busy_seconds: Option<f64>,
+    /// With replicas: the seconds of the step this part spent exchanging with the other
+    /// replicas (gradient all-reduce, and the all-gather of sharded weights).
+    pub ring_seconds: Option<f64>,
+    pub routing_mismatches: i64,
+}
 
 /// What one stage keeps of a micro-batch between its forward and its backward.
 enum Held {

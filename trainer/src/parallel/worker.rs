@@ -22,11 +22,24 @@ use crate::report::Provenance;
 use crate::train::flops::{self, ModelCounts};
 use crate::train::optim::Optimizer;
 use crate::train::precision::{LossScaler, compute_kind};
-use crate::train::run::RunShape;
 use anyhow::{Context, Result, anyhow};
 use frugal_api::contract::StageLayout;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// What the reporting part of a run needs to know about it for MFU and the summary.
+#[derive(Clone, Debug)]
+pub struct RunShape {
+    pub counts: ModelCounts,
+    /// Peak FLOP/s of every device the run trains on, and where the figure comes from.
+    pub peak_flops: f64,
+    pub peak_source: String,
+    pub pipeline_stages: Option<i64>,
+    /// Micro-batches of one replica's share of a step (the pipeline's bubble depends on them).
+    pub micro_batches: i64,
+    /// Replicas of the model training side by side (data parallelism).
+    pub replicas: i64,
+}
 
 pub struct Worker {
     pub cfg: RunConfig,

@@ -1,9 +1,6 @@
-//! How any model learns: the run loop every worker drives, the optimizer, mixed precision and
-//! the FLOP and parameter counts behind MFU.
+//! How any model learns: the optimizer, mixed precision and the FLOP and parameter counts behind
+//! MFU. The run loop that drives a worker through them is `parallel/run.rs`.
 
 pub mod flops;
 pub mod optim;
 pub mod precision;
-pub mod run;
-
-pub use run::{StepReport, Stop};

@@ -9,14 +9,15 @@
 //! records the step's metrics and builds the [`Summary`]. A distilled run's reporting worker
 //! also reports its teacher, at the start and beside each evaluation.
 
+pub use super::step::StepReport;
+pub use super::worker::RunShape;
+use super::worker::Worker;
 use crate::eval::{EvalConfig, TargetTracker};
 use crate::job::Job;
-use crate::parallel::Worker;
 use crate::report::event::{self, RunEvent};
 use crate::report::metrics::{Metrics, StepGauges};
 use crate::report::status::{StatusReporter, StatusTarget};
 use crate::report::{Reporter, Summary};
-use crate::train::flops::ModelCounts;
 use anyhow::Result;
 use frugal_api::planner::bubble_fraction;
 use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, QuantizedStatus};
@@ -24,36 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// What one optimizer step measured (agreed across the run's parts where they share it: loss,
-/// auxiliary loss, dropped fraction, gradient norm).
-#[derive(Clone, Debug)]
-pub struct StepReport {
-    pub step: i64,
-    /// Mean cross-entropy against the data (distilling too, so that runs compare).
-    pub loss: f64,
-    /// Distilling: the mean soft loss, T²·KL from the teacher's softened distribution.
-    pub soft_loss: Option<f64>,
-    /// Mean MoE auxiliary loss per MoE layer, if the model has MoE layers.
-    pub aux_loss: Option<f64>,
-    /// Token-expert assignments dropped for capacity, if any MoE.
-    pub dropped_fraction: Option<f64>,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    pub lr: f64,
-    /// The loss scale the step ran with.
-    pub loss_scale: f64,
-    /// The update was skipped (a non-finite gradient under fp16 loss scaling).
-    pub skipped: bool,
-    /// The step's wall time.
-    pub seconds: f64,
-    /// A pipeline stage: the seconds of the step it computed (the rest it waited).
-    pub busy_seconds: Option<f64>,
-    /// With replicas: the seconds of the step this part spent exchanging with the other
-    /// replicas (gradient all-reduce, and the all-gather of sharded weights).
-    pub ring_seconds: Option<f64>,
-    pub routing_mismatches: i64,
-}
 
 /// Why a run returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,20 +54,6 @@ impl Stop {
             Self::Terminated => "signal",
         }
     }
-}
-
-/// What the reporting part of a run needs to know about it for MFU and the summary.
-#[derive(Clone, Debug)]
-pub struct RunShape {
-    pub counts: ModelCounts,
-    /// Peak FLOP/s of every device the run trains on, and where the figure comes from.
-    pub peak_flops: f64,
-    pub peak_source: String,
-    pub pipeline_stages: Option<i64>,
-    /// Micro-batches of one replica's share of a step (the pipeline's bubble depends on them).
-    pub micro_batches: i64,
-    /// Replicas of the model training side by side (data parallelism).
-    pub replicas: i64,
 }
 
 /// Where a run reports and when it ends.
