@@ -280,7 +280,7 @@ fn queued_cpu_job(name: &str, steps: i64, claim: &str) -> TrainingJob {
 }
 
 #[tokio::test]
-#[ignore = "on the real node the evicted attempt stayed WaitingForPods (its Job suspended three times) in one full run, after passing twice before the operator's pass was reorganised; to be diagnosed (run with --ignored)"]
+#[ignore = "racy: it passes on its own, but in a full run on a loaded machine the evicted attempt stayed WaitingForPods (its suspended Job carried FailureTarget, which attempt_state reads before suspend); run with --ignored until that is fixed"]
 async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
     if !node::available("kueue-eviction") {
         return;
