@@ -179,6 +179,18 @@ impl Manifest {
         if self.files.contains_key(name) { Ok(()) } else { Err(corrupt(dir, format!("manifest lists no {name}"))) }
     }
 
+    /// Refuses a step of another model than the one with fingerprint `fp`.
+    pub(crate) fn require_model(&self, dir: &Path, fp: &str) -> Result<()> {
+        let theirs = self.model_fingerprint.as_deref().unwrap_or_default();
+        if theirs != fp {
+            return Err(mismatch(
+                dir,
+                format!("its model has fingerprint {theirs}, this job's model {fp} (different layers, widths, experts or vocabulary)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn compute_checksum(&self) -> String {
         if self.format == PIPELINED_V1 {
             let files: BTreeMap<&String, (u64, &str)> = self.files.iter().map(|(k, v)| (k, v.parts())).collect();

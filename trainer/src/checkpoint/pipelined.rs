@@ -57,7 +57,7 @@ pub fn commit_step(root: &Path, state: &impl State, stages: usize, model_fingerp
 pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String, Tensor)>, model_fingerprint: &str) -> Result<S> {
     let manifest = verify(dir, Layout::Pipelined)?;
     if manifest.model_fingerprint.is_some() {
-        super::single::same_fingerprint(dir, &manifest, model_fingerprint)?;
+        manifest.require_model(dir, model_fingerprint)?;
     }
     let stages = manifest.stages.unwrap_or_default();
     let names = |what: &str| -> Vec<String> { (0..stages).map(|s| part(s, what)).collect() };
@@ -78,7 +78,7 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
 pub fn load_weights(dir: &Path, store: &mut ParamStore) -> Result<Manifest> {
     let manifest = verify(dir, Layout::Pipelined)?;
     if manifest.model_fingerprint.is_some() {
-        super::single::same_fingerprint(dir, &manifest, &store.fingerprint())?;
+        manifest.require_model(dir, &store.fingerprint())?;
     }
     let parts: Vec<String> = (0..manifest.stages.unwrap_or_default()).map(|s| part(s, "model")).collect();
     for name in &parts {

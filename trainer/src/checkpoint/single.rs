@@ -8,7 +8,7 @@
 //!                          above and the model's fingerprint
 //! Loading verifies everything before touching a weight.
 
-use super::{Layout, Manifest, Result, State, mismatch, read_state, read_tensors, restore_tensors, verify};
+use super::{Layout, Manifest, Result, State, read_state, read_tensors, restore_tensors, verify};
 use crate::params::ParamStore;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +27,7 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
     for name in [MODEL, OPTIMIZER, super::TRAINER] {
         manifest.require(dir, name)?;
     }
-    same_fingerprint(dir, &manifest, model_fingerprint)?;
+    manifest.require_model(dir, model_fingerprint)?;
     let state: S = read_state(dir, &manifest)?;
     let weights = read_tensors(dir, &[MODEL.into()])?;
     let opt = read_tensors(dir, &[OPTIMIZER.into()])?;
@@ -40,20 +40,8 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
 pub fn load_weights(dir: &Path, store: &mut ParamStore) -> Result<Manifest> {
     let manifest = verify(dir, Layout::Single)?;
     manifest.require(dir, MODEL)?;
-    same_fingerprint(dir, &manifest, &store.fingerprint())?;
+    manifest.require_model(dir, &store.fingerprint())?;
     let weights = read_tensors(dir, &[MODEL.into()])?;
     restore_tensors(dir, store, vec![], &weights, &BTreeMap::new(), true)?;
     Ok(manifest)
-}
-
-/// Refuses a checkpoint of another model than the one with fingerprint `fp`.
-pub(crate) fn same_fingerprint(dir: &Path, manifest: &Manifest, fp: &str) -> Result<()> {
-    let theirs = manifest.model_fingerprint.as_deref().unwrap_or_default();
-    if theirs != fp {
-        return Err(mismatch(
-            dir,
-            format!("its model has fingerprint {theirs}, this job's model {fp} (different layers, widths, experts or vocabulary)"),
-        ));
-    }
-    Ok(())
 }

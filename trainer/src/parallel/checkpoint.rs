@@ -170,7 +170,7 @@ impl Worker {
         self.skipped_checkpoints = resumed.notes();
         let state = &resumed.loaded;
         let stages_written = (state.stages > 1 || self.stages > 1).then_some(state.stages as i64);
-        Ok(Some(event::Resume { step: state.step, stages_written, skipped_corrupt: resumed.notes() }))
+        Ok(Some(event::Resume { step: state.step, stages_written, skipped_corrupt: self.skipped_checkpoints.clone() }))
     }
 
     /// [`Worker::resume`]'s step.

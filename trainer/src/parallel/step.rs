@@ -82,8 +82,8 @@ fn add(sum: &mut Option<Tensor>, value: Option<Tensor>) {
     *sum = add_opt(sum.take(), value);
 }
 
-/// A scalar tensor as f64 on the host's side of one `stack` (absent: 0).
-fn scalar(t: &Option<Tensor>, device: Device) -> Tensor {
+/// A scalar tensor as a one-element f64 tensor, read with the step's others at once (absent: 0).
+fn scalar(t: Option<&Tensor>, device: Device) -> Tensor {
     match t {
         Some(t) => t.detach().to_kind(Kind::Double).reshape([1]),
         None => Tensor::zeros([1], (Kind::Double, device)),
@@ -240,12 +240,12 @@ impl Worker {
         let d = self.device;
         let measured = Tensor::cat(
             &[
-                scalar(&Some(squared), d),
-                scalar(&sums.loss, d),
-                scalar(&sums.soft, d),
-                scalar(&sums.aux, d),
-                scalar(&sums.dropped, d),
-                scalar(&sums.mismatches, d),
+                scalar(Some(&squared), d),
+                scalar(sums.loss.as_ref(), d),
+                scalar(sums.soft.as_ref(), d),
+                scalar(sums.aux.as_ref(), d),
+                scalar(sums.dropped.as_ref(), d),
+                scalar(sums.mismatches.as_ref(), d),
             ],
             0,
         );
