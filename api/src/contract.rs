@@ -75,6 +75,18 @@ pub mod paths {
     pub const METRICS_PORT: u16 = 9090;
 }
 
+/// Exit codes of `frugal-trainer train` that the operator's pod failure policy tells apart.
+pub mod exit {
+    /// EX_CONFIG: the job as given can never run (a field, a file, a contract version); the
+    /// attempt fails for good and the termination message says what to fix.
+    pub const CONFIGURATION_ERROR: i32 = 78;
+    /// Stopped by SIGTERM (128 + 15) after the checkpoint every stage agreed on. Not a failure
+    /// of its own: the pod was stopped from outside, and whoever stopped it decides what
+    /// happens (a Job suspended by Kueue stops its pods without counting them; any other stop
+    /// of a pod the Job still tracks is counted, and fails the attempt).
+    pub const TERMINATED: i32 = 143;
+}
+
 /// Which TrainingJob a configuration belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

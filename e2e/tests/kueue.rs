@@ -279,8 +279,10 @@ fn queued_cpu_job(name: &str, steps: i64, claim: &str) -> TrainingJob {
     tj
 }
 
+/// A finalizer the eviction test holds the evicted pod with.
+const LINGER_FINALIZER: &str = "e2e.frugal.dev/linger";
+
 #[tokio::test]
-#[ignore = "racy: it passes on its own, but in a full run on a loaded machine the evicted attempt stayed WaitingForPods (its suspended Job carried FailureTarget, which attempt_state reads before suspend); run with --ignored until that is fixed"]
 async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
     if !node::available("kueue-eviction") {
         return;
@@ -302,14 +304,34 @@ async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
         ensure!(flavor == ctx.namespace.as_str(), "admitted to flavor {flavor} for its CPU");
 
         // Kueue evicts it (a deactivated Workload is evicted like a preempted one): the Job is
-        // suspended, its pod stopped, and the TrainingJob waits in the queue, not failed
+        // suspended, its pod stopped, and the TrainingJob waits in the queue, not failed. The
+        // stopped pod is held by a finalizer of the test's, so the Job controller surely sees it
+        // failed with the trainer's exit code 143 (a loaded kubelet leaves the same window
+        // before it removes the pod): that exit, from a pod the Job deleted, fails nothing.
         let pods: Api<Pod> = ctx.api();
+        let hold = serde_json::json!({"metadata": {"finalizers": [LINGER_FINALIZER]}});
+        pods.patch(&first.name_any(), &PatchParams::default(), &Patch::Strategic(&hold)).await?;
         let deactivate = serde_json::json!({"spec": {"active": false}});
         workloads.patch(&workload.name_any(), &PatchParams::default(), &Patch::Merge(&deactivate)).await?;
-        wait::for_deletion(&pods, &first.name_any(), first.metadata.uid.as_deref().unwrap_or_default()).await?;
+        let lingering = wait::for_object(&pods, &first.name_any(), "the evicted pod stopped", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Failed")
+        })
+        .await?;
+        let exit =
+            lingering.status.as_ref().and_then(|s| s.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()).map(|t| t.exit_code);
+        ensure!(exit == Some(143), "the evicted trainer exited {exit:?}, not 143 after its checkpoint");
         let evicted = job_where(&ctx, "lm", "phase Queued after the eviction", |tj| phase(tj) == Some(Phase::Queued)).await?;
         let status = evicted.status.as_ref().unwrap();
         ensure!(status.restarts.unwrap_or(0) == 0, "the eviction counted as a restart: {status:?}");
+        // the Job controller syncs a Job within a second or so of its pod's change
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let attempt = ctx.api::<Job>().get("lm-a1").await?;
+        let failing: Vec<_> =
+            attempt.status.iter().flat_map(|s| s.conditions.iter().flatten()).filter(|c| c.type_ == "FailureTarget" || c.type_ == "Failed").collect();
+        ensure!(failing.is_empty(), "the suspended Job counts its evicted pod as a failure: {failing:?}");
+        let release = serde_json::json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [LINGER_FINALIZER]}});
+        pods.patch(&first.name_any(), &PatchParams::default(), &Patch::Strategic(&release)).await?;
+        wait::for_deletion(&pods, &first.name_any(), first.metadata.uid.as_deref().unwrap_or_default()).await?;
         let stopped = tokio::time::timeout(Duration::from_secs(60), output).await.context("the evicted pod's log did not end")??;
         let checkpoint = last_checkpoint(&stopped).with_context(|| format!("attempt 1 wrote no checkpoint:\n{stopped}"))?;
 

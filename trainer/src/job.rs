@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub struct ConfigurationError(pub String);
 
 /// EX_CONFIG, the exit code of a [`ConfigurationError`].
-pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = 78;
+pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = frugal_api::contract::exit::CONFIGURATION_ERROR;
 
 /// A job as the trainer runs it.
 pub struct Job {

@@ -38,12 +38,13 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// The exit status of `frugal-trainer train`: 143 (killed by SIGTERM) after a checkpoint on
-    /// a signal, so that a Job does not count it as a success.
+    /// The exit status of `frugal-trainer train`: 143 (killed by SIGTERM,
+    /// [`frugal_api::contract::exit::TERMINATED`]) after a checkpoint on a signal, so that a
+    /// Job does not count it as a success.
     pub fn exit_code(self) -> i32 {
         match self {
             Self::Completed | Self::QualityTargetReached => 0,
-            Self::Terminated => 143,
+            Self::Terminated => frugal_api::contract::exit::TERMINATED,
         }
     }
 

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
-use frugal_api::contract::{PodEnv, paths};
+use frugal_api::contract::{PodEnv, exit, paths};
 use frugal_api::v1alpha1::Device;
 
 use super::child_meta;
@@ -32,7 +32,7 @@ const TRAINER_UID: i64 = 65532;
 
 /// Exit code with which the trainer says its configuration can never work (sysexits' EX_CONFIG);
 /// such a failure is permanent and not retried.
-pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = 78;
+pub const CONFIGURATION_ERROR_EXIT_CODE: i32 = exit::CONFIGURATION_ERROR;
 
 /// Indices of the rules of [`pod_failure_policy`]; the Job controller names the matching rule's
 /// index in its Failed condition's message, which `observe` reads back.
@@ -87,7 +87,12 @@ fn pod_failure_policy() -> PodFailurePolicy {
         ..Default::default()
     };
     rules[rules::CONFIGURATION] = fail_job(exit_codes("In", vec![CONFIGURATION_ERROR_EXIT_CODE]));
-    rules[rules::FAILURE] = fail_job(exit_codes("NotIn", vec![0]));
+    // A trainer stopped by SIGTERM (it checkpointed) matches no rule: the Job controller then
+    // counts it only if it still tracks the pod, so a stop the Job made itself (Kueue suspending
+    // it) fails nothing, while any other stop is counted and, at backoffLimit 0, fails the
+    // attempt. A rule matching it would fail a suspended Job whose stopped pod the controller
+    // sees before the pod is gone, as it may on a loaded node.
+    rules[rules::FAILURE] = fail_job(exit_codes("NotIn", vec![0, exit::TERMINATED]));
     PodFailurePolicy { rules }
 }
 
@@ -324,7 +329,11 @@ mod tests {
         let config = rules[rules::CONFIGURATION].on_exit_codes.as_ref().unwrap();
         assert_eq!((config.operator.as_str(), config.values.as_slice()), ("In", &[78][..]));
         let any = rules[rules::FAILURE].on_exit_codes.as_ref().unwrap();
-        assert_eq!((any.operator.as_str(), any.values.as_slice()), ("NotIn", &[0][..]));
+        assert_eq!(
+            (any.operator.as_str(), any.values.as_slice()),
+            ("NotIn", &[0, 143][..]),
+            "a trainer stopped by SIGTERM is left to the Job's own counting"
+        );
         assert_eq!(any.container_name.as_deref(), Some(TRAINER_CONTAINER));
     }
 
