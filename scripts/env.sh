@@ -18,6 +18,21 @@ frugal_setup_libtorch() {
     "torch==$FRUGAL_TORCH_VERSION"
 }
 
+# The other side of the interop tests: Hugging Face's own libraries load frugal's exports and
+# build the models frugal imports; pyarrow writes the Parquet corpora frugal reads. Installed
+# beside torch, only by the entry points that run those tests (`frugal_setup_interop`).
+FRUGAL_INTEROP_PACKAGES=(transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 pyarrow==26.0.1)
+
+frugal_setup_interop() {
+  local py=$FRUGAL_VENV/bin/python want=() pkg
+  for pkg in "${FRUGAL_INTEROP_PACKAGES[@]}"; do
+    "$py" -W ignore -c "import importlib.metadata as m, sys; sys.exit(m.version('${pkg%%==*}') != '${pkg#*==}')" 2>/dev/null || want+=("$pkg")
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "frugal: installing ${want[*]} into $FRUGAL_VENV" >&2
+  "$FRUGAL_VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${want[@]}"
+}
+
 frugal_setup_libtorch
 export LIBTORCH_USE_PYTORCH=1
 export PATH=$FRUGAL_VENV/bin:$PATH

@@ -36,6 +36,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "interop packages (transformers, tokenizers, safetensors, pyarrow) for the tests that meet them"
+frugal_setup_interop
+
 step "workspace tests (unit, CEL, contract, CRD drift, trainer on CPU)"
 cargo test --workspace --exclude frugal-e2e
 
