@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod data;
 pub mod distill;
 pub mod eval;
+pub mod hf;
 pub mod job;
 pub mod model;
 pub mod parallel;

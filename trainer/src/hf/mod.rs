@@ -1,0 +1,243 @@
+//! The Hugging Face model layout, out and in: a directory `transformers` loads with
+//! `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`, without remote
+//! code, and that frugal reads back as a model to start from.
+//!
+//! A directory holds `config.json` (the family's own configuration), the weights in fp32 as
+//! `model.safetensors` or, past `max_shard_bytes`, as `model-0000i-of-0000n.safetensors` with
+//! `model.safetensors.index.json`, `generation_config.json`, and, when the model has a tokenizer,
+//! `tokenizer.json` and `tokenizer_config.json`. Which family a model maps to, and what is refused,
+//! is [`family`]'s.
+
+pub mod family;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use tch::{Kind, Tensor};
+
+pub use family::{Family, Tensors, Unsupported};
+
+use crate::config::ModelConfig;
+use crate::data::tokenizer::{EOT, EOT_TEXT, TextTokenizer};
+use crate::params::ParamStore;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// Shards past this size, as `transformers` does by default.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    pub dir: PathBuf,
+    pub family: Family,
+    /// The weight files, in order.
+    pub weight_files: Vec<String>,
+    /// Bytes of weights.
+    pub weight_bytes: u64,
+}
+
+/// The parameters of `store` by name, as fp32 tensors on the CPU.
+pub fn named_weights(store: &ParamStore) -> Tensors {
+    (0..store.specs.len()).map(|i| (store.specs[i].name.clone(), store.master_view(i).to_device(tch::Device::Cpu).to_kind(Kind::Float))).collect()
+}
+
+/// Writes `m`'s weights (`store`, the whole model) and `tokenizer` to `out` in the Hugging Face
+/// layout. The directory is written beside `out` and renamed into place, so `out` is either the
+/// previous export or the new one; an existing `out` that is not an export is refused.
+pub fn export(out: &Path, m: &ModelConfig, store: &ParamStore, tokenizer: Option<&TextTokenizer>, max_shard_bytes: u64) -> Result<Exported> {
+    let family = Family::of(m)?;
+    ensure!(max_shard_bytes > 0, "the largest shard must hold at least one byte");
+    let hf = family.to_hf(m, &named_weights(store))?;
+    if out.exists() {
+        ensure!(
+            out.join(CONFIG_FILE).exists() || std::fs::read_dir(out)?.next().is_none(),
+            "{} exists and is not a Hugging Face export; name a new or empty directory",
+            out.display()
+        );
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out.file_name().context("the export directory has no name")?.to_string_lossy().into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+
+    let eos = tokenizer.map(|_| i64::from(EOT));
+    write_json(&tmp.join(CONFIG_FILE), &family.config(m, eos))?;
+    let mut generation = json!({"do_sample": false});
+    if let Some(eos) = eos {
+        generation["bos_token_id"] = json!(eos);
+        generation["eos_token_id"] = json!(eos);
+    }
+    write_json(&tmp.join(GENERATION_CONFIG_FILE), &generation)?;
+    let (weight_files, weight_bytes) = write_weights(&tmp, &hf, max_shard_bytes)?;
+    if let Some(tokenizer) = tokenizer {
+        tokenizer.save(&tmp.join(TOKENIZER_FILE))?;
+        let config = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": EOT_TEXT,
+            "eos_token": EOT_TEXT,
+            "model_max_length": m.seq_len,
+            "clean_up_tokenization_spaces": false,
+            "add_prefix_space": false,
+        });
+        write_json(&tmp.join(TOKENIZER_CONFIG_FILE), &config)?;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("moving the export into {}", out.display()))?;
+    Ok(Exported { dir: out.to_path_buf(), family, weight_files, weight_bytes })
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// One tensor handed to the safetensors writer: made contiguous, and its bytes copied, only
+/// when the writer reaches it, so a transposed view costs memory one tensor at a time.
+struct Weight<'a> {
+    tensor: &'a Tensor,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for Weight<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let t = self.tensor.contiguous();
+        let mut bytes = vec![0u8; self.data_len()];
+        t.copy_data_u8(&mut bytes, t.numel());
+        Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * 4
+    }
+}
+
+/// Writes `hf` as one file, or as shards of at most `max_shard_bytes` (a larger tensor gets a
+/// shard of its own) with the index `transformers` reads.
+fn write_weights(dir: &Path, hf: &Tensors, max_shard_bytes: u64) -> Result<(Vec<String>, u64)> {
+    let mut shards: Vec<Vec<(&String, &Tensor)>> = vec![vec![]];
+    let mut size = 0u64;
+    for (name, t) in hf {
+        ensure!(t.kind() == Kind::Float, "{name} is {:?}, not fp32", t.kind());
+        let bytes = t.numel() as u64 * 4;
+        if size > 0 && size + bytes > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        shards.last_mut().expect("a shard").push((name, t));
+        size += bytes;
+    }
+    let total: u64 = hf.values().map(|t| t.numel() as u64 * 4).sum();
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let n = shards.len();
+    let names: Vec<String> =
+        if n == 1 { vec![WEIGHTS_FILE.to_string()] } else { (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).collect() };
+    let mut weight_map = serde_json::Map::new();
+    for (shard, file) in shards.iter().zip(&names) {
+        let views = shard.iter().map(|(name, t)| (name.as_str(), Weight { tensor: t, shape: t.size().iter().map(|&s| s as usize).collect() }));
+        safetensors::tensor::serialize_to_file(views, &metadata, &dir.join(file)).with_context(|| format!("writing {file}"))?;
+        for (name, _) in shard {
+            weight_map.insert((*name).clone(), json!(file));
+        }
+    }
+    if n > 1 {
+        write_json(&dir.join(INDEX_FILE), &json!({"metadata": {"total_size": total}, "weight_map": weight_map}))?;
+    }
+    Ok((names, total))
+}
+
+/// A Hugging Face model directory read back: its family, the frugal model it is, and its
+/// weights in frugal's names.
+pub struct Imported {
+    pub family: Family,
+    pub model: ModelConfig,
+    pub weights: Tensors,
+}
+
+/// The family and model `dir`'s `config.json` describes, without reading the weights.
+pub fn read_config(dir: &Path) -> Result<(Family, ModelConfig)> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Family::from_config(&config).with_context(|| format!("{}", path.display()))
+}
+
+/// Reads the model in `dir`; with `seq_len`, a context shorter than the model's own (learned
+/// position embeddings keep their first rows).
+pub fn import(dir: &Path, seq_len: Option<i64>) -> Result<Imported> {
+    let (family, mut model) = read_config(dir)?;
+    if let Some(t) = seq_len {
+        ensure!(
+            t <= model.seq_len || family != Family::Gpt2,
+            "a context of {t} tokens is longer than the {} positions the model learned",
+            model.seq_len
+        );
+        model.seq_len = t;
+    }
+    let mut hf = Tensors::new();
+    for file in weight_files(dir)? {
+        let path = dir.join(&file);
+        let read = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+        hf.extend(read);
+    }
+    let weights = family.from_hf(&model, &hf).with_context(|| format!("{}", dir.display()))?;
+    Ok(Imported { family, model, weights })
+}
+
+/// The weight files of `dir`: the index's, or the single file.
+fn weight_files(dir: &Path) -> Result<Vec<String>> {
+    let index = dir.join(INDEX_FILE);
+    if index.exists() {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&index)?).with_context(|| format!("parsing {}", index.display()))?;
+        let map = v.get("weight_map").and_then(Value::as_object).with_context(|| format!("{} has no weight_map", index.display()))?;
+        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    if dir.join(WEIGHTS_FILE).exists() {
+        return Ok(vec![WEIGHTS_FILE.to_string()]);
+    }
+    bail!("{} holds neither {WEIGHTS_FILE} nor {INDEX_FILE} (frugal reads safetensors weights)", dir.display())
+}
+
+/// Copies `weights` into `store`, which must declare exactly those parameters with those shapes.
+pub fn load_into(store: &mut ParamStore, weights: &Tensors) -> Result<()> {
+    ensure!(
+        weights.len() == store.specs.len(),
+        "the imported model has {} tensors where frugal's model has {} parameters",
+        weights.len(),
+        store.specs.len()
+    );
+    tch::no_grad(|| {
+        for i in 0..store.specs.len() {
+            let spec = &store.specs[i];
+            let t = weights.get(&spec.name).with_context(|| format!("the imported model has no {}", spec.name))?;
+            ensure!(t.size() == spec.shape, "{} is {:?} in the imported model, {:?} in frugal's", spec.name, t.size(), spec.shape);
+            store.master_view(i).copy_(t);
+        }
+        Ok(())
+    })?;
+    store.sync_compute();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+use super::*;
+use crate::config::{AttentionPattern, MoeConfig, Positions, nano_model};
+use crate::model::gpt::Gpt;
+use crate::quantize::whole_model;
+use tch::Device;
+
+fn model(positions: Positions, bias: bool, tied: bool) -> ModelConfig {
+    let mut m = nano_model(300);
+    (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (2, 32, 4, 24, 48);
+    (m.positions, m.bias, m.tied_embeddings) = (positions, bias, tied);
+    m
+}
+
+/// The whole model with every weight random (norm gains and biases too, so a misplaced one shows).
+fn random(m: &ModelConfig, seed: i64) -> (Gpt, ParamStore) {
+    let (gpt, mut store) = whole_model(m, Device::Cpu);
+    tch::manual_seed(seed);
+    tch::no_grad(|| {
+        for i in 0..store.specs.len() {
+            let mut view = store.master_view(i);
+            view.copy_(&(Tensor::randn(view.size(), (Kind::Float, Device::Cpu)) * 0.2));
+        }
+    });
+    store.sync_compute();
+    (gpt, store)
+}
+
+fn logits(gpt: &Gpt, store: &ParamStore, tokens: &Tensor) -> Tensor {
+    tch::no_grad(|| gpt.forward_slice(store, tokens, None, None).y)
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("frugal-hf-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn every_dense_model_round_trips_to_the_same_logits() {
+    let tokens = Tensor::randint(300, [2, 24], (Kind::Int64, Device::Cpu));
+    for positions in [Positions::Learned, Positions::Rotary] {
+        for (bias, tied) in [(true, true), (false, false), (true, false), (false, true)] {
+            let m = model(positions, bias, tied);
+            let (gpt, store) = random(&m, 3);
+            let out = dir("round-trip");
+            let exported = export(&out, &m, &store, None, DEFAULT_MAX_SHARD_BYTES).unwrap();
+            assert_eq!(exported.family, Family::of(&m).unwrap());
+            assert_eq!(exported.weight_files, [WEIGHTS_FILE]);
+            let imported = import(&out, None).unwrap();
+            assert_eq!(imported.family, exported.family);
+            // biases absent in frugal's model come back as zero ones: the same computation
+            let expected = ModelConfig { bias: true, ..m.clone() };
+            assert_eq!(imported.model, expected, "{positions:?} bias {bias} tied {tied}");
+            let (gpt2, mut store2) = whole_model(&imported.model, Device::Cpu);
+            load_into(&mut store2, &imported.weights).unwrap();
+            let diff = (logits(&gpt, &store, &tokens) - logits(&gpt2, &store2, &tokens)).abs().max().double_value(&[]);
+            assert!(diff == 0.0, "{positions:?} bias {bias} tied {tied}: logits differ by {diff}");
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
+}
+
+#[test]
+fn weights_past_the_shard_size_are_sharded_with_an_index() {
+    let m = model(Positions::Rotary, true, false);
+    let (_, store) = random(&m, 4);
+    let out = dir("sharded");
+    let exported = export(&out, &m, &store, Some(&TextTokenizer::Byte), 40_000).unwrap();
+    assert!(exported.weight_files.len() > 2, "{:?}", exported.weight_files);
+    assert_eq!(exported.weight_files[0], format!("model-00001-of-{:05}.safetensors", exported.weight_files.len()));
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(out.join(INDEX_FILE)).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"].as_u64(), Some(exported.weight_bytes));
+    assert_eq!(exported.weight_bytes, store.numel as u64 * 4 + 0, "fp32, and no bias added to a model that has them");
+    let imported = import(&out, None).unwrap();
+    for (name, t) in named_weights(&store) {
+        assert!(imported.weights[&name].equal(&t), "{name}");
+    }
+    for file in [CONFIG_FILE, GENERATION_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!((config["eos_token_id"].as_i64(), config["architectures"][0].as_str()), (Some(256), Some("GPTNeoXForCausalLM")));
+    // exporting again replaces the export; a directory that is not one is left alone
+    export(&out, &m, &store, None, DEFAULT_MAX_SHARD_BYTES).unwrap();
+    assert!(!out.join(INDEX_FILE).exists() && !out.join(TOKENIZER_FILE).exists());
+    let other = dir("not-an-export");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let e = export(&other, &m, &store, None, DEFAULT_MAX_SHARD_BYTES).unwrap_err().to_string();
+    assert!(e.contains("is not a Hugging Face export"), "{e}");
+    assert!(other.join("notes.txt").exists());
+    for d in [out, other] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_model_no_family_computes_is_refused_naming_the_field() {
+    let mut m = model(Positions::Rotary, false, true);
+    m.moe = Some(MoeConfig {
+        experts: 4,
+        top_k: 2,
+        shared_experts: 0,
+        expert_hidden: 16,
+        every_n_layers: 1,
+        capacity_factor: 1.25,
+        load_balance_weight: 0.01,
+    });
+    assert_eq!(Family::of(&m).unwrap_err().field, "model.sparsity.moe");
+    m.moe = None;
+    m.attention = AttentionPattern::SlidingWindow { window: 8 };
+    let e = Family::of(&m).unwrap_err();
+    assert_eq!(e.field, "model.sparsity.attention");
+    assert!(e.to_string().starts_with("spec.model.sparsity.attention: "), "{e}");
+}
+
+#[test]
+fn a_config_frugal_would_compute_otherwise_is_refused_naming_its_key() {
+    let m = model(Positions::Learned, true, true);
+    let mut c = Family::Gpt2.config(&m, None);
+    assert_eq!(Family::from_config(&c).unwrap(), (Family::Gpt2, m.clone()));
+    c["activation_function"] = json!("gelu_new");
+    assert!(Family::from_config(&c).unwrap_err().to_string().contains("activation_function"));
+    let n = model(Positions::Rotary, true, false);
+    let mut c = Family::GptNeox.config(&n, None);
+    assert_eq!(Family::from_config(&c).unwrap(), (Family::GptNeox, n));
+    c["use_parallel_residual"] = json!(true);
+    assert!(Family::from_config(&c).unwrap_err().to_string().contains("use_parallel_residual"));
+    let c = json!({"model_type": "bert"});
+    assert!(Family::from_config(&c).unwrap_err().to_string().contains("\"bert\""));
+}

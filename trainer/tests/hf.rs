@@ -1,0 +1,126 @@
+//! Hugging Face interop, proved with `transformers` itself (the project venv's python, offline):
+//! frugal's exports load in `transformers` and compute the same logits, and models `transformers`
+//! builds and saves load in frugal and compute the same logits and loss.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use frugal_trainer::config::{ModelConfig, Positions, nano_model};
+use frugal_trainer::data::tokenizer::TextTokenizer;
+use frugal_trainer::hf;
+use frugal_trainer::model::gpt::Gpt;
+use frugal_trainer::params::ParamStore;
+use frugal_trainer::quantize::whole_model;
+use tch::{Device, Kind, Tensor};
+
+/// The largest difference of logits allowed between frugal and `transformers` in fp32.
+const LOGITS_TOLERANCE: f64 = 1e-4;
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("FRUGAL_VENV").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    venv.join("bin/python")
+}
+
+/// Runs the Hugging Face side and returns what it printed.
+fn hf_side(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/hf_check.py");
+    let out = Command::new(python()).arg(script).args(args).output().expect("the venv's python runs (make test installs transformers)");
+    assert!(out.status.success(), "hf_check.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+fn random(m: &ModelConfig, seed: i64) -> (Gpt, ParamStore) {
+    let (gpt, mut store) = whole_model(m, Device::Cpu);
+    tch::manual_seed(seed);
+    tch::no_grad(|| {
+        for i in 0..store.specs.len() {
+            let mut view = store.master_view(i);
+            view.copy_(&(Tensor::randn(view.size(), (Kind::Float, Device::Cpu)) * 0.2));
+        }
+    });
+    store.sync_compute();
+    (gpt, store)
+}
+
+fn logits(gpt: &Gpt, store: &ParamStore, tokens: &Tensor) -> Tensor {
+    tch::no_grad(|| gpt.forward_slice(store, tokens, None, None).y)
+}
+
+fn next_token_loss(logits: &Tensor, tokens: &Tensor) -> f64 {
+    let (b, t, v) = logits.size3().unwrap();
+    logits.narrow(1, 0, t - 1).reshape([b * (t - 1), v]).cross_entropy_for_logits(&tokens.narrow(1, 1, t - 1).reshape([-1])).double_value(&[])
+}
+
+#[test]
+fn frugal_exports_load_in_transformers_with_the_same_logits() {
+    for (positions, architecture) in [(Positions::Learned, "GPT2LMHeadModel"), (Positions::Rotary, "GPTNeoXForCausalLM")] {
+        for (bias, tied) in [(true, true), (false, false)] {
+            let mut m = nano_model(300);
+            (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (2, 32, 4, 32, 48);
+            (m.positions, m.bias, m.tied_embeddings) = (positions, bias, tied);
+            let (gpt, store) = random(&m, 11);
+            let root = common::temp_dir(&format!("hf-export-{positions:?}-{bias}"));
+            let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
+            let ours = logits(&gpt, &store, &tokens);
+            Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], root.join("frugal.safetensors")).unwrap();
+            // sharded, to load the index too
+            hf::export(&root.join("model"), &m, &store, Some(&TextTokenizer::Byte), 30_000).unwrap();
+            let r = json(&hf_side(&["load", root.join("model").to_str().unwrap()]));
+            eprintln!("{positions:?} bias {bias} tied {tied}: {r}");
+            assert_eq!(r["architecture"], architecture);
+            let diff = r["max_abs_diff"].as_f64().unwrap();
+            assert!(diff <= LOGITS_TOLERANCE, "{architecture}: logits differ by {diff}");
+            let (loss, frugal_loss) = (r["loss"].as_f64().unwrap(), next_token_loss(&ours, &tokens));
+            assert!((loss - frugal_loss).abs() <= LOGITS_TOLERANCE, "loss {loss} in transformers, {frugal_loss} in frugal");
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+    }
+}
+
+#[test]
+fn models_transformers_saves_load_in_frugal_with_the_same_logits_and_loss() {
+    for family in ["gpt2", "gpt_neox"] {
+        let root = common::temp_dir(&format!("hf-import-{family}"));
+        let dir = root.join("model");
+        hf_side(&["build", family, dir.to_str().unwrap()]);
+        let reference: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(root.join("reference.safetensors")).unwrap().into_iter().collect();
+        let imported = hf::import(&dir, None).unwrap();
+        assert_eq!(imported.family.model_type(), family);
+        let (gpt, mut store) = whole_model(&imported.model, Device::Cpu);
+        hf::load_into(&mut store, &imported.weights).unwrap();
+        let tokens = &reference["tokens"];
+        let ours = logits(&gpt, &store, tokens);
+        let diff = (&ours - &reference["logits"]).abs().max().double_value(&[]);
+        let (loss, theirs) = (next_token_loss(&ours, tokens), reference["loss"].double_value(&[0]));
+        eprintln!("{family}: logits differ by {diff:.2e}; step-0 loss {loss:.6} in frugal, {theirs:.6} in transformers");
+        assert!(diff <= LOGITS_TOLERANCE, "{family}: logits differ by {diff}");
+        assert!((loss - theirs).abs() <= LOGITS_TOLERANCE, "{family}: loss {loss} against {theirs}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[test]
+fn the_exported_tokenizer_gives_frugals_ids_in_transformers() {
+    let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer";
+    let docs: Vec<&str> = std::iter::repeat_n(text, 20).collect();
+    for tokenizer in [TextTokenizer::Byte, TextTokenizer::train_bpe(&docs, 300).unwrap()] {
+        let mut m = nano_model(tokenizer.vocab_size());
+        (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (1, 16, 2, 16, 32);
+        let (_, store) = random(&m, 5);
+        let root = common::temp_dir("hf-tokenizer");
+        hf::export(&root.join("model"), &m, &store, Some(&tokenizer), hf::DEFAULT_MAX_SHARD_BYTES).unwrap();
+        let r = json(&hf_side(&["tokenize", root.join("model").to_str().unwrap(), text]));
+        let ids: Vec<i64> = r["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let ours: Vec<i64> = tokenizer.encode(text.as_bytes()).unwrap().into_iter().map(i64::from).collect();
+        assert_eq!(ids, ours, "{r}");
+        assert_eq!(r["eos"].as_i64(), Some(256));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
