@@ -212,6 +212,10 @@ impl Job {
         if let Some(teacher) = &self.plan.teacher {
             crate::config::check_teacher(&self.plan.model, teacher).map_err(ConfigurationError)?;
         }
+        if self.spec.export.as_ref().is_some_and(|e| e.hugging_face) {
+            crate::hf::Family::of(&self.plan.model)
+                .map_err(|e| ConfigurationError(format!("spec.export.huggingFace: no Hugging Face family computes this model exactly: {e}")))?;
+        }
         let d = &self.spec.data;
         let mut paths: Vec<(String, &str)> = Vec::new();
         if let Some(text) = &d.source.text {

@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
 use frugal_trainer::data::{self, shards};
+use frugal_trainer::hf;
 use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
-use frugal_trainer::parallel::run::{JobRun, Output};
+use frugal_trainer::parallel::run::{Exports, JobRun, Output};
 use frugal_trainer::parallel::{launch, pick_device};
 use frugal_trainer::report::compare;
 use frugal_trainer::report::human;
@@ -95,6 +96,23 @@ enum Command {
     /// defaults to the CPU, whose int8 kernels run it; on cuda the weights are dequantized per
     /// product. `--json` prints what status.quality.quantized would hold.
     Quantize(CheckpointArgs),
+    /// Write a checkpoint (any layout) in the Hugging Face layout: config.json, fp32
+    /// safetensors (sharded past --max-shard-bytes), generation_config.json and the job's
+    /// tokenizer as tokenizer.json and tokenizer_config.json, which
+    /// `transformers.AutoModelForCausalLM.from_pretrained` loads without remote code.
+    Export {
+        #[command(flatten)]
+        checkpoint: CheckpointArgs,
+        /// The format: hf.
+        #[arg(long, default_value = "hf")]
+        format: String,
+        /// The directory to write (default: hf/ in the checkpoint's step directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Shard the weights past this many bytes.
+        #[arg(long, default_value_t = hf::DEFAULT_MAX_SHARD_BYTES)]
+        max_shard_bytes: u64,
+    },
     /// Compare run reports (report.json files, or directories holding them) in one table.
     Report {
         #[arg(required = true)]
@@ -206,6 +224,18 @@ fn run(cli: Cli) -> Result<i32> {
             quantize(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
+        Command::Export { checkpoint: CheckpointArgs { job, checkpoint, device: _, json }, format, out, max_shard_bytes } => {
+            anyhow::ensure!(format == "hf", "--format {format:?}: the export format is hf (the Hugging Face layout)");
+            let job = job::load(&job)?;
+            let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
+            let e = hf::export_job(&job, &root, out.as_deref(), max_shard_bytes)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!("step {} -> {} ({}, {} bytes of fp32 weights)", e.step, e.path, e.architecture, e.weight_bytes);
+            }
+            Ok(0)
+        }
         Command::Report { paths, format, seeds, baseline } => {
             let rows: Vec<compare::Row> = compare::load(&paths)?.iter().map(compare::Row::from_summary).collect();
             print!("{}", compare::render(&rows, &format, seeds, baseline.as_deref())?);
@@ -243,10 +273,16 @@ fn run(cli: Cli) -> Result<i32> {
             let served = port.map(|p| metrics.serve_port(p)).transpose()?;
             let mut run = JobRun::of(&job, Output { json, report }, metrics, served, stop, max_steps);
             let job = Arc::new(job);
-            if job.spec.export.as_ref().is_some_and(|e| e.quantize.is_some()) {
+            let exports = job.spec.export.clone().unwrap_or_default();
+            if exports.quantize.is_some() || exports.hugging_face {
                 let exported = job.clone();
-                // the int8 kernels are the CPU's, whatever the job trained on
-                run.export = Some(Arc::new(move |root| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)));
+                run.export = Some(Arc::new(move |root| {
+                    Ok(Exports {
+                        // the int8 kernels are the CPU's, whatever the job trained on
+                        quantized: exports.quantize.map(|_| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)).transpose()?,
+                        hugging_face: exports.hugging_face.then(|| hf::export_job(&exported, root, None, hf::DEFAULT_MAX_SHARD_BYTES)).transpose()?,
+                    })
+                }));
             }
             Ok(launch::train(&job, cfg, device, run)?.exit_code())
         }

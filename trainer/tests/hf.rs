@@ -124,3 +124,78 @@ fn the_exported_tokenizer_gives_frugals_ids_in_transformers() {
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
+
+/// `train` with spec.export.huggingFace writes the final checkpoint of a two-stage pipeline
+/// (trained in one process) as `hf/` in its step directory and reports it in the log and the
+/// run report; transformers loads it with the logits of frugal's own checkpoint; `export` writes
+/// the same from the command line.
+#[test]
+fn training_with_spec_export_hugging_face_writes_and_reports_the_export() {
+    let root = common::temp_dir("hf-train");
+    let corpus: String =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt")).unwrap().chars().take(60_000).collect();
+    std::fs::write(root.join("corpus.txt"), corpus).unwrap();
+    let manifest = root.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+apiVersion: frugal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: exported}}
+spec:
+  model:
+    type: Custom
+    custom: {{layers: 2, dModel: 32, heads: 2, seqLen: 32, vocabSize: 300}}
+  data:
+    source: {{type: Text, text: {{path: {}}}}}
+    tokenizer: bpe
+  training:
+    duration: {{type: Steps, steps: 12}}
+    batchSize: 8
+    precision: fp32
+  resources: {{device: CPU}}
+  parallelism: {{pipelineStages: 2, microBatches: 2}}
+  export: {{huggingFace: true}}
+"#,
+            root.join("corpus.txt").display()
+        ),
+    )
+    .unwrap();
+    let ckpt = root.join("ckpt");
+    let bin = env!("CARGO_BIN_EXE_frugal-trainer");
+    let args = ["train", manifest.to_str().unwrap(), "--checkpoint-dir", ckpt.to_str().unwrap(), "--json", "--threads", "2"];
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8(out.stdout).unwrap();
+    let event = log.lines().find(|l| l.contains(r#""event":"hugging_face""#)).unwrap_or_else(|| panic!("no hugging_face event:\n{log}"));
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    let export = ckpt.join("step-000000012/hf");
+    assert_eq!(event["path"].as_str(), Some(export.to_str().unwrap()), "{event}");
+    assert_eq!((event["step"].as_i64(), event["architecture"].as_str()), (Some(12), Some("GPTNeoXForCausalLM")), "{event}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["quality"]["huggingFace"]["path"], event["path"], "{report}");
+
+    // frugal's own checkpoint, read as frugal reads it, against transformers on the export
+    let job = frugal_trainer::job::load(&manifest).unwrap();
+    let (gpt, mut store) = whole_model(&job.plan.model, Device::Cpu);
+    frugal_trainer::checkpoint::load_weights(&ckpt.join("step-000000012"), &mut store).unwrap();
+    let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
+    let ours = logits(&gpt, &store, &tokens);
+    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], ckpt.join("step-000000012/frugal.safetensors")).unwrap();
+    let r = json(&hf_side(&["load", export.to_str().unwrap()]));
+    assert!(r["max_abs_diff"].as_f64().unwrap() <= LOGITS_TOLERANCE, "{r}");
+
+    let cli = root.join("cli");
+    let out = Command::new(bin)
+        .args(["export", manifest.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap(), "--out", cli.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((printed["step"].as_i64(), printed["weightBytes"].as_i64()), (Some(12), event["weightBytes"].as_i64()));
+    for file in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(std::fs::read(cli.join(file)).unwrap(), std::fs::read(export.join(file)).unwrap(), "{file}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -266,6 +266,9 @@ pub struct QualityStatus {
     /// way, beside the unquantized figures and round-to-nearest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized: Option<QuantizedStatus>,
+    /// The Hugging Face export (spec.export.huggingFace) of the final checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugging_face: Option<HuggingFaceExportStatus>,
     /// With spec.distill: the teacher, evaluated the same way, and the student against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation: Option<DistillationStatus>,
@@ -343,6 +346,22 @@ pub struct QuantizedStatus {
     /// The same of the unquantized model, measured in the same run.
     #[serde(default, skip_serializing_if = "is_not_finite")]
     pub unquantized_tokens_per_second: f64,
+}
+
+/// The final checkpoint in the Hugging Face layout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HuggingFaceExportStatus {
+    /// Step of the checkpoint that was exported.
+    pub step: i64,
+    /// The directory `from_pretrained` loads.
+    #[schemars(length(max = 4096))]
+    pub path: String,
+    /// The `transformers` class its config.json names (GPT2LMHeadModel, GPTNeoXForCausalLM).
+    #[schemars(length(max = 128))]
+    pub architecture: String,
+    /// Bytes of its fp32 weights.
+    pub weight_bytes: i64,
 }
 
 /// A distilled student against its teacher.

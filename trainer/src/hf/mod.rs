@@ -20,6 +20,8 @@ use tch::{Kind, Tensor};
 
 pub use family::{Family, Tensors, Unsupported};
 
+use frugal_api::v1alpha1::HuggingFaceExportStatus;
+
 use crate::config::ModelConfig;
 use crate::data::tokenizer::{EOT, EOT_TEXT, TextTokenizer};
 use crate::params::ParamStore;
@@ -32,6 +34,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// Shards past this size, as `transformers` does by default.
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
+/// Where an export after training goes, in the step directory.
+pub const EXPORT_DIR: &str = "hf";
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +241,26 @@ pub fn load_into(store: &mut ParamStore, weights: &Tensors) -> Result<()> {
     })?;
     store.sync_compute();
     Ok(())
+}
+
+/// Exports `job`'s checkpoint `checkpoint` (a step directory, or a root whose newest committed
+/// step is used; any layout) to `out`, or to `hf/` in the step directory, with the job's
+/// tokenizer when its data has one.
+pub fn export_job(job: &crate::job::Job, checkpoint: &Path, out: Option<&Path>, max_shard_bytes: u64) -> Result<HuggingFaceExportStatus> {
+    let dir = crate::quantize::step_dir(checkpoint)?;
+    let cfg = job.run_config(None)?;
+    Family::of(&cfg.model).map_err(|e| anyhow::anyhow!("no Hugging Face family computes this model exactly: {e}"))?;
+    let (_, mut store) = crate::quantize::whole_model(&cfg.model, tch::Device::Cpu);
+    let step = crate::checkpoint::load_weights(&dir, &mut store).with_context(|| format!("loading the checkpoint {} to export", dir.display()))?.step;
+    let data = crate::data::Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)?;
+    let out = out.map_or_else(|| dir.join(EXPORT_DIR), Path::to_path_buf);
+    let e = export(&out, &cfg.model, &store, data.tokenizer.as_ref(), max_shard_bytes)?;
+    Ok(HuggingFaceExportStatus {
+        step,
+        path: e.dir.display().to_string(),
+        architecture: e.family.architecture().into(),
+        weight_bytes: e.weight_bytes as i64,
+    })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::report::status::{StatusReporter, StatusTarget};
 use crate::report::{Reporter, Summary};
 use anyhow::Result;
 use frugal_api::planner::bubble_fraction;
-use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, QuantizedStatus};
+use frugal_api::v1alpha1::{DistillationStatus, HuggingFaceExportStatus, QualityStatus, QuantizedStatus};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -323,9 +323,17 @@ pub struct JobRun {
     pub export: Option<Export>,
 }
 
-/// The export after training (spec.export.quantize): given the checkpoint root, it quantizes
-/// the newest checkpoint and measures it; the result goes into the status and the run report.
-pub type Export = Arc<dyn Fn(&std::path::Path) -> Result<QuantizedStatus> + Send + Sync>;
+/// The exports after training (spec.export): given the checkpoint root, it quantizes the newest
+/// checkpoint and measures it, and writes it in the Hugging Face layout; the results go into the
+/// status and the run report.
+pub type Export = Arc<dyn Fn(&std::path::Path) -> Result<Exports> + Send + Sync>;
+
+/// What [`Export`] made.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exports {
+    pub quantized: Option<QuantizedStatus>,
+    pub hugging_face: Option<HuggingFaceExportStatus>,
+}
 
 impl JobRun {
     pub fn of(job: &Job, output: Output, metrics: Metrics, metrics_port: Option<u16>, stop: Arc<AtomicBool>, max_steps: Option<i64>) -> Self {
@@ -359,10 +367,16 @@ pub fn train_job(worker: &mut Worker, job: &JobRun) -> Result<Stop> {
         (&job.export, reporter.as_mut(), summary.as_mut(), worker.cfg.checkpoint_dir.clone())
         && finished
     {
-        let quantized = export(&root)?;
-        rep.emit(RunEvent::Quantized(Box::new(quantized.clone())));
+        let exports = export(&root)?;
+        if let Some(quantized) = &exports.quantized {
+            rep.emit(RunEvent::Quantized(Box::new(quantized.clone())));
+        }
+        if let Some(hf) = &exports.hugging_face {
+            rep.emit(RunEvent::HuggingFace(hf.clone()));
+        }
         if let Some(q) = summary.quality.as_mut() {
-            q.quantized = Some(quantized);
+            q.quantized = exports.quantized;
+            q.hugging_face = exports.hugging_face;
         }
     }
     if let (Some(rep), Some(summary)) = (reporter.as_mut(), &summary) {

@@ -2,7 +2,7 @@
 //! pod's status reporter folds them into the TrainingJob's status, and the progress bar draws
 //! them. A value is named once here, so what the log shows is what the status says.
 
-use frugal_api::v1alpha1::{DistillationStatus, QualityStatus, QuantizedStatus, ZeroShotResult};
+use frugal_api::v1alpha1::{DistillationStatus, HuggingFaceExportStatus, QualityStatus, QuantizedStatus, ZeroShotResult};
 use serde::{Deserialize, Serialize};
 
 use crate::report::summary::Summary;
@@ -30,6 +30,9 @@ pub enum RunEvent {
     /// The int8 export of the final checkpoint (spec.export.quantize), measured against it: once,
     /// after training, before the summary. Its fields are `status.quality.quantized`'s.
     Quantized(Box<QuantizedStatus>),
+    /// The Hugging Face export of the final checkpoint (spec.export.huggingFace): once, after
+    /// training, before the summary. Its fields are `status.quality.huggingFace`'s.
+    HuggingFace(HuggingFaceExportStatus),
     /// The run's summary, at its end.
     Summary(Box<Summary>),
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use frugal_api::TrainingJob;
 use frugal_api::contract::PodEnv;
 use frugal_api::finite::finite;
-use frugal_api::v1alpha1::{CheckpointStatus, DistillationStatus, EfficiencyStatus, ProgressStatus, QualityStatus, QuantizedStatus};
+use frugal_api::v1alpha1::{
+    CheckpointStatus, DistillationStatus, EfficiencyStatus, HuggingFaceExportStatus, ProgressStatus, QualityStatus, QuantizedStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -72,6 +74,8 @@ pub struct TrainerStatus {
     pub distillation: Option<DistillationStatus>,
     /// The int8 export after training.
     pub quantized: Option<QuantizedStatus>,
+    /// The Hugging Face export after training.
+    pub hugging_face: Option<HuggingFaceExportStatus>,
     total_steps: i64,
 }
 
@@ -132,6 +136,7 @@ impl TrainerStatus {
             }
             RunEvent::Distillation(d) => self.distillation = Some(d.clone()),
             RunEvent::Quantized(q) => self.quantized = Some((**q).clone()),
+            RunEvent::HuggingFace(e) => self.hugging_face = Some(e.clone()),
             RunEvent::Resume(_) | RunEvent::Metrics { .. } | RunEvent::Summary(_) => {}
         }
     }
@@ -144,6 +149,7 @@ impl TrainerStatus {
             tokens_to_target: self.tokens_to_target,
             distillation: self.distillation.clone(),
             quantized: self.quantized.clone(),
+            hugging_face: self.hugging_face.clone(),
             ..q
         });
         let mut status = serde_json::Map::new();
@@ -340,12 +346,15 @@ mod tests {
             ..Default::default()
         };
         fold.observe(&RunEvent::Quantized(Box::new(exported)));
+        let hf = HuggingFaceExportStatus { step: 20, path: "/c/step-000000020/hf".into(), architecture: "GPT2LMHeadModel".into(), weight_bytes: 40 };
+        fold.observe(&RunEvent::HuggingFace(hf));
         let patch = fold.patch();
         let quality = &patch["status"]["quality"];
         assert_eq!(quality["step"], 20, "{patch}");
         assert_eq!(quality["distillation"]["teacher"]["bitsPerByte"], 1.4, "{patch}");
         assert!(quality["distillation"].get("bitsPerByteDelta").is_none(), "a NaN is left out: {patch}");
         assert_eq!(quality["quantized"]["bitsPerByte"], 1.52, "{patch}");
+        assert_eq!(quality["huggingFace"]["path"], "/c/step-000000020/hf", "{patch}");
         assert_eq!(quality["quantized"]["unquantizedWeightBytes"], 40, "{patch}");
         // still only the trainer's four fields
         assert_eq!(keys(&patch), ["quality"], "{patch}");

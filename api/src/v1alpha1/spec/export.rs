@@ -13,6 +13,14 @@ pub struct ExportSpec {
     /// fp32. Written as `quantized/int8.safetensors` in the final checkpoint's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<QuantizeFormat>,
+    /// Write the final checkpoint in the Hugging Face layout as `hf/` in its step directory
+    /// (`config.json`, fp32 `model.safetensors`, sharded past 5 GiB, `generation_config.json`,
+    /// and the tokenizer's `tokenizer.json` and `tokenizer_config.json`), which
+    /// `transformers.AutoModelForCausalLM.from_pretrained` loads without remote code. Dense
+    /// models export as GPT-2 (learned positions) or GPT-NeoX (rotary); a model no family
+    /// computes exactly is refused before training, naming the field to change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hugging_face: bool,
     /// Batches (of training.batchSize sequences) whose activations calibrate the scales: drawn
     /// from the training split with their own seed, never from the validation split the
     /// quantized model is measured on.

@@ -76,6 +76,12 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
         .message("model.sparsity.attention.blockSparse.blockSize must divide model.custom.seqLen: attention is computed block by block; pick a block size that divides the context length"),
     validation = Rule::new("!has(self.export) || !has(self.export.quantize) || has(self.checkpoint.claimName) || self.parallelism.pipelineStages == self.parallelism.gpusPerPod")
         .message("spec.export.quantize needs the whole final checkpoint in one pod, and this job's pipeline spans pipelineStages / gpusPerPod pods that each keep their stages on their own emptyDir: set spec.checkpoint.claimName to a ReadWriteMany claim"),
+    validation = Rule::new("!has(self.export) || !has(self.export.huggingFace) || !self.export.huggingFace || has(self.checkpoint.claimName) || self.parallelism.pipelineStages == self.parallelism.gpusPerPod")
+        .message("spec.export.huggingFace needs the whole final checkpoint in one pod, and this job's pipeline spans pipelineStages / gpusPerPod pods that each keep their stages on their own emptyDir: set spec.checkpoint.claimName to a ReadWriteMany claim"),
+    validation = Rule::new("!has(self.export) || !has(self.export.huggingFace) || !self.export.huggingFace || !has(self.model.sparsity.moe)")
+        .message("spec.export.huggingFace: no Hugging Face family computes frugal's mixture-of-experts layers of GELU experts exactly; remove model.sparsity.moe or the export"),
+    validation = Rule::new("!has(self.export) || !has(self.export.huggingFace) || !self.export.huggingFace || self.model.sparsity.attention.type == 'Dense'")
+        .message("spec.export.huggingFace: the Hugging Face families attend densely, so a model.sparsity.attention pattern would be served as another model; use type Dense or remove the export"),
     validation = Rule::new("!has(self.model.sparsity.attention.slidingWindow) || !has(self.model.custom) || self.model.sparsity.attention.slidingWindow.window <= self.model.custom.seqLen")
         .message("model.sparsity.attention.slidingWindow.window must be at most model.custom.seqLen: a wider window is dense attention; use type Dense or a smaller window"),
 )]
