@@ -59,6 +59,7 @@ fn custom_model(layers: i32, d_model: i32, heads: i32, seq_len: i32) -> ModelSpe
             bias: false,
         }),
         sparsity: SparsitySpec::default(),
+        init: None,
     }
 }
 

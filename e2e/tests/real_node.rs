@@ -260,7 +260,7 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
         let _operator = Operator::start(&ctx.namespace, &[])?;
         // The teacher trains on its claim and exports int8 weights after its last step.
         let mut teacher = real_cpu_job("teacher", 30, Some("teacher"), 1);
-        teacher.spec.export = Some(ExportSpec { quantize: Some(QuantizeFormat::Int8), calibration_batches: 2 });
+        teacher.spec.export = Some(ExportSpec { quantize: Some(QuantizeFormat::Int8), calibration_batches: 2, ..Default::default() });
         apply(&ctx, &teacher).await?;
         let done = finished_within(&ctx, "teacher", TRAINING).await?;
         let pods = node::attempt_pods(&ctx, "teacher", 1).await?;

@@ -232,6 +232,9 @@ impl Job {
         if let Some(distill) = &self.spec.distill {
             paths.push(("spec.distill.teacher.checkpoint".into(), &distill.teacher.checkpoint));
         }
+        if let Some(init) = &self.spec.model.init {
+            paths.push(("spec.model.init".into(), init));
+        }
         for (field, path) in paths {
             if let Err(e) = std::fs::metadata(path) {
                 return Err(ConfigurationError(format!(
@@ -241,6 +244,9 @@ impl Job {
         }
         if let Some(distill) = &self.spec.distill {
             teacher_step(Path::new(&distill.teacher.checkpoint))?;
+        }
+        if let Some(init) = &self.spec.model.init {
+            crate::hf::check_init(&self.plan.model, Path::new(init)).map_err(|e| ConfigurationError(format!("{e:#}")))?;
         }
         Ok(())
     }

@@ -125,24 +125,26 @@ fn the_exported_tokenizer_gives_frugals_ids_in_transformers() {
     }
 }
 
-/// `train` with spec.export.huggingFace writes the final checkpoint of a two-stage pipeline
-/// (trained in one process) as `hf/` in its step directory and reports it in the log and the
-/// run report; transformers loads it with the logits of frugal's own checkpoint; `export` writes
-/// the same from the command line.
-#[test]
-fn training_with_spec_export_hugging_face_writes_and_reports_the_export() {
-    let root = common::temp_dir("hf-train");
-    let corpus: String =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt")).unwrap().chars().take(60_000).collect();
-    std::fs::write(root.join("corpus.txt"), corpus).unwrap();
-    let manifest = root.join("job.yaml");
+/// A CPU job on the first 60,000 characters of tinyshakespeare (BPE of 300), a two-stage
+/// pipeline trained in one process; `extra` goes under spec.
+fn text_job(root: &Path, name: &str, steps: i64, extra: &str) -> PathBuf {
+    let corpus = root.join("corpus.txt");
+    if !corpus.exists() {
+        let text: String = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt"))
+            .unwrap()
+            .chars()
+            .take(60_000)
+            .collect();
+        std::fs::write(&corpus, text).unwrap();
+    }
+    let manifest = root.join(format!("{name}.yaml"));
     std::fs::write(
         &manifest,
         format!(
             r#"
 apiVersion: frugal.dev/v1alpha1
 kind: TrainingJob
-metadata: {{name: exported}}
+metadata: {{name: {name}}}
 spec:
   model:
     type: Custom
@@ -151,23 +153,46 @@ spec:
     source: {{type: Text, text: {{path: {}}}}}
     tokenizer: bpe
   training:
-    duration: {{type: Steps, steps: 12}}
+    duration: {{type: Steps, steps: {steps}}}
     batchSize: 8
     precision: fp32
   resources: {{device: CPU}}
   parallelism: {{pipelineStages: 2, microBatches: 2}}
-  export: {{huggingFace: true}}
-"#,
-            root.join("corpus.txt").display()
+{extra}"#,
+            corpus.display()
         ),
     )
     .unwrap();
+    manifest
+}
+
+/// Trains `manifest` into `root/<dir>` and returns its JSON log.
+fn train(manifest: &Path, ckpt: &Path) -> String {
+    let args = ["train", manifest.to_str().unwrap(), "--checkpoint-dir", ckpt.to_str().unwrap(), "--json", "--threads", "2"];
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer")).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The losses of a JSON log's step events, in order.
+fn step_losses(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(r#""event":"step""#))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// `train` with spec.export.huggingFace writes the final checkpoint of a two-stage pipeline
+/// (trained in one process) as `hf/` in its step directory and reports it in the log and the
+/// run report; transformers loads it with the logits of frugal's own checkpoint; `export` writes
+/// the same from the command line.
+#[test]
+fn training_with_spec_export_hugging_face_writes_and_reports_the_export() {
+    let root = common::temp_dir("hf-train");
+    let manifest = text_job(&root, "exported", 12, "  export: {huggingFace: true}\n");
     let ckpt = root.join("ckpt");
     let bin = env!("CARGO_BIN_EXE_frugal-trainer");
-    let args = ["train", manifest.to_str().unwrap(), "--checkpoint-dir", ckpt.to_str().unwrap(), "--json", "--threads", "2"];
-    let out = Command::new(bin).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let log = String::from_utf8(out.stdout).unwrap();
+    let log = train(&manifest, &ckpt);
     let event = log.lines().find(|l| l.contains(r#""event":"hugging_face""#)).unwrap_or_else(|| panic!("no hugging_face event:\n{log}"));
     let event: serde_json::Value = serde_json::from_str(event).unwrap();
     let export = ckpt.join("step-000000012/hf");
@@ -197,5 +222,46 @@ spec:
     for file in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert_eq!(std::fs::read(cli.join(file)).unwrap(), std::fs::read(export.join(file)).unwrap(), "{file}");
     }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Continued pretraining: a job whose spec.model.init is a Hugging Face export of a trained
+/// model starts at that model's loss, not at a fresh model's, in every stage of its pipeline; a
+/// spec whose shape differs from the model's is refused before training, naming both values.
+#[test]
+fn a_job_started_from_a_hugging_face_model_starts_at_its_loss() {
+    let root = common::temp_dir("hf-init");
+    let trained = text_job(&root, "trained", 80, "  export: {huggingFace: true}\n");
+    let first = step_losses(&train(&trained, &root.join("trained")));
+    let export = root.join("trained/step-000000080/hf");
+    assert!(export.join("config.json").exists());
+
+    let fresh = step_losses(&train(&text_job(&root, "fresh", 3, ""), &root.join("fresh")));
+    let init = format!(
+        "  model:\n    type: Custom\n    custom: {{layers: 2, dModel: 32, heads: 2, seqLen: 32, vocabSize: 300}}\n    init: {}\n",
+        export.display()
+    );
+    let manifest = text_job(&root, "continued", 3, "");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let model_block = "  model:\n    type: Custom\n    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 32, vocabSize: 300}\n";
+    std::fs::write(&manifest, text.replace(model_block, &init)).unwrap();
+    let continued = step_losses(&train(&manifest, &root.join("continued")));
+    let (trained_last, fresh_first, continued_first) = (first[first.len() - 1], fresh[0], continued[0]);
+    eprintln!("trained model's last loss {trained_last:.3}; a fresh model's first {fresh_first:.3}; the continued job's first {continued_first:.3}");
+    assert!(fresh_first - trained_last > 0.6, "80 steps did not train: {first:?}");
+    assert!(
+        (continued_first - trained_last).abs() < 0.3 * (fresh_first - trained_last),
+        "the continued job started at {continued_first}, the model it started from ended at {trained_last}, a fresh one starts at {fresh_first}"
+    );
+
+    // a shape that is not the model's: refused before training, naming the field and both values
+    std::fs::write(&manifest, text.replace(model_block, &init.replace("dModel: 32", "dModel: 64"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", manifest.to_str().unwrap(), "--checkpoint-dir", root.join("refused").to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("spec.model.custom.dModel is 64") && err.contains("has 32"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }

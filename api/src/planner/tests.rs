@@ -441,7 +441,7 @@ fn a_distilled_job_pays_for_its_teachers_forward_on_the_last_stage() {
 
 /// A teacher of `preset` (none: a preset model that names none) at /teacher, temperature 2.
 fn job_distill(preset: Option<ModelPreset>, soft_weight: f64) -> DistillSpec {
-    let model = ModelSpec { type_: ModelType::Preset, preset, custom: None, sparsity: SparsitySpec::default() };
+    let model = ModelSpec { type_: ModelType::Preset, preset, custom: None, sparsity: SparsitySpec::default(), init: None };
     DistillSpec { teacher: TeacherSpec { model, checkpoint: "/teacher".into() }, temperature: 2.0, soft_weight }
 }
 

@@ -222,6 +222,76 @@ fn weight_files(dir: &Path) -> Result<Vec<String>> {
     bail!("{} holds neither {WEIGHTS_FILE} nor {INDEX_FILE} (frugal reads safetensors weights)", dir.display())
 }
 
+/// Refuses a job whose model (`spec`, resolved from `spec.model`) is not the model in `dir`,
+/// naming the spec field and both values; the job's context may be shorter than the positions a
+/// model with learned positions has.
+pub fn check_init(spec: &ModelConfig, dir: &Path) -> Result<()> {
+    let (family, init) = read_config(dir)?;
+    let at = dir.join(CONFIG_FILE);
+    let differ = |field: &str, ours: String, theirs: String| {
+        anyhow::anyhow!("spec.model.{field} is {ours} but the model.init model ({}) has {theirs}: make the spec's shape the model's", at.display())
+    };
+    let pairs: [(&str, i64, i64); 5] = [
+        ("custom.layers", spec.layers, init.layers),
+        ("custom.dModel", spec.d_model, init.d_model),
+        ("custom.heads", spec.heads, init.heads),
+        ("custom.vocabSize", spec.vocab_size, init.vocab_size),
+        ("custom.ffnHidden", spec.ffn_hidden, init.ffn_hidden),
+    ];
+    for (field, ours, theirs) in pairs {
+        if ours != theirs {
+            return Err(differ(field, ours.to_string(), theirs.to_string()));
+        }
+    }
+    if spec.positions != init.positions {
+        return Err(differ("custom.positions", format!("{:?}", spec.positions), format!("{:?} positions ({})", init.positions, family.model_type())));
+    }
+    if spec.tied_embeddings != init.tied_embeddings {
+        return Err(differ("custom.tiedEmbeddings", spec.tied_embeddings.to_string(), init.tied_embeddings.to_string()));
+    }
+    // the families always have biases; a model without them (frugal's, exported) has zero ones
+    if spec.bias != init.bias {
+        let imported = import(dir, None)?;
+        let nonzero = imported.weights.iter().find(|(name, t)| name.ends_with(".bias") && t.abs().max().double_value(&[]) != 0.0);
+        if let Some((name, _)) = nonzero {
+            return Err(differ("custom.bias", "false".into(), format!("non-zero biases ({name})")));
+        }
+    }
+    if spec.moe.is_some() {
+        return Err(differ("sparsity.moe", "set".into(), "dense feed-forward layers".into()));
+    }
+    if spec.attention != init.attention {
+        return Err(differ("sparsity.attention", format!("{:?}", spec.attention), "dense attention".into()));
+    }
+    if family == Family::Gpt2 && spec.seq_len > init.seq_len {
+        return Err(differ("custom.seqLen", spec.seq_len.to_string(), format!("{} learned positions", init.seq_len)));
+    }
+    Ok(())
+}
+
+/// Loads the parameters `store` declares (a whole model or a stage's slice of it) from the
+/// model in `dir`, after [`check_init`].
+pub fn load_init(store: &mut ParamStore, spec: &ModelConfig, dir: &Path) -> Result<()> {
+    check_init(spec, dir)?;
+    let imported = import(dir, Some(spec.seq_len))?;
+    // a model without biases declares none: the imported ones are zero (check_init saw to it)
+    ensure!(
+        spec.bias || store.specs.iter().all(|s| !s.name.ends_with(".bias")),
+        "the job's model declares biases though spec.model.custom.bias is false"
+    );
+    tch::no_grad(|| {
+        for i in 0..store.specs.len() {
+            let s = &store.specs[i];
+            let t = imported.weights.get(&s.name).with_context(|| format!("the model.init model has no {}", s.name))?;
+            ensure!(t.size() == s.shape, "{} is {:?} in the model.init model, {:?} in the job's", s.name, t.size(), s.shape);
+            store.master_view(i).copy_(t);
+        }
+        Ok(())
+    })?;
+    store.sync_compute();
+    Ok(())
+}
+
 /// Copies `weights` into `store`, which must declare exactly those parameters with those shapes.
 pub fn load_into(store: &mut ParamStore, weights: &Tensors) -> Result<()> {
     ensure!(

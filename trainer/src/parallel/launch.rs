@@ -82,9 +82,14 @@ pub fn train(job: &Job, cfg: RunConfig, device: Device, run: JobRun) -> Result<S
     } else {
         (stages / process.count as i64).max(1) * devices.len().min(process.count) as i64 * replicas
     };
+    let init = job.spec.model.init.clone().map(std::path::PathBuf::from);
     let results = process.run(&cfg, schedule, &devices, move |w: &mut Worker| {
         w.devices_in_run = devices_in_pipeline;
         w.evaluation = run.evaluation.clone();
+        // the model.init weights, unless a checkpoint of the run is resumed over them
+        if let Some(init) = &init {
+            crate::hf::load_init(&mut w.params, &w.cfg.model, init).with_context(|| format!("spec.model.init {}", init.display()))?;
+        }
         train_job(w, &run)
     })?;
     // The stages agree on how the run ends; a disagreement would be a bug, and stopping wins.

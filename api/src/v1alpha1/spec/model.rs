@@ -27,6 +27,15 @@ pub struct ModelSpec {
     /// Mixture-of-experts feed-forward layers and the attention pattern.
     #[serde(default)]
     pub sparsity: SparsitySpec,
+    /// A Hugging Face model directory (`config.json` and safetensors weights, a path on a
+    /// mounted volume) to start from instead of random weights: continued pretraining. Its
+    /// family must be one frugal computes exactly (GPT-2, GPT-NeoX), and the shape above must be
+    /// its shape (the operator plans GPUs and budgets from the spec before any pod can read the
+    /// volume); the trainer refuses a difference before training, naming the field and both
+    /// values. A checkpoint of the job, when there is one, still wins: a restarted job resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub init: Option<String>,
 }
 
 /// How the model's shape is given.
