@@ -265,3 +265,63 @@ fn a_job_started_from_a_hugging_face_model_starts_at_its_loss() {
     assert!(err.contains("spec.model.custom.dModel is 64") && err.contains("has 32"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The figures frugal puts in a job's status, computed again by an evaluation written in Python
+/// against the Hugging Face export with `transformers` and `AutoTokenizer` (tests/interop): the
+/// validation loss within 1e-4 nats on the same held-out windows, and the LastWord and
+/// MultipleChoice accuracies exactly, on sets cut from the corpus.
+#[test]
+fn an_independent_evaluation_in_transformers_matches_the_status() {
+    let root = common::temp_dir("hf-eval");
+    let corpus: String = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt")).unwrap();
+    let lines: Vec<&str> = corpus.lines().filter(|l| l.split(' ').count() >= 4).take(200).collect();
+    let last_word: String = lines.iter().take(40).map(|l| serde_json::json!({"text": l}).to_string() + "\n").collect();
+    let choices: String = (0..30)
+        .map(|i| {
+            let label = i % 4;
+            let mut options: Vec<&str> = (1..4).map(|j| lines[100 + (i * 7 + j * 13) % 100]).collect();
+            options.insert(label, lines[2 * i + 1]);
+            serde_json::json!({"context": lines[2 * i], "choices": options, "label": label}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(root.join("last_word.jsonl"), last_word).unwrap();
+    std::fs::write(root.join("choices.jsonl"), choices).unwrap();
+    let sets = format!(
+        "    evalSets:\n    - {{name: words, type: LastWord, path: {}}}\n    - {{name: choices, type: MultipleChoice, path: {}}}\n",
+        root.join("last_word.jsonl").display(),
+        root.join("choices.jsonl").display()
+    );
+    let manifest = text_job(&root, "evaluated", 60, "  export: {huggingFace: true}\n");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("    tokenizer: bpe\n", &format!("    tokenizer: bpe\n{sets}"))).unwrap();
+    let ckpt = root.join("ckpt");
+    train(&manifest, &ckpt);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("report.json")).unwrap()).unwrap();
+    let quality = &report["quality"];
+
+    // the held-out windows frugal scores, written for the other side
+    let job = frugal_trainer::job::load(&manifest).unwrap();
+    let cfg = job.run_config(None).unwrap();
+    let data = frugal_trainer::data::Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed).unwrap();
+    let batches = data.validation(8);
+    let named: Vec<(String, Tensor)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| [(format!("inputs_{i}"), b.inputs.shallow_clone()), (format!("targets_{i}"), b.targets.shallow_clone())])
+        .collect();
+    Tensor::write_safetensors(&named, root.join("validation.safetensors")).unwrap();
+    let export = quality["huggingFace"]["path"].as_str().unwrap().to_string();
+    let files: Vec<String> =
+        ["validation.safetensors", "last_word.jsonl", "choices.jsonl"].iter().map(|f| root.join(f).display().to_string()).collect();
+    let r = json(&hf_side(&["evaluate", export.as_str(), &files[0], &files[1], &files[2]]));
+    let zero_shot = |name: &str| quality["zeroShot"].as_array().unwrap().iter().find(|z| z["name"] == name).unwrap().clone();
+    let (words, choices) = (zero_shot("words"), zero_shot("choices"));
+    eprintln!("frugal's status: validation loss {}, words {}, choices {}", quality["validationLoss"], words, choices);
+    eprintln!("transformers:    {r}");
+    let (ours, theirs) = (quality["validationLoss"].as_f64().unwrap(), r["validation_loss"].as_f64().unwrap());
+    assert!((ours - theirs).abs() <= 1e-4, "validation loss {ours} in the status, {theirs} in transformers");
+    assert_eq!((words["accuracy"].as_f64(), words["examples"].as_i64()), (r["last_word"].as_f64(), r["last_word_examples"].as_i64()));
+    assert_eq!((choices["accuracy"].as_f64(), choices["examples"].as_i64()), (r["multiple_choice"].as_f64(), r["multiple_choice_examples"].as_i64()));
+    assert!(choices["accuracy"].as_f64().unwrap() > 0.0, "no choice right: the comparison shows nothing");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -341,4 +341,81 @@ mod tests {
         let (scores, _) = score_batch(&Counting, &[1, 2], &[&[3, 4], &[9, 11], &[3, 9]]);
         assert!(scores[0] > scores[2] && scores[2] > scores[1], "{scores:?}");
     }
+
+    /// Knows a text by heart (byte tokens): the byte that follows the longest suffix of the
+    /// input, up to 12 bytes, found in the text is all but certain; anything else is unlikely.
+    struct Recites(Vec<u8>);
+
+    impl LanguageModel for Recites {
+        fn log_probs(&self, inputs: &Tensor) -> Tensor {
+            let (b, t) = inputs.size2().unwrap();
+            let rows: Vec<i64> = Vec::try_from(inputs.reshape([-1])).unwrap();
+            let mut out = vec![-20f32; (b * t * 257) as usize];
+            for r in 0..b as usize {
+                let row = &rows[r * t as usize..(r + 1) * t as usize];
+                for i in 0..t as usize {
+                    let next = (1..=12.min(i + 1)).rev().find_map(|n| {
+                        let suffix: Vec<u8> = row[i + 1 - n..=i].iter().map(|&x| x as u8).collect();
+                        self.0.windows(n + 1).find(|w| w[..n] == suffix[..]).map(|w| w[n])
+                    });
+                    if let Some(next) = next {
+                        out[(r * t as usize + i) * 257 + next as usize] = -1e-4;
+                    }
+                }
+            }
+            Tensor::from_slice(&out).view([b, t, 257])
+        }
+        fn context(&self) -> i64 {
+            64
+        }
+    }
+
+    const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps by the warm fire";
+
+    fn jsonl(lines: &[serde_json::Value]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("frugal-eval-{}-{}.jsonl", std::process::id(), lines.len()));
+        std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+        path
+    }
+
+    #[test]
+    fn last_word_scores_a_known_answer_set() {
+        let lm = Recites(TEXT.as_bytes().to_vec());
+        // the text's own phrases end in the word it knows; the altered ones do not
+        let examples = [
+            ("the quick brown fox jumps", true),
+            ("jumps over the lazy dog", true),
+            ("the cat sleeps by the warm fire", true),
+            ("the quick brown fox sleeps", false),
+            ("over the lazy cat", false),
+            ("nospace", false),
+        ];
+        let lines: Vec<serde_json::Value> = examples.iter().map(|(t, _)| serde_json::json!({"text": t})).collect();
+        let path = jsonl(&lines);
+        let (hits, n) = last_word(&lm, &TextTokenizer::Byte, &path, None).unwrap();
+        // an example without a space has no last word to score and is skipped
+        assert_eq!((hits, n), (3, 5));
+        assert_eq!(last_word(&lm, &TextTokenizer::Byte, &path, Some(2)).unwrap(), (2, 2));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn multiple_choice_scores_a_known_answer_set() {
+        let lm = Recites(TEXT.as_bytes().to_vec());
+        let example = |context: &str, choices: &[&str], label: usize| serde_json::json!({"context": context, "choices": choices, "label": label});
+        let lines = [
+            example("the quick brown", &[" cat", " fox jumps", " dog"], 1),
+            example("over the lazy", &[" dog while", " fire"], 0),
+            example("sleeps by the warm", &[" dog", " fox", " fire"], 2),
+            // the label names a wrong choice: the evaluator must count it a miss
+            example("the quick brown", &[" cat", " fox jumps"], 0),
+        ];
+        let path = jsonl(&lines);
+        assert_eq!(multiple_choice(&lm, &TextTokenizer::Byte, &path, None).unwrap(), (3, 4));
+        std::fs::remove_file(&path).unwrap();
+        let bad = jsonl(&[example("a", &[" b"], 1)]);
+        let e = multiple_choice(&lm, &TextTokenizer::Byte, &bad, None).unwrap_err().to_string();
+        assert!(e.contains("label 1 but 1 choices"), "{e}");
+        std::fs::remove_file(bad).unwrap();
+    }
 }

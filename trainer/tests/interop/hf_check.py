@@ -7,6 +7,11 @@
                 logits and loss on fixed tokens to DIR/../reference.safetensors
   tokenize DIR TEXT
                 print the ids AutoTokenizer gives TEXT with DIR's tokenizer, as JSON
+  evaluate DIR VALIDATION LASTWORD CHOICES
+                an evaluation of DIR's model written here, from the rules frugal documents:
+                the mean loss over VALIDATION's targets (a safetensors file of inputs_i and
+                targets_i batches), and the accuracy on a LastWord and a MultipleChoice JSONL set
+                tokenized with AutoTokenizer; printed as JSON
 """
 import json
 import os
@@ -76,6 +81,72 @@ def tokenize(d, text):
     print(json.dumps({"ids": tok(text)["input_ids"], "eos": tok.eos_token_id, "class": type(tok).__name__}))
 
 
+def evaluate(d, validation, last_word_path, choices_path):
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    eos = tok.eos_token_id
+    context = model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings") else model.config.n_positions
+    batches = load_file(validation)
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(batches) // 2):
+            inputs, targets = batches[f"inputs_{i}"].long(), batches[f"targets_{i}"].long()
+            logp = torch.log_softmax(model(inputs).logits.float(), dim=-1)
+            nats -= logp.gather(2, targets.unsqueeze(-1)).double().sum().item()
+            count += targets.numel()
+
+    def score(ctx, cont):
+        """log p(cont | ctx), and whether greedy decoding gives cont, ctx cut from the left."""
+        longest = context + 1
+        keep = max(min(len(ctx), longest - len(cont)), 1)
+        seq = (ctx[len(ctx) - keep:] + cont)[-longest:]
+        x = torch.tensor([seq])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x[:, :-1]).logits.float(), dim=-1)[0]
+        k = len(cont)
+        rows = logp[len(seq) - 1 - k:]
+        wanted = torch.tensor(seq[len(seq) - k:])
+        picked = rows.gather(1, wanted.unsqueeze(-1)).double().sum().item()
+        greedy = bool((rows.argmax(-1) == wanted).all())
+        return picked, greedy
+
+    hits, n = 0, 0
+    for line in open(last_word_path):
+        if not line.strip():
+            continue
+        text = json.loads(line)["text"].rstrip()
+        cut = text.rfind(" ")
+        if cut < 0:
+            continue
+        ctx = [eos] + tok(text[:cut])["input_ids"]
+        word = tok(text[cut:])["input_ids"]
+        if not word or len(word) >= context:
+            continue
+        hits += score(ctx, word)[1]
+        n += 1
+    last_word = hits / n if n else 0.0
+
+    hits, m = 0, 0
+    for line in open(choices_path):
+        if not line.strip():
+            continue
+        ex = json.loads(line)
+        ctx = [eos] + tok(ex["context"])["input_ids"]
+        best, best_j = float("-inf"), None
+        for j, choice in enumerate(ex["choices"]):
+            ids = tok(choice)["input_ids"][: context - 1]
+            if not ids:
+                continue
+            per_byte = score(ctx, ids)[0] / max(len(choice.encode()), 1)
+            if per_byte > best:
+                best, best_j = per_byte, j
+        hits += best_j == ex["label"]
+        m += 1
+    print(json.dumps({"validation_loss": nats / count, "tokens": count, "last_word": last_word, "last_word_examples": n,
+                      "multiple_choice": hits / m if m else 0.0, "multiple_choice_examples": m}))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "load":
@@ -84,5 +155,7 @@ if __name__ == "__main__":
         build(sys.argv[2], sys.argv[3])
     elif mode == "tokenize":
         tokenize(sys.argv[2], sys.argv[3])
+    elif mode == "evaluate":
+        evaluate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         raise SystemExit(f"unknown mode {mode}")
