@@ -94,7 +94,7 @@ fn models_transformers_saves_load_in_frugal_with_the_same_logits_and_loss() {
         let imported = hf::import(&dir, None).unwrap();
         assert_eq!(imported.family.model_type(), family);
         let (gpt, mut store) = whole_model(&imported.model, Device::Cpu);
-        hf::load_into(&mut store, &imported.weights).unwrap();
+        imported.load_into(&mut store).unwrap();
         let tokens = &reference["tokens"];
         let ours = logits(&gpt, &store, tokens);
         let diff = (&ours - &reference["logits"]).abs().max().double_value(&[]);

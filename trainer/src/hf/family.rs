@@ -215,7 +215,7 @@ impl Family {
         let (d, h) = (m.d_model, m.ffn_hidden);
         let mut hf = Tensors::new();
         let mut put = |name: String, t: Tensor| {
-            hf.insert(name, t.contiguous());
+            hf.insert(name, t);
         };
         match self {
             Self::Gpt2 => {
@@ -270,72 +270,98 @@ impl Family {
         Ok(hf)
     }
 
-    /// The family's weights (`hf`) as frugal's for `m` (as [`Family::from_config`] made it).
-    /// Learned position embeddings longer than `m.seq_len` keep their first `m.seq_len` rows.
-    pub fn from_hf(self, m: &ModelConfig, hf: &Tensors) -> Result<Tensors> {
-        let get = |name: &str| -> Result<Tensor> {
-            hf.get(name).map(|t| t.to_kind(Kind::Float)).with_context(|| format!("the Hugging Face model has no tensor {name}"))
-        };
-        let mut ours = Tensors::new();
-        let mut put = |name: String, t: Tensor| {
-            ours.insert(name, t.contiguous());
-        };
+    /// Where each of frugal's parameters of `m` (as [`Family::from_config`] made it) comes from
+    /// in the family's weights: a plan, read one tensor at a time by [`super::Imported`].
+    pub fn from_hf(self, m: &ModelConfig) -> Vec<(String, Source)> {
+        use Source::*;
+        let mut plan = vec![];
+        let mut put = |ours: String, source: Source| plan.push((ours, source));
         match self {
             Self::Gpt2 => {
-                put("wte.weight".into(), get("transformer.wte.weight")?);
-                put("wpe.weight".into(), get("transformer.wpe.weight")?.narrow(0, 0, m.seq_len));
+                put("wte.weight".into(), Same("transformer.wte.weight".into()));
+                put("wpe.weight".into(), FirstRows("transformer.wpe.weight".into(), m.seq_len));
                 for i in 0..m.layers {
                     let (o, t) = (format!("blocks.{i}"), format!("transformer.h.{i}"));
-                    put(format!("{o}.ln1.weight"), get(&format!("{t}.ln_1.weight"))?);
-                    put(format!("{o}.ln1.bias"), get(&format!("{t}.ln_1.bias"))?);
-                    put(format!("{o}.attn.qkv.weight"), get(&format!("{t}.attn.c_attn.weight"))?.tr());
-                    put(format!("{o}.attn.qkv.bias"), get(&format!("{t}.attn.c_attn.bias"))?);
-                    put(format!("{o}.attn.proj.weight"), get(&format!("{t}.attn.c_proj.weight"))?.tr());
-                    put(format!("{o}.attn.proj.bias"), get(&format!("{t}.attn.c_proj.bias"))?);
-                    put(format!("{o}.ln2.weight"), get(&format!("{t}.ln_2.weight"))?);
-                    put(format!("{o}.ln2.bias"), get(&format!("{t}.ln_2.bias"))?);
-                    put(format!("{o}.mlp.fc.weight"), get(&format!("{t}.mlp.c_fc.weight"))?.tr());
-                    put(format!("{o}.mlp.fc.bias"), get(&format!("{t}.mlp.c_fc.bias"))?);
-                    put(format!("{o}.mlp.proj.weight"), get(&format!("{t}.mlp.c_proj.weight"))?.tr());
-                    put(format!("{o}.mlp.proj.bias"), get(&format!("{t}.mlp.c_proj.bias"))?);
+                    put(format!("{o}.ln1.weight"), Same(format!("{t}.ln_1.weight")));
+                    put(format!("{o}.ln1.bias"), Same(format!("{t}.ln_1.bias")));
+                    put(format!("{o}.attn.qkv.weight"), Transposed(format!("{t}.attn.c_attn.weight")));
+                    put(format!("{o}.attn.qkv.bias"), Same(format!("{t}.attn.c_attn.bias")));
+                    put(format!("{o}.attn.proj.weight"), Transposed(format!("{t}.attn.c_proj.weight")));
+                    put(format!("{o}.attn.proj.bias"), Same(format!("{t}.attn.c_proj.bias")));
+                    put(format!("{o}.ln2.weight"), Same(format!("{t}.ln_2.weight")));
+                    put(format!("{o}.ln2.bias"), Same(format!("{t}.ln_2.bias")));
+                    put(format!("{o}.mlp.fc.weight"), Transposed(format!("{t}.mlp.c_fc.weight")));
+                    put(format!("{o}.mlp.fc.bias"), Same(format!("{t}.mlp.c_fc.bias")));
+                    put(format!("{o}.mlp.proj.weight"), Transposed(format!("{t}.mlp.c_proj.weight")));
+                    put(format!("{o}.mlp.proj.bias"), Same(format!("{t}.mlp.c_proj.bias")));
                 }
-                put("ln_f.weight".into(), get("transformer.ln_f.weight")?);
-                put("ln_f.bias".into(), get("transformer.ln_f.bias")?);
+                put("ln_f.weight".into(), Same("transformer.ln_f.weight".into()));
+                put("ln_f.bias".into(), Same("transformer.ln_f.bias".into()));
                 if !m.tied_embeddings {
-                    put("head.weight".into(), get("lm_head.weight")?);
+                    put("head.weight".into(), Same("lm_head.weight".into()));
                 }
             }
             Self::GptNeox => {
-                put("wte.weight".into(), get("gpt_neox.embed_in.weight")?);
+                put("wte.weight".into(), Same("gpt_neox.embed_in.weight".into()));
                 for i in 0..m.layers {
                     let (o, t) = (format!("blocks.{i}"), format!("gpt_neox.layers.{i}"));
+                    put(format!("{o}.ln1.weight"), Same(format!("{t}.input_layernorm.weight")));
+                    put(format!("{o}.ln1.bias"), Same(format!("{t}.input_layernorm.bias")));
+                    put(format!("{o}.attn.qkv.weight"), QkvFromHeadMajor(format!("{t}.attention.query_key_value.weight"), m.heads));
                     // a model saved without attention biases computes as with zero ones
-                    let attn_bias =
-                        |name: &str, len: i64| get(name).or_else(|_| Ok::<_, anyhow::Error>(Tensor::zeros([len], (Kind::Float, tch::Device::Cpu))));
-                    put(format!("{o}.ln1.weight"), get(&format!("{t}.input_layernorm.weight"))?);
-                    put(format!("{o}.ln1.bias"), get(&format!("{t}.input_layernorm.bias"))?);
-                    put(format!("{o}.attn.qkv.weight"), qkv_from_head_major(&get(&format!("{t}.attention.query_key_value.weight"))?, m.heads));
-                    put(
-                        format!("{o}.attn.qkv.bias"),
-                        qkv_from_head_major(&attn_bias(&format!("{t}.attention.query_key_value.bias"), 3 * m.d_model)?, m.heads),
-                    );
-                    put(format!("{o}.attn.proj.weight"), get(&format!("{t}.attention.dense.weight"))?);
-                    put(format!("{o}.attn.proj.bias"), attn_bias(&format!("{t}.attention.dense.bias"), m.d_model)?);
-                    put(format!("{o}.ln2.weight"), get(&format!("{t}.post_attention_layernorm.weight"))?);
-                    put(format!("{o}.ln2.bias"), get(&format!("{t}.post_attention_layernorm.bias"))?);
-                    put(format!("{o}.mlp.fc.weight"), get(&format!("{t}.mlp.dense_h_to_4h.weight"))?);
-                    put(format!("{o}.mlp.fc.bias"), get(&format!("{t}.mlp.dense_h_to_4h.bias"))?);
-                    put(format!("{o}.mlp.proj.weight"), get(&format!("{t}.mlp.dense_4h_to_h.weight"))?);
-                    put(format!("{o}.mlp.proj.bias"), get(&format!("{t}.mlp.dense_4h_to_h.bias"))?);
+                    let qkv_bias = ZerosIfAbsent(format!("{t}.attention.query_key_value.bias"), 3 * m.d_model);
+                    put(format!("{o}.attn.qkv.bias"), QkvFromHeadMajorOf(Box::new(qkv_bias), m.heads));
+                    put(format!("{o}.attn.proj.weight"), Same(format!("{t}.attention.dense.weight")));
+                    put(format!("{o}.attn.proj.bias"), ZerosIfAbsent(format!("{t}.attention.dense.bias"), m.d_model));
+                    put(format!("{o}.ln2.weight"), Same(format!("{t}.post_attention_layernorm.weight")));
+                    put(format!("{o}.ln2.bias"), Same(format!("{t}.post_attention_layernorm.bias")));
+                    put(format!("{o}.mlp.fc.weight"), Same(format!("{t}.mlp.dense_h_to_4h.weight")));
+                    put(format!("{o}.mlp.fc.bias"), Same(format!("{t}.mlp.dense_h_to_4h.bias")));
+                    put(format!("{o}.mlp.proj.weight"), Same(format!("{t}.mlp.dense_4h_to_h.weight")));
+                    put(format!("{o}.mlp.proj.bias"), Same(format!("{t}.mlp.dense_4h_to_h.bias")));
                 }
-                put("ln_f.weight".into(), get("gpt_neox.final_layer_norm.weight")?);
-                put("ln_f.bias".into(), get("gpt_neox.final_layer_norm.bias")?);
+                put("ln_f.weight".into(), Same("gpt_neox.final_layer_norm.weight".into()));
+                put("ln_f.bias".into(), Same("gpt_neox.final_layer_norm.bias".into()));
                 if !m.tied_embeddings {
-                    put("head.weight".into(), get("embed_out.weight")?);
+                    put("head.weight".into(), Same("embed_out.weight".into()));
                 }
             }
         }
-        Ok(ours)
+        plan
+    }
+}
+
+/// How one of frugal's parameters is made from the family's tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    Same(String),
+    /// GPT-2's Conv1D weights: [in, out].
+    Transposed(String),
+    /// Learned positions longer than the job's context: the first rows.
+    FirstRows(String, i64),
+    /// GPT-NeoX's head-by-head fused projection, for `heads` heads.
+    QkvFromHeadMajor(String, i64),
+    QkvFromHeadMajorOf(Box<Source>, i64),
+    /// A bias the model may lack: zeros of this length then.
+    ZerosIfAbsent(String, i64),
+}
+
+impl Source {
+    /// The parameter, in fp32, from `get` (the family's tensor by name; `None` when absent).
+    pub fn read(&self, get: &dyn Fn(&str) -> Result<Option<Tensor>>) -> Result<Tensor> {
+        let need = |name: &str| -> Result<Tensor> { get(name)?.with_context(|| format!("the Hugging Face model has no tensor {name}")) };
+        Ok(match self {
+            Self::Same(name) => need(name)?,
+            Self::Transposed(name) => need(name)?.tr(),
+            Self::FirstRows(name, rows) => {
+                let t = need(name)?;
+                ensure!(t.size()[0] >= *rows, "{name} has {} rows, fewer than the {rows} the model needs", t.size()[0]);
+                t.narrow(0, 0, *rows)
+            }
+            Self::QkvFromHeadMajor(name, heads) => qkv_from_head_major(&need(name)?, *heads),
+            Self::QkvFromHeadMajorOf(source, heads) => qkv_from_head_major(&source.read(get)?, *heads),
+            Self::ZerosIfAbsent(name, len) => get(name)?.unwrap_or_else(|| Tensor::zeros([*len], (Kind::Float, tch::Device::Cpu))),
+        })
     }
 }
 

@@ -167,12 +167,44 @@ fn write_weights(dir: &Path, hf: &Tensors, max_shard_bytes: u64) -> Result<(Vec<
     Ok((names, total))
 }
 
-/// A Hugging Face model directory read back: its family, the frugal model it is, and its
-/// weights in frugal's names.
+/// A Hugging Face model directory opened: its family, the frugal model it is, and where each of
+/// frugal's parameters comes from. Nothing but the files' headers is read until a tensor is
+/// asked for, and then only that tensor, so loading a model costs the model it loads into and
+/// one tensor more.
 pub struct Imported {
     pub family: Family,
     pub model: ModelConfig,
-    pub weights: Tensors,
+    plan: Vec<(String, family::Source)>,
+    files: SafetensorsFiles,
+}
+
+impl Imported {
+    /// Frugal's parameter names, in the model's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plan.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// One of frugal's parameters, read and converted (fp32, on the CPU).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (_, source) = self.plan.iter().find(|(n, _)| n == name).with_context(|| format!("the imported model has no {name}"))?;
+        source.read(&|hf| self.files.read(hf))
+    }
+
+    /// Loads the parameters `store` declares (the whole model, or a stage's slice of it) one at
+    /// a time.
+    pub fn load_into(&self, store: &mut ParamStore) -> Result<()> {
+        tch::no_grad(|| {
+            for i in 0..store.specs.len() {
+                let s = &store.specs[i];
+                let t = self.tensor(&s.name)?;
+                ensure!(t.size() == s.shape, "{} is {:?} in the imported model, {:?} in frugal's", s.name, t.size(), s.shape);
+                store.master_view(i).copy_(&t);
+            }
+            Ok(())
+        })?;
+        store.sync_compute();
+        Ok(())
+    }
 }
 
 /// The family and model `dir`'s `config.json` describes, without reading the weights.
@@ -183,26 +215,91 @@ pub fn read_config(dir: &Path) -> Result<(Family, ModelConfig)> {
     Family::from_config(&config).with_context(|| format!("{}", path.display()))
 }
 
-/// Reads the model in `dir`; with `seq_len`, a context shorter than the model's own (learned
+/// Opens the model in `dir`; with `seq_len`, a context shorter than the model's own (learned
 /// position embeddings keep their first rows).
 pub fn import(dir: &Path, seq_len: Option<i64>) -> Result<Imported> {
     let (family, mut model) = read_config(dir)?;
     if let Some(t) = seq_len {
-        ensure!(
-            t <= model.seq_len || family != Family::Gpt2,
-            "a context of {t} tokens is longer than the {} positions the model learned",
-            model.seq_len
-        );
+        ensure!(t <= model.seq_len || family != Family::Gpt2, "a context of {t} tokens is longer than the {} positions the model learned", model.seq_len);
         model.seq_len = t;
     }
-    let mut hf = Tensors::new();
-    for file in weight_files(dir)? {
-        let path = dir.join(&file);
-        let read = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
-        hf.extend(read);
+    let files = SafetensorsFiles::open(dir, &weight_files(dir)?)?;
+    let plan = family.from_hf(&model);
+    Ok(Imported { family, model, plan, files })
+}
+
+/// The tensors of safetensors files by name, read one at a time from their offsets.
+struct SafetensorsFiles {
+    tensors: HashMap<String, Entry>,
+}
+
+struct Entry {
+    file: PathBuf,
+    kind: Kind,
+    shape: Vec<i64>,
+    /// Byte offset of the data in the file, and its length.
+    at: u64,
+    len: u64,
+}
+
+impl SafetensorsFiles {
+    fn open(dir: &Path, files: &[String]) -> Result<Self> {
+        use std::io::Read;
+        let mut tensors = HashMap::new();
+        for name in files {
+            let path = dir.join(name);
+            let mut f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let size = f.metadata()?.len();
+            let mut n = [0u8; 8];
+            f.read_exact(&mut n).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+            let n = u64::from_le_bytes(n);
+            ensure!(n <= size.saturating_sub(8) && n < 100 << 20, "{}: a header of {n} bytes in a file of {size}", path.display());
+            let mut header = vec![0u8; n as usize];
+            f.read_exact(&mut header)?;
+            let header: serde_json::Map<String, Value> =
+                serde_json::from_slice(&header).with_context(|| format!("{}: the safetensors header is not JSON", path.display()))?;
+            for (tensor, info) in header {
+                if tensor == "__metadata__" {
+                    continue;
+                }
+                let bad = || anyhow::anyhow!("{}: tensor {tensor} has a malformed header entry", path.display());
+                let dtype = info.get("dtype").and_then(Value::as_str).ok_or_else(bad)?;
+                let (kind, width) = match dtype {
+                    "F32" => (Kind::Float, 4),
+                    "F16" => (Kind::Half, 2),
+                    "BF16" => (Kind::BFloat16, 2),
+                    "F64" => (Kind::Double, 8),
+                    other => bail!("{}: tensor {tensor} is {other}; frugal reads floating-point weights (F32, F16, BF16, F64)", path.display()),
+                };
+                let shape: Vec<i64> = info.get("shape").and_then(Value::as_array).ok_or_else(bad)?.iter().map(|d| d.as_i64().ok_or_else(bad)).collect::<Result<_>>()?;
+                let offsets: Vec<u64> =
+                    info.get("data_offsets").and_then(Value::as_array).ok_or_else(bad)?.iter().map(|d| d.as_u64().ok_or_else(bad)).collect::<Result<_>>()?;
+                let [begin, end] = offsets[..] else { return Err(bad()) };
+                let len = end.checked_sub(begin).ok_or_else(bad)?;
+                ensure!(len == shape.iter().product::<i64>().max(0) as u64 * width, "{}: tensor {tensor} holds {len} bytes, not its shape's", path.display());
+                ensure!(8 + n + end <= size, "{}: tensor {tensor} runs past the end of the file (truncated?)", path.display());
+                tensors.insert(tensor, Entry { file: path.clone(), kind, shape, at: 8 + n + begin, len });
+            }
+        }
+        Ok(Self { tensors })
     }
-    let weights = family.from_hf(&model, &hf).with_context(|| format!("{}", dir.display()))?;
-    Ok(Imported { family, model, weights })
+
+    /// The tensor `name` in fp32, or `None` when no file holds it.
+    fn read(&self, name: &str) -> Result<Option<Tensor>> {
+        use std::os::unix::fs::FileExt;
+        let Some(e) = self.tensors.get(name) else { return Ok(None) };
+        let t = Tensor::empty(e.shape.as_slice(), (e.kind, tch::Device::Cpu));
+        if e.len > 0 {
+            // read straight into the tensor's storage: no second copy of it
+            // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `e.len` bytes, written
+            // here only and not shared until returned.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.len as usize) };
+            let f = std::fs::File::open(&e.file).with_context(|| format!("opening {}", e.file.display()))?;
+            f.read_exact_at(bytes, e.at).with_context(|| format!("reading {name} from {}", e.file.display()))?;
+        }
+        // safetensors is little-endian, as the machines frugal runs on
+        Ok(Some(if e.kind == Kind::Float { t } else { t.to_kind(Kind::Float) }))
+    }
 }
 
 /// The weight files of `dir`: the index's, or the single file.
@@ -252,9 +349,10 @@ pub fn check_init(spec: &ModelConfig, dir: &Path) -> Result<()> {
     // the families always have biases; a model without them (frugal's, exported) has zero ones
     if spec.bias != init.bias {
         let imported = import(dir, None)?;
-        let nonzero = imported.weights.iter().find(|(name, t)| name.ends_with(".bias") && t.abs().max().double_value(&[]) != 0.0);
-        if let Some((name, _)) = nonzero {
-            return Err(differ("custom.bias", "false".into(), format!("non-zero biases ({name})")));
+        for name in imported.names().filter(|n| n.ends_with(".bias")) {
+            if imported.tensor(name)?.abs().max().double_value(&[]) != 0.0 {
+                return Err(differ("custom.bias", "false".into(), format!("non-zero biases ({name})")));
+            }
         }
     }
     if spec.moe.is_some() {
@@ -279,38 +377,7 @@ pub fn load_init(store: &mut ParamStore, spec: &ModelConfig, dir: &Path) -> Resu
         spec.bias || store.specs.iter().all(|s| !s.name.ends_with(".bias")),
         "the job's model declares biases though spec.model.custom.bias is false"
     );
-    tch::no_grad(|| {
-        for i in 0..store.specs.len() {
-            let s = &store.specs[i];
-            let t = imported.weights.get(&s.name).with_context(|| format!("the model.init model has no {}", s.name))?;
-            ensure!(t.size() == s.shape, "{} is {:?} in the model.init model, {:?} in the job's", s.name, t.size(), s.shape);
-            store.master_view(i).copy_(t);
-        }
-        Ok(())
-    })?;
-    store.sync_compute();
-    Ok(())
-}
-
-/// Copies `weights` into `store`, which must declare exactly those parameters with those shapes.
-pub fn load_into(store: &mut ParamStore, weights: &Tensors) -> Result<()> {
-    ensure!(
-        weights.len() == store.specs.len(),
-        "the imported model has {} tensors where frugal's model has {} parameters",
-        weights.len(),
-        store.specs.len()
-    );
-    tch::no_grad(|| {
-        for i in 0..store.specs.len() {
-            let spec = &store.specs[i];
-            let t = weights.get(&spec.name).with_context(|| format!("the imported model has no {}", spec.name))?;
-            ensure!(t.size() == spec.shape, "{} is {:?} in the imported model, {:?} in frugal's", spec.name, t.size(), spec.shape);
-            store.master_view(i).copy_(t);
-        }
-        Ok(())
-    })?;
-    store.sync_compute();
-    Ok(())
+    imported.load_into(store)
 }
 
 /// Exports `job`'s checkpoint `checkpoint` (a step directory, or a root whose newest committed

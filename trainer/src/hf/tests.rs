@@ -52,7 +52,7 @@ fn every_dense_model_round_trips_to_the_same_logits() {
             let expected = ModelConfig { bias: true, ..m.clone() };
             assert_eq!(imported.model, expected, "{positions:?} bias {bias} tied {tied}");
             let (gpt2, mut store2) = whole_model(&imported.model, Device::Cpu);
-            load_into(&mut store2, &imported.weights).unwrap();
+            imported.load_into(&mut store2).unwrap();
             let diff = (logits(&gpt, &store, &tokens) - logits(&gpt2, &store2, &tokens)).abs().max().double_value(&[]);
             assert!(diff == 0.0, "{positions:?} bias {bias} tied {tied}: logits differ by {diff}");
             std::fs::remove_dir_all(&out).unwrap();
@@ -73,7 +73,7 @@ fn weights_past_the_shard_size_are_sharded_with_an_index() {
     assert_eq!(exported.weight_bytes, store.numel as u64 * 4, "fp32, and no bias added to a model that has them");
     let imported = import(&out, None).unwrap();
     for (name, t) in named_weights(&store) {
-        assert!(imported.weights[&name].equal(&t), "{name}");
+        assert!(imported.tensor(&name).unwrap().equal(&t), "{name}");
     }
     for file in [CONFIG_FILE, GENERATION_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE] {
         assert!(out.join(file).exists(), "{file}");
@@ -128,4 +128,28 @@ fn a_config_frugal_would_compute_otherwise_is_refused_naming_its_key() {
     assert!(Family::from_config(&c).unwrap_err().to_string().contains("use_parallel_residual"));
     let c = json!({"model_type": "bert"});
     assert!(Family::from_config(&c).unwrap_err().to_string().contains("\"bert\""));
+}
+
+#[test]
+fn a_truncated_or_half_precision_weight_file_is_detected_or_converted() {
+    let m = model(Positions::Learned, true, true);
+    let (gpt, store) = random(&m, 6);
+    let out = dir("truncated");
+    export(&out, &m, &store, None, DEFAULT_MAX_SHARD_BYTES).unwrap();
+    let file = out.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&file).unwrap();
+    // bf16 weights, as many models are saved, read as fp32
+    let bf16: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap().into_iter().map(|(n, t)| (n, t.to_kind(Kind::BFloat16))).collect();
+    Tensor::write_safetensors(&bf16, &file).unwrap();
+    let imported = import(&out, None).unwrap();
+    let (gpt2, mut store2) = whole_model(&imported.model, Device::Cpu);
+    imported.load_into(&mut store2).unwrap();
+    let tokens = Tensor::randint(300, [1, 24], (Kind::Int64, Device::Cpu));
+    let diff = (logits(&gpt, &store, &tokens) - logits(&gpt2, &store2, &tokens)).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.5, "bf16 weights give logits {diff} away");
+    // a file cut short is refused when opened, before anything is loaded
+    std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
+    let e = import(&out, None).err().expect("a truncated file").to_string();
+    assert!(e.contains("runs past the end of the file"), "{e}");
+    std::fs::remove_dir_all(&out).unwrap();
 }
