@@ -57,6 +57,8 @@ fn custom_model(layers: i32, d_model: i32, heads: i32, seq_len: i32) -> ModelSpe
             positions: Positions::default(),
             tied_embeddings: true,
             bias: false,
+            norm: Norm::default(),
+            feed_forward: FeedForward::default(),
         }),
         sparsity: SparsitySpec::default(),
     }

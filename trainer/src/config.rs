@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use frugal_api::planner::{ResolvedAttention as AttentionPattern, ResolvedModel as ModelConfig, ResolvedMoe as MoeConfig};
-pub use frugal_api::v1alpha1::Positions;
+pub use frugal_api::v1alpha1::{FeedForward, Norm, Positions};
 
 /// nanoGPT's character-level CPU recipe (4 layers, 128 wide, 4 heads, context 64, GPT-2 style:
 /// learned positions, biases, tied embeddings) over `vocab_size` tokens.
@@ -20,6 +20,8 @@ pub fn nano_model(vocab_size: i64) -> ModelConfig {
         positions: Positions::Learned,
         tied_embeddings: true,
         bias: true,
+        norm: Norm::LayerNorm,
+        feed_forward: FeedForward::Gelu,
         moe: None,
         attention: AttentionPattern::Dense,
     }

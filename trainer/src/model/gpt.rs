@@ -16,7 +16,7 @@
 
 use crate::config::{ModelConfig, Positions};
 use crate::model::attention::Rotary;
-use crate::model::block::{Block, LayerNorm};
+use crate::model::block::{Block, Norm};
 use crate::model::moe::Routing;
 use crate::model::soft::SoftTargets;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
@@ -32,7 +32,7 @@ pub struct Gpt {
     wte: Option<ParamId>,
     wpe: Option<ParamId>,
     pub blocks: Vec<Block>,
-    ln_f: Option<LayerNorm>,
+    ln_f: Option<Norm>,
     /// The output projection on the last stage: `head.weight`, or with tied embeddings `wte`.
     head: Option<ParamId>,
     rope: Option<Rotary>,
@@ -157,7 +157,7 @@ impl Gpt {
         let wte = (layout.embedding || tied_head).then(|| embedding(b, "wte.weight", cfg.vocab_size));
         let wpe = (layout.embedding && cfg.positions == Positions::Learned).then(|| embedding(b, "wpe.weight", cfg.seq_len));
         let blocks = layout.layers.clone().map(|i| Block::new(b, i, cfg)).collect();
-        let ln_f = layout.head.then(|| LayerNorm::new(b, "ln_f", cfg));
+        let ln_f = layout.head.then(|| Norm::new(b, "ln_f", cfg));
         let head = match (layout.head, tied_head) {
             (false, _) => None,
             (true, true) => wte,

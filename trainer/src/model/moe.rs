@@ -6,7 +6,8 @@
 //! two batched matrix products over [E, capacity, ·]. The op count does not grow with E.
 //! The router runs in fp32.
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{FeedForward, ModelConfig, MoeConfig};
+use crate::model::mlp::activate;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use tch::{Kind, Tensor};
 
@@ -32,33 +33,39 @@ pub struct MoeOutput {
     pub routing_mismatches: Option<Tensor>,
 }
 
-/// A bank of equally shaped GELU MLP experts run as batched matmuls: input [X, C, D] (C token
-/// slots per expert) → [X, C, D].
+/// A bank of equally shaped experts (GELU MLPs or SwiGLUs, as the model's feed-forward) run as
+/// batched matmuls: input [X, C, D] (C token slots per expert) → [X, C, D]. A SwiGLU expert's
+/// gate and up projections are one matrix, the gate in columns 0..H of `w_in` and the up
+/// projection in columns H..2H.
 pub struct ExpertBank {
-    /// [X, D, H]
+    /// [X, D, H], or for SwiGLU [X, D, 2H]
     w_in: ParamId,
-    /// [X, H]
+    /// [X, H], or for SwiGLU [X, 2H]
     b_in: Option<ParamId>,
     /// [X, H, D]
     w_out: ParamId,
     /// [X, D]
     b_out: Option<ParamId>,
+    feed_forward: FeedForward,
 }
 
 impl ExpertBank {
     pub fn new(b: &mut ParamBuilder, prefix: &str, model: &ModelConfig, experts: i64, hidden: i64) -> Self {
         let d = model.d_model;
+        let input = model.feed_forward.input_width(hidden);
         let proj_std = 0.02 / (2.0 * model.layers as f64).sqrt();
         Self {
-            w_in: b.add(format!("{prefix}.w_in"), &[experts, d, hidden], ParamGroup::Hidden, Init::Normal(0.02)),
-            b_in: model.bias.then(|| b.add(format!("{prefix}.b_in"), &[experts, hidden], ParamGroup::Gain, Init::Zeros)),
+            w_in: b.add(format!("{prefix}.w_in"), &[experts, d, input], ParamGroup::Hidden, Init::Normal(0.02)),
+            b_in: model.bias.then(|| b.add(format!("{prefix}.b_in"), &[experts, input], ParamGroup::Gain, Init::Zeros)),
             w_out: b.add(format!("{prefix}.w_out"), &[experts, hidden, d], ParamGroup::Hidden, Init::Normal(proj_std)),
             b_out: model.bias.then(|| b.add(format!("{prefix}.b_out"), &[experts, d], ParamGroup::Gain, Init::Zeros)),
+            feed_forward: model.feed_forward,
         }
     }
 
     /// Every expert of the bank on every token, summed: x [N, D] → [N, D]. The bank is laid
-    /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones.
+    /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones
+    /// (for SwiGLU [D, X·2H], each expert's gate and up projection side by side).
     /// Weights taken over by the store's [`crate::params::Linears`] (8-bit, with a scale per
     /// expert and channel, which side by side would no longer factor out of one product) run
     /// expert by expert instead, each on every token.
@@ -69,14 +76,18 @@ impl ExpertBank {
             return self.forward(p, &x.unsqueeze(0).expand([nx, n, d], false)).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>);
         }
         let w_in = p.get(self.w_in);
-        let (nx, d, h) = w_in.size3().unwrap();
-        let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * h]);
-        let w_out = p.get(self.w_out).reshape([nx * h, d]);
-        let hid = match self.b_in {
-            Some(bi) => p.get(bi).reshape([nx * h]).addmm(x, &w_in),
+        let (nx, d, input) = w_in.size3().unwrap();
+        let n = x.size()[0];
+        let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * input]);
+        let w_out = p.get(self.w_out);
+        let h = w_out.size()[1];
+        let w_out = w_out.reshape([nx * h, d]);
+        let projected = match self.b_in {
+            Some(bi) => p.get(bi).reshape([nx * input]).addmm(x, &w_in),
             None => x.mm(&w_in),
-        }
-        .gelu("none");
+        };
+        // [N, X, input] → [N, X, H] → [N, X·H]
+        let hid = activate(self.feed_forward, &projected.view([n, nx, input])).reshape([n, nx * h]);
         match self.b_out {
             Some(bo) if nx == 1 => p.get(bo).view([d]).addmm(&hid, &w_out),
             Some(bo) => p.get(bo).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>).addmm(&hid, &w_out),
@@ -86,7 +97,7 @@ impl ExpertBank {
 
     /// Expert x on its own slots: x [X, C, D] → [X, C, D].
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        let h = p.expert_matmul(x, self.w_in, self.b_in).gelu("none");
+        let h = activate(self.feed_forward, &p.expert_matmul(x, self.w_in, self.b_in));
         p.expert_matmul(&h, self.w_out, self.b_out)
     }
 }
@@ -276,13 +287,39 @@ mod tests {
     use crate::rng::Rng;
     use tch::Device;
 
+    /// One MoE layer's shape for a test: the routing and the experts' feed-forward.
+    #[derive(Clone, Copy)]
+    struct Case {
+        experts: i64,
+        top_k: i64,
+        shared: i64,
+        capacity_factor: f64,
+        feed_forward: FeedForward,
+    }
+
+    impl Case {
+        fn new(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> Self {
+            Self { experts, top_k, shared, capacity_factor, feed_forward: FeedForward::Gelu }
+        }
+        fn swiglu(self) -> Self {
+            Self { feed_forward: FeedForward::Swiglu, ..self }
+        }
+    }
+
     /// A small MoE layer with every weight (biases included) random, so that a wrong expert,
     /// slot or gate shows in the output.
-    fn layer(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> (Moe, ParamStore) {
+    fn layer(case: Case) -> (Moe, ParamStore) {
         let mut model = nano_model(16);
-        model.d_model = 8;
-        let cfg =
-            MoeConfig { experts, top_k, shared_experts: shared, expert_hidden: 6, every_n_layers: 1, capacity_factor, load_balance_weight: 0.01 };
+        (model.d_model, model.feed_forward) = (8, case.feed_forward);
+        let cfg = MoeConfig {
+            experts: case.experts,
+            top_k: case.top_k,
+            shared_experts: case.shared,
+            expert_hidden: 6,
+            every_n_layers: 1,
+            capacity_factor: case.capacity_factor,
+            load_balance_weight: 0.01,
+        };
         let mut b = ParamBuilder::default();
         let moe = Moe::new(&mut b, "moe", &model, &cfg);
         let mut store = ParamStore::new(b, &mut Rng::new(7), Device::Cpu, Kind::Float);
@@ -293,14 +330,25 @@ mod tests {
         (moe, store)
     }
 
+    /// Expert `e` of a bank on one token, from its slices of the bank's weights: a GELU MLP, or
+    /// a SwiGLU whose gate is columns 0..H of `w_in` and up projection columns H..2H.
     fn expert(p: &ParamStore, bank: &ExpertBank, e: i64, x: &Tensor) -> Tensor {
-        let h = x.matmul(&p.get(bank.w_in).get(e)) + p.get(bank.b_in.unwrap()).get(e);
-        h.gelu("none").matmul(&p.get(bank.w_out).get(e)) + p.get(bank.b_out.unwrap()).get(e)
+        let (w_in, b_in) = (p.get(bank.w_in).get(e), p.get(bank.b_in.unwrap()).get(e));
+        let hidden = match bank.feed_forward {
+            FeedForward::Gelu => (x.matmul(&w_in) + b_in).gelu("none"),
+            FeedForward::Swiglu => {
+                let h = p.get(bank.w_out).size()[1];
+                let gate = x.matmul(&w_in.narrow(1, 0, h)) + b_in.narrow(0, 0, h);
+                let up = x.matmul(&w_in.narrow(1, h, h)) + b_in.narrow(0, h, h);
+                &gate * gate.sigmoid() * up
+            }
+        };
+        hidden.matmul(&p.get(bank.w_out).get(e)) + p.get(bank.b_out.unwrap()).get(e)
     }
 
     /// Token by token: the router's top-k, the first `cap` assignments of each expert in token
     /// order kept, each kept expert's output times its gate, plus every shared expert.
-    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor) -> (Tensor, i64, f64) {
+    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor, cap: i64) -> (Tensor, i64, f64) {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
         let (e, k) = (moe.cfg.experts, moe.cfg.top_k);
@@ -311,7 +359,7 @@ mod tests {
         for &c in &chosen {
             counts[c as usize] += 1;
         }
-        let cap = moe.capacity(n).min(*counts.iter().max().unwrap());
+        let cap = cap.min(*counts.iter().max().unwrap());
         let mut used = vec![0i64; e as usize];
         let mut dropped = 0;
         let mut rows = Vec::new();
@@ -323,8 +371,7 @@ mod tests {
                     yi = yi + expert(p, shared, s, &xi);
                 }
             }
-            for j in 0..k {
-                let c = chosen[(i * k + j) as usize];
+            for &c in &chosen[(i * k) as usize..((i + 1) * k) as usize] {
                 if used[c as usize] < cap {
                     used[c as usize] += 1;
                     yi = yi + expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
@@ -353,8 +400,9 @@ mod tests {
         ids.into_iter().map(|id| p.get(id).shallow_clone()).collect()
     }
 
-    fn check(experts: i64, top_k: i64, shared: i64, capacity_factor: f64, expect_drops: bool) {
-        let (moe, p) = layer(experts, top_k, shared, capacity_factor);
+    /// The layer's forward and gradients against the per-token reference.
+    fn check(case: Case, expect_drops: bool) {
+        let (moe, p) = layer(case);
         let x = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let upstream = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu));
         let mut inputs = vec![x.shallow_clone()];
@@ -362,7 +410,7 @@ mod tests {
 
         let out = moe.forward(&p, &x, None);
         let fast = Tensor::run_backward(&[(&out.y * &upstream).sum(Kind::Float)], &inputs, false, false);
-        let (want, want_dropped, want_aux) = reference(&moe, &p, &x);
+        let (want, want_dropped, want_aux) = reference(&moe, &p, &x, moe.capacity(21));
         let slow = Tensor::run_backward(&[(&want * &upstream).sum(Kind::Float)], &inputs, false, false);
 
         assert_eq!(out.dropped.int64_value(&[]), want_dropped, "dropped assignments");
@@ -379,8 +427,14 @@ mod tests {
 
     #[test]
     fn bucketed_dispatch_matches_a_per_token_reference() {
-        check(4, 2, 1, 4.0, false);
-        check(6, 3, 2, 4.0, false);
+        check(Case::new(4, 2, 1, 4.0), false);
+        check(Case::new(6, 3, 2, 4.0), false);
+    }
+
+    #[test]
+    fn swiglu_experts_match_a_per_token_reference() {
+        check(Case::new(4, 2, 1, 4.0).swiglu(), false);
+        check(Case::new(5, 2, 2, 0.6).swiglu(), true);
     }
 
     #[test]
@@ -398,7 +452,7 @@ mod tests {
 
     #[test]
     fn assignments_past_capacity_are_dropped_in_token_order() {
-        check(4, 2, 1, 0.5, true);
-        check(5, 1, 0, 0.6, true);
+        check(Case::new(4, 2, 1, 0.5), true);
+        check(Case::new(5, 1, 0, 0.6), true);
     }
 }
