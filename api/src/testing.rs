@@ -135,6 +135,7 @@ impl TrainingJobBuilder {
                 every_n_layers: 1,
                 capacity_factor: 1.25,
                 load_balance_weight: 0.01,
+                normalize_top_k: false,
             })
         })
     }

@@ -31,7 +31,16 @@ pub fn nano_model(vocab_size: i64) -> ModelConfig {
 /// DeepSeekMoE: 16 routed experts of d = 128 hidden, top-3, plus one shared expert of d hidden
 /// (3·d + d = the dense 4·d), in every layer.
 pub fn nano_moe() -> MoeConfig {
-    MoeConfig { experts: 16, top_k: 3, shared_experts: 1, expert_hidden: 128, every_n_layers: 1, capacity_factor: 1.25, load_balance_weight: 0.01 }
+    MoeConfig {
+        experts: 16,
+        top_k: 3,
+        shared_experts: 1,
+        expert_hidden: 128,
+        every_n_layers: 1,
+        capacity_factor: 1.25,
+        load_balance_weight: 0.01,
+        normalize_top_k: false,
+    }
 }
 
 /// A run of `model` for `steps` steps on 200,000 synthetic tokens, `batch_size` sequences a step
@@ -102,6 +111,9 @@ pub fn validate_model(m: &ModelConfig) -> Result<(), String> {
         }
         if moe.capacity_factor <= 0.0 {
             return Err("MoE: capacityFactor must be positive".into());
+        }
+        if moe.normalize_top_k && moe.top_k < 2 {
+            return Err("MoE: normalizeTopK needs topK of at least 2 (a single gate divided by itself is always 1)".into());
         }
     }
     match m.attention {

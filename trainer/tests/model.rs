@@ -79,10 +79,11 @@ fn trainer_builds_the_parameters_the_planner_counts() {
     assert_eq!(Gpt::count_params(&gpt2), 124_439_808);
 }
 
-/// The small MoE model with Llama's block: RMSNorm, SwiGLU experts.
+/// The small MoE model with Llama's block: RMSNorm, SwiGLU experts, renormalised top-k gates.
 fn llama_moe() -> ModelConfig {
     let mut m = small_model(true);
     (m.norm, m.feed_forward, m.bias, m.positions) = (Norm::RmsNorm, FeedForward::Swiglu, false, Positions::Rotary);
+    m.moe.as_mut().unwrap().normalize_top_k = true;
     m
 }
 

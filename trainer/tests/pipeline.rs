@@ -96,8 +96,8 @@ fn a_llama_block_pipeline_with_recomputation_matches_one_stage() {
     let mut cfg = pipeline_run();
     (cfg.model.norm, cfg.model.feed_forward, cfg.model.positions) = (Norm::RmsNorm, FeedForward::Swiglu, Positions::Rotary);
     let moe = cfg.model.moe.as_mut().unwrap();
-    // dense SwiGLU MLPs between SwiGLU experts
-    moe.every_n_layers = 2;
+    // dense SwiGLU MLPs between SwiGLU experts, with Mixtral's renormalised gates
+    (moe.every_n_layers, moe.normalize_top_k) = (2, true);
     cfg.train.activation_checkpointing = true;
     check_against_reference(&cfg, 2, ScheduleKind::OneFOneB);
 }

@@ -219,13 +219,14 @@ fn calibration_beats_round_to_nearest_on_outlier_channels() {
 /// A mixture-of-experts model trained as a 2-stage pipeline: its checkpoint (one part per
 /// stage) exports whole, routed and shared experts quantized per expert, the router in fp32,
 /// and its unquantized figures are the pipeline's own evaluation. With GPT-2's block (every
-/// block MoE) and with Llama's (RMSNorm, SwiGLU; a dense block, then an MoE one, so SwiGLU's
-/// fused gate and up projection is quantized in the dense MLP and the experts alike).
+/// block MoE) and with Llama's (RMSNorm, SwiGLU, renormalised gates; a dense block, then an
+/// MoE one, so SwiGLU's fused gate and up projection is quantized in the dense MLP and the
+/// experts alike).
 #[test]
 fn a_pipelined_moe_checkpoint_exports() {
     tch::set_num_threads(1);
     let gpt2 = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32}}";
-    let llama = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32, everyNLayers: 2}}";
+    let llama = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32, everyNLayers: 2, normalizeTopK: true}}";
     for (block, moe) in [("gpt2", gpt2), ("llama", llama)] {
         let root = temp_dir(&format!("quantize-pipelined-{block}"));
         let mut text = tiny_job_text("pipelined", 64, moe, "  parallelism: {pipelineStages: 2, schedule: 1f1b, microBatches: 2}");

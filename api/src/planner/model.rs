@@ -25,6 +25,14 @@ pub struct ResolvedMoe {
     pub every_n_layers: i64,
     pub capacity_factor: f64,
     pub load_balance_weight: f64,
+    /// The k gates of a token divided by their sum (absent from the serialised form when false,
+    /// so the configurations written before it existed read and hash as they did).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub normalize_top_k: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -121,6 +129,14 @@ impl ResolvedModel {
             && moe.top_k > moe.experts
         {
             return Err(ModelError::Invalid(format!("sparsity.moe.topK {} exceeds sparsity.moe.experts {}", moe.top_k, moe.experts)));
+        }
+        if let Some(moe) = &self.moe
+            && moe.normalize_top_k
+            && moe.top_k < 2
+        {
+            return Err(ModelError::Invalid(
+                "sparsity.moe.normalizeTopK needs topK of at least 2: a single gate divided by itself is always 1".into(),
+            ));
         }
         match self.attention {
             ResolvedAttention::BlockSparse { block_size, .. } if self.seq_len % block_size != 0 => Err(ModelError::Invalid(format!(
@@ -282,6 +298,7 @@ fn resolve_moe(moe: &MoeSpec, ffn_hidden: i64) -> ResolvedMoe {
         every_n_layers: moe.every_n_layers.into(),
         capacity_factor: moe.capacity_factor,
         load_balance_weight: moe.load_balance_weight,
+        normalize_top_k: moe.normalize_top_k,
     }
 }
 

@@ -153,12 +153,22 @@ fn swiglu_experts_count_three_matrices_each() {
 }
 
 #[test]
+fn normalized_gates_need_two_experts_a_token() {
+    let mut spec = fine_grained_moe();
+    spec.model.sparsity.moe.as_mut().unwrap().normalize_top_k = true;
+    assert!(ResolvedModel::from_spec(&spec.model).unwrap().moe.unwrap().normalize_top_k);
+    spec.model.sparsity.moe.as_mut().unwrap().top_k = 1;
+    let err = ResolvedModel::from_spec(&spec.model).unwrap_err();
+    assert!(err.to_string().contains("normalizeTopK needs topK of at least 2"), "{err}");
+}
+
+#[test]
 fn the_gpt2_block_serialises_as_before_the_llama_block_existed() {
-    // a resolved model at GPT-2's block has no new keys, so the pod contracts and
-    // configuration hashes written before stay what they were
+    // a resolved model at GPT-2's block (and an MoE with raw gates) has no new keys, so the
+    // pod contracts and configuration hashes written before stay what they were
     let m = ResolvedModel::from_spec(&fine_grained_moe().model).unwrap();
     let text = serde_json::to_string(&m).unwrap();
-    for key in ["norm", "feedForward"] {
+    for key in ["norm", "feedForward", "normalizeTopK"] {
         assert!(!text.contains(key), "{key} in {text}");
     }
     assert_eq!(serde_json::from_str::<ResolvedModel>(&text).unwrap(), m);

@@ -642,6 +642,7 @@ mod tests {
             every_n_layers: 1,
             capacity_factor: 1.25,
             load_balance_weight: 0.01,
+            normalize_top_k: false,
         });
         m.attention = ResolvedAttention::SlidingWindow { window: 8 };
         assert_eq!(describe_model(&m, Precision::Bf16), "4l/32d/2h moe 16x128 top-3+1 sw8 bf16");

@@ -1,10 +1,11 @@
 //! Mixture-of-experts feed-forward (Switch/GShard routing, DeepSeekMoE experts).
 //!
 //! A learned router picks the top-k of E fine-grained experts per token; shared experts see every
-//! token. Dispatch is bucketed: assignments are sorted by expert, each expert gets a bucket
-//! of `capacity` slots, tokens past capacity are dropped (and counted), and all experts run as
-//! two batched matrix products over [E, capacity, ·]. The op count does not grow with E.
-//! The router runs in fp32.
+//! token. A token's k gates are the router's softmax probabilities of its experts, or with
+//! `normalizeTopK` those divided by their sum. Dispatch is bucketed: assignments are sorted by
+//! expert, each expert gets a bucket of `capacity` slots, and all experts run as two batched
+//! matrix products over [E, capacity, ·]. The op count does not grow with E. Tokens past
+//! capacity are dropped (and counted). The router runs in fp32.
 
 use crate::config::{FeedForward, ModelConfig, MoeConfig};
 use crate::model::mlp::activate;
@@ -151,10 +152,19 @@ impl Moe {
         let plan = Dispatch::plan(&experts, e, k, self.capacity(n));
         let (cap, slots) = (plan.capacity, e * plan.capacity);
         let slot_token = upload(&plan.slot_token, dev);
-        // Each slot's gate, read straight out of the router's probabilities (differentiable);
-        // an empty slot reads token 0 under gate 0: its output is scaled to zero and adds nothing
-        // to any token or gradient, so no padding row or sentinel has to be concatenated in.
-        let slot_gate = probs.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
+        // The gates [N, E]: the router's probabilities, or divided by the sum of each token's k
+        // chosen ones (Mixtral's renormalised top-k); differentiable either way.
+        let gates = if self.cfg.normalize_top_k {
+            let chosen = upload(&experts, dev).view([n, k]);
+            let chosen_sum = probs.gather(1, &chosen, false).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+            &probs / chosen_sum
+        } else {
+            probs.shallow_clone()
+        };
+        // Each slot's gate, read straight out of the gates (differentiable); an empty slot reads
+        // token 0 under gate 0: its output is scaled to zero and adds nothing to any token or
+        // gradient, so no padding row or sentinel has to be concatenated in.
+        let slot_gate = gates.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
 
         // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
         // scatter-add of the gated outputs, straight into the shared experts' output.
@@ -243,7 +253,7 @@ struct Dispatch {
     capacity: i64,
     /// [E · capacity]: the token in each slot (0 for an empty slot).
     slot_token: Vec<i64>,
-    /// [E · capacity]: the slot's entry in the flattened [N, E] router probabilities.
+    /// [E · capacity]: the slot's entry in the flattened [N, E] gates.
     slot_prob: Vec<i64>,
     /// [E · capacity]: 1 for a filled slot, 0 for an empty one.
     slot_used: Vec<f32>,
@@ -287,7 +297,7 @@ mod tests {
     use crate::rng::Rng;
     use tch::Device;
 
-    /// One MoE layer's shape for a test: the routing and the experts' feed-forward.
+    /// One MoE layer's shape for a test: the routing, the experts' feed-forward, the gates.
     #[derive(Clone, Copy)]
     struct Case {
         experts: i64,
@@ -295,14 +305,18 @@ mod tests {
         shared: i64,
         capacity_factor: f64,
         feed_forward: FeedForward,
+        normalize_top_k: bool,
     }
 
     impl Case {
         fn new(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> Self {
-            Self { experts, top_k, shared, capacity_factor, feed_forward: FeedForward::Gelu }
+            Self { experts, top_k, shared, capacity_factor, feed_forward: FeedForward::Gelu, normalize_top_k: false }
         }
         fn swiglu(self) -> Self {
             Self { feed_forward: FeedForward::Swiglu, ..self }
+        }
+        fn normalized(self) -> Self {
+            Self { normalize_top_k: true, ..self }
         }
     }
 
@@ -319,6 +333,7 @@ mod tests {
             every_n_layers: 1,
             capacity_factor: case.capacity_factor,
             load_balance_weight: 0.01,
+            normalize_top_k: case.normalize_top_k,
         };
         let mut b = ParamBuilder::default();
         let moe = Moe::new(&mut b, "moe", &model, &cfg);
@@ -347,7 +362,8 @@ mod tests {
     }
 
     /// Token by token: the router's top-k, the first `cap` assignments of each expert in token
-    /// order kept, each kept expert's output times its gate, plus every shared expert.
+    /// order kept, each kept expert's output times its gate (the probability, or divided by the
+    /// sum of the token's k chosen probabilities), plus every shared expert.
     fn reference(moe: &Moe, p: &ParamStore, x: &Tensor, cap: i64) -> (Tensor, i64, f64) {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
@@ -371,10 +387,13 @@ mod tests {
                     yi = yi + expert(p, shared, s, &xi);
                 }
             }
-            for &c in &chosen[(i * k) as usize..((i + 1) * k) as usize] {
+            let mine = &chosen[(i * k) as usize..((i + 1) * k) as usize];
+            let chosen_sum = mine.iter().map(|&c| probs.get(i).get(c)).fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, p| a + p);
+            for &c in mine {
                 if used[c as usize] < cap {
                     used[c as usize] += 1;
-                    yi = yi + expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
+                    let gate = if moe.cfg.normalize_top_k { probs.get(i).get(c) / &chosen_sum } else { probs.get(i).get(c) };
+                    yi = yi + expert(p, &moe.experts, c, &xi) * gate;
                 } else {
                     dropped += 1;
                 }
@@ -435,6 +454,27 @@ mod tests {
     fn swiglu_experts_match_a_per_token_reference() {
         check(Case::new(4, 2, 1, 4.0).swiglu(), false);
         check(Case::new(5, 2, 2, 0.6).swiglu(), true);
+    }
+
+    #[test]
+    fn normalized_gates_divide_by_the_sum_of_the_chosen_probabilities() {
+        check(Case::new(6, 3, 1, 4.0).normalized(), false);
+        check(Case::new(4, 2, 0, 0.5).swiglu().normalized(), true);
+        // the k gates of every token add up to 1: a layer of identical experts without shared
+        // ones gives each token that expert's output, whichever experts it was sent to
+        let (moe, p) = layer(Case::new(4, 2, 0, 4.0).normalized());
+        tch::no_grad(|| {
+            for id in [moe.experts.w_in, moe.experts.w_out, moe.experts.b_in.unwrap(), moe.experts.b_out.unwrap()] {
+                let mut w = p.get(id).shallow_clone();
+                let first = w.get(0).unsqueeze(0).expand_as(&w).copy();
+                w.copy_(&first);
+            }
+        });
+        let x = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu));
+        let y = moe.forward(&p, &x, None).y;
+        let one = expert(&p, &moe.experts, 0, &x);
+        let diff = (y - one).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "gates of a token sum to 1 less {diff}");
     }
 
     #[test]

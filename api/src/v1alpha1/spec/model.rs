@@ -188,6 +188,8 @@ pub struct SparsitySpec {
 #[x_kube(
     validation = Rule::new("self.topK <= self.experts")
         .message("model.sparsity.moe.topK must be at most model.sparsity.moe.experts: a token cannot go to more experts than exist; lower topK or add experts"),
+    validation = Rule::new("!self.normalizeTopK || self.topK >= 2")
+        .message("model.sparsity.moe.normalizeTopK needs topK of at least 2: a single gate divided by itself is always 1 and the router would learn nothing from the loss; raise topK or leave normalizeTopK false"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MoeSpec {
@@ -223,6 +225,11 @@ pub struct MoeSpec {
     #[serde(default = "default_aux_loss_weight")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub load_balance_weight: f64,
+    /// How a token's k gates are taken from the router's softmax over all experts: false, each
+    /// is the probability of its expert (Switch, GShard, DeepSeekMoE); true, they are those
+    /// probabilities divided by their sum, so that they add up to 1 (Mixtral, ERNIE 4.5).
+    #[serde(default, rename = "normalizeTopK")]
+    pub normalize_top_k: bool,
 }
 
 fn default_capacity_factor() -> f64 {
