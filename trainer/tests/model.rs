@@ -1,5 +1,6 @@
 //! Model-level checks: recomputation (with MoE routing replayed), parameter and FLOP counts
-//! against the planner, mixed precision and loss scaling; GPT-2's block and Llama's.
+//! against the planner, mixed precision and loss scaling, dropless evaluation; GPT-2's block and
+//! Llama's.
 
 mod common;
 
@@ -135,8 +136,7 @@ fn the_planners_feed_forward_flops_are_the_products_the_model_computes() {
     let mut dense = llama_moe();
     dense.moe = None;
     let mut moe = llama_moe();
-    // every token goes to both experts, which have room for all (capacity factor 1): no slot is
-    // padding
+    // every token goes to both experts: no slot of the dropless evaluation is padding
     (moe.moe.as_mut().unwrap().experts, moe.moe.as_mut().unwrap().top_k) = (2, 2);
     let mut gelu = moe.clone();
     gelu.feed_forward = FeedForward::Gelu;
@@ -154,6 +154,24 @@ fn the_planners_feed_forward_flops_are_the_products_the_model_computes() {
         let want = planned - 2.0 * (router + m.vocab_size * m.d_model) as f64;
         assert_eq!(per_token, want, "{m:?}");
     }
+}
+
+#[test]
+fn evaluation_drops_no_token_that_training_drops() {
+    tch::set_num_threads(1);
+    let mut tight = small_run(llama_moe(), 4, None);
+    tight.model.moe.as_mut().unwrap().capacity_factor = 0.5;
+    let mut wide = tight.clone();
+    wide.model.moe.as_mut().unwrap().capacity_factor = 64.0;
+    let t = Worker::single(tight.clone(), Device::Cpu).unwrap();
+    let w = Worker::single(wide, Device::Cpu).unwrap();
+    assert!(t.params.master.equal(&w.params.master), "the capacity factor is not a parameter");
+    let mut data = Data::new(&tight.data, tight.model.vocab_size, tight.model.seq_len, 99).unwrap();
+    let b = data.next_batch(8);
+    let stats = t.model.forward_backward(&t.params, &b.inputs, &b.targets, 1.0, false);
+    assert!(stats.dropped.unwrap().int64_value(&[]) > 0, "capacity factor 0.5 drops in training");
+    assert!(t.model.eval_logits(&t.params, &b.inputs).equal(&w.model.eval_logits(&w.params, &b.inputs)));
+    assert_eq!(t.validation_loss(), w.validation_loss());
 }
 
 #[test]

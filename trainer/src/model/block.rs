@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::model::attention::{Attention, Rotary};
 use crate::model::{
     mlp::Mlp,
-    moe::{Moe, Routing},
+    moe::{Capacity, Moe, Routing},
 };
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use frugal_api::v1alpha1::Norm as NormType;
@@ -99,8 +99,9 @@ impl Block {
         matches!(self.ffn, FeedForward::Moe(_))
     }
 
-    /// x: [B, T, D] → [B, T, D]. `routing` replays an earlier MoE decision (recomputation).
-    pub fn forward(&self, p: &ParamStore, x: &Tensor, rope: Option<&Rotary>, routing: Option<&Routing>) -> BlockOutput {
+    /// x: [B, T, D] → [B, T, D]. `routing` replays an earlier MoE decision (recomputation);
+    /// `capacity` bounds the experts' slots (training) or not (evaluation).
+    pub fn forward(&self, p: &ParamStore, x: &Tensor, rope: Option<&Rotary>, routing: Option<&Routing>, capacity: Capacity) -> BlockOutput {
         let h = x + self.attn.forward(p, &self.ln1.forward(p, x), rope);
         let n = self.ln2.forward(p, &h);
         match &self.ffn {
@@ -108,7 +109,7 @@ impl Block {
                 BlockOutput { y: &h + mlp.forward(p, &n), aux_loss: None, dropped: None, assignments: 0, routing: None, routing_mismatches: None }
             }
             FeedForward::Moe(moe) => {
-                let out = moe.forward(p, &n, routing);
+                let out = moe.forward(p, &n, routing, capacity);
                 BlockOutput {
                     y: &h + out.y,
                     aux_loss: Some(out.aux_loss),
@@ -216,7 +217,7 @@ mod tests {
         let rope = Rotary::new(4, 4, Kind::Double, Device::Cpu);
         let x = Tensor::randn([2, 4, 8], (Kind::Double, Device::Cpu)).set_requires_grad(true);
         let upstream = Tensor::randn([2, 4, 8], (Kind::Double, Device::Cpu));
-        let loss = || (block.forward(&p, &x, Some(&rope), None).y * &upstream).sum(Kind::Double);
+        let loss = || (block.forward(&p, &x, Some(&rope), None, Capacity::Factor).y * &upstream).sum(Kind::Double);
         let mut leaves = vec![&x];
         leaves.extend((0..p.specs.len()).map(|i| p.get(ParamId(i))));
         crate::model::assert_gradients_match_finite_differences(loss, &leaves);

@@ -4,8 +4,9 @@
 //! token. A token's k gates are the router's softmax probabilities of its experts, or with
 //! `normalizeTopK` those divided by their sum. Dispatch is bucketed: assignments are sorted by
 //! expert, each expert gets a bucket of `capacity` slots, and all experts run as two batched
-//! matrix products over [E, capacity, ·]. The op count does not grow with E. Tokens past
-//! capacity are dropped (and counted). The router runs in fp32.
+//! matrix products over [E, capacity, ·]. The op count does not grow with E. In training,
+//! tokens past the capacity factor's slots are dropped (and counted); evaluation gives every
+//! expert the slots its load needs and drops nothing ([`Capacity`]). The router runs in fp32.
 
 use crate::config::{FeedForward, ModelConfig, MoeConfig};
 use crate::model::mlp::activate;
@@ -18,6 +19,18 @@ use tch::{Kind, Tensor};
 pub struct Routing {
     /// The k chosen experts of each token, token after token ([N · k], on the host).
     pub experts: Vec<i64>,
+}
+
+/// How many token slots an MoE layer gives each expert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capacity {
+    /// Training: the capacity factor's share, ceil(factor · N·k / E); assignments past it are
+    /// dropped (and counted). A fixed bound keeps a step's work and memory bounded whatever the
+    /// router does.
+    Factor,
+    /// Evaluation: the fullest expert's load, so nothing is dropped, and the figures are those a
+    /// dropless inference engine computes for the same weights.
+    Dropless,
 }
 
 /// What one MoE layer reports besides its output.
@@ -123,14 +136,14 @@ impl Moe {
         }
     }
 
-    /// Slots per expert for `n` tokens.
+    /// Slots per expert for `n` tokens under the capacity factor.
     pub fn capacity(&self, n: i64) -> i64 {
         let ideal = (n * self.cfg.top_k) as f64 / self.cfg.experts as f64;
         ((ideal * self.cfg.capacity_factor).ceil() as i64).max(1)
     }
 
     /// x: [B, T, D]. With `routing`, reuse that decision instead of taking the router's top-k.
-    pub fn forward(&self, p: &ParamStore, x: &Tensor, routing: Option<&Routing>) -> MoeOutput {
+    pub fn forward(&self, p: &ParamStore, x: &Tensor, routing: Option<&Routing>, capacity: Capacity) -> MoeOutput {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
         let (e, k) = (self.cfg.experts, self.cfg.top_k);
@@ -149,7 +162,12 @@ impl Moe {
             }
             None => (fresh, None),
         };
-        let plan = Dispatch::plan(&experts, e, k, self.capacity(n));
+        let slots_per_expert = match capacity {
+            Capacity::Factor => self.capacity(n),
+            // every assignment fits; the plan takes the fullest expert's load
+            Capacity::Dropless => n * k,
+        };
+        let plan = Dispatch::plan(&experts, e, k, slots_per_expert);
         let (cap, slots) = (plan.capacity, e * plan.capacity);
         let slot_token = upload(&plan.slot_token, dev);
         // The gates [N, E]: the router's probabilities, or divided by the sum of each token's k
@@ -419,17 +437,21 @@ mod tests {
         ids.into_iter().map(|id| p.get(id).shallow_clone()).collect()
     }
 
-    /// The layer's forward and gradients against the per-token reference.
-    fn check(case: Case, expect_drops: bool) {
+    /// The layer's forward and gradients under `capacity` against the per-token reference.
+    fn check_under(case: Case, capacity: Capacity, expect_drops: bool) {
         let (moe, p) = layer(case);
         let x = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let upstream = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu));
         let mut inputs = vec![x.shallow_clone()];
         inputs.extend(leaves(&moe, &p));
 
-        let out = moe.forward(&p, &x, None);
+        let out = moe.forward(&p, &x, None, capacity);
         let fast = Tensor::run_backward(&[(&out.y * &upstream).sum(Kind::Float)], &inputs, false, false);
-        let (want, want_dropped, want_aux) = reference(&moe, &p, &x, moe.capacity(21));
+        let cap = match capacity {
+            Capacity::Factor => moe.capacity(21),
+            Capacity::Dropless => i64::MAX,
+        };
+        let (want, want_dropped, want_aux) = reference(&moe, &p, &x, cap);
         let slow = Tensor::run_backward(&[(&want * &upstream).sum(Kind::Float)], &inputs, false, false);
 
         assert_eq!(out.dropped.int64_value(&[]), want_dropped, "dropped assignments");
@@ -442,6 +464,10 @@ mod tests {
             let diff = (f - s).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "gradient of input {i} differs from the reference by {diff}");
         }
+    }
+
+    fn check(case: Case, expect_drops: bool) {
+        check_under(case, Capacity::Factor, expect_drops)
     }
 
     #[test]
@@ -471,7 +497,7 @@ mod tests {
             }
         });
         let x = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu));
-        let y = moe.forward(&p, &x, None).y;
+        let y = moe.forward(&p, &x, None, Capacity::Dropless).y;
         let one = expert(&p, &moe.experts, 0, &x);
         let diff = (y - one).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "gates of a token sum to 1 less {diff}");
@@ -494,5 +520,22 @@ mod tests {
     fn assignments_past_capacity_are_dropped_in_token_order() {
         check(Case::new(4, 2, 1, 0.5), true);
         check(Case::new(5, 1, 0, 0.6), true);
+    }
+
+    #[test]
+    fn evaluation_drops_nothing_and_equals_an_unbounded_capacity() {
+        // a capacity factor that drops in training
+        let tight = Case::new(4, 2, 1, 0.5).swiglu();
+        check_under(tight, Capacity::Factor, true);
+        check_under(tight, Capacity::Dropless, false);
+        let (moe, p) = layer(tight);
+        let (unbounded, q) = layer(Case { capacity_factor: 64.0, ..tight });
+        assert!(p.master.equal(&q.master), "the same weights");
+        let x = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu));
+        let dropless = moe.forward(&p, &x, None, Capacity::Dropless);
+        let wide = unbounded.forward(&q, &x, None, Capacity::Factor);
+        assert_eq!((dropless.dropped.int64_value(&[]), wide.dropped.int64_value(&[])), (0, 0));
+        assert!(dropless.y.equal(&wide.y), "dropless evaluation differs from a capacity factor of 64");
+        assert!(moe.forward(&p, &x, None, Capacity::Factor).dropped.int64_value(&[]) > 0, "training at factor 0.5 drops");
     }
 }
