@@ -57,6 +57,8 @@ fn custom_model(layers: i32, d_model: i32, heads: i32, seq_len: i32) -> ModelSpe
             positions: Positions::default(),
             tied_embeddings: true,
             bias: false,
+            norm: Norm::default(),
+            feed_forward: FeedForward::default(),
         }),
         sparsity: SparsitySpec::default(),
         init: None,
@@ -134,6 +136,7 @@ impl TrainingJobBuilder {
                 every_n_layers: 1,
                 capacity_factor: 1.25,
                 load_balance_weight: 0.01,
+                normalize_top_k: false,
             })
         })
     }

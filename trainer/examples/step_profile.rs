@@ -16,7 +16,7 @@
 
 use frugal_trainer::config::*;
 use frugal_trainer::model::mlp::Mlp;
-use frugal_trainer::model::moe::Moe;
+use frugal_trainer::model::moe::{Capacity, Moe};
 use frugal_trainer::parallel::Worker;
 use frugal_trainer::params::{ParamBuilder, ParamStore};
 use frugal_trainer::rng::Rng;
@@ -132,7 +132,7 @@ fn main() {
         let y = mlp.forward(&p, &x);
         (y.to_kind(Kind::Float).square().mean(Kind::Float)).backward();
         let t1 = Instant::now();
-        let out = moe.forward(&p, &x, None);
+        let out = moe.forward(&p, &x, None, Capacity::Factor);
         (out.y.to_kind(Kind::Float).square().mean(Kind::Float) + out.aux_loss * 0.01).backward();
         let t2 = Instant::now();
         if round >= 5 {

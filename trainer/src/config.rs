@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use frugal_api::planner::{ResolvedAttention as AttentionPattern, ResolvedModel as ModelConfig, ResolvedMoe as MoeConfig};
-pub use frugal_api::v1alpha1::Positions;
+pub use frugal_api::v1alpha1::{FeedForward, Norm, Positions};
 
 /// nanoGPT's character-level CPU recipe (4 layers, 128 wide, 4 heads, context 64, GPT-2 style:
 /// learned positions, biases, tied embeddings) over `vocab_size` tokens.
@@ -20,6 +20,8 @@ pub fn nano_model(vocab_size: i64) -> ModelConfig {
         positions: Positions::Learned,
         tied_embeddings: true,
         bias: true,
+        norm: Norm::LayerNorm,
+        feed_forward: FeedForward::Gelu,
         moe: None,
         attention: AttentionPattern::Dense,
     }
@@ -29,7 +31,16 @@ pub fn nano_model(vocab_size: i64) -> ModelConfig {
 /// DeepSeekMoE: 16 routed experts of d = 128 hidden, top-3, plus one shared expert of d hidden
 /// (3·d + d = the dense 4·d), in every layer.
 pub fn nano_moe() -> MoeConfig {
-    MoeConfig { experts: 16, top_k: 3, shared_experts: 1, expert_hidden: 128, every_n_layers: 1, capacity_factor: 1.25, load_balance_weight: 0.01 }
+    MoeConfig {
+        experts: 16,
+        top_k: 3,
+        shared_experts: 1,
+        expert_hidden: 128,
+        every_n_layers: 1,
+        capacity_factor: 1.25,
+        load_balance_weight: 0.01,
+        normalize_top_k: false,
+    }
 }
 
 /// A run of `model` for `steps` steps on 200,000 synthetic tokens, `batch_size` sequences a step
@@ -100,6 +111,9 @@ pub fn validate_model(m: &ModelConfig) -> Result<(), String> {
         }
         if moe.capacity_factor <= 0.0 {
             return Err("MoE: capacityFactor must be positive".into());
+        }
+        if moe.normalize_top_k && moe.top_k < 2 {
+            return Err("MoE: normalizeTopK needs topK of at least 2 (a single gate divided by itself is always 1)".into());
         }
     }
     match m.attention {

@@ -20,6 +20,7 @@ pub fn small_model(moe: bool) -> ModelConfig {
             every_n_layers: 1,
             capacity_factor: 1.0,
             load_balance_weight: 0.01,
+            normalize_top_k: false,
         });
     }
     m

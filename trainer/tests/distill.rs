@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use frugal_trainer::config::{DistillConfig, DistillLoss, ModelConfig, Precision, RunConfig};
+use frugal_trainer::config::{DistillConfig, DistillLoss, FeedForward, ModelConfig, Norm, Precision, RunConfig};
 use frugal_trainer::distill::Teacher;
 use frugal_trainer::job::{self, ConfigurationError};
 use frugal_trainer::parallel::run::Session;
@@ -208,6 +208,29 @@ fn a_pipeline_and_its_replicas_distill_as_one_process_does() {
         assert_close("recomputed gradient", name, g, &kept[name], 1e-5);
     }
     check_against_one_process(&recomputed, 1, ScheduleKind::OneFOneB);
+}
+
+#[test]
+fn either_block_teaches_and_learns_in_a_pipeline_as_in_one_process() {
+    tch::set_num_threads(1);
+    let llama = |m: &mut ModelConfig| (m.norm, m.feed_forward) = (Norm::RmsNorm, FeedForward::Swiglu);
+    // a student with Llama's block, taught by the GPT-2-block teacher
+    let mut cfg = pipelined_student();
+    llama(&mut cfg.model);
+    check_against_one_process(&cfg, 1, ScheduleKind::OneFOneB);
+    // a GPT-2-block student taught by a teacher with Llama's block (briefly trained)
+    let mut teacher = teacher_model();
+    llama(&mut teacher);
+    let root = temp_dir("distill-llama-teacher");
+    let mut t = Worker::single(small_run(teacher.clone(), 20, Some(root.clone())), Device::Cpu).unwrap();
+    for _ in 0..20 {
+        t.train_step().unwrap();
+    }
+    t.save_checkpoint().unwrap().expect("the teacher's checkpoint");
+    let mut cfg = pipelined_student();
+    cfg.distill = Some(DistillConfig { teacher, checkpoint: root.clone(), loss: DistillLoss { temperature: 2.0, soft_weight: 0.5 } });
+    check_against_one_process(&cfg, 1, ScheduleKind::OneFOneB);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]

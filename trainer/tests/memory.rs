@@ -4,8 +4,9 @@
 //! persistent parts from the process's resident memory before and after the worker is built and
 //! has stepped once, the transient parts (activations and logits) as the resident high-water
 //! mark of one more step above where it started. Dense and MoE, with and without recomputation,
-//! one stage and a 2-stage pipeline under GPipe and 1F1B. Allocations of 64 KiB and more are
-//! mapped and unmapped directly (`mallopt`), so resident memory follows live tensors.
+//! one stage and a 2-stage pipeline under GPipe and 1F1B; Llama's block in one stage. Allocations
+//! of 64 KiB and more are mapped and unmapped directly (`mallopt`), so resident memory follows
+//! live tensors.
 
 mod common;
 
@@ -30,8 +31,10 @@ fn reset_peak() {
     std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak resident memory (Linux 4.0+)");
 }
 
-fn job(moe: bool, recompute: bool, stages: i64, schedule: &str) -> Job {
+/// The job measured; `llama` gives it Llama's block (RMSNorm, SwiGLU of the default width).
+fn job(llama: bool, moe: bool, recompute: bool, stages: i64, schedule: &str) -> Job {
     let moe = if moe { "\n    sparsity: {moe: {experts: 8, topK: 2, sharedExperts: 1, expertHidden: 128, everyNLayers: 1}}" } else { "" };
+    let block = if llama { ", norm: rmsNorm, feedForward: swiglu" } else { "" };
     job::parse(&format!(
         r#"
 apiVersion: frugal.dev/v1alpha1
@@ -40,7 +43,7 @@ metadata: {{name: memory}}
 spec:
   model:
     type: Custom
-    custom: {{layers: 4, dModel: 128, heads: 4, seqLen: 128, vocabSize: 2048}}{moe}
+    custom: {{layers: 4, dModel: 128, heads: 4, seqLen: 128, vocabSize: 2048{block}}}{moe}
   data: {{source: {{type: Synthetic, synthetic: {{branching: 4}}}}}}
   parallelism: {{pipelineStages: {stages}, schedule: {schedule}, microBatches: 4}}
   training:
@@ -102,25 +105,26 @@ fn planned_memory_is_close_to_the_measured() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024);
     }
     // libtorch's own first-use allocations before any baseline
-    let _ = Worker::single(job(false, false, 1, "gpipe").run_config(None).unwrap(), Device::Cpu).unwrap().train_step().unwrap();
+    let _ = Worker::single(job(false, false, false, 1, "gpipe").run_config(None).unwrap(), Device::Cpu).unwrap().train_step().unwrap();
     let mut rows = vec![];
-    for moe in [false, true] {
-        for recompute in [false, true] {
-            for (stages, schedule) in [(1, "1f1b"), (2, "gpipe"), (2, "1f1b")] {
-                let j = job(moe, recompute, stages, schedule);
-                let ((pp, pm), (tp, tm)) = measure(&j);
-                let name = format!("{} recompute={recompute} stages={stages} {schedule}", if moe { "moe" } else { "dense" });
-                println!(
-                    "{name:<40} persistent planned {:>7.1} MiB measured {:>7.1} MiB ({:+.0}%) | transient planned {:>7.1} MiB measured {:>7.1} MiB ({:+.0}%)",
-                    pp as f64 / 1048576.0,
-                    pm as f64 / 1048576.0,
-                    100.0 * (pp - pm) as f64 / pm as f64,
-                    tp as f64 / 1048576.0,
-                    tm as f64 / 1048576.0,
-                    100.0 * (tp - tm) as f64 / tm as f64
-                );
-                rows.push((name, pp, pm, tp, tm));
-            }
+    // GPT-2's block under every layout; Llama's (a wider feed-forward activation) in one stage
+    let layouts = |llama: bool| if llama { vec![(1, "1f1b")] } else { vec![(1, "1f1b"), (2, "gpipe"), (2, "1f1b")] };
+    for (llama, moe, recompute) in (0..8).map(|i| (i >= 4, i % 4 >= 2, i % 2 == 1)) {
+        for (stages, schedule) in layouts(llama) {
+            let j = job(llama, moe, recompute, stages, schedule);
+            let ((pp, pm), (tp, tm)) = measure(&j);
+            let block = if llama { "llama " } else { "" };
+            let name = format!("{block}{} recompute={recompute} stages={stages} {schedule}", if moe { "moe" } else { "dense" });
+            println!(
+                "{name:<40} persistent planned {:>7.1} MiB measured {:>7.1} MiB ({:+.0}%) | transient planned {:>7.1} MiB measured {:>7.1} MiB ({:+.0}%)",
+                pp as f64 / 1048576.0,
+                pm as f64 / 1048576.0,
+                100.0 * (pp - pm) as f64 / pm as f64,
+                tp as f64 / 1048576.0,
+                tm as f64 / 1048576.0,
+                100.0 * (tp - tm) as f64 / tm as f64
+            );
+            rows.push((name, pp, pm, tp, tm));
         }
     }
     // The plan's activations and logits must be within a fifth of the measured peak either way.

@@ -1,13 +1,16 @@
-//! Model-level checks: recomputation (with MoE routing replayed), parameter counts against the
-//! planner, mixed precision and loss scaling.
+//! Model-level checks: recomputation (with MoE routing replayed), parameter and FLOP counts
+//! against the planner, mixed precision and loss scaling, dropless evaluation; GPT-2's block and
+//! Llama's.
 
 mod common;
 
 use common::*;
-use frugal_trainer::config::{AttentionPattern, Positions, Precision};
+use frugal_trainer::config::{AttentionPattern, FeedForward, ModelConfig, Norm, Positions, Precision};
 use frugal_trainer::data::Data;
 use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::parallel::Worker;
+use frugal_trainer::params::{Linears, ParamId, ParamStore};
+use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
 /// Flat gradient of one micro-batch, with or without recomputation.
@@ -55,7 +58,12 @@ fn trainer_builds_the_parameters_the_planner_counts() {
     untied.positions = Positions::Rotary;
     untied.moe.as_mut().unwrap().every_n_layers = 2;
     untied.moe.as_mut().unwrap().shared_experts = 2;
-    shapes.push(untied);
+    shapes.push(untied.clone());
+    // Llama's block: RMSNorm (no bias even with bias: true), SwiGLU in the MLP and experts
+    for (i, mut m) in [small_model(false), small_model(true), untied].into_iter().enumerate() {
+        (m.norm, m.feed_forward, m.bias) = (Norm::RmsNorm, FeedForward::Swiglu, i != 2);
+        shapes.push(m);
+    }
     let mut gpt2 = frugal_trainer::config::nano_model(50257);
     gpt2.layers = 12;
     gpt2.d_model = 768;
@@ -72,23 +80,98 @@ fn trainer_builds_the_parameters_the_planner_counts() {
     assert_eq!(Gpt::count_params(&gpt2), 124_439_808);
 }
 
+/// The small MoE model with Llama's block: RMSNorm, SwiGLU experts, renormalised top-k gates.
+fn llama_moe() -> ModelConfig {
+    let mut m = small_model(true);
+    (m.norm, m.feed_forward, m.bias, m.positions) = (Norm::RmsNorm, FeedForward::Swiglu, false, Positions::Rotary);
+    m.moe.as_mut().unwrap().normalize_top_k = true;
+    m
+}
+
 #[test]
 fn bf16_training_tracks_fp32() {
     tch::set_num_threads(1);
-    let run = |precision: Precision, recompute: bool| {
-        let mut cfg = small_run(small_model(true), 40, None);
-        cfg.train.precision = precision;
-        cfg.train.activation_checkpointing = recompute;
-        cfg.train.optim.lr = 1e-2;
-        let mut t = Worker::single(cfg, Device::Cpu).unwrap();
-        let losses: Vec<f64> = (0..40).map(|_| t.train_step().unwrap().loss).collect();
-        (losses, t.validation_loss())
-    };
-    let (fp32, fp32_val) = run(Precision::Fp32, false);
-    let (bf16, bf16_val) = run(Precision::Bf16, true);
-    assert!(fp32[39] < fp32[0] - 0.5, "fp32 loss went from {} to {}", fp32[0], fp32[39]);
-    assert!((bf16[39] - fp32[39]).abs() < 0.1, "bf16 ends at {}, fp32 at {}", bf16[39], fp32[39]);
-    assert!((bf16_val - fp32_val).abs() < 0.1, "validation: bf16 {bf16_val}, fp32 {fp32_val}");
+    for (block, model) in [("GPT-2", small_model(true)), ("Llama", llama_moe())] {
+        let run = |precision: Precision, recompute: bool| {
+            let mut cfg = small_run(model.clone(), 40, None);
+            cfg.train.precision = precision;
+            cfg.train.activation_checkpointing = recompute;
+            cfg.train.optim.lr = 1e-2;
+            let mut t = Worker::single(cfg, Device::Cpu).unwrap();
+            let losses: Vec<f64> = (0..40).map(|_| t.train_step().unwrap().loss).collect();
+            (losses, t.validation_loss())
+        };
+        let (fp32, fp32_val) = run(Precision::Fp32, false);
+        let (bf16, bf16_val) = run(Precision::Bf16, true);
+        assert!(fp32[39] < fp32[0] - 0.5, "{block} block: fp32 loss went from {} to {}", fp32[0], fp32[39]);
+        assert!((bf16[39] - fp32[39]).abs() < 0.1, "{block} block: bf16 ends at {}, fp32 at {}", bf16[39], fp32[39]);
+        assert!((bf16_val - fp32_val).abs() < 0.1, "{block} block: validation: bf16 {bf16_val}, fp32 {fp32_val}");
+    }
+}
+
+/// Counts the FLOPs of every product the store's linear layers compute (2 per multiply-add),
+/// leaving the products to the store.
+struct MatmulCounter(Arc<Mutex<f64>>);
+
+impl Linears for MatmulCounter {
+    fn replaces(&self, _: ParamId) -> bool {
+        // banks of experts then run expert by expert, through expert_matmul
+        true
+    }
+    fn linear(&self, p: &ParamStore, x: &Tensor, w: ParamId, _: Option<ParamId>) -> Option<Tensor> {
+        let shape = &p.spec(w).shape; // [N, K]
+        *self.0.lock().unwrap() += 2.0 * (x.numel() as i64 / shape[1] * shape[1] * shape[0]) as f64;
+        None
+    }
+    fn expert_matmul(&self, p: &ParamStore, x: &Tensor, w: ParamId, _: Option<ParamId>) -> Option<Tensor> {
+        let shape = &p.spec(w).shape; // [X, K, N]
+        *self.0.lock().unwrap() += 2.0 * (x.numel() as i64 / shape[1] * shape[1] * shape[2]) as f64;
+        None
+    }
+}
+
+#[test]
+fn the_planners_feed_forward_flops_are_the_products_the_model_computes() {
+    tch::set_num_threads(1);
+    let mut dense = llama_moe();
+    dense.moe = None;
+    let mut moe = llama_moe();
+    // every token goes to both experts: no slot of the dropless evaluation is padding
+    (moe.moe.as_mut().unwrap().experts, moe.moe.as_mut().unwrap().top_k) = (2, 2);
+    let mut gelu = moe.clone();
+    gelu.feed_forward = FeedForward::Gelu;
+    for m in [dense, moe, gelu] {
+        let (model, mut store) = Gpt::build_slice(&m, &frugal_trainer::model::gpt::whole(&m), 1, Device::Cpu, Kind::Float);
+        let flops = Arc::new(Mutex::new(0.0));
+        store.set_linears(Some(Box::new(MatmulCounter(flops.clone()))));
+        let tokens = Tensor::zeros([3, m.seq_len], (Kind::Int64, Device::Cpu));
+        let _ = model.eval_logits(&store, &tokens);
+        let per_token = *flops.lock().unwrap() / (3 * m.seq_len) as f64;
+        // the planner's forward FLOPs (2 per matmul weight a token meets), less the products
+        // that do not go through the store's linear layers: the router's and the head's
+        let router = m.moe.as_ref().map_or(0, |e| m.moe_layers() * m.d_model * e.experts);
+        let planned = m.forward_flops_per_token(m.seq_len) - 4.0 * m.d_model as f64 * m.mean_attended_keys() * m.layers as f64;
+        let want = planned - 2.0 * (router + m.vocab_size * m.d_model) as f64;
+        assert_eq!(per_token, want, "{m:?}");
+    }
+}
+
+#[test]
+fn evaluation_drops_no_token_that_training_drops() {
+    tch::set_num_threads(1);
+    let mut tight = small_run(llama_moe(), 4, None);
+    tight.model.moe.as_mut().unwrap().capacity_factor = 0.5;
+    let mut wide = tight.clone();
+    wide.model.moe.as_mut().unwrap().capacity_factor = 64.0;
+    let t = Worker::single(tight.clone(), Device::Cpu).unwrap();
+    let w = Worker::single(wide, Device::Cpu).unwrap();
+    assert!(t.params.master.equal(&w.params.master), "the capacity factor is not a parameter");
+    let mut data = Data::new(&tight.data, tight.model.vocab_size, tight.model.seq_len, 99).unwrap();
+    let b = data.next_batch(8);
+    let stats = t.model.forward_backward(&t.params, &b.inputs, &b.targets, 1.0, false);
+    assert!(stats.dropped.unwrap().int64_value(&[]) > 0, "capacity factor 0.5 drops in training");
+    assert!(t.model.eval_logits(&t.params, &b.inputs).equal(&w.model.eval_logits(&w.params, &b.inputs)));
+    assert_eq!(t.validation_loss(), w.validation_loss());
 }
 
 #[test]

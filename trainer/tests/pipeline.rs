@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use frugal_api::v1alpha1::{EvalSet, EvalSetType};
-use frugal_trainer::config::RunConfig;
+use frugal_trainer::config::{FeedForward, Norm, Positions, RunConfig};
 use frugal_trainer::eval::EvalConfig;
 use frugal_trainer::parallel::{ScheduleKind, Worker, layouts, run_in_process};
 use std::collections::BTreeMap;
@@ -87,6 +87,18 @@ fn one_f_one_b_with_recomputation_and_untied_head_matches_one_stage() {
     let mut cfg = pipeline_run();
     cfg.train.activation_checkpointing = true;
     cfg.model.tied_embeddings = false;
+    check_against_reference(&cfg, 2, ScheduleKind::OneFOneB);
+}
+
+#[test]
+fn a_llama_block_pipeline_with_recomputation_matches_one_stage() {
+    tch::set_num_threads(1);
+    let mut cfg = pipeline_run();
+    (cfg.model.norm, cfg.model.feed_forward, cfg.model.positions) = (Norm::RmsNorm, FeedForward::Swiglu, Positions::Rotary);
+    let moe = cfg.model.moe.as_mut().unwrap();
+    // dense SwiGLU MLPs between SwiGLU experts, with Mixtral's renormalised gates
+    (moe.every_n_layers, moe.normalize_top_k) = (2, true);
+    cfg.train.activation_checkpointing = true;
     check_against_reference(&cfg, 2, ScheduleKind::OneFOneB);
 }
 

@@ -218,40 +218,61 @@ fn calibration_beats_round_to_nearest_on_outlier_channels() {
 
 /// A mixture-of-experts model trained as a 2-stage pipeline: its checkpoint (one part per
 /// stage) exports whole, routed and shared experts quantized per expert, the router in fp32,
-/// and its unquantized figures are the pipeline's own evaluation.
+/// and its unquantized figures are the pipeline's own evaluation. With GPT-2's block (every
+/// block MoE) and with Llama's (RMSNorm, SwiGLU, renormalised gates; a dense block, then an
+/// MoE one, so SwiGLU's fused gate and up projection is quantized in the dense MLP and the
+/// experts alike).
 #[test]
 fn a_pipelined_moe_checkpoint_exports() {
     tch::set_num_threads(1);
-    let root = temp_dir("quantize-pipelined");
-    let moe = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32}}";
-    let job = tiny_job("pipelined", 64, moe, "  parallelism: {pipelineStages: 2, schedule: 1f1b, microBatches: 2}");
-    let cfg = job.run_config(Some(root.clone())).unwrap();
-    assert!(job.pipelined() && cfg.model.moe.is_some());
-    let r = root.clone();
-    run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
-        for _ in 0..100 {
-            w.train_step()?;
+    let gpt2 = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32}}";
+    let llama = "    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 32, everyNLayers: 2, normalizeTopK: true}}";
+    for (block, moe) in [("gpt2", gpt2), ("llama", llama)] {
+        let root = temp_dir(&format!("quantize-pipelined-{block}"));
+        let mut text = tiny_job_text("pipelined", 64, moe, "  parallelism: {pipelineStages: 2, schedule: 1f1b, microBatches: 2}");
+        if block == "llama" {
+            text = text.replace("seqLen: 32}", "seqLen: 32, norm: rmsNorm, feedForward: swiglu}");
         }
-        w.save_checkpoint_in(&r, 1)
-    })
-    .unwrap();
-    let dir = frugal_trainer::checkpoint::latest(&root).unwrap().unwrap();
-    assert!(dir.join("stage-1.model.safetensors").exists());
+        let job = job::parse(&text).unwrap();
+        let cfg = job.run_config(Some(root.clone())).unwrap();
+        assert!(job.pipelined() && cfg.model.moe.is_some());
+        let r = root.clone();
+        run_in_process(&cfg, &layouts(&cfg.model, 2), ScheduleKind::OneFOneB, &[Device::Cpu], move |w: &mut Worker| {
+            for _ in 0..100 {
+                w.train_step()?;
+            }
+            w.save_checkpoint_in(&r, 1)
+        })
+        .unwrap();
+        let dir = frugal_trainer::checkpoint::latest(&root).unwrap().unwrap();
+        assert!(dir.join("stage-1.model.safetensors").exists());
 
-    let s = quantize::export(&job, &dir, Device::Cpu).unwrap();
-    let (want, step, _) = frugal_trainer::parallel::launch::evaluate_checkpoint(&job, &cfg, &dir, Device::Cpu).unwrap();
-    assert_eq!(s.step, step);
-    let (got, want) = (loss(&s.unquantized), want.validation_loss.unwrap());
-    assert!((got - want).abs() <= 1e-5 * want, "whole model {got}, pipeline {want}");
-    assert!((loss(&s.calibrated) - got).abs() <= QUALITY_BUDGET, "{s:?}");
-    println!("pipelined MoE: {got:.4} nats; round-to-nearest {:+.5}, calibrated {:+.5}", loss(&s.round_to_nearest) - got, loss(&s.calibrated) - got);
-    let tensors: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&s.path).unwrap().into_iter().collect();
-    for name in ["blocks.1.moe.experts.w_in", "blocks.1.moe.experts.w_out", "blocks.0.moe.shared.w_in", "blocks.0.moe.shared.w_out"] {
-        assert_eq!(tensors[name].kind(), Kind::Int8, "{name}");
+        let s = quantize::export(&job, &dir, Device::Cpu).unwrap();
+        let (want, step, _) = frugal_trainer::parallel::launch::evaluate_checkpoint(&job, &cfg, &dir, Device::Cpu).unwrap();
+        assert_eq!(s.step, step);
+        let (got, want) = (loss(&s.unquantized), want.validation_loss.unwrap());
+        assert!((got - want).abs() <= 1e-5 * want, "{block}: whole model {got}, pipeline {want}");
+        assert!((loss(&s.calibrated) - got).abs() <= QUALITY_BUDGET, "{block}: {s:?}");
+        println!(
+            "pipelined MoE, {block} block: {got:.4} nats; round-to-nearest {:+.5}, calibrated {:+.5}",
+            loss(&s.round_to_nearest) - got,
+            loss(&s.calibrated) - got
+        );
+        let tensors: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&s.path).unwrap().into_iter().collect();
+        let (int8, hidden_out): (&[&str], i64) = match block {
+            "gpt2" => (&["blocks.1.moe.experts.w_in", "blocks.1.moe.experts.w_out", "blocks.0.moe.shared.w_in", "blocks.0.moe.shared.w_out"], 32),
+            // SwiGLU's input projections are twice as wide: the gate and the up projection
+            _ => (&["blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight", "blocks.1.moe.experts.w_in", "blocks.1.moe.shared.w_out"], 64),
+        };
+        for name in int8 {
+            assert_eq!(tensors[*name].kind(), Kind::Int8, "{block}: {name}");
+        }
+        let moe = if block == "gpt2" { 0 } else { 1 };
+        assert_eq!(tensors[&format!("blocks.{moe}.moe.experts.w_in.scale")].size(), vec![4, hidden_out], "a scale per expert and output channel");
+        assert_eq!(tensors[&format!("blocks.{moe}.moe.router.weight")].kind(), Kind::Float, "the router stays fp32");
+        assert_eq!(tensors["ln_f.weight"].kind(), Kind::Float, "norms stay fp32");
+        let _ = std::fs::remove_dir_all(&root);
     }
-    assert_eq!(tensors["blocks.0.moe.experts.w_in.scale"].size(), vec![4, 32], "a scale per expert and output channel");
-    assert_eq!(tensors["blocks.0.moe.router.weight"].kind(), Kind::Float, "the router stays fp32");
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// `train` with spec.export quantizes after the last step: the log's `quantized` event and the

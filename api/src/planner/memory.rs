@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::ResolvedModel;
-use crate::v1alpha1::{OptimizerType, Precision};
+use crate::v1alpha1::{FeedForward, Norm, OptimizerType, Precision};
 
 /// Bytes per element at a compute precision.
 pub fn compute_bytes(precision: Precision) -> i64 {
@@ -58,19 +58,37 @@ pub fn teacher_memory(teacher: &ResolvedModel, precision: Precision, micro_batch
 /// Activation elements one token keeps in block `layer` for the backward pass.
 pub fn block_activation_elements(model: &ResolvedModel, layer: i64) -> i64 {
     let d = model.d_model;
-    // block input, norm output, q/k/v, attention output, residual after attention, second norm
-    let attention = 8 * d;
+    // block input, norm output, q/k/v, attention output, residual after attention, second
+    // norm; an RMSNorm also keeps its normalised input before the gain, which the gain's
+    // gradient reads (LayerNorm's kernel rebuilds it from two saved statistics per token)
+    let norms = match model.norm {
+        Norm::LayerNorm => 0,
+        Norm::RmsNorm => 2 * d,
+    };
+    let attention = 8 * d + norms;
     let ffn = match (&model.moe, model.is_moe_layer(layer)) {
         (Some(moe), true) => {
             // router probabilities, and per routed copy, in slots padded by the capacity factor:
-            // the gathered input, hidden and activated hidden, and the expert's output, which
-            // its gate multiplies; the shared experts' hidden and activated hidden
-            let routed = 2 * d + 2 * moe.expert_hidden;
-            moe.experts + (moe.top_k as f64 * moe.capacity_factor * routed as f64).ceil() as i64 + moe.shared_experts * 2 * moe.expert_hidden
+            // the gathered input, the expert's hidden activations, and the expert's output, which
+            // its gate multiplies; the shared experts' hidden activations
+            let hidden = ffn_hidden_elements(model, moe.expert_hidden);
+            let routed = 2 * d + hidden;
+            moe.experts + (moe.top_k as f64 * moe.capacity_factor * routed as f64).ceil() as i64 + moe.shared_experts * hidden
         }
-        _ => 2 * model.ffn_hidden,
+        _ => ffn_hidden_elements(model, model.ffn_hidden),
     };
     attention + ffn
+}
+
+/// Elements one token keeps inside a feed-forward layer (or expert) of `hidden` width for the
+/// backward pass: GELU's hidden and activated hidden (2 · hidden); SwiGLU's gate and up
+/// projection (one tensor of 2 · hidden), the SiLU of the gate and its product with the up
+/// projection, which the down projection reads (4 · hidden).
+fn ffn_hidden_elements(model: &ResolvedModel, hidden: i64) -> i64 {
+    match model.feed_forward {
+        FeedForward::Gelu => 2 * hidden,
+        FeedForward::Swiglu => 4 * hidden,
+    }
 }
 
 /// The inputs of the memory estimate of one stage.

@@ -377,9 +377,10 @@ fn plan_stages(spec: &TrainingJobSpec, model: &ResolvedModel, overhead: i64) -> 
 fn block_matrix_parameters(model: &ResolvedModel, layer: i64) -> i64 {
     let d = model.d_model;
     let attention = 4 * d * d;
+    let matrices = model.feed_forward.matrices();
     match (&model.moe, model.is_moe_layer(layer)) {
-        (Some(moe), true) => attention + d * moe.experts + (moe.experts + moe.shared_experts) * 2 * d * moe.expert_hidden,
-        _ => attention + 2 * d * model.ffn_hidden,
+        (Some(moe), true) => attention + d * moe.experts + (moe.experts + moe.shared_experts) * matrices * d * moe.expert_hidden,
+        _ => attention + matrices * d * model.ffn_hidden,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::v1alpha1::{AttentionSpec, AttentionType, ModelPreset, ModelShape, ModelSpec, ModelType, MoeSpec, Positions};
+use crate::v1alpha1::{AttentionSpec, AttentionType, FeedForward, ModelPreset, ModelShape, ModelSpec, ModelType, MoeSpec, Norm, Positions};
 
 /// Why a model cannot be resolved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,6 +25,18 @@ pub struct ResolvedMoe {
     pub every_n_layers: i64,
     pub capacity_factor: f64,
     pub load_balance_weight: f64,
+    /// The k gates of a token divided by their sum (absent from the serialised form when false,
+    /// so the configurations written before it existed read and hash as they did).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub normalize_top_k: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 /// The attention actually computed.
@@ -46,12 +58,21 @@ pub struct ResolvedModel {
     pub heads: i64,
     pub seq_len: i64,
     pub vocab_size: i64,
-    /// Dense feed-forward hidden width (GELU MLP: d → ffn_hidden → d).
+    /// Dense feed-forward hidden width (GELU MLP: d → ffn_hidden → d; SwiGLU: gate and up
+    /// d → ffn_hidden, down ffn_hidden → d).
     pub ffn_hidden: i64,
     pub positions: Positions,
     pub tied_embeddings: bool,
-    /// Biases in linear layers and LayerNorms.
+    /// Biases in linear layers and LayerNorms (an RMSNorm has none).
     pub bias: bool,
+    /// LayerNorm or RMSNorm. This and `feed_forward` are absent from the serialised form at
+    /// their defaults (GPT-2's block), so configurations written before they existed read and
+    /// hash as they did.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm: Norm,
+    /// GELU MLP or SwiGLU, in dense layers and experts alike.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub feed_forward: FeedForward,
     pub moe: Option<ResolvedMoe>,
     pub attention: ResolvedAttention,
 }
@@ -76,7 +97,7 @@ impl ResolvedModel {
             ModelType::Custom => spec.custom.clone().ok_or(ModelError::MissingMember("custom", "Custom"))?,
         };
         let d = i64::from(shape.d_model);
-        let ffn_hidden = shape.ffn_hidden.map_or(4 * d, i64::from);
+        let ffn_hidden = shape.ffn_hidden.map_or(shape.feed_forward.default_hidden(d), i64::from);
         let model = Self {
             layers: shape.layers.into(),
             d_model: d,
@@ -87,6 +108,8 @@ impl ResolvedModel {
             positions: shape.positions,
             tied_embeddings: shape.tied_embeddings,
             bias: shape.bias,
+            norm: shape.norm,
+            feed_forward: shape.feed_forward,
             moe: spec.sparsity.moe.as_ref().map(|m| resolve_moe(m, ffn_hidden)),
             attention: resolve_attention(&spec.sparsity.attention),
         };
@@ -106,6 +129,14 @@ impl ResolvedModel {
             && moe.top_k > moe.experts
         {
             return Err(ModelError::Invalid(format!("sparsity.moe.topK {} exceeds sparsity.moe.experts {}", moe.top_k, moe.experts)));
+        }
+        if let Some(moe) = &self.moe
+            && moe.normalize_top_k
+            && moe.top_k < 2
+        {
+            return Err(ModelError::Invalid(
+                "sparsity.moe.normalizeTopK needs topK of at least 2: a single gate divided by itself is always 1".into(),
+            ));
         }
         match self.attention {
             ResolvedAttention::BlockSparse { block_size, .. } if self.seq_len % block_size != 0 => Err(ModelError::Invalid(format!(
@@ -137,9 +168,12 @@ impl ResolvedModel {
         if self.bias { width } else { 0 }
     }
 
-    /// A LayerNorm: a gain, and a bias when the model has biases.
+    /// A norm: a gain, and a LayerNorm's bias when the model has biases.
     pub fn norm_parameters(&self) -> i64 {
-        self.d_model + self.bias_of(self.d_model)
+        match self.norm {
+            Norm::LayerNorm => self.d_model + self.bias_of(self.d_model),
+            Norm::RmsNorm => self.d_model,
+        }
     }
 
     /// Attention of one block: the fused query-key-value projection and the output projection.
@@ -148,10 +182,12 @@ impl ResolvedModel {
         d * 3 * d + self.bias_of(3 * d) + d * d + self.bias_of(d)
     }
 
-    /// A GELU MLP d → hidden → d.
+    /// A feed-forward layer (or expert) d → hidden → d: the input projection (SwiGLU's gate and
+    /// up side by side) and the output projection.
     pub fn mlp_parameters(&self, hidden: i64) -> i64 {
         let d = self.d_model;
-        d * hidden + self.bias_of(hidden) + hidden * d + self.bias_of(d)
+        let input = self.feed_forward.input_width(hidden);
+        d * input + self.bias_of(input) + hidden * d + self.bias_of(d)
     }
 
     /// Parameters of block `layer`: (total, active).
@@ -217,9 +253,11 @@ impl ResolvedModel {
     pub fn block_matmul_parameters(&self, layer: i64) -> i64 {
         let d = self.d_model;
         let attention = 4 * d * d;
+        // d × hidden matrices of one feed-forward layer or expert: 2 for GELU, 3 for SwiGLU
+        let matrices = self.feed_forward.matrices();
         match (&self.moe, self.is_moe_layer(layer)) {
-            (Some(moe), true) => attention + d * moe.experts + (moe.top_k + moe.shared_experts) * 2 * d * moe.expert_hidden,
-            _ => attention + 2 * d * self.ffn_hidden,
+            (Some(moe), true) => attention + d * moe.experts + (moe.top_k + moe.shared_experts) * matrices * d * moe.expert_hidden,
+            _ => attention + matrices * d * self.ffn_hidden,
         }
     }
 
@@ -260,6 +298,7 @@ fn resolve_moe(moe: &MoeSpec, ffn_hidden: i64) -> ResolvedMoe {
         every_n_layers: moe.every_n_layers.into(),
         capacity_factor: moe.capacity_factor,
         load_balance_weight: moe.load_balance_weight,
+        normalize_top_k: moe.normalize_top_k,
     }
 }
 
@@ -275,7 +314,7 @@ fn resolve_attention(spec: &AttentionSpec) -> ResolvedAttention {
     }
 }
 
-/// The shapes behind the presets.
+/// The shapes behind the presets, all with GPT-2's block (LayerNorm, GELU MLP).
 pub fn preset_shape(preset: ModelPreset) -> ModelShape {
     let (layers, d_model, heads, seq_len, vocab_size, positions, bias) = match preset {
         // nanoGPT's CPU recipe, byte-level.
@@ -286,5 +325,17 @@ pub fn preset_shape(preset: ModelPreset) -> ModelShape {
         ModelPreset::Gpt2_350m => (24, 1024, 16, 1024, 50257, Positions::Learned, true),
         ModelPreset::Gpt2_774m => (36, 1280, 20, 1024, 50257, Positions::Learned, true),
     };
-    ModelShape { layers, d_model, heads, seq_len, vocab_size, ffn_hidden: None, positions, tied_embeddings: true, bias }
+    ModelShape {
+        layers,
+        d_model,
+        heads,
+        seq_len,
+        vocab_size,
+        ffn_hidden: None,
+        positions,
+        tied_embeddings: true,
+        bias,
+        norm: Norm::LayerNorm,
+        feed_forward: FeedForward::Gelu,
+    }
 }

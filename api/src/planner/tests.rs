@@ -87,6 +87,97 @@ fn moe_active_parameters_are_well_below_total() {
     assert_eq!(plan.estimated_gpu_hours, 0.0);
 }
 
+/// The tiny preset's shape with Llama's block: RMSNorm, SwiGLU of the default width, biases on.
+fn llama_block(moe: bool) -> TrainingJobSpec {
+    let spec = if moe {
+        fine_grained_moe()
+    } else {
+        TrainingJob::test().custom_model(4, 128, 4, 64).steps(100).batch_size(12).precision(Precision::Fp32).cpu().into_spec()
+    };
+    TrainingJob::test()
+        .with(|s| *s = spec)
+        .with(|s| {
+            let shape = s.model.custom.as_mut().unwrap();
+            (shape.norm, shape.feed_forward, shape.bias) = (Norm::RmsNorm, FeedForward::Swiglu, true);
+        })
+        .into_spec()
+}
+
+#[test]
+fn swiglus_default_width_is_eight_thirds_of_d_rounded_up_to_eight() {
+    assert_eq!(FeedForward::Swiglu.default_hidden(128), 344); // 341.3 → 342 → 344
+    assert_eq!(FeedForward::Swiglu.default_hidden(768), 2048); // exact
+    assert_eq!(FeedForward::Swiglu.default_hidden(4096), 10928);
+    assert_eq!(FeedForward::Gelu.default_hidden(128), 512);
+    let m = ResolvedModel::from_spec(&llama_block(false).model).unwrap();
+    assert_eq!(m.ffn_hidden, 344);
+    // three d × 344 matrices against GELU's two d × 512: within 1% of the same parameters
+    assert!((3.0 * 344.0 / (2.0 * 512.0) - 1.0f64).abs() < 0.01);
+}
+
+#[test]
+fn a_llama_block_counts_three_feed_forward_matrices_and_norms_without_bias() {
+    let plan = plan(&llama_block(false), &PlanOptions::default()).unwrap();
+    let (d, h) = (128, 344);
+    // per block: two RMSNorm gains (no bias), attention with biases, the fused gate and up
+    // projection [2h, d] with its bias, the down projection [d, h] with its bias
+    let block = 2 * d + (4 * d * d + 4 * d) + (2 * h * d + 2 * h) + (h * d + d);
+    assert_eq!(plan.parameters.total, 257 * d + 4 * block + d);
+    // FLOPs: 6 per matmul weight (4·d² attention, 3·d·h SwiGLU, the head), plus attention scores
+    let matmul = 4.0 * (4.0 * 128.0 * 128.0 + 3.0 * 128.0 * 344.0) + 257.0 * 128.0;
+    let attention = 4.0 * 12.0 * 128.0 * 32.5;
+    assert_eq!(plan.flops_per_token, 6.0 * matmul + attention);
+    // activations per token: 8·d around attention, each RMSNorm's normalised input (2·d), then
+    // the gate and up projection (2h), the SiLU of the gate (h) and the product (h); 12
+    // sequences of 64 tokens in fp32
+    let m = &plan.stages[0].memory;
+    assert_eq!(m.activations, 4 * 12 * 64 * 4 * (10 * d + 4 * h));
+}
+
+#[test]
+fn swiglu_experts_count_three_matrices_each() {
+    let plan = plan(&llama_block(true), &PlanOptions::default()).unwrap();
+    let d = 128;
+    // experts of 128 hidden: [d, 2·128] in, [128, d] out, biases of 2·128 and d
+    let expert = 3 * d * 128 + 2 * 128 + d;
+    let common = 2 * d + (4 * d * d + 4 * d) + d * 16;
+    assert_eq!(plan.parameters.total, 257 * d + 4 * (common + 17 * expert) + d);
+    assert_eq!(plan.parameters.active, 257 * d + 4 * (common + 4 * expert) + d);
+    // 3 routed + 1 shared expert of 3·d·128 weights each, the router and attention, per layer
+    let matmul = 4.0 * (4.0 * 128.0 * 128.0 + 128.0 * 16.0 + 4.0 * 3.0 * 128.0 * 128.0) + 257.0 * 128.0;
+    assert_eq!(plan.flops_per_token, 6.0 * matmul + 4.0 * 12.0 * 128.0 * 32.5);
+    // per routed copy at capacity factor 1.25: the input and output (2d) and the expert's
+    // 4 · 128 hidden activations; the shared expert's 4 · 128
+    let ffn = 16 + (3.0f64 * 1.25 * (2 * d + 4 * 128) as f64).ceil() as i64 + 4 * 128;
+    assert_eq!(crate::planner::memory::block_activation_elements(&plan.model, 0), 10 * d + ffn);
+}
+
+#[test]
+fn normalized_gates_need_two_experts_a_token() {
+    let mut spec = fine_grained_moe();
+    spec.model.sparsity.moe.as_mut().unwrap().normalize_top_k = true;
+    assert!(ResolvedModel::from_spec(&spec.model).unwrap().moe.unwrap().normalize_top_k);
+    spec.model.sparsity.moe.as_mut().unwrap().top_k = 1;
+    let err = ResolvedModel::from_spec(&spec.model).unwrap_err();
+    assert!(err.to_string().contains("normalizeTopK needs topK of at least 2"), "{err}");
+}
+
+#[test]
+fn the_gpt2_block_serialises_as_before_the_llama_block_existed() {
+    // a resolved model at GPT-2's block (and an MoE with raw gates) has no new keys, so the
+    // pod contracts and configuration hashes written before stay what they were
+    let m = ResolvedModel::from_spec(&fine_grained_moe().model).unwrap();
+    let text = serde_json::to_string(&m).unwrap();
+    for key in ["norm", "feedForward", "normalizeTopK"] {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    assert_eq!(serde_json::from_str::<ResolvedModel>(&text).unwrap(), m);
+    let llama = ResolvedModel::from_spec(&llama_block(true).model).unwrap();
+    let text = serde_json::to_string(&llama).unwrap();
+    assert!(text.contains(r#""norm":"rmsNorm""#) && text.contains(r#""feedForward":"swiglu""#), "{text}");
+    assert_eq!(serde_json::from_str::<ResolvedModel>(&text).unwrap(), llama);
+}
+
 #[test]
 fn sparse_attention_counts_only_computed_keys() {
     let mut m = ResolvedModel::from_spec(&fine_grained_moe().model).unwrap();

@@ -12,7 +12,7 @@ pub mod seeds;
 use serde::Serialize;
 
 use crate::planner::{ResolvedAttention, ResolvedModel};
-use crate::v1alpha1::Precision;
+use crate::v1alpha1::{FeedForward, Norm, Precision};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -163,7 +163,10 @@ pub fn describe_model(m: &ResolvedModel, precision: Precision) -> String {
         ResolvedAttention::SlidingWindow { window } => format!(" sw{window}"),
         ResolvedAttention::BlockSparse { .. } => " block-sparse".into(),
     };
-    format!("{}L/{}d/{}h {ffn}{attention} {precision:?}", m.layers, m.d_model, m.heads).to_lowercase()
+    // the block, where it is not GPT-2's
+    let norm = if m.norm == Norm::RmsNorm { " rmsnorm" } else { "" };
+    let feed_forward = if m.feed_forward == FeedForward::Swiglu { " swiglu" } else { "" };
+    format!("{}L/{}d/{}h{norm}{feed_forward} {ffn}{attention} {precision:?}", m.layers, m.d_model, m.heads).to_lowercase()
 }
 
 /// Text cells under a header: rendered aligned for a terminal, as Markdown or as CSV.
@@ -625,6 +628,8 @@ mod tests {
             positions: Positions::Learned,
             tied_embeddings: true,
             bias: true,
+            norm: Norm::LayerNorm,
+            feed_forward: FeedForward::Gelu,
             moe: None,
             attention: ResolvedAttention::Dense,
         };
@@ -637,8 +642,11 @@ mod tests {
             every_n_layers: 1,
             capacity_factor: 1.25,
             load_balance_weight: 0.01,
+            normalize_top_k: false,
         });
         m.attention = ResolvedAttention::SlidingWindow { window: 8 };
         assert_eq!(describe_model(&m, Precision::Bf16), "4l/32d/2h moe 16x128 top-3+1 sw8 bf16");
+        (m.norm, m.feed_forward) = (Norm::RmsNorm, FeedForward::Swiglu);
+        assert_eq!(describe_model(&m, Precision::Bf16), "4l/32d/2h rmsnorm swiglu moe 16x128 top-3+1 sw8 bf16");
     }
 }

@@ -16,8 +16,8 @@
 
 use crate::config::{ModelConfig, Positions};
 use crate::model::attention::Rotary;
-use crate::model::block::{Block, LayerNorm};
-use crate::model::moe::Routing;
+use crate::model::block::{Block, Norm};
+use crate::model::moe::{Capacity, Routing};
 use crate::model::soft::SoftTargets;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use crate::rng::Rng;
@@ -32,7 +32,7 @@ pub struct Gpt {
     wte: Option<ParamId>,
     wpe: Option<ParamId>,
     pub blocks: Vec<Block>,
-    ln_f: Option<LayerNorm>,
+    ln_f: Option<Norm>,
     /// The output projection on the last stage: `head.weight`, or with tied embeddings `wte`.
     head: Option<ParamId>,
     rope: Option<Rotary>,
@@ -157,7 +157,7 @@ impl Gpt {
         let wte = (layout.embedding || tied_head).then(|| embedding(b, "wte.weight", cfg.vocab_size));
         let wpe = (layout.embedding && cfg.positions == Positions::Learned).then(|| embedding(b, "wpe.weight", cfg.seq_len));
         let blocks = layout.layers.clone().map(|i| Block::new(b, i, cfg)).collect();
-        let ln_f = layout.head.then(|| LayerNorm::new(b, "ln_f", cfg));
+        let ln_f = layout.head.then(|| Norm::new(b, "ln_f", cfg));
         let head = match (layout.head, tied_head) {
             (false, _) => None,
             (true, true) => wte,
@@ -263,16 +263,33 @@ impl Gpt {
         }
     }
 
-    /// The slice's forward. `input`: token ids [B, T] on the first stage, else activations
-    /// [B, T, D]. On the last stage the output is the loss against `targets`, or without them
-    /// the logits. `routings` replays MoE decisions (recomputation).
+    /// The slice's training forward. `input`: token ids [B, T] on the first stage, else
+    /// activations [B, T, D]. On the last stage the output is the loss against `targets`, or
+    /// without them the logits. `routings` replays MoE decisions (recomputation).
     pub fn forward_slice(&self, p: &ParamStore, input: &Tensor, targets: Option<Targets>, routings: Option<&[Option<Routing>]>) -> SliceOutput {
+        self.run_slice(p, input, targets, routings, Capacity::Factor)
+    }
+
+    /// The slice's evaluation forward, without a graph and with dropless experts: on the last
+    /// stage the logits [B, T, V] in fp32, elsewhere the activations [B, T, D] to send on.
+    pub fn eval_slice(&self, p: &ParamStore, input: &Tensor) -> Tensor {
+        tch::no_grad(|| self.run_slice(p, input, None, None, Capacity::Dropless).y)
+    }
+
+    fn run_slice(
+        &self,
+        p: &ParamStore,
+        input: &Tensor,
+        targets: Option<Targets>,
+        routings: Option<&[Option<Routing>]>,
+        capacity: Capacity,
+    ) -> SliceOutput {
         let mut x = if self.layout.embedding { self.embed(p, input) } else { input.shallow_clone() };
         let (mut aux, mut dropped, mut assignments) = (None, None, 0);
         let mut kept = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let replay = routings.and_then(|r| r[i].as_ref());
-            let out = block.forward(p, &x, self.rope.as_ref(), replay);
+            let out = block.forward(p, &x, self.rope.as_ref(), replay, capacity);
             x = out.y;
             aux = add_opt(aux, out.aux_loss);
             dropped = add_opt(dropped, out.dropped);
@@ -321,7 +338,7 @@ impl Gpt {
             let mut recorded = Recorded { block_inputs: Vec::with_capacity(n), routings: Vec::with_capacity(n), head_input: None };
             let (mut aux_loss, mut dropped, mut assignments) = (None, None, 0);
             for block in &self.blocks {
-                let out = block.forward(p, &x, self.rope.as_ref(), None);
+                let out = block.forward(p, &x, self.rope.as_ref(), None, Capacity::Factor);
                 recorded.block_inputs.push(x);
                 recorded.routings.push(out.routing);
                 aux_loss = add_opt(aux_loss.take(), out.aux_loss);
@@ -367,7 +384,7 @@ impl Gpt {
         let mut routing_mismatches: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate().rev() {
             let x_in = recorded.block_inputs[i].detach().set_requires_grad(true);
-            let out = block.forward(p, &x_in, self.rope.as_ref(), recorded.routings[i].as_ref());
+            let out = block.forward(p, &x_in, self.rope.as_ref(), recorded.routings[i].as_ref(), Capacity::Factor);
             routing_mismatches = add_opt(routing_mismatches, out.routing_mismatches);
             // Inject the upstream gradient: d/dy Σ(y·g) = g.
             let mut surrogate = (&out.y * &upstream).sum(Kind::Float);
@@ -403,13 +420,14 @@ impl Gpt {
         PassStats { loss: head.cross_entropy, soft_loss: head.soft, aux_loss, dropped, assignments, routing_mismatches: back.routing_mismatches }
     }
 
-    /// Logits [B, T, V] (fp32) of the whole model without a graph, for evaluation.
+    /// Logits [B, T, V] (fp32) of the whole model for evaluation ([`Gpt::eval_slice`]: no
+    /// graph, dropless experts).
     pub fn eval_logits(&self, p: &ParamStore, idx: &Tensor) -> Tensor {
-        tch::no_grad(|| self.forward_slice(p, idx, None, None).y)
+        self.eval_slice(p, idx)
     }
 
-    /// Mean cross-entropy of the whole model without a graph.
+    /// Mean cross-entropy of the whole model for evaluation (no graph, dropless experts).
     pub fn eval_loss(&self, p: &ParamStore, idx: &Tensor, targets: &Tensor) -> Tensor {
-        tch::no_grad(|| self.forward_slice(p, idx, Some(targets.into()), None).y)
+        tch::no_grad(|| self.run_slice(p, idx, Some(targets.into()), None, Capacity::Dropless).y)
     }
 }

@@ -1,12 +1,15 @@
 //! Mixture-of-experts feed-forward (Switch/GShard routing, DeepSeekMoE experts).
 //!
 //! A learned router picks the top-k of E fine-grained experts per token; shared experts see every
-//! token. Dispatch is bucketed: assignments are sorted by expert, each expert gets a bucket
-//! of `capacity` slots, tokens past capacity are dropped (and counted), and all experts run as
-//! two batched matrix products over [E, capacity, ·]. The op count does not grow with E.
-//! The router runs in fp32.
+//! token. A token's k gates are the router's softmax probabilities of its experts, or with
+//! `normalizeTopK` those divided by their sum. Dispatch is bucketed: assignments are sorted by
+//! expert, each expert gets a bucket of `capacity` slots, and all experts run as two batched
+//! matrix products over [E, capacity, ·]. The op count does not grow with E. In training,
+//! tokens past the capacity factor's slots are dropped (and counted); evaluation gives every
+//! expert the slots its load needs and drops nothing ([`Capacity`]). The router runs in fp32.
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{FeedForward, ModelConfig, MoeConfig};
+use crate::model::mlp::activate;
 use crate::params::{Init, ParamBuilder, ParamGroup, ParamId, ParamStore};
 use tch::{Kind, Tensor};
 
@@ -16,6 +19,18 @@ use tch::{Kind, Tensor};
 pub struct Routing {
     /// The k chosen experts of each token, token after token ([N · k], on the host).
     pub experts: Vec<i64>,
+}
+
+/// How many token slots an MoE layer gives each expert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capacity {
+    /// Training: the capacity factor's share, ceil(factor · N·k / E); assignments past it are
+    /// dropped (and counted). A fixed bound keeps a step's work and memory bounded whatever the
+    /// router does.
+    Factor,
+    /// Evaluation: the fullest expert's load, so nothing is dropped, and the figures are those a
+    /// dropless inference engine computes for the same weights.
+    Dropless,
 }
 
 /// What one MoE layer reports besides its output.
@@ -32,33 +47,39 @@ pub struct MoeOutput {
     pub routing_mismatches: Option<Tensor>,
 }
 
-/// A bank of equally shaped GELU MLP experts run as batched matmuls: input [X, C, D] (C token
-/// slots per expert) → [X, C, D].
+/// A bank of equally shaped experts (GELU MLPs or SwiGLUs, as the model's feed-forward) run as
+/// batched matmuls: input [X, C, D] (C token slots per expert) → [X, C, D]. A SwiGLU expert's
+/// gate and up projections are one matrix, the gate in columns 0..H of `w_in` and the up
+/// projection in columns H..2H.
 pub struct ExpertBank {
-    /// [X, D, H]
+    /// [X, D, H], or for SwiGLU [X, D, 2H]
     w_in: ParamId,
-    /// [X, H]
+    /// [X, H], or for SwiGLU [X, 2H]
     b_in: Option<ParamId>,
     /// [X, H, D]
     w_out: ParamId,
     /// [X, D]
     b_out: Option<ParamId>,
+    feed_forward: FeedForward,
 }
 
 impl ExpertBank {
     pub fn new(b: &mut ParamBuilder, prefix: &str, model: &ModelConfig, experts: i64, hidden: i64) -> Self {
         let d = model.d_model;
+        let input = model.feed_forward.input_width(hidden);
         let proj_std = 0.02 / (2.0 * model.layers as f64).sqrt();
         Self {
-            w_in: b.add(format!("{prefix}.w_in"), &[experts, d, hidden], ParamGroup::Hidden, Init::Normal(0.02)),
-            b_in: model.bias.then(|| b.add(format!("{prefix}.b_in"), &[experts, hidden], ParamGroup::Gain, Init::Zeros)),
+            w_in: b.add(format!("{prefix}.w_in"), &[experts, d, input], ParamGroup::Hidden, Init::Normal(0.02)),
+            b_in: model.bias.then(|| b.add(format!("{prefix}.b_in"), &[experts, input], ParamGroup::Gain, Init::Zeros)),
             w_out: b.add(format!("{prefix}.w_out"), &[experts, hidden, d], ParamGroup::Hidden, Init::Normal(proj_std)),
             b_out: model.bias.then(|| b.add(format!("{prefix}.b_out"), &[experts, d], ParamGroup::Gain, Init::Zeros)),
+            feed_forward: model.feed_forward,
         }
     }
 
     /// Every expert of the bank on every token, summed: x [N, D] → [N, D]. The bank is laid
-    /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones.
+    /// side by side, so this is two plain matmuls ([D, X·H] and [X·H, D]) instead of batched ones
+    /// (for SwiGLU [D, X·2H], each expert's gate and up projection side by side).
     /// Weights taken over by the store's [`crate::params::Linears`] (8-bit, with a scale per
     /// expert and channel, which side by side would no longer factor out of one product) run
     /// expert by expert instead, each on every token.
@@ -69,14 +90,18 @@ impl ExpertBank {
             return self.forward(p, &x.unsqueeze(0).expand([nx, n, d], false)).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>);
         }
         let w_in = p.get(self.w_in);
-        let (nx, d, h) = w_in.size3().unwrap();
-        let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * h]);
-        let w_out = p.get(self.w_out).reshape([nx * h, d]);
-        let hid = match self.b_in {
-            Some(bi) => p.get(bi).reshape([nx * h]).addmm(x, &w_in),
+        let (nx, d, input) = w_in.size3().unwrap();
+        let n = x.size()[0];
+        let w_in = w_in.permute([1, 0, 2]).reshape([d, nx * input]);
+        let w_out = p.get(self.w_out);
+        let h = w_out.size()[1];
+        let w_out = w_out.reshape([nx * h, d]);
+        let projected = match self.b_in {
+            Some(bi) => p.get(bi).reshape([nx * input]).addmm(x, &w_in),
             None => x.mm(&w_in),
-        }
-        .gelu("none");
+        };
+        // [N, X, input] → [N, X, H] → [N, X·H]
+        let hid = activate(self.feed_forward, &projected.view([n, nx, input])).reshape([n, nx * h]);
         match self.b_out {
             Some(bo) if nx == 1 => p.get(bo).view([d]).addmm(&hid, &w_out),
             Some(bo) => p.get(bo).sum_dim_intlist([0i64].as_slice(), false, None::<Kind>).addmm(&hid, &w_out),
@@ -86,7 +111,7 @@ impl ExpertBank {
 
     /// Expert x on its own slots: x [X, C, D] → [X, C, D].
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Tensor {
-        let h = p.expert_matmul(x, self.w_in, self.b_in).gelu("none");
+        let h = activate(self.feed_forward, &p.expert_matmul(x, self.w_in, self.b_in));
         p.expert_matmul(&h, self.w_out, self.b_out)
     }
 }
@@ -111,14 +136,14 @@ impl Moe {
         }
     }
 
-    /// Slots per expert for `n` tokens.
+    /// Slots per expert for `n` tokens under the capacity factor.
     pub fn capacity(&self, n: i64) -> i64 {
         let ideal = (n * self.cfg.top_k) as f64 / self.cfg.experts as f64;
         ((ideal * self.cfg.capacity_factor).ceil() as i64).max(1)
     }
 
     /// x: [B, T, D]. With `routing`, reuse that decision instead of taking the router's top-k.
-    pub fn forward(&self, p: &ParamStore, x: &Tensor, routing: Option<&Routing>) -> MoeOutput {
+    pub fn forward(&self, p: &ParamStore, x: &Tensor, routing: Option<&Routing>, capacity: Capacity) -> MoeOutput {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
         let (e, k) = (self.cfg.experts, self.cfg.top_k);
@@ -137,13 +162,27 @@ impl Moe {
             }
             None => (fresh, None),
         };
-        let plan = Dispatch::plan(&experts, e, k, self.capacity(n));
+        let slots_per_expert = match capacity {
+            Capacity::Factor => self.capacity(n),
+            // every assignment fits; the plan takes the fullest expert's load
+            Capacity::Dropless => n * k,
+        };
+        let plan = Dispatch::plan(&experts, e, k, slots_per_expert);
         let (cap, slots) = (plan.capacity, e * plan.capacity);
         let slot_token = upload(&plan.slot_token, dev);
-        // Each slot's gate, read straight out of the router's probabilities (differentiable);
-        // an empty slot reads token 0 under gate 0: its output is scaled to zero and adds nothing
-        // to any token or gradient, so no padding row or sentinel has to be concatenated in.
-        let slot_gate = probs.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
+        // The gates [N, E]: the router's probabilities, or divided by the sum of each token's k
+        // chosen ones (Mixtral's renormalised top-k); differentiable either way.
+        let gates = if self.cfg.normalize_top_k {
+            let chosen = upload(&experts, dev).view([n, k]);
+            let chosen_sum = probs.gather(1, &chosen, false).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+            &probs / chosen_sum
+        } else {
+            probs.shallow_clone()
+        };
+        // Each slot's gate, read straight out of the gates (differentiable); an empty slot reads
+        // token 0 under gate 0: its output is scaled to zero and adds nothing to any token or
+        // gradient, so no padding row or sentinel has to be concatenated in.
+        let slot_gate = gates.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
 
         // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
         // scatter-add of the gated outputs, straight into the shared experts' output.
@@ -232,7 +271,7 @@ struct Dispatch {
     capacity: i64,
     /// [E · capacity]: the token in each slot (0 for an empty slot).
     slot_token: Vec<i64>,
-    /// [E · capacity]: the slot's entry in the flattened [N, E] router probabilities.
+    /// [E · capacity]: the slot's entry in the flattened [N, E] gates.
     slot_prob: Vec<i64>,
     /// [E · capacity]: 1 for a filled slot, 0 for an empty one.
     slot_used: Vec<f32>,
@@ -276,13 +315,44 @@ mod tests {
     use crate::rng::Rng;
     use tch::Device;
 
+    /// One MoE layer's shape for a test: the routing, the experts' feed-forward, the gates.
+    #[derive(Clone, Copy)]
+    struct Case {
+        experts: i64,
+        top_k: i64,
+        shared: i64,
+        capacity_factor: f64,
+        feed_forward: FeedForward,
+        normalize_top_k: bool,
+    }
+
+    impl Case {
+        fn new(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> Self {
+            Self { experts, top_k, shared, capacity_factor, feed_forward: FeedForward::Gelu, normalize_top_k: false }
+        }
+        fn swiglu(self) -> Self {
+            Self { feed_forward: FeedForward::Swiglu, ..self }
+        }
+        fn normalized(self) -> Self {
+            Self { normalize_top_k: true, ..self }
+        }
+    }
+
     /// A small MoE layer with every weight (biases included) random, so that a wrong expert,
     /// slot or gate shows in the output.
-    fn layer(experts: i64, top_k: i64, shared: i64, capacity_factor: f64) -> (Moe, ParamStore) {
+    fn layer(case: Case) -> (Moe, ParamStore) {
         let mut model = nano_model(16);
-        model.d_model = 8;
-        let cfg =
-            MoeConfig { experts, top_k, shared_experts: shared, expert_hidden: 6, every_n_layers: 1, capacity_factor, load_balance_weight: 0.01 };
+        (model.d_model, model.feed_forward) = (8, case.feed_forward);
+        let cfg = MoeConfig {
+            experts: case.experts,
+            top_k: case.top_k,
+            shared_experts: case.shared,
+            expert_hidden: 6,
+            every_n_layers: 1,
+            capacity_factor: case.capacity_factor,
+            load_balance_weight: 0.01,
+            normalize_top_k: case.normalize_top_k,
+        };
         let mut b = ParamBuilder::default();
         let moe = Moe::new(&mut b, "moe", &model, &cfg);
         let mut store = ParamStore::new(b, &mut Rng::new(7), Device::Cpu, Kind::Float);
@@ -293,14 +363,26 @@ mod tests {
         (moe, store)
     }
 
+    /// Expert `e` of a bank on one token, from its slices of the bank's weights: a GELU MLP, or
+    /// a SwiGLU whose gate is columns 0..H of `w_in` and up projection columns H..2H.
     fn expert(p: &ParamStore, bank: &ExpertBank, e: i64, x: &Tensor) -> Tensor {
-        let h = x.matmul(&p.get(bank.w_in).get(e)) + p.get(bank.b_in.unwrap()).get(e);
-        h.gelu("none").matmul(&p.get(bank.w_out).get(e)) + p.get(bank.b_out.unwrap()).get(e)
+        let (w_in, b_in) = (p.get(bank.w_in).get(e), p.get(bank.b_in.unwrap()).get(e));
+        let hidden = match bank.feed_forward {
+            FeedForward::Gelu => (x.matmul(&w_in) + b_in).gelu("none"),
+            FeedForward::Swiglu => {
+                let h = p.get(bank.w_out).size()[1];
+                let gate = x.matmul(&w_in.narrow(1, 0, h)) + b_in.narrow(0, 0, h);
+                let up = x.matmul(&w_in.narrow(1, h, h)) + b_in.narrow(0, h, h);
+                &gate * gate.sigmoid() * up
+            }
+        };
+        hidden.matmul(&p.get(bank.w_out).get(e)) + p.get(bank.b_out.unwrap()).get(e)
     }
 
     /// Token by token: the router's top-k, the first `cap` assignments of each expert in token
-    /// order kept, each kept expert's output times its gate, plus every shared expert.
-    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor) -> (Tensor, i64, f64) {
+    /// order kept, each kept expert's output times its gate (the probability, or divided by the
+    /// sum of the token's k chosen probabilities), plus every shared expert.
+    fn reference(moe: &Moe, p: &ParamStore, x: &Tensor, cap: i64) -> (Tensor, i64, f64) {
         let (b, t, d) = x.size3().unwrap();
         let n = b * t;
         let (e, k) = (moe.cfg.experts, moe.cfg.top_k);
@@ -311,7 +393,7 @@ mod tests {
         for &c in &chosen {
             counts[c as usize] += 1;
         }
-        let cap = moe.capacity(n).min(*counts.iter().max().unwrap());
+        let cap = cap.min(*counts.iter().max().unwrap());
         let mut used = vec![0i64; e as usize];
         let mut dropped = 0;
         let mut rows = Vec::new();
@@ -323,11 +405,13 @@ mod tests {
                     yi = yi + expert(p, shared, s, &xi);
                 }
             }
-            for j in 0..k {
-                let c = chosen[(i * k + j) as usize];
+            let mine = &chosen[(i * k) as usize..((i + 1) * k) as usize];
+            let chosen_sum = mine.iter().map(|&c| probs.get(i).get(c)).fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, p| a + p);
+            for &c in mine {
                 if used[c as usize] < cap {
                     used[c as usize] += 1;
-                    yi = yi + expert(p, &moe.experts, c, &xi) * probs.get(i).get(c);
+                    let gate = if moe.cfg.normalize_top_k { probs.get(i).get(c) / &chosen_sum } else { probs.get(i).get(c) };
+                    yi = yi + expert(p, &moe.experts, c, &xi) * gate;
                 } else {
                     dropped += 1;
                 }
@@ -353,16 +437,21 @@ mod tests {
         ids.into_iter().map(|id| p.get(id).shallow_clone()).collect()
     }
 
-    fn check(experts: i64, top_k: i64, shared: i64, capacity_factor: f64, expect_drops: bool) {
-        let (moe, p) = layer(experts, top_k, shared, capacity_factor);
+    /// The layer's forward and gradients under `capacity` against the per-token reference.
+    fn check_under(case: Case, capacity: Capacity, expect_drops: bool) {
+        let (moe, p) = layer(case);
         let x = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let upstream = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu));
         let mut inputs = vec![x.shallow_clone()];
         inputs.extend(leaves(&moe, &p));
 
-        let out = moe.forward(&p, &x, None);
+        let out = moe.forward(&p, &x, None, capacity);
         let fast = Tensor::run_backward(&[(&out.y * &upstream).sum(Kind::Float)], &inputs, false, false);
-        let (want, want_dropped, want_aux) = reference(&moe, &p, &x);
+        let cap = match capacity {
+            Capacity::Factor => moe.capacity(21),
+            Capacity::Dropless => i64::MAX,
+        };
+        let (want, want_dropped, want_aux) = reference(&moe, &p, &x, cap);
         let slow = Tensor::run_backward(&[(&want * &upstream).sum(Kind::Float)], &inputs, false, false);
 
         assert_eq!(out.dropped.int64_value(&[]), want_dropped, "dropped assignments");
@@ -377,10 +466,41 @@ mod tests {
         }
     }
 
+    fn check(case: Case, expect_drops: bool) {
+        check_under(case, Capacity::Factor, expect_drops)
+    }
+
     #[test]
     fn bucketed_dispatch_matches_a_per_token_reference() {
-        check(4, 2, 1, 4.0, false);
-        check(6, 3, 2, 4.0, false);
+        check(Case::new(4, 2, 1, 4.0), false);
+        check(Case::new(6, 3, 2, 4.0), false);
+    }
+
+    #[test]
+    fn swiglu_experts_match_a_per_token_reference() {
+        check(Case::new(4, 2, 1, 4.0).swiglu(), false);
+        check(Case::new(5, 2, 2, 0.6).swiglu(), true);
+    }
+
+    #[test]
+    fn normalized_gates_divide_by_the_sum_of_the_chosen_probabilities() {
+        check(Case::new(6, 3, 1, 4.0).normalized(), false);
+        check(Case::new(4, 2, 0, 0.5).swiglu().normalized(), true);
+        // the k gates of every token add up to 1: a layer of identical experts without shared
+        // ones gives each token that expert's output, whichever experts it was sent to
+        let (moe, p) = layer(Case::new(4, 2, 0, 4.0).normalized());
+        tch::no_grad(|| {
+            for id in [moe.experts.w_in, moe.experts.w_out, moe.experts.b_in.unwrap(), moe.experts.b_out.unwrap()] {
+                let mut w = p.get(id).shallow_clone();
+                let first = w.get(0).unsqueeze(0).expand_as(&w).copy();
+                w.copy_(&first);
+            }
+        });
+        let x = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu));
+        let y = moe.forward(&p, &x, None, Capacity::Dropless).y;
+        let one = expert(&p, &moe.experts, 0, &x);
+        let diff = (y - one).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "gates of a token sum to 1 less {diff}");
     }
 
     #[test]
@@ -398,7 +518,24 @@ mod tests {
 
     #[test]
     fn assignments_past_capacity_are_dropped_in_token_order() {
-        check(4, 2, 1, 0.5, true);
-        check(5, 1, 0, 0.6, true);
+        check(Case::new(4, 2, 1, 0.5), true);
+        check(Case::new(5, 1, 0, 0.6), true);
+    }
+
+    #[test]
+    fn evaluation_drops_nothing_and_equals_an_unbounded_capacity() {
+        // a capacity factor that drops in training
+        let tight = Case::new(4, 2, 1, 0.5).swiglu();
+        check_under(tight, Capacity::Factor, true);
+        check_under(tight, Capacity::Dropless, false);
+        let (moe, p) = layer(tight);
+        let (unbounded, q) = layer(Case { capacity_factor: 64.0, ..tight });
+        assert!(p.master.equal(&q.master), "the same weights");
+        let x = Tensor::randn([3, 7, 8], (Kind::Float, Device::Cpu));
+        let dropless = moe.forward(&p, &x, None, Capacity::Dropless);
+        let wide = unbounded.forward(&q, &x, None, Capacity::Factor);
+        assert_eq!((dropless.dropped.int64_value(&[]), wide.dropped.int64_value(&[])), (0, 0));
+        assert!(dropless.y.equal(&wide.y), "dropless evaluation differs from a capacity factor of 64");
+        assert!(moe.forward(&p, &x, None, Capacity::Factor).dropped.int64_value(&[]) > 0, "training at factor 0.5 drops");
     }
 }

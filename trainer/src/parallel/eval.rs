@@ -171,7 +171,7 @@ impl Worker {
             );
             x.to_device(self.device)
         };
-        let y = tch::no_grad(|| self.model.forward_slice(&self.params, &x, None, None)).y;
+        let y = self.model.eval_slice(&self.params, &x);
         if self.is_last() {
             return Ok(Some(y.log_softmax(-1, Kind::Float)));
         }
@@ -191,7 +191,7 @@ impl Worker {
                 }
                 Message::Activation { micro_batch: EVAL_FORWARD, tensor } => {
                     let x = tensor.to_device(self.device);
-                    let y = tch::no_grad(|| self.model.forward_slice(&self.params, &x, None, None)).y;
+                    let y = self.model.eval_slice(&self.params, &x);
                     self.down().send(Message::Activation { micro_batch: EVAL_FORWARD, tensor: y })?;
                 }
                 other => {

@@ -88,7 +88,9 @@ pub struct ModelShape {
     #[serde(default = "default_vocab_size")]
     #[schemars(range(min = 2, max = 1048576))]
     pub vocab_size: i32,
-    /// Hidden width of a dense feed-forward layer. Unset means 4 × dModel.
+    /// Hidden width of a dense feed-forward layer. Unset means 4 × dModel for `gelu`, and for
+    /// `swiglu` 8 × dModel / 3 rounded up to a multiple of 8 (about the same parameters and
+    /// FLOPs, since SwiGLU has three matrices where GELU has two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub ffn_hidden: Option<i32>,
@@ -98,9 +100,21 @@ pub struct ModelShape {
     /// Share the token embedding with the output head.
     #[serde(default = "default_true")]
     pub tied_embeddings: bool,
-    /// Biases in linear layers and layer norms (GPT-2 has them).
+    /// Biases in linear layers and layer norms (GPT-2 has them). An RMSNorm has no bias
+    /// whatever this says: with `norm: rmsNorm` it adds biases to the linear layers only.
     #[serde(default)]
     pub bias: bool,
+    /// The normalisation before attention, before the feed-forward layer and before the head:
+    /// `layerNorm` (GPT-2: subtract the mean, divide by the standard deviation, then a gain and
+    /// with `bias` a bias) or `rmsNorm` (Llama: divide by the root mean square, computed in
+    /// fp32, then a gain; no mean, no bias).
+    #[serde(default)]
+    pub norm: Norm,
+    /// The feed-forward layer, dense or each expert: `gelu` (GPT-2: d → hidden → d with a GELU
+    /// between) or `swiglu` (Llama: a gate and an up projection d → hidden, the SiLU of the
+    /// gate times the up projection, then a down projection hidden → d).
+    #[serde(default)]
+    pub feed_forward: FeedForward,
 }
 
 fn default_vocab_size() -> i32 {
@@ -120,6 +134,52 @@ pub enum Positions {
     Learned,
 }
 
+/// The normalisation of a block's inputs and of the head's.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Norm {
+    #[default]
+    #[serde(rename = "layerNorm")]
+    LayerNorm,
+    #[serde(rename = "rmsNorm")]
+    RmsNorm,
+}
+
+/// The feed-forward layer: GPT-2's GELU MLP or Llama's SwiGLU.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FeedForward {
+    #[default]
+    #[serde(rename = "gelu")]
+    Gelu,
+    #[serde(rename = "swiglu")]
+    Swiglu,
+}
+
+impl FeedForward {
+    /// Matrices of shape d × hidden in one feed-forward layer (or one expert).
+    pub fn matrices(self) -> i64 {
+        match self {
+            Self::Gelu => 2,
+            Self::Swiglu => 3,
+        }
+    }
+
+    /// Width of the input projection's output: the hidden layer, or for SwiGLU the gate and
+    /// the up projection side by side.
+    pub fn input_width(self, hidden: i64) -> i64 {
+        (self.matrices() - 1) * hidden
+    }
+
+    /// The hidden width when none is given: GPT-2's 4 · d, or for SwiGLU 8 · d / 3 rounded up to
+    /// a multiple of 8, the same parameters and FLOPs (3 · 8/3 · d² against 2 · 4 · d²) give or
+    /// take the rounding.
+    pub fn default_hidden(self, d_model: i64) -> i64 {
+        match self {
+            Self::Gelu => 4 * d_model,
+            Self::Swiglu => ((8 * d_model + 2) / 3 + 7) / 8 * 8,
+        }
+    }
+}
+
 /// Sparsity: which feed-forward layers are mixtures of experts, and which attention is computed.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -137,6 +197,8 @@ pub struct SparsitySpec {
 #[x_kube(
     validation = Rule::new("self.topK <= self.experts")
         .message("model.sparsity.moe.topK must be at most model.sparsity.moe.experts: a token cannot go to more experts than exist; lower topK or add experts"),
+    validation = Rule::new("!self.normalizeTopK || self.topK >= 2")
+        .message("model.sparsity.moe.normalizeTopK needs topK of at least 2: a single gate divided by itself is always 1 and the router would learn nothing from the loss; raise topK or leave normalizeTopK false"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MoeSpec {
@@ -172,6 +234,11 @@ pub struct MoeSpec {
     #[serde(default = "default_aux_loss_weight")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub load_balance_weight: f64,
+    /// How a token's k gates are taken from the router's softmax over all experts: false, each
+    /// is the probability of its expert (Switch, GShard, DeepSeekMoE); true, they are those
+    /// probabilities divided by their sum, so that they add up to 1 (Mixtral, ERNIE 4.5).
+    #[serde(default, rename = "normalizeTopK")]
+    pub normalize_top_k: bool,
 }
 
 fn default_capacity_factor() -> f64 {
