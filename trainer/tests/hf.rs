@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use frugal_trainer::config::{ModelConfig, Positions, nano_model};
+use frugal_trainer::config::{FeedForward, ModelConfig, MoeConfig, Norm, Positions, nano_model};
 use frugal_trainer::data::tokenizer::TextTokenizer;
 use frugal_trainer::hf;
 use frugal_trainer::model::gpt::Gpt;
@@ -49,7 +49,7 @@ fn random(m: &ModelConfig, seed: i64) -> (Gpt, ParamStore) {
 }
 
 fn logits(gpt: &Gpt, store: &ParamStore, tokens: &Tensor) -> Tensor {
-    tch::no_grad(|| gpt.forward_slice(store, tokens, None, None).y)
+    gpt.eval_slice(store, tokens)
 }
 
 fn next_token_loss(logits: &Tensor, tokens: &Tensor) -> f64 {
@@ -57,22 +57,51 @@ fn next_token_loss(logits: &Tensor, tokens: &Tensor) -> f64 {
     logits.narrow(1, 0, t - 1).reshape([b * (t - 1), v]).cross_entropy_for_logits(&tokens.narrow(1, 1, t - 1).reshape([-1])).double_value(&[])
 }
 
-#[test]
-fn frugal_exports_load_in_transformers_with_the_same_logits() {
+/// The models of every family: (model, its architecture).
+fn every_family() -> Vec<(ModelConfig, &'static str)> {
+    let mut out = vec![];
     for (positions, architecture) in [(Positions::Learned, "GPT2LMHeadModel"), (Positions::Rotary, "GPTNeoXForCausalLM")] {
         for (bias, tied) in [(true, true), (false, false)] {
             let mut m = nano_model(300);
             (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (2, 32, 4, 32, 48);
             (m.positions, m.bias, m.tied_embeddings) = (positions, bias, tied);
+            out.push((m, architecture));
+        }
+    }
+    for (bias, tied, moe) in [(false, true, None), (true, false, None), (false, true, Some((1, 1))), (false, false, Some((2, 2)))] {
+        let mut m = nano_model(300);
+        (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (2, 32, 4, 32, 48);
+        (m.positions, m.bias, m.tied_embeddings) = (Positions::Rotary, bias, tied);
+        (m.norm, m.feed_forward) = (Norm::RmsNorm, FeedForward::Swiglu);
+        m.moe = moe.map(|(shared, every)| MoeConfig {
+            experts: 4,
+            top_k: 2,
+            shared_experts: shared,
+            expert_hidden: 16,
+            every_n_layers: every,
+            capacity_factor: 1.0,
+            load_balance_weight: 0.01,
+            normalize_top_k: true,
+        });
+        out.push((m, if moe.is_some() { "Ernie4_5_MoeForCausalLM" } else { "LlamaForCausalLM" }));
+    }
+    out
+}
+
+#[test]
+fn frugal_exports_load_in_transformers_with_the_same_logits() {
+    {
+        for (m, architecture) in every_family() {
+            let (positions, bias, tied) = (m.positions, m.bias, m.tied_embeddings);
             let (gpt, store) = random(&m, 11);
-            let root = common::temp_dir(&format!("hf-export-{positions:?}-{bias}"));
+            let root = common::temp_dir(&format!("hf-export-{architecture}-{bias}"));
             let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
             let ours = logits(&gpt, &store, &tokens);
             Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], root.join("frugal.safetensors")).unwrap();
             // sharded, to load the index too
             hf::export(&root.join("model"), &m, &store, Some(&TextTokenizer::Byte), 30_000).unwrap();
             let r = json(&hf_side(&["load", root.join("model").to_str().unwrap()]));
-            eprintln!("{positions:?} bias {bias} tied {tied}: {r}");
+            eprintln!("{architecture} {positions:?} bias {bias} tied {tied} MoE {}: {r}", m.moe.is_some());
             assert_eq!(r["architecture"], architecture);
             let diff = r["max_abs_diff"].as_f64().unwrap();
             assert!(diff <= LOGITS_TOLERANCE, "{architecture}: logits differ by {diff}");
@@ -85,7 +114,7 @@ fn frugal_exports_load_in_transformers_with_the_same_logits() {
 
 #[test]
 fn models_transformers_saves_load_in_frugal_with_the_same_logits_and_loss() {
-    for family in ["gpt2", "gpt_neox"] {
+    for family in ["gpt2", "gpt_neox", "llama", "ernie4_5_moe"] {
         let root = common::temp_dir(&format!("hf-import-{family}"));
         let dir = root.join("model");
         hf_side(&["build", family, dir.to_str().unwrap()]);
@@ -323,5 +352,34 @@ fn an_independent_evaluation_in_transformers_matches_the_status() {
     assert_eq!((words["accuracy"].as_f64(), words["examples"].as_i64()), (r["last_word"].as_f64(), r["last_word_examples"].as_i64()));
     assert_eq!((choices["accuracy"].as_f64(), choices["examples"].as_i64()), (r["multiple_choice"].as_f64(), r["multiple_choice_examples"].as_i64()));
     assert!(choices["accuracy"].as_f64().unwrap() > 0.0, "no choice right: the comparison shows nothing");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A mixture-of-experts model of Llama's block trained as a two-stage pipeline exports as
+/// ERNIE 4.5 MoE, and transformers computes the logits of frugal's own checkpoint from it.
+#[test]
+fn a_pipelined_moe_job_exports_as_ernie_moe() {
+    let root = common::temp_dir("hf-train-moe");
+    let manifest = text_job(&root, "moe", 8, "  export: {huggingFace: true}\n");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let moe = "    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 32, vocabSize: 300, norm: rmsNorm, feedForward: swiglu}\n    sparsity: {moe: {experts: 4, topK: 2, sharedExperts: 1, expertHidden: 16, normalizeTopK: true}}\n";
+    std::fs::write(&manifest, text.replace("    custom: {layers: 2, dModel: 32, heads: 2, seqLen: 32, vocabSize: 300}\n", moe)).unwrap();
+    let ckpt = root.join("ckpt");
+    let log = train(&manifest, &ckpt);
+    let event = log.lines().find(|l| l.contains(r#""event":"hugging_face""#)).unwrap_or_else(|| panic!("no hugging_face event:\n{log}"));
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["architecture"].as_str(), Some("Ernie4_5_MoeForCausalLM"), "{event}");
+    let job = frugal_trainer::job::load(&manifest).unwrap();
+    let (gpt, mut store) = whole_model(&job.plan.model, Device::Cpu);
+    frugal_trainer::checkpoint::load_weights(&ckpt.join("step-000000008"), &mut store).unwrap();
+    let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
+    let ours = logits(&gpt, &store, &tokens);
+    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], ckpt.join("step-000000008/frugal.safetensors")).unwrap();
+    let r = json(&hf_side(&["load", event["path"].as_str().unwrap()]));
+    eprintln!("{r}");
+    assert!(r["max_abs_diff"].as_f64().unwrap() <= LOGITS_TOLERANCE, "{r}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(event["path"].as_str().unwrap()).join("config.json")).unwrap()).unwrap();
+    eprintln!("config.json of the MoE export:\n{}", serde_json::to_string_pretty(&config).unwrap());
     std::fs::remove_dir_all(&root).unwrap();
 }

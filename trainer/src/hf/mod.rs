@@ -220,10 +220,21 @@ pub fn read_config(dir: &Path) -> Result<(Family, ModelConfig)> {
 pub fn import(dir: &Path, seq_len: Option<i64>) -> Result<Imported> {
     let (family, mut model) = read_config(dir)?;
     if let Some(t) = seq_len {
-        ensure!(t <= model.seq_len || family != Family::Gpt2, "a context of {t} tokens is longer than the {} positions the model learned", model.seq_len);
+        ensure!(
+            t <= model.seq_len || family != Family::Gpt2,
+            "a context of {t} tokens is longer than the {} positions the model learned",
+            model.seq_len
+        );
         model.seq_len = t;
     }
     let files = SafetensorsFiles::open(dir, &weight_files(dir)?)?;
+    // a router with a selection bias picks experts frugal's would not
+    for layer in 0..model.layers {
+        let name = format!("model.layers.{layer}.mlp.moe_statics.e_score_correction_bias");
+        if let Some(t) = files.read(&name)? {
+            ensure!(t.abs().max().double_value(&[]) == 0.0, "{name} is not zero: frugal's router selects experts by their probability alone");
+        }
+    }
     let plan = family.from_hf(&model);
     Ok(Imported { family, model, plan, files })
 }
@@ -271,12 +282,22 @@ impl SafetensorsFiles {
                     "F64" => (Kind::Double, 8),
                     other => bail!("{}: tensor {tensor} is {other}; frugal reads floating-point weights (F32, F16, BF16, F64)", path.display()),
                 };
-                let shape: Vec<i64> = info.get("shape").and_then(Value::as_array).ok_or_else(bad)?.iter().map(|d| d.as_i64().ok_or_else(bad)).collect::<Result<_>>()?;
-                let offsets: Vec<u64> =
-                    info.get("data_offsets").and_then(Value::as_array).ok_or_else(bad)?.iter().map(|d| d.as_u64().ok_or_else(bad)).collect::<Result<_>>()?;
+                let shape: Vec<i64> =
+                    info.get("shape").and_then(Value::as_array).ok_or_else(bad)?.iter().map(|d| d.as_i64().ok_or_else(bad)).collect::<Result<_>>()?;
+                let offsets: Vec<u64> = info
+                    .get("data_offsets")
+                    .and_then(Value::as_array)
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|d| d.as_u64().ok_or_else(bad))
+                    .collect::<Result<_>>()?;
                 let [begin, end] = offsets[..] else { return Err(bad()) };
                 let len = end.checked_sub(begin).ok_or_else(bad)?;
-                ensure!(len == shape.iter().product::<i64>().max(0) as u64 * width, "{}: tensor {tensor} holds {len} bytes, not its shape's", path.display());
+                ensure!(
+                    len == shape.iter().product::<i64>().max(0) as u64 * width,
+                    "{}: tensor {tensor} holds {len} bytes, not its shape's",
+                    path.display()
+                );
                 ensure!(8 + n + end <= size, "{}: tensor {tensor} runs past the end of the file (truncated?)", path.display());
                 tensors.insert(tensor, Entry { file: path.clone(), kind, shape, at: 8 + n + begin, len });
             }
@@ -355,8 +376,31 @@ pub fn check_init(spec: &ModelConfig, dir: &Path) -> Result<()> {
             }
         }
     }
-    if spec.moe.is_some() {
-        return Err(differ("sparsity.moe", "set".into(), "dense feed-forward layers".into()));
+    if spec.norm != init.norm || spec.feed_forward != init.feed_forward {
+        let block = |m: &ModelConfig| format!("{:?} with {:?}", m.norm, m.feed_forward);
+        return Err(differ("custom.norm and feedForward", block(spec), block(&init)));
+    }
+    match (&spec.moe, &init.moe) {
+        (None, None) => {}
+        (Some(_), None) => return Err(differ("sparsity.moe", "set".into(), "dense feed-forward layers".into())),
+        (None, Some(_)) => return Err(differ("sparsity.moe", "unset".into(), "mixture-of-experts layers".into())),
+        (Some(ours), Some(theirs)) => {
+            let pairs = [
+                ("sparsity.moe.experts", ours.experts, theirs.experts),
+                ("sparsity.moe.topK", ours.top_k, theirs.top_k),
+                ("sparsity.moe.sharedExperts", ours.shared_experts, theirs.shared_experts),
+                ("sparsity.moe.expertHidden", ours.expert_hidden, theirs.expert_hidden),
+                ("sparsity.moe.everyNLayers", ours.every_n_layers, theirs.every_n_layers),
+            ];
+            for (field, a, b) in pairs {
+                if a != b {
+                    return Err(differ(field, a.to_string(), b.to_string()));
+                }
+            }
+            if !ours.normalize_top_k {
+                return Err(differ("sparsity.moe.normalizeTopK", "false".into(), "gates divided by their sum".into()));
+            }
+        }
     }
     if spec.attention != init.attention {
         return Err(differ("sparsity.attention", format!("{:?}", spec.attention), "dense attention".into()));

@@ -26,7 +26,7 @@ fn random(m: &ModelConfig, seed: i64) -> (Gpt, ParamStore) {
 }
 
 fn logits(gpt: &Gpt, store: &ParamStore, tokens: &Tensor) -> Tensor {
-    tch::no_grad(|| gpt.forward_slice(store, tokens, None, None).y)
+    gpt.eval_slice(store, tokens)
 }
 
 fn dir(name: &str) -> PathBuf {
@@ -97,17 +97,6 @@ fn weights_past_the_shard_size_are_sharded_with_an_index() {
 #[test]
 fn a_model_no_family_computes_is_refused_naming_the_field() {
     let mut m = model(Positions::Rotary, false, true);
-    m.moe = Some(MoeConfig {
-        experts: 4,
-        top_k: 2,
-        shared_experts: 0,
-        expert_hidden: 16,
-        every_n_layers: 1,
-        capacity_factor: 1.25,
-        load_balance_weight: 0.01,
-    });
-    assert_eq!(Family::of(&m).unwrap_err().field, "model.sparsity.moe");
-    m.moe = None;
     m.attention = AttentionPattern::SlidingWindow { window: 8 };
     let e = Family::of(&m).unwrap_err();
     assert_eq!(e.field, "model.sparsity.attention");
@@ -152,4 +141,84 @@ fn a_truncated_or_half_precision_weight_file_is_detected_or_converted() {
     let e = import(&out, None).err().expect("a truncated file").to_string();
     assert!(e.contains("runs past the end of the file"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Llama's block, and with it mixture-of-experts layers whose gates are renormalised.
+fn llama(bias: bool, tied: bool, moe: Option<(i64, i64)>) -> ModelConfig {
+    let mut m = model(Positions::Rotary, bias, tied);
+    (m.norm, m.feed_forward) = (crate::config::Norm::RmsNorm, crate::config::FeedForward::Swiglu);
+    m.moe = moe.map(|(shared, every)| MoeConfig {
+        experts: 4,
+        top_k: 2,
+        shared_experts: shared,
+        expert_hidden: 16,
+        every_n_layers: every,
+        capacity_factor: 1.25,
+        load_balance_weight: 0.01,
+        normalize_top_k: true,
+    });
+    m
+}
+
+#[test]
+fn llama_block_models_round_trip_as_llama_and_ernie_moe() {
+    let tokens = Tensor::randint(300, [2, 24], (Kind::Int64, Device::Cpu));
+    let cases = [
+        (llama(false, true, None), Family::Llama),
+        (llama(true, false, None), Family::Llama),
+        (llama(false, true, Some((1, 1))), Family::Ernie45Moe),
+        (llama(false, false, Some((2, 2))), Family::Ernie45Moe),
+        (llama(false, false, Some((0, 1))), Family::Ernie45Moe),
+    ];
+    for (m, family) in cases {
+        let (gpt, store) = random(&m, 8);
+        let out = dir("llama");
+        assert_eq!(export(&out, &m, &store, None, DEFAULT_MAX_SHARD_BYTES).unwrap().family, family);
+        let imported = import(&out, None).unwrap();
+        let mut want = m.clone();
+        if let Some(moe) = want.moe.as_mut() {
+            // capacity and the balance loss are training's, not the model's: the job's spec sets them
+            (moe.capacity_factor, moe.load_balance_weight) = (1.25, 0.01);
+        }
+        assert_eq!(imported.model, want, "{family:?}");
+        let (gpt2, mut store2) = whole_model(&imported.model, Device::Cpu);
+        imported.load_into(&mut store2).unwrap();
+        for (name, t) in named_weights(&store) {
+            let back = imported.tensor(&name).unwrap();
+            // a shared experts' summed down bias comes back on the first of them
+            if name.ends_with("shared.b_out") {
+                assert!(
+                    back.sum_dim_intlist([0i64].as_slice(), false, Kind::Float).allclose(
+                        &t.sum_dim_intlist([0i64].as_slice(), false, Kind::Float),
+                        1e-6,
+                        1e-6,
+                        false
+                    ),
+                    "{name}"
+                );
+            } else {
+                assert!(back.equal(&t), "{family:?}: {name} differs after the round trip");
+            }
+        }
+        let diff = (logits(&gpt, &store, &tokens) - logits(&gpt2, &store2, &tokens)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{family:?}: logits differ by {diff}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn moe_and_mixed_blocks_are_refused_naming_the_field() {
+    let mut raw = llama(false, true, Some((1, 1)));
+    raw.moe.as_mut().unwrap().normalize_top_k = false;
+    assert_eq!(Family::of(&raw).unwrap_err().field, "model.sparsity.moe.normalizeTopK");
+    let mut gelu = model(Positions::Rotary, false, true);
+    gelu.moe = llama(false, true, Some((1, 1))).moe;
+    assert_eq!(Family::of(&gelu).unwrap_err().field, "model.custom.feedForward");
+    let mut mixed = llama(false, true, None);
+    mixed.feed_forward = crate::config::FeedForward::Gelu;
+    assert_eq!(Family::of(&mixed).unwrap_err().field, "model.custom.norm");
+    assert_eq!(Family::of(&llama(true, true, Some((1, 1)))).unwrap_err().field, "model.custom.bias");
+    let mut learned = llama(false, true, None);
+    learned.positions = Positions::Learned;
+    assert_eq!(Family::of(&learned).unwrap_err().field, "model.custom.positions");
 }

@@ -59,13 +59,30 @@ def build(family, d):
                                             use_parallel_residual=False, rotary_pct=1.0,
                                             attention_dropout=0.0, hidden_dropout=0.0, **common)
         config.tie_word_embeddings = False
+    elif family == "llama":
+        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                                          intermediate_size=48, max_position_embeddings=64, rms_norm_eps=1e-6,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                          attention_bias=True, mlp_bias=True, **common)
+    elif family == "ernie4_5_moe":
+        config = transformers.Ernie4_5_MoeConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                                                 intermediate_size=48, max_position_embeddings=64, rms_norm_eps=1e-6,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                                 use_bias=False, moe_num_experts=6, moe_k=2, moe_intermediate_size=16,
+                                                 moe_num_shared_experts=2, moe_layer_start_index=0, moe_layer_end_index=2,
+                                                 moe_layer_interval=2, **common)
+        config.tie_word_embeddings = False
     else:
         raise SystemExit(f"unknown family {family}")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # random, not the near-zero initialisation: every weight and bias matters to the logits
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             p.normal_(0.0, 0.2)
+        # a router selection bias frugal's router has not
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if "e_score_correction_bias" in name:
+                t.zero_()
     model.eval()
     model.save_pretrained(d)
     tokens = torch.randint(0, config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
