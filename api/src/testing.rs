@@ -22,6 +22,7 @@ impl TrainingJob {
                     data: DataSpec {
                         source: DataSource { type_: DataSourceType::Synthetic, synthetic: None, text: None, shards: None },
                         tokenizer: Tokenizer::default(),
+                        tokenizer_file: None,
                         validation_fraction: 0.1,
                         eval_sets: Vec::new(),
                         quality_target: None,

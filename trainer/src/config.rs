@@ -217,9 +217,10 @@ pub enum DataSource {
     /// Built-in generator with learnable structure and known entropy: a corpus of `tokens`
     /// tokens where each token is followed by one of `branching` successors, uniformly.
     Synthetic { branching: i64, tokens: i64 },
-    /// A text file or a directory of `.txt` documents, each closed by end-of-text, tokenized
-    /// byte-level or with BPE trained on the training split (vocabulary: the model's).
-    Text { path: std::path::PathBuf, tokenizer: frugal_api::v1alpha1::Tokenizer },
+    /// Documents (text files, JSONL records or Parquet rows), each closed by end-of-text,
+    /// tokenized byte-level, with BPE trained on the training split (vocabulary: the model's), or
+    /// with a tokenizer file as it is.
+    Text { corpus: crate::data::Corpus, tokenizer: crate::data::TokenizerSource },
     /// Shards and tokenizer written by `frugal-trainer prepare`.
     Shards { path: std::path::PathBuf },
 }

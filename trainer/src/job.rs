@@ -2,6 +2,8 @@
 //! operator's `TrainerConfig` (what a pod is given) becomes a [`RunConfig`].
 
 use crate::config::{DataConfig, DataSource, DistillConfig, DistillLoss, OptimConfig, OptimizerKind, RunConfig, Schedule, TrainConfig};
+use crate::data::TokenizerSource;
+use crate::data::corpus::{Corpus, DEFAULT_FIELD};
 use anyhow::{Context, Result};
 use frugal_api::contract::TrainerConfig;
 use frugal_api::planner::{self, Plan, PlanOptions};
@@ -25,6 +27,29 @@ pub struct Job {
     pub name: String,
     pub spec: TrainingJobSpec,
     pub plan: Plan,
+}
+
+/// Where the spec's text corpus is and how it stores its documents.
+pub fn corpus_of(text: &api::TextSource) -> Result<Corpus> {
+    if text.field.is_some() && text.format == api::TextFormat::Text {
+        anyhow::bail!(
+            "data.source.text.field names a JSONL key or a Parquet column: set data.source.text.format to jsonl or parquet, or leave field out"
+        );
+    }
+    let field = text.field.clone().unwrap_or_else(|| DEFAULT_FIELD.into());
+    Ok(Corpus { path: PathBuf::from(&text.path), format: text.format, field })
+}
+
+/// Where the spec's tokenizer comes from.
+pub fn tokenizer_source(d: &api::DataSpec) -> Result<TokenizerSource> {
+    Ok(match (d.tokenizer, &d.tokenizer_file) {
+        (api::Tokenizer::Byte, None) => TokenizerSource::Byte,
+        (api::Tokenizer::Bpe, None) => TokenizerSource::Bpe,
+        (api::Tokenizer::File, Some(f)) => TokenizerSource::File { path: PathBuf::from(&f.path), end_of_text: f.end_of_text.clone() },
+        _ => anyhow::bail!(
+            "data.tokenizerFile goes with data.tokenizer: file, and only with it: set both (tokenizerFile.path names a Hugging Face tokenizer.json), or neither"
+        ),
+    })
 }
 
 /// Reads a `TrainingJob` manifest, or a pod's `TrainerConfig`, from a YAML file.
@@ -145,7 +170,7 @@ impl Job {
             }
             api::DataSourceType::Text => {
                 let text = d.source.text.as_ref().context("data.source.text is required with type Text")?;
-                DataSource::Text { path: PathBuf::from(&text.path), tokenizer: d.tokenizer }
+                DataSource::Text { corpus: corpus_of(text)?, tokenizer: tokenizer_source(d)? }
             }
             api::DataSourceType::Shards => {
                 let shards = d.source.shards.as_ref().context("data.source.shards is required with type Shards")?;
@@ -224,6 +249,9 @@ impl Job {
         if let Some(shards) = &d.source.shards {
             paths.push(("data.source.shards.path".into(), &shards.path));
         }
+        if let Some(file) = &d.tokenizer_file {
+            paths.push(("data.tokenizerFile.path".into(), &file.path));
+        }
         for (i, set) in d.eval_sets.iter().enumerate() {
             if let Some(path) = &set.path {
                 paths.push((format!("data.evalSets[{i}].path ({})", set.name), path));
@@ -240,6 +268,15 @@ impl Job {
                 return Err(ConfigurationError(format!(
                     "{field} {path:?} cannot be read ({e}): mount it into the pod (spec.podTemplate.volumes and volumeMounts) or fix the path"
                 )));
+            }
+        }
+        if let Some(file) = &d.tokenizer_file {
+            // the tokenizer's vocabulary must fit the model's: refused here, before anything trains
+            let tok = crate::data::TextTokenizer::from_file(Path::new(&file.path), file.end_of_text.as_deref())
+                .map_err(|e| ConfigurationError(format!("data.tokenizerFile: {e:#}")))?;
+            let what = format!("data.tokenizerFile.path {:?}", file.path);
+            if let Some(e) = crate::data::tokenizer::vocabulary_mismatch(tok.vocab_size(), self.plan.model.vocab_size, &what) {
+                return Err(ConfigurationError(e));
             }
         }
         if let Some(distill) = &self.spec.distill {
@@ -278,6 +315,57 @@ mod tests {
 
     fn set(sets: &[&str]) -> Result<String> {
         with_overrides(MANIFEST, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// A job reading `source` with `tokenizer` (YAML flow mappings), a custom model of `vocab`.
+    fn data_job(source: &str, tokenizer: &str, vocab: i64) -> Result<Job> {
+        parse(&format!(
+            "apiVersion: frugal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: lm}}\nspec:\n  model: {{type: Custom, custom: {{layers: 2, dModel: 32, heads: 2, seqLen: 16, vocabSize: {vocab}}}}}\n  data: {{source: {source}, {tokenizer}}}\n"
+        ))
+    }
+
+    #[test]
+    fn the_spec_names_the_corpus_format_and_the_tokenizer_file() {
+        let dir = std::env::temp_dir().join(format!("frugal-job-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokenizer = dir.join("tokenizer.json");
+        let trained = crate::data::TextTokenizer::train_bpe(["the cat sat on the mat, the cat sat"].into_iter(), 300).unwrap();
+        trained.save(&tokenizer).unwrap();
+        let n = trained.vocab_size();
+        let source = format!("{{type: Text, text: {{path: {}, format: parquet, field: content}}}}", dir.display());
+        let file = format!("tokenizer: file, tokenizerFile: {{path: {}}}", tokenizer.display());
+
+        let job = data_job(&source, &file, n).unwrap();
+        let run = job.run_config(None).unwrap();
+        let DataSource::Text { corpus, tokenizer: t } = &run.data.source else { panic!("{:?}", run.data.source) };
+        assert_eq!((corpus.format, corpus.field.as_str()), (api::TextFormat::Parquet, "content"));
+        assert_eq!(t, &TokenizerSource::File { path: tokenizer.clone(), end_of_text: None });
+        job.check_inputs().unwrap();
+        // A model wider than the tokenizer pads; a narrower one is refused before training.
+        data_job(&source, &file, n + 8).unwrap().check_inputs().unwrap();
+        let e = data_job(&source, &file, 257).unwrap().check_inputs().unwrap_err().0;
+        assert!(
+            e.contains("data.tokenizerFile.path")
+                && e.contains(&format!("{n} tokens"))
+                && e.contains("holds 257")
+                && e.contains(&format!("vocabSize to {n}")),
+            "{e}"
+        );
+        // A JSONL corpus reads `text` unless told otherwise.
+        let jsonl = format!("{{type: Text, text: {{path: {}, format: jsonl}}}}", dir.display());
+        let run = data_job(&jsonl, "tokenizer: bpe", 300).unwrap().run_config(None).unwrap();
+        assert!(matches!(&run.data.source, DataSource::Text { corpus, tokenizer: TokenizerSource::Bpe } if corpus.field == "text"));
+
+        // What CEL refuses at the API server, the trainer refuses for a local manifest too.
+        let e = data_job(&source, "tokenizer: file", n).unwrap().run_config(None).unwrap_err().to_string();
+        assert!(e.contains("data.tokenizerFile goes with data.tokenizer: file"), "{e}");
+        let text = format!("{{type: Text, text: {{path: {}, field: content}}}}", dir.display());
+        let e = data_job(&text, "tokenizer: byte", 300).unwrap().run_config(None).unwrap_err().to_string();
+        assert!(e.contains("data.source.text.field names a JSONL key or a Parquet column"), "{e}");
+        let missing = format!("tokenizer: file, tokenizerFile: {{path: {}}}", dir.join("absent.json").display());
+        let e = data_job(&source, &missing, n).unwrap().check_inputs().unwrap_err().0;
+        assert!(e.contains("data.tokenizerFile.path") && e.contains("cannot be read"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

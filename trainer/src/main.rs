@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
-use frugal_trainer::data::{self, shards};
+use frugal_trainer::data;
 use frugal_trainer::hf;
 use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
@@ -77,8 +77,8 @@ enum Command {
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
     },
-    /// Tokenize the job's text corpus (data.source.text, data.tokenizer, model vocabulary) into
-    /// uint16 shards and a tokenizer file, for data.source.type Shards.
+    /// Tokenize the job's corpus (data.source.text, data.tokenizer, model vocabulary) into uint16
+    /// (uint32 past 65,536 tokens) shards and a tokenizer file, for data.source.type Shards.
     Prepare {
         job: PathBuf,
         /// Directory to write the shards into.
@@ -335,27 +335,21 @@ fn plan(job: &Job, json: bool) -> Result<()> {
 fn prepare(job: &Job, out: &std::path::Path, shard_tokens: usize) -> Result<()> {
     let d = &job.spec.data;
     let text = d.source.text.as_ref().context("prepare reads data.source.text: give the job a Text source")?;
-    let vocab = job.plan.model.vocab_size;
-    let (train, val, tok) = data::tokenize_text(std::path::Path::new(&text.path), d.tokenizer, vocab, d.validation_fraction)?;
-    let meta = shards::ShardMeta {
-        source: text.path.clone(),
-        train_tokens: train.len() as u64,
-        val_tokens: val.len() as u64,
-        data_fingerprint: data::fingerprint(&tok.fingerprint(), &train, &val),
-        tokenizer_fingerprint: tok.fingerprint(),
-    };
-    let files = shards::write_dir(out, &tok, &train, &val, shard_tokens, &meta)?;
-    let bytes = tok.decode(&train).len() + tok.decode(&val).len();
+    let corpus = job::corpus_of(text)?;
+    let p = data::prepare(&corpus, &job::tokenizer_source(d)?, job.plan.model.vocab_size, d.validation_fraction, out, shard_tokens)?;
+    let m = &p.meta;
     println!(
-        "wrote {} shards to {}: {} training and {} validation tokens ({:.3} bytes per token), vocabulary {}",
-        files.len(),
+        "wrote {} shards to {}: {} documents, {} training and {} validation tokens ({:.3} bytes per token), vocabulary {}, {}-bit ids",
+        p.files.len(),
         out.display(),
-        train.len(),
-        val.len(),
-        bytes as f64 / (train.len() + val.len()).max(1) as f64,
-        tok.vocab_size()
+        p.documents,
+        m.train_tokens,
+        m.val_tokens,
+        p.bytes as f64 / (m.train_tokens + m.val_tokens).max(1) as f64,
+        p.tokenizer.vocab_size(),
+        8 * m.bytes_per_token
     );
-    println!("data fingerprint {}", meta.data_fingerprint);
+    println!("data fingerprint {}", m.data_fingerprint);
     println!("use it with   data: {{source: {{type: Shards, shards: {{path: {}}}}}}}", out.display());
     Ok(())
 }

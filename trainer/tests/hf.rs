@@ -139,7 +139,7 @@ fn models_transformers_saves_load_in_frugal_with_the_same_logits_and_loss() {
 fn the_exported_tokenizer_gives_frugals_ids_in_transformers() {
     let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer";
     let docs: Vec<&str> = std::iter::repeat_n(text, 20).collect();
-    for tokenizer in [TextTokenizer::Byte, TextTokenizer::train_bpe(&docs, 300).unwrap()] {
+    for tokenizer in [TextTokenizer::Byte, TextTokenizer::train_bpe(docs.iter().copied(), 300).unwrap()] {
         let mut m = nano_model(tokenizer.vocab_size());
         (m.layers, m.d_model, m.heads, m.seq_len, m.ffn_hidden) = (1, 16, 2, 16, 32);
         let (_, store) = random(&m, 5);

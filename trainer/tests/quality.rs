@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget, Tokenizer};
+use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityMetric, QualityTarget};
 use frugal_trainer::config::{DataConfig, DataSource};
-use frugal_trainer::data::{Data, EOT, TextTokenizer};
+use frugal_trainer::data::{Corpus, Data, TextTokenizer, TokenizerSource};
 use frugal_trainer::eval::{self, LanguageModel};
 use frugal_trainer::parallel::Stop;
 use frugal_trainer::parallel::Worker;
@@ -30,8 +30,8 @@ fn corpus(name: &str, bytes: usize) -> PathBuf {
     path
 }
 
-fn text_data(path: &std::path::Path, tokenizer: Tokenizer, vocab: i64) -> Data {
-    let cfg = DataConfig { source: DataSource::Text { path: path.to_path_buf(), tokenizer }, validation_fraction: 0.1, eval_sequences: 0 };
+fn text_data(path: &std::path::Path, tokenizer: TokenizerSource, vocab: i64) -> Data {
+    let cfg = DataConfig { source: DataSource::Text { corpus: Corpus::text(path), tokenizer }, validation_fraction: 0.1, eval_sequences: 0 };
     Data::new(&cfg, vocab, 16, 1).unwrap()
 }
 
@@ -57,6 +57,7 @@ struct ByteBigram {
     /// [previous byte, or 256 after end-of-text][byte], nats; [_][256] is end-of-text.
     logp: Vec<[f64; 257]>,
     tokens: Vec<Vec<u8>>,
+    end_of_text: usize,
 }
 
 impl ByteBigram {
@@ -78,7 +79,7 @@ impl ByteBigram {
             .collect();
         let mut tokens = tokenizer.token_bytes();
         tokens.resize(vocab as usize, vec![]);
-        Self { logp, tokens }
+        Self { logp, tokens, end_of_text: tokenizer.end_of_text() as usize }
     }
 }
 
@@ -91,7 +92,7 @@ impl LanguageModel for ByteBigram {
         for (i, &id) in ids.iter().enumerate() {
             let start = self.tokens[id as usize].last().map_or(256, |&b| b as usize);
             for (v, bytes) in self.tokens.iter().enumerate() {
-                let lp = if v == EOT as usize {
+                let lp = if v == self.end_of_text {
                     self.logp[start][256]
                 } else if bytes.is_empty() {
                     -1e9
@@ -119,7 +120,7 @@ impl LanguageModel for ByteBigram {
 #[test]
 fn a_uniform_byte_model_scores_eight_bits_per_byte() {
     let path = corpus("uniform", 20_000);
-    let data = text_data(&path, Tokenizer::Byte, 257);
+    let data = text_data(&path, TokenizerSource::Byte, 257);
     let v = eval::validate(&UniformBytes { vocab: 257 }, &data, 8);
     assert!(v.bytes > 1_500, "{v:?}");
     assert!((v.bits_per_byte() - 8.0).abs() < 1e-6, "{}", v.bits_per_byte());
@@ -128,7 +129,7 @@ fn a_uniform_byte_model_scores_eight_bits_per_byte() {
 
     // The real model with every weight zero is uniform over its 257 tokens, end-of-text included.
     let mut run = small_run(small_model(false), 1, None);
-    run.data.source = DataSource::Text { path: path.clone(), tokenizer: Tokenizer::Byte };
+    run.data.source = DataSource::Text { corpus: Corpus::text(&path), tokenizer: TokenizerSource::Byte };
     run.data.eval_sequences = 0;
     let mut t = Worker::single(run, Device::Cpu).unwrap();
     let _ = t.params.master.zero_();
@@ -142,8 +143,8 @@ fn a_uniform_byte_model_scores_eight_bits_per_byte() {
 fn one_model_through_two_tokenizations_gives_one_bits_per_byte() {
     let path = corpus("two-tokenizers", 30_000);
     let vocab = 320;
-    let bytes = text_data(&path, Tokenizer::Byte, vocab);
-    let bpe = text_data(&path, Tokenizer::Bpe, vocab);
+    let bytes = text_data(&path, TokenizerSource::Byte, vocab);
+    let bpe = text_data(&path, TokenizerSource::Bpe, vocab);
     let train_text = std::fs::read(&path).unwrap();
     let model_bytes = ByteBigram::fit(&train_text[..27_000], bytes.tokenizer.as_ref().unwrap(), vocab);
     let model_bpe = ByteBigram::fit(&train_text[..27_000], bpe.tokenizer.as_ref().unwrap(), vocab);

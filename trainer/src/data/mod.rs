@@ -1,22 +1,30 @@
-//! Tokens for training and validation: a text file or directory (byte-level or BPE tokens),
-//! pre-tokenized shards, or the built-in `synthetic` language. Documents are closed by an
-//! end-of-text token; the validation split is held out before any tokenizer is trained. Sampling
-//! draws from the trainer's own RNG, whose state is the data position saved in checkpoints.
+//! Tokens for training and validation: documents in text, JSONL or Parquet files (byte-level,
+//! BPE or tokenizer-file tokens), pre-tokenized shards, or the built-in `synthetic` language.
+//! Documents are closed by an end-of-text token; the validation split is held out before any
+//! tokenizer is trained. Sampling draws from the trainer's own RNG, whose state is the data
+//! position saved in checkpoints.
 
+pub mod corpus;
+pub mod jsonl;
+pub mod parquet;
 pub mod shards;
 pub mod synthetic;
-pub mod text;
+pub mod tokenize;
 pub mod tokenizer;
+pub mod tokens;
 
 use crate::config::{DataConfig, DataSource};
 use crate::rng::Rng;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+pub use corpus::Corpus;
 pub use synthetic::Synthetic;
-pub use tokenizer::{EOT, TextTokenizer};
+pub use tokenize::{TokenizerSource, prepare, tokenize};
+pub use tokenizer::TextTokenizer;
+pub use tokens::{Tokens, Width};
 
 /// Where sampling stands: enough to continue exactly where a run stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,13 +34,13 @@ pub struct DataPosition {
 }
 
 /// Token ids of the training and validation splits.
-struct Corpus {
-    train: Vec<u16>,
-    val: Vec<u16>,
+struct Splits {
+    train: Tokens,
+    val: Tokens,
 }
 
 pub struct Data {
-    corpus: Corpus,
+    splits: Splits,
     seq_len: i64,
     eval_sequences: i64,
     pub position: DataPosition,
@@ -41,62 +49,20 @@ pub struct Data {
     /// Bytes of text each token id covers (end-of-text: 0; a synthetic token counts as one).
     pub token_bytes: Vec<u32>,
     /// SHA-256 over the tokenizer and both splits' tokens: same data, same fingerprint, however
-    /// it was read (text or prepared shards).
+    /// it was read (text, JSONL, Parquet or prepared shards).
     pub fingerprint: String,
     pub tokenizer_fingerprint: String,
 }
 
-/// Training and validation tokens of a text corpus, as `prepare` writes them and `Data` reads them.
-pub fn tokenize_text(
-    path: &std::path::Path,
-    kind: frugal_api::v1alpha1::Tokenizer,
-    vocab: i64,
-    validation_fraction: f64,
-) -> Result<(Vec<u16>, Vec<u16>, TextTokenizer)> {
-    let docs = text::read_documents(path)?;
-    let (train_docs, val_docs) = text::split(docs, validation_fraction);
-    let tok = match kind {
-        frugal_api::v1alpha1::Tokenizer::Byte => TextTokenizer::Byte,
-        frugal_api::v1alpha1::Tokenizer::Bpe => {
-            let texts = train_docs
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    std::str::from_utf8(d).map_err(|e| {
-                        anyhow::anyhow!(
-                            "corpus {}: document {} (in name order) is not UTF-8 at byte {}; BPE reads UTF-8: convert it, or use data.tokenizer: byte",
-                            path.display(),
-                            i + 1,
-                            e.valid_up_to()
-                        )
-                    })
-                })
-                .collect::<Result<Vec<&str>>>()?;
-            TextTokenizer::train_bpe(&texts, vocab)?
-        }
-    };
-    let encode = |docs: &[Vec<u8>], first: usize| -> Result<Vec<u16>> {
-        let mut out = vec![];
-        for (i, d) in docs.iter().enumerate() {
-            out.extend(tok.encode(d).with_context(|| format!("corpus {}, document {} (in name order)", path.display(), first + i + 1))?);
-            out.push(EOT);
-        }
-        Ok(out)
-    };
-    Ok((encode(&train_docs, 0)?, encode(&val_docs, train_docs.len())?, tok))
-}
-
-/// The data fingerprint: tokenizer fingerprint, then both splits.
-pub fn fingerprint(tokenizer_fingerprint: &str, train: &[u16], val: &[u16]) -> String {
+/// The data fingerprint: tokenizer fingerprint, then each split's length and its ids as
+/// little-endian bytes of the width its vocabulary needs (so uint16 data keeps the fingerprint
+/// it had before wider ids existed).
+pub fn fingerprint(tokenizer_fingerprint: &str, train: &Tokens, val: &Tokens) -> String {
     let mut h = Sha256::new();
     h.update(b"frugal-data-v1\0");
     h.update(tokenizer_fingerprint.as_bytes());
-    for split in [train, val] {
-        h.update((split.len() as u64).to_le_bytes());
-        for t in split {
-            h.update(t.to_le_bytes());
-        }
-    }
+    train.hash_into(&mut h);
+    val.hash_into(&mut h);
     hex::encode(h.finalize())
 }
 
@@ -114,33 +80,23 @@ fn to_batch(rows: &[i64], b: i64, t: i64) -> Batch {
 
 impl Data {
     pub fn new(cfg: &DataConfig, vocab: i64, seq_len: i64, seed: u64) -> Result<Self> {
-        let text_source = |path: &std::path::Path, kind| -> Result<(Vec<u16>, Vec<u16>, Option<TextTokenizer>)> {
-            if vocab < 257 {
-                bail!("text needs a vocabulary of at least 257 (256 bytes and end-of-text), the model has {vocab}");
-            }
-            let (train, val, tok) = tokenize_text(path, kind, vocab, cfg.validation_fraction)?;
-            Ok((train, val, Some(tok)))
-        };
         let (train, val, tokenizer, what) = match &cfg.source {
             DataSource::TextFile { path } => {
-                let (t, v, tok) = text_source(path, frugal_api::v1alpha1::Tokenizer::Byte)?;
-                (t, v, tok, format!("corpus {}", path.display()))
+                let (t, v, tok) = tokenize(&Corpus::text(path), &TokenizerSource::Byte, vocab, cfg.validation_fraction)?;
+                (t, v, Some(tok), format!("corpus {}", path.display()))
             }
-            DataSource::Text { path, tokenizer } => {
-                let (t, v, tok) = text_source(path, *tokenizer)?;
-                (t, v, tok, format!("corpus {}", path.display()))
+            DataSource::Text { corpus, tokenizer } => {
+                let (t, v, tok) = tokenize(corpus, tokenizer, vocab, cfg.validation_fraction)?;
+                (t, v, Some(tok), format!("corpus {}", corpus.path.display()))
             }
             DataSource::Shards { path } => {
                 let (t, v, tok) = shards::read_dir(path)?;
-                if tok.vocab_size() > vocab {
-                    bail!("the shards' tokenizer has {} tokens, more than the model's vocabulary of {vocab}", tok.vocab_size());
+                if let Some(e) = tokenizer::vocabulary_mismatch(tok.vocab_size(), vocab, &format!("the tokenizer of shards {}", path.display())) {
+                    bail!(e);
                 }
                 (t, v, Some(tok), format!("shards {}", path.display()))
             }
             DataSource::Synthetic { branching, tokens } => {
-                if vocab > u16::MAX as i64 + 1 {
-                    bail!("the synthetic generator supports vocabularies up to 65,536 tokens, the model has {vocab}");
-                }
                 if *branching < 1 || *branching > vocab {
                     bail!("synthetic branching {branching} must be between 1 and the vocabulary size {vocab}");
                 }
@@ -149,7 +105,13 @@ impl Data {
                 let tokens = Synthetic::new(vocab, *branching).corpus(&mut rng, *tokens as usize);
                 let split = ((tokens.len() as f64) * (1.0 - cfg.validation_fraction)).round() as usize;
                 let (train, val) = tokens.split_at(split.min(tokens.len()));
-                (train.to_vec(), val.to_vec(), None, "the synthetic corpus".to_string())
+                let width = Width::for_vocab(vocab);
+                (
+                    Tokens::from_ids(width, train.iter().copied()),
+                    Tokens::from_ids(width, val.iter().copied()),
+                    None,
+                    "the synthetic corpus".to_string(),
+                )
             }
         };
         if train.len() as i64 <= seq_len + 1 {
@@ -165,7 +127,7 @@ impl Data {
         };
         let fingerprint = fingerprint(&tokenizer_fingerprint, &train, &val);
         Ok(Self {
-            corpus: Corpus { train, val },
+            splits: Splits { train, val },
             seq_len,
             eval_sequences: cfg.eval_sequences,
             position: DataPosition { rng: Rng::derive(seed, "data"), sequences_drawn: 0 },
@@ -177,8 +139,13 @@ impl Data {
     }
 
     /// The held-out tokens.
-    pub fn validation_tokens(&self) -> &[u16] {
-        &self.corpus.val
+    pub fn validation_tokens(&self) -> &Tokens {
+        &self.splits.val
+    }
+
+    /// The training tokens.
+    pub fn training_tokens(&self) -> &Tokens {
+        &self.splits.train
     }
 
     pub fn seq_len(&self) -> i64 {
@@ -187,24 +154,24 @@ impl Data {
 
     /// The next `b` training sequences.
     pub fn next_batch(&mut self, b: i64) -> Batch {
-        let t = self.seq_len;
-        let mut rows = Vec::with_capacity((b * (t + 1)) as usize);
+        let t = self.seq_len as usize;
+        let mut rows = Vec::with_capacity(b as usize * (t + 1));
         let rng = &mut self.position.rng;
-        let train = &self.corpus.train;
-        let span = (train.len() - (t as usize + 1)) as u64;
+        let train = &self.splits.train;
+        let span = (train.len() - (t + 1)) as u64;
         for _ in 0..b {
             let at = rng.below(span + 1) as usize;
-            rows.extend(train[at..at + t as usize + 1].iter().map(|&x| x as i64));
+            train.for_range(at, t + 1, |x| rows.push(i64::from(x)));
         }
         self.position.sequences_drawn += b as u64;
-        to_batch(&rows, b, t)
+        to_batch(&rows, b, t as i64)
     }
 
     /// Passes over the next `b` training sequences without reading them: the ones the other
     /// replicas of a data-parallel run train on. The position afterwards is the one
     /// [`Data::next_batch`] of `b` would leave.
     pub fn skip(&mut self, b: i64) {
-        let span = (self.corpus.train.len() - (self.seq_len as usize + 1)) as u64;
+        let span = (self.splits.train.len() - (self.seq_len as usize + 1)) as u64;
         for _ in 0..b {
             let _ = self.position.rng.below(span + 1);
         }
@@ -214,34 +181,54 @@ impl Data {
     /// The validation set, in batches of at most `b` sequences: windows of the held-out split,
     /// each overlapping the next by one token so that every held-out token is a target exactly
     /// once (text splits are read as a fresh document, after end-of-text, up to their last
-    /// byte; the last window may be shorter), the same every time.
+    /// byte; the last window may be shorter), the same every time. Only the windows evaluated
+    /// are read.
     pub fn validation(&self, b: i64) -> Vec<Batch> {
         let t = self.seq_len as usize;
-        let stream: Vec<i64> = match &self.tokenizer {
-            // The final end-of-text closes the split, nothing follows it: not scored.
-            Some(_) => {
-                let val = self.corpus.val.strip_suffix(&[EOT]).unwrap_or(&self.corpus.val);
-                std::iter::once(EOT).chain(val.iter().copied()).map(i64::from).collect()
+        let val = &self.splits.val;
+        // Text: end-of-text leads; the final end-of-text closes the split, nothing follows it,
+        // so it is not scored.
+        let (lead, body) = match &self.tokenizer {
+            Some(tok) => {
+                let eot = tok.end_of_text();
+                let n = val.len();
+                (Some(eot), if n > 0 && val.get(n - 1) == eot { n - 1 } else { n })
             }
-            None => self.corpus.val.iter().map(|&x| i64::from(x)).collect(),
+            None => (None, val.len()),
         };
-        let mut seqs: Vec<&[i64]> = vec![];
+        let len = body + usize::from(lead.is_some());
+        let mut windows = vec![];
         let mut at = 0;
-        while at + 1 < stream.len() {
-            let end = (at + t + 1).min(stream.len());
-            seqs.push(&stream[at..end]);
+        while at + 1 < len {
+            let end = (at + t + 1).min(len);
+            windows.push(at..end);
             at = end - 1;
         }
         if self.eval_sequences > 0 {
-            seqs.truncate(self.eval_sequences as usize);
+            windows.truncate(self.eval_sequences as usize);
         }
+        let read = |w: &std::ops::Range<usize>| -> Vec<i64> {
+            let mut out = Vec::with_capacity(w.len());
+            let mut from = w.start;
+            if let Some(e) = lead {
+                if from == 0 {
+                    out.push(i64::from(e));
+                    from = 1;
+                }
+                val.for_range(from - 1, w.end - from, |x| out.push(i64::from(x)));
+            } else {
+                val.for_range(from, w.end - from, |x| out.push(i64::from(x)));
+            }
+            out
+        };
         let mut out = vec![];
-        let (full, partial): (Vec<&[i64]>, Vec<&[i64]>) = seqs.into_iter().partition(|s| s.len() == t + 1);
+        let (full, partial): (Vec<_>, Vec<_>) = windows.into_iter().partition(|w| w.len() == t + 1);
         for c in full.chunks(b.max(1) as usize) {
-            out.push(to_batch(&c.concat(), c.len() as i64, self.seq_len));
+            let rows: Vec<i64> = c.iter().flat_map(&read).collect();
+            out.push(to_batch(&rows, c.len() as i64, self.seq_len));
         }
-        for s in partial {
-            out.push(to_batch(s, 1, s.len() as i64 - 1));
+        for w in partial {
+            out.push(to_batch(&read(&w), 1, w.len() as i64 - 1));
         }
         out
     }
@@ -271,7 +258,7 @@ mod tests {
         assert!((Synthetic::new(64, 4).entropy_nats() - 4f64.ln()).abs() < 1e-12);
         // Each token has at most `branching` distinct successors.
         let corpus = Synthetic::new(64, 4).corpus(&mut Rng::new(1), 20_000);
-        let mut next = std::collections::HashMap::<u16, std::collections::HashSet<u16>>::new();
+        let mut next = std::collections::HashMap::<u32, std::collections::HashSet<u32>>::new();
         for w in corpus.windows(2) {
             next.entry(w[0]).or_default().insert(w[1]);
         }
@@ -294,39 +281,55 @@ mod tests {
     #[test]
     fn text_and_prepared_shards_are_the_same_data() {
         let d = corpus_dir("shards");
-        let api_bpe = frugal_api::v1alpha1::Tokenizer::Bpe;
-        let text = DataConfig { source: DataSource::Text { path: d.join("docs"), tokenizer: api_bpe }, validation_fraction: 0.3, eval_sequences: 0 };
+        let docs = Corpus::text(d.join("docs"));
+        let text = DataConfig {
+            source: DataSource::Text { corpus: docs.clone(), tokenizer: TokenizerSource::Bpe },
+            validation_fraction: 0.3,
+            eval_sequences: 0,
+        };
         let from_text = Data::new(&text, 300, 16, 1).unwrap();
         // Documents are closed by end-of-text; the held-out document is not in the training split.
         let tok = from_text.tokenizer.clone().unwrap();
-        assert_eq!(from_text.corpus.train.iter().filter(|&&t| t == EOT).count(), 2);
-        assert_eq!(tok.decode(&from_text.corpus.val), b"third, the held-out one, about cats\n".repeat(30));
-        let (train, val, tok2) = tokenize_text(&d.join("docs"), api_bpe, 300, 0.3).unwrap();
-        let meta = shards::ShardMeta {
-            source: "test".into(),
-            train_tokens: train.len() as u64,
-            val_tokens: val.len() as u64,
-            data_fingerprint: fingerprint(&tok2.fingerprint(), &train, &val),
-            tokenizer_fingerprint: tok2.fingerprint(),
-        };
-        let files = shards::write_dir(&d.join("shards"), &tok2, &train, &val, 100, &meta).unwrap();
-        assert!(files.len() > 2, "small shards split the corpus: {files:?}");
+        let eot = tok.end_of_text();
+        assert_eq!(from_text.splits.train.to_vec().iter().filter(|&&t| t == eot).count(), 2);
+        let val = from_text.splits.val.to_vec();
+        assert_eq!(tok.decode(&val), b"third, the held-out one, about cats\n".repeat(30));
+        assert_eq!(val.last(), Some(&eot));
+
+        let prepared = prepare(&docs, &TokenizerSource::Bpe, 300, 0.3, &d.join("shards"), 100).unwrap();
+        assert!(prepared.files.len() > 2, "small shards split the corpus: {:?}", prepared.files);
+        assert_eq!(prepared.meta.bytes_per_token, 2);
         let from_shards = Data::new(&DataConfig { source: DataSource::Shards { path: d.join("shards") }, ..text.clone() }, 300, 16, 1).unwrap();
         assert_eq!(from_shards.fingerprint, from_text.fingerprint);
-        assert_eq!(from_shards.fingerprint, meta.data_fingerprint);
-        assert_eq!(from_shards.corpus.train, from_text.corpus.train);
+        assert_eq!(from_shards.fingerprint, prepared.meta.data_fingerprint);
+        assert_eq!(from_shards.splits.train, from_text.splits.train);
+        assert_eq!(from_shards.tokenizer_fingerprint, from_text.tokenizer_fingerprint);
+        // The same draws from the same seed, read from memory or from mapped shards.
+        let (mut a, mut b) = (from_text, from_shards);
+        assert!(a.next_batch(8).inputs.equal(&b.next_batch(8).inputs));
+        assert!(a.validation(4).iter().zip(b.validation(4)).all(|(x, y)| x.targets.equal(&y.targets)));
+
+        // The fingerprint of uint16 data is the one it had when ids were u16: the count, then
+        // each id as two little-endian bytes.
+        let mut h = Sha256::new();
+        h.update(b"frugal-data-v1\0");
+        h.update(a.tokenizer_fingerprint.as_bytes());
+        for split in [&a.splits.train, &a.splits.val] {
+            let ids = split.to_vec();
+            h.update((ids.len() as u64).to_le_bytes());
+            for t in ids {
+                h.update((t as u16).to_le_bytes());
+            }
+        }
+        assert_eq!(a.fingerprint, hex::encode(h.finalize()));
+
         // A byte tokenizer gives different data.
-        let bytes = Data::new(
-            &DataConfig { source: DataSource::Text { path: d.join("docs"), tokenizer: frugal_api::v1alpha1::Tokenizer::Byte }, ..text },
-            300,
-            16,
-            1,
-        )
-        .unwrap();
-        assert_ne!(bytes.fingerprint, from_text.fingerprint);
+        let bytes =
+            Data::new(&DataConfig { source: DataSource::Text { corpus: docs, tokenizer: TokenizerSource::Byte }, ..text }, 300, 16, 1).unwrap();
+        assert_ne!(bytes.fingerprint, a.fingerprint);
         // Every held-out token is a validation target exactly once.
         let targets: i64 = bytes.validation(4).iter().map(|b| b.targets.numel() as i64).sum();
-        assert_eq!(targets, bytes.corpus.val.len() as i64 - 1);
+        assert_eq!(targets, bytes.splits.val.len() as i64 - 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

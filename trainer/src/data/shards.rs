@@ -1,17 +1,25 @@
-//! Pre-tokenized shards in the common uint16 `.bin` layout (llm.c): a header of 256 little-endian
-//! i32 (magic 20240520, version 1, token count), then the tokens as little-endian u16. A shard
-//! directory holds `train_NNNNNN.bin`, `val_NNNNNN.bin`, the `tokenizer.json` they were written
-//! with and `data.json` (fingerprint and counts).
+//! Pre-tokenized shards in the common `.bin` layout (llm.c): a header of 256 little-endian i32
+//! (magic 20240520, version, token count), then the tokens little-endian. Version 1 holds uint16
+//! tokens (llm.c's own), version 2 uint32, for vocabularies past 65,536; a reader that knows only
+//! version 1 refuses a version 2 shard rather than misreading it. A shard directory holds
+//! `train_NNNNNN.bin`, `val_NNNNNN.bin`, the `tokenizer.json` they were written with and
+//! `data.json` (counts, width, end-of-text and fingerprints), written last.
+//!
+//! Shards are written as tokens come and read by mapping them, so neither writing nor training
+//! holds a split in memory.
 
 use super::tokenizer::TextTokenizer;
+use super::tokens::{Tokens, Width};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: i32 = 20240520;
-const VERSION: i32 = 1;
-const HEADER_INTS: usize = 256;
+const VERSION_U16: i32 = 1;
+const VERSION_U32: i32 = 2;
+const HEADER_BYTES: usize = 256 * 4;
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const META_FILE: &str = "data.json";
 
@@ -24,36 +32,124 @@ pub struct ShardMeta {
     pub val_tokens: u64,
     pub data_fingerprint: String,
     pub tokenizer_fingerprint: String,
+    /// Bytes a token takes in the shards: 2 (uint16) or 4 (uint32); shards written before it was
+    /// recorded hold uint16.
+    #[serde(default = "two")]
+    pub bytes_per_token: u8,
+    /// The token that closes each document; unset in shards written before it was recorded,
+    /// whose tokenizer's own `<|endoftext|>` it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_text: Option<String>,
 }
 
-pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
-    let mut header = [0i32; HEADER_INTS];
-    header[0] = MAGIC;
-    header[1] = VERSION;
-    header[2] = i32::try_from(tokens.len()).context("a shard holds at most 2^31 tokens")?;
-    let mut bytes = Vec::with_capacity(HEADER_INTS * 4 + tokens.len() * 2);
-    for h in header {
-        bytes.extend_from_slice(&h.to_le_bytes());
-    }
-    for t in tokens {
-        bytes.extend_from_slice(&t.to_le_bytes());
-    }
-    let tmp = path.with_extension("bin.tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+fn two() -> u8 {
+    2
 }
 
-pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading shard {}", path.display()))?;
-    ensure!(bytes.len() >= HEADER_INTS * 4, "shard {} is shorter than its header", path.display());
-    let int = |i: usize| i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-    ensure!(int(0) == MAGIC && int(1) == VERSION, "{} is not a uint16 token shard (bad magic or version)", path.display());
+/// Writes one split as numbered shards of at most `shard_tokens` tokens, as tokens come. A
+/// shard is written under a temporary name and renamed once complete.
+pub struct ShardWriter {
+    dir: PathBuf,
+    split: &'static str,
+    width: Width,
+    shard_tokens: usize,
+    open: Option<OpenShard>,
+    written: Vec<PathBuf>,
+    tokens: u64,
+    buf: Vec<u8>,
+}
+
+struct OpenShard {
+    file: std::io::BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    tokens: usize,
+}
+
+impl ShardWriter {
+    pub fn new(dir: &Path, split: &'static str, width: Width, shard_tokens: usize) -> Self {
+        Self { dir: dir.into(), split, width, shard_tokens: shard_tokens.max(1), open: None, written: vec![], tokens: 0, buf: vec![] }
+    }
+
+    pub fn push(&mut self, mut ids: &[u32]) -> Result<()> {
+        while !ids.is_empty() {
+            if self.open.is_none() {
+                let path = self.dir.join(format!("{}_{:06}.bin", self.split, self.written.len()));
+                let tmp = path.with_extension("bin.tmp");
+                let mut file =
+                    std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+                file.write_all(&[0u8; HEADER_BYTES])?;
+                self.open = Some(OpenShard { file, tmp, path, tokens: 0 });
+            }
+            let Some(shard) = self.open.as_mut() else { continue };
+            let take = (self.shard_tokens - shard.tokens).min(ids.len());
+            self.buf.clear();
+            for &id in &ids[..take] {
+                self.width.write(id, &mut self.buf);
+            }
+            shard.file.write_all(&self.buf).with_context(|| format!("writing {}", shard.tmp.display()))?;
+            shard.tokens += take;
+            self.tokens += take as u64;
+            ids = &ids[take..];
+            if shard.tokens == self.shard_tokens {
+                self.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the open shard: its header, then its name.
+    fn close(&mut self) -> Result<()> {
+        let Some(shard) = self.open.take() else { return Ok(()) };
+        let mut header = Vec::with_capacity(12);
+        let version = match self.width {
+            Width::U16 => VERSION_U16,
+            Width::U32 => VERSION_U32,
+        };
+        let count = i32::try_from(shard.tokens).context("a shard holds at most 2^31 tokens")?;
+        for h in [MAGIC, version, count] {
+            header.extend_from_slice(&h.to_le_bytes());
+        }
+        let mut f = shard.file.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", shard.tmp.display()))?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&header)?;
+        f.sync_all()?;
+        std::fs::rename(&shard.tmp, &shard.path).with_context(|| format!("writing {}", shard.path.display()))?;
+        self.written.push(shard.path);
+        Ok(())
+    }
+
+    /// Tokens pushed so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Closes the last shard; returns the shards written.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        self.close()?;
+        Ok(self.written)
+    }
+}
+
+/// A shard file, mapped: its width and the byte range of its tokens.
+fn map_shard(path: &Path) -> Result<(Width, Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
+    let f = std::fs::File::open(path).with_context(|| format!("reading shard {}", path.display()))?;
+    // SAFETY: the map is read-only and shards are written under another name and renamed into
+    // place complete; one changed under a running trainer would change what it reads, not how.
+    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping shard {}", path.display()))?;
+    ensure!(map.len() >= HEADER_BYTES, "shard {} is shorter than its header", path.display());
+    let int = |i: usize| i32::from_le_bytes(map[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    ensure!(int(0) == MAGIC, "{} is not a token shard (bad magic)", path.display());
+    let width = match int(1) {
+        VERSION_U16 => Width::U16,
+        VERSION_U32 => Width::U32,
+        v => bail!("shard {} has version {v}; this trainer reads 1 (uint16) and 2 (uint32)", path.display()),
+    };
     let n = int(2) as usize;
-    let body = &bytes[HEADER_INTS * 4..];
-    ensure!(body.len() == n * 2, "shard {} says {n} tokens but holds {} bytes of them", path.display(), body.len());
-    Ok(body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    let body = map.len() - HEADER_BYTES;
+    ensure!(body == n * width.bytes(), "shard {} says {n} tokens but holds {body} bytes of them", path.display());
+    let end = map.len();
+    Ok((width, Arc::new(map), HEADER_BYTES..end))
 }
 
 fn shard_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
@@ -68,44 +164,67 @@ fn shard_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Writes a prepared corpus; returns the shard paths.
-pub fn write_dir(dir: &Path, tokenizer: &TextTokenizer, train: &[u16], val: &[u16], shard_tokens: usize, meta: &ShardMeta) -> Result<Vec<PathBuf>> {
+/// Removes the shards of an earlier `prepare` from `dir` (creating it if needed), so that none
+/// is left beside the new ones.
+pub fn clear_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for old in shard_files(dir, "train")?.into_iter().chain(shard_files(dir, "val")?) {
         std::fs::remove_file(&old).with_context(|| format!("removing old shard {}", old.display()))?;
     }
-    let mut written = vec![];
-    for (split, tokens) in [("train", train), ("val", val)] {
-        for (i, chunk) in tokens.chunks(shard_tokens.max(1)).enumerate() {
-            let p = dir.join(format!("{split}_{i:06}.bin"));
-            write_shard(&p, chunk)?;
-            written.push(p);
-        }
-    }
-    tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-    std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(meta)?)?;
-    Ok(written)
+    let _ = std::fs::remove_file(dir.join(META_FILE));
+    Ok(())
 }
 
-/// Reads a shard directory: training tokens, validation tokens and the tokenizer.
-pub fn read_dir(dir: &Path) -> Result<(Vec<u16>, Vec<u16>, TextTokenizer)> {
-    let tokenizer = TextTokenizer::load(&dir.join(TOKENIZER_FILE))
-        .with_context(|| format!("{} needs the tokenizer file its shards were written with", dir.display()))?;
-    let mut out = vec![];
+/// Writes the tokenizer and `data.json`, last: the shards beside them are complete.
+pub fn commit_dir(dir: &Path, tokenizer: &TextTokenizer, meta: &ShardMeta) -> Result<()> {
+    tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(meta)?).with_context(|| format!("writing {}", dir.join(META_FILE).display()))
+}
+
+/// The training and validation tokens of a shard directory, mapped, not read.
+pub fn read_splits(dir: &Path) -> Result<(Tokens, Tokens)> {
+    let mut splits = vec![];
+    let mut width = None;
     for split in ["train", "val"] {
-        let mut tokens = vec![];
+        let mut parts = vec![];
         for f in shard_files(dir, split)? {
-            tokens.extend(read_shard(&f)?);
+            let (w, map, body) = map_shard(&f)?;
+            if *width.get_or_insert(w) != w {
+                bail!(
+                    "shard {} holds {}-byte tokens, the others {}: prepare the shards again",
+                    f.display(),
+                    w.bytes(),
+                    width.map_or(0, Width::bytes)
+                );
+            }
+            parts.push((map, body));
         }
-        out.push(tokens);
+        splits.push(parts);
     }
-    let val = out.pop().unwrap_or_default();
-    let train = out.pop().unwrap_or_default();
+    let width = width.unwrap_or(Width::U16);
+    let val = Tokens::mapped(width, splits.pop().unwrap_or_default());
+    let train = Tokens::mapped(width, splits.pop().unwrap_or_default());
+    Ok((train, val))
+}
+
+/// Reads a shard directory: training tokens, validation tokens (both mapped, not read) and the
+/// tokenizer.
+pub fn read_dir(dir: &Path) -> Result<(Tokens, Tokens, TextTokenizer)> {
+    let meta: Option<ShardMeta> = match std::fs::read(dir.join(META_FILE)) {
+        Ok(bytes) => {
+            Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not the data.json prepare writes", dir.join(META_FILE).display()))?)
+        }
+        Err(_) => None,
+    };
+    let end_of_text = meta.as_ref().and_then(|m| m.end_of_text.as_deref());
+    let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), end_of_text)
+        .with_context(|| format!("{} needs the tokenizer file its shards were written with", dir.display()))?;
+    let (train, val) = read_splits(dir)?;
     if train.is_empty() {
         bail!("{} holds no train_*.bin shards (write them with `frugal-trainer prepare`)", dir.display());
     }
     let vocab = tokenizer.vocab_size();
-    if let Some(bad) = train.iter().chain(&val).find(|&&t| i64::from(t) >= vocab) {
+    if let Some(bad) = [&train, &val].into_iter().filter_map(Tokens::max).find(|&t| i64::from(t) >= vocab) {
         bail!("shard token {bad} is outside the tokenizer's vocabulary of {vocab}");
     }
     Ok((train, val, tokenizer))

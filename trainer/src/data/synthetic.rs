@@ -29,11 +29,11 @@ impl Synthetic {
     }
 
     /// A corpus of `len` tokens.
-    pub fn corpus(&self, rng: &mut Rng, len: usize) -> Vec<u16> {
+    pub fn corpus(&self, rng: &mut Rng, len: usize) -> Vec<u32> {
         let mut out = Vec::with_capacity(len);
         let mut a = rng.below(self.vocab as u64) as i64;
         for _ in 0..len {
-            out.push(a as u16);
+            out.push(a as u32);
             a = self.successor(a, rng.below(self.branching as u64) as i64);
         }
         out

@@ -1,12 +1,16 @@
-//! Tokenizers: byte-level (one token a byte) and byte-level BPE trained on the corpus with the
-//! `tokenizers` crate. Both lay out ids the same way: 0–255 are the bytes, 256 is end-of-text
-//! (`<|endoftext|>`, the document boundary), learned merges follow in the order they were learned.
-//! So byte ids mean the same in both, and every token maps back to the exact bytes it covers,
-//! which is what bits per byte counts.
+//! Tokenizers: frugal's own, byte-level (one token a byte) and byte-level BPE trained on the
+//! corpus with the `tokenizers` crate, and any Hugging Face `tokenizer.json`, used as it is.
 //!
-//! Both are saved as a standard `tokenizer.json`: a BPE model over GPT-2's byte-to-character
-//! alphabet with the ByteLevel pre-tokenizer and decoder (the byte tokenizer is that model without
-//! merges), so other tools read the shards' tokenizer as it is.
+//! frugal's own lay out ids the same way: 0–255 are the bytes, 256 is end-of-text
+//! (`<|endoftext|>`, the document boundary), learned merges follow in the order they were
+//! learned. So byte ids mean the same in both, and every token maps back to the exact bytes it
+//! covers, which is what bits per byte counts. Both are saved as a standard `tokenizer.json`: a
+//! BPE model over GPT-2's byte-to-character alphabet with the ByteLevel pre-tokenizer and decoder
+//! (the byte tokenizer is that model without merges), so other tools read the shards' tokenizer
+//! as it is.
+//!
+//! A tokenizer file from elsewhere keeps its own ids; its end-of-text is the token that closes a
+//! document, and the bytes a token covers are what it adds to decoded text.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use sha2::{Digest, Sha256};
@@ -18,35 +22,58 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Model, Tokenizer};
 
-/// The end-of-text token that closes every document.
-pub const EOT: u16 = 256;
+/// End-of-text in frugal's own tokenizers.
+const EOT: u32 = 256;
 /// End-of-text as text, GPT-2's spelling.
 pub const EOT_TEXT: &str = "<|endoftext|>";
-/// Ids below this are single bytes and end-of-text.
+/// What a tokenizer file's end-of-text is called when nothing names it, in the order looked for
+/// (GPT-2 and most byte-level BPEs, Llama 3, SentencePiece models, Gemma, others).
+pub const END_OF_TEXT_NAMES: [&str; 5] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>"];
+/// Ids below this are single bytes and end-of-text in frugal's own tokenizers.
 const FIRST_MERGE: usize = 257;
-/// Token ids are stored as u16.
-const MAX_VOCAB: i64 = u16::MAX as i64 + 1;
+/// The largest vocabulary a model may have (model.vocabSize's bound).
+const MAX_VOCAB: i64 = 1 << 20;
 
 /// How text becomes tokens.
 #[derive(Clone, Debug)]
 pub enum TextTokenizer {
+    /// One token a byte, end-of-text 256.
     Byte,
-    Bpe(Box<Bpe>),
+    /// A `tokenizers` tokenizer: a BPE trained on the corpus, or a tokenizer file as it is.
+    Model(Box<ModelTokenizer>),
 }
 
-/// A trained byte-level BPE.
+/// A `tokenizers` tokenizer with what training needs of it.
 #[derive(Clone, Debug)]
-pub struct Bpe {
+pub struct ModelTokenizer {
     tokenizer: Tokenizer,
-    /// The bytes each id stands for (end-of-text: none).
+    /// The bytes each id stands for (special tokens: none).
     token_bytes: Vec<Vec<u8>>,
+    end_of_text: u32,
 }
 
 impl TextTokenizer {
+    /// Ids run from 0 to one less than this.
     pub fn vocab_size(&self) -> i64 {
         match self {
             Self::Byte => FIRST_MERGE as i64,
-            Self::Bpe(b) => b.token_bytes.len() as i64,
+            Self::Model(m) => m.token_bytes.len() as i64,
+        }
+    }
+
+    /// The token that closes every document.
+    pub fn end_of_text(&self) -> u32 {
+        match self {
+            Self::Byte => EOT,
+            Self::Model(m) => m.end_of_text,
+        }
+    }
+
+    /// The end-of-text token as text.
+    pub fn end_of_text_text(&self) -> String {
+        match self {
+            Self::Byte => EOT_TEXT.to_string(),
+            Self::Model(m) => m.tokenizer.id_to_token(m.end_of_text).unwrap_or_default(),
         }
     }
 
@@ -58,7 +85,7 @@ impl TextTokenizer {
     fn to_json(&self, pretty: bool) -> String {
         let tokenizer = match self {
             Self::Byte => byte_level_tokenizer(base_vocab(), vec![]).expect("the byte tokenizer builds"),
-            Self::Bpe(b) => b.tokenizer.clone(),
+            Self::Model(m) => m.tokenizer.clone(),
         };
         tokenizer.to_string(pretty).expect("a tokenizer serialises")
     }
@@ -68,106 +95,115 @@ impl TextTokenizer {
         std::fs::write(path, self.to_json(true)).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Reads a `tokenizer.json` written by [`TextTokenizer::save`]: any byte-level BPE with this
-    /// id layout (a vocabulary of 257, no merges, is the byte tokenizer).
+    /// Reads a `tokenizer.json` that `save` wrote, its end-of-text found as [`TextTokenizer::from_file`]
+    /// finds it.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::from_file(path, None)
+    }
+
+    /// The tokenizer a Hugging Face model directory comes with: its `tokenizer.json`, end-of-text
+    /// the `eos_token` of its `tokenizer_config.json`.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        Self::from_file(&dir.join("tokenizer.json"), None)
+    }
+
+    /// A Hugging Face `tokenizer.json`, used as it is (its truncation and padding, which would
+    /// cut or pad documents, aside). Documents are closed by `end_of_text` when given, else by
+    /// the `eos_token` of a `tokenizer_config.json` beside the file, else by the first of
+    /// [`END_OF_TEXT_NAMES`] among its special tokens. A file in frugal's own layout with 257
+    /// tokens is the byte tokenizer.
+    pub fn from_file(path: &Path, end_of_text: Option<&str>) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading tokenizer {}", path.display()))?;
-        let tokenizer: Tokenizer = text.parse().map_err(|e| anyhow!("parsing tokenizer {}: {e}", path.display()))?;
-        Self::from_tokenizer(tokenizer).with_context(|| {
-            format!(
-                "tokenizer {}: the trainer reads byte-level BPE with ids 0–255 the bytes and 256 {EOT_TEXT}, \
-                 as `frugal-trainer prepare` writes it; prepare the shards again",
-                path.display()
-            )
-        })
+        let mut tokenizer: Tokenizer =
+            text.parse().map_err(|e| anyhow!("tokenizer {} is not a tokenizer.json the tokenizers library reads: {e}", path.display()))?;
+        tokenizer.with_truncation(None).map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))?;
+        tokenizer.with_padding(None);
+        let named = match end_of_text {
+            Some(t) => Some((t.to_string(), "data.tokenizerFile.endOfText")),
+            None => config_eos_token(path)?.map(|t| (t, "the eos_token of tokenizer_config.json beside it")),
+        };
+        let eot = match named {
+            Some((token, from)) => tokenizer.token_to_id(&token).with_context(|| {
+                format!("tokenizer {}: {from} is {token:?}, which is not one of its tokens; name the token that ends a document with data.tokenizerFile.endOfText", path.display())
+            })?,
+            None => END_OF_TEXT_NAMES
+                .iter()
+                .find_map(|name| {
+                    let id = tokenizer.token_to_id(name)?;
+                    tokenizer.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special).then_some(id)
+                })
+                .with_context(|| {
+                    format!(
+                        "tokenizer {} has no end-of-text token: none of {} is among its special tokens and no tokenizer_config.json beside it names an eos_token; name the token that ends a document with data.tokenizerFile.endOfText",
+                        path.display(),
+                        END_OF_TEXT_NAMES.join(", ")
+                    )
+                })?,
+        };
+        Self::from_tokenizer(tokenizer, eot).with_context(|| format!("tokenizer {}", path.display()))
     }
 
-    fn from_tokenizer(tokenizer: Tokenizer) -> Result<Self> {
-        ensure!(tokenizer.get_normalizer().is_none(), "it has a normalizer, which would change the text's bytes");
-        match tokenizer.get_pre_tokenizer() {
-            Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space => {}
-            Some(PreTokenizerWrapper::ByteLevel(_)) => bail!("its ByteLevel pre-tokenizer adds a prefix space, which would change the text's bytes"),
-            _ => bail!("its pre-tokenizer is not ByteLevel"),
+    fn from_tokenizer(tokenizer: Tokenizer, end_of_text: u32) -> Result<Self> {
+        if let Some(token_bytes) = frugal_layout(&tokenizer) {
+            if token_bytes.len() == FIRST_MERGE && end_of_text == EOT {
+                return Ok(Self::Byte);
+            }
+            return Ok(Self::Model(Box::new(ModelTokenizer { tokenizer, token_bytes, end_of_text })));
         }
-        ensure!(matches!(tokenizer.get_model(), ModelWrapper::BPE(_)), "its model is not BPE");
         let vocab = tokenizer.get_vocab(true);
-        let n = vocab.len();
-        ensure!((FIRST_MERGE..=MAX_VOCAB as usize).contains(&n), "its vocabulary holds {n} tokens, not 257 to 65,536");
-        let mut by_id = vec![None; n];
-        for (token, id) in &vocab {
-            let slot = by_id.get_mut(*id as usize).with_context(|| format!("token id {id} is past its vocabulary of {n}"))?;
-            *slot = Some(token.as_str());
-        }
-        let chars = byte_chars();
-        let mut token_bytes = Vec::with_capacity(n);
-        for (id, token) in by_id.into_iter().enumerate() {
-            let token = token.with_context(|| format!("token id {id} is missing"))?;
-            let bytes = match id {
-                256 => {
-                    ensure!(token == EOT_TEXT, "id 256 is {token:?}, not {EOT_TEXT}");
-                    vec![]
-                }
-                b if b < 256 => {
-                    ensure!(token.chars().eq(std::iter::once(chars[b])), "id {b} is {token:?}, not byte {b}");
-                    vec![b as u8]
-                }
-                _ => token
-                    .chars()
-                    .map(|c| byte_of(c, &chars))
-                    .collect::<Option<Vec<u8>>>()
-                    .with_context(|| format!("token {id} ({token:?}) is not byte-level"))?,
-            };
-            token_bytes.push(bytes);
-        }
-        ensure!(
-            tokenizer.get_added_tokens_decoder().get(&u32::from(EOT)).is_some_and(|t| t.special && t.content == EOT_TEXT),
-            "{EOT_TEXT} is not its special token 256"
-        );
-        if n == FIRST_MERGE {
-            return Ok(Self::Byte);
-        }
-        Ok(Self::Bpe(Box::new(Bpe { tokenizer, token_bytes })))
+        let n = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        ensure!(n as i64 <= MAX_VOCAB, "its vocabulary runs to id {}, past the most a model holds, {MAX_VOCAB}", n - 1);
+        let token_bytes = decoded_bytes(&tokenizer, n)?;
+        Ok(Self::Model(Box::new(ModelTokenizer { tokenizer, token_bytes, end_of_text })))
     }
 
-    /// The bytes each token id stands for (end-of-text: none).
+    /// The bytes each token id stands for (end-of-text and other special tokens: none).
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
         match self {
             Self::Byte => (0..=255u8).map(|b| vec![b]).chain(std::iter::once(vec![])).collect(),
-            Self::Bpe(b) => b.token_bytes.clone(),
+            Self::Model(m) => m.token_bytes.clone(),
         }
     }
 
-    /// Tokens of `text`, without end-of-text. BPE reads UTF-8 text without the end-of-text marker.
-    pub fn encode(&self, text: &[u8]) -> Result<Vec<u16>> {
+    /// Tokens of `text`, without end-of-text. A tokenizers model reads UTF-8 text that does not
+    /// hold the end-of-text marker itself.
+    pub fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
         match self {
-            Self::Byte => Ok(text.iter().map(|&b| u16::from(b)).collect()),
-            Self::Bpe(b) => {
+            Self::Byte => Ok(text.iter().map(|&b| u32::from(b)).collect()),
+            Self::Model(m) => {
                 let text = std::str::from_utf8(text).map_err(|e| {
-                    anyhow!("the text is not UTF-8 (at byte {}); BPE reads UTF-8: convert it, or use data.tokenizer: byte", e.valid_up_to())
+                    anyhow!(
+                        "the text is not UTF-8 (at byte {}); this tokenizer reads UTF-8: convert it, or use data.tokenizer: byte",
+                        e.valid_up_to()
+                    )
                 })?;
-                let ids = b.tokenizer.encode_fast(text, false).map_err(|e| anyhow!("BPE encoding failed: {e}"))?.get_ids().to_vec();
-                if ids.contains(&u32::from(EOT)) {
+                let ids = m.tokenizer.encode_fast(text, false).map_err(|e| anyhow!("encoding failed: {e}"))?.get_ids().to_vec();
+                if ids.contains(&m.end_of_text) {
                     bail!(
-                        "the text holds {EOT_TEXT}, the end-of-text marker that BPE keeps for document boundaries: remove it from the text, or use data.tokenizer: byte"
+                        "the text holds {:?}, the end-of-text marker kept for document boundaries: remove it from the text, or use data.tokenizer: byte",
+                        self.end_of_text_text()
                     );
                 }
-                // The vocabulary holds at most 65,536 ids (checked when it was built).
-                Ok(ids.into_iter().map(|t| t as u16).collect())
+                Ok(ids)
             }
         }
     }
 
-    pub fn decode(&self, tokens: &[u16]) -> Vec<u8> {
+    pub fn decode(&self, tokens: &[u32]) -> Vec<u8> {
         let table = self.token_bytes();
         tokens.iter().flat_map(|&t| table[t as usize].iter().copied()).collect()
     }
 
     /// Trains a byte-level BPE of `vocab_size` tokens (fewer when the text runs out of pairs) on
-    /// `documents`: GPT-2's pre-tokenization, the most frequent pair merged first, ties to the
-    /// smallest pair, so the result is the same every time.
-    pub fn train_bpe(documents: &[&str], vocab_size: i64) -> Result<Self> {
+    /// `documents`, read once as they come: GPT-2's pre-tokenization, the most frequent pair
+    /// merged first, ties to the smallest pair, so the result is the same every time.
+    pub fn train_bpe<I, S>(documents: I, vocab_size: i64) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         if !(FIRST_MERGE as i64..=MAX_VOCAB).contains(&vocab_size) {
-            bail!("a BPE vocabulary (model.vocabSize) must hold 257 to 65,536 tokens, it is {vocab_size}");
+            bail!("a BPE vocabulary (model.vocabSize) must hold 257 to {MAX_VOCAB} tokens, it is {vocab_size}");
         }
         let eot = AddedToken::from(EOT_TEXT, true);
         let trainer = BpeTrainer::builder()
@@ -177,7 +213,7 @@ impl TextTokenizer {
             .initial_alphabet(byte_chars().into_iter().collect::<HashSet<char>>())
             .build();
         let mut trained = byte_level_tokenizer(base_vocab(), vec![])?;
-        trained.train(&mut TrainerWrapper::from(trainer), documents.iter()).map_err(|e| anyhow!("training BPE: {e}"))?;
+        trained.train(&mut TrainerWrapper::from(trainer), documents).map_err(|e| anyhow!("training BPE: {e}"))?;
         // The trainer numbers end-of-text and the bytes its own way; renumber into this layout,
         // keeping the learned tokens in the order they were learned.
         let learned_vocab = trained.get_model().get_vocab();
@@ -193,7 +229,122 @@ impl TextTokenizer {
         }
         let model = serde_json::to_value(trained.get_model()).context("reading the trained merges")?;
         let merges: Merges = serde_json::from_value(model["merges"].clone()).context("reading the trained merges")?;
-        Self::from_tokenizer(byte_level_tokenizer(vocab, merges)?)
+        Self::from_tokenizer(byte_level_tokenizer(vocab, merges)?, EOT)
+    }
+}
+
+/// The refusal when a model's vocabulary cannot hold a tokenizer's ids, or None when it can.
+/// A model may be wider than its tokenizer (ids it never sees, as nanoGPT pads GPT-2's 50,257
+/// to 50,304), never narrower.
+pub fn vocabulary_mismatch(tokenizer_vocab: i64, model_vocab: i64, tokenizer: &str) -> Option<String> {
+    (tokenizer_vocab > model_vocab).then(|| {
+        format!(
+            "{tokenizer} has {tokenizer_vocab} tokens but the model's vocabulary holds {model_vocab}: set model.custom.vocabSize to {tokenizer_vocab} \
+             (a preset's vocabulary is fixed: 257 for tiny and small, 50,257 for gpt2-*)"
+        )
+    })
+}
+
+/// The `eos_token` of the `tokenizer_config.json` beside `path`, if there is one.
+fn config_eos_token(path: &Path) -> Result<Option<String>> {
+    let config = path.with_file_name("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(None) };
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config.display()))?;
+    // a string, or an AddedToken object with its content
+    Ok(match &value["eos_token"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    })
+}
+
+/// The bytes of each id when `tokenizer` is in frugal's own layout: a byte-level BPE without
+/// normalizer or prefix space, ids 0–255 the bytes and 256 the special `<|endoftext|>`.
+fn frugal_layout(tokenizer: &Tokenizer) -> Option<Vec<Vec<u8>>> {
+    if tokenizer.get_normalizer().is_some() || !matches!(tokenizer.get_model(), ModelWrapper::BPE(_)) {
+        return None;
+    }
+    if !matches!(tokenizer.get_pre_tokenizer(), Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space) {
+        return None;
+    }
+    let vocab = tokenizer.get_vocab(true);
+    let n = vocab.len();
+    if n < FIRST_MERGE || n as i64 > MAX_VOCAB {
+        return None;
+    }
+    let mut by_id = vec![None; n];
+    for (token, id) in &vocab {
+        *by_id.get_mut(*id as usize)? = Some(token.as_str());
+    }
+    let chars = byte_chars();
+    let mut token_bytes = Vec::with_capacity(n);
+    for (id, token) in by_id.into_iter().enumerate() {
+        let token = token?;
+        let bytes = match id {
+            256 if token == EOT_TEXT => vec![],
+            b if b < 256 && token.chars().eq(std::iter::once(chars[b])) => vec![b as u8],
+            b if b > 256 => token.chars().map(|c| byte_of(c, &chars)).collect::<Option<Vec<u8>>>()?,
+            _ => return None,
+        };
+        token_bytes.push(bytes);
+    }
+    tokenizer.get_added_tokens_decoder().get(&EOT).is_some_and(|t| t.special && t.content == EOT_TEXT).then_some(token_bytes)
+}
+
+/// What each of `n` ids adds to decoded text, as bytes: a byte-level model's tokens map back
+/// through its alphabet exactly; a byte-fallback token `<0xNN>` is its byte; any other token is
+/// what decoding it after a fixed token appends (so a SentencePiece `▁word` counts its space, as
+/// it stands in running text). Special tokens cover no bytes.
+fn decoded_bytes(tokenizer: &Tokenizer, n: usize) -> Result<Vec<Vec<u8>>> {
+    let decoder = tokenizer.get_decoder().map(serde_json::to_value).transpose()?.unwrap_or_default();
+    let pre = tokenizer.get_pre_tokenizer().map(serde_json::to_value).transpose()?.unwrap_or_default();
+    let byte_level = has_type(&decoder, "ByteLevel") || has_type(&pre, "ByteLevel");
+    let byte_fallback = has_type(&decoder, "ByteFallback");
+    let added = tokenizer.get_added_tokens_decoder();
+    let chars = byte_chars();
+    // A plain token to decode after: the first that is neither special nor empty.
+    let anchor = (0..n as u32)
+        .find(|id| !added.contains_key(id) && tokenizer.decode(&[*id], false).is_ok_and(|s| !s.is_empty()))
+        .context("it has no token that decodes to text")?;
+    let base = tokenizer.decode(&[anchor], false).map_err(|e| anyhow!("decoding: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    for id in 0..n as u32 {
+        if let Some(t) = added.get(&id) {
+            out.push(if t.special { vec![] } else { t.content.as_bytes().to_vec() });
+            continue;
+        }
+        let Some(token) = tokenizer.id_to_token(id) else {
+            // a hole in the ids: never produced
+            out.push(vec![]);
+            continue;
+        };
+        if byte_level && let Some(bytes) = token.chars().map(|c| byte_of(c, &chars)).collect::<Option<Vec<u8>>>() {
+            out.push(bytes);
+            continue;
+        }
+        if byte_fallback
+            && let Some(hex) = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'))
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && hex.len() == 2
+        {
+            out.push(vec![b]);
+            continue;
+        }
+        let both = tokenizer.decode(&[anchor, id], false).map_err(|e| anyhow!("decoding token {id}: {e}"))?;
+        out.push(match both.strip_prefix(base.as_str()) {
+            Some(rest) => rest.as_bytes().to_vec(),
+            None => tokenizer.decode(&[id], false).map_err(|e| anyhow!("decoding token {id}: {e}"))?.into_bytes(),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a serialised decoder or pre-tokenizer is, or holds in a sequence, one of `kind`.
+fn has_type(v: &serde_json::Value, kind: &str) -> bool {
+    match v {
+        serde_json::Value::Object(o) => o.get("type").and_then(|t| t.as_str()) == Some(kind) || o.values().any(|c| has_type(c, kind)),
+        serde_json::Value::Array(a) => a.iter().any(|c| has_type(c, kind)),
+        _ => false,
     }
 }
 
@@ -212,7 +363,7 @@ fn byte_level_tokenizer(vocab: Vocab, merges: Merges) -> Result<Tokenizer> {
 /// Bytes at 0–255 and end-of-text at 256.
 fn base_vocab() -> Vocab {
     let mut v: Vocab = byte_chars().iter().enumerate().map(|(b, c)| (c.to_string(), b as u32)).collect();
-    v.insert(EOT_TEXT.to_string(), u32::from(EOT));
+    v.insert(EOT_TEXT.to_string(), EOT);
     v
 }
 
@@ -256,7 +407,7 @@ mod tests {
         let hf: Tokenizer = file.parse().unwrap();
         let ids: Vec<u32> = hf.encode_fast(text, false).unwrap().get_ids().to_vec();
         assert_eq!(ids, text.bytes().map(u32::from).collect::<Vec<_>>());
-        assert!(matches!(TextTokenizer::from_tokenizer(hf).unwrap(), TextTokenizer::Byte));
+        assert!(matches!(TextTokenizer::from_tokenizer(hf, EOT).unwrap(), TextTokenizer::Byte));
         // Arbitrary bytes still go through the byte tokenizer.
         assert_eq!(TextTokenizer::Byte.encode(&[0xff, 0xfe, 0]).unwrap(), vec![255, 254, 0]);
     }
@@ -264,10 +415,10 @@ mod tests {
     #[test]
     fn bpe_round_trips_and_compresses() {
         let text = "the cat sat on the mat; the cat ate the rat. 1234 1234\n\n  indented  text, ünïcödé\n".repeat(20);
-        let tok = TextTokenizer::train_bpe(&[&text], 300).unwrap();
+        let tok = TextTokenizer::train_bpe([text.as_str()].into_iter(), 300).unwrap();
         assert_eq!(tok.vocab_size(), 300);
         // Training stops early once every pre-tokenized word is one token.
-        assert!(TextTokenizer::train_bpe(&[&text], 1000).unwrap().vocab_size() < 1000);
+        assert!(TextTokenizer::train_bpe([text.as_str()].into_iter(), 1000).unwrap().vocab_size() < 1000);
         let ids = tok.encode(text.as_bytes()).unwrap();
         assert_eq!(tok.decode(&ids), text.as_bytes());
         assert!(ids.len() * 2 < text.len(), "{} tokens for {} bytes", ids.len(), text.len());
@@ -276,7 +427,7 @@ mod tests {
         // Bytes keep their ids.
         assert_eq!(tok.encode(b"\x07").unwrap(), vec![7]);
         // Training is deterministic.
-        assert_eq!(TextTokenizer::train_bpe(&[&text], 300).unwrap().fingerprint(), tok.fingerprint());
+        assert_eq!(TextTokenizer::train_bpe([text.as_str()].into_iter(), 300).unwrap().fingerprint(), tok.fingerprint());
         assert_ne!(TextTokenizer::Byte.fingerprint(), tok.fingerprint());
         let table = tok.token_bytes();
         assert!(table[EOT as usize].is_empty());
@@ -290,35 +441,78 @@ mod tests {
         let loaded = TextTokenizer::load(&path).unwrap();
         assert_eq!(loaded.fingerprint(), tok.fingerprint());
         assert_eq!(loaded.encode(text.as_bytes()).unwrap(), ids);
+        assert_eq!(loaded.end_of_text(), EOT);
         let plain = Tokenizer::from_file(&path).unwrap();
-        let plain_ids: Vec<u16> = plain.encode(text.as_str(), false).unwrap().get_ids().iter().map(|&t| t as u16).collect();
+        let plain_ids: Vec<u32> = plain.encode(text.as_str(), false).unwrap().get_ids().to_vec();
         assert_eq!(plain_ids, ids);
-        assert_eq!(plain.decode(&plain_ids.iter().map(|&t| u32::from(t)).collect::<Vec<_>>(), false).unwrap(), text);
-        assert_eq!(plain.token_to_id(EOT_TEXT), Some(u32::from(EOT)));
+        assert_eq!(plain.decode(&plain_ids, false).unwrap(), text);
+        assert_eq!(plain.token_to_id(EOT_TEXT), Some(EOT));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tokenizer_in_another_layout_keeps_its_own_ids() {
+        // GPT-2's layout: end-of-text last, a merge before it.
+        let mut vocab = base_vocab();
+        vocab.insert(EOT_TEXT.into(), 257);
+        vocab.insert("ab".into(), 256);
+        let foreign = byte_level_tokenizer(vocab, vec![("a".into(), "b".into())]).unwrap();
+        let dir = std::env::temp_dir().join(format!("frugal-tokenizer-foreign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        foreign.save(&path, false).unwrap();
+        let tok = TextTokenizer::from_file(&path, None).unwrap();
+        assert_eq!((tok.vocab_size(), tok.end_of_text()), (258, 257));
+        let ids = tok.encode(b"abc ab").unwrap();
+        assert_eq!(ids, foreign.encode_fast("abc ab", false).unwrap().get_ids());
+        assert!(ids.contains(&256));
+        assert_eq!(tok.decode(&ids), b"abc ab");
+
+        // A tokenizer_config.json beside it names the end-of-text; a name it lacks is refused.
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": {"content": "ab"}}"#).unwrap();
+        assert_eq!(TextTokenizer::from_file(&path, None).unwrap().end_of_text(), 256);
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).unwrap();
+        let e = format!("{:#}", TextTokenizer::from_file(&path, None).unwrap_err());
+        assert!(e.contains("\"</s>\"") && e.contains("data.tokenizerFile.endOfText"), "{e}");
+        // The spec's endOfText comes first.
+        assert_eq!(TextTokenizer::from_file(&path, Some("ab")).unwrap().end_of_text(), 256);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn bad_input_is_refused_with_the_fix() {
-        let tok = TextTokenizer::train_bpe(&["abab abab abab"], 260).unwrap();
+        let tok = TextTokenizer::train_bpe(["abab abab abab"].into_iter(), 260).unwrap();
         let e = tok.encode(b"caf\xe9").unwrap_err().to_string();
         assert!(e.contains("not UTF-8") && e.contains("data.tokenizer: byte"), "{e}");
         let e = tok.encode(b"one<|endoftext|>two").unwrap_err().to_string();
         assert!(e.contains(EOT_TEXT) && e.contains("remove it"), "{e}");
-        let e = TextTokenizer::train_bpe(&["x"], 100).unwrap_err().to_string();
+        let e = TextTokenizer::train_bpe(["x"].into_iter(), 100).unwrap_err().to_string();
         assert!(e.contains("model.vocabSize"), "{e}");
 
-        // A tokenizer.json with another layout (GPT-2's: end-of-text last, bytes in another order).
-        let mut vocab = base_vocab();
-        vocab.insert(EOT_TEXT.into(), 257);
-        vocab.insert("ab".into(), 256);
-        let foreign = byte_level_tokenizer(vocab, vec![("a".into(), "b".into())]).unwrap();
+        // A tokenizer without an end-of-text token, unless one is named.
         let dir = std::env::temp_dir().join(format!("frugal-tokenizer-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokenizer.json");
-        foreign.save(&path, false).unwrap();
-        let e = format!("{:#}", TextTokenizer::load(&path).unwrap_err());
-        assert!(e.contains("prepare the shards again") && e.contains("id 256"), "{e}");
+        let mut v = base_vocab();
+        v.remove(EOT_TEXT);
+        v.insert("<|im_end|>".into(), 256);
+        let mut t = Tokenizer::new(BPE::builder().vocab_and_merges(v, vec![]).build().unwrap());
+        t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        t.with_decoder(Some(ByteLevel::new(false, true, true)));
+        t.add_special_tokens(&[AddedToken::from("<|im_end|>", true)]);
+        t.save(&path, false).unwrap();
+        let e = format!("{:#}", TextTokenizer::from_file(&path, None).unwrap_err());
+        assert!(e.contains("has no end-of-text token") && e.contains("data.tokenizerFile.endOfText") && e.contains("</s>"), "{e}");
+        assert_eq!(TextTokenizer::from_file(&path, Some("<|im_end|>")).unwrap().end_of_text(), 256);
+        let e = format!("{:#}", TextTokenizer::from_file(&path, Some("<|eot|>")).unwrap_err());
+        assert!(e.contains("\"<|eot|>\", which is not one of its tokens"), "{e}");
+        std::fs::write(&path, "{\"not\": \"a tokenizer\"}").unwrap();
+        let e = format!("{:#}", TextTokenizer::from_file(&path, None).unwrap_err());
+        assert!(e.contains("is not a tokenizer.json"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+
+        let e = vocabulary_mismatch(50_257, 257, "data.tokenizerFile.path gpt2/tokenizer.json").unwrap();
+        assert!(e.contains("50257 tokens") && e.contains("holds 257") && e.contains("model.custom.vocabSize to 50257"), "{e}");
+        assert_eq!(vocabulary_mismatch(50_257, 50_304, "x"), None);
     }
 }

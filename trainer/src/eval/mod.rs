@@ -5,7 +5,7 @@
 //! Bits per byte is the total loss over the held-out text divided by its bytes (times ln 2), not
 //! a per-token mean rescaled, so models with different tokenizers are compared on the same text.
 
-use crate::data::{Data, EOT, TextTokenizer};
+use crate::data::{Data, TextTokenizer};
 use crate::model::gpt::Gpt;
 use crate::params::ParamStore;
 use crate::rng::Rng;
@@ -104,20 +104,21 @@ pub fn validate(lm: &dyn LanguageModel, data: &Data, batch: i64) -> Validation {
     v
 }
 
-/// Log-probability of `continuation` after `context` (cut from the left to fit the model), and
-/// whether greedy decoding would have produced it token for token.
-pub fn score_continuation(lm: &dyn LanguageModel, context: &[u16], continuation: &[u16]) -> (f64, bool) {
+/// Log-probability of `continuation` after `context` (at least one token, cut from the left to
+/// fit the model), and whether greedy decoding would have produced it token for token.
+pub fn score_continuation(lm: &dyn LanguageModel, context: &[u32], continuation: &[u32]) -> (f64, bool) {
     let (logp, greedy) = score_batch(lm, context, &[continuation]);
     (logp[0], greedy[0])
 }
 
 /// As [`score_continuation`] for several continuations of one length, in one forward pass.
-fn score_batch(lm: &dyn LanguageModel, context: &[u16], continuations: &[&[u16]]) -> (Vec<f64>, Vec<bool>) {
+fn score_batch(lm: &dyn LanguageModel, context: &[u32], continuations: &[&[u32]]) -> (Vec<f64>, Vec<bool>) {
     let k = continuations[0].len();
     debug_assert!(continuations.iter().all(|c| c.len() == k));
+    assert!(!context.is_empty(), "a continuation is scored after at least one token (end-of-text starts a document)");
     let max = lm.context() as usize + 1;
     let keep_ctx = context.len().min(max.saturating_sub(k)).max(1);
-    let ctx: Vec<u16> = if context.is_empty() { vec![EOT] } else { context[context.len() - keep_ctx..].to_vec() };
+    let ctx = &context[context.len() - keep_ctx..];
     let mut rows = vec![];
     for c in continuations {
         let mut seq: Vec<i64> = ctx.iter().chain(c.iter()).map(|&t| i64::from(t)).collect();
@@ -169,7 +170,7 @@ pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: 
     for (i, ex) in read_jsonl::<LastWordExample>(path, max)?.into_iter().enumerate() {
         let text = ex.text.trim_end();
         let Some(cut) = text.rfind(' ') else { continue };
-        let ctx: Vec<u16> = std::iter::once(EOT)
+        let ctx: Vec<u32> = std::iter::once(tok.end_of_text())
             .chain(tok.encode(&text.as_bytes()[..cut]).with_context(|| format!("{} example {}", path.display(), i + 1))?)
             .collect();
         let word = tok.encode(&text.as_bytes()[cut..]).with_context(|| format!("{} example {}", path.display(), i + 1))?;
@@ -191,8 +192,9 @@ pub fn multiple_choice(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path,
         if ex.label >= ex.choices.len() {
             bail!("{} example {}: label {} but {} choices", path.display(), i + 1, ex.label, ex.choices.len());
         }
-        let ctx: Vec<u16> =
-            std::iter::once(EOT).chain(tok.encode(ex.context.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?).collect();
+        let ctx: Vec<u32> = std::iter::once(tok.end_of_text())
+            .chain(tok.encode(ex.context.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?)
+            .collect();
         let mut best = (f64::NEG_INFINITY, usize::MAX);
         for (j, choice) in ex.choices.iter().enumerate() {
             let ids = tok.encode(choice.as_bytes()).with_context(|| format!("{} example {}", path.display(), i + 1))?;
@@ -227,13 +229,12 @@ pub fn cloze(lm: &dyn LanguageModel, data: &Data, seed: u64, max: Option<i32>) -
     let (mut hits, mut n) = (0, 0);
     for e in 0..examples {
         let at = e * window;
-        let answer = &val[at + ctx_len..at + window];
-        let mut options: Vec<&[u16]> = vec![answer];
+        let mut options: Vec<Vec<u32>> = vec![val.range(at + ctx_len, span)];
         let mut tries = 0;
         while options.len() < 4 && tries < 100 {
             tries += 1;
             let s = rng.below((val.len() - span + 1) as u64) as usize;
-            let cand = &val[s..s + span];
+            let cand = val.range(s, span);
             if !options.contains(&cand) {
                 options.push(cand);
             }
@@ -241,7 +242,8 @@ pub fn cloze(lm: &dyn LanguageModel, data: &Data, seed: u64, max: Option<i32>) -
         if options.len() < 4 {
             continue;
         }
-        let (scores, _) = score_batch(lm, &val[at..at + ctx_len], &options);
+        let options: Vec<&[u32]> = options.iter().map(Vec::as_slice).collect();
+        let (scores, _) = score_batch(lm, &val.range(at, ctx_len), &options);
         let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
         hits += i64::from(best == Some(0));
         n += 1;
@@ -336,7 +338,7 @@ mod tests {
         let (lp, greedy) = score_continuation(&Counting, &[3, 4], &[5, 7, 8]);
         assert!(!greedy && (lp + 20.0).abs() < 1e-4, "{lp}");
         // A long context is cut from the left; the continuation still lines up.
-        let ctx: Vec<u16> = (0..12).collect();
+        let ctx: Vec<u32> = (0..12).collect();
         assert!(score_continuation(&Counting, &ctx, &[12, 13]).1);
         let (scores, _) = score_batch(&Counting, &[1, 2], &[&[3, 4], &[9, 11], &[3, 9]]);
         assert!(scores[0] > scores[2] && scores[2] > scores[1], "{scores:?}");

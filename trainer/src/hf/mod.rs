@@ -23,7 +23,7 @@ pub use family::{Family, Tensors, Unsupported};
 use frugal_api::v1alpha1::HuggingFaceExportStatus;
 
 use crate::config::ModelConfig;
-use crate::data::tokenizer::{EOT, EOT_TEXT, TextTokenizer};
+use crate::data::tokenizer::TextTokenizer;
 use crate::params::ParamStore;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -76,7 +76,7 @@ pub fn export(out: &Path, m: &ModelConfig, store: &ParamStore, tokenizer: Option
     }
     std::fs::create_dir_all(&tmp)?;
 
-    let eos = tokenizer.map(|_| i64::from(EOT));
+    let eos = tokenizer.map(|t| i64::from(t.end_of_text()));
     write_json(&tmp.join(CONFIG_FILE), &family.config(m, eos))?;
     let mut generation = json!({"do_sample": false});
     if let Some(eos) = eos {
@@ -87,10 +87,11 @@ pub fn export(out: &Path, m: &ModelConfig, store: &ParamStore, tokenizer: Option
     let (weight_files, weight_bytes) = write_weights(&tmp, &hf, max_shard_bytes)?;
     if let Some(tokenizer) = tokenizer {
         tokenizer.save(&tmp.join(TOKENIZER_FILE))?;
+        let eot = tokenizer.end_of_text_text();
         let config = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": EOT_TEXT,
-            "eos_token": EOT_TEXT,
+            "bos_token": eot,
+            "eos_token": eot,
             "model_max_length": m.seq_len,
             "clean_up_tokenization_spaces": false,
             "add_prefix_space": false,

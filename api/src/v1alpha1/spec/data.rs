@@ -7,13 +7,21 @@ use serde::{Deserialize, Serialize};
 
 /// The corpus, its tokenizer, the validation split, evaluation sets and an optional quality target.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("(has(self.tokenizer) && self.tokenizer == 'file') == has(self.tokenizerFile)")
+        .message("data.tokenizerFile goes with data.tokenizer: file, and only with it: set both (tokenizerFile.path names a Hugging Face tokenizer.json), or neither"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSpec {
     /// Where the tokens come from.
     pub source: DataSource,
-    /// How text becomes tokens: `byte` (one token a byte) or `bpe` (trained on the corpus).
+    /// How text becomes tokens: `byte` (one token a byte), `bpe` (trained on the corpus) or
+    /// `file` (an existing tokenizer, `tokenizerFile`, used as it is).
     #[serde(default)]
     pub tokenizer: Tokenizer,
+    /// The tokenizer file; tokenizer `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_file: Option<TokenizerFile>,
     /// Fraction of the corpus held out for validation.
     #[serde(default = "default_validation_fraction")]
     #[schemars(range(min = 0.0, max = 0.5))]
@@ -40,14 +48,15 @@ fn default_validation_fraction() -> f64 {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataSource {
-    /// `Synthetic` (built in, needs no files), `Text` (a text file or directory) or `Shards`
-    /// (pre-tokenized uint16 shards).
+    /// `Synthetic` (built in, needs no files), `Text` (documents in text, JSONL or Parquet files)
+    /// or `Shards` (pre-tokenized uint16 or uint32 shards).
     #[serde(rename = "type")]
     pub type_: DataSourceType,
     /// Options of the built-in generator; type Synthetic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticSource>,
-    /// A text file, or a directory of `.txt` files, each a document; type Text.
+    /// Documents: a text file or a directory of `.txt` files, JSONL records or Parquet rows;
+    /// type Text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSource>,
     /// Pre-tokenized shards written by `frugal-trainer prepare`; type Shards.
@@ -86,13 +95,40 @@ fn default_synthetic_tokens() -> i64 {
     1 << 20
 }
 
-/// A text corpus.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// A corpus of documents, each closed by the end-of-text token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.field) || (has(self.format) && self.format != 'text')")
+        .message("data.source.text.field names a JSONL key or a Parquet column: set data.source.text.format to jsonl or parquet, or leave field out"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TextSource {
-    /// Path inside the pod (mount a PVC through podTemplate.volumes) or on the local machine.
+    /// A file, or a directory whose files of the format (`.txt`, `.jsonl`, `.parquet`) are read in
+    /// name order: a path inside the pod (mount a PVC through podTemplate.volumes) or on the
+    /// local machine.
     #[schemars(length(min = 1, max = 1024))]
     pub path: String,
+    /// How the documents are stored: `text` (a text file is one document), `jsonl` (one JSON
+    /// object a line, each a document) or `parquet` (each row a document).
+    #[serde(default)]
+    pub format: TextFormat,
+    /// Where a JSONL record or Parquet row keeps its text: a top-level key, or a string column.
+    /// Unset means `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub field: Option<String>,
+}
+
+/// How a corpus stores its documents.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TextFormat {
+    #[default]
+    #[serde(rename = "text")]
+    Text,
+    #[serde(rename = "jsonl")]
+    Jsonl,
+    #[serde(rename = "parquet")]
+    Parquet,
 }
 
 /// Pre-tokenized shards.
@@ -112,6 +148,24 @@ pub enum Tokenizer {
     Byte,
     #[serde(rename = "bpe")]
     Bpe,
+    #[serde(rename = "file")]
+    File,
+}
+
+/// An existing tokenizer, used as it is: never retrained, its vocabulary the model's.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenizerFile {
+    /// A Hugging Face `tokenizer.json`: a path inside the pod (mount its volume through
+    /// podTemplate.volumes) or on the local machine.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// The token that closes each document. Unset means the file's own: the `eos_token` of a
+    /// `tokenizer_config.json` beside it, else the first of `<|endoftext|>`, `<|end_of_text|>`,
+    /// `</s>`, `<eos>`, `<|eos|>` among its special tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub end_of_text: Option<String>,
 }
 
 /// A zero-shot evaluation set.

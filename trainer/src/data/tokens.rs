@@ -1,0 +1,237 @@
+//! Token ids of a split, stored as narrow as the vocabulary allows: 16 bits when it holds at
+//! most 65,536 tokens, 32 bits above. Ids sit as little-endian bytes, in memory or in shard files
+//! mapped in place, so a split much larger than memory costs address space, not memory: the
+//! kernel pages in what sampling touches and drops it again under pressure.
+
+use memmap2::Mmap;
+use sha2::Digest;
+use std::sync::Arc;
+
+/// Bytes per token id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Width {
+    U16,
+    U32,
+}
+
+impl Width {
+    /// The narrowest width that holds every id of a vocabulary of `vocab` tokens.
+    pub fn for_vocab(vocab: i64) -> Self {
+        if vocab <= i64::from(u16::MAX) + 1 { Self::U16 } else { Self::U32 }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::U16 => 2,
+            Self::U32 => 4,
+        }
+    }
+
+    fn read(self, b: &[u8]) -> u32 {
+        match self {
+            Self::U16 => u32::from(u16::from_le_bytes([b[0], b[1]])),
+            Self::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        }
+    }
+
+    /// Appends `id` (which must fit) as little-endian bytes.
+    pub fn write(self, id: u32, out: &mut Vec<u8>) {
+        match self {
+            Self::U16 => out.extend_from_slice(&(id as u16).to_le_bytes()),
+            Self::U32 => out.extend_from_slice(&id.to_le_bytes()),
+        }
+    }
+}
+
+/// Where a run of ids lives.
+#[derive(Clone)]
+enum Part {
+    Memory(Vec<u8>),
+    /// `bytes` of a mapped shard file (its body, after the header).
+    Mapped {
+        map: Arc<Mmap>,
+        bytes: std::ops::Range<usize>,
+    },
+}
+
+impl Part {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Memory(v) => v,
+            Self::Mapped { map, bytes } => &map[bytes.clone()],
+        }
+    }
+}
+
+/// The ids of one split: parts read one after another as one sequence.
+#[derive(Clone)]
+pub struct Tokens {
+    width: Width,
+    parts: Vec<Part>,
+    /// Ids before each part, and the total last.
+    starts: Vec<usize>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} × {:?} in {} parts)", self.len(), self.width, self.parts.len())
+    }
+}
+
+impl Tokens {
+    /// No ids yet, held in memory; [`Tokens::push`] adds them.
+    pub fn new(width: Width) -> Self {
+        Self { width, parts: vec![Part::Memory(Vec::new())], starts: vec![0, 0] }
+    }
+
+    pub fn from_ids(width: Width, ids: impl IntoIterator<Item = u32>) -> Self {
+        let mut t = Self::new(width);
+        for id in ids {
+            t.push(id);
+        }
+        t
+    }
+
+    /// Ids already written as `width` little-endian bytes: parts of mapped shard files.
+    pub(crate) fn mapped(width: Width, parts: Vec<(Arc<Mmap>, std::ops::Range<usize>)>) -> Self {
+        let mut starts = vec![0];
+        let mut out = Vec::with_capacity(parts.len());
+        for (map, bytes) in parts {
+            starts.push(starts.last().copied().unwrap_or(0) + bytes.len() / width.bytes());
+            out.push(Part::Mapped { map, bytes });
+        }
+        Self { width, parts: out, starts }
+    }
+
+    pub fn width(&self) -> Width {
+        self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends an id to a split held in memory.
+    pub fn push(&mut self, id: u32) {
+        debug_assert!(self.width == Width::U32 || id <= u32::from(u16::MAX), "id {id} does not fit {:?}", self.width);
+        match self.parts.last_mut() {
+            Some(Part::Memory(v)) => self.width.write(id, v),
+            _ => {
+                let mut v = Vec::new();
+                self.width.write(id, &mut v);
+                self.parts.push(Part::Memory(v));
+                self.starts.push(self.len());
+            }
+        }
+        if let Some(total) = self.starts.last_mut() {
+            *total += 1;
+        }
+    }
+
+    pub fn get(&self, i: usize) -> u32 {
+        let p = self.starts.partition_point(|&s| s <= i) - 1;
+        let w = self.width.bytes();
+        let at = (i - self.starts[p]) * w;
+        self.width.read(&self.parts[p].bytes()[at..at + w])
+    }
+
+    /// Calls `each` with the ids `at..at + n`, in order, across parts.
+    pub fn for_range(&self, at: usize, n: usize, mut each: impl FnMut(u32)) {
+        assert!(at + n <= self.len(), "ids {at}..{} of {}", at + n, self.len());
+        let w = self.width.bytes();
+        let mut p = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
+        let (mut i, end) = (at, at + n);
+        while i < end {
+            let part_end = self.starts[p + 1].min(end);
+            let bytes = &self.parts[p].bytes()[(i - self.starts[p]) * w..(part_end - self.starts[p]) * w];
+            for c in bytes.chunks_exact(w) {
+                each(self.width.read(c));
+            }
+            i = part_end;
+            p += 1;
+        }
+    }
+
+    /// The ids `at..at + n`.
+    pub fn range(&self, at: usize, n: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(n);
+        self.for_range(at, n, |t| out.push(t));
+        out
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.range(0, self.len())
+    }
+
+    /// The largest id, or None for no ids.
+    pub fn max(&self) -> Option<u32> {
+        let mut m = None;
+        self.for_range(0, self.len(), |t| m = Some(m.map_or(t, |x: u32| x.max(t))));
+        m
+    }
+
+    /// Feeds the count, then the ids as little-endian bytes of this width, to `h`.
+    pub fn hash_into(&self, h: &mut sha2::Sha256) {
+        h.update((self.len() as u64).to_le_bytes());
+        for p in &self.parts {
+            h.update(p.bytes());
+        }
+    }
+}
+
+impl PartialEq for Tokens {
+    /// The same ids in the same order, however they are stored.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && (0..self.len()).all(|i| self.get(i) == other.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_read_back_across_parts_at_either_width() {
+        assert_eq!(Width::for_vocab(65_536), Width::U16);
+        assert_eq!(Width::for_vocab(65_537), Width::U32);
+        let ids: Vec<u32> = (0..1000).map(|i| i * 70 % 65_536).collect();
+        let narrow = Tokens::from_ids(Width::U16, ids.iter().copied());
+        assert_eq!(narrow.to_vec(), ids);
+        let wide_ids: Vec<u32> = ids.iter().map(|&i| i + 70_000).collect();
+        let wide = Tokens::from_ids(Width::U32, wide_ids.iter().copied());
+        assert_eq!(wide.range(990, 10), wide_ids[990..].to_vec());
+        assert_eq!(wide.max(), wide_ids.iter().copied().max());
+
+        // A split in several mapped parts reads as one sequence, windows crossing the seams.
+        let dir = std::env::temp_dir().join(format!("frugal-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut parts = vec![];
+        for (i, chunk) in wide_ids.chunks(300).enumerate() {
+            let path = dir.join(format!("{i}.bin"));
+            let mut bytes = vec![7u8; 16];
+            for &t in chunk {
+                Width::U32.write(t, &mut bytes);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let map = Arc::new(unsafe { Mmap::map(&std::fs::File::open(&path).unwrap()).unwrap() });
+            parts.push((map, 16..bytes.len()));
+        }
+        let mapped = Tokens::mapped(Width::U32, parts);
+        assert_eq!(mapped.len(), 1000);
+        assert_eq!(mapped, wide);
+        assert_eq!(mapped.range(295, 310), wide_ids[295..605].to_vec());
+        assert_eq!(mapped.get(999), wide_ids[999]);
+        let hash = |t: &Tokens| {
+            let mut h = sha2::Sha256::new();
+            t.hash_into(&mut h);
+            h.finalize()
+        };
+        assert_eq!(hash(&mapped), hash(&wide));
+        assert_ne!(hash(&narrow), hash(&wide));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
