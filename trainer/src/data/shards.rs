@@ -5,16 +5,16 @@
 //! `train_NNNNNN.bin`, `val_NNNNNN.bin`, the `tokenizer.json` they were written with and
 //! `data.json` (counts, width, end-of-text and fingerprints), written last.
 //!
-//! Shards are written as tokens come and read by mapping them, so neither writing nor training
-//! holds a split in memory.
+//! Shards are written as tokens come and read where they lie, a window at a time, so neither
+//! writing nor training holds a split in memory.
 
 use super::tokenizer::TextTokenizer;
 use super::tokens::{Tokens, Width};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 const MAGIC: i32 = 20240520;
 const VERSION_U16: i32 = 1;
@@ -131,25 +131,23 @@ impl ShardWriter {
     }
 }
 
-/// A shard file, mapped: its width and the byte range of its tokens.
-fn map_shard(path: &Path) -> Result<(Width, Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
+/// A shard file, open: its width and the byte range of its tokens.
+fn open_shard(path: &Path) -> Result<(Width, std::fs::File, std::ops::Range<u64>)> {
     let f = std::fs::File::open(path).with_context(|| format!("reading shard {}", path.display()))?;
-    // SAFETY: the map is read-only and shards are written under another name and renamed into
-    // place complete; one changed under a running trainer would change what it reads, not how.
-    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping shard {}", path.display()))?;
-    ensure!(map.len() >= HEADER_BYTES, "shard {} is shorter than its header", path.display());
-    let int = |i: usize| i32::from_le_bytes(map[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let len = f.metadata().with_context(|| format!("reading shard {}", path.display()))?.len();
+    let mut header = [0u8; 12];
+    ensure!(len >= HEADER_BYTES as u64 && f.read_exact_at(&mut header, 0).is_ok(), "shard {} is shorter than its header", path.display());
+    let int = |i: usize| i32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
     ensure!(int(0) == MAGIC, "{} is not a token shard (bad magic)", path.display());
     let width = match int(1) {
         VERSION_U16 => Width::U16,
         VERSION_U32 => Width::U32,
         v => bail!("shard {} has version {v}; this trainer reads 1 (uint16) and 2 (uint32)", path.display()),
     };
-    let n = int(2) as usize;
-    let body = map.len() - HEADER_BYTES;
-    ensure!(body == n * width.bytes(), "shard {} says {n} tokens but holds {body} bytes of them", path.display());
-    let end = map.len();
-    Ok((width, Arc::new(map), HEADER_BYTES..end))
+    let n = int(2) as u64;
+    let body = len - HEADER_BYTES as u64;
+    ensure!(body == n * width.bytes() as u64, "shard {} says {n} tokens but holds {body} bytes of them", path.display());
+    Ok((width, f, HEADER_BYTES as u64..len))
 }
 
 fn shard_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
@@ -181,34 +179,34 @@ pub fn commit_dir(dir: &Path, tokenizer: &TextTokenizer, meta: &ShardMeta) -> Re
     std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(meta)?).with_context(|| format!("writing {}", dir.join(META_FILE).display()))
 }
 
-/// The training and validation tokens of a shard directory, mapped, not read.
+/// The training and validation tokens of a shard directory, left in their files.
 pub fn read_splits(dir: &Path) -> Result<(Tokens, Tokens)> {
     let mut splits = vec![];
     let mut width = None;
     for split in ["train", "val"] {
+        let paths = shard_files(dir, split)?;
         let mut parts = vec![];
-        for f in shard_files(dir, split)? {
-            let (w, map, body) = map_shard(&f)?;
+        for path in &paths {
+            let (w, file, body) = open_shard(path)?;
             if *width.get_or_insert(w) != w {
                 bail!(
                     "shard {} holds {}-byte tokens, the others {}: prepare the shards again",
-                    f.display(),
+                    path.display(),
                     w.bytes(),
                     width.map_or(0, Width::bytes)
                 );
             }
-            parts.push((map, body));
+            parts.push((file, path.as_path(), body));
         }
-        splits.push(parts);
+        splits.push(Tokens::in_files(width.unwrap_or(Width::U16), parts));
     }
-    let width = width.unwrap_or(Width::U16);
-    let val = Tokens::mapped(width, splits.pop().unwrap_or_default());
-    let train = Tokens::mapped(width, splits.pop().unwrap_or_default());
+    let val = splits.pop().unwrap_or_else(|| Tokens::new(Width::U16));
+    let train = splits.pop().unwrap_or_else(|| Tokens::new(Width::U16));
     Ok((train, val))
 }
 
-/// Reads a shard directory: training tokens, validation tokens (both mapped, not read) and the
-/// tokenizer.
+/// Reads a shard directory: training tokens, validation tokens (both left in their files) and
+/// the tokenizer.
 pub fn read_dir(dir: &Path) -> Result<(Tokens, Tokens, TextTokenizer)> {
     let meta: Option<ShardMeta> = match std::fs::read(dir.join(META_FILE)) {
         Ok(bytes) => {

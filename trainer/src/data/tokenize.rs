@@ -4,11 +4,11 @@
 //! belongs to. Training keeps the tokens in memory; `prepare` writes them to shards, so that its
 //! memory does not grow with the corpus.
 
-use super::corpus::{Corpus, Split};
+use super::corpus::{Corpus, Document, Split};
 use super::shards::{self, ShardMeta, ShardWriter};
 use super::tokenizer::{TextTokenizer, vocabulary_mismatch};
 use super::tokens::{Tokens, Width};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -93,17 +93,35 @@ fn train_bpe(corpus: &Corpus, vocab: i64, split: Split) -> Result<TextTokenizer>
     tok
 }
 
+/// Text encoded at a time, on all cores: enough to keep them busy, little beside a document.
+const BATCH_BYTES: usize = 4 << 20;
+
 /// Encodes every document of `corpus` with `tok`, each closed by end-of-text, into the sink of
-/// the split it belongs to.
+/// the split it belongs to, in order.
 pub fn encode_corpus(corpus: &Corpus, tok: &TextTokenizer, split: Split, train: &mut dyn TokenSink, val: &mut dyn TokenSink) -> Result<()> {
     let eot = tok.end_of_text();
+    let mut batch: Vec<(Document, bool)> = vec![];
+    let mut bytes = 0;
+    let mut flush = |batch: &mut Vec<(Document, bool)>| -> Result<()> {
+        let texts: Vec<&[u8]> = batch.iter().map(|(d, _)| d.text.as_slice()).collect();
+        let encoded = tok.encode_batch(&texts).map_err(|(i, e)| e.context(format!("corpus {}", batch[i].0.origin)))?;
+        for (mut ids, (_, held)) in encoded.into_iter().zip(batch.iter()) {
+            ids.push(eot);
+            if *held { val.push(&ids)? } else { train.push(&ids)? }
+        }
+        batch.clear();
+        Ok(())
+    };
     for d in corpus.split_documents(split)? {
         let (doc, held) = d?;
-        let mut ids = tok.encode(&doc.text).with_context(|| format!("corpus {}", doc.origin))?;
-        ids.push(eot);
-        if held { val.push(&ids)? } else { train.push(&ids)? }
+        bytes += doc.text.len();
+        batch.push((doc, held));
+        if bytes >= BATCH_BYTES {
+            flush(&mut batch)?;
+            bytes = 0;
+        }
     }
-    Ok(())
+    flush(&mut batch)
 }
 
 /// Training and validation tokens of a corpus, in memory, and its tokenizer.

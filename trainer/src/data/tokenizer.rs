@@ -189,6 +189,28 @@ impl TextTokenizer {
         }
     }
 
+    /// [`TextTokenizer::encode`] of several texts, on all cores; the first that fails is
+    /// reported with its index.
+    pub fn encode_batch(&self, texts: &[&[u8]]) -> std::result::Result<Vec<Vec<u32>>, (usize, anyhow::Error)> {
+        let Self::Model(m) = self else {
+            return Ok(texts.iter().map(|t| t.iter().map(|&b| u32::from(b)).collect()).collect());
+        };
+        let strs = texts.iter().enumerate().map(|(i, t)| std::str::from_utf8(t).map_err(|_| i)).collect::<std::result::Result<Vec<&str>, usize>>();
+        let encoded = match strs {
+            Ok(strs) => m.tokenizer.encode_batch_fast(strs, false).ok(),
+            Err(_) => None,
+        };
+        let Some(encoded) = encoded else {
+            // one of them fails: find it and say why
+            return texts.iter().enumerate().map(|(i, t)| self.encode(t).map_err(|e| (i, e))).collect();
+        };
+        let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.get_ids().to_vec()).collect();
+        if let Some(i) = ids.iter().position(|ids| ids.contains(&m.end_of_text)) {
+            return Err((i, self.encode(texts[i]).err().unwrap_or_else(|| anyhow!("the text holds the end-of-text marker"))));
+        }
+        Ok(ids)
+    }
+
     pub fn decode(&self, tokens: &[u32]) -> Vec<u8> {
         let table = self.token_bytes();
         tokens.iter().flat_map(|&t| table[t as usize].iter().copied()).collect()

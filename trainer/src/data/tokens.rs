@@ -1,10 +1,11 @@
 //! Token ids of a split, stored as narrow as the vocabulary allows: 16 bits when it holds at
 //! most 65,536 tokens, 32 bits above. Ids sit as little-endian bytes, in memory or in shard files
-//! mapped in place, so a split much larger than memory costs address space, not memory: the
-//! kernel pages in what sampling touches and drops it again under pressure.
+//! read where they lie, a window at a time, so a split much larger than memory costs the trainer
+//! no memory: what it reads stays in the kernel's page cache, which gives it back under pressure.
 
-use memmap2::Mmap;
 use sha2::Digest;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Bytes per token id.
@@ -47,18 +48,48 @@ impl Width {
 #[derive(Clone)]
 enum Part {
     Memory(Vec<u8>),
-    /// `bytes` of a mapped shard file (its body, after the header).
-    Mapped {
-        map: Arc<Mmap>,
-        bytes: std::ops::Range<usize>,
+    /// `bytes` of a shard file (its body, after the header).
+    File {
+        file: Arc<std::fs::File>,
+        path: Arc<Path>,
+        bytes: std::ops::Range<u64>,
     },
 }
 
+/// Bytes a file part is read in by [`Part::scan`].
+const SCAN_BYTES: usize = 8 << 20;
+
 impl Part {
-    fn bytes(&self) -> &[u8] {
+    /// The part's bytes `from..to`, borrowed from memory or read from the file into `buf`.
+    fn read<'a>(&'a self, from: usize, to: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
         match self {
-            Self::Memory(v) => v,
-            Self::Mapped { map, bytes } => &map[bytes.clone()],
+            Self::Memory(v) => &v[from..to],
+            Self::File { file, path, bytes } => {
+                buf.resize(to - from, 0);
+                // A shard that cannot be read any more mid-run (a lost volume) stops the run.
+                if let Err(e) = file.read_exact_at(buf, bytes.start + from as u64) {
+                    panic!("reading token shard {}: {e}", path.display());
+                }
+                buf
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Memory(v) => v.len(),
+            Self::File { bytes, .. } => (bytes.end - bytes.start) as usize,
+        }
+    }
+
+    /// Calls `f` on the part's bytes in order, in pieces.
+    fn scan(&self, mut f: impl FnMut(&[u8])) {
+        let mut buf = Vec::new();
+        let mut at = 0;
+        while at < self.len() {
+            let end = (at + SCAN_BYTES).min(self.len());
+            f(self.read(at, end, &mut buf));
+            at = end;
         }
     }
 }
@@ -92,13 +123,14 @@ impl Tokens {
         t
     }
 
-    /// Ids already written as `width` little-endian bytes: parts of mapped shard files.
-    pub(crate) fn mapped(width: Width, parts: Vec<(Arc<Mmap>, std::ops::Range<usize>)>) -> Self {
+    /// Ids already written as `width` little-endian bytes: `bytes` of each of `files` (open shard
+    /// files and their paths), read when asked for.
+    pub(crate) fn in_files(width: Width, files: Vec<(std::fs::File, &Path, std::ops::Range<u64>)>) -> Self {
         let mut starts = vec![0];
-        let mut out = Vec::with_capacity(parts.len());
-        for (map, bytes) in parts {
-            starts.push(starts.last().copied().unwrap_or(0) + bytes.len() / width.bytes());
-            out.push(Part::Mapped { map, bytes });
+        let mut out = Vec::with_capacity(files.len());
+        for (file, path, bytes) in files {
+            starts.push(starts.last().copied().unwrap_or(0) + (bytes.end - bytes.start) as usize / width.bytes());
+            out.push(Part::File { file: Arc::new(file), path: path.into(), bytes });
         }
         Self { width, parts: out, starts }
     }
@@ -133,10 +165,9 @@ impl Tokens {
     }
 
     pub fn get(&self, i: usize) -> u32 {
-        let p = self.starts.partition_point(|&s| s <= i) - 1;
-        let w = self.width.bytes();
-        let at = (i - self.starts[p]) * w;
-        self.width.read(&self.parts[p].bytes()[at..at + w])
+        let mut id = 0;
+        self.for_range(i, 1, |t| id = t);
+        id
     }
 
     /// Calls `each` with the ids `at..at + n`, in order, across parts.
@@ -145,9 +176,10 @@ impl Tokens {
         let w = self.width.bytes();
         let mut p = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
         let (mut i, end) = (at, at + n);
+        let mut buf = Vec::new();
         while i < end {
             let part_end = self.starts[p + 1].min(end);
-            let bytes = &self.parts[p].bytes()[(i - self.starts[p]) * w..(part_end - self.starts[p]) * w];
+            let bytes = self.parts[p].read((i - self.starts[p]) * w, (part_end - self.starts[p]) * w, &mut buf);
             for c in bytes.chunks_exact(w) {
                 each(self.width.read(c));
             }
@@ -169,8 +201,15 @@ impl Tokens {
 
     /// The largest id, or None for no ids.
     pub fn max(&self) -> Option<u32> {
+        let w = self.width;
         let mut m = None;
-        self.for_range(0, self.len(), |t| m = Some(m.map_or(t, |x: u32| x.max(t))));
+        for p in &self.parts {
+            p.scan(|bytes| {
+                if let Some(x) = bytes.chunks_exact(w.bytes()).map(|c| w.read(c)).max() {
+                    m = Some(m.map_or(x, |y: u32| y.max(x)));
+                }
+            });
+        }
         m
     }
 
@@ -178,7 +217,7 @@ impl Tokens {
     pub fn hash_into(&self, h: &mut sha2::Sha256) {
         h.update((self.len() as u64).to_le_bytes());
         for p in &self.parts {
-            h.update(p.bytes());
+            p.scan(|bytes| h.update(bytes));
         }
     }
 }
@@ -206,10 +245,10 @@ mod tests {
         assert_eq!(wide.range(990, 10), wide_ids[990..].to_vec());
         assert_eq!(wide.max(), wide_ids.iter().copied().max());
 
-        // A split in several mapped parts reads as one sequence, windows crossing the seams.
+        // A split in several shard files reads as one sequence, windows crossing the seams.
         let dir = std::env::temp_dir().join(format!("frugal-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut parts = vec![];
+        let mut files = vec![];
         for (i, chunk) in wide_ids.chunks(300).enumerate() {
             let path = dir.join(format!("{i}.bin"));
             let mut bytes = vec![7u8; 16];
@@ -217,20 +256,20 @@ mod tests {
                 Width::U32.write(t, &mut bytes);
             }
             std::fs::write(&path, &bytes).unwrap();
-            let map = Arc::new(unsafe { Mmap::map(&std::fs::File::open(&path).unwrap()).unwrap() });
-            parts.push((map, 16..bytes.len()));
+            files.push((path, 16..bytes.len() as u64));
         }
-        let mapped = Tokens::mapped(Width::U32, parts);
-        assert_eq!(mapped.len(), 1000);
-        assert_eq!(mapped, wide);
-        assert_eq!(mapped.range(295, 310), wide_ids[295..605].to_vec());
-        assert_eq!(mapped.get(999), wide_ids[999]);
+        let in_files = Tokens::in_files(Width::U32, files.iter().map(|(p, r)| (std::fs::File::open(p).unwrap(), p.as_path(), r.clone())).collect());
+        assert_eq!(in_files.len(), 1000);
+        assert_eq!(in_files, wide);
+        assert_eq!(in_files.range(295, 310), wide_ids[295..605].to_vec());
+        assert_eq!(in_files.get(999), wide_ids[999]);
+        assert_eq!(in_files.max(), wide.max());
         let hash = |t: &Tokens| {
             let mut h = sha2::Sha256::new();
             t.hash_into(&mut h);
             h.finalize()
         };
-        assert_eq!(hash(&mapped), hash(&wide));
+        assert_eq!(hash(&in_files), hash(&wide));
         assert_ne!(hash(&narrow), hash(&wide));
         let _ = std::fs::remove_dir_all(&dir);
     }
