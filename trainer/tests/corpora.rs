@@ -1,7 +1,8 @@
 //! Corpora as datasets ship them and tokenizers that come with a model: the same documents as
 //! text files, JSONL or Parquet (written by pyarrow) give the same tokens; a tokenizer.json
-//! trained by Python's `tokenizers` gives Python's ids; ids past 65,535 go through shards and
-//! batches; bad input names the file, the line or row and the field.
+//! trained by Python's `tokenizers` gives Python's ids, and a model directory saved by
+//! `transformers` gives its tokenizer; ids past 65,535 go through shards and batches; bad input
+//! names the file, the line or row and the field.
 
 mod common;
 
@@ -151,7 +152,13 @@ tok.save(os.path.join(out, "bytelevel", "tokenizer.json"))
 sp = SentencePieceBPETokenizer()
 sp.train_from_iterator(docs, vocab_size=400, special_tokens=["<unk>", "</s>"], show_progress=False)
 sp.save(os.path.join(out, "sentencepiece", "tokenizer.json"))
+# A model directory as transformers saves one: tokenizer.json and tokenizer_config.json, whose
+# eos_token is a special token of its own
+from transformers import PreTrainedTokenizerFast
+fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()), eos_token="<|end|>")
+fast.save_pretrained(os.path.join(out, "model"))
 ids = {
+    "model_eot": fast.convert_tokens_to_ids("<|end|>"),
     "bytelevel": [tok.encode(d, add_special_tokens=False).ids for d in docs],
     "sentencepiece": [sp.encode(d, add_special_tokens=False).ids for d in docs],
     "eot": [tok.token_to_id("<|endoftext|>"), sp.token_to_id("</s>")],
@@ -182,6 +189,12 @@ json.dump(ids, open(os.path.join(out, "ids.json"), "w"))
         let e = format!("{:#}", Data::new(&cfg, 300, 32, 7).err().unwrap());
         assert!(e.contains(&format!("{} tokens", tok.vocab_size())) && e.contains("holds 300") && e.contains("model.custom.vocabSize"), "{e}");
     }
+    // The tokenizer a Hugging Face model directory comes with ends documents with its eos_token.
+    let model = TextTokenizer::from_model_dir(&dir.join("model")).unwrap();
+    assert_eq!(i64::from(model.end_of_text()), python["model_eot"].as_i64().unwrap());
+    assert_eq!(model.end_of_text_text(), "<|end|>");
+    assert_eq!(model.encode(docs[0].as_bytes()).unwrap(), ids_of("bytelevel")[0]);
+
     // A byte-level tokenizer's tokens cover the text's bytes exactly, so bits per byte counts
     // the text's bytes.
     let tok = TextTokenizer::from_file(&dir.join("bytelevel/tokenizer.json"), None).unwrap();
@@ -190,6 +203,18 @@ json.dump(ids, open(os.path.join(out, "ids.json"), "w"))
         assert_eq!(ids.iter().map(|&t| table[t as usize].len()).sum::<usize>(), d.len(), "{d:?}");
         assert_eq!(tok.decode(&ids), d.as_bytes());
     }
+    // A SentencePiece tokenizer's tokens stand for their text with the space `▁` marks, the
+    // first one of a text included: one byte more than an ASCII document holds.
+    let tok = TextTokenizer::from_file(&dir.join("sentencepiece/tokenizer.json"), None).unwrap();
+    let table = tok.token_bytes();
+    let mut checked = 0;
+    for (d, ids) in docs.iter().zip(ids_of("sentencepiece")) {
+        if d.is_ascii() && !d.is_empty() && !d.starts_with(char::is_whitespace) && !d.contains(['\t', '\r']) {
+            assert_eq!(ids.iter().map(|&t| table[t as usize].len()).sum::<usize>(), d.len() + 1, "{d:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked} documents checked");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(from_shards.fingerprint, prepared.meta.data_fingerprint);
         assert_eq!(from_shards.splits.train, from_text.splits.train);
         assert_eq!(from_shards.tokenizer_fingerprint, from_text.tokenizer_fingerprint);
-        // The same draws from the same seed, read from memory or from mapped shards.
+        // The same draws from the same seed, read from memory or from the shard files.
         let (mut a, mut b) = (from_text, from_shards);
         assert!(a.next_batch(8).inputs.equal(&b.next_batch(8).inputs));
         assert!(a.validation(4).iter().zip(b.validation(4)).all(|(x, y)| x.targets.equal(&y.targets)));

@@ -95,12 +95,6 @@ impl TextTokenizer {
         std::fs::write(path, self.to_json(true)).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Reads a `tokenizer.json` that `save` wrote, its end-of-text found as [`TextTokenizer::from_file`]
-    /// finds it.
-    pub fn load(path: &Path) -> Result<Self> {
-        Self::from_file(path, None)
-    }
-
     /// The tokenizer a Hugging Face model directory comes with: its `tokenizer.json`, end-of-text
     /// the `eos_token` of its `tokenizer_config.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
@@ -460,7 +454,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokenizer.json");
         tok.save(&path).unwrap();
-        let loaded = TextTokenizer::load(&path).unwrap();
+        let loaded = TextTokenizer::from_file(&path, None).unwrap();
         assert_eq!(loaded.fingerprint(), tok.fingerprint());
         assert_eq!(loaded.encode(text.as_bytes()).unwrap(), ids);
         assert_eq!(loaded.end_of_text(), EOT);
