@@ -15,70 +15,11 @@
 //! in Switch Transformer and GShard). The bench refuses a split whose active width is not 4·d.
 //! Set FRUGAL_BENCH_DATA to another text file to change the corpus.
 
+mod lockstep;
+
 use frugal_trainer::config::*;
-use frugal_trainer::parallel::Worker;
+use lockstep::Side;
 use std::time::Instant;
-use tch::Device;
-
-/// One side of the comparison, trained a step at a time.
-struct Side {
-    name: String,
-    trainer: Worker,
-    train_seconds: f64,
-    step_seconds: Vec<f64>,
-    dropped: f64,
-    /// (step, training seconds so far, validation loss)
-    curve: Vec<(i64, f64, f64)>,
-}
-
-impl Side {
-    fn new(name: &str, model: ModelConfig, precision: Precision, steps: i64, data: &str) -> Self {
-        let cfg = nano_run(name, model, precision, steps, data);
-        let trainer = Worker::single(cfg, Device::Cpu).unwrap();
-        Self { name: format!("{name} {precision:?}"), trainer, train_seconds: 0.0, step_seconds: vec![], dropped: 0.0, curve: vec![] }
-    }
-
-    fn step(&mut self, steps: i64, eval_every: i64) {
-        let r = self.trainer.train_step().unwrap();
-        self.train_seconds += r.seconds;
-        self.step_seconds.push(r.seconds);
-        self.dropped += r.dropped_fraction.unwrap_or(0.0);
-        let t = &self.trainer;
-        if t.step % eval_every == 0 || t.step == steps {
-            let v = t.validation_loss();
-            self.curve.push((t.step, self.train_seconds, v));
-            eprintln!("{:>10} step {:>5} train {:>7.1}s val {v:.4}", self.name, t.step, self.train_seconds);
-        }
-    }
-
-    fn tokens_per_second(&self) -> f64 {
-        self.trainer.step as f64 * self.trainer.cfg.tokens_per_step() as f64 / self.train_seconds
-    }
-
-    fn median_step_seconds(&self) -> f64 {
-        let mut v = self.step_seconds.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-
-    fn report(&self, started: Instant) {
-        let t = &self.trainer;
-        let counts = t.counts();
-        println!(
-            "{{\"model\":\"{}\",\"params_total\":{},\"params_active\":{},\"flops_per_token\":{},\"steps\":{},\"tokens_per_second\":{:.1},\"median_step_ms\":{:.2},\"val_loss\":{:.4},\"dropped_fraction\":{:.4},\"wall_seconds\":{:.1}}}",
-            self.name,
-            counts.params_total,
-            counts.params_active,
-            counts.flops_per_token,
-            t.step,
-            self.tokens_per_second(),
-            self.median_step_seconds() * 1e3,
-            self.curve.last().unwrap().2,
-            self.dropped / t.step as f64,
-            started.elapsed().as_secs_f64()
-        );
-    }
-}
 
 fn precision_arg(a: Option<&String>) -> Precision {
     match a.map(String::as_str) {
@@ -127,8 +68,8 @@ fn main() {
 
     // Lockstep: one step of each in turn, so that the machine's load falls on both alike.
     let started = Instant::now();
-    let mut dense = Side::new("dense", dense, dense_precision, steps, &data);
-    let mut moe = Side::new("moe", moe, moe_precision, steps, &data);
+    let mut dense = Side::new("dense", nano_run("dense", dense, dense_precision, steps, &data));
+    let mut moe = Side::new("moe", nano_run("moe", moe, moe_precision, steps, &data));
     for _ in 0..steps {
         dense.step(steps, eval_every);
         moe.step(steps, eval_every);
