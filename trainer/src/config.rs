@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where the tokens come from: the data's own types, named here beside the rest of the run.
+pub use crate::data::{DataConfig, DataSource};
 pub use frugal_api::planner::{ResolvedAttention as AttentionPattern, ResolvedModel as ModelConfig, ResolvedMoe as MoeConfig};
 pub use frugal_api::v1alpha1::{FeedForward, Norm, Positions};
 
@@ -207,31 +209,6 @@ impl Default for OptimConfig {
             muon_momentum: 0.95,
         }
     }
-}
-
-/// Where tokens come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum DataSource {
-    /// Byte-level tokens of a UTF-8 (or any) text file.
-    TextFile { path: std::path::PathBuf },
-    /// Built-in generator with learnable structure and known entropy: a corpus of `tokens`
-    /// tokens where each token is followed by one of `branching` successors, uniformly.
-    Synthetic { branching: i64, tokens: i64 },
-    /// Documents (text files, JSONL records or Parquet rows), each closed by end-of-text,
-    /// tokenized byte-level, with BPE trained on the training split (vocabulary: the model's), or
-    /// with a tokenizer file as it is.
-    Text { corpus: crate::data::Corpus, tokenizer: crate::data::TokenizerSource },
-    /// Shards and tokenizer written by `frugal-trainer prepare`.
-    Shards { path: std::path::PathBuf },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DataConfig {
-    pub source: DataSource,
-    /// Fraction of the corpus held out (its tail) for validation.
-    pub validation_fraction: f64,
-    /// Sequences evaluated per validation pass (0: the whole validation split).
-    pub eval_sequences: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

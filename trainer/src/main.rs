@@ -228,7 +228,7 @@ fn run(cli: Cli) -> Result<i32> {
             anyhow::ensure!(format == "hf", "--format {format:?}: the export format is hf (the Hugging Face layout)");
             let job = job::load(&job)?;
             let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
-            let e = hf::export_job(&job, &root, out.as_deref(), max_shard_bytes)?;
+            let e = hf::export_checkpoint(&job.run_config(None)?, &root, out.as_deref(), max_shard_bytes)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
@@ -280,7 +280,10 @@ fn run(cli: Cli) -> Result<i32> {
                     Ok(Exports {
                         // the int8 kernels are the CPU's, whatever the job trained on
                         quantized: exports.quantize.map(|_| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)).transpose()?,
-                        hugging_face: exports.hugging_face.then(|| hf::export_job(&exported, root, None, hf::DEFAULT_MAX_SHARD_BYTES)).transpose()?,
+                        hugging_face: exports
+                            .hugging_face
+                            .then(|| hf::export_checkpoint(&exported.run_config(None)?, root, None, hf::DEFAULT_MAX_SHARD_BYTES))
+                            .transpose()?,
                     })
                 }));
             }

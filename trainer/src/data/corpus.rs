@@ -6,12 +6,12 @@
 //! The same documents in the same order are the same corpus whatever holds them: they are split
 //! the same way and give the same tokens.
 
+pub use super::document::{Document, Origin, Position};
 use super::{jsonl, parquet};
 use anyhow::{Context, Result, bail};
 use frugal_api::v1alpha1::TextFormat;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 /// Where a corpus is and how it stores its documents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,38 +24,6 @@ pub struct Corpus {
 
 /// The field a JSONL record or Parquet row keeps its text in when the spec names none.
 pub const DEFAULT_FIELD: &str = "text";
-
-/// One document and where it came from.
-pub struct Document {
-    pub text: Vec<u8>,
-    pub origin: Origin,
-}
-
-/// Where a document came from, for messages: a file, a line of one, or a row of one.
-#[derive(Clone, Debug)]
-pub struct Origin {
-    pub file: Arc<Path>,
-    pub at: Position,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum Position {
-    WholeFile,
-    /// 1-based, counting every line.
-    Line(u64),
-    /// 1-based, counting every row of the file.
-    Row(u64),
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.at {
-            Position::WholeFile => write!(f, "{}", self.file.display()),
-            Position::Line(n) => write!(f, "{} line {n}", self.file.display()),
-            Position::Row(n) => write!(f, "{} row {n}", self.file.display()),
-        }
-    }
-}
 
 /// How many documents a corpus holds and how many bytes of text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

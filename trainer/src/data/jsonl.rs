@@ -1,7 +1,7 @@
 //! JSONL corpora: one JSON object a line, its text under a named top-level key. Lines are read
 //! one at a time and only that key's value is kept; blank lines are skipped.
 
-use super::corpus::{Document, Origin, Position};
+use super::document::{Document, Origin, Position};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::io::BufRead;

@@ -5,6 +5,7 @@
 //! position saved in checkpoints.
 
 pub mod corpus;
+pub mod document;
 pub mod jsonl;
 pub mod parquet;
 pub mod shards;
@@ -13,12 +14,36 @@ pub mod tokenize;
 pub mod tokenizer;
 pub mod tokens;
 
-use crate::config::{DataConfig, DataSource};
 use crate::rng::Rng;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
+
+/// Where tokens come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataSource {
+    /// Byte-level tokens of a UTF-8 (or any) text file.
+    TextFile { path: std::path::PathBuf },
+    /// Built-in generator with learnable structure and known entropy: a corpus of `tokens`
+    /// tokens where each token is followed by one of `branching` successors, uniformly.
+    Synthetic { branching: i64, tokens: i64 },
+    /// Documents (text files, JSONL records or Parquet rows), each closed by end-of-text,
+    /// tokenized byte-level, with BPE trained on the training split (vocabulary: the model's), or
+    /// with a tokenizer file as it is.
+    Text { corpus: Corpus, tokenizer: TokenizerSource },
+    /// Shards and tokenizer written by `frugal-trainer prepare`.
+    Shards { path: std::path::PathBuf },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    pub source: DataSource,
+    /// Fraction of the corpus held out (its tail) for validation.
+    pub validation_fraction: f64,
+    /// Sequences evaluated per validation pass (0: the whole validation split).
+    pub eval_sequences: i64,
+}
 
 pub use corpus::Corpus;
 pub use synthetic::Synthetic;

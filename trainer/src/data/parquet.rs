@@ -3,7 +3,7 @@
 //! values whatever the file's size. Pages may be uncompressed, snappy (pyarrow's default) or
 //! zstd.
 
-use super::corpus::{Document, Origin, Position};
+use super::document::{Document, Origin, Position};
 use ::parquet::basic::{Compression, ConvertedType, LogicalType, Type as PhysicalType};
 use ::parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use ::parquet::data_type::{ByteArray, ByteArrayType};

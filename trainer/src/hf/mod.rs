@@ -425,14 +425,19 @@ pub fn load_init(store: &mut ParamStore, spec: &ModelConfig, dir: &Path) -> Resu
     imported.load_into(store)
 }
 
-/// Exports `job`'s checkpoint `checkpoint` (a step directory, or a root whose newest committed
-/// step is used; any layout) to `out`, or to `hf/` in the step directory, with the job's
-/// tokenizer when its data has one.
-pub fn export_job(job: &crate::job::Job, checkpoint: &Path, out: Option<&Path>, max_shard_bytes: u64) -> Result<HuggingFaceExportStatus> {
-    let dir = crate::quantize::step_dir(checkpoint)?;
-    let cfg = job.run_config(None)?;
+/// Exports the checkpoint `checkpoint` (a step directory, or a root whose newest committed step
+/// is used; any layout) of the run `cfg` to `out`, or to `hf/` in the step directory, with the
+/// run's tokenizer when its data has one.
+pub fn export_checkpoint(
+    cfg: &crate::config::RunConfig,
+    checkpoint: &Path,
+    out: Option<&Path>,
+    max_shard_bytes: u64,
+) -> Result<HuggingFaceExportStatus> {
+    let dir = crate::checkpoint::step_or_latest(checkpoint)?
+        .with_context(|| format!("no committed checkpoint under {} (give a step directory or a checkpoint root)", checkpoint.display()))?;
     Family::of(&cfg.model).map_err(|e| anyhow::anyhow!("no Hugging Face family computes this model exactly: {e}"))?;
-    let (_, mut store) = crate::quantize::whole_model(&cfg.model, tch::Device::Cpu);
+    let (_, mut store) = crate::model::gpt::whole_model(&cfg.model, tch::Device::Cpu);
     let step = crate::checkpoint::load_weights(&dir, &mut store).with_context(|| format!("loading the checkpoint {} to export", dir.display()))?.step;
     let data = crate::data::Data::new(&cfg.data, cfg.model.vocab_size, cfg.model.seq_len, cfg.train.seed)?;
     let out = out.map_or_else(|| dir.join(EXPORT_DIR), Path::to_path_buf);

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{AttentionPattern, MoeConfig, Positions, nano_model};
 use crate::model::gpt::Gpt;
-use crate::quantize::whole_model;
+use crate::model::gpt::whole_model;
 use tch::Device;
 
 fn model(positions: Positions, bias: bool, tied: bool) -> ModelConfig {

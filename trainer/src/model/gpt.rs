@@ -431,3 +431,12 @@ impl Gpt {
         tch::no_grad(|| self.run_slice(p, idx, Some(targets.into()), None, Capacity::Dropless).y)
     }
 }
+
+/// The whole model of `cfg` in fp32 on `device`, its weights to be loaded.
+pub fn whole_model(cfg: &crate::config::ModelConfig, device: Device) -> (Gpt, ParamStore) {
+    let mut builder = ParamBuilder::default();
+    let mut model = Gpt::new(&mut builder, cfg);
+    model.prepare(Kind::Float, device);
+    let store = ParamStore::new(builder, &mut Rng::new(0), device, Kind::Float);
+    (model, store)
+}

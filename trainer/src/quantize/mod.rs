@@ -31,7 +31,7 @@ use crate::data::{Batch, Data, DataPosition};
 use crate::eval::{self, GptModel};
 use crate::job::Job;
 use crate::model::gpt::Gpt;
-use crate::params::{Linears, ParamBuilder, ParamStore};
+use crate::params::{Linears, ParamStore};
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use calibrate::{Activations, Choice};
@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use table::Int8Linears;
-use tch::{Device, Kind};
+use tch::Device;
 
 /// Calibration batches when the job has no spec.export (the API's default).
 pub const DEFAULT_CALIBRATION_BATCHES: i32 = 4;
@@ -79,14 +79,7 @@ pub fn step_dir(path: &Path) -> Result<PathBuf> {
         .with_context(|| format!("no committed checkpoint under {} (give a step directory or a checkpoint root)", path.display()))
 }
 
-/// The whole model of `cfg` in fp32 on `device`, its weights to be loaded.
-pub fn whole_model(cfg: &crate::config::ModelConfig, device: Device) -> (Gpt, ParamStore) {
-    let mut builder = ParamBuilder::default();
-    let mut model = Gpt::new(&mut builder, cfg);
-    model.prepare(Kind::Float, device);
-    let store = ParamStore::new(builder, &mut Rng::new(0), device, Kind::Float);
-    (model, store)
-}
+pub use crate::model::gpt::whole_model;
 
 /// The calibration batches: from the training split, with a random stream of their own.
 fn calibration_data(data: &mut Data, seed: u64, batches: i32, batch_size: i64) -> Vec<Batch> {
