@@ -31,6 +31,20 @@ fn mib(kib: i64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// A phase's seconds and its peak resident memory (VmHWM since [`reset_peak`]) against what the
+/// process held before it (`before` KiB) and the weights (`weight_kib`).
+fn print_phase(phase: &str, seconds: f64, before: i64, weight_kib: i64) {
+    let peak = status_kib("VmHWM:");
+    println!(
+        "{phase:<16} {seconds:.2} s; peak {:.0} MiB resident, {:.0} MiB over the {:.0} MiB held before it ({:.2}× the weights in all, +{:.2}×)",
+        mib(peak),
+        mib(peak - before),
+        mib(before),
+        peak as f64 / weight_kib as f64,
+        (peak - before) as f64 / weight_kib as f64
+    );
+}
+
 fn main() {
     let threads = std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     tch::set_num_threads(threads);
@@ -49,15 +63,7 @@ fn main() {
     let t = Instant::now();
     let e = hf::export(&dir, &m, &store, Some(&TextTokenizer::Byte), hf::DEFAULT_MAX_SHARD_BYTES).unwrap();
     let export_s = t.elapsed().as_secs_f64();
-    let peak = status_kib("VmHWM:");
-    println!(
-        "export           {export_s:.2} s; peak {:.0} MiB resident, {:.0} MiB over the {:.0} MiB held before it ({:.2}× the weights in all, +{:.2}×)",
-        mib(peak),
-        mib(peak - before),
-        mib(before),
-        peak as f64 / weight_kib as f64,
-        (peak - before) as f64 / weight_kib as f64
-    );
+    print_phase("export", export_s, before, weight_kib);
     assert_eq!(e.weight_files.len(), 1);
     drop(store);
 
@@ -68,15 +74,7 @@ fn main() {
     let t = Instant::now();
     hf::import(&dir, None).unwrap().load_into(&mut target).unwrap();
     let import_s = t.elapsed().as_secs_f64();
-    let peak = status_kib("VmHWM:");
-    println!(
-        "import           {import_s:.2} s; peak {:.0} MiB resident, {:.0} MiB over the {:.0} MiB held before it ({:.2}× the weights in all, +{:.2}×)",
-        mib(peak),
-        mib(peak - before),
-        mib(before),
-        peak as f64 / weight_kib as f64,
-        (peak - before) as f64 / weight_kib as f64
-    );
+    print_phase("import", import_s, before, weight_kib);
     drop(target);
     std::fs::remove_dir_all(&dir).unwrap();
 

@@ -554,10 +554,10 @@ impl Family {
                     let (o, t) = (format!("blocks.{i}"), format!("gpt_neox.layers.{i}"));
                     put(format!("{o}.ln1.weight"), Same(format!("{t}.input_layernorm.weight")));
                     put(format!("{o}.ln1.bias"), Same(format!("{t}.input_layernorm.bias")));
-                    put(format!("{o}.attn.qkv.weight"), QkvFromHeadMajor(format!("{t}.attention.query_key_value.weight"), m.heads));
+                    put(format!("{o}.attn.qkv.weight"), QkvFromHeadMajor(Box::new(Same(format!("{t}.attention.query_key_value.weight"))), m.heads));
                     // a model saved without attention biases computes as with zero ones
                     let qkv_bias = ZerosIfAbsent(format!("{t}.attention.query_key_value.bias"), 3 * m.d_model);
-                    put(format!("{o}.attn.qkv.bias"), QkvFromHeadMajorOf(Box::new(qkv_bias), m.heads));
+                    put(format!("{o}.attn.qkv.bias"), QkvFromHeadMajor(Box::new(qkv_bias), m.heads));
                     put(format!("{o}.attn.proj.weight"), Same(format!("{t}.attention.dense.weight")));
                     put(format!("{o}.attn.proj.bias"), ZerosIfAbsent(format!("{t}.attention.dense.bias"), m.d_model));
                     put(format!("{o}.ln2.weight"), Same(format!("{t}.post_attention_layernorm.weight")));
@@ -667,8 +667,7 @@ pub enum Source {
     /// Learned positions longer than the job's context: the first rows.
     FirstRows(String, i64),
     /// GPT-NeoX's head-by-head fused projection, for `heads` heads.
-    QkvFromHeadMajor(String, i64),
-    QkvFromHeadMajorOf(Box<Source>, i64),
+    QkvFromHeadMajor(Box<Source>, i64),
     /// A bias the model may lack: zeros of this length then.
     ZerosIfAbsent(String, i64),
 }
@@ -691,8 +690,7 @@ impl Source {
                 ensure!(t.size()[0] >= *rows, "{name} has {} rows, fewer than the {rows} the model needs", t.size()[0]);
                 t.narrow(0, 0, *rows)
             }
-            Self::QkvFromHeadMajor(name, heads) => qkv_from_head_major(&need(name)?, *heads),
-            Self::QkvFromHeadMajorOf(source, heads) => qkv_from_head_major(&source.read(get)?, *heads),
+            Self::QkvFromHeadMajor(source, heads) => qkv_from_head_major(&source.read(get)?, *heads),
             Self::ZerosIfAbsent(name, len) => get(name)?.unwrap_or_else(|| Tensor::zeros([*len], (Kind::Float, tch::Device::Cpu))),
         })
     }
@@ -701,43 +699,30 @@ impl Source {
 /// Frugal's fused projection is [q; k; v], each [heads, head_dim] rows; GPT-NeoX's is head by
 /// head, [q_h; k_h; v_h]. Works on a weight [3d, d] or a bias [3d].
 fn qkv_to_head_major(t: &Tensor, heads: i64) -> Tensor {
-    let rows = t.size()[0];
-    let rest: Vec<i64> = t.size()[1..].to_vec();
-    let hd = rows / 3 / heads;
-    let shape: Vec<i64> = [3, heads, hd].into_iter().chain(rest.iter().copied()).collect();
-    let mut perm: Vec<i64> = vec![1, 0, 2];
-    perm.extend(3..3 + rest.len() as i64);
-    t.reshape(shape.as_slice()).permute(perm.as_slice()).reshape([[rows].as_slice(), rest.as_slice()].concat().as_slice())
+    regroup_rows(t, [3, heads, -1], [1, 0, 2])
 }
 
 fn qkv_from_head_major(t: &Tensor, heads: i64) -> Tensor {
-    let rows = t.size()[0];
-    let rest: Vec<i64> = t.size()[1..].to_vec();
-    let hd = rows / 3 / heads;
-    let shape: Vec<i64> = [heads, 3, hd].into_iter().chain(rest.iter().copied()).collect();
-    let mut perm: Vec<i64> = vec![1, 0, 2];
-    perm.extend(3..3 + rest.len() as i64);
-    t.reshape(shape.as_slice()).permute(perm.as_slice()).reshape([[rows].as_slice(), rest.as_slice()].concat().as_slice())
+    regroup_rows(t, [heads, 3, -1], [1, 0, 2])
 }
 
 /// A head's rows [first half; second half] (frugal's rotary pairs i and i + hd/2) as ERNIE's
 /// interleaved pairs (2i, 2i + 1). Works on a weight [heads · hd, d] or a bias [heads · hd].
 fn rope_to_interleaved(t: &Tensor, heads: i64) -> Tensor {
-    let size = t.size();
-    let hd = size[0] / heads;
-    let rest: Vec<i64> = size[1..].to_vec();
-    let split: Vec<i64> = [heads, 2, hd / 2].into_iter().chain(rest.iter().copied()).collect();
-    let mut perm: Vec<i64> = vec![0, 2, 1];
-    perm.extend(3..3 + rest.len() as i64);
-    t.reshape(split.as_slice()).permute(perm.as_slice()).reshape(size.as_slice())
+    regroup_rows(t, [heads, 2, -1], [0, 2, 1])
 }
 
 fn rope_from_interleaved(t: &Tensor, heads: i64) -> Tensor {
+    let hd = t.size()[0] / heads;
+    regroup_rows(t, [heads, hd / 2, 2], [0, 2, 1])
+}
+
+/// `t`'s rows (its first dimension) split into three groups of the sizes `groups` (one may be
+/// -1), the groups reordered by `order`, and joined again; any further dimensions ride along.
+fn regroup_rows(t: &Tensor, groups: [i64; 3], order: [i64; 3]) -> Tensor {
     let size = t.size();
-    let hd = size[0] / heads;
-    let rest: Vec<i64> = size[1..].to_vec();
-    let split: Vec<i64> = [heads, hd / 2, 2].into_iter().chain(rest.iter().copied()).collect();
-    let mut perm: Vec<i64> = vec![0, 2, 1];
-    perm.extend(3..3 + rest.len() as i64);
+    let rest = &size[1..];
+    let split: Vec<i64> = groups.iter().chain(rest).copied().collect();
+    let perm: Vec<i64> = order.into_iter().chain(3..3 + rest.len() as i64).collect();
     t.reshape(split.as_slice()).permute(perm.as_slice()).reshape(size.as_slice())
 }
