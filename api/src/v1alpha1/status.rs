@@ -159,6 +159,18 @@ pub struct ProgressStatus {
     pub total_steps: i64,
     /// Tokens trained on.
     pub tokens: i64,
+    /// Steps done over the steps the run is expected to end at (totalSteps, or fewer where a
+    /// quality target is expected to stop it sooner), 0–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<i32>,
+    /// Seconds from lastUpdateTime to the expected end, at the step rate of the latest reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub estimated_remaining_seconds: Option<i64>,
+    /// When the run is expected to end: lastUpdateTime plus estimatedRemainingSeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_time: Option<Time>,
     /// Training loss at the last step.
     #[serde(default, skip_serializing_if = "is_not_finite_opt")]
     pub loss: Option<f64>,
@@ -357,7 +369,8 @@ pub struct HuggingFaceExportStatus {
     /// The directory `from_pretrained` loads.
     #[schemars(length(max = 4096))]
     pub path: String,
-    /// The `transformers` class its config.json names (GPT2LMHeadModel, GPTNeoXForCausalLM).
+    /// The `transformers` class its config.json names (GPT2LMHeadModel, GPTNeoXForCausalLM,
+    /// LlamaForCausalLM, Ernie4_5_MoeForCausalLM).
     #[schemars(length(max = 128))]
     pub architecture: String,
     /// Bytes of its fp32 weights.

@@ -98,6 +98,7 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
             flops_per_token: Some(c.flops_per_token),
             pipeline_stages: shape.pipeline_stages,
             replicas: (shape.replicas > 1).then_some(shape.replicas),
+            quality_target: worker.evaluation.target.clone(),
         }));
         if let Some(port) = s.metrics_port {
             rep.emit(RunEvent::Metrics { port });

@@ -2,7 +2,7 @@
 //! pod's status reporter folds them into the TrainingJob's status, and the progress bar draws
 //! them. A value is named once here, so what the log shows is what the status says.
 
-use frugal_api::v1alpha1::{DistillationStatus, HuggingFaceExportStatus, QualityStatus, QuantizedStatus, ZeroShotResult};
+use frugal_api::v1alpha1::{DistillationStatus, HuggingFaceExportStatus, QualityStatus, QualityTarget, QuantizedStatus, ZeroShotResult};
 use serde::{Deserialize, Serialize};
 
 use crate::report::summary::Summary;
@@ -57,6 +57,9 @@ pub struct Start {
     /// Replicas of the pipeline training side by side (data-parallel runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i64>,
+    /// The quality the run stops at, if it stops at one (data.qualityTarget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_target: Option<QualityTarget>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

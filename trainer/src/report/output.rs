@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use crate::report::eta::Eta;
 use crate::report::event::RunEvent;
 use crate::report::summary::{Summary, human};
 
@@ -13,6 +14,9 @@ pub struct Reporter {
     tty: bool,
     total_steps: i64,
     last_draw: Option<Instant>,
+    /// The bar's percentage and time left, as the status reports them.
+    eta: Eta,
+    clock: Instant,
     /// Every event also goes here (the pod's status reporter), whatever is printed.
     sink: Option<std::sync::mpsc::Sender<RunEvent>>,
 }
@@ -20,7 +24,14 @@ pub struct Reporter {
 impl Reporter {
     /// A progress bar when stderr is a terminal (unless `json`), JSON lines on stdout otherwise.
     pub fn new(total_steps: i64, json: bool) -> Self {
-        Self { tty: !json && std::io::stderr().is_terminal(), total_steps, last_draw: None, sink: None }
+        Self {
+            tty: !json && std::io::stderr().is_terminal(),
+            total_steps,
+            last_draw: None,
+            eta: Eta::new(total_steps, None),
+            clock: Instant::now(),
+            sink: None,
+        }
     }
 
     /// Also sends every event to `sink`.
@@ -38,6 +49,12 @@ impl Reporter {
     pub fn emit(&mut self, event: RunEvent) {
         if let Some(sink) = &self.sink {
             let _ = sink.send(event.clone());
+        }
+        match &event {
+            RunEvent::Start(start) => self.eta = Eta::new(start.steps, start.quality_target.clone()),
+            RunEvent::Step(s) => self.eta.step(self.clock.elapsed().as_secs_f64(), s.step, s.tokens),
+            RunEvent::Eval(e) => self.eta.evaluation(self.eta.tokens_at(e.step).unwrap_or(0), e.val_loss, e.bits_per_byte, e.quality_target_reached),
+            _ => {}
         }
         if !self.tty {
             let mut line = serde_json::Map::new();
@@ -77,10 +94,13 @@ impl Reporter {
         let width = 30usize;
         let done = ((s.step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
         let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
+        let estimate = self.eta.estimate();
+        let left = estimate.and_then(|e| e.remaining_seconds).map(|r| format!(" {} left", clock(r))).unwrap_or_default();
         eprint!(
-            "\r\x1b[2K{bar} {}/{} loss {:.4} lr {:.2e} {:.0} tok/s MFU {:.1}%",
+            "\r\x1b[2K{bar} {}/{} {}%{left} loss {:.4} lr {:.2e} {:.0} tok/s MFU {:.1}%",
             s.step,
             self.total_steps,
+            estimate.map_or(0, |e| e.percent),
             s.loss,
             s.lr,
             s.tokens_per_second,
@@ -156,5 +176,24 @@ fn compact(v: &Value) -> String {
         },
         Value::String(s) => s.clone(),
         v => v.to_string(),
+    }
+}
+
+/// Seconds as a clock reads them: `42s`, `3m07s`, `2h05m`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round().max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_left_reads_as_a_clock() {
+        let read: Vec<String> = [0.4, 42.0, 187.0, 7500.0].into_iter().map(super::clock).collect();
+        assert_eq!(read, ["0s", "42s", "3m07s", "2h05m"]);
     }
 }

@@ -25,6 +25,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use crate::report::eta::Eta;
 use crate::report::event::RunEvent;
 
 /// The field manager of the trainer's status patches.
@@ -77,6 +78,10 @@ pub struct TrainerStatus {
     /// The Hugging Face export after training.
     pub hugging_face: Option<HuggingFaceExportStatus>,
     total_steps: i64,
+    /// The percentage and expected end, from the step reports' times.
+    eta: Eta,
+    /// The clock the step reports are timed on: when the first event came.
+    clock: Option<Instant>,
 }
 
 fn now() -> Time {
@@ -97,14 +102,26 @@ impl TrainerStatus {
     /// Takes one of the run's events.
     pub fn observe(&mut self, event: &RunEvent) {
         match event {
-            RunEvent::Start(start) => self.total_steps = start.steps,
+            RunEvent::Start(start) => {
+                self.total_steps = start.steps;
+                self.eta = Eta::new(start.steps, start.quality_target.clone());
+            }
             RunEvent::Step(step) => {
+                let clock = *self.clock.get_or_insert_with(Instant::now);
+                self.eta.step(clock.elapsed().as_secs_f64(), step.step, step.tokens);
+                let estimate = self.eta.estimate();
+                let remaining = estimate.and_then(|e| e.remaining_seconds).map(|s| s.round().min(i64::MAX as f64) as i64);
+                let reported = Timestamp::now();
+                let completion = remaining.and_then(|s| reported.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(s)).ok());
                 self.progress = Some(ProgressStatus {
                     step: step.step,
                     total_steps: self.total_steps,
                     tokens: step.tokens,
+                    percent: estimate.map(|e| e.percent),
+                    estimated_remaining_seconds: remaining,
+                    estimated_completion_time: completion.map(Time),
                     loss: finite(step.loss).or_else(|| self.progress.as_ref().and_then(|p| p.loss)),
-                    last_update_time: Some(now()),
+                    last_update_time: Some(Time(reported)),
                     // a loss that is not a number cannot go into the status: its step can
                     non_finite_loss_step: (!step.loss.is_finite()).then_some(step.step),
                 });
@@ -116,6 +133,9 @@ impl TrainerStatus {
                 });
             }
             RunEvent::Eval(eval) => {
+                // the step event of the evaluation's step comes before it
+                let tokens = self.progress.as_ref().filter(|p| p.step == eval.step).map(|p| p.tokens);
+                self.eta.evaluation(tokens.unwrap_or(0), eval.val_loss, eval.bits_per_byte, eval.quality_target_reached);
                 self.quality = Some(QualityStatus {
                     step: eval.step,
                     validation_loss: eval.val_loss.and_then(finite),
@@ -127,8 +147,7 @@ impl TrainerStatus {
                 });
                 if self.target_reached_time.is_none() && eval.quality_target_reached {
                     self.target_reached_time = Some(now());
-                    // the step event of the evaluation's step comes before it
-                    self.tokens_to_target = self.progress.as_ref().filter(|p| p.step == eval.step).map(|p| p.tokens);
+                    self.tokens_to_target = tokens;
                 }
             }
             RunEvent::Checkpoint(c) => {
@@ -289,6 +308,30 @@ mod tests {
         let mut k: Vec<String> = patch["status"].as_object().unwrap().keys().cloned().collect();
         k.sort();
         k
+    }
+
+    /// The percentage and the expected end reach the status from the step reports: none
+    /// before a rate is known, then the completion time is the report's time plus the
+    /// remaining seconds.
+    #[test]
+    fn progress_carries_the_percentage_and_the_expected_end() {
+        let mut fold = TrainerStatus::default();
+        fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }));
+        fold.observe(&step(10, 3.0));
+        let first = fold.progress.clone().unwrap();
+        assert_eq!((first.percent, first.estimated_remaining_seconds, first.estimated_completion_time), (Some(10), None, None));
+        std::thread::sleep(Duration::from_millis(50));
+        fold.observe(&step(20, 2.9));
+        let p = fold.progress.clone().unwrap();
+        assert_eq!(p.percent, Some(20));
+        // 10 steps in at least 50 ms: 80 steps in at least 0.4 s, and not hours
+        let remaining = p.estimated_remaining_seconds.unwrap();
+        assert!((0..3600).contains(&remaining), "{p:?}");
+        let (end, at) = (p.estimated_completion_time.unwrap().0, p.last_update_time.unwrap().0);
+        assert_eq!(end.duration_since(at).as_secs(), remaining);
+        let patch = fold.patch();
+        assert_eq!(patch["status"]["progress"]["percent"], 20);
+        assert!(patch["status"]["progress"]["estimatedCompletionTime"].is_string(), "{patch}");
     }
 
     #[test]

@@ -17,8 +17,10 @@ pub struct ExportSpec {
     /// (`config.json`, fp32 `model.safetensors`, sharded past 5 GiB, `generation_config.json`,
     /// and the tokenizer's `tokenizer.json` and `tokenizer_config.json`), which
     /// `transformers.AutoModelForCausalLM.from_pretrained` loads without remote code. Dense
-    /// models export as GPT-2 (learned positions) or GPT-NeoX (rotary); a model no family
-    /// computes exactly is refused before training, naming the field to change.
+    /// models export as GPT-2 (learned positions), GPT-NeoX (rotary, LayerNorm and GELU) or
+    /// Llama (rotary, RMSNorm and SwiGLU), mixtures of experts of Llama's block as ERNIE 4.5
+    /// MoE; a model no family computes exactly is refused before training, naming the field to
+    /// change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hugging_face: bool,
     /// Batches (of training.batchSize sequences) whose activations calibrate the scales: drawn

@@ -53,6 +53,8 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the job is in its lifecycle"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.plan.gpus", description = "GPUs the job runs on"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.progress.step", description = "Last optimizer step reported"),
+    printcolumn(name = "Done%", type_ = "integer", json_path = ".status.progress.percent", description = "Percent of the steps the run is expected to take"),
+    printcolumn(name = "ETA", type_ = "string", json_path = ".status.progress.estimatedCompletionTime", description = "When the run is expected to end, at its measured step rate"),
     printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss", description = "Last training loss reported"),
     printcolumn(name = "Perplexity", type_ = "number", json_path = ".status.quality.perplexity", description = "Validation perplexity"),
     printcolumn(name = "GPU-Hours", type_ = "number", json_path = ".status.cost.gpuHours", description = "GPU-hours spent so far"),
