@@ -72,6 +72,16 @@ pub fn last_checkpoint(output: &str) -> Option<i64> {
     event_steps(output, "checkpoint").last()
 }
 
+/// The training loss of each `step` event in a trainer's output, in order, as (step, loss).
+pub fn step_losses(output: &str) -> Vec<(i64, f64)> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .filter_map(|v| Some((v["step"].as_i64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
 /// The steps of a trainer's JSON events named `event`, in order.
 fn event_steps<'a>(output: &'a str, event: &'a str) -> impl Iterator<Item = i64> + 'a {
     output

@@ -2,8 +2,8 @@
 //! chart's RBAC only, trainers from the project's image, statuses patched from inside the
 //! containers with their own tokens, peers found through cluster DNS, a deleted pod's SIGTERM
 //! checkpoint resumed by the next attempt, a 2 × 2 data-parallel job whose checkpoint resumes as
-//! 1 × 2, an int8 export and a distilled student reported from their pods, and a leader that
-//! hands over. Every namespace enforces
+//! 1 × 2, an int8 export and a distilled student reported from their pods, a job that continues
+//! from a Hugging Face export and writes its own, and a leader that hands over. Every namespace enforces
 //! Pod Security `restricted`.
 
 use std::time::{Duration, Instant};
@@ -16,10 +16,13 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt as _};
 
 use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::{DistillSpec, ExportSpec, Phase, QuantizeFormat, TeacherSpec};
+use frugal_api::v1alpha1::{
+    DataSource, DataSourceType, DistillSpec, ExportSpec, FeedForward, Norm, Phase, QuantizeFormat, TeacherSpec, TextFormat, TextSource, Tokenizer,
+    TokenizerFile,
+};
 use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at};
+use frugal_e2e::training_job::{apply, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, step_losses};
 use frugal_e2e::{TestContext, manifests, run};
 
 /// The pod ran in a container (containerd's ID) on the node labelled as the real one.
@@ -318,6 +321,113 @@ async fn a_quantized_teacher_and_its_distilled_student_report_their_quality_from
         ensure!(d.bits_per_byte_delta.is_some_and(f64::is_finite), "no student − teacher delta {d:?}");
         ensure!(d.teacher_tokens_per_second > 0.0 && d.student_tokens_per_second > 0.0, "tokens/s {d:?}");
         ensure!(d.teacher_parameters > 0, "teacher parameters {d:?}");
+        Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+/// Continued pretraining as users run it: a job of Llama's block trains as two pods on a JSONL
+/// corpus and writes its final checkpoint in the Hugging Face layout onto its claim; a second
+/// job starts from that export (`spec.model.init`, read from the same claim) with the export's
+/// own tokenizer (`data.tokenizer: file`), begins at the first job's loss rather than a fresh
+/// model's, and writes its own export, whose path its status names; a third whose shape differs
+/// from the export's is refused, its condition naming the field and both values.
+#[tokio::test]
+async fn a_job_continues_from_a_hugging_face_model_and_exports_its_own() {
+    if !node::available("real-hf") {
+        return;
+    }
+    run("real-hf", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "models").await?;
+        // the claim's directory on this machine, where the real node's hostPath volume is
+        let host = std::env::temp_dir().join("frugal-e2e-volumes").join(&pv);
+        // the corpus as datasets ship it: JSONL, a paragraph of the repository's text a line
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt"))?;
+        let lines: Vec<String> = text.split("\n\n").take(2000).map(|p| serde_json::json!({ "text": p }).to_string()).collect();
+        std::fs::write(host.join("corpus.jsonl"), lines.join("\n") + "\n")?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let llama = |name: &str, steps: i64, stages: i32| {
+            let mut tj = real_cpu_job(name, steps, Some("models"), stages);
+            let shape = tj.spec.model.custom.as_mut().expect("a custom shape");
+            (shape.norm, shape.feed_forward, shape.bias) = (Norm::RmsNorm, FeedForward::Swiglu, false);
+            tj.spec.data.source = DataSource {
+                type_: DataSourceType::Text,
+                synthetic: None,
+                text: Some(TextSource { path: "/checkpoints/corpus.jsonl".into(), format: TextFormat::Jsonl, field: None }),
+                shards: None,
+            };
+            tj.spec.export = Some(ExportSpec { hugging_face: true, calibration_batches: 4, ..Default::default() });
+            tj
+        };
+        // The export's files, read where the pod wrote them: its architecture.
+        let exported = |done: &TrainingJob, step: i64| -> Result<String> {
+            let hf = done.status.as_ref().and_then(|s| s.quality.as_ref()?.hugging_face.clone());
+            let hf = hf.with_context(|| format!("{} has no status.quality.huggingFace: {:?}", done.name_any(), done.status))?;
+            ensure!(hf.step == step && hf.weight_bytes > 0, "export {hf:?}, the job ended at step {step}");
+            let relative = hf.path.strip_prefix("/checkpoints/").with_context(|| format!("export path {} is not on the claim", hf.path))?;
+            let dir = host.join(relative);
+            for file in ["model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+                ensure!(dir.join(file).is_file(), "{} has no {file}", dir.display());
+            }
+            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+            let architecture = config["architectures"][0].as_str().unwrap_or_default();
+            ensure!(architecture == hf.architecture, "config.json names {architecture}, the status {}", hf.architecture);
+            eprintln!("e2e: {} exported step {} as {architecture} to {}", done.name_any(), hf.step, hf.path);
+            Ok(hf.path)
+        };
+        let run_to_end = |name: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let done = finished_within(&ctx, name, TRAINING).await?;
+                let mut logs = String::new();
+                for p in node::attempt_pods(&ctx, name, 1).await? {
+                    on_real_node(&ctx, &p).await?;
+                    logs += &node::logs(&ctx, &p.name_any()).await;
+                }
+                anyhow::Ok((done, logs))
+            }
+        };
+
+        apply(&ctx, &llama("base", 40, 2)).await?;
+        let (base, logs) = run_to_end("base").await?;
+        ensure!(phase(&base) == Some(Phase::Succeeded), "base ended {:?}: {:?}\n{logs}", phase(&base), base.status);
+        let path = exported(&base, 40)?;
+        let base_losses = step_losses(&logs);
+        let (fresh, trained) = (base_losses.first().context("base logged no step")?.1, base_losses.last().context("base logged no step")?.1);
+
+        let mut continued = llama("continued", 10, 2);
+        continued.spec.model.init = Some(path.clone());
+        continued.spec.data.tokenizer = Tokenizer::File;
+        continued.spec.data.tokenizer_file = Some(TokenizerFile { path: format!("{path}/tokenizer.json"), end_of_text: None });
+        let mut other_shape = llama("other-shape", 10, 1);
+        other_shape.spec.model.init = Some(path.clone());
+        other_shape.spec.model.custom.as_mut().expect("a custom shape").d_model = 64;
+        apply(&ctx, &continued).await?;
+        apply(&ctx, &other_shape).await?;
+
+        let (done, logs) = run_to_end("continued").await?;
+        ensure!(phase(&done) == Some(Phase::Succeeded), "continued ended {:?}: {:?}\n{logs}", phase(&done), done.status);
+        let first = step_losses(&logs).first().context("continued logged no step")?.1;
+        eprintln!("e2e: a fresh model's first loss {fresh:.4}, base's last {trained:.4}, continued's first {first:.4}");
+        ensure!(
+            (first - trained).abs() < (first - fresh).abs(),
+            "continued started at loss {first}, nearer a fresh model's {fresh} than the init model's {trained}"
+        );
+        let own = exported(&done, 10)?;
+        ensure!(own != path && own.contains("/continued/"), "continued exported to {own}, not its own directory");
+
+        let refused = finished_within(&ctx, "other-shape", TRAINING).await?;
+        ensure!(phase(&refused) == Some(Phase::Failed), "a dModel of 64 from a 32-wide model ended {:?}", phase(&refused));
+        let said = refused.status.iter().flat_map(|s| &s.conditions).find(|c| c.reason == "ConfigurationError").map(|c| c.message.clone());
+        let said = said.with_context(|| format!("no ConfigurationError condition: {:?}", refused.status))?;
+        ensure!(
+            said.contains("dModel") && said.contains("64") && said.contains("32"),
+            "the condition does not name the field and both values: {said}"
+        );
+        eprintln!("e2e: other-shape refused: {said}");
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
         Ok(())
     })
