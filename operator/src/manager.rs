@@ -253,6 +253,7 @@ pub async fn run(
         policies_missing: policies_missing.clone(),
     });
     health.stores.lock().unwrap().push(tj_reader.clone());
+    health.budgets.lock().unwrap().push(budget_reader.clone());
 
     let stopping = shutdown.clone();
     let shutdown_reaper = shutdown.clone();
