@@ -252,8 +252,17 @@ pub async fn run(
         gpu_products: Default::default(),
         policies_missing: policies_missing.clone(),
     });
-    health.stores.lock().unwrap().push(tj_reader.clone());
-    health.budgets.lock().unwrap().push(budget_reader.clone());
+    // /metrics reads the caches once they hold their first full list: a half-filled cache
+    // would show the billed counters lower than the last process exported
+    let (health_stores, stores_synced) = (health.clone(), [tjs_synced.clone(), budgets_synced.clone()]);
+    let (metrics_jobs, metrics_budgets) = (tj_reader.clone(), budget_reader.clone());
+    tokio::spawn(async move {
+        let [jobs, budgets] = &stores_synced;
+        if let (Ok(()), Ok(())) = tokio::join!(jobs.wait(), budgets.wait()) {
+            health_stores.stores.lock().unwrap().push(metrics_jobs);
+            health_stores.budgets.lock().unwrap().push(metrics_budgets);
+        }
+    });
 
     let stopping = shutdown.clone();
     let shutdown_reaper = shutdown.clone();

@@ -148,7 +148,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The main loop is alive.
     pub alive: AtomicBool,
-    /// The TrainingJob caches, one per watched namespace (or one for all).
+    /// The TrainingJob caches, one per watched namespace (or one for all), each once it has
+    /// its first full list.
     pub stores: Mutex<Vec<Store<DeserializeGuard<TrainingJob>>>>,
     /// The TrainingBudget caches, likewise.
     pub budgets: Mutex<Vec<Store<TrainingBudget>>>,
@@ -191,6 +192,8 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
         )
         .with_state(Shared { metrics, health });
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // the address bound (a port of 0 is chosen now): the e2e tests read it from this line
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app).await?;
     Ok(())
