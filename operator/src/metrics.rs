@@ -4,6 +4,8 @@
 //! the cluster holds (bills, budgets, jobs by phase) is read from the caches at each scrape
 //! (`spend`). `docs/operator.md` lists every series.
 
+#[cfg(test)]
+mod queries;
 pub mod spend;
 
 use std::sync::atomic::{AtomicBool, Ordering};
