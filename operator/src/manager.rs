@@ -238,6 +238,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
+    for category in training_job::error::Error::CATEGORIES {
+        let _ = metrics.errors.get_or_create(&crate::metrics::CategoryLabels { category });
+    }
     let ctx = Arc::new(training_job::Context {
         client: client.clone(),
         settings,

@@ -91,6 +91,10 @@ impl Default for Metrics {
         );
         let registry = root.sub_registry_with_prefix("frugal_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
+        for result in ["ok", "error"] {
+            // both series exist from the start, at 0
+            let _ = reconciles.get_or_create(&ResultLabels { result });
+        }
         let errors = Family::<CategoryLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let status_patches = Counter::default();

@@ -144,6 +144,10 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
     for b in budgets {
         let status = b.status.clone().unwrap_or_default();
         let labels = BudgetLabels { namespace: b.namespace().unwrap_or_default(), budget: b.name_any() };
+        // a budget no job waits on shows 0 (a wait for a missing budget has no budget to show)
+        let none_waiting =
+            WaitingLabels { namespace: labels.namespace.clone(), budget: labels.budget.clone(), reason: reasons::BUDGET_EXHAUSTED.into() };
+        s.waiting.insert(none_waiting, Waiting::default());
         s.budgets.insert(
             labels,
             BudgetGauges {
@@ -543,6 +547,8 @@ mod tests {
         assert_eq!(waiting("team", reasons::BUDGET_EXHAUSTED), Waiting { jobs: 2, oldest_seconds: 600.0 });
         assert_eq!(waiting("gone", reasons::BUDGET_NOT_FOUND), Waiting { jobs: 1, oldest_seconds: 100.0 });
         assert_eq!(s.waiting.len(), 2, "a job queued for another reason is not waiting on a budget");
+        let idle = snapshot(&[job("a", Some("team"), vec![])], &[&team], Timestamp::from_second(1000).unwrap());
+        assert_eq!(idle.waiting.values().collect::<Vec<_>>(), [&Waiting::default()], "a budget nobody waits on shows 0");
         let jobs_in = |phase: &str, reason: &str| s.jobs.get(&PhaseReasonLabels { phase: phase.into(), reason: reason.into() }).copied();
         assert_eq!(jobs_in("Queued", reasons::BUDGET_EXHAUSTED), Some(2));
         assert_eq!(jobs_in("Queued", "Other"), Some(1), "an unknown reason is not a label value");

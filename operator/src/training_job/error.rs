@@ -66,6 +66,22 @@ impl From<SettleError> for Error {
 }
 
 impl Error {
+    /// Every [`Error::category`], so that each series of `reconcile_errors_total` exists from the
+    /// start (at 0) and a query of it finds it before the first error.
+    pub const CATEGORIES: [&str; 11] = [
+        "validation",
+        "plan",
+        "admission",
+        "kubernetes",
+        "rejected",
+        "stopping",
+        "deleting",
+        "name-taken",
+        "finalizer",
+        "stale-cache",
+        "undecodable",
+    ];
+
     /// A stable label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
@@ -93,5 +109,21 @@ impl Error {
             Self::NameTaken(_) => Some(crate::conditions::reasons::NAME_TAKEN),
             Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) | Self::StaleCache | Self::Undecodable(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A category added to `category` and forgotten in `CATEGORIES` would have no series until
+    /// its first error.
+    #[test]
+    fn every_category_is_listed() {
+        let source = include_str!("error.rs");
+        let body = &source[source.find("pub fn category").unwrap()..source.find("pub fn permanent_reason").unwrap()];
+        let named: Vec<&str> = body.lines().filter_map(|l| l.split("=> \"").nth(1)?.split('"').next()).collect();
+        assert_eq!(named.len(), Error::CATEGORIES.len(), "{named:?}");
+        assert!(named.iter().all(|c| Error::CATEGORIES.contains(c)), "{named:?} against {:?}", Error::CATEGORIES);
     }
 }
