@@ -147,6 +147,25 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for a scraper that does not
+/// ask for OpenMetrics (`promtool check metrics`, `curl`): a counter's HELP and TYPE name its
+/// samples' `_total` name, and there is no `# EOF` (prometheus-client writes no `# UNIT`,
+/// `_created` or exemplars here).
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).filter(|n| !n.ends_with("_total")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|l| *l != "# EOF" && !l.starts_with("# UNIT ")) {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// What the health endpoints report.
 #[derive(Default)]
 pub struct Health {
@@ -174,10 +193,17 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<Shared>| async move {
+            get(|State(s): State<Shared>, headers: axum::http::HeaderMap| async move {
                 let stores = s.health.stores.lock().unwrap().clone();
                 let budgets = s.health.budgets.lock().unwrap().clone();
-                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(&stores, &budgets))
+                let exposition = s.metrics.encode(&stores, &budgets);
+                // OpenMetrics to whoever asks for it (Prometheus does), else the text format
+                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                if accept.contains("application/openmetrics-text") {
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], exposition)
+                } else {
+                    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], prometheus_text(&exposition))
+                }
             }),
         )
         .route(
@@ -264,6 +290,25 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_scraper_that_does_not_ask_for_openmetrics_gets_the_text_format() {
+        let m = Metrics::default();
+        let openmetrics = m.encode_snapshot(spend::tests_support::cluster());
+        let text = prometheus_text(&openmetrics);
+        for line in [
+            "# HELP frugal_billed_cost_total Cost billed from the jobs' pods (status.cost), in the currency its label names",
+            "# TYPE frugal_billed_cost_total counter",
+            "# TYPE frugal_operator_reconciles_total counter",
+            "# TYPE frugal_operator_reconcile_duration_seconds histogram",
+            "# TYPE frugal_budget_gpus_held gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("# EOF") && !text.contains("_total_total"), "{text}");
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
+        assert_eq!(samples(&text), samples(&openmetrics), "the samples are the same");
     }
 
     #[test]
