@@ -161,13 +161,20 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
             },
         );
     }
+    let no_status = TrainingJobStatus::default();
+    // each namespace's default budget, looked up once
+    let mut defaults = std::collections::HashMap::new();
     for tj in jobs {
         let namespace = tj.namespace().unwrap_or_default();
-        let status = tj.status.clone().unwrap_or_default();
+        let status = tj.status.as_ref().unwrap_or(&no_status);
         let phase = status.phase.unwrap_or(Phase::Pending);
-        *s.jobs.entry(PhaseReasonLabels { phase: format!("{phase:?}"), reason: reason_label(&status) }).or_default() += 1;
+        let reason = reason_label(status);
+        *s.jobs.entry(PhaseReasonLabels { phase: format!("{phase:?}"), reason: reason.clone() }).or_default() += 1;
         // the budget a job is counted in: its namespace's default, else the one it names
-        let default = frugal_api::admission::namespace_default(&namespace, budgets.iter().copied());
+        let default = defaults
+            .entry(namespace.clone())
+            .or_insert_with(|| frugal_api::admission::namespace_default(&namespace, budgets.iter().copied()))
+            .clone();
         let budget = default.or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default();
         if let Some(cost) = &status.cost {
             for pod in &cost.pods {
@@ -182,7 +189,6 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
             }
         }
         let queued = status.conditions.iter().find(|c| c.type_ == types::QUEUED && c.status == "True");
-        let reason = reason_label(&status);
         if let (Phase::Queued, Some(queued), reasons::BUDGET_EXHAUSTED | reasons::BUDGET_NOT_FOUND) = (phase, queued, reason.as_str()) {
             let waited = (now.as_second() - queued.last_transition_time.0.as_second()).max(0) as f64;
             let w = s.waiting.entry(WaitingLabels { namespace: namespace.clone(), budget, reason }).or_default();
