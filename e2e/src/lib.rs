@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod manifests;
 pub mod node;
 pub mod operator;
+pub mod prometheus;
 pub mod training_job;
 pub mod wait;
 

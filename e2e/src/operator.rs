@@ -35,6 +35,8 @@ pub fn binary() -> Result<PathBuf> {
 pub struct Operator {
     child: Child,
     namespace: String,
+    /// How long its log was when it started: what this process logs comes after.
+    log_from: usize,
 }
 
 impl Operator {
@@ -46,6 +48,7 @@ impl Operator {
     /// [`Operator::start`] with `env` set for the process (`KUBECONFIG`, say).
     pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log = OpenOptions::new().create(true).append(true).open(log_path(namespace))?;
+        let log_from = log.metadata()?.len() as usize;
         let child = Command::new(binary()?)
             .envs(env.iter().copied())
             .args(["run", "--namespace", namespace, "--metrics-addr", "127.0.0.1:0", "--trainer-image", TRAINER_IMAGE])
@@ -57,7 +60,7 @@ impl Operator {
             .stderr(log)
             .spawn()
             .context("starting frugal-operator")?;
-        Ok(Self { child, namespace: namespace.into() })
+        Ok(Self { child, namespace: namespace.into(), log_from })
     }
 
     /// Kills the operator at once (SIGKILL), as a crash would.
@@ -87,6 +90,32 @@ impl Operator {
     /// Whether the process is still running.
     pub fn running(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// The address this process serves `/metrics` on (it binds a free port), from its log line
+    /// `serving /metrics, /healthz and /readyz`; waits up to 30 s for it.
+    pub async fn metrics_addr(&self) -> Result<std::net::SocketAddr> {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            let line = log
+                .get(self.log_from..)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("serving /metrics")));
+            if let Some(addr) = line.as_ref().and_then(|l| l["addr"].as_str()) {
+                return addr.parse().with_context(|| format!("the operator logged {addr} as its metrics address"));
+            }
+            ensure!(started.elapsed() < std::time::Duration::from_secs(30), "the operator logged no metrics address within 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A scrape of the operator's `/metrics`.
+    pub async fn scrape(&self) -> Result<String> {
+        let addr = self.metrics_addr().await?;
+        tokio::task::spawn_blocking(move || crate::prometheus::scrape(addr)).await?
     }
 
     /// The operator's log so far.

@@ -12,7 +12,7 @@
 //! at the finish stamp, or a second after it when a pass billed the pod as still Running during
 //! the second after that stamp (a record's end never moves back).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use kube::{Api, ResourceExt as _};
 use frugal_api::v1alpha1::{BudgetAdmission, Phase};
 use frugal_api::{TrainingBudget, TrainingJob};
 use frugal_e2e::operator::Operator;
+use frugal_e2e::prometheus;
 use frugal_e2e::training_job::{apply, condition, finish_pod, job_where, phase, run_ending_pods, running_pods};
 use frugal_e2e::{FIELD_MANAGER, GPU_RESOURCE, TestContext, manifests, wait};
 
@@ -463,20 +464,28 @@ impl Random {
 }
 
 /// An operator killed (SIGKILL) three times at random moments while its jobs' pods run bills
-/// each job what its pods held, counts no pod twice, and its budget has spent their sum.
+/// each job what its pods held, counts no pod twice, and its budget has spent their sum; its
+/// billed counters never go down across the restarts and end equal to the bills and the ledger.
 #[tokio::test]
 async fn the_operator_killed_while_jobs_run_bills_the_same_totals() {
     run_ending_pods("billing-operator-killed", |ctx| async move {
         let mut operator = setup(&ctx).await?;
-        apply_budget(&ctx, &training_budget("team", 4, 100.0, BudgetAdmission::LookAhead)).await?;
+        let mut budget = training_budget("team", 4, 100.0, BudgetAdmission::LookAhead);
+        // a cost limit far off, so that the cost gauges the chart's queries read exist too
+        budget.spec.max_cost = Some(1e6);
+        apply_budget(&ctx, &budget).await?;
         let watch = PodWatch::start(&ctx, Some(Duration::from_secs(8))).await?;
         let spending = SpendWatch::start(&ctx, "team");
         let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
         apply_all(&ctx, &names, 2, "team").await?;
         let mut random = Random::seeded();
         let started = Instant::now();
+        let mut counters = Counters::new();
         for kill in 1..=3 {
             tokio::time::sleep(random.between(Duration::from_secs(1), Duration::from_secs(6))).await;
+            // whatever the process exports by now (it may still be filling its caches: a kill
+            // during its start is part of the test) is no lower than any earlier process did
+            counters = counters_not_lower(&operator, &ctx.namespace, &counters, false, &format!("before kill {kill}")).await?;
             operator.kill()?;
             let killed_at = started.elapsed();
             // down a moment: pods may finish while no operator looks
@@ -486,6 +495,9 @@ async fn the_operator_killed_while_jobs_run_bills_the_same_totals() {
             let held = watch.held();
             eprintln!("kill {kill}: SIGKILL at {:.1} s, restarted {:.1} s later, pods holding {} GPUs", killed_at.as_secs_f64(), down.as_secs_f64(), held.now);
         }
+        // the last restarted process, once its caches are filled, exports every series the
+        // killed ones did, none lower
+        counters = counters_not_lower(&operator, &ctx.namespace, &counters, true, "after the last restart").await?;
         let jobs = all_succeeded(&ctx, &names, Duration::from_secs(150)).await?;
         let held = watch.held();
         ensure!(held.max <= 4, "the pods held {} GPUs at once under a budget of 4: {:?}", held.max, held.at_max);
@@ -533,9 +545,99 @@ async fn the_operator_killed_while_jobs_run_bills_the_same_totals() {
         eprintln!("{against:#?}\ncounted past the final bills: {over:.3} GPU-s\nbills that went down: {:#?}", seen.drops);
         counted.map_err(|e| anyhow::anyhow!("{e:#}: the budget spent {spent} GPU-hours, its jobs were billed {billed_hours}: {against:?}; bills that went down: {:?}", seen.drops))?;
         ensure!(seen.drops.is_empty(), "bills went down: {:?}", seen.drops);
-        Ok(())
+        the_metrics_of_money_match_the_bills_and_the_ledger(&ctx, &operator, &counters).await
     })
     .await;
+}
+
+/// The billed counters of a namespace in a scrape, by series.
+type Counters = BTreeMap<String, f64>;
+
+fn billed_counters(exposition: &str, namespace: &str) -> Result<Counters> {
+    let billed = prometheus::samples(exposition)?.into_iter().filter(|s| {
+        matches!(s.name.as_str(), "frugal_billed_gpu_seconds_total" | "frugal_billed_cost_total")
+            && s.labels.get("namespace").map(String::as_str) == Some(namespace)
+    });
+    Ok(billed.map(|s| (format!("{}{:?}", s.name, s.labels), s.value)).collect())
+}
+
+/// Scrapes `operator` and checks that none of its billed counters of `namespace` is lower than
+/// in `before`; returns the highest of each seen. With `wait`, scrapes until every series of
+/// `before` is there (a restarted operator exports them once its caches are filled).
+async fn counters_not_lower(operator: &Operator, namespace: &str, before: &Counters, wait: bool, when: &str) -> Result<Counters> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = billed_counters(&operator.scrape().await?, namespace)?;
+        for (series, value) in &now {
+            let was = before.get(series).copied().unwrap_or_default();
+            ensure!(*value >= was, "{when}: {series} went down from {was} to {value}");
+        }
+        if !wait || before.keys().all(|k| now.contains_key(k)) {
+            eprintln!("{when}: {now:?}");
+            let mut highest = before.clone();
+            highest.extend(now);
+            return Ok(highest);
+        }
+        let missing: Vec<&String> = before.keys().filter(|k| !now.contains_key(*k)).collect();
+        ensure!(Instant::now() < deadline, "{when}: the operator's scrape still lacks {missing:?} after 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// After a billed run: the operator's billed counters equal what its jobs' status.cost says
+/// and what the budget's ledger spent, are no lower than any earlier scrape (across its
+/// restarts), the exposition passes `promtool check metrics`, and every series the chart's
+/// dashboard and alerts ask of the operator is in it.
+async fn the_metrics_of_money_match_the_bills_and_the_ledger(ctx: &TestContext, operator: &Operator, earlier: &Counters) -> Result<()> {
+    let jobs = ctx.api::<TrainingJob>().list(&ListParams::default()).await?.items;
+    let cost = |tj: &TrainingJob| tj.status.as_ref().and_then(|s| s.cost.clone()).unwrap_or_default();
+    let job_gpu_seconds: f64 = jobs.iter().map(|tj| cost(tj).gpu_hours * 3600.0).sum();
+    let job_cost: f64 = jobs.iter().map(|tj| cost(tj).cost).sum();
+    let budget = ctx.api::<TrainingBudget>().get("team").await?.status.unwrap_or_default();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+    // the budget's own pass may count the last bills a moment after the jobs' status says them
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exposition = loop {
+        let exposition = operator.scrape().await?;
+        let samples = prometheus::samples(&exposition)?;
+        let within = [("namespace", ctx.namespace.as_str()), ("budget", "team")];
+        let billed_seconds = prometheus::sum(&samples, "frugal_billed_gpu_seconds_total", &within);
+        let billed_cost = prometheus::sum(&samples, "frugal_billed_cost_total", &within);
+        let spent_seconds = prometheus::sum(&samples, "frugal_budget_spent_gpu_seconds", &within);
+        let spent_cost = prometheus::sum(&samples, "frugal_budget_spent_cost", &within);
+        let report = format!(
+            "billed {billed_seconds} GPU-s and {billed_cost} (status.cost: {job_gpu_seconds} GPU-s, {job_cost}); the budget's gauges {spent_seconds} GPU-s and {spent_cost} (its ledger: {} GPU-s, {})",
+            budget.gpu_hours_spent * 3600.0,
+            budget.cost_spent
+        );
+        let agree = close(billed_seconds, job_gpu_seconds)
+            && close(billed_cost, job_cost)
+            && close(billed_seconds, budget.gpu_hours_spent * 3600.0)
+            && close(billed_cost, budget.cost_spent)
+            && close(spent_seconds, budget.gpu_hours_spent * 3600.0)
+            && close(spent_cost, budget.cost_spent);
+        if agree && billed_seconds > 0.0 {
+            eprintln!("metrics of money: {report}");
+            break exposition;
+        }
+        ensure!(Instant::now() < deadline, "the operator's metrics disagree with the bills: {report}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let last = billed_counters(&exposition, &ctx.namespace)?;
+    for (series, was) in earlier {
+        ensure!(last.get(series).is_some_and(|now| now >= was), "{series} went down from {was} to {:?}", last.get(series));
+    }
+    prometheus::promtool(&["check", "metrics"], Some(&exposition))?;
+    // the chart's PromQL against this scrape: the trainer's series come from trainer pods, and
+    // the policy gauge exists only where the operator is told of the chart's policies
+    let scraped: BTreeSet<String> = prometheus::samples(&exposition)?.into_iter().map(|s| s.name).collect();
+    let elsewhere = |name: &str| name.starts_with("frugal_trainer_") || name == "frugal_operator_admission_policy_missing";
+    for query in prometheus::dashboard_queries()?.into_iter().chain(prometheus::rule_queries()?) {
+        for name in prometheus::names_in(&query).into_iter().filter(|n| !elsewhere(n)) {
+            ensure!(scraped.contains(&name), "the chart's query {query} names {name}, which the operator's scrape lacks:\n{exposition}");
+        }
+    }
+    Ok(())
 }
 
 /// A budget whose period's GPU-hours a running job spends stops it (its pods write a checkpoint

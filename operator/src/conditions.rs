@@ -67,6 +67,39 @@ pub mod reasons {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const CONTAINER_NOT_CREATED: &str = "ContainerNotCreated";
     pub const STARTUP_TIMEOUT: &str = "StartupTimeout";
+    /// Every reason a TrainingJob's conditions may carry: the values of the `reason` label of
+    /// `frugal_operator_training_jobs`, so that the label stays bounded whatever a status says.
+    pub const JOB: [&str; 29] = [
+        CREATING,
+        PODS_STARTING,
+        RESTARTING,
+        QUEUED,
+        RUNNING,
+        SUSPENDED,
+        SUSPENDING,
+        SUCCEEDED,
+        WAITING_FOR_PODS,
+        WAITING_FOR_CHECKPOINT_CLAIM,
+        INVALID_SPEC,
+        CHECKPOINT_NOT_SHARED,
+        BACKOFF_LIMIT_EXCEEDED,
+        DEADLINE_EXCEEDED,
+        CONFIGURATION_ERROR,
+        REJECTED_BY_API_SERVER,
+        NAME_TAKEN,
+        STALLED,
+        IMAGE_PULL_FAILED,
+        UNSCHEDULABLE,
+        CONTAINER_NOT_CREATED,
+        STARTUP_TIMEOUT,
+        BUDGET_EXHAUSTED,
+        BUDGET_NOT_ALLOWED,
+        BUDGET_NOT_FOUND,
+        BUDGET_TOO_SMALL,
+        GPU_LIMIT_EXCEEDED,
+        GPU_MEMORY_EXCEEDED,
+        PLAN_FAILED,
+    ];
     // a TrainingBudget's Exhausted condition
     pub const GPU_HOURS_SPENT: &str = "GpuHoursSpent";
     pub const COST_SPENT: &str = "CostSpent";
@@ -121,6 +154,23 @@ mod tests {
 
     fn at(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    /// A reason added to `reasons` and forgotten in `reasons::JOB` would be counted as `Other`.
+    #[test]
+    fn every_job_reason_is_a_label_value() {
+        let source = include_str!("conditions.rs");
+        let module = &source[source.find("pub mod reasons").unwrap()..source.find("pub const JOB").unwrap()];
+        let budget_only = [reasons::GPU_HOURS_SPENT, reasons::COST_SPENT, reasons::ALL_GPUS_IN_USE, reasons::WITHIN_LIMITS];
+        let mut declared = 0;
+        for line in module.lines().map(str::trim).filter(|l| l.starts_with("pub const") && l.contains(": &str = \"")) {
+            let value = line.split('"').nth(1).unwrap();
+            declared += 1;
+            assert!(reasons::JOB.contains(&value) || budget_only.contains(&value), "reason {value} is missing from reasons::JOB");
+        }
+        assert!(declared >= 20, "read {declared} reasons from conditions.rs");
+        let imported = [reasons::BUDGET_EXHAUSTED, reasons::BUDGET_NOT_FOUND, reasons::BUDGET_TOO_SMALL, reasons::BUDGET_NOT_ALLOWED];
+        assert!(imported.iter().all(|r| reasons::JOB.contains(r)));
     }
 
     #[test]

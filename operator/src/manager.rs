@@ -238,6 +238,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
+    for category in training_job::error::Error::CATEGORIES {
+        let _ = metrics.errors.get_or_create(&crate::metrics::CategoryLabels { category });
+    }
     let ctx = Arc::new(training_job::Context {
         client: client.clone(),
         settings,
@@ -252,7 +255,17 @@ pub async fn run(
         gpu_products: Default::default(),
         policies_missing: policies_missing.clone(),
     });
-    health.stores.lock().unwrap().push(tj_reader.clone());
+    // /metrics reads the caches once they hold their first full list: a half-filled cache
+    // would show the billed counters lower than the last process exported
+    let (health_stores, stores_synced) = (health.clone(), [tjs_synced.clone(), budgets_synced.clone()]);
+    let (metrics_jobs, metrics_budgets) = (tj_reader.clone(), budget_reader.clone());
+    tokio::spawn(async move {
+        let [jobs, budgets] = &stores_synced;
+        if let (Ok(()), Ok(())) = tokio::join!(jobs.wait(), budgets.wait()) {
+            health_stores.stores.lock().unwrap().push(metrics_jobs);
+            health_stores.budgets.lock().unwrap().push(metrics_budgets);
+        }
+    });
 
     let stopping = shutdown.clone();
     let shutdown_reaper = shutdown.clone();

@@ -1,4 +1,12 @@
 //! Prometheus metrics and the health endpoints: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! What the operator does (passes, errors, admission decisions) is counted as it happens; what
+//! the cluster holds (bills, budgets, jobs by phase) is read from the caches at each scrape
+//! (`spend`). `docs/operator.md` lists every series.
+
+#[cfg(test)]
+mod queries;
+pub mod spend;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +16,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use frugal_api::TrainingJob;
-use frugal_api::v1alpha1::Phase;
+use frugal_api::{TrainingBudget, TrainingJob};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
@@ -39,9 +46,16 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+/// One admission decision of a TrainingBudget's ledger.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
-    pub phase: String,
+pub struct AdmissionLabels {
+    pub namespace: String,
+    pub budget: String,
+    /// `admitted`, `queued` (the job waits), `refused` (it could never fit) or `stopped` (a
+    /// running attempt stopped because the period is spent).
+    pub outcome: &'static str,
+    /// The condition reason of a queued, refused or stopped job; empty when admitted.
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -49,29 +63,46 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub errors: Family<CategoryLabels, Counter>,
     pub duration: Histogram,
-    pub jobs: Family<PhaseLabels, Gauge>,
+    /// Decisions of the budgets' ledgers on jobs asking to start (and running attempts stopped
+    /// for a spent period).
+    pub admissions: Family<AdmissionLabels, Counter>,
     pub status_patches: Counter,
     /// Orphans the reaper deleted, by kind.
     pub reaped: Family<KindLabels, Counter>,
     /// 1 for each of the chart's admission policies the operator was told of that the API
     /// server does not have (0 once it has).
     pub policy_missing: Family<PolicyLabels, Gauge>,
+    /// The series read from the caches, as of the last scrape.
+    exposition: Arc<spend::Scraped>,
+    /// The billed totals this process exported.
+    billed: Mutex<spend::Billed>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("frugal_operator");
+        let mut root = Registry::default();
+        let exposition = Arc::new(spend::Scraped::default());
+        root.register_collector(Box::new(exposition.clone()));
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        root.register(
+            "frugal_budget_admission_decisions",
+            "Decisions of TrainingBudgets' ledgers on jobs asking to start, by outcome and reason",
+            admissions.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("frugal_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
+        for result in ["ok", "error"] {
+            // both series exist from the start, at 0
+            let _ = reconciles.get_or_create(&ResultLabels { result });
+        }
         let errors = Family::<CategoryLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_patches = Counter::default();
         let reaped = Family::<KindLabels, Counter>::default();
         let policy_missing = Family::<PolicyLabels, Gauge>::default();
         registry.register("reconciles", "Reconcile passes by result (ok or error)", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconcile passes by error category", errors.clone());
         registry.register("reconcile_duration_seconds", "Duration of a reconcile pass", duration.clone());
-        registry.register("training_jobs", "TrainingJobs by phase", jobs.clone());
         registry.register("status_patches", "Status patches sent (an unchanged status sends none)", status_patches.clone());
         registry.register("orphans_deleted", "Objects the operator made whose owner was gone, deleted by the reaper, by kind", reaped.clone());
         registry.register(
@@ -79,39 +110,60 @@ impl Default for Metrics {
             "1 when an admission policy the chart installs is missing from the API server (without it the trainers' identities could write any status field)",
             policy_missing.clone(),
         );
-        Self { registry, reconciles, errors, duration, jobs, status_patches, reaped, policy_missing }
+        Self {
+            registry: root,
+            reconciles,
+            errors,
+            duration,
+            admissions,
+            status_patches,
+            reaped,
+            policy_missing,
+            exposition,
+            billed: Mutex::default(),
+        }
     }
 }
 
 impl Metrics {
-    /// Recounts jobs by phase from the controller's cache.
-    fn count_phases(&self, stores: &[Store<DeserializeGuard<TrainingJob>>]) {
-        let phases = [Phase::Pending, Phase::Queued, Phase::Running, Phase::Suspended, Phase::Succeeded, Phase::Failed];
-        for p in phases {
-            let n: usize = stores
-                .iter()
-                .map(|store| {
-                    // an object that does not decode has no phase to count
-                    let jobs = store.state();
-                    jobs.iter()
-                        .filter_map(|j| j.0.as_ref().ok())
-                        .filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending) == p)
-                        .count()
-                })
-                .sum();
-            self.jobs.get_or_create(&PhaseLabels { phase: format!("{p:?}") }).set(n as i64);
-        }
+    /// The exposition, with what the caches hold now: `jobs` the TrainingJob caches and
+    /// `budgets` the TrainingBudget caches (one per watched namespace, or one).
+    pub fn encode(&self, jobs: &[Store<DeserializeGuard<TrainingJob>>], budgets: &[Store<TrainingBudget>]) -> String {
+        let jobs: Vec<_> = jobs.iter().flat_map(|s| s.state()).collect();
+        let budgets: Vec<_> = budgets.iter().flat_map(|s| s.state()).collect();
+        let budgets: Vec<&TrainingBudget> = budgets.iter().map(|b| b.as_ref()).collect();
+        // an object that does not decode has nothing to count
+        let snapshot = spend::snapshot(jobs.iter().filter_map(|j| j.0.as_ref().ok()), &budgets, k8s_openapi::jiff::Timestamp::now());
+        self.encode_snapshot(snapshot)
     }
 
-    /// The exposition; `stores` are the TrainingJob caches (one per watched namespace, or one).
-    pub fn encode(&self, stores: &[Store<DeserializeGuard<TrainingJob>>]) -> String {
-        if !stores.is_empty() {
-            self.count_phases(stores);
-        }
+    /// The exposition with `snapshot` as what the caches hold.
+    pub fn encode_snapshot(&self, snapshot: spend::Snapshot) -> String {
+        let billed = self.billed.lock().unwrap().observe(&snapshot.bills);
+        self.exposition.set(spend::Exposition { billed, snapshot });
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("metrics encode into a String");
         out
     }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for a scraper that does not
+/// ask for OpenMetrics (`promtool check metrics`, `curl`): a counter's HELP and TYPE name its
+/// samples' `_total` name, and there is no `# EOF` (prometheus-client writes no `# UNIT`,
+/// `_created` or exemplars here).
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).filter(|n| !n.ends_with("_total")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|l| *l != "# EOF" && !l.starts_with("# UNIT ")) {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// What the health endpoints report.
@@ -121,8 +173,11 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The main loop is alive.
     pub alive: AtomicBool,
-    /// The TrainingJob caches, one per watched namespace (or one for all).
+    /// The TrainingJob caches, one per watched namespace (or one for all), each once it has
+    /// its first full list.
     pub stores: Mutex<Vec<Store<DeserializeGuard<TrainingJob>>>>,
+    /// The TrainingBudget caches, likewise.
+    pub budgets: Mutex<Vec<Store<TrainingBudget>>>,
     /// How many watched scopes have synced their caches, and how many there are.
     pub synced: std::sync::atomic::AtomicUsize,
     pub scopes: std::sync::atomic::AtomicUsize,
@@ -138,9 +193,17 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<Shared>| async move {
+            get(|State(s): State<Shared>, headers: axum::http::HeaderMap| async move {
                 let stores = s.health.stores.lock().unwrap().clone();
-                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode(&stores))
+                let budgets = s.health.budgets.lock().unwrap().clone();
+                let exposition = s.metrics.encode(&stores, &budgets);
+                // OpenMetrics to whoever asks for it (Prometheus does), else the text format
+                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                if accept.contains("application/openmetrics-text") {
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], exposition)
+                } else {
+                    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], prometheus_text(&exposition))
+                }
             }),
         )
         .route(
@@ -161,6 +224,8 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
         )
         .with_state(Shared { metrics, health });
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // the address bound (a port of 0 is chosen now): the e2e tests read it from this line
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app).await?;
     Ok(())
@@ -192,10 +257,58 @@ mod tests {
         m.reconciles.get_or_create(&ResultLabels { result: "ok" }).inc();
         m.errors.get_or_create(&CategoryLabels { category: "kubernetes" }).inc();
         m.duration.observe(0.01);
-        let text = m.encode(&[]);
+        let text = m.encode(&[], &[]);
         assert!(text.contains("frugal_operator_reconciles_total{result=\"ok\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_errors_total{category=\"kubernetes\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_duration_seconds_count 1"), "{text}");
+    }
+
+    /// The whole exposition of a cluster with one budget, two jobs billed under it and one
+    /// waiting: every series the docs list, named by Prometheus's rules.
+    #[test]
+    fn the_money_series_are_exposed_with_their_units() {
+        let m = Metrics::default();
+        m.admissions.get_or_create(&AdmissionLabels { namespace: "ml".into(), budget: "team".into(), outcome: "admitted", reason: "" }).inc();
+        let text = m.encode_snapshot(spend::tests_support::cluster());
+        for line in [
+            "# TYPE frugal_billed_gpu_seconds counter",
+            "frugal_billed_gpu_seconds_total{namespace=\"ml\",budget=\"team\",gpu_type=\"nvidia-h100-80gb\"} 5400.0",
+            "frugal_billed_cost_total{namespace=\"ml\",budget=\"team\",gpu_type=\"nvidia-h100-80gb\",currency=\"EUR\"} 6.0",
+            "frugal_budget_spent_gpu_seconds{namespace=\"ml\",budget=\"team\"} 1800.0",
+            "frugal_budget_limit_gpu_seconds{namespace=\"ml\",budget=\"team\"} 36000.0",
+            "frugal_budget_spent_cost{namespace=\"ml\",budget=\"team\",currency=\"EUR\"} 2.0",
+            "frugal_budget_limit_cost{namespace=\"ml\",budget=\"team\",currency=\"EUR\"} 40.0",
+            "frugal_budget_gpus_held{namespace=\"ml\",budget=\"team\"} 2",
+            "frugal_budget_gpus_limit{namespace=\"ml\",budget=\"team\"} 4",
+            "frugal_budget_period_start_timestamp_seconds{namespace=\"ml\",budget=\"team\"} 100.0",
+            "frugal_budget_waiting_jobs{namespace=\"ml\",budget=\"team\",reason=\"BudgetExhausted\"} 1",
+            "frugal_budget_oldest_wait_seconds{namespace=\"ml\",budget=\"team\",reason=\"BudgetExhausted\"} 600.0",
+            "frugal_budget_admission_decisions_total{namespace=\"ml\",budget=\"team\",outcome=\"admitted\",reason=\"\"} 1",
+            "frugal_operator_training_jobs{phase=\"Queued\",reason=\"BudgetExhausted\"} 1",
+            "frugal_operator_training_jobs{phase=\"Running\",reason=\"\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_scraper_that_does_not_ask_for_openmetrics_gets_the_text_format() {
+        let m = Metrics::default();
+        let openmetrics = m.encode_snapshot(spend::tests_support::cluster());
+        let text = prometheus_text(&openmetrics);
+        for line in [
+            "# HELP frugal_billed_cost_total Cost billed from the jobs' pods (status.cost), in the currency its label names",
+            "# TYPE frugal_billed_cost_total counter",
+            "# TYPE frugal_operator_reconciles_total counter",
+            "# TYPE frugal_operator_reconcile_duration_seconds histogram",
+            "# TYPE frugal_budget_gpus_held gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("# EOF") && !text.contains("_total_total"), "{text}");
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
+        assert_eq!(samples(&text), samples(&openmetrics), "the samples are the same");
     }
 
     #[test]

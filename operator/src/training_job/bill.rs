@@ -191,8 +191,9 @@ fn hours_until(records: &[PodCost], t: &Time) -> f64 {
         .sum()
 }
 
-/// Keeps the records within [`MAX_RECORDS`]: the oldest ended ones become one record that
-/// carries their GPU-hours and cost.
+/// Keeps the records within [`MAX_RECORDS`]: the oldest ended ones become one record per GPU
+/// type that carries their GPU-hours and cost (the billed metrics count by GPU type, so a fold
+/// must not move spend from one type to another).
 fn folded(mut records: Vec<PodCost>) -> Vec<PodCost> {
     if records.len() <= MAX_RECORDS {
         return records;
@@ -206,24 +207,28 @@ fn folded(mut records: Vec<PodCost>) -> Vec<PodCost> {
             fold
         })
     };
-    let earliest = old.iter().map(|r| r.from.clone()).min_by_key(|t| t.0);
-    let latest = old.iter().map(|r| r.until.clone()).max_by_key(|t| t.0);
-    let (Some(from), Some(until)) = (earliest, latest) else { return keep };
-    let gpu_hours = old.iter().map(|r| r.gpu_hours).sum::<f64>();
-    let earlier = PodCost {
-        name: EARLIER.into(),
-        attempt: 0,
-        gpus: 0,
-        gpu_type: String::new(),
-        priced_from: PricedFrom::JobSpec,
-        price_per_gpu_hour: 0.0,
-        from,
-        until,
-        ended: true,
-        gpu_hours,
-        cost: old.iter().map(|r| r.cost).sum(),
-    };
-    std::iter::once(earlier).chain(keep).collect()
+    let mut by_type: std::collections::BTreeMap<String, Vec<PodCost>> = Default::default();
+    for r in old {
+        by_type.entry(r.gpu_type.clone()).or_default().push(r);
+    }
+    let earlier = by_type.into_iter().filter_map(|(gpu_type, old)| {
+        let from = old.iter().map(|r| r.from.clone()).min_by_key(|t| t.0)?;
+        let until = old.iter().map(|r| r.until.clone()).max_by_key(|t| t.0)?;
+        Some(PodCost {
+            name: EARLIER.into(),
+            attempt: 0,
+            gpus: 0,
+            gpu_type,
+            priced_from: PricedFrom::JobSpec,
+            price_per_gpu_hour: 0.0,
+            from,
+            until,
+            ended: true,
+            gpu_hours: old.iter().map(|r| r.gpu_hours).sum(),
+            cost: old.iter().map(|r| r.cost).sum(),
+        })
+    });
+    earlier.collect::<Vec<_>>().into_iter().chain(keep).collect()
 }
 
 /// Whether any pod of the bill still holds GPUs (the job is billed again soon).
@@ -326,6 +331,25 @@ mod tests {
         assert_eq!(c.pods[0].name, EARLIER);
         assert!((c.gpu_hours - 2.0).abs() < 1e-9, "{}", c.gpu_hours);
         assert!((c.cost - 4.0).abs() < 1e-9);
+        assert_eq!(c.pods[0].gpu_type, "nvidia-h100-80gb", "the folded record keeps its GPU type");
+    }
+
+    #[test]
+    fn a_fold_keeps_each_gpu_types_spend_apart() {
+        let attempts: Vec<_> = (1..=200)
+            .map(|i| attempt(i, vec![pod(&format!("a{i}-0"), i, 1, Some(i64::from(i) * 100), Some(i64::from(i) * 100 + 36))], Some(0)))
+            .collect();
+        // odd attempts ran on H100s, even ones on L4s
+        let by_attempt = |p: &PodSeen| Price {
+            gpu_type: if p.attempt % 2 == 1 { "nvidia-h100-80gb" } else { "nvidia-l4-24gb" }.into(),
+            priced_from: PricedFrom::NodeLabel,
+            per_gpu_hour: 1.0,
+        };
+        let c = bill(None, &attempts, by_attempt, "USD", None, &t(100_000));
+        let hours = |ty: &str| c.pods.iter().filter(|r| r.gpu_type == ty).map(|r| r.gpu_hours).sum::<f64>();
+        assert!((hours("nvidia-h100-80gb") - 1.0).abs() < 1e-9, "{c:?}");
+        assert!((hours("nvidia-l4-24gb") - 1.0).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.pods.iter().filter(|r| r.name == EARLIER).count(), 2);
     }
 
     #[test]

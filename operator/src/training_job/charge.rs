@@ -17,6 +17,7 @@ use super::lifecycle::{self, Decision, Spending};
 use super::observe::AttemptView;
 use super::plan::PlannedJob;
 use super::{Context, bill, now};
+use crate::metrics::AdmissionLabels;
 use crate::training_budget::budget::{Demand, Wait};
 use crate::training_budget::ledger::{self, Admission};
 
@@ -46,7 +47,9 @@ pub async fn charge(
         let demand = admit::demand(&decision, attempts);
         let gpus = admit::held_gpus(planned.plan.gpus, planned.valid.queue.is_some(), demand, attempts);
         let claim = admit::budget_claim(tj, gpus, planned.plan.estimated_gpu_hours, Some(&cost));
-        match ledger::settle(&ctx.client, &planned.valid.names.namespace, name, &claim, demand).await? {
+        let settled = ledger::settle(&ctx.client, &planned.valid.names.namespace, name, &claim, demand).await;
+        count_decision(ctx, &planned.valid.names.namespace, name, demand, &settled);
+        match settled? {
             Admission::Go => {}
             Admission::Wait(wait) => return Ok(Charged::Wait { cost, wait }),
             Admission::SpentOut(w) => {
@@ -57,6 +60,20 @@ pub async fn charge(
         }
     }
     Ok(Charged::Go { cost, decision })
+}
+
+/// Counts what budget `budget`'s ledger decided (`frugal_budget_admission_decisions_total`): on
+/// a job asking to start, and on a live attempt its spent period stops.
+fn count_decision(ctx: &Context, namespace: &str, budget: &str, demand: Demand, settled: &Result<Admission, ledger::SettleError>) {
+    let (outcome, reason) = match (demand, settled) {
+        (Demand::Start, Ok(Admission::Go)) => ("admitted", ""),
+        (_, Ok(Admission::Wait(w))) => ("queued", w.reason),
+        (_, Ok(Admission::SpentOut(w))) => ("stopped", w.reason),
+        (_, Err(ledger::SettleError::TooSmall(_))) => ("refused", crate::conditions::reasons::BUDGET_TOO_SMALL),
+        _ => return,
+    };
+    let labels = AdmissionLabels { namespace: namespace.into(), budget: budget.into(), outcome, reason };
+    ctx.metrics.admissions.get_or_create(&labels).inc();
 }
 
 /// The job's own limits against what its pods were billed, and its rate while it runs.

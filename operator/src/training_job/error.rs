@@ -66,6 +66,13 @@ impl From<SettleError> for Error {
 }
 
 impl Error {
+    /// Every [`Error::category`] that is counted, so that each series of
+    /// `reconcile_errors_total` exists from the start (at 0) and a query of it finds it before
+    /// the first error. `deleting` and `stale-cache` are not failures (`next_try`: soon, not
+    /// counted).
+    pub const CATEGORIES: [&str; 9] =
+        ["validation", "plan", "admission", "kubernetes", "rejected", "stopping", "name-taken", "finalizer", "undecodable"];
+
     /// A stable label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
@@ -93,5 +100,22 @@ impl Error {
             Self::NameTaken(_) => Some(crate::conditions::reasons::NAME_TAKEN),
             Self::Kube(_) | Self::CacheClosed | Self::Stopping { .. } | Self::Finalizer(_) | Self::StaleCache | Self::Undecodable(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A category added to `category` and forgotten in `CATEGORIES` would have no series until
+    /// its first error.
+    #[test]
+    fn every_category_is_listed() {
+        let source = include_str!("error.rs");
+        let body = &source[source.find("pub fn category").unwrap()..source.find("pub fn permanent_reason").unwrap()];
+        let named: Vec<&str> = body.lines().filter_map(|l| l.split("=> \"").nth(1)?.split('"').next()).collect();
+        let not_failures = ["deleting", "stale-cache"];
+        assert_eq!(named.len(), Error::CATEGORIES.len() + not_failures.len(), "{named:?}");
+        assert!(named.iter().all(|c| Error::CATEGORIES.contains(c) || not_failures.contains(c)), "{named:?} against {:?}", Error::CATEGORIES);
     }
 }
