@@ -82,6 +82,44 @@ pub fn step_losses(output: &str) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// Checks a trainer's output as a log collector reads it: every line a JSON object with
+/// `timestamp`, `level`, `target`, and the TrainingJob's `job` and `namespace`. Returns the
+/// number of lines.
+pub fn check_trainer_log(output: &str, job: &str, namespace: &str) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("a trainer log line is not JSON ({e}): {line}"))?;
+        for key in ["timestamp", "level", "target"] {
+            anyhow::ensure!(v[key].is_string(), "a trainer log line has no {key}: {line}");
+        }
+        anyhow::ensure!(v["job"] == job && v["namespace"] == namespace, "a trainer log line does not name {namespace}/{job}: {line}");
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Checks the operator's JSON log: every line an object with `timestamp`, `level` and `target`,
+/// and every line a reconcile pass logged (its `span`) naming the `namespace` and the `job` or
+/// `budget`. Returns the lines that name TrainingJob `job` of `namespace`.
+pub fn check_operator_log(output: &str, namespace: &str, job: &str) -> anyhow::Result<usize> {
+    let mut named = 0;
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("an operator log line is not JSON ({e}): {line}"))?;
+        for key in ["timestamp", "level", "target"] {
+            anyhow::ensure!(v[key].is_string(), "an operator log line has no {key}: {line}");
+        }
+        let span = &v["span"];
+        if span["name"] == "reconcile" {
+            anyhow::ensure!(
+                span["namespace"].is_string() && (span["job"].is_string() || span["budget"].is_string()),
+                "a reconcile's log line does not name its object and namespace: {line}"
+            );
+            named += usize::from(span["namespace"] == namespace && span["job"] == job);
+        }
+    }
+    Ok(named)
+}
+
 /// The steps of a trainer's JSON events named `event`, in order.
 fn event_steps<'a>(output: &'a str, event: &'a str) -> impl Iterator<Item = i64> + 'a {
     output

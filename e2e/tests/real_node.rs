@@ -22,7 +22,9 @@ use frugal_api::v1alpha1::{
 };
 use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, step_losses};
+use frugal_e2e::training_job::{
+    apply, check_operator_log, check_trainer_log, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, step_losses,
+};
 use frugal_e2e::{TestContext, manifests, run};
 
 /// The pod ran in a container (containerd's ID) on the node labelled as the real one.
@@ -348,7 +350,7 @@ async fn a_job_continues_from_a_hugging_face_model_and_exports_its_own() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt"))?;
         let lines: Vec<String> = text.split("\n\n").take(2000).map(|p| serde_json::json!({ "text": p }).to_string()).collect();
         std::fs::write(host.join("corpus.jsonl"), lines.join("\n") + "\n")?;
-        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let operator = Operator::start(&ctx.namespace, &[])?;
         let llama = |name: &str, steps: i64, stages: i32| {
             let mut tj = real_cpu_job(name, steps, Some("models"), stages);
             let shape = tj.spec.model.custom.as_mut().expect("a custom shape");
@@ -395,6 +397,11 @@ async fn a_job_continues_from_a_hugging_face_model_and_exports_its_own() {
         let (base, logs) = run_to_end("base").await?;
         ensure!(phase(&base) == Some(Phase::Succeeded), "base ended {:?}: {:?}\n{logs}", phase(&base), base.status);
         let path = exported(&base, 40)?;
+        // every line of the trainer's output and the operator's log, as a collector parses them
+        let lines = check_trainer_log(&logs, "base", &ctx.namespace)?;
+        let passes = check_operator_log(&operator.log(), &ctx.namespace, "base")?;
+        ensure!(passes > 0, "no line of the operator's log names {}/base", ctx.namespace);
+        eprintln!("e2e: {lines} trainer log lines and {passes} of the operator's name {}/base", ctx.namespace);
         let base_losses = step_losses(&logs);
         let (fresh, trained) = (base_losses.first().context("base logged no step")?.1, base_losses.last().context("base logged no step")?.1);
 
@@ -452,6 +459,19 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
         apply(&ctx, &tj).await?;
         let first = node::pod_logging(&ctx, "lm", 1, "\"event\":\"step\"", TRAINING).await?;
         let name = first.name_any();
+        // how far it is and when it will end, as `kubectl get tj` shows them
+        let reported = job_where(&ctx, "lm", "an expected completion time", |tj| {
+            tj.status.as_ref().and_then(|s| s.progress.as_ref()).is_some_and(|p| p.estimated_completion_time.is_some())
+        })
+        .await?;
+        let progress = reported.status.and_then(|s| s.progress).context("no status.progress")?;
+        let (percent, remaining) =
+            (progress.percent.context("no progress.percent")?, progress.estimated_remaining_seconds.context("no seconds left")?);
+        ensure!((0..100).contains(&percent) && remaining > 0, "step {} of {steps}: {percent}%, {remaining} s left", progress.step);
+        let table = node::kubectl(&["get", "tj", "lm", "-n", &ctx.namespace])?;
+        eprintln!("e2e: kubectl get tj\n{table}");
+        let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+        ensure!(header.contains(&"DONE%") && header.contains(&"ETA"), "kubectl get tj has no DONE% and ETA columns:\n{table}");
         let log = node::follow_logs(&ctx, &name);
         // the kubelet delivers SIGTERM; the trainer commits a checkpoint within the grace period
         ctx.api::<Pod>().delete(&name, &DeleteParams::default()).await?;

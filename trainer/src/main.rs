@@ -13,9 +13,10 @@ use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::parallel::run::{Exports, JobRun, Output};
 use frugal_trainer::parallel::{launch, pick_device};
-use frugal_trainer::report::compare;
 use frugal_trainer::report::human;
 use frugal_trainer::report::metrics::Metrics;
+use frugal_trainer::report::{self, compare};
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -184,7 +185,7 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("frugal-trainer: error: {e:#}");
+            frugal_trainer::error!("{e:#}");
             match e.chain().find_map(|c| c.downcast_ref::<job::ConfigurationError>()) {
                 Some(config) => {
                     // in a pod the kubelet mounts this file and reports what it holds
@@ -243,6 +244,10 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {
             let job = job::load_with(&job_path(job), &set)?;
+            // JSON lines wherever the events are (a pod, --json), each naming the job
+            let namespace = std::env::var(env::NAMESPACE).ok();
+            let name = std::env::var(env::TRAINING_JOB).unwrap_or_else(|_| job.name.clone());
+            report::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
             job.check_inputs()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
@@ -255,7 +260,7 @@ fn run(cli: Cli) -> Result<i32> {
                 None => {
                     let d = pick_device(None)?;
                     if d == tch::Device::Cpu {
-                        eprintln!("frugal-trainer: the job asks for a GPU but none is visible; training on the CPU");
+                        frugal_trainer::warn!("the job asks for a GPU but none is visible; training on the CPU");
                     }
                     d
                 }

@@ -135,6 +135,12 @@ fn holder(tj: &TrainingJob, budget: &str, budgets: &Store<TrainingBudget>) -> Ho
 /// One pass of a TrainingBudget: [`budget::refresh`] against the cached TrainingJobs, one
 /// status write if anything changed, and a wake-up when the next period begins.
 pub async fn reconcile(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // every line a pass logs names its budget and namespace (the JSON log's `span`)
+    let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), budget = %b.name_any());
+    tracing::Instrument::instrument(reconcile_budget(b, ctx), span).await
+}
+
+async fn reconcile_budget(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
     // an entry whose job or pods are missing from a cache still filling would be released by mistake
     for cache in &ctx.synced {
         cache.wait().await.map_err(|_| Error::CacheClosed)?;

@@ -96,7 +96,8 @@ pub async fn reconcile(object: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Acti
         }
     };
     let key = format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any());
-    let span = info_span!("reconcile", job = %key);
+    // every line a pass logs names its TrainingJob and namespace (the JSON log's `span`)
+    let span = info_span!("reconcile", namespace = %tj.namespace().unwrap_or_default(), job = %tj.name_any());
     let started = Instant::now();
     let result = async {
         for cache in &ctx.synced {
@@ -454,19 +455,20 @@ fn next_try(error: &Error) -> NextTry {
 }
 
 pub fn error_policy(object: Arc<CachedJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+    let (namespace, job) = (object.namespace().unwrap_or_default(), object.name_any());
+    let key = format!("{namespace}/{job}");
     let next = next_try(error);
     if let NextTry::Soon(after) = next {
-        debug!(job = %key, "{error}");
+        debug!(namespace, job, "{error}");
         return Action::requeue(after);
     }
     ctx.metrics.errors.get_or_create(&CategoryLabels { category: error.category() }).inc();
     if next == NextTry::OnChange {
-        warn!(job = %key, category = error.category(), "{error}; waiting for the object to change");
+        warn!(namespace, job, category = error.category(), "{error}; waiting for the object to change");
         return Action::await_change();
     }
     let after = ctx.backoff.next(&key);
-    warn!(job = %key, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
+    warn!(namespace, job, category = error.category(), retry_in = ?after, "reconcile failed: {error}");
     Action::requeue(after)
 }
 

@@ -644,10 +644,10 @@ pub fn set_aside(dir: &Path) -> Result<PathBuf> {
 pub fn newest_intact<T>(root: &Path, mut load: impl FnMut(&Path) -> anyhow::Result<T>) -> anyhow::Result<Option<Resumed<T>>> {
     let swept = sweep(root)?;
     for step in &swept.restored {
-        eprintln!("frugal-trainer: {} was complete under a staging name when its writer stopped; put it in place", step.display());
+        crate::warn!("{} was complete under a staging name when its writer stopped; put it in place", step.display());
     }
     if !swept.removed.is_empty() {
-        eprintln!("frugal-trainer: removed {} staging directories of interrupted checkpoint writes under {}", swept.removed.len(), root.display());
+        crate::warn!("removed {} staging directories of interrupted checkpoint writes under {}", swept.removed.len(), root.display());
     }
     let mut corrupt: Vec<(PathBuf, anyhow::Error)> = Vec::new();
     for (_, dir) in list(root)?.into_iter().rev() {
@@ -683,7 +683,7 @@ impl<T> Resumed<T> {
     pub fn set_aside(&self) -> Result<()> {
         for ((bad, _), note) in self.corrupt.iter().zip(self.notes()) {
             let kept = set_aside(bad)?;
-            eprintln!("frugal-trainer: {note} ({})", kept.display());
+            crate::warn!("{note} ({})", kept.display());
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
 //! What a run tells the person or system watching it: a progress bar on a terminal, JSON lines
 //! (one object per event) otherwise, and the final summary.
 
-use k8s_openapi::jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use crate::report::eta::Eta;
 use crate::report::event::RunEvent;
+use crate::report::log::{self, Level};
 use crate::report::summary::{Summary, human};
 
 pub struct Reporter {
@@ -57,8 +57,7 @@ impl Reporter {
             _ => {}
         }
         if !self.tty {
-            let mut line = serde_json::Map::new();
-            line.insert("timestamp".into(), json!(Timestamp::now().to_string()));
+            let mut line = log::head(Level::Info, "frugal_trainer::run");
             if let Value::Object(fields) = event.to_value() {
                 line.extend(fields);
             }

@@ -200,7 +200,7 @@ impl StatusReporter {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(r) => r,
-                    Err(e) => return eprintln!("frugal-trainer: status reports off: {e}"),
+                    Err(e) => return crate::warn!("status reports off: {e}"),
                 };
                 runtime.block_on(report_loop(pod, interval, rx));
             })
@@ -223,10 +223,7 @@ impl StatusReporter {
             if t.is_finished() {
                 let _ = t.join();
             } else {
-                eprintln!(
-                    "frugal-trainer: the last status report did not finish within {}s; the status may lag the run",
-                    FINAL_REPORT_WAIT.as_secs()
-                );
+                crate::warn!("the last status report did not finish within {}s; the status may lag the run", FINAL_REPORT_WAIT.as_secs());
             }
         }
     }
@@ -236,7 +233,7 @@ async fn report_loop(pod: PodEnv, interval: Duration, events: mpsc::Receiver<Run
     let api: Option<Api<TrainingJob>> = match Client::try_default().await {
         Ok(client) => Some(Api::namespaced(client, &pod.namespace)),
         Err(e) => {
-            eprintln!("frugal-trainer: status reports off: no Kubernetes client: {e}");
+            crate::warn!("status reports off: no Kubernetes client: {e}");
             None
         }
     };
@@ -268,10 +265,10 @@ async fn report_loop(pod: PodEnv, interval: Duration, events: mpsc::Receiver<Run
                     match api.patch_status(&pod.training_job, &params, &Patch::Apply(fold.patch())).await {
                         Ok(_) => break,
                         Err(e) if attempt < tries => {
-                            eprintln!("frugal-trainer: the last status report failed (try {attempt} of {tries}): {e}");
+                            crate::warn!("the last status report failed (try {attempt} of {tries}): {e}");
                             tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                         }
-                        Err(e) => eprintln!("frugal-trainer: status report failed (training goes on): {e}"),
+                        Err(e) => crate::warn!("status report failed (training goes on): {e}"),
                     }
                 }
             }

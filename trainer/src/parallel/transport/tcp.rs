@@ -374,7 +374,7 @@ struct Introduced {
 
 /// Refuses a connection, saying why to both ends.
 fn refuse_connection(stream: &TcpStream, deadline: Instant, role: Role, from: SocketAddr, reason: &str) {
-    eprintln!("frugal-trainer: refused a {} connection from {from}: {reason}", Role::name(role.code()));
+    crate::warn!("refused a {} connection from {from}: {reason}", Role::name(role.code()));
     let mut reason = reason.as_bytes();
     reason = &reason[..reason.len().min(MAX_ANSWER as usize - 5)];
     let _ = write_until(stream, deadline, &encode(REFUSE, 0, None, reason));
@@ -481,7 +481,7 @@ pub fn accept(
                 Err(e) => return Err(io(waiting, e)),
             };
             if in_flight >= MAX_HANDSHAKES {
-                eprintln!("frugal-trainer: closed a connection from {from}: {MAX_HANDSHAKES} handshakes already running");
+                crate::warn!("closed a connection from {from}: {MAX_HANDSHAKES} handshakes already running");
                 continue;
             }
             let (done, token) = (done.clone(), token.clone());
@@ -491,7 +491,7 @@ pub fn accept(
             });
             match handshake {
                 Ok(_) => in_flight += 1,
-                Err(e) => eprintln!("frugal-trainer: closed a connection from {from}: no thread for its handshake: {e}"),
+                Err(e) => crate::warn!("closed a connection from {from}: no thread for its handshake: {e}"),
             }
         }
         match introduced.recv_timeout(Duration::from_millis(10)) {
@@ -521,7 +521,7 @@ fn admit(links: &mut [Option<TcpLink>], expected: &[Rank], peer: Introduced, rol
         return Ok(());
     };
     if let Err(e) = write_until(&peer.stream, deadline, &encode(WELCOME, 0, None, &peer.session.proof(Side::Listener))) {
-        eprintln!("frugal-trainer: lost {} ({}) before its welcome: {e}", peer.rank, peer.from);
+        crate::warn!("lost {} ({}) before its welcome: {e}", peer.rank, peer.from);
         return Ok(());
     }
     let keys = (peer.session.frames_from(Side::Listener), peer.session.frames_from(Side::Connector));
