@@ -49,7 +49,7 @@ import json, sys
 out, side, lrs = sys.argv[1], sys.argv[2], sys.argv[3:]
 def key(lr):
     r = json.load(open(f"{out}/{side}-lr{lr}/seed1/report.json"))
-    t = r.get("target") or {}
+    t = r.get("quality_target") or r.get("target") or {}
     reached = t.get("reached") and t.get("device_hours") is not None
     return (0, t["device_hours"]) if reached else (1, (r.get("quality") or {}).get("bitsPerByte", float("inf")))
 print(min(lrs, key=key))

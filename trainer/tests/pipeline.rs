@@ -351,7 +351,7 @@ fn a_pipelined_job_evaluates_and_stops_at_its_quality_target() {
     let summary = events.iter().find(|e| e["event"] == "summary").expect("a summary");
     assert_eq!(summary["stopped_by"], "quality target");
     assert_eq!(summary["steps"].as_i64(), Some(2));
-    assert_eq!(summary["target"]["reached"], true, "{summary}");
+    assert_eq!(summary["quality_target"]["reached"], true, "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -190,6 +190,63 @@ fn clock(seconds: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::report::TargetOutcome;
+    use crate::report::event::{Checkpoint, Eval, Resume, Start, Step};
+
+    use super::*;
+
+    /// An event's own fields never hide the keys every log line starts with (`job` is the
+    /// start event's own, the same name).
+    #[test]
+    fn no_event_field_is_named_like_a_log_key() {
+        let text = ["job", "device", "precision", "peak_source", "stopped_by", "reason", "model", "currency"].map(|k| (k, serde_json::json!("")));
+        let numbers = [
+            "steps",
+            "tokens",
+            "params_total",
+            "params_active",
+            "flops_per_token",
+            "total_flops",
+            "seconds",
+            "tokens_per_second",
+            "achieved_tflops",
+            "mfu",
+            "train_loss",
+            "skipped_steps",
+            "gpus",
+            "device_hours",
+            "cost",
+        ]
+        .map(|k| (k, serde_json::json!(0)));
+        let fields: serde_json::Map<String, Value> = text.into_iter().chain(numbers).map(|(k, v)| (k.to_string(), v)).collect();
+        let mut summary: Summary = serde_json::from_value(Value::Object(fields)).unwrap();
+        summary.target = Some(TargetOutcome {
+            metric: "validationLoss".into(),
+            value: 1.0,
+            reached: false,
+            step: None,
+            tokens: None,
+            device_hours: None,
+            best: None,
+            message: String::new(),
+        });
+        let events = [
+            RunEvent::Start(Start::default()),
+            RunEvent::Resume(Resume::default()),
+            RunEvent::Step(Step::default()),
+            RunEvent::Eval(Eval::default()),
+            RunEvent::Checkpoint(Checkpoint::default()),
+            RunEvent::Metrics { port: 1 },
+            RunEvent::Summary(Box::new(summary)),
+        ];
+        for event in events {
+            let value = event.to_value();
+            for key in ["timestamp", "level", "target", "namespace", "message"] {
+                assert!(value.get(key).is_none(), "{} has its own {key}", value["event"]);
+            }
+        }
+    }
+
     #[test]
     fn time_left_reads_as_a_clock() {
         let read: Vec<String> = [0.4, 42.0, 187.0, 7500.0].into_iter().map(super::clock).collect();

@@ -92,7 +92,9 @@ pub struct Summary {
     pub currency: String,
     #[serde(default)]
     pub quality: Option<QualityStatus>,
-    #[serde(default)]
+    /// How the run fared against data.qualityTarget. Written as `quality_target` (`target` is
+    /// every log line's module); reports written before are read too.
+    #[serde(default, rename = "quality_target", alias = "target")]
     pub target: Option<TargetOutcome>,
     #[serde(default)]
     pub provenance: Provenance,
@@ -122,7 +124,7 @@ impl Summary {
             for k in TIMING_FIELDS {
                 m.remove(*k);
             }
-            if let Some(Value::Object(t)) = m.get_mut("target") {
+            if let Some(Value::Object(t)) = m.get_mut("quality_target") {
                 t.remove("device_hours");
             }
         }
