@@ -125,7 +125,11 @@ pub async fn run(target: &Target, name: &str, follow: bool, tail: Option<i64>) -
             );
         };
         let params = LogParams { container: Some(TRAINER_CONTAINER.into()), tail_lines: tail, ..Default::default() };
-        for (pod, prefix) in placed(&tj, attempt_pods(&pods, &tj, attempt).await?) {
+        let found = placed(&tj, attempt_pods(&pods, &tj, attempt).await?);
+        if found.is_empty() {
+            bail!("{name}'s attempt {attempt} has no pods: they are not created yet, or are gone");
+        }
+        for (pod, prefix) in found {
             match pods.logs(&pod, &params).await {
                 Ok(log) => {
                     if !print(&prefixed(&prefix, &log)) {
