@@ -1,6 +1,6 @@
 # The two entry points. Each installs what it needs (libtorch into .venv, the test cluster's
 # binaries into ~/.cache/frugal) and caches it for the next run.
-.PHONY: quickstart test crds images
+.PHONY: quickstart test crds images plugin-release
 
 quickstart: ## train the quick-start job on its embedded default (synthetic data, CPU) and report
 	@bash scripts/quickstart.sh
@@ -13,3 +13,6 @@ crds: ## regenerate crds/ and the chart's copy from the API types
 
 images: ## the operator and trainer images (cuda and cpu variants) with Docker; see images/README.md
 	@bash images/build
+
+plugin-release: ## kubectl-frugal's release archive for krew, its sha256 and the filled-in krew manifest, in dist/
+	@bash scripts/plugin-release.sh

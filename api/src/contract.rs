@@ -75,6 +75,26 @@ pub mod paths {
     pub const METRICS_PORT: u16 = 9090;
 }
 
+/// How an attempt's pods are found and told apart, by the operator that labels them and by
+/// whoever looks for them (`kubectl frugal logs`, the tests).
+pub mod pods {
+    /// The TrainingJob a child belongs to.
+    pub const JOB_LABEL: &str = "frugal.dev/training-job";
+    /// The uid of the TrainingJob an attempt's Job and pods belong to.
+    pub const JOB_UID_LABEL: &str = "frugal.dev/training-job-uid";
+    /// The attempt an attempt's Job and pods belong to, counting from 1.
+    pub const ATTEMPT_LABEL: &str = "frugal.dev/attempt";
+    /// The container that runs the trainer.
+    pub const TRAINER_CONTAINER: &str = "trainer";
+    /// Where Kubernetes writes an Indexed Job pod's index ([`super::env::POD_INDEX`] in the pod).
+    pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+
+    /// The label selector of the pods of attempt `attempt` of the TrainingJob `job` (of `uid`).
+    pub fn attempt_selector(job: &str, uid: &str, attempt: i32) -> String {
+        format!("{JOB_LABEL}={job},{JOB_UID_LABEL}={uid},{ATTEMPT_LABEL}={attempt}")
+    }
+}
+
 /// Exit codes of `frugal-trainer train` that the operator's pod failure policy tells apart.
 pub mod exit {
     /// EX_CONFIG: the job as given can never run (a field, a file, a contract version); the

@@ -5,19 +5,29 @@
 //! one holding it and one waiting for it. `report` rows and the baseline's ratios are checked
 //! against the statuses, `budget` against the ledger, and `plan` exits 1 naming the reason for a
 //! job its budget is too small for or whose memory does not fit, 0 for one that fits.
+//!
+//! kubectl's flags as kubectl means them: `--kubeconfig` and `--context` picking a second
+//! kubeconfig's context (and its namespace), `--as`/`--as-group` impersonating a user the
+//! cluster's RBAC lets read TrainingJobs and one it does not, `-o name|yaml|wide`, `describe`
+//! and `logs` of jobs the operator has not run. And `logs -f` following a two-stage CPU job on the
+//! real node: both stages' lines, prefixed, as they are written, until the job ends.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt as _};
 
+use frugal_api::contract::pods::INDEX_ANNOTATION;
 use frugal_api::report::seeds::EXPERIMENT_LABEL;
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, Phase, QualityMetric, QualityTarget};
 use frugal_api::{TrainingBudget, TrainingJob};
+use frugal_e2e::node::{self, TRAINING};
 use frugal_e2e::operator::Operator;
 use frugal_e2e::training_job::{apply, condition, fake_gpu_job, finish_pod, finished_within, job_where, phase, real_cpu_job, run_ending_pods};
 use frugal_e2e::{FIELD_MANAGER, TestContext, manifests, wait};
@@ -60,6 +70,17 @@ async fn kubectl_frugal(ctx: &TestContext, args: &[&str]) -> Result<Ran> {
     Ok(Ran::of(&format!("kubectl-frugal {}", args.join(" ")), output))
 }
 
+/// `kubectl-frugal <args>` with `env` set: no namespace given, the kubeconfig's context says it.
+async fn plugin_with(args: &[&str], env: &[(&str, &Path)]) -> Result<Ran> {
+    let mut command = tokio::process::Command::new(plugin()?);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", v.display())).collect();
+    Ok(Ran::of(&format!("{} kubectl-frugal {}", shown.join(" "), args.join(" ")), command.output().await?))
+}
+
 /// `kubectl frugal <args> -n <namespace>`, kubectl finding the plugin on PATH.
 async fn through_kubectl(ctx: &TestContext, args: &[&str]) -> Result<Ran> {
     let dir = plugin()?.parent().context("the plugin's directory")?.to_path_buf();
@@ -88,14 +109,11 @@ fn manifest(dir: &Path, name: &str, yaml: &str) -> Result<String> {
 
 const SMALL_MODEL: &str = "  model: {type: Custom, custom: {layers: 8, dModel: 64, heads: 4, seqLen: 32}}\n  data: {source: {type: Synthetic}}\n";
 
-async fn running_pod(ctx: &TestContext, job: &str) -> Result<k8s_openapi::api::core::v1::Pod> {
+async fn running_pod(ctx: &TestContext, job: &str) -> Result<Pod> {
     let selector = format!("frugal.dev/training-job={job},frugal.dev/attempt=1");
-    wait::for_any(
-        &ctx.api::<k8s_openapi::api::core::v1::Pod>(),
-        watcher::Config::default().labels(&selector),
-        &format!("the pod of {job} Running"),
-        |p| frugal_e2e::fixtures::phase(p) == "Running",
-    )
+    wait::for_any(&ctx.api::<Pod>(), watcher::Config::default().labels(&selector), &format!("the pod of {job} Running"), |p| {
+        frugal_e2e::fixtures::phase(p) == "Running"
+    })
     .await
 }
 
@@ -315,4 +333,248 @@ fn check_rows(rows: &serde_json::Value, jobs: &[TrainingJob]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A Role `name` that may read TrainingJobs and TrainingBudgets in the test's namespace, bound
+/// to `subjects`.
+async fn readers(ctx: &TestContext, name: &str, subjects: Vec<Subject>) -> Result<()> {
+    let meta = ObjectMeta { name: Some(name.into()), ..Default::default() };
+    let read = PolicyRule {
+        api_groups: Some(vec!["frugal.dev".into()]),
+        resources: Some(vec!["trainingjobs".into(), "trainingbudgets".into()]),
+        verbs: vec!["get".into(), "list".into(), "watch".into()],
+        ..Default::default()
+    };
+    ctx.api::<Role>().create(&PostParams::default(), &Role { metadata: meta.clone(), rules: Some(vec![read]) }).await?;
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.into() },
+        subjects: Some(subjects),
+    };
+    ctx.api::<RoleBinding>().create(&PostParams::default(), &binding).await?;
+    Ok(())
+}
+
+fn subject(kind: &str, name: &str) -> Subject {
+    Subject { kind: kind.into(), name: name.into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() }
+}
+
+/// A copy of the test's kubeconfig whose current context points nowhere, with a second context
+/// `second` of the test's cluster and user, in the test's namespace.
+fn second_kubeconfig(ctx: &TestContext, dir: &Path) -> Result<PathBuf> {
+    let path = std::env::var_os("KUBECONFIG").context("KUBECONFIG (scripts/e2e.sh sets it)")?;
+    let text = std::fs::read_to_string(&path)?;
+    let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
+    let current = config["current-context"].as_str().context("the kubeconfig's current-context")?.to_string();
+    let contexts = config["contexts"].as_array_mut().context("the kubeconfig's contexts")?;
+    let mut second = contexts.iter().find(|c| c["name"] == current.as_str()).cloned().context("the current context")?;
+    second["name"] = "second".into();
+    second["context"]["namespace"] = ctx.namespace.clone().into();
+    let mut nowhere = second.clone();
+    nowhere["name"] = "nowhere".into();
+    nowhere["context"]["cluster"] = "nowhere".into();
+    contexts.extend([second, nowhere]);
+    config["clusters"].as_array_mut().context("the kubeconfig's clusters")?.push(serde_json::json!({
+        "name": "nowhere",
+        "cluster": {"server": "https://127.0.0.1:9"},
+    }));
+    config["current-context"] = "nowhere".into();
+    let copy = dir.join("second-kubeconfig.yaml");
+    // JSON is YAML
+    std::fs::write(&copy, serde_json::to_string_pretty(&config)?)?;
+    Ok(copy)
+}
+
+#[tokio::test]
+async fn kubectl_frugal_takes_kubectls_flags() {
+    frugal_e2e::run("kubectl-plugin-flags", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let budgets: Api<TrainingBudget> = ctx.api();
+        budgets.patch("team", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&training_budget("team", 4))).await?;
+        // no operator: jobs as they were applied, with no status yet
+        apply(&ctx, &gpu_job("a", 1, "team")).await?;
+        apply(&ctx, &fake_gpu_job("b", 1, 1)).await?;
+        let dir = std::env::temp_dir().join(format!("kubectl-plugin-flags-{}", ctx.namespace));
+        std::fs::create_dir_all(&dir)?;
+        let names = "trainingjob.frugal.dev/a\ntrainingjob.frugal.dev/b\n";
+
+        // -o name, yaml and wide, as kubectl prints them
+        let out = kubectl_frugal(&ctx, &["report", "-o", "name"]).await?;
+        ensure!(out.code == 0 && out.stdout == names, "report -o name: {}{}", out.stdout, out.stderr);
+        let out = through_kubectl(&ctx, &["budget", "-o", "name"]).await?;
+        ensure!(out.code == 0 && out.stdout == "trainingbudget.frugal.dev/team\n", "budget -o name: {}{}", out.stdout, out.stderr);
+        for command in ["report", "budget"] {
+            let json = kubectl_frugal(&ctx, &[command, "-o", "json"]).await?;
+            let yaml = kubectl_frugal(&ctx, &[command, "-o", "yaml"]).await?;
+            ensure!(json.code == 0 && yaml.code == 0, "{command} -o json|yaml: {}{}", json.stderr, yaml.stderr);
+            let (json, yaml): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&json.stdout)?, serde_saphyr::from_str(&yaml.stdout)?);
+            // the budget's ledger says when its next period begins, counted from now: the same
+            // data, a second apart at most
+            let strip = |mut v: serde_json::Value| {
+                v.as_array_mut().into_iter().flatten().for_each(|l| l["nextPeriod"] = serde_json::Value::Null);
+                v
+            };
+            ensure!(strip(yaml.clone()) == strip(json.clone()), "{command}: -o yaml is not -o json's data:\n{yaml}\n{json}");
+            ensure!(json.as_array().is_some_and(|a| !a.is_empty()), "{command}: {json}");
+        }
+        let wide = kubectl_frugal(&ctx, &["report", "-o", "wide"]).await?;
+        let header = wide.stdout.lines().next().unwrap_or_default();
+        ensure!(
+            wide.code == 0 && header.starts_with("job  phase") && header.ends_with("seed  attempt  restarts  step  budgetRef"),
+            "{}",
+            wide.stdout
+        );
+        ensure!(wide.stdout.lines().nth(1).is_some_and(|l| l.starts_with("a ") && l.ends_with(" team")), "{}", wide.stdout);
+
+        // --kubeconfig and --context: the second context's cluster and namespace, whatever
+        // KUBECONFIG says; its current context points nowhere
+        let second = second_kubeconfig(&ctx, &dir)?;
+        let missing = dir.join("no-such-kubeconfig");
+        let out =
+            plugin_with(&["report", "-o", "name", "--kubeconfig", second.to_str().unwrap(), "--context", "second"], &[("KUBECONFIG", &missing)])
+                .await?;
+        ensure!(out.code == 0 && out.stdout == names, "the second context: {}{}", out.stdout, out.stderr);
+        let out = plugin_with(&["report", "--kubeconfig", second.to_str().unwrap()], &[("KUBECONFIG", &missing)]).await?;
+        ensure!(out.code == 2 && out.stderr.contains("cannot reach the API server"), "the current context points nowhere: {}", out.stderr);
+        let out = plugin_with(&["report", "--kubeconfig", second.to_str().unwrap(), "--context", "third"], &[]).await?;
+        ensure!(out.code == 2 && out.stderr.contains("\"third\"") && out.stderr.contains("second, nowhere"), "{}", out.stderr);
+
+        // --as: a user RBAC lets read them, one it does not, and one whose group may
+        readers(&ctx, "frugal-readers", vec![subject("User", "reader"), subject("Group", "readers")]).await?;
+        let allowed = |user: &'static str, group: Option<&'static str>| {
+            let ctx = ctx.clone();
+            async move {
+                let mut args = vec!["report", "-o", "name", "--as", user];
+                args.extend(group.iter().flat_map(|g| ["--as-group", *g]));
+                kubectl_frugal(&ctx, &args).await
+            }
+        };
+        // RBAC takes a moment to see a new binding: wait for the authorizer to say yes
+        wait::until("reader may list TrainingJobs", async {
+            while !node::may(&ctx, "reader", "list", "frugal.dev", "trainingjobs").await? {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await?;
+        let out = allowed("reader", None).await?;
+        ensure!(out.code == 0 && out.stdout == names, "--as reader: {}{}", out.stdout, out.stderr);
+        let out = allowed("nobody", None).await?;
+        ensure!(out.code == 2, "--as nobody listed TrainingJobs: {}", out.stdout);
+        for part in ["the API server refused", "User \"nobody\" cannot list resource \"trainingjobs\""] {
+            ensure!(out.stderr.contains(part), "--as nobody: the error does not say {part:?}: {}", out.stderr);
+        }
+        let out = allowed("nobody", Some("readers")).await?;
+        ensure!(out.code == 0 && out.stdout == names, "--as nobody --as-group readers: {}{}", out.stdout, out.stderr);
+        let out = kubectl_frugal(&ctx, &["budget", "--as-group", "readers"]).await?;
+        ensure!(out.code == 2 && out.stderr.contains("--as-group needs --as"), "{}", out.stderr);
+
+        // describe and logs of a job the operator has not run
+        let out = through_kubectl(&ctx, &["describe", "a"]).await?;
+        ensure!(out.code == 0, "describe: {}", out.stderr);
+        for part in [
+            "Name:       a\n".to_string(),
+            format!("Namespace:  {}\n", ctx.namespace),
+            "Budget:     team (spec.budget.budgetRef)\n".into(),
+            "Plan:\n  none yet".into(),
+            format!("TrainingBudget {}/team:\n  limits ", ctx.namespace),
+        ] {
+            ensure!(out.stdout.contains(&part), "describe does not say {part:?}:\n{}", out.stdout);
+        }
+        let out = kubectl_frugal(&ctx, &["describe", "nope"]).await?;
+        ensure!(out.code == 2 && out.stderr.contains("no TrainingJob \"nope\" in namespace"), "{}", out.stderr);
+        let out = kubectl_frugal(&ctx, &["logs", "a"]).await?;
+        ensure!(out.code == 2 && out.stderr.contains("a has not started an attempt yet"), "{}", out.stderr);
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    })
+    .await;
+}
+
+/// `kubectl frugal logs -f` started before the job's pods exist, on a two-stage CPU job that
+/// trains for real: lines of both stages arrive, prefixed, while the job trains, are each pod's
+/// log as the API server has it, and the command exits once the job has ended.
+#[tokio::test]
+async fn kubectl_frugal_logs_follows_a_two_stage_job_on_the_real_node() {
+    if !node::available("kubectl-plugin-logs") {
+        return;
+    }
+    frugal_e2e::run("kubectl-plugin-logs", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let pv = node::shared_claim(&ctx, "ckpt").await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        apply(&ctx, &real_cpu_job("lm", 20, Some("ckpt"), 2)).await?;
+
+        let mut follower = tokio::process::Command::new(plugin()?)
+            .args(["logs", "lm", "-f", "-n", &ctx.namespace])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = follower.stdout.take().context("the follower's stdout")?;
+        // each line with when it arrived
+        let reading = tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut read = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                read.push((SystemTime::now(), line));
+            }
+            read
+        });
+
+        let started = Instant::now();
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let ended_after = started.elapsed();
+        ensure!(phase(&done) == Some(Phase::Succeeded), "lm ended {:?}: {:?}", phase(&done), done.status);
+        let exit = wait::within(Duration::from_secs(60), "kubectl frugal logs -f to exit after the job ended", follower.wait()).await?;
+        let mut stderr = String::new();
+        if let Some(mut e) = follower.stderr.take() {
+            use tokio::io::AsyncReadExt as _;
+            e.read_to_string(&mut stderr).await.ok();
+        }
+        let read = reading.await?;
+        eprintln!("$ kubectl-frugal logs lm -f  # {exit}, {} lines, the job ended after {ended_after:?}\n{stderr}", read.len());
+        ensure!(exit.success(), "logs -f exited {exit}: {stderr}");
+
+        // every line says its stage
+        let (stage0, stage1) = ("[stage 0 replica 0] ", "[stage 1 replica 0] ");
+        let unprefixed: Vec<&String> = read.iter().map(|(_, l)| l).filter(|l| !l.starts_with(stage0) && !l.starts_with(stage1)).collect();
+        ensure!(unprefixed.is_empty(), "lines without a stage prefix: {unprefixed:?}");
+        ensure!(read.iter().any(|(_, l)| l.contains("\"step\":20")), "no stage logged step 20");
+
+        // what each pod logged, whole and in order, under its stage's prefix; the first of it
+        // while its container still ran (the kubelet's finishedAt is whole seconds, rounded down)
+        let pods = node::attempt_pods(&ctx, "lm", 1).await?;
+        ensure!(pods.len() == 2, "{} pods", pods.len());
+        for pod in &pods {
+            let index = pod.annotations().get(INDEX_ANNOTATION).with_context(|| format!("{} has no index", pod.name_any()))?;
+            let prefix = format!("[stage {index} replica 0] ");
+            let finished = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.name == "trainer")?.state.as_ref()?.terminated.as_ref().map(|t| t.finished_at.clone()))
+                .flatten()
+                .with_context(|| format!("{} has not terminated", pod.name_any()))?;
+            let finished = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(finished.0.as_second())?);
+            let first = read.iter().find(|(_, l)| l.starts_with(&prefix)).with_context(|| format!("no line from {prefix}"))?;
+            ensure!(first.0 < finished, "the first line of {prefix} came after its container ended ({finished:?}): not followed");
+            let log = node::logs(&ctx, &pod.name_any()).await;
+            let followed: Vec<&str> = read.iter().filter_map(|(_, l)| l.strip_prefix(&prefix)).collect();
+            let logged: Vec<&str> = log.lines().collect();
+            ensure!(followed == logged, "{} (stage {index}): followed {} lines, it logged {}:\n{log}", pod.name_any(), followed.len(), logged.len());
+        }
+
+        // without -f: the last lines of each pod, the first stage's first
+        let out = kubectl_frugal(&ctx, &["logs", "lm", "--tail", "2"]).await?;
+        let prefixes: Vec<&str> = out.stdout.lines().map(|l| l.get(..stage0.len()).unwrap_or(l)).collect();
+        ensure!(out.code == 0 && prefixes == [stage0, stage0, stage1, stage1], "logs --tail 2: {}{}", out.stdout, out.stderr);
+        let out = kubectl_frugal(&ctx, &["describe", "lm"]).await?;
+        ensure!(out.code == 0 && out.stdout.contains("Phase:      Succeeded, attempt 1 (0 restarts)\n"), "{}{}", out.stdout, out.stderr);
+        Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ctx.client.clone()).delete(&pv, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
 }

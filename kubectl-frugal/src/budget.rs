@@ -15,7 +15,9 @@ use frugal_api::report::Table;
 use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, BudgetPeriod, Phase};
 use frugal_api::{TrainingBudget, TrainingJob};
 
+use crate::BudgetFormat;
 use crate::cluster::{self, Target};
+use crate::output;
 
 /// A job waiting, Queued, for a budget.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,7 +106,7 @@ pub fn ledger(b: &TrainingBudget, budgets: &[TrainingBudget], jobs: &[TrainingJo
     }
 }
 
-fn time(t: Option<&Time>) -> String {
+pub fn time(t: Option<&Time>) -> String {
     t.map_or("-".into(), |t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
@@ -115,8 +117,8 @@ fn of(spent: f64, limit: Option<f64>, unit: &str) -> String {
     }
 }
 
-/// The ledgers, for people.
-pub fn text(ledgers: &[Ledger]) -> String {
+/// The ledgers, for people; `wide` adds each holder's estimated cost and uid.
+pub fn text(ledgers: &[Ledger], wide: bool) -> String {
     let mut out = String::new();
     for (i, l) in ledgers.iter().enumerate() {
         if i > 0 {
@@ -146,16 +148,25 @@ pub fn text(ledgers: &[Ledger]) -> String {
             out += "  holders: none\n";
         } else {
             out += "  holders:\n";
-            let mut t = Table::new(&["job", "GPUs", "GPU-h counted", "cost counted", "estimated GPU-h", "admitted at"]);
+            let mut header = vec!["job", "GPUs", "GPU-h counted", "cost counted", "estimated GPU-h", "admitted at"];
+            if wide {
+                header.extend(["estimated cost", "uid"]);
+            }
+            let mut t = Table::new(&header);
             for h in &l.holders {
-                t.push(vec![
+                let mut cells = vec![
                     h.name.clone(),
                     h.gpus.to_string(),
                     budget::amount(h.gpu_hours_counted),
                     format!("{} {}", budget::amount(h.cost_counted), l.currency),
                     if h.estimated_gpu_hours > 0.0 { budget::amount(h.estimated_gpu_hours) } else { "-".into() },
                     time(h.admitted_at.as_ref()),
-                ]);
+                ];
+                if wide {
+                    cells.push(if h.estimated_cost > 0.0 { format!("{} {}", budget::amount(h.estimated_cost), l.currency) } else { "-".into() });
+                    cells.push(h.uid.clone());
+                }
+                t.push(cells);
             }
             out += &t.text().lines().map(|line| format!("    {line}\n")).collect::<String>();
         }
@@ -172,7 +183,18 @@ pub fn text(ledgers: &[Ledger]) -> String {
     out
 }
 
-pub async fn run(target: &Target, all: bool, json: bool) -> Result<String> {
+/// The ledgers in `format`.
+pub fn render(ledgers: &[Ledger], format: BudgetFormat) -> Result<String> {
+    Ok(match format {
+        BudgetFormat::Text => text(ledgers, false),
+        BudgetFormat::Wide => text(ledgers, true),
+        BudgetFormat::Json => serde_json::to_string_pretty(ledgers)? + "\n",
+        BudgetFormat::Yaml => output::yaml(&ledgers)?,
+        BudgetFormat::Name => output::names(output::TRAINING_BUDGET, ledgers.iter().map(|l| l.name.as_str())),
+    })
+}
+
+pub async fn run(target: &Target, all: bool, format: BudgetFormat) -> Result<String> {
     let cluster = cluster::connect(target).await?;
     let client = cluster.client.clone();
     let (budgets, jobs): (Api<TrainingBudget>, Api<TrainingJob>) = if all {
@@ -184,14 +206,11 @@ pub async fn run(target: &Target, all: bool, json: bool) -> Result<String> {
     let jobs = jobs.list(&ListParams::default()).await.map_err(|e| cluster::explain(e, "listing TrainingJobs"))?.items;
     let now = Time(Timestamp::now());
     let ledgers: Vec<Ledger> = budgets.iter().map(|b| ledger(b, &budgets, &jobs, &now)).collect();
-    if json {
-        return Ok(serde_json::to_string_pretty(&ledgers)? + "\n");
-    }
-    if ledgers.is_empty() {
+    if ledgers.is_empty() && matches!(format, BudgetFormat::Text | BudgetFormat::Wide | BudgetFormat::Name) {
         let scope = if all { "any namespace".to_string() } else { format!("namespace {:?}", cluster.namespace) };
         eprintln!("No TrainingBudgets in {scope}.");
     }
-    Ok(text(&ledgers))
+    render(&ledgers, format)
 }
 
 #[cfg(test)]

@@ -2,12 +2,18 @@
 //!
 //! `plan` prints a manifest's plan and whether the operator would run it, before anything is
 //! applied; `report` compares the cluster's TrainingJobs in one table, against a baseline job if
-//! asked; `budget` shows each TrainingBudget's ledger, who holds its GPUs and who waits. On PATH
-//! as `kubectl-frugal`, kubectl runs it as `kubectl frugal`. Exit status: 0, 1 when `plan` finds
+//! asked; `budget` shows each TrainingBudget's ledger, who holds its GPUs and who waits; `logs`
+//! prints (or follows) the logs of a job's current attempt, every pod's lines prefixed by its
+//! stage and replica; `describe` tells one job's plan, bill, conditions and budget. On PATH as
+//! `kubectl-frugal`, kubectl runs it as `kubectl frugal`; its cluster flags are kubectl's
+//! (`--kubeconfig`, `--context`, `-n`, `--as`, `--as-group`). Exit status: 0, 1 when `plan` finds
 //! the job would be refused, 2 on an error (no cluster, no CRDs, a bad manifest).
 
 mod budget;
 mod cluster;
+mod describe;
+mod logs;
+mod output;
 mod plan;
 mod report;
 
@@ -18,14 +24,28 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cluster::Target;
 
 #[derive(Parser)]
-#[command(name = "kubectl-frugal", bin_name = "kubectl frugal", version, about = "frugal's TrainingJobs and TrainingBudgets: plan, report, budget")]
+#[command(
+    name = "kubectl-frugal",
+    bin_name = "kubectl frugal",
+    version,
+    about = "frugal's TrainingJobs and TrainingBudgets: plan, report, budget, logs, describe"
+)]
 struct Cli {
+    /// The kubeconfig file to use (default: KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use (default: the current context).
     #[arg(long, global = true)]
     context: Option<String>,
     /// The namespace (default: the context's namespace).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// The user to impersonate, as kubectl's --as.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
+    /// A group to impersonate (repeatable), with --as.
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    as_groups: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,8 +90,27 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        #[arg(short = 'o', long, value_enum, default_value_t = PlanFormat::Text)]
-        output: PlanFormat,
+        /// wide: the holders' estimated cost and uid as well; name: `trainingbudget.frugal.dev/NAME` lines.
+        #[arg(short = 'o', long, value_enum, default_value_t = BudgetFormat::Text)]
+        output: BudgetFormat,
+    },
+    /// The logs of the job's current attempt: every pod's, each line prefixed by the pod's
+    /// pipeline stage and replica (`[stage 0 replica 1] `); with -f, followed until every pod ends.
+    Logs {
+        /// The TrainingJob.
+        job: String,
+        /// Follow the logs as they are written, until every pod of the attempt has ended.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines of each pod's log.
+        #[arg(long, value_name = "N")]
+        tail: Option<i64>,
+    },
+    /// One job, as kubectl describe tells it: its plan, the bill per pod, its conditions in the
+    /// order they happened, and the view of the TrainingBudget it is counted in.
+    Describe {
+        /// The TrainingJob.
+        job: String,
     },
 }
 
@@ -79,14 +118,29 @@ enum Command {
 enum PlanFormat {
     Text,
     Json,
+    Yaml,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
     Text,
+    /// The table with each job's attempt, restarts, progress and budget.
+    Wide,
     Csv,
     Markdown,
     Json,
+    Yaml,
+    /// `trainingjob.frugal.dev/NAME`, one a line, as `kubectl get -o name`.
+    Name,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BudgetFormat {
+    Text,
+    Wide,
+    Json,
+    Yaml,
+    Name,
 }
 
 fn all_namespaces(all: bool, target: &Target) -> anyhow::Result<bool> {
@@ -104,7 +158,7 @@ fn emit(text: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let target = Target { context: cli.context, namespace: cli.namespace };
+    let target = Target { kubeconfig: cli.kubeconfig, context: cli.context, namespace: cli.namespace, user: cli.as_user, groups: cli.as_groups };
     match cli.command {
         Command::Plan { file, offline, max_gpus_per_job, output } => {
             let planned = plan::run(&file, offline, max_gpus_per_job, &target).await?;
@@ -114,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     emit(&plan::text(&planned, &job));
                 }
                 PlanFormat::Json => emit(&(serde_json::to_string_pretty(&planned)? + "\n")),
+                PlanFormat::Yaml => emit(&output::yaml(&planned)?),
             }
             Ok(if planned.refused { 1 } else { 0 })
         }
@@ -124,8 +179,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Budget { all_namespaces, output } => {
             let all = self::all_namespaces(all_namespaces, &target)?;
-            let json = matches!(output, PlanFormat::Json);
-            emit(&budget::run(&target, all, json).await?);
+            emit(&budget::run(&target, all, output).await?);
+            Ok(0)
+        }
+        Command::Logs { job, follow, tail } => {
+            logs::run(&target, &job, follow, tail).await?;
+            Ok(0)
+        }
+        Command::Describe { job } => {
+            emit(&describe::run(&target, &job).await?);
             Ok(0)
         }
     }

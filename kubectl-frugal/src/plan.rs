@@ -316,7 +316,7 @@ async fn online(job: &TrainingJob, manifest: &serde_json::Value, plan: Option<&P
     Ok(Online::Checked { namespace, checks })
 }
 
-fn count(n: i64, what: &str) -> String {
+pub fn count(n: i64, what: &str) -> String {
     if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 

@@ -16,6 +16,7 @@ use frugal_api::report::{self, Row};
 
 use crate::ReportFormat;
 use crate::cluster::{self, Target};
+use crate::output;
 
 /// The job's row. `qualified` names it `namespace/name` (for a report over every namespace).
 pub fn row(tj: &TrainingJob, qualified: bool) -> Row {
@@ -85,11 +86,27 @@ pub fn render_seeds(rows: &[Row], baseline: Option<&str>, format: ReportFormat) 
     let format = match format {
         ReportFormat::Text => "text",
         ReportFormat::Markdown => "markdown",
-        ReportFormat::Json => "json",
+        ReportFormat::Json | ReportFormat::Yaml => "json",
         ReportFormat::Csv => "csv",
+        ReportFormat::Wide | ReportFormat::Name => bail!("--seeds reports experiments, not jobs: give -o text, csv, markdown, json or yaml"),
     };
     report::seeds::render(rows, baseline, format).map_err(anyhow::Error::msg)
 }
+
+/// The cells `-o wide` adds to a job's row: its current attempt, restarts, progress and the
+/// budget it names.
+pub fn wide_cells(tj: &TrainingJob) -> Vec<String> {
+    let status = tj.status.as_ref();
+    let number = |n: Option<i32>| n.map_or("-".into(), |n| n.to_string());
+    vec![
+        number(status.and_then(|s| s.attempt)),
+        number(status.and_then(|s| s.restarts)),
+        status.and_then(|s| s.progress.as_ref()).map_or("-".into(), |p| format!("{}/{}", p.step, p.total_steps)),
+        tj.spec.budget.budget_ref.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
+const WIDE_HEADER: [&str; 4] = ["attempt", "restarts", "step", "budgetRef"];
 
 /// The baseline's row among `rows`, found by name (or namespace/name).
 pub fn baseline<'a>(rows: &'a [Row], name: &str, scope: &str) -> Result<&'a Row> {
@@ -113,14 +130,30 @@ struct Compared<'a> {
     vs_baseline: &'a report::Ratios,
 }
 
-/// The report in `format`, with the ratios against `baseline` when one is given.
-pub fn render(rows: &[Row], baseline: Option<&Row>, format: ReportFormat) -> String {
+/// The report in `format`, with the ratios against `baseline` when one is given. `wide` holds
+/// each row's [`wide_cells`], for `-o wide`.
+pub fn render(rows: &[Row], wide: &[Vec<String>], baseline: Option<&Row>, format: ReportFormat) -> Result<String> {
     let ratios = baseline.map(|b| report::against(rows, b));
-    match (format, ratios) {
+    let against = |table: String, r: &[report::Ratios]| {
+        format!("{table}\nagainst {}:\n{}", baseline.map_or("", |b| b.job.as_str()), report::ratios_table(r).text())
+    };
+    Ok(match (format, ratios) {
         (ReportFormat::Text, None) => report::text(rows),
-        (ReportFormat::Text, Some(r)) => {
-            format!("{}\nagainst {}:\n{}", report::text(rows), baseline.map_or("", |b| b.job.as_str()), report::ratios_table(&r).text())
+        (ReportFormat::Text, Some(r)) => against(report::text(rows), &r),
+        (ReportFormat::Wide, ratios) => {
+            let mut table = report::table(rows);
+            table.header.extend(WIDE_HEADER.map(String::from));
+            for (cells, extra) in table.rows.iter_mut().zip(wide) {
+                cells.extend(extra.iter().cloned());
+            }
+            match ratios {
+                None => table.text(),
+                Some(r) => against(table.text(), &r),
+            }
         }
+        // without the namespace, as kubectl prints names
+        (ReportFormat::Name, _) => output::names(output::TRAINING_JOB, rows.iter().map(|r| r.job.rsplit('/').next().unwrap_or_default())),
+        (ReportFormat::Yaml, _) => output::yaml_of_json(&render(rows, wide, baseline, ReportFormat::Json)?)?,
         (ReportFormat::Markdown, None) => report::markdown(rows),
         (ReportFormat::Markdown, Some(r)) => {
             format!("{}\nAgainst `{}`:\n\n{}", report::markdown(rows), baseline.map_or("", |b| b.job.as_str()), report::ratios_table(&r).markdown())
@@ -132,7 +165,7 @@ pub fn render(rows: &[Row], baseline: Option<&Row>, format: ReportFormat) -> Str
             let compared: Vec<Compared> = rows.iter().zip(&r).map(|(row, vs_baseline)| Compared { row, vs_baseline }).collect();
             serde_json::to_string_pretty(&compared).expect("rows serialise") + "\n"
         }
-    }
+    })
 }
 
 pub async fn run(target: &Target, all: bool, baseline: Option<&str>, seeds: bool, format: ReportFormat) -> Result<String> {
@@ -140,17 +173,22 @@ pub async fn run(target: &Target, all: bool, baseline: Option<&str>, seeds: bool
     let api: Api<TrainingJob> = if all { Api::all(cluster.client.clone()) } else { Api::namespaced(cluster.client.clone(), &cluster.namespace) };
     let scope = if all { "any namespace".to_string() } else { format!("namespace {:?}", cluster.namespace) };
     let jobs = api.list(&ListParams::default()).await.map_err(|e| cluster::explain(e, "listing TrainingJobs"))?;
-    if jobs.items.is_empty() && baseline.is_none() && matches!(format, ReportFormat::Text | ReportFormat::Markdown) {
+    if jobs.items.is_empty()
+        && baseline.is_none()
+        && matches!(format, ReportFormat::Text | ReportFormat::Wide | ReportFormat::Markdown | ReportFormat::Name)
+    {
         eprintln!("No TrainingJobs in {scope}.");
         return Ok(String::new());
     }
     if seeds {
         let rows: Vec<Row> = jobs.items.iter().map(|tj| seed_row(tj, all)).collect();
-        return render_seeds(&rows, baseline, format);
+        let out = render_seeds(&rows, baseline, format)?;
+        return if format == ReportFormat::Yaml { output::yaml_of_json(&out) } else { Ok(out) };
     }
     let rows: Vec<Row> = jobs.items.iter().map(|tj| row(tj, all)).collect();
+    let wide: Vec<Vec<String>> = jobs.items.iter().map(wide_cells).collect();
     let baseline = baseline.map(|name| self::baseline(&rows, name, &scope)).transpose()?;
-    Ok(render(&rows, baseline, format))
+    render(&rows, &wide, baseline, format)
 }
 
 #[cfg(test)]

@@ -11,17 +11,14 @@ pub const FIELD_MANAGER: &str = "frugal-operator";
 /// The standard label saying who manages a child; the watches select on it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "frugal-operator";
-/// The TrainingJob a child belongs to.
-pub const JOB_LABEL: &str = "frugal.dev/training-job";
-/// The uid of the TrainingJob an attempt's Job and pods belong to: a job deleted and made again
-/// under the same name is another job, and pods that outlive their Job (orphaned) still say whose
-/// they are.
-pub const JOB_UID_LABEL: &str = "frugal.dev/training-job-uid";
+/// The TrainingJob a child belongs to; the uid of the TrainingJob an attempt's Job and pods
+/// belong to: a job deleted and made again under the same name is another job, and pods that
+/// outlive their Job (orphaned) still say whose they are; the attempt an attempt's Job and pods
+/// belong to. In the contract, for whoever looks for the pods.
+pub use frugal_api::contract::pods::{ATTEMPT_LABEL, JOB_LABEL, JOB_UID_LABEL};
 /// The finalizer on every TrainingJob: its deletion waits until its pods are gone, billed and
 /// released from its budget.
 pub const FINALIZER: &str = "frugal.dev/stop-and-bill";
-/// The attempt an attempt's Job and pods belong to.
-pub const ATTEMPT_LABEL: &str = "frugal.dev/attempt";
 /// Which part of the job a child is.
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 /// Kueue's queue label, copied from the TrainingJob to the attempt's Job.

@@ -74,7 +74,7 @@ fn the_ledger_lists_holders_and_the_jobs_waiting_for_this_budget() {
     assert_eq!(l.waiting, [Waiter { name: "second".into(), gpus: Some(4), reason: "BudgetExhausted".into(), message: "waits for team".into() }]);
     assert_eq!(l.exhausted.as_ref().map(|c| c.reason.as_str()), Some("AllGpusInUse"));
     assert_eq!(l.next_period, t(86_400));
-    let out = text(&[l]);
+    let out = text(&[l], false);
     assert!(
         out.starts_with("TrainingBudget ml/team\n  limits     4 GPUs at once (spec.maxGpus), 100 GPU-hours per Day, admission LookAhead\n"),
         "{out}"
@@ -93,7 +93,7 @@ fn a_default_budget_counts_every_job_of_its_namespace() {
     assert!(l.namespace_default);
     let waiting: Vec<&str> = l.waiting.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(waiting, ["named-none", "named-other"], "a live job naming another budget is counted in the default");
-    assert!(text(&[l]).starts_with("TrainingBudget ml/shared (the namespace's default)\n"));
+    assert!(text(&[l], false).starts_with("TrainingBudget ml/shared (the namespace's default)\n"));
 }
 
 #[test]
@@ -102,5 +102,20 @@ fn a_new_period_shows_nothing_spent_yet() {
     let l = ledger(&team, std::slice::from_ref(&team), &[], &t(86_400 + 5));
     assert_eq!((l.gpu_hours_spent, l.cost_spent), (0.0, 0.0));
     assert_eq!(l.period_start, Some(t(86_400)));
-    assert!(text(&[l]).contains("  waiting: none\n"));
+    assert!(text(&[l], false).contains("  waiting: none\n"));
+}
+
+#[test]
+fn wide_names_and_yaml_of_the_ledgers() {
+    let team = training_budget("team", false);
+    let l = ledger(&team, std::slice::from_ref(&team), &[], &t(60));
+    let wide = render(std::slice::from_ref(&l), BudgetFormat::Wide).unwrap();
+    assert!(wide.contains("  admitted at           estimated cost  uid\n"), "{wide}");
+    assert!(wide.contains("  2023-11-14T22:13:30Z  5.00 USD        u1\n"), "{wide}");
+    assert!(!render(std::slice::from_ref(&l), BudgetFormat::Text).unwrap().contains("uid"));
+    assert_eq!(render(std::slice::from_ref(&l), BudgetFormat::Name).unwrap(), "trainingbudget.frugal.dev/team\n");
+    let json: serde_json::Value = serde_json::from_str(&render(std::slice::from_ref(&l), BudgetFormat::Json).unwrap()).unwrap();
+    let yaml: serde_json::Value = serde_saphyr::from_str(&render(std::slice::from_ref(&l), BudgetFormat::Yaml).unwrap()).unwrap();
+    assert_eq!(yaml, json);
+    assert_eq!(yaml[0]["holders"][0]["name"], "first");
 }

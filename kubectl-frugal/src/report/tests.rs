@@ -97,7 +97,7 @@ fn a_new_job_has_dashes_not_made_up_numbers() {
 #[test]
 fn the_report_renders_the_trainers_table_with_a_phase() {
     let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&job("new").build(), false)];
-    let t = render(&rows, None, ReportFormat::Text);
+    let t = render(&rows, &[], None, ReportFormat::Text).unwrap();
     let header = t.lines().next().unwrap();
     assert!(header.starts_with("job    phase      model"), "{t}");
     assert!(header.ends_with("GPU-h to target  seed"), "{t}");
@@ -108,12 +108,12 @@ fn the_report_renders_the_trainers_table_with_a_phase() {
             .contains("Succeeded  4l/32d/2h dense fp32  60.0K   50.0K   9.60e8  2     1.5000     8.000  40.0%      813    2.000  5.00 USD  1.000"),
         "{t}"
     );
-    let csv = render(&rows, None, ReportFormat::Csv);
+    let csv = render(&rows, &[], None, ReportFormat::Csv).unwrap();
     assert_eq!(csv.lines().nth(1).unwrap(), "dense,4l/32d/2h dense fp32,60000,50000,960000000,2,1.5,8,0.4,812.6,2,5,USD,1,,7,,Succeeded");
     assert_eq!(csv.lines().nth(2).unwrap(), "new,4l/32d/2h dense fp32,,,,,,,,,,,USD,,,7,,-");
-    let md = render(&rows, None, ReportFormat::Markdown);
+    let md = render(&rows, &[], None, ReportFormat::Markdown).unwrap();
     assert!(md.starts_with("| job | phase | model |") && md.contains("| new | - | 4l/32d/2h dense fp32 | - |"), "{md}");
-    let json: serde_json::Value = serde_json::from_str(&render(&rows, None, ReportFormat::Json)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render(&rows, &[], None, ReportFormat::Json).unwrap()).unwrap();
     assert_eq!(json[0]["perplexity"], 8.0);
     assert_eq!(json[1]["perplexity"], serde_json::Value::Null);
 }
@@ -122,20 +122,20 @@ fn the_report_renders_the_trainers_table_with_a_phase() {
 fn ratios_against_the_baseline_in_every_format() {
     let rows = [row(&trained("dense", 8.0, 1.5, 0.6, 2.0), false), row(&trained("sparse", 8.4, 1.52, 0.5, 0.5), false)];
     let base = baseline(&rows, "dense", "namespace \"ml\"").unwrap();
-    let t = render(&rows, Some(base), ReportFormat::Text);
+    let t = render(&rows, &[], Some(base), ReportFormat::Text).unwrap();
     let (_, against) = t.split_once("\nagainst dense:\n").expect(&t);
     let lines: Vec<&str> = against.lines().collect();
     assert_eq!(lines[0], "job     FLOPs  GPU-h  cost   params  active  ppl     bits/byte Δ  zero-shot Δ");
     assert_eq!(lines[1], "dense   1.00×  1.00×  1.00×  1.00×   1.00×   1.000×  +0.0000      +0.0 pp");
     assert_eq!(lines[2], "sparse  1.00×  0.25×  0.25×  1.00×   1.00×   1.050×  +0.0200      -5.0 pp");
-    let csv = render(&rows, Some(base), ReportFormat::Csv);
+    let csv = render(&rows, &[], Some(base), ReportFormat::Csv).unwrap();
     assert!(csv.lines().next().unwrap().ends_with(",phase,flops_ratio,gpu_hours_ratio,cost_ratio,params_total_ratio,params_active_ratio,perplexity_ratio,bits_per_byte_delta,zero_shot_accuracy_delta"));
     let sparse: Vec<&str> = csv.lines().nth(2).unwrap().split(',').collect();
     assert_eq!(&sparse[18..21], ["1", "0.25", "0.25"]);
-    let json: serde_json::Value = serde_json::from_str(&render(&rows, Some(base), ReportFormat::Json)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render(&rows, &[], Some(base), ReportFormat::Json).unwrap()).unwrap();
     assert_eq!(json[1]["vsBaseline"]["gpuHours"], 0.25);
     assert_eq!(json[1]["job"], "sparse");
-    let md = render(&rows, Some(base), ReportFormat::Markdown);
+    let md = render(&rows, &[], Some(base), ReportFormat::Markdown).unwrap();
     assert!(md.contains("Against `dense`:\n\n| job | FLOPs |"), "{md}");
 }
 
@@ -192,4 +192,30 @@ fn seeds_group_by_experiment_with_flops_to_target_from_the_status() {
     // two jobs of one experiment with one seed are not two seeds
     let twice = [seed_row(&seed_of("x", 1, 1.5, 1.0, 10), false), seed_row(&seed_of("x", 1, 1.5, 1.0, 10), false)];
     assert!(render_seeds(&twice, None, ReportFormat::Text).unwrap_err().to_string().contains("seed 1"));
+}
+
+#[test]
+fn wide_adds_the_attempt_restarts_step_and_budget_name_and_yaml_hold_the_rows() {
+    let mut running = trained("dense", 8.0, 1.5, 0.6, 2.0);
+    running.spec.budget.budget_ref = Some("team".into());
+    let status = running.status.as_mut().unwrap();
+    (status.attempt, status.restarts) = (Some(2), Some(1));
+    let jobs = [running, job("new").build()];
+    let rows: Vec<Row> = jobs.iter().map(|tj| row(tj, true)).collect();
+    let wide: Vec<Vec<String>> = jobs.iter().map(wide_cells).collect();
+    let t = render(&rows, &wide, None, ReportFormat::Wide).unwrap();
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[0].starts_with("job       phase ") && lines[0].ends_with("seed  attempt  restarts  step     budgetRef"), "{t}");
+    assert!(lines[1].ends_with("7     2        1         100/100  team"), "{t}");
+    assert!(lines[2].ends_with("7     -        -         -        -"), "{t}");
+    // -A qualifies the rows; names are kubectl's, without the namespace
+    assert_eq!(render(&rows, &wide, None, ReportFormat::Name).unwrap(), "trainingjob.frugal.dev/dense\ntrainingjob.frugal.dev/new\n");
+    let base = baseline(&rows, "ml/dense", "any namespace").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render(&rows, &wide, Some(base), ReportFormat::Json).unwrap()).unwrap();
+    let yaml: serde_json::Value = serde_saphyr::from_str(&render(&rows, &wide, Some(base), ReportFormat::Yaml).unwrap()).unwrap();
+    assert_eq!(yaml, json);
+    assert_eq!(yaml[0]["vsBaseline"]["gpuHours"], 1.0);
+    assert!(render(&rows, &wide, Some(base), ReportFormat::Wide).unwrap().contains("\nagainst ml/dense:\n"));
+    let e = render_seeds(&rows, None, ReportFormat::Name).unwrap_err().to_string();
+    assert!(e.contains("--seeds reports experiments"), "{e}");
 }

@@ -24,7 +24,7 @@ use crate::settings::Settings;
 use crate::training_job::plan::PlannedJob;
 use crate::training_job::validate::HOME_DIR;
 
-pub const TRAINER_CONTAINER: &str = "trainer";
+pub use frugal_api::contract::pods::TRAINER_CONTAINER;
 /// Which GPUs NVIDIA's container runtime shows a container.
 const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 /// The unprivileged user the trainer runs as.
