@@ -244,6 +244,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {
             let job = job::load_with(&job_path(job), &set)?;
             job.check_inputs()?;
+            job.check_store()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
             if let Some(t) = threads.or_else(|| std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok())) {
