@@ -278,7 +278,12 @@ impl Worker {
             let store = self.checkpoint_uploader()?.expect("a store is configured").store().clone();
             let fetched = remote::fetch(&store, root)?;
             if let Some(step) = fetched.step {
-                eprintln!("frugal-trainer: fetched step {step} from {} ({} bytes downloaded in {:.1} s)", store.location.uri(), fetched.bytes, fetched.seconds);
+                eprintln!(
+                    "frugal-trainer: fetched step {step} from {} ({} bytes downloaded in {:.1} s)",
+                    store.location.uri(),
+                    fetched.bytes,
+                    fetched.seconds
+                );
             }
             corrupt = fetched.corrupt;
         }
