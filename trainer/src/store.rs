@@ -19,6 +19,11 @@ use std::time::Duration;
 const PART_BYTES: usize = 16 << 20;
 /// Parts of one file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
+/// The longest a request may take, its body included (the client's default, 30 s, cuts off a
+/// checkpoint file of a few GB streamed down in one GET).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+/// The longest the check before training waits for the store's answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A failed operation on the store, naming the spec's field, the location, what was asked and
 /// what the store said (its own error code and message are in `source`).
@@ -118,7 +123,9 @@ impl Location {
         // A wrong address fails in seconds, not after the default three minutes of retries; a
         // refusal (403, 404) is never retried.
         let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
-        let options = ClientOptions::new().with_allow_http(http).with_connect_timeout(Duration::from_secs(5));
+        // A request may take long (a part of a file, a whole file streamed down), a connection
+        // must not: [`Store::check`] bounds its own listing.
+        let options = ClientOptions::new().with_allow_http(http).with_connect_timeout(Duration::from_secs(5)).with_timeout(REQUEST_TIMEOUT);
         // reqwest's TLS takes the process's crypto provider: ring, the one kube uses too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let s3 = builder.with_retry(retry).with_client_options(options).build().map_err(|e| format!("{}: {e}", self.field))?;
@@ -161,7 +168,13 @@ impl Store {
     /// key or an unreachable endpoint fails here, in the store's words, before any training.
     pub fn check(&self) -> Result<(), StoreError> {
         let prefix = self.location.key("");
-        self.runtime.block_on(async { self.s3.list_with_delimiter(Some(&prefix)).await.map(drop) }).map_err(self.error("listing the prefix".into()))
+        let listing = async {
+            match tokio::time::timeout(CHECK_TIMEOUT, self.s3.list_with_delimiter(Some(&prefix))).await {
+                Ok(listed) => listed.map(drop),
+                Err(_) => Err(object_store::Error::Generic { store: "S3", source: format!("no answer within {CHECK_TIMEOUT:?}").into() }),
+            }
+        };
+        self.runtime.block_on(listing).map_err(self.error("listing the prefix".into()))
     }
 
     /// The names (relative to the prefix) of every object under `dir` (relative too; empty: the
@@ -192,16 +205,25 @@ impl Store {
                 }
                 let mut upload = WriteMultipart::new_with_chunk_size(self.s3.put_multipart(&key).await?, PART_BYTES);
                 let mut buf = vec![0u8; PART_BYTES];
-                loop {
-                    let n = read_full(&mut file, &mut buf).map_err(&local)?;
-                    if n == 0 {
-                        break;
+                let sent: object_store::Result<()> = async {
+                    loop {
+                        let n = read_full(&mut file, &mut buf).map_err(&local)?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                        upload.write(&buf[..n]);
                     }
-                    upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-                    upload.write(&buf[..n]);
                 }
-                upload.finish().await?;
-                Ok(size)
+                .await;
+                match sent {
+                    Ok(()) => upload.finish().await.map(|_| size),
+                    Err(e) => {
+                        // the parts already up would otherwise stay in the bucket, unseen and billed
+                        let _ = upload.abort().await;
+                        Err(e)
+                    }
+                }
             })
             .map_err(self.error(format!("uploading {} to {key}", path.display())))
     }

@@ -334,5 +334,52 @@ fn the_trainer_uploads_as_it_trains_resumes_from_the_bucket_and_stops_on_a_wrong
     assert_eq!(events.iter().filter(|e| e["event"] == "step").filter_map(|e| e["step"].as_i64()).next(), Some(5));
     let store = s3.store("jobs/s3-test", SECRET_KEY);
     assert_eq!(remote::committed(&store).unwrap(), [4, 6], "keep: 2");
+
+    // SIGTERM: the checkpoint it writes goes up before the trainer exits (143).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", dir.join("third").to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if v["event"] == "step" && v["step"].as_i64().unwrap_or_default() >= 9 {
+            break;
+        }
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let rest: Vec<serde_json::Value> = lines.map_while(|l| l.ok()).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let last = rest.iter().filter(|e| e["event"] == "checkpoint").filter_map(|e| e["path"].as_str()).rfind(|p| p.starts_with("s3://"));
+    let stopped_at = *remote::committed(&store).unwrap().last().unwrap();
+    assert!(stopped_at > 9, "{stderr}");
+    assert_eq!(last, Some(format!("s3://cli/jobs/s3-test/step-{stopped_at:09}").as_str()), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_large_file_goes_up_in_parts_and_comes_down_whole() {
+    let Some(s3) = SeaweedFs::start("large", "large") else { return };
+    let store = s3.store("big", SECRET_KEY);
+    let dir = temp_dir("s3-large");
+    // 40 MiB and a bit: two full 16 MiB parts and a short one, bytes that differ part to part
+    let bytes: Vec<u8> = (0..(40u64 << 20) + 12345).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(dir.join("up.bin"), &bytes).unwrap();
+    let t = Instant::now();
+    assert_eq!(store.put_file("f/up.bin", &dir.join("up.bin")).unwrap(), bytes.len() as u64);
+    let up = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    assert_eq!(store.get_file("f/up.bin", &dir.join("down.bin")).unwrap(), bytes.len() as u64);
+    let down = t.elapsed().as_secs_f64();
+    assert!(std::fs::read(dir.join("down.bin")).unwrap() == bytes, "the file came down different");
+    let mb = bytes.len() as f64 / 1e6;
+    eprintln!("large: {mb:.0} MB up in {up:.2} s ({:.0} MB/s), down in {down:.2} s ({:.0} MB/s), loopback SeaweedFS", mb / up, mb / down);
+    assert_eq!(store.list("f").unwrap(), ["f/up.bin"], "no part left over as an object of its own");
     let _ = std::fs::remove_dir_all(dir);
 }
