@@ -243,7 +243,13 @@ fn a_corrupt_newest_step_in_the_bucket_is_passed_over_and_old_steps_are_pruned()
     let skipped = r.skipped_checkpoints.join("\n");
     assert!(skipped.contains(&format!("{}/step-000000003", store.location.uri())) && skipped.contains("stage-0.model.safetensors"), "{skipped}");
     assert!(!empty.join("step-000000003").exists(), "a corrupt step must not be put in place");
-    for d in [dir, empty] {
+
+    // Every step there corrupt and none on disk: the run stops rather than start over on them.
+    store.delete(&["step-000000002/trainer.json".to_string()]).unwrap();
+    let none = temp_dir("s3-corrupt-reader-2");
+    let e = format!("{:#}", worker(&none, &store, 2).resume_latest().unwrap_err());
+    assert!(e.contains("step-000000003") && e.contains("step-000000002/trainer.json") && e.contains("the store's steps are corrupt"), "{e}");
+    for d in [dir, empty, none] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
