@@ -272,10 +272,13 @@ impl Uploader {
 
     /// The outcome of the upload in flight if it has finished; it stays in flight otherwise.
     pub fn poll(&mut self) -> Option<Result<Uploaded>> {
-        let (_, rx) = self.in_flight.as_ref()?;
-        match rx.try_recv() {
-            Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            _ => self.wait(None),
-        }
+        let (step, rx) = self.in_flight.as_ref()?;
+        let outcome = match rx.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Ok(outcome) => outcome,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(anyhow::anyhow!("the upload of step {step} stopped without an outcome")),
+        };
+        self.in_flight = None;
+        Some(outcome)
     }
 }
