@@ -132,6 +132,7 @@ impl Location {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("frugal-store")
+            .on_thread_start(yield_to_training)
             .enable_all()
             .build()
             .map_err(|e| format!("{}: cannot start the store's runtime: {e}", self.field))?;
@@ -274,6 +275,15 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10; on Linux a thread's own), so that the
+/// store's transfers, which run beside training, take the CPU the training leaves.
+pub fn yield_to_training() {
+    // SAFETY: setpriority on the calling thread (who = 0) changes nothing else.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

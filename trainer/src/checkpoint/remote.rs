@@ -247,6 +247,7 @@ impl Uploader {
         std::thread::Builder::new()
             .name("frugal-upload".into())
             .spawn(move || {
+                crate::store::yield_to_training();
                 let _ = tx.send(upload(&store, &dir, keep));
             })
             .context("starting the upload thread")?;

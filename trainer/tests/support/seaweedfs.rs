@@ -57,7 +57,11 @@ impl SeaweedFs {
         std::fs::create_dir_all(&dir).unwrap();
         let p = free_ports(10);
         let t0 = Instant::now();
-        let child = Command::new(weed)
+        // At the lowest CPU priority: on a real node the store is another machine, so the
+        // trainer's own work (the benchmark's steps) must not wait on it here.
+        let child = Command::new("nice")
+            .args(["-n", "19"])
+            .arg(weed)
             .arg("mini")
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", &format!("-dir={}", dir.display()), &format!("-bucket={bucket}")])
             .args([format!("-master.port={}", p[0]), format!("-master.port.grpc={}", p[1])])
