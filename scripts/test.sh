@@ -39,6 +39,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "interop packages (transformers, tokenizers, safetensors, pyarrow) for the tests that meet them"
 frugal_setup_interop
 
+step "SeaweedFS, the S3-compatible server of the object-storage tests (built once, cached)"
+FRUGAL_WEED=$(scripts/seaweedfs.sh)
+# the trainer's S3 tests fail, rather than skip, without it
+export FRUGAL_WEED FRUGAL_REQUIRE_S3=1
+
 step "workspace tests (unit, CEL, contract, CRD drift, trainer on CPU)"
 cargo test --workspace --exclude frugal-e2e
 

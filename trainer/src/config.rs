@@ -67,6 +67,7 @@ pub fn synthetic_run(name: &str, model: ModelConfig, steps: i64, batch_size: i64
         },
         checkpoint_dir: None,
         keep_checkpoints: 1,
+        checkpoint_store: None,
         distill: None,
     }
 }
@@ -92,6 +93,7 @@ pub fn nano_run(name: &str, model: ModelConfig, precision: Precision, steps: i64
         },
         checkpoint_dir: None,
         keep_checkpoints: 1,
+        checkpoint_store: None,
         distill: None,
     }
 }
@@ -238,8 +240,13 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Checkpoint directory; None disables checkpoints.
     pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Checkpoints kept on disk (older ones are removed after a new one commits).
+    /// Checkpoints kept on disk (older ones are removed after a new one commits), and in the
+    /// store.
     pub keep_checkpoints: usize,
+    /// Object storage each committed step is uploaded to and a resume fetches from
+    /// (spec.checkpoint.store); absent from the serialised run without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_store: Option<frugal_api::v1alpha1::ObjectStoreSpec>,
     /// Knowledge distillation from a trained teacher (spec.distill); absent from the serialised
     /// run (and so from its configuration hash) without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

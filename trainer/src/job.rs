@@ -204,6 +204,7 @@ impl Job {
             },
             checkpoint_dir: Some(checkpoint_dir.unwrap_or_else(|| PathBuf::from(&spec.checkpoint.path))),
             keep_checkpoints: spec.checkpoint.keep.max(1) as usize,
+            checkpoint_store: spec.checkpoint.store.clone(),
             distill: match (&spec.distill, &self.plan.teacher) {
                 (Some(d), Some(teacher)) => Some(DistillConfig {
                     teacher: teacher.clone(),
@@ -226,6 +227,16 @@ impl Job {
             price_per_gpu_hour: p.price_per_gpu_hour(),
             currency: p.currency.clone(),
         }
+    }
+
+    /// Checks that `spec.checkpoint.store` can be listed with this process's credentials before
+    /// anything trains: a missing bucket, a wrong key or an unreachable endpoint is a
+    /// [`ConfigurationError`] naming the field, with what the store said (its error code and
+    /// message), and the job fails instead of retrying as if it were transient.
+    pub fn check_store(&self) -> std::result::Result<(), ConfigurationError> {
+        let Some(spec) = &self.spec.checkpoint.store else { return Ok(()) };
+        let location = crate::store::Location::of(crate::checkpoint::remote::STORE_FIELD, spec).map_err(ConfigurationError)?;
+        location.open().map_err(ConfigurationError)?.check().map_err(|e| ConfigurationError(format!("{e:#}")))
     }
 
     /// Checks that the files the spec names are there before anything trains: the corpus

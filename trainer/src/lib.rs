@@ -18,4 +18,5 @@ pub mod params;
 pub mod quantize;
 pub mod report;
 pub mod rng;
+pub mod store;
 pub mod train;

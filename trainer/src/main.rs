@@ -249,6 +249,7 @@ fn run(cli: Cli) -> Result<i32> {
             let name = std::env::var(env::TRAINING_JOB).unwrap_or_else(|_| job.name.clone());
             report::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
             job.check_inputs()?;
+            job.check_store()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
             if let Some(t) = threads.or_else(|| std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok())) {

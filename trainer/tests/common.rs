@@ -45,6 +45,7 @@ pub fn small_run(model: ModelConfig, steps: i64, checkpoint_dir: Option<PathBuf>
         },
         checkpoint_dir,
         keep_checkpoints: 2,
+        checkpoint_store: None,
         distill: None,
     }
 }

@@ -564,9 +564,18 @@ fn a_gpu_job_without_a_checkpoint_claim_is_warned_that_evictions_restart_it() {
     assert!(!w.contains("ReadWriteMany"), "one pod: {w}");
     let several = warning(&gpt2_laid_out(2, 2, 4, 16)).unwrap();
     assert!(several.contains("ReadWriteMany") && several.contains("4 GPU(s)"), "{several}");
+    assert!(w.contains("spec.checkpoint.store"), "{w}");
     let mut claimed = gpt2();
     claimed.checkpoint.claim_name = Some("checkpoints".into());
     assert_eq!(warning(&claimed), None);
+    // a bucket keeps a one-pod job's steps, not yet those of a job of several pods
+    let bucket = Some(crate::v1alpha1::ObjectStoreSpec { uri: "s3://lm-checkpoints/gpt2".into(), endpoint: None, region: None });
+    let mut in_bucket = gpt2();
+    in_bucket.checkpoint.store = bucket.clone();
+    assert_eq!(warning(&in_bucket), None);
+    let mut several_in_bucket = gpt2_laid_out(2, 2, 4, 16);
+    several_in_bucket.checkpoint.store = bucket;
+    assert!(warning(&several_in_bucket).is_some_and(|w| w.contains("ReadWriteMany")));
     // a CPU job holds no GPU to lose
     assert_eq!(warning(&fine_grained_moe()), None);
 }

@@ -16,9 +16,11 @@
 //! either is complete on disk or does not exist; [`verify`] checks a step before any weight is
 //! touched; [`newest_intact`] sweeps the staging
 //! a killed writer left ([`sweep`]) and finds the step a run resumes from, passing over corrupt
-//! ones; older steps are pruned.
+//! ones; older steps are pruned. [`remote`] keeps a copy of the committed steps in object
+//! storage and brings one back when the root has nothing newer.
 
 pub mod pipelined;
+pub mod remote;
 pub mod single;
 
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@
 //! (`checkpoint/single.rs`) load too, into any stage count.
 
 use super::worker::Worker;
+use crate::checkpoint::remote::{self, Uploaded, Uploader};
 use crate::checkpoint::{self, Layout, State, Tensors, pipelined, single};
 use crate::data::DataPosition;
 use crate::model::gpt::Gpt;
@@ -18,6 +19,12 @@ use crate::train::precision::LossScaler;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a run stopped by SIGTERM waits for its last checkpoint's upload, unless
+/// `FRUGAL_UPLOAD_GRACE_SECONDS` says otherwise: well inside the pods' grace period (300 s), so
+/// that the trainer exits on its own, having written its checkpoint first.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(120);
 
 /// `trainer.json`: everything besides tensors that a resumed run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,10 +91,87 @@ impl Worker {
     /// replica holds the same weights); with the optimizer state sharded, the replicas first sum
     /// their shards into the whole state (a checkpoint holds it whole, so that any replica count
     /// can resume it).
+    ///
+    /// With `spec.checkpoint.store`, the part that commits then uploads the step in the
+    /// background ([`Uploader`]), once the previous upload has finished.
     pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
         let keep = self.cfg.keep_checkpoints;
-        self.save_checkpoint_in(&root, keep).map(Some)
+        if self.commits_checkpoints() {
+            // before this commit prunes the local steps that upload reads
+            self.wait_for_upload(None);
+        }
+        let dir = self.save_checkpoint_in(&root, keep)?;
+        let step = self.step;
+        if self.commits_checkpoints()
+            && let Some(uploader) = self.checkpoint_uploader()?
+        {
+            uploader.start(dir.clone(), step)?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// Whether this part commits the run's checkpoints (and uploads them): the first stage of
+    /// the first replica.
+    pub fn commits_checkpoints(&self) -> bool {
+        self.replica == 0 && self.index() == 0
+    }
+
+    /// The uploader to `spec.checkpoint.store`, connected on first use; `None` without one.
+    fn checkpoint_uploader(&mut self) -> Result<Option<&mut Uploader>> {
+        let Some(spec) = &self.cfg.checkpoint_store else { return Ok(None) };
+        if self.uploader.is_none() {
+            let location = crate::store::Location::of(remote::STORE_FIELD, spec).map_err(anyhow::Error::msg)?;
+            let store = location.open().map_err(anyhow::Error::msg)?;
+            self.uploader = Some(Uploader::new(store, self.cfg.keep_checkpoints));
+        }
+        Ok(self.uploader.as_mut())
+    }
+
+    /// Waits for the upload in flight, at most `deadline` (for ever when `None`), and records its
+    /// outcome: a finished one in [`Worker::uploaded`], a failed one on stderr (the bucket's
+    /// newest step stays the previous one; the next checkpoint uploads anew). Returns whether
+    /// nothing is left going up.
+    pub fn wait_for_upload(&mut self, deadline: Option<Duration>) -> bool {
+        let Some(uploader) = self.uploader.as_mut() else { return true };
+        let step = uploader.in_flight();
+        match uploader.wait(deadline) {
+            Some(outcome) => {
+                self.record_upload(step.unwrap_or_default(), outcome);
+                true
+            }
+            None if step.is_some() => {
+                let uri = self.uploader.as_ref().map(|u| u.store().location.uri()).unwrap_or_default();
+                eprintln!(
+                    "frugal-trainer: the upload of step {} to {uri} did not finish within {:?}; its manifest is not there, so the bucket's newest step stays the one before",
+                    step.unwrap_or_default(),
+                    deadline.unwrap_or_default()
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Collects an upload that has finished, without waiting.
+    pub fn poll_upload(&mut self) {
+        let Some(uploader) = self.uploader.as_mut() else { return };
+        let step = uploader.in_flight().unwrap_or_default();
+        if let Some(outcome) = uploader.poll() {
+            self.record_upload(step, outcome);
+        }
+    }
+
+    fn record_upload(&mut self, step: i64, outcome: Result<Uploaded>) {
+        match outcome {
+            Ok(up) => self.uploaded.push(up),
+            Err(e) => eprintln!("frugal-trainer: uploading step {step} failed: {e:#}; the bucket's newest step stays the one before"),
+        }
+    }
+
+    /// The uploads finished since the last call.
+    pub fn take_uploads(&mut self) -> Vec<Uploaded> {
+        std::mem::take(&mut self.uploaded)
     }
 
     /// [`Worker::save_checkpoint`] under `root`, keeping the newest `keep` steps there.
@@ -156,6 +240,7 @@ impl Worker {
     pub fn resume(&mut self) -> Result<Option<event::Resume>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
         self.skipped_checkpoints.clear();
+        let in_bucket = self.fetch_from_store(&root)?;
         let resumed = checkpoint::newest_intact(&root, |dir| self.restore(dir))?;
         let step = resumed.as_ref().map_or(-1, |r| r.loaded.step);
         let agreed = self.agree(&[step as f64, 1.0])?;
@@ -163,14 +248,47 @@ impl Worker {
             agreed[0] == step as f64 * agreed[1],
             "the run's stages resumed from different checkpoints (this stage from step {step}); look for a checkpoint another stage cannot read"
         );
-        let Some(resumed) = resumed else { return Ok(None) };
+        let Some(resumed) = resumed else {
+            anyhow::ensure!(
+                in_bucket.is_empty(),
+                "no intact checkpoint to resume from: the local directory holds none, and the store's steps are corrupt:\n  {}",
+                in_bucket.join("\n  ")
+            );
+            return Ok(None);
+        };
         if self.index() == 0 && self.replica == 0 {
             resumed.set_aside()?;
         }
-        self.skipped_checkpoints = resumed.notes();
+        self.skipped_checkpoints = in_bucket.into_iter().chain(resumed.notes()).collect();
         let state = &resumed.loaded;
         let stages_written = (state.stages > 1 || self.stages > 1).then_some(state.stages as i64);
         Ok(Some(event::Resume { step: state.step, stages_written, skipped_corrupt: self.skipped_checkpoints.clone() }))
+    }
+
+    /// With `spec.checkpoint.store`: the committing part brings the bucket's newest intact step
+    /// into `root` when it is newer than every step there ([`remote::fetch`]), and every part
+    /// waits for it before sweeping and listing `root`. Returns the bucket's newer steps passed
+    /// over as corrupt (they stay in the bucket).
+    fn fetch_from_store(&mut self, root: &Path) -> Result<Vec<String>> {
+        if self.cfg.checkpoint_store.is_none() {
+            return Ok(vec![]);
+        }
+        let mut corrupt = vec![];
+        if self.commits_checkpoints() {
+            let store = self.checkpoint_uploader()?.expect("a store is configured").store().clone();
+            let fetched = remote::fetch(&store, root)?;
+            if let Some(step) = fetched.step {
+                eprintln!(
+                    "frugal-trainer: fetched step {step} from {} ({} bytes downloaded in {:.1} s)",
+                    store.location.uri(),
+                    fetched.bytes,
+                    fetched.seconds
+                );
+            }
+            corrupt = fetched.corrupt;
+        }
+        self.barrier_global()?;
+        Ok(corrupt)
     }
 
     /// [`Worker::resume`]'s step.

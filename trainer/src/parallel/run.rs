@@ -174,6 +174,8 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
                 }));
             }
         }
+        worker.poll_upload();
+        report_uploads(worker, &mut s);
         if agreed[2] > 0.0 {
             stopped = Stop::Terminated;
             break;
@@ -196,6 +198,9 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
         stopped = Stop::QualityTargetReached;
     }
     last_checkpoint = checkpoint(worker, &mut s)?.or(last_checkpoint);
+    // The last step's upload: for as long as it takes, or within the grace period after SIGTERM.
+    worker.wait_for_upload((stopped == Stop::Terminated).then(upload_grace));
+    report_uploads(worker, &mut s);
     let Some(shape) = shape else { return Ok((stopped, None)) };
     let c = &shape.counts;
     let tokens = worker.tokens - start_tokens;
@@ -266,6 +271,8 @@ fn evaluation_pass(
 fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
     let t0 = Instant::now();
     let path = worker.save_checkpoint()?;
+    // the previous step's upload, which this save waited for, before this step
+    report_uploads(worker, s);
     if let Some(p) = &path {
         s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", worker.step as f64);
         if let Some(rep) = s.reporter.as_deref_mut() {
@@ -274,6 +281,28 @@ fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
         }
     }
     Ok(path)
+}
+
+/// Reports the uploads that finished: on stderr, and as a `checkpoint` event naming the step in
+/// the bucket (in a pod, `status.checkpoint` then says where the newest committed step is).
+fn report_uploads(worker: &mut Worker, s: &mut Session) {
+    for up in worker.take_uploads() {
+        eprintln!("frugal-trainer: step {} is in {} ({} bytes in {:.1} s)", up.step, up.uri, up.bytes, up.seconds);
+        s.metrics.gauge("frugal_trainer_checkpoint_uploaded_step", "Step of the newest checkpoint committed in object storage.", up.step as f64);
+        if let Some(rep) = s.reporter.as_deref_mut() {
+            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: up.step, path: up.uri, seconds: Some(up.seconds) }));
+        }
+    }
+}
+
+/// How long a run stopped by SIGTERM waits for its last upload: `FRUGAL_UPLOAD_GRACE_SECONDS`,
+/// else [`crate::parallel::checkpoint::UPLOAD_GRACE`].
+fn upload_grace() -> std::time::Duration {
+    std::env::var("FRUGAL_UPLOAD_GRACE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(super::checkpoint::UPLOAD_GRACE, std::time::Duration::from_secs_f64)
 }
 
 /// Records an evaluation `seconds` into the run: the metrics, the `eval` event (in a pod the

@@ -80,6 +80,11 @@ pub struct Worker {
     pub evaluation: EvalConfig,
     /// Corrupt checkpoints the last resume passed over for an older one, and why.
     pub skipped_checkpoints: Vec<String>,
+    /// On the part that commits checkpoints (the first stage of the first replica), with
+    /// `spec.checkpoint.store`: the background upload of committed steps (opened on first use).
+    pub uploader: Option<crate::checkpoint::remote::Uploader>,
+    /// Uploads finished since the run loop last looked ([`Worker::take_uploads`]).
+    pub uploaded: Vec<crate::checkpoint::remote::Uploaded>,
 }
 
 impl Worker {
@@ -131,6 +136,8 @@ impl Worker {
             devices_in_run: 1,
             evaluation: EvalConfig::default(),
             skipped_checkpoints: Vec::new(),
+            uploader: None,
+            uploaded: Vec::new(),
         };
         if let (true, Some(distill)) = (head, &cfg.distill) {
             match Teacher::load(distill, &cfg.model, device, kind) {

@@ -25,6 +25,12 @@ pub struct CheckpointSpec {
     #[x_kube(validation = Rule::new("self == '.' || (!self.startsWith('/') && !self.split('/').exists(s, s == '..' || s == '' || s == '.'))")
         .message("checkpoint.subPath is a relative directory under checkpoint.path (such as team/lm), without '..', '.' or empty parts; '.' alone means the claim's root"))]
     pub sub_path: Option<String>,
+    /// Object storage each committed step is uploaded to (while training continues) and a run
+    /// resumes from when `path` holds no newer step: checkpoints that outlive the node without
+    /// a claim. A step there is complete once its `MANIFEST.json` is, which is uploaded last;
+    /// `keep` applies there too. One job per prefix: jobs sharing one prune each other's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<super::ObjectStoreSpec>,
     /// Complete checkpoints kept; older ones are deleted.
     #[serde(default = "default_keep")]
     #[schemars(range(min = 1, max = 100))]
@@ -54,7 +60,7 @@ fn default_keep() -> i32 {
 
 impl Default for CheckpointSpec {
     fn default() -> Self {
-        Self { claim_name: None, path: default_checkpoint_path(), sub_path: None, keep: default_keep() }
+        Self { claim_name: None, path: default_checkpoint_path(), sub_path: None, store: None, keep: default_keep() }
     }
 }
 

@@ -19,6 +19,7 @@ mod parallelism;
 mod pod_template;
 mod resources;
 mod run_policy;
+mod storage;
 mod training;
 
 pub use checkpoint::*;
@@ -31,6 +32,7 @@ pub use parallelism::*;
 pub use pod_template::*;
 pub use resources::*;
 pub use run_policy::*;
+pub use storage::*;
 pub use training::*;
 
 /// The longest TrainingJob name: children append suffixes such as `-a12-3` (attempt and pod index)
