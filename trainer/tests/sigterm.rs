@@ -264,7 +264,15 @@ fn a_configuration_error_exits_78_and_names_the_field() {
             .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--checkpoint-dir", dir.join("ck").to_str().unwrap()])
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), String::from_utf8_lossy(&out.stdout).into_owned())
+        // with --json the error is a JSON log line: its message is what a person reads
+        let stderr: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) if v["level"] == "ERROR" => v["message"].as_str().unwrap_or(l).to_string(),
+                _ => l.to_string(),
+            })
+            .collect();
+        (out.status.code(), stderr.join("\n"), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let corpus = JOB.replace(
         "source: {type: Synthetic, synthetic: {branching: 4, tokens: 50000}}",

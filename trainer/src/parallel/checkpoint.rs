@@ -142,8 +142,8 @@ impl Worker {
             }
             None if step.is_some() => {
                 let uri = self.uploader.as_ref().map(|u| u.store().location.uri()).unwrap_or_default();
-                eprintln!(
-                    "frugal-trainer: the upload of step {} to {uri} did not finish within {:?}; its manifest is not there, so the bucket's newest step stays the one before",
+                crate::warn!(
+                    "the upload of step {} to {uri} did not finish within {:?}; its manifest is not there, so the bucket's newest step stays the one before",
                     step.unwrap_or_default(),
                     deadline.unwrap_or_default()
                 );
@@ -165,7 +165,7 @@ impl Worker {
     fn record_upload(&mut self, step: i64, outcome: Result<Uploaded>) {
         match outcome {
             Ok(up) => self.uploaded.push(up),
-            Err(e) => eprintln!("frugal-trainer: uploading step {step} failed: {e:#}; the bucket's newest step stays the one before"),
+            Err(e) => crate::warn!("uploading step {step} failed: {e:#}; the bucket's newest step stays the one before"),
         }
     }
 
@@ -278,12 +278,7 @@ impl Worker {
             let store = self.checkpoint_uploader()?.expect("a store is configured").store().clone();
             let fetched = remote::fetch(&store, root)?;
             if let Some(step) = fetched.step {
-                eprintln!(
-                    "frugal-trainer: fetched step {step} from {} ({} bytes downloaded in {:.1} s)",
-                    store.location.uri(),
-                    fetched.bytes,
-                    fetched.seconds
-                );
+                crate::info!("fetched step {step} from {} ({} bytes downloaded in {:.1} s)", store.location.uri(), fetched.bytes, fetched.seconds);
             }
             corrupt = fetched.corrupt;
         }

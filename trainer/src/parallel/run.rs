@@ -287,7 +287,7 @@ fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
 /// the bucket (in a pod, `status.checkpoint` then says where the newest committed step is).
 fn report_uploads(worker: &mut Worker, s: &mut Session) {
     for up in worker.take_uploads() {
-        eprintln!("frugal-trainer: step {} is in {} ({} bytes in {:.1} s)", up.step, up.uri, up.bytes, up.seconds);
+        crate::info!("step {} is in {} ({} bytes in {:.1} s)", up.step, up.uri, up.bytes, up.seconds);
         s.metrics.gauge("frugal_trainer_checkpoint_uploaded_step", "Step of the newest checkpoint committed in object storage.", up.step as f64);
         if let Some(rep) = s.reporter.as_deref_mut() {
             rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: up.step, path: up.uri, seconds: Some(up.seconds) }));

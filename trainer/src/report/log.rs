@@ -78,6 +78,12 @@ pub fn line(level: Level, target: &str, message: &str) {
     let _ = writeln!(err, "{text}");
 }
 
+/// Something worth a line beside the events (an upload that finished).
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::report::log::line($crate::report::log::Level::Info, module_path!(), &format!($($arg)*)) };
+}
+
 /// A warning: something went wrong and the trainer goes on.
 #[macro_export]
 macro_rules! warn {
