@@ -84,6 +84,20 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
     }
     let cfg = worker.cfg.clone();
     let end = s.max_steps.map_or(cfg.train.steps, |m| m.min(cfg.train.steps));
+    if !worker.reports() {
+        // the stages that do not report say once that they run, so every pod's log has a line
+        let l = &worker.model.layout;
+        crate::info!(
+            "stage {} of {} (layers {}..{}) of replica {} of {} trains from step {} to {end}",
+            l.index,
+            worker.stages,
+            l.layers.start,
+            l.layers.end,
+            worker.replica,
+            worker.replicas,
+            worker.step
+        );
+    }
     let shape = worker.reports().then(|| worker.shape());
     if let (Some(rep), Some(shape)) = (s.reporter.as_deref_mut(), &shape) {
         let c = &shape.counts;
