@@ -8,6 +8,7 @@ pub mod admission;
 pub mod contract;
 pub mod finite;
 pub mod planner;
+pub mod promql;
 pub mod report;
 pub mod schema;
 #[cfg(any(test, feature = "testing"))]

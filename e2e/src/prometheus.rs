@@ -2,7 +2,7 @@
 //! samples, Prometheus's own `promtool` (built from its Go module into the cluster's binary cache,
 //! on PATH from scripts/e2e.sh), and the PromQL the chart ships (its dashboard and alerts).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
@@ -112,23 +112,6 @@ pub fn rule_queries() -> Result<Vec<String>> {
     let file: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(rule_file())?)?;
     let rules = file["groups"].as_array().context("no groups")?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default());
     rules.map(|r| r["expr"].as_str().map(String::from).context("a rule without expr")).collect()
-}
-
-/// The names of frugal's series a query mentions (identifiers starting `frugal_`).
-pub fn names_in(query: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut word = String::new();
-    for c in query.chars().chain([' ']) {
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            word.push(c);
-        } else {
-            if word.starts_with("frugal_") {
-                names.insert(word.clone());
-            }
-            word.clear();
-        }
-    }
-    names
 }
 
 #[cfg(test)]

@@ -86,16 +86,24 @@ pub fn step_losses(output: &str) -> Vec<(i64, f64)> {
 /// `timestamp`, `level`, `target`, and the TrainingJob's `job` and `namespace`. Returns the
 /// number of lines.
 pub fn check_trainer_log(output: &str, job: &str, namespace: &str) -> anyhow::Result<usize> {
-    let mut n = 0;
-    for line in output.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("a trainer log line is not JSON ({e}): {line}"))?;
-        for key in ["timestamp", "level", "target"] {
-            anyhow::ensure!(v[key].is_string(), "a trainer log line has no {key}: {line}");
-        }
+    let lines = json_log(output, "a trainer")?;
+    for (line, v) in &lines {
         anyhow::ensure!(v["job"] == job && v["namespace"] == namespace, "a trainer log line does not name {namespace}/{job}: {line}");
-        n += 1;
     }
-    Ok(n)
+    Ok(lines.len())
+}
+
+/// The lines of `who`'s JSON log, each parsed and checked for `timestamp`, `level` and `target`.
+fn json_log<'a>(output: &'a str, who: &str) -> anyhow::Result<Vec<(&'a str, serde_json::Value)>> {
+    let mut lines = Vec::new();
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{who} log line is not JSON ({e}): {line}"))?;
+        for key in ["timestamp", "level", "target"] {
+            anyhow::ensure!(v[key].is_string(), "{who} log line has no {key}: {line}");
+        }
+        lines.push((line, v));
+    }
+    Ok(lines)
 }
 
 /// Checks the operator's JSON log: every line an object with `timestamp`, `level` and `target`,
@@ -103,11 +111,7 @@ pub fn check_trainer_log(output: &str, job: &str, namespace: &str) -> anyhow::Re
 /// `budget`. Returns the lines that name TrainingJob `job` of `namespace`.
 pub fn check_operator_log(output: &str, namespace: &str, job: &str) -> anyhow::Result<usize> {
     let mut named = 0;
-    for line in output.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("an operator log line is not JSON ({e}): {line}"))?;
-        for key in ["timestamp", "level", "target"] {
-            anyhow::ensure!(v[key].is_string(), "an operator log line has no {key}: {line}");
-        }
+    for (line, v) in json_log(output, "an operator")? {
         let span = &v["span"];
         if span["name"] == "reconcile" {
             anyhow::ensure!(

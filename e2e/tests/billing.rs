@@ -633,7 +633,7 @@ async fn the_metrics_of_money_match_the_bills_and_the_ledger(ctx: &TestContext, 
     let scraped: BTreeSet<String> = prometheus::samples(&exposition)?.into_iter().map(|s| s.name).collect();
     let elsewhere = |name: &str| name.starts_with("frugal_trainer_") || name == "frugal_operator_admission_policy_missing";
     for query in prometheus::dashboard_queries()?.into_iter().chain(prometheus::rule_queries()?) {
-        for name in prometheus::names_in(&query).into_iter().filter(|n| !elsewhere(n)) {
+        for name in frugal_api::promql::frugal_series(&query).into_iter().filter(|n| !elsewhere(n)) {
             ensure!(scraped.contains(&name), "the chart's query {query} names {name}, which the operator's scrape lacks:\n{exposition}");
         }
     }

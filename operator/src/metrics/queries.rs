@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::spend::tests_support::cluster;
 use super::*;
+use frugal_api::promql::frugal_series;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -57,23 +58,6 @@ fn rules() -> Vec<Rule> {
     file.groups.into_iter().flat_map(|g| g.rules).collect()
 }
 
-/// The names of frugal's series a query mentions (identifiers starting `frugal_`).
-fn names_in(query: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut word = String::new();
-    for c in query.chars().chain([' ']) {
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            word.push(c);
-        } else {
-            if word.starts_with("frugal_") {
-                names.insert(std::mem::take(&mut word));
-            }
-            word.clear();
-        }
-    }
-    names
-}
-
 /// The sample names of an exposition.
 fn sample_names(exposition: &str) -> BTreeSet<String> {
     exposition.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).map(String::from).collect()
@@ -121,7 +105,7 @@ fn every_query_of_the_chart_names_series_that_are_exported() {
     let queries: Vec<String> = dashboard_queries().into_iter().chain(rules().into_iter().map(|r| r.expr)).collect();
     assert!(queries.len() >= 20, "read {} queries", queries.len());
     for q in &queries {
-        let names = names_in(q);
+        let names = frugal_series(q);
         assert!(!names.is_empty(), "{q} names none of frugal's series");
         for name in names {
             assert!(exported.contains(&name), "{q} names {name}, which neither the operator nor the trainer exports");
@@ -131,7 +115,7 @@ fn every_query_of_the_chart_names_series_that_are_exported() {
 
 #[test]
 fn the_dashboard_shows_spend_gpus_waiting_jobs_and_training() {
-    let queried: BTreeSet<String> = dashboard_queries().iter().flat_map(|q| names_in(q)).collect();
+    let queried: BTreeSet<String> = dashboard_queries().iter().flat_map(|q| frugal_series(q)).collect();
     for name in [
         "frugal_budget_spent_cost",
         "frugal_budget_limit_cost",
@@ -169,7 +153,7 @@ fn the_rules_hold_the_five_alerts() {
 fn names_are_read_from_queries_and_expositions() {
     let q = "sum by (le) (rate(frugal_operator_reconcile_duration_seconds_bucket{reason=\"frugal_x\"}[5m])) / frugal_a:b";
     assert_eq!(
-        names_in(q).into_iter().collect::<Vec<_>>(),
+        frugal_series(q).into_iter().collect::<Vec<_>>(),
         ["frugal_a:b", "frugal_operator_reconcile_duration_seconds_bucket", "frugal_x"],
         "a label value counts too: the checks err on the strict side"
     );
