@@ -113,6 +113,7 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
             pipeline_stages: shape.pipeline_stages,
             replicas: (shape.replicas > 1).then_some(shape.replicas),
             quality_target: worker.evaluation.target.clone(),
+            eval_interval: Some(cfg.train.eval_interval),
         }));
         if let Some(port) = s.metrics_port {
             rep.emit(RunEvent::Metrics { port });

@@ -21,6 +21,8 @@ use std::collections::VecDeque;
 
 use frugal_api::v1alpha1::{QualityMetric, QualityTarget};
 
+use crate::report::event::Start;
+
 /// Step reports the rate is taken over.
 pub const WINDOW: usize = 20;
 
@@ -55,11 +57,24 @@ pub struct Eta {
     /// (training tokens, the target's metric) of each evaluation, the latest last.
     evaluations: VecDeque<(i64, f64)>,
     reached: bool,
+    /// Steps between evaluations: a run stops at its quality target only at one.
+    eval_interval: i64,
 }
 
 impl Eta {
     pub fn new(total_steps: i64, target: Option<QualityTarget>) -> Self {
         Self { total_steps, target, ..Self::default() }
+    }
+
+    /// For the run a start event describes.
+    pub fn for_run(start: &Start) -> Self {
+        Self::new(start.steps, start.quality_target.clone()).evaluating_every(start.eval_interval.unwrap_or(0))
+    }
+
+    /// The run evaluates every `interval` steps (0: only at its end).
+    pub fn evaluating_every(mut self, interval: i64) -> Self {
+        self.eval_interval = interval.max(0);
+        self
     }
 
     /// A step report at `at` seconds.
@@ -100,7 +115,7 @@ impl Eta {
     /// The estimate after the latest report; none before the first.
     pub fn estimate(&self) -> Option<Estimate> {
         let last = *self.marks.back()?;
-        let end_step = if self.reached { last.step } else { self.end_step(last).max(last.step) };
+        let end_step = if self.reached { last.step } else { self.end_step(last) };
         let percent = if end_step <= 0 { 100 } else { (100 * last.step / end_step).clamp(0, 100) as i32 };
         let first = self.marks.front()?;
         let rate = (last.step - first.step) as f64 / (last.at - first.at);
@@ -121,7 +136,17 @@ impl Eta {
             return self.total_steps;
         }
         let step = (tokens / tokens_per_step).ceil();
-        if step.is_finite() && step < self.total_steps as f64 { step as i64 } else { self.total_steps }
+        if !step.is_finite() || step >= self.total_steps as f64 {
+            return self.total_steps;
+        }
+        // it stops at an evaluation: the first at or after the fit's step and after the latest
+        // report (a fit that says the target is behind, while no evaluation has reached it, means
+        // the next one)
+        let step = match self.eval_interval {
+            0 => (step as i64).max(last.step),
+            every => ((step as i64 + every - 1) / every * every).max((last.step / every + 1) * every),
+        };
+        step.min(self.total_steps)
     }
 
     /// The training tokens at which the least-squares line of the metric against ln(tokens),
@@ -253,6 +278,29 @@ mod tests {
         assert_eq!(eta.estimate().unwrap().end_step, 200);
         eta.evaluation(3000, None, None, true);
         assert_eq!(eta.estimate().unwrap(), Estimate { percent: 100, end_step: 30, remaining_seconds: Some(0.0) });
+    }
+
+    /// The fit's step is rounded up to an evaluation, and when the fit says the target lies
+    /// behind while no evaluation has reached it, the end is the next evaluation.
+    #[test]
+    fn a_quality_target_ends_at_an_evaluation() {
+        let loss = |tokens: f64| 4.0 - 0.5 * (tokens / 1000.0).log2();
+        let mut eta = Eta::new(1000, target(2.5)).evaluating_every(25);
+        for step in 1..=40 {
+            eta.step(step as f64, step, step * 100);
+            if step % 10 == 0 {
+                eta.evaluation(step * 100, Some(loss((step * 100) as f64)), None, false);
+            }
+        }
+        // the fit says step 80: the evaluation at 100 is the first that can stop it
+        assert_eq!(eta.estimate().unwrap().end_step, 100);
+        for step in 41..=90 {
+            eta.step(step as f64, step, step * 100);
+        }
+        // step 90, target "behind" at 80 but not reached: the next evaluation, at 100
+        let e = eta.estimate().unwrap();
+        assert_eq!((e.end_step, e.percent), (100, 90), "{e:?}");
+        assert!((e.remaining_seconds.unwrap() - 10.0).abs() < 1e-9, "{e:?}");
     }
 
     /// A target in bits per byte fits the bits per byte, not the loss.

@@ -60,6 +60,9 @@ pub struct Start {
     /// The quality the run stops at, if it stops at one (data.qualityTarget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_target: Option<QualityTarget>,
+    /// Steps between evaluations (training.evalInterval), where a quality target can stop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_interval: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -51,7 +51,7 @@ impl Reporter {
             let _ = sink.send(event.clone());
         }
         match &event {
-            RunEvent::Start(start) => self.eta = Eta::new(start.steps, start.quality_target.clone()),
+            RunEvent::Start(start) => self.eta = Eta::for_run(start),
             RunEvent::Step(s) => self.eta.step(self.clock.elapsed().as_secs_f64(), s.step, s.tokens),
             RunEvent::Eval(e) => self.eta.evaluation(self.eta.tokens_at(e.step).unwrap_or(0), e.val_loss, e.bits_per_byte, e.quality_target_reached),
             _ => {}
@@ -60,6 +60,13 @@ impl Reporter {
             let mut line = log::head(Level::Info, "frugal_trainer::run");
             if let Value::Object(fields) = event.to_value() {
                 line.extend(fields);
+            }
+            // a step also says how far the run is and how long it has left, as the status does
+            if let (RunEvent::Step(_), Some(e)) = (&event, self.eta.estimate()) {
+                line.insert("percent".into(), e.percent.into());
+                if let Some(left) = e.remaining_seconds {
+                    line.insert("remaining_seconds".into(), left.into());
+                }
             }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", Value::Object(line));

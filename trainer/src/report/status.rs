@@ -104,7 +104,7 @@ impl TrainerStatus {
         match event {
             RunEvent::Start(start) => {
                 self.total_steps = start.steps;
-                self.eta = Eta::new(start.steps, start.quality_target.clone());
+                self.eta = Eta::for_run(start);
             }
             RunEvent::Step(step) => {
                 let clock = *self.clock.get_or_insert_with(Instant::now);
