@@ -203,6 +203,16 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    // the long commands show how far they are: on a terminal in place, otherwise as JSON lines
+    let long_json = match &cli.command {
+        Command::Prepare { .. } => Some(false),
+        Command::Eval(a) | Command::Quantize(a) | Command::Export { checkpoint: a, .. } => Some(a.json),
+        _ => None,
+    };
+    if let Some(json) = long_json {
+        report::log::init(json || !std::io::stderr().is_terminal(), None, None);
+        report::progress::enable();
+    }
     match cli.command {
         Command::Info { json } => {
             info(json);

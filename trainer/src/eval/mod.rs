@@ -8,6 +8,7 @@
 use crate::data::{Data, TextTokenizer};
 use crate::model::gpt::Gpt;
 use crate::params::ParamStore;
+use crate::report::progress;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityStatus, QualityTarget, ZeroShotResult};
@@ -95,12 +96,16 @@ impl Validation {
 pub fn validate(lm: &dyn LanguageModel, data: &Data, batch: i64) -> Validation {
     let bytes_of = Tensor::from_slice(&data.token_bytes.iter().map(|&b| i64::from(b)).collect::<Vec<_>>());
     let mut v = Validation { tokens: 0, bytes: 0, nats: 0.0 };
-    for b in data.validation(batch) {
+    let batches = data.validation(batch);
+    progress::begin("validation", "batches", Some(batches.len() as u64));
+    for b in batches {
         let (picked, _) = lm.score(&b.inputs, &b.targets);
         v.nats -= picked.sum(Kind::Double).double_value(&[]);
         v.tokens += b.targets.numel() as i64;
         v.bytes += bytes_of.index_select(0, &b.targets.view([-1])).sum(Kind::Int64).int64_value(&[]);
+        progress::advance(1);
     }
+    progress::end();
     v
 }
 
@@ -167,7 +172,10 @@ struct ChoiceExample {
 pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: Option<i32>) -> Result<(i64, i64)> {
     let mut hits = 0;
     let mut n = 0;
-    for (i, ex) in read_jsonl::<LastWordExample>(path, max)?.into_iter().enumerate() {
+    let examples = read_jsonl::<LastWordExample>(path, max)?;
+    progress::begin(&format!("LastWord {}", path.display()), "examples", Some(examples.len() as u64));
+    for (i, ex) in examples.into_iter().enumerate() {
+        progress::advance(1);
         let text = ex.text.trim_end();
         let Some(cut) = text.rfind(' ') else { continue };
         let ctx: Vec<u32> = std::iter::once(tok.end_of_text())
@@ -188,7 +196,10 @@ pub fn last_word(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: 
 pub fn multiple_choice(lm: &dyn LanguageModel, tok: &TextTokenizer, path: &Path, max: Option<i32>) -> Result<(i64, i64)> {
     let mut hits = 0;
     let mut n = 0;
-    for (i, ex) in read_jsonl::<ChoiceExample>(path, max)?.into_iter().enumerate() {
+    let examples = read_jsonl::<ChoiceExample>(path, max)?;
+    progress::begin(&format!("MultipleChoice {}", path.display()), "examples", Some(examples.len() as u64));
+    for (i, ex) in examples.into_iter().enumerate() {
+        progress::advance(1);
         if ex.label >= ex.choices.len() {
             bail!("{} example {}: label {} but {} choices", path.display(), i + 1, ex.label, ex.choices.len());
         }
@@ -227,7 +238,9 @@ pub fn cloze(lm: &dyn LanguageModel, data: &Data, seed: u64, max: Option<i32>) -
     let examples = (val.len() / window).min(max.map_or(256, |m| m as usize));
     let mut rng = Rng::derive(seed, "cloze");
     let (mut hits, mut n) = (0, 0);
+    progress::begin("Cloze", "examples", Some(examples as u64));
     for e in 0..examples {
+        progress::advance(1);
         let at = e * window;
         let mut options: Vec<Vec<u32>> = vec![val.range(at + ctx_len, span)];
         let mut tries = 0;
@@ -274,6 +287,7 @@ pub fn zero_shot(lm: &dyn LanguageModel, data: &Data, sets: &[EvalSet], seed: u6
             }
             EvalSetType::Cloze => cloze(lm, data, seed, set.max_examples)?,
         };
+        progress::end();
         out.push(ZeroShotResult { name: set.name.clone(), accuracy: if n > 0 { hits as f64 / n as f64 } else { 0.0 }, examples: n });
     }
     Ok(out)

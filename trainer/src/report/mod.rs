@@ -10,6 +10,7 @@ pub mod event;
 pub mod log;
 pub mod metrics;
 pub mod output;
+pub mod progress;
 pub mod status;
 pub mod summary;
 

@@ -186,7 +186,7 @@ fn compact(v: &Value) -> String {
 }
 
 /// Seconds as a clock reads them: `42s`, `3m07s`, `2h05m`.
-fn clock(seconds: f64) -> String {
+pub(crate) fn clock(seconds: f64) -> String {
     let s = seconds.round().max(0.0) as u64;
     match s {
         0..60 => format!("{s}s"),
