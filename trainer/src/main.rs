@@ -13,9 +13,9 @@ use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
 use frugal_trainer::parallel::run::{Exports, JobRun, Output};
 use frugal_trainer::parallel::{launch, pick_device};
+use frugal_trainer::report::compare;
 use frugal_trainer::report::human;
 use frugal_trainer::report::metrics::Metrics;
-use frugal_trainer::report::{self, compare};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,8 +210,8 @@ fn run(cli: Cli) -> Result<i32> {
         _ => None,
     };
     if let Some(json) = long_json {
-        report::log::init(json || !std::io::stderr().is_terminal(), None, None);
-        report::progress::enable();
+        frugal_trainer::log::init(json || !std::io::stderr().is_terminal(), None, None);
+        frugal_trainer::progress::enable();
     }
     match cli.command {
         Command::Info { json } => {
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> Result<i32> {
             // JSON lines wherever the events are (a pod, --json), each naming the job
             let namespace = std::env::var(env::NAMESPACE).ok();
             let name = std::env::var(env::TRAINING_JOB).unwrap_or_else(|_| job.name.clone());
-            report::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
+            frugal_trainer::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
             job.check_inputs()?;
             job.check_store()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));

@@ -114,7 +114,7 @@ pub fn encode_corpus(corpus: &Corpus, tok: &TextTokenizer, split: Split, train: 
     };
     for d in corpus.split_documents(split)? {
         let (doc, held) = d?;
-        crate::report::progress::advance(doc.text.len() as u64);
+        crate::progress::advance(doc.text.len() as u64);
         bytes += doc.text.len();
         batch.push((doc, held));
         if bytes >= BATCH_BYTES {
@@ -155,9 +155,9 @@ pub fn prepare(corpus: &Corpus, source: &TokenizerSource, vocab: i64, validation
     shards::clear_dir(out)?;
     let mut train = ShardWriter::new(out, "train", width, shard_tokens);
     let mut val = ShardWriter::new(out, "val", width, shard_tokens);
-    crate::report::progress::begin(&format!("prepare {}", corpus.path.display()), "bytes", Some(survey.bytes));
+    crate::progress::begin(&format!("prepare {}", corpus.path.display()), "bytes", Some(survey.bytes));
     encode_corpus(corpus, &tok, split, &mut train, &mut val)?;
-    crate::report::progress::end();
+    crate::progress::end();
     let (train_tokens, val_tokens) = (train.tokens(), val.tokens());
     let mut files = train.finish()?;
     files.extend(val.finish()?);

@@ -8,7 +8,7 @@
 use crate::data::{Data, TextTokenizer};
 use crate::model::gpt::Gpt;
 use crate::params::ParamStore;
-use crate::report::progress;
+use crate::progress;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use frugal_api::v1alpha1::{EvalSet, EvalSetType, QualityStatus, QualityTarget, ZeroShotResult};

@@ -155,16 +155,16 @@ fn write_weights(dir: &Path, hf: &Tensors, max_shard_bytes: u64) -> Result<(Vec<
     let names: Vec<String> =
         if n == 1 { vec![WEIGHTS_FILE.to_string()] } else { (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).collect() };
     let mut weight_map = serde_json::Map::new();
-    crate::report::progress::begin(&format!("export {}", dir.display()), "bytes", Some(total));
+    crate::progress::begin(&format!("export {}", dir.display()), "bytes", Some(total));
     for (shard, file) in shards.iter().zip(&names) {
         let views = shard.iter().map(|(name, t)| (name.as_str(), Weight { tensor: t, shape: t.size().iter().map(|&s| s as usize).collect() }));
         safetensors::tensor::serialize_to_file(views, &metadata, &dir.join(file)).with_context(|| format!("writing {file}"))?;
         for (name, _) in shard {
             weight_map.insert((*name).clone(), json!(file));
         }
-        crate::report::progress::advance(shard.iter().map(|(_, t)| t.numel() as u64 * 4).sum());
+        crate::progress::advance(shard.iter().map(|(_, t)| t.numel() as u64 * 4).sum());
     }
-    crate::report::progress::end();
+    crate::progress::end();
     if n > 1 {
         write_json(&dir.join(INDEX_FILE), &json!({"metadata": {"total_size": total}, "weight_map": weight_map}))?;
     }

@@ -119,14 +119,14 @@ impl Activations {
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let recorder = Recorder { targets: targets.clone(), calls, seen: seen.clone() };
         let before = store.set_linears(Some(Box::new(recorder)));
-        crate::report::progress::begin("calibration", "batches", Some(batches.len() as u64));
+        crate::progress::begin("calibration", "batches", Some(batches.len() as u64));
         for b in batches {
             for piece in b.inputs.split(chunk, 0) {
                 let _ = model.eval_logits(store, &piece.to_device(store.device));
             }
-            crate::report::progress::advance(1);
+            crate::progress::advance(1);
         }
-        crate::report::progress::end();
+        crate::progress::end();
         store.set_linears(before);
         let seen = std::mem::take(&mut *seen.lock().expect("calibration statistics"));
         if let Some(&missed) = targets.iter().find(|i| !seen.contains_key(i)) {

@@ -183,7 +183,7 @@ fn time_forwards(model: &Gpt, store: &mut ParamStore, tables: &mut [Option<Box<d
     };
     let mut seconds = vec![0f64; tables.len()];
     let mut tokens = vec![0i64; tables.len()];
-    crate::report::progress::begin("throughput", "rounds", Some(TIMED_ROUNDS as u64 + 1));
+    crate::progress::begin("throughput", "rounds", Some(TIMED_ROUNDS as u64 + 1));
     for round in 0..=TIMED_ROUNDS {
         for inputs in &batches {
             for (k, table) in tables.iter_mut().enumerate() {
@@ -198,9 +198,9 @@ fn time_forwards(model: &Gpt, store: &mut ParamStore, tables: &mut [Option<Box<d
                 *table = store.set_linears(None);
             }
         }
-        crate::report::progress::advance(1);
+        crate::progress::advance(1);
     }
-    crate::report::progress::end();
+    crate::progress::end();
     seconds.iter().zip(&tokens).map(|(&s, &n)| if s > 0.0 { n as f64 / s } else { f64::NAN }).collect()
 }
 

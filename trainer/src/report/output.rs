@@ -5,9 +5,9 @@ use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use crate::log::{self, Level};
 use crate::report::eta::Eta;
 use crate::report::event::RunEvent;
-use crate::report::log::{self, Level};
 use crate::report::summary::{Summary, human};
 
 pub struct Reporter {
@@ -101,7 +101,7 @@ impl Reporter {
         let done = ((s.step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
         let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
         let estimate = self.eta.estimate();
-        let left = estimate.and_then(|e| e.remaining_seconds).map(|r| format!(" {} left", clock(r))).unwrap_or_default();
+        let left = estimate.and_then(|e| e.remaining_seconds).map(|r| format!(" {} left", crate::progress::clock(r))).unwrap_or_default();
         eprint!(
             "\r\x1b[2K{bar} {}/{} {}%{left} loss {:.4} lr {:.2e} {:.0} tok/s MFU {:.1}%",
             s.step,
@@ -185,16 +185,6 @@ fn compact(v: &Value) -> String {
     }
 }
 
-/// Seconds as a clock reads them: `42s`, `3m07s`, `2h05m`.
-pub(crate) fn clock(seconds: f64) -> String {
-    let s = seconds.round().max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use crate::report::TargetOutcome;
@@ -252,11 +242,5 @@ mod tests {
                 assert!(value.get(key).is_none(), "{} has its own {key}", value["event"]);
             }
         }
-    }
-
-    #[test]
-    fn time_left_reads_as_a_clock() {
-        let read: Vec<String> = [0.4, 42.0, 187.0, 7500.0].into_iter().map(super::clock).collect();
-        assert_eq!(read, ["0s", "42s", "3m07s", "2h05m"]);
     }
 }

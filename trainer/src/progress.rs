@@ -2,7 +2,7 @@
 //! resume's checkpoint load: on a terminal a line redrawn in place on stderr (the task, how much
 //! of it is done, the percentage and the time left at the rate so far); where the output is JSON
 //! lines, a `progress` event on stderr at most once a second and when the task ends, with the
-//! keys of every log line ([`crate::report::log`]) and `task`, `unit`, `done`, `total`, `percent`,
+//! keys of every log line ([`crate::log`]) and `task`, `unit`, `done`, `total`, `percent`,
 //! `remaining_seconds`. The code doing the work calls [`begin`] and [`advance`]; nothing is
 //! written unless the command turned progress on ([`enable`]), so library callers and tests stay
 //! quiet.
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::report::log::{self, Level};
+use crate::log::{self, Level};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TASK: Mutex<Option<Task>> = Mutex::new(None);
@@ -58,7 +58,7 @@ impl Task {
     fn text(&self) -> String {
         let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
         let percent = self.percent().map(|p| format!(" {p}%")).unwrap_or_default();
-        let left = self.remaining_seconds().map(|s| format!(" {} left", crate::report::output::clock(s))).unwrap_or_default();
+        let left = self.remaining_seconds().map(|s| format!(" {} left", clock(s))).unwrap_or_default();
         format!("{} {}{of} {}{percent}{left}", self.name, self.done, self.unit)
     }
 
@@ -123,6 +123,16 @@ pub fn end() {
     }
 }
 
+/// Seconds as a clock reads them: `42s`, `3m07s`, `2h05m`.
+pub fn clock(seconds: f64) -> String {
+    let s = seconds.round().max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +155,11 @@ mod tests {
         t.total = None;
         assert_eq!((t.percent(), t.remaining_seconds()), (None, None));
         assert_eq!(t.text(), "eval 10 batches");
+    }
+
+    #[test]
+    fn time_left_reads_as_a_clock() {
+        let read: Vec<String> = [0.4, 42.0, 187.0, 7500.0].into_iter().map(super::clock).collect();
+        assert_eq!(read, ["0s", "42s", "3m07s", "2h05m"]);
     }
 }

@@ -81,19 +81,19 @@ pub fn line(level: Level, target: &str, message: &str) {
 /// Something worth a line beside the events (an upload that finished).
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::report::log::line($crate::report::log::Level::Info, module_path!(), &format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Info, module_path!(), &format!($($arg)*)) };
 }
 
 /// A warning: something went wrong and the trainer goes on.
 #[macro_export]
 macro_rules! warn {
-    ($($arg:tt)*) => { $crate::report::log::line($crate::report::log::Level::Warn, module_path!(), &format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Warn, module_path!(), &format!($($arg)*)) };
 }
 
 /// An error: the command stops.
 #[macro_export]
 macro_rules! error {
-    ($($arg:tt)*) => { $crate::report::log::line($crate::report::log::Level::Error, module_path!(), &format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Error, module_path!(), &format!($($arg)*)) };
 }
 
 #[cfg(test)]
