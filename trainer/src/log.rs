@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 /// How the process logs, set once by [`init`]; text without a job until then.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 struct Context {
     json: bool,
     job: Option<String>,
@@ -21,8 +21,9 @@ struct Context {
 
 static CONTEXT: OnceLock<Context> = OnceLock::new();
 
-fn context() -> Context {
-    CONTEXT.get().cloned().unwrap_or_default()
+fn context() -> &'static Context {
+    static UNSET: Context = Context { json: false, job: None, namespace: None };
+    CONTEXT.get().unwrap_or(&UNSET)
 }
 
 /// Sets how the process logs: JSON lines or text, and the job and namespace every line names.

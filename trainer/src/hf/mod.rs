@@ -353,18 +353,20 @@ pub fn check_init(spec: &ModelConfig, dir: &Path) -> Result<()> {
     let differ = |field: &str, ours: String, theirs: String| {
         anyhow::anyhow!("spec.model.{field} is {ours} but the model.init model ({}) has {theirs}: make the spec's shape the model's", at.display())
     };
-    let pairs: [(&str, i64, i64); 5] = [
+    // the first of (field, ours, theirs) that differs
+    let first_difference = |pairs: &[(&str, i64, i64)]| -> Result<()> {
+        match pairs.iter().find(|(_, ours, theirs)| ours != theirs) {
+            Some((field, ours, theirs)) => Err(differ(field, ours.to_string(), theirs.to_string())),
+            None => Ok(()),
+        }
+    };
+    first_difference(&[
         ("custom.layers", spec.layers, init.layers),
         ("custom.dModel", spec.d_model, init.d_model),
         ("custom.heads", spec.heads, init.heads),
         ("custom.vocabSize", spec.vocab_size, init.vocab_size),
         ("custom.ffnHidden", spec.ffn_hidden, init.ffn_hidden),
-    ];
-    for (field, ours, theirs) in pairs {
-        if ours != theirs {
-            return Err(differ(field, ours.to_string(), theirs.to_string()));
-        }
-    }
+    ])?;
     if spec.positions != init.positions {
         return Err(differ("custom.positions", format!("{:?}", spec.positions), format!("{:?} positions ({})", init.positions, family.model_type())));
     }
@@ -389,18 +391,13 @@ pub fn check_init(spec: &ModelConfig, dir: &Path) -> Result<()> {
         (Some(_), None) => return Err(differ("sparsity.moe", "set".into(), "dense feed-forward layers".into())),
         (None, Some(_)) => return Err(differ("sparsity.moe", "unset".into(), "mixture-of-experts layers".into())),
         (Some(ours), Some(theirs)) => {
-            let pairs = [
+            first_difference(&[
                 ("sparsity.moe.experts", ours.experts, theirs.experts),
                 ("sparsity.moe.topK", ours.top_k, theirs.top_k),
                 ("sparsity.moe.sharedExperts", ours.shared_experts, theirs.shared_experts),
                 ("sparsity.moe.expertHidden", ours.expert_hidden, theirs.expert_hidden),
                 ("sparsity.moe.everyNLayers", ours.every_n_layers, theirs.every_n_layers),
-            ];
-            for (field, a, b) in pairs {
-                if a != b {
-                    return Err(differ(field, a.to_string(), b.to_string()));
-                }
-            }
+            ])?;
             if !ours.normalize_top_k {
                 return Err(differ("sparsity.moe.normalizeTopK", "false".into(), "gates divided by their sum".into()));
             }

@@ -186,6 +186,9 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
                     bubble_theory: theory,
                     stage_busy_seconds: r.busy_seconds,
                     allreduce_seconds: r.ring_seconds,
+                    // the reporter estimates them
+                    percent: None,
+                    remaining_seconds: None,
                 }));
             }
         }

@@ -124,6 +124,15 @@ pub struct Step {
     /// gathering sharded weights) this step (data-parallel runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allreduce_seconds: Option<f64>,
+    /// How far the run is, in percent of the steps it is expected to take, and the seconds it
+    /// has left at its measured rate ([`crate::report::eta`]): filled in by the [`Reporter`]
+    /// that emits the step, so the JSON line, the bar and the status say the same.
+    ///
+    /// [`Reporter`]: crate::report::Reporter
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -46,27 +46,25 @@ impl Reporter {
 
     /// Reports one event: to the sink, and as a JSON line with its time (or, on a terminal, as
     /// the progress bar for a step and a line of `key=value` for the others).
-    pub fn emit(&mut self, event: RunEvent) {
-        if let Some(sink) = &self.sink {
-            let _ = sink.send(event.clone());
-        }
-        match &event {
+    pub fn emit(&mut self, mut event: RunEvent) {
+        match &mut event {
             RunEvent::Start(start) => self.eta = Eta::for_run(start),
-            RunEvent::Step(s) => self.eta.step(self.clock.elapsed().as_secs_f64(), s.step, s.tokens),
+            RunEvent::Step(s) => {
+                // how far the run is and how long it has left, once, for every reader of the step
+                self.eta.step(self.clock.elapsed().as_secs_f64(), s.step, s.tokens);
+                let estimate = self.eta.estimate();
+                (s.percent, s.remaining_seconds) = (estimate.map(|e| e.percent), estimate.and_then(|e| e.remaining_seconds));
+            }
             RunEvent::Eval(e) => self.eta.evaluation(self.eta.tokens_at(e.step).unwrap_or(0), e.val_loss, e.bits_per_byte, e.quality_target_reached),
             _ => {}
+        }
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(event.clone());
         }
         if !self.tty {
             let mut line = log::head(Level::Info, "frugal_trainer::run");
             if let Value::Object(fields) = event.to_value() {
                 line.extend(fields);
-            }
-            // a step also says how far the run is and how long it has left, as the status does
-            if let (RunEvent::Step(_), Some(e)) = (&event, self.eta.estimate()) {
-                line.insert("percent".into(), e.percent.into());
-                if let Some(left) = e.remaining_seconds {
-                    line.insert("remaining_seconds".into(), left.into());
-                }
             }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", Value::Object(line));
@@ -100,13 +98,12 @@ impl Reporter {
         let width = 30usize;
         let done = ((s.step as f64 / self.total_steps.max(1) as f64) * width as f64) as usize;
         let bar: String = "█".repeat(done.min(width)) + &"·".repeat(width - done.min(width));
-        let estimate = self.eta.estimate();
-        let left = estimate.and_then(|e| e.remaining_seconds).map(|r| format!(" {} left", crate::progress::clock(r))).unwrap_or_default();
+        let left = s.remaining_seconds.map(|r| format!(" {} left", crate::progress::clock(r))).unwrap_or_default();
         eprint!(
             "\r\x1b[2K{bar} {}/{} {}%{left} loss {:.4} lr {:.2e} {:.0} tok/s MFU {:.1}%",
             s.step,
             self.total_steps,
-            estimate.map_or(0, |e| e.percent),
+            s.percent.unwrap_or(0),
             s.loss,
             s.lr,
             s.tokens_per_second,

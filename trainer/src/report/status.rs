@@ -25,7 +25,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::report::eta::Eta;
 use crate::report::event::RunEvent;
 
 /// The field manager of the trainer's status patches.
@@ -78,10 +77,6 @@ pub struct TrainerStatus {
     /// The Hugging Face export after training.
     pub hugging_face: Option<HuggingFaceExportStatus>,
     total_steps: i64,
-    /// The percentage and expected end, from the step reports' times.
-    eta: Eta,
-    /// The clock the step reports are timed on: when the first event came.
-    clock: Option<Instant>,
 }
 
 fn now() -> Time {
@@ -102,22 +97,17 @@ impl TrainerStatus {
     /// Takes one of the run's events.
     pub fn observe(&mut self, event: &RunEvent) {
         match event {
-            RunEvent::Start(start) => {
-                self.total_steps = start.steps;
-                self.eta = Eta::for_run(start);
-            }
+            RunEvent::Start(start) => self.total_steps = start.steps,
             RunEvent::Step(step) => {
-                let clock = *self.clock.get_or_insert_with(Instant::now);
-                self.eta.step(clock.elapsed().as_secs_f64(), step.step, step.tokens);
-                let estimate = self.eta.estimate();
-                let remaining = estimate.and_then(|e| e.remaining_seconds).map(|s| s.round().min(i64::MAX as f64) as i64);
+                // the reporter that emitted the step estimated how far the run is
+                let remaining = step.remaining_seconds.map(|s| s.round().min(i64::MAX as f64) as i64);
                 let reported = Timestamp::now();
                 let completion = remaining.and_then(|s| reported.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(s)).ok());
                 self.progress = Some(ProgressStatus {
                     step: step.step,
                     total_steps: self.total_steps,
                     tokens: step.tokens,
-                    percent: estimate.map(|e| e.percent),
+                    percent: step.percent,
                     estimated_remaining_seconds: remaining,
                     estimated_completion_time: completion.map(Time),
                     loss: finite(step.loss).or_else(|| self.progress.as_ref().and_then(|p| p.loss)),
@@ -135,7 +125,6 @@ impl TrainerStatus {
             RunEvent::Eval(eval) => {
                 // the step event of the evaluation's step comes before it
                 let tokens = self.progress.as_ref().filter(|p| p.step == eval.step).map(|p| p.tokens);
-                self.eta.evaluation(tokens.unwrap_or(0), eval.val_loss, eval.bits_per_byte, eval.quality_target_reached);
                 self.quality = Some(QualityStatus {
                     step: eval.step,
                     validation_loss: eval.val_loss.and_then(finite),
@@ -312,13 +301,20 @@ mod tests {
     /// remaining seconds.
     #[test]
     fn progress_carries_the_percentage_and_the_expected_end() {
+        // as in a pod: the run's reporter emits the events, the status folds what it sends on
+        let (tx, rx) = mpsc::channel();
+        let mut reporter = crate::report::Reporter::new(100, true).with_sink(Some(tx));
         let mut fold = TrainerStatus::default();
-        fold.observe(&RunEvent::Start(Start { steps: 100, ..Default::default() }));
-        fold.observe(&step(10, 3.0));
+        let mut emit = |event: RunEvent, fold: &mut TrainerStatus| {
+            reporter.emit(event);
+            fold.observe(&rx.recv().unwrap());
+        };
+        emit(RunEvent::Start(Start { steps: 100, ..Default::default() }), &mut fold);
+        emit(step(10, 3.0), &mut fold);
         let first = fold.progress.clone().unwrap();
         assert_eq!((first.percent, first.estimated_remaining_seconds, first.estimated_completion_time), (Some(10), None, None));
         std::thread::sleep(Duration::from_millis(50));
-        fold.observe(&step(20, 2.9));
+        emit(step(20, 2.9), &mut fold);
         let p = fold.progress.clone().unwrap();
         assert_eq!(p.percent, Some(20));
         // 10 steps in at least 50 ms: 80 steps in at least 0.4 s, and not hours
