@@ -9,6 +9,14 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 step() { printf '\n== %s\n' "$*"; }
 
+# A run needs about 20 GB free (the debug and release builds, images, the test cluster); a full
+# disk shows late, as a failed image export, so say early how much there is.
+step "free disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 | tr -d ' ') under the build, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') under ${TMPDIR:-/tmp}"
+free_kb=$(df -k --output=avail "${TMPDIR:-/tmp}" | tail -1)
+if ((free_kb < 20 * 1024 * 1024)); then
+  echo "warning: under 20 GB free; the run may fail with 'no space left on device' (docker builder prune, cargo clean)" >&2
+fi
+
 step "libtorch: torch $(python -W ignore -c 'import torch; print(torch.__version__)') at $FRUGAL_TORCH_LIB"
 
 step "shell scripts (shellcheck; .shellcheckrc finds what they source)"
