@@ -76,6 +76,11 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
 /// Whether `user` may `verb` `resource` (of API group `group`) in the test's namespace, as the
 /// API server's authorizer answers a SubjectAccessReview.
 pub async fn may(ctx: &TestContext, user: &str, verb: &str, group: &str, resource: &str) -> Result<bool> {
+    may_on(ctx, user, verb, group, resource, None).await
+}
+
+/// [`may`] on the object `name` (None: any object of the resource).
+pub async fn may_on(ctx: &TestContext, user: &str, verb: &str, group: &str, resource: &str, name: Option<&str>) -> Result<bool> {
     use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
     let (groups, user) = match user.strip_prefix("system:serviceaccount:") {
         Some(rest) => {
@@ -96,6 +101,7 @@ pub async fn may(ctx: &TestContext, user: &str, verb: &str, group: &str, resourc
                 verb: Some(verb.into()),
                 group: Some(group.into()),
                 resource: Some(resource.into()),
+                name: name.map(Into::into),
                 ..Default::default()
             }),
             ..Default::default()

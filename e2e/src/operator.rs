@@ -54,6 +54,13 @@ impl Operator {
             .args(["run", "--namespace", namespace, "--metrics-addr", "127.0.0.1:0", "--trainer-image", TRAINER_IMAGE])
             // CPU jobs on the real node run the image images/build makes
             .args(["--trainer-cpu-image", &crate::node::cpu_trainer_image()])
+            // each test's record of deleted jobs' bills in its own namespace (the operator's
+            // default, outside a pod, is default/frugal-billed, which the tests would share)
+            .args(if extra.iter().any(|a| a.starts_with("--billed-record")) {
+                vec![]
+            } else {
+                vec!["--billed-record".to_string(), format!("{namespace}/frugal-billed")]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -545,9 +545,46 @@ async fn the_operator_killed_while_jobs_run_bills_the_same_totals() {
         eprintln!("{against:#?}\ncounted past the final bills: {over:.3} GPU-s\nbills that went down: {:#?}", seen.drops);
         counted.map_err(|e| anyhow::anyhow!("{e:#}: the budget spent {spent} GPU-hours, its jobs were billed {billed_hours}: {against:?}; bills that went down: {:?}", seen.drops))?;
         ensure!(seen.drops.is_empty(), "bills went down: {:?}", seen.drops);
-        the_metrics_of_money_match_the_bills_and_the_ledger(&ctx, &operator, &counters).await
+        the_metrics_of_money_match_the_bills_and_the_ledger(&ctx, &operator, &counters).await?;
+        deleted_jobs_stay_billed_across_a_restart(&ctx, &mut operator, &jobs[..3]).await
     })
     .await;
+}
+
+/// Deletes `deleted`, restarts the operator, and checks that the billed counters are the same
+/// before the deletion, after it, and in the new process: each job's finalizer added its bill
+/// to the record ConfigMap, which the new process reads back.
+async fn deleted_jobs_stay_billed_across_a_restart(ctx: &TestContext, operator: &mut Operator, deleted: &[TrainingJob]) -> Result<()> {
+    let before = billed_counters(&operator.scrape().await?, &ctx.namespace)?;
+    ensure!(!before.is_empty(), "no billed counters of {} to compare", ctx.namespace);
+    let api: Api<TrainingJob> = ctx.api();
+    for tj in deleted {
+        api.delete(&tj.name_any(), &Default::default()).await?;
+    }
+    for tj in deleted {
+        wait::for_deletion(&api, &tj.name_any(), &tj.uid().unwrap_or_default()).await?;
+    }
+    let same = |when: &str, now: &Counters| -> Result<()> {
+        for (series, was) in &before {
+            let is = now.get(series).copied().unwrap_or_default();
+            ensure!((is - was).abs() <= 1e-9 * was.abs().max(1.0), "{when}: {series} is {is}, was {was} before {} jobs were deleted", deleted.len());
+        }
+        Ok(())
+    };
+    same("after the deletion", &billed_counters(&operator.scrape().await?, &ctx.namespace)?)?;
+    let record = ctx.api::<k8s_openapi::api::core::v1::ConfigMap>().get("frugal-billed").await?;
+    let json = record.data.as_ref().and_then(|d| d.get("billed.json")).context("the record ConfigMap has no billed.json")?;
+    let folded: serde_json::Value = serde_json::from_str(json)?;
+    let uids = folded["folded"].as_object().context("billed.json has no folded uids")?;
+    for tj in deleted {
+        ensure!(uids.contains_key(&tj.uid().unwrap_or_default()), "{} is not in the record: {json}", tj.name_any());
+    }
+    operator.kill()?;
+    *operator = Operator::start(&ctx.namespace, &OPERATOR_ARGS)?;
+    let after = counters_not_lower(operator, &ctx.namespace, &before, true, "after a restart with jobs deleted").await?;
+    same("after a restart with jobs deleted", &after)?;
+    eprintln!("{} jobs deleted, operator restarted: the billed counters stayed {before:?}", deleted.len());
+    Ok(())
 }
 
 /// The billed counters of a namespace in a scrape, by series.

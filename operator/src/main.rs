@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// metrics port from it only (default: from any namespace).
     #[arg(long)]
     pub metrics_namespace: Option<String>,
+    /// The ConfigMap, NAMESPACE/NAME, where each deleted job's final bill is added before the
+    /// job goes, so that the billed counters never go down across restarts (default:
+    /// POD_NAMESPACE, else `default`, and `frugal-billed`; `none` keeps no record).
+    #[arg(long)]
+    pub billed_record: Option<String>,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,

@@ -145,12 +145,40 @@ pub async fn run_scopes(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
+    if let Some(location) = &settings.billed_record {
+        load_billed_record(&client, location, &metrics).await;
+    }
     let scopes: Vec<Scope> =
         if namespaces.is_empty() { vec![Scope { namespace: None }] } else { namespaces.into_iter().map(|n| Scope { namespace: Some(n) }).collect() };
     health.scopes.store(scopes.len(), Ordering::Relaxed);
     let runs = scopes.into_iter().map(|scope| run(client.clone(), settings.clone(), scope, metrics.clone(), health.clone(), shutdown.clone()));
     futures::future::try_join_all(runs).await?;
     Ok(())
+}
+
+/// Reads the record of deleted jobs' bills before /metrics shows any total, retrying an API
+/// error a few times; a record that cannot be read is reported, and the counters then start
+/// from the jobs that exist.
+async fn load_billed_record(client: &Client, location: &crate::metrics::folded::Location, metrics: &Metrics) {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match crate::metrics::folded::load(client, location).await {
+            Ok(folded) => {
+                info!(record = %location, jobs_in_flight = folded.uids.len(), series = folded.totals.len(), "read the record of deleted jobs' bills");
+                metrics.set_folded(folded);
+                return;
+            }
+            Err(crate::metrics::folded::Error::Kube(e)) if attempt < 5 && !matches!(&e, kube::Error::Api(s) if s.code == 403) => {
+                warn!(record = %location, retry_in = ?delay, "reading the record of deleted jobs' bills: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                warn!(record = %location, "the record of deleted jobs' bills is not read, the billed counters count only the jobs that exist: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// How long a stop waits for the passes in flight.

@@ -4,6 +4,7 @@
 //! the cluster holds (bills, budgets, jobs by phase) is read from the caches at each scrape
 //! (`spend`). `docs/operator.md` lists every series.
 
+pub mod folded;
 #[cfg(test)]
 mod queries;
 pub mod spend;
@@ -76,6 +77,8 @@ pub struct Metrics {
     exposition: Arc<spend::Scraped>,
     /// The billed totals this process exported.
     billed: Mutex<spend::Billed>,
+    /// The durable record of deleted jobs' bills, as last read or written.
+    folded: Mutex<folded::Folded>,
 }
 
 impl Default for Metrics {
@@ -121,6 +124,7 @@ impl Default for Metrics {
             policy_missing,
             exposition,
             billed: Mutex::default(),
+            folded: Mutex::default(),
         }
     }
 }
@@ -139,11 +143,19 @@ impl Metrics {
 
     /// The exposition with `snapshot` as what the caches hold.
     pub fn encode_snapshot(&self, snapshot: spend::Snapshot) -> String {
-        let billed = self.billed.lock().unwrap().observe(&snapshot.bills);
+        let folded = self.folded.lock().unwrap().clone();
+        let billed = self.billed.lock().unwrap().observe(&snapshot.bills, &folded);
         self.exposition.set(spend::Exposition { billed, snapshot });
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("metrics encode into a String");
         out
+    }
+}
+
+impl Metrics {
+    /// The record of deleted jobs' bills as the API server now has it.
+    pub fn set_folded(&self, folded: folded::Folded) {
+        *self.folded.lock().unwrap() = folded;
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{error, info};
 
 use crate::RunArgs;
 use crate::manager;
+use crate::metrics::folded::Location;
 use crate::metrics::{self, Health, Metrics};
 use crate::settings::Settings;
 
@@ -45,6 +46,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// `--billed-record` as a location (None for `none`).
+fn billed_record(flag: Option<&str>) -> anyhow::Result<Option<Location>> {
+    match flag {
+        Some("none") => Ok(None),
+        Some(s) => Ok(Some(s.parse().map_err(anyhow::Error::msg)?)),
+        None => {
+            let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+            Ok(Some(Location { namespace, name: "frugal-billed".into() }))
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let settings = Settings {
@@ -55,6 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         admission_policies: args.admission_policies.clone(),
         metrics_namespace: args.metrics_namespace.clone(),
         finished_attempt_ttl_seconds: (args.finished_attempt_ttl_seconds > 0).then_some(args.finished_attempt_ttl_seconds),
+        billed_record: billed_record(args.billed_record.as_deref())?,
         ..Settings::default()
     };
     let client = client(args.api_qps).await?;

@@ -23,6 +23,9 @@ pub struct Settings {
     pub metrics_namespace: Option<String>,
     /// The admission policies the chart installed, by name (`--admission-policy`).
     pub admission_policies: Vec<String>,
+    /// The ConfigMap that keeps deleted jobs' bills for the billed counters (`--billed-record`;
+    /// None: not kept, the counters then read lower after a restart once jobs were deleted).
+    pub billed_record: Option<crate::metrics::folded::Location>,
 }
 
 impl Default for Settings {
@@ -37,6 +40,7 @@ impl Default for Settings {
             admission_policies: Vec::new(),
             metrics_namespace: None,
             finished_attempt_ttl_seconds: Some(3600),
+            billed_record: None,
         }
     }
 }

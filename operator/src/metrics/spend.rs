@@ -3,13 +3,13 @@
 //! on a budget, and the jobs by phase and reason.
 //!
 //! The billed counters are sums of the per-pod bills in the TrainingJobs' statuses, which only
-//! ever grow (`training_job/bill.rs`), so a restarted operator reads back the same records and
-//! exports the same totals, never less: the counters survive restarts because their source
-//! does, not because the process remembers them. What a process does remember is what left the
-//! cache: a job deleted, or moved to another budget, takes its bill out of the sum, and
-//! [`Billed`] keeps it counted for the rest of the process's life. Such a job's bill is the one
-//! thing a restart forgets (the job is gone): the counter then reads lower once, which Prometheus
-//! takes as a reset (`docs/operator.md`, Metrics).
+//! ever grow (`training_job/bill.rs`), plus the bills of deleted jobs, which each job's finalizer
+//! adds to a ConfigMap before the job goes ([`super::folded`]). A restarted operator reads back
+//! the same records and exports the same totals, never less: the counters survive restarts
+//! because their sources do, not because the process remembers them. What a process does
+//! remember is a job moved to another budget, which takes its bill from one series to another:
+//! [`Billed`] keeps the old series where it was for the rest of the process's life, and a restart
+//! shows that series lower once, which Prometheus takes as a reset (`docs/operator.md`, Metrics).
 //!
 //! Labels are bounded: namespace and budget (as many as there are TrainingBudgets, plus `""` for
 //! jobs in none), GPU type (frugal's GPU table, `other` for anything else, `unknown` for bills
@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use frugal_api::v1alpha1::{Phase, TrainingJobStatus};
+use frugal_api::v1alpha1::{CostStatus, Phase, TrainingJobStatus};
 use frugal_api::{TrainingBudget, TrainingJob};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -177,14 +177,7 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
             .clone();
         let budget = default.or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default();
         if let Some(cost) = &status.cost {
-            for pod in &cost.pods {
-                let labels = BilledLabels {
-                    namespace: namespace.clone(),
-                    budget: budget.clone(),
-                    gpu_type: gpu_type_label(&pod.gpu_type),
-                    currency: cost.currency.clone(),
-                };
-                let amount = Amount { gpu_seconds: finite(pod.gpu_hours) * 3600.0, cost: finite(pod.cost) };
+            for (labels, amount) in bills_of(&namespace, &budget, cost) {
                 s.bills.entry((labels, tj.uid().unwrap_or_default())).or_default().add(amount);
             }
         }
@@ -199,37 +192,104 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
     s
 }
 
+/// A job's bill `cost`, in the series it adds to: one entry a pod record.
+pub fn bills_of(namespace: &str, budget: &str, cost: &CostStatus) -> Vec<(BilledLabels, Amount)> {
+    cost.pods
+        .iter()
+        .map(|pod| {
+            let labels = BilledLabels {
+                namespace: namespace.into(),
+                budget: budget.into(),
+                gpu_type: gpu_type_label(&pod.gpu_type),
+                currency: cost.currency.clone(),
+            };
+            (labels, Amount { gpu_seconds: finite(pod.gpu_hours) * 3600.0, cost: finite(pod.cost) })
+        })
+        .collect()
+}
+
+/// The budget whose series a job's bill goes to: its namespace's default, else the one it names
+/// (`""` for none), as [`snapshot`] counts it.
+pub fn counted_budget(tj: &TrainingJob, budgets: &[&TrainingBudget]) -> String {
+    let namespace = tj.namespace().unwrap_or_default();
+    frugal_api::admission::namespace_default(&namespace, budgets.iter().copied()).or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default()
+}
+
 fn finite(x: f64) -> f64 {
     if x.is_finite() { x } else { 0.0 }
 }
 
-/// The billed totals a process exports: the jobs' bills now, plus what bills that left the
-/// cache (a job deleted, or moved to another budget) had reached, so that no series goes down
-/// while the process lives.
+/// How long a folded job's uid is kept in the record.
+pub const KEEP_UIDS_SECONDS: i64 = 3600;
+
+/// The record of deleted jobs' bills ([`super::folded`]) as the process holds it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Folded {
+    /// What the bills of deleted jobs add up to, by series.
+    pub totals: BTreeMap<BilledLabels, Amount>,
+    /// The jobs whose bills are in `totals`, folded in the last hour: uid → when, in seconds
+    /// since the epoch.
+    pub uids: BTreeMap<String, i64>,
+}
+
+impl Folded {
+    /// Adds a job's bills at `now` unless they are in already; whether they were added.
+    pub fn fold(&mut self, uid: &str, bills: &[(BilledLabels, Amount)], now: i64) -> bool {
+        if self.uids.contains_key(uid) {
+            return false;
+        }
+        self.uids.insert(uid.to_string(), now);
+        for (labels, amount) in bills {
+            self.fold_into(labels.clone(), *amount);
+        }
+        true
+    }
+
+    /// Adds `amount` to the series `labels`.
+    pub fn fold_into(&mut self, labels: BilledLabels, amount: Amount) {
+        self.totals.entry(labels).or_default().add(amount);
+    }
+
+    /// Forgets the uids folded over an hour before `now`: their jobs are long gone.
+    pub fn prune(&mut self, now: i64) {
+        self.uids.retain(|_, at| *at > now - KEEP_UIDS_SECONDS);
+    }
+}
+
+/// The billed totals a process exports: the bills of the jobs in the cache, plus the durable
+/// record of deleted jobs' bills, plus what bills that left a series without being recorded (a
+/// job moved to another budget, or deleted while the record could not be written) had reached,
+/// so that no series goes down while the process lives.
 #[derive(Debug, Default)]
 pub struct Billed {
-    /// Each job's bill at the last scrape.
+    /// Each job's bill at the last scrape (jobs not in the record).
     last: BTreeMap<(BilledLabels, String), Amount>,
-    /// What bills no longer in the cache had reached.
+    /// What bills no longer in their series, and not in the record, had reached.
     gone: BTreeMap<BilledLabels, Amount>,
     /// The totals last exported.
     exported: BTreeMap<BilledLabels, Amount>,
 }
 
 impl Billed {
-    /// The totals after `bills`, each series at least what it was last exported at.
-    pub fn observe(&mut self, bills: &BTreeMap<(BilledLabels, String), Amount>) -> BTreeMap<BilledLabels, Amount> {
+    /// The totals after `bills` and the record `folded`, each series at least what it was last
+    /// exported at. A job whose bill is in the record counts there, not in `bills` as well.
+    pub fn observe(&mut self, bills: &BTreeMap<(BilledLabels, String), Amount>, folded: &Folded) -> BTreeMap<BilledLabels, Amount> {
+        let live: BTreeMap<_, _> = bills.iter().filter(|((_, uid), _)| !folded.uids.contains_key(uid)).map(|(k, v)| (k.clone(), *v)).collect();
         for (key, before) in &self.last {
-            let now = bills.get(key).copied().unwrap_or_default();
+            if folded.uids.contains_key(&key.1) {
+                // its bill moved into the record
+                continue;
+            }
+            let now = live.get(key).copied().unwrap_or_default();
             let gone = self.gone.entry(key.0.clone()).or_default();
             gone.gpu_seconds += (before.gpu_seconds - now.gpu_seconds).max(0.0);
             gone.cost += (before.cost - now.cost).max(0.0);
         }
-        self.last = bills.clone();
         let mut totals = self.gone.clone();
-        for ((labels, _uid), amount) in bills {
+        for (labels, amount) in folded.totals.iter().chain(live.iter().map(|((labels, _uid), amount)| (labels, amount))) {
             totals.entry(labels.clone()).or_default().add(*amount);
         }
+        self.last = live;
         for (labels, total) in &mut totals {
             // sums in another order may differ in the last bit
             let before = self.exported.get(labels).copied().unwrap_or_default();
@@ -484,7 +544,7 @@ mod tests {
             job("c", None, vec![record("nvidia-h100-80gb", 1.0, 4.0), record("", 1.0, 0.0), record("made-up", 1.0, 0.0)]),
         ];
         let s = snapshot(&jobs, &[&team], Timestamp::from_second(1000).unwrap());
-        let totals = Billed::default().observe(&s.bills);
+        let totals = Billed::default().observe(&s.bills, &Folded::default());
         assert_eq!(totals[&labels("team", "nvidia-h100-80gb")], Amount { gpu_seconds: 2700.0, cost: 3.0 });
         assert_eq!(totals[&labels("team", "nvidia-l4-24gb")], Amount { gpu_seconds: 3600.0, cost: 1.0 });
         assert_eq!(totals[&labels("", "nvidia-h100-80gb")].gpu_seconds, 3600.0);
@@ -509,17 +569,41 @@ mod tests {
         let mut billed = Billed::default();
         let both =
             [job("a", Some("team"), vec![record("nvidia-h100-80gb", 1.0, 4.0)]), job("b", Some("team"), vec![record("nvidia-h100-80gb", 2.0, 4.0)])];
-        let before = billed.observe(&snapshot(&both, &[&team], now).bills)[&labels("team", "nvidia-h100-80gb")];
+        let before = billed.observe(&snapshot(&both, &[&team], now).bills, &Folded::default())[&labels("team", "nvidia-h100-80gb")];
         assert_eq!(before, Amount { gpu_seconds: 3.0 * 3600.0, cost: 12.0 });
         // b is deleted, a bills another half hour
         let after = [job("a", Some("team"), vec![record("nvidia-h100-80gb", 1.5, 4.0)])];
-        let totals = billed.observe(&snapshot(&after, &[&team], now).bills);
+        let totals = billed.observe(&snapshot(&after, &[&team], now).bills, &Folded::default());
         assert_eq!(totals[&labels("team", "nvidia-h100-80gb")], Amount { gpu_seconds: 3.5 * 3600.0, cost: 14.0 });
         // a moves to another budget: the team's series keeps what it had, the other starts
         let moved = [job("a", Some("other"), vec![record("nvidia-h100-80gb", 1.5, 4.0)])];
-        let totals = billed.observe(&snapshot(&moved, &[&team], now).bills);
+        let totals = billed.observe(&snapshot(&moved, &[&team], now).bills, &Folded::default());
         assert_eq!(totals[&labels("team", "nvidia-h100-80gb")].gpu_seconds, 3.5 * 3600.0);
         assert_eq!(totals[&labels("other", "nvidia-h100-80gb")].gpu_seconds, 1.5 * 3600.0);
+    }
+
+    #[test]
+    fn a_deleted_jobs_recorded_bill_is_counted_once_and_after_a_restart() {
+        let team = budget("team", false);
+        let now = Timestamp::from_second(1000).unwrap();
+        let h100 = labels("team", "nvidia-h100-80gb");
+        let (a, b) =
+            (job("a", Some("team"), vec![record("nvidia-h100-80gb", 1.0, 4.0)]), job("b", Some("team"), vec![record("nvidia-h100-80gb", 2.0, 4.0)]));
+        let mut billed = Billed::default();
+        let mut record = Folded::default();
+        let before = billed.observe(&snapshot([&a, &b], &[&team], now).bills, &record)[&h100];
+        assert_eq!(before.gpu_seconds, 3.0 * 3600.0);
+        // b's finalizer records its bill while b is still in the cache: counted once
+        let bill_b = bills_of("ml", &counted_budget(&b, &[&team]), b.status.as_ref().unwrap().cost.as_ref().unwrap());
+        record.fold("uid-b", &bill_b, 1000);
+        assert_eq!(billed.observe(&snapshot([&a, &b], &[&team], now).bills, &record)[&h100], before);
+        // b is gone
+        assert_eq!(billed.observe(&snapshot([&a], &[&team], now).bills, &record)[&h100], before);
+        // a new process reads the record back: the same total, where without it the series would fall
+        let restarted = Billed::default().observe(&snapshot([&a], &[&team], now).bills, &record)[&h100];
+        assert_eq!(restarted, before);
+        let forgetful = Billed::default().observe(&snapshot([&a], &[&team], now).bills, &Folded::default())[&h100];
+        assert_eq!(forgetful.gpu_seconds, 3600.0);
     }
 
     #[test]
@@ -527,10 +611,10 @@ mod tests {
         let team = budget("team", false);
         let now = Timestamp::from_second(1000).unwrap();
         let jobs: Vec<_> = (0..50).map(|i| job(&format!("j{i}"), Some("team"), vec![record("nvidia-h100-80gb", 0.1 * f64::from(i), 2.7)])).collect();
-        let first = Billed::default().observe(&snapshot(&jobs, &[&team], now).bills);
+        let first = Billed::default().observe(&snapshot(&jobs, &[&team], now).bills, &Folded::default());
         let mut reversed = jobs.clone();
         reversed.reverse();
-        let restarted = Billed::default().observe(&snapshot(&reversed, &[&team], now).bills);
+        let restarted = Billed::default().observe(&snapshot(&reversed, &[&team], now).bills, &Folded::default());
         assert_eq!(first, restarted, "the sums do not depend on the cache's order");
     }
 

@@ -17,13 +17,14 @@ use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::info;
+use tracing::{info, warn};
 
 use frugal_api::TrainingJob;
 
 use super::children::applied_kinds;
 use super::error::Error;
 use super::{Context, admit, charge, observe, plan, status, validate};
+use crate::metrics::{folded, spend};
 use crate::names::{JOB_UID_LABEL, Names};
 use crate::training_budget::budget::Demand;
 use crate::training_budget::{effective_budget, ledger};
@@ -94,17 +95,49 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
         let claim = admit::budget_claim(tj, gpus, 0.0, cost.as_ref());
         ledger::settle(&ctx.client, &namespace, &budget, &claim, demand).await?;
     }
-    if let Some(cost) = cost.filter(|c| prev.cost.as_ref() != Some(c)) {
+    if let Some(cost) = cost.as_ref().filter(|c| prev.cost.as_ref() != Some(*c)) {
         let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
-        status::patch(&api, &name, &status::billed(&prev, cost)).await?;
+        status::patch(&api, &name, &status::billed(&prev, cost.clone())).await?;
         ctx.metrics.status_patches.inc();
     }
     if !live.is_empty() {
         return Err(Error::Stopping { pods: live.len() });
     }
+    record_bill(tj, ctx, cost.as_ref().or(prev.cost.as_ref())).await?;
     delete_children(ctx, &Names::new(&namespace, &name), &uid).await?;
     info!("the TrainingJob's pods are gone, billed and released from its budget: letting it go");
     Ok(Action::await_change())
+}
+
+/// Adds the job's final bill to the record of deleted jobs' bills, so that the billed counters
+/// keep it after the job is gone and across restarts. An operator not allowed to write the
+/// record (a chart without its Role), or a record that does not parse, is reported and the job
+/// goes all the same: a deletion never waits on a metric.
+async fn record_bill(tj: &TrainingJob, ctx: &Context, cost: Option<&frugal_api::v1alpha1::CostStatus>) -> Result<(), Error> {
+    let (Some(location), Some(cost)) = (&ctx.settings.billed_record, cost) else { return Ok(()) };
+    if cost.pods.is_empty() {
+        return Ok(());
+    }
+    let budgets: Vec<_> = ctx.budgets.state();
+    let budgets: Vec<&frugal_api::TrainingBudget> = budgets.iter().map(|b| b.as_ref()).collect();
+    let namespace = tj.namespace().unwrap_or_default();
+    let bills = spend::bills_of(&namespace, &spend::counted_budget(tj, &budgets), cost);
+    let uid = tj.uid().unwrap_or_default();
+    match folded::fold(&ctx.client, location, &uid, &bills).await {
+        Ok(record) => {
+            ctx.metrics.set_folded(record);
+            Ok(())
+        }
+        Err(folded::Error::Kube(kube::Error::Api(s))) if s.code == 403 || s.code == 404 => {
+            warn!(record = %location, "the job's bill is not recorded for the billed counters ({}): they will read lower after a restart", s.message);
+            Ok(())
+        }
+        Err(folded::Error::Kube(e)) => Err(e.into()),
+        Err(e) => {
+            warn!(record = %location, "the job's bill is not recorded for the billed counters: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Deletes a finished job's attempt Jobs (their pods have ended).
