@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
 use super::spend::{Amount, BilledLabels};
-pub use super::spend::{Folded, KEEP_UIDS_SECONDS};
+pub use super::spend::Folded;
 
 /// The ConfigMap key that holds the record, as JSON.
 pub const KEY: &str = "billed.json";
@@ -186,7 +186,7 @@ mod tests {
         assert!(!f.fold("u-1", &bill, 1010), "a second pass of the same finalizer adds nothing");
         assert!(f.fold("u-2", &bill, 2000));
         assert_eq!(f.totals[&labels("team")], Amount { gpu_seconds: 7200.0, cost: 5.0 });
-        f.prune(1000 + KEEP_UIDS_SECONDS);
+        f.prune(1000 + super::super::spend::KEEP_UIDS_SECONDS);
         assert_eq!(f.uids.keys().collect::<Vec<_>>(), ["u-2"], "an hour after it was folded, a uid is forgotten");
         assert_eq!(f.totals[&labels("team")].gpu_seconds, 7200.0, "pruning uids keeps the totals");
     }
