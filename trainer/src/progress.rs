@@ -82,9 +82,27 @@ impl Task {
     }
 }
 
-/// Turns progress on for this process (the long commands do, and `train` for its resume).
+/// Turns progress on for this process (the long commands do; `train` only for its resume, [`shown`]).
 pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Progress shown until the guard drops (then as it was before): `train` shows its resume's
+/// download and verification this way, and nothing of the training after it.
+#[must_use]
+pub struct Shown(bool);
+
+pub fn shown() -> Shown {
+    Shown(ENABLED.swap(true, Ordering::Relaxed))
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        if !self.0 {
+            cancel();
+        }
+        ENABLED.store(self.0, Ordering::Relaxed);
+    }
 }
 
 /// A task begins: `total` of `unit` (documents, batches, tensors, files), if known. Ends the
@@ -119,6 +137,13 @@ pub fn end() {
         if let Some(total) = t.total {
             t.done = t.done.max(total);
         }
+        t.draw(true);
+    }
+}
+
+/// The task stops short (it failed): its last line says how far it got.
+pub fn cancel() {
+    if let Some(mut t) = TASK.lock().unwrap_or_else(|p| p.into_inner()).take() {
         t.draw(true);
     }
 }

@@ -243,6 +243,14 @@ fn the_trainer_uploads_as_it_trains_resumes_from_the_bucket_and_stops_on_a_wrong
     assert_eq!(code, 0, "{stderr}");
     let resumed = events.iter().find(|e| e["event"] == "resume").unwrap_or_else(|| panic!("no resume event: {stderr}"));
     assert_eq!(resumed["step"], 4, "{stderr}");
+    // the resume showed its download and verification as progress events, each ending whole
+    let progress: Vec<serde_json::Value> =
+        stderr.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|l| l["event"] == "progress").collect();
+    for task in ["download s3://cli/jobs/s3-test/step-000000004", "verify "] {
+        let last = progress.iter().rfind(|l| l["task"].as_str().is_some_and(|t| t.starts_with(task)));
+        let last = last.unwrap_or_else(|| panic!("no progress of {task:?}: {stderr}"));
+        assert!(last["unit"] == "bytes" && last["total"].as_u64() > Some(0) && last["done"] == last["total"] && last["percent"] == 100, "{last}");
+    }
     assert_eq!(events.iter().filter(|e| e["event"] == "step").filter_map(|e| e["step"].as_i64()).next(), Some(5));
     let store = s3.store("jobs/s3-test", SECRET_KEY);
     assert_eq!(remote::committed(&store).unwrap(), [4, 6], "keep: 2");

@@ -16,8 +16,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
-use super::spend::{Amount, BilledLabels};
 pub use super::spend::Folded;
+use super::spend::{Amount, BilledLabels};
 
 /// The ConfigMap key that holds the record, as JSON.
 pub const KEY: &str = "billed.json";

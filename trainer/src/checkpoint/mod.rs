@@ -205,6 +205,11 @@ impl Manifest {
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    sha256_file_with(path, |_| {})
+}
+
+/// [`sha256_file`], telling `read` each chunk's length as it goes.
+fn sha256_file_with(path: &Path, mut read: impl FnMut(u64)) -> Result<(u64, String)> {
     let mut f = File::open(path).map_err(io(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -216,6 +221,7 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
         }
         h.update(&buf[..k]);
         n += k as u64;
+        read(k as u64);
     }
     Ok((n, hex::encode(h.finalize())))
 }
@@ -499,18 +505,35 @@ pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
     if manifest.checksum != manifest.compute_checksum() {
         return Err(corrupt(dir, "manifest checksum does not match its contents".into()));
     }
-    for (name, entry) in &manifest.files {
-        let p = dir.join(name);
-        if !p.exists() {
-            return Err(corrupt(dir, format!("{name} is missing")));
+    let total = manifest.files.values().map(|e| e.parts().0).sum();
+    crate::progress::begin(&format!("verify {}", dir.display()), "bytes", Some(total));
+    let checked = (|| {
+        for (name, entry) in &manifest.files {
+            let p = dir.join(name);
+            if !p.exists() {
+                return Err(corrupt(dir, format!("{name} is missing")));
+            }
+            let (bytes, sha) = sha256_file_with(&p, crate::progress::advance)?;
+            let (want_bytes, want_sha) = entry.parts();
+            if bytes != want_bytes || sha != want_sha {
+                return Err(corrupt(
+                    dir,
+                    format!("{name} has {bytes} bytes with SHA-256 {sha}, the manifest says {want_bytes} bytes with {want_sha}"),
+                ));
+            }
         }
-        let (bytes, sha) = sha256_file(&p)?;
-        let (want_bytes, want_sha) = entry.parts();
-        if bytes != want_bytes || sha != want_sha {
-            return Err(corrupt(dir, format!("{name} has {bytes} bytes with SHA-256 {sha}, the manifest says {want_bytes} bytes with {want_sha}")));
+        Ok(())
+    })();
+    match checked {
+        Ok(()) => {
+            crate::progress::end();
+            Ok(manifest)
+        }
+        Err(e) => {
+            crate::progress::cancel();
+            Err(e)
         }
     }
-    Ok(manifest)
 }
 
 /// Checks every name, shape and dtype of `weights` and `optimizer` against `store` and the

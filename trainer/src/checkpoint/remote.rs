@@ -196,14 +196,19 @@ fn download(store: &Store, step_dir: &str, tmp: &Path) -> Result<u64> {
     let mut bytes = text.len() as u64;
     // An unreadable manifest lists nothing: verification then says what is wrong with it.
     if let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) {
+        let total = manifest.files.values().map(|e| e.parts().0).sum();
+        crate::progress::begin(&format!("download {}/{step_dir}", store.location.uri()), "bytes", Some(total));
         for name in manifest.files.keys() {
             anyhow::ensure!(
                 !name.contains('/') && !name.starts_with('.') && !name.is_empty(),
                 "{}/{step_dir}: the manifest names a file {name:?} outside the step",
                 store.location.uri()
             );
-            bytes += store.get_file(&format!("{step_dir}/{name}"), &tmp.join(name))?;
+            let got = store.get_file(&format!("{step_dir}/{name}"), &tmp.join(name)).inspect_err(|_| crate::progress::cancel())?;
+            crate::progress::advance(got);
+            bytes += got;
         }
+        crate::progress::end();
     }
     let path = tmp.join(MANIFEST);
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;

@@ -240,8 +240,11 @@ impl Worker {
     pub fn resume(&mut self) -> Result<Option<event::Resume>> {
         let Some(root) = self.cfg.checkpoint_dir.clone() else { return Ok(None) };
         self.skipped_checkpoints.clear();
+        // the first stage of the first replica shows the download and verification of the step
+        let shown = (self.index() == 0 && self.replica == 0).then(crate::progress::shown);
         let in_bucket = self.fetch_from_store(&root)?;
         let resumed = checkpoint::newest_intact(&root, |dir| self.restore(dir))?;
+        drop(shown);
         let step = resumed.as_ref().map_or(-1, |r| r.loaded.step);
         let agreed = self.agree(&[step as f64, 1.0])?;
         anyhow::ensure!(
