@@ -114,9 +114,103 @@ pub fn rule_queries() -> Result<Vec<String>> {
     rules.map(|r| r["expr"].as_str().map(String::from).context("a rule without expr")).collect()
 }
 
+/// The names of the chart's alerts.
+pub fn alert_names() -> Result<Vec<String>> {
+    let file: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(rule_file())?)?;
+    let rules = file["groups"].as_array().context("no groups")?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default());
+    rules.map(|r| r["alert"].as_str().map(String::from).context("a rule without alert")).collect()
+}
+
+/// Has Prometheus's own evaluator (promtool's rule tester) answer `queries` and the chart's
+/// alerts over `expositions` as if each had been scraped every minute for 30 minutes: counters
+/// (`_total`, `_count`, `_sum`, `_bucket`) rising from 0 to their scraped values, gauges as
+/// scraped. Fails, with promtool's account of what it got, when a query gives no series at the
+/// end or an alert other than `firing` fires; each of `firing` must fire.
+pub fn evaluate(expositions: &[&str], queries: &[String], firing: &[&str]) -> Result<()> {
+    const MINUTES: u32 = 30;
+    let mut series = Vec::new();
+    for exposition in expositions {
+        for s in samples(exposition)? {
+            let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            let rising = ["_total", "_count", "_sum", "_bucket"].iter().any(|x| s.name.ends_with(x));
+            let values = if !s.value.is_finite() {
+                continue;
+            } else if rising {
+                format!("0+{}x{MINUTES}", s.value / f64::from(MINUTES))
+            } else {
+                format!("{}+0x{MINUTES}", s.value)
+            };
+            series.push(serde_json::json!({"series": format!("{}{{{}}}", s.name, labels.join(",")), "values": values}));
+        }
+    }
+    let empty: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| serde_json::json!({"alert": "FrugalTestQueryEmpty", "expr": format!("absent({q})"), "labels": {"query": i.to_string()}}))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("frugal-promql-{}-{}", std::process::id(), series.len()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("queries.yaml"), serde_saphyr::to_string(&serde_json::json!({"groups": [{"name": "queries", "rules": empty}]}))?)?;
+    std::fs::copy(rule_file(), dir.join("chart.yaml"))?;
+    let eval_time = format!("{MINUTES}m");
+    let mut alerts = vec![serde_json::json!({"eval_time": eval_time, "alertname": "FrugalTestQueryEmpty", "exp_alerts": []})];
+    for name in alert_names()? {
+        if !firing.contains(&name.as_str()) {
+            alerts.push(serde_json::json!({"eval_time": eval_time, "alertname": name, "exp_alerts": []}));
+        }
+    }
+    let test = serde_json::json!({
+        "rule_files": ["queries.yaml", "chart.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": alerts}],
+    });
+    let file = dir.join("test.yaml");
+    let result = run_rule_tests(&file, &test, queries, firing, &eval_time);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_rule_tests(file: &std::path::Path, test: &serde_json::Value, queries: &[String], firing: &[&str], eval_time: &str) -> Result<()> {
+    std::fs::write(file, serde_saphyr::to_string(test)?)?;
+    let out = promtool(&["test", "rules", file.to_str().unwrap()], None).map_err(|e| {
+        let numbered: Vec<String> = queries.iter().enumerate().map(|(i, q)| format!("  query {i}: {q}")).collect();
+        anyhow::anyhow!("{e:#}\n(an alert FrugalTestQueryEmpty names a query that gave no series:)\n{}", numbered.join("\n"))
+    })?;
+    ensure!(out.contains("SUCCESS"), "{out}");
+    // each alert said to fire does: promtool fails a test that expects none of it
+    for name in firing {
+        let mut only = test.clone();
+        only["tests"][0]["alert_rule_test"] = serde_json::json!([{"eval_time": eval_time, "alertname": name, "exp_alerts": []}]);
+        std::fs::write(file, serde_saphyr::to_string(&only)?)?;
+        ensure!(promtool(&["test", "rules", file.to_str().unwrap()], None).is_err(), "{name} does not fire on these series");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs promtool on PATH (scripts/e2e.sh), as every e2e test needs FRUGAL_E2E=1.
+    #[test]
+    fn the_evaluator_finds_empty_queries_and_fires_the_alerts_the_series_call_for() {
+        if !crate::enabled() {
+            eprintln!("e2e: skipping the evaluator's test: set FRUGAL_E2E=1 (scripts/e2e.sh puts promtool on PATH)");
+            return;
+        }
+        let spent = "frugal_budget_spent_gpu_seconds{namespace=\"ml\",budget=\"team\"} 3500\n\
+                     frugal_budget_limit_gpu_seconds{namespace=\"ml\",budget=\"team\"} 3600\n\
+                     frugal_operator_reconcile_duration_seconds_count 40\n";
+        let query = ["sum by (budget) (frugal_budget_spent_gpu_seconds) / 3600".to_string()];
+        evaluate(&[spent], &query, &["FrugalBudgetPast80Percent"]).unwrap();
+        let e = evaluate(&[spent], &query, &[]).unwrap_err().to_string();
+        assert!(e.contains("FrugalBudgetPast80Percent"), "an alert that fires and was not expected: {e}");
+        let e = evaluate(&[spent], &["frugal_nobody_exports_this".to_string()], &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
+        assert!(e.contains("FrugalTestQueryEmpty") && e.contains("query 0: frugal_nobody_exports_this"), "{e}");
+        let calm = spent.replace("3500", "100");
+        let e = evaluate(&[&calm], &query, &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
+        assert!(e.contains("does not fire"), "{e}");
+    }
 
     #[test]
     fn samples_are_read_with_their_labels() {

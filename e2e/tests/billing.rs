@@ -674,6 +674,14 @@ async fn the_metrics_of_money_match_the_bills_and_the_ledger(ctx: &TestContext, 
             ensure!(scraped.contains(&name), "the chart's query {query} names {name}, which the operator's scrape lacks:\n{exposition}");
         }
     }
+    // and Prometheus's evaluator answers every panel of the operator's series with data, and
+    // fires none of the chart's alerts, on this run's scrape
+    let operator_panels: Vec<String> = prometheus::dashboard_queries()?
+        .into_iter()
+        .filter(|q| !frugal_api::promql::frugal_series(q).iter().any(|n| n.starts_with("frugal_trainer_")))
+        .collect();
+    prometheus::evaluate(&[&exposition], &operator_panels, &[])?;
+    eprintln!("{} dashboard panels of the operator's series gave data; no alert fired", operator_panels.len());
     Ok(())
 }
 
@@ -683,7 +691,7 @@ async fn the_metrics_of_money_match_the_bills_and_the_ledger(ctx: &TestContext, 
 #[tokio::test]
 async fn a_running_job_stopped_by_its_budget_resumes_when_the_budget_is_raised() {
     run_ending_pods("billing-budget-stop", |ctx| async move {
-        let _operator = setup(&ctx).await?;
+        let operator = setup(&ctx).await?;
         // 36 GPU-seconds: 18 s of a 2-GPU job; on spend, so that its estimate does not hold it
         let limit = 0.01;
         apply_budget(&ctx, &training_budget("team", 4, limit, BudgetAdmission::Spend)).await?;
@@ -733,6 +741,9 @@ async fn a_running_job_stopped_by_its_budget_resumes_when_the_budget_is_raised()
         );
         ensure!(spent >= limit, "the job was stopped with {spent} of {limit} GPU-hours spent");
         ensure!(spent <= most, "overspent: {spent} GPU-hours against a limit of {limit} (at most {most})");
+        // the chart's alert for a budget past 80% fires on this scrape, and no other
+        let exposition = operator.scrape().await?;
+        prometheus::evaluate(&[&exposition], &[], &["FrugalBudgetPast80Percent"])?;
 
         // raised: the job resumes with attempt 2
         let resumed = tokio::spawn({
