@@ -68,8 +68,9 @@ kubeconfig=$(cluster_up) || {
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
 rm -f "$scratch/images.tar"
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
-# the chart tests run helm and kubectl from the same pinned builds, the monitoring tests promtool
-export PATH=$HELM_BIN:$K8S_BIN:$PROMETHEUS_BIN:$PATH
+# the chart tests run helm and kubectl from the same pinned builds, the monitoring tests promtool,
+# the plugin's test krew
+export PATH=$HELM_BIN:$K8S_BIN:$PROMETHEUS_BIN:$KREW_BIN:$PATH
 
 status=0
 cargo test -p frugal-e2e "$@" || status=$?

@@ -121,25 +121,48 @@ pub fn alert_names() -> Result<Vec<String>> {
     rules.map(|r| r["alert"].as_str().map(String::from).context("a rule without alert")).collect()
 }
 
+/// One target's scrapes as Prometheus would hold them.
+#[derive(Debug, Default, Clone)]
+pub struct Scraped<'a> {
+    /// A scrape some seconds before `later`, if there is one.
+    pub earlier: Option<&'a str>,
+    pub later: &'a str,
+    /// The labels Prometheus adds to the target's series (a PodMonitor's `namespace`, `pod`).
+    pub target: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Scraped<'a> {
+    pub fn once(exposition: &'a str) -> Self {
+        Self { later: exposition, ..Default::default() }
+    }
+}
+
 /// Has Prometheus's own evaluator (promtool's rule tester) answer `queries` and the chart's
-/// alerts over `expositions` as if each had been scraped every minute for 30 minutes: counters
-/// (`_total`, `_count`, `_sum`, `_bucket`) rising from 0 to their scraped values, gauges as
-/// scraped. Fails, with promtool's account of what it got, when a query gives no series at the
-/// end or an alert other than `firing` fires; each of `firing` must fire.
-pub fn evaluate(expositions: &[&str], queries: &[String], firing: &[&str]) -> Result<()> {
+/// alerts over `scrapes` as if each target had been scraped every minute for 30 minutes: a
+/// series in both scrapes of a target going from its earlier value to its later one, a counter
+/// (`_total`, `_count`, `_sum`, `_bucket`) scraped once rising from 0 to its value, any other
+/// series scraped once as it was. Fails, with promtool's account of what it got, when a query
+/// gives no series at the end or an alert other than `firing` fires; each of `firing` must fire.
+pub fn evaluate(scrapes: &[Scraped], queries: &[String], firing: &[&str]) -> Result<()> {
     const MINUTES: u32 = 30;
     let mut series = Vec::new();
-    for exposition in expositions {
-        for s in samples(exposition)? {
-            let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    for scraped in scrapes {
+        let earlier = scraped.earlier.map(samples).transpose()?.unwrap_or_default();
+        for s in samples(scraped.later)? {
+            let mut labels = s.labels.clone();
+            labels.extend(scraped.target.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let before = earlier.iter().find(|e| e.name == s.name && e.labels == s.labels).map(|e| e.value);
             let rising = ["_total", "_count", "_sum", "_bucket"].iter().any(|x| s.name.ends_with(x));
-            let values = if !s.value.is_finite() {
-                continue;
-            } else if rising {
-                format!("0+{}x{MINUTES}", s.value / f64::from(MINUTES))
-            } else {
-                format!("{}+0x{MINUTES}", s.value)
+            let start = match before {
+                Some(v) => v,
+                None if rising => 0.0,
+                None => s.value,
             };
+            if !(start.is_finite() && s.value.is_finite()) {
+                continue;
+            }
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            let values = format!("{start}+{}x{MINUTES}", (s.value - start) / f64::from(MINUTES));
             series.push(serde_json::json!({"series": format!("{}{{{}}}", s.name, labels.join(",")), "values": values}));
         }
     }
@@ -202,14 +225,23 @@ mod tests {
                      frugal_budget_limit_gpu_seconds{namespace=\"ml\",budget=\"team\"} 3600\n\
                      frugal_operator_reconcile_duration_seconds_count 40\n";
         let query = ["sum by (budget) (frugal_budget_spent_gpu_seconds) / 3600".to_string()];
-        evaluate(&[spent], &query, &["FrugalBudgetPast80Percent"]).unwrap();
-        let e = evaluate(&[spent], &query, &[]).unwrap_err().to_string();
+        let spent = [Scraped::once(spent)];
+        evaluate(&spent, &query, &["FrugalBudgetPast80Percent"]).unwrap();
+        let e = evaluate(&spent, &query, &[]).unwrap_err().to_string();
         assert!(e.contains("FrugalBudgetPast80Percent"), "an alert that fires and was not expected: {e}");
-        let e = evaluate(&[spent], &["frugal_nobody_exports_this".to_string()], &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
+        let e = evaluate(&spent, &["frugal_nobody_exports_this".to_string()], &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
         assert!(e.contains("FrugalTestQueryEmpty") && e.contains("query 0: frugal_nobody_exports_this"), "{e}");
-        let calm = spent.replace("3500", "100");
-        let e = evaluate(&[&calm], &query, &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
+        let calm = spent[0].later.replace("3500", "100");
+        let e = evaluate(&[Scraped::once(&calm)], &query, &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
         assert!(e.contains("does not fire"), "{e}");
+        // a trainer whose step did not move between two scrapes is stalled; one whose step did is not
+        let step = |n: u32| format!("frugal_trainer_step{{training_job=\"lm\"}} {n}\nfrugal_operator_reconcile_duration_seconds_count 40\n");
+        let (before, moved, still) = (step(10), step(40), step(10));
+        let target = vec![("namespace", "ml"), ("pod", "lm-a1-0")];
+        let moved = Scraped { earlier: Some(&before), later: &moved, target: target.clone() };
+        evaluate(&[moved], &["frugal_trainer_step{namespace=\"ml\"}".to_string()], &[]).unwrap();
+        let still = Scraped { earlier: Some(&before), later: &still, target };
+        evaluate(&[still], &[], &["FrugalTrainingJobStalled"]).unwrap();
     }
 
     #[test]

@@ -680,7 +680,7 @@ async fn the_metrics_of_money_match_the_bills_and_the_ledger(ctx: &TestContext, 
         .into_iter()
         .filter(|q| !frugal_api::promql::frugal_series(q).iter().any(|n| n.starts_with("frugal_trainer_")))
         .collect();
-    prometheus::evaluate(&[&exposition], &operator_panels, &[])?;
+    prometheus::evaluate(&[prometheus::Scraped::once(&exposition)], &operator_panels, &[])?;
     eprintln!("{} dashboard panels of the operator's series gave data; no alert fired", operator_panels.len());
     Ok(())
 }
@@ -743,7 +743,7 @@ async fn a_running_job_stopped_by_its_budget_resumes_when_the_budget_is_raised()
         ensure!(spent <= most, "overspent: {spent} GPU-hours against a limit of {limit} (at most {most})");
         // the chart's alert for a budget past 80% fires on this scrape, and no other
         let exposition = operator.scrape().await?;
-        prometheus::evaluate(&[&exposition], &[], &["FrugalBudgetPast80Percent"])?;
+        prometheus::evaluate(&[prometheus::Scraped::once(&exposition)], &[], &["FrugalBudgetPast80Percent"])?;
 
         // raised: the job resumes with attempt 2
         let resumed = tokio::spawn({

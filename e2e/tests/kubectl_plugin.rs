@@ -585,3 +585,59 @@ async fn kubectl_frugal_logs_follows_a_two_stage_job_on_the_real_node() {
     })
     .await;
 }
+
+/// `make plugin-release`'s archive and manifest (scripts/plugin-release.sh, here on the built
+/// plugin) installed by krew as a user installs a plugin from its manifest
+/// (`kubectl krew install --manifest --archive`, no index, no download), then run as
+/// `kubectl frugal` from krew's bin directory: krew accepts the manifest, checks the archive's
+/// sha256, and the plugin it installs answers kubectl.
+#[tokio::test]
+async fn krew_installs_the_release_archive_and_kubectl_runs_the_plugin() {
+    frugal_e2e::run("kubectl-plugin-krew", |ctx| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let budgets: Api<TrainingBudget> = ctx.api();
+        budgets.patch("team", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&training_budget("team", 4))).await?;
+        let dir = std::env::temp_dir().join(format!("kubectl-plugin-krew-{}", ctx.namespace));
+        let (dist, krew_root) = (dir.join("dist"), dir.join("krew"));
+        std::fs::create_dir_all(&dist)?;
+        let release = std::process::Command::new("bash")
+            .arg(frugal_e2e::repo_root().join("scripts/plugin-release.sh"))
+            .env("FRUGAL_PLUGIN_BINARY", plugin()?)
+            .env("FRUGAL_DIST", &dist)
+            .output()?;
+        let release = Ran::of("make plugin-release", release);
+        ensure!(release.code == 0, "plugin-release failed");
+        let version = env!("CARGO_PKG_VERSION");
+        let archive = dist.join(format!("kubectl-frugal_{version}_linux_amd64.tar.gz"));
+        let manifest = dist.join("frugal.yaml");
+        let install = |archive: &Path| {
+            std::process::Command::new("krew")
+                .args(["install", "--manifest", manifest.to_str().unwrap(), "--archive", archive.to_str().unwrap()])
+                .env("KREW_ROOT", &krew_root)
+                .stdin(Stdio::null())
+                .output()
+                .context("running krew (scripts/e2e.sh puts it on PATH; e2e/cluster/build builds it)")
+        };
+        // an archive whose bytes are not the manifest's sha256 is refused
+        let tampered = dir.join("tampered.tar.gz");
+        let mut bytes = std::fs::read(&archive)?;
+        bytes.extend_from_slice(b"\0");
+        std::fs::write(&tampered, bytes)?;
+        let refused = Ran::of("krew install --manifest frugal.yaml --archive tampered.tar.gz", install(&tampered)?);
+        ensure!(refused.code != 0 && refused.stderr.to_lowercase().contains("sha256"), "krew installed an archive that is not the manifest's");
+        let installed = Ran::of("krew install --manifest frugal.yaml --archive kubectl-frugal_….tar.gz", install(&archive)?);
+        ensure!(installed.code == 0 && installed.stderr.contains("Installed plugin: frugal"), "krew did not install the plugin");
+        // kubectl finds the plugin krew put in its bin directory
+        let bin = krew_root.join("bin");
+        ensure!(bin.join("kubectl-frugal").exists(), "no kubectl-frugal in {}", bin.display());
+        let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())))?;
+        let run = |args: &[&str]| std::process::Command::new("kubectl").arg("frugal").args(args).env("PATH", &path).output();
+        let shown = Ran::of("kubectl frugal --version", run(&["--version"])?);
+        ensure!(shown.code == 0 && shown.stdout.contains(version), "the installed plugin's version");
+        let listed = Ran::of("kubectl frugal budget -o name", run(&["budget", "-o", "name", "-n", &ctx.namespace])?);
+        ensure!(listed.code == 0 && listed.stdout.trim() == "trainingbudget.frugal.dev/team", "the installed plugin against the cluster");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    })
+    .await;
+}

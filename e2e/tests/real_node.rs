@@ -22,6 +22,7 @@ use frugal_api::v1alpha1::{
 };
 use frugal_e2e::node::{self, REAL_NODE_LABEL, TRAINING};
 use frugal_e2e::operator::Operator;
+use frugal_e2e::prometheus;
 use frugal_e2e::training_job::{
     apply, check_operator_log, check_trainer_log, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, step_losses,
 };
@@ -452,6 +453,30 @@ async fn a_job_continues_from_a_hugging_face_model_and_exports_its_own() {
     .await;
 }
 
+/// Scrapes the running trainer `pod` twice, two seconds apart, on its `metrics` port (as the
+/// chart's PodMonitor does, with the namespace and pod as target labels), and the operator
+/// once; Prometheus's evaluator then answers every panel of the chart's dashboard with data,
+/// the trainer's tokens/s, MFU and loss among them, and fires none of the chart's alerts.
+async fn the_dashboard_answers_from_a_running_trainer(ctx: &TestContext, operator: &Operator, pod: &Pod) -> Result<()> {
+    let pod = ctx.api::<Pod>().get(&pod.name_any()).await?;
+    let ip: std::net::IpAddr = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).context("the trainer pod has no IP")?.parse()?;
+    let container = &pod.spec.as_ref().context("no spec")?.containers[0];
+    let port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).context("no metrics port")?.container_port;
+    let addr = std::net::SocketAddr::new(ip, u16::try_from(port)?);
+    let earlier = prometheus::scrape(addr)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = prometheus::scrape(addr)?;
+    let step = |e: &str| prometheus::samples(e).map(|s| prometheus::sum(&s, "frugal_trainer_step", &[]));
+    ensure!(step(&later)? > step(&earlier)?, "the trainer's step did not move in 2 s:\n{later}");
+    let from_operator = operator.scrape().await?;
+    let name = pod.name_any();
+    let trainer = prometheus::Scraped { earlier: Some(&earlier), later: &later, target: vec![("namespace", &ctx.namespace), ("pod", &name)] };
+    let panels = prometheus::dashboard_queries()?;
+    prometheus::evaluate(&[trainer, prometheus::Scraped::once(&from_operator)], &panels, &[])?;
+    eprintln!("e2e: all {} dashboard panels gave data from the trainer's and the operator's scrapes; no alert fired", panels.len());
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_it() {
     if !node::available("real-sigterm") {
@@ -461,7 +486,7 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
         manifests::install_crds(&ctx.client).await?;
         node::enforce_restricted(&ctx).await?;
         let pv = node::shared_claim(&ctx, "ckpt").await?;
-        let _operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "60"])?;
+        let operator = Operator::start(&ctx.namespace, &["--termination-grace-seconds", "60"])?;
         let steps = 5000;
         let mut tj = real_cpu_job("lm", steps, Some("ckpt"), 1);
         // checkpoints only at the end and on SIGTERM: the one attempt 2 resumes from is the
@@ -483,6 +508,7 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_the_next_attempt_resumes_from_
         eprintln!("e2e: kubectl get tj\n{table}");
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
         ensure!(header.contains(&"DONE%") && header.contains(&"ETA"), "kubectl get tj has no DONE% and ETA columns:\n{table}");
+        the_dashboard_answers_from_a_running_trainer(&ctx, &operator, &first).await?;
         let log = node::follow_logs(&ctx, &name);
         // the kubelet delivers SIGTERM; the trainer commits a checkpoint within the grace period
         ctx.api::<Pod>().delete(&name, &DeleteParams::default()).await?;
