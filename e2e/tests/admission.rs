@@ -31,6 +31,7 @@ const OPERATOR_MANAGER: &str = "frugal-operator";
 const STATUS_POLICY: &str = "templates/status-policy.yaml";
 const CEILING_POLICY: &str = "templates/gpu-ceiling-policy.yaml";
 const DEFAULT_BUDGET_POLICY: &str = "templates/default-budget-policy.yaml";
+const SECRET_REFERENCES_POLICY: &str = "templates/secret-references-policy.yaml";
 
 #[tokio::test]
 async fn a_trainer_identity_changes_only_its_own_jobs_progress() {
@@ -225,6 +226,91 @@ async fn only_admins_change_a_namespaces_default_budget() {
             refused(alice.patch("scratch", &PatchParams::default(), &Patch::Merge(&make_default)).await, "alice making her budget the default")?;
             refused(alice.delete("team", &DeleteParams::default()).await, "alice deleting the default budget")?;
             admin.patch("team", &PatchParams::default(), &Patch::Merge(&loosen)).await.context("the admin raising the default budget")?;
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}
+
+/// A user whom RBAC lets create TrainingJobs but not read Secrets cannot have one's pods read a
+/// Secret for them: a job naming one (checkpoint.store.credentialsSecret, a podTemplate.env
+/// secretKeyRef, a secret or projected volume) is refused naming it; once the user may get that
+/// one Secret, the job naming it is accepted, and one naming another still refused.
+#[tokio::test]
+async fn a_job_may_name_only_secrets_its_author_may_read() {
+    run("admission-secret-references", |t: TestContext| async move {
+        manifests::install_crds(&t.client).await?;
+        let user = Subject { kind: "User".into(), name: "bob".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
+        let jobs = PolicyRule {
+            api_groups: Some(vec!["frugal.dev".into()]),
+            resources: Some(vec!["trainingjobs".into()]),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        };
+        bind(&t, "job-editor", jobs, user.clone()).await?;
+        let with_store = |name: &str, secret: &str| {
+            let mut tj = fake_gpu_job(name, 1, 1);
+            tj.spec.checkpoint.store = Some(frugal_api::v1alpha1::ObjectStoreSpec {
+                uri: "s3://lm-checkpoints/team".into(),
+                endpoint: Some("http://seaweedfs.storage:8333".into()),
+                region: None,
+                credentials_secret: Some(secret.into()),
+            });
+            tj
+        };
+        let with_template = |name: &str, template: Value| -> Result<TrainingJob> {
+            let mut tj = fake_gpu_job(name, 1, 1);
+            tj.spec.pod_template = Some(serde_json::from_value(template)?);
+            Ok(tj)
+        };
+        let env_ref = with_template("env", json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "password"}}}]}))?;
+        let volume = with_template("volume", json!({"volumes": [{"name": "keys", "secret": {"secretName": "db-password"}}]}))?;
+        let projected = with_template(
+            "projected",
+            json!({"volumes": [{"name": "bundle", "projected": {"sources": [{"secret": {"name": "db-password"}}]}}]}),
+        )?;
+        with_policies(&t, SECRET_REFERENCES_POLICY, &[], async {
+            let bob: Api<TrainingJob> = Api::namespaced(impersonating("bob").await?, &t.namespace);
+            let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let store = with_store("store", "store-keys");
+            let message = until_refused("bob naming a store Secret he may not read", || bob.create(&post, &store)).await?;
+            for part in ["Secret store-keys", "checkpoint.store.credentialsSecret", "bob may not get", "secrets/store-keys"] {
+                ensure!(message.contains(part), "the refusal does not say {part:?}: {message}");
+            }
+            for (what, tj) in [("a secretKeyRef", &env_ref), ("a secret volume", &volume)] {
+                let message = refused(bob.create(&post, tj).await, &format!("bob's job with {what}"))?;
+                ensure!(message.contains("Secret db-password"), "{message}");
+            }
+            let message = refused(bob.create(&post, &projected).await, "bob's job projecting a Secret")?;
+            ensure!(message.contains("podTemplate.volumes bundle projects a Secret"), "{message}");
+
+            // bob may get store-keys, and only it
+            let get_one = PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["secrets".into()]),
+                resource_names: Some(vec!["store-keys".into()]),
+                verbs: vec!["get".into()],
+                ..Default::default()
+            };
+            bind(&t, "store-keys-reader", get_one, user.clone()).await?;
+            let deadline = tokio::time::Instant::now() + frugal_e2e::timeout();
+            loop {
+                match bob.create(&post, &store).await {
+                    Ok(_) => break,
+                    // the RoleBinding reaches the authorizer's cache a moment after it is stored
+                    Err(kube::Error::Api(s)) if s.code == 403 && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                    }
+                    Err(e) => return Err(e).context("bob's job naming the Secret he may read"),
+                }
+            }
+            refused(bob.create(&post, &with_store("other", "db-password")).await, "bob naming another Secret")?;
+            // an update to his job goes through; one that swaps in a Secret he may not read does not
+            let label = json!({"metadata": {"labels": {"team": "ml"}}});
+            bob.patch("store", &PatchParams::default(), &Patch::Merge(&label)).await.context("bob labelling his job")?;
+            let swap = json!({"spec": {"checkpoint": {"store": {"credentialsSecret": "db-password"}}}});
+            refused(bob.patch("store", &PatchParams::default(), &Patch::Merge(&swap)).await, "bob swapping in another Secret")?;
             Ok(())
         })
         .await

@@ -304,7 +304,7 @@ mod tests {
     use super::*;
 
     fn spec(uri: &str) -> ObjectStoreSpec {
-        ObjectStoreSpec { uri: uri.into(), endpoint: None, region: None }
+        ObjectStoreSpec { uri: uri.into(), endpoint: None, region: None, credentials_secret: None }
     }
 
     #[test]

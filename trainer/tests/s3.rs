@@ -29,7 +29,7 @@ fn worker(dir: &Path, store: &Store, keep: usize) -> Worker {
     let mut cfg = small_run(small_model(false), 20, Some(dir.to_path_buf()));
     cfg.keep_checkpoints = keep;
     let l = &store.location;
-    cfg.checkpoint_store = Some(ObjectStoreSpec { uri: l.uri(), endpoint: l.endpoint.clone(), region: l.region.clone() });
+    cfg.checkpoint_store = Some(ObjectStoreSpec { uri: l.uri(), endpoint: l.endpoint.clone(), region: l.region.clone(), credentials_secret: None });
     let mut w = Worker::single(cfg, Device::Cpu).unwrap();
     w.uploader = Some(Uploader::new(store.clone(), keep));
     w

@@ -138,6 +138,9 @@ API server has each (--admission-policy) and says so when one is missing. */}}
 {{- if $p.defaultBudget.enabled }}
 {{ printf "%s-default-budget" $cluster }}
 {{- end }}
+{{- if $p.secretReferences.enabled }}
+{{ printf "%s-secret-references" $cluster }}
+{{- end }}
 {{- if and $p.gpuCeiling.enabled (or (not (kindIs "invalid" $p.gpuCeiling.default)) $p.gpuCeiling.namespaces) }}
 {{ printf "%s-gpu-ceiling" $cluster }}
 {{- end }}

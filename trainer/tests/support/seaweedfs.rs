@@ -95,7 +95,7 @@ impl SeaweedFs {
 
     pub fn spec(&self, prefix: &str) -> ObjectStoreSpec {
         let uri = if prefix.is_empty() { format!("s3://{}", self.bucket) } else { format!("s3://{}/{prefix}", self.bucket) };
-        ObjectStoreSpec { uri, endpoint: Some(self.endpoint.clone()), region: Some("us-east-1".into()) }
+        ObjectStoreSpec { uri, endpoint: Some(self.endpoint.clone()), region: Some("us-east-1".into()), credentials_secret: None }
     }
 
     /// The bucket's `prefix`, with the access key and `secret`.

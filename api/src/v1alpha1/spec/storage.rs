@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// A prefix in a bucket of S3 or of an S3-compatible store (SeaweedFS, Ceph RGW, R2, ...).
 /// Credentials never appear here: the trainer takes them from the pod's environment, the
-/// standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`)
-/// or its workload identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`).
+/// standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`),
+/// which the operator sets from `credentialsSecret`, or its workload identity
+/// (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStoreSpec {
@@ -30,4 +31,14 @@ pub struct ObjectStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
+    /// A Secret in the job's namespace whose keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+    /// and (optional) `AWS_SESSION_TOKEN` the trainer's pods get as those variables; only its
+    /// name is here, its values reach only the pods. Whoever applies the job must be allowed
+    /// to `get` that Secret (the chart's secret-references policy); unset means the pod's own
+    /// environment or workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("store.credentialsSecret is the name of a Secret in the job's namespace (lowercase letters, digits, '-' and '.')"))]
+    pub credentials_secret: Option<String>,
 }

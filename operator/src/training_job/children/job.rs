@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -131,6 +131,14 @@ fn pod_template(job: &PlannedJob, attempt: i32, settings: &Settings) -> PodTempl
     });
     env.push(EnvVar { name: "HOME".into(), value: Some(HOME_DIR.into()), ..Default::default() });
     env.push(EnvVar { name: "CUDA_CACHE_PATH".into(), value: Some(format!("{HOME_DIR}/.nv/ComputeCache")), ..Default::default() });
+    // the store's keys from the Secret the spec names: the pod gets them, the operator never reads them
+    if let Some(secret) = spec.checkpoint.store.as_ref().and_then(|s| s.credentials_secret.as_ref()) {
+        for (key, optional) in [("AWS_ACCESS_KEY_ID", false), ("AWS_SECRET_ACCESS_KEY", false), ("AWS_SESSION_TOKEN", true)] {
+            let selector = SecretKeySelector { name: secret.clone(), key: key.into(), optional: optional.then_some(true) };
+            let value_from = Some(EnvVarSource { secret_key_ref: Some(selector), ..Default::default() });
+            env.push(EnvVar { name: key.into(), value_from, ..Default::default() });
+        }
+    }
     env.extend(overrides.env.iter().cloned());
     // a CPU job sees no GPU, whatever the node's runtime or the image would show it (the API
     // server refuses NVIDIA_* and CUDA_VISIBLE_DEVICES in podTemplate.env)
@@ -268,6 +276,37 @@ mod tests {
 
     fn env_of(c: &Container) -> BTreeMap<String, String> {
         c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn the_stores_keys_come_from_the_named_secret_and_never_as_values() {
+        let mut tj = training_job(1);
+        let job = build_job(&planned_from(&tj), 1, &Settings::default());
+        assert!(!env_of(parts(&job).2).keys().any(|k| k.starts_with("AWS_")), "no store, no keys");
+        tj.spec.checkpoint.store = Some(frugal_api::v1alpha1::ObjectStoreSpec {
+            uri: "s3://lm-checkpoints/team".into(),
+            endpoint: None,
+            region: None,
+            credentials_secret: Some("store-keys".into()),
+        });
+        let job = build_job(&planned_from(&tj), 1, &Settings::default());
+        let env = parts(&job).2.env.clone().unwrap();
+        let keys: Vec<(&str, &str, &str, Option<bool>)> = env
+            .iter()
+            .filter_map(|e| {
+                let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                assert!(e.value.is_none());
+                Some((e.name.as_str(), r.name.as_str(), r.key.as_str(), r.optional))
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("AWS_ACCESS_KEY_ID", "store-keys", "AWS_ACCESS_KEY_ID", None),
+                ("AWS_SECRET_ACCESS_KEY", "store-keys", "AWS_SECRET_ACCESS_KEY", None),
+                ("AWS_SESSION_TOKEN", "store-keys", "AWS_SESSION_TOKEN", Some(true)),
+            ]
+        );
     }
 
     #[test]
