@@ -80,7 +80,7 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
         helm(&args)
     };
     let defaults = render(&[])?;
-    for name in ["status", "operator-jobs", "default-budget"] {
+    for name in ["status", "operator-jobs", "default-budget", "secret-references"] {
         ensure!(defaults.contains(&policy(name)) && defaults.contains(&binding(name)), "{name} does not render by default:\n{defaults}");
         let arg = format!("- --admission-policy=frugal-operator-frugal-system-{name}\n");
         ensure!(defaults.contains(&arg), "the operator is not told of {name}:\n{defaults}");
@@ -101,6 +101,7 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
         "admissionPolicies.gpuCeiling.enabled=false",
         "admissionPolicies.gpuCeiling.default=2",
         "admissionPolicies.defaultBudget.enabled=false",
+        "admissionPolicies.secretReferences.enabled=false",
     ])?;
     ensure!(!off.contains("ValidatingAdmissionPolicy") && !off.contains("--admission-policy"), "policies rendered while disabled:\n{off}");
     helm(&["lint", "--strict", &chart_dir, "--set", "admissionPolicies.gpuCeiling.default=0", "--set", "operator.watchNamespace=team"])?;
