@@ -2,7 +2,8 @@
 //! the operator's pods and the trainer, the planner that prices a job before it runs, what admits
 //! or refuses it, and the comparison table of runs.
 //!
-//! This crate does no I/O and links no libtorch: both the operator and the trainer depend on it.
+//! This crate links no libtorch: the operator, the trainer and the kubectl plugin depend on it.
+//! It does no I/O but in [`store`], behind the `store` feature, which the operator leaves off.
 
 pub mod admission;
 pub mod contract;
@@ -11,6 +12,8 @@ pub mod planner;
 pub mod promql;
 pub mod report;
 pub mod schema;
+#[cfg(feature = "store")]
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod v1alpha1;

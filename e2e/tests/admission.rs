@@ -264,12 +264,11 @@ async fn a_job_may_name_only_secrets_its_author_may_read() {
             tj.spec.pod_template = Some(serde_json::from_value(template)?);
             Ok(tj)
         };
-        let env_ref = with_template("env", json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "password"}}}]}))?;
+        let env_ref =
+            with_template("env", json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "password"}}}]}))?;
         let volume = with_template("volume", json!({"volumes": [{"name": "keys", "secret": {"secretName": "db-password"}}]}))?;
-        let projected = with_template(
-            "projected",
-            json!({"volumes": [{"name": "bundle", "projected": {"sources": [{"secret": {"name": "db-password"}}]}}]}),
-        )?;
+        let projected =
+            with_template("projected", json!({"volumes": [{"name": "bundle", "projected": {"sources": [{"secret": {"name": "db-password"}}]}}]}))?;
         with_policies(&t, SECRET_REFERENCES_POLICY, &[], async {
             let bob: Api<TrainingJob> = Api::namespaced(impersonating("bob").await?, &t.namespace);
             let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };

@@ -205,6 +205,24 @@ async fn kubectl_frugal_plans_reports_and_shows_budgets() {
         let out = kubectl_frugal(&ctx, &["plan", &fits]).await?;
         ensure!(out.code == 0, "a job that fits: exit {}\n{}{}", out.code, out.stdout, out.stderr);
         ensure!(out.stdout.ends_with("\nadmitted\n"), "{}", out.stdout);
+        // the checkpoint store, with the job's keys: a Secret that is not there, then one whose
+        // store does not answer (nothing listens on port 9)
+        let store = "  checkpoint: {store: {uri: 's3://lm-checkpoints/team', endpoint: 'http://127.0.0.1:9', credentialsSecret: store-keys}}\n";
+        let stored = manifest(&dir, "stored", &format!("{SMALL_MODEL}{store}{resources}"))?;
+        let out = kubectl_frugal(&ctx, &["plan", &stored]).await?;
+        ensure!(out.code == 1 && out.stdout.contains("Secret store-keys, which") && out.stdout.contains("create it with AWS_ACCESS_KEY_ID"), "{}", out.stdout);
+        let keys = k8s_openapi::api::core::v1::Secret {
+            metadata: ObjectMeta { name: Some("store-keys".into()), ..Default::default() },
+            string_data: Some([("AWS_ACCESS_KEY_ID".to_string(), "plan-test".to_string()), ("AWS_SECRET_ACCESS_KEY".to_string(), "plan-test-secret".to_string())].into()),
+            ..Default::default()
+        };
+        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &keys).await?;
+        let out = kubectl_frugal(&ctx, &["plan", &stored]).await?;
+        ensure!(out.code == 1, "a store that does not answer: exit {}\n{}{}", out.code, out.stdout, out.stderr);
+        for part in ["ConfigurationError (checkpoint store)", "spec.checkpoint.store (s3://lm-checkpoints/team)", "keys of Secret store-keys"] {
+            ensure!(out.stdout.contains(part), "the plan does not say {part:?}:\n{}", out.stdout);
+        }
+        ensure!(!out.stdout.contains("plan-test-secret"), "the plan shows the Secret's key:\n{}", out.stdout);
         let waits = manifest(&dir, "waits", &format!("{SMALL_MODEL}  budget: {{budgetRef: team}}\n{resources}"))?;
         let out = through_kubectl(&ctx, &["plan", &waits, "-o", "json"]).await?;
         ensure!(out.code == 0, "a job that fits but waits: exit {}\n{}{}", out.code, out.stdout, out.stderr);

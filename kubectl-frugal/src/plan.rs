@@ -259,7 +259,11 @@ pub async fn run(path: &Path, offline: bool, ceiling: Option<i32>, target: &Targ
                 checks.extend(more);
                 namespace = Some(ns);
             }
-            Online::Unreachable(why) => checks.push(Check::note("cluster", None, format!("offline checks only: {why}"))),
+            Online::Unreachable(why) => {
+                checks.push(Check::note("cluster", None, format!("offline checks only: {why}")));
+                // the bucket needs no cluster where the job names no Secret
+                checks.extend(bucket::check(job.spec.checkpoint.store.as_ref(), None, job.metadata.namespace.as_deref().unwrap_or("default")).await);
+            }
         }
     }
     let refused = checks.iter().any(|c| c.outcome == Outcome::Refused);
@@ -299,6 +303,7 @@ async fn online(job: &TrainingJob, manifest: &serde_json::Value, plan: Option<&P
         return Ok(Online::Unreachable(format!("{:#}", cluster::explain(answer.unwrap_err(), "asking the API server"))));
     }
     let mut checks = vec![dry_run_check(answer)?];
+    checks.extend(bucket::check(job.spec.checkpoint.store.as_ref(), Some(&cluster.client), &namespace).await);
     let Some(plan) = plan else {
         return Ok(Online::Checked { namespace, checks });
     };
@@ -513,5 +518,6 @@ pub fn verdict(p: &Planned) -> String {
     }
 }
 
+mod bucket;
 #[cfg(test)]
 mod tests;

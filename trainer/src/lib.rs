@@ -20,5 +20,5 @@ pub mod progress;
 pub mod quantize;
 pub mod report;
 pub mod rng;
-pub mod store;
+pub use frugal_api::store;
 pub mod train;

@@ -30,6 +30,11 @@ pub mod reasons {
     pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
     /// A job waits, Queued, for the budget it names to be created.
     pub const BUDGET_NOT_FOUND: &str = "BudgetNotFound";
+    /// The spec cannot work as it is (the operator's condition reason too).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The trainer would stop before training, its configuration refused (the operator's
+    /// condition reason for the trainer's exit 78).
+    pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
 }
 
 const GIB: f64 = (1u64 << 30) as f64;

@@ -569,7 +569,8 @@ fn a_gpu_job_without_a_checkpoint_claim_is_warned_that_evictions_restart_it() {
     claimed.checkpoint.claim_name = Some("checkpoints".into());
     assert_eq!(warning(&claimed), None);
     // a bucket keeps a one-pod job's steps, not yet those of a job of several pods
-    let bucket = Some(crate::v1alpha1::ObjectStoreSpec { uri: "s3://lm-checkpoints/gpt2".into(), endpoint: None, region: None, credentials_secret: None });
+    let bucket =
+        Some(crate::v1alpha1::ObjectStoreSpec { uri: "s3://lm-checkpoints/gpt2".into(), endpoint: None, region: None, credentials_secret: None });
     let mut in_bucket = gpt2();
     in_bucket.checkpoint.store = bucket.clone();
     assert_eq!(warning(&in_bucket), None);

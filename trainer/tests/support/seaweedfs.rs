@@ -3,8 +3,8 @@
 //! started as `weed mini` on free loopback ports in a temporary directory.
 #![allow(dead_code)]
 
+use frugal_api::store::{Location, Store};
 use frugal_api::v1alpha1::ObjectStoreSpec;
-use frugal_trainer::store::{Location, Store};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

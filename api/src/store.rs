@@ -5,7 +5,7 @@
 //! `AWS_ENDPOINT_URL`, `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`, ...); nothing here
 //! prints or serialises them: a [`Store`] shows its location alone.
 
-use frugal_api::v1alpha1::ObjectStoreSpec;
+use crate::v1alpha1::ObjectStoreSpec;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;

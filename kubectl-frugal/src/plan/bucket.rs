@@ -1,0 +1,112 @@
+//! The plan's bucket check: whether the job's checkpoint store (`spec.checkpoint.store`) exists
+//! and can be written with the job's credentials, before the job is applied. It writes a small
+//! probe object under the prefix and deletes it again, as the trainer's first upload would.
+//!
+//! The credentials are the job's where the plugin can read them: the keys of
+//! `credentialsSecret`, which its author may read (the chart's secret-references policy makes
+//! that a condition of applying the job). Without a Secret the job's pods use their environment
+//! or workload identity, which the plugin cannot take on: it uses its own environment's `AWS_*`
+//! settings instead, and a failure is then only a note.
+
+use frugal_api::store::Location;
+use frugal_api::v1alpha1::ObjectStoreSpec;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use super::{Check, reasons};
+
+const CHECK: &str = "checkpoint store";
+const FIELD: &str = "spec.checkpoint.store";
+
+/// Whose credentials the probe used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    /// The keys of the job's `credentialsSecret`.
+    Secret(String),
+    /// This process's environment (not necessarily what the pods will have).
+    Environment,
+}
+
+/// Writes and deletes a probe object under `spec`'s prefix with `vars` as the environment;
+/// blocking (the store runs a runtime of its own).
+pub fn probe(spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, String)>) -> Check {
+    let location = match Location::of(FIELD, spec) {
+        Ok(l) => l,
+        Err(e) => return Check::refused(CHECK, reasons::INVALID_SPEC, e),
+    };
+    let whose = match identity {
+        Identity::Secret(name) => format!("with the keys of Secret {name}"),
+        Identity::Environment => "with this shell's AWS_* environment (the job sets no credentialsSecret; its pods may have another identity)".into(),
+    };
+    let store = match location.open_with(vars) {
+        Ok(s) => s,
+        Err(e) => return Check::refused(CHECK, reasons::INVALID_SPEC, e),
+    };
+    let name = format!(
+        ".frugal-plan-probe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    );
+    // listed first, as the trainer does before training: a store may create a missing bucket on
+    // a write (SeaweedFS does for an admin), never on a listing
+    let written = store
+        .check()
+        .and_then(|()| store.put_bytes(&name, b"kubectl frugal plan: a probe of the checkpoint store, deleted at once\n".to_vec()))
+        .and_then(|()| store.delete(&[name]));
+    match (written, identity) {
+        (Ok(()), _) => Check::ok(CHECK, format!("{}: wrote and deleted a probe object {whose}", location.uri())),
+        (Err(e), Identity::Secret(_)) => Check::refused(
+            CHECK,
+            reasons::CONFIGURATION_ERROR,
+            format!("the trainer would stop before training: {e} ({whose}); fix the bucket, the endpoint or the Secret's keys"),
+        ),
+        (Err(e), Identity::Environment) => Check::note(CHECK, None, format!("{e} ({whose})")),
+    }
+}
+
+/// The bucket check of `spec` in `namespace`: with the job's Secret when it names one (read
+/// through `client`), else with this process's environment. None when the job has no store.
+pub async fn check(spec: Option<&ObjectStoreSpec>, client: Option<&Client>, namespace: &str) -> Option<Check> {
+    let spec = spec?.clone();
+    let (identity, vars) = match (&spec.credentials_secret, client) {
+        (Some(name), Some(client)) => match Api::<Secret>::namespaced(client.clone(), namespace).get(name).await {
+            Ok(secret) => {
+                let data = secret.data.unwrap_or_default();
+                let vars =
+                    data.into_iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
+                (Identity::Secret(name.clone()), vars)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Some(Check::refused(
+                    CHECK,
+                    reasons::CONFIGURATION_ERROR,
+                    format!(
+                        "{FIELD}.credentialsSecret names Secret {name}, which {namespace} does not have: the pods would not start; create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    ),
+                ));
+            }
+            Err(kube::Error::Api(s)) => {
+                return Some(Check::note(
+                    CHECK,
+                    None,
+                    format!("not checked: cannot read Secret {name} ({}), whose keys the pods would use", s.message),
+                ));
+            }
+            Err(e) => return Some(Check::note(CHECK, None, format!("not checked: reading Secret {name}: {e}"))),
+        },
+        (Some(name), None) => {
+            return Some(Check::note(
+                CHECK,
+                None,
+                format!("not checked: the pods would use Secret {name}'s keys, and there is no cluster to read it from"),
+            ));
+        }
+        (None, _) => (Identity::Environment, std::env::vars().collect()),
+    };
+    // the store's blocking calls, and its runtime's drop, off this async task
+    Some(
+        tokio::task::spawn_blocking(move || probe(&spec, &identity, vars))
+            .await
+            .unwrap_or_else(|e| Check::note(CHECK, None, format!("not checked: {e}"))),
+    )
+}
