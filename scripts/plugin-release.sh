@@ -31,6 +31,11 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -m 0755 "$binary" "$stage/kubectl-frugal"
+# without the release profile's line tables (a user's backtrace loses file and line, the archive
+# 4 of its 5 parts); a stand-in script has none to strip
+if command -v objcopy >/dev/null; then
+  objcopy --strip-debug "$stage/kubectl-frugal" 2>/dev/null || true
+fi
 files=(kubectl-frugal)
 if [[ -f LICENSE ]]; then
   install -m 0644 LICENSE "$stage/LICENSE"
