@@ -11,7 +11,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 # A run needs about 20 GB free (the debug and release builds, images, the test cluster); a full
 # disk shows late, as a failed image export, so say early how much there is.
-step "free disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 | tr -d ' ') under the build, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') under ${TMPDIR:-/tmp}"
+build_dir=${CARGO_TARGET_DIR:-target}
+[[ -e $build_dir ]] || build_dir=.
+step "free disk: $(df -h --output=avail "$build_dir" | tail -1 | tr -d ' ') under the build, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') under ${TMPDIR:-/tmp}"
 free_kb=$(df -k --output=avail "${TMPDIR:-/tmp}" | tail -1)
 if ((free_kb < 20 * 1024 * 1024)); then
   echo "warning: under 20 GB free; the run may fail with 'no space left on device' (docker builder prune, cargo clean)" >&2
