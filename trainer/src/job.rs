@@ -229,14 +229,17 @@ impl Job {
         }
     }
 
-    /// Checks that `spec.checkpoint.store` can be listed with this process's credentials before
+    /// Checks that `spec.checkpoint.store` (and `spec.export.store`) can be listed with this process's credentials before
     /// anything trains: a missing bucket, a wrong key or an unreachable endpoint is a
     /// [`ConfigurationError`] naming the field, with what the store said (its error code and
     /// message), and the job fails instead of retrying as if it were transient.
     pub fn check_store(&self) -> std::result::Result<(), ConfigurationError> {
-        let Some(spec) = &self.spec.checkpoint.store else { return Ok(()) };
-        let location = crate::store::Location::of(crate::checkpoint::remote::STORE_FIELD, spec).map_err(ConfigurationError)?;
-        location.open().map_err(ConfigurationError)?.check().map_err(|e| ConfigurationError(format!("{e:#}")))
+        let export = self.spec.export.as_ref().and_then(|e| e.store.as_ref()).map(|s| (crate::export_store::FIELD, s));
+        for (field, spec) in self.spec.checkpoint.store.as_ref().map(|s| (crate::checkpoint::remote::STORE_FIELD, s)).into_iter().chain(export) {
+            let location = crate::store::Location::of(field, spec).map_err(ConfigurationError)?;
+            location.open().map_err(ConfigurationError)?.check().map_err(|e| ConfigurationError(format!("{e:#}")))?;
+        }
+        Ok(())
     }
 
     /// Checks that the files the spec names are there before anything trains: the corpus

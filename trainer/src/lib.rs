@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod data;
 pub mod distill;
 pub mod eval;
+pub mod export_store;
 pub mod hf;
 pub mod job;
 pub mod log;

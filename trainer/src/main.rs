@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use frugal_api::contract::{env, paths};
 use frugal_trainer::data;
+use frugal_trainer::export_store;
 use frugal_trainer::hf;
 use frugal_trainer::job::{self, Job};
 use frugal_trainer::model::gpt::Gpt;
@@ -293,14 +294,26 @@ fn run(cli: Cli) -> Result<i32> {
             if exports.quantize.is_some() || exports.hugging_face {
                 let exported = job.clone();
                 run.export = Some(Arc::new(move |root| {
-                    Ok(Exports {
+                    let mut made = Exports {
                         // the int8 kernels are the CPU's, whatever the job trained on
                         quantized: exports.quantize.map(|_| frugal_trainer::quantize::export(&exported, root, tch::Device::Cpu)).transpose()?,
                         hugging_face: exports
                             .hugging_face
                             .then(|| hf::export_checkpoint(&exported.run_config(None)?, root, None, hf::DEFAULT_MAX_SHARD_BYTES))
                             .transpose()?,
-                    })
+                    };
+                    // into the bucket, and the status names them there
+                    if let Some(spec) = &exports.store {
+                        let store = export_store::open(spec)?;
+                        let paths = made.quantized.iter_mut().map(|q| &mut q.path).chain(made.hugging_face.iter_mut().map(|h| &mut h.path));
+                        for path in paths {
+                            let local = std::path::PathBuf::from(&*path);
+                            let (uri, bytes) = export_store::upload(&store, &local, &export_store::name_in(root, &local)?)?;
+                            frugal_trainer::info!("uploaded {} ({bytes} bytes) to {uri}", local.display());
+                            *path = uri;
+                        }
+                    }
+                    Ok(made)
                 }));
             }
             Ok(launch::train(&job, cfg, device, run)?.exit_code())

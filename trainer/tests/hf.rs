@@ -3,6 +3,8 @@
 //! builds and saves load in frugal and compute the same logits and loss.
 
 mod common;
+#[path = "support/seaweedfs.rs"]
+mod seaweedfs;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -251,6 +253,62 @@ fn training_with_spec_export_hugging_face_writes_and_reports_the_export() {
     for file in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert_eq!(std::fs::read(cli.join(file)).unwrap(), std::fs::read(export.join(file)).unwrap(), "{file}");
     }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// spec.export.store: the Hugging Face export goes into the bucket (SeaweedFS, a real S3 server)
+/// under `<prefix>/step-<n>/hf/`, the event and the report name it by its `s3://` URI, and what
+/// comes down from the bucket is the export byte for byte, which `transformers` loads (the
+/// tokenizer and the model, with frugal's logits).
+#[test]
+fn an_export_into_a_bucket_comes_down_whole_and_loads_in_transformers() {
+    use seaweedfs::{ACCESS_KEY, SECRET_KEY, SeaweedFs};
+    let Some(s3) = SeaweedFs::start("hf-export", "models") else { return };
+    let root = common::temp_dir("hf-bucket");
+    let extra =
+        format!("  export: {{huggingFace: true, store: {{uri: 's3://models/team/run-1', endpoint: '{}', region: us-east-1}}}}\n", s3.endpoint);
+    let manifest = text_job(&root, "bucketed", 12, &extra);
+    let ckpt = root.join("ckpt");
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
+        .args(["train", manifest.to_str().unwrap(), "--checkpoint-dir", ckpt.to_str().unwrap(), "--json", "--threads", "2"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    let (log, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let event = log.lines().find(|l| l.contains(r#""event":"hugging_face""#)).unwrap_or_else(|| panic!("no hugging_face event:\n{log}"));
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["path"], "s3://models/team/run-1/step-000000012/hf", "{event}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["quality"]["huggingFace"]["path"], event["path"], "{report}");
+
+    // down from the bucket into an empty directory: the same files, byte for byte
+    let store = s3.store("team/run-1", SECRET_KEY);
+    let down = root.join("down/hf");
+    std::fs::create_dir_all(&down).unwrap();
+    let names = store.list("step-000000012/hf").unwrap();
+    let local = ckpt.join("step-000000012/hf");
+    let mut files: Vec<String> = std::fs::read_dir(&local).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    let mut listed: Vec<String> = names.iter().map(|n| n.trim_start_matches("step-000000012/hf/").to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, files, "the bucket holds the export's files");
+    for name in &listed {
+        store.get_file(&format!("step-000000012/hf/{name}"), &down.join(name)).unwrap();
+        assert!(std::fs::read(down.join(name)).unwrap() == std::fs::read(local.join(name)).unwrap(), "{name} came down different");
+    }
+    // transformers on what came down: the tokenizer, and the model with frugal's logits
+    let tokenized = json(&hf_side(&["tokenize", down.to_str().unwrap(), "To be, or not to be"]));
+    assert!(tokenized["ids"].as_array().is_some_and(|ids| !ids.is_empty()), "{tokenized}");
+    let job = frugal_trainer::job::load(&manifest).unwrap();
+    let (gpt, mut store) = whole_model(&job.plan.model, Device::Cpu);
+    frugal_trainer::checkpoint::load_weights(&ckpt.join("step-000000012"), &mut store).unwrap();
+    let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
+    let ours = logits(&gpt, &store, &tokens);
+    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], root.join("down/frugal.safetensors")).unwrap();
+    let r = json(&hf_side(&["load", down.to_str().unwrap()]));
+    assert!(r["max_abs_diff"].as_f64().unwrap() <= LOGITS_TOLERANCE, "{r}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

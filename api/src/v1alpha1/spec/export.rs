@@ -29,6 +29,12 @@ pub struct ExportSpec {
     #[serde(default = "default_calibration_batches")]
     #[schemars(range(min = 1, max = 1024))]
     pub calibration_batches: i32,
+    /// A bucket the exports go to once written: `<prefix>/step-<n>/hf/` and
+    /// `<prefix>/step-<n>/quantized/int8.safetensors`, each object complete before the export is
+    /// reported, and the status then names them by their `s3://` URIs. The pods' credentials
+    /// are the checkpoint store's (its `credentialsSecret`, or their environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<super::ObjectStoreSpec>,
 }
 
 fn default_calibration_batches() -> i32 {

@@ -86,6 +86,8 @@ pub const MAX_JOB_NAME_LENGTH: usize = 40;
         .message("spec.export.huggingFace: the Hugging Face family for mixture-of-experts layers (ERNIE 4.5 MoE) has Llama's block without biases and divides a token's k gates by their sum; set model.custom.norm: rmsNorm, feedForward: swiglu, bias: false and model.sparsity.moe.normalizeTopK: true, or remove the export"),
     validation = Rule::new("!has(self.export) || !has(self.export.huggingFace) || !self.export.huggingFace || self.model.sparsity.attention.type == 'Dense'")
         .message("spec.export.huggingFace: the Hugging Face families attend densely, so a model.sparsity.attention pattern would be served as another model; use type Dense or remove the export"),
+    validation = Rule::new("!has(self.export) || !has(self.export.store) || !has(self.export.store.credentialsSecret) || (has(self.checkpoint.store) && has(self.checkpoint.store.credentialsSecret) && self.checkpoint.store.credentialsSecret == self.export.store.credentialsSecret)")
+        .message("spec.export.store.credentialsSecret: the pods have one set of store keys, the checkpoint store's; remove it, or name the same Secret in spec.checkpoint.store.credentialsSecret"),
     validation = Rule::new("!has(self.model.sparsity.attention.slidingWindow) || !has(self.model.custom) || self.model.sparsity.attention.slidingWindow.window <= self.model.custom.seqLen")
         .message("model.sparsity.attention.slidingWindow.window must be at most model.custom.seqLen: a wider window is dense attention; use type Dense or a smaller window"),
 )]
