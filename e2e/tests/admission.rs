@@ -282,7 +282,7 @@ async fn a_job_may_name_only_secrets_its_author_may_read() {
                 ensure!(message.contains("Secret db-password"), "{message}");
             }
             let message = refused(bob.create(&post, &projected).await, "bob's job projecting a Secret")?;
-            ensure!(message.contains("podTemplate.volumes bundle projects a Secret"), "{message}");
+            ensure!(message.contains("podTemplate.volumes bundle project Secrets") && message.contains("bob may not get"), "{message}");
 
             // bob may get store-keys, and only it
             let get_one = PolicyRule {
