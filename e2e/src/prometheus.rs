@@ -162,7 +162,9 @@ pub fn evaluate(scrapes: &[Scraped], queries: &[String], firing: &[&str]) -> Res
                 continue;
             }
             let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-            let values = format!("{start}+{}x{MINUTES}", (s.value - start) / f64::from(MINUTES));
+            // promtool's notation: `a+bxn` rising, `a-bxn` falling (a loss), `a+0xn` flat
+            let step = (s.value - start) / f64::from(MINUTES);
+            let values = if step < 0.0 { format!("{start}-{}x{MINUTES}", -step) } else { format!("{start}+{step}x{MINUTES}") };
             series.push(serde_json::json!({"series": format!("{}{{{}}}", s.name, labels.join(",")), "values": values}));
         }
     }
@@ -235,11 +237,17 @@ mod tests {
         let e = evaluate(&[Scraped::once(&calm)], &query, &["FrugalBudgetPast80Percent"]).unwrap_err().to_string();
         assert!(e.contains("does not fire"), "{e}");
         // a trainer whose step did not move between two scrapes is stalled; one whose step did is not
-        let step = |n: u32| format!("frugal_trainer_step{{training_job=\"lm\"}} {n}\nfrugal_operator_reconcile_duration_seconds_count 40\n");
+        let step = |n: u32| {
+            // the loss falls as the step rises
+            let loss = 5.0 - f64::from(n) / 20.0;
+            format!(
+                "frugal_trainer_step{{training_job=\"lm\"}} {n}\nfrugal_trainer_loss{{training_job=\"lm\"}} {loss}\nfrugal_operator_reconcile_duration_seconds_count 40\n"
+            )
+        };
         let (before, moved, still) = (step(10), step(40), step(10));
         let target = vec![("namespace", "ml"), ("pod", "lm-a1-0")];
         let moved = Scraped { earlier: Some(&before), later: &moved, target: target.clone() };
-        evaluate(&[moved], &["frugal_trainer_step{namespace=\"ml\"}".to_string()], &[]).unwrap();
+        evaluate(&[moved], &["frugal_trainer_step{namespace=\"ml\"}".to_string(), "frugal_trainer_loss < 4".to_string()], &[]).unwrap();
         let still = Scraped { earlier: Some(&before), later: &still, target };
         evaluate(&[still], &[], &["FrugalTrainingJobStalled"]).unwrap();
     }

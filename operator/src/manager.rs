@@ -282,6 +282,7 @@ pub async fn run(
         budgets: budget_reader.clone(),
         gpu_products: Default::default(),
         policies_missing: policies_missing.clone(),
+        written_bills: Default::default(),
     });
     // /metrics reads the caches once they hold their first full list: a half-filled cache
     // would show the billed counters lower than the last process exported

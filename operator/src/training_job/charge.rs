@@ -40,7 +40,7 @@ pub async fn charge(
     decide: impl FnOnce(Spending) -> Decision,
 ) -> Result<Charged, Error> {
     let budget = counted_in(tj, ctx, admit::gates(attempts))?;
-    let cost = bill_pods(tj, ctx, budget.as_deref(), &planned.plan, attempts, prev).await;
+    let cost = bill_pods(tj, ctx, budget.as_deref(), &planned.plan, attempts, prev).await?;
     let mut decision = decide(spending(&planned.valid.spec.budget, &cost, &planned.plan));
     // the budget's ledger is written before any child is created
     if let Some(name) = budget.as_deref() {
@@ -99,7 +99,11 @@ pub(super) async fn bill_pods(
     plan: &Plan,
     attempts: &[AttemptView],
     prev: &TrainingJobStatus,
-) -> CostStatus {
+) -> Result<CostStatus, Error> {
+    // a cache behind this process's own last write would bill a pod's end backwards
+    if ctx.stale_bill(&tj.uid().unwrap_or_default(), prev) {
+        return Err(Error::StaleCache);
+    }
     let seen: Vec<bill::AttemptSeen> = attempts.iter().map(|a| a.billed.clone()).collect();
     let known = |p: &bill::PodSeen| prev.cost.iter().flat_map(|c| &c.pods).any(|r| r.name == p.name && r.attempt == p.attempt);
     let new_pods: Vec<&bill::PodSeen> = seen.iter().flat_map(|a| &a.pods).filter(|p| p.scheduled.is_some() && p.gpus > 0 && !known(p)).collect();
@@ -125,7 +129,7 @@ pub(super) async fn bill_pods(
     };
     let currency = budget.as_ref().map_or_else(|| plan.currency.clone(), |b| b.spec.currency.clone());
     let target = prev.quality.as_ref().and_then(|q| q.target_reached_time.as_ref());
-    bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now())
+    Ok(bill::bill(prev.cost.as_ref(), &seen, price, &currency, target, &now()))
 }
 
 /// The `nvidia.com/gpu.product` label of node `name`, read once and remembered. A node that

@@ -59,7 +59,7 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
         Ok(planned) => {
             let attempts = observe::attempts(&ctx.jobs, &ctx.pods, &planned.valid);
             let budget = effective_budget(tj, &ctx.budgets);
-            Some(charge::bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await)
+            Some(charge::bill_pods(tj, ctx, budget.as_deref(), &planned.plan, &attempts, &prev).await?)
         }
         Err(_) => prev.cost.clone(),
     };
@@ -97,14 +97,17 @@ pub async fn cleanup(tj: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(cost) = cost.as_ref().filter(|c| prev.cost.as_ref() != Some(*c)) {
         let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
-        status::patch(&api, &name, &status::billed(&prev, cost.clone())).await?;
+        let billed = status::billed(&prev, cost.clone());
+        status::patch(&api, &name, &billed).await?;
         ctx.metrics.status_patches.inc();
+        ctx.wrote_bill(&uid, &billed);
     }
     if !live.is_empty() {
         return Err(Error::Stopping { pods: live.len() });
     }
     record_bill(tj, ctx, cost.as_ref().or(prev.cost.as_ref())).await?;
     delete_children(ctx, &Names::new(&namespace, &name), &uid).await?;
+    ctx.written_bills.lock().unwrap().remove(&uid);
     info!("the TrainingJob's pods are gone, billed and released from its budget: letting it go");
     Ok(Action::await_change())
 }

@@ -72,6 +72,25 @@ pub struct Context {
     pub gpu_products: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
     /// The chart's admission policies the API server lacks, as last checked.
     pub policies_missing: crate::policies::Missing,
+    /// GPU-hours of the bill this process last wrote into each job's status, by uid: a pass
+    /// whose cached status bills less reads a cache that has not yet seen that write, and
+    /// billing from it would lower a pod's end (it waits for the cache instead).
+    pub written_bills: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl Context {
+    /// Remembers the bill of a status just written for job `uid`.
+    pub fn wrote_bill(&self, uid: &str, status: &TrainingJobStatus) {
+        if let Some(cost) = &status.cost {
+            self.written_bills.lock().unwrap().insert(uid.to_string(), cost.gpu_hours);
+        }
+    }
+
+    /// Whether `prev`, job `uid`'s status as cached, bills less than this process last wrote.
+    pub fn stale_bill(&self, uid: &str, prev: &TrainingJobStatus) -> bool {
+        let cached = prev.cost.as_ref().map_or(0.0, |c| c.gpu_hours);
+        self.written_bills.lock().unwrap().get(uid).is_some_and(|written| cached < *written)
+    }
 }
 
 /// How often a job whose child's name another object holds looks again.
@@ -355,6 +374,7 @@ async fn finish(tj: &TrainingJob, ctx: &Context, prev: &TrainingJobStatus, outco
         let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
         status::patch(&api, &tj.name_any(), &desired).await?;
         ctx.metrics.status_patches.inc();
+        ctx.wrote_bill(&tj.uid().unwrap_or_default(), &desired);
         if prev.phase != desired.phase || ready_reason(prev) != ready_reason(&desired) {
             publish(ctx, tj, &summary).await;
         }
