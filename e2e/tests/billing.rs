@@ -581,8 +581,10 @@ async fn deleted_jobs_stay_billed_across_a_restart(ctx: &TestContext, operator: 
     }
     operator.kill()?;
     *operator = Operator::start(&ctx.namespace, &OPERATOR_ARGS)?;
-    let after = counters_not_lower(operator, &ctx.namespace, &before, true, "after a restart with jobs deleted").await?;
-    same("after a restart with jobs deleted", &after)?;
+    let after = counters_not_lower(operator, &ctx.namespace, &before, true, "after a restart with jobs deleted")
+        .await
+        .with_context(|| format!("the record the new process read: {json}"))?;
+    same("after a restart with jobs deleted", &after).with_context(|| format!("the record the new process read: {json}"))?;
     eprintln!("{} jobs deleted, operator restarted: the billed counters stayed {before:?}", deleted.len());
     Ok(())
 }

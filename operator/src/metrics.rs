@@ -132,18 +132,26 @@ impl Default for Metrics {
 impl Metrics {
     /// The exposition, with what the caches hold now: `jobs` the TrainingJob caches and
     /// `budgets` the TrainingBudget caches (one per watched namespace, or one).
-    pub fn encode(&self, jobs: &[Store<DeserializeGuard<TrainingJob>>], budgets: &[Store<TrainingBudget>]) -> String {
+    /// `complete`: every watched namespace's caches are filled, so the record of deleted jobs'
+    /// bills (which spans them all) is added; before that it would show totals lower than the
+    /// last process exported.
+    pub fn encode(&self, jobs: &[Store<DeserializeGuard<TrainingJob>>], budgets: &[Store<TrainingBudget>], complete: bool) -> String {
         let jobs: Vec<_> = jobs.iter().flat_map(|s| s.state()).collect();
         let budgets: Vec<_> = budgets.iter().flat_map(|s| s.state()).collect();
         let budgets: Vec<&TrainingBudget> = budgets.iter().map(|b| b.as_ref()).collect();
         // an object that does not decode has nothing to count
         let snapshot = spend::snapshot(jobs.iter().filter_map(|j| j.0.as_ref().ok()), &budgets, k8s_openapi::jiff::Timestamp::now());
-        self.encode_snapshot(snapshot)
+        self.encode_with(snapshot, complete)
     }
 
     /// The exposition with `snapshot` as what the caches hold.
+    #[cfg(test)]
     pub fn encode_snapshot(&self, snapshot: spend::Snapshot) -> String {
-        let folded = self.folded.lock().unwrap().clone();
+        self.encode_with(snapshot, true)
+    }
+
+    fn encode_with(&self, snapshot: spend::Snapshot, complete: bool) -> String {
+        let folded = if complete { self.folded.lock().unwrap().clone() } else { Default::default() };
         let billed = self.billed.lock().unwrap().observe(&snapshot.bills, &folded);
         self.exposition.set(spend::Exposition { billed, snapshot });
         let mut out = String::new();
@@ -208,7 +216,8 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, health: Ar
             get(|State(s): State<Shared>, headers: axum::http::HeaderMap| async move {
                 let stores = s.health.stores.lock().unwrap().clone();
                 let budgets = s.health.budgets.lock().unwrap().clone();
-                let exposition = s.metrics.encode(&stores, &budgets);
+                let complete = !stores.is_empty() && stores.len() >= s.health.scopes.load(Ordering::Relaxed);
+                let exposition = s.metrics.encode(&stores, &budgets, complete);
                 // OpenMetrics to whoever asks for it (Prometheus does), else the text format
                 let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
                 if accept.contains("application/openmetrics-text") {
@@ -269,7 +278,7 @@ mod tests {
         m.reconciles.get_or_create(&ResultLabels { result: "ok" }).inc();
         m.errors.get_or_create(&CategoryLabels { category: "kubernetes" }).inc();
         m.duration.observe(0.01);
-        let text = m.encode(&[], &[]);
+        let text = m.encode(&[], &[], true);
         assert!(text.contains("frugal_operator_reconciles_total{result=\"ok\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_errors_total{category=\"kubernetes\"} 1"), "{text}");
         assert!(text.contains("frugal_operator_reconcile_duration_seconds_count 1"), "{text}");
