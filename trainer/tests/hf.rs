@@ -233,14 +233,7 @@ fn training_with_spec_export_hugging_face_writes_and_reports_the_export() {
     assert_eq!(report["quality"]["huggingFace"]["path"], event["path"], "{report}");
 
     // frugal's own checkpoint, read as frugal reads it, against transformers on the export
-    let job = frugal_trainer::job::load(&manifest).unwrap();
-    let (gpt, mut store) = whole_model(&job.plan.model, Device::Cpu);
-    frugal_trainer::checkpoint::load_weights(&ckpt.join("step-000000012"), &mut store).unwrap();
-    let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
-    let ours = logits(&gpt, &store, &tokens);
-    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], ckpt.join("step-000000012/frugal.safetensors")).unwrap();
-    let r = json(&hf_side(&["load", export.to_str().unwrap()]));
-    assert!(r["max_abs_diff"].as_f64().unwrap() <= LOGITS_TOLERANCE, "{r}");
+    same_logits_in_transformers(&manifest, &ckpt.join("step-000000012"), &export);
 
     let cli = root.join("cli");
     let out = Command::new(bin)
@@ -301,15 +294,23 @@ fn an_export_into_a_bucket_comes_down_whole_and_loads_in_transformers() {
     // transformers on what came down: the tokenizer, and the model with frugal's logits
     let tokenized = json(&hf_side(&["tokenize", down.to_str().unwrap(), "To be, or not to be"]));
     assert!(tokenized["ids"].as_array().is_some_and(|ids| !ids.is_empty()), "{tokenized}");
-    let job = frugal_trainer::job::load(&manifest).unwrap();
+    same_logits_in_transformers(&manifest, &ckpt.join("step-000000012"), &down);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The logits of the checkpoint `step` of the job `manifest`, as frugal computes them, against
+/// `transformers` on the export in `export` (frugal's are written beside it, as hf_check.py's
+/// `load` reads them).
+fn same_logits_in_transformers(manifest: &Path, step: &Path, export: &Path) {
+    let job = frugal_trainer::job::load(manifest).unwrap();
     let (gpt, mut store) = whole_model(&job.plan.model, Device::Cpu);
-    frugal_trainer::checkpoint::load_weights(&ckpt.join("step-000000012"), &mut store).unwrap();
+    frugal_trainer::checkpoint::load_weights(step, &mut store).unwrap();
     let tokens = Tensor::randint(300, [2, 32], (Kind::Int64, Device::Cpu));
     let ours = logits(&gpt, &store, &tokens);
-    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], root.join("down/frugal.safetensors")).unwrap();
-    let r = json(&hf_side(&["load", down.to_str().unwrap()]));
+    let beside = export.parent().unwrap().join("frugal.safetensors");
+    Tensor::write_safetensors(&[("tokens", &tokens), ("logits", &ours)], beside).unwrap();
+    let r = json(&hf_side(&["load", export.to_str().unwrap()]));
     assert!(r["max_abs_diff"].as_f64().unwrap() <= LOGITS_TOLERANCE, "{r}");
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// Continued pretraining: a job whose spec.model.init is a Hugging Face export of a trained
