@@ -262,7 +262,7 @@ pub async fn run(path: &Path, offline: bool, ceiling: Option<i32>, target: &Targ
             Online::Unreachable(why) => {
                 checks.push(Check::note("cluster", None, format!("offline checks only: {why}")));
                 // the bucket needs no cluster where the job names no Secret
-                checks.extend(bucket::check(job.spec.checkpoint.store.as_ref(), None, job.metadata.namespace.as_deref().unwrap_or("default")).await);
+                checks.extend(bucket::checks(&job, None, job.metadata.namespace.as_deref().unwrap_or("default")).await);
             }
         }
     }
@@ -303,7 +303,7 @@ async fn online(job: &TrainingJob, manifest: &serde_json::Value, plan: Option<&P
         return Ok(Online::Unreachable(format!("{:#}", cluster::explain(answer.unwrap_err(), "asking the API server"))));
     }
     let mut checks = vec![dry_run_check(answer)?];
-    checks.extend(bucket::check(job.spec.checkpoint.store.as_ref(), Some(&cluster.client), &namespace).await);
+    checks.extend(bucket::checks(job, Some(&cluster.client), &namespace).await);
     let Some(plan) = plan else {
         return Ok(Online::Checked { namespace, checks });
     };

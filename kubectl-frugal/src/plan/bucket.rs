@@ -1,5 +1,6 @@
-//! The plan's bucket check: whether the job's checkpoint store (`spec.checkpoint.store`) exists
-//! and can be written with the job's credentials, before the job is applied. It writes a small
+//! The plan's bucket checks: whether the job's checkpoint store (`spec.checkpoint.store`) and
+//! export store (`spec.export.store`) exist and can be written with the job's credentials,
+//! before the job is applied. It writes a small
 //! probe object under the prefix and deletes it again, as the trainer's first upload would.
 //!
 //! The credentials are the job's where the plugin can read them: the keys of
@@ -8,6 +9,7 @@
 //! or workload identity, which the plugin cannot take on: it uses its own environment's `AWS_*`
 //! settings instead, and a failure is then only a note.
 
+use frugal_api::TrainingJob;
 use frugal_api::store::Location;
 use frugal_api::v1alpha1::ObjectStoreSpec;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,8 +17,15 @@ use kube::{Api, Client};
 
 use super::{Check, reasons};
 
-const CHECK: &str = "checkpoint store";
-const FIELD: &str = "spec.checkpoint.store";
+/// A store of the spec: the plan's check and the field.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Which {
+    pub check: &'static str,
+    pub field: &'static str,
+}
+
+pub const CHECKPOINTS: Which = Which { check: "checkpoint store", field: "spec.checkpoint.store" };
+pub const EXPORTS: Which = Which { check: "export store", field: "spec.export.store" };
 
 /// Whose credentials the probe used.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,10 +38,11 @@ pub enum Identity {
 
 /// Writes and deletes a probe object under `spec`'s prefix with `vars` as the environment;
 /// blocking (the store runs a runtime of its own).
-pub fn probe(spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, String)>) -> Check {
-    let location = match Location::of(FIELD, spec) {
+pub fn probe(which: Which, spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, String)>) -> Check {
+    let Which { check, field } = which;
+    let location = match Location::of(field, spec) {
         Ok(l) => l,
-        Err(e) => return Check::refused(CHECK, reasons::INVALID_SPEC, e),
+        Err(e) => return Check::refused(check, reasons::INVALID_SPEC, e),
     };
     let whose = match identity {
         Identity::Secret(name) => format!("with the keys of Secret {name}"),
@@ -40,7 +50,7 @@ pub fn probe(spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, Str
     };
     let store = match location.open_with(vars) {
         Ok(s) => s,
-        Err(e) => return Check::refused(CHECK, reasons::INVALID_SPEC, e),
+        Err(e) => return Check::refused(check, reasons::INVALID_SPEC, e),
     };
     let name = format!(
         ".frugal-plan-probe-{}-{}",
@@ -54,59 +64,63 @@ pub fn probe(spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, Str
         .and_then(|()| store.put_bytes(&name, b"kubectl frugal plan: a probe of the checkpoint store, deleted at once\n".to_vec()))
         .and_then(|()| store.delete(&[name]));
     match (written, identity) {
-        (Ok(()), _) => Check::ok(CHECK, format!("{}: wrote and deleted a probe object {whose}", location.uri())),
+        (Ok(()), _) => Check::ok(check, format!("{}: wrote and deleted a probe object {whose}", location.uri())),
         (Err(e), Identity::Secret(_)) => Check::refused(
-            CHECK,
+            check,
             reasons::CONFIGURATION_ERROR,
             format!("the trainer would stop before training: {e} ({whose}); fix the bucket, the endpoint or the Secret's keys"),
         ),
-        (Err(e), Identity::Environment) => Check::note(CHECK, None, format!("{e} ({whose})")),
+        (Err(e), Identity::Environment) => Check::note(check, None, format!("{e} ({whose})")),
     }
 }
 
-/// The bucket check of `spec` in `namespace`: with the job's Secret when it names one (read
-/// through `client`), else with this process's environment. None when the job has no store.
-pub async fn check(spec: Option<&ObjectStoreSpec>, client: Option<&Client>, namespace: &str) -> Option<Check> {
-    let spec = spec?.clone();
-    let (identity, vars) = match (&spec.credentials_secret, client) {
+/// The bucket checks of `job` in `namespace` (none when it names no store): with the keys of
+/// the checkpoint store's Secret when it names one (read through `client`; the export store's
+/// keys are the same, as the pods have one set), else with this process's environment.
+pub async fn checks(job: &TrainingJob, client: Option<&Client>, namespace: &str) -> Vec<Check> {
+    let export = job.spec.export.as_ref().and_then(|e| e.store.clone());
+    let stores: Vec<(Which, ObjectStoreSpec)> =
+        [(CHECKPOINTS, job.spec.checkpoint.store.clone()), (EXPORTS, export)].into_iter().filter_map(|(w, s)| Some((w, s?))).collect();
+    if stores.is_empty() {
+        return vec![];
+    }
+    let secret = job.spec.checkpoint.store.as_ref().and_then(|s| s.credentials_secret.clone());
+    let (identity, vars) = match credentials(secret.as_deref(), client, namespace).await {
+        Ok(found) => found,
+        Err(check) => return vec![check],
+    };
+    // the store's blocking calls, and its runtime's drop, off this async task
+    let probed = tokio::task::spawn_blocking(move || stores.iter().map(|(w, s)| probe(*w, s, &identity, vars.clone())).collect());
+    probed.await.unwrap_or_else(|e| vec![Check::note(CHECKPOINTS.check, None, format!("not checked: {e}"))])
+}
+
+/// Whose keys the probes use, and the keys; or the check that says why there are none.
+async fn credentials(secret: Option<&str>, client: Option<&Client>, namespace: &str) -> Result<(Identity, Vec<(String, String)>), Check> {
+    let check = CHECKPOINTS.check;
+    let field = CHECKPOINTS.field;
+    match (secret, client) {
         (Some(name), Some(client)) => match Api::<Secret>::namespaced(client.clone(), namespace).get(name).await {
             Ok(secret) => {
                 let data = secret.data.unwrap_or_default();
                 let vars =
                     data.into_iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
-                (Identity::Secret(name.clone()), vars)
+                Ok((Identity::Secret(name.to_string()), vars))
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Some(Check::refused(
-                    CHECK,
-                    reasons::CONFIGURATION_ERROR,
-                    format!(
-                        "{FIELD}.credentialsSecret names Secret {name}, which {namespace} does not have: the pods would not start; create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    ),
-                ));
-            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(Check::refused(
+                check,
+                reasons::CONFIGURATION_ERROR,
+                format!(
+                    "{field}.credentialsSecret names Secret {name}, which {namespace} does not have: the pods would not start; create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ),
+            )),
             Err(kube::Error::Api(s)) => {
-                return Some(Check::note(
-                    CHECK,
-                    None,
-                    format!("not checked: cannot read Secret {name} ({}), whose keys the pods would use", s.message),
-                ));
+                Err(Check::note(check, None, format!("not checked: cannot read Secret {name} ({}), whose keys the pods would use", s.message)))
             }
-            Err(e) => return Some(Check::note(CHECK, None, format!("not checked: reading Secret {name}: {e}"))),
+            Err(e) => Err(Check::note(check, None, format!("not checked: reading Secret {name}: {e}"))),
         },
         (Some(name), None) => {
-            return Some(Check::note(
-                CHECK,
-                None,
-                format!("not checked: the pods would use Secret {name}'s keys, and there is no cluster to read it from"),
-            ));
+            Err(Check::note(check, None, format!("not checked: the pods would use Secret {name}'s keys, and there is no cluster to read it from")))
         }
-        (None, _) => (Identity::Environment, std::env::vars().collect()),
-    };
-    // the store's blocking calls, and its runtime's drop, off this async task
-    Some(
-        tokio::task::spawn_blocking(move || probe(&spec, &identity, vars))
-            .await
-            .unwrap_or_else(|e| Check::note(CHECK, None, format!("not checked: {e}"))),
-    )
+        (None, _) => Ok((Identity::Environment, std::env::vars().collect())),
+    }
 }

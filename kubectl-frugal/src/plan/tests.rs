@@ -242,26 +242,26 @@ mod seaweedfs;
 /// the plugin's own environment (no Secret named) a failure is only a note.
 #[test]
 fn the_bucket_check_writes_a_probe_with_the_jobs_keys_and_says_what_the_store_refused() {
-    use bucket::{Identity, probe};
+    use bucket::{CHECKPOINTS, EXPORTS, Identity, probe};
     use seaweedfs::{ACCESS_KEY, SECRET_KEY, SeaweedFs};
     let Some(s3) = SeaweedFs::start("plan-bucket", "plan") else { return };
     let keys =
         |secret: &str| vec![("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()), ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string())];
     let secret = Identity::Secret("store-keys".into());
-    let ok = probe(&s3.spec("team/run-1"), &secret, keys(SECRET_KEY));
+    let ok = probe(CHECKPOINTS, &s3.spec("team/run-1"), &secret, keys(SECRET_KEY));
     assert_eq!(ok.outcome, Outcome::Ok, "{ok:?}");
     assert!(ok.message.contains("s3://plan/team/run-1") && ok.message.contains("Secret store-keys"), "{}", ok.message);
     assert_eq!(s3.store("team", SECRET_KEY).list("").unwrap(), Vec::<String>::new(), "the probe is deleted");
 
-    let wrong = probe(&s3.spec("team/run-1"), &secret, keys("not-the-key"));
+    let wrong = probe(CHECKPOINTS, &s3.spec("team/run-1"), &secret, keys("not-the-key"));
     assert_eq!((wrong.outcome, wrong.reason.as_deref()), (Outcome::Refused, Some(reasons::CONFIGURATION_ERROR)), "{wrong:?}");
     assert!(wrong.message.contains("spec.checkpoint.store (s3://plan/team/run-1)") && !wrong.message.contains("not-the-key"), "{}", wrong.message);
     let no_bucket = frugal_api::v1alpha1::ObjectStoreSpec { uri: "s3://no-such-bucket/x".into(), ..s3.spec("") };
-    let missing = probe(&no_bucket, &secret, keys(SECRET_KEY));
-    assert_eq!(missing.outcome, Outcome::Refused, "{missing:?}");
-    assert!(missing.message.contains("s3://no-such-bucket/x"), "{}", missing.message);
+    let missing = probe(EXPORTS, &no_bucket, &secret, keys(SECRET_KEY));
+    assert_eq!((missing.outcome, missing.check), (Outcome::Refused, "export store"), "{missing:?}");
+    assert!(missing.message.contains("spec.export.store (s3://no-such-bucket/x)"), "{}", missing.message);
 
-    let mine = probe(&s3.spec("team/run-1"), &Identity::Environment, keys("not-the-key"));
+    let mine = probe(CHECKPOINTS, &s3.spec("team/run-1"), &Identity::Environment, keys("not-the-key"));
     assert_eq!(mine.outcome, Outcome::Note, "{mine:?}");
     assert!(mine.message.contains("AWS_* environment"), "{}", mine.message);
 }
