@@ -24,7 +24,8 @@ pub mod types {
 pub mod reasons {
     // the reasons admission decides live in the API crate, which the kubectl plugin shares
     pub use frugal_api::admission::reasons::{
-        BUDGET_EXHAUSTED, BUDGET_NOT_ALLOWED, BUDGET_NOT_FOUND, BUDGET_TOO_SMALL, GPU_LIMIT_EXCEEDED, GPU_MEMORY_EXCEEDED, PLAN_FAILED,
+        BUDGET_EXHAUSTED, BUDGET_NOT_ALLOWED, BUDGET_NOT_FOUND, BUDGET_TOO_SMALL, CONFIGURATION_ERROR, GPU_LIMIT_EXCEEDED, GPU_MEMORY_EXCEEDED,
+        INVALID_SPEC, PLAN_FAILED,
     };
     // progress
     pub const CREATING: &str = "Creating";
@@ -38,11 +39,9 @@ pub mod reasons {
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
     pub const WAITING_FOR_CHECKPOINT_CLAIM: &str = "WaitingForCheckpointClaim";
     // terminal or permanent (and, above, the budget's: a job Queued for it, or refused by it)
-    pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CHECKPOINT_NOT_SHARED: &str = "CheckpointNotShared";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
-    pub const CONFIGURATION_ERROR: &str = "ConfigurationError";
     /// The API server refused a child (the attempt's Job, say) as invalid.
     pub const REJECTED_BY_API_SERVER: &str = "RejectedByApiServer";
     /// An object of a child's name exists that the job did not make; it is left alone.

@@ -175,7 +175,7 @@ pub fn snapshot<'a>(jobs: impl IntoIterator<Item = &'a TrainingJob>, budgets: &[
             .entry(namespace.clone())
             .or_insert_with(|| frugal_api::admission::namespace_default(&namespace, budgets.iter().copied()))
             .clone();
-        let budget = default.or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default();
+        let budget = budget_label(tj, default);
         if let Some(cost) = &status.cost {
             for (labels, amount) in bills_of(&namespace, &budget, cost) {
                 s.bills.entry((labels, tj.uid().unwrap_or_default())).or_default().add(amount);
@@ -212,7 +212,12 @@ pub fn bills_of(namespace: &str, budget: &str, cost: &CostStatus) -> Vec<(Billed
 /// (`""` for none), as [`snapshot`] counts it.
 pub fn counted_budget(tj: &TrainingJob, budgets: &[&TrainingBudget]) -> String {
     let namespace = tj.namespace().unwrap_or_default();
-    frugal_api::admission::namespace_default(&namespace, budgets.iter().copied()).or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default()
+    budget_label(tj, frugal_api::admission::namespace_default(&namespace, budgets.iter().copied()))
+}
+
+/// The budget label of `tj`, given its namespace's `default` budget.
+fn budget_label(tj: &TrainingJob, default: Option<String>) -> String {
+    default.or_else(|| tj.spec.budget.budget_ref.clone()).unwrap_or_default()
 }
 
 fn finite(x: f64) -> f64 {
