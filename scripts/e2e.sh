@@ -33,6 +33,7 @@ cargo build -p frugal-operator -p kubectl-frugal
 export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
 # the GitOps tests evaluate Argo CD's health scripts and kstatus with it (e2e/tests/gitops.rs)
 export FRUGAL_GITOPS_BIN=$GITOPS_BIN/frugal-gitops
+export FRUGAL_FLUX_BIN=$FLUX_BIN
 cargo test -p frugal-e2e --no-run
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/frugal-e2e.XXXXXX")

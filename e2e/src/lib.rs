@@ -12,6 +12,7 @@
 
 pub mod diagnostics;
 pub mod fixtures;
+pub mod flux;
 pub mod manifests;
 pub mod node;
 pub mod operator;

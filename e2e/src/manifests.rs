@@ -72,9 +72,14 @@ pub fn crd_files() -> Result<Vec<PathBuf>> {
 /// Server-side applies every CRD under `crds/` and waits until each is Established.
 /// Idempotent, so every test that needs the CRDs calls it. Returns the CRD names.
 pub async fn install_crds(client: &Client) -> Result<Vec<String>> {
+    install_crd_files(client, &crd_files()?).await
+}
+
+/// Server-side applies every CRD in `files` and waits until each is Established; their names.
+pub async fn install_crd_files(client: &Client, files: &[PathBuf]) -> Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
-    for file in crd_files()? {
+    for file in files {
         for obj in read_objects(&file)? {
             let crd: CustomResourceDefinition = serde_json::from_value(serde_json::to_value(&obj)?)
                 .with_context(|| format!("{} holds something other than a CRD", file.display()))?;

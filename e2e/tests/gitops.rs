@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
@@ -15,10 +16,12 @@ use kube::{Api, ResourceExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use frugal_api::v1alpha1::{BudgetAdmission, Phase};
+use frugal_api::v1alpha1::{BudgetAdmission, DataSource, DataSourceType, Phase, TextFormat, TextSource};
 use frugal_api::{TrainingBudget, TrainingJob};
+use frugal_e2e::flux::{self, Flux, GitServer, Ready};
+use frugal_e2e::node;
 use frugal_e2e::operator::Operator;
-use frugal_e2e::training_job::{apply, condition, fake_gpu_job, finish_pod, job_where, phase, run_ending_pods, running_pods};
+use frugal_e2e::training_job::{apply, condition, fake_gpu_job, finish_pod, job_where, phase, real_cpu_job, run_ending_pods, running_pods};
 use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, repo_root, wait};
 
 /// What a tool made of an object.
@@ -446,4 +449,248 @@ async fn real_jobs_on_their_own_read_as_documented() {
         Ok(())
     })
     .await;
+}
+
+// --- Flux, reconciling from Git ---
+
+/// An object as a file in the Git repository: JSON, which is YAML, without a status.
+fn manifest<K: serde::Serialize>(object: &K) -> Result<String> {
+    let mut value = serde_json::to_value(object)?;
+    value.as_object_mut().context("not an object")?.remove("status");
+    Ok(serde_json::to_string_pretty(&value)? + "\n")
+}
+
+/// Writes `text` to `relative` in `dir`, creating its directory.
+fn write(dir: &Path, relative: &str, text: &str) -> Result<()> {
+    let path = dir.join(relative);
+    std::fs::create_dir_all(path.parent().context("no parent")?)?;
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// A Kustomization of `path` in the served repository, applied into the test's namespace.
+fn kustomization(ctx: &TestContext, name: &str, path: &str, extra: Value) -> Value {
+    let mut k = json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": name, "namespace": ctx.namespace},
+        "spec": {
+            "interval": "10m",
+            "retryInterval": "5s",
+            "sourceRef": {"kind": "GitRepository", "name": "frugal"},
+            "path": path,
+            "prune": true,
+            "targetNamespace": ctx.namespace,
+        },
+    });
+    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+        k["spec"][key] = value;
+    }
+    k
+}
+
+/// Polls the Flux object `kind`/`name` each second until `done` accepts its Ready condition;
+/// every distinct Ready condition seen on the way, in order, and the last.
+async fn flux_until(
+    ctx: &TestContext,
+    flux: &mut Flux,
+    kind: &str,
+    name: &str,
+    limit: Duration,
+    mut done: impl FnMut(&Ready) -> bool,
+) -> Result<Vec<Ready>> {
+    let start = Instant::now();
+    let mut seen: Vec<Ready> = Vec::new();
+    loop {
+        flux.running()?;
+        if let Some(ready) = flux::ready(ctx, kind, name).await? {
+            if !seen.last().is_some_and(|last| last.same(&ready)) {
+                eprintln!(
+                    "e2e: {kind} {name} Ready={} {}: {} (applied {}, attempted {})",
+                    ready.status, ready.reason, ready.message, ready.revision, ready.attempted
+                );
+                seen.push(ready.clone());
+            }
+            if done(&ready) {
+                return Ok(seen);
+            }
+        }
+        ensure!(start.elapsed() < limit, "{kind} {name} after {limit:?}: {seen:#?}\n{}", flux.log_tail(40));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Flux as users run it: its source-controller clones a Git repository (served on loopback) that
+/// holds the chart, rendered by `helm template` (Flux's helm-controller does not build here), a
+/// budget with two GPU jobs, and a CPU TrainingJob. Its kustomize-controller applies the chart
+/// and waits for the operator's Deployment; then the training Kustomization, whose health check
+/// asks for a Succeeded TrainingJob (`healthCheckExprs`, as docs/gitops.md shows), is Ready only
+/// once the job has trained on the real node and Succeeded. A commit raising the budget lets the
+/// job that waited on it start; a commit whose job fails turns the Kustomization not Ready,
+/// naming the job.
+#[tokio::test]
+async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
+    if !node::available("flux") {
+        return;
+    }
+    run_ending_pods("flux", |ctx| async move {
+        node::enforce_restricted(&ctx).await?;
+        let dir = std::env::temp_dir().join(format!("frugal-e2e-flux-{}", ctx.namespace));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir)?;
+        let git = GitServer::start(&dir)?;
+        let mut flux = Flux::start(&ctx, &dir).await?;
+
+        // the chart as `helm template` renders it for this namespace, CRDs included
+        let chart = repo_root().join("charts/frugal");
+        let watch = format!("operator.watchNamespace={}", ctx.namespace);
+        let placement = format!("nodeSelector.{}={}", node::REAL_NODE_LABEL.0.replace('.', "\\."), node::REAL_NODE_LABEL.1);
+        let rendered = node::helm(&[
+            "template",
+            "frugal",
+            chart.to_str().context("chart path")?,
+            "--namespace",
+            &ctx.namespace,
+            "--include-crds",
+            "--set",
+            &watch,
+            "--set",
+            &placement,
+            "--set",
+            "operator.logFormat=text",
+        ])?;
+        write(git.work(), "operator/frugal.yaml", &rendered)?;
+        // a budget of one GPU: one fake job holds it, the other waits
+        let team = TrainingBudget::test(1).name("team").build();
+        write(git.work(), "budget/team.yaml", &manifest(&team)?)?;
+        write(git.work(), "budget/holder.yaml", &manifest(&job("holder", 1, Some("team")))?)?;
+        write(git.work(), "budget/waiter.yaml", &manifest(&job("waiter", 1, Some("team")))?)?;
+        // a CPU job that trains on the real node
+        write(git.work(), "training/quick.yaml", &manifest(&real_cpu_job("quick", 30, None, 1))?)?;
+        let first = git.commit("frugal, a budget and a training job")?;
+
+        flux::apply(
+            &ctx,
+            &json!({
+                "apiVersion": "source.toolkit.fluxcd.io/v1",
+                "kind": "GitRepository",
+                "metadata": {"name": "frugal", "namespace": ctx.namespace},
+                "spec": {"interval": "5s", "url": git.url(), "ref": {"branch": "main"}},
+            }),
+        )
+        .await?;
+        flux::apply(&ctx, &kustomization(&ctx, "operator", "./operator", json!({"wait": true, "timeout": "4m"}))).await?;
+        let after_operator = json!({"dependsOn": [{"name": "operator"}]});
+        flux::apply(&ctx, &kustomization(&ctx, "budget", "./budget", after_operator.clone())).await?;
+        let mut training = after_operator.clone();
+        training["wait"] = json!(true);
+        training["timeout"] = json!("5m");
+        // the TrainingJob is healthy when it has Succeeded, and failed when it has Failed
+        training["healthCheckExprs"] = json!([{
+            "apiVersion": "frugal.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "current": "status.phase == 'Succeeded'",
+            "failed": "status.phase == 'Failed'",
+        }]);
+        flux::apply(&ctx, &kustomization(&ctx, "training", "./training", training)).await?;
+
+        let source = flux_until(&ctx, &mut flux, "GitRepository", "frugal", wait_limit(), |r| r.status == "True").await?;
+        let fetched = &source.last().context("no condition")?.revision;
+        ensure!(fetched.ends_with(&first), "the GitRepository fetched {fetched}, the commit was {first}");
+        let operator = flux_until(&ctx, &mut flux, "Kustomization", "operator", Duration::from_secs(300), |r| r.status == "True").await?;
+        ensure!(operator.last().unwrap().revision.ends_with(&first), "operator applied {:?}", operator.last());
+        let pods = ctx.api::<Pod>().list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=frugal")).await?.items;
+        let pod = pods.first().context("Flux applied the chart, but no operator pod exists")?;
+        ensure!(pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"), "operator {}", node::describe(pod));
+        eprintln!("e2e: Flux applied the chart; operator {}", node::describe(pod));
+
+        // Ready only once the job has Succeeded: read the Kustomization, then the job (a
+        // Succeeded job stays Succeeded, so a Ready Kustomization read first must see it)
+        let api = ctx.api::<TrainingJob>();
+        let start = Instant::now();
+        let (mut waited_while_running, mut seen) = (false, Vec::<Ready>::new());
+        loop {
+            flux.running()?;
+            let ready = flux::ready(&ctx, "Kustomization", "training").await?;
+            let job_phase = api.get_opt("quick").await?.as_ref().and_then(phase);
+            if let Some(r) = &ready {
+                if !seen.last().is_some_and(|last| last.same(r)) {
+                    eprintln!("e2e: Kustomization training Ready={} {}: {} (job {job_phase:?})", r.status, r.reason, r.message);
+                    seen.push(r.clone());
+                }
+                if r.status == "True" {
+                    ensure!(job_phase == Some(Phase::Succeeded), "training is Ready while its job is {job_phase:?}");
+                    ensure!(r.revision.ends_with(&first), "training applied {}", r.revision);
+                    break;
+                }
+            }
+            waited_while_running |= job_phase == Some(Phase::Running) && ready.is_some();
+            ensure!(job_phase != Some(Phase::Failed), "quick Failed: {:?}", api.get("quick").await?.status);
+            ensure!(start.elapsed() < node::TRAINING, "training not Ready after {:?}: {seen:#?}\n{}", node::TRAINING, flux.log_tail(40));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        ensure!(waited_while_running, "the Kustomization was never seen waiting while the job ran: {seen:#?}");
+        let pods = node::attempt_pods(&ctx, "quick", 1).await?;
+        ensure!(pods.iter().all(|p| node::placement(p).1.starts_with("containerd://")), "quick's pods did not run in containers");
+        eprintln!("e2e: training Ready after {:?}, its job Succeeded", start.elapsed());
+
+        // the budget: one job holds its GPU, the other waits; a commit raising it lets it start
+        job_in(&ctx, "holder", Phase::Running, "Running").await?;
+        let waiting = job_in(&ctx, "waiter", Phase::Queued, "BudgetExhausted").await?;
+        eprintln!("e2e: waiter {}", condition(&waiting, "Ready").map(|c| c.message.clone()).unwrap_or_default());
+        let raised = TrainingBudget::test(2).name("team").build();
+        write(git.work(), "budget/team.yaml", &manifest(&raised)?)?;
+        let second = git.commit("team's budget: 2 GPUs")?;
+        flux_until(&ctx, &mut flux, "Kustomization", "budget", wait_limit(), |r| r.status == "True" && r.revision.ends_with(&second)).await?;
+        let started =
+            job_where(&ctx, "waiter", "waiter admitted once the budget is raised", |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending)))
+                .await?;
+        eprintln!("e2e: after {second}, waiter {:?}", phase(&started));
+
+        // a commit whose job fails: the Kustomization turns not Ready, naming it
+        std::fs::remove_file(git.work().join("training/quick.yaml"))?;
+        let mut broken = real_cpu_job("broken", 30, None, 1);
+        broken.spec.data.source = DataSource {
+            type_: DataSourceType::Text,
+            synthetic: None,
+            text: Some(TextSource { path: "/data/no-such-corpus.txt".into(), format: TextFormat::Text, field: None }),
+            shards: None,
+        };
+        write(git.work(), "training/broken.yaml", &manifest(&broken)?)?;
+        let third = git.commit("a job whose corpus does not exist")?;
+        // (a failed health check leaves lastAppliedRevision where it was: the new commit is the
+        // one attempted)
+        let failing =
+            flux_until(&ctx, &mut flux, "Kustomization", "training", node::TRAINING, |r| r.status == "False" && r.attempted.ends_with(&third))
+                .await?;
+        let said = failing.last().context("no condition")?;
+        let job = api.get("broken").await?;
+        ensure!(phase(&job) == Some(Phase::Failed), "broken is {:?}", phase(&job));
+        let why = job.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+        eprintln!("e2e: broken's condition: {why}");
+        ensure!(said.reason == "HealthCheckFailed" && said.message.contains("TrainingJob/") && said.message.contains("broken"), "{said:?}");
+        ensure!(api.get_opt("quick").await?.is_none(), "quick was not pruned when the commit removed it");
+
+        // a commit whose job the API server refuses: Flux says so in the API server's words
+        let mut refused = real_cpu_job("refused", 30, None, 1);
+        refused.spec.model.custom.as_mut().context("a custom shape")?.d_model = 33;
+        write(git.work(), "training/refused.yaml", &manifest(&refused)?)?;
+        let fourth = git.commit("a job the API server refuses")?;
+        let rejected =
+            flux_until(&ctx, &mut flux, "Kustomization", "training", wait_limit(), |r| r.status == "False" && r.attempted.ends_with(&fourth)).await?;
+        let said = rejected.last().context("no condition")?;
+        ensure!(
+            said.reason == "ReconciliationFailed"
+                && said.message.contains("refused")
+                && said.message.contains("model.custom.dModel must be divisible by model.custom.heads"),
+            "{said:?}"
+        );
+        ensure!(api.get_opt("refused").await?.is_none(), "the refused job exists");
+        Ok(())
+    })
+    .await;
+}
+
+fn wait_limit() -> Duration {
+    Duration::from_secs(120)
 }
