@@ -80,7 +80,7 @@ pub async fn install_crd_files(client: &Client, files: &[PathBuf]) -> Result<Vec
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     for file in files {
-        for obj in read_objects(&file)? {
+        for obj in read_objects(file)? {
             let crd: CustomResourceDefinition = serde_json::from_value(serde_json::to_value(&obj)?)
                 .with_context(|| format!("{} holds something other than a CRD", file.display()))?;
             let name = crd.name_any();
