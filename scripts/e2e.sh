@@ -33,7 +33,12 @@ cargo build -p frugal-operator -p kubectl-frugal
 export FRUGAL_OPERATOR_BIN=${FRUGAL_OPERATOR_BIN:-$target/debug/frugal-operator}
 # the GitOps tests evaluate Argo CD's health scripts and kstatus with it (e2e/tests/gitops.rs)
 export FRUGAL_GITOPS_BIN=$GITOPS_BIN/frugal-gitops
-export FRUGAL_FLUX_BIN=$FLUX_BIN
+# the GitOps tests run Flux's and Argo CD's own controllers too; Argo CD's keep their cache in
+# Redis, Debian's
+export FRUGAL_FLUX_BIN=$FLUX_BIN FRUGAL_ARGOCD_BIN=$ARGOCD_BIN
+# shellcheck source=docker.sh
+source "$root/scripts/docker.sh"
+frugal_apt_install redis-server
 cargo test -p frugal-e2e --no-run
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/frugal-e2e.XXXXXX")

@@ -10,6 +10,7 @@
 //! the operator log named by `FRUGAL_OPERATOR_LOG`, then deletes the namespace (a failed test's
 //! is kept for inspection with `FRUGAL_E2E_KEEP_NAMESPACE=1`).
 
+pub mod argocd;
 pub mod diagnostics;
 pub mod fixtures;
 pub mod flux;

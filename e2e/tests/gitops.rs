@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use frugal_api::v1alpha1::{BudgetAdmission, DataSource, DataSourceType, Phase, TextFormat, TextSource};
 use frugal_api::{TrainingBudget, TrainingJob};
+use frugal_e2e::argocd::{self, AppState, ArgoCd};
 use frugal_e2e::flux::{self, Flux, GitServer, Ready};
 use frugal_e2e::node;
 use frugal_e2e::operator::Operator;
@@ -489,6 +490,69 @@ fn kustomization(ctx: &TestContext, name: &str, path: &str, extra: Value) -> Val
     k
 }
 
+/// The repository's first commit, as both GitOps tools reconcile it: the chart as `helm
+/// template` renders it for the test's namespace, CRDs included (`operator/`); a budget of one
+/// GPU, one fake job holding it and one waiting (`budget/`); a CPU job for the real node
+/// (`training/quick.yaml`). The commit's hash.
+fn first_commit(ctx: &TestContext, git: &GitServer) -> Result<String> {
+    let chart = repo_root().join("charts/frugal");
+    let watch = format!("operator.watchNamespace={}", ctx.namespace);
+    let placement = format!("nodeSelector.{}={}", node::REAL_NODE_LABEL.0.replace('.', "\\."), node::REAL_NODE_LABEL.1);
+    let rendered = node::helm(&[
+        "template",
+        "frugal",
+        chart.to_str().context("chart path")?,
+        "--namespace",
+        &ctx.namespace,
+        "--include-crds",
+        "--set",
+        &watch,
+        "--set",
+        &placement,
+        "--set",
+        "operator.logFormat=text",
+    ])?;
+    write(git.work(), "operator/frugal.yaml", &rendered)?;
+    // a budget of one GPU: one fake job holds it, the other waits
+    let team = TrainingBudget::test(1).name("team").build();
+    write(git.work(), "budget/team.yaml", &manifest(&team)?)?;
+    write(git.work(), "budget/holder.yaml", &manifest(&job("holder", 1, Some("team")))?)?;
+    write(git.work(), "budget/waiter.yaml", &manifest(&job("waiter", 1, Some("team")))?)?;
+    // a CPU job that trains on the real node
+    write(git.work(), "training/quick.yaml", &manifest(&real_cpu_job("quick", 30, None, 1))?)?;
+    git.commit("frugal, a budget and a training job")
+}
+
+/// A commit raising the budget to 2 GPUs.
+fn raise_budget(git: &GitServer) -> Result<String> {
+    write(git.work(), "budget/team.yaml", &manifest(&TrainingBudget::test(2).name("team").build())?)?;
+    git.commit("team's budget: 2 GPUs")
+}
+
+/// A commit replacing the CPU job with one whose corpus does not exist.
+fn break_the_job(git: &GitServer) -> Result<String> {
+    std::fs::remove_file(git.work().join("training/quick.yaml"))?;
+    let mut broken = real_cpu_job("broken", 30, None, 1);
+    broken.spec.data.source = DataSource {
+        type_: DataSourceType::Text,
+        synthetic: None,
+        text: Some(TextSource { path: "/data/no-such-corpus.txt".into(), format: TextFormat::Text, field: None }),
+        shards: None,
+    };
+    write(git.work(), "training/broken.yaml", &manifest(&broken)?)?;
+    git.commit("a job whose corpus does not exist")
+}
+
+/// A commit adding a job whose spec the API server refuses (dModel 33 over 2 heads).
+fn add_a_refused_job(git: &GitServer) -> Result<String> {
+    let mut refused = real_cpu_job("refused", 30, None, 1);
+    refused.spec.model.custom.as_mut().context("a custom shape")?.d_model = 33;
+    write(git.work(), "training/refused.yaml", &manifest(&refused)?)?;
+    git.commit("a job the API server refuses")
+}
+
+const DIVISIBLE: &str = "model.custom.dModel must be divisible by model.custom.heads";
+
 /// Polls the Flux object `kind`/`name` each second until `done` accepts its Ready condition;
 /// every distinct Ready condition seen on the way, in order, and the last.
 async fn flux_until(
@@ -541,33 +605,7 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         let git = GitServer::start(&dir)?;
         let mut flux = Flux::start(&ctx, &dir).await?;
 
-        // the chart as `helm template` renders it for this namespace, CRDs included
-        let chart = repo_root().join("charts/frugal");
-        let watch = format!("operator.watchNamespace={}", ctx.namespace);
-        let placement = format!("nodeSelector.{}={}", node::REAL_NODE_LABEL.0.replace('.', "\\."), node::REAL_NODE_LABEL.1);
-        let rendered = node::helm(&[
-            "template",
-            "frugal",
-            chart.to_str().context("chart path")?,
-            "--namespace",
-            &ctx.namespace,
-            "--include-crds",
-            "--set",
-            &watch,
-            "--set",
-            &placement,
-            "--set",
-            "operator.logFormat=text",
-        ])?;
-        write(git.work(), "operator/frugal.yaml", &rendered)?;
-        // a budget of one GPU: one fake job holds it, the other waits
-        let team = TrainingBudget::test(1).name("team").build();
-        write(git.work(), "budget/team.yaml", &manifest(&team)?)?;
-        write(git.work(), "budget/holder.yaml", &manifest(&job("holder", 1, Some("team")))?)?;
-        write(git.work(), "budget/waiter.yaml", &manifest(&job("waiter", 1, Some("team")))?)?;
-        // a CPU job that trains on the real node
-        write(git.work(), "training/quick.yaml", &manifest(&real_cpu_job("quick", 30, None, 1))?)?;
-        let first = git.commit("frugal, a budget and a training job")?;
+        let first = first_commit(&ctx, &git)?;
 
         flux::apply(
             &ctx,
@@ -638,9 +676,7 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         job_in(&ctx, "holder", Phase::Running, "Running").await?;
         let waiting = job_in(&ctx, "waiter", Phase::Queued, "BudgetExhausted").await?;
         eprintln!("e2e: waiter {}", condition(&waiting, "Ready").map(|c| c.message.clone()).unwrap_or_default());
-        let raised = TrainingBudget::test(2).name("team").build();
-        write(git.work(), "budget/team.yaml", &manifest(&raised)?)?;
-        let second = git.commit("team's budget: 2 GPUs")?;
+        let second = raise_budget(&git)?;
         flux_until(&ctx, &mut flux, "Kustomization", "budget", wait_limit(), |r| r.status == "True" && r.revision.ends_with(&second)).await?;
         let started =
             job_where(&ctx, "waiter", "waiter admitted once the budget is raised", |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending)))
@@ -648,16 +684,7 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         eprintln!("e2e: after {second}, waiter {:?}", phase(&started));
 
         // a commit whose job fails: the Kustomization turns not Ready, naming it
-        std::fs::remove_file(git.work().join("training/quick.yaml"))?;
-        let mut broken = real_cpu_job("broken", 30, None, 1);
-        broken.spec.data.source = DataSource {
-            type_: DataSourceType::Text,
-            synthetic: None,
-            text: Some(TextSource { path: "/data/no-such-corpus.txt".into(), format: TextFormat::Text, field: None }),
-            shards: None,
-        };
-        write(git.work(), "training/broken.yaml", &manifest(&broken)?)?;
-        let third = git.commit("a job whose corpus does not exist")?;
+        let third = break_the_job(&git)?;
         // (a failed health check leaves lastAppliedRevision where it was: the new commit is the
         // one attempted)
         let failing =
@@ -672,19 +699,11 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         ensure!(api.get_opt("quick").await?.is_none(), "quick was not pruned when the commit removed it");
 
         // a commit whose job the API server refuses: Flux says so in the API server's words
-        let mut refused = real_cpu_job("refused", 30, None, 1);
-        refused.spec.model.custom.as_mut().context("a custom shape")?.d_model = 33;
-        write(git.work(), "training/refused.yaml", &manifest(&refused)?)?;
-        let fourth = git.commit("a job the API server refuses")?;
+        let fourth = add_a_refused_job(&git)?;
         let rejected =
             flux_until(&ctx, &mut flux, "Kustomization", "training", wait_limit(), |r| r.status == "False" && r.attempted.ends_with(&fourth)).await?;
         let said = rejected.last().context("no condition")?;
-        ensure!(
-            said.reason == "ReconciliationFailed"
-                && said.message.contains("refused")
-                && said.message.contains("model.custom.dModel must be divisible by model.custom.heads"),
-            "{said:?}"
-        );
+        ensure!(said.reason == "ReconciliationFailed" && said.message.contains("refused") && said.message.contains(DIVISIBLE), "{said:?}");
         ensure!(api.get_opt("refused").await?.is_none(), "the refused job exists");
         Ok(())
     })
@@ -693,4 +712,176 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
 
 fn wait_limit() -> Duration {
     Duration::from_secs(120)
+}
+
+// --- Argo CD, syncing from Git ---
+
+/// An Application of `path` in the served repository, synced automatically into the test's
+/// namespace (server-side apply, as the chart's TrainingJob CRD is too large for the
+/// last-applied annotation; retried while a dependency such as the CRDs is not there yet). Its
+/// diff is the API server's too (`ServerSideDiff=true`): Argo CD's own schema is Kubernetes
+/// 1.31's, and a diff against it fails on what newer servers write (a Deployment's
+/// `status.terminatingReplicas`, a ComparisonError and sync status Unknown).
+fn application(ctx: &TestContext, repo: &str, name: &str, path: &str) -> Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {
+            "name": name,
+            "namespace": ctx.namespace,
+            "annotations": {"argocd.argoproj.io/compare-options": "ServerSideDiff=true"},
+        },
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": repo, "targetRevision": "main", "path": path},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": ctx.namespace},
+            "syncPolicy": {
+                "automated": {"prune": true, "selfHeal": true},
+                "syncOptions": ["ServerSideApply=true"],
+                "retry": {"limit": 20, "backoff": {"duration": "5s", "factor": 1, "maxDuration": "5s"}},
+            },
+        },
+    })
+}
+
+/// Polls the Application `name` each second until `done` accepts it; every distinct state seen.
+async fn app_until(
+    ctx: &TestContext,
+    argo: &mut ArgoCd,
+    name: &str,
+    limit: Duration,
+    mut done: impl FnMut(&AppState) -> bool,
+) -> Result<Vec<AppState>> {
+    let start = Instant::now();
+    let mut seen: Vec<AppState> = Vec::new();
+    loop {
+        argo.running()?;
+        let state = argocd::app(ctx, name).await?;
+        if seen.last() != Some(&state) {
+            eprintln!(
+                "e2e: Application {name}: {} {} at {:.12}, operation {} {:?}, resources {:?}, conditions {:?}, not synced {:?}",
+                state.sync, state.health, state.revision, state.operation, state.operation_message, state.resources, state.conditions, state.unsynced
+            );
+            seen.push(state.clone());
+        }
+        if done(&state) {
+            return Ok(seen);
+        }
+        ensure!(start.elapsed() < limit, "Application {name} after {limit:?}: {seen:#?}\n{}", argo.log_tail(40));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The health Argo CD gave the resource `kind/name` of a state, with its message.
+fn health_of<'a>(state: &'a AppState, resource: &str) -> Option<(&'a str, &'a str)> {
+    state.resources.iter().find(|(r, _, _)| r == resource).map(|(_, h, m)| (h.as_str(), m.as_str()))
+}
+
+/// Argo CD as users run it: its application controller and repo-server sync the same repository
+/// as the Flux test (the rendered chart, a budget with two GPU jobs, a CPU job) into the cluster,
+/// with frugal's health checks from `gitops/argocd/argocd-cm.yaml` in its settings. The chart's
+/// Application is Healthy once the operator runs; the job's is Progressing while the job waits
+/// for its pod and Healthy while it trains and once it has Succeeded (the documented semantics of
+/// the Lua script); a budget commit lets the waiting job start; a failing job makes the
+/// Application Degraded with the job's own condition message; a refused spec fails the sync
+/// with the API server's words.
+#[tokio::test]
+async fn argo_cd_syncs_the_chart_and_a_training_job_from_git() {
+    if !node::available("argocd") {
+        return;
+    }
+    run_ending_pods("argocd", |ctx| async move {
+        node::enforce_restricted(&ctx).await?;
+        let dir = std::env::temp_dir().join(format!("frugal-e2e-argocd-{}", ctx.namespace));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir)?;
+        let git = GitServer::start(&dir)?;
+        let mut argo = ArgoCd::start(&ctx, &dir).await?;
+        let first = first_commit(&ctx, &git)?;
+        for (name, path) in [("operator", "operator"), ("budget", "budget"), ("training", "training")] {
+            argocd::apply_object(&ctx, &application(&ctx, &git.url(), name, path)).await?;
+        }
+        let synced_at = |sha: &str| {
+            let sha = sha.to_string();
+            move |s: &AppState| s.sync == "Synced" && s.revision == sha
+        };
+        let healthy_at = |sha: &str| {
+            let sha = sha.to_string();
+            move |s: &AppState| s.sync == "Synced" && s.revision == sha && s.health == "Healthy"
+        };
+        app_until(&ctx, &mut argo, "operator", Duration::from_secs(300), healthy_at(&first)).await?;
+        let pods = ctx.api::<Pod>().list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=frugal")).await?.items;
+        let pod = pods.first().context("Argo CD synced the chart, but no operator pod exists")?;
+        ensure!(pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"), "operator {}", node::describe(pod));
+        eprintln!("e2e: Argo CD synced the chart; operator {}", node::describe(pod));
+
+        // the job's health as the Lua script reads it, until the job has Succeeded: Argo CD is
+        // read first, then the job, so a Healthy read must find the job running or done (a job
+        // ahead of Argo CD's cache may be read Progressing a moment longer)
+        let api = ctx.api::<TrainingJob>();
+        let start = Instant::now();
+        let mut healths: Vec<(String, String, Option<Phase>)> = Vec::new();
+        loop {
+            argo.running()?;
+            let state = argocd::app(&ctx, "training").await?;
+            let job_phase = api.get_opt("quick").await?.as_ref().and_then(phase);
+            if let Some((health, message)) = health_of(&state, "TrainingJob/quick")
+                && healths.last().map(|(h, m, p)| (h.as_str(), m.as_str(), *p)) != Some((health, message, job_phase))
+            {
+                eprintln!("e2e: Application training: TrainingJob/quick {health} ({message}), job {job_phase:?}, app {}", state.health);
+                healths.push((health.to_string(), message.to_string(), job_phase));
+                let running = matches!(job_phase, Some(Phase::Running | Phase::Succeeded));
+                ensure!(health != "Healthy" || running, "Argo CD read quick Healthy while it was {job_phase:?}");
+                // the documented table: Running and Succeeded are Healthy, what waits Progressing
+                // (Missing: not applied yet)
+                let want = match message {
+                    _ if health == "Missing" => "Missing",
+                    m if m.starts_with("Running:") || m.starts_with("Succeeded:") => "Healthy",
+                    _ => "Progressing",
+                };
+                ensure!(health == want, "Argo CD read quick {health} with the message {message:?}");
+            }
+            if job_phase == Some(Phase::Succeeded) && state.health == "Healthy" {
+                break;
+            }
+            ensure!(job_phase != Some(Phase::Failed), "quick Failed: {:?}", api.get("quick").await?.status);
+            ensure!(start.elapsed() < node::TRAINING, "training after {:?}: {healths:?}\n{}", node::TRAINING, argo.log_tail(40));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let first = healths.iter().find(|(h, _, _)| h != "Missing");
+        ensure!(first.is_some_and(|(h, _, _)| h == "Progressing"), "Argo CD never read quick as waiting: {healths:?}");
+
+        // the budget
+        job_in(&ctx, "holder", Phase::Running, "Running").await?;
+        job_in(&ctx, "waiter", Phase::Queued, "BudgetExhausted").await?;
+        let state = argocd::app(&ctx, "budget").await?;
+        let waiting = health_of(&state, "TrainingJob/waiter");
+        eprintln!("e2e: Application budget: TrainingJob/waiter {waiting:?}");
+        let second = raise_budget(&git)?;
+        app_until(&ctx, &mut argo, "budget", wait_limit(), synced_at(&second)).await?;
+        let started =
+            job_where(&ctx, "waiter", "waiter admitted once the budget is raised", |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending)))
+                .await?;
+        eprintln!("e2e: after {second}, waiter {:?}", phase(&started));
+
+        // a job that fails: Degraded, in the job's own words
+        let third = break_the_job(&git)?;
+        let seen = app_until(&ctx, &mut argo, "training", node::TRAINING, |s| {
+            s.revision == third && s.health == "Degraded" && health_of(s, "TrainingJob/broken").is_some_and(|(h, _)| h == "Degraded")
+        })
+        .await?;
+        let (_, message) = health_of(seen.last().unwrap(), "TrainingJob/broken").unwrap();
+        let job = api.get("broken").await?;
+        let why = condition(&job, "Ready").map(|c| c.message.clone()).unwrap_or_default();
+        ensure!(message.contains(&why) && why.contains("data.source.text.path"), "Argo CD says {message:?}, the job {why:?}");
+        ensure!(api.get_opt("quick").await?.is_none(), "quick was not pruned when the commit removed it");
+
+        // a job the API server refuses: the sync fails, quoting it
+        let fourth = add_a_refused_job(&git)?;
+        let seen = app_until(&ctx, &mut argo, "training", wait_limit(), |s| s.revision == fourth && s.operation_message.contains(DIVISIBLE)).await?;
+        eprintln!("e2e: the refused job's sync: {} {}", seen.last().unwrap().operation, seen.last().unwrap().operation_message);
+        ensure!(api.get_opt("refused").await?.is_none(), "the refused job exists");
+        Ok(())
+    })
+    .await;
 }

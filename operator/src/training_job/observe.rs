@@ -161,7 +161,11 @@ pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
         return AttemptState::Queued;
     }
     let ready = job.status.as_ref().and_then(|s| s.ready).unwrap_or(0);
-    if ready > 0 { AttemptState::Running } else { AttemptState::Starting }
+    // A pod that has finished well, or the Job's success criteria met before its Complete
+    // condition (which waits for the last pod to terminate): the attempt ran and is ending, not
+    // starting. Without this the job read Pending, PodsStarting, between Running and Succeeded.
+    let finishing = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0 || condition_true(job, "SuccessCriteriaMet").is_some();
+    if ready > 0 || finishing { AttemptState::Running } else { AttemptState::Starting }
 }
 
 /// When a Job completed or failed: the Job controller adds the condition once its pods are gone.
@@ -336,6 +340,13 @@ mod tests {
             ("new", job(&[], false, 0, None), 0, Starting),
             ("kueue holds it", job(&[], true, 0, None), 0, Queued),
             ("a pod ready", job(&[], false, 1, None), 1, Running),
+            ("success criteria met, pod terminating", job(&[("SuccessCriteriaMet", None, "")], false, 0, None), 1, Running),
+            (
+                "a pod succeeded, the Job not yet complete",
+                Job { status: Some(JobStatus { succeeded: Some(1), ..Default::default() }), ..job(&[], false, 0, None) },
+                0,
+                Running,
+            ),
             ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
             ("failing, pods left", job(&[("FailureTarget", Some("PodFailurePolicy"), RULE2)], false, 1, None), 1, Stopping(None)),
             ("failed, pods left", job(&[("Failed", Some("PodFailurePolicy"), RULE2)], false, 0, None), 1, Stopping(None)),
