@@ -161,10 +161,13 @@ pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
         return AttemptState::Queued;
     }
     let ready = job.status.as_ref().and_then(|s| s.ready).unwrap_or(0);
-    // A pod that has finished well, or the Job's success criteria met before its Complete
-    // condition (which waits for the last pod to terminate): the attempt ran and is ending, not
-    // starting. Without this the job read Pending, PodsStarting, between Running and Succeeded.
-    let finishing = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0 || condition_true(job, "SuccessCriteriaMet").is_some();
+    // A pod that has finished well (counted, or not yet counted while the Job controller removes
+    // its tracking finalizer), or the Job's success criteria met before its Complete condition
+    // (which waits for the last pod to terminate): the attempt ran and is ending, not starting.
+    // Without this the job read Pending, PodsStarting, between Running and Succeeded.
+    let status = job.status.as_ref();
+    let uncounted = status.and_then(|s| s.uncounted_terminated_pods.as_ref()?.succeeded.as_ref()).is_some_and(|s| !s.is_empty());
+    let finishing = status.and_then(|s| s.succeeded).unwrap_or(0) > 0 || uncounted || condition_true(job, "SuccessCriteriaMet").is_some();
     if ready > 0 || finishing { AttemptState::Running } else { AttemptState::Starting }
 }
 
@@ -273,6 +276,12 @@ pub fn configuration_message(pods: &[std::sync::Arc<Pod>]) -> Option<String> {
     })
 }
 
+/// Whether a container of `pod` has terminated with exit code 0.
+fn trainer_exited_well(pod: &Pod) -> bool {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.into_iter().flatten().any(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
+}
+
 /// The attempts as the lifecycle sees them.
 pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<AttemptView> {
     attempt_jobs(jobs, job)
@@ -281,6 +290,11 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
             // one read of the pod cache per attempt serves both its state and its trouble
             let own = attempt_pods(pods, job, attempt);
             let mut state = attempt_state(&j, live(&own));
+            // a trainer that exited 0 leaves its pod active and not ready for a moment, before the
+            // kubelet reports the pod Succeeded: the attempt is ending, not starting
+            if state == AttemptState::Starting && own.iter().any(|p| trainer_exited_well(p)) {
+                state = AttemptState::Running;
+            }
             // the Job says only which rule matched; the trainer's own words say what to fix
             if let AttemptState::Failed { kind: FailureKind::Configuration, message } = &mut state
                 && let Some(said) = configuration_message(&own)
@@ -300,7 +314,7 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::batch::v1::{JobSpec, JobStatus};
+    use k8s_openapi::api::batch::v1::{JobSpec, JobStatus, UncountedTerminatedPods};
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -333,6 +347,24 @@ mod tests {
     const RULE2: &str = "Container trainer for pod ns/lm-a1-1 failed with exit code 1 matching FailJob rule at index 2";
 
     #[test]
+    fn a_trainer_that_exited_0_has_exited_well() {
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, PodStatus};
+        let pod = |state: ContainerState| Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus { state: Some(state), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ended =
+            |code| ContainerState { terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }), ..Default::default() };
+        assert!(trainer_exited_well(&pod(ended(0))));
+        assert!(!trainer_exited_well(&pod(ended(1))));
+        assert!(!trainer_exited_well(&pod(ContainerState { running: Some(ContainerStateRunning::default()), ..Default::default() })));
+        assert!(!trainer_exited_well(&Pod::default()));
+    }
+
+    #[test]
     fn attempt_states_from_jobs() {
         use AttemptState::*;
         let failed = |kind| Failed { kind, message: String::new() };
@@ -345,6 +377,18 @@ mod tests {
                 "a pod succeeded, the Job not yet complete",
                 Job { status: Some(JobStatus { succeeded: Some(1), ..Default::default() }), ..job(&[], false, 0, None) },
                 0,
+                Running,
+            ),
+            (
+                "a pod succeeded, not yet counted",
+                Job {
+                    status: Some(JobStatus {
+                        uncounted_terminated_pods: Some(UncountedTerminatedPods { succeeded: Some(vec!["uid".into()]), failed: None }),
+                        ..Default::default()
+                    }),
+                    ..job(&[], false, 0, None)
+                },
+                1,
                 Running,
             ),
             ("complete", job(&[("Complete", None, "")], false, 0, None), 0, Succeeded { at: None }),
