@@ -8,14 +8,15 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
+use crate::processes::Processes;
 use crate::{FIELD_MANAGER, TestContext};
 
 /// The directory of Argo CD's binary and CRDs: `FRUGAL_ARGOCD_BIN`, which scripts/e2e.sh sets
@@ -30,116 +31,67 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Redis, Argo CD's repo-server and its application controller; killed when dropped. Their
-/// output goes to `<dir>/<component>.log`.
-pub struct ArgoCd {
-    children: Vec<Child>,
-    logs: Vec<PathBuf>,
-}
+/// Creates Argo CD's CRDs, its settings with frugal's health checks and the `default` AppProject
+/// in the test's namespace, then starts Redis, Argo CD's repo-server and its application
+/// controller; they are killed when dropped, and their output goes to `<dir>/<component>.log`.
+pub async fn start(ctx: &TestContext, dir: &Path) -> Result<Processes> {
+    let bin = bin_dir()?;
+    crate::manifests::install_crd_files(&ctx.client, &crate::manifests::yaml_files(&bin.join("crds"))?).await?;
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let part_of = json!({"app.kubernetes.io/part-of": "argocd"});
+    // the health checks exactly as users merge them into argocd-cm
+    let keys: ConfigMap = serde_saphyr::from_str(&std::fs::read_to_string(crate::repo_root().join("gitops/argocd/argocd-cm.yaml"))?)?;
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "argocd-cm", "labels": part_of}, "data": keys.data});
+    ctx.api::<ConfigMap>().patch("argocd-cm", &apply, &Patch::Apply(&cm)).await?;
+    // the key Argo CD's API server signs sessions with; no API server runs here
+    let key = format!("e2e-unused-{}", ctx.namespace);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "argocd-secret", "labels": part_of}, "stringData": {"server.secretkey": key}});
+    ctx.api::<Secret>().patch("argocd-secret", &apply, &Patch::Apply(&secret)).await?;
+    apply_object(
+        ctx,
+        &json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AppProject",
+            "metadata": {"name": "default", "namespace": ctx.namespace},
+            "spec": {
+                "sourceRepos": ["*"],
+                "destinations": [{"server": "*", "namespace": "*"}],
+                "clusterResourceWhitelist": [{"group": "*", "kind": "*"}],
+            },
+        }),
+    )
+    .await?;
 
-impl ArgoCd {
-    /// Creates Argo CD's CRDs, its settings with frugal's health checks and the `default`
-    /// AppProject in the test's namespace, then starts the three processes.
-    pub async fn start(ctx: &TestContext, dir: &Path) -> Result<Self> {
-        let bin = bin_dir()?;
-        crate::manifests::install_crd_files(&ctx.client, &crate::manifests::yaml_files(&bin.join("crds"))?).await?;
-        let apply = PatchParams::apply(FIELD_MANAGER).force();
-        let part_of = json!({"app.kubernetes.io/part-of": "argocd"});
-        // the health checks exactly as users merge them into argocd-cm
-        let keys: ConfigMap = serde_saphyr::from_str(&std::fs::read_to_string(crate::repo_root().join("gitops/argocd/argocd-cm.yaml"))?)?;
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "argocd-cm", "labels": part_of}, "data": keys.data});
-        ctx.api::<ConfigMap>().patch("argocd-cm", &apply, &Patch::Apply(&cm)).await?;
-        // the key Argo CD's API server signs sessions with; no API server runs here
-        let key = format!("e2e-unused-{}", ctx.namespace);
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "argocd-secret", "labels": part_of}, "stringData": {"server.secretkey": key}});
-        ctx.api::<Secret>().patch("argocd-secret", &apply, &Patch::Apply(&secret)).await?;
-        apply_object(
-            ctx,
-            &json!({
-                "apiVersion": "argoproj.io/v1alpha1",
-                "kind": "AppProject",
-                "metadata": {"name": "default", "namespace": ctx.namespace},
-                "spec": {
-                    "sourceRepos": ["*"],
-                    "destinations": [{"server": "*", "namespace": "*"}],
-                    "clusterResourceWhitelist": [{"group": "*", "kind": "*"}],
-                },
-            }),
-        )
-        .await?;
-
-        let kubeconfig = std::env::var("KUBECONFIG").context("KUBECONFIG names the test cluster (scripts/e2e.sh sets it)")?;
-        let (redis_port, repo_port) = (free_port()?, free_port()?);
-        let mut argo = ArgoCd { children: Vec::new(), logs: Vec::new() };
-        let log = |name: &str| -> Result<(std::fs::File, std::fs::File, PathBuf)> {
-            let path = dir.join(format!("{name}.log"));
-            let file = std::fs::File::create(&path)?;
-            Ok((file.try_clone()?, file, path))
-        };
-        let mut spawn = |name: &str, mut cmd: Command| -> Result<()> {
-            let (out, err, path) = log(name)?;
-            argo.logs.push(path);
-            argo.children.push(cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {name}"))?);
-            Ok(())
-        };
-        let mut redis = Command::new("redis-server");
-        redis.args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"]);
-        redis.current_dir(dir);
-        spawn("redis", redis)?;
-        let redis_addr = format!("127.0.0.1:{redis_port}");
-        let component = |name: &str| {
-            let mut cmd = Command::new(bin.join("argocd"));
-            cmd.env("ARGOCD_BINARY_NAME", name).env("ARGOCD_GPG_ENABLED", "false").env("TMPDIR", dir).current_dir(dir);
-            cmd
-        };
-        let mut repo = component("argocd-repo-server");
-        repo.args(["--address", "127.0.0.1", "--port", &repo_port.to_string(), "--disable-tls", "--redis", &redis_addr]);
-        repo.args(["--metrics-port", &free_port()?.to_string(), "--loglevel", "debug"]);
-        // a branch's head is looked up again after 5 s, not Argo CD's default 3 min (the
-        // controller compares every 5 s): a push is synced without a webhook
-        repo.args(["--revision-cache-expiration", "5s"]);
-        spawn("argocd-repo-server", repo)?;
-        let mut controller = component("argocd-application-controller");
-        // the in-cluster destination (https://kubernetes.default.svc) is the cluster in
-        // KUBECONFIG, as Argo CD's own development setup runs it outside a pod
-        controller.env("ARGOCD_FAKE_IN_CLUSTER", "true").env("KUBECONFIG", &kubeconfig);
-        controller.args(["--kubeconfig", &kubeconfig, "--namespace", &ctx.namespace, "--redis", &redis_addr]);
-        controller.args(["--repo-server", &format!("127.0.0.1:{repo_port}"), "--repo-server-plaintext"]);
-        controller.args(["--metrics-port", &free_port()?.to_string(), "--app-resync", "5", "--status-processors", "2"]);
-        controller.args(["--operation-processors", "2", "--loglevel", "debug"]);
-        spawn("argocd-application-controller", controller)?;
-        Ok(argo)
-    }
-
-    /// The last lines of each process's log, for a failure's message.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for log in &self.logs {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            out += &format!("--- {}\n{}\n", log.display(), all[all.len().saturating_sub(lines)..].join("\n"));
-        }
-        out
-    }
-
-    /// Fails if a process has exited.
-    pub fn running(&mut self) -> Result<()> {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("an Argo CD process exited ({status}):\n{}", self.log_tail(30));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ArgoCd {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
+    let kubeconfig = std::env::var("KUBECONFIG").context("KUBECONFIG names the test cluster (scripts/e2e.sh sets it)")?;
+    let (redis_port, repo_port) = (free_port()?, free_port()?);
+    let mut argo = Processes::new("Argo CD's components", dir);
+    let mut redis = Command::new("redis-server");
+    redis.args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"]);
+    redis.current_dir(dir);
+    argo.spawn("redis", &mut redis)?;
+    let redis_addr = format!("127.0.0.1:{redis_port}");
+    let component = |name: &str| {
+        let mut cmd = Command::new(bin.join("argocd"));
+        cmd.env("ARGOCD_BINARY_NAME", name).env("ARGOCD_GPG_ENABLED", "false").env("TMPDIR", dir).current_dir(dir);
+        cmd
+    };
+    let mut repo = component("argocd-repo-server");
+    repo.args(["--address", "127.0.0.1", "--port", &repo_port.to_string(), "--disable-tls", "--redis", &redis_addr]);
+    repo.args(["--metrics-port", &free_port()?.to_string(), "--loglevel", "debug"]);
+    // a branch's head is looked up again after 5 s, not Argo CD's default 3 min (the
+    // controller compares every 5 s): a push is synced without a webhook
+    repo.args(["--revision-cache-expiration", "5s"]);
+    argo.spawn("argocd-repo-server", &mut repo)?;
+    let mut controller = component("argocd-application-controller");
+    // the in-cluster destination (https://kubernetes.default.svc) is the cluster in
+    // KUBECONFIG, as Argo CD's own development setup runs it outside a pod
+    controller.env("ARGOCD_FAKE_IN_CLUSTER", "true").env("KUBECONFIG", &kubeconfig);
+    controller.args(["--kubeconfig", &kubeconfig, "--namespace", &ctx.namespace, "--redis", &redis_addr]);
+    controller.args(["--repo-server", &format!("127.0.0.1:{repo_port}"), "--repo-server-plaintext"]);
+    controller.args(["--metrics-port", &free_port()?.to_string(), "--app-resync", "5", "--status-processors", "2"]);
+    controller.args(["--operation-processors", "2", "--loglevel", "debug"]);
+    argo.spawn("argocd-application-controller", &mut controller)?;
+    Ok(argo)
 }
 
 fn resource(kind: &str) -> ApiResource {

@@ -8,14 +8,15 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 
+use crate::processes::Processes;
 use crate::{FIELD_MANAGER, TestContext};
 
 /// The directory of Flux's binaries and CRDs: `FRUGAL_FLUX_BIN`, which scripts/e2e.sh sets from
@@ -187,72 +188,29 @@ fn serve(stream: TcpStream, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Flux's two controllers, running against the cluster in KUBECONFIG and watching only the
-/// test's namespace; killed when dropped. Their output goes to `<dir>/<controller>.log`.
-pub struct Flux {
-    children: Vec<Child>,
-    logs: Vec<PathBuf>,
-}
-
-impl Flux {
-    /// Creates Flux's CRDs (as its install does) and starts both controllers.
-    pub async fn start(ctx: &TestContext, dir: &Path) -> Result<Self> {
-        let bin = bin_dir()?;
-        crate::manifests::install_crd_files(&ctx.client, &crate::manifests::yaml_files(&bin.join("crds"))?).await?;
-        let storage = dir.join("artifacts");
-        std::fs::create_dir_all(&storage)?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let storage_addr = format!("127.0.0.1:{port}");
-        let common = |name: &str| -> Result<(Command, PathBuf)> {
-            let log = dir.join(format!("{name}.log"));
-            let mut cmd = Command::new(bin.join(name));
-            cmd.env("RUNTIME_NAMESPACE", &ctx.namespace)
-                .args(["--watch-all-namespaces=false", "--enable-leader-election=false", "--log-level=debug"])
-                .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
-                .stdout(std::fs::File::create(&log)?)
-                .stderr(std::fs::File::create(dir.join(format!("{name}.stderr.log")))?);
-            Ok((cmd, log))
-        };
-        let (mut source, source_log) = common("source-controller")?;
-        source.arg(format!("--storage-path={}", storage.display())).arg(format!("--storage-addr={storage_addr}"));
-        source.arg(format!("--storage-adv-addr={storage_addr}"));
-        let (mut kustomize, kustomize_log) = common("kustomize-controller")?;
-        kustomize.arg("--no-remote-bases=true");
-        let mut flux = Flux { children: Vec::new(), logs: vec![source_log, kustomize_log] };
-        flux.children.push(source.spawn().context("starting source-controller")?);
-        flux.children.push(kustomize.spawn().context("starting kustomize-controller")?);
-        Ok(flux)
-    }
-
-    /// The last lines of both controllers' logs, for a failure's message.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for log in &self.logs {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            out += &format!("--- {}\n{}\n", log.display(), all[all.len().saturating_sub(lines)..].join("\n"));
-        }
-        out
-    }
-
-    /// Fails if a controller has exited.
-    pub fn running(&mut self) -> Result<()> {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("a Flux controller exited ({status}):\n{}", self.log_tail(30));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Flux {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
+/// Creates Flux's CRDs (as its install does) and starts its two controllers against the cluster
+/// in KUBECONFIG, watching only the test's namespace; they are killed when dropped, and their
+/// output goes to `<dir>/<controller>.log`.
+pub async fn start(ctx: &TestContext, dir: &Path) -> Result<Processes> {
+    let bin = bin_dir()?;
+    crate::manifests::install_crd_files(&ctx.client, &crate::manifests::yaml_files(&bin.join("crds"))?).await?;
+    let storage = dir.join("artifacts");
+    std::fs::create_dir_all(&storage)?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let storage_addr = format!("127.0.0.1:{port}");
+    let controller = |name: &str| {
+        let mut cmd = Command::new(bin.join(name));
+        cmd.env("RUNTIME_NAMESPACE", &ctx.namespace)
+            .args(["--watch-all-namespaces=false", "--enable-leader-election=false", "--log-level=debug"])
+            .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"]);
+        cmd
+    };
+    let mut flux = Processes::new("Flux's controllers", dir);
+    let mut source = controller("source-controller");
+    source.arg(format!("--storage-path={}", storage.display())).arg(format!("--storage-addr={storage_addr}"));
+    flux.spawn("source-controller", source.arg(format!("--storage-adv-addr={storage_addr}")))?;
+    flux.spawn("kustomize-controller", controller("kustomize-controller").arg("--no-remote-bases=true"))?;
+    Ok(flux)
 }
 
 /// Flux's objects as dynamic ones: `GitRepository` (source.toolkit.fluxcd.io/v1) and

@@ -17,6 +17,7 @@ pub mod flux;
 pub mod manifests;
 pub mod node;
 pub mod operator;
+pub mod processes;
 pub mod prometheus;
 pub mod training_job;
 pub mod wait;

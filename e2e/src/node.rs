@@ -118,29 +118,21 @@ pub async fn may_on(ctx: &TestContext, user: &str, verb: &str, group: &str, reso
 /// the Deployment to be available. The CRDs are the harness's (`--skip-crds`).
 pub fn install_chart(ctx: &TestContext, release: &str, values: &[&str]) -> Result<String> {
     let chart = crate::repo_root().join("charts/frugal");
-    let watch = format!("operator.watchNamespace={}", ctx.namespace);
-    let placement = format!("nodeSelector.{}={}", REAL_NODE_LABEL.0.replace('.', "\\."), REAL_NODE_LABEL.1);
-    let mut args = vec![
-        "install",
-        release,
-        chart.to_str().unwrap(),
-        "--namespace",
-        &ctx.namespace,
-        "--skip-crds",
-        "--set",
-        &watch,
-        "--set",
-        &placement,
-        "--set",
-        "operator.logFormat=text",
-        "--wait",
-        "--timeout",
-        "180s",
-    ];
+    let settings = chart_settings(ctx);
+    let mut args = vec!["install", release, chart.to_str().unwrap(), "--namespace", &ctx.namespace, "--skip-crds", "--wait", "--timeout", "180s"];
+    args.extend(settings.iter().map(String::as_str));
     for v in values {
         args.extend(["--set", v]);
     }
     helm(&args)
+}
+
+/// The chart's values for a test: its operator watches the test's namespace, runs on the real
+/// node and logs text; as `--set` arguments for helm.
+pub fn chart_settings(ctx: &TestContext) -> Vec<String> {
+    let watch = format!("operator.watchNamespace={}", ctx.namespace);
+    let placement = format!("nodeSelector.{}={}", REAL_NODE_LABEL.0.replace('.', "\\."), REAL_NODE_LABEL.1);
+    ["--set", &watch, "--set", &placement, "--set", "operator.logFormat=text"].map(String::from).to_vec()
 }
 
 /// A container's log through the API server (the kubelet serves it), whole.

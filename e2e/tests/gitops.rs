@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 
 use frugal_api::v1alpha1::{BudgetAdmission, DataSource, DataSourceType, Phase, TextFormat, TextSource};
 use frugal_api::{TrainingBudget, TrainingJob};
-use frugal_e2e::argocd::{self, AppState, ArgoCd};
-use frugal_e2e::flux::{self, Flux, GitServer, Ready};
+use frugal_e2e::argocd::{self, AppState};
+use frugal_e2e::flux::{self, GitServer, Ready};
 use frugal_e2e::node;
 use frugal_e2e::operator::Operator;
+use frugal_e2e::processes::Processes;
 use frugal_e2e::training_job::{apply, condition, fake_gpu_job, finish_pod, job_where, phase, real_cpu_job, run_ending_pods, running_pods};
 use frugal_e2e::{FIELD_MANAGER, TEST_OUTCOME_ANNOTATION, TestContext, manifests, repo_root, wait};
 
@@ -490,28 +491,36 @@ fn kustomization(ctx: &TestContext, name: &str, path: &str, extra: Value) -> Val
     k
 }
 
+/// A directory removed when dropped (declared before what runs in it, it is dropped after).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// What a GitOps test starts from: its namespace enforcing Pod Security `restricted`, a scratch
+/// directory for `tool`, and an empty Git repository served from it.
+async fn repository(ctx: &TestContext, tool: &str) -> Result<(Scratch, GitServer)> {
+    node::enforce_restricted(ctx).await?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("frugal-e2e-{tool}-{}", ctx.namespace)));
+    std::fs::remove_dir_all(&scratch.0).ok();
+    std::fs::create_dir_all(&scratch.0)?;
+    let git = GitServer::start(&scratch.0)?;
+    Ok((scratch, git))
+}
+
 /// The repository's first commit, as both GitOps tools reconcile it: the chart as `helm
 /// template` renders it for the test's namespace, CRDs included (`operator/`); a budget of one
 /// GPU, one fake job holding it and one waiting (`budget/`); a CPU job for the real node
 /// (`training/quick.yaml`). The commit's hash.
 fn first_commit(ctx: &TestContext, git: &GitServer) -> Result<String> {
     let chart = repo_root().join("charts/frugal");
-    let watch = format!("operator.watchNamespace={}", ctx.namespace);
-    let placement = format!("nodeSelector.{}={}", node::REAL_NODE_LABEL.0.replace('.', "\\."), node::REAL_NODE_LABEL.1);
-    let rendered = node::helm(&[
-        "template",
-        "frugal",
-        chart.to_str().context("chart path")?,
-        "--namespace",
-        &ctx.namespace,
-        "--include-crds",
-        "--set",
-        &watch,
-        "--set",
-        &placement,
-        "--set",
-        "operator.logFormat=text",
-    ])?;
+    let settings = node::chart_settings(ctx);
+    let mut args = vec!["template", "frugal", chart.to_str().context("chart path")?, "--namespace", &ctx.namespace, "--include-crds"];
+    args.extend(settings.iter().map(String::as_str));
+    let rendered = node::helm(&args)?;
     write(git.work(), "operator/frugal.yaml", &rendered)?;
     // a budget of one GPU: one fake job holds it, the other waits
     let team = TrainingBudget::test(1).name("team").build();
@@ -553,35 +562,47 @@ fn add_a_refused_job(git: &GitServer) -> Result<String> {
 
 const DIVISIBLE: &str = "model.custom.dModel must be divisible by model.custom.heads";
 
-/// Polls the Flux object `kind`/`name` each second until `done` accepts its Ready condition;
-/// every distinct Ready condition seen on the way, in order, and the last.
-async fn flux_until(
-    ctx: &TestContext,
-    flux: &mut Flux,
-    kind: &str,
-    name: &str,
+/// Reads a GitOps tool's object every second (`read`; `None` while it has no state to show)
+/// until `done` accepts it, failing with every distinct state seen, and the tool's logs, after
+/// `limit`; the distinct states, in order, each logged as `show` writes it.
+async fn seen_until<T: Clone + std::fmt::Debug, F: Future<Output = Result<Option<T>>>>(
+    tool: &mut Processes,
+    what: &str,
     limit: Duration,
-    mut done: impl FnMut(&Ready) -> bool,
-) -> Result<Vec<Ready>> {
+    read: impl Fn() -> F,
+    same: impl Fn(&T, &T) -> bool,
+    show: impl Fn(&T) -> String,
+    mut done: impl FnMut(&T) -> bool,
+) -> Result<Vec<T>> {
     let start = Instant::now();
-    let mut seen: Vec<Ready> = Vec::new();
+    let mut seen: Vec<T> = Vec::new();
     loop {
-        flux.running()?;
-        if let Some(ready) = flux::ready(ctx, kind, name).await? {
-            if !seen.last().is_some_and(|last| last.same(&ready)) {
-                eprintln!(
-                    "e2e: {kind} {name} Ready={} {}: {} (applied {}, attempted {})",
-                    ready.status, ready.reason, ready.message, ready.revision, ready.attempted
-                );
-                seen.push(ready.clone());
+        tool.running()?;
+        if let Some(state) = read().await? {
+            if !seen.last().is_some_and(|last| same(last, &state)) {
+                eprintln!("e2e: {what} {}", show(&state));
+                seen.push(state.clone());
             }
-            if done(&ready) {
+            if done(&state) {
                 return Ok(seen);
             }
         }
-        ensure!(start.elapsed() < limit, "{kind} {name} after {limit:?}: {seen:#?}\n{}", flux.log_tail(40));
+        ensure!(start.elapsed() < limit, "{what} after {limit:?}: {seen:#?}\n{}", tool.log_tail(40));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// [`seen_until`] for the Ready condition of the Flux object `kind`/`name`.
+async fn flux_until(
+    ctx: &TestContext,
+    flux: &mut Processes,
+    kind: &str,
+    name: &str,
+    limit: Duration,
+    done: impl FnMut(&Ready) -> bool,
+) -> Result<Vec<Ready>> {
+    let show = |r: &Ready| format!("Ready={} {}: {} (applied {}, attempted {})", r.status, r.reason, r.message, r.revision, r.attempted);
+    seen_until(flux, &format!("{kind} {name}"), limit, || flux::ready(ctx, kind, name), Ready::same, show, done).await
 }
 
 /// Flux as users run it: its source-controller clones a Git repository (served on loopback) that
@@ -598,12 +619,8 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         return;
     }
     run_ending_pods("flux", |ctx| async move {
-        node::enforce_restricted(&ctx).await?;
-        let dir = std::env::temp_dir().join(format!("frugal-e2e-flux-{}", ctx.namespace));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir)?;
-        let git = GitServer::start(&dir)?;
-        let mut flux = Flux::start(&ctx, &dir).await?;
+        let (scratch, git) = repository(&ctx, "flux").await?;
+        let mut flux = flux::start(&ctx, &scratch.0).await?;
 
         let first = first_commit(&ctx, &git)?;
 
@@ -744,32 +761,22 @@ fn application(ctx: &TestContext, repo: &str, name: &str, path: &str) -> Value {
     })
 }
 
-/// Polls the Application `name` each second until `done` accepts it; every distinct state seen.
+/// [`seen_until`] for the Application `name`.
 async fn app_until(
     ctx: &TestContext,
-    argo: &mut ArgoCd,
+    argo: &mut Processes,
     name: &str,
     limit: Duration,
-    mut done: impl FnMut(&AppState) -> bool,
+    done: impl FnMut(&AppState) -> bool,
 ) -> Result<Vec<AppState>> {
-    let start = Instant::now();
-    let mut seen: Vec<AppState> = Vec::new();
-    loop {
-        argo.running()?;
-        let state = argocd::app(ctx, name).await?;
-        if seen.last() != Some(&state) {
-            eprintln!(
-                "e2e: Application {name}: {} {} at {:.12}, operation {} {:?}, resources {:?}, conditions {:?}, not synced {:?}",
-                state.sync, state.health, state.revision, state.operation, state.operation_message, state.resources, state.conditions, state.unsynced
-            );
-            seen.push(state.clone());
-        }
-        if done(&state) {
-            return Ok(seen);
-        }
-        ensure!(start.elapsed() < limit, "Application {name} after {limit:?}: {seen:#?}\n{}", argo.log_tail(40));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let show = |s: &AppState| {
+        format!(
+            "{} {} at {:.12}, operation {} {:?}, resources {:?}, conditions {:?}, not synced {:?}",
+            s.sync, s.health, s.revision, s.operation, s.operation_message, s.resources, s.conditions, s.unsynced
+        )
+    };
+    let read = || async move { argocd::app(ctx, name).await.map(Some) };
+    seen_until(argo, &format!("Application {name}"), limit, read, AppState::eq, show, done).await
 }
 
 /// The health Argo CD gave the resource `kind/name` of a state, with its message.
@@ -791,12 +798,8 @@ async fn argo_cd_syncs_the_chart_and_a_training_job_from_git() {
         return;
     }
     run_ending_pods("argocd", |ctx| async move {
-        node::enforce_restricted(&ctx).await?;
-        let dir = std::env::temp_dir().join(format!("frugal-e2e-argocd-{}", ctx.namespace));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir)?;
-        let git = GitServer::start(&dir)?;
-        let mut argo = ArgoCd::start(&ctx, &dir).await?;
+        let (scratch, git) = repository(&ctx, "argocd").await?;
+        let mut argo = argocd::start(&ctx, &scratch.0).await?;
         let first = first_commit(&ctx, &git)?;
         for (name, path) in [("operator", "operator"), ("budget", "budget"), ("training", "training")] {
             argocd::apply_object(&ctx, &application(&ctx, &git.url(), name, path)).await?;
