@@ -532,6 +532,38 @@ fn first_commit(ctx: &TestContext, git: &GitServer) -> Result<String> {
     git.commit("frugal, a budget and a training job")
 }
 
+/// Waits until one of the two 1-GPU jobs holds the budget's only GPU and the other waits on it
+/// (which is which depends on the order the tool applied them); the waiting one's name.
+async fn one_holds_one_waits(ctx: &TestContext) -> Result<&'static str> {
+    let api = ctx.api::<TrainingJob>();
+    let start = Instant::now();
+    loop {
+        let (a, b) = (api.get_opt("holder").await?, api.get_opt("waiter").await?);
+        let state =
+            |tj: &Option<TrainingJob>| tj.as_ref().map(|tj| (phase(tj), condition(tj, "Ready").map(|c| (c.reason.clone(), c.message.clone()))));
+        for (runs, waits, name) in [(&a, &b, "waiter"), (&b, &a, "holder")] {
+            let running = state(runs).is_some_and(|(p, _)| p == Some(Phase::Running));
+            if let Some((Some(Phase::Queued), Some((reason, message)))) = state(waits)
+                && running
+                && reason == "BudgetExhausted"
+            {
+                eprintln!("e2e: {name} waits: {message}");
+                return Ok(name);
+            }
+        }
+        ensure!(start.elapsed() < frugal_e2e::timeout(), "neither job holds the GPU while the other waits: {:?} {:?}", state(&a), state(&b));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until `waiter` is admitted (its pod created) after the commit `sha` raised the budget.
+async fn admitted(ctx: &TestContext, waiter: &str, sha: &str) -> Result<()> {
+    let what = format!("{waiter} admitted once the budget is raised");
+    let started = job_where(ctx, waiter, &what, |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending))).await?;
+    eprintln!("e2e: after {sha}, {waiter} {:?}", phase(&started));
+    Ok(())
+}
+
 /// A commit raising the budget to 2 GPUs.
 fn raise_budget(git: &GitServer) -> Result<String> {
     write(git.work(), "budget/team.yaml", &manifest(&TrainingBudget::test(2).name("team").build())?)?;
@@ -690,15 +722,10 @@ async fn flux_reconciles_the_chart_and_a_training_job_from_git() {
         eprintln!("e2e: training Ready after {:?}, its job Succeeded", start.elapsed());
 
         // the budget: one job holds its GPU, the other waits; a commit raising it lets it start
-        job_in(&ctx, "holder", Phase::Running, "Running").await?;
-        let waiting = job_in(&ctx, "waiter", Phase::Queued, "BudgetExhausted").await?;
-        eprintln!("e2e: waiter {}", condition(&waiting, "Ready").map(|c| c.message.clone()).unwrap_or_default());
+        let waiter = one_holds_one_waits(&ctx).await?;
         let second = raise_budget(&git)?;
         flux_until(&ctx, &mut flux, "Kustomization", "budget", wait_limit(), |r| r.status == "True" && r.revision.ends_with(&second)).await?;
-        let started =
-            job_where(&ctx, "waiter", "waiter admitted once the budget is raised", |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending)))
-                .await?;
-        eprintln!("e2e: after {second}, waiter {:?}", phase(&started));
+        admitted(&ctx, waiter, &second).await?;
 
         // a commit whose job fails: the Kustomization turns not Ready, naming it
         let third = break_the_job(&git)?;
@@ -861,17 +888,13 @@ async fn argo_cd_syncs_the_chart_and_a_training_job_from_git() {
         }
 
         // the budget
-        job_in(&ctx, "holder", Phase::Running, "Running").await?;
-        job_in(&ctx, "waiter", Phase::Queued, "BudgetExhausted").await?;
+        let waiter = one_holds_one_waits(&ctx).await?;
         let state = argocd::app(&ctx, "budget").await?;
-        let waiting = health_of(&state, "TrainingJob/waiter");
-        eprintln!("e2e: Application budget: TrainingJob/waiter {waiting:?}");
+        let waiting = health_of(&state, &format!("TrainingJob/{waiter}"));
+        eprintln!("e2e: Application budget: TrainingJob/{waiter} {waiting:?}");
         let second = raise_budget(&git)?;
         app_until(&ctx, &mut argo, "budget", wait_limit(), synced_at(&second)).await?;
-        let started =
-            job_where(&ctx, "waiter", "waiter admitted once the budget is raised", |tj| matches!(phase(tj), Some(Phase::Running | Phase::Pending)))
-                .await?;
-        eprintln!("e2e: after {second}, waiter {:?}", phase(&started));
+        admitted(&ctx, waiter, &second).await?;
 
         // a job that fails: Degraded, in the job's own words
         let third = break_the_job(&git)?;
