@@ -6,7 +6,6 @@
 //! it runs in; here that is the test's namespace, with `argocd-cm` carrying frugal's health
 //! checks from `gitops/argocd/argocd-cm.yaml` as users merge them.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,7 +15,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::processes::Processes;
+use crate::processes::{Processes, free_port};
 use crate::{FIELD_MANAGER, TestContext};
 
 /// The directory of Argo CD's binary and CRDs: `FRUGAL_ARGOCD_BIN`, which scripts/e2e.sh sets
@@ -25,10 +24,6 @@ pub fn bin_dir() -> Result<PathBuf> {
     std::env::var_os("FRUGAL_ARGOCD_BIN").map(PathBuf::from).filter(|p| p.join("argocd").exists()).context(
         "FRUGAL_ARGOCD_BIN does not name Argo CD's binary: run `eval \"$(e2e/cluster/build)\"` and set FRUGAL_ARGOCD_BIN=$ARGOCD_BIN (scripts/e2e.sh does)",
     )
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Creates Argo CD's CRDs, its settings with frugal's health checks and the `default` AppProject

@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 
-use crate::processes::Processes;
+use crate::processes::{Processes, free_port};
 use crate::{FIELD_MANAGER, TestContext};
 
 /// The directory of Flux's binaries and CRDs: `FRUGAL_FLUX_BIN`, which scripts/e2e.sh sets from
@@ -196,8 +196,7 @@ pub async fn start(ctx: &TestContext, dir: &Path) -> Result<Processes> {
     crate::manifests::install_crd_files(&ctx.client, &crate::manifests::yaml_files(&bin.join("crds"))?).await?;
     let storage = dir.join("artifacts");
     std::fs::create_dir_all(&storage)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let storage_addr = format!("127.0.0.1:{port}");
+    let storage_addr = format!("127.0.0.1:{}", free_port()?);
     let controller = |name: &str| {
         let mut cmd = Command::new(bin.join(name));
         cmd.env("RUNTIME_NAMESPACE", &ctx.namespace)

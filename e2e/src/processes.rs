@@ -6,6 +6,11 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+/// A loopback port free now, for a program to listen on.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Running programs and their logs; `what` names them in failures.
 pub struct Processes {
     what: &'static str,

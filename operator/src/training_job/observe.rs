@@ -131,8 +131,9 @@ fn condition_true<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {
     job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// What an attempt's Job says, given how many of its pods are not yet terminal.
-pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
+/// What an attempt's Job says, given how many of its pods are not yet terminal and whether a
+/// trainer of its pods has exited 0 ([`trainer_exited_well`]).
+pub fn attempt_state(job: &Job, live_pods: usize, a_trainer_exited_well: bool) -> AttemptState {
     let stop = job.metadata.annotations.as_ref().and_then(|a| a.get(STOP_REASON_ANNOTATION)).and_then(|s| StopReason::parse(s));
     if let Some(c) = condition_true(job, "Complete") {
         return AttemptState::Succeeded { at: job.status.as_ref().and_then(|s| s.completion_time.clone()).or(c.last_transition_time.clone()) };
@@ -161,13 +162,18 @@ pub fn attempt_state(job: &Job, live_pods: usize) -> AttemptState {
         return AttemptState::Queued;
     }
     let ready = job.status.as_ref().and_then(|s| s.ready).unwrap_or(0);
-    // A pod that has finished well (counted, or not yet counted while the Job controller removes
-    // its tracking finalizer), or the Job's success criteria met before its Complete condition
-    // (which waits for the last pod to terminate): the attempt ran and is ending, not starting.
-    // Without this the job read Pending, PodsStarting, between Running and Succeeded.
+    // A trainer that exited 0 (its pod stays active and not ready until the kubelet reports it
+    // Succeeded), a pod that has finished well (counted, or not yet counted while the Job
+    // controller removes its tracking finalizer), or the Job's success criteria met before its
+    // Complete condition (which waits for the last pod to terminate): the attempt ran and is
+    // ending, not starting. Without this the job read Pending, PodsStarting, between Running and
+    // Succeeded.
     let status = job.status.as_ref();
     let uncounted = status.and_then(|s| s.uncounted_terminated_pods.as_ref()?.succeeded.as_ref()).is_some_and(|s| !s.is_empty());
-    let finishing = status.and_then(|s| s.succeeded).unwrap_or(0) > 0 || uncounted || condition_true(job, "SuccessCriteriaMet").is_some();
+    let finishing = a_trainer_exited_well
+        || status.and_then(|s| s.succeeded).unwrap_or(0) > 0
+        || uncounted
+        || condition_true(job, "SuccessCriteriaMet").is_some();
     if ready > 0 || finishing { AttemptState::Running } else { AttemptState::Starting }
 }
 
@@ -289,12 +295,7 @@ pub fn attempts(jobs: &Store<Job>, pods: &Store<Pod>, job: &ValidJob) -> Vec<Att
         .map(|(attempt, j)| {
             // one read of the pod cache per attempt serves both its state and its trouble
             let own = attempt_pods(pods, job, attempt);
-            let mut state = attempt_state(&j, live(&own));
-            // a trainer that exited 0 leaves its pod active and not ready for a moment, before the
-            // kubelet reports the pod Succeeded: the attempt is ending, not starting
-            if state == AttemptState::Starting && own.iter().any(|p| trainer_exited_well(p)) {
-                state = AttemptState::Running;
-            }
+            let mut state = attempt_state(&j, live(&own), own.iter().any(|p| trainer_exited_well(p)));
             // the Job says only which rule matched; the trainer's own words say what to fix
             if let AttemptState::Failed { kind: FailureKind::Configuration, message } = &mut state
                 && let Some(said) = configuration_message(&own)
@@ -437,7 +438,7 @@ mod tests {
             ),
         ];
         for (name, job, live, want) in cases {
-            assert_eq!(attempt_state(&job, live), want, "{name}");
+            assert_eq!(attempt_state(&job, live, false), want, "{name}");
         }
     }
 
