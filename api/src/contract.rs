@@ -39,6 +39,10 @@ pub mod env {
     pub const CHECKPOINT_DIR: &str = "FRUGAL_CHECKPOINT_DIR";
     /// Port of the Prometheus metrics endpoint.
     pub const METRICS_PORT: &str = "FRUGAL_METRICS_PORT";
+    /// Directory the inputs a job names by `s3://` URI are downloaded into and reused from;
+    /// unset means `frugal-inputs` in the system's temporary directory (`/tmp`, an emptyDir in
+    /// a pod).
+    pub const CACHE_DIR: &str = "FRUGAL_CACHE_DIR";
     /// `true` when the trainer should patch the TrainingJob's status.
     pub const REPORT_STATUS: &str = "FRUGAL_REPORT_STATUS";
     /// The pod's IP (downward API `status.podIP`); the trainer's listeners bind to it, or to

@@ -42,6 +42,15 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(*self.source, object_store::Error::NotFound { .. })
     }
+
+    /// The store refused: no such object, or not with these credentials. Asking again will not
+    /// help, unlike an address that does not answer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            *self.source,
+            object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+        )
+    }
 }
 
 /// Where the objects are: the parsed `s3://bucket/prefix`, its endpoint and region.
@@ -60,25 +69,22 @@ impl Location {
     /// Parses `spec` (field `field` of the job); the API server's rule has checked its form, and
     /// this checks it again for a manifest that did not pass through one.
     pub fn of(field: &str, spec: &ObjectStoreSpec) -> Result<Self, String> {
-        let rest = spec.uri.strip_prefix("s3://").ok_or_else(|| format!("{field}.uri: {:?} is not an s3://<bucket>/<prefix> URI", spec.uri))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_end_matches('/');
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            && !bucket.starts_with(['.', '-'])
-            && !bucket.ends_with(['.', '-']);
-        if !bucket_ok {
-            return Err(format!("{field}.uri: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"));
-        }
-        if !prefix.is_empty() && prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            return Err(format!("{field}.uri: the prefix {prefix:?} has an empty, '.' or '..' part"));
-        }
+        let (bucket, prefix) = parse_uri(&format!("{field}.uri"), &spec.uri)?;
         if let Some(e) = &spec.endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
             return Err(format!("{field}.endpoint: {e:?} is not an http:// or https:// URL"));
         }
-        Ok(Self { field: field.into(), bucket: bucket.into(), prefix: prefix.into(), endpoint: spec.endpoint.clone(), region: spec.region.clone() })
+        Ok(Self { field: field.into(), bucket, prefix, endpoint: spec.endpoint.clone(), region: spec.region.clone() })
+    }
+
+    /// An input the job reads, `uri` (`s3://bucket/key-or-prefix`) in the spec's field `field`
+    /// (`spec.data.source.text.path`), reached with the endpoint and region of `settings` (the
+    /// job's own store, already parsed) when given, else those of the environment.
+    pub fn input(field: &str, uri: &str, settings: Option<&Location>) -> Result<Self, String> {
+        let (bucket, prefix) = parse_uri(field, uri)?;
+        let (endpoint, region) = settings.map(|s| (s.endpoint.clone(), s.region.clone())).unwrap_or_default();
+        Ok(Self { field: field.into(), bucket, prefix, endpoint, region })
     }
 
     /// `s3://bucket/prefix`.
@@ -140,6 +146,35 @@ impl Location {
     }
 }
 
+/// The bucket and the prefix (without leading or trailing `/`) of `uri`, an
+/// `s3://<bucket>/<prefix>` URI in the field `uri_field`, whose name an error starts with.
+fn parse_uri(uri_field: &str, uri: &str) -> Result<(String, String), String> {
+    let rest = uri.strip_prefix("s3://").ok_or_else(|| format!("{uri_field}: {uri:?} is not an s3://<bucket>/<prefix> URI"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_end_matches('/');
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !bucket.starts_with(['.', '-'])
+        && !bucket.ends_with(['.', '-']);
+    if !bucket_ok {
+        return Err(format!("{uri_field}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"));
+    }
+    if !prefix.is_empty() && prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(format!("{uri_field}: the prefix {prefix:?} has an empty, '.' or '..' part"));
+    }
+    Ok((bucket.into(), prefix.into()))
+}
+
+/// An object in the store: its name (relative to the location's prefix), size and ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    /// The store's version tag of the object's contents (for S3, of a single-part upload, its
+    /// MD5); `None` where the store gives none.
+    pub etag: Option<String>,
+}
+
 /// A connected [`Location`]: blocking calls on a runtime of its own, so that any thread of the
 /// trainer (the run loop, a background upload) can use it.
 #[derive(Clone)]
@@ -181,11 +216,29 @@ impl Store {
     /// The names (relative to the prefix) of every object under `dir` (relative too; empty: the
     /// whole prefix).
     pub fn list(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list_objects(dir)?.into_iter().map(|o| o.name).collect())
+    }
+
+    /// Every object under `dir` (relative to the prefix; empty: the whole prefix), with its
+    /// size and ETag.
+    pub fn list_objects(&self, dir: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let base = self.location.key(dir);
-        let strip = if self.location.prefix.is_empty() { 0 } else { self.location.prefix.len() + 1 };
         let metas: Vec<object_store::ObjectMeta> =
             self.runtime.block_on(async { self.s3.list(Some(&base)).try_collect().await }).map_err(self.error(format!("listing {base}")))?;
-        Ok(metas.into_iter().map(|m| m.location.as_ref().get(strip..).unwrap_or_default().to_string()).collect())
+        Ok(metas.into_iter().map(|m| self.info(m)).collect())
+    }
+
+    /// The object `name` (relative to the prefix; empty: the prefix itself, as an object's key):
+    /// its size and ETag, without its contents ([`StoreError::is_not_found`] when there is none).
+    pub fn head(&self, name: &str) -> Result<ObjectInfo, StoreError> {
+        let key = self.location.key(name);
+        self.runtime.block_on(self.s3.head(&key)).map(|meta| self.info(meta)).map_err(self.error(format!("looking up {key}")))
+    }
+
+    fn info(&self, meta: object_store::ObjectMeta) -> ObjectInfo {
+        let strip = if self.location.prefix.is_empty() { 0 } else { self.location.prefix.len() + 1 };
+        let name = meta.location.as_ref().get(strip..).unwrap_or_default().to_string();
+        ObjectInfo { name, size: meta.size, etag: meta.e_tag }
     }
 
     /// Uploads the file `path` as `name` (relative to the prefix): in one request when small,
@@ -238,11 +291,19 @@ impl Store {
     /// Downloads `name` into the file `path` (created or truncated), streaming, and syncs it.
     /// Returns its size.
     pub fn get_file(&self, name: &str, path: &Path) -> Result<u64, StoreError> {
+        self.get_object(name, path).map(|o| o.size)
+    }
+
+    /// [`Store::get_file`], returning the object as the store served it: the bytes written and
+    /// the ETag of the version they came from.
+    pub fn get_object(&self, name: &str, path: &Path) -> Result<ObjectInfo, StoreError> {
         let key = self.location.key(name);
         let local = local_error(path);
         self.runtime
             .block_on(async {
-                let mut stream = self.s3.get(&key).await?.into_stream();
+                let got = self.s3.get(&key).await?;
+                let etag = got.meta.e_tag.clone();
+                let mut stream = got.into_stream();
                 let mut file = std::fs::File::create(path).map_err(&local)?;
                 let mut size = 0u64;
                 while let Some(chunk) = stream.try_next().await? {
@@ -250,7 +311,7 @@ impl Store {
                     size += chunk.len() as u64;
                 }
                 file.sync_all().map_err(&local)?;
-                Ok(size)
+                Ok(ObjectInfo { name: name.into(), size, etag })
             })
             .map_err(self.error(format!("downloading {key} to {}", path.display())))
     }
@@ -335,6 +396,26 @@ mod tests {
         let e =
             Location::of("spec.checkpoint.store", &ObjectStoreSpec { endpoint: Some("seaweedfs:8333".into()), ..spec("s3://bucket") }).unwrap_err();
         assert!(e.starts_with("spec.checkpoint.store.endpoint: "), "{e}");
+    }
+
+    #[test]
+    fn an_input_uri_names_a_key_or_a_prefix_and_takes_the_jobs_store_settings() {
+        let settings = Location::of(
+            "spec.checkpoint.store",
+            &ObjectStoreSpec { endpoint: Some("http://seaweedfs:8333".into()), region: Some("eu-west-1".into()), ..spec("s3://ckpt/run") },
+        )
+        .unwrap();
+        let l = Location::input("spec.data.source.text.path", "s3://corpora/web/part-0.jsonl", Some(&settings)).unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("corpora", "web/part-0.jsonl"));
+        assert_eq!((l.endpoint.as_deref(), l.region.as_deref()), (Some("http://seaweedfs:8333"), Some("eu-west-1")));
+        assert_eq!((l.field.as_str(), l.key("").as_ref()), ("spec.data.source.text.path", "web/part-0.jsonl"));
+        let dir = Location::input("spec.model.init", "s3://models/gpt2/", None).unwrap();
+        assert_eq!((dir.prefix.as_str(), dir.endpoint.as_deref(), dir.region.as_deref()), ("gpt2", None, None));
+        // an error names the field itself, not a `.uri` under it
+        for (uri, says) in [("gs://corpora/x", "not an s3://"), ("s3://Corpora/x", "not a bucket name"), ("s3://corpora/a/../b", "'..'")] {
+            let e = Location::input("spec.data.tokenizerFile.path", uri, None).unwrap_err();
+            assert!(e.starts_with("spec.data.tokenizerFile.path: ") && e.contains(says), "{uri}: {e}");
+        }
     }
 
     #[test]

@@ -135,6 +135,40 @@ fn examples_pass_every_rule_and_plan() {
     }
 }
 
+/// Every input path the trainer reads may be an `s3://` URI (a key, a prefix, a bucket's root)
+/// as well as a local path; only a value with a scheme is held to the URI's form.
+#[test]
+fn input_paths_take_s3_uris_and_local_paths() {
+    for (text, tokenizer, shards, init, teacher) in [
+        (
+            "s3://corpora/web/part-0.jsonl",
+            "s3://models/gpt2/tokenizer.json",
+            "s3://datasets/web/shards/",
+            "s3://models/gpt2",
+            "s3://lm-checkpoints/teacher",
+        ),
+        ("/data/web", "/data/gpt2/tokenizer.json", "/data/shards", "/models/gpt2", "/checkpoints/teacher/step-000000100"),
+        ("s3://corpora/", "s3://models.v2/tokenizer.json", "s3://datasets", "s3://models/.cache-free/gpt2", "s3://ckpt/ml/teacher/step-000000100"),
+    ] {
+        let job = serde_json::json!({
+            "apiVersion": "frugal.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "inputs"},
+            "spec": {
+                "model": {"type": "Preset", "preset": "tiny", "init": init},
+                "data": {
+                    "source": {"type": "Text", "text": {"path": text, "format": "jsonl"}},
+                    "tokenizer": "file", "tokenizerFile": {"path": tokenizer},
+                    "evalSets": [{"name": "lambada", "type": "LastWord", "path": text}],
+                },
+                "distill": {"teacher": {"model": {"type": "Preset", "preset": "tiny"}, "checkpoint": teacher}},
+            }
+        });
+        validate(&job).unwrap_or_else(|e| panic!("{text}, {init}: {e}"));
+        let mut sharded = job.clone();
+        sharded["spec"]["data"]["source"] = serde_json::json!({"type": "Shards", "shards": {"path": shards}});
+        validate(&sharded).unwrap_or_else(|e| panic!("{shards}: {e}"));
+    }
+}
+
 #[test]
 fn each_invalid_manifest_is_rejected_with_its_message() {
     let files = yaml_files(&repo().join("api/tests/invalid"));

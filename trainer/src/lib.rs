@@ -12,6 +12,7 @@ pub mod distill;
 pub mod eval;
 pub mod export_store;
 pub mod hf;
+pub mod inputs;
 pub mod job;
 pub mod log;
 pub mod model;

@@ -225,20 +225,20 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Prepare { job, out, shard_tokens } => {
-            prepare(&job::load(&job)?, &out, shard_tokens)?;
+            prepare(&load_resolved(&job)?, &out, shard_tokens)?;
             Ok(0)
         }
         Command::Eval(CheckpointArgs { job, checkpoint, device, json }) => {
-            evaluate(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
+            evaluate(&load_resolved(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
         Command::Quantize(CheckpointArgs { job, checkpoint, device, json }) => {
-            quantize(&job::load(&job)?, checkpoint, device.as_deref(), json)?;
+            quantize(&load_resolved(&job)?, checkpoint, device.as_deref(), json)?;
             Ok(0)
         }
         Command::Export { checkpoint: CheckpointArgs { job, checkpoint, device: _, json }, format, out, max_shard_bytes } => {
             anyhow::ensure!(format == "hf", "--format {format:?}: the export format is hf (the Hugging Face layout)");
-            let job = job::load(&job)?;
+            let job = load_resolved(&job)?;
             let root = checkpoint.unwrap_or_else(|| PathBuf::from(&job.spec.checkpoint.path));
             let e = hf::export_checkpoint(&job.run_config(None)?, &root, out.as_deref(), max_shard_bytes)?;
             if json {
@@ -254,13 +254,14 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Train { job, checkpoint_dir, metrics_port, device, threads, max_steps, json, report, set } => {
-            let job = job::load_with(&job_path(job), &set)?;
+            let mut job = job::load_with(&job_path(job), &set)?;
             // JSON lines wherever the events are (a pod, --json), each naming the job
             let namespace = std::env::var(env::NAMESPACE).ok();
             let name = std::env::var(env::TRAINING_JOB).unwrap_or_else(|_| job.name.clone());
             frugal_trainer::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
-            job.check_inputs()?;
             job.check_store()?;
+            resolve_inputs(&mut job)?;
+            job.check_inputs()?;
             let ckpt = checkpoint_dir.or_else(|| std::env::var_os(env::CHECKPOINT_DIR).map(PathBuf::from));
             let cfg = job.run_config(ckpt)?;
             if let Some(t) = threads.or_else(|| std::env::var("FRUGAL_THREADS").ok().and_then(|v| v.parse().ok())) {
@@ -319,6 +320,32 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(launch::train(&job, cfg, device, run)?.exit_code())
         }
     }
+}
+
+/// The job at `path`, its `s3://` inputs brought into the local cache ([`resolve_inputs`]).
+fn load_resolved(path: &std::path::Path) -> Result<Job> {
+    let mut job = job::load(path)?;
+    resolve_inputs(&mut job)?;
+    Ok(job)
+}
+
+/// Brings the job's `s3://` inputs into the local cache and points the job at the copies,
+/// saying on stderr what came from where.
+fn resolve_inputs(job: &mut Job) -> Result<()> {
+    let inputs = frugal_trainer::inputs::Inputs::of_job(&job.spec)?;
+    for r in job.resolve_inputs(&inputs)? {
+        frugal_trainer::info!(
+            "{}: {} is {} ({} objects, {} bytes; {} downloaded, {} bytes, the others reused from the cache)",
+            r.field,
+            r.uri,
+            r.path.display(),
+            r.objects,
+            r.bytes,
+            r.downloaded,
+            r.downloaded_bytes
+        );
+    }
+    Ok(())
 }
 
 fn plan(job: &Job, json: bool) -> Result<()> {

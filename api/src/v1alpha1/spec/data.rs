@@ -105,8 +105,11 @@ fn default_synthetic_tokens() -> i64 {
 pub struct TextSource {
     /// A file, or a directory whose files of the format (`.txt`, `.jsonl`, `.parquet`) are read in
     /// name order: a path inside the pod (mount a PVC through podTemplate.volumes) or on the
-    /// local machine.
+    /// local machine, or an `s3://<bucket>/<key>` URI (one object, else every object under the
+    /// prefix; a URI ending in `/` is always a prefix), downloaded into the pod before training.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("data.source.text.path is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub path: String,
     /// How the documents are stored: `text` (a text file is one document), `jsonl` (one JSON
     /// object a line, each a document) or `parquet` (each row a document).
@@ -132,11 +135,14 @@ pub enum TextFormat {
 }
 
 /// Pre-tokenized shards.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ShardsSource {
-    /// Directory holding the `.bin` shards and the tokenizer file they were written with.
+    /// Directory holding the `.bin` shards and the tokenizer file they were written with, or an
+    /// `s3://<bucket>/<prefix>` URI of them, downloaded into the pod before training.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("data.source.shards.path is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub path: String,
 }
 
@@ -153,12 +159,16 @@ pub enum Tokenizer {
 }
 
 /// An existing tokenizer, used as it is: never retrained, its vocabulary the model's.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenizerFile {
     /// A Hugging Face `tokenizer.json`: a path inside the pod (mount its volume through
-    /// podTemplate.volumes) or on the local machine.
+    /// podTemplate.volumes) or on the local machine, or an `s3://<bucket>/<key>` URI of it
+    /// (with the `tokenizer_config.json` beside it, when there is one), downloaded into the pod
+    /// before training.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("data.tokenizerFile.path is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub path: String,
     /// The token that closes each document. Unset means the file's own: the `eos_token` of a
     /// `tokenizer_config.json` beside it, else the first of `<|endoftext|>`, `<|end_of_text|>`,
@@ -183,9 +193,12 @@ pub struct EvalSet {
     /// `choices`, `label`) or `Cloze` (built from the corpus's own validation split).
     #[serde(rename = "type")]
     pub type_: EvalSetType,
-    /// JSONL file; not used by Cloze.
+    /// JSONL file, or an `s3://<bucket>/<key>` URI of one (downloaded into the pod before
+    /// training); not used by Cloze.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("data.evalSets[].path is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub path: Option<String>,
     /// Examples to score; unset means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,7 +39,11 @@ pub struct TeacherSpec {
     /// The teacher's model, as its own job gave it (a sparse model, say).
     pub model: ModelSpec,
     /// A checkpoint of it: a step directory, or a checkpoint root whose newest complete step is
-    /// used (a path in the pod: mount its claim through podTemplate.volumes).
+    /// used (a path in the pod: mount its claim through podTemplate.volumes), or an
+    /// `s3://<bucket>/<prefix>` URI of either (such as the teacher's `checkpoint.store`), whose
+    /// step is downloaded into the pod and verified before training.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("distill.teacher.checkpoint is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub checkpoint: String,
 }

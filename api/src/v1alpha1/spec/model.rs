@@ -28,13 +28,16 @@ pub struct ModelSpec {
     #[serde(default)]
     pub sparsity: SparsitySpec,
     /// A Hugging Face model directory (`config.json` and safetensors weights, a path on a
-    /// mounted volume) to start from instead of random weights: continued pretraining. Its
+    /// mounted volume, or an `s3://<bucket>/<prefix>` URI whose objects are downloaded into the
+    /// pod before training) to start from instead of random weights: continued pretraining. Its
     /// family must be one frugal computes exactly (GPT-2, GPT-NeoX), and the shape above must be
     /// its shape (the operator plans GPUs and budgets from the spec before any pod can read the
     /// volume); the trainer refuses a difference before training, naming the field and both
     /// values. A checkpoint of the job, when there is one, still wins: a restarted job resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("!self.contains('://') || (self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..'))")
+        .message("model.init is a local path or an s3://<bucket>/<key> URI: a bucket of 3 to 63 lowercase letters, digits, dots and hyphens, then a key or prefix without empty, '.' or '..' parts (such as s3://corpora/web/part-0.jsonl); no other scheme is read"))]
     pub init: Option<String>,
 }
 
