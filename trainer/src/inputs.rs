@@ -123,13 +123,7 @@ impl Inputs {
             Shape::File | Shape::Tokenizer | Shape::FileOrDirectory if !as_prefix => match store.head("") {
                 Ok(o) => Some(o),
                 Err(e) if e.is_not_found() && shape == Shape::FileOrDirectory && !under.is_empty() => None,
-                Err(e) if e.is_not_found() && !under.is_empty() => {
-                    return Err(ConfigurationError(format!(
-                        "{field} ({uri}): no object has this key, but {} objects are under it as a prefix: {field} names one file",
-                        under.len()
-                    ))
-                    .into());
-                }
+                Err(e) if e.is_not_found() && !under.is_empty() => return Err(not_one_file(field, &uri, under.len()).into()),
                 Err(e) => return Err(refused(e).into()),
             },
             _ => None,
@@ -149,7 +143,7 @@ impl Inputs {
             .into());
         }
         if matches!(shape, Shape::File | Shape::Tokenizer) {
-            return Err(ConfigurationError(format!("{field} ({uri}/) is a prefix of {} objects: {field} names one file", under.len())).into());
+            return Err(not_one_file(field, &uri, under.len()).into());
         }
         if shape == Shape::Checkpoint && !under.iter().any(|o| o.name == MANIFEST) {
             return self.fetch_checkpoint(&store, &local, field, &uri, &under).map(Some);
@@ -330,6 +324,11 @@ struct Recorded {
 /// The store refused, or could not be asked: a configuration error in the store's words.
 fn refused(e: StoreError) -> ConfigurationError {
     ConfigurationError(format!("{e:#}"))
+}
+
+/// A field that takes one file was given a prefix of `objects` objects.
+fn not_one_file(field: &str, uri: &str, objects: usize) -> ConfigurationError {
+    ConfigurationError(format!("{field} ({uri}): no object has this key, but it is a prefix of {objects} objects: {field} names one file"))
 }
 
 /// An object's name under a prefix as a relative local path, refusing one that would leave the

@@ -294,7 +294,10 @@ fn a_missing_key_a_missing_bucket_or_a_wrong_secret_is_refused_naming_the_field_
 
     // A field that takes one file, given a prefix; a prefix with nothing under it.
     let e = refused(&inputs, "spec.data.tokenizerFile.path", "s3://inputs/eval", Shape::Tokenizer);
-    assert!(e.contains("is a prefix of 1 objects") && e.contains("names one file"), "{e}");
+    assert!(
+        e.starts_with("spec.data.tokenizerFile.path (s3://inputs/eval): ") && e.contains("a prefix of 1 objects") && e.contains("names one file"),
+        "{e}"
+    );
     let e = refused(&inputs, "spec.data.source.shards.path", "s3://inputs/shards/", Shape::Directory);
     assert!(e.starts_with("spec.data.source.shards.path (s3://inputs/shards): ") && e.contains("no object under this prefix"), "{e}");
     assert!(!cache.join("s3/inputs/eval/lambda.jsonl").exists());
@@ -311,7 +314,9 @@ fn the_trainer_reads_its_corpus_from_the_bucket_and_stops_with_exit_78_on_a_miss
     let run = |path: &str, name: &str| {
         let job = dir.join(format!("{name}.yaml"));
         let source = format!("{{type: Text, text: {{path: \"{path}\", format: jsonl}}}}");
-        std::fs::write(&job, manifest(&s3, &source, "    tokenizer: byte", "")).unwrap();
+        // each run its own checkpoint prefix: a run would resume from another's steps
+        let text = manifest(&s3, &source, "    tokenizer: byte", "").replace("s3://cli-inputs/ckpt", &format!("s3://cli-inputs/ckpt-{name}"));
+        std::fs::write(&job, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_frugal-trainer"))
             .args(["train", job.to_str().unwrap(), "--threads", "1", "--json", "--max-steps", "1"])
             .args(["--checkpoint-dir", dir.join(format!("ckpt-{name}")).to_str().unwrap()])
@@ -326,7 +331,7 @@ fn the_trainer_reads_its_corpus_from_the_bucket_and_stops_with_exit_78_on_a_miss
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|e| e["event"] == "step")
             .and_then(|e| e["loss"].as_f64());
-        (out.status.code().unwrap_or(-1), loss, String::from_utf8_lossy(&out.stderr).into_owned())
+        (out.status.code().unwrap_or(-1), loss, format!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr)))
     };
     let (code, local, stderr) = run(&dir.join("web.jsonl").to_string_lossy(), "local");
     assert_eq!(code, 0, "{stderr}");
@@ -334,7 +339,7 @@ fn the_trainer_reads_its_corpus_from_the_bucket_and_stops_with_exit_78_on_a_miss
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("spec.data.source.text.path: s3://cli-inputs/web.jsonl is "), "{stderr}");
     eprintln!("the trainer's first loss: {local:?} from disk, {remote:?} from the bucket");
-    assert!(local.is_some() && local == remote, "{local:?} {remote:?}");
+    assert!(local.is_some() && local == remote, "{local:?} {remote:?}: {stderr}");
 
     let (code, loss, stderr) = run("s3://cli-inputs/missing.jsonl", "missing");
     assert_eq!(code, 78, "{stderr}");
