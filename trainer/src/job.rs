@@ -283,12 +283,10 @@ impl Job {
         Ok(())
     }
 
-    /// Checks that the files the spec names are there before anything trains: the corpus
-    /// (`data.source.text.path`, `data.source.shards.path`), each evaluation set's file and a
-    /// distillation teacher's checkpoint, and that the teacher can teach the model (its
-    /// vocabulary, its context). A missing one is a [`ConfigurationError`] naming the field, not
-    /// a failure at the first evaluation an hour in.
-    pub fn check_inputs(&self) -> std::result::Result<(), ConfigurationError> {
+    /// Checks what the spec alone decides, before any input is read or downloaded: that the
+    /// teacher can teach the model (its vocabulary, its context) and that a Hugging Face export
+    /// has a family that computes the model.
+    pub fn check_spec(&self) -> std::result::Result<(), ConfigurationError> {
         if let Some(teacher) = &self.plan.teacher {
             crate::config::check_teacher(&self.plan.model, teacher).map_err(ConfigurationError)?;
         }
@@ -296,6 +294,16 @@ impl Job {
             crate::hf::Family::of(&self.plan.model)
                 .map_err(|e| ConfigurationError(format!("spec.export.huggingFace: no Hugging Face family computes this model exactly: {e}")))?;
         }
+        Ok(())
+    }
+
+    /// Checks that the files the spec names are there before anything trains: the corpus
+    /// (`data.source.text.path`, `data.source.shards.path`), each evaluation set's file and a
+    /// distillation teacher's checkpoint, and that the teacher can teach the model (its
+    /// vocabulary, its context). A missing one is a [`ConfigurationError`] naming the field, not
+    /// a failure at the first evaluation an hour in.
+    pub fn check_inputs(&self) -> std::result::Result<(), ConfigurationError> {
+        self.check_spec()?;
         let d = &self.spec.data;
         let mut paths: Vec<(String, &str)> = Vec::new();
         if let Some(text) = &d.source.text {

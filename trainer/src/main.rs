@@ -259,6 +259,8 @@ fn run(cli: Cli) -> Result<i32> {
             let namespace = std::env::var(env::NAMESPACE).ok();
             let name = std::env::var(env::TRAINING_JOB).unwrap_or_else(|_| job.name.clone());
             frugal_trainer::log::init(json || !std::io::stderr().is_terminal(), Some(name), namespace);
+            // what the spec alone decides, then the stores, then the inputs (downloaded first)
+            job.check_spec()?;
             job.check_store()?;
             resolve_inputs(&mut job)?;
             job.check_inputs()?;
