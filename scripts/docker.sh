@@ -28,6 +28,49 @@ frugal_apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# Whether this machine's capability bounding set has CAP_SYS_RESOURCE (bit 24). Some VMs lack it;
+# Docker still puts it into every --privileged container (kind's nodes are), and runc then fails
+# to start them ("operation not permitted" setting capabilities).
+frugal_has_cap_sys_resource() {
+  local bnd
+  bnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)
+  (((0x$bnd >> 24) & 1))
+}
+
+# frugal_runc_wrapper PATH: writes a runc that drops CAP_SYS_RESOURCE from what it is asked to
+# grant (a container's config.json for create and run, the process file for exec), then runs
+# Debian's runc. dockerd uses it as its default runtime where the bounding set lacks the
+# capability; everything else passes through unchanged.
+frugal_runc_wrapper() {
+  local out=$1 runc
+  frugal_apt_install runc jq
+  runc=$(command -v runc)
+  cat >"$out.tmp" <<WRAPPER
+#!/bin/sh
+# Written by frugal_runc_wrapper (scripts/docker.sh); see there.
+drop() {
+  [ -f "\$1" ] || return 0
+  jq "\$2 |= (if . then with_entries(.value |= if type == \"array\" then map(select(. != \"CAP_SYS_RESOURCE\")) else . end) else . end)" \
+    "\$1" >"\$1.frugal" && mv "\$1.frugal" "\$1"
+}
+prev=
+for arg in "\$@"; do
+  case \$prev in
+    --bundle | -b) drop "\$arg/config.json" .process.capabilities ;;
+    --process | -p) drop "\$arg" .capabilities ;;
+  esac
+  case \$arg in
+    --bundle=*) drop "\${arg#--bundle=}/config.json" .process.capabilities ;;
+    --process=*) drop "\${arg#--process=}" .capabilities ;;
+  esac
+  prev=\$arg
+done
+exec $runc "\$@"
+WRAPPER
+  chmod 755 "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+
 # Starts dockerd unless an engine already answers (a user's own, or one from an earlier call).
 frugal_docker_up() {
   if [[ -x $FRUGAL_DOCKER_CLI ]] && fdocker info >/dev/null 2>&1; then
@@ -37,9 +80,14 @@ frugal_docker_up() {
     frugal_apt_install docker.io
   fi
   mkdir -p "$FRUGAL_DOCKER_STATE"
+  local runtime=()
+  if ! frugal_has_cap_sys_resource; then
+    frugal_runc_wrapper "$FRUGAL_DOCKER_STATE/runc"
+    runtime=(--add-runtime "frugal-runc=$FRUGAL_DOCKER_STATE/runc" --default-runtime frugal-runc)
+  fi
   echo "frugal: starting dockerd (log $FRUGAL_DOCKER_STATE/dockerd.log)" >&2
   # No systemd here: the daemon runs as a child of this shell's session, stopped by PID.
-  setsid /usr/sbin/dockerd --pidfile "$FRUGAL_DOCKER_STATE/dockerd.pid" \
+  setsid /usr/sbin/dockerd --pidfile "$FRUGAL_DOCKER_STATE/dockerd.pid" "${runtime[@]}" \
     >"$FRUGAL_DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
   echo $! >"$FRUGAL_DOCKER_STATE/started-by-frugal"
   for _ in $(seq 120); do

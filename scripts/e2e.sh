@@ -12,6 +12,9 @@
 # FRUGAL_OPERATOR_LOG (a log file printed when a test fails), FRUGAL_E2E_KEEP_NAMESPACE=1 (a
 # failed test keeps its namespace, and the cluster stays up for inspecting it; `e2e/cluster/down`
 # ends it). Extra arguments go to `cargo test`.
+#
+# `scripts/e2e.sh --kind ...` (what `make e2e-kind` and e2e/kind/run run) does the same on a kind
+# cluster instead (e2e/kind/up and down): the same images, tests and fake GPU nodes.
 set -euo pipefail
 # The body is one compound command, so bash has read all of it before running any: editing
 # this file while it runs cannot change what a running copy does.
@@ -19,6 +22,13 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+cluster=$root/e2e/cluster
+if [[ ${1:-} == --kind ]]; then
+  shift
+  cluster=$root/e2e/kind
+  # kind's node is the real node
+  export FRUGAL_REAL_NODE=1
+fi
 
 # Build everything first, so the cluster only lives while tests run: the cluster binaries (or
 # find them in the cache), the operator and the kubectl plugin the tests start, and the test
@@ -56,15 +66,15 @@ stop() {
   rm -rf "$scratch"
   # status is set once the tests run
   if [[ ${status:-0} != 0 && ${FRUGAL_E2E_KEEP_NAMESPACE:-0} == 1 ]]; then
-    echo "e2e: the cluster stays up for inspection (FRUGAL_E2E_KEEP_NAMESPACE=1): KUBECONFIG=$KUBECONFIG; e2e/cluster/down ends it" >&2
+    echo "e2e: the cluster stays up for inspection (FRUGAL_E2E_KEEP_NAMESPACE=1): KUBECONFIG=$KUBECONFIG; ${cluster#"$root"/}/down ends it" >&2
     return
   fi
-  "$root/e2e/cluster/down" || true
+  "$cluster/down" || true
   # the real node's hostPath checkpoint volumes (e2e/src/node.rs)
   rm -rf "${TMPDIR:-/tmp}/frugal-e2e-volumes"
 }
 trap stop EXIT
-cluster_up() { "$root/e2e/cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1; }
+cluster_up() { "$cluster/up" | sed -n 's/^KUBECONFIG=//p' | tail -n 1; }
 # A failed start has cleaned up after itself and named its cause last; a second try tells a
 # passing hiccup (a slow component, a refused image import) from a cluster that cannot start.
 kubeconfig=$(cluster_up) || {
@@ -74,6 +84,8 @@ kubeconfig=$(cluster_up) || {
 [[ -n $kubeconfig ]] || { echo "e2e: cluster did not come up" >&2; exit 1; }
 rm -f "$scratch/images.tar"
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
+# kind's CoreDNS, for the pipeline test's own query (the local cluster's is at a fixed address)
+if [[ -s $(dirname "$kubeconfig")/cluster-dns ]]; then FRUGAL_CLUSTER_DNS=$(cat "$(dirname "$kubeconfig")/cluster-dns"); export FRUGAL_CLUSTER_DNS; fi
 # the chart tests run helm and kubectl from the same pinned builds, the monitoring tests promtool,
 # the plugin's test krew
 export PATH=$HELM_BIN:$K8S_BIN:$PROMETHEUS_BIN:$KREW_BIN:$PATH

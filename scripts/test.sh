@@ -27,7 +27,7 @@ if ! command -v shellcheck >/dev/null; then
   source scripts/docker.sh
   frugal_apt_install shellcheck
 fi
-shellcheck -x scripts/*.sh e2e/cluster/{up,down,build,lib.sh} e2e/cluster/node/lib.sh e2e/kind/run \
+shellcheck -x scripts/*.sh e2e/cluster/{up,down,build,lib.sh} e2e/cluster/node/lib.sh e2e/kind/{run,up,down,node-image} \
   images/{build,base-image,stage-trainer} bench/*.sh bench/*/*.sh bench/*/*/*.sh .ci/run
 
 step "the API, the operator and the kubectl plugin link no libtorch"

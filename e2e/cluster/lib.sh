@@ -12,6 +12,9 @@ SCHEDULER_PORT=${FRUGAL_SCHEDULER_PORT:-20259}
 KWOK_PORT=${FRUGAL_KWOK_PORT:-20247}
 KUEUE_WEBHOOK_PORT=${FRUGAL_KUEUE_WEBHOOK_PORT:-20443}
 KUEUE_HEALTH_PORT=${FRUGAL_KUEUE_HEALTH_PORT:-20281}
+# The address Kueue's webhooks listen on and the API server calls: loopback here; on kind, the
+# host's address on kind's Docker network (e2e/kind/up), where the node's API server reaches it.
+KUEUE_WEBHOOK_HOST=${FRUGAL_KUEUE_WEBHOOK_HOST:-127.0.0.1}
 # Kueue v0.17's main.go reads its metrics serving certificate from this fixed path whenever its
 # own certificate management is off, even with the metrics server turned off.
 KUEUE_METRICS_CERTS=/etc/kueue/metrics/certs
@@ -159,7 +162,7 @@ start_kueue() {
     cd "$d" || exit
     openssl req -newkey rsa:2048 -nodes -subj /CN=kueue-webhook \
       -keyout certs/tls.key -out webhook.csr 2>/dev/null
-    printf '%s\n' 'subjectAltName=IP:127.0.0.1' 'extendedKeyUsage=serverAuth' \
+    printf '%s\n' "subjectAltName=IP:$KUEUE_WEBHOOK_HOST" 'extendedKeyUsage=serverAuth' \
       'keyUsage=digitalSignature,keyEncipherment' >webhook.ext
     openssl x509 -req -in webhook.csr -CA "$STATE/pki/ca.crt" -CAkey "$STATE/pki/ca.key" \
       -CAcreateserial -days 7 -extfile webhook.ext -out certs/tls.crt 2>/dev/null
@@ -173,6 +176,7 @@ start_kueue() {
     fi
   fi
   sed -e "s|@HEALTH_PORT@|$KUEUE_HEALTH_PORT|" -e "s|@WEBHOOK_PORT@|$KUEUE_WEBHOOK_PORT|" \
+    -e "s|@WEBHOOK_HOST@|$KUEUE_WEBHOOK_HOST|" \
     -e "s|@CERT_DIR@|$d/certs|" "$CLUSTER_HERE/kueue/config.yaml" >"$d/config.yaml"
 
   kubectl apply --server-side -f "$KUEUE_DIR/crds" >/dev/null
@@ -183,7 +187,7 @@ start_kueue() {
     --kubeconfig="$STATE/kubeconfig"
   wait_for "kueue" 120 curl -sf "http://127.0.0.1:$KUEUE_HEALTH_PORT/readyz"
 
-  sed -e "s|@URL@|https://127.0.0.1:$KUEUE_WEBHOOK_PORT|" \
+  sed -e "s|@URL@|https://$KUEUE_WEBHOOK_HOST:$KUEUE_WEBHOOK_PORT|" \
     -e "s|@CA_BUNDLE@|$(base64 -w0 "$STATE/pki/ca.crt")|" \
     "$CLUSTER_HERE/kueue/webhooks.yaml" >"$d/webhooks.yaml"
   kubectl apply -f "$d/webhooks.yaml" >/dev/null

@@ -163,8 +163,8 @@ async fn a_two_pod_pipeline_finds_its_peer_through_cluster_dns() {
             ctx.namespace
         );
         let ip = peer.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
-        // the cluster DNS server the kubelet gives pods (e2e/cluster/node/lib.sh); kind's cannot
-        // be reached from the host (FRUGAL_CLUSTER_DNS=none)
+        // the cluster DNS server the kubelet gives pods (e2e/cluster/node/lib.sh); on kind,
+        // CoreDNS's pod, which e2e/kind/up routes to; FRUGAL_CLUSTER_DNS=none skips the query
         let server = std::env::var("FRUGAL_CLUSTER_DNS").unwrap_or_else(|_| "10.89.0.1".into());
         if server != "none" {
             let resolved = dns_a(&server, &host)?;
