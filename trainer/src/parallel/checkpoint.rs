@@ -23,7 +23,7 @@ use crate::model::gpt::Gpt;
 use crate::params::ParamBuilder;
 use crate::report::event;
 use crate::train::precision::LossScaler;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,10 @@ fn part_wait() -> Duration {
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map_or(PART_WAIT, Duration::from_secs_f64)
 }
+
+/// The files through which the parts of a run that share a checkpoint directory find each other
+/// on resume: `.frugal-probe-<nonce>-<replica>-<stage>`, holding the stages whose parts it loads.
+const PROBE: &str = ".frugal-probe-";
 
 /// A number every part of a run agrees on through a sum (the first part's, the others 0):
 /// below 2^40, so that it survives the sum's floating point.
@@ -368,27 +372,41 @@ impl Worker {
         let (me, stage) = ((self.replica, self.index()), self.index());
         let first = self.replica == 0 && stage == 0;
         let nonce = self.agree(&[if first { nonce() } else { 0.0 }])?[0];
-        let prefix = format!(".frugal-probe-{nonce:.0}-");
-        std::fs::create_dir_all(root)?;
+        let prefix = format!("{PROBE}{nonce:.0}-");
+        let at = |path: &Path| format!("checkpoint directory {}", path.display());
+        std::fs::create_dir_all(root).with_context(|| at(root))?;
         let probe = root.join(format!("{prefix}{}-{}", me.0, me.1));
         // the parts this stage loads: its own, and the first stage's when its tied copy of the
         // embedding loads from there
         let needs = if self.model.tied_copy().is_some() { format!("{stage},0") } else { stage.to_string() };
-        std::fs::write(&probe, needs)?;
+        std::fs::write(&probe, needs).with_context(|| at(&probe))?;
         self.barrier_global()?;
         let mut sharing = vec![];
         let mut needed = BTreeSet::new();
-        for entry in std::fs::read_dir(root)? {
-            let entry = entry?;
+        let mut stale = vec![];
+        for entry in std::fs::read_dir(root).with_context(|| at(root))? {
+            let entry = entry.with_context(|| at(root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((replica, stage)) = name.strip_prefix(&prefix).and_then(|r| r.split_once('-')) else { continue };
-            let (Ok(replica), Ok(stage)) = (replica.parse::<usize>(), stage.parse::<usize>()) else { continue };
+            let Some(who) = name.strip_prefix(&prefix) else {
+                // left by a run that stopped between writing and removing its own
+                if name.starts_with(PROBE) {
+                    stale.push(entry.path());
+                }
+                continue;
+            };
+            let Some((Ok(replica), Ok(stage))) = who.split_once('-').map(|(r, s)| (r.parse::<usize>(), s.parse::<usize>())) else { continue };
             sharing.push((replica, stage));
-            needed.extend(std::fs::read_to_string(entry.path())?.split(',').filter_map(|s| s.parse::<usize>().ok()));
+            let listed = std::fs::read_to_string(entry.path()).with_context(|| at(&entry.path()))?;
+            needed.extend(listed.split(',').filter_map(|s| s.parse::<usize>().ok()));
         }
         self.barrier_global()?;
-        std::fs::remove_file(&probe)?;
+        std::fs::remove_file(&probe).with_context(|| at(&probe))?;
         let leads = sharing.iter().min() == Some(&me);
+        if leads {
+            for path in stale {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let stages_here: BTreeSet<usize> = sharing.iter().map(|(_, s)| *s).collect();
         let wanted = if stages_here.len() == self.stages { Wanted::All } else { Wanted::Parts { stages: self.stages, of: needed } };
         let store = if leads { Some(self.checkpoint_uploader()?.expect("a store is configured").store().clone()) } else { None };
