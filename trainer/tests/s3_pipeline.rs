@@ -68,8 +68,11 @@ fn s3_stage_process() {
     let mut cfg: RunConfig = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
     // a directory of its own, as an emptyDir in a pod of its own
     cfg.checkpoint_dir = Some(PathBuf::from(var("FRUGAL_TEST_CKPT")));
+    // no store when the URI is empty
     let (endpoint, uri) = (var("FRUGAL_TEST_S3_ENDPOINT"), var("FRUGAL_TEST_S3_URI"));
-    cfg.checkpoint_store = Some(ObjectStoreSpec { uri: uri.clone(), endpoint: Some(endpoint.clone()), region: None, credentials_secret: None });
+    if !uri.is_empty() {
+        cfg.checkpoint_store = Some(ObjectStoreSpec { uri: uri.clone(), endpoint: Some(endpoint.clone()), region: None, credentials_secret: None });
+    }
     let process = ProcessStages {
         layouts: layouts(&cfg.model, stages),
         first: stage,
@@ -86,7 +89,9 @@ fn s3_stage_process() {
     };
     let result = process.run(&cfg, ScheduleKind::OneFOneB, &[tch::Device::Cpu], move |w: &mut Worker| {
         let keep = w.cfg.keep_checkpoints;
-        w.uploader = Some(Uploader::new(open_store(&endpoint, &uri), keep));
+        if !uri.is_empty() {
+            w.uploader = Some(Uploader::new(open_store(&endpoint, &uri), keep));
+        }
         let tag = format!("{}-{}-{}", std::env::var("FRUGAL_TEST_RUN").unwrap(), w.replica, w.index());
         let resumed = w.resume()?;
         std::fs::write(out.join(format!("resumed-{tag}")), resumed.as_ref().map_or(-1, |r| r.step).to_string())?;
@@ -112,6 +117,14 @@ fn s3_stage_process() {
 /// Runs `replicas` × `stages` stage processes, each with the checkpoint directory
 /// `<out>/<name>-<replica>-<stage>`, resuming from `s3` and training `steps` steps.
 fn run_stages(out: &Path, s3: &SeaweedFs, uri: &str, replicas: usize, stages: usize, name: &str, steps: i64) {
+    for (r, s, ok, err) in spawn_stages(out, &s3.endpoint, uri, replicas, stages, name, steps) {
+        assert!(ok, "{name}: replica {r} stage {s} failed: {err}");
+    }
+}
+
+/// [`run_stages`]' processes (with the store at `endpoint`, none when `uri` is empty), each one's
+/// replica, stage, success and stderr.
+fn spawn_stages(out: &Path, endpoint: &str, uri: &str, replicas: usize, stages: usize, name: &str, steps: i64) -> Vec<(usize, usize, bool, String)> {
     let ports = free_ports(2 * replicas * stages).iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let mut children: Vec<(usize, usize, Child)> = vec![];
     for r in 0..replicas {
@@ -127,7 +140,7 @@ fn run_stages(out: &Path, s3: &SeaweedFs, uri: &str, replicas: usize, stages: us
                 .env("FRUGAL_TEST_STEPS", steps.to_string())
                 .env("FRUGAL_TEST_RUN", name)
                 .env("FRUGAL_TEST_PORTS", &ports)
-                .env("FRUGAL_TEST_S3_ENDPOINT", &s3.endpoint)
+                .env("FRUGAL_TEST_S3_ENDPOINT", endpoint)
                 .env("FRUGAL_TEST_S3_URI", uri)
                 .env("FRUGAL_PART_WAIT_SECONDS", "60")
                 .stdout(Stdio::null())
@@ -137,10 +150,27 @@ fn run_stages(out: &Path, s3: &SeaweedFs, uri: &str, replicas: usize, stages: us
             children.push((r, s, child));
         }
     }
-    for (r, s, c) in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{name}: replica {r} stage {s} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    children
+        .into_iter()
+        .map(|(r, s, c)| {
+            let o = c.wait_with_output().unwrap();
+            (r, s, o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+        })
+        .collect()
+}
+
+/// Without a store, stages that do not share a directory cannot commit a step: the first
+/// checkpoint stops the run saying what it needs.
+#[test]
+fn stages_in_their_own_directories_without_a_store_stop_saying_what_they_need() {
+    let out = temp_dir("s3-pp-no-store");
+    std::fs::write(out.join("run.json"), serde_json::to_vec(&pipeline_run()).unwrap()).unwrap();
+    let ran = spawn_stages(&out, "", "", 1, 2, "alone", 2);
+    assert!(ran.iter().all(|(_, _, ok, _)| !ok), "a stage went on");
+    let (_, _, _, first) = &ran[0];
+    assert!(first.contains("does not see the other stages' parts") && first.contains("spec.checkpoint.store"), "{first}");
+    assert!(!out.join("alone-0-0/step-000000002").exists());
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 fn weights(out: &Path, run: &str, replica: usize, stage: usize, step: i64) -> Tensor {
