@@ -285,7 +285,8 @@ fn part(root: &Path, step: i64, stage: usize, write_id: &str) -> PathBuf {
 }
 
 /// The first stage commits a step only once every stage's part of the same write is in the
-/// bucket: a part missing, half uploaded, or left by another write keeps the step out of sight.
+/// bucket: a part missing, half uploaded, or left by another write keeps the step out of sight,
+/// and so does a part of a new write of a committed step.
 #[test]
 fn a_step_is_committed_only_once_every_stage_part_is_in_the_bucket() {
     let Some(s3) = SeaweedFs::start("s3-pp-commit", "commit") else { return };
@@ -330,7 +331,13 @@ fn a_step_is_committed_only_once_every_stage_part_is_in_the_bucket() {
     assert_eq!(fetched.step, Some(4), "{:?}", fetched.corrupt);
     let manifest = frugal_trainer::checkpoint::verify(&reader.join("step-000000004"), frugal_trainer::checkpoint::Layout::Pipelined).unwrap();
     assert_eq!(manifest.stages, Some(2));
-    for d in [a, b, reader] {
+
+    // The step written again (a run resumed from an older step): the second stage's new part
+    // takes the old manifest away before it goes up, so no reader pairs the two.
+    let again = temp_dir("s3-pp-commit-again");
+    remote::upload_part(&store, &part(&again, 4, 1, "78"), 1, 2, short).unwrap();
+    assert!(remote::committed(&store).unwrap().is_empty());
+    for d in [a, b, reader, again] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

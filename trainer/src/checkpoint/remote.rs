@@ -114,10 +114,10 @@ pub fn upload_part(store: &Store, dir: &Path, stage: usize, keep: usize, wait: D
     let name = part_manifest(stage);
     let (part, text) = read_manifest_named(dir, &name)?;
     let step_dir = step_dir_name(part.step);
-    if stage == 0 {
-        // A step of this number already there is no longer committed while its parts change.
-        store.delete(&[format!("{step_dir}/{MANIFEST}")])?;
-    }
+    // A step of this number already there is no longer committed while its parts change: each
+    // stage takes its manifest away before it touches its part, and the first stage writes the
+    // new one only after every part of this write is up.
+    store.delete(&[format!("{step_dir}/{MANIFEST}")])?;
     let mut bytes = 0;
     for f in part.files.keys() {
         bytes += store.put_file(&format!("{step_dir}/{f}"), &dir.join(f))?;
