@@ -101,6 +101,8 @@ fn s3_stage_process() {
             w.train_step()?;
             if w.step % 2 == 0 {
                 w.save_checkpoint()?;
+                // sealed as a part: the stages share no directory
+                anyhow::ensure!(w.sealed_part == (w.replica == 0), "replica {} stage {}: sealed_part {}", w.replica, w.index(), w.sealed_part);
                 Tensor::write_safetensors(&[("master", &w.params.master)], out.join(format!("weights-{tag}-{}.safetensors", w.step)))?;
             }
             w.poll_upload();

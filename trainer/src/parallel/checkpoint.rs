@@ -141,6 +141,7 @@ impl Worker {
         // before this commit prunes the local steps (or parts) that upload reads
         self.wait_for_upload(None);
         let saved = self.save_in(&root, keep)?;
+        self.sealed_part = matches!(saved, Saved::Part(_));
         let (step, stage) = (self.step, self.index());
         match saved {
             Saved::Step(dir) => {
