@@ -343,3 +343,30 @@ fn a_step_is_committed_only_once_every_stage_part_is_in_the_bucket() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Pruning after a commit leaves the parts of a newer step alone: another stage may be uploading
+/// into it (a stage uploads one step at a time, and a step is committed only once every part of
+/// it is up, so every part still going up is of a newer step).
+#[test]
+fn pruning_leaves_the_parts_of_a_newer_step_alone() {
+    let Some(s3) = SeaweedFs::start("s3-pp-prune", "prune") else { return };
+    let store = s3.store("run", SECRET_KEY);
+    let (a, b) = (temp_dir("s3-pp-prune-0"), temp_dir("s3-pp-prune-1"));
+    let short = Duration::from_secs(5);
+    // step 2, committed
+    remote::upload_part(&store, &part(&b, 2, 1, "2"), 1, 1, short).unwrap();
+    assert!(remote::upload_part(&store, &part(&a, 2, 0, "2"), 0, 1, short).unwrap().committed);
+    // the second stage is a step ahead: its parts of steps 4 and 6 are up before the first
+    // stage commits step 4, keeping one step
+    remote::upload_part(&store, &part(&b, 4, 1, "4"), 1, 1, short).unwrap();
+    remote::upload_part(&store, &part(&b, 6, 1, "6"), 1, 1, short).unwrap();
+    let up = remote::upload_part(&store, &part(&a, 4, 0, "4"), 0, 1, short).unwrap();
+    assert_eq!(up.pruned, [2]);
+    assert_eq!(remote::committed(&store).unwrap(), [4]);
+    assert!(store.list("step-000000002").unwrap().is_empty(), "the pruned step's parts are gone");
+    let newer = store.list("step-000000006").unwrap();
+    assert_eq!(newer.len(), 3, "stage 1's part of step 6 (two files and its part manifest): {newer:?}");
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
