@@ -104,6 +104,7 @@ fn s3_stage_process() {
                 // sealed as a part: the stages share no directory
                 anyhow::ensure!(w.sealed_part == (w.replica == 0), "replica {} stage {}: sealed_part {}", w.replica, w.index(), w.sealed_part);
                 Tensor::write_safetensors(&[("master", &w.params.master)], out.join(format!("weights-{tag}-{}.safetensors", w.step)))?;
+                Tensor::write_safetensors(&w.named_weights(), out.join(format!("named-{tag}-{}.safetensors", w.step)))?;
             }
             w.poll_upload();
         }
@@ -233,6 +234,24 @@ fn stages_in_their_own_directories(name: &str, replicas: usize) {
     let first = names_in(&out.join("reader-0-0/step-000000004"));
     assert!(first.contains(&"stage-0.model.safetensors".into()) && !first.contains(&"stage-1.model.safetensors".into()), "{first:?}");
     assert!(first.contains(&"PARTIAL".into()), "{first:?}");
+
+    // One process of one stage (another stage count) resumes the same step from the bucket,
+    // bringing every part.
+    let alone = temp_dir(&format!("{name}-alone"));
+    let mut cfg = pipeline_run();
+    cfg.checkpoint_dir = Some(alone.clone());
+    cfg.checkpoint_store = Some(s3.spec("team/run"));
+    let mut one = Worker::single(cfg, tch::Device::Cpu).unwrap();
+    one.uploader = Some(Uploader::new(store.clone(), 2));
+    assert_eq!(one.resume_latest().unwrap(), Some(4));
+    let whole: std::collections::BTreeMap<String, Tensor> = one.named_weights().into_iter().collect();
+    for s in 0..2 {
+        for (n, t) in Tensor::read_safetensors(out.join(format!("named-writer-0-{s}-4.safetensors"))).unwrap() {
+            assert!(t.equal(&whole[&n]), "{n} of stage {s} differs in one process");
+        }
+    }
+    assert!(!alone.join("step-000000004").join("PARTIAL").exists(), "one process holds every stage: the whole step comes down");
+    let _ = std::fs::remove_dir_all(&alone);
 
     // One flipped byte in stage 1's part of step 4: every stage resumes step 2.
     let name = "step-000000004/stage-1.optimizer.safetensors";
