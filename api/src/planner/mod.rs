@@ -408,15 +408,12 @@ fn warnings(spec: &TrainingJobSpec, plan: &Plan, gpu: Option<&GpuType>, overhead
             out.push(format!("{} has no bf16 tensor cores: use training.precision: fp16", g.name));
         }
         // GPU-hours are what an eviction throws away; a CPU job's are not billed as such.
-        // A bucket keeps a one-pod job's steps; the trainer uploads and fetches them from the
-        // first stage's pod only, so a job of several pods still needs a shared claim.
-        let in_bucket = spec.checkpoint.store.is_some() && plan.pods == 1;
+        // A bucket keeps the steps of a job of any number of pods: each stage's pod uploads its
+        // own part, and each fetches its own on resume.
+        let in_bucket = spec.checkpoint.store.is_some();
         if plan.gpus > 0 && spec.checkpoint.claim_name.is_none() && !in_bucket {
-            let (access, or_bucket) = if plan.pods > 1 {
-                (" (ReadWriteMany: the job has several pods, and spec.checkpoint.store does not yet replace a shared claim for them)", "")
-            } else {
-                ("", ", or name a bucket in spec.checkpoint.store")
-            };
+            let access = if plan.pods > 1 { " (ReadWriteMany: the job has several pods)" } else { "" };
+            let or_bucket = ", or name a bucket in spec.checkpoint.store";
             out.push(format!(
                 "spec.checkpoint.claimName is unset: checkpoints go to an emptyDir, lost with the pod, so every eviction or preemption restarts the job from step 0 on its {} GPU(s); set spec.checkpoint.claimName to a PersistentVolumeClaim{access}{or_bucket}",
                 plan.gpus

@@ -85,7 +85,7 @@ impl Layout {
 
     /// The layout of a manifest's `format`; `frugal-pipeline-checkpoint/1` (earlier releases,
     /// the same files under a differently serialised manifest) still loads.
-    fn of(format: &str) -> Option<Self> {
+    pub(crate) fn of(format: &str) -> Option<Self> {
         match format {
             f if f == Self::Single.format() => Some(Self::Single),
             f if f == Self::Pipelined.format() || f == PIPELINED_V1 => Some(Self::Pipelined),
@@ -138,7 +138,7 @@ pub(crate) fn mismatch(dir: &Path, what: String) -> CheckpointError {
 /// A file the manifest lists: its size and SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-enum FileEntry {
+pub(crate) enum FileEntry {
     Named {
         bytes: u64,
         sha256: String,
@@ -148,7 +148,7 @@ enum FileEntry {
 }
 
 impl FileEntry {
-    fn parts(&self) -> (u64, &str) {
+    pub(crate) fn parts(&self) -> (u64, &str) {
         match self {
             Self::Named { bytes, sha256 } | Self::Pair(bytes, sha256) => (*bytes, sha256),
         }
@@ -166,14 +166,26 @@ pub struct Manifest {
     /// The pipelined layout: how many stages wrote it (any count can load it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<usize>,
-    files: BTreeMap<String, FileEntry>,
+    /// A stage's part manifest (`stage-<i>.part.json`, see [`remote`]): the write it belongs
+    /// to, the same in every stage's part of one checkpoint. A step's manifest has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+    pub(crate) files: BTreeMap<String, FileEntry>,
     /// SHA-256 of this manifest serialised with `checksum` empty.
     checksum: String,
 }
 
 impl Manifest {
     pub(crate) fn new(layout: Layout, step: i64) -> Self {
-        Self { format: layout.format().into(), step, model_fingerprint: None, stages: None, files: BTreeMap::new(), checksum: String::new() }
+        Self {
+            format: layout.format().into(),
+            step,
+            model_fingerprint: None,
+            stages: None,
+            write_id: None,
+            files: BTreeMap::new(),
+            checksum: String::new(),
+        }
     }
 
     /// Checks that the manifest lists `name` (verification has checked what it lists).
@@ -193,7 +205,7 @@ impl Manifest {
         Ok(())
     }
 
-    fn compute_checksum(&self) -> String {
+    pub(crate) fn compute_checksum(&self) -> String {
         if self.format == PIPELINED_V1 {
             let files: BTreeMap<&String, (u64, &str)> = self.files.iter().map(|(k, v)| (k, v.parts())).collect();
             let body = serde_json::json!({"format": self.format, "step": self.step, "stages": self.stages, "files": files});
@@ -204,7 +216,7 @@ impl Manifest {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<(u64, String)> {
+pub(crate) fn sha256_file(path: &Path) -> Result<(u64, String)> {
     sha256_file_with(path, |_| {})
 }
 
@@ -245,7 +257,7 @@ fn parse_step_name(name: &str) -> Option<i64> {
 /// Staging entries are `.step-<n>.<suffix>`: `tmp-<pid>` (a single-process write), `partial` (a
 /// pipeline's parts), `replaced-<pid>` (a step moved aside by [`replace_through_aside`]) and
 /// `discarded-...` (on its way out, see [`discard`]).
-fn staging_name(step: i64, suffix: &str) -> String {
+pub(crate) fn staging_name(step: i64, suffix: &str) -> String {
     format!(".{}.{suffix}", step_dir_name(step))
 }
 
@@ -253,7 +265,7 @@ const REPLACED: &str = "replaced";
 const DISCARDED: &str = "discarded";
 
 /// The step and suffix of a staging entry's name.
-fn parse_staging(name: &str) -> Option<(i64, &str)> {
+pub(crate) fn parse_staging(name: &str) -> Option<(i64, &str)> {
     let (step_name, suffix) = name.strip_prefix('.')?.split_once('.')?;
     let step = parse_step_name(step_name)?;
     (!suffix.is_empty()).then_some((step, suffix))
@@ -313,7 +325,12 @@ pub(crate) fn commit(root: &Path, tmp: &Path, manifest: Manifest, files: &[Strin
 
 /// Hashes `files` of `tmp` into `manifest` and writes it through a temporary file, synced and
 /// renamed: from then on `tmp` holds a complete step.
-fn seal(tmp: &Path, mut manifest: Manifest, files: &[String]) -> Result<()> {
+fn seal(tmp: &Path, manifest: Manifest, files: &[String]) -> Result<()> {
+    seal_as(tmp, manifest, files, MANIFEST)
+}
+
+/// [`seal`], the manifest written as `manifest_name`.
+pub(crate) fn seal_as(tmp: &Path, mut manifest: Manifest, files: &[String], manifest_name: &str) -> Result<()> {
     for name in files {
         let p = tmp.join(name);
         if !p.exists() {
@@ -324,13 +341,13 @@ fn seal(tmp: &Path, mut manifest: Manifest, files: &[String]) -> Result<()> {
         manifest.files.insert(name.clone(), FileEntry::Named { bytes, sha256 });
     }
     manifest.checksum = manifest.compute_checksum();
-    let manifest_tmp = tmp.join(format!("{MANIFEST}.tmp"));
+    let manifest_tmp = tmp.join(format!("{manifest_name}.tmp"));
     {
         let mut f = File::create(&manifest_tmp).map_err(io(&manifest_tmp))?;
         f.write_all(&serde_json::to_vec_pretty(&manifest).expect("a manifest serialises")).map_err(io(&manifest_tmp))?;
         f.sync_all().map_err(io(&manifest_tmp))?;
     }
-    fs::rename(&manifest_tmp, tmp.join(MANIFEST)).map_err(io(tmp))?;
+    fs::rename(&manifest_tmp, tmp.join(manifest_name)).map_err(io(tmp))?;
     fsync(tmp)
 }
 
@@ -393,7 +410,7 @@ fn move_aside(root: &Path, final_dir: &Path, step: i64) -> Result<PathBuf> {
 /// `discarded` staging name, which is only ever removed, so that a crash mid-way leaves nothing
 /// that could be listed or put back half deleted, only something the next [`sweep`] finishes.
 /// False when `dir` was gone already (another stage sweeping the same root took it).
-fn discard(root: &Path, step: i64, dir: &Path) -> Result<bool> {
+pub(crate) fn discard(root: &Path, step: i64, dir: &Path) -> Result<bool> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     // The process id alone repeats across containers (often 1); the clock and a counter do not.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -489,10 +506,17 @@ fn layout_named(manifest: &[u8]) -> Option<Layout> {
     Layout::of(value.get("format")?.as_str()?)
 }
 
+/// A step directory holding [`PARTIAL`] holds only some of the files its manifest lists: the
+/// parts of the stages of one pod, brought from object storage ([`remote`]) by a pod that shares
+/// no directory with the other stages. [`verify`] checks the files it holds; loading takes the
+/// names it needs from them.
+pub const PARTIAL: &str = "PARTIAL";
+
 /// Checks a step before anything is loaded from it: a manifest of the `expected` layout (one of
 /// the other layout is refused saying which it is), its checksum, and every file's size and
-/// SHA-256. Returns the manifest.
+/// SHA-256 (in a [`PARTIAL`] step, every file it holds). Returns the manifest.
 pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
+    let partial = dir.join(PARTIAL).exists();
     let mpath = dir.join(MANIFEST);
     let text = fs::read(&mpath).map_err(io(&mpath))?;
     if let Some(found) = layout_named(&text).filter(|l| *l != expected) {
@@ -511,6 +535,9 @@ pub fn verify(dir: &Path, expected: Layout) -> Result<Manifest> {
         for (name, entry) in &manifest.files {
             let p = dir.join(name);
             if !p.exists() {
+                if partial {
+                    continue;
+                }
                 return Err(corrupt(dir, format!("{name} is missing")));
             }
             let (bytes, sha) = sha256_file_with(&p, crate::progress::advance)?;
@@ -631,7 +658,7 @@ pub fn step_or_latest(path: &Path) -> Result<Option<PathBuf>> {
 
 /// Removes all but the newest `keep` committed steps (none when 0). Only [`list`]'s steps are
 /// touched: nothing else under the root, whoever put it there.
-fn prune(root: &Path, keep: usize) -> Result<()> {
+pub(crate) fn prune(root: &Path, keep: usize) -> Result<()> {
     let all = list(root)?;
     if keep > 0 && all.len() > keep {
         for (step, p) in &all[..all.len() - keep] {

@@ -12,6 +12,12 @@
 //! module above). The stages' agreement around it is the workers' (`parallel/checkpoint.rs`).
 //! Loading reads every part, so a stage takes the names it holds and any stage count (one
 //! included) can resume.
+//!
+//! Stages in pods of their own, without a shared directory, cannot commit a step on disk: each
+//! seals its own part instead ([`seal_part`]) into `.step-<n>.part-<i>` (its two files, the first
+//! stage's `trainer.json`, and `stage-<i>.part.json`, a manifest of those files), and the step is
+//! committed in object storage once every part is there (`remote.rs`). A step brought back from
+//! there holds only the parts its pod needs ([`super::PARTIAL`]).
 
 use super::{
     Layout, Manifest, Result, State, Tensors, commit, read_state, read_tensors, restore_tensors, staging_dir, verify, write_state, write_tensors,
@@ -25,6 +31,74 @@ pub const FORMAT: &str = Layout::Pipelined.format();
 
 fn part(stage: usize, what: &str) -> String {
     format!("stage-{stage}.{what}.safetensors")
+}
+
+/// The files of stage `stage`'s part of a step.
+pub fn part_files(stage: usize) -> [String; 2] {
+    [part(stage, "model"), part(stage, "optimizer")]
+}
+
+/// The manifest of stage `stage`'s part, written after its files.
+pub fn part_manifest(stage: usize) -> String {
+    format!("stage-{stage}.part.json")
+}
+
+/// Whether every one of `stages` parts of step `step` is in the staging directory under `root`
+/// (call it after every stage has written its part): false when the stages do not share `root`.
+pub fn parts_here(root: &Path, step: i64, stages: usize) -> bool {
+    let tmp = root.join(super::staging_name(step, "partial"));
+    (0..stages).flat_map(part_files).all(|f| tmp.join(f).exists())
+}
+
+/// One stage's part of a step, written by stages that share no directory.
+#[derive(Clone, Copy)]
+pub struct PartOf<'a> {
+    pub step: i64,
+    pub stage: usize,
+    pub stages: usize,
+    pub model_fingerprint: &'a str,
+    /// The write every stage's part of this checkpoint names (the first stage's nonce).
+    pub write_id: &'a str,
+}
+
+/// Seals stage `part.stage`'s part of step `part.step`, written by [`write_part`] under `root`,
+/// on its own: its files move into `.step-<n>.part-<stage>`, with `state` (`trainer.json`, the
+/// first stage's) and `stage-<stage>.part.json` last, naming the write. The older parts this
+/// stage sealed and all but the newest `keep` committed steps under `root` are removed. Returns
+/// the part's directory.
+pub fn seal_part(root: &Path, part: &PartOf, state: Option<&impl State>, keep: usize) -> Result<PathBuf> {
+    let PartOf { step, stage, stages, model_fingerprint, write_id } = *part;
+    let suffix = format!("part-{stage}");
+    let dir = staging_dir(root, step, &suffix)?;
+    let partial = root.join(super::staging_name(step, "partial"));
+    let mut files: Vec<String> = part_files(stage).into();
+    for f in &files {
+        std::fs::rename(partial.join(f), dir.join(f)).map_err(super::io(&dir))?;
+    }
+    // the other stages of this pod may still be moving theirs out
+    let _ = std::fs::remove_dir(&partial);
+    if let Some(state) = state {
+        write_state(&dir, state)?;
+        files.push(super::TRAINER.into());
+    }
+    let mut manifest = Manifest::new(Layout::Pipelined, step);
+    manifest.stages = Some(stages);
+    manifest.model_fingerprint = Some(model_fingerprint.into());
+    manifest.write_id = Some(write_id.into());
+    super::seal_as(&dir, manifest, &files, &part_manifest(stage))?;
+    // The previous part's upload has finished (one upload at a time): older parts go.
+    for entry in std::fs::read_dir(root).map_err(super::io(root))? {
+        let entry = entry.map_err(super::io(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((older, s)) = super::parse_staging(&name)
+            && s == suffix
+            && older < step
+        {
+            super::discard(root, older, &entry.path())?;
+        }
+    }
+    super::prune(root, keep)?;
+    Ok(dir)
 }
 
 /// Writes stage `stage`'s part of the step `step` under `root` (synced); returns the staging
@@ -65,8 +139,10 @@ pub fn load<S: State>(dir: &Path, store: &mut ParamStore, optimizer: Vec<(String
         manifest.require(dir, name)?;
     }
     let state: S = read_state(dir, &manifest)?;
-    let weights = read_tensors(dir, &names("model"))?;
-    let opt = read_tensors(dir, &names("optimizer"))?;
+    // a step brought from object storage for some stages holds their parts alone
+    let here = |names: Vec<String>| -> Vec<String> { names.into_iter().filter(|n| dir.join(n).exists()).collect() };
+    let weights = read_tensors(dir, &here(names("model")))?;
+    let opt = read_tensors(dir, &here(names("optimizer")))?;
     restore_tensors(dir, store, optimizer, &weights, &opt, false)?;
     Ok(state)
 }

@@ -291,14 +291,17 @@ fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
     let path = worker.save_checkpoint()?;
     // the previous step's upload, which this save waited for, before this step
     report_uploads(worker, s);
-    if let Some(p) = &path {
+    if path.is_some() {
         s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", worker.step as f64);
-        if let Some(rep) = s.reporter.as_deref_mut() {
-            let seconds = Some(t0.elapsed().as_secs_f64());
-            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: worker.step, path: p.display().to_string(), seconds }));
-        }
     }
-    Ok(path)
+    // A stage that sealed its part alone (stages sharing no directory) has no step on disk to
+    // report: the step exists once the first stage commits it in the bucket.
+    let committed = path.filter(|_| !worker.sealed_part);
+    if let (Some(p), Some(rep)) = (&committed, s.reporter.as_deref_mut()) {
+        let seconds = Some(t0.elapsed().as_secs_f64());
+        rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: worker.step, path: p.display().to_string(), seconds }));
+    }
+    Ok(committed)
 }
 
 /// Reports the uploads that finished: on stderr, and as a `checkpoint` event naming the step in

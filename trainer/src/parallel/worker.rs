@@ -80,6 +80,9 @@ pub struct Worker {
     pub evaluation: EvalConfig,
     /// Corrupt checkpoints the last resume passed over for an older one, and why.
     pub skipped_checkpoints: Vec<String>,
+    /// Whether the last checkpoint was sealed as this stage's part alone (the stages share no
+    /// directory, and the step is committed in the bucket only).
+    pub sealed_part: bool,
     /// On the part that commits checkpoints (the first stage of the first replica), with
     /// `spec.checkpoint.store`: the background upload of committed steps (opened on first use).
     pub uploader: Option<crate::checkpoint::remote::Uploader>,
@@ -136,6 +139,7 @@ impl Worker {
             devices_in_run: 1,
             evaluation: EvalConfig::default(),
             skipped_checkpoints: Vec::new(),
+            sealed_part: false,
             uploader: None,
             uploaded: Vec::new(),
         };
