@@ -350,6 +350,50 @@ pub fn settings_of(spec: &TrainingJobSpec) -> Result<Option<Location>, Configura
     checkpoint.or(export).map(|(field, s)| Location::of(field, s).map_err(ConfigurationError)).transpose()
 }
 
+// The job's side of resolving lives here, as an inherent method of `Job`, so that the job module
+// does not import this one (which imports the job module's ConfigurationError).
+impl crate::job::Job {
+    /// Brings the inputs the spec names by `s3://` URI (the corpus, the tokenizer file, the
+    /// evaluation sets, the init model and a distillation teacher's checkpoint) into `inputs`'
+    /// cache, and points the spec at the copies, so that everything after this reads local
+    /// paths; a local path stays as it is. A missing object, a wrong key or an unreachable store
+    /// is a [`ConfigurationError`] naming the field, the URI and the store's words. Returns what
+    /// was resolved, one entry per URI.
+    pub fn resolve_inputs(&mut self, inputs: &Inputs) -> Result<Vec<Resolved>> {
+        let spec = &mut self.spec;
+        let d = &mut spec.data;
+        let mut fields: Vec<(String, &mut String, Shape)> = Vec::new();
+        if let Some(text) = &mut d.source.text {
+            fields.push(("spec.data.source.text.path".into(), &mut text.path, Shape::FileOrDirectory));
+        }
+        if let Some(shards) = &mut d.source.shards {
+            fields.push(("spec.data.source.shards.path".into(), &mut shards.path, Shape::Directory));
+        }
+        if let Some(file) = &mut d.tokenizer_file {
+            fields.push(("spec.data.tokenizerFile.path".into(), &mut file.path, Shape::Tokenizer));
+        }
+        for (i, set) in d.eval_sets.iter_mut().enumerate() {
+            if let Some(path) = &mut set.path {
+                fields.push((format!("spec.data.evalSets[{i}].path"), path, Shape::File));
+            }
+        }
+        if let Some(init) = &mut spec.model.init {
+            fields.push(("spec.model.init".into(), init, Shape::Directory));
+        }
+        if let Some(distill) = &mut spec.distill {
+            fields.push(("spec.distill.teacher.checkpoint".into(), &mut distill.teacher.checkpoint, Shape::Checkpoint));
+        }
+        let mut resolved = Vec::new();
+        for (field, value, shape) in fields {
+            if let Some(r) = inputs.resolve(&field, value, shape)? {
+                *value = r.path.to_string_lossy().into_owned();
+                resolved.push(r);
+            }
+        }
+        Ok(resolved)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
