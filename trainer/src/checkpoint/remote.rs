@@ -93,16 +93,31 @@ pub fn upload(store: &Store, dir: &Path, keep: usize) -> Result<Uploaded> {
     let (manifest, manifest_text) = read_manifest(dir)?;
     let step_dir = step_dir_name(manifest.step);
     // A step of this number already there is no longer committed while its parts change.
-    store.delete(&[format!("{step_dir}/{MANIFEST}")])?;
-    let mut bytes = 0;
-    for name in manifest.files.keys() {
-        bytes += store.put_file(&format!("{step_dir}/{name}"), &dir.join(name))?;
-    }
-    bytes += manifest_text.len() as u64;
-    store.put_bytes(&format!("{step_dir}/{MANIFEST}"), manifest_text)?;
+    let bytes = put_listed(store, &step_dir, dir, manifest.files.keys(), MANIFEST, manifest_text)?;
     let pruned = prune(store, keep)?;
     let uri = format!("{}/{step_dir}", store.location.uri());
     Ok(Uploaded { step: manifest.step, uri, bytes, seconds: t0.elapsed().as_secs_f64(), pruned, committed: true })
+}
+
+/// Takes the step's manifest at `step_dir` away (the step is not committed while its files
+/// change), uploads `files` from `dir` under `step_dir`, then `listing` (the manifest that lists
+/// them) as `listing_name`, last. Returns the bytes sent.
+fn put_listed<'a>(
+    store: &Store,
+    step_dir: &str,
+    dir: &Path,
+    files: impl Iterator<Item = &'a String>,
+    listing_name: &str,
+    listing: Vec<u8>,
+) -> Result<u64> {
+    store.delete(&[format!("{step_dir}/{MANIFEST}")])?;
+    let mut bytes = 0;
+    for f in files {
+        bytes += store.put_file(&format!("{step_dir}/{f}"), &dir.join(f))?;
+    }
+    bytes += listing.len() as u64;
+    store.put_bytes(&format!("{step_dir}/{listing_name}"), listing)?;
+    Ok(bytes)
 }
 
 /// Uploads stage `stage`'s sealed part `dir` of a step (`pipelined::seal_part`): its files, then
@@ -117,13 +132,7 @@ pub fn upload_part(store: &Store, dir: &Path, stage: usize, keep: usize, wait: D
     // A step of this number already there is no longer committed while its parts change: each
     // stage takes its manifest away before it touches its part, and the first stage writes the
     // new one only after every part of this write is up.
-    store.delete(&[format!("{step_dir}/{MANIFEST}")])?;
-    let mut bytes = 0;
-    for f in part.files.keys() {
-        bytes += store.put_file(&format!("{step_dir}/{f}"), &dir.join(f))?;
-    }
-    bytes += text.len() as u64;
-    store.put_bytes(&format!("{step_dir}/{name}"), text)?;
+    let bytes = put_listed(store, &step_dir, dir, part.files.keys(), &name, text)?;
     let uri = format!("{}/{step_dir}", store.location.uri());
     let mut up = Uploaded { step: part.step, uri, bytes, seconds: 0.0, pruned: vec![], committed: false };
     if stage == 0 {
