@@ -93,6 +93,9 @@ fn s3_stage_process() {
             w.uploader = Some(Uploader::new(open_store(&endpoint, &uri), keep));
         }
         let tag = format!("{}-{}-{}", std::env::var("FRUGAL_TEST_RUN").unwrap(), w.replica, w.index());
+        if std::env::var("FRUGAL_TEST_MODE").as_deref() == Ok("run") {
+            return run_loop(w, &out.join(format!("events-{tag}")));
+        }
         let resumed = w.resume()?;
         std::fs::write(out.join(format!("resumed-{tag}")), resumed.as_ref().map_or(-1, |r| r.step).to_string())?;
         std::fs::write(out.join(format!("skipped-{tag}")), w.skipped_checkpoints.join("\n"))?;
@@ -115,6 +118,33 @@ fn s3_stage_process() {
         eprintln!("replica {replica} stage {stage} error: {e:#}");
         std::process::exit(3);
     }
+}
+
+/// The job's run loop (`parallel::run::run`, as in a pod), checkpointing every second step; the
+/// reporting part writes the `checkpoint` events it emitted to `events`, a line each: the step
+/// and where it is.
+fn run_loop(w: &mut Worker, events: &Path) -> anyhow::Result<()> {
+    use frugal_trainer::parallel::run::{Session, run};
+    use frugal_trainer::report::event::RunEvent;
+    use frugal_trainer::report::{Reporter, metrics::Metrics};
+    w.cfg.train.checkpoint_interval = 2;
+    let (sink, received) = std::sync::mpsc::channel();
+    let mut reporter = w.reports().then(|| Reporter::new(w.cfg.train.steps, true).with_sink(Some(sink)));
+    let (stop, metrics) = (std::sync::atomic::AtomicBool::new(false), Metrics::new("s3-pipeline"));
+    let session = Session { stop: &stop, reporter: reporter.as_mut(), metrics: &metrics, max_steps: None, resume: true, metrics_port: None };
+    run(w, session)?;
+    drop(reporter);
+    let lines: Vec<String> = received
+        .try_iter()
+        .filter_map(|e| match e {
+            RunEvent::Checkpoint(c) => Some(format!("{} {}", c.step, c.path)),
+            _ => None,
+        })
+        .collect();
+    if w.reports() {
+        std::fs::write(events, lines.join("\n"))?;
+    }
+    Ok(())
 }
 
 /// Runs `replicas` × `stages` stage processes, each with the checkpoint directory
@@ -146,6 +176,7 @@ fn spawn_stages(out: &Path, endpoint: &str, uri: &str, replicas: usize, stages: 
                 .env("FRUGAL_TEST_S3_ENDPOINT", endpoint)
                 .env("FRUGAL_TEST_S3_URI", uri)
                 .env("FRUGAL_PART_WAIT_SECONDS", "60")
+                .env("FRUGAL_TEST_MODE", if name.starts_with("loop") { "run" } else { "steps" })
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -285,6 +316,27 @@ fn two_stages_in_their_own_directories_commit_and_resume_one_step() {
 #[test]
 fn two_stages_by_two_replicas_in_their_own_directories_commit_and_resume_one_step() {
     stages_in_their_own_directories("s3-pp-2x2", 2);
+}
+
+/// A pipeline whose stages share no volume, trained by the job's run loop: the stage that
+/// reports (the last) is not the one that commits (the first), and still tells the status
+/// which step the bucket holds, as it does for a step committed on a shared volume.
+#[test]
+fn the_reporting_stage_names_the_step_the_first_stage_committed_in_the_bucket() {
+    tch::set_num_threads(1);
+    let Some(s3) = SeaweedFs::start("s3-pp-loop", "looped") else { return };
+    let uri = "s3://looped/lm";
+    let out = temp_dir("s3-pp-loop");
+    std::fs::write(out.join("run.json"), serde_json::to_vec(&pipeline_run()).unwrap()).unwrap();
+    run_stages(&out, &s3, uri, 1, 2, "loop", 4);
+    assert_eq!(remote::committed(&s3.store("lm", SECRET_KEY)).unwrap(), [2, 4]);
+    let events = std::fs::read_to_string(out.join("events-loop-0-1")).unwrap();
+    let last = events.lines().last().unwrap_or_default();
+    assert_eq!(last, "4 s3://looped/lm/step-000000004", "the reporting stage's checkpoint events: {events:?}");
+    // Only steps in the bucket (an upload that finished while a newer one was saved is passed
+    // over for it): the stages' own directories hold parts, never a committed step to name.
+    assert!(events.lines().all(|l| l.contains(" s3://looped/lm/step-")), "{events:?}");
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// A sealed part of step `step` for stage `stage` of two, of the write `write_id`, under `root`.

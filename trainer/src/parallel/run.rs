@@ -138,7 +138,10 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
     while worker.step < end {
         let r = worker.train_step()?;
         let signalled = f64::from(u8::from(s.stop.load(Ordering::SeqCst)));
-        let agreed = worker.agree(&[r.busy_seconds.unwrap_or(r.seconds), r.seconds, signalled])?;
+        worker.poll_upload();
+        let committed = report_uploads(worker, &mut s);
+        let agreed = worker.agree(&[r.busy_seconds.unwrap_or(r.seconds), r.seconds, signalled, committed])?;
+        relay_commit(worker, &mut s, agreed[3]);
         // Σ busy / Σ wall over the stages: the fraction of the pipeline's device time that computed.
         let bubble = r.busy_seconds.map(|_| 1.0 - agreed[0] / agreed[1]);
         train_seconds += r.seconds;
@@ -192,8 +195,6 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
                 }));
             }
         }
-        worker.poll_upload();
-        report_uploads(worker, &mut s);
         if agreed[2] > 0.0 {
             stopped = Stop::Terminated;
             break;
@@ -218,7 +219,9 @@ pub fn run(worker: &mut Worker, mut s: Session) -> Result<(Stop, Option<Summary>
     last_checkpoint = checkpoint(worker, &mut s)?.or(last_checkpoint);
     // The last step's upload: for as long as it takes, or within the grace period after SIGTERM.
     worker.wait_for_upload((stopped == Stop::Terminated).then(upload_grace));
-    report_uploads(worker, &mut s);
+    let committed = report_uploads(worker, &mut s);
+    let agreed = worker.agree(&[committed])?;
+    relay_commit(worker, &mut s, agreed[0]);
     let Some(shape) = shape else { return Ok((stopped, None)) };
     let c = &shape.counts;
     let tokens = worker.tokens - start_tokens;
@@ -289,8 +292,8 @@ fn evaluation_pass(
 fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
     let t0 = Instant::now();
     let path = worker.save_checkpoint()?;
-    // the previous step's upload, which this save waited for, before this step
-    report_uploads(worker, s);
+    // The previous step's upload, which this save waited for, is reported (or relayed to the
+    // reporting part) after the next step, or after the run's last upload.
     if path.is_some() {
         s.metrics.gauge("frugal_trainer_checkpoint_step", "Step of the newest checkpoint.", worker.step as f64);
     }
@@ -306,14 +309,35 @@ fn checkpoint(worker: &mut Worker, s: &mut Session) -> Result<Option<PathBuf>> {
 
 /// Reports the uploads that finished: on stderr, and as a `checkpoint` event naming the step in
 /// the bucket (in a pod, `status.checkpoint` then says where the newest committed step is).
-fn report_uploads(worker: &mut Worker, s: &mut Session) {
+/// Returns what the other parts learn of them through [`relay_commit`]: the newest committed
+/// step + 1 when this part committed it without reporting it (the first stage of a pipeline),
+/// else 0.
+fn report_uploads(worker: &mut Worker, s: &mut Session) -> f64 {
+    let mut relayed = 0.0;
     for up in worker.take_uploads() {
         crate::info!("step {} is in {} ({} bytes in {:.1} s)", up.step, up.uri, up.bytes, up.seconds);
         s.metrics.gauge("frugal_trainer_checkpoint_uploaded_step", "Step of the newest checkpoint committed in object storage.", up.step as f64);
-        if let Some(rep) = s.reporter.as_deref_mut() {
-            rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: up.step, path: up.uri, seconds: Some(up.seconds) }));
+        match s.reporter.as_deref_mut() {
+            Some(rep) => rep.emit(RunEvent::Checkpoint(event::Checkpoint { step: up.step, path: up.uri, seconds: Some(up.seconds) })),
+            None => relayed = (up.step + 1) as f64,
         }
     }
+    relayed
+}
+
+/// On the reporting part, the `checkpoint` event of a step another part committed in the bucket
+/// (`relayed`: the sum over the parts of [`report_uploads`]' returns, which only the committing
+/// part makes nonzero), so that `status.checkpoint` follows a pipeline whose stages share no
+/// volume.
+fn relay_commit(worker: &Worker, s: &mut Session, relayed: f64) {
+    let (Some(rep), Some(spec)) = (s.reporter.as_deref_mut(), &worker.cfg.checkpoint_store) else { return };
+    if relayed < 1.0 {
+        return;
+    }
+    let step = relayed as i64 - 1;
+    let Ok(location) = crate::store::Location::of(crate::checkpoint::remote::STORE_FIELD, spec) else { return };
+    let uri = format!("{}/{}", location.uri(), crate::checkpoint::step_dir_name(step));
+    rep.emit(RunEvent::Checkpoint(event::Checkpoint { step, path: uri, seconds: None }));
 }
 
 /// How long a run stopped by SIGTERM waits for its last upload: `FRUGAL_UPLOAD_GRACE_SECONDS`,
