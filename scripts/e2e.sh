@@ -86,6 +86,8 @@ rm -f "$scratch/images.tar"
 export KUBECONFIG=$kubeconfig FRUGAL_E2E=1
 # kind's CoreDNS, for the pipeline test's own query (the local cluster's is at a fixed address)
 if [[ -s $(dirname "$kubeconfig")/cluster-dns ]]; then FRUGAL_CLUSTER_DNS=$(cat "$(dirname "$kubeconfig")/cluster-dns"); export FRUGAL_CLUSTER_DNS; fi
+# the host's address the real node's pods reach, where the object-store test serves its bucket
+if [[ -s $(dirname "$kubeconfig")/host-address ]]; then FRUGAL_HOST_ADDRESS=$(cat "$(dirname "$kubeconfig")/host-address"); export FRUGAL_HOST_ADDRESS; fi
 # the chart tests run helm and kubectl from the same pinned builds, the monitoring tests promtool,
 # the plugin's test krew
 export PATH=$HELM_BIN:$K8S_BIN:$PROMETHEUS_BIN:$KREW_BIN:$PATH

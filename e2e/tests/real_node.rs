@@ -3,8 +3,9 @@
 //! containers with their own tokens, peers found through cluster DNS, a deleted pod's SIGTERM
 //! checkpoint resumed by the next attempt, a 2 × 2 data-parallel job whose checkpoint resumes as
 //! 1 × 2, an int8 export and a distilled student reported from their pods, a job that continues
-//! from a Hugging Face export and writes its own, and a leader that hands over. Every namespace enforces
-//! Pod Security `restricted`.
+//! from a Hugging Face export and writes its own, a pipeline without a shared volume that loses a
+//! pod and its volume and resumes from the bucket, and a leader that hands over. Every namespace
+//! enforces Pod Security `restricted`.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ use frugal_e2e::training_job::{
     apply, check_operator_log, check_trainer_log, finished_within, job_where, last_checkpoint, phase, real_cpu_job, resumed_at, step_losses,
 };
 use frugal_e2e::{TestContext, manifests, run};
+
+#[path = "../../trainer/tests/support/seaweedfs.rs"]
+mod seaweedfs;
 
 /// The pod ran in a container (containerd's ID) on the node labelled as the real one.
 async fn on_real_node(ctx: &TestContext, pod: &Pod) -> Result<()> {
@@ -630,6 +634,105 @@ async fn a_pod_that_cannot_be_scheduled_says_why() {
         let ready = frugal_e2e::training_job::condition(&named, "Ready").unwrap();
         eprintln!("e2e: Ready={} {}: {}", ready.status, ready.reason, ready.message);
         ensure!(ready.message.contains("Insufficient cpu"), "{}", ready.message);
+        Ok(())
+    })
+    .await;
+}
+
+/// The steps committed in `store` (those with a manifest), oldest first.
+async fn committed_steps(store: &frugal_api::store::Store) -> Result<Vec<i64>> {
+    let store = store.clone();
+    let names = tokio::task::spawn_blocking(move || store.list("")).await??;
+    let mut steps: Vec<i64> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix("/MANIFEST.json")?.rsplit('/').next()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// A two-stage pipeline with no claim, its checkpoints in a bucket (SeaweedFS on this machine,
+/// reached from the node's pods): each pod's checkpoint directory is an emptyDir of its own, the
+/// first stage commits each step in the bucket once both parts are there, and the status names
+/// it. The test force-deletes the first stage's pod (no SIGTERM checkpoint; its emptyDir goes
+/// with it), and the next attempt's new pods, with empty directories, resume from the bucket at
+/// the newest committed step.
+#[tokio::test]
+async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
+    if !node::available("real-bucket") {
+        return;
+    }
+    let Ok(host) = std::env::var("FRUGAL_HOST_ADDRESS") else {
+        eprintln!("skipping real-bucket: no FRUGAL_HOST_ADDRESS (scripts/e2e.sh sets it from the cluster's host-address file)");
+        return;
+    };
+    run("real-bucket", |ctx: TestContext| async move {
+        let server = tokio::task::spawn_blocking(move || seaweedfs::SeaweedFs::start_on("real-bucket", "lm-checkpoints", &host)).await?;
+        let Some(s3) = server else { return Ok(()) };
+        manifests::install_crds(&ctx.client).await?;
+        node::enforce_restricted(&ctx).await?;
+        let keys = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "store-keys"},
+            "stringData": {"AWS_ACCESS_KEY_ID": seaweedfs::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": seaweedfs::SECRET_KEY},
+        });
+        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &serde_json::from_value(keys)?).await?;
+        let _operator = Operator::start(&ctx.namespace, &[])?;
+        let steps = 3000;
+        let mut tj = real_cpu_job("lm", steps, None, 2);
+        let mut store = s3.spec("team/lm");
+        store.credentials_secret = Some("store-keys".into());
+        tj.spec.checkpoint.store = Some(store);
+        tj.spec.training.checkpoint_interval = 50;
+        apply(&ctx, &tj).await?;
+        let bucket = s3.store("team/lm", seaweedfs::SECRET_KEY);
+
+        // The status names a step in the bucket, which the first stage committed and the last
+        // (reporting) stage was told of.
+        let named = job_where(&ctx, "lm", "status.checkpoint in the bucket", |tj| {
+            tj.status.as_ref().and_then(|s| s.checkpoint.as_ref()).is_some_and(|c| c.path.starts_with("s3://lm-checkpoints/team/lm/step-"))
+        })
+        .await?;
+        let named = named.status.and_then(|s| s.checkpoint).context("no status.checkpoint")?;
+        eprintln!("e2e: status.checkpoint = step {} at {}", named.step, named.path);
+        let first = node::attempt_pods(&ctx, "lm", 1).await?;
+        ensure!(first.len() == 2, "attempt 1 has {} pods, not 2 stages", first.len());
+        for p in &first {
+            on_real_node(&ctx, p).await?;
+            let claims = p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter(|v| v.persistent_volume_claim.is_some()).count();
+            ensure!(claims == 0, "{} mounts a claim: the test is about pods without one", p.name_any());
+        }
+        // Stage 0's pod (the committer) goes at once, without SIGTERM's checkpoint, and its
+        // emptyDir with it.
+        let victim = first.iter().find(|p| p.name_any().contains("-0-")).unwrap_or(&first[0]).name_any();
+        let gone = node::follow_logs(&ctx, &victim);
+        ctx.api::<Pod>().delete(&victim, &DeleteParams::default().grace_period(0)).await?;
+        tokio::time::timeout(Duration::from_secs(90), gone).await.context("the deleted pod's log did not end")??;
+        let second = node::pod_logging(&ctx, "lm", 2, "\"event\":\"resume\"", TRAINING).await?;
+        // nothing uploads between the kill and the new attempt's resume
+        let in_bucket = committed_steps(&bucket).await?;
+        let newest = *in_bucket.last().context("the bucket holds no committed step")?;
+        ensure!(newest >= named.step, "the bucket's newest step {newest} is older than the one the status named, {}", named.step);
+        let log = node::logs(&ctx, &second.name_any()).await;
+        let resumed = resumed_at(&log).with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
+        eprintln!("e2e: attempt 1 lost {victim} and its volume; the bucket held steps {in_bucket:?}; attempt 2 resumed at step {resumed}");
+        ensure!(resumed == newest, "attempt 2 resumed at step {resumed}, the bucket's newest committed step is {newest}");
+        let mut fetched = String::new();
+        for p in node::attempt_pods(&ctx, "lm", 2).await? {
+            fetched.push_str(&node::logs(&ctx, &p.name_any()).await);
+        }
+        let from = format!("s3://lm-checkpoints/team/lm/step-{newest:09}");
+        ensure!(fetched.contains(&from), "attempt 2's pods do not say they fetched {from}:\n{fetched}");
+
+        let done = finished_within(&ctx, "lm", TRAINING).await?;
+        let pods = node::attempt_pods(&ctx, "lm", 2).await?;
+        let mut logs = Vec::new();
+        for p in &pods {
+            logs.push(node::logs(&ctx, &p.name_any()).await);
+        }
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{}", phase(&done), logs.join("\n"));
+        let last = done.status.and_then(|s| s.checkpoint).context("no status.checkpoint at the end")?;
+        ensure!(last.path == format!("s3://lm-checkpoints/team/lm/step-{steps:09}"), "status.checkpoint at the end: {last:?}");
+        ensure!(committed_steps(&bucket).await?.last() == Some(&steps), "the bucket's newest step is not the last one");
         Ok(())
     })
     .await;

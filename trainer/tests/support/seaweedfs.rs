@@ -1,6 +1,7 @@
 //! A SeaweedFS server for the tests and benchmarks that need a real S3-compatible store
 //! (`tests/s3.rs`, `benches/checkpoint_store.rs`): the binary `scripts/seaweedfs.sh` builds,
-//! started as `weed mini` on free loopback ports in a temporary directory.
+//! started as `weed mini` on free loopback ports in a temporary directory. The e2e tests
+//! (`e2e/tests/real_node.rs`) start it on an address the real node's pods reach.
 #![allow(dead_code)]
 
 use frugal_api::store::{Location, Store};
@@ -34,9 +35,9 @@ fn weed_binary() -> Option<PathBuf> {
     (out.status.success() && path.is_file()).then_some(path)
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
+fn free_ports(ip: &str, n: usize) -> Vec<u16> {
     // held together, so that no two are the same
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind((ip, 0)).unwrap()).collect();
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -44,6 +45,12 @@ impl SeaweedFs {
     /// Starts a server holding `bucket`; `None` (the test is skipped) when there is no binary
     /// and `FRUGAL_REQUIRE_S3` is unset.
     pub fn start(name: &str, bucket: &str) -> Option<Self> {
+        Self::start_on(name, bucket, "127.0.0.1")
+    }
+
+    /// [`SeaweedFs::start`] listening on `ip` only: an address of this machine that the pods of
+    /// the e2e tests' real node reach (`tests/real_node.rs`).
+    pub fn start_on(name: &str, bucket: &str, ip: &str) -> Option<Self> {
         let Some(weed) = weed_binary() else {
             assert!(
                 std::env::var_os("FRUGAL_REQUIRE_S3").is_none(),
@@ -55,7 +62,7 @@ impl SeaweedFs {
         let dir = std::env::temp_dir().join(format!("frugal-seaweedfs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let p = free_ports(10);
+        let p = free_ports(ip, 10);
         let t0 = Instant::now();
         // At the lowest CPU priority: on a real node the store is another machine, so the
         // trainer's own work (the benchmark's steps) must not wait on it here.
@@ -63,7 +70,7 @@ impl SeaweedFs {
             .args(["-n", "19"])
             .arg(weed)
             .arg("mini")
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", &format!("-dir={}", dir.display()), &format!("-bucket={bucket}")])
+            .args([format!("-ip={ip}"), format!("-ip.bind={ip}"), format!("-dir={}", dir.display()), format!("-bucket={bucket}")])
             .args([format!("-master.port={}", p[0]), format!("-master.port.grpc={}", p[1])])
             .args([format!("-volume.port={}", p[2]), format!("-volume.port.grpc={}", p[3])])
             .args([format!("-filer.port={}", p[4]), format!("-filer.port.grpc={}", p[5])])
@@ -78,7 +85,7 @@ impl SeaweedFs {
             .stderr(std::fs::File::create(dir.join("weed.err")).unwrap())
             .spawn()
             .expect("starting weed mini");
-        let server = Self { child, dir, endpoint: format!("http://127.0.0.1:{}", p[6]), bucket: bucket.into() };
+        let server = Self { child, dir, endpoint: format!("http://{ip}:{}", p[6]), bucket: bucket.into() };
         // Ready once the bucket it creates can be listed.
         let store = server.store("", SECRET_KEY);
         let deadline = t0 + Duration::from_secs(90);
