@@ -643,10 +643,8 @@ async fn a_pod_that_cannot_be_scheduled_says_why() {
 async fn committed_steps(store: &frugal_api::store::Store) -> Result<Vec<i64>> {
     let store = store.clone();
     let names = tokio::task::spawn_blocking(move || store.list("")).await??;
-    let mut steps: Vec<i64> = names
-        .iter()
-        .filter_map(|n| n.strip_suffix("/MANIFEST.json")?.rsplit('/').next()?.strip_prefix("step-")?.parse().ok())
-        .collect();
+    let mut steps: Vec<i64> =
+        names.iter().filter_map(|n| n.strip_suffix("/MANIFEST.json")?.rsplit('/').next()?.strip_prefix("step-")?.parse().ok()).collect();
     steps.sort_unstable();
     Ok(steps)
 }

@@ -30,23 +30,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 /// What an input's field takes, which decides what of the bucket comes down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// One object (an evaluation set).
-    File,
-    /// A `tokenizer.json`: the object, and the `tokenizer_config.json` beside it when there is
-    /// one (it names the end-of-text token).
-    Tokenizer,
-    /// Every object under the prefix (pre-tokenized shards, a Hugging Face model directory).
-    Directory,
-    /// The object of that key when there is one, else every object under the prefix (a text
-    /// corpus: a file or a directory of files). A URI ending in `/` is always a prefix.
-    FileOrDirectory,
-    /// A checkpoint: a step (a prefix holding `MANIFEST.json`), all of it; or a checkpoint
-    /// root, whose newest intact committed step alone comes down, verified as a resume verifies
-    /// it.
-    Checkpoint,
-}
+pub use frugal_api::v1alpha1::InputShape as Shape;
 
 /// Whether a spec's value names a location by URI (`s3://...`; any other scheme is refused)
 /// rather than a local path.
@@ -360,33 +344,10 @@ impl crate::job::Job {
     /// is a [`ConfigurationError`] naming the field, the URI and the store's words. Returns what
     /// was resolved, one entry per URI.
     pub fn resolve_inputs(&mut self, inputs: &Inputs) -> Result<Vec<Resolved>> {
-        let spec = &mut self.spec;
-        let d = &mut spec.data;
-        let mut fields: Vec<(String, &mut String, Shape)> = Vec::new();
-        if let Some(text) = &mut d.source.text {
-            fields.push(("spec.data.source.text.path".into(), &mut text.path, Shape::FileOrDirectory));
-        }
-        if let Some(shards) = &mut d.source.shards {
-            fields.push(("spec.data.source.shards.path".into(), &mut shards.path, Shape::Directory));
-        }
-        if let Some(file) = &mut d.tokenizer_file {
-            fields.push(("spec.data.tokenizerFile.path".into(), &mut file.path, Shape::Tokenizer));
-        }
-        for (i, set) in d.eval_sets.iter_mut().enumerate() {
-            if let Some(path) = &mut set.path {
-                fields.push((format!("spec.data.evalSets[{i}].path"), path, Shape::File));
-            }
-        }
-        if let Some(init) = &mut spec.model.init {
-            fields.push(("spec.model.init".into(), init, Shape::Directory));
-        }
-        if let Some(distill) = &mut spec.distill {
-            fields.push(("spec.distill.teacher.checkpoint".into(), &mut distill.teacher.checkpoint, Shape::Checkpoint));
-        }
         let mut resolved = Vec::new();
-        for (field, value, shape) in fields {
-            if let Some(r) = inputs.resolve(&field, value, shape)? {
-                *value = r.path.to_string_lossy().into_owned();
+        for f in self.spec.input_fields() {
+            if let Some(r) = inputs.resolve(&f.field, f.value, f.shape)? {
+                *f.value = r.path.to_string_lossy().into_owned();
                 resolved.push(r);
             }
         }

@@ -2,6 +2,10 @@
 //! export store (`spec.export.store`) exist and can be written with the job's credentials,
 //! before the job is applied. It writes a small
 //! probe object under the prefix and deletes it again, as the trainer's first upload would.
+//! And whether each input the spec names by `s3://` URI (the corpus, shards, tokenizer file,
+//! evaluation sets, init model, teacher checkpoint) is there and readable with the same
+//! credentials: it lists the prefix, and reads the object's metadata where the field takes one
+//! file, as the trainer does before it downloads.
 //!
 //! The credentials are the job's where the plugin can read them: the keys of
 //! `credentialsSecret`, which its author may read (the chart's secret-references policy makes
@@ -11,7 +15,7 @@
 
 use frugal_api::TrainingJob;
 use frugal_api::store::Location;
-use frugal_api::v1alpha1::ObjectStoreSpec;
+use frugal_api::v1alpha1::{InputShape, ObjectStoreSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
@@ -74,23 +78,85 @@ pub fn probe(which: Which, spec: &ObjectStoreSpec, identity: &Identity, vars: Ve
     }
 }
 
+/// The plan's check of the inputs.
+pub const INPUTS: &str = "input";
+
+/// Whether the input `field` = `uri` (which takes `shape`) is in its bucket and readable with
+/// `vars`, reached with the endpoint and region of `settings` (the job's checkpoint store's, else
+/// its export store's, as the trainer reaches it); blocking.
+pub fn probe_input(
+    field: &str,
+    uri: &str,
+    shape: InputShape,
+    settings: Option<&Location>,
+    identity: &Identity,
+    vars: Vec<(String, String)>,
+) -> Check {
+    let location = match Location::input(field, uri, settings) {
+        Ok(l) => l,
+        Err(e) => return Check::refused(INPUTS, reasons::INVALID_SPEC, e),
+    };
+    let store = match location.open_with(vars) {
+        Ok(s) => s,
+        Err(e) => return Check::refused(INPUTS, reasons::INVALID_SPEC, e),
+    };
+    let whose = match identity {
+        Identity::Secret(name) => format!("with the keys of Secret {name}"),
+        Identity::Environment => "with this shell's AWS_* environment (the job sets no credentialsSecret; its pods may have another identity)".into(),
+    };
+    let refuse = |what: String| match identity {
+        Identity::Secret(_) => {
+            Check::refused(INPUTS, reasons::CONFIGURATION_ERROR, format!("{field} ({uri}): {what} ({whose}); the trainer would stop before training"))
+        }
+        Identity::Environment => Check::note(INPUTS, None, format!("{field} ({uri}): {what} ({whose})")),
+    };
+    // listed first, as the trainer does: a missing bucket or a wrong key in the store's words
+    let under = match store.list_objects("") {
+        Ok(under) => under,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let one_file = matches!(shape, InputShape::File | InputShape::Tokenizer) || (shape == InputShape::FileOrDirectory && !uri.ends_with('/'));
+    let object = if one_file && !location.prefix.is_empty() && !uri.ends_with('/') { store.head("").ok() } else { None };
+    let (objects, bytes) = match &object {
+        Some(o) => (1, o.size),
+        None => (under.len(), under.iter().map(|o| o.size).sum::<u64>()),
+    };
+    if objects == 0 {
+        return refuse("the bucket holds no object of this key or under this prefix: upload it, or fix the URI".into());
+    }
+    if object.is_none() && matches!(shape, InputShape::File | InputShape::Tokenizer) {
+        return refuse(format!("the field takes one file, and this is a prefix of {objects} objects: name the file's key"));
+    }
+    Check::ok(INPUTS, format!("{field}: {uri} holds {objects} object(s), {bytes} bytes, readable {whose}"))
+}
+
 /// The bucket checks of `job` in `namespace` (none when it names no store): with the keys of
 /// the checkpoint store's Secret when it names one (read through `client`; the export store's
 /// keys are the same, as the pods have one set), else with this process's environment.
 pub async fn checks(job: &TrainingJob, client: Option<&Client>, namespace: &str) -> Vec<Check> {
     let export = job.spec.export.as_ref().and_then(|e| e.store.clone());
     let stores: Vec<(Which, ObjectStoreSpec)> =
-        [(CHECKPOINTS, job.spec.checkpoint.store.clone()), (EXPORTS, export)].into_iter().filter_map(|(w, s)| Some((w, s?))).collect();
-    if stores.is_empty() {
+        [(CHECKPOINTS, job.spec.checkpoint.store.clone()), (EXPORTS, export.clone())].into_iter().filter_map(|(w, s)| Some((w, s?))).collect();
+    let inputs = job.spec.input_uris();
+    if stores.is_empty() && inputs.is_empty() {
         return vec![];
     }
+    let settings = match (&job.spec.checkpoint.store, &export) {
+        (Some(s), _) => Location::of(CHECKPOINTS.field, s).ok(),
+        (None, Some(s)) => Location::of(EXPORTS.field, s).ok(),
+        (None, None) => None,
+    };
     let secret = job.spec.checkpoint.store.as_ref().and_then(|s| s.credentials_secret.clone());
     let (identity, vars) = match credentials(secret.as_deref(), client, namespace).await {
         Ok(found) => found,
         Err(check) => return vec![check],
     };
     // the store's blocking calls, and its runtime's drop, off this async task
-    let probed = tokio::task::spawn_blocking(move || stores.iter().map(|(w, s)| probe(*w, s, &identity, vars.clone())).collect());
+    let probed = tokio::task::spawn_blocking(move || {
+        let written = stores.iter().map(|(w, s)| probe(*w, s, &identity, vars.clone()));
+        let read = inputs.iter().map(|(field, uri, shape)| probe_input(field, uri, *shape, settings.as_ref(), &identity, vars.clone()));
+        written.chain(read).collect()
+    });
     probed.await.unwrap_or_else(|e| vec![Check::note(CHECKPOINTS.check, None, format!("not checked: {e}"))])
 }
 

@@ -265,3 +265,42 @@ fn the_bucket_check_writes_a_probe_with_the_jobs_keys_and_says_what_the_store_re
     assert_eq!(mine.outcome, Outcome::Note, "{mine:?}");
     assert!(mine.message.contains("AWS_* environment"), "{}", mine.message);
 }
+
+/// The input check against SeaweedFS: a corpus file, a prefix of shards and a missing key, with
+/// the job's keys and with a wrong one.
+#[test]
+fn the_input_check_reads_what_the_trainer_would_download() {
+    use bucket::{Identity, probe_input};
+    use frugal_api::store::Location;
+    use frugal_api::v1alpha1::InputShape;
+    use seaweedfs::{ACCESS_KEY, SECRET_KEY, SeaweedFs};
+    let Some(s3) = SeaweedFs::start("plan-inputs", "corpora") else { return };
+    let store = s3.store("", SECRET_KEY);
+    store.put_bytes("web/part-0.txt", b"some text\n".to_vec()).unwrap();
+    store.put_bytes("shards/train-0.bin", vec![0; 64]).unwrap();
+    store.put_bytes("shards/train-1.bin", vec![0; 32]).unwrap();
+    let settings = Location::of("spec.checkpoint.store", &s3.spec("")).unwrap();
+    let keys =
+        |secret: &str| vec![("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()), ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string())];
+    let secret = Identity::Secret("store-keys".into());
+    let probe = |field: &str, uri: &str, shape, key: &str| probe_input(field, uri, shape, Some(&settings), &secret, keys(key));
+
+    let text = probe("spec.data.source.text.path", "s3://corpora/web/part-0.txt", InputShape::FileOrDirectory, SECRET_KEY);
+    assert_eq!(text.outcome, Outcome::Ok, "{text:?}");
+    assert!(text.message.contains("1 object(s), 10 bytes") && text.message.contains("Secret store-keys"), "{}", text.message);
+    let shards = probe("spec.data.source.shards.path", "s3://corpora/shards", InputShape::Directory, SECRET_KEY);
+    assert!(shards.outcome == Outcome::Ok && shards.message.contains("2 object(s), 96 bytes"), "{shards:?}");
+
+    let missing = probe("spec.data.evalSets[0].path", "s3://corpora/web/valid.txt", InputShape::File, SECRET_KEY);
+    assert_eq!((missing.outcome, missing.reason.as_deref()), (Outcome::Refused, Some(reasons::CONFIGURATION_ERROR)), "{missing:?}");
+    assert!(
+        missing.message.contains("spec.data.evalSets[0].path (s3://corpora/web/valid.txt)") && missing.message.contains("no object"),
+        "{}",
+        missing.message
+    );
+    let prefix = probe("spec.data.tokenizerFile.path", "s3://corpora/shards/", InputShape::Tokenizer, SECRET_KEY);
+    assert!(prefix.outcome == Outcome::Refused && prefix.message.contains("takes one file"), "{prefix:?}");
+    let wrong = probe("spec.data.source.text.path", "s3://corpora/web/part-0.txt", InputShape::FileOrDirectory, "not-the-key");
+    assert_eq!(wrong.outcome, Outcome::Refused, "{wrong:?}");
+    assert!(wrong.message.contains("spec.data.source.text.path") && !wrong.message.contains("not-the-key"), "{}", wrong.message);
+}
