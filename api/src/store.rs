@@ -316,6 +316,18 @@ impl Store {
             .map_err(self.error(format!("downloading {key} to {}", path.display())))
     }
 
+    /// The bytes `range` of `name`, of the version whose ETag is `etag` when given: an object
+    /// replaced since it was listed is refused (`412 Precondition Failed`), not read half old and
+    /// half new.
+    pub fn get_range(&self, name: &str, range: std::ops::Range<u64>, etag: Option<&str>) -> Result<Vec<u8>, StoreError> {
+        let key = self.location.key(name);
+        let options = object_store::GetOptions { range: Some(range.clone().into()), if_match: etag.map(str::to_string), ..Default::default() };
+        self.runtime
+            .block_on(async { self.s3.get_opts(&key, options).await?.bytes().await })
+            .map(|b| b.to_vec())
+            .map_err(self.error(format!("reading bytes {}..{} of {key}", range.start, range.end)))
+    }
+
     /// Reads `name` whole; `None` when there is no such object.
     pub fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.location.key(name);

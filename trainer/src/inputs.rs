@@ -21,6 +21,7 @@
 //! said, before anything trains.
 
 use crate::checkpoint::{MANIFEST, remote};
+use crate::data::streamed::{STREAMED_FILE, Streamed, StreamedShard};
 use crate::job::ConfigurationError;
 use crate::store::{Location, ObjectInfo, Store, StoreError};
 use anyhow::{Context, Result};
@@ -54,6 +55,8 @@ pub struct Resolved {
     /// Of those, the ones downloaded now; the others were in the cache, unchanged.
     pub downloaded: usize,
     pub downloaded_bytes: u64,
+    /// Of those, the ones read in ranges as training needs them (shards), not downloaded.
+    pub streamed: usize,
 }
 
 /// Where inputs come from (the store's settings, the environment's credentials) and where their
@@ -129,10 +132,39 @@ impl Inputs {
         if matches!(shape, Shape::File | Shape::Tokenizer) {
             return Err(not_one_file(field, &uri, under.len()).into());
         }
+        if shape == Shape::Shards {
+            return self.stream_shards(&store, &under, &local, &uri).map(Some);
+        }
         if shape == Shape::Checkpoint && !under.iter().any(|o| o.name == MANIFEST) {
             return self.fetch_checkpoint(&store, &local, field, &uri, &under).map(Some);
         }
         Ok(Some(self.mirror(&store, &under, &local, &uri, true)?))
+    }
+
+    /// A shard directory in the bucket: its small files come down into `local` as any
+    /// directory's, its `.bin` shards do not; [`STREAMED_FILE`] there lists them, and the shard
+    /// reader fetches their ranges as training needs them ([`crate::data::streamed`]).
+    fn stream_shards(&self, store: &Store, under: &[ObjectInfo], local: &Path, uri: &str) -> Result<Resolved> {
+        let (shards, small): (Vec<ObjectInfo>, Vec<ObjectInfo>) = under.iter().cloned().partition(|o| o.name.ends_with(".bin"));
+        // the record is not the bucket's: kept while the rest is mirrored, then rewritten
+        let mut keep_record = small.clone();
+        keep_record.push(ObjectInfo { name: STREAMED_FILE.into(), size: 0, etag: None });
+        let mut resolved = self.mirror(store, &small, local, uri, false)?;
+        std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
+        self.remove_stale(local, &keep_record.iter().map(|o| local.join(&o.name)).collect())?;
+        let location = &store.location;
+        let record = Streamed {
+            field: location.field.clone(),
+            uri: location.uri(),
+            endpoint: location.endpoint.clone(),
+            region: location.region.clone(),
+            shards: shards.iter().map(|o| StreamedShard { name: o.name.clone(), size: o.size, etag: o.etag.clone() }).collect(),
+        };
+        record.write(local)?;
+        resolved.objects += shards.len();
+        resolved.bytes += shards.iter().map(|o| o.size).sum::<u64>();
+        resolved.streamed = shards.len();
+        Ok(resolved)
     }
 
     /// Where the copy of `location`'s key or prefix goes.
@@ -291,6 +323,7 @@ impl Inputs {
             bytes: step_objects.iter().map(|o| o.size).sum(),
             downloaded: if fetched.dir.is_some() { step_objects.len() } else { 0 },
             downloaded_bytes: fetched.bytes,
+            streamed: 0,
         })
     }
 }

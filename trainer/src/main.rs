@@ -337,14 +337,15 @@ fn resolve_inputs(job: &mut Job) -> Result<()> {
     let inputs = frugal_trainer::inputs::Inputs::of_job(&job.spec)?;
     for r in job.resolve_inputs(&inputs)? {
         frugal_trainer::info!(
-            "{}: {} is {} ({} objects, {} bytes; {} downloaded, {} bytes, the others reused from the cache)",
+            "{}: {} is {} ({} objects, {} bytes; {} downloaded, {} bytes, {} read in ranges as training needs them, the others reused from the cache)",
             r.field,
             r.uri,
             r.path.display(),
             r.objects,
             r.bytes,
             r.downloaded,
-            r.downloaded_bytes
+            r.downloaded_bytes,
+            r.streamed
         );
     }
     Ok(())

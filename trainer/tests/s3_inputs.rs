@@ -1,8 +1,9 @@
 //! A job's inputs named by `s3://` URI, against a real S3-compatible server (SeaweedFS, started
 //! per test as in `tests/s3.rs`): a JSONL corpus and a tokenizer file read from the bucket train
-//! the same first loss as the same files read locally; a shard directory and a Hugging Face
-//! model directory under a prefix come down whole, and a teacher's checkpoint root only its
-//! newest step; a second resolve reuses the cache, a changed object comes down again and one
+//! the same first loss as the same files read locally; a shard directory's small files come
+//! down and its shards are read in ranges through a bounded cache (the same first loss, fewer
+//! bytes fetched than the shards hold); a Hugging Face model directory under a prefix comes down
+//! whole, and a teacher's checkpoint root only its newest step; a second resolve reuses the cache, a changed object comes down again and one
 //! gone from the bucket leaves the copy; a missing key, a missing bucket or a wrong secret is
 //! refused before training, naming the field, in the store's own words.
 //!
@@ -183,7 +184,7 @@ fn a_corpus_and_a_tokenizer_from_the_bucket_train_the_same_first_loss_as_from_di
 }
 
 #[test]
-fn a_shard_directory_and_a_model_directory_come_down_whole_and_a_teachers_root_only_its_newest_step() {
+fn shards_are_read_in_ranges_a_model_directory_comes_down_whole_and_a_teachers_root_only_its_newest_step() {
     tch::set_num_threads(1);
     let Some(s3) = SeaweedFs::start("inputs-dirs", "datasets") else { return };
     let dir = temp_dir("s3-inputs-dirs");
@@ -212,22 +213,46 @@ fn a_shard_directory_and_a_model_directory_come_down_whole_and_a_teachers_root_o
     let resolved = in_bucket.resolve_inputs(&inputs_of(&in_bucket, &cache, SECRET_KEY)).unwrap();
     let copy = cache.join("s3/datasets/web/shards");
     assert_eq!(resolved[0].path, copy);
-    assert_eq!((resolved[0].objects, resolved[0].downloaded), (files_under(&shards).len(), files_under(&shards).len()));
-    assert_same_files(&shards, &copy);
+    // The shards stay in the bucket: the copy holds data.json, the tokenizer and the record.
+    let all = files_under(&shards);
+    let bins: Vec<&String> = all.keys().filter(|n| n.ends_with(".bin")).collect();
+    let shard_bytes: u64 = bins.iter().map(|n| std::fs::metadata(&all[*n]).unwrap().len()).sum();
+    assert_eq!((resolved[0].objects, resolved[0].downloaded, resolved[0].streamed), (all.len(), all.len() - bins.len(), bins.len()));
+    let mut held: Vec<String> = files_under(&copy).into_keys().collect();
+    held.sort();
+    assert_eq!(held, ["data.json", "streamed.json", "tokenizer.json"]);
+    // The pod's keys are its environment's (the operator sets them from credentialsSecret); the
+    // blocks are small and the cache holds four, far less than the shards.
+    // SAFETY: no other test of this binary reads these variables, nor streams shards.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("FRUGAL_STREAM_BLOCK_BYTES", "1024");
+        std::env::set_var("FRUGAL_STREAM_CACHE_BYTES", "4096");
+    }
+    let fetched = frugal_trainer::data::streamed::fetched_bytes();
     let (a, b) = (first_loss(&on_disk, &dir.join("ckpt-a")), first_loss(&in_bucket, &dir.join("ckpt-b")));
-    eprintln!("shards' first loss: {a} from disk, {b} from the bucket");
+    let fetched = frugal_trainer::data::streamed::fetched_bytes() - fetched;
+    eprintln!("shards' first loss: {a} from disk, {b} from the bucket ({fetched} of the shards' {shard_bytes} bytes fetched)");
     assert_eq!(a.to_bits(), b.to_bits());
+    assert!(fetched > 0 && fetched < shard_bytes, "{fetched} bytes fetched of {shard_bytes}");
 
-    // A file the bucket no longer holds leaves the copy (a directory is read whole), and a
-    // stray file in the copy goes too.
-    let gone = files_under(&shards).keys().find(|n| n.starts_with("train_")).unwrap().clone();
+    // A shard the bucket no longer holds leaves the record, and a stray file in the copy goes.
+    let gone = bins.iter().find(|n| n.starts_with("train_")).unwrap().to_string();
     store.delete(&[format!("web/shards/{gone}")]).unwrap();
     std::fs::write(copy.join("stray.bin"), b"x").unwrap();
     let mut again = job::parse(&manifest(&s3, &source("s3://datasets/web/shards/"), "", "")).unwrap();
     let resolved = again.resolve_inputs(&inputs_of(&again, &cache, SECRET_KEY)).unwrap();
-    assert_eq!(resolved[0].downloaded, 0);
-    assert!(!copy.join(&gone).exists() && !copy.join("stray.bin").exists());
-    assert_eq!(files_under(&copy).len(), files_under(&shards).len() - 1);
+    assert_eq!((resolved[0].downloaded, resolved[0].streamed), (0, bins.len() - 1));
+    assert!(!copy.join("stray.bin").exists());
+    let record = frugal_trainer::data::streamed::Streamed::in_dir(&copy).unwrap().unwrap();
+    assert!(record.shards.len() == bins.len() - 1 && !record.shards.iter().any(|s| s.name == gone), "{record:?}");
+    // A shard replaced in the bucket after the listing is refused, not read half old.
+    let kept = record.shards.iter().find(|s| s.name.starts_with("train_")).unwrap().name.clone();
+    store.put_bytes(&format!("web/shards/{kept}"), std::fs::read(&all[&kept]).unwrap().into_iter().rev().collect()).unwrap();
+    let cfg = again.run_config(Some(dir.join("ckpt-c"))).unwrap();
+    let e = Worker::single(cfg, Device::Cpu).map(drop).unwrap_err();
+    assert!(format!("{e:#}").contains("Precondition") || format!("{e:#}").contains("412"), "{e:#}");
 
     // A Hugging Face model directory, its weights in several shards: spec.model.init.
     let plain = job::parse(&manifest(&s3, "{type: Synthetic, synthetic: {branching: 4, tokens: 20000}}", "", "")).unwrap();

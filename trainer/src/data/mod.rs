@@ -9,6 +9,7 @@ pub mod document;
 pub mod jsonl;
 pub mod parquet;
 pub mod shards;
+pub mod streamed;
 pub mod synthetic;
 pub mod tokenize;
 pub mod tokenizer;
@@ -105,6 +106,9 @@ fn to_batch(rows: &[i64], b: i64, t: i64) -> Batch {
 
 impl Data {
     pub fn new(cfg: &DataConfig, vocab: i64, seq_len: i64, seed: u64) -> Result<Self> {
+        // shards in a bucket: the fingerprint `prepare` recorded, not one computed by fetching
+        // every token
+        let mut streamed_fingerprint = None;
         let (train, val, tokenizer, what) = match &cfg.source {
             DataSource::TextFile { path } => {
                 let (t, v, tok) = tokenize(&Corpus::text(path), &TokenizerSource::Byte, vocab, cfg.validation_fraction)?;
@@ -115,7 +119,8 @@ impl Data {
                 (t, v, Some(tok), format!("corpus {}", corpus.path.display()))
             }
             DataSource::Shards { path } => {
-                let (t, v, tok) = shards::read_dir(path)?;
+                let (t, v, tok, recorded) = shards::read_dir(path)?;
+                streamed_fingerprint = recorded;
                 if let Some(e) = tokenizer::vocabulary_mismatch(tok.vocab_size(), vocab, &format!("the tokenizer of shards {}", path.display())) {
                     bail!(e);
                 }
@@ -150,7 +155,7 @@ impl Data {
             }
             None => (vec![1; vocab as usize], hex::encode(Sha256::digest(format!("synthetic:{vocab}")))),
         };
-        let fingerprint = fingerprint(&tokenizer_fingerprint, &train, &val);
+        let fingerprint = streamed_fingerprint.unwrap_or_else(|| fingerprint(&tokenizer_fingerprint, &train, &val));
         Ok(Self {
             splits: Splits { train, val },
             seq_len,

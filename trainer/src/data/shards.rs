@@ -8,6 +8,7 @@
 //! Shards are written as tokens come and read where they lie, a window at a time, so neither
 //! writing nor training holds a split in memory.
 
+use super::streamed::{RemoteShard, Streamed, StreamedShard};
 use super::tokenizer::TextTokenizer;
 use super::tokens::{Tokens, Width};
 use anyhow::{Context, Result, bail, ensure};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: i32 = 20240520;
 const VERSION_U16: i32 = 1;
@@ -137,17 +139,54 @@ fn open_shard(path: &Path) -> Result<(Width, std::fs::File, std::ops::Range<u64>
     let len = f.metadata().with_context(|| format!("reading shard {}", path.display()))?.len();
     let mut header = [0u8; 12];
     ensure!(len >= HEADER_BYTES as u64 && f.read_exact_at(&mut header, 0).is_ok(), "shard {} is shorter than its header", path.display());
+    let width = shard_width(&header, len, &path.display().to_string())?;
+    Ok((width, f, HEADER_BYTES as u64..len))
+}
+
+/// The width of the shard `what` of `len` bytes whose header begins `header`, which must say it
+/// holds as many tokens as its body.
+fn shard_width(header: &[u8; 12], len: u64, what: &str) -> Result<Width> {
     let int = |i: usize| i32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-    ensure!(int(0) == MAGIC, "{} is not a token shard (bad magic)", path.display());
+    ensure!(int(0) == MAGIC, "{what} is not a token shard (bad magic)");
     let width = match int(1) {
         VERSION_U16 => Width::U16,
         VERSION_U32 => Width::U32,
-        v => bail!("shard {} has version {v}; this trainer reads 1 (uint16) and 2 (uint32)", path.display()),
+        v => bail!("shard {what} has version {v}; this trainer reads 1 (uint16) and 2 (uint32)"),
     };
     let n = int(2) as u64;
     let body = len - HEADER_BYTES as u64;
-    ensure!(body == n * width.bytes() as u64, "shard {} says {n} tokens but holds {body} bytes of them", path.display());
-    Ok((width, f, HEADER_BYTES as u64..len))
+    ensure!(body == n * width.bytes() as u64, "shard {what} says {n} tokens but holds {body} bytes of them");
+    Ok(width)
+}
+
+/// The training and validation tokens of shards in a bucket, as `streamed` lists them, read in
+/// ranges when asked for.
+fn streamed_splits(streamed: &Streamed) -> Result<(Tokens, Tokens)> {
+    let (store, cache) = streamed.open()?;
+    let mut splits = vec![];
+    let mut width = None;
+    for split in ["train", "val"] {
+        let mut names: Vec<&StreamedShard> =
+            streamed.shards.iter().filter(|s| s.name.starts_with(&format!("{split}_")) && s.name.ends_with(".bin")).collect();
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut parts = vec![];
+        for shard in names {
+            let remote = Arc::new(RemoteShard { store: store.clone(), shard: shard.clone(), cache: cache.clone() });
+            let what = remote.uri();
+            ensure!(shard.size >= HEADER_BYTES as u64, "shard {what} is shorter than its header");
+            let mut header = [0u8; 12];
+            remote.read_at(&mut header, 0).with_context(|| format!("{} ({}): reading shard {what}", streamed.field, streamed.uri))?;
+            let w = shard_width(&header, shard.size, &what)?;
+            if *width.get_or_insert(w) != w {
+                bail!("shard {what} holds {}-byte tokens, the others {}: prepare the shards again", w.bytes(), width.map_or(0, Width::bytes));
+            }
+            parts.push((remote, HEADER_BYTES as u64..shard.size));
+        }
+        splits.push(Tokens::in_bucket(width.unwrap_or(Width::U16), parts));
+    }
+    let val = splits.pop().unwrap_or_else(|| Tokens::new(Width::U16));
+    let train = splits.pop().unwrap_or_else(|| Tokens::new(Width::U16));
+    Ok((train, val))
 }
 
 fn shard_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
@@ -179,8 +218,12 @@ pub fn commit_dir(dir: &Path, tokenizer: &TextTokenizer, meta: &ShardMeta) -> Re
     std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(meta)?).with_context(|| format!("writing {}", dir.join(META_FILE).display()))
 }
 
-/// The training and validation tokens of a shard directory, left in their files.
+/// The training and validation tokens of a shard directory, left in their files (or in their
+/// bucket, when the directory is the local copy of streamed shards).
 pub fn read_splits(dir: &Path) -> Result<(Tokens, Tokens)> {
+    if let Some(streamed) = Streamed::in_dir(dir)? {
+        return streamed_splits(&streamed);
+    }
     let mut splits = vec![];
     let mut width = None;
     for split in ["train", "val"] {
@@ -205,9 +248,10 @@ pub fn read_splits(dir: &Path) -> Result<(Tokens, Tokens)> {
     Ok((train, val))
 }
 
-/// Reads a shard directory: training tokens, validation tokens (both left in their files) and
-/// the tokenizer.
-pub fn read_dir(dir: &Path) -> Result<(Tokens, Tokens, TextTokenizer)> {
+/// Reads a shard directory: training tokens, validation tokens (both left in their files, or
+/// their bucket) and the tokenizer; for shards in a bucket, also the data fingerprint `prepare`
+/// recorded (computing it would fetch every token).
+pub fn read_dir(dir: &Path) -> Result<(Tokens, Tokens, TextTokenizer, Option<String>)> {
     let meta: Option<ShardMeta> = match std::fs::read(dir.join(META_FILE)) {
         Ok(bytes) => {
             Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not the data.json prepare writes", dir.join(META_FILE).display()))?)
@@ -221,9 +265,14 @@ pub fn read_dir(dir: &Path) -> Result<(Tokens, Tokens, TextTokenizer)> {
     if train.is_empty() {
         bail!("{} holds no train_*.bin shards (write them with `frugal-trainer prepare`)", dir.display());
     }
+    if train.is_streamed() {
+        // every id is checked against the vocabulary only where reading them all is free
+        let meta = meta.with_context(|| format!("{} has no {META_FILE}: streamed shards need the one `prepare` writes", dir.display()))?;
+        return Ok((train, val, tokenizer, Some(meta.data_fingerprint)));
+    }
     let vocab = tokenizer.vocab_size();
     if let Some(bad) = [&train, &val].into_iter().filter_map(Tokens::max).find(|&t| i64::from(t) >= vocab) {
         bail!("shard token {bad} is outside the tokenizer's vocabulary of {vocab}");
     }
-    Ok((train, val, tokenizer))
+    Ok((train, val, tokenizer, None))
 }

@@ -2,7 +2,10 @@
 //! most 65,536 tokens, 32 bits above. Ids sit as little-endian bytes, in memory or in shard files
 //! read where they lie, a window at a time, so a split much larger than memory costs the trainer
 //! no memory: what it reads stays in the kernel's page cache, which gives it back under pressure.
+//! Shards in a bucket are read the same way, in ranges through a bounded cache
+//! ([`super::streamed`]).
 
+use super::streamed::RemoteShard;
 use sha2::Digest;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -54,6 +57,11 @@ enum Part {
         path: Arc<Path>,
         bytes: std::ops::Range<u64>,
     },
+    /// `bytes` of a shard in a bucket.
+    Remote {
+        shard: Arc<RemoteShard>,
+        bytes: std::ops::Range<u64>,
+    },
 }
 
 /// Bytes a file part is read in by [`Part::scan`].
@@ -72,13 +80,21 @@ impl Part {
                 }
                 buf
             }
+            Self::Remote { shard, bytes } => {
+                buf.resize(to - from, 0);
+                // a bucket that refuses mid-run (the shard replaced, the keys revoked) stops the run
+                if let Err(e) = shard.read_at(buf, bytes.start + from as u64) {
+                    panic!("reading token shard {}: {e:#}", shard.uri());
+                }
+                buf
+            }
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Self::Memory(v) => v.len(),
-            Self::File { bytes, .. } => (bytes.end - bytes.start) as usize,
+            Self::File { bytes, .. } | Self::Remote { bytes, .. } => (bytes.end - bytes.start) as usize,
         }
     }
 
@@ -133,6 +149,24 @@ impl Tokens {
             out.push(Part::File { file: Arc::new(file), path: path.into(), bytes });
         }
         Self { width, parts: out, starts }
+    }
+
+    /// Ids already written as `width` little-endian bytes: `bytes` of each shard in a bucket,
+    /// fetched when asked for.
+    pub(crate) fn in_bucket(width: Width, shards: Vec<(Arc<RemoteShard>, std::ops::Range<u64>)>) -> Self {
+        let mut starts = vec![0];
+        let mut parts = Vec::with_capacity(shards.len());
+        for (shard, bytes) in shards {
+            starts.push(starts.last().copied().unwrap_or(0) + (bytes.end - bytes.start) as usize / width.bytes());
+            parts.push(Part::Remote { shard, bytes });
+        }
+        Self { width, parts, starts }
+    }
+
+    /// Whether some ids are in a bucket, where reading all of them (for [`Tokens::max`] or
+    /// [`Tokens::hash_into`]) would fetch the whole split.
+    pub fn is_streamed(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Remote { .. }))
     }
 
     pub fn width(&self) -> Width {

@@ -12,8 +12,11 @@ pub enum InputShape {
     /// A `tokenizer.json`: the object, and the `tokenizer_config.json` beside it when there is
     /// one (it names the end-of-text token).
     Tokenizer,
-    /// Every object under the prefix (pre-tokenized shards, a Hugging Face model directory).
+    /// Every object under the prefix (a Hugging Face model directory).
     Directory,
+    /// Pre-tokenized shards: the directory's small files (`data.json`, the tokenizer) are read
+    /// whole, the `.bin` shards in ranges as training needs them.
+    Shards,
     /// The object of that key when there is one, else every object under the prefix (a text
     /// corpus: a file or a directory of files). A URI ending in `/` is always a prefix.
     FileOrDirectory,
@@ -43,7 +46,7 @@ impl TrainingJobSpec {
             out.push(field("spec.data.source.text.path".into(), &mut text.path, InputShape::FileOrDirectory));
         }
         if let Some(shards) = &mut d.source.shards {
-            out.push(field("spec.data.source.shards.path".into(), &mut shards.path, InputShape::Directory));
+            out.push(field("spec.data.source.shards.path".into(), &mut shards.path, InputShape::Shards));
         }
         if let Some(file) = &mut d.tokenizer_file {
             out.push(field("spec.data.tokenizerFile.path".into(), &mut file.path, InputShape::Tokenizer));
