@@ -48,6 +48,16 @@ pub struct PodOverrides {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), schema_with = "crate::v1alpha1::pod_security::volume_mounts_schema")]
     pub volume_mounts: Vec<VolumeMount>,
+    /// Annotations of the trainer pods' ServiceAccount (`<job>-trainer`, which the operator
+    /// creates), for a platform's workload identity: `eks.amazonaws.com/role-arn` (IAM roles for
+    /// service accounts), `iam.gke.io/gcp-service-account`, `azure.workload.identity/client-id`.
+    /// The cloud's trust policy decides whether the role may be taken by this namespace's
+    /// ServiceAccount. Kubernetes' own keys (`kubernetes.io/`, `k8s.io/`) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.contains('kubernetes.io/') && !k.contains('k8s.io/'))")
+        .message("podTemplate.serviceAccountAnnotations may not set kubernetes.io/ or k8s.io/ keys, which are Kubernetes' own: set the platform's workload-identity annotation, such as eks.amazonaws.com/role-arn or iam.gke.io/gcp-service-account"))]
+    pub service_account_annotations: BTreeMap<String, String>,
     /// Secrets for pulling the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]

@@ -7,12 +7,14 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use super::child_meta;
 use crate::training_job::validate::ValidJob;
 
+/// The ServiceAccount, with the spec's `podTemplate.serviceAccountAnnotations` (a platform's
+/// workload identity: the pods' credentials for object storage).
 pub fn build_service_account(job: &ValidJob) -> ServiceAccount {
-    ServiceAccount {
-        metadata: child_meta(job, job.names.trainer_identity(), job.names.labels("trainer-identity")),
-        automount_service_account_token: Some(false),
-        ..Default::default()
+    let mut metadata = child_meta(job, job.names.trainer_identity(), job.names.labels("trainer-identity"));
+    if let Some(o) = job.spec.pod_template.as_ref().filter(|o| !o.service_account_annotations.is_empty()) {
+        metadata.annotations = Some(o.service_account_annotations.clone());
     }
+    ServiceAccount { metadata, automount_service_account_token: Some(false), ..Default::default() }
 }
 
 pub fn build_role(job: &ValidJob) -> Role {
@@ -45,6 +47,20 @@ pub fn build_role_binding(job: &ValidJob) -> RoleBinding {
 mod tests {
     use super::*;
     use crate::training_job::children::tests::{assert_owned, planned};
+
+    #[test]
+    fn the_service_account_carries_the_specs_workload_identity_annotations() {
+        let plain = build_service_account(&planned(1).valid);
+        assert_owned(&plain.metadata);
+        assert_eq!((plain.metadata.name.as_deref(), plain.metadata.annotations.as_ref()), (Some("lm-trainer"), None));
+        assert_eq!(plain.automount_service_account_token, Some(false));
+        let mut job = planned(1).valid;
+        let role = [("eks.amazonaws.com/role-arn".to_string(), "arn:aws:iam::123456789012:role/lm".to_string())];
+        job.spec.pod_template = Some(frugal_api::v1alpha1::PodOverrides { service_account_annotations: role.into(), ..Default::default() });
+        let sa = build_service_account(&job);
+        let annotations = sa.metadata.annotations.unwrap();
+        assert_eq!(annotations.get("eks.amazonaws.com/role-arn").map(String::as_str), Some("arn:aws:iam::123456789012:role/lm"));
+    }
 
     #[test]
     fn the_role_allows_only_this_jobs_status() {
