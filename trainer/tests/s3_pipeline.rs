@@ -12,6 +12,7 @@ mod common;
 #[path = "support/seaweedfs.rs"]
 mod seaweedfs;
 
+use anyhow::Context as _;
 use common::*;
 use frugal_api::store::{Location, Store};
 use frugal_api::v1alpha1::ObjectStoreSpec;
@@ -96,6 +97,9 @@ fn s3_stage_process() {
         if std::env::var("FRUGAL_TEST_MODE").as_deref() == Ok("run") {
             return run_loop(w, &out.join(format!("events-{tag}")));
         }
+        if std::env::var("FRUGAL_TEST_MODE").as_deref() == Ok("export") {
+            return export_loop(w, &out.join(format!("exported-{tag}")));
+        }
         let resumed = w.resume()?;
         std::fs::write(out.join(format!("resumed-{tag}")), resumed.as_ref().map_or(-1, |r| r.step).to_string())?;
         std::fs::write(out.join(format!("skipped-{tag}")), w.skipped_checkpoints.join("\n"))?;
@@ -147,6 +151,32 @@ fn run_loop(w: &mut Worker, events: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A job's whole run (`parallel::run::train_job`) with an export: the export records the
+/// newest committed step it found under the checkpoint root and the files in it.
+fn export_loop(w: &mut Worker, exported: &Path) -> anyhow::Result<()> {
+    use frugal_trainer::parallel::run::{Exports, JobRun, Output, train_job};
+    use frugal_trainer::report::metrics::Metrics;
+    w.cfg.train.checkpoint_interval = 2;
+    let exported = exported.to_path_buf();
+    let export = move |root: &Path| -> anyhow::Result<Exports> {
+        let step = frugal_trainer::checkpoint::latest(root)?.context("no committed step to export")?;
+        std::fs::write(&exported, format!("{}\n{}", step.file_name().unwrap().to_string_lossy(), names_in(&step).join("\n")))?;
+        Ok(Exports::default())
+    };
+    let job = JobRun {
+        status: None,
+        evaluation: Default::default(),
+        output: Output { json: true, report: None },
+        metrics: Metrics::new("s3-pipeline"),
+        metrics_port: None,
+        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        max_steps: None,
+        export: Some(std::sync::Arc::new(export)),
+    };
+    train_job(w, &job)?;
+    Ok(())
+}
+
 /// Runs `replicas` × `stages` stage processes, each with the checkpoint directory
 /// `<out>/<name>-<replica>-<stage>`, resuming from `s3` and training `steps` steps.
 fn run_stages(out: &Path, s3: &SeaweedFs, uri: &str, replicas: usize, stages: usize, name: &str, steps: i64) {
@@ -176,7 +206,16 @@ fn spawn_stages(out: &Path, endpoint: &str, uri: &str, replicas: usize, stages: 
                 .env("FRUGAL_TEST_S3_ENDPOINT", endpoint)
                 .env("FRUGAL_TEST_S3_URI", uri)
                 .env("FRUGAL_PART_WAIT_SECONDS", "60")
-                .env("FRUGAL_TEST_MODE", if name.starts_with("loop") { "run" } else { "steps" })
+                .env(
+                    "FRUGAL_TEST_MODE",
+                    if name.starts_with("loop") {
+                        "run"
+                    } else if name.starts_with("export") {
+                        "export"
+                    } else {
+                        "steps"
+                    },
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -336,6 +375,29 @@ fn the_reporting_stage_names_the_step_the_first_stage_committed_in_the_bucket() 
     // Only steps in the bucket (an upload that finished while a newer one was saved is passed
     // over for it): the stages' own directories hold parts, never a committed step to name.
     assert!(events.lines().all(|l| l.contains(" s3://looped/lm/step-")), "{events:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A job whose stages share no volume exports its final model: the reporting stage holds only
+/// its own part of the final step, so it takes the step whole from the bucket first.
+#[test]
+fn the_reporting_stage_exports_the_final_step_taken_whole_from_the_bucket() {
+    tch::set_num_threads(1);
+    let Some(s3) = SeaweedFs::start("s3-pp-export", "exported") else { return };
+    let out = temp_dir("s3-pp-export");
+    std::fs::write(out.join("run.json"), serde_json::to_vec(&pipeline_run()).unwrap()).unwrap();
+    run_stages(&out, &s3, "s3://exported/lm", 1, 2, "export", 4);
+    assert_eq!(remote::committed(&s3.store("lm", SECRET_KEY)).unwrap(), [2, 4]);
+    let exported = std::fs::read_to_string(out.join("exported-export-0-1")).unwrap();
+    let mut lines = exported.lines();
+    assert_eq!(lines.next(), Some("step-000000004"), "{exported}");
+    let files: Vec<&str> = lines.collect();
+    for f in ["MANIFEST.json", "stage-0.model.safetensors", "stage-1.model.safetensors"] {
+        assert!(files.contains(&f), "the exported step lacks {f}: {files:?}");
+    }
+    assert!(!files.contains(&"PARTIAL"), "{files:?}");
+    // the first stage, which committed, exports nothing
+    assert!(!out.join("exported-export-0-0").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 

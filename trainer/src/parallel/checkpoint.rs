@@ -160,6 +160,24 @@ impl Worker {
         }
     }
 
+    /// Brings the committed step `step` whole from `spec.checkpoint.store` into the checkpoint
+    /// root, verified: what a part that sealed only its own part of it (the stages share no
+    /// volume) needs to export the final model. The step must be committed already (the first
+    /// stage's upload finished; the run's last agreement waits for it).
+    pub fn fetch_whole_step(&mut self, step: i64) -> Result<PathBuf> {
+        let root = self.cfg.checkpoint_dir.clone().context("no checkpoint directory")?;
+        let uploader =
+            self.checkpoint_uploader()?.context("the stages share no volume, and there is no spec.checkpoint.store to take the step from")?;
+        let store = uploader.store().clone();
+        match remote::fetch_step(&store, &root, step, &Wanted::All)? {
+            Ok((dir, bytes)) => {
+                crate::info!("step {step} came down whole from {} ({bytes} bytes) for the export", store.location.uri());
+                Ok(dir)
+            }
+            Err(why) => anyhow::bail!("the final step cannot be exported: {why}"),
+        }
+    }
+
     /// Whether this part commits the run's checkpoints (and uploads them): the first stage of
     /// the first replica.
     pub fn commits_checkpoints(&self) -> bool {

@@ -442,6 +442,10 @@ pub fn train_job(worker: &mut Worker, job: &JobRun) -> Result<Stop> {
         (&job.export, reporter.as_mut(), summary.as_mut(), worker.cfg.checkpoint_dir.clone())
         && finished
     {
+        if worker.sealed_part {
+            // the stages share no volume: the final step is whole only in the bucket
+            worker.fetch_whole_step(worker.step)?;
+        }
         let exports = export(&root)?;
         if let Some(quantized) = &exports.quantized {
             rep.emit(RunEvent::Quantized(Box::new(quantized.clone())));
