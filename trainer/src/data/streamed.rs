@@ -138,9 +138,15 @@ pub struct BlockCache {
     inner: Mutex<Blocks>,
 }
 
+/// A block: its shard's name and its index in it.
+type BlockKey = (String, u64);
+
+/// A block's bytes, and the tick it was last used at.
+type Held = (Arc<Vec<u8>>, u64);
+
 #[derive(Default)]
 struct Blocks {
-    held: HashMap<(String, u64), (Arc<Vec<u8>>, u64)>,
+    held: HashMap<BlockKey, Held>,
     bytes: u64,
     tick: u64,
 }
