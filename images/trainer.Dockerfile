@@ -39,7 +39,10 @@ FROM ${BINARIES} AS binaries
 FROM debian:bookworm-slim AS runtime
 LABEL org.opencontainers.image.title="frugal-trainer" org.opencontainers.image.vendor="frugal" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 65532 frugal \
+# The CA certificates object storage's HTTPS is verified against (rustls takes the system's).
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 frugal \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin frugal
 COPY --from=binaries /out/ /opt/frugal/
 ENV PATH=/opt/frugal/bin:$PATH LD_LIBRARY_PATH=/opt/frugal/python/torch/lib

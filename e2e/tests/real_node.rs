@@ -639,10 +639,19 @@ async fn a_pod_that_cannot_be_scheduled_says_why() {
     .await;
 }
 
-/// The steps committed in `store` (those with a manifest), oldest first.
-async fn committed_steps(store: &frugal_api::store::Store) -> Result<Vec<i64>> {
-    let store = store.clone();
-    let names = tokio::task::spawn_blocking(move || store.list("")).await??;
+/// The steps committed under `prefix` of the test's bucket (those with a manifest), oldest
+/// first. The store's client (a runtime of its own) lives and goes off the test's runtime.
+async fn committed_steps(s3: &seaweedfs::SeaweedFs, prefix: &str) -> Result<Vec<i64>> {
+    let spec = s3.spec(prefix);
+    let keys = [
+        ("AWS_ACCESS_KEY_ID".to_string(), seaweedfs::ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), seaweedfs::SECRET_KEY.to_string()),
+    ];
+    let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let store = frugal_api::store::Location::of(seaweedfs::FIELD, &spec).and_then(|l| l.open_with(keys)).map_err(anyhow::Error::msg)?;
+        Ok(store.list("")?)
+    })
+    .await??;
     let mut steps: Vec<i64> =
         names.iter().filter_map(|n| n.strip_suffix("/MANIFEST.json")?.rsplit('/').next()?.strip_prefix("step-")?.parse().ok()).collect();
     steps.sort_unstable();
@@ -682,7 +691,6 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         tj.spec.checkpoint.store = Some(store);
         tj.spec.training.checkpoint_interval = 50;
         apply(&ctx, &tj).await?;
-        let bucket = s3.store("team/lm", seaweedfs::SECRET_KEY);
 
         // The status names a step in the bucket, which the first stage committed and the last
         // (reporting) stage was told of.
@@ -707,7 +715,7 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         tokio::time::timeout(Duration::from_secs(90), gone).await.context("the deleted pod's log did not end")??;
         let second = node::pod_logging(&ctx, "lm", 2, "\"event\":\"resume\"", TRAINING).await?;
         // nothing uploads between the kill and the new attempt's resume
-        let in_bucket = committed_steps(&bucket).await?;
+        let in_bucket = committed_steps(&s3, "team/lm").await?;
         let newest = *in_bucket.last().context("the bucket holds no committed step")?;
         ensure!(newest >= named.step, "the bucket's newest step {newest} is older than the one the status named, {}", named.step);
         let log = node::logs(&ctx, &second.name_any()).await;
@@ -730,7 +738,7 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{}", phase(&done), logs.join("\n"));
         let last = done.status.and_then(|s| s.checkpoint).context("no status.checkpoint at the end")?;
         ensure!(last.path == format!("s3://lm-checkpoints/team/lm/step-{steps:09}"), "status.checkpoint at the end: {last:?}");
-        ensure!(committed_steps(&bucket).await?.last() == Some(&steps), "the bucket's newest step is not the last one");
+        ensure!(committed_steps(&s3, "team/lm").await?.last() == Some(&steps), "the bucket's newest step is not the last one");
         Ok(())
     })
     .await;
