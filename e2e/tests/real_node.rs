@@ -639,6 +639,45 @@ async fn a_pod_that_cannot_be_scheduled_says_why() {
     .await;
 }
 
+/// Downloads every object under `prefix` of the test's bucket into `dir` (by its name under the
+/// prefix), off the test's runtime; returns the names.
+async fn download(s3: &seaweedfs::SeaweedFs, prefix: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+    let spec = s3.spec(prefix);
+    let keys = [
+        ("AWS_ACCESS_KEY_ID".to_string(), seaweedfs::ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), seaweedfs::SECRET_KEY.to_string()),
+    ];
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let store = frugal_api::store::Location::of(seaweedfs::FIELD, &spec).and_then(|l| l.open_with(keys)).map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&dir)?;
+        let names = store.list("")?;
+        for name in &names {
+            store.get_file(name, &dir.join(name))?;
+        }
+        Ok(names)
+    })
+    .await?
+}
+
+/// What `transformers` (the project venv's python, offline) makes of the model directory `dir`:
+/// its architecture, and whether its logits on a few tokens are finite.
+fn transformers_loads(dir: &std::path::Path) -> Result<String> {
+    let venv = std::env::var_os("FRUGAL_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let script = "import sys, torch\nfrom transformers import AutoModelForCausalLM\nm = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\nwith torch.no_grad():\n    l = m(torch.arange(8).unsqueeze(0)).logits\nprint(type(m).__name__, tuple(l.shape), bool(torch.isfinite(l).all()))";
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .arg(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .context("the venv's python (make test installs transformers)")?;
+    ensure!(out.status.success(), "transformers did not load {}:\n{}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// The steps committed under `prefix` of the test's bucket (those with a manifest), oldest
 /// first. The store's client (a runtime of its own) lives and goes off the test's runtime.
 async fn committed_steps(s3: &seaweedfs::SeaweedFs, prefix: &str) -> Result<Vec<i64>> {
@@ -688,8 +727,14 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         let mut tj = real_cpu_job("lm", steps, None, 2);
         let mut store = s3.spec("team/lm");
         store.credentials_secret = Some("store-keys".into());
-        tj.spec.checkpoint.store = Some(store);
+        tj.spec.checkpoint.store = Some(store.clone());
         tj.spec.training.checkpoint_interval = 50;
+        // the final model in the Hugging Face layout, into the same bucket: the reporting stage
+        // holds only its own part of the final step, and takes the step whole from the bucket
+        let mut exports = store;
+        exports.uri = "s3://lm-checkpoints/team/lm-export".into();
+        tj.spec.export =
+            Some(frugal_api::v1alpha1::ExportSpec { hugging_face: true, calibration_batches: 1, store: Some(exports), ..Default::default() });
         apply(&ctx, &tj).await?;
 
         // The status names a step in the bucket, which the first stage committed and the last
@@ -736,9 +781,21 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
             logs.push(node::logs(&ctx, &p.name_any()).await);
         }
         ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{}", phase(&done), logs.join("\n"));
-        let last = done.status.and_then(|s| s.checkpoint).context("no status.checkpoint at the end")?;
+        let last = done.status.as_ref().and_then(|s| s.checkpoint.clone()).context("no status.checkpoint at the end")?;
         ensure!(last.path == format!("s3://lm-checkpoints/team/lm/step-{steps:09}"), "status.checkpoint at the end: {last:?}");
         ensure!(committed_steps(&s3, "team/lm").await?.last() == Some(&steps), "the bucket's newest step is not the last one");
+        // The export, from the bucket, in transformers.
+        let hf =
+            done.status.as_ref().and_then(|s| s.quality.as_ref()).and_then(|q| q.hugging_face.clone()).context("no status.quality.huggingFace")?;
+        let exported = format!("s3://lm-checkpoints/team/lm-export/step-{steps:09}/hf");
+        ensure!(hf.path == exported, "status.quality.huggingFace.path is {}, not {exported}", hf.path);
+        let down = std::env::temp_dir().join(format!("frugal-e2e-hf-{}", ctx.namespace));
+        let names = download(&s3, &format!("team/lm-export/step-{steps:09}/hf"), &down).await?;
+        ensure!(names.iter().any(|n| n == "config.json") && names.iter().any(|n| n.ends_with(".safetensors")), "the export holds {names:?}");
+        let loaded = transformers_loads(&down)?;
+        eprintln!("e2e: transformers loaded {exported} after downloading it: {loaded}");
+        ensure!(loaded.ends_with("True"), "transformers' logits are not finite: {loaded}");
+        let _ = std::fs::remove_dir_all(&down);
         Ok(())
     })
     .await;
