@@ -697,8 +697,9 @@ async fn committed_steps(s3: &seaweedfs::SeaweedFs, prefix: &str) -> Result<Vec<
     Ok(steps)
 }
 
-/// A two-stage pipeline with no claim, its checkpoints in a bucket (SeaweedFS on this machine,
-/// reached from the node's pods): each pod's checkpoint directory is an emptyDir of its own, the
+/// A job with a wrong secret key fails before training with a ConfigurationError in the store's
+/// words. A two-stage pipeline with no claim, its checkpoints in a bucket (SeaweedFS on this
+/// machine, reached from the node's pods): each pod's checkpoint directory is an emptyDir of its own, the
 /// first stage commits each step in the bucket once both parts are there, and the status names
 /// it. The test force-deletes the first stage's pod (no SIGTERM checkpoint; its emptyDir goes
 /// with it), and the next attempt's new pods, with empty directories, resume from the bucket at
@@ -723,6 +724,17 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         });
         ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &serde_json::from_value(keys)?).await?;
         let _operator = Operator::start(&ctx.namespace, &[])?;
+        // A wrong secret key: refused before training, in the store's words, the key never shown.
+        let wrong_keys = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong-keys"},
+            "stringData": {"AWS_ACCESS_KEY_ID": seaweedfs::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": "not-the-secret-key"},
+        });
+        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &serde_json::from_value(wrong_keys)?).await?;
+        let mut wrong = real_cpu_job("wrong-key", 100, None, 1);
+        let mut wrong_store = s3.spec("team/wrong");
+        wrong_store.credentials_secret = Some("wrong-keys".into());
+        wrong.spec.checkpoint.store = Some(wrong_store);
+        apply(&ctx, &wrong).await?;
         let steps = 3000;
         let mut tj = real_cpu_job("lm", steps, None, 2);
         let mut store = s3.spec("team/lm");
@@ -736,6 +748,16 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         tj.spec.export =
             Some(frugal_api::v1alpha1::ExportSpec { hugging_face: true, calibration_batches: 1, store: Some(exports), ..Default::default() });
         apply(&ctx, &tj).await?;
+
+        let refused = finished_within(&ctx, "wrong-key", TRAINING).await?;
+        ensure!(phase(&refused) == Some(Phase::Failed), "a job with a wrong key ended {:?}", phase(&refused));
+        let said = refused.status.iter().flat_map(|s| &s.conditions).find(|c| c.reason == "ConfigurationError").map(|c| c.message.clone());
+        let said = said.with_context(|| format!("no ConfigurationError condition: {:?}", refused.status))?;
+        eprintln!("e2e: wrong-key refused: {said}");
+        ensure!(
+            said.contains("spec.checkpoint.store") && said.contains("SignatureDoesNotMatch") && !said.contains("not-the-secret-key"),
+            "the condition does not name the field and the store's words, or shows the key: {said}"
+        );
 
         // The status names a step in the bucket, which the first stage committed and the last
         // (reporting) stage was told of.
