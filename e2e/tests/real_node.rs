@@ -639,17 +639,24 @@ async fn a_pod_that_cannot_be_scheduled_says_why() {
     .await;
 }
 
-/// Downloads every object under `prefix` of the test's bucket into `dir` (by its name under the
-/// prefix), off the test's runtime; returns the names.
-async fn download(s3: &seaweedfs::SeaweedFs, prefix: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+/// Connects to `prefix` of the test's bucket with its keys, when called: on a blocking thread,
+/// as the store's client runs a runtime of its own.
+fn opener(s3: &seaweedfs::SeaweedFs, prefix: &str) -> impl FnOnce() -> Result<frugal_api::store::Store> + Send + 'static {
     let spec = s3.spec(prefix);
     let keys = [
         ("AWS_ACCESS_KEY_ID".to_string(), seaweedfs::ACCESS_KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY".to_string(), seaweedfs::SECRET_KEY.to_string()),
     ];
+    move || frugal_api::store::Location::of(seaweedfs::FIELD, &spec).and_then(|l| l.open_with(keys)).map_err(anyhow::Error::msg)
+}
+
+/// Downloads every object under `prefix` of the test's bucket into `dir` (by its name under the
+/// prefix), off the test's runtime; returns the names.
+async fn download(s3: &seaweedfs::SeaweedFs, prefix: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+    let open = opener(s3, prefix);
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-        let store = frugal_api::store::Location::of(seaweedfs::FIELD, &spec).and_then(|l| l.open_with(keys)).map_err(anyhow::Error::msg)?;
+        let store = open()?;
         std::fs::create_dir_all(&dir)?;
         let names = store.list("")?;
         for name in &names {
@@ -681,16 +688,8 @@ fn transformers_loads(dir: &std::path::Path) -> Result<String> {
 /// The steps committed under `prefix` of the test's bucket (those with a manifest), oldest
 /// first. The store's client (a runtime of its own) lives and goes off the test's runtime.
 async fn committed_steps(s3: &seaweedfs::SeaweedFs, prefix: &str) -> Result<Vec<i64>> {
-    let spec = s3.spec(prefix);
-    let keys = [
-        ("AWS_ACCESS_KEY_ID".to_string(), seaweedfs::ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), seaweedfs::SECRET_KEY.to_string()),
-    ];
-    let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-        let store = frugal_api::store::Location::of(seaweedfs::FIELD, &spec).and_then(|l| l.open_with(keys)).map_err(anyhow::Error::msg)?;
-        Ok(store.list("")?)
-    })
-    .await??;
+    let open = opener(s3, prefix);
+    let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>> { Ok(open()?.list("")?) }).await??;
     let mut steps: Vec<i64> =
         names.iter().filter_map(|n| n.strip_suffix("/MANIFEST.json")?.rsplit('/').next()?.strip_prefix("step-")?.parse().ok()).collect();
     steps.sort_unstable();
