@@ -206,12 +206,14 @@ fn secs(t: &Time) -> f64 {
 /// What a Workload's pods spent since it was admitted (`since`, its ledger entry's admission):
 /// each pod's GPUs from when it was scheduled until it terminated, or until `now`, priced by
 /// `price` from the pod's node. Pods made before `since` were an earlier admission's, counted
-/// in the entry that admission held.
+/// in the entry that admission held. A running pod is billed up to `now` in whole seconds: the
+/// API server keeps its end in whole seconds, so a bill never runs past the end it will show.
 pub fn bill(pods: &[(PodSeen, Time)], since: &Time, now: &Time, price: impl Fn(&PodSeen) -> f64) -> (f64, f64) {
+    let now = now.0.as_second() as f64;
     pods.iter().filter(|(_, created)| created.0 >= since.0).fold((0.0, 0.0), |(hours, cost), (pod, _)| {
         let Some(from) = &pod.scheduled else { return (hours, cost) };
-        let until = pod.terminated.as_ref().unwrap_or(now);
-        let h = f64::from(pod.gpus) * (secs(until) - secs(from)).max(0.0) / 3600.0;
+        let until = pod.terminated.as_ref().map_or(now, secs);
+        let h = f64::from(pod.gpus) * (until - secs(from)).max(0.0) / 3600.0;
         (hours + h, cost + h * price(pod))
     })
 }

@@ -129,9 +129,9 @@ async fn reconcile_workload(w: Arc<Workload>, ctx: Arc<Context>) -> Result<Actio
 
     // a TrainingJob's attempt: decided and billed by the TrainingJob's own pass
     if let Some(job) = owner_job(&w, &ctx.jobs) {
-        let verdict = training_job_verdict(&job, &namespace, &ctx.budgets, &now);
+        let (verdict, budget) = training_job_verdict(&job, &namespace, &ctx.budgets, &now);
         if matches!(stage, Stage::Deciding | Stage::Admitted) {
-            write_checks(&ctx.client, &w, &checks, &verdict, "its TrainingJob's budget", &now).await?;
+            write_checks(&ctx.client, &w, &checks, &verdict, &budget, &now).await?;
         }
         return Ok(requeue(stage));
     }
@@ -237,8 +237,8 @@ fn owner_job(w: &Workload, jobs: &Store<Job>) -> Option<Arc<Job>> {
 }
 
 /// The check of a TrainingJob's attempt: Ready while the TrainingJob holds its entry in a budget
-/// with something left this period, Retry otherwise.
-fn training_job_verdict(job: &Job, namespace: &str, budgets: &Store<TrainingBudget>, now: &Time) -> Verdict {
+/// with something left this period, Retry otherwise; and the budget's name.
+fn training_job_verdict(job: &Job, namespace: &str, budgets: &Store<TrainingBudget>, now: &Time) -> (Verdict, String) {
     let labels = job.labels();
     let (tj, tj_uid) = (labels.get(JOB_LABEL).cloned().unwrap_or_default(), labels.get(JOB_UID_LABEL).cloned().unwrap_or_default());
     let holding = budgets.state().into_iter().find(|b| {
@@ -250,12 +250,15 @@ fn training_job_verdict(job: &Job, namespace: &str, budgets: &Store<TrainingBudg
     });
     match holding {
         Some(b) => match spent_out(&b, &frugal_api::admission::budget::this_period(&b, now), now) {
-            Some(w) => Verdict::Retry(w.message),
-            None => Verdict::Ready,
+            Some(w) => (Verdict::Retry(w.message), b.name_any()),
+            None => (Verdict::Ready, b.name_any()),
         },
-        None => Verdict::Retry(format!(
-            "TrainingJob {tj:?} holds no entry in a TrainingBudget: it waits until its budget admits it (its status says why), or names one"
-        )),
+        None => (
+            Verdict::Retry(format!(
+                "TrainingJob {tj:?} holds no entry in a TrainingBudget: it waits until its budget admits it (its status says why), or names one"
+            )),
+            String::new(),
+        ),
     }
 }
 

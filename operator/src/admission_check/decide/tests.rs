@@ -147,4 +147,7 @@ fn pods_are_billed_gpus_times_scheduled_to_terminated_and_earlier_admissions_pod
     let (hours, cost) = bill(&pods, &t(3650), &t(3700 + 3600), |_| 2.0);
     assert!((hours - (1.0 + 2.0)).abs() < 1e-9, "{hours}");
     assert!((cost - 6.0).abs() < 1e-9, "{cost}");
+    // a running pod is billed to the whole second: never past the end the API server will show
+    let later = Time(Timestamp::from_second(1_800_000_000 + 3700 + 3600).unwrap() + std::time::Duration::from_millis(900));
+    assert_eq!(bill(&pods, &t(3650), &later, |_| 2.0), (hours, cost));
 }
