@@ -537,7 +537,13 @@ async fn a_plain_job_is_admitted_billed_evicted_when_spent_and_readmitted_when_r
         check_state(&ctx, &second, "Ready").await?;
         running_job_pods(&ctx, "second", 2).await?;
         let (_, retry) = check_state(&ctx, &second, "Retry").await?;
-        ensure!(retry.contains("\"team\"") && retry.contains("has spent") && retry.contains("next period begins at"), "{retry}");
+        ensure!(
+            retry.contains("\"team\"")
+                && retry.contains("has spent")
+                && retry.contains("Kueue evicts the workload")
+                && retry.contains("next period begins at"),
+            "{retry}"
+        );
         let suspended = wait::for_object(&jobs, "second", "Kueue suspends the evicted Job", |j: Option<&Job>| {
             j.and_then(|j| j.spec.as_ref()?.suspend).unwrap_or(false)
         })

@@ -22,6 +22,7 @@ fn training_budget(name: &str, default: bool) -> TrainingBudget {
             admitted_at: Some(t(10)),
             estimated_gpu_hours: 2.0,
             estimated_cost: 5.0,
+            kind: frugal_api::v1alpha1::HolderKind::TrainingJob,
         }],
         conditions: vec![Condition {
             type_: "Exhausted".into(),

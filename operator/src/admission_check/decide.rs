@@ -5,7 +5,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use frugal_api::admission::budget::{TooSmall, amount};
+use frugal_api::TrainingBudget;
+use frugal_api::admission::budget::{Spent, TooSmall, amount, exhausted, this_period, until_next_period};
 
 use super::kueue::{AdmissionCheckState, Workload};
 use crate::training_budget::budget::Demand;
@@ -131,18 +132,37 @@ impl Verdict {
     }
 }
 
-/// The check's verdict from the ledger's answer; None where the check keeps what it said (a
-/// Workload that is not being decided nor admitted).
-pub fn verdict(stage: Stage, answer: Result<Admission, TooSmall>) -> Option<Verdict> {
+/// The check's verdict from the ledger's answer about `budget`; None where the check keeps what
+/// it said (a Workload that is not being decided nor admitted).
+pub fn verdict(stage: Stage, answer: Result<Admission, TooSmall>, budget: &TrainingBudget, now: &Time) -> Option<Verdict> {
     if !matches!(stage, Stage::Deciding | Stage::Admitted) {
         return None;
     }
     Some(match answer {
         Ok(Admission::Go) => Verdict::Ready,
-        // the ledger's messages speak of "the job": so is a Workload
-        Ok(Admission::Wait(w) | Admission::SpentOut(w)) => Verdict::Retry(w.message),
+        // why it waits: GPUs held, the period spent, or its look-ahead estimate
+        Ok(Admission::Wait(w)) => Verdict::Retry(w.message),
+        Ok(Admission::SpentOut(w)) => Verdict::Retry(evicted(budget, now).unwrap_or(w.message)),
         Err(e) => Verdict::Rejected(too_small(&e)),
     })
+}
+
+/// Why a running Workload is evicted: its budget's period is spent.
+fn evicted(budget: &TrainingBudget, now: &Time) -> Option<String> {
+    let spec = &budget.spec;
+    let (limit, spent) = exhausted(spec, &this_period(budget, now))?;
+    let field = match limit {
+        Spent::GpuHours => "spec.gpuHours",
+        Spent::Cost => "spec.maxCost",
+    };
+    let created = budget.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone());
+    let next = now.0.as_second() + until_next_period(&created, spec.period, now).as_secs() as i64;
+    let next = k8s_openapi::jiff::Timestamp::from_second(next).ok()?;
+    Some(format!(
+        "TrainingBudget {:?} has spent {spent} this {:?}: Kueue evicts the workload (its pods stop with their grace period) and admits it again when the next period begins at {next}, or when the budget's {field} is raised",
+        budget.metadata.name.clone().unwrap_or_default(),
+        spec.period
+    ))
 }
 
 /// Why a Workload could never fit, in a Workload's words.

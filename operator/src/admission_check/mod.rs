@@ -137,7 +137,7 @@ async fn reconcile_workload(w: Arc<Workload>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let pods = pods_of(&ctx.client, &w).await?;
-    let pods_hold = pods.iter().any(|p| crate::pods::holds(p));
+    let pods_hold = pods.iter().any(crate::pods::holds);
     let Some(demand) = decide::demand(stage, held_in.is_some(), pods_hold) else {
         return Ok(Action::await_change());
     };
@@ -192,7 +192,7 @@ async fn reconcile_workload(w: Arc<Workload>, ctx: Arc<Context>) -> Result<Actio
     if demand == Demand::Start && matches!(answer, Ok(Admission::Go)) {
         info!(budget = %budget_name, gpus, gpu_hours_estimated = claim.estimated_gpu_hours, "admitted within the budget");
     }
-    if let Some(verdict) = decide::verdict(stage, answer) {
+    if let Some(verdict) = decide::verdict(stage, answer, &budget, &now) {
         write_checks(&ctx.client, &w, &checks, &verdict, &budget_name, &now).await?;
     }
     Ok(requeue(stage))

@@ -95,11 +95,21 @@ fn demands_follow_the_stage_and_stopping_pods_are_held_until_they_end() {
 
 #[test]
 fn the_ledgers_answer_becomes_ready_retry_or_rejected() {
-    let wait = Wait { reason: "BudgetExhausted", message: "TrainingBudget \"team\" has spent 4.00 of its 4 GPU-hours".into() };
-    assert_eq!(verdict(Stage::Deciding, Ok(Admission::Go)), Some(Verdict::Ready));
-    assert_eq!(verdict(Stage::Deciding, Ok(Admission::Wait(wait.clone()))), Some(Verdict::Retry(wait.message.clone())));
-    assert_eq!(verdict(Stage::Admitted, Ok(Admission::SpentOut(wait.clone()))), Some(Verdict::Retry(wait.message.clone())), "evicted");
-    assert_eq!(verdict(Stage::Waiting, Ok(Admission::Go)), None, "a workload not being decided keeps what it was told");
+    let mut b: TrainingBudget = serde_json::from_value(serde_json::json!({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "TrainingBudget",
+        "metadata": {"name": "team", "namespace": "ml", "creationTimestamp": t(0)},
+        "spec": {"maxGpus": 8, "gpuHours": 4, "period": "Day"},
+        "status": {"gpuHoursSpent": 4.01, "periodStart": t(0)},
+    }))
+    .unwrap();
+    let now = t(3600);
+    let wait = Wait { reason: "BudgetExhausted", message: "TrainingBudget \"team\" has 8 of its 8 GPUs held".into() };
+    assert_eq!(verdict(Stage::Deciding, Ok(Admission::Go), &b, &now), Some(Verdict::Ready));
+    assert_eq!(verdict(Stage::Deciding, Ok(Admission::Wait(wait.clone())), &b, &now), Some(Verdict::Retry(wait.message.clone())));
+    let Some(Verdict::Retry(m)) = verdict(Stage::Admitted, Ok(Admission::SpentOut(wait.clone())), &b, &now) else { panic!("evicted") };
+    assert!(m.contains("has spent 4.01 of its 4 GPU-hours") && m.contains("Kueue evicts the workload") && m.contains("2027-01-16T08:00:00Z"), "{m}");
+    assert_eq!(verdict(Stage::Waiting, Ok(Admission::Go), &b, &now), None, "a workload not being decided keeps what it was told");
+    b.status = None;
     let never = TooSmall::Period {
         budget: "team".into(),
         need: 8.0,
@@ -108,7 +118,7 @@ fn the_ledgers_answer_becomes_ready_retry_or_rejected() {
         field: "spec.gpuHours",
         period: BudgetPeriod::Day,
     };
-    let Some(Verdict::Rejected(m)) = verdict(Stage::Deciding, Err(never)) else { panic!("rejected") };
+    let Some(Verdict::Rejected(m)) = verdict(Stage::Deciding, Err(never), &b, &now) else { panic!("rejected") };
     assert!(m.contains("8.00 GPU-hours") && m.contains("max-exec-time-seconds") && m.contains("\"team\""), "{m}");
 }
 
