@@ -192,6 +192,14 @@ async fn reconcile_workload(w: Arc<Workload>, ctx: Arc<Context>) -> Result<Actio
     if demand == Demand::Start && matches!(answer, Ok(Admission::Go)) {
         info!(budget = %budget_name, gpus, gpu_hours_estimated = claim.estimated_gpu_hours, "admitted within the budget");
     }
+    // the ledger was just written: an eviction's message says what it spent as of that write
+    let budget = match answer {
+        Ok(Admission::SpentOut(_)) => {
+            let api: Api<TrainingBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+            api.get_opt(&budget_name).await?.map(Arc::new).unwrap_or(budget)
+        }
+        _ => budget,
+    };
     if let Some(verdict) = decide::verdict(stage, answer, &budget, &now) {
         write_checks(&ctx.client, &w, &checks, &verdict, &budget_name, &now).await?;
     }
