@@ -497,14 +497,14 @@ fn succeed(pods: &[Pod]) -> serde_json::Value {
 }
 
 /// A plain Job under a 4-GPU-hour budget (bound by its LocalQueue's label): admitted (Ready),
-/// its pods billed into the ledger within 2% of their GPU time, evicted through Kueue (Retry,
+/// its pods billed into the ledger within 2% of their GPU time across an operator restart, evicted through Kueue (Retry,
 /// naming the budget, what it spent and when it frees) once the period is spent, and admitted
 /// again (Ready) once the budget is raised.
 #[tokio::test]
 async fn a_plain_job_is_admitted_billed_evicted_when_spent_and_readmitted_when_raised() {
     run("kueue-check-plain-job", |ctx: TestContext| async move {
         manifests::install_crds(&ctx.client).await?;
-        let _operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
+        let mut operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
         apply_budget(&ctx, &frugal_api::TrainingBudget::test(8).name("team").gpu_hours(Some(4.0)).build()).await?;
         let _queues = Queues::gpus_checked(&ctx, 8, Some("team")).await?;
         let jobs: Api<Job> = ctx.api();
@@ -516,8 +516,13 @@ async fn a_plain_job_is_admitted_billed_evicted_when_spent_and_readmitted_when_r
         let (_, ready) = check_state(&ctx, &first, "Ready").await?;
         ensure!(ready.contains("\"team\""), "{ready}");
         let pods = running_job_pods(&ctx, "first", 2).await?;
-        // billed while it runs
+        // billed while it runs; an operator restarted then neither loses nor counts twice what
+        // the entry counted (the final bill below is the pods' time)
         ledger_where(&ctx, "team", "the workload billed while it runs", move |s| s.jobs.iter().any(|h| h.gpu_hours_counted > 0.0)).await?;
+        drop(operator);
+        operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
+        let counted = budgets(&ctx).get("team").await?.status.map_or(0.0, |s| s.jobs.iter().map(|h| h.gpu_hours_counted).sum::<f64>());
+        ledger_where(&ctx, "team", "the restarted operator billing on", move |s| s.jobs.iter().any(|h| h.gpu_hours_counted > counted)).await?;
         let api: Api<Pod> = ctx.api();
         for pod in &pods {
             api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&succeed(&pods))).await?;
@@ -559,6 +564,7 @@ async fn a_plain_job_is_admitted_billed_evicted_when_spent_and_readmitted_when_r
         wait::for_object(&jobs, "second", "Kueue admits the Job again", |j: Option<&Job>| j.and_then(|j| j.spec.as_ref()?.suspend) == Some(false))
             .await?;
         running_job_pods(&ctx, "second", 2).await?;
+        drop(operator);
         Ok(())
     })
     .await;
