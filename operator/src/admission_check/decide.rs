@@ -45,7 +45,7 @@ pub fn binding(namespace_default: Option<String>, local_queue: Option<String>, w
 pub enum Stage {
     /// Kueue reserved its quota and waits for this check (state Pending).
     Deciding,
-    /// Admitted: its pods may run.
+    /// Admitted, or told Ready with Kueue not yet done admitting it: its pods may run.
     Admitted,
     /// It finished.
     Finished,
@@ -56,7 +56,8 @@ pub enum Stage {
 pub fn stage(w: &Workload, check: &str) -> Stage {
     if w.is("Finished") {
         Stage::Finished
-    } else if w.is("Admitted") {
+    } else if w.is("Admitted") || (w.is("QuotaReserved") && w.check(check).is_some_and(|c| c.state == "Ready")) {
+        // between this check's Ready and Kueue's Admitted, its entry must stay
         Stage::Admitted
     } else if w.is("QuotaReserved") && w.check(check).is_some_and(|c| c.state == "Pending") {
         Stage::Deciding

@@ -79,6 +79,7 @@ fn a_workload_is_decided_once_kueue_reserved_quota_and_asks_for_this_check() {
     assert_eq!(stage(&workload(&[], &["QuotaReserved"], Some("Pending")), "budget"), Stage::Deciding);
     assert_eq!(stage(&workload(&[], &[], Some("Pending")), "budget"), Stage::Waiting, "no quota yet");
     assert_eq!(stage(&workload(&[], &["QuotaReserved", "Admitted"], Some("Ready")), "budget"), Stage::Admitted);
+    assert_eq!(stage(&workload(&[], &["QuotaReserved"], Some("Ready")), "budget"), Stage::Admitted, "Ready, Kueue not yet done admitting it");
     assert_eq!(stage(&workload(&[], &["QuotaReserved", "Admitted", "Finished"], Some("Ready")), "budget"), Stage::Finished);
     assert_eq!(stage(&workload(&[], &["QuotaReserved"], Some("Retry")), "budget"), Stage::Waiting, "already answered");
 }
