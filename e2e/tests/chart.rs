@@ -108,6 +108,38 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
     Ok(())
 }
 
+/// Kueue's admission check (docs/kueue.md): off by default, with no rights on Kueue's objects;
+/// on, the flag and only the verbs it needs, as Roles in the watched namespaces where some are.
+#[test]
+fn the_kueue_admission_check_and_its_rbac_render_only_when_enabled() -> Result<()> {
+    if !enabled("chart-kueue-check") {
+        return Ok(());
+    }
+    let chart_dir = chart();
+    let render = |values: &[&str]| {
+        let mut args = vec!["template", "frugal", &chart_dir, "--namespace", "frugal-system"];
+        args.extend(values.iter().flat_map(|v| ["--set", *v]));
+        helm(&args)
+    };
+    let defaults = render(&[])?;
+    ensure!(!defaults.contains("kueue.x-k8s.io") && !defaults.contains("--kueue-admission-check"), "Kueue rights by default:\n{defaults}");
+    let on = render(&["kueueAdmissionCheck.enabled=true"])?;
+    ensure!(on.contains("- --kueue-admission-check\n"), "{on}");
+    for rule in [
+        "resources: [admissionchecks]\n    verbs: [get, list, watch]",
+        "resources: [admissionchecks/status]\n    verbs: [patch]",
+        "resources: [workloads]\n    verbs: [get, list, watch]",
+        "resources: [workloads/status]\n    verbs: [patch]",
+        "resources: [localqueues]\n    verbs: [get]",
+    ] {
+        ensure!(on.contains(rule), "missing {rule:?}:\n{on}");
+    }
+    let scoped = render(&["kueueAdmissionCheck.enabled=true", "operator.watchNamespaces={team-a}"])?;
+    ensure!(scoped.contains("kind: Role\nmetadata:\n  name: frugal-operator-workloads\n  namespace: team-a"), "{scoped}");
+    ensure!(!scoped.contains("name: frugal-operator-frugal-system-workloads"), "cluster-wide workload rights while scoped:\n{scoped}");
+    Ok(())
+}
+
 #[test]
 fn a_typo_in_the_values_fails_naming_the_field() -> Result<()> {
     if !enabled("chart-schema") {

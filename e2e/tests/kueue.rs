@@ -57,6 +57,39 @@ impl Queues {
         Self::create(ctx, serde_json::json!({key: value}), &quota).await
     }
 
+    /// Like [`Queues::gpus`], with frugal's budget AdmissionCheck (named after the namespace)
+    /// listed on the ClusterQueue, and the LocalQueue `team` labelled with `queue_budget`, if any.
+    async fn gpus_checked(ctx: &TestContext, gpus: u32, queue_budget: Option<&str>) -> Result<Self> {
+        let check = serde_json::json!({
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "AdmissionCheck",
+            "metadata": {"name": ctx.namespace}, "spec": {"controllerName": "frugal.dev/budget"},
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        Api::<DynamicObject>::all_with(ctx.client.clone(), &kueue("AdmissionCheck")).patch(&ctx.namespace, &pp, &Patch::Apply(&check)).await?;
+        let queues = Self::gpus(ctx, gpus).await?;
+        let strategy = serde_json::json!({
+            "spec": {"admissionChecksStrategy": {"admissionChecks": [{"name": ctx.namespace}]}},
+        });
+        Api::<DynamicObject>::all_with(ctx.client.clone(), &kueue("ClusterQueue"))
+            .patch(&ctx.namespace, &PatchParams::default(), &Patch::Merge(&strategy))
+            .await?;
+        if let Some(budget) = queue_budget {
+            let label = serde_json::json!({"metadata": {"labels": {"frugal.dev/budget": budget}}});
+            Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("LocalQueue"))
+                .patch("team", &PatchParams::default(), &Patch::Merge(&label))
+                .await?;
+        }
+        // the operator marks the check Active; Kueue admits nothing through an inactive one
+        let checks = Api::<DynamicObject>::all_with(ctx.client.clone(), &kueue("AdmissionCheck"));
+        wait::for_object(&checks, &ctx.namespace, "the AdmissionCheck Active", |c: Option<&DynamicObject>| {
+            c.is_some_and(|c| {
+                c.data["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Active" && c["status"] == "True"))
+            })
+        })
+        .await?;
+        Ok(queues)
+    }
+
     async fn create(ctx: &TestContext, node_labels: serde_json::Value, quota: &[(&str, serde_json::Value)]) -> Result<Self> {
         let name = ctx.namespace.clone();
         let flavor = serde_json::json!({
@@ -92,7 +125,7 @@ impl Drop for Queues {
         let (client, name) = (self.client.clone(), self.name.clone());
         // Best effort: Kueue keeps a ClusterQueue until its workloads are gone with the namespace.
         tokio::spawn(async move {
-            for kind in ["ClusterQueue", "ResourceFlavor"] {
+            for kind in ["ClusterQueue", "ResourceFlavor", "AdmissionCheck"] {
                 Api::<DynamicObject>::all_with(client.clone(), &kueue(kind)).delete(&name, &DeleteParams::default()).await.ok();
             }
         });
@@ -351,6 +384,254 @@ async fn a_kueue_eviction_is_not_a_failure_and_the_readmitted_job_resumes() {
         ensure!(log.contains(&format!("\"step\":{steps}")), "did not finish:\n{log}");
         ctx.api::<TrainingJob>().delete("lm", &DeleteParams::default()).await.ok();
         Api::<PersistentVolume>::all(ctx.client.clone()).delete(&pv_name, &DeleteParams::default()).await.ok();
+        Ok(())
+    })
+    .await;
+}
+
+// ---- frugal as Kueue's AdmissionCheck controller (`frugal.dev/budget`) ----
+
+/// A plain `batch/v1` Job of `pods` pods with `gpus` GPUs each on the fake GPU nodes, queued on
+/// `team`; with `max_exec`, Kueue's maximum execution time label.
+fn plain_job(name: &str, pods: i32, gpus: u32, max_exec: Option<i64>) -> Job {
+    use frugal_e2e::fixtures::{self, PodExt};
+    let mut job = fixtures::job(name, fixtures::pod(name).gpus(gpus));
+    let labels = job.metadata.labels.get_or_insert_default();
+    labels.insert(QUEUE_LABEL.into(), "team".into());
+    if let Some(seconds) = max_exec {
+        labels.insert("kueue.x-k8s.io/max-exec-time-seconds".into(), seconds.to_string());
+    }
+    let spec = job.spec.as_mut().unwrap();
+    (spec.parallelism, spec.completions) = (Some(pods), Some(pods));
+    job
+}
+
+/// The Workload Kueue made for the plain Job `job`.
+async fn workload_of_job(ctx: &TestContext, job: &str) -> Result<DynamicObject> {
+    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
+    let owner = job.to_string();
+    wait::for_any(&api, Default::default(), &format!("the Workload of Job {job}"), move |w: &DynamicObject| {
+        w.owner_references().iter().any(|o| o.kind == "Job" && o.name == owner)
+    })
+    .await
+}
+
+/// The state and message of the test's admission check on Workload `workload`.
+fn check_of(w: &DynamicObject, check: &str) -> Option<(String, String)> {
+    let entry = w.data["status"]["admissionChecks"].as_array()?.iter().find(|c| c["name"] == check)?.clone();
+    Some((entry["state"].as_str()?.to_string(), entry["message"].as_str().unwrap_or_default().to_string()))
+}
+
+/// Waits until the check on Workload `workload` is in `state`, and prints it as Kueue holds it.
+async fn check_state(ctx: &TestContext, workload: &str, state: &'static str) -> Result<(String, String)> {
+    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
+    let check = ctx.namespace.clone();
+    let w = wait::for_object(&api, workload, &format!("the admission check {state} on Workload {workload}"), move |w: Option<&DynamicObject>| {
+        w.and_then(|w| check_of(w, &check)).is_some_and(|(s, _)| s == state)
+    })
+    .await?;
+    let got = check_of(&w, &ctx.namespace).context("the check's entry")?;
+    eprintln!("Workload {workload}: admission check {:?} state {} message {:?}", ctx.namespace, got.0, got.1);
+    Ok(got)
+}
+
+/// The pods of the plain Job `job`.
+async fn job_pods(ctx: &TestContext, job: &str) -> Result<Vec<Pod>> {
+    Ok(ctx.api::<Pod>().list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?.items)
+}
+
+/// Waits for `n` running pods of the plain Job `job`.
+async fn running_job_pods(ctx: &TestContext, job: &str, n: usize) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = ctx.api();
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    wait::until(&format!("{n} running pods of Job {job}"), async {
+        loop {
+            let pods = api.list(&ListParams::default().labels(&selector)).await?;
+            let running: Vec<Pod> = pods.items.into_iter().filter(|p| frugal_e2e::fixtures::phase(p) == "Running").collect();
+            if running.len() >= n {
+                return Ok::<_, anyhow::Error>(running);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+}
+
+/// A pod's GPU-seconds: its GPUs from PodScheduled until its container finished.
+fn gpu_seconds(pod: &Pod) -> Option<f64> {
+    let status = pod.status.as_ref()?;
+    let scheduled = status.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True")?.last_transition_time.clone()?;
+    let finished =
+        status.container_statuses.as_ref()?.iter().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone()).max_by_key(|t| t.0)?;
+    let gpus: f64 =
+        pod.spec.as_ref()?.containers.iter().filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<f64>().ok()).sum();
+    Some(gpus * (finished.0.as_second() - scheduled.0.as_second()) as f64)
+}
+
+fn budgets(ctx: &TestContext) -> Api<frugal_api::TrainingBudget> {
+    ctx.api()
+}
+
+async fn apply_budget(ctx: &TestContext, budget: &frugal_api::TrainingBudget) -> Result<()> {
+    budgets(ctx).patch(&budget.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(budget)).await?;
+    Ok(())
+}
+
+/// Waits until budget `name`'s ledger satisfies `pred`.
+async fn ledger_where(
+    ctx: &TestContext,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&frugal_api::v1alpha1::TrainingBudgetStatus) -> bool + Send + 'static,
+) -> Result<frugal_api::v1alpha1::TrainingBudgetStatus> {
+    let b = wait::for_object(&budgets(ctx), name, what, move |b: Option<&frugal_api::TrainingBudget>| {
+        b.and_then(|b| b.status.as_ref()).is_some_and(&pred)
+    })
+    .await?;
+    Ok(b.status.unwrap_or_default())
+}
+
+fn succeed(pods: &[Pod]) -> serde_json::Value {
+    let _ = pods;
+    serde_json::json!({"metadata": {"annotations": {TEST_OUTCOME_ANNOTATION: "Succeeded"}}})
+}
+
+/// A plain Job under a 4-GPU-hour budget (bound by its LocalQueue's label): admitted (Ready),
+/// its pods billed into the ledger within 2% of their GPU time across an operator restart, evicted through Kueue (Retry,
+/// naming the budget, what it spent and when it frees) once the period is spent, and admitted
+/// again (Ready) once the budget is raised.
+#[tokio::test]
+async fn a_plain_job_is_admitted_billed_evicted_when_spent_and_readmitted_when_raised() {
+    run("kueue-check-plain-job", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let mut operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
+        apply_budget(&ctx, &frugal_api::TrainingBudget::test(8).name("team").gpu_hours(Some(4.0)).build()).await?;
+        let _queues = Queues::gpus_checked(&ctx, 8, Some("team")).await?;
+        let jobs: Api<Job> = ctx.api();
+        let pp = PatchParams::apply(FIELD_MANAGER);
+
+        // admitted: the check says Ready, Kueue admits it, its pods run
+        jobs.patch("first", &pp, &Patch::Apply(&plain_job("first", 2, 2, None))).await?;
+        let first = workload_of_job(&ctx, "first").await?.name_any();
+        let (_, ready) = check_state(&ctx, &first, "Ready").await?;
+        ensure!(ready.contains("\"team\""), "{ready}");
+        let pods = running_job_pods(&ctx, "first", 2).await?;
+        // billed while it runs; an operator restarted then neither loses nor counts twice what
+        // the entry counted (the final bill below is the pods' time)
+        ledger_where(&ctx, "team", "the workload billed while it runs", move |s| s.jobs.iter().any(|h| h.gpu_hours_counted > 0.0)).await?;
+        drop(operator);
+        operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
+        let counted = budgets(&ctx).get("team").await?.status.map_or(0.0, |s| s.jobs.iter().map(|h| h.gpu_hours_counted).sum::<f64>());
+        ledger_where(&ctx, "team", "the restarted operator billing on", move |s| s.jobs.iter().any(|h| h.gpu_hours_counted > counted)).await?;
+        let api: Api<Pod> = ctx.api();
+        for pod in &pods {
+            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&succeed(&pods))).await?;
+        }
+        // finished: its entry goes, with what its pods spent
+        let ledger = ledger_where(&ctx, "team", "the finished workload's entry released", |s| s.jobs.is_empty() && s.gpu_hours_spent > 0.0).await?;
+        let pod_seconds: f64 = job_pods(&ctx, "first").await?.iter().filter_map(gpu_seconds).sum();
+        let billed = ledger.gpu_hours_spent * 3600.0;
+        eprintln!("pods' GPU time {pod_seconds} s, billed {billed:.1} GPU-seconds");
+        ensure!(pod_seconds > 0.0 && (billed - pod_seconds).abs() <= 0.02 * pod_seconds, "billed {billed} GPU-seconds for {pod_seconds} of pod time");
+
+        // nearly spent: a second job is admitted, runs, and is evicted when the period is spent
+        let spent = serde_json::json!({"status": {"gpuHoursSpent": 3.995}});
+        budgets(&ctx).patch_status("team", &PatchParams::default(), &Patch::Merge(&spent)).await?;
+        jobs.patch("second", &pp, &Patch::Apply(&plain_job("second", 2, 2, None))).await?;
+        let second = workload_of_job(&ctx, "second").await?.name_any();
+        check_state(&ctx, &second, "Ready").await?;
+        running_job_pods(&ctx, "second", 2).await?;
+        let (_, retry) = check_state(&ctx, &second, "Retry").await?;
+        ensure!(
+            retry.contains("\"team\"")
+                && retry.contains("has spent")
+                && retry.contains("Kueue evicts the workload")
+                && retry.contains("next period begins at"),
+            "{retry}"
+        );
+        let suspended = wait::for_object(&jobs, "second", "Kueue suspends the evicted Job", |j: Option<&Job>| {
+            j.and_then(|j| j.spec.as_ref()?.suspend).unwrap_or(false)
+        })
+        .await?;
+        ensure!(suspended.spec.unwrap().suspend == Some(true));
+        let workloads = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ctx.namespace, &kueue("Workload"));
+        let evicted = workloads.get(&second).await?;
+        eprintln!("Workload {second} conditions after the eviction: {}", evicted.data["status"]["conditions"]);
+
+        // raised: Kueue asks again, the check says Ready, the Job runs again
+        apply_budget(&ctx, &frugal_api::TrainingBudget::test(8).name("team").gpu_hours(Some(6.0)).build()).await?;
+        check_state(&ctx, &second, "Ready").await?;
+        wait::for_object(&jobs, "second", "Kueue admits the Job again", |j: Option<&Job>| j.and_then(|j| j.spec.as_ref()?.suspend) == Some(false))
+            .await?;
+        running_job_pods(&ctx, "second", 2).await?;
+        drop(operator);
+        Ok(())
+    })
+    .await;
+}
+
+/// A Workload whose GPUs times its maximum execution time can never fit the budget's period is
+/// Rejected, saying why.
+#[tokio::test]
+async fn a_workload_that_could_never_fit_is_rejected() {
+    run("kueue-check-rejected", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &["--kueue-admission-check"])?;
+        apply_budget(&ctx, &frugal_api::TrainingBudget::test(8).name("team").gpu_hours(Some(1.0)).build()).await?;
+        let _queues = Queues::gpus_checked(&ctx, 8, Some("team")).await?;
+        // 4 GPUs for up to an hour: 4 GPU-hours, in a budget of 1 a day
+        ctx.api::<Job>().patch("long", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&plain_job("long", 2, 2, Some(3600)))).await?;
+        let long = workload_of_job(&ctx, "long").await?.name_any();
+        let (_, message) = check_state(&ctx, &long, "Rejected").await?;
+        ensure!(message.contains("4.00 GPU-hours") && message.contains("max-exec-time-seconds") && message.contains("\"team\""), "{message}");
+        ensure!(job_pods(&ctx, "long").await?.is_empty(), "a rejected workload ran pods");
+        Ok(())
+    })
+    .await;
+}
+
+/// A TrainingJob and a plain Job under one ClusterQueue with the check share the namespace's
+/// default budget: each is decided by the check (Ready), the TrainingJob counted once (its own
+/// entry, none for its attempt's Workload), the plain Job in its Workload's entry.
+#[tokio::test]
+async fn a_training_job_and_a_plain_job_share_one_budget_without_double_counting() {
+    run("kueue-check-shared", |ctx: TestContext| async move {
+        manifests::install_crds(&ctx.client).await?;
+        let _operator = Operator::start(&ctx.namespace, &["--kueue-admission-check", "--termination-grace-seconds", "5"])?;
+        let budget = frugal_api::TrainingBudget::test(8).name("team").gpu_hours(Some(100.0)).namespace_default(true).build();
+        apply_budget(&ctx, &budget).await?;
+        let _queues = Queues::gpus_checked(&ctx, 8, None).await?;
+
+        apply(&ctx, &gpu_job("tj", 2)).await?;
+        ctx.api::<Job>().patch("plain", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&plain_job("plain", 1, 2, None))).await?;
+        let tj_workload = workload_of(&ctx, "tj", 1).await?.name_any();
+        let plain_workload = workload_of_job(&ctx, "plain").await?.name_any();
+        check_state(&ctx, &tj_workload, "Ready").await?;
+        check_state(&ctx, &plain_workload, "Ready").await?;
+        let tj_pods = running_pods(&ctx, "tj", 1, 2).await?;
+        let plain_pods = running_job_pods(&ctx, "plain", 1).await?;
+        let (tw, pw) = (tj_workload.clone(), plain_workload.clone());
+        let ledger = ledger_where(&ctx, "team", "both held, each once", move |s| {
+            s.jobs.iter().any(|h| h.name == "tj") && s.jobs.iter().any(|h| h.name == pw) && !s.jobs.iter().any(|h| h.name == tw)
+        })
+        .await?;
+        eprintln!("ledger: {:?}", ledger.jobs.iter().map(|h| (h.name.clone(), h.kind, h.gpus)).collect::<Vec<_>>());
+        ensure!(ledger.jobs.len() == 2, "entries {:?}", ledger.jobs);
+        job_where(&ctx, "tj", "a bill of more than nothing", |tj| {
+            tj.status.as_ref().and_then(|s| s.cost.as_ref()).is_some_and(|c| c.gpu_hours > 0.0)
+        })
+        .await?;
+        let api: Api<Pod> = ctx.api();
+        for pod in tj_pods.iter().chain(&plain_pods) {
+            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&succeed(&[]))).await?;
+        }
+        let tj = job_where(&ctx, "tj", "phase Succeeded", |tj| phase(tj) == Some(Phase::Succeeded)).await?;
+        let ledger = ledger_where(&ctx, "team", "both released", |s| s.jobs.is_empty()).await?;
+        let tj_hours = tj.status.as_ref().and_then(|s| s.cost.as_ref()).map_or(0.0, |c| c.gpu_hours);
+        let plain_hours = job_pods(&ctx, "plain").await?.iter().filter_map(gpu_seconds).sum::<f64>() / 3600.0;
+        eprintln!("spent {} GPU-hours: TrainingJob {tj_hours}, plain Job {plain_hours}", ledger.gpu_hours_spent);
+        let want = tj_hours + plain_hours;
+        ensure!((ledger.gpu_hours_spent - want).abs() <= 0.02 * want + 1.0 / 3600.0, "spent {} for {want}", ledger.gpu_hours_spent);
         Ok(())
     })
     .await;

@@ -154,8 +154,13 @@ pub fn text(ledgers: &[Ledger], wide: bool) -> String {
             }
             let mut t = Table::new(&header);
             for h in &l.holders {
+                // a Kueue Workload the admission check admitted (a Job, JobSet, ...), beside TrainingJobs
+                let name = match h.kind {
+                    frugal_api::v1alpha1::HolderKind::Workload => format!("workload/{}", h.name),
+                    frugal_api::v1alpha1::HolderKind::TrainingJob => h.name.clone(),
+                };
                 let mut cells = vec![
-                    h.name.clone(),
+                    name,
                     h.gpus.to_string(),
                     budget::amount(h.gpu_hours_counted),
                     format!("{} {}", budget::amount(h.cost_counted), l.currency),

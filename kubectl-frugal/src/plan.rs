@@ -218,6 +218,7 @@ pub fn budget_check(
         gpu_hours: cost.map_or(0.0, |c| c.gpu_hours),
         cost: cost.map_or(0.0, |c| c.cost),
         estimated_gpu_hours: plan.estimated_gpu_hours,
+        kind: frugal_api::v1alpha1::HolderKind::TrainingJob,
     };
     match budget::admit(b, &status, &claim, now) {
         Ok(()) => {

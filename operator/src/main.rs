@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod admission_check;
 mod conditions;
 mod crd;
 mod manager;
@@ -90,6 +91,12 @@ pub struct RunArgs {
     /// POD_NAMESPACE, else `default`, and `frugal-billed`; `none` keeps no record).
     #[arg(long)]
     pub billed_record: Option<String>,
+    /// Serve Kueue's AdmissionCheck controller `frugal.dev/budget`: the Workloads of every
+    /// ClusterQueue that lists such an AdmissionCheck are decided against their TrainingBudgets
+    /// and their pods billed into them (needs Kueue's v1beta2 API and the RBAC the chart gives
+    /// with kueueAdmissionCheck.enabled).
+    #[arg(long)]
+    pub kueue_admission_check: bool,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,

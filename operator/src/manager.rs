@@ -265,6 +265,7 @@ pub async fn run(
         policies_tx,
         shutdown.clone(),
     ));
+    let settings_admission_check = settings.admission_check;
     let recorder = Recorder::new(client.clone(), Reporter { controller: "frugal-operator".into(), instance: std::env::var("POD_NAME").ok() });
     for category in training_job::error::Error::CATEGORIES {
         let _ = metrics.errors.get_or_create(&crate::metrics::CategoryLabels { category });
@@ -314,6 +315,19 @@ pub async fn run(
         })
         .reconcile_all_on(policies_rx)
         .graceful_shutdown_on(shutdown.clone());
+    // Kueue's admission check, when on: Workloads of any kind decided against their budgets
+    let workload_gone = settings_admission_check.then(|| {
+        let workloads = crate::admission_check::run(
+            client.clone(),
+            scope.api::<crate::admission_check::kueue::Workload>(&client),
+            budget_reader.clone(),
+            job_reader.clone(),
+            [budgets_synced.clone(), jobs_synced.clone()],
+            shutdown.clone(),
+        );
+        let gone: training_budget::WorkloadGone = Arc::new(move |namespace, name, uid| workloads.gone(namespace, name, uid));
+        gone
+    });
     // the budgets' own controller keeps each ledger true to the TrainingJobs
     let budgets = Controller::for_stream(budget_stream, budget_reader.clone())
         .reconcile_on(budget_rx)
@@ -327,6 +341,7 @@ pub async fn run(
                 pod_reader.clone(),
                 [tjs_synced.clone(), pods_synced.clone()],
                 budget_reader.clone(),
+                workload_gone,
             )),
         )
         .for_each(|result| async move {

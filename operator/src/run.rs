@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_namespace: args.metrics_namespace.clone(),
         finished_attempt_ttl_seconds: (args.finished_attempt_ttl_seconds > 0).then_some(args.finished_attempt_ttl_seconds),
         billed_record: billed_record(args.billed_record.as_deref())?,
+        admission_check: args.kueue_admission_check,
         ..Settings::default()
     };
     let client = client(args.api_qps).await?;

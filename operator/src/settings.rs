@@ -26,6 +26,8 @@ pub struct Settings {
     /// The ConfigMap that keeps deleted jobs' bills for the billed counters (`--billed-record`;
     /// None: not kept, the counters then read lower after a restart once jobs were deleted).
     pub billed_record: Option<crate::metrics::folded::Location>,
+    /// Serve Kueue's AdmissionCheck controller `frugal.dev/budget` (`--kueue-admission-check`).
+    pub admission_check: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             termination_grace_seconds: 300,
             plan_options: PlanOptions::default(),
             admission_policies: Vec::new(),
+            admission_check: false,
             metrics_namespace: None,
             finished_attempt_ttl_seconds: Some(3600),
             billed_record: None,

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::reasons;
 use crate::TrainingBudget;
-use crate::v1alpha1::{BudgetAdmission, BudgetPeriod, TrainingBudgetSpec, TrainingBudgetStatus};
+use crate::v1alpha1::{BudgetAdmission, BudgetPeriod, HolderKind, TrainingBudgetSpec, TrainingBudgetStatus};
 
 /// The job as the ledger sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +23,11 @@ pub struct Claim<'a> {
     /// status.cost.gpuHours and cost as the operator billed them from the job's pods.
     pub gpu_hours: f64,
     pub cost: f64,
-    /// GPU-hours its plan estimates for the whole run (`status.plan.estimatedGpuHours`).
+    /// GPU-hours its plan estimates for the whole run (`status.plan.estimatedGpuHours`); for a
+    /// Kueue Workload, its GPUs times its maximum execution time.
     pub estimated_gpu_hours: f64,
+    /// A TrainingJob, or a Kueue Workload.
+    pub kind: HolderKind,
 }
 
 /// Why a job may not start now; it stays Queued and is looked at again when the budget changes.

@@ -16,6 +16,10 @@ use crate::v1alpha1::ParallelismSpec;
 /// Kueue's queue label: a TrainingJob that carries it is Kueue's to admit, and holds no GPUs in
 /// its budget while Kueue keeps it suspended.
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+
+/// Kueue's WorkloadPriorityClass label: a TrainingJob that carries it passes it to its attempt's
+/// Job, so Kueue orders and preempts that Workload by it.
+pub const KUEUE_PRIORITY_CLASS_LABEL: &str = "kueue.x-k8s.io/priority-class";
 /// The operator's `--max-gpus-per-job` unless it is set.
 pub const DEFAULT_MAX_GPUS_PER_JOB: i32 = 4;
 

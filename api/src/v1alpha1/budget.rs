@@ -149,12 +149,33 @@ pub struct BudgetHolder {
     /// When it was admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,
+    /// What holds the entry: a TrainingJob (the default, left out), or a Kueue Workload that the
+    /// `frugal.dev/budget` admission check admitted (a Job, JobSet, PyTorchJob, ...), named by
+    /// the Workload's name and uid.
+    #[serde(default, skip_serializing_if = "HolderKind::is_training_job")]
+    pub kind: HolderKind,
     /// GPU-hours its plan estimated at admission (what look-ahead admission holds back for it).
     #[serde(default, skip_serializing_if = "is_not_positive")]
     pub estimated_gpu_hours: f64,
     /// Cost its plan estimated at admission, at the budget's prices.
     #[serde(default, skip_serializing_if = "is_not_positive")]
     pub estimated_cost: f64,
+}
+
+/// What holds a ledger entry.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HolderKind {
+    /// A frugal TrainingJob.
+    #[default]
+    TrainingJob,
+    /// A Kueue Workload (of any kind of job) decided by the `frugal.dev/budget` admission check.
+    Workload,
+}
+
+impl HolderKind {
+    pub fn is_training_job(&self) -> bool {
+        *self == HolderKind::TrainingJob
+    }
 }
 
 fn is_not_positive(v: &f64) -> bool {

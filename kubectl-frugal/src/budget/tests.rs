@@ -22,6 +22,7 @@ fn training_budget(name: &str, default: bool) -> TrainingBudget {
             admitted_at: Some(t(10)),
             estimated_gpu_hours: 2.0,
             estimated_cost: 5.0,
+            kind: frugal_api::v1alpha1::HolderKind::TrainingJob,
         }],
         conditions: vec![Condition {
             type_: "Exhausted".into(),
@@ -118,4 +119,20 @@ fn wide_names_and_yaml_of_the_ledgers() {
     let yaml: serde_json::Value = serde_saphyr::from_str(&render(std::slice::from_ref(&l), BudgetFormat::Yaml).unwrap()).unwrap();
     assert_eq!(yaml, json);
     assert_eq!(yaml[0]["holders"][0]["name"], "first");
+}
+
+#[test]
+fn a_kueue_workloads_entry_is_listed_beside_the_training_jobs() {
+    let mut team = training_budget("team", false);
+    let status = team.status.as_mut().unwrap();
+    status.jobs.push(BudgetHolder {
+        name: "job-plain-1a2b3".into(),
+        uid: "u2".into(),
+        gpus: 2,
+        kind: frugal_api::v1alpha1::HolderKind::Workload,
+        ..Default::default()
+    });
+    let l = ledger(&team, std::slice::from_ref(&team), &[], &t(60));
+    let out = text(&[l], false);
+    assert!(out.contains("    first ") && out.contains("    workload/job-plain-1a2b3 "), "{out}");
 }

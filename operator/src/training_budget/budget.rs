@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use frugal_api::TrainingBudget;
 use frugal_api::admission::budget::{self as admission, Refusal, Spent, exhausted, finite_or_zero, this_period};
-use frugal_api::v1alpha1::{BudgetHolder, TrainingBudgetSpec, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetHolder, HolderKind, TrainingBudgetSpec, TrainingBudgetStatus};
 
 pub use frugal_api::admission::budget::{Claim, TooSmall, Wait, price, spent_out, until_next_period};
 
@@ -182,6 +182,7 @@ fn holder(spec: &TrainingBudgetSpec, job: &Claim, now: &Time) -> BudgetHolder {
         admitted_at: Some(now.clone()),
         estimated_gpu_hours: estimated,
         estimated_cost: estimated * price(spec, job.gpu_type),
+        kind: job.kind,
     }
 }
 
@@ -203,10 +204,28 @@ pub struct Holder {
 /// pods the operator made for an entry's job (by its uid) still run. GPUs are held by pods, not
 /// by TrainingJobs: an entry whose job is gone or says it finished stays while its pods run
 /// (deleted with its finalizer removed by hand, its pods orphaned, or its status forged).
-pub fn refresh(budget: &TrainingBudget, job: impl Fn(&str) -> Option<Holder>, pods_hold: impl Fn(&BudgetHolder) -> bool, now: &Time) -> Verdict {
+///
+/// A Kueue Workload's entry is the admission check's (`admission_check`): it counts and
+/// releases it. Here it goes only when `workload_gone` says its Workload no longer exists (the
+/// check's controller is not told of a deletion).
+pub fn refresh(
+    budget: &TrainingBudget,
+    job: impl Fn(&str) -> Option<Holder>,
+    pods_hold: impl Fn(&BudgetHolder) -> bool,
+    workload_gone: impl Fn(&BudgetHolder) -> bool,
+    now: &Time,
+) -> Verdict {
     let mut status = this_period(budget, now);
     let mut i = 0;
     while i < status.jobs.len() {
+        if status.jobs[i].kind == HolderKind::Workload {
+            if workload_gone(&status.jobs[i]) {
+                status.jobs.remove(i);
+            } else {
+                i += 1;
+            }
+            continue;
+        }
         let found = job(&status.jobs[i].name).filter(|h| h.uid == status.jobs[i].uid);
         let held_by_pods = pods_hold(&status.jobs[i]);
         match found {

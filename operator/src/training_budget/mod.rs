@@ -51,7 +51,13 @@ pub struct Context {
     pub synced: [Synced; 2],
     /// When each budget's status (by uid) was last written by its controller.
     pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Whether a Kueue Workload (namespace, name, uid) is gone, when the admission check runs:
+    /// a Workload's entry goes with it.
+    pub workload_gone: Option<WorkloadGone>,
 }
+
+/// Tells whether the Workload of a ledger entry (namespace, name, uid) no longer exists.
+pub type WorkloadGone = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
 
 impl Context {
     pub fn new(
@@ -60,8 +66,9 @@ impl Context {
         pods: Store<Pod>,
         synced: [Synced; 2],
         budgets: Store<TrainingBudget>,
+        workload_gone: Option<WorkloadGone>,
     ) -> Self {
-        Self { client, training_jobs, pods, budgets, synced, written: Default::default() }
+        Self { client, training_jobs, pods, budgets, synced, written: Default::default(), workload_gone }
     }
 }
 
@@ -159,7 +166,8 @@ async fn reconcile_budget(b: Arc<TrainingBudget>, ctx: Arc<Context>) -> Result<A
         let gone = job.as_ref().is_none_or(|tj| tj.uid().as_deref() != Some(h.uid.as_str()) || finished(tj));
         gone && pods_hold(h)
     });
-    if let Verdict::Write(status) = budget::refresh(&b, find, pods_hold, &now) {
+    let workload_gone = |h: &BudgetHolder| ctx.workload_gone.as_ref().is_some_and(|gone| gone(&namespace, &h.name, &h.uid));
+    if let Verdict::Write(status) = budget::refresh(&b, find, pods_hold, workload_gone, &now) {
         let uid = b.uid().unwrap_or_default();
         let since = ctx.written.lock().unwrap().get(&uid).map(|t| t.elapsed());
         if budget::only_spending_changed(&b.status.clone().unwrap_or_default(), &status)

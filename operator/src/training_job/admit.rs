@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use frugal_api::TrainingJob;
 use frugal_api::admission::{self, GpuLimit, NotTheDefaultBudget};
-use frugal_api::v1alpha1::{CostStatus, Phase};
+use frugal_api::v1alpha1::{CostStatus, HolderKind, Phase};
 
 use super::lifecycle::{Action, Decision};
 use super::observe::{AttemptState, AttemptView};
@@ -110,6 +110,7 @@ pub fn budget_claim<'a>(tj: &'a TrainingJob, gpus: i64, estimated_gpu_hours: f64
         gpu_type: &tj.spec.resources.gpu_type,
         gpu_hours: cost.map_or(0.0, |c| c.gpu_hours),
         cost: cost.map_or(0.0, |c| c.cost),
+        kind: HolderKind::TrainingJob,
     }
 }
 

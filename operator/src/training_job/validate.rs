@@ -30,6 +30,8 @@ pub struct ValidJob {
     pub image: String,
     /// Kueue's queue, from the TrainingJob's `kueue.x-k8s.io/queue-name` label.
     pub queue: Option<String>,
+    /// Kueue's WorkloadPriorityClass, from the TrainingJob's `kueue.x-k8s.io/priority-class` label.
+    pub kueue_priority_class: Option<String>,
     /// The owner reference every child carries.
     pub owner: OwnerReference,
 }
@@ -88,6 +90,7 @@ pub fn validate(job: &TrainingJob, settings: &Settings) -> Result<ValidJob, Vali
         spec: job.spec.clone(),
         image,
         queue,
+        kueue_priority_class: job.metadata.labels.as_ref().and_then(|l| l.get(frugal_api::admission::KUEUE_PRIORITY_CLASS_LABEL)).cloned(),
         owner,
     })
 }

@@ -2,7 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use frugal_api::TrainingBudget;
-use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, GpuPrice, TrainingBudgetStatus};
+use frugal_api::v1alpha1::{BudgetAdmission, BudgetHolder, GpuPrice, HolderKind, TrainingBudgetStatus};
 
 use super::*;
 
@@ -39,6 +39,7 @@ fn claim(name: &str, gpus: i32, gpu_hours: f64) -> Claim<'_> {
         gpu_hours,
         cost: gpu_hours * 2.5,
         estimated_gpu_hours: 0.0,
+        kind: HolderKind::TrainingJob,
     }
 }
 
@@ -120,7 +121,7 @@ fn a_restart_in_a_spent_period_gives_the_entry_back_and_waits() {
 fn settle_unchanged(b: &TrainingBudget) -> Verdict {
     let status = b.status.clone().unwrap_or_default();
     let jobs: Vec<(String, String)> = status.jobs.iter().map(|h| (h.name.clone(), h.uid.clone())).collect();
-    refresh(b, |name| jobs.iter().find(|(n, _)| n == name).map(|(_, uid)| holder(uid, 0.0)), no_pods, &t(60))
+    refresh(b, |name| jobs.iter().find(|(n, _)| n == name).map(|(_, uid)| holder(uid, 0.0)), no_pods, |_| false, &t(60))
 }
 
 fn holder(uid: &str, gpu_hours: f64) -> Holder {
@@ -197,12 +198,12 @@ fn spending_is_counted_from_the_jobs_bills() {
     let b = budget(8, &[("a", 2)], 0.0);
     let billed = |gpu_hours: f64, cost: f64| Holder { cost, ..holder("uid-a", gpu_hours) };
     // a's pods were billed 3 GPU-hours costing 6.0 (the operator priced them): both counted
-    let s = written(refresh(&b, |_| Some(billed(3.0, 6.0)), no_pods, &t(60)));
+    let s = written(refresh(&b, |_| Some(billed(3.0, 6.0)), no_pods, |_| false, &t(60)));
     assert_eq!((s.gpu_hours_spent, s.cost_spent, s.jobs[0].gpu_hours_counted, s.jobs[0].cost_counted), (3.0, 6.0, 3.0, 6.0));
     // counted once: the same bill again adds nothing
     let mut b = b;
     b.status = Some(s);
-    assert_eq!(refresh(&b, |_| Some(billed(3.0, 6.0)), no_pods, &t(61)), Verdict::Unchanged);
+    assert_eq!(refresh(&b, |_| Some(billed(3.0, 6.0)), no_pods, |_| false, &t(61)), Verdict::Unchanged);
     // its release counts the rest
     let released = written(settle(&b, &Claim { cost: 11.0, ..claim("a", 2, 5.0) }, Demand::Release, &t(62)));
     assert_eq!((released.gpu_hours_spent, released.cost_spent), (5.0, 11.0));
@@ -211,11 +212,11 @@ fn spending_is_counted_from_the_jobs_bills() {
     // average price, so that its earlier cost is not counted again
     let mut old = b.clone();
     old.status.as_mut().unwrap().jobs[0].cost_counted = 0.0;
-    let s = written(refresh(&old, |_| Some(billed(6.0, 12.0)), no_pods, &t(63)));
+    let s = written(refresh(&old, |_| Some(billed(6.0, 12.0)), no_pods, |_| false, &t(63)));
     assert_eq!((s.gpu_hours_spent, s.cost_spent), (6.0, 12.0));
     // a new period starts from nothing; what was counted before is not counted again
     b.status.as_mut().unwrap().gpu_hours_spent = 50.0;
-    let s = written(refresh(&b, |_| Some(billed(4.0, 8.0)), no_pods, &t(DAY + 1)));
+    let s = written(refresh(&b, |_| Some(billed(4.0, 8.0)), no_pods, |_| false, &t(DAY + 1)));
     assert_eq!((s.gpu_hours_spent, s.cost_spent), (1.0, 2.0));
     assert_eq!(s.period_start, Some(t(DAY)));
 }
@@ -224,18 +225,18 @@ fn spending_is_counted_from_the_jobs_bills() {
 fn spending_alone_is_told_apart_from_changes_admission_needs_at_once() {
     let mut b = budget(8, &[("a", 2)], 0.0);
     // as the controller left it: summarized, the Exhausted condition set
-    b.status = Some(written(refresh(&b, |_| Some(holder("uid-a", 1.0)), no_pods, &t(30))));
+    b.status = Some(written(refresh(&b, |_| Some(holder("uid-a", 1.0)), no_pods, |_| false, &t(30))));
     let current = b.status.clone().unwrap();
     // a report that only adds spending may wait for the next spending write
-    let spent = written(refresh(&b, |_| Some(holder("uid-a", 3.0)), no_pods, &t(60)));
+    let spent = written(refresh(&b, |_| Some(holder("uid-a", 3.0)), no_pods, |_| false, &t(60)));
     assert!(only_spending_changed(&current, &spent));
     // unchanged is not "only spending"
     assert!(!only_spending_changed(&current, &current));
     // a job gone (its GPUs released) must be written now, spending or not
-    let released = written(refresh(&b, |_| None, no_pods, &t(60)));
+    let released = written(refresh(&b, |_| None, no_pods, |_| false, &t(60)));
     assert!(!only_spending_changed(&current, &released));
     // so must the Exhausted condition turning on: 100 GPU-hours is the limit
-    let over = written(refresh(&b, |_| Some(holder("uid-a", 120.0)), no_pods, &t(60)));
+    let over = written(refresh(&b, |_| Some(holder("uid-a", 120.0)), no_pods, |_| false, &t(60)));
     assert!(!only_spending_changed(&current, &over), "the Exhausted condition changed too");
 }
 
@@ -252,6 +253,7 @@ fn the_budgets_pass_releases_jobs_that_are_gone_finished_or_moved() {
             _ => Some(holder("uid-running", 0.0)),
         },
         no_pods,
+        |_| false,
         &t(60),
     ));
     assert_eq!(holders(&s), vec![("running".to_string(), 1)]);
@@ -271,9 +273,9 @@ fn a_job_recreated_under_the_same_name_waits_until_the_old_ones_pods_are_gone() 
     assert!(matches!(settle(&b, &again, Demand::Start, &t(60)), Verdict::Wait(_)));
     // the budget's pass keeps the entry while pods of the old uid run, and releases it after
     let gone = |_: &str| None;
-    let kept = written(refresh(&b, gone, |h: &BudgetHolder| h.uid == "uid-lm", &t(61)));
+    let kept = written(refresh(&b, gone, |h: &BudgetHolder| h.uid == "uid-lm", |_| false, &t(61)));
     assert_eq!(holders(&kept), vec![("lm".to_string(), 4)]);
-    b.status = Some(written(refresh(&b, gone, no_pods, &t(62))));
+    b.status = Some(written(refresh(&b, gone, no_pods, |_| false, &t(62))));
     assert!(b.status.as_ref().unwrap().jobs.is_empty());
     let s = written(settle(&b, &again, Demand::Start, &t(63)));
     assert_eq!(s.jobs.len(), 1);
@@ -290,6 +292,7 @@ fn an_entry_whose_pods_run_is_kept_whatever_its_job_says() {
             _ => None,
         },
         |_| true,
+        |_| false,
         &t(60),
     ));
     assert_eq!(holders(&s), vec![("deleted".to_string(), 2), ("forged".to_string(), 2)], "both jobs' pods still hold their GPUs");
@@ -307,7 +310,7 @@ fn the_exhausted_condition_says_which_limit() {
     assert_eq!((within.gpus_in_use, within.observed_generation), (4, Some(1)));
     let full = written(settle(&budget(8, &[("a", 4)], 0.0), &claim("lm", 4, 0.0), Demand::Start, &t(60)));
     assert_eq!(cond(&full), ("True".into(), "AllGpusInUse".into()));
-    let spent = written(refresh(&budget(8, &[("a", 4)], 0.0), |_| Some(holder("uid-a", 120.0)), no_pods, &t(60)));
+    let spent = written(refresh(&budget(8, &[("a", 4)], 0.0), |_| Some(holder("uid-a", 120.0)), no_pods, |_| false, &t(60)));
     assert_eq!(cond(&spent), ("True".into(), "GpuHoursSpent".into()));
 }
 
@@ -421,4 +424,18 @@ fn a_small_spend_is_said_in_its_own_digits() {
     b.spec.gpu_hours = Some(0.001);
     let (_, said) = frugal_api::admission::budget::exhausted(&b.spec, b.status.as_ref().unwrap()).expect("spent");
     assert!(said.starts_with("0.00101 of its 0.001 GPU-hours"), "{said}");
+}
+
+#[test]
+fn a_workload_entry_is_the_checks_and_goes_only_with_its_workload() {
+    let mut b = budget(8, &[("wl", 2)], 0.0);
+    b.status.as_mut().unwrap().jobs[0].kind = HolderKind::Workload;
+    // no TrainingJob of that name exists, and no pod of the operator's holds it: still kept
+    let kept = match refresh(&b, |_| None, no_pods, |_| false, &t(60)) {
+        Verdict::Write(s) => *s,
+        _ => b.status.clone().unwrap(),
+    };
+    assert_eq!(holders(&kept), vec![("wl".to_string(), 2)]);
+    let gone = written(refresh(&b, |_| None, no_pods, |h| h.name == "wl", &t(60)));
+    assert!(gone.jobs.is_empty(), "its Workload is gone");
 }

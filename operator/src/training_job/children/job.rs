@@ -52,6 +52,10 @@ pub fn build_job(job: &PlannedJob, attempt: i32, settings: &Settings) -> Job {
     if let Some(queue) = &valid.queue {
         job_labels.insert(KUEUE_QUEUE_LABEL.into(), queue.clone());
     }
+    // Kueue orders (and preempts) the attempt's Workload by the TrainingJob's priority class
+    if let Some(priority) = &valid.kueue_priority_class {
+        job_labels.insert(frugal_api::admission::KUEUE_PRIORITY_CLASS_LABEL.into(), priority.clone());
+    }
     Job {
         metadata: child_meta(valid, names.attempt_job(attempt), job_labels),
         spec: Some(JobSpec {
@@ -473,9 +477,16 @@ mod tests {
             shm_size: Some(Quantity("8Gi".into())),
             ..Default::default()
         });
-        tj.metadata.labels = Some([(KUEUE_QUEUE_LABEL.to_string(), "team-a".to_string())].into());
+        tj.metadata.labels = Some(
+            [
+                (KUEUE_QUEUE_LABEL.to_string(), "team-a".to_string()),
+                (frugal_api::admission::KUEUE_PRIORITY_CLASS_LABEL.to_string(), "high".to_string()),
+            ]
+            .into(),
+        );
         let job = build_job(&planned_from(&tj), 1, &Settings::default());
         assert_eq!(job.metadata.labels.as_ref().unwrap()[KUEUE_QUEUE_LABEL], "team-a");
+        assert_eq!(job.metadata.labels.as_ref().unwrap()[frugal_api::admission::KUEUE_PRIORITY_CLASS_LABEL], "high", "Kueue's priority passed on");
         assert_eq!(job.spec.as_ref().unwrap().suspend, Some(true), "Kueue admits it");
         let (meta, pod, c) = parts(&job);
         assert_eq!(meta.labels.as_ref().unwrap()["team"], "a");
