@@ -4,7 +4,8 @@
 //! token. A token's k gates are the router's softmax probabilities of its experts, or with
 //! `normalizeTopK` those divided by their sum. Dispatch is bucketed: assignments are sorted by
 //! expert, each expert gets a bucket of `capacity` slots, and all experts run as two batched
-//! matrix products over [E, capacity, ·]. The op count does not grow with E. In training,
+//! matrix products over [E, capacity, ·]; the outputs go back to their tokens by one row copy
+//! and one batched product with the gates. The op count does not grow with E. In training,
 //! tokens past the capacity factor's slots are dropped (and counted); evaluation gives every
 //! expert the slots its load needs and drops nothing ([`Capacity`]). The router runs in fp32.
 
@@ -169,32 +170,29 @@ impl Moe {
         };
         let plan = Dispatch::plan(&experts, e, k, slots_per_expert);
         let (cap, slots) = (plan.capacity, e * plan.capacity);
-        let slot_token = upload(&plan.slot_token, dev);
-        // The gates [N, E]: the router's probabilities, or divided by the sum of each token's k
-        // chosen ones (Mixtral's renormalised top-k); differentiable either way.
-        let gates = if self.cfg.normalize_top_k {
-            let chosen = upload(&experts, dev).view([n, k]);
-            let chosen_sum = probs.gather(1, &chosen, false).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-            &probs / chosen_sum
-        } else {
-            probs.shallow_clone()
-        };
-        // Each slot's gate, read straight out of the gates (differentiable); an empty slot reads
-        // token 0 under gate 0: its output is scaled to zero and adds nothing to any token or
-        // gradient, so no padding row or sentinel has to be concatenated in.
-        let slot_gate = gates.view([-1]).index_select(0, &upload(&plan.slot_prob, dev)) * upload(&plan.slot_used, dev);
+        // The gates [N, k] of each token's chosen experts: the router's probabilities, or those
+        // divided by their sum (Mixtral's renormalised top-k); differentiable either way.
+        let chosen = probs.gather(1, &upload(&experts, dev).view([n, k]), false);
+        let gates = if self.cfg.normalize_top_k { &chosen / chosen.sum_dim_intlist([1i64].as_slice(), true, Kind::Float) } else { chosen };
 
-        // Dispatch: one gather into [E, C, D]; experts as batched matmuls; combine with one
-        // scatter-add of the gated outputs, straight into the shared experts' output.
+        // Dispatch: one gather into [E, C, D] (an empty slot reads token 0 and is never read
+        // back); experts as batched matmuls. Combine: one copy of each slot's output to its
+        // assignment's row (distinct rows, so a copy and not a scatter-add, and its gradient is a
+        // gather), then each token's k rows weighted by its gates in one batched product, added
+        // to the shared experts' output. A dropped assignment's row stays zero; an empty slot
+        // goes to a last row that is cut off.
         let kind = x.kind();
-        let buckets = xf.index_select(0, &slot_token).view([e, cap, d]);
+        let buckets = xf.index_select(0, &upload(&plan.slot_token, dev)).view([e, cap, d]);
         let out = self.experts.forward(p, &buckets).view([slots, d]);
-        let routed = out * slot_gate.to_kind(kind).unsqueeze(1);
-        let base = match &self.shared {
-            Some(shared) => shared.forward_all(p, &xf),
-            None => Tensor::zeros([n, d], (kind, dev)),
+        // [E·C, D] → [N·k, D] → [N, k, D]
+        let returned = Tensor::zeros([n * k + 1, d], (kind, dev)).index_copy_(0, &upload(&plan.slot_assignment, dev), &out);
+        let returned = returned.narrow(0, 0, n * k).view([n, k, d]);
+        // [N, 1, k] · [N, k, D] → [N, 1, D]
+        let gates = gates.to_kind(kind).unsqueeze(1);
+        let y = match &self.shared {
+            Some(shared) => shared.forward_all(p, &xf).unsqueeze(1).baddbmm(&gates, &returned, 1.0, 1.0),
+            None => gates.bmm(&returned),
         };
-        let y = base.index_add(0, &slot_token, &routed);
 
         // Load balance (Switch Transformer): E · Σ_e (fraction routed to e) · (mean router
         // probability of e), as one dot product of the summed probabilities with host weights.
@@ -271,10 +269,9 @@ struct Dispatch {
     capacity: i64,
     /// [E · capacity]: the token in each slot (0 for an empty slot).
     slot_token: Vec<i64>,
-    /// [E · capacity]: the slot's entry in the flattened [N, E] gates.
-    slot_prob: Vec<i64>,
-    /// [E · capacity]: 1 for a filled slot, 0 for an empty one.
-    slot_used: Vec<f32>,
+    /// [E · capacity]: the assignment in each slot, or N · k, one past the last assignment, for
+    /// an empty slot.
+    slot_assignment: Vec<i64>,
     /// Assignments per expert before dropping.
     counts: Vec<i64>,
     dropped: i64,
@@ -287,8 +284,9 @@ impl Dispatch {
             counts[c as usize] += 1;
         }
         let cap = capacity.min(counts.iter().copied().max().unwrap_or(0)).max(1);
-        let slots = (e * cap) as usize;
-        let (mut slot_token, mut slot_prob, mut slot_used) = (vec![0i64; slots], vec![0i64; slots], vec![0f32; slots]);
+        let slots = e * cap;
+        let mut slot_token = vec![0i64; slots as usize];
+        let mut slot_assignment = vec![experts.len() as i64; slots as usize];
         let mut filled = vec![0i64; e as usize];
         let mut dropped = 0;
         for (i, &c) in experts.iter().enumerate() {
@@ -297,14 +295,12 @@ impl Dispatch {
                 dropped += 1;
                 continue;
             }
-            let slot = (c * cap + *f) as usize;
+            let slot = c * cap + *f;
             *f += 1;
-            let token = i as i64 / k;
-            slot_token[slot] = token;
-            slot_prob[slot] = token * e + c;
-            slot_used[slot] = 1.0;
+            slot_token[slot as usize] = i as i64 / k;
+            slot_assignment[slot as usize] = i as i64;
         }
-        Self { capacity: cap, slot_token, slot_prob, slot_used, counts, dropped }
+        Self { capacity: cap, slot_token, slot_assignment, counts, dropped }
     }
 }
 

@@ -346,10 +346,12 @@ fn adamw_range(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamS
 }
 
 /// Approximate orthogonalisation UΣVᵀ → UVᵀ of each trailing matrix (5 Newton–Schulz steps with
-/// the quintic coefficients of Muon). bf16 on GPUs, fp32 on CPUs (slow bf16 matmuls there).
+/// the quintic coefficients of Muon), in bf16 as published Muon runs it, wherever bf16 products
+/// are native: on GPUs, and on CPUs with AVX-512 BF16 (2.9× faster than fp32 there at the
+/// economics shape's matrices); fp32 on other CPUs, where bf16 products are emulated.
 pub fn newton_schulz(g: &Tensor) -> Tensor {
     let (a, b, c) = (3.4445, -4.7750, 2.0315);
-    let kind = if g.device().is_cuda() { Kind::BFloat16 } else { Kind::Float };
+    let kind = if g.device().is_cuda() || cpu_has_bf16() { Kind::BFloat16 } else { Kind::Float };
     let nd = g.dim() as i64;
     let tall = g.size()[nd as usize - 2] > g.size()[nd as usize - 1];
     let mut x = g.to_kind(kind);
@@ -368,6 +370,18 @@ pub fn newton_schulz(g: &Tensor) -> Tensor {
         x = x.transpose(-2, -1);
     }
     x.to_kind(Kind::Float)
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX-512 BF16).
+fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]
