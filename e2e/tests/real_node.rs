@@ -779,21 +779,11 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         let gone = node::follow_logs(&ctx, &victim);
         ctx.api::<Pod>().delete(&victim, &DeleteParams::default().grace_period(0)).await?;
         tokio::time::timeout(Duration::from_secs(90), gone).await.context("the deleted pod's log did not end")??;
-        let second = node::pod_logging(&ctx, "lm", 2, "\"event\":\"resume\"", TRAINING).await?;
-        // nothing uploads between the kill and the new attempt's resume
+        // Nothing commits from the kill until the next attempt has resumed (the first stage
+        // commits, and it is gone), so the bucket's newest step now is the one to resume.
         let in_bucket = committed_steps(&s3, "team/lm").await?;
         let newest = *in_bucket.last().context("the bucket holds no committed step")?;
         ensure!(newest >= named.step, "the bucket's newest step {newest} is older than the one the status named, {}", named.step);
-        let log = node::logs(&ctx, &second.name_any()).await;
-        let resumed = resumed_at(&log).with_context(|| format!("attempt 2 did not resume:\n{log}"))?;
-        eprintln!("e2e: attempt 1 lost {victim} and its volume; the bucket held steps {in_bucket:?}; attempt 2 resumed at step {resumed}");
-        ensure!(resumed == newest, "attempt 2 resumed at step {resumed}, the bucket's newest committed step is {newest}");
-        let mut fetched = String::new();
-        for p in node::attempt_pods(&ctx, "lm", 2).await? {
-            fetched.push_str(&node::logs(&ctx, &p.name_any()).await);
-        }
-        let from = format!("s3://lm-checkpoints/team/lm/step-{newest:09}");
-        ensure!(fetched.contains(&from), "attempt 2's pods do not say they fetched {from}:\n{fetched}");
 
         let done = finished_within(&ctx, "lm", TRAINING).await?;
         let pods = node::attempt_pods(&ctx, "lm", 2).await?;
@@ -801,7 +791,15 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         for p in &pods {
             logs.push(node::logs(&ctx, &p.name_any()).await);
         }
-        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{}", phase(&done), logs.join("\n"));
+        let logs = logs.join("\n");
+        ensure!(phase(&done) == Some(Phase::Succeeded), "ended {:?}; attempt 2:\n{logs}", phase(&done));
+        ensure!(pods.len() == 2, "attempt 2 has {} pods, not 2 stages", pods.len());
+        // the reporting stage's resume event, and each stage saying it fetched its part
+        let resumed = resumed_at(&logs).with_context(|| format!("attempt 2 did not resume:\n{logs}"))?;
+        eprintln!("e2e: attempt 1 lost {victim} and its volume; the bucket held steps {in_bucket:?}; attempt 2 resumed at step {resumed}");
+        ensure!(resumed == newest, "attempt 2 resumed at step {resumed}, the bucket's newest committed step is {newest}");
+        let from = format!("fetched step {newest} from s3://lm-checkpoints/team/lm");
+        ensure!(logs.matches(&from).count() == 2, "attempt 2's two pods do not each say {from:?}:\n{logs}");
         let last = done.status.as_ref().and_then(|s| s.checkpoint.clone()).context("no status.checkpoint at the end")?;
         ensure!(last.path == format!("s3://lm-checkpoints/team/lm/step-{steps:09}"), "status.checkpoint at the end: {last:?}");
         ensure!(committed_steps(&s3, "team/lm").await?.last() == Some(&steps), "the bucket's newest step is not the last one");
