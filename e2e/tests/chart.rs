@@ -10,6 +10,14 @@ fn chart() -> String {
     frugal_e2e::repo_root().join("charts/frugal").display().to_string()
 }
 
+/// `helm template` of the chart at `chart_dir` as release `frugal` in `frugal-system`, with
+/// `--set` `values`.
+fn render(chart_dir: &str, values: &[&str]) -> Result<String> {
+    let mut args = vec!["template", "frugal", chart_dir, "--namespace", "frugal-system"];
+    args.extend(values.iter().flat_map(|v| ["--set", *v]));
+    helm(&args)
+}
+
 /// helm runs only where scripts/e2e.sh put it on PATH, as every e2e test needs FRUGAL_E2E=1.
 fn enabled(test: &str) -> bool {
     if !frugal_e2e::enabled() {
@@ -74,11 +82,7 @@ fn the_admission_policies_render_by_default_and_go_when_disabled() -> Result<()>
     let policy = |name: &str| format!("kind: ValidatingAdmissionPolicy\nmetadata:\n  name: frugal-operator-frugal-system-{name}\n");
     let binding = |name: &str| format!("kind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: frugal-operator-frugal-system-{name}\n");
     let chart_dir = chart();
-    let render = |values: &[&str]| {
-        let mut args = vec!["template", "frugal", &chart_dir, "--namespace", "frugal-system"];
-        args.extend(values.iter().flat_map(|v| ["--set", *v]));
-        helm(&args)
-    };
+    let render = |values: &[&str]| render(&chart_dir, values);
     let defaults = render(&[])?;
     for name in ["status", "operator-jobs", "default-budget", "secret-references"] {
         ensure!(defaults.contains(&policy(name)) && defaults.contains(&binding(name)), "{name} does not render by default:\n{defaults}");
@@ -116,11 +120,7 @@ fn the_kueue_admission_check_and_its_rbac_render_only_when_enabled() -> Result<(
         return Ok(());
     }
     let chart_dir = chart();
-    let render = |values: &[&str]| {
-        let mut args = vec!["template", "frugal", &chart_dir, "--namespace", "frugal-system"];
-        args.extend(values.iter().flat_map(|v| ["--set", *v]));
-        helm(&args)
-    };
+    let render = |values: &[&str]| render(&chart_dir, values);
     let defaults = render(&[])?;
     ensure!(!defaults.contains("kueue.x-k8s.io") && !defaults.contains("--kueue-admission-check"), "Kueue rights by default:\n{defaults}");
     let on = render(&["kueueAdmissionCheck.enabled=true"])?;
