@@ -717,18 +717,17 @@ async fn a_pipeline_that_loses_a_pod_and_its_volume_resumes_from_the_bucket() {
         let Some(s3) = server else { return Ok(()) };
         manifests::install_crds(&ctx.client).await?;
         node::enforce_restricted(&ctx).await?;
-        let keys = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "store-keys"},
-            "stringData": {"AWS_ACCESS_KEY_ID": seaweedfs::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": seaweedfs::SECRET_KEY},
-        });
-        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &serde_json::from_value(keys)?).await?;
+        // the bucket's keys, as a Secret the job names
+        let keys = |name: &str, secret: &str| {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "stringData": {"AWS_ACCESS_KEY_ID": seaweedfs::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret},
+            }))
+        };
+        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &keys("store-keys", seaweedfs::SECRET_KEY)?).await?;
         let _operator = Operator::start(&ctx.namespace, &[])?;
         // A wrong secret key: refused before training, in the store's words, the key never shown.
-        let wrong_keys = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong-keys"},
-            "stringData": {"AWS_ACCESS_KEY_ID": seaweedfs::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": "not-the-secret-key"},
-        });
-        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &serde_json::from_value(wrong_keys)?).await?;
+        ctx.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &keys("wrong-keys", "not-the-secret-key")?).await?;
         let mut wrong = real_cpu_job("wrong-key", 100, None, 1);
         let mut wrong_store = s3.spec("team/wrong");
         wrong_store.credentials_secret = Some("wrong-keys".into());

@@ -146,12 +146,11 @@ impl Inputs {
     /// reader fetches their ranges as training needs them ([`crate::data::streamed`]).
     fn stream_shards(&self, store: &Store, under: &[ObjectInfo], local: &Path, uri: &str) -> Result<Resolved> {
         let (shards, small): (Vec<ObjectInfo>, Vec<ObjectInfo>) = under.iter().cloned().partition(|o| o.name.ends_with(".bin"));
-        // the record is not the bucket's: kept while the rest is mirrored, then rewritten
-        let mut keep_record = small.clone();
-        keep_record.push(ObjectInfo { name: STREAMED_FILE.into(), size: 0, etag: None });
         let mut resolved = self.mirror(store, &small, local, uri, false)?;
         std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
-        self.remove_stale(local, &keep_record.iter().map(|o| local.join(&o.name)).collect())?;
+        // shards copied whole before go; the record is not the bucket's, and is rewritten below
+        let keep = small.iter().map(|o| o.name.as_str()).chain([STREAMED_FILE]).map(|n| local.join(n)).collect();
+        self.remove_stale(local, &keep)?;
         let location = &store.location;
         let record = Streamed {
             field: location.field.clone(),

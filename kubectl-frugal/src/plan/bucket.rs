@@ -40,6 +40,16 @@ pub enum Identity {
     Environment,
 }
 
+impl Identity {
+    /// Whose keys a check used, as its message says it.
+    fn whose(&self) -> String {
+        match self {
+            Self::Secret(name) => format!("with the keys of Secret {name}"),
+            Self::Environment => "with this shell's AWS_* environment (the job sets no credentialsSecret; its pods may have another identity)".into(),
+        }
+    }
+}
+
 /// Writes and deletes a probe object under `spec`'s prefix with `vars` as the environment;
 /// blocking (the store runs a runtime of its own).
 pub fn probe(which: Which, spec: &ObjectStoreSpec, identity: &Identity, vars: Vec<(String, String)>) -> Check {
@@ -48,10 +58,7 @@ pub fn probe(which: Which, spec: &ObjectStoreSpec, identity: &Identity, vars: Ve
         Ok(l) => l,
         Err(e) => return Check::refused(check, reasons::INVALID_SPEC, e),
     };
-    let whose = match identity {
-        Identity::Secret(name) => format!("with the keys of Secret {name}"),
-        Identity::Environment => "with this shell's AWS_* environment (the job sets no credentialsSecret; its pods may have another identity)".into(),
-    };
+    let whose = identity.whose();
     let store = match location.open_with(vars) {
         Ok(s) => s,
         Err(e) => return Check::refused(check, reasons::INVALID_SPEC, e),
@@ -100,10 +107,7 @@ pub fn probe_input(
         Ok(s) => s,
         Err(e) => return Check::refused(INPUTS, reasons::INVALID_SPEC, e),
     };
-    let whose = match identity {
-        Identity::Secret(name) => format!("with the keys of Secret {name}"),
-        Identity::Environment => "with this shell's AWS_* environment (the job sets no credentialsSecret; its pods may have another identity)".into(),
-    };
+    let whose = identity.whose();
     let refuse = |what: String| match identity {
         Identity::Secret(_) => {
             Check::refused(INPUTS, reasons::CONFIGURATION_ERROR, format!("{field} ({uri}): {what} ({whose}); the trainer would stop before training"))

@@ -25,7 +25,6 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -94,9 +93,7 @@ pub struct Context {
     pub synced: [Synced; 2],
 }
 
-fn now() -> Time {
-    Time(Timestamp::now())
-}
+use crate::training_budget::now;
 
 /// The names of the AdmissionChecks that are frugal's.
 fn our_checks(checks: &Store<AdmissionCheck>) -> Vec<String> {
@@ -157,22 +154,20 @@ async fn reconcile_workload(w: Arc<Workload>, ctx: Arc<Context>) -> Result<Actio
 
     // what its pods spent since this budget admitted it
     let since = budget.status.iter().flat_map(|s| &s.jobs).find(|h| h.uid == uid).and_then(|h| h.admitted_at.clone()).unwrap_or_else(|| now.clone());
-    let mut seen = Vec::new();
+    // each pod priced once, by its node's GPU product
+    let (mut priced, mut prices, mut gpu_type) = (Vec::new(), std::collections::HashMap::new(), None);
     for pod in &pods {
         let product = match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
             Some(node) => gpu_product(&ctx, node).await,
             None => None,
         };
-        let created = pod.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone());
-        seen.push((bill::seen(pod, 0, GPU_RESOURCE), created, product));
+        let seen = bill::seen(pod, 0, GPU_RESOURCE);
+        prices.insert(seen.name.clone(), crate::training_budget::budget::price(&budget.spec, product.as_deref().unwrap_or_default()));
+        gpu_type = gpu_type.or(product);
+        priced.push((seen, pod.metadata.creation_timestamp.clone().unwrap_or_else(|| now.clone())));
     }
-    let gpu_type = seen.iter().find_map(|(_, _, p)| p.clone()).unwrap_or_default();
-    let priced: Vec<_> = seen.iter().map(|(p, c, _)| (p.clone(), c.clone())).collect();
-    let price_of = |pod: &bill::PodSeen| {
-        let product = seen.iter().find(|(p, _, _)| p.name == pod.name).and_then(|(_, _, product)| product.clone()).unwrap_or_default();
-        crate::training_budget::budget::price(&budget.spec, &product)
-    };
-    let (gpu_hours, cost) = decide::bill(&priced, &since, &now, price_of);
+    let gpu_type = gpu_type.unwrap_or_default();
+    let (gpu_hours, cost) = decide::bill(&priced, &since, &now, |pod| prices.get(&pod.name).copied().unwrap_or_default());
     let gpus = decide::gpus(&w, GPU_RESOURCE);
     let claim = Claim {
         name: &name,

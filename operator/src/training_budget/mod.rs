@@ -24,7 +24,8 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::synced::Synced;
 use budget::{Holder, Verdict};
 
-fn now() -> Time {
+/// The current time, as the API's types hold it.
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
