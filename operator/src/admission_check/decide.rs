@@ -72,17 +72,7 @@ pub fn gpus(w: &Workload, resource: &str) -> i32 {
     w.spec
         .pod_sets
         .iter()
-        .map(|set| {
-            let containers = set.template.spec.iter().flat_map(|s| &s.containers);
-            let per_pod: i32 = containers
-                .filter_map(|c| {
-                    let r = c.resources.as_ref()?;
-                    r.requests.as_ref().and_then(|q| q.get(resource)).or_else(|| r.limits.as_ref()?.get(resource))
-                })
-                .filter_map(|q| q.0.parse::<i32>().ok())
-                .sum();
-            set.count.max(0).saturating_mul(per_pod)
-        })
+        .map(|set| set.count.max(0).saturating_mul(crate::training_job::bill::spec_gpus(set.template.spec.as_ref(), resource)))
         .fold(0i32, i32::saturating_add)
 }
 

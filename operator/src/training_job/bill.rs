@@ -71,10 +71,22 @@ fn later(a: &Time, b: &Time) -> Time {
     if b.0 > a.0 { b.clone() } else { a.clone() }
 }
 
-/// GPUs a pod holds: the limits of `resource` of its containers.
+/// GPUs a pod holds.
 fn gpus(pod: &Pod, resource: &str) -> i32 {
-    let containers = pod.spec.iter().flat_map(|s| &s.containers);
-    containers.filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(resource)).filter_map(|q| q.0.parse::<i32>().ok()).sum()
+    spec_gpus(pod.spec.as_ref(), resource)
+}
+
+/// GPUs a pod of `spec` asks for: its containers' requests of `resource`, else their limits (an
+/// extended resource's request, where set, equals its limit).
+pub fn spec_gpus(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, resource: &str) -> i32 {
+    let containers = spec.into_iter().flat_map(|s| &s.containers);
+    containers
+        .filter_map(|c| {
+            let r = c.resources.as_ref()?;
+            r.requests.as_ref().and_then(|q| q.get(resource)).or_else(|| r.limits.as_ref()?.get(resource))
+        })
+        .filter_map(|q| q.0.parse::<i32>().ok())
+        .sum()
 }
 
 /// What a pass sees of `pod`, attempt `attempt`'s.
